@@ -1,0 +1,107 @@
+// Spool: memory first, then an unlinked 0600 temp file written in large blocks.
+#include "filters/spool.h"
+
+#include <cerrno>
+#include <algorithm>
+#include <cstdlib>
+#include <fcntl.h>
+#include <unistd.h>
+
+namespace postern {
+namespace {
+constexpr std::size_t kFileWriteBlock = 256 * 1024;  // bytes buffered before a write(2)
+
+int open_unlinked_temp(const std::string& dir) {
+  int fd = -1;
+#ifdef O_TMPFILE
+  fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0) return fd;
+#endif
+  std::string path = dir + "/postern-spool-XXXXXX";
+  fd = ::mkostemp(path.data(), O_CLOEXEC);
+  if (fd >= 0) ::unlink(path.c_str());
+  return fd;
+}
+}  // namespace
+
+Spool::Spool(std::size_t memory_limit, std::string dir)
+    : memory_limit_(memory_limit), dir_(std::move(dir)) {
+  if (dir_.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    dir_ = tmp && *tmp ? tmp : "/tmp";
+  }
+}
+
+Spool::~Spool() { clear(); }
+
+bool Spool::append(std::string_view data) {
+  size_ += data.size();
+  if (fd_ < 0 && memory_.size() + data.size() <= memory_limit_) {
+    memory_.append(data);
+    return true;
+  }
+  if (fd_ < 0 && !spill()) return false;
+  memory_.append(data);
+  if (memory_.size() >= kFileWriteBlock) {
+    bool ok = write_all(memory_);
+    memory_.clear();
+    return ok;
+  }
+  return true;
+}
+
+bool Spool::spill() {
+  fd_ = open_unlinked_temp(dir_);
+  if (fd_ < 0) return false;
+  bool ok = write_all(memory_);
+  memory_.clear();
+  memory_.shrink_to_fit();
+  memory_.reserve(kFileWriteBlock);
+  return ok;
+}
+
+bool Spool::write_all(std::string_view data) {
+  while (!data.empty()) {
+    ssize_t n = ::write(fd_, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+bool Spool::finish() {
+  if (fd_ < 0 || memory_.empty()) return true;
+  bool ok = write_all(memory_);
+  memory_.clear();
+  return ok;
+}
+
+void Spool::clear() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+    memory_.clear();
+    memory_.shrink_to_fit();
+  }
+  memory_.clear();
+  size_ = 0;
+}
+
+long Spool::read(std::size_t offset, char* out, std::size_t len) const {
+  if (fd_ < 0) {
+    if (offset >= memory_.size()) return 0;
+    std::size_t n = std::min(len, memory_.size() - offset);
+    memory_.copy(out, n, offset);
+    return static_cast<long>(n);
+  }
+  for (;;) {
+    ssize_t n = ::pread(fd_, out, len, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    return static_cast<long>(n);
+  }
+}
+
+}  // namespace postern

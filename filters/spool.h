@@ -1,0 +1,46 @@
+// Message content store: memory up to a threshold, then an unlinked temp
+// file, so a 50 MB message never sits in memory whole (DESIGN "Content").
+// Content is the unstuffed message with CRLF line ends.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace postern {
+
+class Spool {
+ public:
+  Spool(std::size_t memory_limit, std::string dir);
+  ~Spool();
+  Spool(const Spool&) = delete;
+  Spool& operator=(const Spool&) = delete;
+
+  // Appends content. Returns false when the spill file cannot be written
+  // (disk full, no spool dir): the message must then be tempfailed.
+  bool append(std::string_view data);
+  // Makes everything appended readable (flushes the write buffer).
+  bool finish();
+  // Drops the content and any spill file; ready for the next message.
+  void clear();
+
+  std::size_t size() const { return size_; }
+  bool in_memory() const { return fd_ < 0; }
+  // The whole content when in_memory().
+  std::string_view memory() const { return memory_; }
+  // Copies up to `len` bytes from `offset` of a finished spool; returns the
+  // count read (0 at the end), or -1 on an I/O error.
+  long read(std::size_t offset, char* out, std::size_t len) const;
+
+ private:
+  bool spill();
+  bool write_all(std::string_view data);
+
+  std::size_t memory_limit_;
+  std::string dir_;
+  std::string memory_;  // the content while small; the write buffer after spilling
+  std::size_t size_ = 0;
+  int fd_ = -1;
+};
+
+}  // namespace postern

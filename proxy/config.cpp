@@ -1,0 +1,386 @@
+// TOML configuration loader: schema checks with file:line positions,
+// "did you mean" for unknown keys, and command-line overrides.
+#include "proxy/config.h"
+
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string_view>
+#include <toml++/toml.h>
+
+#include "default_config.h"
+#include "proxy/limits.h"
+
+namespace postern {
+namespace {
+
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::size_t> prev(b.size() + 1), cur(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    cur[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+    }
+    std::swap(prev, cur);
+  }
+  return prev[b.size()];
+}
+
+std::string describe(const toml::node& n) {
+  std::ostringstream out;
+  if (n.is_string()) out << '"' << n.as_string()->get() << '"';
+  else if (n.is_table()) out << "a table";
+  else if (n.is_array()) out << "an array";
+  else out << toml::node_view<const toml::node>(n);
+  return out.str();
+}
+
+// Collects every problem with its position, then throws them together.
+class Checker {
+ public:
+  explicit Checker(std::string file) : file_(std::move(file)) {}
+
+  void error(const toml::node* n, std::string_view key, std::string_view what) {
+    std::ostringstream out;
+    if (n && n->source().begin.line > 0) {
+      out << file_ << ':' << n->source().begin.line << ':' << n->source().begin.column << ": ";
+    } else {
+      out << file_ << ": (command line override) ";
+    }
+    out << "key '" << key << "': " << what;
+    errors_.push_back(out.str());
+  }
+
+  // Unknown keys are errors, with the nearest known key suggested.
+  void check_keys(const toml::table& t, std::string_view section,
+                  std::initializer_list<std::string_view> known) {
+    for (auto&& [k, v] : t) {
+      std::string_view key = k.str();
+      if (std::find(known.begin(), known.end(), key) != known.end()) continue;
+      std::string full = section.empty() ? std::string(key) : std::string(section) + "." + std::string(key);
+      std::string what = "unknown key";
+      std::string_view best;
+      std::size_t best_d = 3;
+      for (std::string_view cand : known) {
+        std::size_t d = edit_distance(key, cand);
+        if (d < best_d) best_d = d, best = cand;
+      }
+      if (!best.empty()) what += "; did you mean '" + std::string(best) + "'?";
+      else {
+        what += "; allowed:";
+        for (std::string_view cand : known) what += " " + std::string(cand);
+      }
+      error(&v, full, what);
+    }
+  }
+
+  const toml::table* section(const toml::table& root, std::string_view name) {
+    const toml::node* n = root.get(name);
+    if (!n) return nullptr;
+    if (!n->is_table()) {
+      error(n, name, "expected a table [" + std::string(name) + "], got " + describe(*n));
+      return nullptr;
+    }
+    return n->as_table();
+  }
+
+  void get_size(const toml::table* t, std::string_view section, std::string_view key,
+                std::size_t min, std::size_t max, std::size_t& out) {
+    const toml::node* n = t ? t->get(key) : nullptr;
+    if (!n) return;
+    auto v = n->value<int64_t>();
+    if (!n->is_integer() || !v || *v < 0 || static_cast<uint64_t>(*v) < min || static_cast<uint64_t>(*v) > max) {
+      error(n, full(section, key), "expected an integer from " + std::to_string(min) + " to " +
+                                       std::to_string(max) + ", got " + describe(*n));
+      return;
+    }
+    out = static_cast<std::size_t>(*v);
+  }
+
+  void get_seconds(const toml::table* t, std::string_view section, std::string_view key,
+                   double min, double max, Seconds& out) {
+    const toml::node* n = t ? t->get(key) : nullptr;
+    if (!n) return;
+    auto v = n->value<double>();
+    if (!(n->is_integer() || n->is_floating_point()) || !v || *v < min || *v > max) {
+      std::ostringstream what;
+      what << "expected a number of seconds from " << min << " to " << max << ", got " << describe(*n);
+      error(n, full(section, key), what.str());
+      return;
+    }
+    out = Seconds(*v);
+  }
+
+  const toml::node* get_string(const toml::table* t, std::string_view section,
+                               std::string_view key, std::string& out) {
+    const toml::node* n = t ? t->get(key) : nullptr;
+    if (!n) return nullptr;
+    if (!n->is_string()) {
+      error(n, full(section, key), "expected a string, got " + describe(*n));
+      return nullptr;
+    }
+    out = n->as_string()->get();
+    return n;
+  }
+
+  template <typename E>
+  void get_enum(const toml::table* t, std::string_view section, std::string_view key,
+                std::initializer_list<std::pair<std::string_view, E>> allowed, E& out) {
+    std::string s;
+    const toml::node* n = get_string(t, section, key, s);
+    if (!n) return;
+    std::string names;
+    for (auto& [name, value] : allowed) {
+      if (name == s) {
+        out = value;
+        return;
+      }
+      names += names.empty() ? "" : ", ";
+      names += '"' + std::string(name) + '"';
+    }
+    error(n, full(section, key), "expected one of " + names + ", got \"" + s + '"');
+  }
+
+  void finish() {
+    if (errors_.empty()) return;
+    std::string all;
+    for (auto& e : errors_) all += e + "\n";
+    all.pop_back();
+    throw ConfigError(all);
+  }
+
+ private:
+  static std::string full(std::string_view section, std::string_view key) {
+    return std::string(section) + "." + std::string(key);
+  }
+
+  std::string file_;
+  std::vector<std::string> errors_;
+};
+
+// "ip:port" or "[ipv6]:port"; an empty host is refused.
+bool parse_host_port(std::string_view text, std::string& host, unsigned short& port,
+                     bool numeric_host) {
+  std::string_view h, p;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return false;
+    h = text.substr(1, close - 1);
+    p = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return false;
+    h = text.substr(0, colon);
+    p = text.substr(colon + 1);
+    if (h.find(':') != std::string_view::npos) return false;  // IPv6 needs brackets
+  }
+  if (h.empty() || p.empty() || p.size() > 5) return false;
+  unsigned long value = 0;
+  for (char c : p) {
+    if (c < '0' || c > '9') return false;
+    value = value * 10 + static_cast<unsigned long>(c - '0');
+  }
+  if (value > 65535) return false;
+  host.assign(h);
+  port = static_cast<unsigned short>(value);
+  unsigned char buf[16];
+  if (inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1) return true;
+  if (numeric_host) return false;
+  for (char c : host) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.')) return false;
+  }
+  return true;
+}
+
+// Inserts `value` at "section.key" of `root`, creating the section.
+void set_path(toml::table& root, std::string_view dotted, toml::node&& value) {
+  auto dot = dotted.find('.');
+  if (dot == std::string_view::npos) {
+    root.insert_or_assign(dotted, std::move(value));
+    return;
+  }
+  std::string section(dotted.substr(0, dot));
+  toml::node* existing = root.get(section);
+  if (!existing || !existing->is_table()) {
+    root.insert_or_assign(section, toml::table{});
+    existing = root.get(section);
+  }
+  set_path(*existing->as_table(), dotted.substr(dot + 1), std::move(value));
+}
+
+void apply_overrides(toml::table& root, const ConfigSource& source) {
+  for (const std::string& set : source.sets) {
+    auto eq = set.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      throw ConfigError("--set " + set + ": expected section.key=value");
+    }
+    std::string key = set.substr(0, eq);
+    std::string value = set.substr(eq + 1);
+    toml::table parsed;
+    try {
+      parsed = toml::parse("v = " + value);
+    } catch (const toml::parse_error&) {
+      parsed = toml::table{{"v", value}};  // a bare word is a string
+    }
+    set_path(root, key, std::move(*parsed.get("v")));
+  }
+  if (!source.listen.empty()) {
+    toml::array listeners;
+    for (const std::string& addr : source.listen) listeners.push_back(toml::table{{"address", addr}});
+    root.insert_or_assign("listener", std::move(listeners));
+  }
+  if (!source.upstream.empty()) set_path(root, "upstream.target", toml::value<std::string>(source.upstream));
+}
+
+std::string system_hostname() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
+  return buf;
+}
+
+}  // namespace
+
+std::shared_ptr<const Config> load_config(const ConfigSource& source) {
+  std::string file = source.path.empty() ? "(embedded default)" : source.path;
+  std::string text;
+  if (source.path.empty()) {
+    text = kDefaultConfig;
+  } else {
+    std::ifstream in(source.path, std::ios::binary);
+    if (!in) throw ConfigError(source.path + ": cannot read the configuration file");
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  toml::table root;
+  try {
+    root = toml::parse(text, file);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream out;
+    out << file << ':' << e.source().begin.line << ':' << e.source().begin.column
+        << ": TOML syntax error: " << e.description();
+    throw ConfigError(out.str());
+  }
+  apply_overrides(root, source);
+
+  auto config = std::make_shared<Config>();
+  Checker check(file);
+  check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log"});
+
+  const toml::table* server = check.section(root, "server");
+  if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout"});
+  check.get_string(server, "server", "hostname", config->server.hostname);
+  std::size_t threads = 0;
+  check.get_size(server, "server", "threads", 0, 256, threads);
+  config->server.threads = static_cast<unsigned>(threads);
+  check.get_seconds(server, "server", "shutdown_timeout", 0, 86400, config->server.shutdown_timeout);
+  if (config->server.hostname.empty()) config->server.hostname = system_hostname();
+
+  if (const toml::node* n = root.get("listener")) {
+    const toml::array* arr = n->as_array();
+    if (!arr || !arr->is_array_of_tables()) {
+      check.error(n, "listener", "expected [[listener]] tables, got " + describe(*n));
+    } else {
+      for (const toml::node& item : *arr) {
+        const toml::table& t = *item.as_table();
+        check.check_keys(t, "listener", {"address"});
+        Config::Listener l;
+        const toml::node* a = check.get_string(&t, "listener", "address", l.address);
+        if (a && !parse_host_port(l.address, l.host, l.port, true)) {
+          check.error(a, "listener.address",
+                      "expected \"IP:PORT\" or \"[IPv6]:PORT\" (port 0 = any free port), got \"" + l.address + '"');
+        }
+        if (!a) check.error(&t, "listener.address", "missing; every [[listener]] needs an address");
+        config->listeners.push_back(std::move(l));
+      }
+    }
+  }
+  if (config->listeners.empty()) {
+    Config::Listener l;
+    l.host = "127.0.0.1";
+    config->listeners.push_back(l);
+  }
+
+  const toml::table* upstream = check.section(root, "upstream");
+  if (upstream) check.check_keys(*upstream, "upstream", {"target", "helo"});
+  check.get_string(upstream, "upstream", "helo", config->upstream.helo);
+  auto& up = config->upstream;
+  if (const toml::node* n = check.get_string(upstream, "upstream", "target", up.target)) {
+    if (up.target.rfind("maildir:", 0) == 0 && up.target.size() > 8) {
+      up.kind = Config::Upstream::Kind::kMaildir;
+      std::error_code ec;
+      auto abs = std::filesystem::absolute(up.target.substr(8), ec);
+      up.maildir = ec ? up.target.substr(8) : abs.lexically_normal().string();
+    } else if (parse_host_port(up.target, up.host, up.port, false) && up.port != 0) {
+      up.kind = Config::Upstream::Kind::kSmtp;
+    } else {
+      check.error(n, "upstream.target",
+                  "expected \"HOST:PORT\" of the MTA or \"maildir:DIRECTORY\", got \"" + up.target + '"');
+    }
+  } else {
+    check.error(upstream, "upstream.target", "missing; set \"HOST:PORT\" or \"maildir:DIRECTORY\"");
+  }
+  if (up.helo.empty()) up.helo = config->server.hostname;
+
+  const toml::table* lim = check.section(root, "limits");
+  if (lim) {
+    check.check_keys(*lim, "limits", {"message_size", "recipients", "messages_per_session", "errors",
+                                      "command_line", "text_line"});
+  }
+  auto& l = config->limits;
+  check.get_size(lim, "limits", "message_size", 1, std::size_t(1) << 40, l.message_size);
+  check.get_size(lim, "limits", "recipients", 1, 100000, l.recipients);
+  check.get_size(lim, "limits", "messages_per_session", 1, 1000000, l.messages_per_session);
+  check.get_size(lim, "limits", "errors", 1, 1000, l.errors);
+  check.get_size(lim, "limits", "command_line", limits::kMinCommandLine, 65536, l.command_line);
+  check.get_size(lim, "limits", "text_line", 1000, 1 << 20, l.text_line);
+
+  const toml::table* to = check.section(root, "timeouts");
+  if (to) {
+    check.check_keys(*to, "timeouts", {"command", "data", "upstream_connect", "upstream_greeting",
+                                       "upstream_mail", "upstream_rcpt", "upstream_data_init",
+                                       "upstream_data_block", "upstream_data_term"});
+  }
+  auto& t = config->timeouts;
+  const double kMaxTimeout = 86400;
+  check.get_seconds(to, "timeouts", "command", 0.05, kMaxTimeout, t.command);
+  check.get_seconds(to, "timeouts", "data", 0.05, kMaxTimeout, t.data);
+  check.get_seconds(to, "timeouts", "upstream_connect", 0.05, kMaxTimeout, t.upstream_connect);
+  check.get_seconds(to, "timeouts", "upstream_greeting", 0.05, kMaxTimeout, t.upstream_greeting);
+  check.get_seconds(to, "timeouts", "upstream_mail", 0.05, kMaxTimeout, t.upstream_mail);
+  check.get_seconds(to, "timeouts", "upstream_rcpt", 0.05, kMaxTimeout, t.upstream_rcpt);
+  check.get_seconds(to, "timeouts", "upstream_data_init", 0.05, kMaxTimeout, t.upstream_data_init);
+  check.get_seconds(to, "timeouts", "upstream_data_block", 0.05, kMaxTimeout, t.upstream_data_block);
+  check.get_seconds(to, "timeouts", "upstream_data_term", 0.05, kMaxTimeout, t.upstream_data_term);
+
+  const toml::table* data = check.section(root, "data");
+  if (data) check.check_keys(*data, "data", {"bare_line_ending", "spool_memory", "spool_dir"});
+  check.get_enum<DataDecoder::BareLineEnding>(
+      data, "data", "bare_line_ending",
+      {{"reject", DataDecoder::BareLineEnding::kReject}, {"normalize", DataDecoder::BareLineEnding::kNormalize}},
+      config->data.bare_line_ending);
+  check.get_size(data, "data", "spool_memory", 0, std::size_t(1) << 32, config->data.spool_memory);
+  if (const toml::node* n = check.get_string(data, "data", "spool_dir", config->data.spool_dir)) {
+    if (!config->data.spool_dir.empty() && access(config->data.spool_dir.c_str(), W_OK | X_OK) != 0) {
+      check.error(n, "data.spool_dir", "directory \"" + config->data.spool_dir + "\" is not writable");
+    }
+  }
+
+  const toml::table* log = check.section(root, "log");
+  if (log) check.check_keys(*log, "log", {"level"});
+  check.get_enum<Config::Log::Level>(log, "log", "level",
+                                     {{"debug", Config::Log::Level::kDebug},
+                                      {"info", Config::Log::Level::kInfo},
+                                      {"warning", Config::Log::Level::kWarning},
+                                      {"error", Config::Log::Level::kError}},
+                                     config->log.level);
+  check.finish();
+  return config;
+}
+
+}  // namespace postern

@@ -1,0 +1,92 @@
+// The configuration: an immutable snapshot built from TOML (the embedded
+// default, a file, and command-line overrides). Every error names the file,
+// the line, the key and what is allowed.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "proxy/data_decoder.h"
+
+namespace postern {
+
+using Seconds = std::chrono::duration<double>;
+
+struct Config {
+  struct Server {
+    std::string hostname;  // greeting, EHLO, Received; system host name when empty
+    unsigned threads = 0;  // I/O threads; 0 = one per core
+    Seconds shutdown_timeout{30};
+  } server;
+
+  struct Listener {
+    std::string address = "127.0.0.1:2525";  // as written, for logs
+    std::string host;
+    unsigned short port = 2525;
+  };
+  std::vector<Listener> listeners;
+
+  struct Upstream {
+    enum class Kind { kSmtp, kMaildir } kind = Kind::kMaildir;
+    std::string target;  // as written
+    std::string host;    // kSmtp
+    unsigned short port = 25;
+    std::string maildir;  // kMaildir: absolute path
+    std::string helo;     // EHLO name towards the MTA; server.hostname when empty
+  } upstream;
+
+  struct Limits {
+    std::size_t message_size = 50u * 1024 * 1024;
+    std::size_t recipients = 1000;
+    std::size_t messages_per_session = 1000;
+    std::size_t errors = 10;
+    std::size_t command_line = 2048;
+    std::size_t text_line = 1000;
+  } limits;
+
+  // RFC 5321 §4.5.3.2 defaults.
+  struct Timeouts {
+    Seconds command{300};
+    Seconds data{300};
+    Seconds upstream_connect{30};
+    Seconds upstream_greeting{300};
+    Seconds upstream_mail{300};
+    Seconds upstream_rcpt{300};
+    Seconds upstream_data_init{120};
+    Seconds upstream_data_block{180};
+    Seconds upstream_data_term{600};
+  } timeouts;
+
+  struct Data {
+    DataDecoder::BareLineEnding bare_line_ending = DataDecoder::BareLineEnding::kReject;
+    std::size_t spool_memory = 1024 * 1024;
+    std::string spool_dir;  // $TMPDIR or /tmp when empty
+  } data;
+
+  struct Log {
+    enum class Level { kDebug, kInfo, kWarning, kError } level = Level::kInfo;
+  } log;
+};
+
+// A configuration error (or several), already formatted "file:line:col: ...".
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Where the configuration comes from and what the command line overrides.
+struct ConfigSource {
+  std::string path;                        // empty: the embedded default
+  std::vector<std::string> listen;         // --listen, replaces [[listener]]
+  std::string upstream;                    // --upstream
+  std::vector<std::string> sets;           // --set section.key=value
+};
+
+// Builds a snapshot; throws ConfigError listing every problem found.
+std::shared_ptr<const Config> load_config(const ConfigSource& source);
+
+}  // namespace postern

@@ -1,0 +1,161 @@
+// DATA decoder and dot-stuffer; see data_decoder.h for the contract.
+#include "proxy/data_decoder.h"
+
+namespace postern {
+
+void DataDecoder::reset() {
+  state_ = State::kLineStart;
+  faults_ = {};
+  size_ = 0;
+  line_length_ = 0;
+}
+
+void DataDecoder::emit(std::string& out, std::string_view bytes) {
+  size_ += bytes.size();
+  if (size_ > options_.max_size) {
+    faults_.too_big = true;
+    return;  // keep reading to the end of data, drop the content
+  }
+  out.append(bytes);
+}
+
+void DataDecoder::note_line_length(std::size_t n) {
+  line_length_ += n;
+  if (line_length_ > options_.max_line) faults_.line_too_long = true;
+}
+
+// A CR or LF that is not part of a CRLF pair (RFC 5321 §2.3.8).
+void DataDecoder::bare_line_end(std::string& out, bool lf) {
+  (lf ? faults_.bare_lf : faults_.bare_cr) = true;
+  if (options_.bare_line_ending == BareLineEnding::kNormalize) {
+    emit(out, "\r\n");
+    line_length_ = 0;
+    state_ = State::kBareLineStart;
+  } else {
+    state_ = State::kText;
+  }
+}
+
+DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
+  const bool normalize = options_.bare_line_ending == BareLineEnding::kNormalize;
+  std::size_t i = 0;
+  const std::size_t n = in.size();
+  while (i < n) {
+    char c = in[i];
+    switch (state_) {
+      case State::kText: {
+        // Hot path: copy a run of ordinary bytes at once.
+        std::size_t start = i;
+        while (i < n && in[i] != '\r' && in[i] != '\n' && in[i] != '\0') ++i;
+        if (i > start) {
+          emit(out, in.substr(start, i - start));
+          note_line_length(i - start);
+        }
+        if (i == n) break;
+        c = in[i];
+        if (c == '\r') {
+          state_ = State::kCr;
+        } else if (c == '\n') {
+          note_line_length(1);
+          bare_line_end(out, true);
+        } else {  // NUL
+          faults_.nul = true;
+          emit(out, std::string_view(&in[i], 1));
+          note_line_length(1);
+        }
+        ++i;
+        break;
+      }
+      case State::kCr:
+        if (c == '\n') {
+          emit(out, "\r\n");
+          note_line_length(2);
+          line_length_ = 0;
+          state_ = State::kLineStart;
+          ++i;
+        } else {
+          // Bare CR: the byte after it is examined again in the new state.
+          note_line_length(1);
+          if (!normalize) emit(out, "\r");
+          bare_line_end(out, false);
+        }
+        break;
+      case State::kLineStart:
+        if (c == '.') {
+          state_ = State::kDot;
+          note_line_length(1);
+          ++i;
+        } else {
+          state_ = State::kText;
+        }
+        break;
+      case State::kDot:
+        if (c == '\r') {
+          state_ = State::kDotCr;
+          ++i;
+        } else if (c == '.') {
+          emit(out, ".");  // "..x" is a stuffed ".x"
+          note_line_length(1);
+          state_ = State::kText;
+          ++i;
+        } else {
+          // "\r\n.\n" and other dot lines without CRLF: the stuffing dot goes,
+          // the rest is content (§4.5.2); a bare LF is caught in kText.
+          state_ = State::kText;
+        }
+        break;
+      case State::kDotCr:
+        if (c == '\n') {
+          state_ = State::kLineStart;
+          line_length_ = 0;
+          return {i + 1, true};
+        }
+        // ".\r" + other: a bare CR after a lone dot, never the end.
+        note_line_length(1);
+        if (!normalize) emit(out, ".\r");
+        else emit(out, ".");
+        bare_line_end(out, false);
+        break;
+      case State::kBareLineStart:
+        // After a normalized bare line end: a dot here is stuffing only if doubled;
+        // a lone dot line is content, never the end of data.
+        if (c == '.' && i + 1 < n && in[i + 1] == '.') {
+          emit(out, ".");
+          note_line_length(2);
+          i += 2;
+        } else if (c == '.' && i + 1 == n) {
+          // Cannot tell yet; wait for the next byte.
+          return {i, false};
+        }
+        state_ = State::kText;
+        break;
+    }
+  }
+  return {i, false};
+}
+
+void DotStuffer::feed(std::string_view content, std::string& out) {
+  if (content.empty()) return;
+  empty_ = false;
+  std::size_t i = 0;
+  while (i < content.size()) {
+    if (line_start_ && content[i] == '.') out.push_back('.');
+    std::size_t lf = content.find('\n', i);
+    if (lf == std::string_view::npos) {
+      out.append(content.substr(i));
+      line_start_ = false;
+      break;
+    }
+    out.append(content.substr(i, lf + 1 - i));
+    line_start_ = true;
+    i = lf + 1;
+  }
+  last_ = content.back();
+}
+
+void DotStuffer::finish(std::string& out) {
+  if (!empty_ && last_ != '\n') out.append("\r\n");
+  out.append(".\r\n");
+}
+
+}  // namespace postern

@@ -1,0 +1,27 @@
+// The embedded default's upstream: delivers accepted messages into a local
+// Maildir (tmp/ then rename into new/), so postern works with no MTA.
+#pragma once
+
+#include "proxy/upstream.h"
+
+namespace postern {
+
+class MaildirUpstream final : public Upstream {
+ public:
+  explicit MaildirUpstream(std::shared_ptr<const Config> config) : config_(std::move(config)) {}
+
+  asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
+                                      const std::vector<EsmtpParam>& params) override;
+  asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
+                                      const std::vector<EsmtpParam>& params) override;
+  asio::awaitable<UpstreamReply> data(const std::string& header, const Spool& content,
+                                      const Mailbox& reverse_path) override;
+  asio::awaitable<void> reset() override { co_return; }
+  asio::awaitable<void> quit() override { co_return; }
+  bool offers(std::string_view) const override { return true; }
+
+ private:
+  std::shared_ptr<const Config> config_;
+};
+
+}  // namespace postern

@@ -1,0 +1,139 @@
+// postern's command line: run, config check, --help, --version.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "proxy/config.h"
+#include "proxy/server.h"
+#include "version.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(postern - a filtering SMTP proxy in front of your MTA
+
+Usage:
+  postern run [--config FILE] [--listen ADDR:PORT]... [--upstream HOST:PORT | --upstream maildir:DIR]
+              [--set SECTION.KEY=VALUE]...
+  postern config check FILE
+  postern --help | --version
+
+Commands:
+  run            Listen for SMTP and relay accepted mail to the upstream.
+                 Without --config, the embedded default (config/postern.toml) is used:
+                 listen on 127.0.0.1:2525 and deliver into ./postern-mail (a Maildir).
+  config check   Validate a configuration file; print each problem as FILE:LINE:COLUMN.
+
+Options of run:
+  --config FILE          TOML configuration file (see docs/configuration.md)
+  --listen ADDR:PORT     listen here instead of the file's [[listener]]s (repeatable;
+                         port 0 picks a free port, logged as "listening address=...")
+  --upstream TARGET      "HOST:PORT" of the MTA, or "maildir:DIR"
+  --set KEY=VALUE        override one key, e.g. --set limits.recipients=100
+  -h, --help             show this help
+
+Signals: SIGHUP reloads the configuration for new sessions; SIGTERM/SIGINT stop
+accepting, drain open sessions (up to server.shutdown_timeout) and exit.
+
+Examples:
+  postern run
+  postern run --listen 0.0.0.0:25 --upstream 127.0.0.1:10025
+  postern config check /etc/postern/postern.toml
+)";
+
+int usage_error(const std::string& what) {
+  std::cerr << "postern: " << what << "\nTry 'postern --help'.\n";
+  return 2;
+}
+
+bool is_help(std::string_view arg) { return arg == "-h" || arg == "--help" || arg == "help"; }
+
+int cmd_run(const std::vector<std::string>& args) {
+  postern::ConfigSource source;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (is_help(a)) {
+      std::cout << kUsage;
+      return 0;
+    }
+    auto value = [&](const char* flag) -> const std::string* {
+      if (i + 1 >= args.size()) return nullptr;
+      (void)flag;
+      return &args[++i];
+    };
+    const std::string* v = nullptr;
+    if (a == "--config") {
+      if (!(v = value("--config"))) return usage_error("--config needs a FILE");
+      source.path = *v;
+    } else if (a == "--listen") {
+      if (!(v = value("--listen"))) return usage_error("--listen needs ADDR:PORT");
+      source.listen.push_back(*v);
+    } else if (a == "--upstream") {
+      if (!(v = value("--upstream"))) return usage_error("--upstream needs HOST:PORT or maildir:DIR");
+      source.upstream = *v;
+    } else if (a == "--set") {
+      if (!(v = value("--set"))) return usage_error("--set needs SECTION.KEY=VALUE");
+      source.sets.push_back(*v);
+    } else {
+      return usage_error("unknown option '" + a + "' for run");
+    }
+  }
+  try {
+    postern::Server server(std::move(source));
+    return server.run();
+  } catch (const postern::ConfigError& e) {
+    std::cerr << "postern: configuration error:\n" << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "postern: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int cmd_config(const std::vector<std::string>& args) {
+  if (args.empty() || is_help(args[0])) {
+    std::cout << "Usage: postern config check FILE\n"
+                 "Validate a configuration file and print every problem with FILE:LINE:COLUMN.\n";
+    return args.empty() ? 2 : 0;
+  }
+  if (args[0] != "check") return usage_error("unknown config command '" + args[0] + "'");
+  if (args.size() != 2) return usage_error("config check needs exactly one FILE");
+  if (is_help(args[1])) {
+    std::cout << "Usage: postern config check FILE\n";
+    return 0;
+  }
+  postern::ConfigSource source;
+  source.path = args[1];
+  try {
+    postern::load_config(source);
+  } catch (const postern::ConfigError& e) {
+    std::cerr << e.what() << "\n";
+    return 1;
+  }
+  std::cout << args[1] << ": ok\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::cerr << kUsage;
+    return 2;
+  }
+  if (is_help(args[0])) {
+    std::cout << kUsage;
+    return 0;
+  }
+  if (args[0] == "--version" || args[0] == "version") {
+    std::cout << "postern " << postern::kVersion << "\n";
+    return 0;
+  }
+  std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "run") return cmd_run(rest);
+  if (args[0] == "config") return cmd_config(rest);
+  return usage_error("unknown command '" + args[0] + "'");
+}

@@ -1,0 +1,64 @@
+// Every reply postern itself gives, named once, with its enhanced status code
+// (RFC 3463, RFC 2034). Handlers refer to these; none formats a reply inline.
+#pragma once
+
+#include <string_view>
+
+namespace postern::replies {
+
+struct Def {
+  int code;
+  std::string_view text;  // starts with the enhanced status code
+};
+
+// Dialogue.
+inline constexpr Def kOk{250, "2.0.0 Ok"};
+inline constexpr Def kSenderOk{250, "2.1.0 Ok"};
+inline constexpr Def kRecipientOk{250, "2.1.5 Ok"};
+inline constexpr Def kStartData{354, "End data with <CR><LF>.<CR><LF>"};
+inline constexpr Def kBye{221, "2.0.0 Bye"};
+inline constexpr Def kHelp{214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"};
+inline constexpr Def kVrfy{252, "2.5.2 Cannot VRFY user, but will accept message and attempt delivery"};
+
+// Client errors (RFC 5321 §4.2.2, §4.2.4).
+inline constexpr Def kUnknownCommand{500, "5.5.2 Error: command not recognized"};
+inline constexpr Def kLineTooLong{500, "5.5.2 Error: line too long"};
+inline constexpr Def kBareLfInCommand{500, "5.5.2 Error: command line must end with <CR><LF>"};
+inline constexpr Def kNulInCommand{500, "5.5.2 Error: NUL character in command"};
+inline constexpr Def kNotImplemented{502, "5.5.1 Error: command not implemented"};
+inline constexpr Def kHeloSyntax{501, "5.5.4 Syntax: EHLO hostname"};
+inline constexpr Def kMailSyntax{501, "5.5.4 Syntax: MAIL FROM:<address>"};
+inline constexpr Def kRcptSyntax{501, "5.5.4 Syntax: RCPT TO:<address>"};
+inline constexpr Def kBadSenderAddress{501, "5.1.7 Bad sender address syntax"};
+inline constexpr Def kBadRecipientAddress{501, "5.1.3 Bad recipient address syntax"};
+inline constexpr Def kAddressTooLong{501, "5.5.4 Error: address too long (RFC 5321 4.5.3.1)"};
+inline constexpr Def kNonAsciiAddress{553, "5.6.7 Error: non-ASCII address requires SMTPUTF8"};
+inline constexpr Def kNoArguments{501, "5.5.4 Syntax error: no arguments allowed"};
+inline constexpr Def kArgsSyntax{501, "5.5.4 Syntax error in parameters or arguments"};
+inline constexpr Def kUnknownParameter{555, "5.5.4 Error: unsupported MAIL/RCPT parameter"};
+inline constexpr Def kBadParameter{501, "5.5.4 Error: bad MAIL/RCPT parameter value"};
+inline constexpr Def kNeedHelo{503, "5.5.1 Error: send HELO/EHLO first"};
+inline constexpr Def kNestedMail{503, "5.5.1 Error: nested MAIL command"};
+inline constexpr Def kNeedMail{503, "5.5.1 Error: need MAIL command"};
+inline constexpr Def kNeedRcpt{503, "5.5.1 Error: need RCPT command"};
+inline constexpr Def kNoValidRecipients{554, "5.5.1 Error: no valid recipients"};
+inline constexpr Def kTooManyRecipients{452, "4.5.3 Error: too many recipients"};
+inline constexpr Def kTooManyMessages{421, "4.7.0 Error: too many messages in this session"};
+inline constexpr Def kTooManyErrors{421, "4.7.0 Error: too many errors"};
+inline constexpr Def kSizeExceeded{552, "5.3.4 Error: message size exceeds fixed limit"};
+
+// Content (end of DATA).
+inline constexpr Def kBareLineEnding{554, "5.5.2 Error: bare <CR> or <LF> in message content (RFC 5321 2.3.8)"};
+inline constexpr Def kNulInContent{554, "5.6.0 Error: NUL character in message content"};
+inline constexpr Def kTextLineTooLong{554, "5.6.0 Error: message line too long (RFC 5321 4.5.3.1.6)"};
+inline constexpr Def kSpoolFailed{451, "4.3.0 Error: cannot spool message, try again later"};
+
+// Service.
+inline constexpr Def kTimeout{421, "4.4.2 Error: timeout exceeded"};
+inline constexpr Def kShuttingDown{421, "4.3.2 Service shutting down, try again later"};
+inline constexpr Def kUpstreamUnavailable{451, "4.4.1 Error: upstream not available, try again later"};
+inline constexpr Def kUpstreamLost{451, "4.4.2 Error: upstream connection lost, try again later"};
+inline constexpr Def kUpstreamProtocol{451, "4.4.0 Error: unexpected upstream reply, try again later"};
+inline constexpr Def kTransactionFailed{451, "4.4.2 Error: transaction failed upstream, send RSET"};
+
+}  // namespace postern::replies

@@ -1,0 +1,186 @@
+// Listeners on thread 0 hand each accepted socket to the next I/O thread;
+// a session then lives on that thread until it closes (DESIGN "Concurrency").
+#include "proxy/server.h"
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/post.hpp>
+#include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <thread>
+#include <vector>
+
+#include "proxy/log.h"
+#include "proxy/session.h"
+
+namespace postern {
+namespace {
+constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+
+log::Level to_log_level(Config::Log::Level level) {
+  switch (level) {
+    case Config::Log::Level::kDebug: return log::Level::kDebug;
+    case Config::Log::Level::kInfo: return log::Level::kInfo;
+    case Config::Log::Level::kWarning: return log::Level::kWarning;
+    case Config::Log::Level::kError: return log::Level::kError;
+  }
+  return log::Level::kInfo;
+}
+}  // namespace
+
+struct Server::Impl {
+  struct Worker {
+    asio::io_context context{1};
+    SessionRegistry registry;
+  };
+
+  ConfigSource source;
+  std::shared_ptr<const Config> config;  // guarded by config_mutex
+  std::mutex config_mutex;
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
+  std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
+  std::atomic<long> open_sessions{0};
+  std::atomic<bool> draining{false};
+  std::size_t next_worker = 0;
+
+  std::shared_ptr<const Config> snapshot() {
+    std::lock_guard lock(config_mutex);
+    return config;
+  }
+
+  asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor) {
+    for (;;) {
+      Worker& worker = *workers[next_worker++ % workers.size()];
+      auto [ec, socket] = co_await acceptor.async_accept(worker.context, use_nothrow);
+      if (ec) {
+        if (draining || ec == asio::error::operation_aborted) co_return;
+        log::warning("accept-error").kv("error", ec.message());
+        // EMFILE and friends: back off instead of spinning.
+        asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+        co_await pause.async_wait(use_nothrow);
+        continue;
+      }
+      ++open_sessions;
+      auto session = std::make_shared<Session>(std::move(socket), snapshot(), worker.registry);
+      auto run = [this, session]() -> asio::awaitable<void> {
+        co_await session->run();
+        --open_sessions;
+      };
+      asio::co_spawn(worker.context, std::move(run), asio::detached);
+    }
+  }
+
+  void reload() {
+    try {
+      auto fresh = load_config(source);
+      log::set_level(to_log_level(fresh->log.level));
+      {
+        std::lock_guard lock(config_mutex);
+        config = fresh;
+      }
+      log::info("reloaded").kv("config", source.path.empty() ? "(embedded default)" : source.path);
+    } catch (const ConfigError& e) {
+      log::error("reload-failed").kv("error", e.what()).kv("action", "keeping the running configuration");
+    }
+  }
+
+  asio::awaitable<void> signals(asio::signal_set& set) {
+    for (;;) {
+      auto [ec, signo] = co_await set.async_wait(use_nothrow);
+      if (ec) co_return;
+      if (signo == SIGHUP) {
+        reload();
+        continue;
+      }
+      co_await drain();
+      co_return;
+    }
+  }
+
+  // Stop accepting, let open sessions finish (idle ones get 421 4.3.2), then
+  // stop the I/O threads, at the latest after shutdown_timeout.
+  asio::awaitable<void> drain() {
+    draining = true;
+    log::info("shutdown").kv("open_sessions", open_sessions.load());
+    for (auto& a : acceptors) {
+      std::error_code ignored;
+      a->close(ignored);
+    }
+    for (auto& w : workers) {
+      asio::post(w->context, [w = w.get()] {
+        for (Session* s : w->registry.sessions) s->drain();
+      });
+    }
+    auto deadline = std::chrono::steady_clock::now() +
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(snapshot()->server.shutdown_timeout);
+    asio::steady_timer tick(workers[0]->context);
+    while (open_sessions > 0 && std::chrono::steady_clock::now() < deadline) {
+      tick.expires_after(std::chrono::milliseconds(20));
+      co_await tick.async_wait(use_nothrow);
+    }
+    if (open_sessions > 0) log::warning("shutdown-forced").kv("open_sessions", open_sessions.load());
+    guards.clear();
+    for (auto& w : workers) w->context.stop();
+  }
+};
+
+Server::Server(ConfigSource source) : impl_(std::make_unique<Impl>()) {
+  impl_->source = std::move(source);
+  impl_->config = load_config(impl_->source);
+  log::set_level(to_log_level(impl_->config->log.level));
+}
+
+Server::~Server() = default;
+
+int Server::run() {
+  Impl& s = *impl_;
+  auto config = s.snapshot();
+  unsigned n = config->server.threads ? config->server.threads : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) {
+    s.workers.push_back(std::make_unique<Impl::Worker>());
+    s.guards.emplace_back(s.workers.back()->context.get_executor());
+  }
+  // Signals are caught from here on, before anyone can know we listen.
+  asio::signal_set signal_set(s.workers[0]->context, SIGHUP, SIGTERM, SIGINT);
+  for (const Config::Listener& l : config->listeners) {
+    asio::ip::tcp::endpoint endpoint(asio::ip::make_address(l.host), l.port);
+    auto acceptor = std::make_unique<asio::ip::tcp::acceptor>(s.workers[0]->context);
+    std::error_code ec;
+    acceptor->open(endpoint.protocol(), ec);
+    if (!ec) acceptor->set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor->bind(endpoint, ec);
+    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      log::error("listen-failed").kv("address", l.address).kv("error", ec.message());
+      return 1;
+    }
+    auto bound = acceptor->local_endpoint();
+    std::string shown = bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
+                                                : bound.address().to_string();
+    log::info("listening").kv("address", shown + ":" + std::to_string(bound.port()));
+    s.acceptors.push_back(std::move(acceptor));
+  }
+  log::info("started").kv("threads", n).kv("upstream", config->upstream.target)
+      .kv("hostname", config->server.hostname);
+  for (auto& a : s.acceptors) {
+    asio::co_spawn(s.workers[0]->context, s.accept_loop(*a), asio::detached);
+  }
+  asio::co_spawn(s.workers[0]->context, s.signals(signal_set), asio::detached);
+
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < n; ++i) {
+    threads.emplace_back([w = s.workers[i].get()] { w->context.run(); });
+  }
+  s.workers[0]->context.run();
+  for (auto& t : threads) t.join();
+  log::info("stopped");
+  return 0;
+}
+
+}  // namespace postern

@@ -1,0 +1,487 @@
+// The server side of SMTP (RFC 5321, PIPELINING RFC 2920, SIZE RFC 1870,
+// 8BITMIME RFC 6152, ENHANCEDSTATUSCODES RFC 2034) mirrored to the upstream.
+#include "proxy/session.h"
+
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+#include <cstring>
+#include <ctime>
+#include <fmt/format.h>
+
+#include "proxy/limits.h"
+#include "proxy/log.h"
+
+namespace postern {
+namespace {
+
+constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+
+std::string next_session_id() {
+  static std::atomic<unsigned long> counter{0};
+  static const unsigned long start = static_cast<unsigned long>(std::time(nullptr));
+  return fmt::format("{:08X}{:06X}", start & 0xffffffff, ++counter & 0xffffff);
+}
+
+long long elapsed_ms(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since)
+      .count();
+}
+
+// HELO names reach the Received header and logs; keep them to safe octets.
+std::string clean_helo(std::string_view helo) {
+  std::string out;
+  std::size_t n = std::min(helo.size(), limits::kHeloName);
+  for (std::size_t i = 0; i < n; ++i) {
+    unsigned char c = helo[i];
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == '_' || c == ':' || c == '[' || c == ']';
+    out.push_back(ok ? static_cast<char>(c) : '?');
+  }
+  return out;
+}
+
+std::string rfc5322_date() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+  return std::string(buf, n);
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::toupper(static_cast<unsigned char>(a[i])) != std::toupper(static_cast<unsigned char>(b[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
+                 SessionRegistry& registry)
+    : socket_(std::move(socket)),
+      config_(std::move(config)),
+      registry_(registry),
+      watchdog_(socket_.get_executor(), [this] {
+        std::error_code ignored;
+        socket_.cancel(ignored);
+      }),
+      id_(next_session_id()),
+      started_(std::chrono::steady_clock::now()),
+      decoder_({config_->limits.message_size, config_->limits.text_line, config_->data.bare_line_ending}),
+      spool_(config_->data.spool_memory, config_->data.spool_dir) {
+  std::error_code ec;
+  auto peer = socket_.remote_endpoint(ec);
+  if (!ec) {
+    asio::ip::address addr = peer.address();
+    if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+      addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+    }
+    client_.address = addr.to_string();
+    client_.port = peer.port();
+  }
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  registry_.sessions.insert(this);
+}
+
+Session::~Session() { registry_.sessions.erase(this); }
+
+void Session::drain() {
+  draining_ = true;
+  if (reading_ && mode_ != Mode::kData) {
+    std::error_code ignored;
+    socket_.cancel(ignored);
+  }
+}
+
+void Session::reply(const replies::Def& def) { append_reply(output_, def.code, def.text); }
+
+// A client mistake: reply, count it, and end a session that keeps erring.
+void Session::client_error(const replies::Def& def) {
+  reply(def);
+  if (++errors_ >= config_->limits.errors) {
+    log::warning("too-many-errors").kv("session", id_).kv("client", client_.address)
+        .kv("errors", errors_);
+    reply(replies::kTooManyErrors);
+    quit_ = true;
+  }
+}
+
+Upstream& Session::upstream() {
+  if (!upstream_) upstream_ = make_upstream(socket_.get_executor(), config_, client_);
+  return *upstream_;
+}
+
+asio::awaitable<void> Session::run() {
+  log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port));
+  append_reply(output_, 220, config_->server.hostname + " ESMTP postern");
+  while (!quit_) {
+    co_await process_input();
+    if (!co_await flush() || quit_) break;
+    if (draining_ && mode_ != Mode::kData) {
+      reply(replies::kShuttingDown);
+      break;
+    }
+    if (!co_await fill()) break;
+  }
+  co_await flush();
+  if (txn_.active) co_await abandon_transaction();
+  if (upstream_) co_await upstream_->quit();
+  watchdog_.stop();
+  std::error_code ignored;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", messages_)
+      .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
+}
+
+asio::awaitable<bool> Session::flush() {
+  if (output_.empty()) co_return true;
+  watchdog_.arm(config_->timeouts.command);
+  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(output_), use_nothrow);
+  watchdog_.disarm();
+  output_.clear();
+  if (ec) {
+    log::info("client-lost").kv("session", id_).kv("op", "write")
+        .kv("error", watchdog_.expired() ? "timeout" : ec.message());
+    co_return false;
+  }
+  co_return true;
+}
+
+// Reads more input; false when the session must end (a 421 is queued where due).
+asio::awaitable<bool> Session::fill() {
+  if (input_pos_ > 0) {
+    input_.erase(0, input_pos_);
+    input_pos_ = 0;
+  }
+  std::size_t old = input_.size();
+  input_.resize(old + limits::kReadChunk);
+  watchdog_.arm(mode_ == Mode::kData ? config_->timeouts.data : config_->timeouts.command);
+  reading_ = true;
+  auto [ec, n] = co_await socket_.async_read_some(asio::buffer(input_.data() + old, limits::kReadChunk),
+                                                  use_nothrow);
+  reading_ = false;
+  watchdog_.disarm();
+  input_.resize(old + n);
+  if (!ec) co_return true;
+  if (watchdog_.expired()) {
+    log::warning("timeout").kv("session", id_).kv("client", client_.address)
+        .kv("state", mode_ == Mode::kData ? "data" : "command");
+    reply(replies::kTimeout);
+  } else if (draining_ && ec == asio::error::operation_aborted) {
+    reply(replies::kShuttingDown);
+  } else {
+    log::info("client-lost").kv("session", id_).kv("op", "read")
+        .kv("state", mode_ == Mode::kData ? "data" : "command")
+        .kv("error", ec == asio::error::eof ? "eof" : ec.message());
+    output_.clear();
+  }
+  co_return false;
+}
+
+// Handles every complete command (and DATA content) that is buffered.
+asio::awaitable<void> Session::process_input() {
+  while (!quit_) {
+    std::string_view avail(input_.data() + input_pos_, input_.size() - input_pos_);
+    if (avail.empty()) co_return;
+    if (mode_ == Mode::kData) {
+      decoded_.clear();
+      DataDecoder::Result r = decoder_.feed(avail, decoded_);
+      input_pos_ += r.consumed;
+      if (!decoded_.empty() && !spool_failed_ && !spool_.append(decoded_)) {
+        log::error("spool-error").kv("session", id_).kv("op", "write").kv("error", std::strerror(errno));
+        spool_failed_ = true;
+      }
+      if (!r.done) co_return;
+      mode_ = Mode::kCommand;
+      co_await end_of_data();
+      continue;
+    }
+    if (mode_ == Mode::kSkipLine) {
+      std::size_t lf = avail.find('\n');
+      if (lf == std::string_view::npos) {
+        input_pos_ = input_.size();
+        co_return;
+      }
+      input_pos_ += lf + 1;
+      mode_ = Mode::kCommand;
+      log::warning("line-too-long").kv("session", id_).kv("client", client_.address);
+      client_error(replies::kLineTooLong);
+      continue;
+    }
+    LineScan scan = scan_line(avail, config_->limits.command_line);
+    switch (scan.outcome) {
+      case LineScan::Outcome::kIncomplete:
+        co_return;
+      case LineScan::Outcome::kTooLong:
+        mode_ = Mode::kSkipLine;
+        continue;
+      case LineScan::Outcome::kBareLf:
+        input_pos_ += scan.consumed;
+        client_error(replies::kBareLfInCommand);
+        continue;
+      case LineScan::Outcome::kComplete:
+        input_pos_ += scan.consumed;
+        co_await handle_command(scan.line);
+        continue;
+    }
+  }
+}
+
+asio::awaitable<void> Session::handle_command(std::string_view line) {
+  if (line.find('\0') != std::string_view::npos) {
+    client_error(replies::kNulInCommand);
+    co_return;
+  }
+  Command cmd = parse_command(line);
+  if (cmd.verb == Verb::kUnknown) {
+    log::info("unknown-command").kv("session", id_).kv("line", line);
+    client_error(replies::kUnknownCommand);
+    co_return;
+  }
+  const unsigned flags = cmd.spec->flags;
+  if (flags & kNotImplemented) {
+    client_error(replies::kNotImplemented);
+    co_return;
+  }
+  if ((flags & kArgsNone) && !cmd.args.empty()) {
+    client_error(replies::kNoArguments);
+    co_return;
+  }
+  if ((flags & kArgsRequired) && cmd.args.empty()) {
+    switch (cmd.verb) {
+      case Verb::kEhlo: case Verb::kHelo: client_error(replies::kHeloSyntax); break;
+      case Verb::kMail: client_error(replies::kMailSyntax); break;
+      case Verb::kRcpt: client_error(replies::kRcptSyntax); break;
+      default: client_error(replies::kArgsSyntax); break;
+    }
+    co_return;
+  }
+  switch (cmd.verb) {
+    case Verb::kEhlo:
+    case Verb::kHelo:
+      if (txn_.active) co_await abandon_transaction();  // EHLO resets (§4.1.4)
+      handle_helo(cmd);
+      break;
+    case Verb::kMail: co_await handle_mail(cmd); break;
+    case Verb::kRcpt: co_await handle_rcpt(cmd); break;
+    case Verb::kData: handle_data(); break;
+    case Verb::kRset:
+      if (txn_.active) co_await abandon_transaction();
+      reply(replies::kOk);
+      break;
+    case Verb::kNoop: reply(replies::kOk); break;
+    case Verb::kHelp: reply(replies::kHelp); break;
+    case Verb::kVrfy: reply(replies::kVrfy); break;
+    case Verb::kQuit:
+      reply(replies::kBye);
+      quit_ = true;
+      break;
+    default: client_error(replies::kNotImplemented); break;
+  }
+}
+
+void Session::handle_helo(const Command& cmd) {
+  for (unsigned char c : cmd.args) {
+    if (c < 32 || c == 127) {
+      client_error(replies::kHeloSyntax);
+      return;
+    }
+  }
+  greeted_ = true;
+  esmtp_ = cmd.verb == Verb::kEhlo;
+  client_.helo = clean_helo(cmd.args);
+  const std::string& host = config_->server.hostname;
+  if (!esmtp_) {
+    append_reply(output_, 250, host);
+    return;
+  }
+  append_reply(output_, 250,
+               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES", host,
+                           config_->limits.message_size));
+}
+
+asio::awaitable<void> Session::handle_mail(const Command& cmd) {
+  if (!greeted_) {
+    client_error(replies::kNeedHelo);
+    co_return;
+  }
+  if (txn_.active) {
+    client_error(replies::kNestedMail);
+    co_return;
+  }
+  if (messages_ >= config_->limits.messages_per_session) {
+    reply(replies::kTooManyMessages);
+    quit_ = true;
+    co_return;
+  }
+  PathArgs args = parse_mail_args(cmd.args, false);
+  if (args.error) {
+    client_error(*args.error);
+    co_return;
+  }
+  for (const EsmtpParam& p : args.params) {
+    if (p.keyword == "SIZE" && esmtp_) {
+      // RFC 1870 §6: size-value = 1*20DIGIT.
+      if (!p.has_value || p.value.size() > 20 ||
+          p.value.find_first_not_of("0123456789") != std::string::npos) {
+        client_error(replies::kBadParameter);
+        co_return;
+      }
+      if (p.value.size() > 15 || std::stoull(p.value) > config_->limits.message_size) {
+        reply(replies::kSizeExceeded);
+        co_return;
+      }
+    } else if (p.keyword == "BODY" && esmtp_) {
+      if (!p.has_value || !(iequals(p.value, "7BIT") || iequals(p.value, "8BITMIME"))) {
+        client_error(replies::kBadParameter);
+        co_return;
+      }
+    } else {
+      client_error(replies::kUnknownParameter);
+      co_return;
+    }
+  }
+  UpstreamReply r = co_await upstream().mail(args.mailbox, args.params);
+  append_reply(output_, r.reply);
+  if (r.reply.positive()) {
+    txn_.active = true;
+    txn_.reverse_path = std::move(args.mailbox);
+    txn_.started = std::chrono::steady_clock::now();
+  } else {
+    log::info("mail-refused").kv("session", id_).kv("from", "<" + args.mailbox.str() + ">")
+        .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
+  }
+}
+
+asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
+  if (!txn_.active) {
+    client_error(replies::kNeedMail);
+    co_return;
+  }
+  if (txn_.failed) {
+    reply(replies::kTransactionFailed);
+    co_return;
+  }
+  PathArgs args = parse_rcpt_args(cmd.args, false);
+  if (args.error) {
+    client_error(*args.error);
+    co_return;
+  }
+  if (!args.params.empty()) {
+    client_error(replies::kUnknownParameter);
+    co_return;
+  }
+  ++txn_.rcpt_commands;
+  if (txn_.recipients.size() >= config_->limits.recipients) {
+    reply(replies::kTooManyRecipients);
+    co_return;
+  }
+  UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params);
+  append_reply(output_, r.reply);
+  if (r.connection_lost) txn_.failed = true;
+  if (r.reply.positive()) {
+    txn_.recipients.push_back(std::move(args.mailbox));
+  } else {
+    log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
+        .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
+  }
+}
+
+void Session::handle_data() {
+  if (!txn_.active) {
+    client_error(greeted_ ? replies::kNeedMail : replies::kNeedHelo);
+    return;
+  }
+  if (txn_.failed) {
+    reply(replies::kTransactionFailed);
+    return;
+  }
+  if (txn_.recipients.empty()) {
+    if (txn_.rcpt_commands > 0) reply(replies::kNoValidRecipients);
+    else client_error(replies::kNeedRcpt);
+    return;
+  }
+  reply(replies::kStartData);
+  mode_ = Mode::kData;
+  decoder_.reset();
+  spool_.clear();
+  spool_failed_ = false;
+}
+
+// The client's final dot: check the content, then relay it or refuse it.
+asio::awaitable<void> Session::end_of_data() {
+  ++messages_;
+  const DataDecoder::Faults& faults = decoder_.faults();
+  const bool bare = (faults.bare_lf || faults.bare_cr) &&
+                    config_->data.bare_line_ending == DataDecoder::BareLineEnding::kReject;
+  const replies::Def* refusal = nullptr;
+  if (faults.too_big) refusal = &replies::kSizeExceeded;
+  else if (bare) refusal = &replies::kBareLineEnding;
+  else if (faults.nul) refusal = &replies::kNulInContent;
+  else if (faults.line_too_long) refusal = &replies::kTextLineTooLong;
+  else if (spool_failed_ || !spool_.finish()) refusal = &replies::kSpoolFailed;
+
+  UpstreamReply result;
+  if (refusal) {
+    result = UpstreamReply{Reply{refusal->code, std::string(refusal->text)}, true};
+    if (bare) {
+      log::warning("bare-line-ending").kv("session", id_).kv("client", client_.address)
+          .kv("bare_lf", faults.bare_lf ? "yes" : "no").kv("bare_cr", faults.bare_cr ? "yes" : "no");
+    }
+    co_await upstream().reset();
+  } else {
+    result = co_await upstream().data(received_header(), spool_, txn_.reverse_path);
+    if (!result.connection_lost) co_await upstream().reset();
+  }
+  append_reply(output_, result.reply);
+
+  std::string to;
+  for (const Mailbox& m : txn_.recipients) {
+    if (!to.empty()) to.push_back(',');
+    to.append("<").append(m.str()).append(">");
+  }
+  const char* outcome = result.reply.positive() ? "relayed"
+                        : result.reply.klass() == 4 ? "tempfailed" : "rejected";
+  log::info("message").kv("session", id_).kv("id", fmt::format("{}.{}", id_, messages_))
+      .kv("client", client_.address).kv("from", "<" + txn_.reverse_path.str() + ">").kv("to", to)
+      .kv("size", decoder_.size()).kv("result", outcome).kv("by", result.local ? "postern" : "upstream")
+      .kv("upstream", fmt::format("{} {}", result.reply.code, result.reply.first_line())).kv("duration_ms", elapsed_ms(txn_.started));
+  reset_transaction();
+}
+
+// The client gave up on a transaction (RSET, EHLO, QUIT, lost connection).
+asio::awaitable<void> Session::abandon_transaction() {
+  if (upstream_ && !txn_.failed) co_await upstream_->reset();
+  reset_transaction();
+}
+
+void Session::reset_transaction() {
+  txn_ = Transaction{};
+  spool_.clear();
+  decoder_.reset();
+  spool_failed_ = false;
+}
+
+// RFC 5321 §4.4 trace header; "with" per RFC 3848.
+std::string Session::received_header() const {
+  std::string ip = client_.address.find(':') != std::string::npos ? "IPv6:" + client_.address
+                                                                  : client_.address;
+  std::string header = fmt::format("Received: from {} (unknown [{}])\r\n\tby {} (postern) with {} id {}.{}\r\n",
+                                   client_.helo, ip, config_->server.hostname, esmtp_ ? "ESMTP" : "SMTP",
+                                   id_, messages_);
+  if (txn_.recipients.size() == 1) {
+    fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.recipients[0].str(), rfc5322_date());
+  } else {
+    fmt::format_to(std::back_inserter(header), "\t; {}\r\n", rfc5322_date());
+  }
+  return header;
+}
+
+}  // namespace postern

@@ -1,0 +1,105 @@
+// One client connection from accept to close: the SMTP server dialogue, the
+// DATA stream into the spool, and the mirrored upstream transaction. One
+// coroutine is the session's whole life; it runs on one I/O thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <asio/awaitable.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include "filters/address.h"
+#include "filters/spool.h"
+#include "proxy/config.h"
+#include "proxy/data_decoder.h"
+#include "proxy/replies.h"
+#include "proxy/smtp_command.h"
+#include "proxy/upstream.h"
+#include "proxy/watchdog.h"
+
+namespace postern {
+
+class Session;
+
+// The sessions of one I/O thread; touched only from that thread.
+struct SessionRegistry {
+  std::unordered_set<Session*> sessions;
+};
+
+class Session {
+ public:
+  Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
+          SessionRegistry& registry);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  asio::awaitable<void> run();
+  // Shutdown: a session waiting for a command gets 421 4.3.2 and closes; one
+  // busy with a message finishes it first.
+  void drain();
+
+ private:
+  enum class Mode { kCommand, kData, kSkipLine };
+
+  // The open mail transaction (RFC 5321 §3.3); dies only in reset_transaction().
+  struct Transaction {
+    bool active = false;
+    bool failed = false;  // the upstream was lost: the rest of it gets 451 4.4.2
+    Mailbox reverse_path;
+    std::vector<Mailbox> recipients;
+    std::size_t rcpt_commands = 0;
+    std::chrono::steady_clock::time_point started;
+  };
+
+  asio::awaitable<void> process_input();
+  asio::awaitable<bool> flush();
+  asio::awaitable<bool> fill();
+  asio::awaitable<void> handle_command(std::string_view line);
+  void handle_helo(const Command& cmd);
+  asio::awaitable<void> handle_mail(const Command& cmd);
+  asio::awaitable<void> handle_rcpt(const Command& cmd);
+  void handle_data();
+  asio::awaitable<void> end_of_data();
+  asio::awaitable<void> abandon_transaction();
+  void reset_transaction();
+
+  void reply(const replies::Def& def);
+  void client_error(const replies::Def& def);
+  Upstream& upstream();
+  std::string received_header() const;
+
+  asio::ip::tcp::socket socket_;
+  std::shared_ptr<const Config> config_;
+  SessionRegistry& registry_;
+  Watchdog watchdog_;
+  std::unique_ptr<Upstream> upstream_;
+  std::string id_;
+  ClientFacts client_;
+  std::chrono::steady_clock::time_point started_;
+
+  std::string input_;
+  std::size_t input_pos_ = 0;
+  std::string output_;
+  std::string decoded_;
+  Mode mode_ = Mode::kCommand;
+  bool reading_ = false;
+  bool draining_ = false;
+  bool quit_ = false;
+
+  bool greeted_ = false;
+  bool esmtp_ = false;
+  std::size_t errors_ = 0;
+  std::size_t messages_ = 0;
+  Transaction txn_;
+  DataDecoder decoder_;
+  Spool spool_;
+  bool spool_failed_ = false;
+};
+
+}  // namespace postern

@@ -1,0 +1,307 @@
+// SMTP client to the MTA: connect, EHLO, mirror MAIL/RCPT, send the message
+// after the whole DATA is in; every wait has a deadline (RFC 5321 §4.5.3.2).
+#include "proxy/smtp_upstream.h"
+
+#include <asio/connect.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/read.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <cerrno>
+#include <cstring>
+
+#include "proxy/limits.h"
+#include "proxy/log.h"
+#include "proxy/replies.h"
+
+namespace postern {
+namespace {
+constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+constexpr Seconds kQuitTimeout{5};
+
+UpstreamReply local(const replies::Def& def, bool lost) {
+  return UpstreamReply{Reply{def.code, std::string(def.text)}, true, lost};
+}
+}  // namespace
+
+SmtpUpstream::SmtpUpstream(const asio::any_io_executor& executor,
+                           std::shared_ptr<const Config> config, ClientFacts client)
+    : config_(std::move(config)),
+      client_(std::move(client)),
+      socket_(executor),
+      watchdog_(executor, [this] {
+        std::error_code ignored;
+        socket_.cancel(ignored);
+      }) {}
+
+bool SmtpUpstream::offers(std::string_view keyword) const {
+  for (const std::string& cap : capabilities_) {
+    if (cap == keyword) return true;
+  }
+  return false;
+}
+
+void SmtpUpstream::close(std::string_view why) {
+  if (state_ != State::kClosed) {
+    log::warning("upstream-closed").kv("upstream", config_->upstream.target).kv("reason", why);
+  }
+  std::error_code ignored;
+  socket_.close(ignored);
+  state_ = State::kClosed;
+  input_.clear();
+  parser_.reset();
+  capabilities_.clear();
+}
+
+UpstreamReply SmtpUpstream::lost(std::string_view stage) {
+  close(stage);
+  if (protocol_error_) {
+    protocol_error_ = false;
+    return local(replies::kUpstreamProtocol, true);
+  }
+  return local(replies::kUpstreamLost, true);
+}
+
+asio::awaitable<bool> SmtpUpstream::send(std::string_view bytes, Seconds timeout) {
+  watchdog_.arm(timeout);
+  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), use_nothrow);
+  watchdog_.disarm();
+  if (ec) {
+    log::warning("upstream-error").kv("op", "write").kv("error", watchdog_.expired() ? "timeout" : ec.message());
+    co_return false;
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> SmtpUpstream::receive(Reply& reply, Seconds timeout) {
+  watchdog_.arm(timeout);
+  for (;;) {
+    if (!input_.empty()) {
+      auto result = parser_.feed(input_);
+      input_.erase(0, result.consumed);
+      if (result.outcome == ReplyParser::Outcome::kComplete) {
+        reply = parser_.take();
+        watchdog_.disarm();
+        co_return true;
+      }
+      if (result.outcome != ReplyParser::Outcome::kIncomplete) {
+        watchdog_.disarm();
+        protocol_error_ = true;
+        log::warning("upstream-error").kv("op", "read").kv("error", "malformed reply")
+            .kv("text", input_.substr(0, 80));
+        co_return false;
+      }
+    }
+    std::size_t old = input_.size();
+    input_.resize(old + limits::kReadChunk);
+    auto [ec, n] = co_await socket_.async_read_some(asio::buffer(input_.data() + old, limits::kReadChunk),
+                                                    use_nothrow);
+    input_.resize(old + n);
+    if (ec) {
+      watchdog_.disarm();
+      log::warning("upstream-error").kv("op", "read")
+          .kv("error", watchdog_.expired() ? "timeout" : ec.message());
+      co_return false;
+    }
+  }
+}
+
+asio::awaitable<UpstreamReply> SmtpUpstream::command(std::string_view line, Seconds timeout) {
+  if (!co_await send(line, timeout)) co_return lost("write failed");
+  Reply reply;
+  if (!co_await receive(reply, timeout)) co_return lost("no reply");
+  co_return UpstreamReply{std::move(reply)};
+}
+
+asio::awaitable<bool> SmtpUpstream::open() {
+  const auto& up = config_->upstream;
+  const auto& to = config_->timeouts;
+  std::error_code ec;
+  asio::ip::address addr = asio::ip::make_address(up.host, ec);
+  std::vector<asio::ip::tcp::endpoint> endpoints;
+  if (!ec) {
+    endpoints.emplace_back(addr, up.port);
+  } else {
+    asio::ip::tcp::resolver resolver(socket_.get_executor());
+    watchdog_.arm(to.upstream_connect);
+    auto [rec, results] = co_await resolver.async_resolve(up.host, std::to_string(up.port), use_nothrow);
+    watchdog_.disarm();
+    if (rec) {
+      log::warning("upstream-error").kv("op", "resolve").kv("upstream", up.target).kv("error", rec.message());
+      co_return false;
+    }
+    for (const auto& entry : results) endpoints.push_back(entry.endpoint());
+  }
+  watchdog_.arm(to.upstream_connect);
+  auto [cec, endpoint] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
+  watchdog_.disarm();
+  if (cec) {
+    log::warning("upstream-error").kv("op", "connect").kv("upstream", up.target)
+        .kv("error", watchdog_.expired() ? "timeout" : cec.message());
+    close("connect failed");
+    co_return false;
+  }
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  state_ = State::kReady;  // so close() logs from here on
+
+  Reply greeting;
+  if (!co_await receive(greeting, to.upstream_greeting) || greeting.code != 220) {
+    if (greeting.code) {
+      log::warning("upstream-error").kv("op", "greeting").kv("reply", greeting.first_line());
+    }
+    close("no 220 greeting");
+    co_return false;
+  }
+  output_.assign("EHLO ").append(up.helo).append("\r\n");
+  UpstreamReply ehlo = co_await command(output_, to.upstream_greeting);
+  if (ehlo.connection_lost) co_return false;
+  if (ehlo.reply.positive()) {
+    // The first line is the greeting; each further line starts with a keyword.
+    std::string_view text = ehlo.reply.text;
+    std::size_t nl = text.find('\n');
+    while (nl != std::string_view::npos) {
+      text.remove_prefix(nl + 1);
+      nl = text.find('\n');
+      std::string_view line = text.substr(0, nl);
+      std::string keyword(line.substr(0, line.find(' ')));
+      for (char& c : keyword) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      capabilities_.push_back(std::move(keyword));
+    }
+  } else {
+    output_.assign("HELO ").append(up.helo).append("\r\n");
+    UpstreamReply helo = co_await command(output_, to.upstream_greeting);
+    if (helo.connection_lost || !helo.reply.positive()) {
+      if (!helo.connection_lost) log::warning("upstream-error").kv("op", "helo").kv("reply", helo.reply.first_line());
+      close("HELO refused");
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam>& params,
+                                 const SmtpUpstream& self) {
+  for (const EsmtpParam& p : params) {
+    // Pass a parameter only where its extension is offered (RFC 5321 §4.1.2).
+    bool pass = (p.keyword == "SIZE" && self.offers("SIZE")) ||
+                (p.keyword == "BODY" && self.offers("8BITMIME"));
+    if (!pass) continue;
+    line.append(" ").append(p.keyword);
+    if (p.has_value) line.append("=").append(p.value);
+  }
+}
+
+asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
+                                                  const std::vector<EsmtpParam>& params) {
+  if (state_ == State::kInTransaction) co_await reset();
+  if (state_ == State::kClosed && !co_await open()) {
+    close("unavailable");
+    co_return local(replies::kUpstreamUnavailable, true);
+  }
+  output_.assign("MAIL FROM:<").append(reverse_path.str()).append(">");
+  append_params(output_, params, *this);
+  output_.append("\r\n");
+  UpstreamReply r = co_await command(output_, config_->timeouts.upstream_mail);
+  if (r.connection_lost) co_return r;
+  if (r.reply.positive()) {
+    state_ = State::kInTransaction;
+  } else if (r.reply.klass() != 4 && r.reply.klass() != 5) {
+    log::warning("upstream-error").kv("op", "mail").kv("unexpected", r.reply.first_line());
+    close("unexpected reply to MAIL");
+    co_return local(replies::kUpstreamProtocol, true);
+  }
+  co_return r;
+}
+
+asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
+                                                  const std::vector<EsmtpParam>& params) {
+  if (state_ != State::kInTransaction) co_return local(replies::kUpstreamLost, true);
+  output_.assign("RCPT TO:<").append(forward_path.str()).append(">");
+  append_params(output_, params, *this);
+  output_.append("\r\n");
+  UpstreamReply r = co_await command(output_, config_->timeouts.upstream_rcpt);
+  if (!r.connection_lost && r.reply.klass() != 2 && r.reply.klass() != 4 && r.reply.klass() != 5) {
+    log::warning("upstream-error").kv("op", "rcpt").kv("unexpected", r.reply.first_line());
+    close("unexpected reply to RCPT");
+    co_return local(replies::kUpstreamProtocol, true);
+  }
+  co_return r;
+}
+
+asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& header, const Spool& content,
+                                                  const Mailbox&) {
+  if (state_ != State::kInTransaction) co_return local(replies::kUpstreamLost, true);
+  const auto& to = config_->timeouts;
+  UpstreamReply go = co_await command("DATA\r\n", to.upstream_data_init);
+  if (go.connection_lost) co_return go;
+  if (go.reply.code != 354) {
+    if (go.reply.klass() == 4 || go.reply.klass() == 5) co_return go;  // refused: relayed verbatim
+    // A 2xx where 354 belongs is never relayed as success (Postfix smtpd_proxy).
+    log::warning("upstream-error").kv("op", "data").kv("unexpected", go.reply.first_line());
+    close("unexpected reply to DATA");
+    co_return local(replies::kUpstreamProtocol, true);
+  }
+  // Whole blocks, never line by line: header + stuffed content + ".\r\n".
+  DotStuffer stuffer;
+  output_.clear();
+  stuffer.feed(header, output_);
+  if (content.in_memory()) {
+    stuffer.feed(content.memory(), output_);
+  } else {
+    std::string chunk(limits::kRelayChunk, '\0');
+    std::size_t offset = 0;
+    for (;;) {
+      long n = content.read(offset, chunk.data(), chunk.size());
+      if (n < 0) {
+        log::error("spool-error").kv("op", "read").kv("error", std::strerror(errno));
+        close("spool read failed");  // the MTA must not take a truncated message
+        co_return local(replies::kSpoolFailed, true);
+      }
+      if (n == 0) break;
+      offset += static_cast<std::size_t>(n);
+      stuffer.feed(std::string_view(chunk.data(), static_cast<std::size_t>(n)), output_);
+      if (output_.size() >= limits::kRelayChunk) {
+        if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in DATA");
+        output_.clear();
+      }
+    }
+  }
+  stuffer.finish(output_);
+  if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in DATA");
+  Reply final_reply;
+  if (!co_await receive(final_reply, to.upstream_data_term)) co_return lost("no reply to end of data");
+  state_ = State::kReady;
+  int k = final_reply.klass();
+  if (k != 2 && k != 4 && k != 5) {
+    log::warning("upstream-error").kv("op", "end-of-data").kv("unexpected", final_reply.first_line());
+    close("unexpected reply to end of data");
+    co_return local(replies::kUpstreamProtocol, true);
+  }
+  co_return UpstreamReply{std::move(final_reply)};
+}
+
+asio::awaitable<void> SmtpUpstream::reset() {
+  if (state_ != State::kInTransaction) co_return;
+  UpstreamReply r = co_await command("RSET\r\n", config_->timeouts.upstream_mail);
+  if (r.connection_lost) co_return;
+  if (!r.reply.positive()) {
+    close("RSET refused");
+    co_return;
+  }
+  state_ = State::kReady;
+}
+
+asio::awaitable<void> SmtpUpstream::quit() {
+  if (state_ == State::kClosed) co_return;
+  if (co_await send("QUIT\r\n", kQuitTimeout)) {
+    Reply bye;
+    co_await receive(bye, kQuitTimeout);
+  }
+  std::error_code ignored;
+  socket_.close(ignored);
+  state_ = State::kClosed;
+}
+
+}  // namespace postern

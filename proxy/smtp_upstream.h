@@ -1,0 +1,53 @@
+// The SMTP client side: one connection to the MTA behind postern, opened at
+// the first accepted MAIL, kept for the session's later messages.
+#pragma once
+
+#include <asio/ip/tcp.hpp>
+
+#include "proxy/upstream.h"
+#include "proxy/watchdog.h"
+
+namespace postern {
+
+class SmtpUpstream final : public Upstream {
+ public:
+  SmtpUpstream(const asio::any_io_executor& executor, std::shared_ptr<const Config> config,
+               ClientFacts client);
+
+  asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
+                                      const std::vector<EsmtpParam>& params) override;
+  asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
+                                      const std::vector<EsmtpParam>& params) override;
+  asio::awaitable<UpstreamReply> data(const std::string& header, const Spool& content,
+                                      const Mailbox& reverse_path) override;
+  asio::awaitable<void> reset() override;
+  asio::awaitable<void> quit() override;
+  bool offers(std::string_view keyword) const override;
+
+ private:
+  enum class State { kClosed, kReady, kInTransaction };
+
+  asio::awaitable<bool> open();
+  asio::awaitable<bool> send(std::string_view bytes, Seconds timeout);
+  // Reads one reply; false when the connection failed, timed out or sent garbage.
+  asio::awaitable<bool> receive(Reply& reply, Seconds timeout);
+  // Sends one command line and reads its reply.
+  asio::awaitable<UpstreamReply> command(std::string_view line, Seconds timeout);
+  void close(std::string_view why);
+  UpstreamReply lost(std::string_view stage);
+  static void append_params(std::string& line, const std::vector<EsmtpParam>& params,
+                            const SmtpUpstream& self);
+
+  std::shared_ptr<const Config> config_;
+  ClientFacts client_;
+  asio::ip::tcp::socket socket_;
+  Watchdog watchdog_;
+  ReplyParser parser_;
+  std::string input_;
+  std::string output_;
+  std::vector<std::string> capabilities_;
+  State state_ = State::kClosed;
+  bool protocol_error_ = false;
+};
+
+}  // namespace postern

@@ -1,0 +1,62 @@
+// Where accepted mail goes: the MTA behind postern (SmtpUpstream) or the
+// embedded default's local Maildir (MaildirUpstream). A session mirrors each
+// envelope command to its Upstream and relays the Upstream's reply.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+
+#include "filters/address.h"
+#include "filters/spool.h"
+#include "proxy/config.h"
+#include "proxy/smtp_command.h"
+#include "proxy/smtp_reply.h"
+
+namespace postern {
+
+// The facts of the client connection an upstream may pass on (XCLIENT later).
+struct ClientFacts {
+  std::string address;   // textual IP
+  unsigned short port = 0;
+  std::string helo;
+};
+
+// What the upstream did with a command. Replies from the MTA are relayed
+// verbatim; `local` marks replies postern made up (MTA down, lost, garbled).
+struct UpstreamReply {
+  Reply reply;
+  bool local = false;
+  bool connection_lost = false;  // the upstream connection is gone
+};
+
+class Upstream {
+ public:
+  virtual ~Upstream() = default;
+
+  // MAIL FROM:<reverse-path> params; opens the connection first if needed.
+  // ESMTP parameters are passed on where the upstream offers their extension.
+  virtual asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
+                                              const std::vector<EsmtpParam>& params) = 0;
+  virtual asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
+                                              const std::vector<EsmtpParam>& params) = 0;
+  // DATA, then `header` followed by the spooled content, dot-stuffed, and
+  // the end of data; returns the final reply.
+  virtual asio::awaitable<UpstreamReply> data(const std::string& header, const Spool& content,
+                                              const Mailbox& reverse_path) = 0;
+  // Abandons the open transaction (RSET), if any.
+  virtual asio::awaitable<void> reset() = 0;
+  // Ends the connection politely (QUIT), if open.
+  virtual asio::awaitable<void> quit() = 0;
+  // The capabilities the MTA offered (upper-case EHLO keywords), if connected.
+  virtual bool offers(std::string_view keyword) const = 0;
+};
+
+std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,
+                                        std::shared_ptr<const Config> config,
+                                        const ClientFacts& client);
+
+}  // namespace postern
