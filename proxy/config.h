@@ -42,7 +42,7 @@ struct Config {
   struct Limits {
     std::size_t message_size = 50u * 1024 * 1024;
     std::size_t recipients = 1000;
-    std::size_t messages_per_session = 1000;
+    std::size_t messages_per_session = 10000;
     std::size_t errors = 10;
     std::size_t command_line = 2048;
     std::size_t text_line = 1000;
