@@ -4,6 +4,8 @@
 
 #include <arpa/inet.h>
 
+#include <cctype>
+
 namespace postern {
 namespace {
 
@@ -78,9 +80,9 @@ std::size_t scan_quoted_string(std::string_view s, bool allow_utf8, bool& saw_8b
   return 0;
 }
 
-}  // namespace
-
-bool is_domain(std::string_view text) {
+// Domain = sub-domain *("." sub-domain) (RFC 5321 §4.1.2); with `utf8`, octets
+// >= 0x80 count as letters (U-labels, RFC 6531 §3.3).
+bool domain_syntax(std::string_view text, bool utf8) {
   if (text.empty() || text.size() > kMaxDomain) return false;
   std::size_t label_len = 0;
   unsigned char prev = '.';
@@ -88,7 +90,7 @@ bool is_domain(std::string_view text) {
     if (c == '.') {
       if (label_len == 0 || prev == '-') return false;
       label_len = 0;
-    } else if (is_let_dig(c) || (c == '-' && label_len > 0)) {
+    } else if (is_let_dig(c) || (utf8 && c >= 0x80) || (c == '-' && label_len > 0)) {
       if (++label_len > 63) return false;
     } else {
       return false;
@@ -98,24 +100,31 @@ bool is_domain(std::string_view text) {
   return label_len > 0 && prev != '-';
 }
 
+}  // namespace
+
+bool is_domain(std::string_view text) { return domain_syntax(text, false); }
+
 bool is_address_literal(std::string_view text) {
   if (text.size() < 3 || text.front() != '[' || text.back() != ']') return false;
-  std::string inner(text.substr(1, text.size() - 2));
+  std::string_view inner_view = text.substr(1, text.size() - 2);
+  // dcontent is %d33-90 / %d94-126 (§4.1.3); checked before inet_pton, which
+  // would stop at a NUL.
+  for (unsigned char c : inner_view) {
+    if (c < 33 || c > 126 || c == '[' || c == '\\' || c == ']') return false;
+  }
+  std::string inner(inner_view);
   unsigned char buf[16];
   if (inet_pton(AF_INET, inner.c_str(), buf) == 1) return true;
-  if (inner.size() > 5 && (inner.compare(0, 5, "IPv6:") == 0 || inner.compare(0, 5, "ipv6:") == 0)) {
-    return inet_pton(AF_INET6, inner.c_str() + 5, buf) == 1;
-  }
-  // General-address-literal = Standardized-tag ":" 1*dcontent (§4.1.3).
   auto colon = inner.find(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == inner.size()) return false;
+  std::string tag = inner.substr(0, colon);
+  for (char& c : tag) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  // ABNF strings are case-insensitive: "IPV6:" is the IPv6 tag too.
+  if (tag == "ipv6") return inet_pton(AF_INET6, inner.c_str() + colon + 1, buf) == 1;
+  // General-address-literal = Standardized-tag ":" 1*dcontent.
   for (std::size_t i = 0; i < colon; ++i) {
     unsigned char c = inner[i];
     if (!is_let_dig(c) && !(c == '-' && i > 0)) return false;
-  }
-  for (std::size_t i = colon + 1; i < inner.size(); ++i) {
-    unsigned char c = inner[i];
-    if (c < 33 || c > 126 || c == '[' || c == '\\' || c == ']') return false;
   }
   return true;
 }
@@ -183,14 +192,8 @@ PathParse parse_path(std::string_view text, bool allow_null, bool allow_postmast
         if (!allow_utf8) return fail(PathError::kNonAscii);
       }
     }
-    bool utf8_domain_ok = allow_utf8 && !domain.empty();
-    if (!is_domain(domain) && !is_address_literal(domain)) {
-      // With SMTPUTF8 a U-label domain is allowed (RFC 6531 §3.3).
-      bool ok = utf8_domain_ok;
-      for (unsigned char c : domain) {
-        if (!(c >= 0x80 || is_let_dig(c) || c == '-' || c == '.')) ok = false;
-      }
-      if (!ok) return fail(PathError::kSyntax);
+    if (!domain_syntax(domain, allow_utf8) && !is_address_literal(domain)) {
+      return fail(PathError::kSyntax);
     }
     rest = rest.substr(end);
   } else {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <string_view>
+#include <fmt/format.h>
 #include <toml++/toml.h>
 
 #include "default_config.h"
@@ -47,10 +48,13 @@ class Checker {
 
   void error(const toml::node* n, std::string_view key, std::string_view what) {
     std::ostringstream out;
-    if (n && n->source().begin.line > 0) {
-      out << file_ << ':' << n->source().begin.line << ':' << n->source().begin.column << ": ";
+    const toml::source_region* where = n ? &n->source() : nullptr;
+    if (where && where->path && *where->path == file_ && where->begin.line > 0) {
+      out << file_ << ':' << where->begin.line << ':' << where->begin.column << ": ";
+    } else if (where && where->path) {
+      out << *where->path << ": ";  // a command-line override: "--set KEY=VALUE"
     } else {
-      out << file_ << ": (command line override) ";
+      out << file_ << ": ";
     }
     out << "key '" << key << "': " << what;
     errors_.push_back(out.str());
@@ -107,7 +111,7 @@ class Checker {
     const toml::node* n = t ? t->get(key) : nullptr;
     if (!n) return;
     auto v = n->value<double>();
-    if (!(n->is_integer() || n->is_floating_point()) || !v || *v < min || *v > max) {
+    if (!(n->is_integer() || n->is_floating_point()) || !v || !(*v >= min && *v <= max)) {  // NaN too
       std::ostringstream what;
       what << "expected a number of seconds from " << min << " to " << max << ", got " << describe(*n);
       error(n, full(section, key), what.str());
@@ -213,6 +217,24 @@ void set_path(toml::table& root, std::string_view dotted, toml::node&& value) {
   set_path(*existing->as_table(), dotted.substr(dot + 1), std::move(value));
 }
 
+// A table {v = "text"} whose node remembers the flag it came from, so errors
+// name the flag instead of a file position.
+toml::table override_string(std::string_view text, const std::string& flag) {
+  std::string quoted = "v = \"";
+  for (unsigned char c : text) {
+    if (c == '"' || c == '\\') {
+      quoted.push_back('\\');
+      quoted.push_back(static_cast<char>(c));
+    } else if (c < 32 || c == 127) {
+      quoted += fmt::format("\\u{:04X}", c);
+    } else {
+      quoted.push_back(static_cast<char>(c));
+    }
+  }
+  quoted.push_back('"');
+  return toml::parse(quoted, flag);
+}
+
 void apply_overrides(toml::table& root, const ConfigSource& source) {
   for (const std::string& set : source.sets) {
     auto eq = set.find('=');
@@ -223,18 +245,26 @@ void apply_overrides(toml::table& root, const ConfigSource& source) {
     std::string value = set.substr(eq + 1);
     toml::table parsed;
     try {
-      parsed = toml::parse("v = " + value);
+      parsed = toml::parse("v = " + value, "--set " + set);
     } catch (const toml::parse_error&) {
-      parsed = toml::table{{"v", value}};  // a bare word is a string
+      parsed = override_string(value, "--set " + set);  // a bare word is a string
     }
     set_path(root, key, std::move(*parsed.get("v")));
   }
   if (!source.listen.empty()) {
     toml::array listeners;
-    for (const std::string& addr : source.listen) listeners.push_back(toml::table{{"address", addr}});
+    for (const std::string& addr : source.listen) {
+      toml::table t = override_string(addr, "--listen " + addr);
+      toml::table listener;
+      listener.insert("address", std::move(*t.get("v")));
+      listeners.push_back(std::move(listener));
+    }
     root.insert_or_assign("listener", std::move(listeners));
   }
-  if (!source.upstream.empty()) set_path(root, "upstream.target", toml::value<std::string>(source.upstream));
+  if (!source.upstream.empty()) {
+    toml::table t = override_string(source.upstream, "--upstream " + source.upstream);
+    set_path(root, "upstream.target", std::move(*t.get("v")));
+  }
 }
 
 std::string system_hostname() {
@@ -310,7 +340,13 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   if (upstream) check.check_keys(*upstream, "upstream", {"target", "helo"});
   check.get_string(upstream, "upstream", "helo", config->upstream.helo);
   auto& up = config->upstream;
-  if (const toml::node* n = check.get_string(upstream, "upstream", "target", up.target)) {
+  const toml::node* target = check.get_string(upstream, "upstream", "target", up.target);
+  const toml::value<std::string> default_target("maildir:postern-mail");
+  if (!target && !(upstream && upstream->get("target"))) {
+    up.target = default_target.get();
+    target = &default_target;
+  }
+  if (const toml::node* n = target) {
     if (up.target.rfind("maildir:", 0) == 0 && up.target.size() > 8) {
       up.kind = Config::Upstream::Kind::kMaildir;
       std::error_code ec;
@@ -322,8 +358,6 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
       check.error(n, "upstream.target",
                   "expected \"HOST:PORT\" of the MTA or \"maildir:DIRECTORY\", got \"" + up.target + '"');
     }
-  } else {
-    check.error(upstream, "upstream.target", "missing; set \"HOST:PORT\" or \"maildir:DIRECTORY\"");
   }
   if (up.helo.empty()) up.helo = config->server.hostname;
 

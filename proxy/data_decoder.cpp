@@ -82,6 +82,8 @@ DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
         break;
       case State::kLineStart:
         if (c == '.') {
+          // The line's first dot counts once: either it is content, or it is the
+          // stuffing dot that §4.5.3.1.6 does not count.
           state_ = State::kDot;
           note_line_length(1);
           ++i;
@@ -94,8 +96,7 @@ DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
           state_ = State::kDotCr;
           ++i;
         } else if (c == '.') {
-          emit(out, ".");  // "..x" is a stuffed ".x"
-          note_line_length(1);
+          emit(out, ".");  // "..x" is a stuffed ".x": one dot counted, above
           state_ = State::kText;
           ++i;
         } else {
@@ -121,7 +122,7 @@ DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
         // a lone dot line is content, never the end of data.
         if (c == '.' && i + 1 < n && in[i + 1] == '.') {
           emit(out, ".");
-          note_line_length(2);
+          note_line_length(1);
           i += 2;
         } else if (c == '.' && i + 1 == n) {
           // Cannot tell yet; wait for the next byte.

@@ -22,7 +22,8 @@ std::string_view Reply::enhanced_code() const {
   while (parts < 3) {
     std::size_t start = i;
     while (i < t.size() && is_digit(t[i])) ++i;
-    if (i == start || i - start > 3) return {};
+    // RFC 3463 §2: class is one digit, subject and detail up to three.
+    if (i == start || i - start > (parts == 0 ? 1u : 3u)) return {};
     ++parts;
     if (parts < 3) {
       if (i >= t.size() || t[i] != '.') return {};

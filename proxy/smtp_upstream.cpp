@@ -112,6 +112,13 @@ asio::awaitable<UpstreamReply> SmtpUpstream::command(std::string_view line, Seco
   if (!co_await send(line, timeout)) co_return lost("write failed");
   Reply reply;
   if (!co_await receive(reply, timeout)) co_return lost("no reply");
+  if (reply.code == 421) {
+    // The MTA is closing this connection (RFC 5321 §3.8). Its text is kept, but
+    // the client hears 451: postern's own session with the client goes on.
+    close("upstream sent 421");
+    reply.code = 451;
+    co_return UpstreamReply{std::move(reply), false, true};
+  }
   co_return UpstreamReply{std::move(reply)};
 }
 
@@ -196,14 +203,22 @@ void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam
 asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
                                                   const std::vector<EsmtpParam>& params) {
   if (state_ == State::kInTransaction) co_await reset();
-  if (state_ == State::kClosed && !co_await open()) {
-    close("unavailable");
-    co_return local(replies::kUpstreamUnavailable, true);
+  // A kept connection may have been closed by the MTA meanwhile (its idle
+  // time-out): then one fresh connection is tried before the client hears 4xx.
+  bool reused = state_ == State::kReady;
+  UpstreamReply r;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (state_ == State::kClosed && !co_await open()) {
+      close("unavailable");
+      co_return local(replies::kUpstreamUnavailable, true);
+    }
+    output_.assign("MAIL FROM:<").append(reverse_path.str()).append(">");
+    append_params(output_, params, *this);
+    output_.append("\r\n");
+    r = co_await command(output_, config_->timeouts.upstream_mail);
+    if (!r.connection_lost || !reused || attempt > 0) break;
+    log::info("upstream-reconnect").kv("upstream", config_->upstream.target);
   }
-  output_.assign("MAIL FROM:<").append(reverse_path.str()).append(">");
-  append_params(output_, params, *this);
-  output_.append("\r\n");
-  UpstreamReply r = co_await command(output_, config_->timeouts.upstream_mail);
   if (r.connection_lost) co_return r;
   if (r.reply.positive()) {
     state_ = State::kInTransaction;

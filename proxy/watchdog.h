@@ -8,6 +8,7 @@
 #include <memory>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/error.hpp>
 #include <asio/steady_timer.hpp>
 
 namespace postern {
@@ -28,7 +29,9 @@ class Watchdog {
   void arm(std::chrono::duration<Rep, Period> timeout) {
     state_->expired = false;
     state_->deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout);
-    if (!state_->waiting) wait(state_);
+    // The timer is re-set only when it would wake too late; a later deadline
+    // is picked up when it wakes.
+    if (!state_->waiting || state_->deadline < state_->timer.expiry()) wait(state_);
   }
   void disarm() { state_->deadline = Clock::time_point::max(); }
   // True when the last armed deadline passed (and on_expire ran).
@@ -52,8 +55,9 @@ class Watchdog {
 
   static void wait(const std::shared_ptr<State>& s) {
     s->waiting = true;
-    s->timer.expires_at(s->deadline);
-    s->timer.async_wait([s](const std::error_code&) {
+    s->timer.expires_at(s->deadline);  // cancels a pending wait: its handler returns
+    s->timer.async_wait([s](const std::error_code& ec) {
+      if (ec == asio::error::operation_aborted) return;
       s->waiting = false;
       if (!s->on_expire || s->deadline == Clock::time_point::max()) return;
       if (s->deadline <= Clock::now()) {
