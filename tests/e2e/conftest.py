@@ -10,7 +10,6 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import harness  # noqa: E402
 from harness import (HOSTNAME, POSTERN_BIN, PostfixSink, PosternProcess,  # noqa: E402
                      RecordingSink, close_all_clients, postern_run_args)
 
@@ -31,8 +30,11 @@ class PosternFactory:
     def start(self, upstream=None, sets=None, config=None, listen=("127.0.0.1:0",),
               extra=(), hostname=HOSTNAME, wait=True, env=None):
         all_sets = {}
-        if hostname is not None and config is None:
-            all_sets["server.hostname"] = hostname
+        if config is None:
+            # bounded teardown: a session stuck on a peer must not hold SIGTERM for 30 s
+            all_sets["server.shutdown_timeout"] = 3
+            if hostname is not None:
+                all_sets["server.hostname"] = hostname
         all_sets.update(sets or {})
         args = postern_run_args(upstream=upstream, sets=all_sets, config=config,
                                 listen=listen, extra=extra)

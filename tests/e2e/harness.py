@@ -25,9 +25,9 @@ import threading
 import time
 import weakref
 
-from aiosmtpd.smtp import SMTP, MISSING
+from aiosmtpd.smtp import SMTP
 
-POSTERN_BIN = os.environ.get("POSTERN_BIN", "/work/main/build/postern")
+POSTERN_BIN = os.path.abspath(os.environ.get("POSTERN_BIN", "/work/main/build/postern"))
 
 
 def _binary_is_asan(path):
@@ -499,10 +499,13 @@ class Rule:
     reply: None (normal), a reply string (may hold CRLF for multi-line), or a
            callable(address_or_message) -> str.
     delay: seconds to stall before acting.  drop: close the connection, no reply.
+    close_after: send the (given or normal) reply, then close the connection.
     times: apply at most this many times (None = always)."""
 
-    def __init__(self, stage, reply=None, delay=0.0, drop=False, match=None, times=None):
+    def __init__(self, stage, reply=None, delay=0.0, drop=False, match=None, times=None,
+                 close_after=False):
         self.stage = stage
+        self.close_after = close_after
         self.reply = reply
         self.delay = delay
         self.drop = drop
@@ -607,6 +610,13 @@ class _SinkSMTP(SMTP):
         super().__init__(_SinkHandler(sink), **kw)
         self.sink = sink
         self.conn_id = None
+        self.close_after_reply = False
+
+    async def push(self, status):
+        await super().push(status)
+        if self.close_after_reply and self.transport is not None:
+            self.close_after_reply = False
+            self.transport.close()
 
     def connection_made(self, transport):
         first = self.transport is None
@@ -682,9 +692,10 @@ class _SinkSMTP(SMTP):
             # pipelined commands after the end of data go back to the reader
             self._reader._buffer[0:0] = leftover
         content = raw[1:] if raw.startswith(b".") else raw
-        content = content.replace(b"\r\n.", b"\r\n")
-        if lenient:
-            content = re.sub(rb"(\r\n|\r|\n)\.", rb"\1", content)
+        if lenient:   # a lenient MTA's lines end at CR, LF or CRLF
+            content = re.sub(rb"(\r\n|\r(?!\n)|\n)\.", rb"\1", content)
+        else:
+            content = content.replace(b"\r\n.", b"\r\n")
         msg = SinkMessage(self.conn_id, self.envelope.mail_from, self.envelope.mail_options,
                           self.envelope.rcpt_tos, raw, content, self.sink.keep_content)
         del raw, content
@@ -723,8 +734,9 @@ class RecordingSink:
 
     # -- scripting ---------------------------------------------------------
 
-    def on(self, stage, reply=None, delay=0.0, drop=False, match=None, times=None):
-        rule = Rule(stage, reply, delay, drop, match, times)
+    def on(self, stage, reply=None, delay=0.0, drop=False, match=None, times=None,
+           close_after=False):
+        rule = Rule(stage, reply, delay, drop, match, times, close_after)
         self.rules.append(rule)
         return rule
 
@@ -741,6 +753,8 @@ class RecordingSink:
                 if rule.drop:
                     server.transport.close()
                     await asyncio.sleep(3600)   # cancelled by connection_lost
+                if rule.close_after:
+                    server.close_after_reply = True
                 if rule.reply is None:
                     return None
                 return rule.reply(arg) if callable(rule.reply) else rule.reply

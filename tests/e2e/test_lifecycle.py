@@ -158,10 +158,8 @@ def test_sighup_with_broken_config_keeps_running(postern, sink, tmp_path):
     write_config(cfg, port, sink.address, 2)
     p = postern.start(config=cfg, listen=())
     cfg.write_text(cfg.read_text() + "\n[limits\nbroken = \n")
-    n = len(p.lines)
     p.send_signal(signal.SIGHUP)
-    wait_until(lambda: any(l.split()[1:2] in (["error"], ["warning"]) for l in p.lines[n:]),
-               5 * SCALE, message="a warning or error logged for the failed reload")
+    p.wait_for_log("reload-failed", timeout=5 * SCALE)
     assert p.alive(), "postern exited on SIGHUP with a broken config"
     assert try_rcpts(port, 3) == [250, 250, 452], "old configuration no longer in force"
 
@@ -220,11 +218,15 @@ def test_config_check_good(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_config_check_maildir_and_empty(tmp_path):
+def test_config_check_maildir_only(tmp_path):
     f = tmp_path / "small.toml"
     f.write_text('[upstream]\ntarget = "maildir:/var/tmp/postern-mail"\n')
     r = run_cli(["config", "check", str(f)])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_config_check_empty_file(tmp_path):
+    """"every key optional": an empty file is a valid configuration."""
     e = tmp_path / "empty.toml"
     e.write_text("")
     r = run_cli(["config", "check", str(e)])
@@ -328,8 +330,8 @@ def test_embedded_default_maildir(postern, tmp_path):
     assert os.listdir(maildir / "tmp") == []
     assert f"<-  250 2.0.0 Ok: queued as {files[0]}" in res.stdout, res.stdout
     data = (maildir / "new" / files[0]).read_bytes()
-    assert data.lower().startswith(b"received: from "), data[:200]
-    assert b"(postern)" in data[:600], data[:600]
+    header = data[:data.find(b"\n\n") + 1]
+    assert b"Received: from " in header and b"(postern)" in header, data[:600]
     assert b"Subject: maildir test" in data
     assert b"maildir body token 93c1" in data
     line = p.wait_for_log("message", result="relayed")

@@ -110,41 +110,45 @@ def test_rset_clears_transaction(proxy):
 
 # ---------------------------------------------------------------- argument syntax
 
+# A command without a path is a command syntax error (5.5.4); a path whose
+# mailbox is malformed is a bad sender / recipient address (RFC 3463 5.1.7 /
+# 5.1.3, as Postfix answers).
 BAD_MAIL = [
-    "MAIL FROM:user@example.org",          # no angle brackets
-    "MAIL FROM:<user@example.org",         # unbalanced
-    "MAIL FROM:user@example.org>",         # unbalanced
-    "MAIL FROM:<us er@example.org>",       # space in local part
-    "MAIL FROM:<user@exa mple.org>",       # space in domain
-    "MAIL FROM:<user@@example.org>",
-    "MAIL FROM:<user@>",
-    "MAIL FROM:",
-    "MAIL FROM:<<user@example.org>>",
+    ("MAIL FROM:user@example.org", "5.5.4"),          # no angle brackets
+    ("MAIL FROM:<user@example.org", "5.1.7"),         # unbalanced
+    ("MAIL FROM:user@example.org>", "5.5.4"),         # unbalanced
+    ("MAIL FROM:<us er@example.org>", "5.1.7"),       # space in local part
+    ("MAIL FROM:<user@exa mple.org>", "5.1.7"),       # space in domain
+    ("MAIL FROM:<user@@example.org>", "5.1.7"),
+    ("MAIL FROM:<user@>", "5.1.7"),
+    ("MAIL FROM:", "5.5.4"),
+    ("MAIL FROM:<<user@example.org>>", "5.1.7"),
 ]
 
 
-@pytest.mark.parametrize("line", BAD_MAIL)
-def test_bad_mail_syntax(proxy, sink, line):
+@pytest.mark.parametrize("line,enhanced", BAD_MAIL)
+def test_bad_mail_syntax(proxy, sink, line, enhanced):
     with session(proxy) as c:
-        check_reply(c.cmd(line), 501, "5.5.4", line)
+        check_reply(c.cmd(line), 501, enhanced, line)
         # nothing was accepted: a good MAIL still works
         check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
 
 
 BAD_RCPT = [
-    "RCPT TO:b@example.com",
-    "RCPT TO:<b@example.com",
-    "RCPT TO:<b c@example.com>",
-    "RCPT TO:<b@exa mple.com>",
-    "RCPT TO:",
+    ("RCPT TO:b@example.com", "5.5.4"),
+    ("RCPT TO:<b@example.com", "5.1.3"),
+    ("RCPT TO:<b c@example.com>", "5.1.3"),
+    ("RCPT TO:<b@exa mple.com>", "5.1.3"),
+    ("RCPT TO:", "5.5.4"),
+    ("RCPT TO:<>", "5.1.3"),                 # the null path is a reverse-path only
 ]
 
 
-@pytest.mark.parametrize("line", BAD_RCPT)
-def test_bad_rcpt_syntax(proxy, sink, line):
+@pytest.mark.parametrize("line,enhanced", BAD_RCPT)
+def test_bad_rcpt_syntax(proxy, sink, line, enhanced):
     with session(proxy) as c:
         check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
-        check_reply(c.cmd(line), 501, "5.5.4", line)
+        check_reply(c.cmd(line), 501, enhanced, line)
         check_reply(c.cmd("RCPT TO:<b@example.com>"), 250)
     assert [e[2] for e in sink.commands("RCPT")] == ["b@example.com"]
 
