@@ -1,0 +1,53 @@
+// FilterChain: first decisive verdict wins; score thresholds at end of message.
+#include "filters/filter_chain.h"
+
+#include <cstdio>
+
+namespace postern {
+namespace {
+constexpr const char* kAcceptedNote = "postern.accepted";
+}  // namespace
+
+asio::awaitable<Verdict> FilterChain::run(FilterContext& ctx) const {
+  TransactionFacts& txn = ctx.transaction;
+  // An accept before MAIL holds for the session, after it for the transaction.
+  auto& accepted_in = ctx.stage <= Stage::kHelo ? ctx.session.notes : txn.notes;
+  bool accepted = ctx.session.notes.count(kAcceptedNote) || txn.notes.count(kAcceptedNote);
+  for (const auto& filter : filters_) {
+    if (accepted) break;
+    if (!filter->wants(ctx.stage)) continue;
+    Verdict v = co_await filter->run(ctx);
+    if (!v.decisive()) continue;
+    if (v.action == Verdict::Action::kAccept) {
+      accepted_in[kAcceptedNote] = filter->name();
+      accepted = true;
+      break;
+    }
+    co_return v;
+  }
+  if (ctx.stage != Stage::kEom) co_return Verdict::proceed();
+
+  const ScoreThresholds& t = thresholds_;
+  if (!t.header.empty() && !txn.symbols.empty()) {
+    std::string value;
+    char score[32];
+    std::snprintf(score, sizeof score, "%.2f", txn.score);
+    bool spam = t.add_header > 0 && txn.score >= t.add_header;
+    value.append(spam ? "Yes" : "No").append(", score=").append(score).append(" symbols=");
+    for (std::size_t i = 0; i < txn.symbols.size(); ++i) {
+      if (i) value.push_back(',');
+      value.append(txn.symbols[i].name);
+    }
+    txn.changes.headers.push_back(HeaderEdit{HeaderEdit::Kind::kAdd, t.header, value});
+  }
+  if (accepted) co_return Verdict::proceed();
+  if (t.reject > 0 && txn.score >= t.reject) {
+    co_return Verdict{Verdict::Action::kReject, 554, "5.7.1", "Message rejected as spam", "score"};
+  }
+  if (t.quarantine > 0 && txn.score >= t.quarantine) {
+    co_return Verdict{Verdict::Action::kQuarantine, 0, "", "", "score"};
+  }
+  co_return Verdict::proceed();
+}
+
+}  // namespace postern

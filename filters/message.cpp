@@ -1,0 +1,185 @@
+// Header section parser and renderer; see message.h.
+#include "filters/message.h"
+
+#include <algorithm>
+
+#include "filters/filter.h"
+
+namespace postern {
+
+bool header_name_equals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string HeaderField::value() const {
+  std::string_view v = raw;
+  v.remove_prefix(std::min(v.size(), name.size() + 1));  // "Name:"
+  std::string out;
+  out.reserve(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    if (v[i] == '\r' && i + 1 < v.size() && v[i + 1] == '\n') {
+      ++i;
+      continue;  // unfold (RFC 5322 §2.2.3); the white space after stays
+    }
+    out.push_back(v[i]);
+  }
+  std::size_t start = out.find_first_not_of(" \t");
+  if (start == std::string::npos) return {};
+  std::size_t end = out.find_last_not_of(" \t");
+  return out.substr(start, end - start + 1);
+}
+
+Message::Message(const Spool& spool) : spool_(&spool) {
+  std::string block;
+  std::size_t want = std::min(spool.size(), kMaxHeaderBlock);
+  block.resize(want);
+  std::size_t got = 0;
+  while (got < want) {
+    long n = spool.read(got, block.data() + got, want - got);
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  block.resize(got);
+  std::string_view text = block;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    std::size_t eol = text.find("\r\n", pos);
+    if (eol == std::string_view::npos) {
+      // No line end within the block: all header (a message without body),
+      // or a header section longer than we parse.
+      truncated_ = got < spool.size();
+      if (!truncated_ && pos < text.size()) {
+        // A last field without CRLF cannot occur in spooled content; treat as body.
+      }
+      header_end_ = body_offset_ = pos;
+      return;
+    }
+    std::string_view line = text.substr(pos, eol - pos);
+    if (line.empty()) {  // the empty line ending the header section
+      header_end_ = pos;
+      body_offset_ = eol + 2;
+      return;
+    }
+    if (line[0] == ' ' || line[0] == '\t') {
+      if (headers_.empty()) break;  // continuation without a field: body starts here
+      headers_.back().raw.append(text.substr(pos, eol + 2 - pos));
+      pos = eol + 2;
+      continue;
+    }
+    std::size_t colon = line.find(':');
+    bool name_ok = colon != std::string_view::npos && colon > 0;
+    for (std::size_t i = 0; name_ok && i < colon; ++i) {
+      unsigned char c = line[i];
+      name_ok = c >= 33 && c <= 126;  // ftext (RFC 5322 §3.6.8)
+    }
+    if (!name_ok) break;  // not a field: the body starts here (no empty line)
+    if (headers_.size() >= kMaxHeaderFields) {
+      truncated_ = true;
+      break;
+    }
+    headers_.push_back(HeaderField{std::string(line.substr(0, colon)), std::string(text.substr(pos, eol + 2 - pos))});
+    pos = eol + 2;
+  }
+  if (pos >= text.size() && got < spool.size()) truncated_ = true;
+  header_end_ = body_offset_ = pos;
+}
+
+std::optional<std::string> Message::first(std::string_view name) const {
+  for (const HeaderField& f : headers_) {
+    if (header_name_equals(f.name, name)) return f.value();
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string> Message::all(std::string_view name) const {
+  std::vector<std::string> out;
+  for (const HeaderField& f : headers_) {
+    if (header_name_equals(f.name, name)) out.push_back(f.value());
+  }
+  return out;
+}
+
+namespace {
+void append_field(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name).append(": ").append(value).append("\r\n");
+}
+}  // namespace
+
+std::string render_header_block(const Message& message, const Changes& changes, std::string_view trace) {
+  std::string out(trace);
+  for (const HeaderEdit& e : changes.headers) {
+    if (e.kind == HeaderEdit::Kind::kPrepend) append_field(out, e.name, e.value);
+  }
+  // Occurrence counters per edit, for kChange / kRemove by index.
+  std::vector<std::size_t> seen(changes.headers.size(), 0);
+  bool subject_done = changes.subject_tag.empty();
+  for (const HeaderField& field : message.headers()) {
+    bool removed = false;
+    const HeaderEdit* replacement = nullptr;
+    for (std::size_t i = 0; i < changes.headers.size(); ++i) {
+      const HeaderEdit& e = changes.headers[i];
+      if ((e.kind != HeaderEdit::Kind::kChange && e.kind != HeaderEdit::Kind::kRemove) ||
+          !header_name_equals(e.name, field.name)) {
+        continue;
+      }
+      ++seen[i];
+      if (e.index != 0 && e.index != seen[i]) continue;
+      if (e.kind == HeaderEdit::Kind::kRemove) removed = true;
+      else replacement = &e;
+    }
+    if (removed) continue;
+    if (!subject_done && header_name_equals(field.name, "Subject")) {
+      std::string value = replacement ? replacement->value : field.value();
+      if (value.compare(0, changes.subject_tag.size(), changes.subject_tag) != 0) {
+        value = changes.subject_tag + " " + value;
+      }
+      append_field(out, field.name, value);
+      subject_done = true;
+      continue;
+    }
+    if (replacement) append_field(out, field.name, replacement->value);
+    else out.append(field.raw);
+  }
+  if (!subject_done) append_field(out, "Subject", changes.subject_tag);
+  for (const HeaderEdit& e : changes.headers) {
+    if (e.kind == HeaderEdit::Kind::kAdd) append_field(out, e.name, e.value);
+  }
+  // Whatever separated the header section from the body (the empty line), as received.
+  std::size_t gap = message.body_offset() - message.header_end_;
+  if (gap > 0) {
+    std::string sep(gap, '\0');
+    message.spool().read(message.header_end_, sep.data(), gap);
+    out.append(sep);
+  }
+  return out;
+}
+
+const char* stage_name(Stage stage) {
+  switch (stage) {
+    case Stage::kConnect: return "connect";
+    case Stage::kHelo: return "helo";
+    case Stage::kMail: return "mail";
+    case Stage::kRcpt: return "rcpt";
+    case Stage::kData: return "data";
+    case Stage::kEom: return "eom";
+    case Stage::kClose: return "close";
+  }
+  return "?";
+}
+
+const char* action_name(Verdict::Action action) {
+  switch (action) {
+    case Verdict::Action::kContinue: return "continue";
+    case Verdict::Action::kAccept: return "accept";
+    case Verdict::Action::kReject: return "reject";
+    case Verdict::Action::kTempfail: return "tempfail";
+    case Verdict::Action::kDiscard: return "discard";
+    case Verdict::Action::kQuarantine: return "quarantine";
+    case Verdict::Action::kDisconnect: return "disconnect";
+  }
+  return "?";
+}
+
+}  // namespace postern

@@ -1,0 +1,34 @@
+// What a filter answers at a stage (Envoy/Haraka model): continue, or a
+// decisive verdict; the first decisive verdict of the chain wins.
+#pragma once
+
+#include <string>
+
+namespace postern {
+
+enum class Stage { kConnect, kHelo, kMail, kRcpt, kData, kEom, kClose };
+const char* stage_name(Stage stage);
+
+struct Verdict {
+  enum class Action {
+    kContinue,    // no opinion: ask the next filter
+    kAccept,      // skip the remaining filters of this stage and of later ones
+    kReject,      // 5xx (at kRcpt: this recipient only)
+    kTempfail,    // 4xx (at kRcpt: this recipient only)
+    kDiscard,     // 250 to the client, the message is not relayed
+    kQuarantine,  // 250 to the client, the message goes to the quarantine Maildir
+    kDisconnect,  // 421 and close
+  };
+  Action action = Action::kContinue;
+  int code = 0;          // reply code; 0 = the action's default
+  std::string enhanced;  // enhanced status code ("5.7.1"); empty = the action's default
+  std::string text;      // reply text; empty = the action's default
+  std::string reason;    // for the log and the quarantine record
+
+  bool decisive() const { return action != Action::kContinue; }
+  static Verdict proceed() { return {}; }
+};
+
+const char* action_name(Verdict::Action action);
+
+}  // namespace postern
