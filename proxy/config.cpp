@@ -300,7 +300,9 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
 
   auto config = std::make_shared<Config>();
   Checker check(file);
-  check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log"});
+  check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
+                              "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
+                              "authentication_results", "audit"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout"});
@@ -413,6 +415,11 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                                       {"warning", Config::Log::Level::kWarning},
                                       {"error", Config::Log::Level::kError}},
                                      config->log.level);
+  // ---- [lua], [scores], [quarantine]: the Lua rule engine's sections go here.
+
+  // ---- [dns], [spf], [dkim], [dmarc], [authentication_results], [audit]: the
+  // authenticity checks' sections go here.
+
   check.finish();
   return config;
 }

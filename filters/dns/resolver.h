@@ -1,0 +1,45 @@
+// postern's DNS interface: every lookup of SPF, DKIM, DMARC and the Lua rules
+// goes through one asynchronous, caching resolver (DESIGN "Concurrency").
+// A query never blocks the calling I/O thread and always completes, with a
+// status, within the configured time-out.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <asio/awaitable.hpp>
+
+namespace postern {
+
+enum class DnsType : std::uint16_t { kA = 1, kNs = 2, kCname = 5, kPtr = 12, kMx = 15, kTxt = 16, kAaaa = 28 };
+
+enum class DnsStatus {
+  kOk,        // records present
+  kNxDomain,  // the name does not exist
+  kNoData,    // the name exists, no records of the type
+  kServFail,  // the server failed (SERVFAIL, REFUSED, malformed answer)
+  kTimeout,   // no answer within the time-out (after retries)
+};
+
+struct DnsAnswer {
+  DnsStatus status = DnsStatus::kServFail;
+  // Textual records: A/AAAA addresses ("192.0.2.1", "2001:db8::1"); TXT the
+  // character-strings of one record concatenated; MX "PREFERENCE HOST"; PTR,
+  // NS and CNAME the host. Host names without the trailing dot.
+  std::vector<std::string> records;
+  std::uint32_t ttl = 0;
+  bool from_cache = false;
+};
+
+const char* dns_status_name(DnsStatus status);
+
+class Resolver {
+ public:
+  virtual ~Resolver() = default;
+  // Completes on the awaiting coroutine's executor.
+  virtual asio::awaitable<DnsAnswer> query(std::string name, DnsType type) = 0;
+};
+
+}  // namespace postern
