@@ -415,6 +415,17 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                                       {"warning", Config::Log::Level::kWarning},
                                       {"error", Config::Log::Level::kError}},
                                      config->log.level);
+  // [quarantine] (parsed here by the session's owner; the Lua block adds no key to it).
+  const toml::table* quarantine = check.section(root, "quarantine");
+  if (quarantine) check.check_keys(*quarantine, "quarantine", {"dir"});
+  std::string qdir = "postern-quarantine";
+  check.get_string(quarantine, "quarantine", "dir", qdir);
+  {
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(qdir, ec);
+    config->quarantine.dir = ec ? qdir : abs.lexically_normal().string();
+  }
+
   // ---- [lua], [scores], [quarantine]: the Lua rule engine's sections go here.
 
   // ---- [dns], [spf], [dkim], [dmarc], [authentication_results], [audit]: the

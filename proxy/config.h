@@ -67,6 +67,12 @@ struct Config {
     std::string spool_dir;  // $TMPDIR or /tmp when empty
   } data;
 
+  // Where quarantine verdicts put messages: a Maildir, one file per message
+  // with its envelope and reason in X-Postern-* headers.
+  struct Quarantine {
+    std::string dir;  // absolute; default "postern-quarantine" under the working directory
+  } quarantine;
+
   struct Log {
     enum class Level { kDebug, kInfo, kWarning, kError } level = Level::kInfo;
   } log;

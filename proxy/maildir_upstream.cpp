@@ -58,11 +58,6 @@ bool write_all(int fd, std::string_view data) {
   return true;
 }
 
-UpstreamReply tempfail(std::string_view op, const std::string& path) {
-  log::error("maildir-error").kv("op", op).kv("path", path).kv("error", std::strerror(errno));
-  return UpstreamReply{Reply{replies::kSpoolFailed.code, std::string(replies::kSpoolFailed.text)}, true, false};
-}
-
 }  // namespace
 
 asio::awaitable<UpstreamReply> MaildirUpstream::mail(const Mailbox&, const std::vector<EsmtpParam>&) {
@@ -73,23 +68,25 @@ asio::awaitable<UpstreamReply> MaildirUpstream::rcpt(const Mailbox&, const std::
   co_return UpstreamReply{Reply{replies::kRecipientOk.code, std::string(replies::kRecipientOk.text)}};
 }
 
-asio::awaitable<UpstreamReply> MaildirUpstream::data(const std::string& header, const Spool& content,
-                                                     const Mailbox& reverse_path) {
-  const std::string& root = config_->upstream.maildir;
-  if (!make_dirs(root)) co_return tempfail("mkdir", root);
+std::string deliver_to_maildir(const std::string& root, const std::string& hostname,
+                               std::string_view head, const Spool& content, std::size_t offset) {
+  auto fail = [&](std::string_view op, const std::string& path) {
+    log::error("maildir-error").kv("op", op).kv("path", path).kv("error", std::strerror(errno));
+    return std::string();
+  };
+  if (!make_dirs(root)) return fail("mkdir", root);
   auto now = std::chrono::system_clock::now().time_since_epoch();
   auto usec = std::chrono::duration_cast<std::chrono::microseconds>(now).count();
   std::string name = fmt::format("{}.M{}P{}Q{}.{}", usec / 1000000, usec % 1000000, ::getpid(),
-                                 ++g_delivery_counter, config_->server.hostname);
+                                 ++g_delivery_counter, hostname);
   std::string tmp = root + "/tmp/" + name;
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) co_return tempfail("open", tmp);
+  if (fd < 0) return fail("open", tmp);
 
-  std::string out = "Return-Path: <" + reverse_path.str() + ">\n";
-  append_lf(out, header);
+  std::string out;
+  append_lf(out, head);
   bool ok = true;
   std::string chunk(limits::kRelayChunk, '\0');
-  std::size_t offset = 0;
   for (;;) {
     long n = content.read(offset, chunk.data(), chunk.size());
     if (n < 0) {
@@ -107,17 +104,27 @@ asio::awaitable<UpstreamReply> MaildirUpstream::data(const std::string& header, 
   ok = ok && write_all(fd, out) && ::fsync(fd) == 0;
   ::close(fd);
   if (!ok) {
-    UpstreamReply r = tempfail("write", tmp);
+    fail("write", tmp);
     ::unlink(tmp.c_str());
-    co_return r;
+    return {};
   }
   std::string final_path = root + "/new/" + name;
   if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
-    UpstreamReply r = tempfail("rename", final_path);
+    fail("rename", final_path);
     ::unlink(tmp.c_str());
-    co_return r;
+    return {};
   }
-  co_return UpstreamReply{Reply{250, "2.0.0 Ok: queued as " + name}};
+  return name;
+}
+
+asio::awaitable<UpstreamReply> MaildirUpstream::data(const std::string& head, const Spool& content,
+                                                     std::size_t offset, const Mailbox& reverse_path) {
+  std::string file = deliver_to_maildir(config_->upstream.maildir, config_->server.hostname,
+                                        "Return-Path: <" + reverse_path.str() + ">\r\n" + head, content, offset);
+  if (file.empty()) {
+    co_return UpstreamReply{Reply{replies::kSpoolFailed.code, std::string(replies::kSpoolFailed.text)}, true, false};
+  }
+  co_return UpstreamReply{Reply{250, "2.0.0 Ok: queued as " + file}};
 }
 
 std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,

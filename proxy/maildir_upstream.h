@@ -6,6 +6,12 @@
 
 namespace postern {
 
+// Writes `head` then the spool from `offset` as one message file into the
+// Maildir `root` (tmp/, fsync, rename into new/), CRLF turned into LF.
+// Returns the file name, or an empty string after logging the failure.
+std::string deliver_to_maildir(const std::string& root, const std::string& hostname,
+                               std::string_view head, const Spool& content, std::size_t offset);
+
 class MaildirUpstream final : public Upstream {
  public:
   explicit MaildirUpstream(std::shared_ptr<const Config> config) : config_(std::move(config)) {}
@@ -14,8 +20,8 @@ class MaildirUpstream final : public Upstream {
                                       const std::vector<EsmtpParam>& params) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                       const std::vector<EsmtpParam>& params) override;
-  asio::awaitable<UpstreamReply> data(const std::string& header, const Spool& content,
-                                      const Mailbox& reverse_path) override;
+  asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
+                                      std::size_t offset, const Mailbox& reverse_path) override;
   asio::awaitable<void> reset() override { co_return; }
   asio::awaitable<void> quit() override { co_return; }
   bool offers(std::string_view) const override { return true; }

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/filter_setup.h"
 #include "proxy/log.h"
 #include "proxy/session.h"
 
@@ -37,6 +38,7 @@ struct Server::Impl {
   struct Worker {
     asio::io_context context{1};
     SessionRegistry registry;
+    std::shared_ptr<const FilterChain> chain;  // touched only on this worker's thread
   };
 
   ConfigSource source;
@@ -67,8 +69,9 @@ struct Server::Impl {
         continue;
       }
       ++open_sessions;
-      auto session = std::make_shared<Session>(std::move(socket), snapshot(), worker.registry);
-      auto run = [this, session]() -> asio::awaitable<void> {
+      auto run = [this, &worker, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+        // Built on the worker's thread: the chain (and its Lua state) is that thread's.
+        auto session = std::make_shared<Session>(std::move(socket), snapshot(), worker.chain, worker.registry);
         co_await session->run();
         --open_sessions;
       };
@@ -79,10 +82,19 @@ struct Server::Impl {
   void reload() {
     try {
       auto fresh = load_config(source);
+      // Every worker's chain is built first, each on its own thread; only when
+      // all compiled does the new configuration take over.
+      std::vector<std::shared_ptr<const FilterChain>> chains(workers.size());
+      for (std::size_t i = 0; i < workers.size(); ++i) {
+        chains[i] = build_filter_chain(*fresh, workers[i]->context.get_executor());
+      }
       log::set_level(to_log_level(fresh->log.level));
       {
         std::lock_guard lock(config_mutex);
         config = fresh;
+      }
+      for (std::size_t i = 0; i < workers.size(); ++i) {
+        asio::post(workers[i]->context, [w = workers[i].get(), c = chains[i]] { w->chain = c; });
       }
       log::info("reloaded").kv("config", source.path.empty() ? "(embedded default)" : source.path);
     } catch (const ConfigError& e) {
@@ -145,6 +157,12 @@ int Server::run() {
   for (unsigned i = 0; i < n; ++i) {
     s.workers.push_back(std::make_unique<Impl::Worker>());
     s.guards.emplace_back(s.workers.back()->context.get_executor());
+    try {
+      s.workers.back()->chain = build_filter_chain(*config, s.workers.back()->context.get_executor());
+    } catch (const ConfigError& e) {
+      log::error("filters-failed").kv("error", e.what());
+      return 1;
+    }
   }
   // Signals are caught from here on, before anyone can know we listen.
   asio::signal_set signal_set(s.workers[0]->context, SIGHUP, SIGTERM, SIGINT);

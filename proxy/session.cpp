@@ -9,8 +9,11 @@
 #include <ctime>
 #include <fmt/format.h>
 
+#include "filters/message.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
+#include "proxy/maildir_upstream.h"
+#include "proxy/verdict_reply.h"
 
 namespace postern {
 namespace {
@@ -63,7 +66,7 @@ bool iequals(std::string_view a, std::string_view b) {
 }  // namespace
 
 Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
-                 SessionRegistry& registry)
+                 std::shared_ptr<const FilterChain> chain, SessionRegistry& registry)
     : socket_(std::move(socket)),
       config_(std::move(config)),
       registry_(registry),
@@ -71,6 +74,7 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
         std::error_code ignored;
         socket_.cancel(ignored);
       }),
+      chain_(std::move(chain)),
       id_(next_session_id()),
       started_(std::chrono::steady_clock::now()),
       decoder_({config_->limits.message_size, config_->limits.text_line, config_->data.bare_line_ending}),
@@ -86,6 +90,11 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
     client_.port = peer.port();
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  facts_.id = id_;
+  facts_.client_ip = client_.address;
+  facts_.client_port = client_.port;
+  auto local = socket_.local_endpoint(ec);
+  if (!ec) facts_.listener = fmt::format("{}:{}", local.address().to_string(), local.port());
   registry_.sessions.insert(this);
 }
 
@@ -119,7 +128,17 @@ Upstream& Session::upstream() {
 
 asio::awaitable<void> Session::run() {
   log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port));
-  append_reply(output_, 220, config_->server.hostname + " ESMTP postern");
+  Verdict connect = co_await run_filters(Stage::kConnect);
+  if (connect.action == Verdict::Action::kReject || connect.action == Verdict::Action::kTempfail ||
+      connect.action == Verdict::Action::kDisconnect) {
+    // Refused at connect: the MTA never hears of this client (RFC 5321 §3.1).
+    Reply r = verdict_reply(connect, Stage::kConnect);
+    if (connect.action != Verdict::Action::kReject) r.code = 421;
+    append_reply(output_, r);
+    quit_ = true;
+  } else {
+    append_reply(output_, 220, config_->server.hostname + " ESMTP postern");
+  }
   while (!quit_) {
     co_await process_input();
     if (!co_await flush() || quit_) break;
@@ -132,6 +151,7 @@ asio::awaitable<void> Session::run() {
   co_await flush();
   if (txn_.active) co_await abandon_transaction();
   if (upstream_) co_await upstream_->quit();
+  co_await run_filters(Stage::kClose);
   watchdog_.stop();
   std::error_code ignored;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
@@ -267,7 +287,7 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     case Verb::kEhlo:
     case Verb::kHelo:
       if (txn_.active) co_await abandon_transaction();  // EHLO resets (§4.1.4)
-      handle_helo(cmd);
+      co_await handle_helo(cmd);
       break;
     case Verb::kMail: co_await handle_mail(cmd); break;
     case Verb::kRcpt: co_await handle_rcpt(cmd); break;
@@ -287,20 +307,30 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
   }
 }
 
-void Session::handle_helo(const Command& cmd) {
+asio::awaitable<void> Session::handle_helo(const Command& cmd) {
   for (unsigned char c : cmd.args) {
     if (c < 32 || c == 127) {
       client_error(replies::kHeloSyntax);
-      return;
+      co_return;
     }
+  }
+  client_.helo = clean_helo(cmd.args);
+  facts_.helo = client_.helo;
+  facts_.esmtp = cmd.verb == Verb::kEhlo;
+  Verdict v = co_await run_filters(Stage::kHelo);
+  if (v.action == Verdict::Action::kReject || v.action == Verdict::Action::kTempfail ||
+      v.action == Verdict::Action::kDisconnect) {
+    append_reply(output_, verdict_reply(v, Stage::kHelo));
+    if (v.action == Verdict::Action::kDisconnect) quit_ = true;
+    greeted_ = false;
+    co_return;
   }
   greeted_ = true;
   esmtp_ = cmd.verb == Verb::kEhlo;
-  client_.helo = clean_helo(cmd.args);
   const std::string& host = config_->server.hostname;
   if (!esmtp_) {
     append_reply(output_, 250, host);
-    return;
+    co_return;
   }
   append_reply(output_, 250,
                fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES", host,
@@ -348,13 +378,35 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       co_return;
     }
   }
+  txn_.facts = TransactionFacts{};
+  txn_.facts.id = fmt::format("{}.{}", id_, messages_ + 1);
+  txn_.facts.reverse_path = args.mailbox;
+  txn_.started = std::chrono::steady_clock::now();
+  Verdict v = co_await run_filters(Stage::kMail);
+  switch (v.action) {
+    case Verdict::Action::kReject:
+    case Verdict::Action::kTempfail:
+    case Verdict::Action::kDisconnect:
+      log::info("mail-refused").kv("session", id_).kv("from", "<" + args.mailbox.str() + ">")
+          .kv("by", "filter").kv("reason", v.reason);
+      append_reply(output_, verdict_reply(v, Stage::kMail));
+      if (v.action == Verdict::Action::kDisconnect) quit_ = true;
+      reset_transaction();
+      co_return;
+    case Verdict::Action::kDiscard:
+    case Verdict::Action::kQuarantine:
+      txn_.pending = v;
+      break;
+    default:
+      break;
+  }
   UpstreamReply r = co_await upstream().mail(args.mailbox, args.params);
   append_reply(output_, r.reply);
   if (r.reply.positive()) {
     txn_.active = true;
-    txn_.reverse_path = std::move(args.mailbox);
-    txn_.started = std::chrono::steady_clock::now();
+    txn_.mail_params = std::move(args.params);
   } else {
+    reset_transaction();
     log::info("mail-refused").kv("session", id_).kv("from", "<" + args.mailbox.str() + ">")
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
   }
@@ -379,15 +431,34 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     co_return;
   }
   ++txn_.rcpt_commands;
-  if (txn_.recipients.size() >= config_->limits.recipients) {
+  if (txn_.facts.recipients.size() >= config_->limits.recipients) {
     reply(replies::kTooManyRecipients);
     co_return;
+  }
+  txn_.facts.current_rcpt = args.mailbox;
+  Verdict v = co_await run_filters(Stage::kRcpt);
+  txn_.facts.current_rcpt.reset();
+  switch (v.action) {
+    case Verdict::Action::kReject:
+    case Verdict::Action::kTempfail:
+    case Verdict::Action::kDisconnect:  // this recipient only; the rest may pass
+      log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
+          .kv("by", "filter").kv("reason", v.reason);
+      append_reply(output_, verdict_reply(v, Stage::kRcpt));
+      if (v.action == Verdict::Action::kDisconnect) quit_ = true;
+      co_return;
+    case Verdict::Action::kDiscard:
+    case Verdict::Action::kQuarantine:
+      if (!txn_.pending) txn_.pending = v;
+      break;
+    default:
+      break;
   }
   UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params);
   append_reply(output_, r.reply);
   if (r.connection_lost) txn_.failed = true;
   if (r.reply.positive()) {
-    txn_.recipients.push_back(std::move(args.mailbox));
+    txn_.facts.recipients.push_back(std::move(args.mailbox));
   } else {
     log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
@@ -403,7 +474,7 @@ void Session::handle_data() {
     reply(replies::kTransactionFailed);
     return;
   }
-  if (txn_.recipients.empty()) {
+  if (txn_.facts.recipients.empty()) {
     if (txn_.rcpt_commands > 0) reply(replies::kNoValidRecipients);
     else client_error(replies::kNeedRcpt);
     return;
@@ -429,6 +500,8 @@ asio::awaitable<void> Session::end_of_data() {
   else if (spool_failed_ || !spool_.finish()) refusal = &replies::kSpoolFailed;
 
   UpstreamReply result;
+  const char* outcome = nullptr;
+  Verdict verdict;
   if (refusal) {
     result = UpstreamReply{Reply{refusal->code, std::string(refusal->text)}, true};
     if (bare) {
@@ -437,23 +510,131 @@ asio::awaitable<void> Session::end_of_data() {
     }
     co_await upstream().reset();
   } else {
-    result = co_await upstream().data(received_header(), spool_, txn_.reverse_path);
+    Message message(spool_);
+    txn_.facts.message = &message;
+    verdict = co_await run_filters(Stage::kData);
+    if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
+    if (!verdict.decisive() && txn_.pending) verdict = *txn_.pending;
+    switch (verdict.action) {
+      case Verdict::Action::kContinue:
+      case Verdict::Action::kAccept:
+        result = co_await relay(message);
+        break;
+      case Verdict::Action::kDiscard:
+        // The client hears 250 and the message goes nowhere, by policy.
+        result = UpstreamReply{Reply{250, "2.0.0 Ok: discarded"}, true};
+        outcome = "discarded";
+        break;
+      case Verdict::Action::kQuarantine:
+        result = quarantine(message, verdict);
+        if (result.reply.positive()) outcome = "quarantined";
+        break;
+      default:  // reject, tempfail, disconnect
+        result = UpstreamReply{verdict_reply(verdict, Stage::kEom), true};
+        if (verdict.action == Verdict::Action::kDisconnect) quit_ = true;
+        break;
+    }
+    txn_.facts.message = nullptr;
     if (!result.connection_lost) co_await upstream().reset();
   }
   append_reply(output_, result.reply);
 
   std::string to;
-  for (const Mailbox& m : txn_.recipients) {
+  for (const Mailbox& m : txn_.facts.recipients) {
     if (!to.empty()) to.push_back(',');
     to.append("<").append(m.str()).append(">");
   }
-  const char* outcome = result.reply.positive() ? "relayed"
-                        : result.reply.klass() == 4 ? "tempfailed" : "rejected";
-  log::info("message").kv("session", id_).kv("id", fmt::format("{}.{}", id_, messages_))
-      .kv("client", client_.address).kv("from", "<" + txn_.reverse_path.str() + ">").kv("to", to)
+  if (!outcome) {
+    outcome = result.reply.positive() ? "relayed" : result.reply.klass() == 4 ? "tempfailed" : "rejected";
+  }
+  std::string symbols;
+  for (const Symbol& sym : txn_.facts.symbols) {
+    if (!symbols.empty()) symbols.push_back(',');
+    symbols.append(sym.name).append(fmt::format("({:.2f})", sym.score));
+  }
+  log::Line line = log::info("message");
+  line.kv("session", id_).kv("id", txn_.facts.id)
+      .kv("client", client_.address).kv("from", "<" + txn_.facts.reverse_path.str() + ">").kv("to", to)
       .kv("size", decoder_.size()).kv("result", outcome).kv("by", result.local ? "postern" : "upstream")
-      .kv("upstream", fmt::format("{} {}", result.reply.code, result.reply.first_line())).kv("duration_ms", elapsed_ms(txn_.started));
+      .kv("upstream", fmt::format("{} {}", result.reply.code, result.reply.first_line()));
+  if (!symbols.empty()) line.kv("score", fmt::format("{:.2f}", txn_.facts.score)).kv("symbols", symbols);
+  if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
+  line.kv("duration_ms", elapsed_ms(txn_.started));
   reset_transaction();
+}
+
+asio::awaitable<Verdict> Session::run_filters(Stage stage) {
+  if (!chain_ || chain_->empty()) co_return Verdict::proceed();
+  FilterContext ctx{stage, facts_, txn_.facts};
+  co_return co_await chain_->run(ctx);
+}
+
+// Relays the message with the filters' changes: a changed envelope is sent
+// again (RSET, MAIL, RCPT...), a changed header section is rendered anew.
+asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
+  const Changes& changes = txn_.facts.changes;
+  if (changes.envelope_changed()) {
+    UpstreamReply redo = co_await redo_envelope();
+    if (!redo.reply.positive()) co_return redo;
+  }
+  if (changes.headers.empty() && changes.subject_tag.empty()) {
+    co_return co_await upstream().data(received_header(), spool_, 0, txn_.facts.reverse_path);
+  }
+  std::string head = render_header_block(message, changes, received_header());
+  co_return co_await upstream().data(head, spool_, message.body_offset(), txn_.facts.reverse_path);
+}
+
+// The envelope after the filters' changes, mirrored to the upstream anew. A
+// recipient the MTA refuses now cannot be refused to the client one by one
+// any more, so any refusal tempfails the whole message: nothing is lost.
+asio::awaitable<UpstreamReply> Session::redo_envelope() {
+  TransactionFacts& t = txn_.facts;
+  const Changes& c = t.changes;
+  if (c.reverse_path) t.reverse_path = *c.reverse_path;
+  std::vector<Mailbox> rcpts = c.redirect ? *c.redirect : t.recipients;
+  if (!c.redirect) {
+    for (const Mailbox& add : c.add_recipients) rcpts.push_back(add);
+    std::erase_if(rcpts, [&](const Mailbox& m) {
+      for (const Mailbox& r : c.remove_recipients) {
+        if (r.str() == m.str()) return true;
+      }
+      return false;
+    });
+  }
+  if (rcpts.empty()) {
+    co_return UpstreamReply{Reply{250, "2.0.0 Ok: no recipients left after filtering"}, true};
+  }
+  t.recipients = rcpts;
+  co_await upstream().reset();
+  UpstreamReply r = co_await upstream().mail(t.reverse_path, txn_.mail_params);
+  if (!r.reply.positive()) {
+    if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
+    co_return r;
+  }
+  for (const Mailbox& m : rcpts) {
+    UpstreamReply rr = co_await upstream().rcpt(m, {});
+    if (!rr.reply.positive()) {
+      log::warning("redo-rcpt-refused").kv("session", id_).kv("to", "<" + m.str() + ">")
+          .kv("reply", fmt::format("{} {}", rr.reply.code, rr.reply.first_line()));
+      co_return UpstreamReply{Reply{451, "4.3.0 Error: changed recipient refused upstream, try again later"}, true,
+                              rr.connection_lost};
+    }
+  }
+  co_return UpstreamReply{Reply{250, "2.0.0 Ok"}, true};
+}
+
+// Writes the message to the quarantine Maildir with its envelope and reason.
+UpstreamReply Session::quarantine(const Message& message, const Verdict& verdict) {
+  const TransactionFacts& t = txn_.facts;
+  std::string head = fmt::format("X-Postern-Quarantine: session={}; client={}; reason={}\r\n",
+                                 id_, client_.address, log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason));
+  head += fmt::format("X-Postern-Envelope-From: <{}>\r\n", t.reverse_path.str());
+  for (const Mailbox& m : t.recipients) head += fmt::format("X-Postern-Envelope-To: <{}>\r\n", m.str());
+  head += render_header_block(message, t.changes, received_header());
+  std::string file = deliver_to_maildir(config_->quarantine.dir, config_->server.hostname, head, spool_,
+                                        message.body_offset());
+  if (file.empty()) return UpstreamReply{Reply{replies::kSpoolFailed.code, std::string(replies::kSpoolFailed.text)}, true};
+  return UpstreamReply{Reply{250, "2.0.0 Ok: quarantined as " + file}, true};
 }
 
 // The client gave up on a transaction (RSET, EHLO, QUIT, lost connection).
@@ -473,11 +654,11 @@ void Session::reset_transaction() {
 std::string Session::received_header() const {
   std::string ip = client_.address.find(':') != std::string::npos ? "IPv6:" + client_.address
                                                                   : client_.address;
-  std::string header = fmt::format("Received: from {} (unknown [{}])\r\n\tby {} (postern) with {} id {}.{}\r\n",
+  std::string header = fmt::format("Received: from {} (unknown [{}])\r\n\tby {} (postern) with {} id {}\r\n",
                                    client_.helo, ip, config_->server.hostname, esmtp_ ? "ESMTP" : "SMTP",
-                                   id_, messages_);
-  if (txn_.recipients.size() == 1) {
-    fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.recipients[0].str(), rfc5322_date());
+                                   txn_.facts.id);
+  if (txn_.facts.recipients.size() == 1) {
+    fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.facts.recipients[0].str(), rfc5322_date());
   } else {
     fmt::format_to(std::back_inserter(header), "\t; {}\r\n", rfc5322_date());
   }

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -14,6 +15,7 @@
 #include <asio/ip/tcp.hpp>
 
 #include "filters/address.h"
+#include "filters/filter_chain.h"
 #include "filters/spool.h"
 #include "proxy/config.h"
 #include "proxy/data_decoder.h"
@@ -34,7 +36,7 @@ struct SessionRegistry {
 class Session {
  public:
   Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
-          SessionRegistry& registry);
+          std::shared_ptr<const FilterChain> chain, SessionRegistry& registry);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -51,8 +53,9 @@ class Session {
   struct Transaction {
     bool active = false;
     bool failed = false;  // the upstream was lost: the rest of it gets 451 4.4.2
-    Mailbox reverse_path;
-    std::vector<Mailbox> recipients;
+    TransactionFacts facts;  // envelope, changes, symbols: what filters see
+    std::vector<EsmtpParam> mail_params;
+    std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
     std::chrono::steady_clock::time_point started;
   };
@@ -61,11 +64,15 @@ class Session {
   asio::awaitable<bool> flush();
   asio::awaitable<bool> fill();
   asio::awaitable<void> handle_command(std::string_view line);
-  void handle_helo(const Command& cmd);
+  asio::awaitable<void> handle_helo(const Command& cmd);
   asio::awaitable<void> handle_mail(const Command& cmd);
   asio::awaitable<void> handle_rcpt(const Command& cmd);
   void handle_data();
   asio::awaitable<void> end_of_data();
+  asio::awaitable<Verdict> run_filters(Stage stage);
+  asio::awaitable<UpstreamReply> relay(const Message& message);
+  asio::awaitable<UpstreamReply> redo_envelope();
+  UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
 
@@ -78,9 +85,11 @@ class Session {
   std::shared_ptr<const Config> config_;
   SessionRegistry& registry_;
   Watchdog watchdog_;
+  std::shared_ptr<const FilterChain> chain_;
   std::unique_ptr<Upstream> upstream_;
   std::string id_;
   ClientFacts client_;
+  SessionFacts facts_;
   std::chrono::steady_clock::time_point started_;
 
   std::string input_;

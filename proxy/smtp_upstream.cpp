@@ -245,8 +245,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
   co_return r;
 }
 
-asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& header, const Spool& content,
-                                                  const Mailbox&) {
+asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const Spool& content,
+                                                  std::size_t offset, const Mailbox&) {
   if (state_ != State::kInTransaction) co_return local(replies::kUpstreamLost, true);
   const auto& to = config_->timeouts;
   UpstreamReply go = co_await command("DATA\r\n", to.upstream_data_init);
@@ -261,12 +261,11 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& header, con
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".
   DotStuffer stuffer;
   output_.clear();
-  stuffer.feed(header, output_);
+  stuffer.feed(head, output_);
   if (content.in_memory()) {
-    stuffer.feed(content.memory(), output_);
+    stuffer.feed(content.memory().substr(std::min(offset, content.size())), output_);
   } else {
     std::string chunk(limits::kRelayChunk, '\0');
-    std::size_t offset = 0;
     for (;;) {
       long n = content.read(offset, chunk.data(), chunk.size());
       if (n < 0) {

@@ -18,8 +18,8 @@ class SmtpUpstream final : public Upstream {
                                       const std::vector<EsmtpParam>& params) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                       const std::vector<EsmtpParam>& params) override;
-  asio::awaitable<UpstreamReply> data(const std::string& header, const Spool& content,
-                                      const Mailbox& reverse_path) override;
+  asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
+                                      std::size_t offset, const Mailbox& reverse_path) override;
   asio::awaitable<void> reset() override;
   asio::awaitable<void> quit() override;
   bool offers(std::string_view keyword) const override;

@@ -43,10 +43,11 @@ class Upstream {
                                               const std::vector<EsmtpParam>& params) = 0;
   virtual asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                               const std::vector<EsmtpParam>& params) = 0;
-  // DATA, then `header` followed by the spooled content, dot-stuffed, and
-  // the end of data; returns the final reply.
-  virtual asio::awaitable<UpstreamReply> data(const std::string& header, const Spool& content,
-                                              const Mailbox& reverse_path) = 0;
+  // DATA, then `head` (the header section to send: postern's Received and
+  // the message's fields, edits applied) followed by the spooled content from
+  // `offset`, dot-stuffed, and the end of data; returns the final reply.
+  virtual asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
+                                              std::size_t offset, const Mailbox& reverse_path) = 0;
   // Abandons the open transaction (RSET), if any.
   virtual asio::awaitable<void> reset() = 0;
   // Ends the connection politely (QUIT), if open.
