@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <tuple>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -130,6 +133,16 @@ class Checker {
     }
     out = n->as_string()->get();
     return n;
+  }
+
+  void get_bool(const toml::table* t, std::string_view section, std::string_view key, bool& out) {
+    const toml::node* n = t ? t->get(key) : nullptr;
+    if (!n) return;
+    if (!n->is_boolean()) {
+      error(n, full(section, key), "expected true or false, got " + describe(*n));
+      return;
+    }
+    out = n->as_boolean()->get();
   }
 
   template <typename E>
@@ -301,7 +314,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   auto config = std::make_shared<Config>();
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
-                              "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
+                              "tls", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
                               "authentication_results", "audit"});
 
   const toml::table* server = check.section(root, "server");
@@ -313,6 +326,24 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_seconds(server, "server", "shutdown_timeout", 0, 86400, config->server.shutdown_timeout);
   if (config->server.hostname.empty()) config->server.hostname = system_hostname();
 
+  const toml::table* tls = check.section(root, "tls");
+  if (tls) check.check_keys(*tls, "tls", {"cert_file", "key_file", "min_version", "ciphers"});
+  const toml::node* cert_node = check.get_string(tls, "tls", "cert_file", config->tls.cert_file);
+  const toml::node* key_node = check.get_string(tls, "tls", "key_file", config->tls.key_file);
+  check.get_enum<std::string>(tls, "tls", "min_version",
+                              {{"TLSv1.2", "TLSv1.2"}, {"TLSv1.3", "TLSv1.3"}}, config->tls.min_version);
+  check.get_string(tls, "tls", "ciphers", config->tls.ciphers);
+  for (auto [node, file, key] : {std::tuple{cert_node, &config->tls.cert_file, "tls.cert_file"},
+                                 std::tuple{key_node, &config->tls.key_file, "tls.key_file"}}) {
+    if (node && !file->empty() && access(file->c_str(), R_OK) != 0) {
+      check.error(node, key, "cannot read \"" + *file + "\": " + std::strerror(errno));
+    }
+  }
+  if (config->tls.cert_file.empty() != config->tls.key_file.empty()) {
+    check.error(tls, "tls", "cert_file and key_file go together");
+  }
+  const bool tls_configured = !config->tls.cert_file.empty() && !config->tls.key_file.empty();
+
   if (const toml::node* n = root.get("listener")) {
     const toml::array* arr = n->as_array();
     if (!arr || !arr->is_array_of_tables()) {
@@ -320,9 +351,24 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     } else {
       for (const toml::node& item : *arr) {
         const toml::table& t = *item.as_table();
-        check.check_keys(t, "listener", {"address"});
+        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol"});
         Config::Listener l;
         const toml::node* a = check.get_string(&t, "listener", "address", l.address);
+        l.tls = tls_configured ? Config::Listener::Tls::kStarttls : Config::Listener::Tls::kNone;
+        check.get_enum<Config::Listener::Tls>(&t, "listener", "tls",
+                                              {{"none", Config::Listener::Tls::kNone},
+                                               {"starttls", Config::Listener::Tls::kStarttls},
+                                               {"implicit", Config::Listener::Tls::kImplicit}},
+                                              l.tls);
+        if (l.tls != Config::Listener::Tls::kNone && !tls_configured) {
+          check.error(t.get("tls"), "listener.tls",
+                      "TLS needs a certificate: set [tls] cert_file and key_file, or tls = \"none\"");
+        }
+        check.get_bool(&t, "listener", "require_tls", l.require_tls);
+        if (l.require_tls && l.tls == Config::Listener::Tls::kNone) {
+          check.error(t.get("require_tls"), "listener.require_tls", "needs tls = \"starttls\" on this listener");
+        }
+        check.get_bool(&t, "listener", "proxy_protocol", l.proxy_protocol);
         if (a && !parse_host_port(l.address, l.host, l.port, true)) {
           check.error(a, "listener.address",
                       "expected \"IP:PORT\" or \"[IPv6]:PORT\" (port 0 = any free port), got \"" + l.address + '"');
@@ -427,6 +473,123 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   }
 
   // ---- [lua], [scores], [quarantine]: the Lua rule engine's sections go here.
+  {
+    const toml::table* lua = check.section(root, "lua");
+    if (lua) {
+      check.check_keys(*lua, "lua", {"scripts", "module_path", "on_error", "instruction_budget", "timeout",
+                                     "memory_limit", "pattern_subject_limit", "header_value_limit",
+                                     "body_scan_limit", "text_part_limit", "text_parts_max",
+                                     "store_max_entries", "settings"});
+    }
+    LuaOptions& o = config->lua;
+    // A path list: one string or an array of strings; each must exist.
+    auto get_paths = [&](std::string_view key, bool directories_only, std::vector<std::string>& out) {
+      const toml::node* n = lua ? lua->get(key) : nullptr;
+      if (!n) return;
+      std::vector<const toml::node*> items;
+      if (const toml::array* arr = n->as_array()) {
+        for (const toml::node& item : *arr) items.push_back(&item);
+      } else {
+        items.push_back(n);
+      }
+      for (const toml::node* item : items) {
+        if (!item->is_string()) {
+          check.error(item, "lua." + std::string(key), "expected a path or a list of paths, got " + describe(*item));
+          continue;
+        }
+        std::string path = item->as_string()->get();
+        std::error_code ec;
+        auto abs = std::filesystem::absolute(path, ec);
+        if (!ec) path = abs.lexically_normal().string();
+        bool is_dir = std::filesystem::is_directory(path, ec);
+        if (!is_dir && (directories_only || !std::filesystem::is_regular_file(path, ec))) {
+          check.error(item, "lua." + std::string(key),
+                      std::string(directories_only ? "no directory \"" : "no script file or directory \"") + path + '"');
+          continue;
+        }
+        out.push_back(std::move(path));
+      }
+    };
+    get_paths("scripts", false, o.scripts);
+    get_paths("module_path", true, o.module_path);
+    check.get_enum<LuaOptions::OnError>(lua, "lua", "on_error",
+                                        {{"tempfail", LuaOptions::OnError::kTempfail},
+                                         {"continue", LuaOptions::OnError::kContinue}},
+                                        o.on_error);
+    std::size_t budget = o.instruction_budget;
+    check.get_size(lua, "lua", "instruction_budget", 10000, std::size_t(1) << 40, budget);
+    o.instruction_budget = budget;
+    Seconds timeout = std::chrono::duration_cast<Seconds>(o.timeout);
+    check.get_seconds(lua, "lua", "timeout", 0.01, 600, timeout);
+    o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+    check.get_size(lua, "lua", "memory_limit", 1u << 20, std::size_t(1) << 34, o.memory_limit);
+    check.get_size(lua, "lua", "pattern_subject_limit", 256, 16u << 20, o.pattern_subject_limit);
+    check.get_size(lua, "lua", "header_value_limit", 256, 1u << 20, o.header_value_limit);
+    check.get_size(lua, "lua", "body_scan_limit", 1024, std::size_t(1) << 32, o.body_scan_limit);
+    check.get_size(lua, "lua", "text_part_limit", 1024, std::size_t(1) << 30, o.text_part_limit);
+    check.get_size(lua, "lua", "text_parts_max", 0, 10000, o.text_parts_max);
+    check.get_size(lua, "lua", "store_max_entries", 1, std::size_t(1) << 32, o.store_max_entries);
+    // [lua.settings]: any TOML table, handed to scripts as postern.settings.
+    struct ToSetting {
+      static LuaSetting convert(const toml::node& n, int depth) {
+        LuaSetting s;
+        if (auto b = n.as_boolean()) s.kind = LuaSetting::Kind::kBool, s.boolean = b->get();
+        else if (auto i = n.as_integer()) s.kind = LuaSetting::Kind::kInteger, s.integer = i->get();
+        else if (auto f = n.as_floating_point()) s.kind = LuaSetting::Kind::kNumber, s.number = f->get();
+        else if (auto str = n.as_string()) s.kind = LuaSetting::Kind::kString, s.string = str->get();
+        else if (auto arr = n.as_array()) {
+          s.kind = LuaSetting::Kind::kList;
+          if (depth < 16) {
+            for (const toml::node& item : *arr) s.items.push_back(convert(item, depth + 1));
+          }
+        } else if (auto t = n.as_table()) {
+          s.kind = LuaSetting::Kind::kTable;
+          if (depth < 16) {
+            for (auto&& [k, v] : *t) {
+              s.keys.emplace_back(k.str());
+              s.items.push_back(convert(v, depth + 1));
+            }
+          }
+        } else {
+          s.kind = LuaSetting::Kind::kString;  // dates and times, as written
+          std::ostringstream text;
+          text << toml::node_view<const toml::node>(n);
+          s.string = text.str();
+        }
+        return s;
+      }
+    };
+    if (const toml::node* n = lua ? lua->get("settings") : nullptr) {
+      if (!n->is_table()) check.error(n, "lua.settings", "expected a table [lua.settings], got " + describe(*n));
+      else o.settings = ToSetting::convert(*n, 0);
+    }
+
+    const toml::table* scores = check.section(root, "scores");
+    if (scores) check.check_keys(*scores, "scores", {"add_header", "quarantine", "reject", "header"});
+    ScoreThresholds& st = config->scores;
+    auto get_score = [&](std::string_view key, double& out) {
+      const toml::node* n = scores ? scores->get(key) : nullptr;
+      if (!n) return;
+      auto v = n->value<double>();
+      if (!(n->is_integer() || n->is_floating_point()) || !v || !(*v >= 0 && *v <= 1e6)) {
+        check.error(n, "scores." + std::string(key), "expected a score from 0 (off) to 1000000, got " + describe(*n));
+        return;
+      }
+      out = *v;
+    };
+    get_score("add_header", st.add_header);
+    get_score("quarantine", st.quarantine);
+    get_score("reject", st.reject);
+    if (const toml::node* n = check.get_string(scores, "scores", "header", st.header)) {
+      bool ok = st.header.size() <= 76;
+      for (unsigned char c : st.header) ok = ok && c >= 33 && c <= 126 && c != ':';
+      if (!ok) check.error(n, "scores.header", "expected a header field name (or \"\" for none), got " + describe(*n));
+    }
+    if (st.quarantine > 0 && st.reject > 0 && st.quarantine >= st.reject) {
+      check.error(scores ? scores->get("quarantine") : nullptr, "scores.quarantine",
+                  "must be below scores.reject, or no message would ever be quarantined");
+    }
+  }
 
   // ---- [dns], [spf], [dkim], [dmarc], [authentication_results], [audit]: the
   // authenticity checks' sections go here.

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "filters/filter_chain.h"
+#include "filters/lua/lua_options.h"
 #include "proxy/data_decoder.h"
 
 namespace postern {
@@ -27,8 +29,21 @@ struct Config {
     std::string address = "127.0.0.1:2525";  // as written, for logs
     std::string host;
     unsigned short port = 2525;
+    // "starttls" offers STARTTLS (RFC 3207); "implicit" speaks TLS from the
+    // first byte (RFC 8314, port 465); "none" offers no TLS.
+    enum class Tls { kNone, kStarttls, kImplicit } tls = Tls::kNone;
+    bool require_tls = false;     // 530 5.7.0 to mail commands before STARTTLS
+    bool proxy_protocol = false;  // expect a PROXY v1/v2 header (HAProxy) first
   };
   std::vector<Listener> listeners;
+
+  // The server certificate for inbound TLS; re-read on SIGHUP.
+  struct Tls {
+    std::string cert_file;  // PEM, leaf first then the chain
+    std::string key_file;   // PEM
+    std::string min_version = "TLSv1.2";
+    std::string ciphers;    // OpenSSL cipher list for TLS <= 1.2; "" = OpenSSL's default
+  } tls;
 
   struct Upstream {
     enum class Kind { kSmtp, kMaildir } kind = Kind::kMaildir;
@@ -76,6 +91,12 @@ struct Config {
   struct Log {
     enum class Level { kDebug, kInfo, kWarning, kError } level = Level::kInfo;
   } log;
+
+  // [lua]: rule scripts and the engine's limits. The proxy sets the runtime
+  // fields (log, store) on its own copy before make_lua_filter().
+  LuaOptions lua;
+  // [scores]: thresholds mapping the transaction's score to actions.
+  ScoreThresholds scores{5, 0, 15, "X-Spam-Status"};
 };
 
 // A configuration error (or several), already formatted "file:line:col: ...".

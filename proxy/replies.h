@@ -47,6 +47,11 @@ inline constexpr Def kTooManyMessages{421, "4.7.0 Error: too many messages in th
 inline constexpr Def kTooManyErrors{421, "4.7.0 Error: too many errors"};
 inline constexpr Def kSizeExceeded{552, "5.3.4 Error: message size exceeds fixed limit"};
 
+// TLS (RFC 3207).
+inline constexpr Def kReadyToStartTls{220, "2.0.0 Ready to start TLS"};
+inline constexpr Def kTlsAlreadyActive{503, "5.5.1 Error: TLS already active"};
+inline constexpr Def kTlsRequired{530, "5.7.0 Must issue a STARTTLS command first"};
+
 // Content (end of DATA).
 inline constexpr Def kBareLineEnding{554, "5.5.2 Error: bare <CR> or <LF> in message content (RFC 5321 2.3.8)"};
 inline constexpr Def kNulInContent{554, "5.6.0 Error: NUL character in message content"};

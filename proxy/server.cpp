@@ -18,6 +18,7 @@
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
 #include "proxy/session.h"
+#include "proxy/tls.h"
 
 namespace postern {
 namespace {
@@ -43,6 +44,7 @@ struct Server::Impl {
 
   ConfigSource source;
   std::shared_ptr<const Config> config;  // guarded by config_mutex
+  std::shared_ptr<asio::ssl::context> tls_context;  // guarded by config_mutex
   std::mutex config_mutex;
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
@@ -55,8 +57,12 @@ struct Server::Impl {
     std::lock_guard lock(config_mutex);
     return config;
   }
+  std::shared_ptr<asio::ssl::context> tls_snapshot() {
+    std::lock_guard lock(config_mutex);
+    return tls_context;
+  }
 
-  asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor) {
+  asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor, Config::Listener listener) {
     for (;;) {
       Worker& worker = *workers[next_worker++ % workers.size()];
       auto [ec, socket] = co_await acceptor.async_accept(worker.context, use_nothrow);
@@ -69,9 +75,10 @@ struct Server::Impl {
         continue;
       }
       ++open_sessions;
-      auto run = [this, &worker, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+      auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
         // Built on the worker's thread: the chain (and its Lua state) is that thread's.
-        auto session = std::make_shared<Session>(std::move(socket), snapshot(), worker.chain, worker.registry);
+        auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
+                                                 worker.chain, worker.registry);
         co_await session->run();
         --open_sessions;
       };
@@ -82,6 +89,7 @@ struct Server::Impl {
   void reload() {
     try {
       auto fresh = load_config(source);
+      auto fresh_tls = make_server_tls_context(fresh->tls);  // certificates re-read
       // Every worker's chain is built first, each on its own thread; only when
       // all compiled does the new configuration take over.
       std::vector<std::shared_ptr<const FilterChain>> chains(workers.size());
@@ -92,6 +100,7 @@ struct Server::Impl {
       {
         std::lock_guard lock(config_mutex);
         config = fresh;
+        tls_context = fresh_tls;
       }
       for (std::size_t i = 0; i < workers.size(); ++i) {
         asio::post(workers[i]->context, [w = workers[i].get(), c = chains[i]] { w->chain = c; });
@@ -145,6 +154,7 @@ struct Server::Impl {
 Server::Server(ConfigSource source) : impl_(std::make_unique<Impl>()) {
   impl_->source = std::move(source);
   impl_->config = load_config(impl_->source);
+  impl_->tls_context = make_server_tls_context(impl_->config->tls);
   log::set_level(to_log_level(impl_->config->log.level));
 }
 
@@ -181,13 +191,15 @@ int Server::run() {
     auto bound = acceptor->local_endpoint();
     std::string shown = bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
                                                 : bound.address().to_string();
-    log::info("listening").kv("address", shown + ":" + std::to_string(bound.port()));
+    log::info("listening").kv("address", shown + ":" + std::to_string(bound.port()))
+        .kv("tls", l.tls == Config::Listener::Tls::kImplicit ? "implicit" : l.tls == Config::Listener::Tls::kStarttls ? "starttls" : "none")
+        .kv("proxy_protocol", l.proxy_protocol ? "yes" : "no");
     s.acceptors.push_back(std::move(acceptor));
   }
   log::info("started").kv("threads", n).kv("upstream", config->upstream.target)
       .kv("hostname", config->server.hostname);
-  for (auto& a : s.acceptors) {
-    asio::co_spawn(s.workers[0]->context, s.accept_loop(*a), asio::detached);
+  for (std::size_t i = 0; i < s.acceptors.size(); ++i) {
+    asio::co_spawn(s.workers[0]->context, s.accept_loop(*s.acceptors[i], config->listeners[i]), asio::detached);
   }
   asio::co_spawn(s.workers[0]->context, s.signals(signal_set), asio::detached);
 

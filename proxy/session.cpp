@@ -13,6 +13,8 @@
 #include "proxy/limits.h"
 #include "proxy/log.h"
 #include "proxy/maildir_upstream.h"
+#include "proxy/proxy_protocol.h"
+#include "proxy/tls.h"
 #include "proxy/verdict_reply.h"
 
 namespace postern {
@@ -66,9 +68,12 @@ bool iequals(std::string_view a, std::string_view b) {
 }  // namespace
 
 Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
+                 const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
                  std::shared_ptr<const FilterChain> chain, SessionRegistry& registry)
     : socket_(std::move(socket)),
       config_(std::move(config)),
+      listener_(listener),
+      tls_context_(std::move(tls_context)),
       registry_(registry),
       watchdog_(socket_.get_executor(), [this] {
         std::error_code ignored;
@@ -127,7 +132,19 @@ Upstream& Session::upstream() {
 }
 
 asio::awaitable<void> Session::run() {
-  log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port));
+  bool ready = true;
+  if (listener_.proxy_protocol) ready = co_await read_proxy_header();
+  log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
+      .kv("listener", facts_.listener);
+  if (ready && listener_.tls == Config::Listener::Tls::kImplicit) ready = co_await start_tls();
+  if (!ready) {
+    watchdog_.stop();
+    std::error_code ignored;
+    socket_.close(ignored);
+    log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", 0)
+        .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
+    co_return;
+  }
   Verdict connect = co_await run_filters(Stage::kConnect);
   if (connect.action == Verdict::Action::kReject || connect.action == Verdict::Action::kTempfail ||
       connect.action == Verdict::Action::kDisconnect) {
@@ -142,6 +159,11 @@ asio::awaitable<void> Session::run() {
   while (!quit_) {
     co_await process_input();
     if (!co_await flush() || quit_) break;
+    if (starttls_pending_) {
+      starttls_pending_ = false;
+      if (!co_await start_tls()) break;
+      continue;
+    }
     if (draining_ && mode_ != Mode::kData) {
       reply(replies::kShuttingDown);
       break;
@@ -163,7 +185,12 @@ asio::awaitable<void> Session::run() {
 asio::awaitable<bool> Session::flush() {
   if (output_.empty()) co_return true;
   watchdog_.arm(config_->timeouts.command);
-  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(output_), use_nothrow);
+  std::error_code ec;
+  if (tls_) {
+    std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(output_), use_nothrow);
+  } else {
+    std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(output_), use_nothrow);
+  }
   watchdog_.disarm();
   output_.clear();
   if (ec) {
@@ -174,21 +201,33 @@ asio::awaitable<bool> Session::flush() {
   co_return true;
 }
 
-// Reads more input; false when the session must end (a 421 is queued where due).
-asio::awaitable<bool> Session::fill() {
+// Appends what the client sends next to input_, within `timeout`.
+asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
   if (input_pos_ > 0) {
     input_.erase(0, input_pos_);
     input_pos_ = 0;
   }
   std::size_t old = input_.size();
   input_.resize(old + limits::kReadChunk);
-  watchdog_.arm(mode_ == Mode::kData ? config_->timeouts.data : config_->timeouts.command);
+  auto buffer = asio::buffer(input_.data() + old, limits::kReadChunk);
+  watchdog_.arm(timeout);
   reading_ = true;
-  auto [ec, n] = co_await socket_.async_read_some(asio::buffer(input_.data() + old, limits::kReadChunk),
-                                                  use_nothrow);
+  std::error_code ec;
+  std::size_t n = 0;
+  if (tls_) {
+    std::tie(ec, n) = co_await tls_->async_read_some(buffer, use_nothrow);
+  } else {
+    std::tie(ec, n) = co_await socket_.async_read_some(buffer, use_nothrow);
+  }
   reading_ = false;
   watchdog_.disarm();
   input_.resize(old + n);
+  co_return ec;
+}
+
+// Reads more input; false when the session must end (a 421 is queued where due).
+asio::awaitable<bool> Session::fill() {
+  std::error_code ec = co_await read_more(mode_ == Mode::kData ? config_->timeouts.data : config_->timeouts.command);
   if (!ec) co_return true;
   if (watchdog_.expired()) {
     log::warning("timeout").kv("session", id_).kv("client", client_.address)
@@ -203,6 +242,86 @@ asio::awaitable<bool> Session::fill() {
     output_.clear();
   }
   co_return false;
+}
+
+// The PROXY header a load balancer sends first: the real client replaces the
+// socket's peer everywhere. Without a valid one the connection is closed
+// without a word (HAProxy spec §2: never guess).
+asio::awaitable<bool> Session::read_proxy_header() {
+  for (;;) {
+    ProxyHeader h = parse_proxy_header(std::string_view(input_).substr(input_pos_));
+    if (h.outcome == ProxyHeader::Outcome::kInvalid) {
+      log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address).kv("error", h.error);
+      co_return false;
+    }
+    if (h.outcome == ProxyHeader::Outcome::kComplete) {
+      input_pos_ += h.consumed;
+      if (!h.local) {
+        std::error_code ec;
+        asio::ip::address addr = asio::ip::make_address(h.source_ip, ec);
+        if (!ec && addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+          addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+        }
+        log::debug("proxy-protocol").kv("session", id_).kv("peer", client_.address).kv("client", h.source_ip);
+        client_.address = ec ? h.source_ip : addr.to_string();
+        client_.port = h.source_port;
+        facts_.client_ip = client_.address;
+        facts_.client_port = client_.port;
+      }
+      co_return true;
+    }
+    if (co_await read_more(config_->timeouts.command)) {
+      log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address)
+          .kv("error", watchdog_.expired() ? "timeout" : "connection closed before the header");
+      co_return false;
+    }
+  }
+}
+
+// The TLS handshake as server, on the plain socket (RFC 3207, RFC 8314).
+asio::awaitable<bool> Session::start_tls() {
+  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
+  watchdog_.arm(config_->timeouts.command);
+  auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, use_nothrow);
+  watchdog_.disarm();
+  if (ec) {
+    log::warning("tls-failed").kv("session", id_).kv("client", client_.address)
+        .kv("error", watchdog_.expired() ? "timeout" : ec.message());
+    tls_.reset();
+    co_return false;
+  }
+  facts_.tls = tls_facts(tls_->native_handle());
+  log::info("tls").kv("session", id_).kv("client", client_.address).kv("version", facts_.tls.version)
+      .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject);
+  co_return true;
+}
+
+// STARTTLS (RFC 3207 §4.2): whatever the client pipelined after it in
+// plaintext is dropped (CVE-2011-0411), and the dialogue starts over before
+// EHLO, forgetting everything learned in plaintext.
+asio::awaitable<void> Session::handle_starttls() {
+  if (!tls_context_ || listener_.tls != Config::Listener::Tls::kStarttls) {
+    client_error(replies::kNotImplemented);
+    co_return;
+  }
+  if (tls_) {
+    client_error(replies::kTlsAlreadyActive);
+    co_return;
+  }
+  reply(replies::kReadyToStartTls);
+  if (input_pos_ < input_.size()) {
+    log::warning("starttls-injection").kv("session", id_).kv("client", client_.address)
+        .kv("discarded_octets", input_.size() - input_pos_);
+  }
+  input_.clear();
+  input_pos_ = 0;
+  if (txn_.active) co_await abandon_transaction();
+  greeted_ = false;
+  esmtp_ = false;
+  client_.helo.clear();
+  facts_.helo.clear();
+  facts_.esmtp = false;
+  starttls_pending_ = true;  // the handshake follows once the 220 is sent (run())
 }
 
 // Handles every complete command (and DATA content) that is buffered.
@@ -283,12 +402,18 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     }
     co_return;
   }
+  if (listener_.require_tls && !tls_ &&
+      (cmd.verb == Verb::kMail || cmd.verb == Verb::kRcpt || cmd.verb == Verb::kData)) {
+    client_error(replies::kTlsRequired);
+    co_return;
+  }
   switch (cmd.verb) {
     case Verb::kEhlo:
     case Verb::kHelo:
       if (txn_.active) co_await abandon_transaction();  // EHLO resets (§4.1.4)
       co_await handle_helo(cmd);
       break;
+    case Verb::kStarttls: co_await handle_starttls(); break;
     case Verb::kMail: co_await handle_mail(cmd); break;
     case Verb::kRcpt: co_await handle_rcpt(cmd); break;
     case Verb::kData: handle_data(); break;
@@ -332,9 +457,10 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
     append_reply(output_, 250, host);
     co_return;
   }
+  const bool offer_tls = tls_context_ && !tls_ && listener_.tls == Config::Listener::Tls::kStarttls;
   append_reply(output_, 250,
-               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES", host,
-                           config_->limits.message_size));
+               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES{}", host,
+                           config_->limits.message_size, offer_tls ? "\nSTARTTLS" : ""));
 }
 
 asio::awaitable<void> Session::handle_mail(const Command& cmd) {
@@ -654,9 +780,12 @@ void Session::reset_transaction() {
 std::string Session::received_header() const {
   std::string ip = client_.address.find(':') != std::string::npos ? "IPv6:" + client_.address
                                                                   : client_.address;
+  // RFC 3848: ESMTPS when the session is under TLS; the protocol and cipher
+  // go in a comment, as Postfix writes them.
+  std::string with = esmtp_ ? "ESMTP" : "SMTP";
+  if (tls_) with += fmt::format("S ({} {})", facts_.tls.version, facts_.tls.cipher);
   std::string header = fmt::format("Received: from {} (unknown [{}])\r\n\tby {} (postern) with {} id {}\r\n",
-                                   client_.helo, ip, config_->server.hostname, esmtp_ ? "ESMTP" : "SMTP",
-                                   txn_.facts.id);
+                                   client_.helo, ip, config_->server.hostname, with, txn_.facts.id);
   if (txn_.facts.recipients.size() == 1) {
     fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.facts.recipients[0].str(), rfc5322_date());
   } else {

@@ -13,6 +13,7 @@
 
 #include <asio/awaitable.hpp>
 #include <asio/ip/tcp.hpp>
+#include <asio/ssl.hpp>
 
 #include "filters/address.h"
 #include "filters/filter_chain.h"
@@ -36,6 +37,7 @@ struct SessionRegistry {
 class Session {
  public:
   Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
+          const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
           std::shared_ptr<const FilterChain> chain, SessionRegistry& registry);
   ~Session();
   Session(const Session&) = delete;
@@ -63,6 +65,10 @@ class Session {
   asio::awaitable<void> process_input();
   asio::awaitable<bool> flush();
   asio::awaitable<bool> fill();
+  asio::awaitable<std::error_code> read_more(Seconds timeout);
+  asio::awaitable<bool> read_proxy_header();
+  asio::awaitable<bool> start_tls();
+  asio::awaitable<void> handle_starttls();
   asio::awaitable<void> handle_command(std::string_view line);
   asio::awaitable<void> handle_helo(const Command& cmd);
   asio::awaitable<void> handle_mail(const Command& cmd);
@@ -83,6 +89,9 @@ class Session {
 
   asio::ip::tcp::socket socket_;
   std::shared_ptr<const Config> config_;
+  Config::Listener listener_;
+  std::shared_ptr<asio::ssl::context> tls_context_;  // null: no TLS on this listener
+  std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;  // set once TLS is up
   SessionRegistry& registry_;
   Watchdog watchdog_;
   std::shared_ptr<const FilterChain> chain_;
@@ -100,6 +109,7 @@ class Session {
   bool reading_ = false;
   bool draining_ = false;
   bool quit_ = false;
+  bool starttls_pending_ = false;
 
   bool greeted_ = false;
   bool esmtp_ = false;

@@ -18,7 +18,7 @@ constexpr std::array<CommandSpec, 14> kCommands{{
     {"HELP", Verb::kHelp, kEndsGroup},
     {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
     {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
-    {"STARTTLS", Verb::kStarttls, kNotImplemented | kEndsGroup},
+    {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
     {"AUTH", Verb::kAuth, kNotImplemented | kEndsGroup},
     {"BDAT", Verb::kBdat, kNotImplemented | kEndsGroup},
 }};
