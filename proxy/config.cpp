@@ -385,8 +385,14 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   }
 
   const toml::table* upstream = check.section(root, "upstream");
-  if (upstream) check.check_keys(*upstream, "upstream", {"target", "helo"});
+  if (upstream) check.check_keys(*upstream, "upstream", {"target", "helo", "client_identity"});
   check.get_string(upstream, "upstream", "helo", config->upstream.helo);
+  check.get_enum<Config::Upstream::ClientIdentity>(upstream, "upstream", "client_identity",
+                                                   {{"auto", Config::Upstream::ClientIdentity::kAuto},
+                                                    {"xclient", Config::Upstream::ClientIdentity::kXclient},
+                                                    {"xforward", Config::Upstream::ClientIdentity::kXforward},
+                                                    {"none", Config::Upstream::ClientIdentity::kNone}},
+                                                   config->upstream.client_identity);
   auto& up = config->upstream;
   const toml::node* target = check.get_string(upstream, "upstream", "target", up.target);
   const toml::value<std::string> default_target("maildir:postern-mail");

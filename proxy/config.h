@@ -52,6 +52,9 @@ struct Config {
     unsigned short port = 25;
     std::string maildir;  // kMaildir: absolute path
     std::string helo;     // EHLO name towards the MTA; server.hostname when empty
+    // How the MTA learns the real client: XCLIENT, XFORWARD, whichever it
+    // offers (auto), or only postern's Received header (none).
+    enum class ClientIdentity { kAuto, kXclient, kXforward, kNone } client_identity = ClientIdentity::kAuto;
   } upstream;
 
   struct Limits {

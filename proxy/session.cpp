@@ -441,7 +441,7 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
   }
   client_.helo = clean_helo(cmd.args);
   facts_.helo = client_.helo;
-  facts_.esmtp = cmd.verb == Verb::kEhlo;
+  facts_.esmtp = client_.esmtp = cmd.verb == Verb::kEhlo;
   Verdict v = co_await run_filters(Stage::kHelo);
   if (v.action == Verdict::Action::kReject || v.action == Verdict::Action::kTempfail ||
       v.action == Verdict::Action::kDisconnect) {

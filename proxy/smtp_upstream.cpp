@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <fmt/format.h>
+
 #include "proxy/limits.h"
 #include "proxy/log.h"
 #include "proxy/replies.h"
@@ -27,9 +29,9 @@ UpstreamReply local(const replies::Def& def, bool lost) {
 }  // namespace
 
 SmtpUpstream::SmtpUpstream(const asio::any_io_executor& executor,
-                           std::shared_ptr<const Config> config, ClientFacts client)
+                           std::shared_ptr<const Config> config, const ClientFacts& client)
     : config_(std::move(config)),
-      client_(std::move(client)),
+      client_(client),
       socket_(executor),
       watchdog_(executor, [this] {
         std::error_code ignored;
@@ -53,6 +55,7 @@ void SmtpUpstream::close(std::string_view why) {
   input_.clear();
   parser_.reset();
   capabilities_.clear();
+  capability_args_.clear();
 }
 
 UpstreamReply SmtpUpstream::lost(std::string_view stage) {
@@ -161,6 +164,27 @@ asio::awaitable<bool> SmtpUpstream::open() {
     close("no 220 greeting");
     co_return false;
   }
+  if (!co_await ehlo()) co_return false;
+  // Who the client really is (DESIGN "Envelope"): XCLIENT where the MTA
+  // offers it (Postfix), else XFORWARD per transaction, else only Received.
+  xforward_ = false;
+  const auto mode = up.client_identity;
+  if ((mode == Config::Upstream::ClientIdentity::kAuto || mode == Config::Upstream::ClientIdentity::kXclient) &&
+      offers("XCLIENT")) {
+    if (!co_await send_xclient()) co_return false;
+  } else if ((mode == Config::Upstream::ClientIdentity::kAuto ||
+              mode == Config::Upstream::ClientIdentity::kXforward) && offers("XFORWARD")) {
+    xforward_ = true;
+  }
+  co_return true;
+}
+
+// EHLO (HELO if refused); learns the MTA's capabilities.
+asio::awaitable<bool> SmtpUpstream::ehlo() {
+  const auto& up = config_->upstream;
+  const auto& to = config_->timeouts;
+  capabilities_.clear();
+  capability_args_.clear();
   output_.assign("EHLO ").append(up.helo).append("\r\n");
   UpstreamReply ehlo = co_await command(output_, to.upstream_greeting);
   if (ehlo.connection_lost) co_return false;
@@ -172,20 +196,79 @@ asio::awaitable<bool> SmtpUpstream::open() {
       text.remove_prefix(nl + 1);
       nl = text.find('\n');
       std::string_view line = text.substr(0, nl);
-      std::string keyword(line.substr(0, line.find(' ')));
+      std::size_t sp = line.find(' ');
+      std::string keyword(line.substr(0, sp));
       for (char& c : keyword) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
       capabilities_.push_back(std::move(keyword));
+      capability_args_.emplace_back(sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1));
     }
-  } else {
-    output_.assign("HELO ").append(up.helo).append("\r\n");
-    UpstreamReply helo = co_await command(output_, to.upstream_greeting);
-    if (helo.connection_lost || !helo.reply.positive()) {
-      if (!helo.connection_lost) log::warning("upstream-error").kv("op", "helo").kv("reply", helo.reply.first_line());
-      close("HELO refused");
-      co_return false;
-    }
+    co_return true;
+  }
+  output_.assign("HELO ").append(up.helo).append("\r\n");
+  UpstreamReply helo = co_await command(output_, to.upstream_greeting);
+  if (helo.connection_lost || !helo.reply.positive()) {
+    if (!helo.connection_lost) log::warning("upstream-error").kv("op", "helo").kv("reply", helo.reply.first_line());
+    close("HELO refused");
+    co_return false;
   }
   co_return true;
+}
+
+namespace {
+// xtext (RFC 3461 §4): "+" followed by two hex digits for octets outside
+// '!'..'~' and for '+' and '='.
+std::string xtext(std::string_view in) {
+  std::string out;
+  for (unsigned char c : in) {
+    if (c < '!' || c > '~' || c == '+' || c == '=') out += fmt::format("+{:02X}", c);
+    else out.push_back(static_cast<char>(c));
+  }
+  return out;
+}
+
+std::string xclient_addr(const std::string& ip) {
+  return ip.find(':') != std::string::npos ? "IPV6:" + ip : ip;
+}
+}  // namespace
+
+// XCLIENT (Postfix XCLIENT_README): only the attributes the MTA lists; it
+// answers with a new 220 greeting, after which the session starts over.
+asio::awaitable<bool> SmtpUpstream::send_xclient() {
+  std::string_view offered;
+  for (std::size_t i = 0; i < capabilities_.size(); ++i) {
+    if (capabilities_[i] == "XCLIENT") offered = capability_args_[i];
+  }
+  auto has = [&](std::string_view attr) {
+    std::size_t pos = 0;
+    while (pos < offered.size()) {
+      std::size_t sp = offered.find(' ', pos);
+      std::string_view word = offered.substr(pos, sp == std::string_view::npos ? std::string_view::npos : sp - pos);
+      if (word.size() == attr.size() &&
+          std::equal(word.begin(), word.end(), attr.begin(), [](char a, char b) { return std::toupper(a) == b; })) {
+        return true;
+      }
+      if (sp == std::string_view::npos) break;
+      pos = sp + 1;
+    }
+    return false;
+  };
+  std::string line = "XCLIENT";
+  if (has("ADDR")) line += " ADDR=" + xtext(xclient_addr(client_.address));
+  if (has("PORT")) line += fmt::format(" PORT={}", client_.port);
+  if (has("NAME")) line += " NAME=" + (client_.name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.name));
+  if (has("HELO") && !client_.helo.empty()) line += " HELO=" + xtext(client_.helo);
+  if (has("PROTO")) line += client_.esmtp ? " PROTO=ESMTP" : " PROTO=SMTP";
+  if (has("LOGIN") && !client_.login.empty()) line += " LOGIN=" + xtext(client_.login);
+  line += "\r\n";
+  UpstreamReply r = co_await command(line, config_->timeouts.upstream_greeting);
+  if (r.connection_lost) co_return false;
+  if (!r.reply.positive()) {  // Postfix answers 220; simpler servers (smtp-sink) 250
+    // Not authorized (smtpd_authorized_xclient_hosts): carry on without it.
+    log::warning("upstream-xclient-refused").kv("upstream", config_->upstream.target)
+        .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
+    co_return true;
+  }
+  co_return co_await ehlo();
 }
 
 void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam>& params,
@@ -211,6 +294,23 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
     if (state_ == State::kClosed && !co_await open()) {
       close("unavailable");
       co_return local(replies::kUpstreamUnavailable, true);
+    }
+    if (xforward_) {
+      // XFORWARD (Postfix XFORWARD_README) holds for one transaction.
+      std::string xf = fmt::format("XFORWARD ADDR={} PORT={} NAME={} PROTO={}{}\r\n",
+                                   xtext(xclient_addr(client_.address)), client_.port,
+                                   client_.name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.name),
+                                   client_.esmtp ? "ESMTP" : "SMTP",
+                                   client_.helo.empty() ? std::string() : " HELO=" + xtext(client_.helo));
+      UpstreamReply x = co_await command(xf, config_->timeouts.upstream_mail);
+      if (x.connection_lost) {
+        if (!reused || attempt > 0) co_return x;
+        continue;
+      }
+      if (!x.reply.positive()) {
+        log::warning("upstream-xforward-refused").kv("reply", fmt::format("{} {}", x.reply.code, x.reply.first_line()));
+        xforward_ = false;
+      }
     }
     output_.assign("MAIL FROM:<").append(reverse_path.str()).append(">");
     append_params(output_, params, *this);

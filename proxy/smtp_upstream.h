@@ -12,7 +12,7 @@ namespace postern {
 class SmtpUpstream final : public Upstream {
  public:
   SmtpUpstream(const asio::any_io_executor& executor, std::shared_ptr<const Config> config,
-               ClientFacts client);
+               const ClientFacts& client);
 
   asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
                                       const std::vector<EsmtpParam>& params) override;
@@ -28,6 +28,8 @@ class SmtpUpstream final : public Upstream {
   enum class State { kClosed, kReady, kInTransaction };
 
   asio::awaitable<bool> open();
+  asio::awaitable<bool> ehlo();
+  asio::awaitable<bool> send_xclient();
   asio::awaitable<bool> send(std::string_view bytes, Seconds timeout);
   // Reads one reply; false when the connection failed, timed out or sent garbage.
   asio::awaitable<bool> receive(Reply& reply, Seconds timeout);
@@ -39,13 +41,15 @@ class SmtpUpstream final : public Upstream {
                             const SmtpUpstream& self);
 
   std::shared_ptr<const Config> config_;
-  ClientFacts client_;
+  const ClientFacts& client_;
+  bool xforward_ = false;  // send XFORWARD before each MAIL
   asio::ip::tcp::socket socket_;
   Watchdog watchdog_;
   ReplyParser parser_;
   std::string input_;
   std::string output_;
-  std::vector<std::string> capabilities_;
+  std::vector<std::string> capabilities_;     // EHLO keywords, upper case
+  std::vector<std::string> capability_args_;  // the rest of each EHLO line
   State state_ = State::kClosed;
   bool protocol_error_ = false;
 };

@@ -23,6 +23,9 @@ struct ClientFacts {
   std::string address;   // textual IP
   unsigned short port = 0;
   std::string helo;
+  bool esmtp = false;
+  std::string name;      // reverse DNS name, empty when unknown
+  std::string login;     // authenticated identity, empty when none
 };
 
 // What the upstream did with a command. Replies from the MTA are relayed
@@ -56,6 +59,7 @@ class Upstream {
   virtual bool offers(std::string_view keyword) const = 0;
 };
 
+// `client` is the session's, read when the connection opens; it outlives the upstream.
 std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,
                                         std::shared_ptr<const Config> config,
                                         const ClientFacts& client);
