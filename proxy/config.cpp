@@ -385,7 +385,20 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   }
 
   const toml::table* upstream = check.section(root, "upstream");
-  if (upstream) check.check_keys(*upstream, "upstream", {"target", "helo", "client_identity"});
+  if (upstream) {
+    check.check_keys(*upstream, "upstream", {"target", "helo", "client_identity", "tls", "ca_file", "tls_name"});
+  }
+  check.get_enum<Config::Upstream::Tls>(upstream, "upstream", "tls",
+                                        {{"none", Config::Upstream::Tls::kNone},
+                                         {"opportunistic", Config::Upstream::Tls::kOpportunistic},
+                                         {"verify", Config::Upstream::Tls::kVerify}},
+                                        config->upstream.tls);
+  if (const toml::node* n = check.get_string(upstream, "upstream", "ca_file", config->upstream.ca_file)) {
+    if (!config->upstream.ca_file.empty() && access(config->upstream.ca_file.c_str(), R_OK) != 0) {
+      check.error(n, "upstream.ca_file", "cannot read \"" + config->upstream.ca_file + "\": " + std::strerror(errno));
+    }
+  }
+  check.get_string(upstream, "upstream", "tls_name", config->upstream.tls_name);
   check.get_string(upstream, "upstream", "helo", config->upstream.helo);
   check.get_enum<Config::Upstream::ClientIdentity>(upstream, "upstream", "client_identity",
                                                    {{"auto", Config::Upstream::ClientIdentity::kAuto},

@@ -55,6 +55,11 @@ struct Config {
     // How the MTA learns the real client: XCLIENT, XFORWARD, whichever it
     // offers (auto), or only postern's Received header (none).
     enum class ClientIdentity { kAuto, kXclient, kXforward, kNone } client_identity = ClientIdentity::kAuto;
+    // TLS towards the MTA: none; opportunistic (STARTTLS when offered, any
+    // certificate); verify (STARTTLS required, certificate and name checked).
+    enum class Tls { kNone, kOpportunistic, kVerify } tls = Tls::kNone;
+    std::string ca_file;   // verify: CA bundle (PEM); "" = the system's
+    std::string tls_name;  // verify: name expected in the certificate; "" = the target host
   } upstream;
 
   struct Limits {

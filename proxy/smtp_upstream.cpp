@@ -51,6 +51,7 @@ void SmtpUpstream::close(std::string_view why) {
   }
   std::error_code ignored;
   socket_.close(ignored);
+  tls_.reset();
   state_ = State::kClosed;
   input_.clear();
   parser_.reset();
@@ -69,7 +70,13 @@ UpstreamReply SmtpUpstream::lost(std::string_view stage) {
 
 asio::awaitable<bool> SmtpUpstream::send(std::string_view bytes, Seconds timeout) {
   watchdog_.arm(timeout);
-  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), use_nothrow);
+  std::error_code ec;
+  auto buffer = asio::buffer(bytes.data(), bytes.size());
+  if (tls_) {
+    std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, buffer, use_nothrow);
+  } else {
+    std::tie(ec, std::ignore) = co_await asio::async_write(socket_, buffer, use_nothrow);
+  }
   watchdog_.disarm();
   if (ec) {
     log::warning("upstream-error").kv("op", "write").kv("error", watchdog_.expired() ? "timeout" : ec.message());
@@ -99,8 +106,14 @@ asio::awaitable<bool> SmtpUpstream::receive(Reply& reply, Seconds timeout) {
     }
     std::size_t old = input_.size();
     input_.resize(old + limits::kReadChunk);
-    auto [ec, n] = co_await socket_.async_read_some(asio::buffer(input_.data() + old, limits::kReadChunk),
-                                                    use_nothrow);
+    auto buffer = asio::buffer(input_.data() + old, limits::kReadChunk);
+    std::error_code ec;
+    std::size_t n = 0;
+    if (tls_) {
+      std::tie(ec, n) = co_await tls_->async_read_some(buffer, use_nothrow);
+    } else {
+      std::tie(ec, n) = co_await socket_.async_read_some(buffer, use_nothrow);
+    }
     input_.resize(old + n);
     if (ec) {
       watchdog_.disarm();
@@ -165,6 +178,15 @@ asio::awaitable<bool> SmtpUpstream::open() {
     co_return false;
   }
   if (!co_await ehlo()) co_return false;
+  if (up.tls != Config::Upstream::Tls::kNone) {
+    if (offers("STARTTLS")) {
+      if (!co_await start_tls()) co_return false;
+    } else if (up.tls == Config::Upstream::Tls::kVerify) {
+      log::error("upstream-tls-failed").kv("upstream", up.target).kv("error", "STARTTLS not offered");
+      close("STARTTLS required but not offered");
+      co_return false;
+    }
+  }
   // Who the client really is (DESIGN "Envelope"): XCLIENT where the MTA
   // offers it (Postfix), else XFORWARD per transaction, else only Received.
   xforward_ = false;
@@ -212,6 +234,60 @@ asio::awaitable<bool> SmtpUpstream::ehlo() {
     co_return false;
   }
   co_return true;
+}
+
+// STARTTLS towards the MTA (RFC 3207). Bytes the MTA sent after its 220 in
+// plaintext would be read as if protected: that is an error, never data.
+asio::awaitable<bool> SmtpUpstream::start_tls() {
+  const auto& up = config_->upstream;
+  UpstreamReply r = co_await command("STARTTLS\r\n", config_->timeouts.upstream_greeting);
+  if (r.connection_lost) co_return false;
+  auto fail = [&](std::string_view why) {
+    log::error("upstream-tls-failed").kv("upstream", up.target).kv("error", why);
+    close("TLS failed");
+  };
+  if (r.reply.code != 220) {
+    if (up.tls == Config::Upstream::Tls::kVerify) {
+      fail(fmt::format("STARTTLS refused: {} {}", r.reply.code, r.reply.first_line()));
+      co_return false;
+    }
+    co_return true;  // opportunistic: go on in plaintext
+  }
+  if (!input_.empty()) {
+    fail("plaintext after the 220 to STARTTLS (injection)");
+    co_return false;
+  }
+  if (!tls_context_) {
+    tls_context_ = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    SSL_CTX_set_min_proto_version(tls_context_->native_handle(), TLS1_2_VERSION);
+    if (up.tls == Config::Upstream::Tls::kVerify) {
+      std::error_code ec;
+      if (up.ca_file.empty()) tls_context_->set_default_verify_paths(ec);
+      else tls_context_->load_verify_file(up.ca_file, ec);
+      if (ec) {
+        fail("cannot load CA certificates: " + ec.message());
+        co_return false;
+      }
+      tls_context_->set_verify_mode(asio::ssl::verify_peer);
+    } else {
+      tls_context_->set_verify_mode(asio::ssl::verify_none);
+    }
+  }
+  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
+  const std::string name = up.tls_name.empty() ? up.host : up.tls_name;
+  SSL_set_tlsext_host_name(tls_->native_handle(), name.c_str());  // SNI
+  if (up.tls == Config::Upstream::Tls::kVerify) {
+    SSL_set1_host(tls_->native_handle(), name.c_str());  // RFC 6125 name check
+  }
+  watchdog_.arm(config_->timeouts.upstream_greeting);
+  auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::client, use_nothrow);
+  watchdog_.disarm();
+  if (ec) {
+    fail(watchdog_.expired() ? std::string("handshake timeout") : "handshake: " + ec.message());
+    co_return false;
+  }
+  log::debug("upstream-tls").kv("upstream", up.target).kv("version", SSL_get_version(tls_->native_handle()));
+  co_return co_await ehlo();  // RFC 3207 §4.2: forget what was learned in plaintext
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <asio/ip/tcp.hpp>
+#include <asio/ssl.hpp>
 
 #include "proxy/upstream.h"
 #include "proxy/watchdog.h"
@@ -30,6 +31,7 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<bool> open();
   asio::awaitable<bool> ehlo();
   asio::awaitable<bool> send_xclient();
+  asio::awaitable<bool> start_tls();
   asio::awaitable<bool> send(std::string_view bytes, Seconds timeout);
   // Reads one reply; false when the connection failed, timed out or sent garbage.
   asio::awaitable<bool> receive(Reply& reply, Seconds timeout);
@@ -44,6 +46,8 @@ class SmtpUpstream final : public Upstream {
   const ClientFacts& client_;
   bool xforward_ = false;  // send XFORWARD before each MAIL
   asio::ip::tcp::socket socket_;
+  std::shared_ptr<asio::ssl::context> tls_context_;  // built once per upstream, when TLS is configured
+  std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
   Watchdog watchdog_;
   ReplyParser parser_;
   std::string input_;
