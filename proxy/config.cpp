@@ -612,6 +612,143 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
 
   // ---- [dns], [spf], [dkim], [dmarc], [authentication_results], [audit]: the
   // authenticity checks' sections go here.
+  {
+    auto get_ms = [&](const toml::table* t, std::string_view sec, std::string_view key, double min, double max,
+                      std::chrono::milliseconds& out) {
+      Seconds v = std::chrono::duration_cast<Seconds>(out);
+      check.get_seconds(t, sec, key, min, max, v);
+      out = std::chrono::milliseconds(static_cast<long long>(v.count() * 1000));
+    };
+    auto get_number = [&](const toml::table* t, std::string_view sec, std::string_view key, double& out) {
+      const toml::node* n = t ? t->get(key) : nullptr;
+      if (!n) return;
+      auto v = n->value<double>();
+      if (!(n->is_integer() || n->is_floating_point()) || !v || !(*v >= -1e6 && *v <= 1e6)) {
+        check.error(n, std::string(sec) + "." + std::string(key), "expected a score from -1000000 to 1000000, got " + describe(*n));
+        return;
+      }
+      out = *v;
+    };
+
+    const toml::table* dns = check.section(root, "dns");
+    if (dns) {
+      check.check_keys(*dns, "dns", {"servers", "timeout", "retries", "cache_entries", "negative_ttl", "max_ttl",
+                                     "workers"});
+    }
+    DnsOptions& d = config->dns;
+    if (const toml::node* n = dns ? dns->get("servers") : nullptr) {
+      const toml::array* arr = n->as_array();
+      if (!arr) {
+        check.error(n, "dns.servers", "expected a list of \"IP\" or \"IP@PORT\", got " + describe(*n));
+      } else {
+        for (const toml::node& item : *arr) {
+          std::string server = item.is_string() ? item.as_string()->get() : "";
+          std::string ip = server.substr(0, server.find('@'));
+          std::string port = server.find('@') == std::string::npos ? "53" : server.substr(server.find('@') + 1);
+          unsigned char buf[16];
+          bool ok = !ip.empty() && (inet_pton(AF_INET, ip.c_str(), buf) == 1 || inet_pton(AF_INET6, ip.c_str(), buf) == 1) &&
+                    !port.empty() && port.size() <= 5 && port.find_first_not_of("0123456789") == std::string::npos &&
+                    std::stoul(port) >= 1 && std::stoul(port) <= 65535;
+          if (!ok) {
+            check.error(&item, "dns.servers", "expected \"IP\" or \"IP@PORT\", got " + describe(item));
+          } else {
+            d.servers.push_back(server);
+          }
+        }
+      }
+    }
+    get_ms(dns, "dns", "timeout", 0.05, 60, d.timeout);
+    std::size_t retries = d.retries;
+    check.get_size(dns, "dns", "retries", 0, 10, retries);
+    d.retries = static_cast<unsigned>(retries);
+    check.get_size(dns, "dns", "cache_entries", 0, 100000000, d.cache_entries);
+    std::size_t negative_ttl = d.negative_ttl, max_ttl = d.max_ttl;
+    check.get_size(dns, "dns", "negative_ttl", 0, 86400, negative_ttl);
+    check.get_size(dns, "dns", "max_ttl", 0, 604800, max_ttl);
+    d.negative_ttl = static_cast<std::uint32_t>(negative_ttl);
+    d.max_ttl = static_cast<std::uint32_t>(max_ttl);
+    AuthOptions& a = config->auth;
+    a.hostname = config->server.hostname;
+    std::size_t workers = a.worker_threads;
+    check.get_size(dns, "dns", "workers", 1, 256, workers);
+    a.worker_threads = static_cast<unsigned>(workers);
+
+    const toml::table* spf = check.section(root, "spf");
+    if (spf) {
+      check.check_keys(*spf, "spf", {"enabled", "timeout", "received_spf", "reject_fail", "tempfail_temperror",
+                                     "max_dns_terms", "max_void_lookups", "score_pass", "score_fail",
+                                     "score_softfail", "score_neutral", "score_none", "score_temperror",
+                                     "score_permerror"});
+    }
+    SpfOptions& sp = a.spf;
+    check.get_bool(spf, "spf", "enabled", sp.enabled);
+    get_ms(spf, "spf", "timeout", 0.1, 600, sp.timeout);
+    check.get_bool(spf, "spf", "received_spf", sp.received_spf);
+    check.get_bool(spf, "spf", "reject_fail", sp.reject_fail);
+    check.get_bool(spf, "spf", "tempfail_temperror", sp.tempfail_temperror);
+    std::size_t terms = sp.limits.dns_terms, voids = sp.limits.void_lookups;
+    check.get_size(spf, "spf", "max_dns_terms", 1, 100, terms);
+    check.get_size(spf, "spf", "max_void_lookups", 0, 100, voids);
+    sp.limits.dns_terms = static_cast<unsigned>(terms);
+    sp.limits.void_lookups = static_cast<unsigned>(voids);
+    get_number(spf, "spf", "score_pass", sp.score_pass);
+    get_number(spf, "spf", "score_fail", sp.score_fail);
+    get_number(spf, "spf", "score_softfail", sp.score_softfail);
+    get_number(spf, "spf", "score_neutral", sp.score_neutral);
+    get_number(spf, "spf", "score_none", sp.score_none);
+    get_number(spf, "spf", "score_temperror", sp.score_temperror);
+    get_number(spf, "spf", "score_permerror", sp.score_permerror);
+
+    const toml::table* dkim = check.section(root, "dkim");
+    if (dkim) {
+      check.check_keys(*dkim, "dkim", {"enabled", "timeout", "min_key_bits", "max_signatures", "score_pass",
+                                       "score_fail", "score_weak_key"});
+    }
+    DkimOptions& dk = a.dkim;
+    check.get_bool(dkim, "dkim", "enabled", dk.enabled);
+    get_ms(dkim, "dkim", "timeout", 0.1, 600, dk.timeout);
+    std::size_t bits = dk.min_key_bits;
+    check.get_size(dkim, "dkim", "min_key_bits", 512, 16384, bits);
+    dk.min_key_bits = static_cast<unsigned>(bits);
+    check.get_size(dkim, "dkim", "max_signatures", 1, 100, dk.max_signatures);
+    get_number(dkim, "dkim", "score_pass", dk.score_pass);
+    get_number(dkim, "dkim", "score_fail", dk.score_fail);
+    get_number(dkim, "dkim", "score_weak_key", dk.score_weak_key);
+
+    const toml::table* dmarc = check.section(root, "dmarc");
+    if (dmarc) {
+      check.check_keys(*dmarc, "dmarc", {"enabled", "enforce", "honor_pct", "timeout", "score_pass", "score_fail"});
+    }
+    DmarcOptions& dm = a.dmarc;
+    check.get_bool(dmarc, "dmarc", "enabled", dm.enabled);
+    check.get_enum<DmarcOptions::Enforce>(dmarc, "dmarc", "enforce",
+                                          {{"report", DmarcOptions::Enforce::kReport},
+                                           {"quarantine", DmarcOptions::Enforce::kQuarantine},
+                                           {"reject", DmarcOptions::Enforce::kReject}},
+                                          dm.enforce);
+    check.get_bool(dmarc, "dmarc", "honor_pct", dm.honor_pct);
+    get_ms(dmarc, "dmarc", "timeout", 0.1, 600, dm.timeout);
+    get_number(dmarc, "dmarc", "score_pass", dm.score_pass);
+    get_number(dmarc, "dmarc", "score_fail", dm.score_fail);
+
+    const toml::table* ar = check.section(root, "authentication_results");
+    if (ar) check.check_keys(*ar, "authentication_results", {"enabled", "authserv_id", "remove_forged"});
+    AuthResultsOptions& aro = a.authentication_results;
+    check.get_bool(ar, "authentication_results", "enabled", aro.enabled);
+    if (const toml::node* n = check.get_string(ar, "authentication_results", "authserv_id", aro.authserv_id)) {
+      if (!aro.authserv_id.empty() && !dns_name_valid(aro.authserv_id)) {
+        check.error(n, "authentication_results.authserv_id", "expected a host name, got \"" + aro.authserv_id + '"');
+      }
+    }
+    if (aro.authserv_id.empty()) aro.authserv_id = config->server.hostname;
+    check.get_bool(ar, "authentication_results", "remove_forged", aro.remove_forged);
+
+    const toml::table* audit = check.section(root, "audit");
+    if (audit) check.check_keys(*audit, "audit", {"path", "rotate_size", "rotate_keep"});
+    check.get_string(audit, "audit", "path", config->audit.path);
+    check.get_size(audit, "audit", "rotate_size", 4096, std::size_t(1) << 40, config->audit.rotate_size);
+    check.get_size(audit, "audit", "rotate_keep", 0, 1000, config->audit.rotate_keep);
+  }
 
   check.finish();
   return config;

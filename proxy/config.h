@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "filters/auth/auth_options.h"
+#include "filters/dns/unbound_resolver.h"
 #include "filters/filter_chain.h"
 #include "filters/lua/lua_options.h"
 #include "proxy/data_decoder.h"
@@ -105,6 +107,19 @@ struct Config {
   LuaOptions lua;
   // [scores]: thresholds mapping the transaction's score to actions.
   ScoreThresholds scores{5, 0, 15, "X-Spam-Status"};
+
+  // [dns]: postern's resolver (filters/dns/unbound_resolver.h).
+  DnsOptions dns;
+  // [spf], [dkim], [dmarc], [authentication_results]: the authenticity
+  // checks (filters/auth/auth_options.h); auth.hostname is server.hostname,
+  // auth.worker_threads is [dns] workers.
+  AuthOptions auth;
+  // [audit]: one JSON line per message.
+  struct Audit {
+    std::string path;                                 // empty = no audit log
+    std::size_t rotate_size = 100u * 1024 * 1024;     // rotate past this many bytes
+    std::size_t rotate_keep = 10;                     // rotated files kept
+  } audit;
 };
 
 // A configuration error (or several), already formatted "file:line:col: ...".

@@ -64,6 +64,7 @@ inline constexpr Def kShuttingDown{421, "4.3.2 Service shutting down, try again 
 inline constexpr Def kUpstreamUnavailable{451, "4.4.1 Error: upstream not available, try again later"};
 inline constexpr Def kUpstreamLost{451, "4.4.2 Error: upstream connection lost, try again later"};
 inline constexpr Def kUpstreamProtocol{451, "4.4.0 Error: unexpected upstream reply, try again later"};
+inline constexpr Def kUpstreamNoSmtputf8{553, "5.6.7 Error: SMTPUTF8 is not supported by the destination"};
 inline constexpr Def kTransactionFailed{451, "4.4.2 Error: transaction failed upstream, send RSET"};
 
 }  // namespace postern::replies

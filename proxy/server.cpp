@@ -45,6 +45,7 @@ struct Server::Impl {
   ConfigSource source;
   std::shared_ptr<const Config> config;  // guarded by config_mutex
   std::shared_ptr<asio::ssl::context> tls_context;  // guarded by config_mutex
+  std::shared_ptr<UpstreamCapabilities> capabilities = std::make_shared<UpstreamCapabilities>();
   std::mutex config_mutex;
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
@@ -78,7 +79,7 @@ struct Server::Impl {
       auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
         // Built on the worker's thread: the chain (and its Lua state) is that thread's.
         auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
-                                                 worker.chain, worker.registry);
+                                                 worker.chain, capabilities, worker.registry);
         co_await session->run();
         --open_sessions;
       };
@@ -86,6 +87,21 @@ struct Server::Impl {
     }
   }
 
+  // Learns what the MTA offers at start-up, then every kProbeInterval and
+  // after each reload (a new target may offer something else).
+  asio::awaitable<void> probe_loop() {
+    static constexpr std::chrono::seconds kProbeInterval{300};
+    asio::steady_timer timer(workers[0]->context);
+    while (!draining) {
+      auto config = snapshot();
+      if (!co_await probe_upstream(workers[0]->context.get_executor(), config, *capabilities)) {
+        log::warning("upstream-probe-failed").kv("upstream", config->upstream.target)
+            .kv("action", "advertising what was learned before");
+      }
+      timer.expires_after(kProbeInterval);
+      co_await timer.async_wait(use_nothrow);
+    }
+  }
   void reload() {
     try {
       auto fresh = load_config(source);
@@ -106,6 +122,8 @@ struct Server::Impl {
         asio::post(workers[i]->context, [w = workers[i].get(), c = chains[i]] { w->chain = c; });
       }
       log::info("reloaded").kv("config", source.path.empty() ? "(embedded default)" : source.path);
+      asio::co_spawn(workers[0]->context, probe_upstream(workers[0]->context.get_executor(), fresh, *capabilities),
+                     asio::detached);
     } catch (const ConfigError& e) {
       log::error("reload-failed").kv("error", e.what()).kv("action", "keeping the running configuration");
     }
@@ -202,6 +220,7 @@ int Server::run() {
     asio::co_spawn(s.workers[0]->context, s.accept_loop(*s.acceptors[i], config->listeners[i]), asio::detached);
   }
   asio::co_spawn(s.workers[0]->context, s.signals(signal_set), asio::detached);
+  asio::co_spawn(s.workers[0]->context, s.probe_loop(), asio::detached);
 
   std::vector<std::thread> threads;
   for (unsigned i = 1; i < n; ++i) {

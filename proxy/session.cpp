@@ -55,6 +55,25 @@ std::string rfc5322_date() {
   return std::string(buf, n);
 }
 
+// xtext (RFC 3461 §4): printable ASCII except '+' and '=', or "+" and two
+// upper-case hex digits.
+bool is_xtext(std::string_view s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = s[i];
+    if (c == '+') {
+      if (i + 2 >= s.size()) return false;
+      for (int k = 1; k <= 2; ++k) {
+        unsigned char h = s[i + k];
+        if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F'))) return false;
+      }
+      i += 2;
+    } else if (c < '!' || c > '~' || c == '=') {
+      return false;
+    }
+  }
+  return true;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (std::size_t i = 0; i < a.size(); ++i) {
@@ -69,7 +88,8 @@ bool iequals(std::string_view a, std::string_view b) {
 
 Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
                  const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
-                 std::shared_ptr<const FilterChain> chain, SessionRegistry& registry)
+                 std::shared_ptr<const FilterChain> chain, std::shared_ptr<const UpstreamCapabilities> caps,
+                 SessionRegistry& registry)
     : socket_(std::move(socket)),
       config_(std::move(config)),
       listener_(listener),
@@ -80,6 +100,7 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
         socket_.cancel(ignored);
       }),
       chain_(std::move(chain)),
+      caps_(std::move(caps)),
       id_(next_session_id()),
       started_(std::chrono::steady_clock::now()),
       decoder_({config_->limits.message_size, config_->limits.text_line, config_->data.bare_line_ending}),
@@ -458,9 +479,65 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
     co_return;
   }
   const bool offer_tls = tls_context_ && !tls_ && listener_.tls == Config::Listener::Tls::kStarttls;
+  // SMTPUTF8 and DSN only when the MTA behind can carry them (RFC 6531 §3.4, RFC 3461 §4).
   append_reply(output_, 250,
-               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES{}", host,
-                           config_->limits.message_size, offer_tls ? "\nSTARTTLS" : ""));
+               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES{}{}{}", host,
+                           config_->limits.message_size, offer_tls ? "\nSTARTTLS" : "",
+                           caps_->smtputf8 ? "\nSMTPUTF8" : "", caps_->dsn ? "\nDSN" : ""));
+}
+
+// MAIL parameters postern knows (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531
+// SMTPUTF8, RFC 3461 RET/ENVID); null when `p` is acceptable.
+const replies::Def* Session::check_mail_param(const EsmtpParam& p) const {
+  if (!esmtp_) return &replies::kUnknownParameter;
+  if (p.keyword == "SIZE") {
+    // size-value = 1*20DIGIT.
+    if (!p.has_value || p.value.size() > 20 || p.value.find_first_not_of("0123456789") != std::string::npos) {
+      return &replies::kBadParameter;
+    }
+    if (p.value.size() > 15 || std::stoull(p.value) > config_->limits.message_size) return &replies::kSizeExceeded;
+    return nullptr;
+  }
+  if (p.keyword == "BODY") {
+    bool ok = p.has_value && (iequals(p.value, "7BIT") || iequals(p.value, "8BITMIME"));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  if (p.keyword == "SMTPUTF8" && caps_->smtputf8) return p.has_value ? &replies::kBadParameter : nullptr;
+  if (p.keyword == "RET" && caps_->dsn) {
+    bool ok = p.has_value && (iequals(p.value, "FULL") || iequals(p.value, "HDRS"));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  if (p.keyword == "ENVID" && caps_->dsn) {
+    return p.has_value && p.value.size() <= 100 && is_xtext(p.value) ? nullptr : &replies::kBadParameter;
+  }
+  return &replies::kUnknownParameter;
+}
+
+// RCPT parameters: RFC 3461 NOTIFY and ORCPT, when DSN is offered.
+const replies::Def* Session::check_rcpt_param(const EsmtpParam& p) const {
+  if (!esmtp_ || !caps_->dsn) return &replies::kUnknownParameter;
+  if (p.keyword == "NOTIFY") {
+    if (!p.has_value) return &replies::kBadParameter;
+    if (iequals(p.value, "NEVER")) return nullptr;
+    std::string_view rest = p.value;
+    while (!rest.empty()) {
+      std::size_t comma = rest.find(',');
+      std::string_view word = rest.substr(0, comma);
+      if (!iequals(word, "SUCCESS") && !iequals(word, "FAILURE") && !iequals(word, "DELAY")) {
+        return &replies::kBadParameter;
+      }
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    }
+    return nullptr;
+  }
+  if (p.keyword == "ORCPT") {
+    // addr-type ";" xtext, at most 500 characters (RFC 3461 §4.2).
+    std::size_t semi = p.value.find(';');
+    bool ok = p.has_value && p.value.size() <= 500 && semi != std::string::npos && semi > 0 &&
+              is_xtext(std::string_view(p.value).substr(semi + 1));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  return &replies::kUnknownParameter;
 }
 
 asio::awaitable<void> Session::handle_mail(const Command& cmd) {
@@ -477,33 +554,26 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
     quit_ = true;
     co_return;
   }
-  PathArgs args = parse_mail_args(cmd.args, false);
+  // The path may hold UTF-8 only when MAIL also says SMTPUTF8 (RFC 6531 §3.4).
+  PathArgs args = parse_mail_args(cmd.args, esmtp_ && caps_->smtputf8);
+  const bool smtputf8 = std::any_of(args.params.begin(), args.params.end(),
+                                    [](const EsmtpParam& p) { return p.keyword == "SMTPUTF8"; });
+  if (!args.error && !smtputf8 &&
+      std::any_of(cmd.args.begin(), cmd.args.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
+    args.error = &replies::kNonAsciiAddress;
+  }
   if (args.error) {
     client_error(*args.error);
     co_return;
   }
   for (const EsmtpParam& p : args.params) {
-    if (p.keyword == "SIZE" && esmtp_) {
-      // RFC 1870 §6: size-value = 1*20DIGIT.
-      if (!p.has_value || p.value.size() > 20 ||
-          p.value.find_first_not_of("0123456789") != std::string::npos) {
-        client_error(replies::kBadParameter);
-        co_return;
-      }
-      if (p.value.size() > 15 || std::stoull(p.value) > config_->limits.message_size) {
-        reply(replies::kSizeExceeded);
-        co_return;
-      }
-    } else if (p.keyword == "BODY" && esmtp_) {
-      if (!p.has_value || !(iequals(p.value, "7BIT") || iequals(p.value, "8BITMIME"))) {
-        client_error(replies::kBadParameter);
-        co_return;
-      }
-    } else {
-      client_error(replies::kUnknownParameter);
+    if (const replies::Def* bad = check_mail_param(p)) {
+      if (bad == &replies::kSizeExceeded) reply(*bad);
+      else client_error(*bad);
       co_return;
     }
   }
+  txn_.smtputf8 = smtputf8;
   txn_.facts = TransactionFacts{};
   txn_.facts.id = fmt::format("{}.{}", id_, messages_ + 1);
   txn_.facts.reverse_path = args.mailbox;
@@ -547,14 +617,16 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     reply(replies::kTransactionFailed);
     co_return;
   }
-  PathArgs args = parse_rcpt_args(cmd.args, false);
+  PathArgs args = parse_rcpt_args(cmd.args, txn_.smtputf8);
   if (args.error) {
     client_error(*args.error);
     co_return;
   }
-  if (!args.params.empty()) {
-    client_error(replies::kUnknownParameter);
-    co_return;
+  for (const EsmtpParam& p : args.params) {
+    if (const replies::Def* bad = check_rcpt_param(p)) {
+      client_error(*bad);
+      co_return;
+    }
   }
   ++txn_.rcpt_commands;
   if (txn_.facts.recipients.size() >= config_->limits.recipients) {

@@ -38,7 +38,8 @@ class Session {
  public:
   Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
           const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
-          std::shared_ptr<const FilterChain> chain, SessionRegistry& registry);
+          std::shared_ptr<const FilterChain> chain, std::shared_ptr<const UpstreamCapabilities> caps,
+          SessionRegistry& registry);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -57,6 +58,7 @@ class Session {
     bool failed = false;  // the upstream was lost: the rest of it gets 451 4.4.2
     TransactionFacts facts;  // envelope, changes, symbols: what filters see
     std::vector<EsmtpParam> mail_params;
+    bool smtputf8 = false;  // MAIL carried SMTPUTF8 (RFC 6531)
     std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
     std::chrono::steady_clock::time_point started;
@@ -74,6 +76,8 @@ class Session {
   asio::awaitable<void> handle_mail(const Command& cmd);
   asio::awaitable<void> handle_rcpt(const Command& cmd);
   void handle_data();
+  const replies::Def* check_mail_param(const EsmtpParam& p) const;
+  const replies::Def* check_rcpt_param(const EsmtpParam& p) const;
   asio::awaitable<void> end_of_data();
   asio::awaitable<Verdict> run_filters(Stage stage);
   asio::awaitable<UpstreamReply> relay(const Message& message);
@@ -95,6 +99,7 @@ class Session {
   SessionRegistry& registry_;
   Watchdog watchdog_;
   std::shared_ptr<const FilterChain> chain_;
+  std::shared_ptr<const UpstreamCapabilities> caps_;
   std::unique_ptr<Upstream> upstream_;
   std::string id_;
   ClientFacts client_;

@@ -9,6 +9,7 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -138,7 +139,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::command(std::string_view line, Seco
   co_return UpstreamReply{std::move(reply)};
 }
 
-asio::awaitable<bool> SmtpUpstream::open() {
+asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   const auto& up = config_->upstream;
   const auto& to = config_->timeouts;
   std::error_code ec;
@@ -190,7 +191,7 @@ asio::awaitable<bool> SmtpUpstream::open() {
   // Who the client really is (DESIGN "Envelope"): XCLIENT where the MTA
   // offers it (Postfix), else XFORWARD per transaction, else only Received.
   xforward_ = false;
-  const auto mode = up.client_identity;
+  const auto mode = identify_client ? up.client_identity : Config::Upstream::ClientIdentity::kNone;
   if ((mode == Config::Upstream::ClientIdentity::kAuto || mode == Config::Upstream::ClientIdentity::kXclient) &&
       offers("XCLIENT")) {
     if (!co_await send_xclient()) co_return false;
@@ -351,8 +352,10 @@ void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam
                                  const SmtpUpstream& self) {
   for (const EsmtpParam& p : params) {
     // Pass a parameter only where its extension is offered (RFC 5321 §4.1.2).
-    bool pass = (p.keyword == "SIZE" && self.offers("SIZE")) ||
-                (p.keyword == "BODY" && self.offers("8BITMIME"));
+    const std::string& k = p.keyword;
+    bool pass = (k == "SIZE" && self.offers("SIZE")) || (k == "BODY" && self.offers("8BITMIME")) ||
+                (k == "SMTPUTF8" && self.offers("SMTPUTF8")) ||
+                ((k == "RET" || k == "ENVID" || k == "NOTIFY" || k == "ORCPT") && self.offers("DSN"));
     if (!pass) continue;
     line.append(" ").append(p.keyword);
     if (p.has_value) line.append("=").append(p.value);
@@ -398,6 +401,12 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
   if (r.connection_lost) co_return r;
   if (r.reply.positive()) {
     state_ = State::kInTransaction;
+    bool utf8 = std::any_of(params.begin(), params.end(), [](const EsmtpParam& p) { return p.keyword == "SMTPUTF8"; });
+    if (utf8 && !offers("SMTPUTF8")) {
+      // The MTA stopped offering SMTPUTF8 since the probe: it cannot take this message.
+      co_await reset();
+      co_return local(replies::kUpstreamNoSmtputf8, false);
+    }
   } else if (r.reply.klass() != 4 && r.reply.klass() != 5) {
     log::warning("upstream-error").kv("op", "mail").kv("unexpected", r.reply.first_line());
     close("unexpected reply to MAIL");
@@ -492,6 +501,24 @@ asio::awaitable<void> SmtpUpstream::quit() {
   std::error_code ignored;
   socket_.close(ignored);
   state_ = State::kClosed;
+}
+
+asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
+                                     std::shared_ptr<const Config> config, UpstreamCapabilities& caps) {
+  if (config->upstream.kind == Config::Upstream::Kind::kMaildir) {
+    caps.smtputf8 = true;  // a local file takes any octets; no DSN from a Maildir
+    caps.dsn = false;
+    co_return true;
+  }
+  ClientFacts nobody;
+  SmtpUpstream probe(executor, config, nobody);
+  if (!co_await probe.probe()) co_return false;
+  caps.smtputf8 = probe.offers("SMTPUTF8");
+  caps.dsn = probe.offers("DSN");
+  co_await probe.quit();
+  log::info("upstream-capabilities").kv("upstream", config->upstream.target)
+      .kv("smtputf8", caps.smtputf8 ? "yes" : "no").kv("dsn", caps.dsn ? "yes" : "no");
+  co_return true;
 }
 
 }  // namespace postern

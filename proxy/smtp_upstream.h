@@ -24,11 +24,13 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<void> reset() override;
   asio::awaitable<void> quit() override;
   bool offers(std::string_view keyword) const override;
+  // Opens the connection without announcing a client (no XCLIENT): a probe.
+  asio::awaitable<bool> probe() { co_return co_await open(false); }
 
  private:
   enum class State { kClosed, kReady, kInTransaction };
 
-  asio::awaitable<bool> open();
+  asio::awaitable<bool> open(bool identify_client = true);
   asio::awaitable<bool> ehlo();
   asio::awaitable<bool> send_xclient();
   asio::awaitable<bool> start_tls();

@@ -3,6 +3,7 @@
 // envelope command to its Upstream and relays the Upstream's reply.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,13 @@
 #include "proxy/smtp_reply.h"
 
 namespace postern {
+
+// What the MTA offers, learned by a probe at start-up and refreshed, so the
+// client's EHLO advertises only extensions the MTA can carry (SMTPUTF8, DSN).
+struct UpstreamCapabilities {
+  std::atomic<bool> smtputf8{false};
+  std::atomic<bool> dsn{false};
+};
 
 // The facts of the client connection an upstream may pass on (XCLIENT later).
 struct ClientFacts {
@@ -60,6 +68,11 @@ class Upstream {
 };
 
 // `client` is the session's, read when the connection opens; it outlives the upstream.
+// Connects to the MTA once (EHLO, QUIT) and records what it offers; false
+// when the MTA could not be reached (the previous capabilities then stay).
+asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
+                                     std::shared_ptr<const Config> config, UpstreamCapabilities& caps);
+
 std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,
                                         std::shared_ptr<const Config> config,
                                         const ClientFacts& client);

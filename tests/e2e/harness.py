@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -215,7 +216,32 @@ class PosternProcess:
             assert addr and ":" in addr, f"bad listening line: {line.raw!r}"
             self.port = int(addr.rsplit(":", 1)[1])
             assert self.port != 0, f"listening line shows port 0: {line.raw!r}"
+            self._await_probe(timeout or 10 * SCALE)
         return self
+
+    def _await_probe(self, timeout):
+        """postern probes an SMTP upstream once at start-up (EHLO, QUIT) to learn
+        what to advertise; wait for it and discount it from a recording sink's
+        connection count, so tests count only the sessions' connections."""
+        if "--upstream" not in self.args:
+            return
+        target = self.args[self.args.index("--upstream") + 1]
+        if target.startswith("maildir:"):
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not (self.events("upstream-capabilities") or self.events("upstream-probe-failed")):
+                left = deadline - time.monotonic()
+                assert left > 0 and self.proc.poll() is None, \
+                    "postern logged neither upstream-capabilities nor upstream-probe-failed\n" + self.log_tail()
+                self._cond.wait(min(left, 0.1))
+            if not self.events("upstream-capabilities"):
+                return
+        port = int(target.rsplit(":", 1)[1])
+        for sink in _LIVE_SINKS:
+            if sink.port == port:
+                with sink._lock:
+                    sink.connections -= 1
 
     def _reader(self, stream, sink):
         for raw in iter(stream.readline, b""):
@@ -380,14 +406,33 @@ def check_reply(reply, code, enhanced=None, what=""):
 class SmtpClient:
     """Line-oriented raw client: nothing is hidden, every read has a time-out."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=None, greeting=True):
+    def __init__(self, port, host="127.0.0.1", timeout=None, greeting=True, source=None,
+                 tls_context=None):
+        """source: local IP to bind before connecting (e.g. "127.0.0.7");
+        tls_context: an ssl.SSLContext for implicit TLS (RFC 8314)."""
         self.timeout = timeout if timeout is not None else IO_TIMEOUT
-        self.sock = socket.create_connection((host, port), timeout=self.timeout)
+        self.sock = socket.create_connection((host, port), timeout=self.timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.settimeout(self.timeout)
         self.buf = bytearray()
         self.eof = False
         _live_clients.add(self)
+        if tls_context is not None:
+            self.sock = tls_context.wrap_socket(self.sock, server_hostname=HOSTNAME)
         self.greeting = self.read_reply() if greeting else None
+
+    def starttls(self, context=None):
+        """STARTTLS, check the 220, then the handshake on this socket.
+
+        Returns the 220 reply. Fails if the server sent more than the 220."""
+        reply = self.expect("STARTTLS", 220, "2.0.0")
+        assert not self.buf, f"bytes after the 220 to STARTTLS: {bytes(self.buf)!r}"
+        self.sock = (context or client_tls_context()).wrap_socket(self.sock, server_hostname=HOSTNAME)
+        return reply
+
+    def peer_cert_sha256(self):
+        """SHA-256 of the server's certificate (DER) on a TLS connection."""
+        return sha256(self.sock.getpeercert(binary_form=True))
 
     def send(self, data):
         if isinstance(data, str):
@@ -713,6 +758,11 @@ class _SinkSMTP(SMTP):
         await self.push(final)
 
 
+# Sinks alive in this process, so a starting postern can discount its
+# capability probe (one EHLO/QUIT connection at start-up) from their counts.
+_LIVE_SINKS = []
+
+
 class RecordingSink:
     """aiosmtpd-based MTA stand-in that records everything it is given."""
 
@@ -731,6 +781,7 @@ class RecordingSink:
         self._protocols = []
         self.loop = None
         self.port = None
+        _LIVE_SINKS.append(self)
 
     # -- scripting ---------------------------------------------------------
 
@@ -907,3 +958,94 @@ def make_message(subject="test", body=b"Hello.\r\n", extra_headers=b"",
             b"Message-ID: <" + subject.replace(" ", "-").encode() + b"@postern.test>\r\n"
             + extra_headers +
             b"\r\n" + body)
+
+
+# --------------------------------------------------------------------------
+# TLS, listener configuration files
+
+
+def client_tls_context():
+    """A client context that takes any certificate (the tests' are self-signed)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def make_cert(directory, name="cert", cn=HOSTNAME):
+    """A self-signed RSA certificate and its key (PEM) made by openssl.
+
+    Returns (cert_path, key_path, sha256 of the DER certificate)."""
+    cert = os.path.join(str(directory), f"{name}.crt")
+    key = os.path.join(str(directory), f"{name}.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", key, "-out", cert, "-subj", f"/CN={cn}"],
+                   check=True, capture_output=True, timeout=60)
+    with open(cert) as f:
+        der = ssl.PEM_cert_to_DER_cert(f.read())
+    return cert, key, sha256(der)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path, listeners, upstream=None, tls=None, sections=None):
+    """Writes a postern TOML file for tests that need [[listener]] settings.
+
+    listeners: list of dicts (address defaults to 127.0.0.1:0); tls: dict for
+    [tls]; sections: {"upstream": {...}, ...} merged in. Start postern with
+    postern.start(config=path, listen=()) and read the ports with
+    listener_ports()."""
+    tables = {"server": {"hostname": HOSTNAME, "shutdown_timeout": 3}}
+    if upstream is not None:
+        tables["upstream"] = {"target": upstream}
+    if tls:
+        tables["tls"] = dict(tls)
+    for name, values in (sections or {}).items():
+        tables.setdefault(name, {}).update(values)
+    out = []
+    for name, values in tables.items():
+        out.append(f"[{name}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        out.append("")
+    for l in listeners:
+        l = dict(l)
+        l.setdefault("address", "127.0.0.1:0")
+        out.append("[[listener]]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in l.items()]
+        out.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+    return str(path)
+
+
+def listener_ports(proc):
+    """The ports of postern's listeners, in the order of the config file."""
+    proc.wait_for_log("started")
+    return [int(l.get("address").rsplit(":", 1)[1]) for l in proc.events("listening")]
+
+
+def run_swaks(args, timeout=30):
+    """swaks to completion; returns CompletedProcess (text)."""
+    return subprocess.run(["swaks", "--hide-informational"] + list(args), capture_output=True,
+                          text=True, timeout=timeout * SCALE, stdin=subprocess.DEVNULL)
+
+
+RECEIVED_TLS_RE = re.compile(
+    r"^Received: from (\S+) \(unknown \[([^\]]+)\]\)\s+by (\S+) \(postern\) "
+    r"with (E?SMTPS?)(?: \((TLSv1\.[23]) ([A-Za-z0-9_-]+)\))? id (\S+)", re.S)
+
+
+def parse_received_any(header):
+    """postern's Received header, with or without TLS: a match with groups
+    (helo, ip, by, with, tls_version, cipher, id)."""
+    text = header.decode("latin-1") if isinstance(header, bytes) else header
+    unfolded = re.sub(r"\r\n(?=[ \t])", "", text).rstrip("\r\n")
+    m = RECEIVED_TLS_RE.match(unfolded)
+    assert m, f"Received header does not match: {unfolded!r}"
+    return m
