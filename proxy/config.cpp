@@ -736,7 +736,10 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     AuthResultsOptions& aro = a.authentication_results;
     check.get_bool(ar, "authentication_results", "enabled", aro.enabled);
     if (const toml::node* n = check.get_string(ar, "authentication_results", "authserv_id", aro.authserv_id)) {
-      if (!aro.authserv_id.empty() && !dns_name_valid(aro.authserv_id)) {
+      if (!aro.authserv_id.empty() &&
+          (!dns_name_valid(aro.authserv_id) ||
+           aro.authserv_id.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.") !=
+               std::string::npos)) {
         check.error(n, "authentication_results.authserv_id", "expected a host name, got \"" + aro.authserv_id + '"');
       }
     }

@@ -135,6 +135,54 @@ DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
   return {i, false};
 }
 
+void DataDecoder::feed_chunk(std::string_view in, std::string& out) {
+  std::size_t i = 0;
+  while (i < in.size()) {
+    if (state_ == State::kCr) {
+      if (in[i] == '\n') {
+        emit(out, "\r\n");
+        note_line_length(2);
+        line_length_ = 0;
+        state_ = State::kText;
+        ++i;
+      } else {
+        note_line_length(1);
+        if (options_.bare_line_ending == BareLineEnding::kReject) emit(out, "\r");
+        bare_line_end(out, false);
+        state_ = State::kText;
+      }
+      continue;
+    }
+    std::size_t start = i;
+    while (i < in.size() && in[i] != '\r' && in[i] != '\n' && in[i] != '\0') ++i;
+    if (i > start) {
+      emit(out, in.substr(start, i - start));
+      note_line_length(i - start);
+    }
+    if (i == in.size()) break;
+    char c = in[i++];
+    if (c == '\r') {
+      state_ = State::kCr;
+    } else if (c == '\n') {
+      note_line_length(1);
+      bare_line_end(out, true);
+      state_ = State::kText;
+    } else {
+      faults_.nul = true;
+      emit(out, std::string_view("\0", 1));
+      note_line_length(1);
+    }
+  }
+}
+
+void DataDecoder::finish_chunks(std::string& out) {
+  if (state_ != State::kCr) return;
+  note_line_length(1);
+  if (options_.bare_line_ending == BareLineEnding::kReject) emit(out, "\r");
+  bare_line_end(out, false);
+  state_ = State::kLineStart;
+}
+
 void DotStuffer::feed(std::string_view content, std::string& out) {
   if (content.empty()) return;
   empty_ = false;

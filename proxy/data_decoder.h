@@ -45,6 +45,13 @@ class DataDecoder {
   // Stops right after the end-of-data marker; bytes after it are not consumed.
   Result feed(std::string_view input, std::string& out);
 
+  // BDAT content (RFC 3030): octets counted by the client, so no dot and no
+  // end marker; the same checks (bare CR/LF, NUL, line length, size) apply so
+  // DATA and BDAT reach the MTA alike. Appends all of `input` to `out`.
+  void feed_chunk(std::string_view input, std::string& out);
+  // After the LAST chunk: a final CR without its LF is a bare CR.
+  void finish_chunks(std::string& out);
+
   const Faults& faults() const { return faults_; }
   std::size_t size() const { return size_; }  // content octets seen, dropped included
   void reset();

@@ -52,6 +52,10 @@ inline constexpr Def kReadyToStartTls{220, "2.0.0 Ready to start TLS"};
 inline constexpr Def kTlsAlreadyActive{503, "5.5.1 Error: TLS already active"};
 inline constexpr Def kTlsRequired{530, "5.7.0 Must issue a STARTTLS command first"};
 
+// CHUNKING (RFC 3030).
+inline constexpr Def kBdatSyntax{501, "5.5.4 Syntax: BDAT size [LAST]"};
+inline constexpr Def kDataAfterBdat{503, "5.5.1 Error: DATA cannot follow BDAT in one transaction"};
+
 // Content (end of DATA).
 inline constexpr Def kBareLineEnding{554, "5.5.2 Error: bare <CR> or <LF> in message content (RFC 5321 2.3.8)"};
 inline constexpr Def kNulInContent{554, "5.6.0 Error: NUL character in message content"};

@@ -128,7 +128,7 @@ Session::~Session() { registry_.sessions.erase(this); }
 
 void Session::drain() {
   draining_ = true;
-  if (reading_ && mode_ != Mode::kData) {
+  if (reading_ && mode_ != Mode::kData && mode_ != Mode::kBdat) {
     std::error_code ignored;
     socket_.cancel(ignored);
   }
@@ -185,7 +185,7 @@ asio::awaitable<void> Session::run() {
       if (!co_await start_tls()) break;
       continue;
     }
-    if (draining_ && mode_ != Mode::kData) {
+    if (draining_ && mode_ != Mode::kData && mode_ != Mode::kBdat) {
       reply(replies::kShuttingDown);
       break;
     }
@@ -248,7 +248,8 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
 
 // Reads more input; false when the session must end (a 421 is queued where due).
 asio::awaitable<bool> Session::fill() {
-  std::error_code ec = co_await read_more(mode_ == Mode::kData ? config_->timeouts.data : config_->timeouts.command);
+  const bool content = mode_ == Mode::kData || mode_ == Mode::kBdat;
+  std::error_code ec = co_await read_more(content ? config_->timeouts.data : config_->timeouts.command);
   if (!ec) co_return true;
   if (watchdog_.expired()) {
     log::warning("timeout").kv("session", id_).kv("client", client_.address)
@@ -349,6 +350,10 @@ asio::awaitable<void> Session::handle_starttls() {
 asio::awaitable<void> Session::process_input() {
   while (!quit_) {
     std::string_view avail(input_.data() + input_pos_, input_.size() - input_pos_);
+    if (mode_ == Mode::kBdat && (chunk_left_ == 0 || !avail.empty())) {
+      co_await take_chunk(avail);
+      continue;
+    }
     if (avail.empty()) co_return;
     if (mode_ == Mode::kData) {
       decoded_.clear();
@@ -424,7 +429,7 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     co_return;
   }
   if (listener_.require_tls && !tls_ &&
-      (cmd.verb == Verb::kMail || cmd.verb == Verb::kRcpt || cmd.verb == Verb::kData)) {
+      (cmd.verb == Verb::kMail || cmd.verb == Verb::kRcpt || cmd.verb == Verb::kData || cmd.verb == Verb::kBdat)) {
     client_error(replies::kTlsRequired);
     co_return;
   }
@@ -438,6 +443,7 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     case Verb::kMail: co_await handle_mail(cmd); break;
     case Verb::kRcpt: co_await handle_rcpt(cmd); break;
     case Verb::kData: handle_data(); break;
+    case Verb::kBdat: handle_bdat(cmd); break;
     case Verb::kRset:
       if (txn_.active) co_await abandon_transaction();
       reply(replies::kOk);
@@ -481,7 +487,7 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
   const bool offer_tls = tls_context_ && !tls_ && listener_.tls == Config::Listener::Tls::kStarttls;
   // SMTPUTF8 and DSN only when the MTA behind can carry them (RFC 6531 §3.4, RFC 3461 §4).
   append_reply(output_, 250,
-               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nENHANCEDSTATUSCODES{}{}{}", host,
+               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nCHUNKING\nENHANCEDSTATUSCODES{}{}{}", host,
                            config_->limits.message_size, offer_tls ? "\nSTARTTLS" : "",
                            caps_->smtputf8 ? "\nSMTPUTF8" : "", caps_->dsn ? "\nDSN" : ""));
 }
@@ -677,11 +683,88 @@ void Session::handle_data() {
     else client_error(replies::kNeedRcpt);
     return;
   }
+  if (txn_.chunked) {
+    client_error(replies::kDataAfterBdat);
+    return;
+  }
   reply(replies::kStartData);
   mode_ = Mode::kData;
   decoder_.reset();
   spool_.clear();
   spool_failed_ = false;
+}
+
+// BDAT size [LAST] (RFC 3030 §2): the octets follow the command at once, so
+// even a refused BDAT has its chunk read and dropped to stay in step.
+void Session::handle_bdat(const Command& cmd) {
+  std::string_view args = cmd.args;
+  std::size_t sp = args.find(' ');
+  std::string_view size = args.substr(0, sp);
+  std::string_view rest = sp == std::string_view::npos ? std::string_view{} : args.substr(sp + 1);
+  bool last = false;
+  if (!rest.empty()) {
+    if (!iequals(rest, "LAST")) size = {};
+    last = true;
+  }
+  if (size.empty() || size.size() > 15 || size.find_first_not_of("0123456789") != std::string_view::npos) {
+    // Without a size postern cannot know where the chunk ends: stop here.
+    client_error(replies::kBdatSyntax);
+    quit_ = true;
+    return;
+  }
+  chunk_left_ = std::stoull(std::string(size));
+  chunk_last_ = last;
+  chunk_discard_ = true;
+  mode_ = Mode::kBdat;
+  if (!txn_.active) {
+    client_error(greeted_ ? replies::kNeedMail : replies::kNeedHelo);
+  } else if (txn_.failed) {
+    reply(replies::kTransactionFailed);
+  } else if (txn_.facts.recipients.empty()) {
+    if (txn_.rcpt_commands > 0) reply(replies::kNoValidRecipients);
+    else client_error(replies::kNeedRcpt);
+  } else {
+    chunk_discard_ = false;
+    if (!txn_.chunked) {
+      txn_.chunked = true;
+      decoder_.reset();
+      spool_.clear();
+      spool_failed_ = false;
+    }
+  }
+  if (chunk_left_ == 0) mode_ = Mode::kCommand;  // BDAT 0 [LAST]
+  if (chunk_left_ == 0 && !chunk_discard_) {
+    if (last) {
+      mode_ = Mode::kBdat;  // take_chunk() ends the message
+    } else {
+      reply(replies::kOk);
+    }
+  }
+}
+
+// Consumes BDAT octets from the input; at the end of a chunk answers it, or
+// after the LAST one ends the message like the final dot of DATA.
+asio::awaitable<void> Session::take_chunk(std::string_view avail) {
+  std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(avail.size(), chunk_left_));
+  if (!chunk_discard_) {
+    decoded_.clear();
+    decoder_.feed_chunk(avail.substr(0, take), decoded_);
+    if (chunk_last_ && take == chunk_left_) decoder_.finish_chunks(decoded_);
+    if (!decoded_.empty() && !spool_failed_ && !spool_.append(decoded_)) {
+      log::error("spool-error").kv("session", id_).kv("op", "write").kv("error", std::strerror(errno));
+      spool_failed_ = true;
+    }
+  }
+  input_pos_ += take;
+  chunk_left_ -= take;
+  if (chunk_left_ > 0) co_return;
+  mode_ = Mode::kCommand;
+  if (chunk_discard_) co_return;  // its refusal is already queued
+  if (!chunk_last_) {
+    append_reply(output_, 250, fmt::format("2.0.0 Ok: {} octets received", take));
+    co_return;
+  }
+  co_await end_of_data();
 }
 
 // The client's final dot: check the content, then relay it or refuse it.

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,7 +51,7 @@ class Session {
   void drain();
 
  private:
-  enum class Mode { kCommand, kData, kSkipLine };
+  enum class Mode { kCommand, kData, kBdat, kSkipLine };
 
   // The open mail transaction (RFC 5321 §3.3); dies only in reset_transaction().
   struct Transaction {
@@ -59,6 +60,7 @@ class Session {
     TransactionFacts facts;  // envelope, changes, symbols: what filters see
     std::vector<EsmtpParam> mail_params;
     bool smtputf8 = false;  // MAIL carried SMTPUTF8 (RFC 6531)
+    bool chunked = false;   // content comes in BDAT chunks (RFC 3030)
     std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
     std::chrono::steady_clock::time_point started;
@@ -76,6 +78,8 @@ class Session {
   asio::awaitable<void> handle_mail(const Command& cmd);
   asio::awaitable<void> handle_rcpt(const Command& cmd);
   void handle_data();
+  void handle_bdat(const Command& cmd);
+  asio::awaitable<void> take_chunk(std::string_view avail);
   const replies::Def* check_mail_param(const EsmtpParam& p) const;
   const replies::Def* check_rcpt_param(const EsmtpParam& p) const;
   asio::awaitable<void> end_of_data();
@@ -115,6 +119,9 @@ class Session {
   bool draining_ = false;
   bool quit_ = false;
   bool starttls_pending_ = false;
+  std::uint64_t chunk_left_ = 0;  // BDAT octets still to read
+  bool chunk_last_ = false;
+  bool chunk_discard_ = false;    // the BDAT was refused: read and drop its octets
 
   bool greeted_ = false;
   bool esmtp_ = false;

@@ -20,7 +20,7 @@ constexpr std::array<CommandSpec, 14> kCommands{{
     {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
     {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
     {"AUTH", Verb::kAuth, kNotImplemented | kEndsGroup},
-    {"BDAT", Verb::kBdat, kNotImplemented | kEndsGroup},
+    {"BDAT", Verb::kBdat, kArgsRequired},
 }};
 
 char upper(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c; }

@@ -34,6 +34,7 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<bool> ehlo();
   asio::awaitable<bool> send_xclient();
   asio::awaitable<bool> start_tls();
+  asio::awaitable<UpstreamReply> send_chunked(const std::string& head, const Spool& content, std::size_t offset);
   asio::awaitable<bool> send(std::string_view bytes, Seconds timeout);
   // Reads one reply; false when the connection failed, timed out or sent garbage.
   asio::awaitable<bool> receive(Reply& reply, Seconds timeout);
