@@ -3,6 +3,7 @@
 #include "proxy/session.h"
 
 #include <asio/experimental/as_tuple.hpp>
+#include <asio/read.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 #include <cstring>
@@ -270,34 +271,56 @@ asio::awaitable<bool> Session::fill() {
 // socket's peer everywhere. Without a valid one the connection is closed
 // without a word (HAProxy spec §2: never guess).
 asio::awaitable<bool> Session::read_proxy_header() {
-  for (;;) {
-    ProxyHeader h = parse_proxy_header(std::string_view(input_).substr(input_pos_));
-    if (h.outcome == ProxyHeader::Outcome::kInvalid) {
-      log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address).kv("error", h.error);
-      co_return false;
+  // Read exactly the header's octets, never more: what follows may be a TLS
+  // ClientHello that the TLS engine must read from the socket itself.
+  auto read_exact = [this](std::size_t n) -> asio::awaitable<bool> {
+    std::size_t old = input_.size();
+    input_.resize(old + n);
+    watchdog_.arm(config_->timeouts.command);
+    auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(input_.data() + old, n), use_nothrow);
+    watchdog_.disarm();
+    input_.resize(old + got);
+    co_return !ec;
+  };
+  // Octet by octet (a v1 line is at most 107), so a client that is not a
+  // proxy is told off at its first wrong octet; a v2 header's address block
+  // is read at once once its length is known.
+  bool ok = co_await read_exact(1);
+  ProxyHeader h;
+  while (ok) {
+    h = parse_proxy_header(input_);
+    if (h.outcome != ProxyHeader::Outcome::kIncomplete) break;
+    std::size_t need = 1;
+    if (input_.size() >= 16 && input_[0] == '\r') {  // v2: the rest at once
+      std::size_t len = (static_cast<unsigned char>(input_[14]) << 8) | static_cast<unsigned char>(input_[15]);
+      need = std::max<std::size_t>(1, 16 + len - input_.size());
     }
-    if (h.outcome == ProxyHeader::Outcome::kComplete) {
-      input_pos_ += h.consumed;
-      if (!h.local) {
-        std::error_code ec;
-        asio::ip::address addr = asio::ip::make_address(h.source_ip, ec);
-        if (!ec && addr.is_v6() && addr.to_v6().is_v4_mapped()) {
-          addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
-        }
-        log::debug("proxy-protocol").kv("session", id_).kv("peer", client_.address).kv("client", h.source_ip);
-        client_.address = ec ? h.source_ip : addr.to_string();
-        client_.port = h.source_port;
-        facts_.client_ip = client_.address;
-        facts_.client_port = client_.port;
-      }
-      co_return true;
-    }
-    if (co_await read_more(config_->timeouts.command)) {
-      log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address)
-          .kv("error", watchdog_.expired() ? "timeout" : "connection closed before the header");
-      co_return false;
-    }
+    ok = co_await read_exact(need);
   }
+  if (!ok) {
+    log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address)
+        .kv("error", watchdog_.expired() ? "timeout" : "connection closed before the header");
+    co_return false;
+  }
+  if (h.outcome == ProxyHeader::Outcome::kInvalid) {
+    log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address).kv("error", h.error);
+    co_return false;
+  }
+  input_.clear();
+  input_pos_ = 0;
+  if (!h.local) {
+    std::error_code ec;
+    asio::ip::address addr = asio::ip::make_address(h.source_ip, ec);
+    if (!ec && addr.is_v6() && addr.to_v6().is_v4_mapped()) {
+      addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
+    }
+    log::debug("proxy-protocol").kv("session", id_).kv("peer", client_.address).kv("client", h.source_ip);
+    client_.address = ec ? h.source_ip : addr.to_string();
+    client_.port = h.source_port;
+    facts_.client_ip = client_.address;
+    facts_.client_port = client_.port;
+  }
+  co_return true;
 }
 
 // The TLS handshake as server, on the plain socket (RFC 3207, RFC 8314).
