@@ -202,13 +202,14 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   co_return true;
 }
 
-// EHLO (HELO if refused); learns the MTA's capabilities.
-asio::awaitable<bool> SmtpUpstream::ehlo() {
+// EHLO (HELO if refused) as `name`; learns the MTA's capabilities.
+asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
   const auto& up = config_->upstream;
   const auto& to = config_->timeouts;
+  if (name.empty()) name = up.helo;
   capabilities_.clear();
   capability_args_.clear();
-  output_.assign("EHLO ").append(up.helo).append("\r\n");
+  output_.assign("EHLO ").append(name).append("\r\n");
   UpstreamReply ehlo = co_await command(output_, to.upstream_greeting);
   if (ehlo.connection_lost) co_return false;
   if (ehlo.reply.positive()) {
@@ -227,7 +228,7 @@ asio::awaitable<bool> SmtpUpstream::ehlo() {
     }
     co_return true;
   }
-  output_.assign("HELO ").append(up.helo).append("\r\n");
+  output_.assign("HELO ").append(name).append("\r\n");
   UpstreamReply helo = co_await command(output_, to.upstream_greeting);
   if (helo.connection_lost || !helo.reply.positive()) {
     if (!helo.connection_lost) log::warning("upstream-error").kv("op", "helo").kv("reply", helo.reply.first_line());
@@ -345,7 +346,9 @@ asio::awaitable<bool> SmtpUpstream::send_xclient() {
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
     co_return true;
   }
-  co_return co_await ehlo();
+  // After XCLIENT the MTA's session starts over; the EHLO that follows speaks
+  // for the client, so it carries the client's own HELO name (XCLIENT_README).
+  co_return co_await ehlo(client_.helo);
 }
 
 void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam>& params,

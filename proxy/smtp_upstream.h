@@ -31,7 +31,7 @@ class SmtpUpstream final : public Upstream {
   enum class State { kClosed, kReady, kInTransaction };
 
   asio::awaitable<bool> open(bool identify_client = true);
-  asio::awaitable<bool> ehlo();
+  asio::awaitable<bool> ehlo(std::string name = {});
   asio::awaitable<bool> send_xclient();
   asio::awaitable<bool> start_tls();
   asio::awaitable<UpstreamReply> send_chunked(const std::string& head, const Spool& content, std::size_t offset);
