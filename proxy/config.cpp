@@ -351,7 +351,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     } else {
       for (const toml::node& item : *arr) {
         const toml::table& t = *item.as_table();
-        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol"});
+        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol", "auth"});
         Config::Listener l;
         const toml::node* a = check.get_string(&t, "listener", "address", l.address);
         l.tls = tls_configured ? Config::Listener::Tls::kStarttls : Config::Listener::Tls::kNone;
@@ -369,6 +369,13 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
           check.error(t.get("require_tls"), "listener.require_tls", "needs tls = \"starttls\" on this listener");
         }
         check.get_bool(&t, "listener", "proxy_protocol", l.proxy_protocol);
+        check.get_enum<Config::Listener::Auth>(&t, "listener", "auth",
+                                               {{"off", Config::Listener::Auth::kOff},
+                                                {"passthrough", Config::Listener::Auth::kPassthrough}},
+                                               l.auth);
+        if (l.auth != Config::Listener::Auth::kOff && l.tls == Config::Listener::Tls::kNone) {
+          check.error(t.get("auth"), "listener.auth", "AUTH is offered under TLS only: set tls on this listener");
+        }
         if (a && !parse_host_port(l.address, l.host, l.port, true)) {
           check.error(a, "listener.address",
                       "expected \"IP:PORT\" or \"[IPv6]:PORT\" (port 0 = any free port), got \"" + l.address + '"');

@@ -36,6 +36,8 @@ struct Config {
     enum class Tls { kNone, kStarttls, kImplicit } tls = Tls::kNone;
     bool require_tls = false;     // 530 5.7.0 to mail commands before STARTTLS
     bool proxy_protocol = false;  // expect a PROXY v1/v2 header (HAProxy) first
+    // "passthrough" relays SASL PLAIN/LOGIN to the MTA, offered under TLS only.
+    enum class Auth { kOff, kPassthrough } auth = Auth::kOff;
   };
   std::vector<Listener> listeners;
 

@@ -22,6 +22,9 @@ class MaildirUpstream final : public Upstream {
                                       const std::vector<EsmtpParam>& params) override;
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
                                       std::size_t offset, const Mailbox& reverse_path) override;
+  asio::awaitable<UpstreamReply> auth(std::string_view, bool, std::string_view) override {
+    co_return UpstreamReply{Reply{454, "4.7.0 Temporary authentication failure: no MTA to authenticate with"}, true};
+  }
   asio::awaitable<void> reset() override { co_return; }
   asio::awaitable<void> quit() override { co_return; }
   bool offers(std::string_view) const override { return true; }

@@ -52,6 +52,15 @@ inline constexpr Def kReadyToStartTls{220, "2.0.0 Ready to start TLS"};
 inline constexpr Def kTlsAlreadyActive{503, "5.5.1 Error: TLS already active"};
 inline constexpr Def kTlsRequired{530, "5.7.0 Must issue a STARTTLS command first"};
 
+// AUTH (RFC 4954).
+inline constexpr Def kAuthNotOffered{502, "5.5.1 Error: authentication not enabled"};
+inline constexpr Def kAuthNeedsTls{538, "5.7.11 Encryption required for requested authentication mechanism"};
+inline constexpr Def kAuthAlready{503, "5.5.1 Error: already authenticated"};
+inline constexpr Def kAuthInTransaction{503, "5.5.1 Error: MAIL transaction in progress"};
+inline constexpr Def kAuthMechanism{504, "5.5.4 Unrecognized authentication type"};
+inline constexpr Def kAuthUnavailable{454, "4.7.0 Temporary authentication failure"};
+inline constexpr Def kAuthLineTooLong{500, "5.5.6 Authentication exchange line is too long"};
+
 // CHUNKING (RFC 3030).
 inline constexpr Def kBdatSyntax{501, "5.5.4 Syntax: BDAT size [LAST]"};
 inline constexpr Def kDataAfterBdat{503, "5.5.1 Error: DATA cannot follow BDAT in one transaction"};

@@ -8,6 +8,7 @@
 #include <asio/write.hpp>
 #include <cstring>
 #include <ctime>
+#include <openssl/evp.h>
 #include <fmt/format.h>
 
 #include "filters/message.h"
@@ -369,6 +370,101 @@ asio::awaitable<void> Session::handle_starttls() {
   starttls_pending_ = true;  // the handshake follows once the 220 is sent (run())
 }
 
+namespace {
+std::string base64_decode(std::string_view in) {
+  std::string out((in.size() + 3) / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
+  if (n < 0) return {};
+  std::size_t len = static_cast<std::size_t>(n);
+  if (in.size() >= 1 && in.back() == '=') --len;  // EVP_DecodeBlock counts padding
+  if (in.size() >= 2 && in[in.size() - 2] == '=') --len;
+  out.resize(std::min(len, out.size()));
+  return out;
+}
+
+// The identity a SASL response names: PLAIN's authcid (RFC 4616), LOGIN's user.
+std::string sasl_user(std::string_view mechanism, std::string_view response) {
+  std::string raw = base64_decode(response);
+  if (mechanism == "PLAIN") {
+    std::size_t first = raw.find('\0');
+    if (first == std::string::npos) return {};
+    std::size_t second = raw.find('\0', first + 1);
+    return raw.substr(first + 1, second == std::string::npos ? std::string::npos : second - first - 1);
+  }
+  return raw;
+}
+}  // namespace
+
+// AUTH (RFC 4954), relayed: the MTA checks the credentials, postern only
+// carries the exchange under TLS and learns who authenticated. Credentials
+// are never logged.
+asio::awaitable<void> Session::handle_auth(const Command& cmd) {
+  if (listener_.auth != Config::Listener::Auth::kPassthrough) {
+    client_error(replies::kAuthNotOffered);
+    co_return;
+  }
+  if (!tls_) {
+    client_error(replies::kAuthNeedsTls);
+    co_return;
+  }
+  if (!greeted_ || !esmtp_) {
+    client_error(replies::kNeedHelo);
+    co_return;
+  }
+  if (!facts_.auth_user.empty()) {
+    client_error(replies::kAuthAlready);
+    co_return;
+  }
+  if (txn_.active) {
+    client_error(replies::kAuthInTransaction);
+    co_return;
+  }
+  std::string_view args = cmd.args;
+  std::size_t sp = args.find(' ');
+  std::string mechanism(args.substr(0, sp));
+  for (char& c : mechanism) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (mechanism != "PLAIN" && mechanism != "LOGIN") {
+    client_error(replies::kAuthMechanism);
+    co_return;
+  }
+  auth_ = AuthExchange{true, mechanism, {}, false};
+  if (sp != std::string_view::npos && mechanism == "PLAIN") {  // initial response (RFC 4954 §4)
+    auth_.user = sasl_user(mechanism, args.substr(sp + 1));
+    auth_.user_known = true;
+  }
+  co_await auth_reply(co_await upstream().auth(fmt::format("AUTH {}", cmd.args), true, mechanism));
+}
+
+asio::awaitable<void> Session::continue_auth(std::string_view line) {
+  if (line == "*") {  // the client cancels (RFC 4954 §4)
+    co_await auth_reply(co_await upstream().auth(line, false, auth_.mechanism));
+    co_return;
+  }
+  if (!auth_.user_known) {
+    auth_.user = sasl_user(auth_.mechanism, line);
+    auth_.user_known = true;
+  }
+  co_await auth_reply(co_await upstream().auth(line, false, auth_.mechanism));
+}
+
+// Relays the MTA's answer; 334 continues the exchange, 235 ends it authenticated.
+asio::awaitable<void> Session::auth_reply(UpstreamReply r) {
+  append_reply(output_, r.reply);
+  if (r.reply.code == 334 && !r.connection_lost) co_return;
+  auth_.active = false;
+  if (r.reply.code == 235) {
+    facts_.auth_user = client_.login = log::sanitize(auth_.user);
+    log::info("auth").kv("session", id_).kv("client", client_.address).kv("mechanism", auth_.mechanism)
+        .kv("user", facts_.auth_user).kv("result", "ok");
+  } else {
+    log::warning("auth").kv("session", id_).kv("client", client_.address).kv("mechanism", auth_.mechanism)
+        .kv("result", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
+    ++errors_;
+  }
+  auth_.user.clear();
+}
+
 // Handles every complete command (and DATA content) that is buffered.
 asio::awaitable<void> Session::process_input() {
   while (!quit_) {
@@ -416,7 +512,8 @@ asio::awaitable<void> Session::process_input() {
         continue;
       case LineScan::Outcome::kComplete:
         input_pos_ += scan.consumed;
-        co_await handle_command(scan.line);
+        if (auth_.active) co_await continue_auth(scan.line);
+        else co_await handle_command(scan.line);
         continue;
     }
   }
@@ -463,6 +560,7 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
       co_await handle_helo(cmd);
       break;
     case Verb::kStarttls: co_await handle_starttls(); break;
+    case Verb::kAuth: co_await handle_auth(cmd); break;
     case Verb::kMail: co_await handle_mail(cmd); break;
     case Verb::kRcpt: co_await handle_rcpt(cmd); break;
     case Verb::kData: handle_data(); break;
@@ -508,10 +606,12 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
     co_return;
   }
   const bool offer_tls = tls_context_ && !tls_ && listener_.tls == Config::Listener::Tls::kStarttls;
+  const bool offer_auth = tls_ && listener_.auth == Config::Listener::Auth::kPassthrough && facts_.auth_user.empty();
   // SMTPUTF8 and DSN only when the MTA behind can carry them (RFC 6531 §3.4, RFC 3461 §4).
   append_reply(output_, 250,
-               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nCHUNKING\nENHANCEDSTATUSCODES{}{}{}", host,
+               fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nCHUNKING\nENHANCEDSTATUSCODES{}{}{}{}", host,
                            config_->limits.message_size, offer_tls ? "\nSTARTTLS" : "",
+                           offer_auth ? "\nAUTH PLAIN LOGIN" : "",
                            caps_->smtputf8 ? "\nSMTPUTF8" : "", caps_->dsn ? "\nDSN" : ""));
 }
 
@@ -961,7 +1061,9 @@ std::string Session::received_header() const {
   // RFC 3848: ESMTPS when the session is under TLS; the protocol and cipher
   // go in a comment, as Postfix writes them.
   std::string with = esmtp_ ? "ESMTP" : "SMTP";
-  if (tls_) with += fmt::format("S ({} {})", facts_.tls.version, facts_.tls.cipher);
+  if (tls_) with += "S";
+  if (!facts_.auth_user.empty()) with += "A";
+  if (tls_) with += fmt::format(" ({} {})", facts_.tls.version, facts_.tls.cipher);
   std::string header = fmt::format("Received: from {} (unknown [{}])\r\n\tby {} (postern) with {} id {}\r\n",
                                    client_.helo, ip, config_->server.hostname, with, txn_.facts.id);
   if (txn_.facts.recipients.size() == 1) {

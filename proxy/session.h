@@ -73,6 +73,9 @@ class Session {
   asio::awaitable<bool> read_proxy_header();
   asio::awaitable<bool> start_tls();
   asio::awaitable<void> handle_starttls();
+  asio::awaitable<void> handle_auth(const Command& cmd);
+  asio::awaitable<void> continue_auth(std::string_view line);
+  asio::awaitable<void> auth_reply(UpstreamReply r);
   asio::awaitable<void> handle_command(std::string_view line);
   asio::awaitable<void> handle_helo(const Command& cmd);
   asio::awaitable<void> handle_mail(const Command& cmd);
@@ -119,6 +122,13 @@ class Session {
   bool draining_ = false;
   bool quit_ = false;
   bool starttls_pending_ = false;
+  // A SASL exchange relayed to the MTA is under way (RFC 4954 §4).
+  struct AuthExchange {
+    bool active = false;
+    std::string mechanism;  // PLAIN or LOGIN
+    std::string user;       // learned from the client's first response
+    bool user_known = false;
+  } auth_;
   std::uint64_t chunk_left_ = 0;  // BDAT octets still to read
   bool chunk_last_ = false;
   bool chunk_discard_ = false;    // the BDAT was refused: read and drop its octets

@@ -19,7 +19,7 @@ constexpr std::array<CommandSpec, 14> kCommands{{
     {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
     {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
     {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
-    {"AUTH", Verb::kAuth, kNotImplemented | kEndsGroup},
+    {"AUTH", Verb::kAuth, kArgsRequired | kEndsGroup},
     {"BDAT", Verb::kBdat, kArgsRequired},
 }};
 

@@ -485,6 +485,40 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   co_return UpstreamReply{std::move(final_reply)};
 }
 
+asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool first, std::string_view mechanism) {
+  const UpstreamReply unavailable{Reply{454, "4.7.0 Temporary authentication failure"}, true};
+  if (first) {
+    if (state_ == State::kClosed && !co_await open()) {
+      close("unavailable");
+      co_return unavailable;
+    }
+    // The MTA must list the mechanism in its EHLO AUTH line.
+    bool offered = false;
+    for (std::size_t i = 0; i < capabilities_.size(); ++i) {
+      if (capabilities_[i] != "AUTH") continue;
+      std::string_view list = capability_args_[i];
+      while (!list.empty()) {
+        std::size_t sp = list.find(' ');
+        std::string_view m = list.substr(0, sp);
+        if (m.size() == mechanism.size() &&
+            std::equal(m.begin(), m.end(), mechanism.begin(), [](char a, char b) { return std::toupper(a) == b; })) {
+          offered = true;
+        }
+        list = sp == std::string_view::npos ? std::string_view{} : list.substr(sp + 1);
+      }
+    }
+    if (!offered) {
+      log::warning("upstream-auth-unavailable").kv("upstream", config_->upstream.target).kv("mechanism", mechanism);
+      co_return unavailable;
+    }
+  } else if (state_ == State::kClosed) {
+    co_return unavailable;
+  }
+  // Credentials pass through here: nothing of `line` is ever logged.
+  output_.assign(line).append("\r\n");
+  co_return co_await command(output_, config_->timeouts.upstream_mail);
+}
+
 // One "BDAT n LAST" (RFC 3030): a round trip less than DATA/354, and no
 // dot-stuffing; the content is canonical CRLF already.
 asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& head, const Spool& content,

@@ -21,6 +21,7 @@ class SmtpUpstream final : public Upstream {
                                       const std::vector<EsmtpParam>& params) override;
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
                                       std::size_t offset, const Mailbox& reverse_path) override;
+  asio::awaitable<UpstreamReply> auth(std::string_view line, bool first, std::string_view mechanism) override;
   asio::awaitable<void> reset() override;
   asio::awaitable<void> quit() override;
   bool offers(std::string_view keyword) const override;

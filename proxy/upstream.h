@@ -59,6 +59,10 @@ class Upstream {
   // `offset`, dot-stuffed, and the end of data; returns the final reply.
   virtual asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
                                               std::size_t offset, const Mailbox& reverse_path) = 0;
+  // One line of a SASL exchange relayed to the MTA (RFC 4954): `first` is the
+  // AUTH command itself, opening the connection first if needed. Replies are
+  // relayed verbatim; 454 when the MTA does not offer the mechanism.
+  virtual asio::awaitable<UpstreamReply> auth(std::string_view line, bool first, std::string_view mechanism) = 0;
   // Abandons the open transaction (RSET), if any.
   virtual asio::awaitable<void> reset() = 0;
   // Ends the connection politely (QUIT), if open.
