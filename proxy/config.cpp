@@ -314,7 +314,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   auto config = std::make_shared<Config>();
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
-                              "tls", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
+                              "tls", "metrics", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
                               "authentication_results", "audit"});
 
   const toml::table* server = check.section(root, "server");
@@ -487,6 +487,16 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                                       {"warning", Config::Log::Level::kWarning},
                                       {"error", Config::Log::Level::kError}},
                                      config->log.level);
+  const toml::table* metrics = check.section(root, "metrics");
+  if (metrics) check.check_keys(*metrics, "metrics", {"address"});
+  if (const toml::node* n = check.get_string(metrics, "metrics", "address", config->metrics.address)) {
+    if (!config->metrics.address.empty() &&
+        !parse_host_port(config->metrics.address, config->metrics.host, config->metrics.port, true)) {
+      check.error(n, "metrics.address", "expected \"IP:PORT\" (e.g. \"127.0.0.1:9425\") or \"\" for off, got \"" +
+                                            config->metrics.address + '"');
+    }
+  }
+
   // [quarantine] (parsed here by the session's owner; the Lua block adds no key to it).
   const toml::table* quarantine = check.section(root, "quarantine");
   if (quarantine) check.check_keys(*quarantine, "quarantine", {"dir"});

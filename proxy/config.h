@@ -100,6 +100,13 @@ struct Config {
     std::string dir;  // absolute; default "postern-quarantine" under the working directory
   } quarantine;
 
+  // Prometheus /metrics and /healthz over HTTP; off when the address is empty.
+  struct Metrics {
+    std::string address;  // "IP:PORT"
+    std::string host;
+    unsigned short port = 0;
+  } metrics;
+
   struct Log {
     enum class Level { kDebug, kInfo, kWarning, kError } level = Level::kInfo;
   } log;

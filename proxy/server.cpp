@@ -12,11 +12,13 @@
 #include <asio/signal_set.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
+#include <fmt/format.h>
 #include <thread>
 #include <vector>
 
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
 
@@ -50,6 +52,7 @@ struct Server::Impl {
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
+  std::vector<asio::ip::tcp::acceptor*> acceptors_extra;  // metrics: closed at shutdown too
   std::atomic<long> open_sessions{0};
   std::atomic<bool> draining{false};
   std::size_t next_worker = 0;
@@ -151,6 +154,10 @@ struct Server::Impl {
       std::error_code ignored;
       a->close(ignored);
     }
+    for (auto* a : acceptors_extra) {
+      std::error_code ignored;
+      a->close(ignored);
+    }
     for (auto& w : workers) {
       asio::post(w->context, [w = w.get()] {
         for (Session* s : w->registry.sessions) s->drain();
@@ -213,6 +220,25 @@ int Server::run() {
         .kv("tls", l.tls == Config::Listener::Tls::kImplicit ? "implicit" : l.tls == Config::Listener::Tls::kStarttls ? "starttls" : "none")
         .kv("proxy_protocol", l.proxy_protocol ? "yes" : "no");
     s.acceptors.push_back(std::move(acceptor));
+  }
+  std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor;
+  if (!config->metrics.address.empty()) {
+    asio::ip::tcp::endpoint endpoint(asio::ip::make_address(config->metrics.host), config->metrics.port);
+    metrics_acceptor = std::make_unique<asio::ip::tcp::acceptor>(s.workers[0]->context);
+    std::error_code ec;
+    metrics_acceptor->open(endpoint.protocol(), ec);
+    if (!ec) metrics_acceptor->set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
+    if (!ec) metrics_acceptor->bind(endpoint, ec);
+    if (!ec) metrics_acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      log::error("listen-failed").kv("address", config->metrics.address).kv("what", "metrics").kv("error", ec.message());
+      return 1;
+    }
+    auto bound = metrics_acceptor->local_endpoint();
+    log::info("metrics").kv("address", fmt::format("{}:{}", bound.address().to_string(), bound.port()))
+        .kv("paths", "/metrics /healthz");
+    asio::co_spawn(s.workers[0]->context, metrics::serve_http(*metrics_acceptor), asio::detached);
+    s.acceptors_extra.push_back(metrics_acceptor.get());
   }
   log::info("started").kv("threads", n).kv("upstream", config->upstream.target)
       .kv("hostname", config->server.hostname);

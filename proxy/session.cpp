@@ -15,6 +15,7 @@
 #include "proxy/limits.h"
 #include "proxy/log.h"
 #include "proxy/maildir_upstream.h"
+#include "proxy/metrics.h"
 #include "proxy/proxy_protocol.h"
 #include "proxy/tls.h"
 #include "proxy/verdict_reply.h"
@@ -141,6 +142,7 @@ void Session::reply(const replies::Def& def) { append_reply(output_, def.code, d
 // A client mistake: reply, count it, and end a session that keeps erring.
 void Session::client_error(const replies::Def& def) {
   reply(def);
+  metrics::registry().client_errors.fetch_add(1, std::memory_order_relaxed);
   if (++errors_ >= config_->limits.errors) {
     log::warning("too-many-errors").kv("session", id_).kv("client", client_.address)
         .kv("errors", errors_);
@@ -155,6 +157,12 @@ Upstream& Session::upstream() {
 }
 
 asio::awaitable<void> Session::run() {
+  auto& m = metrics::registry();
+  m.sessions_total.fetch_add(1, std::memory_order_relaxed);
+  m.sessions_open.fetch_add(1, std::memory_order_relaxed);
+  struct OpenGauge {
+    ~OpenGauge() { metrics::registry().sessions_open.fetch_sub(1, std::memory_order_relaxed); }
+  } open_gauge;
   bool ready = true;
   if (listener_.proxy_protocol) ready = co_await read_proxy_header();
   log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
@@ -207,6 +215,13 @@ asio::awaitable<void> Session::run() {
 
 asio::awaitable<bool> Session::flush() {
   if (output_.empty()) co_return true;
+  // Count each reply once, by its last line ("NNN text").
+  for (std::size_t pos = 0; pos + 3 < output_.size();) {
+    if (output_[pos + 3] == ' ' || output_[pos + 3] == '\r') metrics::count_reply((output_[pos] - '0') * 100);
+    std::size_t lf = output_.find('\n', pos);
+    if (lf == std::string::npos) break;
+    pos = lf + 1;
+  }
   watchdog_.arm(config_->timeouts.command);
   std::error_code ec;
   if (tls_) {
@@ -245,6 +260,7 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
   reading_ = false;
   watchdog_.disarm();
   input_.resize(old + n);
+  metrics::registry().bytes_received.fetch_add(n, std::memory_order_relaxed);
   co_return ec;
 }
 
@@ -254,6 +270,7 @@ asio::awaitable<bool> Session::fill() {
   std::error_code ec = co_await read_more(content ? config_->timeouts.data : config_->timeouts.command);
   if (!ec) co_return true;
   if (watchdog_.expired()) {
+    metrics::registry().timeouts.fetch_add(1, std::memory_order_relaxed);
     log::warning("timeout").kv("session", id_).kv("client", client_.address)
         .kv("state", mode_ == Mode::kData ? "data" : "command");
     reply(replies::kTimeout);
@@ -337,6 +354,7 @@ asio::awaitable<bool> Session::start_tls() {
     co_return false;
   }
   facts_.tls = tls_facts(tls_->native_handle());
+  metrics::registry().tls_sessions.fetch_add(1, std::memory_order_relaxed);
   log::info("tls").kv("session", id_).kv("client", client_.address).kv("version", facts_.tls.version)
       .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject);
   co_return true;
@@ -835,7 +853,7 @@ void Session::handle_bdat(const Command& cmd) {
     quit_ = true;
     return;
   }
-  chunk_left_ = std::stoull(std::string(size));
+  chunk_left_ = chunk_size_ = std::stoull(std::string(size));
   chunk_last_ = last;
   chunk_discard_ = true;
   mode_ = Mode::kBdat;
@@ -884,7 +902,7 @@ asio::awaitable<void> Session::take_chunk(std::string_view avail) {
   mode_ = Mode::kCommand;
   if (chunk_discard_) co_return;  // its refusal is already queued
   if (!chunk_last_) {
-    append_reply(output_, 250, fmt::format("2.0.0 Ok: {} octets received", take));
+    append_reply(output_, 250, fmt::format("2.0.0 Ok: {} octets received", chunk_size_));
     co_return;
   }
   co_await end_of_data();
@@ -951,6 +969,15 @@ asio::awaitable<void> Session::end_of_data() {
   if (!outcome) {
     outcome = result.reply.positive() ? "relayed" : result.reply.klass() == 4 ? "tempfailed" : "rejected";
   }
+  {
+    using R = metrics::MessageResult;
+    std::string_view o = outcome;
+    R r = o == "relayed" ? R::kRelayed : o == "tempfailed" ? R::kTempfailed : o == "discarded" ? R::kDiscarded
+          : o == "quarantined" ? R::kQuarantined : R::kRejected;
+    metrics::registry().messages[static_cast<std::size_t>(r)].fetch_add(1, std::memory_order_relaxed);
+    metrics::registry().message_duration.observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - txn_.started).count());
+  }
   std::string symbols;
   for (const Symbol& sym : txn_.facts.symbols) {
     if (!symbols.empty()) symbols.push_back(',');
@@ -970,7 +997,13 @@ asio::awaitable<void> Session::end_of_data() {
 asio::awaitable<Verdict> Session::run_filters(Stage stage) {
   if (!chain_ || chain_->empty()) co_return Verdict::proceed();
   FilterContext ctx{stage, facts_, txn_.facts};
-  co_return co_await chain_->run(ctx);
+  auto start = std::chrono::steady_clock::now();
+  Verdict v = co_await chain_->run(ctx);
+  if (stage != Stage::kClose) {
+    metrics::registry().filter_duration[static_cast<std::size_t>(stage)].observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  co_return v;
 }
 
 // Relays the message with the filters' changes: a changed envelope is sent

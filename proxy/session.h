@@ -129,6 +129,7 @@ class Session {
     std::string user;       // learned from the client's first response
     bool user_known = false;
   } auth_;
+  std::uint64_t chunk_size_ = 0;  // the current BDAT's declared size
   std::uint64_t chunk_left_ = 0;  // BDAT octets still to read
   bool chunk_last_ = false;
   bool chunk_discard_ = false;    // the BDAT was refused: read and drop its octets

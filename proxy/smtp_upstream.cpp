@@ -17,6 +17,7 @@
 
 #include "proxy/limits.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "proxy/replies.h"
 
 namespace postern {
@@ -61,6 +62,7 @@ void SmtpUpstream::close(std::string_view why) {
 }
 
 UpstreamReply SmtpUpstream::lost(std::string_view stage) {
+  metrics::registry().upstream_errors.fetch_add(1, std::memory_order_relaxed);
   close(stage);
   if (protocol_error_) {
     protocol_error_ = false;
@@ -592,7 +594,11 @@ asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
   }
   ClientFacts nobody;
   SmtpUpstream probe(executor, config, nobody);
-  if (!co_await probe.probe()) co_return false;
+  if (!co_await probe.probe()) {
+    metrics::registry().upstream_reachable = false;
+    co_return false;
+  }
+  metrics::registry().upstream_reachable = true;
   caps.smtputf8 = probe.offers("SMTPUTF8");
   caps.dsn = probe.offers("DSN");
   co_await probe.quit();

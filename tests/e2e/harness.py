@@ -767,8 +767,17 @@ class RecordingSink:
     """aiosmtpd-based MTA stand-in that records everything it is given."""
 
     def __init__(self, lenient=False, keep_content=True,
-                 final_reply="250 2.0.0 Ok: queued as ABC123", data_size_limit=104857600):
+                 final_reply="250 2.0.0 Ok: queued as ABC123", data_size_limit=104857600,
+                 auth=None, auth_required=False, smtputf8=False):
+        """auth: (user, password) -- offer AUTH PLAIN LOGIN (over plaintext, as
+        postern talks to it on loopback) and accept exactly these credentials;
+        auth_required: refuse MAIL before a successful AUTH (530);
+        smtputf8: offer SMTPUTF8 (RFC 6531)."""
         self.lenient = lenient                # also end DATA on LF.LF, CR.CR, NUL tricks
+        self.auth = auth
+        self.auth_required = auth_required
+        self.smtputf8 = smtputf8
+        self.auth_attempts = []               # (conn_id, mechanism, login, success)
         self.keep_content = keep_content
         self.final_reply = final_reply
         self.data_size_limit = data_size_limit
@@ -842,9 +851,27 @@ class RecordingSink:
 
     # -- server ------------------------------------------------------------
 
+    def _authenticator(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+        ok = False
+        login = None
+        if isinstance(auth_data, LoginPassword):
+            login = auth_data.login.decode("utf-8", "replace")
+            password = auth_data.password.decode("utf-8", "replace")
+            ok = (login, password) == tuple(self.auth)
+        with self._lock:
+            self.auth_attempts.append((server.conn_id, mechanism, login, ok))
+        return AuthResult(success=ok, handled=False)
+
     def _factory(self):
+        kw = {}
+        if self.auth is not None:
+            kw.update(authenticator=self._authenticator, auth_require_tls=False,
+                      auth_required=self.auth_required)
+        if self.smtputf8:
+            kw["enable_SMTPUTF8"] = True
         return _SinkSMTP(self, hostname="sink.test", data_size_limit=self.data_size_limit,
-                         loop=self.loop, timeout=120)
+                         loop=self.loop, timeout=120, **kw)
 
     def start(self):
         ready = threading.Event()

@@ -1,0 +1,187 @@
+"""AUTH passthrough (RFC 4954): a listener with auth = "passthrough" relays
+SASL PLAIN and LOGIN to the MTA, which decides; only under TLS.
+
+The MTA is an aiosmtpd server (RecordingSink(auth=...)) that really checks
+one user and password, and with auth_required=True refuses MAIL before AUTH,
+so a relayed message proves the upstream session itself was authenticated.
+Clients: swaks (--tls --auth) and the raw SmtpClient.
+"""
+
+import base64
+
+import pytest
+
+from harness import (SmtpClient, check_reply, listener_ports, make_cert, make_message,
+                     run_swaks, strip_received, write_config)
+
+USER = "alice"
+PASSWORD = "S3cr3t-pW-7f1c9e"
+WRONG = "Wr0ng-pW-4d2a8b"
+
+
+def b64(data):
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+# aiosmtpd warns that it takes AUTH without TLS: postern->MTA is loopback plaintext
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
+PLAIN_OK = b64(f"\0{USER}\0{PASSWORD}")
+PLAIN_WRONG = b64(f"\0{USER}\0{WRONG}")
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    return make_cert(tmp_path_factory.mktemp("certs"), "auth")
+
+
+def start(postern, sink, tmp_path, cert, listeners=({"tls": "starttls", "auth": "passthrough"},)):
+    cfg = write_config(tmp_path / "postern.toml", list(listeners), upstream=sink.address,
+                       tls={"cert_file": cert[0], "key_file": cert[1]})
+    p = postern.start(config=cfg, listen=())
+    return p, listener_ports(p)
+
+
+def assert_no_secrets(p):
+    """No password, in clear or in any base64 form a client sent, in the log."""
+    log = "\n".join(p.lines + p.stdout_lines)
+    for secret in (PASSWORD, WRONG, b64(PASSWORD), b64(WRONG), PLAIN_OK, PLAIN_WRONG,
+                   b64(f"{USER}\0{PASSWORD}"), b64(f"\0{USER}\0{PASSWORD}")[:-4]):
+        assert secret not in log, f"secret {secret!r} in postern's log:\n{log}"
+
+
+def tls_session(port):
+    c = SmtpClient(port)
+    c.ehlo()
+    c.starttls()
+    return c, c.ehlo()
+
+
+def test_no_auth_before_tls_then_offered(postern, tmp_path, cert, make_sink):
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start(postern, sink, tmp_path, cert)
+    with SmtpClient(port) as c:
+        r = c.ehlo()
+        assert "STARTTLS" in r.lines
+        assert not any(l.upper().startswith("AUTH") for l in r.lines), r
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 538, "5.7.11")
+        c.expect("AUTH LOGIN", 538, "5.7.11")
+        c.expect("NOOP", 250)
+        c.starttls()
+        r = c.ehlo()
+        assert "AUTH PLAIN LOGIN" in r.lines, r
+    assert not sink.auth_attempts, sink.auth_attempts
+    assert_no_secrets(p)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_auth_relays(postern, tmp_path, cert, make_sink, mechanism):
+    sink = make_sink(auth=(USER, PASSWORD), auth_required=True)
+    p, (port,) = start(postern, sink, tmp_path, cert)
+    r = run_swaks(["--server", f"127.0.0.1:{port}", "--tls", "--ehlo", "client.example",
+                   "--auth", mechanism, "--auth-user", USER, "--auth-password", PASSWORD,
+                   "--from", "alice@example.org", "--to", "bob@example.com",
+                   "--header", f"Subject: auth {mechanism}", "--body", "authenticated\n"])
+    assert r.returncode == 0, f"swaks failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    assert "<~  235" in r.stdout, r.stdout
+    msgs = sink.wait_messages(1)
+    assert msgs[0].mail_from == "alice@example.org" and msgs[0].rcpt_tos == ["bob@example.com"]
+    assert b"authenticated" in msgs[0].body
+    received = strip_received(msgs[0].content)[0].decode()
+    assert " with ESMTPSA (TLSv1." in received, received
+    line = p.wait_for_log("auth", result="ok")
+    assert line.get("user") == USER and line.get("mechanism") == mechanism, line
+    assert [a[1:] for a in sink.auth_attempts] == [(mechanism, USER, True)], sink.auth_attempts
+    assert_no_secrets(p)
+
+
+def test_wrong_password_relays_mta_reply(postern, tmp_path, cert, make_sink):
+    sink = make_sink(auth=(USER, PASSWORD), auth_required=True)
+    p, (port,) = start(postern, sink, tmp_path, cert)
+    c, _ = tls_session(port)
+    with c:
+        # aiosmtpd's own refusal, verbatim
+        r = c.cmd(f"AUTH PLAIN {PLAIN_WRONG}")
+        assert str(r) == "535 5.7.8 Authentication credentials invalid", r
+        # LOGIN: the MTA's challenges pass through unchanged too
+        r = c.expect("AUTH LOGIN", 334)
+        assert base64.b64decode(r.lines[0]).lower().startswith(b"user"), r
+        r = c.expect(b64(USER), 334)
+        assert base64.b64decode(r.lines[0]).lower().startswith(b"pass"), r
+        r = c.cmd(b64(WRONG))
+        assert str(r) == "535 5.7.8 Authentication credentials invalid", r
+        # not authenticated: the MTA refuses the transaction
+        c.expect("MAIL FROM:<alice@example.org>", 530, "5.7.0")
+    assert [a[1:] for a in sink.auth_attempts] == [("PLAIN", USER, False), ("LOGIN", USER, False)]
+    fails = p.wait_for_log("auth", count=2)
+    assert all(f.get("result", "").startswith("535") for f in fails), fails
+    assert not p.events("auth", result="ok")
+    assert_no_secrets(p)
+
+
+def test_auth_twice_is_503(postern, tmp_path, cert, make_sink):
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start(postern, sink, tmp_path, cert)
+    c, _ = tls_session(port)
+    with c:
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 503, "5.5.1")
+        r = c.ehlo()
+        assert not any(l.upper().startswith("AUTH") for l in r.lines), r
+        c.expect("AUTH LOGIN", 503, "5.5.1")
+        check_reply(c.send_message("alice@example.org", ["bob@example.com"], make_message("twice")), 250)
+    assert len(sink.auth_attempts) == 1, sink.auth_attempts
+    assert b" with ESMTPSA " in sink.wait_messages(1)[0].received
+    assert_no_secrets(p)
+
+
+def test_unknown_mechanism_is_504(postern, tmp_path, cert, make_sink):
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start(postern, sink, tmp_path, cert)
+    c, _ = tls_session(port)
+    with c:
+        c.expect("AUTH CRAM-MD5", 504, "5.5.4")
+        c.expect("NOOP", 250)
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
+    assert [a[1:] for a in sink.auth_attempts] == [("PLAIN", USER, True)]
+
+
+def test_client_cancels(postern, tmp_path, cert, make_sink):
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start(postern, sink, tmp_path, cert)
+    c, _ = tls_session(port)
+    with c:
+        c.expect("AUTH LOGIN", 334)
+        r = c.cmd("*")
+        assert str(r) == "501 5.7.0 Auth aborted", r     # aiosmtpd's reply, relayed
+        c.expect("NOOP", 250)                            # back to commands
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
+    assert_no_secrets(p)
+
+
+def test_mta_without_auth_is_454(postern, tmp_path, cert, make_sink):
+    sink = make_sink()   # aiosmtpd offers no AUTH on plaintext by default
+    p, (port,) = start(postern, sink, tmp_path, cert)
+    c, r = tls_session(port)
+    with c:
+        assert "AUTH PLAIN LOGIN" in r.lines, r
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 454, "4.7.0")
+        c.expect("AUTH LOGIN", 454, "4.7.0")
+        check_reply(c.send_message("alice@example.org", ["bob@example.com"], make_message("noauth")), 250)
+    p.wait_for_log("upstream-auth-unavailable")
+    assert b" with ESMTPS " in sink.wait_messages(1)[0].received
+    assert_no_secrets(p)
+
+
+def test_auth_off_listener_is_502(postern, tmp_path, cert, make_sink):
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (off, on) = start(postern, sink, tmp_path, cert,
+                         [{"tls": "starttls", "auth": "off"}, {"tls": "starttls", "auth": "passthrough"}])
+    c, r = tls_session(off)
+    with c:
+        assert not any(l.upper().startswith("AUTH") for l in r.lines), r
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 502, "5.5.1")
+    c, r = tls_session(on)
+    with c:
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
+    assert [a[1:] for a in sink.auth_attempts] == [("PLAIN", USER, True)]

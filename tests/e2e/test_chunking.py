@@ -1,0 +1,251 @@
+"""CHUNKING (RFC 3030): BDAT from clients, and BDAT or DATA to the MTA.
+
+swaks and smtplib cannot send BDAT, so the client is the raw SmtpClient.
+The aiosmtpd sink offers no CHUNKING, so postern must relay with DATA (and
+dot-stuff); a private Postfix (tests/e2e/test_xclient.py's PrivatePostfix)
+offers CHUNKING, and its log shows postern relaying with BDAT.
+"""
+
+import os
+import re
+import time
+import uuid
+
+import pytest
+
+from harness import (SCALE, RecordingSink, SmtpClient, check_reply, data_payload, make_message,
+                     strip_received, wait_until)
+
+FINAL = "250 2.0.0 Ok: queued as ABC123"   # the sink's reply to the end of data
+
+
+def envelope(c, sender="alice@example.org", rcpt="bob@example.com"):
+    c.expect(f"MAIL FROM:<{sender}>", 250)
+    c.expect(f"RCPT TO:<{rcpt}>", 250)
+
+
+def body_of(msg):
+    return strip_received(msg.content)[1]
+
+
+def octets_reply(reply, n):
+    assert str(reply) == f"250 2.0.0 Ok: {n} octets received", reply
+
+
+def test_ehlo_lists_chunking(proxy):
+    with SmtpClient(proxy.port) as c:
+        r = c.ehlo()
+        assert "CHUNKING" in r.lines and "PIPELINING" in r.lines, r
+
+
+def test_pipelined_bdat_in_one_write(proxy, sink):
+    content = make_message("bdat pipelined", body=b"line one\r\n.starts with a dot\r\n..two dots\r\n.\r\nend\r\n")
+    cut = 37                          # mid-line: a chunk boundary is not a line boundary
+    a, b = content[:cut], content[cut:]
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        c.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.com>\r\n"
+               + f"BDAT {len(a)}\r\n".encode() + a + f"BDAT {len(b)} LAST\r\n".encode() + b)
+        check_reply(c.read_reply(), 250, what="MAIL")
+        check_reply(c.read_reply(), 250, what="RCPT")
+        octets_reply(c.read_reply(), len(a))
+        r = c.read_reply()
+        assert str(r) == FINAL, r
+        c.expect("NOOP", 250)
+    msg = sink.wait_messages(1)[0]
+    assert body_of(msg) == content, (body_of(msg), content)
+    # a DATA-only MTA gets DATA, with the lines starting with "." stuffed
+    assert len(sink.commands("DATA")) == 1
+    assert b"\r\n..starts with a dot\r\n...two dots\r\n..\r\n" in msg.raw, msg.raw
+    proxy.wait_for_log("message", result="relayed")
+
+
+def test_chunks_split_across_many_writes(proxy, sink):
+    content = make_message("bdat split", body=b"".join(b"%04d abcdefghijklmnopqrstuvwxyz\r\n" % i
+                                                       for i in range(300)))
+    chunks = [content[:1000], content[1000:1001], content[1001:5000], content[5000:]]
+    replies = []
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        envelope(c)
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            wire = f"BDAT {len(chunk)}{' LAST' if last else ''}\r\n".encode() + chunk
+            for pos in range(0, len(wire), 97):      # many small writes
+                c.send(wire[pos:pos + 97])
+                if pos % 970 == 0:
+                    time.sleep(0.01)
+            replies.append(str(c.read_reply()))
+    msg = sink.wait_messages(1)[0]
+    assert body_of(msg) == content
+    # RFC 3030: each non-LAST chunk is acknowledged with its own size, however
+    # many reads it took to arrive
+    assert replies == [f"250 2.0.0 Ok: {len(ch)} octets received" for ch in chunks[:-1]] + [FINAL], replies
+
+
+def test_bdat_0_last(proxy, sink):
+    content = make_message("bdat zero")
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.send(f"BDAT {len(content)}\r\n".encode() + content)
+        octets_reply(c.read_reply(), len(content))
+        r = c.cmd("BDAT 0 LAST")
+        assert str(r) == FINAL, r
+        # BDAT 0 LAST as the only chunk: an empty message, relayed
+        envelope(c)
+        r = c.cmd("BDAT 0 LAST")
+        assert str(r) == FINAL, r
+        c.expect("NOOP", 250)
+    msgs = sink.wait_messages(2)
+    assert body_of(msgs[0]) == content
+    assert body_of(msgs[1]) == b""
+
+
+def test_bare_lf_in_chunk_rejected_by_default(proxy, sink):
+    content = b"Subject: bare\r\n\r\none\nbare LF\r\n"
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+        check_reply(c.read_reply(), 554, "5.5.2", what="bare LF chunk")
+        c.expect("NOOP", 250)
+        # the session goes on; a clean message passes
+        envelope(c)
+        good = make_message("after bare")
+        c.send(f"BDAT {len(good)} LAST\r\n".encode() + good)
+        assert str(c.read_reply()) == FINAL
+    msgs = sink.wait_messages(1)
+    time.sleep(0.2)
+    assert len(sink.messages) == 1 and not sink.refused_messages
+    assert body_of(msgs[0]) == good
+    proxy.wait_for_log("bare-line-ending", bare_lf="yes")
+
+
+def test_bare_lf_in_chunk_normalized(postern, sink):
+    p = postern.start(upstream=sink.address, sets={"data.bare_line_ending": "normalize"})
+    content = b"Subject: bare\r\n\r\none\nbare LF\r\nend\n"
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.send(f"BDAT 20\r\n".encode() + content[:20] + f"BDAT {len(content) - 20} LAST\r\n".encode()
+               + content[20:])
+        octets_reply(c.read_reply(), 20)
+        assert str(c.read_reply()) == FINAL
+    msg = sink.wait_messages(1)[0]
+    assert body_of(msg) == b"Subject: bare\r\n\r\none\r\nbare LF\r\nend\r\n", body_of(msg)
+
+
+def test_bdat_without_mail_discards_its_octets(proxy, sink):
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        # the chunk "QUIT\r\n" is data, not a command
+        check_reply(c.cmd("BDAT 6\r\nQUIT"), 503, "5.5.1", what="BDAT without MAIL")
+        c.expect("NOOP", 250)
+        # the same, pipelined with a command after the chunk
+        c.send(b"BDAT 6 LAST\r\nQUIT\r\nNOOP\r\n")
+        check_reply(c.read_reply(), 503, "5.5.1", what="BDAT LAST without MAIL")
+        check_reply(c.read_reply(), 250, what="NOOP after discarded chunk")
+        # RCPT missing: also refused, octets also discarded
+        c.expect("MAIL FROM:<alice@example.org>", 250)
+        c.send(b"BDAT 6 LAST\r\nQUIT\r\n")
+        check_reply(c.read_reply(), 503, what="BDAT without RCPT")
+        c.expect("NOOP", 250)
+        c.expect("RSET", 250)
+        assert not c.wait_closed(0.3)
+    assert not sink.messages and not sink.commands("DATA")
+
+
+def test_data_after_bdat_is_503(proxy, sink):
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.send(b"BDAT 16\r\nSubject: mixed\r\n")
+        octets_reply(c.read_reply(), 16)
+        c.expect("DATA", 503, "5.5.1")
+        c.send(b"BDAT 8 LAST\r\n\r\nbody\r\n")
+        assert str(c.read_reply()) == FINAL
+    assert body_of(sink.wait_messages(1)[0]) == b"Subject: mixed\r\n\r\nbody\r\n"
+
+
+def test_chunk_over_message_size_is_552(postern, sink):
+    p = postern.start(upstream=sink.address, sets={"limits.message_size": 2000})
+    part = b"".join(b"%03d xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n" % i for i in range(30))
+    assert 1000 < len(part) < 2000
+    with SmtpClient(p.port) as c:
+        r = c.ehlo()
+        assert "SIZE 2000" in r.lines, r
+        envelope(c)
+        c.send(f"BDAT {len(part)}\r\n".encode() + part)
+        octets_reply(c.read_reply(), len(part))
+        c.send(f"BDAT {len(part)} LAST\r\n".encode() + part)
+        check_reply(c.read_reply(), 552, "5.3.4", what="over the size limit")
+        c.expect("NOOP", 250)
+    time.sleep(0.2)
+    assert not sink.messages and not sink.refused_messages
+
+
+def test_bdat_bad_size_closes(proxy, sink):
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.send(b"BDAT x\r\nSubject: x\r\n\r\n")
+        check_reply(c.read_reply(), 501, "5.5.4", what="BDAT x")
+        assert c.wait_closed(5 * SCALE), "connection still open after BDAT x"
+    assert not sink.messages
+
+
+# --------------------------------------------------------------------------
+# upstream BDAT: a real Postfix smtpd offers CHUNKING
+
+
+@pytest.fixture(scope="module")
+def mta():
+    from test_xclient import POSTFIX, PrivatePostfix
+    if os.geteuid() != 0:
+        pytest.skip("a private Postfix instance needs root")
+    if not os.access(POSTFIX, os.X_OK):
+        pytest.fail(f"{POSTFIX} is missing (Debian package postfix)")
+    relay_sink = RecordingSink().start()
+    pf = PrivatePostfix(relay_sink.port)
+    pf.sink = relay_sink
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+        relay_sink.stop()
+
+
+@pytest.mark.parametrize("client_uses", ["BDAT", "DATA"])
+def test_relay_to_postfix_with_bdat(postern, mta, client_uses):
+    p = postern.start(upstream=f"127.0.0.1:{mta.xforward_port}",
+                      sets={"upstream.client_identity": "none"})
+    tag = uuid.uuid4().hex[:12]
+    content = make_message(f"chunking {tag}", body=b"first\r\n.dot line\r\n..\r\nlast\r\n")
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        envelope(c)
+        if client_uses == "BDAT":
+            c.send(b"BDAT 30\r\n" + content[:30] + f"BDAT {len(content) - 30} LAST\r\n".encode()
+                   + content[30:])
+            octets_reply(c.read_reply(), 30)
+            r = check_reply(c.read_reply(), 250, what="end of data")
+        else:
+            c.expect("DATA", 354)
+            c.send(data_payload(content))
+            r = check_reply(c.read_reply(), 250, what="end of data")
+        c.expect("QUIT", 221)
+    m = re.search(r"queued as ([0-9A-F]+)", r.text)
+    assert m, f"no Postfix queue id in {r}"
+    qid = m.group(1)
+    _, disconnect = mta.smtpd_session(qid)
+    # Postfix counts the commands it got: postern relayed with BDAT, not DATA
+    assert re.search(r"\bbdat=1\b", disconnect) and "data=" not in disconnect, disconnect
+    wait_until(lambda: any(qid.encode() in (msg.content or b"") for msg in mta.sink.messages),
+               20 * SCALE, message=f"Postfix relaying {qid}")
+    msg = next(msg for msg in mta.sink.messages if qid.encode() in msg.content)
+    assert b"(postern) with ESMTP id" in msg.content
+    assert msg.content.endswith(content.split(b"\r\n\r\n", 1)[1]), msg.content
+    assert f"Subject: chunking {tag}".encode() in msg.content
+
