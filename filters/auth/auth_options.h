@@ -1,0 +1,56 @@
+// Options of the authenticity checks ([spf], [dkim], [dmarc],
+// [authentication_results] of the configuration), independent of proxy/.
+#pragma once
+
+#include <chrono>
+#include <string>
+
+#include "filters/auth/spf_checker.h"
+
+namespace postern {
+
+struct SpfOptions {
+  bool enabled = false;  // on only when configured: it needs [dns] servers that answer
+  SpfLimits limits;
+  std::chrono::milliseconds timeout{20000};  // whole check
+  bool received_spf = true;                  // add a Received-SPF field
+  bool reject_fail = false;                  // 550 5.7.23 at MAIL FROM on fail
+  bool tempfail_temperror = false;           // 451 4.7.24 at MAIL FROM on temperror
+  double score_fail = 3.0, score_softfail = 1.0, score_permerror = 0.5, score_pass = 0, score_neutral = 0,
+         score_none = 0, score_temperror = 0;
+};
+
+struct DkimOptions {
+  bool enabled = false;  // on only when configured: it needs [dns] servers that answer
+  std::chrono::milliseconds timeout{20000};  // all key lookups of one message
+  unsigned min_key_bits = 1024;              // smaller RSA keys: reported weak (RFC 8301)
+  std::size_t max_signatures = 10;           // verified per message; more are reported permerror
+  double score_fail = 1.0, score_pass = 0, score_weak_key = 0.5;
+};
+
+struct DmarcOptions {
+  bool enabled = false;  // on only when configured: it needs [dns] servers that answer
+  enum class Enforce { kReport, kQuarantine, kReject } enforce = Enforce::kReport;
+  // kReport: never a verdict, only symbols and results. kQuarantine: p=reject
+  // and p=quarantine quarantine. kReject: p=reject rejects, p=quarantine quarantines.
+  bool honor_pct = true;
+  std::chrono::milliseconds timeout{10000};
+  double score_fail = 2.0, score_pass = 0;
+};
+
+struct AuthResultsOptions {
+  bool enabled = false;  // on only when configured: it needs [dns] servers that answer
+  std::string authserv_id;           // the server's host name when empty
+  bool remove_forged = true;         // drop incoming A-R fields with our authserv-id
+};
+
+struct AuthOptions {
+  SpfOptions spf;
+  DkimOptions dkim;
+  DmarcOptions dmarc;
+  AuthResultsOptions authentication_results;
+  std::string hostname;              // receiver name for Received-SPF / authserv-id
+  unsigned worker_threads = 4;       // the bounded pool of blocking checks
+};
+
+}  // namespace postern

@@ -1,0 +1,72 @@
+#include "filters/auth/dkim_filter.h"
+
+#include <asio/co_spawn.hpp>
+#include <asio/use_awaitable.hpp>
+
+namespace postern {
+
+namespace {
+
+asio::awaitable<std::vector<DkimSignature>> verify_on_pool(std::shared_ptr<DkimVerifier> verifier,
+                                                           const Message* message,
+                                                           std::chrono::milliseconds budget) {
+  co_return verifier->verify(*message, budget);
+}
+
+}  // namespace
+
+DkimFilter::DkimFilter(DkimOptions options, std::shared_ptr<UnboundResolver> resolver,
+                       std::shared_ptr<asio::thread_pool> pool)
+    : options_(options),
+      verifier_(std::make_shared<DkimVerifier>(std::move(resolver),
+                                               DkimVerifyOptions{options.min_key_bits, options.max_signatures})),
+      pool_(std::move(pool)) {}
+
+asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
+  const Message* message = ctx.transaction.message;
+  if (!message) co_return Verdict::proceed();
+  auto task = verify_on_pool(verifier_, message, options_.timeout);
+  std::vector<DkimSignature> sigs =
+      co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+  store(ctx.transaction, sigs);
+
+  // One summary symbol: the best result over all signatures.
+  auto has = [&](DkimResult r) {
+    for (const auto& s : sigs) {
+      if (s.result == r) return true;
+    }
+    return false;
+  };
+  if (sigs.empty()) {
+    ctx.transaction.add_symbol(Symbol{"DKIM_NONE", 0, "no signature"});
+  } else if (has(DkimResult::kPass)) {
+    std::string domains;
+    for (const auto& s : sigs) {
+      if (s.result == DkimResult::kPass) domains += (domains.empty() ? "" : " ") + s.domain;
+    }
+    ctx.transaction.add_symbol(Symbol{"DKIM_PASS", options_.score_pass, domains});
+  } else if (has(DkimResult::kFail)) {
+    ctx.transaction.add_symbol(Symbol{"DKIM_FAIL", options_.score_fail, sigs.front().domain});
+  } else if (has(DkimResult::kTemperror)) {
+    ctx.transaction.add_symbol(Symbol{"DKIM_TEMPERROR", 0, sigs.front().domain});
+  } else if (has(DkimResult::kPolicy)) {
+    ctx.transaction.add_symbol(Symbol{"DKIM_POLICY", 0, sigs.front().reason});
+  } else {
+    ctx.transaction.add_symbol(Symbol{"DKIM_PERMERROR", 0, sigs.front().reason});
+  }
+  for (const auto& s : sigs) {
+    if (s.weak_key) {
+      ctx.transaction.add_symbol(Symbol{"DKIM_WEAK_KEY", options_.score_weak_key, s.domain});
+      break;
+    }
+  }
+  for (const auto& s : sigs) {
+    if (s.body_truncated) {
+      ctx.transaction.add_symbol(Symbol{"DKIM_PARTIAL_BODY", 0, s.domain});
+      break;
+    }
+  }
+  co_return Verdict::proceed();
+}
+
+}  // namespace postern

@@ -1,0 +1,32 @@
+// The dkim filter: verifies every DKIM-Signature at end of message on the
+// worker pool and records the results (notes "dkim.*", symbols).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <asio/thread_pool.hpp>
+
+#include "filters/auth/auth_options.h"
+#include "filters/auth/dkim_verifier.h"
+#include "filters/filter.h"
+
+namespace postern {
+
+class DkimFilter final : public Filter {
+ public:
+  DkimFilter(DkimOptions options, std::shared_ptr<UnboundResolver> resolver,
+             std::shared_ptr<asio::thread_pool> pool);
+  const std::string& name() const override { return name_; }
+  bool wants(Stage stage) const override { return stage == Stage::kEom; }
+  // Never decisive: DMARC and the rules decide on the results.
+  asio::awaitable<Verdict> run(FilterContext& ctx) override;
+
+ private:
+  std::string name_ = "dkim";
+  DkimOptions options_;
+  std::shared_ptr<DkimVerifier> verifier_;
+  std::shared_ptr<asio::thread_pool> pool_;
+};
+
+}  // namespace postern

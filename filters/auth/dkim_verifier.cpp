@@ -1,0 +1,236 @@
+#include "filters/auth/dkim_verifier.h"
+
+#include <atomic>
+#include <cctype>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "filters/auth/c_api.h"
+
+namespace postern {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Per message, reached from the key-lookup hook through the user context.
+struct VerifyState {
+  UnboundResolver* resolver;
+  Clock::time_point deadline;
+};
+
+DKIM_CBSTAT key_lookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen) {
+  auto* st = static_cast<VerifyState*>(dkim_get_user_context(dkim));
+  const char* selector = reinterpret_cast<const char*>(dkim_sig_getselector(sig));
+  const char* domain = reinterpret_cast<const char*>(dkim_sig_getdomain(sig));
+  if (!st || !selector || !domain) return DKIM_CBSTAT_ERROR;
+  if (Clock::now() >= st->deadline) return DKIM_CBSTAT_TRYAGAIN;
+  std::string name = std::string(selector) + "._domainkey." + domain;
+  if (!dns_name_valid(name)) return DKIM_CBSTAT_NOTFOUND;
+  DnsAnswer a = st->resolver->query_blocking(name, DnsType::kTxt);
+  switch (a.status) {
+    case DnsStatus::kOk: break;
+    case DnsStatus::kNxDomain:
+    case DnsStatus::kNoData: return DKIM_CBSTAT_NOTFOUND;
+    default: return DKIM_CBSTAT_TRYAGAIN;
+  }
+  // RFC 6376 §3.6.2.2: several TXT records are ambiguous; take the one that
+  // looks like a key record, else the first.
+  const std::string* rec = &a.records.front();
+  for (const auto& r : a.records) {
+    if (r.find("p=") != std::string::npos) {
+      rec = &r;
+      break;
+    }
+  }
+  if (rec->size() + 1 > buflen) return DKIM_CBSTAT_ERROR;
+  std::memcpy(buf, rec->c_str(), rec->size() + 1);
+  return DKIM_CBSTAT_CONTINUE;
+}
+
+const char* algorithm_name(dkim_alg_t alg) {
+  switch (alg) {
+    case DKIM_SIGN_RSASHA1: return "rsa-sha1";
+    case DKIM_SIGN_RSASHA256: return "rsa-sha256";
+    case DKIM_SIGN_ED25519SHA256: return "ed25519-sha256";
+    default: return "unknown";
+  }
+}
+
+DkimResult classify(int err) {
+  switch (err) {
+    case DKIM_SIGERROR_KEYFAIL: return DkimResult::kTemperror;
+    case DKIM_SIGERROR_BADSIG: return DkimResult::kFail;
+    case DKIM_SIGERROR_KEYTOOSMALL: return DkimResult::kPolicy;
+    default: return DkimResult::kPermerror;
+  }
+}
+
+// The value of tag `name` in a tag-list (RFC 6376 §3.2), white space removed.
+std::string tag_value(const std::string& list, const std::string& name) {
+  std::size_t pos = 0;
+  while (pos < list.size()) {
+    auto end = list.find(';', pos);
+    std::string item = list.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    pos = end == std::string::npos ? list.size() : end + 1;
+    auto eq = item.find('=');
+    if (eq == std::string::npos) continue;
+    std::string tag, value;
+    for (char c : item.substr(0, eq)) {
+      if (!std::isspace(static_cast<unsigned char>(c))) tag.push_back(c);
+    }
+    for (char c : item.substr(eq + 1)) {
+      if (!std::isspace(static_cast<unsigned char>(c))) value.push_back(c);
+    }
+    if (tag == name) return value;
+  }
+  return {};
+}
+
+std::string str(const unsigned char* s) { return s ? reinterpret_cast<const char*>(s) : ""; }
+
+}  // namespace
+
+DkimVerifier::DkimVerifier(std::shared_ptr<UnboundResolver> resolver, DkimVerifyOptions options)
+    : resolver_(std::move(resolver)), options_(options) {
+  lib_ = dkim_init(nullptr, nullptr);
+  if (!lib_) throw std::runtime_error("dkim: dkim_init failed");
+  // A signature handle for every signature, even one that does not parse,
+  // so each is reported.
+  unsigned flags = DKIM_LIBFLAGS_BADSIGHANDLES;
+  dkim_options(lib_, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof flags);
+  // libopendkim would refuse small keys outright; verify them and report
+  // them weak ("policy") instead.
+  unsigned minbits = 512;
+  dkim_options(lib_, DKIM_OP_SETOPT, DKIM_OPTS_MINKEYBITS, &minbits, sizeof minbits);
+  dkim_set_key_lookup(lib_, key_lookup);
+}
+
+DkimVerifier::~DkimVerifier() {
+  if (lib_) dkim_close(lib_);
+}
+
+std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chrono::milliseconds budget) const {
+  std::vector<DkimSignature> out;
+  bool any = false;
+  for (const auto& h : message.headers()) {
+    if (header_name_equals(h.name, "DKIM-Signature")) any = true;
+  }
+  if (!any) return out;
+
+  static std::atomic<unsigned long> job_counter{0};
+  const std::string job = "postern-" + std::to_string(++job_counter);
+  DKIM_STAT status = DKIM_STAT_OK;
+  DKIM* dkim = dkim_verify(lib_, reinterpret_cast<const unsigned char*>(job.c_str()), nullptr, &status);
+  if (!dkim) {
+    DkimSignature s;
+    s.result = DkimResult::kTemperror;
+    s.reason = "libopendkim: cannot start verification";
+    out.push_back(s);
+    return out;
+  }
+  VerifyState state{resolver_.get(), Clock::now() + budget};
+  dkim_set_user_context(dkim, &state);
+
+  for (const auto& h : message.headers()) {
+    std::string_view raw = h.raw;
+    if (raw.size() >= 2 && raw.substr(raw.size() - 2) == "\r\n") raw.remove_suffix(2);
+    dkim_header(dkim, reinterpret_cast<u_char*>(const_cast<char*>(raw.data())), raw.size());
+  }
+  const DKIM_STAT eoh = dkim_eoh(dkim);
+  if (eoh != DKIM_STAT_CBTRYAGAIN && eoh != DKIM_STAT_CBERROR && eoh != DKIM_STAT_NOSIG) {
+    const Spool& spool = message.spool();
+    std::size_t offset = message.body_offset();
+    char buf[65536];
+    for (;;) {
+      long n = spool.read(offset, buf, sizeof buf);
+      if (n <= 0) break;
+      offset += static_cast<std::size_t>(n);
+      if (dkim_body(dkim, reinterpret_cast<u_char*>(buf), static_cast<size_t>(n)) != DKIM_STAT_OK) break;
+    }
+    dkim_eom(dkim, nullptr);
+  }
+
+  DKIM_SIGINFO** sigs = nullptr;
+  int nsigs = 0;
+  if (dkim_getsiglist(dkim, &sigs, &nsigs) == DKIM_STAT_OK) {
+    for (int i = 0; i < nsigs; ++i) {
+      DKIM_SIGINFO* sig = sigs[i];
+      DkimSignature s;
+      s.domain = str(dkim_sig_getdomain(sig));
+      s.selector = str(dkim_sig_getselector(sig));
+      dkim_alg_t alg = DKIM_SIGN_UNKNOWN;
+      dkim_sig_getsignalg(sig, &alg);
+      s.algorithm = algorithm_name(alg);
+      unsigned int bits = 0;
+      if (dkim_sig_getkeysize(sig, &bits) == DKIM_STAT_OK) s.key_bits = bits;
+      unsigned char ident[256] = {0};
+      if (dkim_sig_getidentity(dkim, sig, ident, sizeof ident - 1) == DKIM_STAT_OK) s.identity = str(ident);
+      std::string b = str(dkim_sig_gettagvalue(sig, false, reinterpret_cast<u_char*>(const_cast<char*>("b"))));
+      for (char c : b) {
+        if (!std::isspace(static_cast<unsigned char>(c)) && s.b.size() < 12) s.b.push_back(c);
+      }
+      ssize_t msglen = -1, canonlen = -1, signlen = -1;
+      if (dkim_sig_getcanonlen(dkim, sig, &msglen, &canonlen, &signlen) == DKIM_STAT_OK && signlen >= 0) {
+        s.body_length = static_cast<long>(signlen);
+        s.body_truncated = msglen > signlen;
+      }
+      const unsigned flags = dkim_sig_getflags(sig);
+      const int err = dkim_sig_geterror(sig);
+      if (i >= static_cast<int>(options_.max_signatures)) {
+        s.result = DkimResult::kPermerror;
+        s.reason = "too many signatures";
+      } else if (DKIM_SIG_CHECK(sig)) {
+        s.result = DkimResult::kPass;
+      } else if ((flags & DKIM_SIGFLAG_PASSED) && dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH) {
+        s.result = DkimResult::kFail;
+        s.reason = "body hash did not verify";
+      } else if (err != DKIM_SIGERROR_OK && err != DKIM_SIGERROR_UNKNOWN) {
+        s.result = classify(err);
+        if (const char* e = dkim_sig_geterrorstr(err)) s.reason = e;
+      } else if (flags & DKIM_SIGFLAG_PROCESSED) {
+        s.result = dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH ? DkimResult::kFail : DkimResult::kFail;
+        s.reason = dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH ? "body hash did not verify" : "signature did not verify";
+      } else {
+        s.result = Clock::now() >= state.deadline ? DkimResult::kTemperror : DkimResult::kNeutral;
+        s.reason = Clock::now() >= state.deadline ? "key lookup time-out" : "signature not processed";
+      }
+      if (alg != DKIM_SIGN_ED25519SHA256 && s.key_bits > 0 && s.key_bits < options_.min_key_bits) {
+        s.weak_key = true;
+        if (s.result == DkimResult::kPass) {
+          s.result = DkimResult::kPolicy;
+          s.reason = "weak key (" + std::to_string(s.key_bits) + " bits)";
+        }
+      }
+      if (s.body_truncated) {
+        if (!s.reason.empty()) s.reason += "; ";
+        s.reason += "l= covers " + std::to_string(s.body_length) + " of " + std::to_string(msglen) + " body octets";
+      }
+      out.push_back(std::move(s));
+    }
+  }
+  if (out.empty()) {
+    // libopendkim gave up before it listed the signatures (a key lookup that
+    // must be tried again stops dkim_eoh): report each from its header.
+    const bool temporary = eoh == DKIM_STAT_CBTRYAGAIN || eoh == DKIM_STAT_KEYFAIL ||
+                           eoh == DKIM_STAT_CANTVRFY || Clock::now() >= state.deadline;
+    for (const auto& h : message.headers()) {
+      if (!header_name_equals(h.name, "DKIM-Signature")) continue;
+      DkimSignature s;
+      s.domain = tag_value(h.value(), "d");
+      s.selector = tag_value(h.value(), "s");
+      s.algorithm = tag_value(h.value(), "a");
+      for (char c : tag_value(h.value(), "b")) {
+        if (!std::isspace(static_cast<unsigned char>(c)) && s.b.size() < 12) s.b.push_back(c);
+      }
+      s.result = temporary ? DkimResult::kTemperror : DkimResult::kPermerror;
+      s.reason = std::string("libopendkim: ") + dkim_getresultstr(eoh);
+      out.push_back(std::move(s));
+    }
+  }
+  dkim_free(dkim);
+  return out;
+}
+
+}  // namespace postern

@@ -1,0 +1,495 @@
+// libspf2 driven through a custom DNS layer (SPF_dns_server_t) whose lookups
+// go to postern's resolver and count terms and void lookups for the whole
+// check (RFC 7208 §4.6.4).
+#include "filters/auth/spf_checker.h"
+
+#include <cctype>
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <optional>
+#include <vector>
+#include <map>
+#include <set>
+#include <mutex>
+
+#include "filters/auth/c_api.h"
+
+namespace postern {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// What one check's lookups have seen; the lookup callback finds it through a
+// thread-local pointer (libspf2 passes no per-request context to the layer).
+struct CheckState {
+  UnboundResolver* resolver = nullptr;
+  SpfLimits limits;
+  Clock::time_point deadline;
+  unsigned sequence = 0;          // lookups so far
+  unsigned terms = 0;             // lookups caused by DNS terms
+  unsigned voids = 0;
+  bool first_txt_done = false;
+  bool top_has_spf = false;       // the identity's own TXT had a "v=spf1" record
+  bool top_dns_error = false;
+  bool dns_error = false;
+  bool timed_out = false;
+  unsigned terms_exceeded_at = 0;  // lookup sequence number, 0 = never
+  bool terms_exceeded_by_txt = false;
+  unsigned voids_exceeded_at = 0;
+  bool voids_exceeded_by_txt = false;
+  // Targets of MX and PTR answers: their address lookups belong to the mx /
+  // ptr term already counted, not to a term of their own.
+  std::multiset<std::string> host_lookups;
+};
+
+thread_local CheckState* tl_state = nullptr;
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  if (!out.empty() && out.back() == '.') out.pop_back();
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+SPF_dns_rr_t* make_rr(SPF_dns_server_t* server, const char* domain, ns_type type, int herrno,
+                      std::uint32_t ttl = 0) {
+  return SPF_dns_rr_new_init(server, domain, type, static_cast<int>(ttl), herrno);
+}
+
+SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type, int /*should_cache*/) {
+  CheckState* st = tl_state;
+  // The SPF RR type (99) is obsolete (RFC 7208 §3.1): never queried.
+  if (!st || type == ns_t_spf) return make_rr(server, domain, type, NO_DATA);
+  DnsType t;
+  switch (type) {
+    case ns_t_a: t = DnsType::kA; break;
+    case ns_t_aaaa: t = DnsType::kAaaa; break;
+    case ns_t_mx: t = DnsType::kMx; break;
+    case ns_t_txt: t = DnsType::kTxt; break;
+    case ns_t_ptr: t = DnsType::kPtr; break;
+    default: return make_rr(server, domain, type, NO_DATA);
+  }
+  const std::string name = lower(domain ? domain : "");
+  const unsigned seq = ++st->sequence;
+  bool top = false;
+  bool counted = true;
+  if (t == DnsType::kTxt && !st->first_txt_done) {
+    st->first_txt_done = true;
+    top = true;
+    counted = false;
+  } else if (t == DnsType::kA || t == DnsType::kAaaa) {
+    if (auto it = st->host_lookups.find(name); it != st->host_lookups.end()) {
+      st->host_lookups.erase(it);
+      counted = false;
+    }
+  }
+  if (counted && ++st->terms > st->limits.dns_terms) {
+    if (!st->terms_exceeded_at) {
+      st->terms_exceeded_at = seq;
+      st->terms_exceeded_by_txt = t == DnsType::kTxt;
+    }
+    return make_rr(server, domain, type, HOST_NOT_FOUND);
+  }
+  if (Clock::now() >= st->deadline) {
+    st->timed_out = true;
+    return make_rr(server, domain, type, TRY_AGAIN);
+  }
+  DnsAnswer a = st->resolver->query_blocking(name, t);
+  int herrno = NETDB_SUCCESS;
+  switch (a.status) {
+    case DnsStatus::kOk: break;
+    case DnsStatus::kNxDomain: herrno = HOST_NOT_FOUND; break;
+    case DnsStatus::kNoData: herrno = NO_DATA; break;
+    case DnsStatus::kTimeout: st->timed_out = true; [[fallthrough]];
+    case DnsStatus::kServFail: herrno = TRY_AGAIN; break;
+  }
+  if (herrno == TRY_AGAIN) {
+    st->dns_error = true;
+    if (top) st->top_dns_error = true;
+  }
+  if ((herrno == HOST_NOT_FOUND || herrno == NO_DATA) && counted && ++st->voids > st->limits.void_lookups &&
+      !st->voids_exceeded_at) {
+    st->voids_exceeded_at = seq;
+    st->voids_exceeded_by_txt = t == DnsType::kTxt;
+  }
+  SPF_dns_rr_t* rr = make_rr(server, domain, type, herrno, a.ttl);
+  if (herrno != NETDB_SUCCESS || !rr) return rr;
+  int n = 0;
+  for (const auto& rec : a.records) {
+    std::string value = rec;
+    if (t == DnsType::kMx) {
+      auto sp = value.find(' ');
+      value = sp == std::string::npos ? value : value.substr(sp + 1);
+    }
+    if (t == DnsType::kTxt && top && strncasecmp(value.c_str(), "v=spf1", 6) == 0 &&
+        (value.size() == 6 || value[6] == ' ')) {
+      st->top_has_spf = true;
+    }
+    if (t == DnsType::kMx || t == DnsType::kPtr) st->host_lookups.insert(lower(value));
+    std::size_t size = t == DnsType::kA ? sizeof(in_addr) : t == DnsType::kAaaa ? sizeof(in6_addr) : value.size() + 1;
+    if (SPF_dns_rr_buf_realloc(rr, n, size) != SPF_E_SUCCESS) break;
+    if (t == DnsType::kA) {
+      if (inet_pton(AF_INET, value.c_str(), &rr->rr[n]->a) != 1) continue;
+    } else if (t == DnsType::kAaaa) {
+      if (inet_pton(AF_INET6, value.c_str(), &rr->rr[n]->aaaa) != 1) continue;
+    } else {
+      std::memcpy(rr->rr[n]->txt, value.c_str(), value.size() + 1);
+    }
+    ++n;
+  }
+  rr->num_rr = n;
+  return rr;
+}
+
+void quiet(const char*, int, const char*) {}
+
+// The DNS layer is stateless (state is per thread); one for the process.
+SPF_dns_server_t* dns_layer() {
+  static SPF_dns_server_t* layer = [] {
+    SPF_warning_handler = quiet;
+    SPF_info_handler = quiet;
+    SPF_debug_handler = quiet;
+    auto* l = static_cast<SPF_dns_server_t*>(std::calloc(1, sizeof(SPF_dns_server_t)));
+    l->destroy = nullptr;  // shared: never freed by SPF_server_free
+    l->lookup = lookup;
+    l->name = "postern";
+    return l;
+  }();
+  return layer;
+}
+
+// One SPF_server_t per worker thread.
+struct ThreadServer {
+  SPF_server_t* server = nullptr;
+  ~ThreadServer() {
+    if (server) SPF_server_free(server);
+  }
+  SPF_server_t* get(const std::string& receiver) {
+    if (!server) {
+      server = SPF_server_new_dns(dns_layer(), 0);
+      if (server) {
+        SPF_server_set_max_dns_mech(server, 10);
+        SPF_server_set_max_dns_mx(server, 10);
+        SPF_server_set_max_dns_ptr(server, 10);
+      }
+    }
+    if (server && !receiver.empty()) SPF_server_set_rec_dom(server, receiver.c_str());
+    return server;
+  }
+};
+
+SpfResult map_result(SPF_result_t r) {
+  switch (r) {
+    case SPF_RESULT_PASS: return SpfResult::kPass;
+    case SPF_RESULT_FAIL: return SpfResult::kFail;
+    case SPF_RESULT_SOFTFAIL: return SpfResult::kSoftfail;
+    case SPF_RESULT_NEUTRAL: return SpfResult::kNeutral;
+    case SPF_RESULT_NONE: return SpfResult::kNone;
+    case SPF_RESULT_TEMPERROR: return SpfResult::kTemperror;
+    case SPF_RESULT_PERMERROR: return SpfResult::kPermerror;
+    case SPF_RESULT_INVALID: break;
+  }
+  return SpfResult::kPermerror;  // refined by the caller
+}
+
+
+// RFC 7208 §7 macro expansion, for exp= (libspf2 mangles explanation text:
+// spaces become '%' and macros stay unexpanded).
+struct MacroVars {
+  std::string sender, local, sender_domain, domain, ip, helo, receiver;
+};
+
+std::string url_escape(const std::string& s) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    }
+  }
+  return out;
+}
+
+std::string ip_macro(const std::string& ip, bool readable) {
+  in6_addr a6{};
+  if (ip.find(':') == std::string::npos || readable || inet_pton(AF_INET6, ip.c_str(), &a6) != 1) return ip;
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    if (i) out.push_back('.');
+    out.push_back(hex[a6.s6_addr[i] >> 4]);
+    out.push_back('.');
+    out.push_back(hex[a6.s6_addr[i] & 15]);
+  }
+  return out;
+}
+
+std::optional<std::string> expand_macros(std::string_view s, const MacroVars& v, bool explanation) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    char c = s[i];
+    if (c != '%') {
+      out.push_back(c);
+      continue;
+    }
+    if (++i >= s.size()) return std::nullopt;
+    if (s[i] == '%') { out.push_back('%'); continue; }
+    if (s[i] == '_') { out.push_back(' '); continue; }
+    if (s[i] == '-') { out += "%20"; continue; }
+    if (s[i] != '{') return std::nullopt;
+    auto close = s.find('}', i);
+    if (close == std::string_view::npos || close == i + 1) return std::nullopt;
+    std::string_view spec = s.substr(i + 1, close - i - 1);
+    i = close;
+    char letter = spec[0];
+    bool upper = std::isupper(static_cast<unsigned char>(letter));
+    std::string value;
+    switch (std::tolower(static_cast<unsigned char>(letter))) {
+      case 's': value = v.sender; break;
+      case 'l': value = v.local; break;
+      case 'o': value = v.sender_domain; break;
+      case 'd': value = v.domain; break;
+      case 'i': value = ip_macro(v.ip, false); break;
+      case 'p': value = "unknown"; break;
+      case 'v': value = v.ip.find(':') == std::string::npos ? "in-addr" : "ip6"; break;
+      case 'h': value = v.helo; break;
+      case 'c': if (!explanation) return std::nullopt; value = v.ip; break;
+      case 'r': if (!explanation) return std::nullopt; value = v.receiver; break;
+      case 't': if (!explanation) return std::nullopt; value = std::to_string(std::time(nullptr)); break;
+      default: return std::nullopt;
+    }
+    std::size_t k = 1;
+    unsigned keep = 0;
+    while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) keep = keep * 10 + (spec[k++] - '0');
+    bool reverse = false;
+    if (k < spec.size() && (spec[k] == 'r' || spec[k] == 'R')) { reverse = true; ++k; }
+    std::string delims(spec.substr(k));
+    for (char d : delims) {
+      if (std::string_view(".-+,/_=").find(d) == std::string_view::npos) return std::nullopt;
+    }
+    if (delims.empty()) delims = ".";
+    std::vector<std::string> parts(1);
+    for (char ch : value) {
+      if (delims.find(ch) != std::string::npos) parts.emplace_back();
+      else parts.back().push_back(ch);
+    }
+    if (reverse) std::reverse(parts.begin(), parts.end());
+    std::size_t from = keep && keep < parts.size() ? parts.size() - keep : 0;
+    std::string joined;
+    for (std::size_t p = from; p < parts.size(); ++p) {
+      if (p > from) joined.push_back('.');
+      joined += parts[p];
+    }
+    out += upper ? url_escape(joined) : joined;
+  }
+  return out;
+}
+
+// The explanation of a fail (§6.2): exp= of the record that gave the result
+// (following redirect=, never include:), its target's single TXT record
+// macro-expanded. Empty when any step fails.
+std::string explanation(UnboundResolver& resolver, MacroVars v, Clock::time_point deadline) {
+  std::string domain = v.domain;
+  for (int hops = 0; hops < 10 && Clock::now() < deadline; ++hops) {
+    DnsAnswer txt = resolver.query_blocking(domain, DnsType::kTxt);
+    if (txt.status != DnsStatus::kOk) return {};
+    std::string record;
+    for (auto& r : txt.records) {
+      if (strncasecmp(r.c_str(), "v=spf1", 6) == 0 && (r.size() == 6 || r[6] == ' ')) record = r;
+    }
+    if (record.empty()) return {};
+    std::string exp, redirect;
+    bool has_all = false;
+    std::size_t pos = 6;
+    while (pos < record.size()) {
+      while (pos < record.size() && record[pos] == ' ') ++pos;
+      auto end = record.find(' ', pos);
+      std::string term = lower(record.substr(pos, end == std::string::npos ? std::string::npos : end - pos));
+      pos = end == std::string::npos ? record.size() : end;
+      if (term.rfind("exp=", 0) == 0) exp = record.substr(pos - term.size() + 4, term.size() - 4);
+      else if (term.rfind("redirect=", 0) == 0) redirect = term.substr(9);
+      else if (term == "all" || ((term[0] == '-' || term[0] == '~' || term[0] == '?' || term[0] == '+') && term.substr(1) == "all")) has_all = true;
+    }
+    v.domain = domain;
+    if (!has_all && !redirect.empty()) {
+      auto next = expand_macros(redirect, v, false);
+      if (!next) return {};
+      domain = lower(*next);
+      continue;
+    }
+    if (exp.empty()) return {};
+    auto target = expand_macros(exp, v, false);
+    if (!target || !dns_name_valid(*target)) return {};
+    DnsAnswer text = resolver.query_blocking(*target, DnsType::kTxt);
+    if (text.status != DnsStatus::kOk || text.records.size() != 1) return {};
+    auto expanded = expand_macros(text.records[0], v, true);
+    if (!expanded) return {};
+    std::string printable;
+    for (char c : *expanded) {
+      if (static_cast<unsigned char>(c) >= 32 && c != 127) printable.push_back(c);
+    }
+    return printable.substr(0, 512);
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string canonical_client_ip(const std::string& ip) {
+  in_addr a4{};
+  in6_addr a6{};
+  char buf[INET6_ADDRSTRLEN];
+  if (inet_pton(AF_INET, ip.c_str(), &a4) == 1) return inet_ntop(AF_INET, &a4, buf, sizeof buf);
+  if (inet_pton(AF_INET6, ip.c_str(), &a6) != 1) return {};
+  if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+    std::memcpy(&a4, a6.s6_addr + 12, 4);
+    return inet_ntop(AF_INET, &a4, buf, sizeof buf);
+  }
+  return inet_ntop(AF_INET6, &a6, buf, sizeof buf);
+}
+
+SpfOutcome SpfChecker::check(const SpfQuery& q, std::chrono::milliseconds budget) const {
+  SpfOutcome out;
+  out.helo = q.helo;
+  out.client_ip = canonical_client_ip(q.client_ip);
+  if (q.sender.empty()) {
+    out.identity = "helo";
+    out.domain = lower(q.helo);
+    out.sender = "postmaster@" + out.domain;
+  } else {
+    out.identity = "mailfrom";
+    out.sender = q.sender;
+    auto at = q.sender.rfind('@');
+    out.domain = lower(at == std::string::npos ? q.sender : q.sender.substr(at + 1));
+    if (at == std::string::npos) out.sender = "postmaster@" + out.domain;
+  }
+  if (out.client_ip.empty()) {
+    out.reason = "client address unknown";
+    return out;
+  }
+  // §4.3: an identity that is not a domain name (an address literal, no dot
+  // in a HELO) yields none.
+  if (out.domain.empty() || out.domain.front() == '[' || !dns_name_valid(out.domain) ||
+      (q.sender.empty() && out.domain.find('.') == std::string::npos)) {
+    out.reason = "identity is not a domain name";
+    return out;
+  }
+
+  thread_local ThreadServer thread_server;
+  SPF_server_t* server = thread_server.get(q.receiver);
+  if (!server) {
+    out.result = SpfResult::kTemperror;
+    out.reason = "libspf2: out of memory";
+    return out;
+  }
+  CheckState st;
+  st.resolver = resolver_.get();
+  st.limits = limits_;
+  st.deadline = Clock::now() + budget;
+  tl_state = &st;
+
+  SPF_request_t* req = SPF_request_new(server);
+  SPF_response_t* resp = nullptr;
+  bool ok = req != nullptr;
+  if (ok) {
+    ok = (out.client_ip.find(':') == std::string::npos
+              ? SPF_request_set_ipv4_str(req, out.client_ip.c_str())
+              : SPF_request_set_ipv6_str(req, out.client_ip.c_str())) == SPF_E_SUCCESS;
+  }
+  if (ok && !q.helo.empty()) SPF_request_set_helo_dom(req, q.helo.c_str());
+  if (ok) ok = SPF_request_set_env_from(req, out.sender.c_str()) == 0;
+  SPF_errcode_t err = SPF_E_SUCCESS;
+  if (ok) err = SPF_request_query_mailfrom(req, &resp);
+  tl_state = nullptr;
+
+  SPF_result_t raw = resp ? SPF_response_result(resp) : SPF_RESULT_INVALID;
+  out.result = map_result(raw);
+  if (resp) {
+    if (const char* c = SPF_response_get_header_comment(resp)) out.reason = c;
+    for (int i = 0; i < SPF_response_messages(resp); ++i) {
+      SPF_error_t* m = SPF_response_message(resp, i);
+      if (m && SPF_error_errorp(m) && SPF_error_message(m)) {
+        if (!out.reason.empty()) out.reason += "; ";
+        out.reason += SPF_error_message(m);
+      }
+    }
+  } else if (!ok) {
+    out.reason = "libspf2 refused the request";
+  }
+
+  if (raw == SPF_RESULT_INVALID) {
+    out.result = (st.dns_error || st.timed_out || err == SPF_E_DNS_ERROR) ? SpfResult::kTemperror
+                                                                         : SpfResult::kPermerror;
+  }
+  // libspf2 answers "none" for a record it cannot compile: that is a permerror
+  // (§4.6); and "none" when the identity's TXT lookup failed: a temperror (§4.4).
+  if (out.result == SpfResult::kNone && st.top_dns_error) out.result = SpfResult::kTemperror;
+  if (out.result == SpfResult::kNone && st.top_has_spf) {
+    out.result = SpfResult::kPermerror;
+    if (out.reason.empty()) out.reason = "SPF record does not parse";
+  }
+  // A limit crossed during evaluation ends it with permerror (§4.6.4) --
+  // except by the exp= lookup after a fail, which only loses the explanation.
+  auto limit_hit = [&](unsigned at, bool by_txt) {
+    return at != 0 && !(out.result == SpfResult::kFail && by_txt && at == st.sequence);
+  };
+  if (limit_hit(st.terms_exceeded_at, st.terms_exceeded_by_txt)) {
+    out.result = SpfResult::kPermerror;
+    out.reason = "more than " + std::to_string(limits_.dns_terms) + " DNS-querying terms (RFC 7208 4.6.4)";
+  } else if (limit_hit(st.voids_exceeded_at, st.voids_exceeded_by_txt)) {
+    out.result = SpfResult::kPermerror;
+    out.reason = "more than " + std::to_string(limits_.void_lookups) + " void lookups (RFC 7208 4.6.4)";
+  } else if (st.timed_out && out.result != SpfResult::kPass) {
+    out.result = SpfResult::kTemperror;
+    out.reason = "DNS time-out";
+  }
+  if (resp) SPF_response_free(resp);
+  if (req) SPF_request_free(req);
+  if (out.result == SpfResult::kFail) {
+    auto at = out.sender.rfind('@');
+    MacroVars v{out.sender, out.sender.substr(0, at), out.domain, out.domain, out.client_ip, q.helo, q.receiver};
+    out.explanation = explanation(*resolver_, v, st.deadline);
+  }
+  return out;
+}
+
+std::string received_spf_value(const SpfOutcome& spf, const std::string& receiver) {
+  // §9.1: result (comment) key=value; ... Values that are not dot-atoms are quoted.
+  auto quoted = [](const std::string& v) {
+    std::string out = "\"";
+    for (char c : v) {
+      if (c == '"' || c == '\\') out.push_back('\\');
+      if (static_cast<unsigned char>(c) >= 32 && c != 127) out.push_back(c);
+    }
+    return out + '"';
+  };
+  std::string v = spf_result_name(spf.result);
+  v += " (" + receiver + ": ";
+  switch (spf.result) {
+    case SpfResult::kPass: v += "domain of " + spf.sender + " designates " + spf.client_ip + " as permitted sender"; break;
+    case SpfResult::kFail: v += "domain of " + spf.sender + " does not designate " + spf.client_ip + " as permitted sender"; break;
+    case SpfResult::kSoftfail: v += "domain of transitioning " + spf.sender + " does not designate " + spf.client_ip + " as permitted sender"; break;
+    case SpfResult::kNeutral: v += spf.client_ip + " is neither permitted nor denied by domain of " + spf.sender; break;
+    case SpfResult::kNone: v += "domain of " + spf.sender + " does not designate permitted sender hosts"; break;
+    case SpfResult::kTemperror: v += "error in processing during lookup of " + spf.sender + ": DNS error"; break;
+    case SpfResult::kPermerror: v += "permanent error in processing domain of " + spf.sender; break;
+  }
+  // The comment is free text: keep it printable and without parentheses.
+  for (char& c : v) {
+    if (static_cast<unsigned char>(c) < 32 || c == 127) c = ' ';
+  }
+  v += ") client-ip=" + spf.client_ip + ";";
+  v += " envelope-from=" + quoted(spf.sender) + ";";
+  if (!spf.helo.empty()) v += " helo=" + quoted(spf.helo) + ";";
+  v += " receiver=" + receiver + ";";
+  v += " identity=" + spf.identity + ";";
+  return v;
+}
+
+}  // namespace postern

@@ -1,0 +1,78 @@
+#include "filters/auth/spf_filter.h"
+
+#include <asio/co_spawn.hpp>
+#include <asio/use_awaitable.hpp>
+
+namespace postern {
+
+namespace {
+
+// Runs on the pool: a coroutine function (not a lambda) so its parameters
+// live in the frame.
+asio::awaitable<SpfOutcome> check_on_pool(std::shared_ptr<SpfChecker> checker, SpfQuery query,
+                                          std::chrono::milliseconds budget) {
+  co_return checker->check(query, budget);
+}
+
+std::string symbol_name(SpfResult r) {
+  std::string s = "SPF_";
+  for (const char* p = spf_result_name(r); *p; ++p) s.push_back(static_cast<char>(std::toupper(*p)));
+  return s;
+}
+
+}  // namespace
+
+SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<UnboundResolver> resolver,
+                     std::shared_ptr<asio::thread_pool> pool)
+    : options_(std::move(options)),
+      receiver_(std::move(receiver)),
+      checker_(std::make_shared<SpfChecker>(std::move(resolver), options_.limits)),
+      pool_(std::move(pool)) {}
+
+asio::awaitable<Verdict> SpfFilter::run(FilterContext& ctx) {
+  SpfQuery query;
+  query.client_ip = ctx.session.client_ip;
+  query.helo = ctx.session.helo;
+  if (!ctx.transaction.reverse_path.empty()) query.sender = ctx.transaction.reverse_path.str();
+  query.receiver = receiver_;
+  auto task = check_on_pool(checker_, std::move(query), options_.timeout);
+  SpfOutcome spf = co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+
+  store(ctx.transaction, spf);
+  double score = 0;
+  switch (spf.result) {
+    case SpfResult::kPass: score = options_.score_pass; break;
+    case SpfResult::kFail: score = options_.score_fail; break;
+    case SpfResult::kSoftfail: score = options_.score_softfail; break;
+    case SpfResult::kNeutral: score = options_.score_neutral; break;
+    case SpfResult::kNone: score = options_.score_none; break;
+    case SpfResult::kTemperror: score = options_.score_temperror; break;
+    case SpfResult::kPermerror: score = options_.score_permerror; break;
+  }
+  ctx.transaction.add_symbol(Symbol{symbol_name(spf.result), score, spf.domain});
+  if (options_.received_spf) {
+    ctx.transaction.changes.headers.push_back(
+        HeaderEdit{HeaderEdit::Kind::kPrepend, "Received-SPF", received_spf_value(spf, receiver_)});
+  }
+  if (spf.result == SpfResult::kFail && options_.reject_fail) {
+    Verdict v;
+    v.action = Verdict::Action::kReject;
+    v.code = 550;
+    v.enhanced = "5.7.23";  // RFC 7372: SPF validation failed
+    v.text = spf.explanation.empty() ? "SPF check failed for " + spf.domain : spf.explanation;
+    v.reason = "spf=fail " + spf.reason;
+    co_return v;
+  }
+  if (spf.result == SpfResult::kTemperror && options_.tempfail_temperror) {
+    Verdict v;
+    v.action = Verdict::Action::kTempfail;
+    v.code = 451;
+    v.enhanced = "4.7.24";  // RFC 7372: SPF validation error
+    v.text = "Temporary SPF error for " + spf.domain;
+    v.reason = "spf=temperror " + spf.reason;
+    co_return v;
+  }
+  co_return Verdict::proceed();
+}
+
+}  // namespace postern

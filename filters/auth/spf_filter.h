@@ -1,0 +1,34 @@
+// The spf filter: checks the MAIL FROM identity (the HELO identity for the
+// null reverse-path) at stage mail, on the worker pool, and records the
+// result for the later stages, the Lua rules and Authentication-Results.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <asio/thread_pool.hpp>
+
+#include "filters/auth/auth_options.h"
+#include "filters/filter.h"
+
+namespace postern {
+
+class SpfFilter final : public Filter {
+ public:
+  SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<UnboundResolver> resolver,
+            std::shared_ptr<asio::thread_pool> pool);
+  const std::string& name() const override { return name_; }
+  bool wants(Stage stage) const override { return stage == Stage::kMail; }
+  // Fails open: a time-out is a temperror result, a verdict only when
+  // tempfail_temperror is set.
+  asio::awaitable<Verdict> run(FilterContext& ctx) override;
+
+ private:
+  std::string name_ = "spf";
+  SpfOptions options_;
+  std::string receiver_;
+  std::shared_ptr<SpfChecker> checker_;
+  std::shared_ptr<asio::thread_pool> pool_;
+};
+
+}  // namespace postern

@@ -1,0 +1,231 @@
+// SPF against a real unbound on loopback: every mechanism and modifier,
+// macros, include/redirect loops, the term and void-lookup limits across
+// include:, time-outs, IPv4, IPv6 and IPv4-mapped clients.
+#include <catch2/catch.hpp>
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/use_future.hpp>
+
+#include "../auth/dns_test_server.h"
+#include "filters/auth/spf_checker.h"
+#include "filters/auth/spf_filter.h"
+
+using namespace postern;
+
+namespace {
+
+std::vector<std::string> spf_records() {
+  std::vector<std::string> r = {
+      "ip4.example.com. 300 IN TXT \"v=spf1 ip4:192.0.2.0/24 -all\"",
+      "ip6.example.com. 300 IN TXT \"v=spf1 ip6:2001:db8::/32 -all\"",
+      "a.example.com. 300 IN TXT \"v=spf1 a -all\"",
+      "a.example.com. 300 IN A 192.0.2.10",
+      "a.example.com. 300 IN AAAA 2001:db8::10",
+      "acidr.example.com. 300 IN TXT \"v=spf1 a:a.example.com/28 -all\"",
+      "mx.example.com. 300 IN TXT \"v=spf1 mx -all\"",
+      "mx.example.com. 300 IN MX 10 mail.example.com.",
+      "mail.example.com. 300 IN A 192.0.2.20",
+      "include.example.com. 300 IN TXT \"v=spf1 include:ip4.example.com -all\"",
+      "redirect.example.com. 300 IN TXT \"v=spf1 redirect=ip4.example.com\"",
+      "exists.example.com. 300 IN TXT \"v=spf1 exists:%{i}.allow.example.com -all\"",
+      "192.0.2.30.allow.example.com. 300 IN A 127.0.0.2",
+      "macro.example.com. 300 IN TXT \"v=spf1 exists:%{l}.%{o}.users.example.com ~all\"",
+      "alice.macro.example.com.users.example.com. 300 IN A 127.0.0.2",
+      "soft.example.com. 300 IN TXT \"v=spf1 ~all\"",
+      "neutral.example.com. 300 IN TXT \"v=spf1 ?all\"",
+      "nospf.example.com. 300 IN TXT \"google-site-verification=abc\"",
+      "multi.example.com. 300 IN TXT \"v=spf1 -all\"",
+      "multi.example.com. 300 IN TXT \"v=spf1 +all\"",
+      "bad.example.com. 300 IN TXT \"v=spf1 foo:bar -all\"",
+      "loop1.example.com. 300 IN TXT \"v=spf1 include:loop2.example.com -all\"",
+      "loop2.example.com. 300 IN TXT \"v=spf1 include:loop1.example.com -all\"",
+      "redirloop.example.com. 300 IN TXT \"v=spf1 redirect=redirloop2.example.com\"",
+      "redirloop2.example.com. 300 IN TXT \"v=spf1 redirect=redirloop.example.com\"",
+      "includenone.example.com. 300 IN TXT \"v=spf1 include:nospf.example.com -all\"",
+      "expl.example.com. 300 IN TXT \"v=spf1 -all exp=explain.example.com\"",
+      "explredir.example.com. 300 IN TXT \"v=spf1 redirect=expl.example.com\"",
+      "explain.example.com. 300 IN TXT \"%{i} is not allowed to send for %{d}\"",
+      // 5 terms here + 1 include + 5 there = 11 > 10, counted across include:
+      "deep.example.com. 300 IN TXT \"v=spf1 a:a.example.com a:a.example.com a:a.example.com a:a.example.com "
+      "a:a.example.com include:deep2.example.com -all\"",
+      "deep2.example.com. 300 IN TXT \"v=spf1 a:a.example.com a:a.example.com a:a.example.com "
+      "a:a.example.com a:a.example.com ip4:192.0.2.0/24 -all\"",
+      // 10 terms exactly: allowed.
+      "ten.example.com. 300 IN TXT \"v=spf1 a:a.example.com a:a.example.com a:a.example.com a:a.example.com "
+      "include:ten2.example.com -all\"",
+      "ten2.example.com. 300 IN TXT \"v=spf1 a:a.example.com a:a.example.com a:a.example.com "
+      "a:a.example.com a:a.example.com ip4:192.0.2.0/24 -all\"",
+      // Three void lookups before the match: permerror; two: fine.
+      "void3.example.com. 300 IN TXT \"v=spf1 a:nx1.example.com a:nx2.example.com mx:nx3.example.com "
+      "ip4:192.0.2.0/24 -all\"",
+      "void2.example.com. 300 IN TXT \"v=spf1 a:nx1.example.com a:nx2.example.com ip4:192.0.2.0/24 -all\"",
+      "longlabel.example.com. 300 IN TXT \"v=spf1 exists:%{l}.example.com ?all\"",
+      "ptr.example.com. 300 IN TXT \"v=spf1 ptr -all\"",
+      "40.3.2.1.in-addr.arpa. 300 IN PTR host.ptr.example.com.",
+      "host.ptr.example.com. 300 IN A 1.2.3.40",
+      "helo.example.org. 300 IN TXT \"v=spf1 ip4:198.51.100.7 -all\"",
+  };
+  return r;
+}
+
+test::DnsTestServer& server() {
+  static test::DnsTestServer s(spf_records(), {"example.com.", "example.org.", "3.2.1.in-addr.arpa."});
+  return s;
+}
+
+std::shared_ptr<UnboundResolver> resolver_for(const std::string& address,
+                                              std::chrono::milliseconds timeout = std::chrono::milliseconds(2000)) {
+  DnsOptions opt;
+  opt.servers = {address};
+  opt.timeout = timeout;
+  return UnboundResolver::create(opt, {});
+}
+
+SpfOutcome check(const std::string& ip, const std::string& sender, const std::string& helo = "mx.client.example") {
+  static auto resolver = resolver_for(server().address());
+  SpfChecker checker(resolver, SpfLimits{});
+  return checker.check(SpfQuery{ip, helo, sender, "mx.postern.example"}, std::chrono::milliseconds(10000));
+}
+
+std::string result(const std::string& ip, const std::string& sender) {
+  auto out = check(ip, sender);
+  INFO(sender << " from " << ip << ": " << out.reason);
+  return spf_result_name(out.result);
+}
+
+}  // namespace
+
+TEST_CASE("spf mechanisms ip4 ip6 a mx include redirect exists all", "[spf]") {
+  CHECK(result("192.0.2.1", "u@ip4.example.com") == "pass");
+  CHECK(result("198.51.100.1", "u@ip4.example.com") == "fail");
+  CHECK(result("2001:db8::5", "u@ip6.example.com") == "pass");
+  CHECK(result("2001:db9::5", "u@ip6.example.com") == "fail");
+  CHECK(result("192.0.2.10", "u@a.example.com") == "pass");
+  CHECK(result("2001:db8::10", "u@a.example.com") == "pass");
+  CHECK(result("192.0.2.11", "u@a.example.com") == "fail");
+  CHECK(result("192.0.2.11", "u@acidr.example.com") == "pass");
+  CHECK(result("192.0.2.20", "u@mx.example.com") == "pass");
+  CHECK(result("192.0.2.21", "u@mx.example.com") == "fail");
+  CHECK(result("192.0.2.1", "u@include.example.com") == "pass");
+  CHECK(result("198.51.100.1", "u@include.example.com") == "fail");
+  CHECK(result("192.0.2.1", "u@redirect.example.com") == "pass");
+  CHECK(result("198.51.100.1", "u@redirect.example.com") == "fail");
+  CHECK(result("192.0.2.30", "u@exists.example.com") == "pass");
+  CHECK(result("192.0.2.31", "u@exists.example.com") == "fail");
+  CHECK(result("1.2.3.40", "u@ptr.example.com") == "pass");
+  CHECK(result("1.2.3.41", "u@ptr.example.com") == "fail");
+  CHECK(result("192.0.2.1", "u@soft.example.com") == "softfail");
+  CHECK(result("192.0.2.1", "u@neutral.example.com") == "neutral");
+}
+
+TEST_CASE("spf macros expand local part and domain", "[spf]") {
+  CHECK(result("192.0.2.99", "alice@macro.example.com") == "pass");
+  CHECK(result("192.0.2.99", "bob@macro.example.com") == "softfail");
+  // A local part that makes a label over 63 octets is a non-existent name.
+  CHECK(result("192.0.2.99", std::string(64, 'x') + "@longlabel.example.com") == "neutral");
+}
+
+TEST_CASE("spf none, permerror for broken and multiple records", "[spf]") {
+  CHECK(result("192.0.2.1", "u@nospf.example.com") == "none");
+  CHECK(result("192.0.2.1", "u@missing.example.com") == "none");
+  CHECK(result("192.0.2.1", "u@multi.example.com") == "permerror");
+  CHECK(result("192.0.2.1", "u@bad.example.com") == "permerror");
+  CHECK(result("192.0.2.1", "u@includenone.example.com") == "permerror");
+}
+
+TEST_CASE("spf include and redirect loops end in permerror", "[spf]") {
+  CHECK(result("192.0.2.1", "u@loop1.example.com") == "permerror");
+  CHECK(result("192.0.2.1", "u@redirloop.example.com") == "permerror");
+}
+
+TEST_CASE("spf 10 DNS terms are counted across include:", "[spf]") {
+  auto deep = check("192.0.2.1", "u@deep.example.com");
+  CHECK(spf_result_name(deep.result) == std::string("permerror"));
+  CHECK(deep.reason.find("DNS-querying terms") != std::string::npos);
+  CHECK(result("192.0.2.1", "u@ten.example.com") == "pass");
+}
+
+TEST_CASE("spf void lookups are limited to two", "[spf]") {
+  auto v3 = check("192.0.2.1", "u@void3.example.com");
+  CHECK(spf_result_name(v3.result) == std::string("permerror"));
+  CHECK(v3.reason.find("void") != std::string::npos);
+  CHECK(result("192.0.2.1", "u@void2.example.com") == "pass");
+}
+
+TEST_CASE("spf exp= explanation is expanded on fail", "[spf]") {
+  auto out = check("192.0.2.99", "u@expl.example.com");
+  CHECK(out.result == SpfResult::kFail);
+  CHECK(out.explanation == "192.0.2.99 is not allowed to send for expl.example.com");
+  auto redirected = check("192.0.2.99", "u@explredir.example.com");
+  CHECK(redirected.result == SpfResult::kFail);
+  CHECK(redirected.explanation == "192.0.2.99 is not allowed to send for expl.example.com");
+  CHECK(check("198.51.100.1", "u@ip4.example.com").explanation.empty());
+}
+
+TEST_CASE("spf IPv4-mapped IPv6 clients are checked as IPv4", "[spf]") {
+  auto out = check("::ffff:192.0.2.1", "u@ip4.example.com");
+  CHECK(out.result == SpfResult::kPass);
+  CHECK(out.client_ip == "192.0.2.1");
+  CHECK(result("::ffff:198.51.100.1", "u@ip4.example.com") == "fail");
+}
+
+TEST_CASE("spf null reverse-path checks the HELO identity", "[spf]") {
+  auto pass = check("198.51.100.7", "", "helo.example.org");
+  CHECK(pass.result == SpfResult::kPass);
+  CHECK(pass.identity == "helo");
+  CHECK(pass.sender == "postmaster@helo.example.org");
+  CHECK(check("198.51.100.8", "", "helo.example.org").result == SpfResult::kFail);
+  CHECK(check("198.51.100.8", "", "[198.51.100.8]").result == SpfResult::kNone);
+}
+
+TEST_CASE("spf temperror when the DNS server drops queries", "[spf]") {
+  test::BlackHoleDns hole;
+  auto resolver = resolver_for(hole.address(), std::chrono::milliseconds(200));
+  SpfChecker checker(resolver, SpfLimits{});
+  auto t0 = std::chrono::steady_clock::now();
+  auto out = checker.check(SpfQuery{"192.0.2.1", "h.example", "u@ip4.example.com", "r"}, std::chrono::milliseconds(3000));
+  CHECK(out.result == SpfResult::kTemperror);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
+}
+
+TEST_CASE("spf filter runs on the pool at MAIL and records its result", "[spf]") {
+  asio::io_context io;
+  auto pool = std::make_shared<asio::thread_pool>(2);
+  SpfOptions opt;
+  opt.reject_fail = true;
+  SpfFilter filter(opt, "mx.postern.example", resolver_for(server().address()), pool);
+  SessionFacts session;
+  session.client_ip = "192.0.2.1";
+  session.helo = "client.example";
+  TransactionFacts tx;
+  tx.reverse_path = Mailbox{"u", "ip4.example.com"};
+  FilterContext ctx{Stage::kMail, session, tx};
+  auto fut = asio::co_spawn(io, filter.run(ctx), asio::use_future);
+  io.run();
+  Verdict v = fut.get();
+  CHECK_FALSE(v.decisive());
+  CHECK(tx.notes["spf.result"] == "pass");
+  CHECK(tx.notes["spf.domain"] == "ip4.example.com");
+  REQUIRE(tx.symbols.size() == 1);
+  CHECK(tx.symbols[0].name == "SPF_PASS");
+  REQUIRE(tx.changes.headers.size() == 1);
+  CHECK(tx.changes.headers[0].name == "Received-SPF");
+  CHECK(tx.changes.headers[0].value.rfind("pass (mx.postern.example: domain of u@ip4.example.com designates 192.0.2.1", 0) == 0);
+  auto loaded = load_auth_results(tx);
+  REQUIRE(loaded.spf);
+  CHECK(loaded.spf->result == SpfResult::kPass);
+
+  session.client_ip = "198.51.100.1";
+  TransactionFacts tx2;
+  tx2.reverse_path = Mailbox{"u", "ip4.example.com"};
+  FilterContext ctx2{Stage::kMail, session, tx2};
+  auto fut2 = asio::co_spawn(io, filter.run(ctx2), asio::use_future);
+  io.restart();
+  io.run();
+  Verdict v2 = fut2.get();
+  CHECK(v2.action == Verdict::Action::kReject);
+  CHECK(v2.enhanced == "5.7.23");
+  CHECK(tx2.symbols.at(0).name == "SPF_FAIL");
+  pool->join();
+}
