@@ -1,0 +1,411 @@
+// The ctx object a rule receives: client and envelope facts, symbols, and
+// the changes a rule asks for (headers, body and notes: lua_message.cpp).
+// Every handle (ctx, ctx.headers, ctx.body, the notes) names its invocation
+// and is refused once that call has returned or from another rule's call
+// (rspamd's use-after-free check), so a script that stashes ctx cannot touch
+// another session's facts.
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+
+#include "filters/lua/lua_api_util.h"
+#include "filters/lua/lua_internal.h"
+
+namespace postern {
+Invocation& check_handle(lua_State* L, int idx, const char* meta) {
+  auto* h = static_cast<Handle*>(luaL_checkudata(L, idx, meta));
+  ThreadTag* tag = thread_tag(L);
+  if (!tag->inv || tag->inv->id != h->id) luaL_error(L, "%s used outside the rule call it was given to", meta + 8);
+  return *tag->inv;
+}
+
+void push_handle(lua_State* L, const Invocation& inv, const char* meta, bool session, int uservalues) {
+  auto* h = static_cast<Handle*>(lua_newuserdatauv(L, sizeof(Handle), uservalues));
+  h->id = inv.id;
+  h->session = session;
+  luaL_setmetatable(L, meta);
+}
+
+void set_string(lua_State* L, const char* key, std::string_view value) {
+  lua_pushlstring(L, value.data(), value.size());
+  lua_setfield(L, -2, key);
+}
+
+const Message& need_message(lua_State* L, Invocation& inv) {
+  if (!inv.ctx->transaction.message) luaL_error(L, "the message is available at the data and eom stages only");
+  return *inv.ctx->transaction.message;
+}
+
+namespace {
+
+constexpr const char* kSessionSymbolsNote = "postern.lua.symbols";
+constexpr const char* kCarriedNote = "postern.lua.carried";
+constexpr std::size_t kMaxHeaderEdits = 256;
+constexpr std::size_t kMaxRecipientChanges = 1000;
+constexpr std::size_t kMaxHeaderLine = 998;  // RFC 5322 §2.1.1
+
+// ---- header edits
+
+void check_header_name(lua_State* L, std::string_view name) {
+  bool ok = !name.empty() && name.size() <= 76;
+  for (unsigned char c : name) ok = ok && c >= 33 && c <= 126 && c != ':';
+  if (!ok) luaL_error(L, "not a header field name: \"%s\"", clean_text(name, 80).c_str());
+}
+
+// Control characters (CR and LF above all: header injection) become spaces;
+// a value that makes the line longer than 998 octets is folded at white space.
+std::string check_header_value(lua_State* L, std::string_view name, int idx) {
+  std::size_t len = 0;
+  const char* raw = luaL_checklstring(L, idx, &len);
+  std::size_t limit = thread_tag(L)->rt->options.header_value_limit;
+  if (len > limit) luaL_error(L, "header value of %d octets exceeds lua.header_value_limit (%d)", static_cast<int>(len), static_cast<int>(limit));
+  std::string value;
+  for (std::size_t i = 0; i < len; ++i) {
+    unsigned char c = raw[i];
+    value.push_back((c < 32 && c != '\t') || c == 127 ? ' ' : static_cast<char>(c));
+  }
+  std::string folded;
+  std::size_t line = name.size() + 2;
+  std::size_t pos = 0;
+  while (value.size() - pos + line > kMaxHeaderLine) {
+    std::size_t room = kMaxHeaderLine - line;
+    std::size_t cut = value.find_last_of(" \t", pos + room);
+    if (cut == std::string::npos || cut <= pos) luaL_error(L, "header value has a word too long to fold into 998-octet lines");
+    folded.append(value, pos, cut - pos).append("\r\n");
+    pos = cut;  // the white space starts the continuation line
+    line = 0;
+  }
+  folded.append(value, pos, std::string::npos);
+  return folded;
+}
+
+void push_edit(lua_State* L, Invocation& inv, HeaderEdit edit) {
+  auto& edits = inv.ctx->transaction.changes.headers;
+  if (edits.size() >= kMaxHeaderEdits) luaL_error(L, "more than %d header edits", static_cast<int>(kMaxHeaderEdits));
+  edits.push_back(std::move(edit));
+}
+
+int ctx_add_header_kind(lua_State* L, HeaderEdit::Kind kind) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  std::string name = luaL_checkstring(L, 2);
+  check_header_name(L, name);
+  std::string value = check_header_value(L, name, 3);
+  push_edit(L, inv, HeaderEdit{kind, std::move(name), std::move(value)});
+  return 0;
+}
+
+int ctx_add_header(lua_State* L) { return ctx_add_header_kind(L, HeaderEdit::Kind::kAdd); }
+int ctx_prepend_header(lua_State* L) { return ctx_add_header_kind(L, HeaderEdit::Kind::kPrepend); }
+
+int ctx_change_header(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  std::string name = luaL_checkstring(L, 2);
+  check_header_name(L, name);
+  std::string value = check_header_value(L, name, 3);
+  lua_Integer index = luaL_optinteger(L, 4, 1);
+  if (index < 0 || index > 10000) return luaL_error(L, "change_header: index must be 0 (all) or 1..10000");
+  push_edit(L, inv, HeaderEdit{HeaderEdit::Kind::kChange, std::move(name), std::move(value), static_cast<std::size_t>(index)});
+  return 0;
+}
+
+int ctx_remove_header(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  std::string name = luaL_checkstring(L, 2);
+  check_header_name(L, name);
+  lua_Integer index = luaL_optinteger(L, 3, 0);
+  if (index < 0 || index > 10000) return luaL_error(L, "remove_header: index must be 0 (all) or 1..10000");
+  push_edit(L, inv, HeaderEdit{HeaderEdit::Kind::kRemove, std::move(name), "", static_cast<std::size_t>(index)});
+  return 0;
+}
+
+int ctx_tag_subject(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  std::size_t len = 0;
+  const char* tag = luaL_checklstring(L, 2, &len);
+  if (len > 200) return luaL_error(L, "tag_subject: a tag is at most 200 octets");
+  std::string clean;
+  for (std::size_t i = 0; i < len; ++i) clean.push_back(static_cast<unsigned char>(tag[i]) < 32 ? ' ' : tag[i]);
+  inv.ctx->transaction.changes.subject_tag = clean;
+  return 0;
+}
+
+// ---- envelope edits
+
+void count_recipient_change(lua_State* L, const Changes& c) {
+  if (c.add_recipients.size() + c.remove_recipients.size() >= kMaxRecipientChanges) {
+    luaL_error(L, "more than %d recipient changes", static_cast<int>(kMaxRecipientChanges));
+  }
+}
+
+int ctx_add_rcpt(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  Mailbox m = check_address(L, 2, false);
+  Changes& c = inv.ctx->transaction.changes;
+  count_recipient_change(L, c);
+  c.add_recipients.push_back(std::move(m));
+  return 0;
+}
+
+int ctx_remove_rcpt(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  Mailbox m = check_address(L, 2, false);
+  Changes& c = inv.ctx->transaction.changes;
+  count_recipient_change(L, c);
+  c.remove_recipients.push_back(std::move(m));
+  return 0;
+}
+
+int ctx_set_sender(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  inv.ctx->transaction.changes.reverse_path = check_address(L, 2, true);
+  return 0;
+}
+
+int ctx_redirect(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  std::vector<Mailbox> to;
+  if (lua_istable(L, 2) && !luaL_getmetafield(L, 2, "__tostring")) {
+    lua_Integer n = luaL_len(L, 2);
+    if (n < 1 || n > static_cast<lua_Integer>(kMaxRecipientChanges)) return luaL_error(L, "redirect: 1 to 1000 addresses");
+    for (lua_Integer i = 1; i <= n; ++i) {
+      lua_rawgeti(L, 2, i);
+      to.push_back(check_address(L, lua_gettop(L), false));
+      lua_pop(L, 1);
+    }
+  } else {
+    if (lua_istable(L, 2)) lua_pop(L, 1);  // the metafield
+    to.push_back(check_address(L, 2, false));
+  }
+  inv.ctx->transaction.changes.redirect = std::move(to);
+  return 0;
+}
+
+// ---- symbols
+
+int ctx_symbol(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  const LuaRuleInfo& rule = inv.rule->info;
+  Symbol s;
+  s.name = luaL_optstring(L, 2, rule.name.c_str());
+  if (!valid_symbol_name(s.name)) return luaL_error(L, "symbol: a name is 1-64 letters, digits, '_', '-' or '.'");
+  s.score = lua_isnoneornil(L, 3) ? rule.score : luaL_checknumber(L, 3);
+  if (!(s.score > -1e6 && s.score < 1e6)) return luaL_error(L, "symbol: score out of range");
+  s.description = clean_text(luaL_optstring(L, 4, s.name == rule.name ? rule.description.c_str() : ""), 200);
+  add_symbol(*inv.ctx, std::move(s));
+  return 0;
+}
+
+int ctx_has_symbol(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  std::string name = luaL_checkstring(L, 2);
+  bool found = false;
+  for (const Symbol& s : inv.ctx->transaction.symbols) found = found || s.name == name;
+  if (!found && inv.ctx->stage < Stage::kMail) {
+    auto it = inv.ctx->session.notes.find(kSessionSymbolsNote);
+    found = it != inv.ctx->session.notes.end() && ("\n" + it->second).find("\n" + name + "\t") != std::string::npos;
+  }
+  lua_pushboolean(L, found);
+  return 1;
+}
+
+// ---- ctx fields
+
+void push_client(lua_State* L, const SessionFacts& s) {
+  lua_createtable(L, 0, 10);
+  set_string(L, "ip", s.client_ip);
+  lua_pushinteger(L, s.client_port);
+  lua_setfield(L, -2, "port");
+  set_string(L, "name", s.client_name);
+  set_string(L, "helo", s.helo);
+  lua_pushboolean(L, s.esmtp);
+  lua_setfield(L, -2, "esmtp");
+  set_string(L, "auth_user", s.auth_user);
+  set_string(L, "listener", s.listener);
+  set_string(L, "session_id", s.id);
+  lua_createtable(L, 0, 5);
+  lua_pushboolean(L, s.tls.active);
+  lua_setfield(L, -2, "active");
+  set_string(L, "version", s.tls.version);
+  set_string(L, "cipher", s.tls.cipher);
+  set_string(L, "subject", s.tls.peer_subject);
+  set_string(L, "fingerprint", s.tls.peer_fingerprint);
+  lua_setfield(L, -2, "tls");
+}
+
+void push_envelope(lua_State* L, const FilterContext& ctx) {
+  const TransactionFacts& t = ctx.transaction;
+  lua_createtable(L, 0, 4);
+  if (ctx.stage >= Stage::kMail && ctx.stage <= Stage::kEom) {
+    push_address(L, t.reverse_path);
+    lua_setfield(L, -2, "from");
+  }
+  lua_createtable(L, static_cast<int>(t.recipients.size()), 0);
+  for (std::size_t i = 0; i < t.recipients.size(); ++i) {
+    push_address(L, t.recipients[i]);
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  lua_setfield(L, -2, "rcpts");
+  if (t.current_rcpt) {
+    push_address(L, *t.current_rcpt);
+    lua_setfield(L, -2, "rcpt");
+  }
+  set_string(L, "id", t.id);
+}
+
+// The authenticity results the built-in filters recorded as symbols
+// (SPF_PASS, DKIM_FAIL, DMARC_NONE, ...): {spf = "pass", dkim = "fail", ...};
+// a method is absent until its filter has run.
+void push_auth(lua_State* L, const TransactionFacts& t) {
+  lua_createtable(L, 0, 3);
+  static const char* const kResults[] = {"PASS", "FAIL", "SOFTFAIL", "NEUTRAL", "NONE", "TEMPERROR", "PERMERROR", "POLICY"};
+  for (const char* method : {"SPF", "DKIM", "DMARC"}) {
+    std::string prefix = std::string(method) + "_";
+    for (const Symbol& sym : t.symbols) {
+      if (sym.name.rfind(prefix, 0) != 0) continue;
+      std::string result = sym.name.substr(prefix.size());
+      bool known = false;
+      for (const char* r : kResults) known = known || result == r;
+      if (!known) continue;
+      for (char& c : result) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      std::string field(method);
+      for (char& c : field) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      lua_getfield(L, -1, field.c_str());
+      bool have = !lua_isnil(L, -1);
+      lua_pop(L, 1);
+      if (!have) set_string(L, field.c_str(), result);
+    }
+  }
+}
+
+int ctx_index(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kCtxMeta);
+  const char* key = luaL_checkstring(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;  // a method
+  lua_pop(L, 1);
+  lua_getiuservalue(L, 1, 1);  // per-call cache of the built tables
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, -2) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  FilterContext& ctx = *inv.ctx;
+  bool cache = true;
+  if (std::strcmp(key, "client") == 0) push_client(L, ctx.session);
+  else if (std::strcmp(key, "envelope") == 0) push_envelope(L, ctx);
+  else if (std::strcmp(key, "headers") == 0 && ctx.transaction.message) push_handle(L, inv, kHeadersMeta);
+  else if (std::strcmp(key, "body") == 0 && ctx.transaction.message && ctx.stage == Stage::kEom) push_handle(L, inv, kBodyMeta);
+  else if (std::strcmp(key, "notes") == 0) push_handle(L, inv, kNotesMeta, false);
+  else if (std::strcmp(key, "session_notes") == 0) push_handle(L, inv, kNotesMeta, true);
+  else if (std::strcmp(key, "stage") == 0) lua_pushstring(L, stage_name(ctx.stage));
+  else if (std::strcmp(key, "rule") == 0) lua_pushstring(L, inv.rule->info.name.c_str());
+  else {
+    cache = false;
+    if (std::strcmp(key, "score") == 0) {
+      lua_pushnumber(L, ctx.transaction.score);
+    } else if (std::strcmp(key, "symbols") == 0) {
+      lua_createtable(L, static_cast<int>(ctx.transaction.symbols.size()), 0);
+      for (std::size_t i = 0; i < ctx.transaction.symbols.size(); ++i) {
+        lua_createtable(L, 0, 3);
+        set_string(L, "name", ctx.transaction.symbols[i].name);
+        lua_pushnumber(L, ctx.transaction.symbols[i].score);
+        lua_setfield(L, -2, "score");
+        set_string(L, "description", ctx.transaction.symbols[i].description);
+        lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+      }
+    } else if (std::strcmp(key, "auth") == 0) {
+      push_auth(L, ctx.transaction);
+    } else {
+      lua_pushnil(L);
+    }
+  }
+  if (cache) {
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  return 1;
+}
+
+int ctx_newindex(lua_State* L) {
+  return luaL_error(L, "ctx.%s is read-only (use the ctx methods to change the message)", luaL_checkstring(L, 2));
+}
+
+}  // namespace
+
+void install_ctx_types(lua_State* L) {
+  luaL_newmetatable(L, kCtxMeta);
+  lua_newtable(L);  // methods
+  for (auto& [n, fn] : std::initializer_list<std::pair<const char*, lua_CFunction>>{
+           {"symbol", ctx_symbol}, {"has_symbol", ctx_has_symbol}, {"add_header", ctx_add_header},
+           {"prepend_header", ctx_prepend_header}, {"change_header", ctx_change_header},
+           {"remove_header", ctx_remove_header}, {"tag_subject", ctx_tag_subject}, {"add_rcpt", ctx_add_rcpt},
+           {"remove_rcpt", ctx_remove_rcpt}, {"set_sender", ctx_set_sender}, {"redirect", ctx_redirect}}) {
+    lua_pushcfunction(L, fn);
+    lua_setfield(L, -2, n);
+  }
+  lua_pushcclosure(L, ctx_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, ctx_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+  install_message_types(L);
+}
+
+void push_ctx(lua_State* L, Invocation& inv) {
+  auto* h = static_cast<Handle*>(lua_newuserdatauv(L, sizeof(Handle), 1));
+  h->id = inv.id;
+  h->session = false;
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  luaL_setmetatable(L, kCtxMeta);
+}
+
+void add_symbol(FilterContext& ctx, Symbol s) {
+  if (ctx.stage < Stage::kMail) {
+    // No transaction yet: keep it for the transactions of this session.
+    std::string& list = ctx.session.notes[kSessionSymbolsNote];
+    if (("\n" + list).find("\n" + s.name + "\t") != std::string::npos) return;
+    char score[32];
+    std::snprintf(score, sizeof score, "%.17g", s.score);
+    std::string desc = s.description;
+    std::replace(desc.begin(), desc.end(), '\t', ' ');
+    list += s.name + "\t" + score + "\t" + desc + "\n";
+    return;
+  }
+  for (const Symbol& have : ctx.transaction.symbols) {
+    if (have.name == s.name) return;  // one hit per symbol and transaction
+  }
+  ctx.transaction.add_symbol(std::move(s));
+}
+
+std::vector<Symbol> pending_session_symbols(const SessionFacts& session) {
+  std::vector<Symbol> out;
+  auto it = session.notes.find(kSessionSymbolsNote);
+  if (it == session.notes.end()) return out;
+  std::string_view list = it->second;
+  while (!list.empty()) {
+    std::size_t eol = list.find('\n');
+    std::string_view line = list.substr(0, eol);
+    list.remove_prefix(eol == std::string_view::npos ? list.size() : eol + 1);
+    std::size_t t1 = line.find('\t');
+    std::size_t t2 = t1 == std::string_view::npos ? t1 : line.find('\t', t1 + 1);
+    if (t2 == std::string_view::npos) continue;
+    out.push_back(Symbol{std::string(line.substr(0, t1)),
+                         std::strtod(std::string(line.substr(t1 + 1, t2 - t1 - 1)).c_str(), nullptr),
+                         std::string(line.substr(t2 + 1))});
+  }
+  return out;
+}
+
+void carry_session_symbols(FilterContext& ctx) {
+  if (ctx.transaction.notes.count(kCarriedNote) || !ctx.session.notes.count(kSessionSymbolsNote)) return;
+  ctx.transaction.notes[kCarriedNote] = "1";
+  for (Symbol& s : pending_session_symbols(ctx.session)) {
+    bool dup = false;
+    for (const Symbol& have : ctx.transaction.symbols) dup = dup || have.name == s.name;
+    if (!dup) ctx.transaction.add_symbol(std::move(s));
+  }
+}
+
+}  // namespace postern

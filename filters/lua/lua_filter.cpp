@@ -1,0 +1,399 @@
+// LuaFilter: the Lua state of one I/O thread, loaded with the rule scripts
+// (sandbox in lua_sandbox.cpp), and the driver that runs each rule call as a
+// coroutine, performing the asynchronous operations it yields for (DNS, the
+// store, sleep) under the call's deadline and applying its on_error policy.
+#include "filters/lua/lua_filter.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include "filters/lua/kv_store.h"
+#include "filters/lua/lua_internal.h"
+
+namespace postern {
+namespace {
+
+using namespace asio::experimental::awaitable_operators;
+using Clock = std::chrono::steady_clock;
+
+// The error object at `idx` as text; never converts (which could allocate).
+std::string error_text(lua_State* L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING) return std::string(lua_tostring(L, idx)).substr(0, 1024);
+  return std::string("(error object is a ") + luaL_typename(L, idx) + " value)";
+}
+
+// Keeps a coroutine referenced while it runs and releases it however the
+// driver ends (also when the awaiting session is destroyed mid-rule).
+struct ThreadRef {
+  lua_State* L;
+  int ref;
+  ThreadTag* main_tag;
+  lua_State* co;
+  ~ThreadRef() {
+    *static_cast<ThreadTag**>(lua_getextraspace(co)) = main_tag;
+    lua_settop(co, 0);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  }
+};
+
+asio::awaitable<bool> completed(asio::awaitable<void> op) {
+  co_await std::move(op);
+  co_return true;
+}
+
+template <typename T>
+asio::awaitable<std::optional<T>> within(asio::awaitable<T> op, Clock::time_point deadline) {
+  auto left = deadline - Clock::now();
+  if (left <= Clock::duration::zero()) co_return std::nullopt;
+  asio::steady_timer timer(co_await asio::this_coro::executor, left);
+  auto result = co_await (std::move(op) || timer.async_wait(asio::use_awaitable));
+  if (result.index() == 0) co_return std::move(std::get<0>(result));
+  co_return std::nullopt;
+}
+
+// What a waiting operation answers, pushed onto the coroutine when it resumes.
+struct OpResult {
+  enum class Kind { kDeadline, kNothing, kList, kNilStatus, kString, kNil, kInteger, kTrue } kind = Kind::kNothing;
+  std::vector<std::string> list;
+  std::string text;  // kNilStatus: the status; kString: the value
+  std::int64_t integer = 0;
+};
+
+OpResult nil_status(std::string status) {
+  OpResult r;
+  r.kind = OpResult::Kind::kNilStatus;
+  r.text = std::move(status);
+  return r;
+}
+
+std::string dns_status_text(DnsStatus s) {
+  switch (s) {
+    case DnsStatus::kOk: return "ok";
+    case DnsStatus::kNxDomain: return "nxdomain";
+    case DnsStatus::kNoData: return "nodata";
+    case DnsStatus::kServFail: return "servfail";
+    case DnsStatus::kTimeout: return "timeout";
+  }
+  return "servfail";
+}
+
+// Performs `op`; kDeadline when the rule's deadline passed first.
+asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::time_point deadline) {
+  using Kind = PendingOp::Kind;
+  OpResult r;
+  KeyValueStore* store = rt.options.store.get();
+  try {
+    switch (op.kind) {
+      case Kind::kDns:
+      case Kind::kDnsbl: {
+        if (!rt.dns) co_return nil_status("servfail");
+        auto answer = co_await within(rt.dns->query(op.name, op.type), deadline);
+        if (!answer) break;
+        if (answer->status == DnsStatus::kOk) {
+          r.kind = OpResult::Kind::kList;
+          r.list = std::move(answer->records);
+          co_return r;
+        }
+        if (op.kind == Kind::kDnsbl &&
+            (answer->status == DnsStatus::kNxDomain || answer->status == DnsStatus::kNoData)) {
+          r.kind = OpResult::Kind::kList;  // not listed
+          co_return r;
+        }
+        co_return nil_status(dns_status_text(answer->status));
+      }
+      case Kind::kSleep: {
+        auto wanted = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(op.seconds));
+        asio::steady_timer timer(co_await asio::this_coro::executor, std::min(wanted, deadline));
+        co_await timer.async_wait(asio::use_awaitable);
+        if (wanted > deadline) break;
+        co_return r;
+      }
+      case Kind::kStoreGet: {
+        if (!store) co_return nil_status("no store configured");
+        auto value = co_await within(store->get(op.name), deadline);
+        if (!value) break;
+        r.kind = *value ? OpResult::Kind::kString : OpResult::Kind::kNil;
+        if (*value) r.text = std::move(**value);
+        co_return r;
+      }
+      case Kind::kStoreSet:
+      case Kind::kStoreDel: {
+        if (!store) co_return nil_status("no store configured");
+        auto done = op.kind == Kind::kStoreSet
+                        ? co_await within(completed(store->set(op.name, op.value, KeyValueStore::Ttl(op.ttl))), deadline)
+                        : co_await within(completed(store->del(op.name)), deadline);
+        if (!done) break;
+        r.kind = OpResult::Kind::kTrue;
+        co_return r;
+      }
+      case Kind::kStoreIncr: {
+        if (!store) co_return nil_status("no store configured");
+        auto value = co_await within(store->incr(op.name, op.by, KeyValueStore::Ttl(op.ttl)), deadline);
+        if (!value) break;
+        r.kind = OpResult::Kind::kInteger;
+        r.integer = *value;
+        co_return r;
+      }
+      case Kind::kNone:
+        co_return r;
+    }
+  } catch (const std::exception& e) {
+    co_return nil_status(std::string("error: ") + e.what());
+  }
+  r.kind = OpResult::Kind::kDeadline;
+  co_return r;
+}
+
+// Builds an OpResult's values on the main thread (protected: it allocates).
+int push_op_result(lua_State* L) {
+  const auto& r = *static_cast<const OpResult*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  switch (r.kind) {
+    case OpResult::Kind::kList:
+      lua_createtable(L, static_cast<int>(r.list.size()), 0);
+      for (std::size_t i = 0; i < r.list.size(); ++i) {
+        lua_pushlstring(L, r.list[i].data(), r.list[i].size());
+        lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+      }
+      break;
+    case OpResult::Kind::kNilStatus:
+      lua_pushnil(L);
+      lua_pushlstring(L, r.text.data(), r.text.size());
+      break;
+    case OpResult::Kind::kString: lua_pushlstring(L, r.text.data(), r.text.size()); break;
+    case OpResult::Kind::kNil: lua_pushnil(L); break;
+    case OpResult::Kind::kInteger: lua_pushinteger(L, static_cast<lua_Integer>(r.integer)); break;
+    case OpResult::Kind::kTrue: lua_pushboolean(L, 1); break;
+    case OpResult::Kind::kDeadline:
+    case OpResult::Kind::kNothing: break;
+  }
+  return lua_gettop(L);
+}
+
+// Moves the result's values onto the suspended coroutine; -1 when memory ran out.
+int deliver(lua_State* L, lua_State* co, const OpResult& r) {
+  int base = lua_gettop(L);
+  lua_pushcfunction(L, push_op_result);
+  lua_pushlightuserdata(L, const_cast<OpResult*>(&r));
+  if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) {
+    lua_settop(L, base);
+    return -1;
+  }
+  int n = lua_gettop(L) - base;
+  if (!lua_checkstack(co, n + 1)) {
+    lua_settop(L, base);
+    return -1;
+  }
+  lua_xmove(L, co, n);
+  return n;
+}
+
+// Creates the coroutine of one rule call and anchors it in the registry
+// (protected: both allocate). Returns the thread and its reference.
+int new_rule_thread(lua_State* L) {
+  lua_State* co = lua_newthread(L);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, co);
+  lua_pushinteger(L, ref);
+  return 2;
+}
+
+// Pushes the rule's function and its ctx onto a fresh coroutine (protected).
+int start_rule_call(lua_State* co) {
+  Invocation& inv = *thread_tag(co)->inv;
+  lua_rawgeti(co, LUA_REGISTRYINDEX, inv.rule->fn_ref);
+  push_ctx(co, inv);
+  return 2;
+}
+
+// Builds the sandbox on the main thread (protected).
+int build_sandbox_protected(lua_State* L) {
+  build_sandbox(L, *thread_tag(L)->rt);
+  return 0;
+}
+
+// Compiles and runs one script's top level (protected); the path is a light
+// userdata so that nothing allocates outside the protected call.
+int load_script_protected(lua_State* L) {
+  const auto& path = *static_cast<const std::string*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  if (!load_chunk(L, path)) return lua_error(L);
+  lua_call(L, 0, 0);
+  return 0;
+}
+
+}  // namespace
+
+std::optional<Stage> stage_from_name(std::string_view name) {
+  for (Stage s : {Stage::kConnect, Stage::kHelo, Stage::kMail, Stage::kRcpt, Stage::kData, Stage::kEom, Stage::kClose}) {
+    if (name == stage_name(s)) return s;
+  }
+  return std::nullopt;
+}
+
+LuaFilter::LuaFilter(const LuaOptions& options, Resolver* dns) : rt_(std::make_unique<LuaRuntime>()) {
+  LuaRuntime& rt = *rt_;
+  rt.options = options;
+  rt.dns = dns;
+  rt.alloc.limit = options.memory_limit;
+  rt.L = lua_newstate(capped_alloc, &rt.alloc);
+  if (!rt.L) throw LuaLoadError("lua: cannot create a state within lua.memory_limit");
+  rt.main_tag.rt = &rt;
+  *static_cast<ThreadTag**>(lua_getextraspace(rt.L)) = &rt.main_tag;
+  lua_State* L = rt.L;
+  lua_sethook(L, count_hook, LUA_MASKCOUNT, kHookInterval);
+  // The sandbox is built under an unlimited budget; only scripts are counted.
+  rt.main_tag.budget = UINT64_MAX;
+  rt.main_tag.deadline = Clock::time_point::max();
+  try {
+    lua_pushcfunction(L, build_sandbox_protected);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) throw LuaLoadError("lua: cannot build the sandbox: " + error_text(L, -1));
+    for (const std::string& path : expand_scripts(options.scripts)) {
+      rt.loading_script = path;
+      rt.main_tag.instructions = 0;
+      rt.main_tag.killed = nullptr;
+      rt.main_tag.budget = options.instruction_budget;
+      rt.main_tag.deadline = Clock::now() + options.timeout;
+      lua_pushcfunction(L, load_script_protected);
+      lua_pushlightuserdata(L, const_cast<std::string*>(&path));
+      if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        std::string msg = error_text(L, -1);
+        if (msg.rfind(path, 0) != 0) msg = path + ": " + msg;
+        throw LuaLoadError(msg);
+      }
+    }
+    rt.loading_script.clear();
+  } catch (...) {
+    lua_close(L);
+    rt.L = nullptr;
+    throw;
+  }
+}
+
+LuaFilter::~LuaFilter() {
+  if (rt_ && rt_->L) lua_close(rt_->L);
+}
+
+bool LuaFilter::wants(Stage stage) const { return (rt_->stage_mask & stage_bit(stage)) != 0; }
+
+std::vector<LuaRuleInfo> LuaFilter::rules() const {
+  std::vector<LuaRuleInfo> out;
+  for (const Rule& r : rt_->rules) out.push_back(r.info);
+  return out;
+}
+
+std::size_t LuaFilter::memory_used() const { return rt_->alloc.used; }
+
+namespace {
+
+Verdict failure_verdict(const Rule& rule, const std::string& why) {
+  if (rule.info.on_error == LuaOptions::OnError::kContinue) return Verdict::proceed();
+  return Verdict{Verdict::Action::kTempfail, 451, "4.7.0", "Temporary local problem, please try again later",
+                 "lua rule " + rule.info.name + " failed: " + why};
+}
+
+asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContext& ctx) {
+  lua_State* L = rt.L;
+  Invocation inv;
+  inv.id = rt.next_invocation++;
+  inv.ctx = &ctx;
+  inv.rule = &rule;
+  inv.tag.rt = &rt;
+  inv.tag.inv = &inv;
+  inv.tag.budget = rt.options.instruction_budget;
+  inv.tag.deadline = Clock::now() + rt.options.timeout;
+
+  std::string failure;
+  Verdict verdict;
+  lua_pushcfunction(L, new_rule_thread);
+  if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    co_return failure_verdict(rule, "not enough memory");
+  }
+  auto* co = static_cast<lua_State*>(lua_touserdata(L, -2));
+  int co_ref = static_cast<int>(lua_tointeger(L, -1));
+  lua_pop(L, 2);
+  ThreadRef guard{L, co_ref, &rt.main_tag, co};
+  *static_cast<ThreadTag**>(lua_getextraspace(co)) = &inv.tag;
+  lua_sethook(co, count_hook, LUA_MASKCOUNT, kHookInterval);
+
+  int status = LUA_ERRRUN;
+  int nres = 0;
+  lua_pushcfunction(co, start_rule_call);
+  if (lua_pcall(co, 0, 2, 0) != LUA_OK) {
+    failure = error_text(co, -1);
+  } else {
+    status = lua_resume(co, nullptr, 1, &nres);
+    while (status == LUA_YIELD) {
+      lua_pop(co, nres);
+      if (inv.pending.kind == PendingOp::Kind::kNone) {
+        failure = "yield outside the postern API";
+        break;
+      }
+      PendingOp op = std::move(inv.pending);
+      inv.pending = PendingOp{};
+      OpResult result = co_await perform(op, rt, inv.tag.deadline);
+      if (result.kind == OpResult::Kind::kDeadline) {
+        failure = "time limit exceeded while waiting";
+        break;
+      }
+      int nargs = deliver(L, co, result);
+      if (nargs < 0) {
+        failure = "not enough memory";
+        break;
+      }
+      status = lua_resume(co, nullptr, nargs, &nres);
+    }
+    if (failure.empty() && status != LUA_OK) failure = error_text(co, -1);
+  }
+
+  if (failure.empty()) {
+    int first = lua_gettop(co) - nres + 1;
+    if (nres == 0 || lua_isnil(co, first) || (lua_isboolean(co, first) && !lua_toboolean(co, first))) {
+      verdict = Verdict::proceed();
+    } else if (lua_isboolean(co, first)) {
+      add_symbol(ctx, Symbol{rule.info.name, rule.info.score, rule.info.description});
+    } else if (auto v = to_verdict(co, first)) {
+      verdict = std::move(*v);
+      if (verdict.reason.empty()) verdict.reason = "lua rule " + rule.info.name;
+    } else {
+      failure = std::string("rule returned a ") + luaL_typename(co, first) +
+                "; expected a postern verdict, true or nothing";
+    }
+  }
+  if (!failure.empty()) {
+    const char* policy = rule.info.on_error == LuaOptions::OnError::kContinue ? "continue" : "tempfail";
+    rt.log(LuaLogLevel::kError, "lua-rule-error rule=" + rule.info.name + " script=" + rule.info.script +
+                                    " stage=" + stage_name(ctx.stage) + " policy=" + policy + " error=\"" +
+                                    failure + "\"");
+    co_return failure_verdict(rule, failure);
+  }
+  co_return verdict;
+}
+
+}  // namespace
+
+asio::awaitable<Verdict> LuaFilter::run(FilterContext& ctx) {
+  LuaRuntime& rt = *rt_;
+  if (ctx.stage >= Stage::kMail && ctx.stage <= Stage::kEom) carry_session_symbols(ctx);
+  unsigned bit = stage_bit(ctx.stage);
+  for (const Rule& rule : rt.rules) {
+    if (!(rule.stage_mask & bit)) continue;
+    Verdict v = co_await run_rule(rt, rule, ctx);
+    if (v.decisive()) co_return v;
+  }
+  co_return Verdict::proceed();
+}
+
+std::shared_ptr<Filter> make_lua_filter(const LuaOptions& options, Resolver* dns) {
+  return std::make_shared<LuaFilter>(options, dns);
+}
+
+}  // namespace postern

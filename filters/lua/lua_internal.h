@@ -1,0 +1,137 @@
+// Internals shared by the Lua engine's files (lua_filter.cpp: the state, the
+// sandbox and the coroutine driver; lua_api.cpp: the postern table and the
+// ctx object). Not for use outside filters/lua/.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <lua.hpp>
+
+#include "filters/dns/resolver.h"
+#include "filters/filter.h"
+#include "filters/lua/lua_filter.h"
+#include "filters/lua/lua_options.h"
+#include "filters/lua/mime.h"
+
+namespace postern {
+
+// Every Lua thread's extra space points at one of these: the main thread's
+// (loading) or an invocation's (running a rule).
+struct Invocation;
+struct ThreadTag {
+  LuaRuntime* rt = nullptr;
+  Invocation* inv = nullptr;  // null while loading scripts
+  std::uint64_t instructions = 0;
+  std::uint64_t budget = 0;
+  std::chrono::steady_clock::time_point deadline;
+  const char* killed = nullptr;  // set once a limit hit: no pcall may catch it
+};
+
+ThreadTag* thread_tag(lua_State* L);
+
+struct Rule {
+  LuaRuleInfo info;
+  unsigned stage_mask = 0;
+  int fn_ref = LUA_NOREF;
+};
+
+// An asynchronous operation a C function asked for before yielding; the
+// driver performs it and resumes the coroutine with its results.
+struct PendingOp {
+  enum class Kind { kNone, kDns, kDnsbl, kSleep, kStoreGet, kStoreSet, kStoreIncr, kStoreDel } kind = Kind::kNone;
+  std::string name;  // DNS name / store key
+  DnsType type = DnsType::kA;
+  std::string value;
+  std::int64_t by = 0;
+  std::int64_t ttl = 0;
+  double seconds = 0;
+};
+
+struct Invocation {
+  std::uint64_t id = 0;
+  ThreadTag tag;
+  FilterContext* ctx = nullptr;
+  const Rule* rule = nullptr;
+  PendingOp pending;
+  // Loaded on first use of ctx.body: the message's first body_scan_limit octets.
+  std::optional<std::string> scanned;
+  std::optional<std::vector<mime::Part>> parts;
+};
+
+struct Allocator {
+  std::size_t used = 0;
+  std::size_t limit = 0;
+};
+
+struct LuaRuntime {
+  LuaOptions options;
+  Resolver* dns = nullptr;
+  Allocator alloc;
+  lua_State* L = nullptr;
+  ThreadTag main_tag;
+  std::vector<Rule> rules;
+  unsigned stage_mask = 0;
+  std::uint64_t next_invocation = 1;
+  std::string loading_script;  // the script whose top level runs now
+
+  void log(LuaLogLevel level, const std::string& line) const {
+    if (options.log) options.log(level, line);
+  }
+};
+
+inline unsigned stage_bit(Stage s) { return 1u << static_cast<unsigned>(s); }
+std::optional<Stage> stage_from_name(std::string_view name);
+
+// lua_sandbox.cpp: the state's allocator (refuses past Allocator::limit),
+// the count hook (every kHookInterval instructions: budget and deadline),
+// the sandbox globals, text-only chunk loading, and the script list.
+inline constexpr int kHookInterval = 1000;
+void* capped_alloc(void* ud, void* ptr, std::size_t osize, std::size_t nsize);
+void count_hook(lua_State* L, lua_Debug* ar);
+void build_sandbox(lua_State* L, LuaRuntime& rt);
+// Pushes the chunk of `path` with its own _ENV; on failure pushes the message
+// and returns false.
+bool load_chunk(lua_State* L, const std::string& path);
+// Files, and the *.lua files of directories in name order.
+std::vector<std::string> expand_scripts(const std::vector<std::string>& entries);
+
+// Raises a Lua error "FILE:LINE: what" at the running Lua function.
+[[noreturn]] void raise_here(lua_State* L, const char* what);
+
+// Handles of ctx, ctx.headers, ctx.body and the notes: full userdata naming
+// their invocation, refused once that call is over (lua_ctx.cpp).
+inline constexpr const char* kCtxMeta = "postern.ctx";
+inline constexpr const char* kHeadersMeta = "postern.headers";
+inline constexpr const char* kBodyMeta = "postern.body";
+inline constexpr const char* kNotesMeta = "postern.notes";
+struct Handle {
+  std::uint64_t id;
+  bool session;  // notes: the session's (true) or the transaction's
+};
+Invocation& check_handle(lua_State* L, int idx, const char* meta);
+void push_handle(lua_State* L, const Invocation& inv, const char* meta, bool session = false, int uservalues = 0);
+void set_string(lua_State* L, const char* key, std::string_view value);
+// The transaction's message, or a Lua error before the data stage.
+const Message& need_message(lua_State* L, Invocation& inv);
+// lua_message.cpp: registers the metatables of headers, body and notes.
+void install_message_types(lua_State* L);
+
+// lua_api.cpp: installs the global `postern` table into the sandbox table at
+// the top of the stack.
+void install_postern_api(lua_State* L, LuaRuntime& rt);
+// Pushes the ctx object of `inv` onto L.
+void push_ctx(lua_State* L, Invocation& inv);
+// The verdict table's metatable key in the registry.
+inline constexpr const char* kVerdictMeta = "postern.verdict";
+// Converts the verdict table at `idx`; nullopt when it is not one.
+std::optional<Verdict> to_verdict(lua_State* L, int idx);
+// Adds a symbol (the session's pending list before MAIL).
+void add_symbol(FilterContext& ctx, Symbol s);
+// Moves symbols added before MAIL into the transaction, once per transaction.
+void carry_session_symbols(FilterContext& ctx);
+
+}  // namespace postern

@@ -1,0 +1,243 @@
+// The message-side objects of ctx: ctx.headers (decoded, raw), ctx.body
+// (size, MIME text parts, attachments, raw lines; read from the first
+// body_scan_limit octets of the spool), and the notes tables.
+#include <algorithm>
+#include <cstring>
+
+#include "filters/lua/lua_api_util.h"
+#include "filters/lua/lua_internal.h"
+
+namespace postern {
+namespace {
+
+constexpr std::size_t kMaxNotes = 256;
+constexpr std::size_t kMaxNoteKey = 128;
+constexpr std::size_t kMaxNoteValue = 4096;
+
+// ---- headers
+
+int headers_first(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kHeadersMeta);
+  auto v = need_message(L, inv).first(luaL_checkstring(L, 2));
+  if (!v) return lua_pushnil(L), 1;
+  std::string decoded = mime::decode_header_value(*v, inv.tag.rt->options.header_value_limit);
+  lua_pushlstring(L, decoded.data(), decoded.size());
+  return 1;
+}
+
+int headers_all(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kHeadersMeta);
+  auto values = need_message(L, inv).all(luaL_checkstring(L, 2));
+  lua_createtable(L, static_cast<int>(values.size()), 0);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    std::string decoded = mime::decode_header_value(values[i], inv.tag.rt->options.header_value_limit);
+    lua_pushlstring(L, decoded.data(), decoded.size());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  return 1;
+}
+
+int headers_raw(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kHeadersMeta);
+  std::string name = luaL_checkstring(L, 2);
+  lua_newtable(L);
+  lua_Integer n = 0;
+  for (const HeaderField& f : need_message(L, inv).headers()) {
+    if (!header_name_equals(f.name, name)) continue;
+    lua_pushlstring(L, f.raw.data(), std::min(f.raw.size(), inv.tag.rt->options.header_value_limit));
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
+int headers_names(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kHeadersMeta);
+  const auto& fields = need_message(L, inv).headers();
+  lua_createtable(L, static_cast<int>(fields.size()), 0);
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    lua_pushlstring(L, fields[i].name.data(), fields[i].name.size());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  return 1;
+}
+
+int headers_count(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kHeadersMeta);
+  std::string name = luaL_checkstring(L, 2);
+  lua_Integer n = 0;
+  for (const HeaderField& f : need_message(L, inv).headers()) n += header_name_equals(f.name, name);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+// ---- body
+
+const std::string& scanned(lua_State* L, Invocation& inv) {
+  if (!inv.scanned) {
+    const Message& m = need_message(L, inv);
+    std::string text(std::min(m.size(), inv.tag.rt->options.body_scan_limit), '\0');
+    std::size_t got = 0;
+    while (got < text.size()) {
+      long n = m.spool().read(got, text.data() + got, text.size() - got);
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    text.resize(got);
+    inv.scanned = std::move(text);
+  }
+  return *inv.scanned;
+}
+
+const std::vector<mime::Part>& parts(lua_State* L, Invocation& inv) {
+  if (!inv.parts) inv.parts = mime::leaf_parts(scanned(L, inv), 1000);
+  return *inv.parts;
+}
+
+int body_size(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kBodyMeta);
+  const Message& m = need_message(L, inv);
+  lua_pushinteger(L, static_cast<lua_Integer>(m.size() - std::min(m.size(), m.body_offset())));
+  return 1;
+}
+
+int body_text_parts(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kBodyMeta);
+  const LuaOptions& o = inv.tag.rt->options;
+  lua_newtable(L);
+  lua_Integer n = 0;
+  for (const mime::Part& p : parts(L, inv)) {
+    if (p.type.rfind("text/", 0) != 0 || p.disposition == "attachment") continue;
+    if (static_cast<std::size_t>(n) >= o.text_parts_max) break;
+    lua_createtable(L, 0, 4);
+    set_string(L, "type", p.type);
+    set_string(L, "charset", p.charset);
+    set_string(L, "filename", p.filename);
+    set_string(L, "text", mime::decoded_text(p, o.text_part_limit));
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
+int body_attachments(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kBodyMeta);
+  lua_newtable(L);
+  lua_Integer n = 0;
+  for (const mime::Part& p : parts(L, inv)) {
+    if (p.filename.empty() && p.disposition != "attachment") continue;
+    lua_createtable(L, 0, 4);
+    set_string(L, "filename", p.filename);
+    set_string(L, "type", p.type);
+    set_string(L, "disposition", p.disposition);
+    lua_pushinteger(L, static_cast<lua_Integer>(p.body.size()));
+    lua_setfield(L, -2, "encoded_size");
+    lua_rawseti(L, -2, ++n);
+  }
+  return 1;
+}
+
+int body_lines_next(lua_State* L) {
+  Invocation& inv = check_handle(L, lua_upvalueindex(1), kBodyMeta);
+  const std::string& text = scanned(L, inv);
+  auto pos = static_cast<std::size_t>(lua_tointeger(L, lua_upvalueindex(2)));
+  if (pos >= text.size()) return 0;
+  std::size_t eol = text.find('\n', pos);
+  std::size_t next = eol == std::string::npos ? text.size() : eol + 1;
+  std::size_t end = eol == std::string::npos ? text.size() : eol;
+  if (end > pos && text[end - 1] == '\r') --end;
+  lua_pushinteger(L, static_cast<lua_Integer>(next));
+  lua_replace(L, lua_upvalueindex(2));
+  lua_pushlstring(L, text.data() + pos, end - pos);
+  return 1;
+}
+
+int body_lines(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kBodyMeta);
+  const Message& m = need_message(L, inv);
+  lua_pushvalue(L, 1);
+  lua_pushinteger(L, static_cast<lua_Integer>(m.body_offset()));
+  lua_pushcclosure(L, body_lines_next, 2);
+  return 1;
+}
+
+// ---- notes
+
+std::map<std::string, std::string>& notes_of(lua_State* L, int idx) {
+  Invocation& inv = check_handle(L, idx, kNotesMeta);
+  bool session = static_cast<Handle*>(lua_touserdata(L, idx))->session;
+  return session ? inv.ctx->session.notes : inv.ctx->transaction.notes;
+}
+
+int notes_index(lua_State* L) {
+  auto& notes = notes_of(L, 1);
+  auto it = notes.find(luaL_checkstring(L, 2));
+  if (it == notes.end()) lua_pushnil(L);
+  else lua_pushlstring(L, it->second.data(), it->second.size());
+  return 1;
+}
+
+int notes_newindex(lua_State* L) {
+  auto& notes = notes_of(L, 1);
+  std::size_t klen = 0;
+  const char* key = luaL_checklstring(L, 2, &klen);
+  if (klen == 0 || klen > kMaxNoteKey) return luaL_error(L, "a note key is 1 to %d octets", static_cast<int>(kMaxNoteKey));
+  if (std::strncmp(key, "postern.", 8) == 0) return luaL_error(L, "note keys starting with \"postern.\" are reserved");
+  if (lua_isnil(L, 3)) {
+    notes.erase(key);
+    return 0;
+  }
+  std::size_t vlen = 0;
+  const char* value = luaL_tolstring(L, 3, &vlen);
+  if (vlen > kMaxNoteValue) return luaL_error(L, "a note value is at most %d octets", static_cast<int>(kMaxNoteValue));
+  if (notes.size() >= kMaxNotes && !notes.count(key)) return luaL_error(L, "more than %d notes", static_cast<int>(kMaxNotes));
+  notes[key] = std::string(value, vlen);
+  return 0;
+}
+
+int notes_pairs(lua_State* L) {
+  auto& notes = notes_of(L, 1);
+  lua_pushcfunction(L, [](lua_State* L) -> int {
+    lua_settop(L, 2);
+    return lua_next(L, 1) ? 2 : (lua_pushnil(L), 1);
+  });
+  lua_createtable(L, 0, static_cast<int>(notes.size()));
+  for (auto& [k, v] : notes) {
+    lua_pushlstring(L, v.data(), v.size());
+    lua_setfield(L, -2, k.c_str());
+  }
+  lua_pushnil(L);
+  return 3;
+}
+
+void new_meta(lua_State* L, const char* name, std::initializer_list<std::pair<const char*, lua_CFunction>> methods) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  for (auto& [n, fn] : methods) {
+    lua_pushcfunction(L, fn);
+    lua_setfield(L, -2, n);
+  }
+  lua_setfield(L, -2, "__index");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
+}  // namespace
+
+void install_message_types(lua_State* L) {
+  new_meta(L, kHeadersMeta, {{"first", headers_first}, {"all", headers_all}, {"raw", headers_raw},
+                             {"names", headers_names}, {"count", headers_count}});
+  new_meta(L, kBodyMeta, {{"size", body_size}, {"text_parts", body_text_parts}, {"attachments", body_attachments},
+                          {"lines", body_lines}});
+  luaL_newmetatable(L, kNotesMeta);
+  lua_pushcfunction(L, notes_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, notes_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, notes_pairs);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
+}  // namespace postern

@@ -1,0 +1,245 @@
+// The Lua sandbox and its limits: escape attempts, memory bomb, infinite
+// loop, deep recursion, pathological patterns, uncatchable limits, load-time
+// errors naming file and line.
+#include <catch2/catch.hpp>
+
+#include "test_lua_util.h"
+
+using postern::LuaLoadError;
+using postern::Stage;
+using postern::Verdict;
+using postern::test::LuaHarness;
+
+namespace {
+
+// A rule at helo that runs `body` and returns its result as a reject text
+// (so the test sees what the script saw), with on_error = "tempfail".
+std::string probe(const std::string& body) {
+  return "postern.rule{name='PROBE', stage='helo', on_error='tempfail', fn=function(ctx)\n" + body +
+         "\nend}\n";
+}
+
+}  // namespace
+
+TEST_CASE("lua sandbox: dangerous globals are absent", "[lua]") {
+  LuaHarness h;
+  auto f = h.load(probe(R"(
+    local seen = {}
+    for _, name in ipairs({'io', 'debug', 'package', 'dofile', 'loadfile', 'load', 'loadstring', 'warn',
+                           'coroutine'}) do
+      if _G[name] ~= nil then seen[#seen + 1] = name end
+    end
+    if os.execute or os.exit or os.getenv or os.remove or os.rename or os.tmpname then seen[#seen + 1] = 'os.*' end
+    if string.dump then seen[#seen + 1] = 'string.dump' end
+    if type(os.time()) ~= 'number' or type(os.clock()) ~= 'number' or type(os.date('%Y')) ~= 'string' then
+      seen[#seen + 1] = 'os.time/clock/date missing'
+    end
+    return postern.reject(table.concat(seen, ','))
+  )"));
+  Verdict v = h.run(*f, Stage::kHelo);
+  REQUIRE(v.action == Verdict::Action::kReject);
+  CHECK(v.text == "");
+}
+
+TEST_CASE("lua sandbox: escape attempts fail with the rule's policy", "[lua]") {
+  const char* attempts[] = {
+      "io.open('/etc/passwd')",
+      "os.execute('true')",
+      "load('\\27Lua')",
+      "require('/etc/passwd')",
+      "require('../x')",
+      "debug.getinfo(1)",
+      "string.dump(function() end)",
+      "collectgarbage('stop')",
+      "getmetatable('').__index = {}",
+      "package.loadlib('x', 'y')",
+  };
+  for (const char* attempt : attempts) {
+    LuaHarness h;
+    auto f = h.load(probe(attempt));
+    Verdict v = h.run(*f, Stage::kHelo);
+    INFO(attempt);
+    CHECK(v.action == Verdict::Action::kTempfail);
+    CHECK(v.code == 451);
+    CHECK(v.enhanced == "4.7.0");
+    CHECK(h.logged("lua-rule-error rule=PROBE"));
+    CHECK(h.logged("rules.lua:2:"));
+  }
+}
+
+TEST_CASE("lua sandbox: bytecode is refused at load", "[lua]") {
+  LuaHarness h;
+  std::string bytecode = "\x1bLua\x54";
+  bytecode += std::string(40, '\0');
+  CHECK_THROWS_AS(h.load(bytecode), LuaLoadError);
+}
+
+TEST_CASE("lua sandbox: a compile error names file and line", "[lua]") {
+  LuaHarness h;
+  try {
+    h.load("local x = 1\nlocal y = = 2\n");
+    FAIL("no error");
+  } catch (const LuaLoadError& e) {
+    CHECK(std::string(e.what()).find("rules.lua:2:") != std::string::npos);
+  }
+  try {
+    h.load("postern.rule{name='X', stage='hello', fn=function() end}\n");
+    FAIL("no error");
+  } catch (const LuaLoadError& e) {
+    CHECK(std::string(e.what()).find("rules.lua:1:") != std::string::npos);
+    CHECK(std::string(e.what()).find("stage must be") != std::string::npos);
+  }
+  CHECK_THROWS_AS(h.load("postern.rule{name='X', stage='helo', fn=function() end, scor=1}"), LuaLoadError);
+  CHECK_THROWS_AS(h.load("while true do end"), LuaLoadError);
+}
+
+TEST_CASE("lua limits: string.rep memory bomb hits the memory cap", "[lua]") {
+  LuaHarness h;
+  h.options.memory_limit = 16u * 1024 * 1024;
+  auto f = h.load(probe("local s = string.rep('x', 1 << 30) return postern.reject(#s)"));
+  Verdict v = h.run(*f, Stage::kHelo);
+  CHECK(v.action == Verdict::Action::kTempfail);
+  CHECK(h.logged("memory"));
+  CHECK(f->memory_used() < h.options.memory_limit);
+  // Growing a table until the cap, also inside pcall.
+  auto g = h.load(probe("local t = {} pcall(function() while true do t[#t + 1] = {} end end) t = nil"));
+  Verdict w = h.run(*g, Stage::kHelo);
+  CHECK(w.action == Verdict::Action::kTempfail);
+}
+
+TEST_CASE("lua limits: an infinite loop exhausts the instruction budget", "[lua]") {
+  LuaHarness h;
+  h.options.instruction_budget = 100000;
+  auto f = h.load(probe("while true do end"));
+  Verdict v = h.run(*f, Stage::kHelo);
+  CHECK(v.action == Verdict::Action::kTempfail);
+  CHECK(h.logged("instruction budget exceeded"));
+}
+
+TEST_CASE("lua limits: pcall cannot swallow the budget", "[lua]") {
+  LuaHarness h;
+  h.options.instruction_budget = 100000;
+  auto f = h.load(probe("while true do pcall(function() while true do end end) end"));
+  Verdict v = h.run(*f, Stage::kHelo);
+  CHECK(v.action == Verdict::Action::kTempfail);
+  CHECK(h.logged("instruction budget exceeded"));
+}
+
+TEST_CASE("lua limits: on_error = continue lets the message pass", "[lua]") {
+  LuaHarness h;
+  h.options.instruction_budget = 100000;
+  auto f = h.load("postern.rule{name='LOOP', stage='helo', on_error='continue', fn=function() while true do end end}");
+  Verdict v = h.run(*f, Stage::kHelo);
+  CHECK(v.action == Verdict::Action::kContinue);
+  CHECK(h.logged("policy=continue"));
+}
+
+TEST_CASE("lua limits: the wall-clock deadline", "[lua]") {
+  LuaHarness h;
+  h.options.timeout = std::chrono::milliseconds(100);
+  h.options.instruction_budget = UINT64_MAX / 2;
+  auto f = h.load(probe("local x = 0 while true do x = x + 1 end"));
+  auto start = std::chrono::steady_clock::now();
+  Verdict v = h.run(*f, Stage::kHelo);
+  CHECK(v.action == Verdict::Action::kTempfail);
+  CHECK(h.logged("time limit exceeded"));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
+}
+
+TEST_CASE("lua limits: deep recursion fails cleanly", "[lua]") {
+  LuaHarness h;
+  auto f = h.load(probe("local function f(n) return 1 + f(n + 1) end return f(1)"));
+  Verdict v = h.run(*f, Stage::kHelo);
+  CHECK(v.action == Verdict::Action::kTempfail);
+  CHECK((h.logged("stack overflow") || h.logged("memory") || h.logged("budget")));
+  // The state is still usable afterwards.
+  Verdict again = h.run(*f, Stage::kHelo);
+  CHECK(again.action == Verdict::Action::kTempfail);
+}
+
+TEST_CASE("lua limits: pattern matching on a huge subject is refused", "[lua]") {
+  LuaHarness h;
+  h.options.pattern_subject_limit = 4096;
+  for (const char* call : {"string.find(s, '(.-)(.-)(.-)(.-)x')", "s:match('a*a*a*a*b')", "s:gsub('a', 'b')",
+                           "for w in s:gmatch('a') do end"}) {
+    auto f = h.load(probe(std::string("local s = string.rep('a', 100000) ") + call));
+    Verdict v = h.run(*f, Stage::kHelo);
+    INFO(call);
+    CHECK(v.action == Verdict::Action::kTempfail);
+    CHECK(h.logged("lua.pattern_subject_limit"));
+  }
+  auto ok = h.load(probe("if ('abc'):find('b') ~= 2 then error('find broken') end"));
+  CHECK(h.run(*ok, Stage::kHelo).action == Verdict::Action::kContinue);
+}
+
+TEST_CASE("lua sandbox: scripts have separate globals, modules load from module_path", "[lua]") {
+  LuaHarness h;
+  h.dir.write("util.lua", "local M = {} function M.double(x) return 2 * x end return M\n");
+  h.options.module_path = {h.dir.path()};
+  auto f = h.load(probe("local util = require('util') if util.double(21) ~= 42 then error('bad') end "
+                        "return postern.reject(tostring(leaked))"));
+  Verdict v = h.run(*f, Stage::kHelo);
+  CHECK(v.action == Verdict::Action::kReject);
+  CHECK(v.text == "nil");
+  // A module that is bytecode or missing is an error.
+  h.dir.write("bad.lua", std::string("\x1bLua", 4));
+  auto g = h.load(probe("require('bad')"));
+  CHECK(h.run(*g, Stage::kHelo).action == Verdict::Action::kTempfail);
+  auto m = h.load(probe("require('missing')"));
+  CHECK(h.run(*m, Stage::kHelo).action == Verdict::Action::kTempfail);
+  CHECK(h.logged("module 'missing' not found"));
+}
+
+TEST_CASE("lua sandbox: a stashed ctx cannot be used by a later call", "[lua]") {
+  LuaHarness h;
+  auto f = h.load(R"(
+    local saved
+    postern.rule{name='STASH', stage={'helo', 'mail'}, on_error='tempfail', fn=function(ctx)
+      if ctx.stage == 'helo' then saved = ctx return end
+      saved:add_header('X-Evil', '1')
+    end}
+  )");
+  CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kContinue);
+  CHECK(h.run(*f, Stage::kMail).action == Verdict::Action::kTempfail);
+  CHECK(h.txn.changes.headers.empty());
+  CHECK(h.logged("used outside the rule call"));
+}
+
+TEST_CASE("lua sandbox: yields across C calls fail cleanly", "[lua]") {
+  for (const char* attempt : {"table.sort({3, 2, 1}, function(a, b) postern.sleep(0) return a < b end)",
+                              "string.gsub('aaa', 'a', function() postern.sleep(0) end)",
+                              "setmetatable({}, {__index = function() postern.sleep(0) end}).x = nil "
+                              "local t = setmetatable({}, {__tostring = function() postern.sleep(0) return '' end}) "
+                              "tostring(t)"}) {
+    LuaHarness h;
+    auto f = h.load(probe(attempt));
+    INFO(attempt);
+    CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kTempfail);
+    CHECK(h.logged("yield across"));
+  }
+}
+
+TEST_CASE("lua reload: a broken script leaves the running filter untouched", "[lua]") {
+  LuaHarness h;
+  auto running = h.load("postern.rule{name='OLD', stage='helo', fn=function() return postern.reject('old') end}\n");
+  try {
+    h.load("postern.rule{name='NEW', stage='helo', fn=function() return postern.reject('new') end}\nerror('boom')\n");
+    FAIL("no error");
+  } catch (const LuaLoadError& e) {
+    CHECK(std::string(e.what()).find("rules.lua:2: boom") != std::string::npos);
+  }
+  CHECK(h.run(*running, Stage::kHelo).text == "old");
+  auto next = h.load("postern.rule{name='NEW', stage='helo', fn=function() return postern.reject('new') end}\n");
+  CHECK(h.run(*next, Stage::kHelo).text == "new");
+  CHECK(h.run(*running, Stage::kHelo).text == "old");
+}
+
+TEST_CASE("lua limits: memory stays capped across many calls", "[lua]") {
+  LuaHarness h;
+  h.options.memory_limit = 8u * 1024 * 1024;
+  auto f = h.load("local keep = {}\n" + probe("keep[#keep + 1] = string.rep('x', 100000)"));
+  int failures = 0;
+  for (int i = 0; i < 200; ++i) failures += h.run(*f, Stage::kHelo).action == Verdict::Action::kTempfail;
+  CHECK(failures > 0);  // the script's own leak hits the cap ...
+  CHECK(f->memory_used() <= h.options.memory_limit);  // ... and the cap holds
+}
