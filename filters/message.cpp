@@ -86,6 +86,12 @@ Message::Message(const Spool& spool) : spool_(&spool) {
   header_end_ = body_offset_ = pos;
 }
 
+bool Message::body_would_fold() const {
+  if (body_offset_ != header_end_ || body_offset_ >= spool_->size()) return false;
+  char c = 0;
+  return spool_->read(body_offset_, &c, 1) == 1 && (c == ' ' || c == '\t');
+}
+
 std::optional<std::string> Message::first(std::string_view name) const {
   for (const HeaderField& f : headers_) {
     if (header_name_equals(f.name, name)) return f.value();
@@ -131,12 +137,24 @@ std::string render_header_block(const Message& message, const Changes& changes, 
     }
     if (removed) continue;
     if (!subject_done && header_name_equals(field.name, "Subject")) {
-      std::string value = replacement ? replacement->value : field.value();
-      if (value.compare(0, changes.subject_tag.size(), changes.subject_tag) != 0) {
-        value = changes.subject_tag + " " + value;
-      }
-      append_field(out, field.name, value);
       subject_done = true;
+      std::string value = replacement ? replacement->value : field.value();
+      if (value.compare(0, changes.subject_tag.size(), changes.subject_tag) == 0) {
+        if (replacement) append_field(out, field.name, replacement->value);
+        else out.append(field.raw);
+        continue;
+      }
+      if (replacement) {
+        append_field(out, field.name, changes.subject_tag + " " + value);
+        continue;
+      }
+      // The tag goes in front of the raw value, so the field keeps its folds
+      // and no line grows past what was received (RFC 5322 §2.1.1).
+      std::string raw = field.raw;
+      std::size_t at = field.name.size() + 1;
+      if (at < raw.size() && raw[at] == ' ') ++at;
+      raw.insert(at, changes.subject_tag + " ");
+      out.append(raw);
       continue;
     }
     if (replacement) append_field(out, field.name, replacement->value);
@@ -152,6 +170,8 @@ std::string render_header_block(const Message& message, const Changes& changes, 
     std::string sep(gap, '\0');
     message.spool().read(message.header_end_, sep.data(), gap);
     out.append(sep);
+  } else if (message.body_would_fold()) {
+    out.append("\r\n");
   }
   return out;
 }

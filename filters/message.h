@@ -36,6 +36,11 @@ class Message {
   const std::vector<HeaderField>& headers() const { return headers_; }
   // Offset in the spool of the first body octet (after the empty line).
   std::size_t body_offset() const { return body_offset_; }
+  // True when the body begins right where postern's own fields end and starts
+  // with white space: relayed as is, its first line would fold into the last
+  // field postern writes. Rendering then adds the empty line that makes the
+  // MTA see what the filters saw: no more header fields.
+  bool body_would_fold() const;
   // True when the header section was cut at kMaxHeaderBlock / kMaxHeaderFields.
   bool headers_truncated() const { return truncated_; }
 

@@ -199,11 +199,12 @@ void DotStuffer::feed(std::string_view content, std::string& out) {
     line_start_ = true;
     i = lf + 1;
   }
+  before_last_ = content.size() >= 2 ? content[content.size() - 2] : last_;
   last_ = content.back();
 }
 
 void DotStuffer::finish(std::string& out) {
-  if (!empty_ && last_ != '\n') out.append("\r\n");
+  if (!empty_ && !(before_last_ == '\r' && last_ == '\n')) out.append("\r\n");
   out.append(".\r\n");
 }
 

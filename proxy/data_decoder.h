@@ -84,11 +84,12 @@ class DotStuffer {
   void feed(std::string_view content, std::string& out);
   // Appends the end of data: a CRLF if the content did not end with one, and ".\r\n".
   void finish(std::string& out);
-  void reset() { line_start_ = true; last_ = '\n'; empty_ = true; }
+  void reset() { line_start_ = true; last_ = '\n'; before_last_ = '\r'; empty_ = true; }
 
  private:
   bool line_start_ = true;
-  char last_ = '\n';
+  char last_ = '\n';         // the last two content octets: the end of data
+  char before_last_ = '\r';  // needs a CRLF before it, not a bare LF
   bool empty_ = true;
 };
 

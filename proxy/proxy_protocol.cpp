@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 
+#include <cctype>
 #include <cstring>
 
 namespace postern {
@@ -57,6 +58,12 @@ ProxyHeader parse_v1(std::string_view in) {
   int family = fields[1] == "TCP4" ? AF_INET : fields[1] == "TCP6" ? AF_INET6 : 0;
   if (!family) return invalid("v1 protocol must be TCP4, TCP6 or UNKNOWN");
   unsigned char buf[16];
+  for (std::string_view a : {fields[2], fields[3]}) {
+    // Checked before inet_pton, which would stop at a NUL.
+    for (char c : a) {
+      if (!std::isxdigit(static_cast<unsigned char>(c)) && c != '.' && c != ':') return invalid("v1 bad address");
+    }
+  }
   std::string src(fields[2]), dst(fields[3]);
   if (inet_pton(family, src.c_str(), buf) != 1 || inet_pton(family, dst.c_str(), buf) != 1) {
     return invalid("v1 address does not match its protocol");
