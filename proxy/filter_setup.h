@@ -1,19 +1,30 @@
-// Builds the filter chain of one I/O thread from a configuration snapshot:
-// the built-in checks and the Lua rules, in the order they run.
+// Builds the filters from a configuration snapshot: the process-wide parts
+// (DNS resolver, the authenticity checks, the key-value store) once per
+// snapshot, and each I/O thread's FilterChain with its own Lua state.
 #pragma once
 
 #include <memory>
+#include <vector>
 
-#include <asio/any_io_executor.hpp>
-
+#include "filters/dns/resolver.h"
 #include "filters/filter_chain.h"
+#include "filters/lua/kv_store.h"
 #include "proxy/config.h"
 
 namespace postern {
 
-// Throws ConfigError (e.g. a script that does not compile); the caller keeps
-// the chain it had.
-std::shared_ptr<const FilterChain> build_filter_chain(const Config& config,
-                                                      const asio::any_io_executor& executor);
+struct FilterResources {
+  std::shared_ptr<Resolver> resolver;                   // null when no check needs DNS
+  std::vector<std::shared_ptr<Filter>> shared_filters;  // SPF, DKIM, DMARC, A-R: any thread
+  std::shared_ptr<KeyValueStore> store;                 // survives reloads
+};
+
+// Throws ConfigError (e.g. a resolver libunbound refuses).
+std::shared_ptr<const FilterResources> build_filter_resources(const Config& config,
+                                                              std::shared_ptr<KeyValueStore> store);
+
+// Throws ConfigError (a script that does not compile: "FILE:LINE: reason");
+// the caller keeps the chain it had. Call on the I/O thread that will use it.
+std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, const FilterResources& resources);
 
 }  // namespace postern

@@ -6,6 +6,12 @@
 #include <string_view>
 #include <vector>
 
+#include <fstream>
+#include <sstream>
+
+#include "filters/auth/offline_check.h"
+#include "filters/lua/lua_filter.h"
+#include "filters/lua/rule_test.h"
 #include "proxy/config.h"
 #include "proxy/server.h"
 #include "version.h"
@@ -18,6 +24,9 @@ Usage:
   postern run [--config FILE] [--listen ADDR:PORT]... [--upstream HOST:PORT | --upstream maildir:DIR]
               [--set SECTION.KEY=VALUE]...
   postern config check FILE
+  postern test [--config FILE] [-v] FIXTURE.toml|DIR...
+  postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...
+                [--config FILE] [--rules FILE]... MESSAGE.eml
   postern --help | --version
 
 Commands:
@@ -25,6 +34,10 @@ Commands:
                  Without --config, the embedded default (config/postern.toml) is used:
                  listen on 127.0.0.1:2525 and deliver into ./postern-mail (a Maildir).
   config check   Validate a configuration file; print each problem as FILE:LINE:COLUMN.
+  test           Run Lua rules offline against .eml fixtures (docs/first-rule.md);
+                 exit 0 when every fixture passes, 1 when one fails, 2 on bad input.
+  check          The verdict for one message file, offline: SPF, DKIM, DMARC,
+                 Authentication-Results and the rules, printed as one JSON object.
 
 Options of run:
   --config FILE          TOML configuration file (see docs/configuration.md)
@@ -116,6 +129,94 @@ int cmd_config(const std::vector<std::string>& args) {
   return 0;
 }
 
+postern::ConfigSource source_from(const std::string& path) {
+  postern::ConfigSource source;
+  source.path = path;
+  return source;
+}
+
+int cmd_test(const std::vector<std::string>& args) {
+  std::string config_path;
+  postern::RuleTestOptions options;
+  std::vector<std::string> fixtures;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (is_help(args[i])) {
+      std::cout << "Usage: postern test [--config FILE] [-v] FIXTURE.toml|DIR...\n"
+                   "Runs the configured (or each fixture's) Lua rules offline against .eml fixtures.\n";
+      return 0;
+    }
+    if (args[i] == "--config" && i + 1 < args.size()) config_path = args[++i];
+    else if (args[i] == "-v" || args[i] == "--verbose") options.verbose = true;
+    else fixtures.push_back(args[i]);
+  }
+  if (fixtures.empty()) return usage_error("test needs at least one fixture file or directory");
+  try {
+    auto config = postern::load_config(source_from(config_path));
+    options.lua = config->lua;
+    options.scores = config->scores;
+  } catch (const postern::ConfigError& e) {
+    std::cerr << e.what() << "\n";
+    return 2;
+  }
+  return postern::run_rule_tests(fixtures, options, std::cout);
+}
+
+int cmd_check(const std::vector<std::string>& args) {
+  postern::OfflineCheck check;
+  std::string config_path, message_path;
+  std::vector<std::string> rules, servers;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto next = [&](const char* flag) -> const std::string* {
+      if (i + 1 >= args.size()) {
+        usage_error(std::string(flag) + " needs a value");
+        return nullptr;
+      }
+      return &args[++i];
+    };
+    const std::string* v = nullptr;
+    if (is_help(a)) {
+      std::cout << "Usage: postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...\n"
+                   "                     [--config FILE] [--rules FILE]... MESSAGE.eml\n";
+      return 0;
+    } else if (a == "--client-ip") { if (!(v = next("--client-ip"))) return 2; check.client_ip = *v; }
+    else if (a == "--helo") { if (!(v = next("--helo"))) return 2; check.helo = *v; }
+    else if (a == "--mail-from") { if (!(v = next("--mail-from"))) return 2; check.mail_from = *v; }
+    else if (a == "--dns-server") { if (!(v = next("--dns-server"))) return 2; servers.push_back(*v); }
+    else if (a == "--config") { if (!(v = next("--config"))) return 2; config_path = *v; }
+    else if (a == "--rules") { if (!(v = next("--rules"))) return 2; rules.push_back(*v); }
+    else if (!a.empty() && a[0] == '-') return usage_error("unknown option '" + a + "' for check");
+    else message_path = a;
+  }
+  if (check.client_ip.empty() || message_path.empty()) {
+    return usage_error("check needs --client-ip and a MESSAGE file");
+  }
+  std::ifstream in(message_path, std::ios::binary);
+  if (!in) return usage_error("cannot read " + message_path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  check.message = text.str();
+  try {
+    auto config = postern::load_config(source_from(config_path));
+    check.auth = config->auth;
+    if (check.auth.hostname.empty()) check.auth.hostname = config->server.hostname;
+    check.dns = config->dns;
+    if (!servers.empty()) check.dns.servers = servers;
+    check.thresholds = config->scores;
+    postern::LuaOptions lua = config->lua;
+    if (!rules.empty()) lua.scripts = rules;
+    if (!lua.scripts.empty()) check.rules.push_back(postern::make_lua_filter(lua, nullptr));
+    std::cout << postern::run_offline_check(check) << "\n";
+  } catch (const postern::ConfigError& e) {
+    std::cerr << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "postern check: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,5 +236,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "run") return cmd_run(rest);
   if (args[0] == "config") return cmd_config(rest);
+  if (args[0] == "test") return cmd_test(rest);
+  if (args[0] == "check") return cmd_check(rest);
   return usage_error("unknown command '" + args[0] + "'");
 }

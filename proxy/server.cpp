@@ -48,6 +48,7 @@ struct Server::Impl {
   std::shared_ptr<const Config> config;  // guarded by config_mutex
   std::shared_ptr<asio::ssl::context> tls_context;  // guarded by config_mutex
   std::shared_ptr<UpstreamCapabilities> capabilities = std::make_shared<UpstreamCapabilities>();
+  std::shared_ptr<const FilterResources> filter_resources;  // touched on worker 0's thread and at start
   std::mutex config_mutex;
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards;
@@ -111,10 +112,13 @@ struct Server::Impl {
       auto fresh_tls = make_server_tls_context(fresh->tls);  // certificates re-read
       // Every worker's chain is built first, each on its own thread; only when
       // all compiled does the new configuration take over.
+      // The store is kept: greylisting and rate limits survive a reload.
+      auto resources = build_filter_resources(*fresh, filter_resources->store);
       std::vector<std::shared_ptr<const FilterChain>> chains(workers.size());
       for (std::size_t i = 0; i < workers.size(); ++i) {
-        chains[i] = build_filter_chain(*fresh, workers[i]->context.get_executor());
+        chains[i] = build_filter_chain(*fresh, *resources);
       }
+      filter_resources = resources;
       log::set_level(to_log_level(fresh->log.level));
       {
         std::lock_guard lock(config_mutex);
@@ -189,11 +193,17 @@ int Server::run() {
   Impl& s = *impl_;
   auto config = s.snapshot();
   unsigned n = config->server.threads ? config->server.threads : std::max(1u, std::thread::hardware_concurrency());
+  try {
+    s.filter_resources = build_filter_resources(*config, nullptr);
+  } catch (const ConfigError& e) {
+    log::error("filters-failed").kv("error", e.what());
+    return 1;
+  }
   for (unsigned i = 0; i < n; ++i) {
     s.workers.push_back(std::make_unique<Impl::Worker>());
     s.guards.emplace_back(s.workers.back()->context.get_executor());
     try {
-      s.workers.back()->chain = build_filter_chain(*config, s.workers.back()->context.get_executor());
+      s.workers.back()->chain = build_filter_chain(*config, *s.filter_resources);
     } catch (const ConfigError& e) {
       log::error("filters-failed").kv("error", e.what());
       return 1;

@@ -1014,7 +1014,7 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     UpstreamReply redo = co_await redo_envelope();
     if (!redo.reply.positive()) co_return redo;
   }
-  if (changes.headers.empty() && changes.subject_tag.empty()) {
+  if (changes.headers.empty() && changes.subject_tag.empty() && !message.body_would_fold()) {
     co_return co_await upstream().data(received_header(), spool_, 0, txn_.facts.reverse_path);
   }
   std::string head = render_header_block(message, changes, received_header());

@@ -62,9 +62,10 @@ TEST_CASE("parse_command: every verb in upper, lower and mixed case", "[smtp_com
       {"HELP", Verb::kHelp, kEndsGroup},
       {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
       {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
-      {"STARTTLS", Verb::kStarttls, kNotImplemented | kEndsGroup},
-      {"AUTH", Verb::kAuth, kNotImplemented | kEndsGroup},
-      {"BDAT", Verb::kBdat, kNotImplemented | kEndsGroup},
+      {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
+      {"AUTH", Verb::kAuth, kArgsRequired | kEndsGroup},
+      // BDAT is not the end of a group: its chunk follows it (RFC 3030 §4.2).
+      {"BDAT", Verb::kBdat, kArgsRequired},
   };
   for (const Case& c : cases) {
     for (const std::string& spelled : {c.name, lower(c.name), mixed(c.name)}) {
