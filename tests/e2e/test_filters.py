@@ -99,6 +99,15 @@ def test_redirect_replaces_the_recipients_upstream(postern, sink, tmp_path):
     assert [m.rcpt_tos for m in sink.messages] == [["archive@example.net"]]
 
 
+def test_added_and_removed_recipients_and_a_new_sender_reach_the_mta(postern, sink, tmp_path):
+    p, _ = start(postern, sink, tmp_path)
+    _, r = send(p, "envelope", rcpts=("b@example.com", "c@example.com"))
+    check_reply(r, 250)
+    [m] = sink.messages
+    assert m.mail_from == "bounces@example.org"
+    assert sorted(m.rcpt_tos) == ["b@example.com", "copy@example.net"]
+
+
 def test_a_script_that_does_not_compile_stops_start_with_file_and_line(postern, sink, tmp_path):
     bad = tmp_path / "bad.lua"
     bad.write_text("postern.rule{ name = 'X', stage = 'eom', fn = function(ctx)\n  return (\nend }\n")

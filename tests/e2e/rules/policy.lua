@@ -19,4 +19,9 @@ postern.rule{ name = "EOM_POLICY", stage = "eom", fn = function(ctx)
     ctx:symbol("TEST_SPAMMY", 6)
   end
   if case == "redirect" then ctx:redirect({"archive@example.net"}) end
+  if case == "envelope" then
+    ctx:add_rcpt("copy@example.net")
+    ctx:remove_rcpt("c@example.com")
+    ctx:set_sender("bounces@example.org")
+  end
 end }
