@@ -314,7 +314,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   auto config = std::make_shared<Config>();
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
-                              "tls", "metrics", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
+                              "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
                               "authentication_results", "audit"});
 
   const toml::table* server = check.section(root, "server");
@@ -487,6 +487,21 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                                       {"warning", Config::Log::Level::kWarning},
                                       {"error", Config::Log::Level::kError}},
                                      config->log.level);
+  const toml::table* submission = check.section(root, "submission");
+  if (submission) check.check_keys(*submission, "submission", {"scripts", "authenticity_checks"});
+  if (const toml::node* n = submission ? submission->get("scripts") : nullptr) {
+    const toml::array* arr = n->as_array();
+    bool ok = arr != nullptr;
+    if (arr) {
+      for (const toml::node& item : *arr) {
+        if (!item.is_string()) ok = false;
+        else config->submission.scripts.push_back(item.as_string()->get());
+      }
+    }
+    if (!ok) check.error(n, "submission.scripts", "expected an array of file or directory names, got " + describe(*n));
+  }
+  check.get_bool(submission, "submission", "authenticity_checks", config->submission.authenticity_checks);
+
   const toml::table* metrics = check.section(root, "metrics");
   if (metrics) check.check_keys(*metrics, "metrics", {"address"});
   if (const toml::node* n = check.get_string(metrics, "metrics", "address", config->metrics.address)) {

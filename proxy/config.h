@@ -100,6 +100,14 @@ struct Config {
     std::string dir;  // absolute; default "postern-quarantine" under the working directory
   } quarantine;
 
+  // The filter policy of authenticated sessions (submission, RFC 6409): they
+  // run these rules instead of [lua] scripts, and the authenticity checks
+  // only when asked (a user's own outgoing mail has no SPF/DMARC to pass).
+  struct Submission {
+    std::vector<std::string> scripts;
+    bool authenticity_checks = false;
+  } submission;
+
   // Prometheus /metrics and /healthz over HTTP; off when the address is empty.
   struct Metrics {
     std::string address;  // "IP:PORT"

@@ -19,7 +19,8 @@ std::shared_ptr<const FilterResources> build_filter_resources(const Config& conf
                                                               std::shared_ptr<KeyValueStore> store) {
   auto r = std::make_shared<FilterResources>();
   r->store = store ? std::move(store) : std::make_shared<MemoryStore>(config.lua.store_max_entries);
-  const bool needs_dns = any_auth_check(config.auth) || !config.lua.scripts.empty();
+  const bool needs_dns = any_auth_check(config.auth) || !config.lua.scripts.empty() ||
+                         !config.submission.scripts.empty();
   try {
     if (needs_dns) r->resolver = make_resolver(config.dns, asio::any_io_executor());
     if (any_auth_check(config.auth)) {
@@ -33,10 +34,14 @@ std::shared_ptr<const FilterResources> build_filter_resources(const Config& conf
   return r;
 }
 
-std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, const FilterResources& resources) {
-  std::vector<std::shared_ptr<Filter>> filters = resources.shared_filters;
-  if (!config.lua.scripts.empty()) {
+std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, const FilterResources& resources,
+                                                      bool submission) {
+  std::vector<std::shared_ptr<Filter>> filters;
+  if (!submission || config.submission.authenticity_checks) filters = resources.shared_filters;
+  const std::vector<std::string>& scripts = submission ? config.submission.scripts : config.lua.scripts;
+  if (!scripts.empty()) {
     LuaOptions lua = config.lua;
+    lua.scripts = scripts;
     lua.store = resources.store;
     lua.log = [](LuaLogLevel level, std::string_view line) {
       static constexpr log::Level kLevels[] = {log::Level::kDebug, log::Level::kInfo, log::Level::kWarning,

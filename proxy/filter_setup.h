@@ -25,6 +25,8 @@ std::shared_ptr<const FilterResources> build_filter_resources(const Config& conf
 
 // Throws ConfigError (a script that does not compile: "FILE:LINE: reason");
 // the caller keeps the chain it had. Call on the I/O thread that will use it.
-std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, const FilterResources& resources);
+// `submission`: the chain of authenticated sessions ([submission]).
+std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, const FilterResources& resources,
+                                                      bool submission = false);
 
 }  // namespace postern

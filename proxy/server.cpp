@@ -42,6 +42,7 @@ struct Server::Impl {
     asio::io_context context{1};
     SessionRegistry registry;
     std::shared_ptr<const FilterChain> chain;  // touched only on this worker's thread
+    std::shared_ptr<const FilterChain> submission_chain;  // for authenticated sessions
   };
 
   ConfigSource source;
@@ -83,7 +84,8 @@ struct Server::Impl {
       auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
         // Built on the worker's thread: the chain (and its Lua state) is that thread's.
         auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
-                                                 worker.chain, capabilities, worker.registry);
+                                                 worker.chain, worker.submission_chain, capabilities,
+                                                 worker.registry);
         co_await session->run();
         --open_sessions;
       };
@@ -114,9 +116,10 @@ struct Server::Impl {
       // all compiled does the new configuration take over.
       // The store is kept: greylisting and rate limits survive a reload.
       auto resources = build_filter_resources(*fresh, filter_resources->store);
-      std::vector<std::shared_ptr<const FilterChain>> chains(workers.size());
+      std::vector<std::shared_ptr<const FilterChain>> chains(workers.size()), submission(workers.size());
       for (std::size_t i = 0; i < workers.size(); ++i) {
         chains[i] = build_filter_chain(*fresh, *resources);
+        submission[i] = build_filter_chain(*fresh, *resources, true);
       }
       filter_resources = resources;
       log::set_level(to_log_level(fresh->log.level));
@@ -126,7 +129,10 @@ struct Server::Impl {
         tls_context = fresh_tls;
       }
       for (std::size_t i = 0; i < workers.size(); ++i) {
-        asio::post(workers[i]->context, [w = workers[i].get(), c = chains[i]] { w->chain = c; });
+        asio::post(workers[i]->context, [w = workers[i].get(), c = chains[i], sc = submission[i]] {
+          w->chain = c;
+          w->submission_chain = sc;
+        });
       }
       log::info("reloaded").kv("config", source.path.empty() ? "(embedded default)" : source.path);
       asio::co_spawn(workers[0]->context, probe_upstream(workers[0]->context.get_executor(), fresh, *capabilities),
@@ -204,6 +210,7 @@ int Server::run() {
     s.guards.emplace_back(s.workers.back()->context.get_executor());
     try {
       s.workers.back()->chain = build_filter_chain(*config, *s.filter_resources);
+      s.workers.back()->submission_chain = build_filter_chain(*config, *s.filter_resources, true);
     } catch (const ConfigError& e) {
       log::error("filters-failed").kv("error", e.what());
       return 1;

@@ -91,7 +91,8 @@ bool iequals(std::string_view a, std::string_view b) {
 
 Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
                  const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
-                 std::shared_ptr<const FilterChain> chain, std::shared_ptr<const UpstreamCapabilities> caps,
+                 std::shared_ptr<const FilterChain> chain, std::shared_ptr<const FilterChain> submission_chain,
+                 std::shared_ptr<const UpstreamCapabilities> caps,
                  SessionRegistry& registry)
     : socket_(std::move(socket)),
       config_(std::move(config)),
@@ -103,6 +104,7 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
         socket_.cancel(ignored);
       }),
       chain_(std::move(chain)),
+      submission_chain_(std::move(submission_chain)),
       caps_(std::move(caps)),
       id_(next_session_id()),
       started_(std::chrono::steady_clock::now()),
@@ -995,10 +997,12 @@ asio::awaitable<void> Session::end_of_data() {
 }
 
 asio::awaitable<Verdict> Session::run_filters(Stage stage) {
-  if (!chain_ || chain_->empty()) co_return Verdict::proceed();
+  // Authenticated clients submit their own mail: the submission policy.
+  const auto& chain = facts_.auth_user.empty() || !submission_chain_ ? chain_ : submission_chain_;
+  if (!chain || chain->empty()) co_return Verdict::proceed();
   FilterContext ctx{stage, facts_, txn_.facts};
   auto start = std::chrono::steady_clock::now();
-  Verdict v = co_await chain_->run(ctx);
+  Verdict v = co_await chain->run(ctx);
   if (stage != Stage::kClose) {
     metrics::registry().filter_duration[static_cast<std::size_t>(stage)].observe(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

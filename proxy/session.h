@@ -39,7 +39,8 @@ class Session {
  public:
   Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
           const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
-          std::shared_ptr<const FilterChain> chain, std::shared_ptr<const UpstreamCapabilities> caps,
+          std::shared_ptr<const FilterChain> chain, std::shared_ptr<const FilterChain> submission_chain,
+          std::shared_ptr<const UpstreamCapabilities> caps,
           SessionRegistry& registry);
   ~Session();
   Session(const Session&) = delete;
@@ -106,6 +107,7 @@ class Session {
   SessionRegistry& registry_;
   Watchdog watchdog_;
   std::shared_ptr<const FilterChain> chain_;
+  std::shared_ptr<const FilterChain> submission_chain_;  // once the client authenticated
   std::shared_ptr<const UpstreamCapabilities> caps_;
   std::unique_ptr<Upstream> upstream_;
   std::string id_;

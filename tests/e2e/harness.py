@@ -1014,6 +1014,8 @@ def make_cert(directory, name="cert", cn=HOSTNAME):
 
 
 def _toml_value(v):
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

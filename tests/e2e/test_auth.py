@@ -185,3 +185,35 @@ def test_auth_off_listener_is_502(postern, tmp_path, cert, make_sink):
     with c:
         c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
     assert [a[1:] for a in sink.auth_attempts] == [("PLAIN", USER, True)]
+
+
+def test_authenticated_sessions_run_the_submission_policy(postern, tmp_path, cert, make_sink):
+    """[submission] scripts replace the [lua] rules once the client authenticated."""
+    sink = make_sink(auth=(USER, PASSWORD))
+    inbound = tmp_path / "inbound.lua"
+    inbound.write_text('postern.rule{ name = "INBOUND", stage = "eom", fn = function(ctx)\n'
+                       '  return postern.reject("5.7.1", "inbound policy ran")\nend }\n')
+    submission = tmp_path / "submission.lua"
+    submission.write_text('postern.rule{ name = "SUBMIT", stage = "eom", fn = function(ctx)\n'
+                          '  ctx:add_header("X-Submitted-By", ctx.client.auth_user)\nend }\n')
+    cfg = write_config(tmp_path / "postern.toml", [{"tls": "starttls", "auth": "passthrough"}],
+                       upstream=sink.address, tls={"cert_file": cert[0], "key_file": cert[1]},
+                       sections={"lua": {"scripts": [str(inbound)]},
+                                 "submission": {"scripts": [str(submission)]}})
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    msg = make_message("submission policy")
+    # Not authenticated: the inbound rules.
+    c, _ = tls_session(port)
+    r = c.send_message("a@example.org", ["b@example.com"], msg)
+    check_reply(r, 554, "5.7.1")
+    assert "inbound policy ran" in str(r)
+    c.close()
+    # Authenticated: the submission rules.
+    c, _ = tls_session(port)
+    c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
+    check_reply(c.send_message("a@example.org", ["b@example.com"], msg), 250)
+    c.close()
+    [m] = sink.messages
+    assert b"X-Submitted-By: alice\r\n" in m.content
+    assert_no_secrets(p)
