@@ -1,6 +1,6 @@
 """PIPELINING (RFC 2920): command groups in one write, replies in order."""
 
-from harness import SmtpClient, check_reply, data_payload, make_message
+from harness import run_swaks, SmtpClient, check_reply, data_payload, make_message
 
 QUEUED = "250 2.0.0 Ok: queued as ABC123"
 
@@ -130,3 +130,14 @@ def test_all_recipients_rejected_data_gets_554(proxy, sink):
         c.send(data_payload(make_message("after")))
         assert str(c.read_reply()) == QUEUED
     assert [m.rcpt_tos for m in sink.messages] == [["ok@example.com"]]
+
+
+def test_swaks_pipeline(proxy, sink):
+    """swaks --pipeline sends MAIL, RCPT and DATA as one group (RFC 2920)."""
+    res = run_swaks(["--pipeline", "--server", f"127.0.0.1:{proxy.port}", "--from", "a@example.org",
+                     "--to", "b@example.com,c@example.com", "--body", "pipelined body 5c1e"])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "queued as ABC123" in res.stdout
+    [m] = sink.messages
+    assert m.rcpt_tos == ["b@example.com", "c@example.com"]
+    assert b"pipelined body 5c1e" in m.body
