@@ -249,3 +249,28 @@ def test_relay_to_postfix_with_bdat(postern, mta, client_uses):
     assert msg.content.endswith(content.split(b"\r\n\r\n", 1)[1]), msg.content
     assert f"Subject: chunking {tag}".encode() in msg.content
 
+
+
+def test_binary_chunks(proxy, sink):
+    """BDAT chunks with 8-bit octets relay intact (BODY=8BITMIME); a NUL, which
+    no DATA transfer can carry and BINARYMIME is not offered for, is refused
+    with 554 5.6.0 and nothing reaches the MTA."""
+    eight_bit = b"Subject: 8bit\r\n\r\n" + bytes(range(0x80, 0x100)) + b"\r\nend\r\n"
+    with SmtpClient(proxy.port) as c:
+        r = c.ehlo()
+        assert not any(l.upper().startswith("BINARYMIME") for l in r.lines)
+        c.expect("MAIL FROM:<alice@example.org> BODY=8BITMIME", 250)
+        c.expect("RCPT TO:<bob@example.com>", 250)
+        half = len(eight_bit) // 2
+        c.send(f"BDAT {half}\r\n".encode() + eight_bit[:half])
+        octets_reply(c.read_reply(), half)
+        c.send(f"BDAT {len(eight_bit) - half} LAST\r\n".encode() + eight_bit[half:])
+        assert str(c.read_reply()) == FINAL
+        with_nul = b"Subject: nul\r\n\r\nbinary \x00 octet\r\n"
+        envelope(c)
+        c.send(f"BDAT {len(with_nul)} LAST\r\n".encode() + with_nul)
+        check_reply(c.read_reply(), 554, "5.6.0", what="NUL in a chunk")
+    msgs = sink.wait_messages(1)
+    time.sleep(0.2)
+    assert len(sink.messages) == 1
+    assert body_of(msgs[0]) == eight_bit
