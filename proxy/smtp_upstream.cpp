@@ -453,26 +453,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   DotStuffer stuffer;
   output_.clear();
   stuffer.feed(head, output_);
-  if (content.in_memory()) {
-    stuffer.feed(content.memory().substr(std::min(offset, content.size())), output_);
-  } else {
-    std::string chunk(limits::kRelayChunk, '\0');
-    for (;;) {
-      long n = content.read(offset, chunk.data(), chunk.size());
-      if (n < 0) {
-        log::error("spool-error").kv("op", "read").kv("error", std::strerror(errno));
-        close("spool read failed");  // the MTA must not take a truncated message
-        co_return local(replies::kSpoolFailed, true);
-      }
-      if (n == 0) break;
-      offset += static_cast<std::size_t>(n);
-      stuffer.feed(std::string_view(chunk.data(), static_cast<std::size_t>(n)), output_);
-      if (output_.size() >= limits::kRelayChunk) {
-        if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in DATA");
-        output_.clear();
-      }
-    }
-  }
+  if (auto failed = co_await send_content(content, offset, &stuffer)) co_return *failed;
   stuffer.finish(output_);
   if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in DATA");
   Reply final_reply;
@@ -521,6 +502,38 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
   co_return co_await command(output_, config_->timeouts.upstream_mail);
 }
 
+// Appends the spool from `offset` to output_ (dot-stuffed when `stuffer` is
+// given) and writes it out in kRelayChunk blocks, keeping the last block in
+// output_ for the caller to end; a failure reply when the spool or the
+// connection fails (the MTA must never take a truncated message).
+asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send_content(const Spool& content, std::size_t offset,
+                                                                          DotStuffer* stuffer) {
+  auto append = [&](std::string_view bytes) {
+    if (stuffer) stuffer->feed(bytes, output_);
+    else output_.append(bytes);
+  };
+  if (content.in_memory()) {
+    append(content.memory().substr(std::min(offset, content.size())));
+    co_return std::nullopt;
+  }
+  std::string chunk(limits::kRelayChunk, '\0');
+  for (;;) {
+    long n = content.read(offset, chunk.data(), chunk.size());
+    if (n < 0) {
+      log::error("spool-error").kv("op", "read").kv("error", std::strerror(errno));
+      close("spool read failed");
+      co_return local(replies::kSpoolFailed, true);
+    }
+    if (n == 0) co_return std::nullopt;
+    offset += static_cast<std::size_t>(n);
+    append(std::string_view(chunk.data(), static_cast<std::size_t>(n)));
+    if (output_.size() >= limits::kRelayChunk) {
+      if (!co_await send(output_, config_->timeouts.upstream_data_block)) co_return lost("write failed in content");
+      output_.clear();
+    }
+  }
+}
+
 // One "BDAT n LAST" (RFC 3030): a round trip less than DATA/354, and no
 // dot-stuffing; the content is canonical CRLF already.
 asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& head, const Spool& content,
@@ -529,26 +542,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
   offset = std::min(offset, content.size());
   output_ = fmt::format("BDAT {} LAST\r\n", head.size() + content.size() - offset);
   output_.append(head);
-  if (content.in_memory()) {
-    output_.append(content.memory().substr(offset));
-  } else {
-    std::string chunk(limits::kRelayChunk, '\0');
-    for (;;) {
-      long n = content.read(offset, chunk.data(), chunk.size());
-      if (n < 0) {
-        log::error("spool-error").kv("op", "read").kv("error", std::strerror(errno));
-        close("spool read failed");  // the MTA must not take a truncated message
-        co_return local(replies::kSpoolFailed, true);
-      }
-      if (n == 0) break;
-      offset += static_cast<std::size_t>(n);
-      output_.append(chunk.data(), static_cast<std::size_t>(n));
-      if (output_.size() >= limits::kRelayChunk) {
-        if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in BDAT");
-        output_.clear();
-      }
-    }
-  }
+  if (auto failed = co_await send_content(content, offset, nullptr)) co_return *failed;
   if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in BDAT");
   Reply final_reply;
   if (!co_await receive(final_reply, to.upstream_data_term)) co_return lost("no reply to BDAT LAST");

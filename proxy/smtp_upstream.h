@@ -4,6 +4,9 @@
 
 #include <asio/ip/tcp.hpp>
 #include <asio/ssl.hpp>
+#include <optional>
+
+#include "proxy/data_decoder.h"
 
 #include "proxy/upstream.h"
 #include "proxy/watchdog.h"
@@ -36,6 +39,8 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<bool> send_xclient();
   asio::awaitable<bool> start_tls();
   asio::awaitable<UpstreamReply> send_chunked(const std::string& head, const Spool& content, std::size_t offset);
+  asio::awaitable<std::optional<UpstreamReply>> send_content(const Spool& content, std::size_t offset,
+                                                             DotStuffer* stuffer);
   asio::awaitable<bool> send(std::string_view bytes, Seconds timeout);
   // Reads one reply; false when the connection failed, timed out or sent garbage.
   asio::awaitable<bool> receive(Reply& reply, Seconds timeout);
