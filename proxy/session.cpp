@@ -358,7 +358,8 @@ asio::awaitable<bool> Session::start_tls() {
   facts_.tls = tls_facts(tls_->native_handle());
   metrics::registry().tls_sessions.fetch_add(1, std::memory_order_relaxed);
   log::info("tls").kv("session", id_).kv("client", client_.address).kv("version", facts_.tls.version)
-      .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject);
+      .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject)
+      .kv("peer_sha256", facts_.tls.peer_fingerprint.empty() ? "none" : facts_.tls.peer_fingerprint);
   co_return true;
 }
 
