@@ -59,7 +59,6 @@ inline constexpr Def kAuthAlready{503, "5.5.1 Error: already authenticated"};
 inline constexpr Def kAuthInTransaction{503, "5.5.1 Error: MAIL transaction in progress"};
 inline constexpr Def kAuthMechanism{504, "5.5.4 Unrecognized authentication type"};
 inline constexpr Def kAuthUnavailable{454, "4.7.0 Temporary authentication failure"};
-inline constexpr Def kAuthLineTooLong{500, "5.5.6 Authentication exchange line is too long"};
 
 // CHUNKING (RFC 3030).
 inline constexpr Def kBdatSyntax{501, "5.5.4 Syntax: BDAT size [LAST]"};

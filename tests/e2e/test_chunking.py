@@ -201,20 +201,8 @@ def test_bdat_bad_size_closes(proxy, sink):
 
 @pytest.fixture(scope="module")
 def mta():
-    from test_xclient import POSTFIX, PrivatePostfix
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix instance needs root")
-    if not os.access(POSTFIX, os.X_OK):
-        pytest.fail(f"{POSTFIX} is missing (Debian package postfix)")
-    relay_sink = RecordingSink().start()
-    pf = PrivatePostfix(relay_sink.port)
-    pf.sink = relay_sink
-    try:
-        pf.start()
-        yield pf
-    finally:
-        pf.stop()
-        relay_sink.stop()
+    from test_xclient import private_postfix
+    yield from private_postfix()
 
 
 @pytest.mark.parametrize("client_uses", ["BDAT", "DATA"])

@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from harness import (SCALE, RecordingSink, SmtpClient, check_reply, make_cert, make_message,
+from harness import (SCALE, SmtpClient, check_reply, make_cert, make_message,
                      wait_until)
-from test_xclient import POSTFIX, PrivatePostfix, postfix_received
+from test_xclient import postfix_received, private_postfix
 
 TLS_NAME = "postfix.test"
 
@@ -36,28 +36,19 @@ smtp_tls_security_level = none
 MASTER_CF_TLS = "tlsmgr    unix  - - n 1000? 1 tlsmgr\n"
 
 
+def add_tls(pf):
+    """Gives the instance a certificate (removed with it) and STARTTLS."""
+    pf.cert, pf.key, _ = make_cert(pf.etc, name="postfix", cn=TLS_NAME)
+    os.chmod(pf.key, 0o600)
+    with open(os.path.join(pf.etc, "main.cf"), "a") as f:
+        f.write(MAIN_CF_TLS.format(cert=pf.cert, key=pf.key))
+    with open(os.path.join(pf.etc, "master.cf"), "a") as f:
+        f.write(MASTER_CF_TLS)
+
+
 @pytest.fixture(scope="module")
 def tls_mta():
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix instance needs root")
-    if not os.access(POSTFIX, os.X_OK):
-        pytest.fail(f"{POSTFIX} is missing (Debian package postfix)")
-    relay_sink = RecordingSink().start()
-    pf = PrivatePostfix(relay_sink.port)
-    pf.sink = relay_sink
-    try:
-        # the certificate lives with the instance (world-readable dir, removed by stop())
-        pf.cert, pf.key, _ = make_cert(pf.etc, name="postfix", cn=TLS_NAME)
-        os.chmod(pf.key, 0o600)
-        with open(os.path.join(pf.etc, "main.cf"), "a") as f:
-            f.write(MAIN_CF_TLS.format(cert=pf.cert, key=pf.key))
-        with open(os.path.join(pf.etc, "master.cf"), "a") as f:
-            f.write(MASTER_CF_TLS)
-        pf.start()
-        yield pf
-    finally:
-        pf.stop()
-        relay_sink.stop()
+    yield from private_postfix(add_tls)
 
 
 def start_postern(postern, mta, **upstream):

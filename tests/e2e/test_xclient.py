@@ -170,8 +170,10 @@ class PrivatePostfix:
         return client.group(2), found.group(1)
 
 
-@pytest.fixture(scope="module")
-def mta():
+def private_postfix(prepare=None):
+    """A started PrivatePostfix relaying to a RecordingSink (pf.sink), stopped
+    with it afterwards; `prepare(pf)` may edit its configuration first. For
+    module-scoped fixtures: `yield from private_postfix(...)`."""
     if os.geteuid() != 0:
         pytest.skip("a private Postfix instance needs root")
     if not os.access(POSTFIX, os.X_OK):
@@ -180,11 +182,18 @@ def mta():
     pf = PrivatePostfix(relay_sink.port)
     pf.sink = relay_sink
     try:
+        if prepare:
+            prepare(pf)
         pf.start()
         yield pf
     finally:
         pf.stop()
         relay_sink.stop()
+
+
+@pytest.fixture(scope="module")
+def mta():
+    yield from private_postfix()
 
 
 def send_through_postern(postern, mta, port, mode=None, helo=CLIENT_HELO):
