@@ -1,0 +1,311 @@
+"""The documentation's examples work.
+
+- Every ```toml block of docs/*.md, and every config/*.toml file, is a
+  configuration `postern config check` accepts. Absolute paths it names
+  (certificates, rule scripts, spool and audit directories) are recreated
+  under a temporary directory first: certificates as a real matching pair,
+  rule files from scripts/ when postern ships them. A block whose first line
+  starts with `# fragment` is part of a configuration, or a `postern test`
+  fixture: it must still be valid TOML.
+- docs/deploy-postfix.md: its master.cf and main.cf snippets are applied to a
+  private Postfix (tests/e2e/test_xclient.py) and its postern.toml, on free
+  ports, relays a message into that Postfix, which sees the real client
+  through XCLIENT and refuses to relay for strangers.
+"""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+import uuid
+
+import pytest
+
+from harness import (POSTERN_BIN, SCALE, SmtpClient, check_reply, free_port, make_cert,
+                     make_message, wait_port, wait_until)
+from test_xclient import private_postfix
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FENCE_RE = re.compile(r"^```toml[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+ANY_FENCE_RE = re.compile(r"^```[a-z]*[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+
+
+class Block:
+    def __init__(self, path, line, text):
+        self.path = path          # relative to ROOT
+        self.line = line
+        self.text = text
+
+    @property
+    def fragment(self):
+        return self.text.lstrip().startswith("# fragment")
+
+    @property
+    def name(self):
+        return f"{self.path}:{self.line}"
+
+
+def toml_blocks():
+    blocks = []
+    for md in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
+        with open(md) as f:
+            text = f.read()
+        for m in FENCE_RE.finditer(text):
+            line = text.count("\n", 0, m.start()) + 1
+            blocks.append(Block(os.path.relpath(md, ROOT), line, m.group(1)))
+    for cfg in sorted(glob.glob(os.path.join(ROOT, "config", "*.toml"))):
+        with open(cfg) as f:
+            blocks.append(Block(os.path.relpath(cfg, ROOT), 1, f.read()))
+    return blocks
+
+
+BLOCKS = toml_blocks()
+COMPLETE = [b for b in BLOCKS if not b.fragment]
+FRAGMENTS = [b for b in BLOCKS if b.fragment]
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("docs-tls")
+    cert, key, _ = make_cert(d, cn="mx.example.com")
+    return cert, key
+
+
+def shipped_script(name):
+    """A rule file of scripts/ with this name, if postern ships one."""
+    for sub in ("default", "examples"):
+        p = os.path.join(ROOT, "scripts", sub, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def string_values(node, key=""):
+    """(key, value) of every string in a parsed TOML document, lists included."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from string_values(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from string_values(v, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def materialize(text, tmp, tls_pair):
+    """The block with every absolute path it names moved under `tmp`, and the
+    files or directories those keys expect created there."""
+    cert, key = tls_pair
+    doc = tomllib.loads(text)
+    for k, value in string_values(doc):
+        if not value.startswith("/") or os.path.exists(value):
+            continue
+        local = os.path.join(str(tmp), value.lstrip("/"))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        if k in ("cert_file", "ca_file"):
+            shutil.copy(cert, local)
+        elif k == "key_file":
+            shutil.copy(key, local)
+        elif k in ("scripts", "module_path") and value.endswith(".lua"):
+            src = shipped_script(os.path.basename(value))
+            if src:
+                shutil.copy(src, local)
+            else:
+                with open(local, "w") as f:
+                    f.write("-- placeholder for a rule file of the documentation\n")
+        elif k == "scripts":
+            # a rule directory: postern's default rule set
+            if not os.path.isdir(local):
+                shutil.copytree(os.path.join(ROOT, "scripts", "default"), local)
+        elif k in ("module_path", "spool_dir", "dir"):
+            os.makedirs(local, exist_ok=True)
+        # anything else (audit path, ...) only needs its directory
+        new = text.replace(f'"{value}"', f'"{local}"')
+        assert new != text, f"path {value!r} of key {k!r} not found as a \"string\""
+        text = new
+    return text
+
+
+def config_check(path, cwd):
+    return subprocess.run([POSTERN_BIN, "config", "check", str(path)], capture_output=True,
+                          text=True, timeout=30 * SCALE, cwd=str(cwd), stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("block", COMPLETE, ids=[b.name for b in COMPLETE])
+def test_config_check_accepts_documented_config(block, tmp_path, tls_pair):
+    text = materialize(block.text, tmp_path, tls_pair)
+    path = tmp_path / "postern.toml"
+    path.write_text(text)
+    r = config_check(path, tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"{path}: ok", (
+        f"{block.name}: postern config check refused the documented configuration\n"
+        f"{r.stdout}{r.stderr}\n---- as checked ----\n{text}")
+
+
+@pytest.mark.parametrize("block", FRAGMENTS, ids=[b.name for b in FRAGMENTS])
+def test_fragment_is_valid_toml(block):
+    tomllib.loads(block.text)
+
+
+def test_config_check_refuses_a_broken_block(tmp_path, tls_pair):
+    """The check above can fail: a documented block with a misspelt key is refused."""
+    guide = next(b for b in COMPLETE if b.path == "docs/deploy-postfix.md")
+    broken = guide.text.replace("client_identity", "client_identiy", 1)
+    assert broken != guide.text
+    path = tmp_path / "postern.toml"
+    path.write_text(materialize(broken, tmp_path, tls_pair))
+    r = config_check(path, tmp_path)
+    assert r.returncode == 1, r
+    assert "key 'upstream.client_identiy': unknown key; did you mean 'client_identity'?" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("doc", ["docs/deploy-postfix.md", "docs/deploy-exchange.md", "docs/audit-only.md",
+                                 "docs/configuration.md"])
+def test_guides_carry_complete_examples(doc):
+    assert any(b.path == doc for b in COMPLETE), f"{doc} has no complete ```toml example"
+
+
+# --------------------------------------------------------------------------
+# docs/deploy-postfix.md against a real Postfix
+
+GUIDE = os.path.join(ROOT, "docs", "deploy-postfix.md")
+CLIENT_IP = "127.0.0.9"
+CLIENT_HELO = "client.example"
+
+
+def guide_block(first_line):
+    """The fenced block of the Postfix guide that starts with `first_line`."""
+    with open(GUIDE) as f:
+        text = f.read()
+    found = [m.group(1) for m in ANY_FENCE_RE.finditer(text) if m.group(1).split("\n", 1)[0] == first_line]
+    assert len(found) == 1, f"{GUIDE}: expected one block starting {first_line!r}, found {len(found)}"
+    return found[0]
+
+
+def replace_once(text, old, new):
+    assert text.count(old) == 1, f"expected {old!r} once in:\n{text}"
+    return text.replace(old, new)
+
+
+def merge_main_cf(main_cf, snippet):
+    """main.cf with the snippet's parameters set (replaced where present)."""
+    lines = main_cf.rstrip("\n").split("\n")
+    for line in snippet.split("\n"):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name = line.split("=", 1)[0].strip()
+        lines = [l for l in lines if l.split("=", 1)[0].strip() != name]
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def guide_postfix():
+    """The private Postfix with the guide's master.cf service and main.cf
+    settings; mail for example.com (the guide's domain) is relayed to the
+    recording sink."""
+    port = free_port()
+
+    def prepare(pf):
+        master = os.path.join(pf.etc, "master.cf")
+        main = os.path.join(pf.etc, "main.cf")
+        service = replace_once(guide_block("# /etc/postfix/master.cf"), "127.0.0.1:10025",
+                               f"127.0.0.1:{port}")
+        with open(master, "a") as f:
+            f.write(service)
+        with open(main) as f:
+            text = f.read()
+        text = merge_main_cf(text, guide_block("# /etc/postfix/main.cf"))
+        # the site's own domain, relayed on to the mail store (here: the sink)
+        text = merge_main_cf(text, f"relay_domains = example.com\n"
+                                   f"relay_transport = relay:[127.0.0.1]:{pf.sink.port}\n")
+        with open(main, "w") as f:
+            f.write(text)
+
+    for pf in private_postfix(prepare):
+        wait_port(port, 20 * SCALE)
+        pf.guide_port = port
+        yield pf
+
+
+def start_guide_postern(postern, pf, tmp_path, tls_pair, sets=None):
+    toml = next(b for b in COMPLETE if b.path == "docs/deploy-postfix.md"
+                and b.text.startswith("# /etc/postern/postern.toml")).text
+    toml = replace_once(toml, '"0.0.0.0:25"', '"127.0.0.1:0"')
+    toml = replace_once(toml, '"0.0.0.0:587"', '"127.0.0.1:0"')
+    toml = replace_once(toml, '"127.0.0.1:10025"', f'"127.0.0.1:{pf.guide_port}"')
+    path = tmp_path / "postern.toml"
+    path.write_text(materialize(toml, tmp_path, tls_pair))
+    p = postern.start(config=path, listen=(), sets=sets)
+    p.wait_for_log("started")
+    ports = [int(l.get("address").rsplit(":", 1)[1]) for l in p.events("listening")]
+    assert len(ports) == 2, ports
+    return p, ports
+
+
+def relay_one(port, rcpt="bob@example.com"):
+    tag = uuid.uuid4().hex[:12]
+    with SmtpClient(port, source=CLIENT_IP) as c:
+        client_port = c.sock.getsockname()[1]
+        c.ehlo(CLIENT_HELO)
+        r = check_reply(c.send_message("alice@example.org", [rcpt], make_message(f"guide {tag}")),
+                        250, what="end of data")
+        c.expect("QUIT", 221)
+    m = re.search(r"queued as ([0-9A-F]+)", r.text)
+    assert m, f"no Postfix queue id in {r}"
+    return m.group(1), client_port
+
+
+def delivered(pf, qid):
+    wait_until(lambda: any(qid.encode() in (m.content or b"") for m in pf.sink.messages), 20 * SCALE,
+               message=f"Postfix relaying {qid} to the sink")
+    msg = next(m for m in pf.sink.messages if qid.encode() in m.content)
+    head = msg.content.decode("latin-1").split("\r\n\r\n", 1)[0]
+    return re.sub(r"\r\n(?=[ \t])", " ", head).split("\r\n")
+
+
+def test_postfix_guide_relays_with_the_real_client(postern, guide_postfix, tmp_path, tls_pair):
+    pf = guide_postfix
+    p, (mx, _) = start_guide_postern(postern, pf, tmp_path, tls_pair)
+    qid, client_port = relay_one(mx)
+    # Postfix's log (syslog_name postfix/postern) names the real client: XCLIENT took effect
+    client = pf.wait_log(rf"postfix/postern/smtpd\[\d+\]: {qid}: client=(.*)$").group(1)
+    assert client == f"unknown[{CLIENT_IP}]:{client_port}", client
+    head = delivered(pf, qid)
+    postfix_rcv = [l for l in head if l.startswith("Received:") and f"id {qid}" in l]
+    assert postfix_rcv and postfix_rcv[0].startswith(f"Received: from {CLIENT_HELO} (unknown [{CLIENT_IP}])"), head
+    postern_rcv = [l for l in head if l.startswith("Received:") and "(postern)" in l]
+    assert postern_rcv and f"[{CLIENT_IP}]" in postern_rcv[0] and "by mx.example.com (postern)" in postern_rcv[0], head
+    line = p.wait_for_log("message", result="relayed")
+    assert qid in line.get("upstream", ""), line
+
+
+@pytest.mark.parametrize("identity", ["xclient", "none"])
+def test_postfix_guide_refuses_to_relay_for_strangers(postern, guide_postfix, tmp_path, tls_pair, identity):
+    """Postfix's `Relay access denied` reaches the client verbatim, with XCLIENT
+    and also when XCLIENT is not used (every client then looks like
+    127.0.0.1, which the guide keeps out of the loopback smtpd's mynetworks)."""
+    pf = guide_postfix
+    p, (mx, _) = start_guide_postern(postern, pf, tmp_path, tls_pair,
+                                     sets={"upstream.client_identity": identity})
+    with SmtpClient(mx, source=CLIENT_IP) as c:
+        c.ehlo(CLIENT_HELO)
+        c.expect("MAIL FROM:<alice@example.org>", 250)
+        r = c.expect("RCPT TO:<someone@elsewhere.example>", 554, "5.7.1")
+        assert "Relay access denied" in r.text, r
+        c.expect("RCPT TO:<bob@example.com>", 250)
+        c.expect("QUIT", 221)
+
+
+def test_postfix_guide_submission_needs_tls(postern, guide_postfix, tmp_path, tls_pair):
+    pf = guide_postfix
+    p, (_, submission) = start_guide_postern(postern, pf, tmp_path, tls_pair)
+    with SmtpClient(submission) as c:
+        r = c.ehlo(CLIENT_HELO)
+        assert "STARTTLS" in r.lines and not any(l.startswith("AUTH") for l in r.lines), r
+        c.expect("MAIL FROM:<alice@example.com>", 530, "5.7.0")
+        c.starttls()
+        r = c.ehlo(CLIENT_HELO)
+        assert "AUTH PLAIN LOGIN" in r.lines, r
