@@ -309,3 +309,124 @@ def test_postfix_guide_submission_needs_tls(postern, guide_postfix, tmp_path, tl
         c.starttls()
         r = c.ehlo(CLIENT_HELO)
         assert "AUTH PLAIN LOGIN" in r.lines, r
+
+
+# --------------------------------------------------------------------------
+# docs/deploy-exchange.md: the rule that keeps X-Spam-Status postern's own
+
+EXCHANGE_GUIDE = os.path.join(ROOT, "docs", "deploy-exchange.md")
+
+
+def fenced(path, first_line):
+    with open(path) as f:
+        text = f.read()
+    found = [m.group(1) for m in ANY_FENCE_RE.finditer(text) if m.group(1).split("\n", 1)[0] == first_line]
+    assert len(found) == 1, f"{path}: expected one block starting {first_line!r}, found {len(found)}"
+    return found[0]
+
+
+@pytest.mark.parametrize("scored", [False, True])
+def test_exchange_guide_rule_strips_foreign_spam_status(postern, sink, tmp_path, scored):
+    """A forged `X-Spam-Status: No` never reaches Exchange: without symbols the
+    message carries no X-Spam-Status at all, with symbols only postern's."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "05_strip_spam_status.lua").write_text(
+        fenced(EXCHANGE_GUIDE, "-- /etc/postern/rules/05_strip_spam_status.lua"))
+    if scored:   # a rule of the test's own, so that postern adds its field
+        (rules / "50_test_symbol.lua").write_text(
+            'postern.rule{ name = "DOCS_TEST", stage = "eom", score = 6, fn = function(ctx)\n'
+            '  return ctx:symbol("DOCS_TEST")\nend }\n')
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": str(rules)})
+    forged = b"X-Spam-Status: No, score=0.00 symbols=\r\nX-Spam-Status: No\r\n"
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        check_reply(c.send_message("someone@example.net", ["alice@example.com"],
+                                   make_message("forged", extra_headers=forged)), 250)
+    msg = sink.wait_messages(1)[0]
+    head = msg.content.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    fields = [l for l in head.split("\r\n") if l.lower().startswith("x-spam-status:")]
+    if scored:
+        assert fields == ["X-Spam-Status: Yes, score=6.00 symbols=DOCS_TEST"], head
+    else:
+        assert fields == [], head
+
+
+# --------------------------------------------------------------------------
+# docs/audit-only.md: the audit-only configuration tags what enforcement refuses
+
+AUDIT_GUIDE = "docs/audit-only.md"
+
+
+@pytest.fixture
+def nxdomain_dns():
+    """A DNS server on loopback answering NXDOMAIN to everything, so SPF,
+    DKIM and DMARC run to a result (none) without the internet."""
+    from dnslib import RCODE
+    from dnslib.server import BaseResolver, DNSServer
+
+    class Nx(BaseResolver):
+        def resolve(self, request, handler):
+            reply = request.reply()
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+
+    server = DNSServer(Nx(), port=0, address="127.0.0.1")
+    server.start_thread()
+    try:
+        yield f"127.0.0.1@{server.server.server_address[1]}"
+    finally:
+        server.stop()
+
+
+def start_guide_config(postern, block, sink, tmp_path, tls_pair, dns):
+    text = replace_once(block.text, '"0.0.0.0:25"', '"127.0.0.1:0"')
+    text = replace_once(text, '"127.0.0.1:10025"', f'"{sink.address}"')
+    path = tmp_path / "postern.toml"
+    path.write_text(materialize(text, tmp_path, tls_pair))
+    p = postern.start(config=path, listen=(), sets={"dns.servers": f'["{dns}"]'})
+    p.wait_for_log("started")
+    (port,) = [int(l.get("address").rsplit(":", 1)[1]) for l in p.events("listening")]
+    return p, port
+
+
+def exe_message():
+    with open(os.path.join(ROOT, "scripts", "tests", "messages", "exe_attachment.eml"), "rb") as f:
+        return f.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def audit_blocks():
+    blocks = [b for b in COMPLETE if b.path == AUDIT_GUIDE]
+    audit = [b for b in blocks if "audit only" in b.text.split("\n", 1)[0]]
+    enforcing = [b for b in blocks if "enforcing" in b.text.split("\n", 1)[0]]
+    assert len(audit) == 1 and len(enforcing) == 1, [b.name for b in blocks]
+    return audit[0], enforcing[0]
+
+
+def test_audit_only_config_relays_and_tags_an_executable(postern, sink, tmp_path, tls_pair, nxdomain_dns):
+    audit, _ = audit_blocks()
+    p, port = start_guide_config(postern, audit, sink, tmp_path, tls_pair, nxdomain_dns)
+    with SmtpClient(port) as c:
+        c.ehlo("mail.example.net")
+        r = check_reply(c.send_message("someone@example.net", ["alice@example.com"], exe_message()), 250)
+    msg = sink.wait_messages(1)[0]
+    head = re.sub(r"\r\n(?=[ \t])", " ", msg.content.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
+    status = [l for l in head.split("\r\n") if l.startswith("X-Spam-Status:")]
+    assert len(status) == 1 and status[0].startswith("X-Spam-Status: Yes, score=1"), head
+    # scored by the rules and by every authenticity check, refused by none
+    for symbol in ("EXECUTABLE_ATTACHMENT", "SPF_", "DKIM_NONE", "DMARC_NONE"):
+        assert symbol in status[0], status
+    assert any(l.startswith("Authentication-Results: mx.example.com;") for l in head.split("\r\n")), head
+    assert p.wait_for_log("message", result="relayed"), r
+
+
+def test_enforcing_config_defers_a_first_time_sender(postern, sink, tmp_path, tls_pair, nxdomain_dns):
+    """The guide's final configuration runs the whole default set: greylisting
+    answers a new (network, sender, recipient) triplet with 451 4.7.1."""
+    _, enforcing = audit_blocks()
+    p, port = start_guide_config(postern, enforcing, sink, tmp_path, tls_pair, nxdomain_dns)
+    with SmtpClient(port) as c:
+        c.ehlo("mail.example.net")
+        c.expect("MAIL FROM:<someone@example.net>", 250)
+        c.expect("RCPT TO:<alice@example.com>", 451, "4.7.1")
+    assert not sink.messages
