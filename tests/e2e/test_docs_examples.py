@@ -99,9 +99,11 @@ def materialize(text, tmp, tls_pair):
     files or directories those keys expect created there."""
     cert, key = tls_pair
     doc = tomllib.loads(text)
+    seen = set()
     for k, value in string_values(doc):
-        if not value.startswith("/") or os.path.exists(value):
+        if not value.startswith("/") or os.path.exists(value) or value in seen:
             continue
+        seen.add(value)
         local = os.path.join(str(tmp), value.lstrip("/"))
         os.makedirs(os.path.dirname(local), exist_ok=True)
         if k in ("cert_file", "ca_file"):
