@@ -331,7 +331,9 @@ void check_operations(Checker& check, const toml::table& root, Config& config) {
   if (!socket_node && !std::filesystem::is_directory(std::filesystem::path(socket).parent_path(), ec)) {
     socket = "postern-control.sock";
   }
-  if (!socket.empty()) {
+  // The fallback stays relative to the working directory (bound there,
+  // found there by `postern status`), so a deep directory cannot make it too long.
+  if (!socket.empty() && socket_node) {
     auto abs = std::filesystem::absolute(socket, ec);
     if (!ec) socket = abs.lexically_normal().string();
     if (socket.size() >= 100) {  // sockaddr_un.sun_path is 108 octets
