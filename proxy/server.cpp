@@ -330,6 +330,11 @@ int Server::run() {
   if (!config->server.user.empty() && !process::resolve_account(*config, account)) return 1;
   try {
     process::ensure_open_files(*config);
+  } catch (const ConfigError& e) {
+    log::error("open-files").kv("error", e.what());
+    return 1;
+  }
+  try {
     s.filter_resources = build_filter_resources(*config, nullptr);
   } catch (const ConfigError& e) {
     log::error("filters-failed").kv("error", e.what());
