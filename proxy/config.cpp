@@ -3,6 +3,8 @@
 #include "proxy/config.h"
 
 #include <arpa/inet.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -280,6 +282,76 @@ void apply_overrides(toml::table& root, const ConfigSource& source) {
   }
 }
 
+// [server] user/group, [log] format/output, [control]: how the process runs
+// (docs/operations.md).
+void check_operations(Checker& check, const toml::table& root, Config& config) {
+  const toml::table* server = root.get("server") ? root.get("server")->as_table() : nullptr;
+  if (const toml::node* n = check.get_string(server, "server", "user", config.server.user)) {
+    if (!config.server.user.empty() && !getpwnam(config.server.user.c_str())) {
+      check.error(n, "server.user", "no such user \"" + config.server.user + "\" (getpwnam); create it or set \"\"");
+    }
+  }
+  if (const toml::node* n = check.get_string(server, "server", "group", config.server.group)) {
+    if (!config.server.group.empty() && !getgrnam(config.server.group.c_str())) {
+      check.error(n, "server.group", "no such group \"" + config.server.group + "\" (getgrnam)");
+    }
+    if (!config.server.group.empty() && config.server.user.empty()) {
+      check.error(n, "server.group", "needs server.user: postern changes group and user together");
+    }
+  }
+
+  const toml::table* log = root.get("log") ? root.get("log")->as_table() : nullptr;
+  check.get_enum<Config::Log::Format>(log, "log", "format",
+                                      {{"text", Config::Log::Format::kText}, {"json", Config::Log::Format::kJson}},
+                                      config.log.format);
+  if (const toml::node* n = check.get_string(log, "log", "output", config.log.output)) {
+    std::string& out = config.log.output;
+    if (out.rfind("file:", 0) == 0 && out.size() > 5) {
+      std::error_code ec;
+      auto abs = std::filesystem::absolute(out.substr(5), ec);
+      if (!ec) out = "file:" + abs.lexically_normal().string();
+      auto dir = std::filesystem::path(out.substr(5)).parent_path();
+      if (!std::filesystem::is_directory(dir, ec)) {
+        check.error(n, "log.output", "no directory \"" + dir.string() + "\" for the log file");
+      }
+    } else if (out != "stderr" && out != "journald") {
+      check.error(n, "log.output", "expected \"stderr\", \"journald\" or \"file:/path/to/postern.log\", got " +
+                                       describe(*n));
+    }
+  }
+
+  const toml::table* control = check.section(root, "control");
+  if (control) check.check_keys(*control, "control", {"socket", "mode"});
+  // The default lives in /run/postern (systemd's RuntimeDirectory=postern);
+  // where that directory does not exist, in the working directory, like the
+  // embedded default's Maildir.
+  std::string socket = kDefaultControlSocket;
+  const toml::node* socket_node = check.get_string(control, "control", "socket", socket);
+  std::error_code ec;
+  if (!socket_node && !std::filesystem::is_directory(std::filesystem::path(socket).parent_path(), ec)) {
+    socket = "postern-control.sock";
+  }
+  // The fallback stays relative to the working directory (bound there,
+  // found there by `postern status`), so a deep directory cannot make it too long.
+  if (!socket.empty() && socket_node) {
+    auto abs = std::filesystem::absolute(socket, ec);
+    if (!ec) socket = abs.lexically_normal().string();
+    if (socket.size() >= 100) {  // sockaddr_un.sun_path is 108 octets
+      check.error(socket_node, "control.socket", "path longer than 100 octets: \"" + socket + '"');
+    } else if (socket_node && !std::filesystem::is_directory(std::filesystem::path(socket).parent_path(), ec)) {
+      check.error(socket_node, "control.socket",
+                  "no directory \"" + std::filesystem::path(socket).parent_path().string() + "\" (or \"\" for no socket)");
+    }
+  }
+  config.control.socket = socket;
+  std::string mode = "0600";
+  if (const toml::node* n = check.get_string(control, "control", "mode", mode)) {
+    if (mode == "0600") config.control.mode = 0600;
+    else if (mode == "0660") config.control.mode = 0660;
+    else check.error(n, "control.mode", "expected \"0600\" (owner only) or \"0660\" (owner and group), got " + describe(*n));
+  }
+}
+
 std::string system_hostname() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
@@ -315,10 +387,10 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
-                              "authentication_results", "audit"});
+                              "authentication_results", "audit", "control"});
 
   const toml::table* server = check.section(root, "server");
-  if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout"});
+  if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
   check.get_string(server, "server", "hostname", config->server.hostname);
   std::size_t threads = 0;
   check.get_size(server, "server", "threads", 0, 256, threads);
@@ -438,7 +510,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   const toml::table* lim = check.section(root, "limits");
   if (lim) {
     check.check_keys(*lim, "limits", {"message_size", "recipients", "messages_per_session", "errors",
-                                      "command_line", "text_line"});
+                                      "command_line", "text_line", "sessions", "sessions_per_ip",
+                                      "sessions_per_network", "network_prefix_v4", "network_prefix_v6"});
   }
   auto& l = config->limits;
   check.get_size(lim, "limits", "message_size", 1, std::size_t(1) << 40, l.message_size);
@@ -447,6 +520,11 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_size(lim, "limits", "errors", 1, 1000, l.errors);
   check.get_size(lim, "limits", "command_line", limits::kMinCommandLine, 65536, l.command_line);
   check.get_size(lim, "limits", "text_line", 1000, 1 << 20, l.text_line);
+  check.get_size(lim, "limits", "sessions", 0, 1000000, l.sessions);
+  check.get_size(lim, "limits", "sessions_per_ip", 0, 1000000, l.sessions_per_ip);
+  check.get_size(lim, "limits", "sessions_per_network", 0, 1000000, l.sessions_per_network);
+  check.get_size(lim, "limits", "network_prefix_v4", 8, 32, l.network_prefix_v4);
+  check.get_size(lim, "limits", "network_prefix_v6", 16, 128, l.network_prefix_v6);
 
   const toml::table* to = check.section(root, "timeouts");
   if (to) {
@@ -480,13 +558,14 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   }
 
   const toml::table* log = check.section(root, "log");
-  if (log) check.check_keys(*log, "log", {"level"});
+  if (log) check.check_keys(*log, "log", {"level", "format", "output"});
   check.get_enum<Config::Log::Level>(log, "log", "level",
                                      {{"debug", Config::Log::Level::kDebug},
                                       {"info", Config::Log::Level::kInfo},
                                       {"warning", Config::Log::Level::kWarning},
                                       {"error", Config::Log::Level::kError}},
                                      config->log.level);
+  check_operations(check, root, *config);
   const toml::table* submission = check.section(root, "submission");
   if (submission) check.check_keys(*submission, "submission", {"scripts", "authenticity_checks"});
   if (const toml::node* n = submission ? submission->get("scripts") : nullptr) {

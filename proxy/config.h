@@ -20,11 +20,18 @@ namespace postern {
 
 using Seconds = std::chrono::duration<double>;
 
+// [control] socket when the key is not set and /run/postern exists; else
+// "postern-control.sock" in the working directory.
+inline constexpr const char* kDefaultControlSocket = "/run/postern/control.sock";
+
 struct Config {
   struct Server {
     std::string hostname;  // greeting, EHLO, Received; system host name when empty
     unsigned threads = 0;  // I/O threads; 0 = one per core
     Seconds shutdown_timeout{30};
+    // Privilege drop after binding (docs/operations.md): empty = stay as started.
+    std::string user;
+    std::string group;  // empty = the user's primary group
   } server;
 
   struct Listener {
@@ -73,6 +80,13 @@ struct Config {
     std::size_t errors = 10;
     std::size_t command_line = 2048;
     std::size_t text_line = 1000;
+    // Concurrent sessions: in all, from one client address, and from one
+    // network (IPv4 /network_prefix_v4, IPv6 /network_prefix_v6); 0 = no limit.
+    std::size_t sessions = 1000;
+    std::size_t sessions_per_ip = 50;
+    std::size_t sessions_per_network = 0;
+    std::size_t network_prefix_v4 = 24;
+    std::size_t network_prefix_v6 = 64;
   } limits;
 
   // RFC 5321 §4.5.3.2 defaults.
@@ -117,7 +131,15 @@ struct Config {
 
   struct Log {
     enum class Level { kDebug, kInfo, kWarning, kError } level = Level::kInfo;
+    enum class Format { kText, kJson } format = Format::kText;
+    std::string output = "stderr";  // "stderr", "journald" or "file:/absolute/path"
   } log;
+
+  // The local control socket of `postern reload` and `postern status`.
+  struct Control {
+    std::string socket;    // absolute path; empty = no control socket
+    unsigned mode = 0600;  // 0600 or 0660
+  } control;
 
   // [lua]: rule scripts and the engine's limits. The proxy sets the runtime
   // fields (log, store) on its own copy before make_lua_filter().

@@ -13,6 +13,7 @@
 #include "filters/lua/lua_filter.h"
 #include "filters/lua/rule_test.h"
 #include "proxy/config.h"
+#include "proxy/control.h"
 #include "proxy/server.h"
 #include "version.h"
 
@@ -24,6 +25,8 @@ Usage:
   postern run [--config FILE] [--listen ADDR:PORT]... [--upstream HOST:PORT | --upstream maildir:DIR]
               [--set SECTION.KEY=VALUE]...
   postern config check FILE
+  postern reload [--socket PATH | -c CONFIG]
+  postern status [--json] [--socket PATH | -c CONFIG]
   postern test [--config FILE] [-v] FIXTURE.toml|DIR...
   postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...
                 [--config FILE] [--rules FILE]... MESSAGE.eml
@@ -34,6 +37,11 @@ Commands:
                  Without --config, the embedded default (config/postern.toml) is used:
                  listen on 127.0.0.1:2525 and deliver into ./postern-mail (a Maildir).
   config check   Validate a configuration file; print each problem as FILE:LINE:COLUMN.
+  reload         Make the running postern reload its configuration, rules and
+                 certificates (as SIGHUP does) and report the result; exit 1
+                 when the new configuration is refused (the old one keeps running).
+  status         Print the running postern's version, uptime, sessions, messages,
+                 last reload and upstream health (--json: one JSON object).
   test           Run Lua rules offline against .eml fixtures (docs/first-rule.md);
                  exit 0 when every fixture passes, 1 when one fails, 2 on bad input.
   check          The verdict for one message file, offline: SPF, DKIM, DMARC,
@@ -47,7 +55,7 @@ Options of run:
   --set KEY=VALUE        override one key, e.g. --set limits.recipients=100
   -h, --help             show this help
 
-Signals: SIGHUP reloads the configuration for new sessions; SIGTERM/SIGINT stop
+Signals: SIGHUP reloads (and reopens a log file) the configuration for new sessions; SIGTERM/SIGINT stop
 accepting, drain open sessions (up to server.shutdown_timeout) and exit.
 
 Examples:
@@ -217,6 +225,79 @@ int cmd_check(const std::vector<std::string>& args) {
   return 0;
 }
 
+constexpr const char* kControlUsage = R"(Usage:
+  postern reload [--socket PATH | -c CONFIG]
+  postern status [--json] [--socket PATH | -c CONFIG]
+
+Talk to the running postern over its control socket ([control] socket).
+
+  reload   Reload the configuration, the Lua rules and the TLS certificates,
+           exactly as SIGHUP does, and reopen a log file. Prints "reloaded" and
+           exits 0, or prints why the new configuration was refused (FILE:LINE)
+           and exits 1; the running configuration then stays.
+  status   Version, pid, uptime, configuration file, workers, open sessions,
+           messages since start, the last reload's result, upstream health.
+
+Options:
+  --socket PATH      the control socket
+  -c, --config FILE  the configuration postern runs with; its [control] socket is
+                     used (default: the embedded default's, /run/postern/control.sock,
+                     or ./postern-control.sock where /run/postern does not exist)
+  --json             status: one JSON object
+  -h, --help         show this help
+
+Exit status: 0 done, 1 refused or postern not reachable, 2 bad usage.
+)";
+
+int cmd_control(const std::string& command, const std::vector<std::string>& args) {
+  std::string socket, config_path;
+  bool json = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (is_help(a)) {
+      std::cout << kControlUsage;
+      return 0;
+    }
+    if (a == "--socket" && i + 1 < args.size()) socket = args[++i];
+    else if ((a == "-c" || a == "--config") && i + 1 < args.size()) config_path = args[++i];
+    else if (a == "--json" && command == "status") json = true;
+    else return usage_error("unknown option '" + a + "' for " + command);
+  }
+  if (!socket.empty() && !config_path.empty()) return usage_error("--socket and -c exclude each other");
+  if (socket.empty()) {
+    try {
+      socket = postern::load_config(source_from(config_path))->control.socket;
+    } catch (const postern::ConfigError& e) {
+      std::cerr << e.what() << "\n";
+      return 1;
+    }
+    if (socket.empty()) {
+      std::cerr << "postern " << command << ": the control socket is off in "
+                << (config_path.empty() ? "the embedded default" : config_path) << " ([control] socket = \"\")\n";
+      return 1;
+    }
+  }
+  std::string answer;
+  try {
+    answer = postern::control::request(socket, command == "status" && json ? "status json" : command);
+  } catch (const std::exception& e) {
+    std::cerr << "postern " << command << ": " << e.what() << "\n";
+    return 1;
+  }
+  if (command == "reload") {
+    bool ok = answer.rfind("ok", 0) == 0;
+    // "ok reloaded FILE" / "error reload refused...\nFILE:LINE: ..."
+    (ok ? std::cout : std::cerr) << (ok ? answer.substr(3) : answer.substr(6));
+    return ok ? 0 : 1;
+  }
+  if (answer.rfind("error ", 0) == 0) {
+    std::cerr << "postern " << command << ": " << answer.substr(6);
+    return 1;
+  }
+  std::cout << answer;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -238,5 +319,6 @@ int main(int argc, char** argv) {
   if (args[0] == "config") return cmd_config(rest);
   if (args[0] == "test") return cmd_test(rest);
   if (args[0] == "check") return cmd_check(rest);
+  if (args[0] == "reload" || args[0] == "status") return cmd_control(args[0], rest);
   return usage_error("unknown command '" + args[0] + "'");
 }

@@ -73,6 +73,10 @@ inline constexpr Def kSpoolFailed{451, "4.3.0 Error: cannot spool message, try a
 // Service.
 inline constexpr Def kTimeout{421, "4.4.2 Error: timeout exceeded"};
 inline constexpr Def kShuttingDown{421, "4.3.2 Service shutting down, try again later"};
+// Concurrent-session limits ([limits] sessions, sessions_per_ip, sessions_per_network).
+inline constexpr Def kTooManySessions{421, "4.3.2 Error: too many connections, try again later"};
+inline constexpr Def kTooManySessionsFromAddress{421, "4.7.0 Error: too many connections from your address"};
+inline constexpr Def kTooManySessionsFromNetwork{421, "4.7.0 Error: too many connections from your network"};
 inline constexpr Def kUpstreamUnavailable{451, "4.4.1 Error: upstream not available, try again later"};
 inline constexpr Def kUpstreamLost{451, "4.4.2 Error: upstream connection lost, try again later"};
 inline constexpr Def kUpstreamProtocol{451, "4.4.0 Error: unexpected upstream reply, try again later"};

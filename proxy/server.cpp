@@ -13,14 +13,22 @@
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
 #include <thread>
 #include <vector>
 
+#include "proxy/control.h"
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/process.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
+#include "version.h"
 
 namespace postern {
 namespace {
@@ -34,6 +42,31 @@ log::Level to_log_level(Config::Log::Level level) {
     case Config::Log::Level::kError: return log::Level::kError;
   }
   return log::Level::kInfo;
+}
+
+// Level, format and output of the log; the output may throw (a file that
+// cannot be opened).
+void apply_log_settings(const Config& config) {
+  log::set_output(config.log.output);
+  log::set_format(config.log.format == Config::Log::Format::kJson ? log::Format::kJson : log::Format::kText);
+  log::set_level(to_log_level(config.log.level));
+}
+
+std::string utc_time(std::time_t t) {
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  return std::string(buf, std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm));
+}
+
+// A JSON string literal of printable text (sanitized first).
+std::string json_string(std::string_view text) {
+  std::string out = "\"";
+  for (char c : log::sanitize(text)) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "\"";
 }
 }  // namespace
 
@@ -58,6 +91,15 @@ struct Server::Impl {
   std::atomic<long> open_sessions{0};
   std::atomic<bool> draining{false};
   std::size_t next_worker = 0;
+  // Operations (status, reload results, service manager); touched on worker 0's thread.
+  std::unique_ptr<control::Server> control;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::atomic<unsigned long long> sessions_accepted{0};
+  std::string last_reload = "none";  // "ok" or "error: ..."
+  std::time_t last_reload_at = 0;
+  int upstream_up = -1;  // last probe: 1 reached, 0 failed, -1 not yet
+  std::chrono::steady_clock::time_point last_probe;
+  bool ready_notified = false;
 
   std::shared_ptr<const Config> snapshot() {
     std::lock_guard lock(config_mutex);
@@ -81,6 +123,7 @@ struct Server::Impl {
         continue;
       }
       ++open_sessions;
+      ++sessions_accepted;
       auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
         // Built on the worker's thread: the chain (and its Lua state) is that thread's.
         auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
@@ -100,17 +143,54 @@ struct Server::Impl {
     asio::steady_timer timer(workers[0]->context);
     while (!draining) {
       auto config = snapshot();
-      if (!co_await probe_upstream(workers[0]->context.get_executor(), config, *capabilities)) {
+      bool reached = co_await probe_upstream(workers[0]->context.get_executor(), config, *capabilities);
+      note_probe(reached);
+      if (!reached) {
         log::warning("upstream-probe-failed").kv("upstream", config->upstream.target)
             .kv("action", "advertising what was learned before");
+      }
+      if (!ready_notified) {
+        // Listeners are bound and the MTA was asked once: now we serve (sd_notify(3)).
+        ready_notified = true;
+        process::notify(fmt::format("READY=1\nSTATUS=Serving; upstream {} {}", config->upstream.target,
+                                    reached ? "reachable" : "NOT reachable"));
       }
       timer.expires_after(kProbeInterval);
       co_await timer.async_wait(use_nothrow);
     }
   }
-  void reload() {
+  void note_probe(bool reached) {
+    upstream_up = reached ? 1 : 0;
+    last_probe = std::chrono::steady_clock::now();
+  }
+  asio::awaitable<void> probe_after_reload(std::shared_ptr<const Config> fresh) {
+    note_probe(co_await probe_upstream(workers[0]->context.get_executor(), fresh, *capabilities));
+  }
+
+  // SIGHUP and `postern reload`: the same work, the same answer. Returns
+  // "ok ..." or "error ..." followed by the reason (file:line), for the
+  // control socket; the service manager hears RELOADING=1 then READY=1.
+  std::string reload() {
+    process::notify_reloading();
+    // The log file is reopened first, whatever becomes of the configuration:
+    // logrotate has already renamed it.
+    if (!log::reopen()) {
+      log::error("log-reopen-failed").kv("error", std::strerror(errno));
+    }
+    std::string answer = reload_config();
+    last_reload_at = std::time(nullptr);
+    last_reload = answer.rfind("ok", 0) == 0 ? "ok" : answer.substr(0, answer.find('\n'));
+    process::notify(answer.rfind("ok", 0) == 0
+                        ? "READY=1\nSTATUS=Serving; reloaded at " + utc_time(last_reload_at)
+                        : "READY=1\nSTATUS=Serving; reload refused at " + utc_time(last_reload_at) +
+                              ", the previous configuration keeps running");
+    return answer;
+  }
+
+  std::string reload_config() {
     try {
       auto fresh = load_config(source);
+      process::ensure_open_files(*fresh);
       auto fresh_tls = make_server_tls_context(fresh->tls);  // certificates re-read
       // Every worker's chain is built first, each on its own thread; only when
       // all compiled does the new configuration take over.
@@ -121,8 +201,8 @@ struct Server::Impl {
         chains[i] = build_filter_chain(*fresh, *resources);
         submission[i] = build_filter_chain(*fresh, *resources, true);
       }
+      apply_log_settings(*fresh);  // last step that may fail: a log file that cannot be opened
       filter_resources = resources;
-      log::set_level(to_log_level(fresh->log.level));
       {
         std::lock_guard lock(config_mutex);
         config = fresh;
@@ -135,11 +215,56 @@ struct Server::Impl {
         });
       }
       log::info("reloaded").kv("config", source.path.empty() ? "(embedded default)" : source.path);
-      asio::co_spawn(workers[0]->context, probe_upstream(workers[0]->context.get_executor(), fresh, *capabilities),
-                     asio::detached);
-    } catch (const ConfigError& e) {
+      asio::co_spawn(workers[0]->context, probe_after_reload(fresh), asio::detached);
+      return "ok reloaded " + (source.path.empty() ? std::string("(embedded default)") : source.path) + "\n";
+    } catch (const std::exception& e) {
+      // ConfigError (file:line), a TLS certificate, a Lua script that does not compile.
       log::error("reload-failed").kv("error", e.what()).kv("action", "keeping the running configuration");
+      return std::string("error reload refused, the running configuration stays:\n") + e.what() + "\n";
     }
+  }
+
+  // `postern status`: what an operator asks first.
+  std::string status(bool json) {
+    auto config = snapshot();
+    auto& m = metrics::registry();
+    unsigned long long messages[static_cast<int>(metrics::MessageResult::kCount)];
+    unsigned long long total = 0;
+    for (int i = 0; i < static_cast<int>(metrics::MessageResult::kCount); ++i) {
+      messages[i] = m.messages[static_cast<std::size_t>(i)].load(std::memory_order_relaxed);
+      total += messages[i];
+    }
+    auto since = [](std::chrono::steady_clock::time_point t) {
+      return static_cast<long long>(std::chrono::duration_cast<std::chrono::seconds>(
+                                        std::chrono::steady_clock::now() - t).count());
+    };
+    std::string config_path = source.path.empty() ? "(embedded default)" : source.path;
+    std::string upstream = upstream_up < 0 ? "unknown" : upstream_up ? "reachable" : "unreachable";
+    using R = metrics::MessageResult;
+    auto count = [&](R r) { return messages[static_cast<int>(r)]; };
+    if (json) {
+      return fmt::format(
+          "{{\"version\":{},\"pid\":{},\"uptime_seconds\":{},\"config\":{},\"workers\":{},"
+          "\"sessions_open\":{},\"sessions_total\":{},\"messages_total\":{},\"messages\":{{\"relayed\":{},"
+          "\"rejected\":{},\"tempfailed\":{},\"discarded\":{},\"quarantined\":{}}},"
+          "\"last_reload\":{{\"result\":{},\"at\":{}}},\"upstream\":{{\"target\":{},\"state\":\"{}\","
+          "\"probed_seconds_ago\":{}}},\"draining\":{}}}\n",
+          json_string(kVersion), ::getpid(), since(started), json_string(config_path), workers.size(),
+          open_sessions.load(), sessions_accepted.load(), total, count(R::kRelayed), count(R::kRejected),
+          count(R::kTempfailed), count(R::kDiscarded), count(R::kQuarantined), json_string(last_reload),
+          last_reload_at ? json_string(utc_time(last_reload_at)) : "null", json_string(config->upstream.target),
+          upstream, upstream_up < 0 ? "null" : std::to_string(since(last_probe)), draining ? "true" : "false");
+    }
+    return fmt::format(
+        "postern {}\npid: {}\nuptime: {} s\nconfig: {}\nworkers: {}\nsessions open: {}\n"
+        "sessions since start: {}\nmessages since start: {} (relayed {}, rejected {}, tempfailed {}, "
+        "discarded {}, quarantined {})\nlast reload: {}{}\nupstream: {} {}{}\n{}",
+        kVersion, ::getpid(), since(started), config_path, workers.size(), open_sessions.load(),
+        sessions_accepted.load(), total, count(R::kRelayed), count(R::kRejected), count(R::kTempfailed),
+        count(R::kDiscarded), count(R::kQuarantined), last_reload,
+        last_reload_at ? " at " + utc_time(last_reload_at) : std::string(), config->upstream.target, upstream,
+        upstream_up < 0 ? std::string() : fmt::format(" (probed {} s ago)", since(last_probe)),
+        draining ? "state: draining\n" : "");
   }
 
   asio::awaitable<void> signals(asio::signal_set& set) {
@@ -147,7 +272,7 @@ struct Server::Impl {
       auto [ec, signo] = co_await set.async_wait(use_nothrow);
       if (ec) co_return;
       if (signo == SIGHUP) {
-        reload();
+        (void)reload();
         continue;
       }
       co_await drain();
@@ -159,6 +284,7 @@ struct Server::Impl {
   // stop the I/O threads, at the latest after shutdown_timeout.
   asio::awaitable<void> drain() {
     draining = true;
+    process::notify(fmt::format("STOPPING=1\nSTATUS=Draining {} open sessions", open_sessions.load()));
     log::info("shutdown").kv("open_sessions", open_sessions.load());
     for (auto& a : acceptors) {
       std::error_code ignored;
@@ -187,10 +313,11 @@ struct Server::Impl {
 };
 
 Server::Server(ConfigSource source) : impl_(std::make_unique<Impl>()) {
+  process::restrict_file_creation();
   impl_->source = std::move(source);
   impl_->config = load_config(impl_->source);
   impl_->tls_context = make_server_tls_context(impl_->config->tls);
-  log::set_level(to_log_level(impl_->config->log.level));
+  apply_log_settings(*impl_->config);
 }
 
 Server::~Server() = default;
@@ -199,6 +326,14 @@ int Server::run() {
   Impl& s = *impl_;
   auto config = s.snapshot();
   unsigned n = config->server.threads ? config->server.threads : std::max(1u, std::thread::hardware_concurrency());
+  process::Account account;
+  if (!config->server.user.empty() && !process::resolve_account(*config, account)) return 1;
+  try {
+    process::ensure_open_files(*config);
+  } catch (const ConfigError& e) {
+    log::error("open-files").kv("error", e.what());
+    return 1;
+  }
   try {
     s.filter_resources = build_filter_resources(*config, nullptr);
   } catch (const ConfigError& e) {
@@ -257,6 +392,32 @@ int Server::run() {
     asio::co_spawn(s.workers[0]->context, metrics::serve_http(*metrics_acceptor), asio::detached);
     s.acceptors_extra.push_back(metrics_acceptor.get());
   }
+  if (!config->control.socket.empty()) {
+    control::Handlers handlers{[&s] { return s.reload(); }, [&s](bool json) { return s.status(json); }};
+    try {
+      s.control = std::make_unique<control::Server>(s.workers[0]->context, config->control.socket,
+                                                    config->control.mode, std::move(handlers));
+    } catch (const std::exception& e) {
+      log::error("control-failed").kv("error", e.what());
+      return 1;
+    }
+    log::info("control").kv("socket", s.control->path());
+    asio::co_spawn(s.workers[0]->context, s.control->serve(), asio::detached);
+  }
+  // Everything that needs root is open (ports below 1024, the log file, the
+  // audit log, the control socket): now become server.user.
+  if (!config->server.user.empty()) {
+    if (::geteuid() == 0) {
+      int log_fd = log::file_descriptor();
+      if (log_fd >= 0 && ::fchown(log_fd, account.uid, account.gid) != 0) {
+        log::warning("log-chown-failed").kv("error", std::strerror(errno));
+      }
+      if (!config->audit.path.empty()) (void)!::chown(config->audit.path.c_str(), account.uid, account.gid);
+      if (s.control) s.control->chown(account.uid, account.gid);
+    }
+    if (!process::drop_privileges(account)) return 1;
+  }
+  process::warn_if_root();
   log::info("started").kv("threads", n).kv("upstream", config->upstream.target)
       .kv("hostname", config->server.hostname);
   for (std::size_t i = 0; i < s.acceptors.size(); ++i) {
@@ -271,6 +432,7 @@ int Server::run() {
   }
   s.workers[0]->context.run();
   for (auto& t : threads) t.join();
+  s.control.reset();  // removes the socket file while its io_context still exists
   log::info("stopped");
   return 0;
 }

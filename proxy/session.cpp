@@ -17,6 +17,7 @@
 #include "proxy/maildir_upstream.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_protocol.h"
+#include "proxy/session_limiter.h"
 #include "proxy/tls.h"
 #include "proxy/verdict_reply.h"
 
@@ -170,6 +171,17 @@ asio::awaitable<void> Session::run() {
   log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
       .kv("listener", facts_.listener);
   if (ready && listener_.tls == Config::Listener::Tls::kImplicit) ready = co_await start_tls();
+  SessionLimiter::Ticket place;  // this session's place in the concurrent-session limits
+  if (ready) {
+    auto refusal = SessionLimiter::instance().admit(client_.address, config_->limits, place);
+    if (refusal != SessionLimiter::Refusal::kNone) {
+      log::warning("session-limit").kv("session", id_).kv("client", client_.address)
+          .kv("limit", refusal_name(refusal)).kv("action", "refused with 421");
+      reply(refusal_reply(refusal));
+      co_await flush();
+      ready = false;
+    }
+  }
   if (!ready) {
     watchdog_.stop();
     std::error_code ignored;
@@ -547,7 +559,12 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
   }
   Command cmd = parse_command(line);
   if (cmd.verb == Verb::kUnknown) {
-    log::info("unknown-command").kv("session", id_).kv("line", line);
+    // A SASL response the MTA cut short lands here (RFC 4954 §4): base64
+    // that may be a password is not logged.
+    bool base64 = line.size() >= 4 &&
+                  line.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
+                      std::string_view::npos;
+    log::info("unknown-command").kv("session", id_).kv("line", base64 ? std::string_view("(base64, not logged)") : line);
     client_error(replies::kUnknownCommand);
     co_return;
   }

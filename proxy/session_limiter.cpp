@@ -1,0 +1,90 @@
+// Concurrent-session counting; see session_limiter.h.
+#include "proxy/session_limiter.h"
+
+#include <arpa/inet.h>
+
+#include <fmt/format.h>
+
+namespace postern {
+
+SessionLimiter::Ticket::~Ticket() {
+  if (owner_) owner_->release(*this);
+}
+
+SessionLimiter& SessionLimiter::instance() {
+  static SessionLimiter limiter;
+  return limiter;
+}
+
+std::string SessionLimiter::network_of(std::string_view address, std::size_t prefix_v4, std::size_t prefix_v6) {
+  std::string text(address);
+  unsigned char buf[16] = {};
+  int family = AF_INET;
+  std::size_t bytes = 4, prefix = prefix_v4;
+  if (inet_pton(AF_INET, text.c_str(), buf) != 1) {
+    if (inet_pton(AF_INET6, text.c_str(), buf) != 1) return text;
+    family = AF_INET6, bytes = 16, prefix = prefix_v6;
+  }
+  prefix = std::min(prefix, bytes * 8);
+  for (std::size_t i = 0; i < bytes; ++i) {
+    std::size_t keep = prefix > i * 8 ? std::min<std::size_t>(8, prefix - i * 8) : 0;
+    buf[i] &= static_cast<unsigned char>(keep == 0 ? 0 : 0xff << (8 - keep));
+  }
+  char out[INET6_ADDRSTRLEN] = {};
+  inet_ntop(family, buf, out, sizeof out);
+  return fmt::format("{}/{}", out, prefix);
+}
+
+SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Config::Limits& limits,
+                                              Ticket& ticket) {
+  std::string network = network_of(address, limits.network_prefix_v4, limits.network_prefix_v6);
+  std::lock_guard lock(mutex_);
+  if (limits.sessions && total_ >= limits.sessions) return Refusal::kTotal;
+  auto a = by_address_.find(std::string(address));
+  if (limits.sessions_per_ip && a != by_address_.end() && a->second >= limits.sessions_per_ip) {
+    return Refusal::kAddress;
+  }
+  auto n = by_network_.find(network);
+  if (limits.sessions_per_network && n != by_network_.end() && n->second >= limits.sessions_per_network) {
+    return Refusal::kNetwork;
+  }
+  ++total_;
+  ++by_address_[std::string(address)];
+  ++by_network_[network];
+  ticket.owner_ = this;
+  ticket.address_ = address;
+  ticket.network_ = std::move(network);
+  return Refusal::kNone;
+}
+
+void SessionLimiter::release(Ticket& ticket) {
+  std::lock_guard lock(mutex_);
+  --total_;
+  if (auto a = by_address_.find(ticket.address_); a != by_address_.end() && --a->second == 0) by_address_.erase(a);
+  if (auto n = by_network_.find(ticket.network_); n != by_network_.end() && --n->second == 0) by_network_.erase(n);
+  ticket.owner_ = nullptr;
+}
+
+std::size_t SessionLimiter::open() const {
+  std::lock_guard lock(mutex_);
+  return total_;
+}
+
+const replies::Def& refusal_reply(SessionLimiter::Refusal refusal) {
+  switch (refusal) {
+    case SessionLimiter::Refusal::kAddress: return replies::kTooManySessionsFromAddress;
+    case SessionLimiter::Refusal::kNetwork: return replies::kTooManySessionsFromNetwork;
+    default: return replies::kTooManySessions;
+  }
+}
+
+const char* refusal_name(SessionLimiter::Refusal refusal) {
+  switch (refusal) {
+    case SessionLimiter::Refusal::kAddress: return "limits.sessions_per_ip";
+    case SessionLimiter::Refusal::kNetwork: return "limits.sessions_per_network";
+    case SessionLimiter::Refusal::kTotal: return "limits.sessions";
+    default: return "none";
+  }
+}
+
+}  // namespace postern

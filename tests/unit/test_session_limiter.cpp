@@ -1,0 +1,71 @@
+// Concurrent-session limits: networks by prefix, the three limits, places
+// given back when a ticket ends.
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <vector>
+
+#include "proxy/session_limiter.h"
+
+using postern::Config;
+using postern::SessionLimiter;
+
+TEST_CASE("network_of masks IPv4 and IPv6 addresses to their prefix") {
+  CHECK(SessionLimiter::network_of("192.0.2.77", 24, 64) == "192.0.2.0/24");
+  CHECK(SessionLimiter::network_of("192.0.2.77", 32, 64) == "192.0.2.77/32");
+  CHECK(SessionLimiter::network_of("192.0.2.77", 20, 64) == "192.0.0.0/20");
+  CHECK(SessionLimiter::network_of("2001:db8:1:2:3:4:5:6", 24, 64) == "2001:db8:1:2::/64");
+  CHECK(SessionLimiter::network_of("2001:db8:1:2:3:4:5:6", 24, 48) == "2001:db8:1::/48");
+  CHECK(SessionLimiter::network_of("2001:db8:1:2:3:4:5:6", 24, 60) == "2001:db8:1::/60");
+  CHECK(SessionLimiter::network_of("not-an-ip", 24, 64) == "not-an-ip");
+}
+
+TEST_CASE("admit enforces per-address, per-network and total limits, and release gives places back") {
+  SessionLimiter limiter;
+  Config::Limits limits;
+  limits.sessions = 5;
+  limits.sessions_per_ip = 2;
+  limits.sessions_per_network = 3;
+  std::vector<std::unique_ptr<SessionLimiter::Ticket>> held;
+  auto admit = [&](const char* address) {
+    auto t = std::make_unique<SessionLimiter::Ticket>();
+    auto r = limiter.admit(address, limits, *t);
+    if (r == SessionLimiter::Refusal::kNone) held.push_back(std::move(t));
+    return r;
+  };
+  CHECK(admit("192.0.2.1") == SessionLimiter::Refusal::kNone);
+  CHECK(admit("192.0.2.1") == SessionLimiter::Refusal::kNone);
+  CHECK(admit("192.0.2.1") == SessionLimiter::Refusal::kAddress);
+  CHECK(admit("192.0.2.2") == SessionLimiter::Refusal::kNone);
+  CHECK(admit("192.0.2.3") == SessionLimiter::Refusal::kNetwork);  // 3 in 192.0.2.0/24
+  CHECK(admit("198.51.100.1") == SessionLimiter::Refusal::kNone);
+  CHECK(admit("203.0.113.1") == SessionLimiter::Refusal::kNone);
+  CHECK(limiter.open() == 5);
+  CHECK(admit("203.0.113.9") == SessionLimiter::Refusal::kTotal);
+  held.erase(held.begin());  // one of 192.0.2.1's sessions ends
+  CHECK(limiter.open() == 4);
+  CHECK(admit("192.0.2.1") == SessionLimiter::Refusal::kNone);
+  held.clear();
+  CHECK(limiter.open() == 0);
+}
+
+TEST_CASE("zero means no limit") {
+  SessionLimiter limiter;
+  Config::Limits limits;
+  limits.sessions = 0;
+  limits.sessions_per_ip = 0;
+  limits.sessions_per_network = 0;
+  std::vector<std::unique_ptr<SessionLimiter::Ticket>> held;
+  for (int i = 0; i < 200; ++i) {
+    held.push_back(std::make_unique<SessionLimiter::Ticket>());
+    REQUIRE(limiter.admit("192.0.2.1", limits, *held.back()) == SessionLimiter::Refusal::kNone);
+  }
+  CHECK(limiter.open() == 200);
+}
+
+TEST_CASE("refusals map to their replies") {
+  CHECK(postern::refusal_reply(SessionLimiter::Refusal::kAddress).code == 421);
+  CHECK(std::string(postern::refusal_reply(SessionLimiter::Refusal::kAddress).text).rfind("4.7.0", 0) == 0);
+  CHECK(std::string(postern::refusal_reply(SessionLimiter::Refusal::kNetwork).text).rfind("4.7.0", 0) == 0);
+  CHECK(std::string(postern::refusal_reply(SessionLimiter::Refusal::kTotal).text).rfind("4.3.2", 0) == 0);
+}
