@@ -186,6 +186,9 @@ asio::awaitable<void> Session::run() {
     if (connect.action != Verdict::Action::kReject) r.code = 421;
     append_reply(output_, r);
     quit_ = true;
+  } else if (co_await talks_before_greeting()) {
+    reply(replies::kEarlyTalker);
+    quit_ = true;
   } else {
     append_reply(output_, 220, config_->server.hostname + " ESMTP postern");
   }
@@ -213,6 +216,25 @@ asio::awaitable<void> Session::run() {
   socket_.close(ignored);
   log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", messages_)
       .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
+}
+
+// RFC 5321 §4.3.1: the client waits for the greeting. Octets sent before it
+// (within timeouts.greet_pause, or already there) mark a bot that pipelines
+// blindly; it gets 554 and never reaches a filter or the MTA. Implicit TLS
+// is exempt: its ClientHello comes first by design.
+asio::awaitable<bool> Session::talks_before_greeting() {
+  if (tls_) co_return false;
+  std::error_code ec;
+  if (config_->timeouts.greet_pause > Seconds(0) && socket_.available(ec) == 0 && !ec) {
+    watchdog_.arm(config_->timeouts.greet_pause);
+    std::tie(ec) = co_await socket_.async_wait(asio::ip::tcp::socket::wait_read, use_nothrow);
+    watchdog_.disarm();
+    if (watchdog_.expired()) co_return false;
+  }
+  std::size_t early = socket_.available(ec);
+  if (ec || early == 0) co_return false;  // nothing, or gone: the normal path finds out
+  log::warning("early-talker").kv("session", id_).kv("client", client_.address).kv("octets", early);
+  co_return true;
 }
 
 asio::awaitable<bool> Session::flush() {
@@ -269,7 +291,16 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
 // Reads more input; false when the session must end (a 421 is queued where due).
 asio::awaitable<bool> Session::fill() {
   const bool content = mode_ == Mode::kData || mode_ == Mode::kBdat;
-  std::error_code ec = co_await read_more(content ? config_->timeouts.data : config_->timeouts.command);
+  Seconds timeout = content ? config_->timeouts.data : config_->timeouts.command;
+  if (!content) {
+    // timeouts.command bounds the whole command line, not each read: a client
+    // trickling one octet at a time (slowloris) cannot hold the session open.
+    const auto now = std::chrono::steady_clock::now();
+    const bool partial = input_pos_ < input_.size() || mode_ == Mode::kSkipLine;
+    if (!partial) command_deadline_ = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
+    timeout = std::max(Seconds(0), Seconds(command_deadline_ - now));
+  }
+  std::error_code ec = co_await read_more(timeout);
   if (!ec) co_return true;
   if (watchdog_.expired()) {
     metrics::registry().timeouts.fetch_add(1, std::memory_order_relaxed);
