@@ -953,7 +953,11 @@ asio::awaitable<void> Session::end_of_data() {
   else if (bare) refusal = &replies::kBareLineEnding;
   else if (faults.nul) refusal = &replies::kNulInContent;
   else if (faults.line_too_long) refusal = &replies::kTextLineTooLong;
-  else if (spool_failed_ || !spool_.finish()) refusal = &replies::kSpoolFailed;
+  else if (spool_failed_) refusal = &replies::kSpoolFailed;
+  else if (!spool_.finish()) {
+    log::error("spool-error").kv("session", id_).kv("op", "flush").kv("error", std::strerror(errno));
+    refusal = &replies::kSpoolFailed;
+  }
 
   UpstreamReply result;
   const char* outcome = nullptr;
