@@ -219,13 +219,13 @@ asio::awaitable<void> Session::run() {
 }
 
 // RFC 5321 §4.3.1: the client waits for the greeting. Octets sent before it
-// (within timeouts.greet_pause, or already there) mark a bot that pipelines
-// blindly; it gets 554 and never reaches a filter or the MTA. Implicit TLS
-// is exempt: its ClientHello comes first by design.
+// (within timeouts.greet_pause) mark a bot that pipelines blindly; it gets
+// 554 and never reaches a filter or the MTA. Off when the pause is 0. Implicit
+// TLS is exempt: its ClientHello comes first by design.
 asio::awaitable<bool> Session::talks_before_greeting() {
-  if (tls_) co_return false;
+  if (tls_ || config_->timeouts.greet_pause <= Seconds(0)) co_return false;
   std::error_code ec;
-  if (config_->timeouts.greet_pause > Seconds(0) && socket_.available(ec) == 0 && !ec) {
+  if (socket_.available(ec) == 0 && !ec) {
     watchdog_.arm(config_->timeouts.greet_pause);
     std::tie(ec) = co_await socket_.async_wait(asio::ip::tcp::socket::wait_read, use_nothrow);
     watchdog_.disarm();
