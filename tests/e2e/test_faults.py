@@ -206,6 +206,15 @@ def test_mta_answers_garbage(postern, sink, case):
             else:
                 assert final.code // 100 == 4, f"{case}: {replies}"
             check_reply(c.cmd("NOOP"), 250, what="session alive")
+            # a second message in the same session: a stale reply left in the
+            # upstream buffer must not become an ack
+            acks = int(final.code == 250)
+            r = c.cmd("MAIL FROM:<a@example.org>")
+            if r.code == 250 and c.cmd("RCPT TO:<b@example.com>").code == 250:
+                if c.cmd("DATA").code == 354:
+                    c.send(data_payload(make_message("second")))
+                    acks += int(c.read_reply().code == 250)
+            assert acks <= len(mta.accepted), f"{case}: {acks} acks, MTA accepted {len(mta.accepted)}"
         if case not in ("end-two-replies", "end-bare-lf"):
             wait_until(lambda: p.events("upstream-error") + p.events("upstream-closed")
                        + p.events("upstream-probe-failed"), IO_TIMEOUT,
