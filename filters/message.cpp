@@ -53,8 +53,7 @@ Message::Message(const Spool& spool) : spool_(&spool) {
       if (!truncated_ && pos < text.size()) {
         // A last field without CRLF cannot occur in spooled content; treat as body.
       }
-      header_end_ = body_offset_ = pos;
-      return;
+      break;
     }
     std::string_view line = text.substr(pos, eol - pos);
     if (line.empty()) {  // the empty line ending the header section
@@ -83,6 +82,15 @@ Message::Message(const Spool& spool) : spool_(&spool) {
     pos = eol + 2;
   }
   if (pos >= text.size() && got < spool.size()) truncated_ = true;
+  // Cut inside a folded field: that field is left to the unparsed rest, whole,
+  // so the rendered header block ends at a field boundary and the rest follows
+  // unchanged (else an empty line would be inserted into the field).
+  char next = pos < text.size() ? text[pos] : 0;
+  if (truncated_ && pos >= text.size() && spool.read(pos, &next, 1) != 1) next = 0;
+  if (truncated_ && !headers_.empty() && (next == ' ' || next == '\t')) {
+    pos -= headers_.back().raw.size();
+    headers_.pop_back();
+  }
   header_end_ = body_offset_ = pos;
 }
 

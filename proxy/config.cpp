@@ -530,7 +530,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   if (to) {
     check.check_keys(*to, "timeouts", {"command", "data", "upstream_connect", "upstream_greeting",
                                        "upstream_mail", "upstream_rcpt", "upstream_data_init",
-                                       "upstream_data_block", "upstream_data_term"});
+                                       "upstream_data_block", "upstream_data_term", "greet_pause"});
   }
   auto& t = config->timeouts;
   const double kMaxTimeout = 86400;
@@ -543,6 +543,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_seconds(to, "timeouts", "upstream_data_init", 0.05, kMaxTimeout, t.upstream_data_init);
   check.get_seconds(to, "timeouts", "upstream_data_block", 0.05, kMaxTimeout, t.upstream_data_block);
   check.get_seconds(to, "timeouts", "upstream_data_term", 0.05, kMaxTimeout, t.upstream_data_term);
+  check.get_seconds(to, "timeouts", "greet_pause", 0, 60, t.greet_pause);
 
   const toml::table* data = check.section(root, "data");
   if (data) check.check_keys(*data, "data", {"bare_line_ending", "spool_memory", "spool_dir"});

@@ -100,6 +100,8 @@ struct Config {
     Seconds upstream_data_init{120};
     Seconds upstream_data_block{180};
     Seconds upstream_data_term{600};
+    // Wait before the greeting; a client that talks first is refused (554).
+    Seconds greet_pause{0};
   } timeouts;
 
   struct Data {

@@ -72,6 +72,7 @@ inline constexpr Def kSpoolFailed{451, "4.3.0 Error: cannot spool message, try a
 
 // Service.
 inline constexpr Def kTimeout{421, "4.4.2 Error: timeout exceeded"};
+inline constexpr Def kEarlyTalker{554, "5.5.0 Error: SMTP protocol synchronization (client spoke before the greeting)"};
 inline constexpr Def kShuttingDown{421, "4.3.2 Service shutting down, try again later"};
 // Concurrent-session limits ([limits] sessions, sessions_per_ip, sessions_per_network).
 inline constexpr Def kTooManySessions{421, "4.3.2 Error: too many connections, try again later"};

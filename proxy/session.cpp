@@ -198,6 +198,9 @@ asio::awaitable<void> Session::run() {
     if (connect.action != Verdict::Action::kReject) r.code = 421;
     append_reply(output_, r);
     quit_ = true;
+  } else if (co_await talks_before_greeting()) {
+    reply(replies::kEarlyTalker);
+    quit_ = true;
   } else {
     append_reply(output_, 220, config_->server.hostname + " ESMTP postern");
   }
@@ -225,6 +228,25 @@ asio::awaitable<void> Session::run() {
   socket_.close(ignored);
   log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", messages_)
       .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
+}
+
+// RFC 5321 §4.3.1: the client waits for the greeting. Octets sent before it
+// (within timeouts.greet_pause) mark a bot that pipelines blindly; it gets
+// 554 and never reaches a filter or the MTA. Off when the pause is 0. Implicit
+// TLS is exempt: its ClientHello comes first by design.
+asio::awaitable<bool> Session::talks_before_greeting() {
+  if (tls_ || config_->timeouts.greet_pause <= Seconds(0)) co_return false;
+  std::error_code ec;
+  if (socket_.available(ec) == 0 && !ec) {
+    watchdog_.arm(config_->timeouts.greet_pause);
+    std::tie(ec) = co_await socket_.async_wait(asio::ip::tcp::socket::wait_read, use_nothrow);
+    watchdog_.disarm();
+    if (watchdog_.expired()) co_return false;
+  }
+  std::size_t early = socket_.available(ec);
+  if (ec || early == 0) co_return false;  // nothing, or gone: the normal path finds out
+  log::warning("early-talker").kv("session", id_).kv("client", client_.address).kv("octets", early);
+  co_return true;
 }
 
 asio::awaitable<bool> Session::flush() {
@@ -281,7 +303,16 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
 // Reads more input; false when the session must end (a 421 is queued where due).
 asio::awaitable<bool> Session::fill() {
   const bool content = mode_ == Mode::kData || mode_ == Mode::kBdat;
-  std::error_code ec = co_await read_more(content ? config_->timeouts.data : config_->timeouts.command);
+  Seconds timeout = content ? config_->timeouts.data : config_->timeouts.command;
+  if (!content) {
+    // timeouts.command bounds the whole command line, not each read: a client
+    // trickling one octet at a time (slowloris) cannot hold the session open.
+    const auto now = std::chrono::steady_clock::now();
+    const bool partial = input_pos_ < input_.size() || mode_ == Mode::kSkipLine;
+    if (!partial) command_deadline_ = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
+    timeout = std::max(Seconds(0), Seconds(command_deadline_ - now));
+  }
+  std::error_code ec = co_await read_more(timeout);
   if (!ec) co_return true;
   if (watchdog_.expired()) {
     metrics::registry().timeouts.fetch_add(1, std::memory_order_relaxed);
@@ -939,7 +970,11 @@ asio::awaitable<void> Session::end_of_data() {
   else if (bare) refusal = &replies::kBareLineEnding;
   else if (faults.nul) refusal = &replies::kNulInContent;
   else if (faults.line_too_long) refusal = &replies::kTextLineTooLong;
-  else if (spool_failed_ || !spool_.finish()) refusal = &replies::kSpoolFailed;
+  else if (spool_failed_) refusal = &replies::kSpoolFailed;
+  else if (!spool_.finish()) {
+    log::error("spool-error").kv("session", id_).kv("op", "flush").kv("error", std::strerror(errno));
+    refusal = &replies::kSpoolFailed;
+  }
 
   UpstreamReply result;
   const char* outcome = nullptr;

@@ -69,6 +69,7 @@ class Session {
 
   asio::awaitable<void> process_input();
   asio::awaitable<bool> flush();
+  asio::awaitable<bool> talks_before_greeting();
   asio::awaitable<bool> fill();
   asio::awaitable<std::error_code> read_more(Seconds timeout);
   asio::awaitable<bool> read_proxy_header();
@@ -114,6 +115,7 @@ class Session {
   ClientFacts client_;
   SessionFacts facts_;
   std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point command_deadline_;  // the current command line's, see fill()
 
   std::string input_;
   std::size_t input_pos_ = 0;
