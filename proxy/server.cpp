@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "filters/auth/audit_log.h"
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -34,6 +35,32 @@ log::Level to_log_level(Config::Log::Level level) {
     case Config::Log::Level::kError: return log::Level::kError;
   }
   return log::Level::kInfo;
+}
+
+// [audit]: installs the log sessions write through. On SIGHUP (`reload`) the
+// same file is reopened (logrotate moved it away) or, when its options
+// changed, replaced. Throws std::runtime_error when the file cannot be opened.
+void apply_audit_log(const Config& config, bool reload) {
+  if (config.audit.path.empty()) {
+    install_audit_log(nullptr);
+    return;
+  }
+  AuditLogOptions o;
+  o.path = config.audit.path;
+  o.rotate_size = config.audit.rotate_size;
+  o.rotate_keep = config.audit.rotate_keep;
+  o.fsync = config.audit.fsync;
+  o.fsync_interval = std::chrono::duration_cast<std::chrono::milliseconds>(config.audit.fsync_interval);
+  o.queue_limit = config.audit.queue_limit;
+  o.on_error = [](std::string_view what) { log::error("audit-error").kv("error", what); };
+  std::shared_ptr<AuditLog> current = current_audit_log();
+  if (reload && current && current->options().same_file_policy(o)) {
+    current->reopen();
+    log::info("audit-reopened").kv("path", o.path);
+    return;
+  }
+  install_audit_log(std::make_shared<AuditLog>(std::move(o)));
+  log::info("audit-open").kv("path", config.audit.path);
 }
 }  // namespace
 
@@ -122,6 +149,12 @@ struct Server::Impl {
         submission[i] = build_filter_chain(*fresh, *resources, true);
       }
       filter_resources = resources;
+      try {
+        apply_audit_log(*fresh, true);
+      } catch (const std::exception& e) {
+        log::error("audit-error").kv("error", e.what()).kv("action", "keeping the audit log that was open");
+        if (auto current = current_audit_log()) current->reopen();
+      }
       log::set_level(to_log_level(fresh->log.level));
       {
         std::lock_guard lock(config_mutex);
@@ -216,6 +249,12 @@ int Server::run() {
       return 1;
     }
   }
+  try {
+    apply_audit_log(*config, false);
+  } catch (const std::exception& e) {
+    log::error("audit-error").kv("error", e.what());
+    return 1;
+  }
   // Signals are caught from here on, before anyone can know we listen.
   asio::signal_set signal_set(s.workers[0]->context, SIGHUP, SIGTERM, SIGINT);
   for (const Config::Listener& l : config->listeners) {
@@ -271,6 +310,7 @@ int Server::run() {
   }
   s.workers[0]->context.run();
   for (auto& t : threads) t.join();
+  install_audit_log(nullptr);  // written out and synced
   log::info("stopped");
   return 0;
 }
