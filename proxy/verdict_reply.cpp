@@ -29,7 +29,7 @@ bool valid_enhanced(std::string_view e, char klass) {
       return false;
     }
   }
-  return parts == 3 && digits > 0;
+  return parts == 2 && digits > 0;  // the two dots after the class
 }
 
 }  // namespace
