@@ -859,10 +859,25 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_bool(ar, "authentication_results", "remove_forged", aro.remove_forged);
 
     const toml::table* audit = check.section(root, "audit");
-    if (audit) check.check_keys(*audit, "audit", {"path", "rotate_size", "rotate_keep"});
+    if (audit) {
+      check.check_keys(*audit, "audit",
+                       {"path", "rotate_size", "rotate_keep", "fsync", "fsync_interval", "queue_limit"});
+    }
     check.get_string(audit, "audit", "path", config->audit.path);
-    check.get_size(audit, "audit", "rotate_size", 4096, std::size_t(1) << 40, config->audit.rotate_size);
+    check.get_size(audit, "audit", "rotate_size", 0, std::size_t(1) << 40, config->audit.rotate_size);
+    if (audit && config->audit.rotate_size > 0 && config->audit.rotate_size < 4096) {
+      check.error(audit->get("rotate_size"), "audit.rotate_size",
+                  "expected 0 (no size rotation) or at least 4096 octets, got " +
+                      std::to_string(config->audit.rotate_size));
+    }
     check.get_size(audit, "audit", "rotate_keep", 0, 1000, config->audit.rotate_keep);
+    check.get_enum<AuditLogOptions::Fsync>(audit, "audit", "fsync",
+                                           {{"never", AuditLogOptions::Fsync::kNever},
+                                            {"interval", AuditLogOptions::Fsync::kInterval},
+                                            {"always", AuditLogOptions::Fsync::kAlways}},
+                                           config->audit.fsync);
+    check.get_seconds(audit, "audit", "fsync_interval", 0.01, 3600, config->audit.fsync_interval);
+    check.get_size(audit, "audit", "queue_limit", 65536, std::size_t(1) << 34, config->audit.queue_limit);
   }
 
   check.finish();

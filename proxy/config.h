@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "filters/auth/audit_log.h"
 #include "filters/auth/auth_options.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/filter_chain.h"
@@ -160,6 +161,9 @@ struct Config {
     std::string path;                                 // empty = no audit log
     std::size_t rotate_size = 100u * 1024 * 1024;     // rotate past this many bytes
     std::size_t rotate_keep = 10;                     // rotated files kept
+    AuditLogOptions::Fsync fsync = AuditLogOptions::Fsync::kInterval;
+    Seconds fsync_interval{1};                        // kInterval: at most this long unsynced
+    std::size_t queue_limit = 64u * 1024 * 1024;      // octets waiting for the writer thread
   } audit;
 };
 

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "proxy/control.h"
+#include "filters/auth/audit_log.h"
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -60,13 +61,32 @@ std::string utc_time(std::time_t t) {
 }
 
 // A JSON string literal of printable text (sanitized first).
-std::string json_string(std::string_view text) {
-  std::string out = "\"";
-  for (char c : log::sanitize(text)) {
-    if (c == '"' || c == '\\') out.push_back('\\');
-    out.push_back(c);
+std::string printable_json(std::string_view text) { return json_string(log::sanitize(text)); }
+
+// [audit]: installs the log sessions write through. On SIGHUP (`reload`) the
+// same file is reopened (logrotate moved it away) or, when its options
+// changed, replaced. Throws std::runtime_error when the file cannot be opened.
+void apply_audit_log(const Config& config, bool reload) {
+  if (config.audit.path.empty()) {
+    install_audit_log(nullptr);
+    return;
   }
-  return out + "\"";
+  AuditLogOptions o;
+  o.path = config.audit.path;
+  o.rotate_size = config.audit.rotate_size;
+  o.rotate_keep = config.audit.rotate_keep;
+  o.fsync = config.audit.fsync;
+  o.fsync_interval = std::chrono::duration_cast<std::chrono::milliseconds>(config.audit.fsync_interval);
+  o.queue_limit = config.audit.queue_limit;
+  o.on_error = [](std::string_view what) { log::error("audit-error").kv("error", what); };
+  std::shared_ptr<AuditLog> current = current_audit_log();
+  if (reload && current && current->options().same_file_policy(o)) {
+    current->reopen();
+    log::info("audit-reopened").kv("path", o.path);
+    return;
+  }
+  install_audit_log(std::make_shared<AuditLog>(std::move(o)));
+  log::info("audit-open").kv("path", config.audit.path);
 }
 }  // namespace
 
@@ -203,6 +223,12 @@ struct Server::Impl {
       }
       apply_log_settings(*fresh);  // last step that may fail: a log file that cannot be opened
       filter_resources = resources;
+      try {
+        apply_audit_log(*fresh, true);
+      } catch (const std::exception& e) {
+        log::error("audit-error").kv("error", e.what()).kv("action", "keeping the audit log that was open");
+        if (auto current = current_audit_log()) current->reopen();
+      }
       {
         std::lock_guard lock(config_mutex);
         config = fresh;
@@ -249,10 +275,10 @@ struct Server::Impl {
           "\"rejected\":{},\"tempfailed\":{},\"discarded\":{},\"quarantined\":{}}},"
           "\"last_reload\":{{\"result\":{},\"at\":{}}},\"upstream\":{{\"target\":{},\"state\":\"{}\","
           "\"probed_seconds_ago\":{}}},\"draining\":{}}}\n",
-          json_string(kVersion), ::getpid(), since(started), json_string(config_path), workers.size(),
+          printable_json(kVersion), ::getpid(), since(started), printable_json(config_path), workers.size(),
           open_sessions.load(), sessions_accepted.load(), total, count(R::kRelayed), count(R::kRejected),
-          count(R::kTempfailed), count(R::kDiscarded), count(R::kQuarantined), json_string(last_reload),
-          last_reload_at ? json_string(utc_time(last_reload_at)) : "null", json_string(config->upstream.target),
+          count(R::kTempfailed), count(R::kDiscarded), count(R::kQuarantined), printable_json(last_reload),
+          last_reload_at ? printable_json(utc_time(last_reload_at)) : "null", printable_json(config->upstream.target),
           upstream, upstream_up < 0 ? "null" : std::to_string(since(last_probe)), draining ? "true" : "false");
     }
     return fmt::format(
@@ -351,6 +377,12 @@ int Server::run() {
       return 1;
     }
   }
+  try {
+    apply_audit_log(*config, false);
+  } catch (const std::exception& e) {
+    log::error("audit-error").kv("error", e.what());
+    return 1;
+  }
   // Signals are caught from here on, before anyone can know we listen.
   asio::signal_set signal_set(s.workers[0]->context, SIGHUP, SIGTERM, SIGINT);
   for (const Config::Listener& l : config->listeners) {
@@ -433,6 +465,7 @@ int Server::run() {
   s.workers[0]->context.run();
   for (auto& t : threads) t.join();
   s.control.reset();  // removes the socket file while its io_context still exists
+  install_audit_log(nullptr);  // written out and synced
   log::info("stopped");
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <fmt/format.h>
 
+#include "filters/auth/audit_log.h"
 #include "filters/message.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
@@ -785,6 +786,10 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
           .kv("by", "filter").kv("reason", v.reason);
       append_reply(output_, verdict_reply(v, Stage::kMail));
       if (v.action == Verdict::Action::kDisconnect) quit_ = true;
+      {
+        UpstreamReply refused{verdict_reply(v, Stage::kMail), true};
+        write_audit(refused.reply.klass() == 4 ? "tempfailed" : "rejected", refused, v.reason, "mail", {});
+      }
       reset_transaction();
       co_return;
     case Verdict::Action::kDiscard:
@@ -979,6 +984,7 @@ asio::awaitable<void> Session::end_of_data() {
   UpstreamReply result;
   const char* outcome = nullptr;
   Verdict verdict;
+  AuditHeaders audit_headers;  // read while the message exists, written after the reply
   if (refusal) {
     result = UpstreamReply{Reply{refusal->code, std::string(refusal->text)}, true};
     if (bare) {
@@ -1011,6 +1017,7 @@ asio::awaitable<void> Session::end_of_data() {
         if (verdict.action == Verdict::Action::kDisconnect) quit_ = true;
         break;
     }
+    audit_headers = audit_message_headers(message);
     txn_.facts.message = nullptr;
     if (!result.connection_lost) co_await upstream().reset();
   }
@@ -1046,7 +1053,24 @@ asio::awaitable<void> Session::end_of_data() {
   if (!symbols.empty()) line.kv("score", fmt::format("{:.2f}", txn_.facts.score)).kv("symbols", symbols);
   if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
   line.kv("duration_ms", elapsed_ms(txn_.started));
+  write_audit(outcome, result, verdict.reason, "eom", audit_headers);
   reset_transaction();
+}
+
+// The message's audit record, after its fate is decided (filters/auth/audit_log.h).
+void Session::write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
+                          const char* stage, const AuditHeaders& headers) {
+  std::shared_ptr<AuditLog> audit = current_audit_log();
+  if (!audit) return;
+  std::string action(outcome);
+  if (action == "relayed" && txn_.facts.changes.redirect) action = "redirected";
+  std::string reply = fmt::format("{} {}", result.reply.code, result.reply.text);
+  std::replace(reply.begin(), reply.end(), '\n', ' ');
+  AuditEntry entry{facts_, txn_.facts, std::move(action), std::move(reply), result.local ? "postern" : "upstream",
+                   stage, reason, decoder_.size(), headers.message_id, headers.from_domain};
+  if (!audit->write(audit_json(entry))) {
+    log::warning("audit-dropped").kv("session", id_).kv("id", txn_.facts.id).kv("queued_limit", "full");
+  }
 }
 
 asio::awaitable<Verdict> Session::run_filters(Stage stage) {

@@ -29,6 +29,7 @@
 namespace postern {
 
 class Session;
+struct AuditHeaders;
 
 // The sessions of one I/O thread; touched only from that thread.
 struct SessionRegistry {
@@ -94,6 +95,8 @@ class Session {
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
+  void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
+                   const char* stage, const AuditHeaders& headers);
 
   void reply(const replies::Def& def);
   void client_error(const replies::Def& def);

@@ -1,0 +1,251 @@
+// Reading audit logs and the text report; see audit_report.h.
+#include "filters/auth/audit_report.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+
+#include "filters/auth/json_reader.h"
+
+namespace postern {
+
+namespace {
+
+constexpr std::size_t kMaxExamples = 10;      // malformed lines named in the report
+constexpr std::size_t kMaxLine = kJsonMaxInput;
+constexpr std::size_t kMaxDomains = 100000;   // distinct From domains tallied; more go to "(other)"
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Terminal-safe: control characters and ill-formed UTF-8 become '?', the
+// text is cut at `max` octets.
+std::string printable(std::string_view s, std::size_t max) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    if (out.size() >= max) {
+      out += "...";
+      break;
+    }
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    std::size_t len = c < 0x80 ? 1 : utf8_sequence_length(s, i);
+    const bool c1 = len == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0;  // U+0080..U+009F
+    if (len == 0 || c < 0x20 || c == 0x7f || c1) {
+      out.push_back('?');
+      ++i;
+      continue;
+    }
+    out.append(s.substr(i, len));
+    i += len;
+  }
+  return out;
+}
+
+// Display width of UTF-8 text: one column per character.
+std::size_t columns(std::string_view s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xc0) != 0x80;
+  return n;
+}
+
+std::string pad(std::string_view s, std::size_t width, bool right = false) {
+  std::size_t w = columns(s);
+  std::string fill(w < width ? width - w : 0, ' ');
+  return right ? fill + std::string(s) : std::string(s) + fill;
+}
+
+}  // namespace
+
+std::string percent(std::size_t part, std::size_t whole) {
+  if (whole == 0) return "-";
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%.1f%%", 100.0 * static_cast<double>(part) / static_cast<double>(whole));
+  return buf;
+}
+
+AuditReportBuilder::AuditReportBuilder(std::vector<std::string> domains, std::size_t top_sources)
+    : top_(top_sources) {
+  for (auto& d : domains) filter_.push_back(lower(d));
+  totals_.domain_filter = filter_;
+}
+
+bool AuditReportBuilder::wanted(const std::string& domain) const {
+  if (filter_.empty()) return true;
+  for (const std::string& f : filter_) {
+    if (domain == f) return true;
+    if (domain.size() > f.size() && domain.compare(domain.size() - f.size(), f.size(), f) == 0 &&
+        domain[domain.size() - f.size() - 1] == '.') {
+      return true;
+    }
+  }
+  return false;
+}
+
+void AuditReportBuilder::malformed(std::string_view name, std::size_t line_number, const std::string& why) {
+  ++totals_.malformed;
+  if (totals_.malformed_examples.size() < kMaxExamples) {
+    totals_.malformed_examples.push_back(std::string(name) + ":" + std::to_string(line_number) + ": " + why);
+  }
+}
+
+void AuditReportBuilder::add_stream(std::string_view name, std::istream& in) {
+  ++totals_.files;
+  std::string line;
+  std::size_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    add_line(name, number, line);
+  }
+}
+
+void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std::string_view line) {
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
+  if (line.empty()) return;
+  ++totals_.lines;
+  if (line.size() > kMaxLine) {
+    malformed(name, number, "line longer than " + std::to_string(kMaxLine) + " octets");
+    return;
+  }
+  JsonParse p = parse_json(line);
+  if (!p.ok) {
+    malformed(name, number, "not JSON (" + p.error + " at octet " + std::to_string(p.offset) + ")");
+    return;
+  }
+  const JsonValue& r = p.value;
+  if (r.type != JsonValue::Type::kObject || !r.get("action") || !r.get("client")) {
+    malformed(name, number, "not an audit record (no \"action\" or \"client\")");
+    return;
+  }
+  ++totals_.records;
+  std::string domain = lower(r.str("from_domain"));
+  if (domain.empty()) domain = "(none)";
+  if (!wanted(domain)) {
+    ++totals_.skipped;
+    return;
+  }
+  if (tallies_.size() >= kMaxDomains && !tallies_.count(domain)) domain = "(other)";
+  std::string time = r.str("time");
+  if (!time.empty()) {
+    if (totals_.first_time.empty() || time < totals_.first_time) totals_.first_time = time;
+    if (time > totals_.last_time) totals_.last_time = time;
+  }
+  Tally& t = tallies_[domain];
+  DomainReport& d = t.report;
+  d.domain = domain;
+  ++d.messages;
+  ++d.actions[r.str("action", "unknown")];
+
+  std::string spf = "none", dkim = "none", dmarc = "none";
+  if (const JsonValue* s = r.get("spf"); s && s->type == JsonValue::Type::kObject) {
+    ++d.spf_checked;
+    spf = s->str("result", "none");
+    if (spf == "pass") ++d.spf_pass;
+  }
+  if (const JsonValue* k = r.get("dkim"); k && k->type == JsonValue::Type::kArray) {
+    ++d.dkim_checked;
+    for (const JsonValue& sig : k->array) {
+      std::string res = sig.str("result", "none");
+      if (res == "pass") dkim = "pass";
+      else if (dkim != "pass") dkim = res;
+    }
+    if (dkim == "pass") ++d.dkim_pass;
+  }
+  bool dmarc_checked = false;
+  if (const JsonValue* m = r.get("dmarc"); m && m->type == JsonValue::Type::kObject) {
+    dmarc_checked = true;
+    ++d.dmarc_checked;
+    dmarc = m->str("result", "none");
+    if (dmarc == "pass") ++d.dmarc_pass;
+    if (dmarc == "fail") ++d.dmarc_fail;
+    if (m->flag("spf_aligned")) ++d.spf_aligned;
+    if (m->flag("dkim_aligned")) ++d.dkim_aligned;
+  }
+  // Failing: DMARC did not pass where it was checked; otherwise neither SPF
+  // nor DKIM passed where one of them was checked.
+  bool checked = dmarc_checked || r.get("spf") || r.get("dkim");
+  bool failing = dmarc_checked ? dmarc != "pass" : checked && spf != "pass" && dkim != "pass";
+  if (failing) {
+    ++d.failing;
+    const JsonValue* client = r.get("client");
+    std::string ip = client ? client->str("ip", "?") : "?";
+    SourceTally& src = t.sources[ip];
+    if (src.count == 0 || src.name.empty()) {
+      src.name = client ? client->str("name") : "";
+      if (src.name.empty()) src.name = r.str("helo");
+    }
+    src.results = "spf=" + spf + " dkim=" + dkim + " dmarc=" + dmarc;
+    ++src.count;
+  }
+}
+
+AuditReport AuditReportBuilder::finish() const {
+  AuditReport out = totals_;
+  for (const auto& [domain, t] : tallies_) {
+    DomainReport d = t.report;
+    for (const auto& [ip, s] : t.sources) d.sources.push_back(ReportSource{ip, s.name, s.results, s.count});
+    std::stable_sort(d.sources.begin(), d.sources.end(),
+                     [](const ReportSource& a, const ReportSource& b) { return a.count > b.count; });
+    if (d.sources.size() > top_) d.sources.resize(top_);
+    out.domains.push_back(std::move(d));
+  }
+  std::stable_sort(out.domains.begin(), out.domains.end(),
+                   [](const DomainReport& a, const DomainReport& b) { return a.messages > b.messages; });
+  return out;
+}
+
+void print_report_text(const AuditReport& r, std::ostream& out) {
+  out << "postern report: " << r.files << " file" << (r.files == 1 ? "" : "s") << ", " << r.records
+      << " records, " << r.malformed << " malformed line" << (r.malformed == 1 ? "" : "s");
+  if (!r.domain_filter.empty()) out << ", " << r.skipped << " outside the --domain filter";
+  out << "\n";
+  if (!r.first_time.empty()) out << "period: " << printable(r.first_time, 40) << " .. " << printable(r.last_time, 40) << "\n";
+  out << "\n";
+  if (r.domains.empty()) {
+    out << "no audit records" << (r.domain_filter.empty() ? "" : " for the given domains") << "\n";
+  } else {
+    std::size_t dw = 6;
+    for (const DomainReport& d : r.domains) dw = std::max(dw, columns(printable(d.domain, 60)));
+    out << pad("DOMAIN", dw) << "  " << pad("MESSAGES", 8, true) << "  " << pad("SPF", 6, true) << "  "
+        << pad("DKIM", 6, true) << "  " << pad("DMARC", 6, true) << "  " << pad("SPF-ALN", 7, true) << "  "
+        << pad("DKIM-ALN", 8, true) << "  " << pad("FAILING", 7, true) << "  ACTIONS\n";
+    for (const DomainReport& d : r.domains) {
+      std::string actions;
+      for (const auto& [a, n] : d.actions) actions += (actions.empty() ? "" : " ") + printable(a, 20) + "=" + std::to_string(n);
+      out << pad(printable(d.domain, 60), dw) << "  " << pad(std::to_string(d.messages), 8, true) << "  "
+          << pad(percent(d.spf_pass, d.spf_checked), 6, true) << "  " << pad(percent(d.dkim_pass, d.dkim_checked), 6, true)
+          << "  " << pad(percent(d.dmarc_pass, d.dmarc_checked), 6, true) << "  "
+          << pad(percent(d.spf_aligned, d.dmarc_checked), 7, true) << "  "
+          << pad(percent(d.dkim_aligned, d.dmarc_checked), 8, true) << "  " << pad(std::to_string(d.failing), 7, true)
+          << "  " << actions << "\n";
+    }
+    out << "\nSPF, DKIM, DMARC: pass rate among the messages checked; SPF-ALN, DKIM-ALN: aligned\n"
+           "with the From domain among the DMARC-checked; FAILING: messages that did not pass DMARC\n"
+           "(or, without DMARC, neither SPF nor DKIM).\n";
+    for (const DomainReport& d : r.domains) {
+      if (d.sources.empty()) continue;
+      out << "\n" << printable(d.domain, 60) << ": top failing sources\n";
+      std::size_t iw = 9, nw = 9;
+      for (const ReportSource& s : d.sources) {
+        iw = std::max(iw, columns(printable(s.ip, 45)));
+        nw = std::max(nw, columns(printable(s.name, 50)));
+      }
+      out << "  " << pad("MESSAGES", 8, true) << "  " << pad("CLIENT IP", iw) << "  " << pad("NAME/HELO", nw)
+          << "  LAST RESULTS\n";
+      for (const ReportSource& s : d.sources) {
+        out << "  " << pad(std::to_string(s.count), 8, true) << "  " << pad(printable(s.ip, 45), iw) << "  "
+            << pad(printable(s.name, 50), nw) << "  " << printable(s.results, 80) << "\n";
+      }
+    }
+  }
+  if (r.malformed > 0) {
+    out << "\nmalformed lines (" << r.malformed << "):\n";
+    for (const std::string& m : r.malformed_examples) out << "  " << printable(m, 200) << "\n";
+    if (r.malformed > r.malformed_examples.size()) {
+      out << "  ... and " << r.malformed - r.malformed_examples.size() << " more\n";
+    }
+  }
+}
+
+}  // namespace postern

@@ -1,0 +1,86 @@
+// `postern report`: who sends as which domain, read back from audit logs.
+// Records are grouped by their RFC5322.From domain; each group counts its
+// messages, SPF / DKIM / DMARC passes, DMARC alignment, actions, and the
+// client addresses whose messages failed. Malformed lines are counted and
+// named, never fatal. Rendering: an aligned text table, and one static HTML
+// page (inline CSS and SVG, no script, no external resource).
+#pragma once
+
+#include <cstddef>
+#include <istream>
+#include <map>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace postern {
+
+struct ReportSource {
+  std::string ip;
+  std::string name;     // reverse DNS name, or the HELO when there is none
+  std::string results;  // of its last failing message: "spf=fail dkim=none dmarc=fail"
+  std::size_t count = 0;
+};
+
+struct DomainReport {
+  std::string domain;  // "(none)" when the record had no From domain
+  std::size_t messages = 0;
+  std::size_t spf_checked = 0, spf_pass = 0;
+  std::size_t dkim_checked = 0, dkim_pass = 0;  // a message passes with one passing signature
+  std::size_t dmarc_checked = 0, dmarc_pass = 0, dmarc_fail = 0;
+  std::size_t spf_aligned = 0, dkim_aligned = 0;  // among dmarc_checked
+  std::size_t failing = 0;                        // messages counted in `sources`
+  std::map<std::string, std::size_t> actions;
+  std::vector<ReportSource> sources;              // failing sources, most messages first (top N)
+};
+
+struct AuditReport {
+  std::vector<DomainReport> domains;  // most messages first
+  std::size_t files = 0;
+  std::size_t lines = 0;       // non-empty lines read
+  std::size_t records = 0;     // parsed audit records
+  std::size_t skipped = 0;     // records outside the --domain filter
+  std::size_t malformed = 0;
+  std::vector<std::string> malformed_examples;  // "FILE:LINE: reason", the first few
+  std::string first_time, last_time;            // of the records counted
+  std::vector<std::string> domain_filter;
+};
+
+class AuditReportBuilder {
+ public:
+  // `domains`: only these From domains (and their subdomains); empty = all.
+  explicit AuditReportBuilder(std::vector<std::string> domains = {}, std::size_t top_sources = 10);
+
+  // Reads one file's lines; `name` is used in malformed-line messages.
+  void add_stream(std::string_view name, std::istream& in);
+  void add_line(std::string_view name, std::size_t line_number, std::string_view line);
+  AuditReport finish() const;
+
+ private:
+  struct SourceTally {
+    std::string name, results;
+    std::size_t count = 0;
+  };
+  struct Tally {
+    DomainReport report;
+    std::map<std::string, SourceTally> sources;  // by client IP
+  };
+  bool wanted(const std::string& domain) const;
+  void malformed(std::string_view name, std::size_t line_number, const std::string& why);
+
+  std::vector<std::string> filter_;
+  std::size_t top_;
+  std::map<std::string, Tally> tallies_;
+  AuditReport totals_;
+};
+
+// The aligned text table (hostile text made printable, long fields cut).
+void print_report_text(const AuditReport& report, std::ostream& out);
+// One self-contained HTML page.
+void write_report_html(const AuditReport& report, std::ostream& out);
+
+// Percentage "97.5%" of part/whole, "-" when whole is 0.
+std::string percent(std::size_t part, std::size_t whole);
+
+}  // namespace postern

@@ -1,0 +1,245 @@
+// The HTML page of `postern report`: one static file a mail admin opens to
+// see who sends as their domains. Inline CSS and SVG only: no script, no
+// font, no image or style sheet from anywhere else, so it opens offline and
+// leaks nothing. Every text from the logs is HTML-escaped.
+#include <algorithm>
+#include <cstdio>
+#include <string>
+
+#include "filters/auth/audit_report.h"
+#include "filters/auth/json_reader.h"
+
+namespace postern {
+
+namespace {
+
+constexpr std::size_t kMaxChartDomains = 30;  // bars in the overview chart
+
+// Text content or attribute value: markup characters escaped, control
+// characters and ill-formed UTF-8 replaced, cut at `max` octets.
+std::string esc(std::string_view s, std::size_t max = 200) {
+  std::string out;
+  std::size_t octets = 0;
+  for (std::size_t i = 0; i < s.size() && octets < max;) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      std::size_t len = utf8_sequence_length(s, i);
+      if (len == 0 || (len == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0)) {
+        out += "&#xfffd;";
+        ++i;
+        ++octets;
+      } else {
+        out.append(s.substr(i, len));
+        i += len;
+        octets += len;
+      }
+      continue;
+    }
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c < 0x20 || c == 0x7f ? std::string("&#xfffd;") : std::string(1, static_cast<char>(c));
+    }
+    ++i;
+    ++octets;
+  }
+  if (octets < s.size()) out += "&#8230;";
+  return out;
+}
+
+std::string fmt_num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f", v);
+  return buf;
+}
+
+double ratio(std::size_t part, std::size_t whole) {
+  return whole ? static_cast<double>(part) / static_cast<double>(whole) : 0;
+}
+
+const char* action_color(const std::string& a) {
+  if (a == "relayed") return "#2e7d32";
+  if (a == "rejected") return "#c62828";
+  if (a == "tempfailed") return "#ef6c00";
+  if (a == "quarantined") return "#6a1b9a";
+  if (a == "discarded") return "#455a64";
+  if (a == "redirected") return "#1565c0";
+  return "#9e9e9e";
+}
+
+constexpr const char* kStyle = R"(
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:18px 28px}
+header h1{margin:0;font-size:20px}
+header p{margin:4px 0 0;color:#c6cbd6}
+main{padding:20px 28px;max-width:1200px}
+section{background:#fff;border:1px solid #dde1e8;border-radius:6px;padding:16px 20px;margin:0 0 18px}
+h2{font-size:17px;margin:0 0 10px}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #eceef2;white-space:nowrap}
+th{font-weight:600;color:#4a5263;background:#fafbfc}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.good{color:#2e7d32}.warn{color:#ef6c00}.bad{color:#c62828}
+.legend span{display:inline-block;margin-right:14px}
+.legend i{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:2px}
+.muted{color:#6b7385}
+.grid{display:grid;grid-template-columns:minmax(280px,420px) 1fr;gap:20px;align-items:start}
+svg text{font:12px system-ui,sans-serif;fill:#1d2330}
+)";
+
+std::string rate_class(std::size_t part, std::size_t whole) {
+  if (whole == 0) return "muted";
+  double r = ratio(part, whole);
+  return r >= 0.95 ? "good" : r >= 0.7 ? "warn" : "bad";
+}
+
+// Overview: one bar per domain, split into DMARC pass / fail / not checked.
+void overview_chart(const AuditReport& r, std::ostream& out) {
+  std::size_t n = std::min(r.domains.size(), kMaxChartDomains);
+  std::size_t most = 1;
+  for (std::size_t i = 0; i < n; ++i) most = std::max(most, r.domains[i].messages);
+  const int label_w = 220, bar_w = 520, row_h = 22, top = 6;
+  const int height = top + static_cast<int>(n) * row_h + 6;
+  out << "<svg role=\"img\" aria-label=\"messages per From domain\" width=\"" << label_w + bar_w + 80
+      << "\" height=\"" << height << "\" viewBox=\"0 0 " << label_w + bar_w + 80 << ' ' << height << "\">\n";
+  for (std::size_t i = 0; i < n; ++i) {
+    const DomainReport& d = r.domains[i];
+    int y = top + static_cast<int>(i) * row_h;
+    double scale = static_cast<double>(bar_w) / static_cast<double>(most);
+    double pass = static_cast<double>(d.dmarc_pass) * scale;
+    double fail = static_cast<double>(d.dmarc_checked - d.dmarc_pass) * scale;
+    double rest = static_cast<double>(d.messages - d.dmarc_checked) * scale;
+    out << "<text x=\"" << label_w - 8 << "\" y=\"" << y + 14 << "\" text-anchor=\"end\">" << esc(d.domain, 40)
+        << "</text>";
+    double x = label_w;
+    for (auto [w, color] : {std::pair<double, const char*>{pass, "#2e7d32"}, {fail, "#c62828"}, {rest, "#b0b7c3"}}) {
+      if (w <= 0) continue;
+      out << "<rect x=\"" << fmt_num(x) << "\" y=\"" << y + 3 << "\" width=\"" << fmt_num(w)
+          << "\" height=\"" << row_h - 6 << "\" fill=\"" << color << "\"/>";
+      x += w;
+    }
+    out << "<text x=\"" << fmt_num(x + 6) << "\" y=\"" << y + 14 << "\">" << d.messages << "</text>\n";
+  }
+  out << "</svg>\n<p class=\"legend\"><span><i style=\"background:#2e7d32\"></i>DMARC pass</span>"
+         "<span><i style=\"background:#c62828\"></i>DMARC not passing</span>"
+         "<span><i style=\"background:#b0b7c3\"></i>DMARC not checked</span></p>\n";
+}
+
+// One domain: a gauge per check (pass rate) and alignment, then the actions.
+void domain_chart(const DomainReport& d, std::ostream& out) {
+  struct Gauge {
+    const char* label;
+    std::size_t part, whole;
+  };
+  const Gauge gauges[] = {{"SPF pass", d.spf_pass, d.spf_checked},
+                          {"DKIM pass", d.dkim_pass, d.dkim_checked},
+                          {"DMARC pass", d.dmarc_pass, d.dmarc_checked},
+                          {"SPF aligned", d.spf_aligned, d.dmarc_checked},
+                          {"DKIM aligned", d.dkim_aligned, d.dmarc_checked}};
+  const int label_w = 100, bar_w = 240, row_h = 22;
+  const int height = 5 * row_h + 40;
+  out << "<svg role=\"img\" aria-label=\"pass rates\" width=\"" << label_w + bar_w + 70 << "\" height=\"" << height
+      << "\" viewBox=\"0 0 " << label_w + bar_w + 70 << ' ' << height << "\">\n";
+  int y = 2;
+  for (const Gauge& g : gauges) {
+    double r = ratio(g.part, g.whole);
+    const char* color = g.whole == 0 ? "#b0b7c3" : r >= 0.95 ? "#2e7d32" : r >= 0.7 ? "#ef6c00" : "#c62828";
+    out << "<text x=\"0\" y=\"" << y + 14 << "\">" << g.label << "</text>"
+        << "<rect x=\"" << label_w << "\" y=\"" << y + 3 << "\" width=\"" << bar_w << "\" height=\"" << row_h - 6
+        << "\" fill=\"#eceef2\"/>"
+        << "<rect x=\"" << label_w << "\" y=\"" << y + 3 << "\" width=\"" << fmt_num(r * bar_w) << "\" height=\""
+        << row_h - 6 << "\" fill=\"" << color << "\"/>"
+        << "<text x=\"" << label_w + bar_w + 6 << "\" y=\"" << y + 14 << "\">" << esc(percent(g.part, g.whole))
+        << "</text>\n";
+    y += row_h;
+  }
+  // Actions: one stacked bar.
+  y += 8;
+  double x = label_w;
+  out << "<text x=\"0\" y=\"" << y + 14 << "\">actions</text>";
+  for (const auto& [a, count] : d.actions) {
+    double w = ratio(count, d.messages) * bar_w;
+    out << "<rect x=\"" << fmt_num(x) << "\" y=\"" << y + 3 << "\" width=\"" << fmt_num(w) << "\" height=\""
+        << row_h - 6 << "\" fill=\"" << action_color(a) << "\"><title>" << esc(a, 40) << ": " << count
+        << "</title></rect>";
+    x += w;
+  }
+  out << "\n</svg>\n<p class=\"legend\">";
+  for (const auto& [a, count] : d.actions) {
+    out << "<span><i style=\"background:" << action_color(a) << "\"></i>" << esc(a, 40) << " " << count << "</span>";
+  }
+  out << "</p>\n";
+}
+
+}  // namespace
+
+void write_report_html(const AuditReport& r, std::ostream& out) {
+  out << "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\n"
+         "<title>postern report: who sends as your domains</title>\n<style>"
+      << kStyle << "</style>\n</head>\n<body>\n<header><h1>Who sends as your domains</h1><p>"
+      << r.records << " audit records from " << r.files << " file" << (r.files == 1 ? "" : "s");
+  if (!r.first_time.empty()) out << ", " << esc(r.first_time, 40) << " to " << esc(r.last_time, 40);
+  if (!r.domain_filter.empty()) {
+    out << "; domains:";
+    for (const std::string& d : r.domain_filter) out << ' ' << esc(d, 100);
+  }
+  out << "; " << r.malformed << " malformed line" << (r.malformed == 1 ? "" : "s") << "</p></header>\n<main>\n";
+
+  if (r.domains.empty()) {
+    out << "<section><p>No audit records" << (r.domain_filter.empty() ? "" : " for these domains") << ".</p></section>\n";
+  } else {
+    out << "<section><h2>Messages per From domain</h2>\n";
+    overview_chart(r, out);
+    out << "<table>\n<tr><th>From domain</th><th class=\"n\">messages</th><th class=\"n\">SPF</th>"
+           "<th class=\"n\">DKIM</th><th class=\"n\">DMARC</th><th class=\"n\">SPF aligned</th>"
+           "<th class=\"n\">DKIM aligned</th><th class=\"n\">failing</th><th>actions</th></tr>\n";
+    for (const DomainReport& d : r.domains) {
+      out << "<tr><td><a href=\"#d-" << &d - r.domains.data() << "\">" << esc(d.domain, 100) << "</a></td><td class=\"n\">"
+          << d.messages << "</td>";
+      for (auto [part, whole] : {std::pair{d.spf_pass, d.spf_checked}, {d.dkim_pass, d.dkim_checked},
+                                 {d.dmarc_pass, d.dmarc_checked}, {d.spf_aligned, d.dmarc_checked},
+                                 {d.dkim_aligned, d.dmarc_checked}}) {
+        out << "<td class=\"n " << rate_class(part, whole) << "\">" << esc(percent(part, whole)) << "</td>";
+      }
+      out << "<td class=\"n\">" << d.failing << "</td><td>";
+      bool first = true;
+      for (const auto& [a, count] : d.actions) {
+        out << (first ? "" : ", ") << esc(a, 40) << " " << count;
+        first = false;
+      }
+      out << "</td></tr>\n";
+    }
+    out << "</table>\n<p class=\"muted\">Pass rates among the messages checked; alignment among the "
+           "DMARC-checked. Failing: did not pass DMARC (or, without DMARC, neither SPF nor DKIM).</p></section>\n";
+    for (const DomainReport& d : r.domains) {
+      out << "<section id=\"d-" << &d - r.domains.data() << "\"><h2>" << esc(d.domain, 200) << " <span class=\"muted\">"
+          << d.messages << " message" << (d.messages == 1 ? "" : "s") << "</span></h2>\n<div class=\"grid\"><div>\n";
+      domain_chart(d, out);
+      out << "</div><div>\n";
+      if (d.sources.empty()) {
+        out << "<p class=\"good\">No failing sources.</p>\n";
+      } else {
+        out << "<table>\n<tr><th class=\"n\">messages</th><th>client IP</th><th>name / HELO</th><th>last results</th></tr>\n";
+        for (const ReportSource& s : d.sources) {
+          out << "<tr><td class=\"n\">" << s.count << "</td><td>" << esc(s.ip, 60) << "</td><td>" << esc(s.name, 100)
+              << "</td><td>" << esc(s.results, 120) << "</td></tr>\n";
+        }
+        out << "</table>\n<p class=\"muted\">Top failing sources: client addresses whose messages did not pass.</p>\n";
+      }
+      out << "</div></div></section>\n";
+    }
+  }
+  if (r.malformed > 0) {
+    out << "<section><h2>Malformed lines: " << r.malformed << "</h2><ul>\n";
+    for (const std::string& m : r.malformed_examples) out << "<li><code>" << esc(m, 300) << "</code></li>\n";
+    out << "</ul></section>\n";
+  }
+  out << "</main>\n</body>\n</html>\n";
+}
+
+}  // namespace postern

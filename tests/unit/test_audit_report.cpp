@@ -1,0 +1,124 @@
+// `postern report`: the JSON reader, the per-domain tallies, malformed lines,
+// the --domain filter, and both renderings (hostile text escaped).
+#include <catch2/catch.hpp>
+
+#include <sstream>
+
+#include "filters/auth/audit_report.h"
+#include "filters/auth/json_reader.h"
+
+using namespace postern;
+
+TEST_CASE("json reader: values, escapes, and bad input as errors", "[report]") {
+  JsonParse p = parse_json(R"( {"a":[1,-2.5e1,true,false,null],"s":"x\"\u00e9\ud83d\udce7\n","o":{}} )");
+  REQUIRE(p.ok);
+  const JsonValue* a = p.value.get("a");
+  REQUIRE(a);
+  REQUIRE(a->array.size() == 5);
+  CHECK(a->array[1].number == -25);
+  CHECK(a->array[2].boolean);
+  CHECK(p.value.str("s") == "x\"\xc3\xa9\xf0\x9f\x93\xa7\n");
+  CHECK(p.value.get("o")->type == JsonValue::Type::kObject);
+  CHECK(parse_json(R"("\ud800")").value.string == "\xef\xbf\xbd");  // a lone surrogate
+  for (const char* bad : {"", "{", "{\"a\":}", "[1,]", "\"abc", "{\"a\" 1}", "tru", "01x", "\"\x01\"", "{} x",
+                          "-", "1.", "1e", "\"\\q\"", "\"\\u12\""}) {
+    INFO(bad);
+    CHECK_FALSE(parse_json(bad).ok);
+  }
+  std::string deep(100, '[');
+  CHECK_FALSE(parse_json(deep + std::string(100, ']')).ok);
+  CHECK(parse_json(std::string(20, '[') + std::string(20, ']')).ok);
+}
+
+namespace {
+
+const char* kLog = R"({"time":"2026-11-24T05:00:00.000Z","client":{"ip":"203.0.113.5","port":1,"name":""},"helo":"evil.example","from_domain":"Example.com","spf":{"result":"fail"},"dkim":[],"dmarc":{"result":"fail","spf_aligned":false,"dkim_aligned":false},"action":"rejected"}
+{"time":"2026-11-24T05:01:00.000Z","client":{"ip":"198.51.100.1","port":1,"name":"mx.example.com"},"helo":"mx","from_domain":"example.com","spf":{"result":"pass"},"dkim":[{"result":"fail"},{"result":"pass"}],"dmarc":{"result":"pass","spf_aligned":true,"dkim_aligned":true},"action":"relayed"}
+{"time":"2026-11-24T05:02:00.000Z","client":{"ip":"203.0.113.5","port":2,"name":""},"helo":"evil.example","from_domain":"example.com","spf":{"result":"softfail"},"dmarc":{"result":"fail"},"action":"quarantined"}
+{"time":"2026-11-24T04:59:00.000Z","client":{"ip":"192.0.2.9","port":1,"name":""},"helo":"h","from_domain":"news.example.com","spf":{"result":"pass"},"action":"relayed"}
+{"time":"2026-11-24T05:03:00.000Z","client":{"ip":"192.0.2.7","port":1,"name":""},"helo":"<b>","from_domain":"<script>alert(1)</script>.example.org","spf":{"result":"fail"},"action":"relayed"}
+this is not json
+{"no":"action"}
+
+[1,2]
+)";
+
+}  // namespace
+
+TEST_CASE("report tallies per From domain and names malformed lines", "[report]") {
+  AuditReportBuilder b;
+  std::istringstream in(kLog);
+  b.add_stream("audit.jsonl", in);
+  AuditReport r = b.finish();
+  CHECK(r.files == 1);
+  CHECK(r.records == 5);
+  CHECK(r.malformed == 3);
+  REQUIRE(r.malformed_examples.size() == 3);
+  CHECK(r.malformed_examples[0].rfind("audit.jsonl:6: not JSON", 0) == 0);
+  CHECK(r.malformed_examples[1].rfind("audit.jsonl:7: not an audit record", 0) == 0);
+  CHECK(r.malformed_examples[2].rfind("audit.jsonl:9:", 0) == 0);  // the empty line 8 is skipped
+  CHECK(r.first_time == "2026-11-24T04:59:00.000Z");
+  CHECK(r.last_time == "2026-11-24T05:03:00.000Z");
+  REQUIRE(r.domains.size() == 3);
+  const DomainReport& d = r.domains[0];
+  CHECK(d.domain == "example.com");  // lower-cased, so both spellings count together
+  CHECK(d.messages == 3);
+  CHECK(d.spf_checked == 3);
+  CHECK(d.spf_pass == 1);
+  CHECK(d.dkim_checked == 2);
+  CHECK(d.dkim_pass == 1);  // one passing signature is enough
+  CHECK(d.dmarc_checked == 3);
+  CHECK(d.dmarc_pass == 1);
+  CHECK(d.spf_aligned == 1);
+  CHECK(d.failing == 2);
+  CHECK(d.actions.at("rejected") == 1);
+  CHECK(d.actions.at("relayed") == 1);
+  CHECK(d.actions.at("quarantined") == 1);
+  REQUIRE(d.sources.size() == 1);
+  CHECK(d.sources[0].ip == "203.0.113.5");
+  CHECK(d.sources[0].count == 2);
+  CHECK(d.sources[0].name == "evil.example");  // the HELO without a reverse name
+  CHECK(d.sources[0].results == "spf=softfail dkim=none dmarc=fail");
+  CHECK(percent(1, 3) == "33.3%");
+  CHECK(percent(0, 0) == "-");
+}
+
+TEST_CASE("--domain keeps the domain and its subdomains", "[report]") {
+  AuditReportBuilder b({"EXAMPLE.com"});
+  std::istringstream in(kLog);
+  b.add_stream("a", in);
+  AuditReport r = b.finish();
+  REQUIRE(r.domains.size() == 2);
+  CHECK(r.domains[0].domain == "example.com");
+  CHECK(r.domains[1].domain == "news.example.com");
+  CHECK(r.skipped == 1);
+  AuditReportBuilder none({"xample.com"});  // a suffix that is not a parent domain
+  std::istringstream in2(kLog);
+  none.add_stream("a", in2);
+  CHECK(none.finish().domains.empty());
+}
+
+TEST_CASE("text and HTML renderings escape what came from the log", "[report]") {
+  AuditReportBuilder b;
+  std::istringstream in(std::string(kLog) +
+                        "{\"client\":{\"ip\":\"1.2.3.4\"},\"from_domain\":\"a\\u001b[31mred.example\",\"action\":\"relayed\"}\n");
+  b.add_stream("a", in);
+  AuditReport r = b.finish();
+  std::ostringstream text, html;
+  print_report_text(r, text);
+  write_report_html(r, html);
+  INFO(text.str());
+  CHECK(text.str().find("example.com") != std::string::npos);
+  CHECK(text.str().find("33.3%") != std::string::npos);
+  CHECK(text.str().find('\x1b') == std::string::npos);
+  CHECK(text.str().find("a?[31mred.example") != std::string::npos);
+  CHECK(text.str().find("malformed lines (3)") != std::string::npos);
+  std::string page = html.str();
+  CHECK(page.rfind("<!DOCTYPE html>", 0) == 0);
+  CHECK(page.find("<script") == std::string::npos);
+  CHECK(page.find("&lt;script&gt;alert(1)&lt;/script&gt;.example.org") != std::string::npos);
+  CHECK(page.find("http://") == std::string::npos);
+  CHECK(page.find("https://") == std::string::npos);
+  CHECK(page.find("<svg") != std::string::npos);
+  CHECK(page.find('\x1b') == std::string::npos);
+}
