@@ -474,7 +474,8 @@ def test_slowloris_command_line(postern, sink, what):
 # ---------------------------------------------------------------- connection floods
 
 def test_flood_of_idle_connections(postern, sink):
-    p = postern.start(upstream=sink.address)
+    # one client address for all: the per-address limit (test_limits.py) is off here
+    p = postern.start(upstream=sink.address, sets={"limits.sessions_per_ip": 0})
     flood = []
     try:
         for _ in range(300):
@@ -490,13 +491,16 @@ def test_flood_of_idle_connections(postern, sink):
 
 
 def test_flood_past_the_file_descriptor_limit(tmp_path, sink):
-    """RLIMIT_NOFILE 64 and 150 connections: accept fails with EMFILE, postern
-    logs it, backs off, survives, and serves again once the flood is gone."""
+    """RLIMIT_NOFILE 64, no session limit (so the start-up check of the
+    open-file limit has nothing to size) and 150 connections: accept fails
+    with EMFILE, postern logs it, backs off, survives, and serves again once
+    the flood is gone."""
     workdir = tmp_path / "w"
     workdir.mkdir()
     args = ["--nofile=64:64", POSTERN_BIN] + postern_run_args(
         upstream=sink.address, sets={"server.hostname": HOSTNAME, "server.shutdown_timeout": 3,
-                                     "server.threads": 1})
+                                     "server.threads": 1, "limits.sessions": 0,
+                                     "limits.sessions_per_ip": 0})
     p = PosternProcess(args, cwd=str(workdir), binary="/usr/bin/prlimit")
     p.start()
     flood = []
