@@ -11,6 +11,11 @@
   private Postfix (tests/e2e/test_xclient.py) and its postern.toml, on free
   ports, relays a message into that Postfix, which sees the real client
   through XCLIENT and refuses to relay for strangers.
+- docs/deploy-exchange.md: its Lua rule removes forged X-Spam-Status fields.
+- docs/audit-only.md: its audit-only configuration relays and tags what its
+  enforcing one holds back.
+- docs/configuration.md has a table row for every key `postern config check`
+  accepts (the Checker lists them in its "unknown key; allowed: ..." error).
 """
 
 import glob
@@ -432,3 +437,58 @@ def test_enforcing_config_defers_a_first_time_sender(postern, sink, tmp_path, tl
         c.expect("MAIL FROM:<someone@example.net>", 250)
         c.expect("RCPT TO:<alice@example.com>", 451, "4.7.1")
     assert not sink.messages
+
+
+# --------------------------------------------------------------------------
+# docs/configuration.md names every key postern's Checker knows
+
+CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
+UNKNOWN = "zzzzzzzzzzzzzzzzzzzz"   # no key is near it, so the Checker lists them all
+
+
+def allowed_keys(tmp_path, toml_text, where):
+    path = tmp_path / "probe.toml"
+    path.write_text(toml_text)
+    r = config_check(path, tmp_path)
+    m = re.search(rf"key '{re.escape(where)}{UNKNOWN}': unknown key; allowed: (.*)$", r.stderr, re.M)
+    assert m, f"postern config check did not list the keys of {where or 'the top level'}:\n{r.stderr}"
+    return m.group(1).split()
+
+
+def documented_keys():
+    """{section: set of keys} from the tables under the `## [section]` headings."""
+    with open(CONFIG_DOC) as f:
+        text = f.read()
+    doc = {}
+    section = None
+    for line in text.split("\n"):
+        h = re.match(r"^##+ `\[\[?([a-z_.]+)\]\]?`", line)
+        if h:
+            section = h.group(1)
+            doc.setdefault(section, set())
+            continue
+        if line.startswith("## "):
+            section = None
+        if section and line.startswith("| `"):
+            first_cell = line.split("|")[1]
+            doc[section].update(re.findall(r"`([a-z_]+)`", first_cell))
+    return doc
+
+
+def test_configuration_md_documents_every_key(tmp_path):
+    sections = allowed_keys(tmp_path, f"{UNKNOWN} = 1\n", "")
+    doc = documented_keys()
+    missing = []
+    for section in sections:
+        if section == "listener":
+            keys = allowed_keys(tmp_path, f'[[listener]]\naddress = "127.0.0.1:0"\n{UNKNOWN} = 1\n',
+                                "listener.")
+        else:
+            keys = allowed_keys(tmp_path, f"[{section}]\n{UNKNOWN} = 1\n", f"{section}.")
+        if section not in doc:
+            missing.append(f"[{section}] (no section)")
+            continue
+        for key in keys:
+            if key not in doc[section] and f"{section}.{key}" not in doc:
+                missing.append(f"{section}.{key}")
+    assert not missing, f"keys postern accepts but {CONFIG_DOC} does not document: {missing}"
