@@ -167,6 +167,16 @@ struct Server::Impl {
     note_probe(co_await probe_upstream(workers[0]->context.get_executor(), fresh, *capabilities));
   }
 
+  // Keys a reload cannot apply (the socket is bound, root is gone): say so.
+  static void note_restart_only_keys(const Config& running, const Config& fresh) {
+    if (running.control.socket != fresh.control.socket || running.control.mode != fresh.control.mode) {
+      log::warning("restart-needed").kv("key", "control").kv("running", running.control.socket);
+    }
+    if (running.server.user != fresh.server.user || running.server.group != fresh.server.group) {
+      log::warning("restart-needed").kv("key", "server.user").kv("running", running.server.user);
+    }
+  }
+
   // SIGHUP and `postern reload`: the same work, the same answer. Returns
   // "ok ..." or "error ..." followed by the reason (file:line), for the
   // control socket; the service manager hears RELOADING=1 then READY=1.
@@ -191,6 +201,7 @@ struct Server::Impl {
     try {
       auto fresh = load_config(source);
       process::ensure_open_files(*fresh);
+      note_restart_only_keys(*snapshot(), *fresh);
       auto fresh_tls = make_server_tls_context(fresh->tls);  // certificates re-read
       // Every worker's chain is built first, each on its own thread; only when
       // all compiled does the new configuration take over.
