@@ -159,6 +159,18 @@ struct Server::Impl {
       co_await timer.async_wait(use_nothrow);
     }
   }
+  // An MTA that accepts but never greets holds the first probe for up to
+  // timeouts.upstream_greeting; systemd's start time-out is shorter. READY=1
+  // then goes out after kReadyAtLatest with the probe still running.
+  asio::awaitable<void> ready_at_latest() {
+    static constexpr std::chrono::seconds kReadyAtLatest{10};
+    asio::steady_timer timer(workers[0]->context, kReadyAtLatest);
+    co_await timer.async_wait(use_nothrow);
+    if (ready_notified || draining) co_return;
+    ready_notified = true;
+    process::notify("READY=1\nSTATUS=Serving; upstream probe still running");
+  }
+
   void note_probe(bool reached) {
     upstream_up = reached ? 1 : 0;
     last_probe = std::chrono::steady_clock::now();
@@ -436,6 +448,7 @@ int Server::run() {
   }
   asio::co_spawn(s.workers[0]->context, s.signals(signal_set), asio::detached);
   asio::co_spawn(s.workers[0]->context, s.probe_loop(), asio::detached);
+  asio::co_spawn(s.workers[0]->context, s.ready_at_latest(), asio::detached);
 
   std::vector<std::thread> threads;
   for (unsigned i = 1; i < n; ++i) {
