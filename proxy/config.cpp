@@ -511,7 +511,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   if (lim) {
     check.check_keys(*lim, "limits", {"message_size", "recipients", "messages_per_session", "errors",
                                       "command_line", "text_line", "sessions", "sessions_per_ip",
-                                      "sessions_per_network", "network_prefix_v4", "network_prefix_v6"});
+                                      "sessions_per_network", "network_prefix_v4", "network_prefix_v6",
+                                      "sessions_exempt"});
   }
   auto& l = config->limits;
   check.get_size(lim, "limits", "message_size", 1, std::size_t(1) << 40, l.message_size);
@@ -525,6 +526,25 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_size(lim, "limits", "sessions_per_network", 0, 1000000, l.sessions_per_network);
   check.get_size(lim, "limits", "network_prefix_v4", 8, 32, l.network_prefix_v4);
   check.get_size(lim, "limits", "network_prefix_v6", 16, 128, l.network_prefix_v6);
+  if (const toml::node* n = lim ? lim->get("sessions_exempt") : nullptr) {
+    l.sessions_exempt.clear();
+    const toml::array* arr = n->as_array();
+    if (!arr) check.error(n, "limits.sessions_exempt", "expected a list of \"IP/PREFIX\", got " + describe(*n));
+    for (std::size_t i = 0; arr && i < arr->size(); ++i) {
+      const toml::node& item = *arr->get(i);
+      std::string text = item.is_string() ? item.as_string()->get() : "";
+      std::string ip = text.substr(0, text.find('/'));
+      std::string prefix = text.find('/') == std::string::npos ? "" : text.substr(text.find('/') + 1);
+      unsigned char buf[16];
+      bool v4 = inet_pton(AF_INET, ip.c_str(), buf) == 1;
+      bool v6 = !v4 && inet_pton(AF_INET6, ip.c_str(), buf) == 1;
+      bool ok = (v4 || v6) && (prefix.empty() || (prefix.size() <= 3 && prefix.find_first_not_of("0123456789") ==
+                                                                            std::string::npos &&
+                                                  std::stoul(prefix) <= (v4 ? 32u : 128u)));
+      if (!ok) check.error(&item, "limits.sessions_exempt", "expected \"IP/PREFIX\" (e.g. \"10.0.0.0/8\"), got " + describe(item));
+      else l.sessions_exempt.push_back(text);
+    }
+  }
 
   const toml::table* to = check.section(root, "timeouts");
   if (to) {

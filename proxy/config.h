@@ -83,11 +83,14 @@ struct Config {
     std::size_t text_line = 1000;
     // Concurrent sessions: in all, from one client address, and from one
     // network (IPv4 /network_prefix_v4, IPv6 /network_prefix_v6); 0 = no limit.
-    std::size_t sessions = 1000;
+    std::size_t sessions = 0;
     std::size_t sessions_per_ip = 50;
     std::size_t sessions_per_network = 0;
     std::size_t network_prefix_v4 = 24;
     std::size_t network_prefix_v6 = 64;
+    // Networks ("IP/PREFIX") not limited per address or network (Postfix's
+    // smtpd_client_event_limit_exceptions); they still count in `sessions`.
+    std::vector<std::string> sessions_exempt{"127.0.0.0/8", "::1/128"};
   } limits;
 
   // RFC 5321 §4.5.3.2 defaults.

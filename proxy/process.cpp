@@ -34,7 +34,13 @@ std::size_t open_files_needed(const Config& config) {
 void ensure_open_files(const Config& config) {
   std::size_t needed = open_files_needed(config);
   rlimit rl{};
-  if (needed == 0 || ::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= needed) return;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (needed == 0) {
+    // No session limit: every descriptor the hard limit allows may be needed.
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_cur >= rl.rlim_max) return;
+    needed = rl.rlim_max;
+  }
+  if (rl.rlim_cur >= needed) return;
   if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= needed) {
     rlim_t before = rl.rlim_cur;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? needed : rl.rlim_max;

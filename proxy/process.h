@@ -18,7 +18,7 @@ void restrict_file_creation();
 // upstream socket and a spool file, plus a reserve for listeners, logs, DNS.
 std::size_t open_files_needed(const Config& config);
 // Raises the soft RLIMIT_NOFILE up to the hard limit when the configuration
-// needs more; throws ConfigError naming the key to lower and the limit to
+// needs more (always, without a session limit); throws ConfigError naming the key to lower and the limit to
 // raise when even the hard limit is too low.
 void ensure_open_files(const Config& config);
 

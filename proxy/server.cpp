@@ -179,12 +179,34 @@ struct Server::Impl {
       co_await timer.async_wait(use_nothrow);
     }
   }
+  // An MTA that accepts but never greets holds the first probe for up to
+  // timeouts.upstream_greeting; systemd's start time-out is shorter. READY=1
+  // then goes out after kReadyAtLatest with the probe still running.
+  asio::awaitable<void> ready_at_latest() {
+    static constexpr std::chrono::seconds kReadyAtLatest{10};
+    asio::steady_timer timer(workers[0]->context, kReadyAtLatest);
+    co_await timer.async_wait(use_nothrow);
+    if (ready_notified || draining) co_return;
+    ready_notified = true;
+    process::notify("READY=1\nSTATUS=Serving; upstream probe still running");
+  }
+
   void note_probe(bool reached) {
     upstream_up = reached ? 1 : 0;
     last_probe = std::chrono::steady_clock::now();
   }
   asio::awaitable<void> probe_after_reload(std::shared_ptr<const Config> fresh) {
     note_probe(co_await probe_upstream(workers[0]->context.get_executor(), fresh, *capabilities));
+  }
+
+  // Keys a reload cannot apply (the socket is bound, root is gone): say so.
+  static void note_restart_only_keys(const Config& running, const Config& fresh) {
+    if (running.control.socket != fresh.control.socket || running.control.mode != fresh.control.mode) {
+      log::warning("restart-needed").kv("key", "control").kv("running", running.control.socket);
+    }
+    if (running.server.user != fresh.server.user || running.server.group != fresh.server.group) {
+      log::warning("restart-needed").kv("key", "server.user").kv("running", running.server.user);
+    }
   }
 
   // SIGHUP and `postern reload`: the same work, the same answer. Returns
@@ -211,6 +233,7 @@ struct Server::Impl {
     try {
       auto fresh = load_config(source);
       process::ensure_open_files(*fresh);
+      note_restart_only_keys(*snapshot(), *fresh);
       auto fresh_tls = make_server_tls_context(fresh->tls);  // certificates re-read
       // Every worker's chain is built first, each on its own thread; only when
       // all compiled does the new configuration take over.
@@ -457,6 +480,7 @@ int Server::run() {
   }
   asio::co_spawn(s.workers[0]->context, s.signals(signal_set), asio::detached);
   asio::co_spawn(s.workers[0]->context, s.probe_loop(), asio::detached);
+  asio::co_spawn(s.workers[0]->context, s.ready_at_latest(), asio::detached);
 
   std::vector<std::thread> threads;
   for (unsigned i = 1; i < n; ++i) {

@@ -35,11 +35,28 @@ std::string SessionLimiter::network_of(std::string_view address, std::size_t pre
   return fmt::format("{}/{}", out, prefix);
 }
 
+bool SessionLimiter::in_networks(std::string_view address, const std::vector<std::string>& networks) {
+  for (const std::string& net : networks) {
+    auto slash = net.find('/');
+    std::string ip = net.substr(0, slash);
+    bool v4 = ip.find(':') == std::string::npos;
+    std::size_t prefix = slash == std::string::npos ? (v4 ? 32 : 128) : std::stoul(net.substr(slash + 1));
+    if (network_of(address, prefix, prefix) == network_of(ip, prefix, prefix)) return true;
+  }
+  return false;
+}
+
 SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Config::Limits& limits,
                                               Ticket& ticket) {
   std::string network = network_of(address, limits.network_prefix_v4, limits.network_prefix_v6);
+  bool exempt = in_networks(address, limits.sessions_exempt);
   std::lock_guard lock(mutex_);
   if (limits.sessions && total_ >= limits.sessions) return Refusal::kTotal;
+  if (exempt) {
+    ++total_;
+    ticket.owner_ = this;  // counted in all only: address and network stay empty
+    return Refusal::kNone;
+  }
   auto a = by_address_.find(std::string(address));
   if (limits.sessions_per_ip && a != by_address_.end() && a->second >= limits.sessions_per_ip) {
     return Refusal::kAddress;
@@ -60,9 +77,10 @@ SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Co
 void SessionLimiter::release(Ticket& ticket) {
   std::lock_guard lock(mutex_);
   --total_;
+  ticket.owner_ = nullptr;
+  if (ticket.address_.empty()) return;  // exempt
   if (auto a = by_address_.find(ticket.address_); a != by_address_.end() && --a->second == 0) by_address_.erase(a);
   if (auto n = by_network_.find(ticket.network_); n != by_network_.end() && --n->second == 0) by_network_.erase(n);
-  ticket.owner_ = nullptr;
 }
 
 std::size_t SessionLimiter::open() const {

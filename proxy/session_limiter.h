@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "proxy/config.h"
 #include "proxy/replies.h"
@@ -45,6 +46,8 @@ class SessionLimiter {
   // "a.b.c.0/24", "2001:db8::/64": the network `address` counts against;
   // the address itself when it is not an IP.
   static std::string network_of(std::string_view address, std::size_t prefix_v4, std::size_t prefix_v6);
+  // True when `address` lies in one of `networks` ("IP/PREFIX", checked by the config).
+  static bool in_networks(std::string_view address, const std::vector<std::string>& networks);
 
  private:
   void release(Ticket& ticket);

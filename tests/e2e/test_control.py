@@ -187,3 +187,12 @@ def test_default_socket_in_the_working_directory(postern, sink):
     r = run_cli(["status"], cwd=p.cwd)
     assert r.returncode == 0, r.stderr
     assert f"pid: {p.pid}" in r.stdout
+
+
+def test_reload_names_keys_that_need_a_restart(postern, sink, tmp_path, sockdir):
+    p, sock, config = start_with_socket(postern, tmp_path, sink, sockdir)
+    write_config(config, [{}], upstream=sink.address, sections={"control": {"socket": sock, "mode": "0660"}})
+    r = run_cli(["reload", "--socket", sock])
+    assert r.returncode == 0, r.stderr
+    assert p.wait_for_log("restart-needed").get("key") == "control"
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600  # unchanged until the restart

@@ -11,7 +11,7 @@ from harness import (POSTERN_BIN, SCALE, PosternProcess, SmtpClient, check_reply
 
 
 def test_flood_past_the_per_ip_limit(postern, sink):
-    p = postern.start(upstream=sink.address, sets={"limits.sessions_per_ip": 3})
+    p = postern.start(upstream=sink.address, sets={"limits.sessions_per_ip": 3, "limits.sessions_exempt": "[]"})
     admitted = [SmtpClient(p.port) for _ in range(3)]
     for c in admitted:
         check_reply(c.greeting, 220)
@@ -46,9 +46,29 @@ def test_flood_past_the_per_ip_limit(postern, sink):
         c.close()
 
 
+def test_loopback_is_exempt_by_default(postern, sink):
+    """limits.sessions_exempt defaults to loopback (like Postfix's
+    smtpd_client_event_limit_exceptions = $mynetworks): a local relay or a
+    health check is never refused per address; a listed network likewise."""
+    p = postern.start(upstream=sink.address, sets={"limits.sessions_per_ip": 2})
+    clients = [SmtpClient(p.port) for _ in range(5)]
+    assert all(c.greeting.code == 220 for c in clients)
+    for c in clients:
+        c.close()
+    q = postern.start(upstream=sink.address, sets={"limits.sessions_per_ip": 2,
+                                                   "limits.sessions_exempt": '["127.0.0.2/32"]'})
+    exempt = [SmtpClient(q.port, source="127.0.0.2") for _ in range(4)]
+    assert all(c.greeting.code == 220 for c in exempt)
+    counted = [SmtpClient(q.port, source="127.0.0.1") for _ in range(3)]
+    assert [c.greeting.code for c in counted] == [220, 220, 421]
+    for c in exempt + counted:
+        c.close()
+
+
 def test_per_network_limit(postern, sink):
     p = postern.start(upstream=sink.address,
-                      sets={"limits.sessions_per_network": 2, "limits.sessions_per_ip": 0})
+                      sets={"limits.sessions_per_network": 2, "limits.sessions_per_ip": 0,
+                            "limits.sessions_exempt": "[]"})
     a = SmtpClient(p.port, source="127.0.0.1")
     b = SmtpClient(p.port, source="127.0.0.2")
     check_reply(a.greeting, 220)
@@ -64,7 +84,8 @@ def test_per_network_limit(postern, sink):
 
 def test_network_prefix_is_configurable(postern, sink):
     p = postern.start(upstream=sink.address,
-                      sets={"limits.sessions_per_network": 1, "limits.network_prefix_v4": 32})
+                      sets={"limits.sessions_per_network": 1, "limits.network_prefix_v4": 32,
+                            "limits.sessions_exempt": "[]"})
     a = SmtpClient(p.port, source="127.0.0.1")
     b = SmtpClient(p.port, source="127.0.0.2")  # another /32
     check_reply(a.greeting, 220)
@@ -106,6 +127,20 @@ def test_open_file_limit_raised_to_the_hard_limit(postern, sink, tmp_path):
         p.stop()
 
 
+def test_soft_limit_raised_without_a_session_limit(postern, sink, tmp_path):
+    """limits.sessions = 0 (the default): any number of descriptors may be
+    needed, so the soft limit goes up to the hard one."""
+    args = ["--nofile=300:4000", POSTERN_BIN] + postern_run_args(
+        upstream=sink.address, sets={"server.shutdown_timeout": 3})
+    p = PosternProcess(args, cwd=str(tmp_path), binary="/usr/bin/prlimit")
+    p.start()
+    try:
+        raised = p.wait_for_log("open-files-raised")
+        assert raised.get("from") == "300" and raised.get("to") == "4000"
+    finally:
+        p.stop()
+
+
 def test_open_file_limit_too_low_is_a_clear_error(tmp_path):
     r = subprocess.run(["/usr/bin/prlimit", "--nofile=256:1024", POSTERN_BIN, "run", "--listen", "127.0.0.1:0",
                         "--set", "limits.sessions=1000"],
@@ -117,8 +152,9 @@ def test_open_file_limit_too_low_is_a_clear_error(tmp_path):
 
 def test_limit_keys_are_checked(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text("[limits]\nsessions_per_ip = -1\nnetwork_prefix_v4 = 33\n")
+    bad.write_text('[limits]\nsessions_per_ip = -1\nnetwork_prefix_v4 = 33\nsessions_exempt = ["10.0.0.0/33"]\n')
     r = subprocess.run([POSTERN_BIN, "config", "check", str(bad)], capture_output=True, text=True)
     assert r.returncode == 1
     assert f"{bad}:2:" in r.stderr and "limits.sessions_per_ip" in r.stderr
     assert f"{bad}:3:" in r.stderr and "limits.network_prefix_v4" in r.stderr
+    assert f"{bad}:4:" in r.stderr and "limits.sessions_exempt" in r.stderr

@@ -188,3 +188,34 @@ def refused_without_root(sink, tmp_path):
     finally:
         q.kill()
     assert [l for l in q.lines if "privileges" in l and "needs postern to start as root" in l], q.lines
+
+
+def test_log_file_after_the_drop(sink, base, tmp_path):
+    """The log file opened as root is handed to nobody: after logrotate
+    renamed it, the reload re-creates it as nobody, 0600."""
+    if os.geteuid() != 0:
+        refused_without_root(sink, tmp_path)
+        return
+    nobody = pwd.getpwnam("nobody")
+    logs = owned_dir(base, "log", nobody.pw_uid, nobody.pw_gid)
+    path = os.path.join(logs, "postern.log")
+    control = os.path.join(base, "control.sock")
+    p = PosternProcess(postern_run_args(upstream=sink.address, sets={
+        "server.user": "nobody", "log.output": f"file:{path}", "control.socket": control,
+        "server.shutdown_timeout": 3}), cwd=owned_dir(base, "work", nobody.pw_uid, nobody.pw_gid))
+    p.start(wait=False)
+    try:
+        wait_until(lambda: os.path.exists(path) and "privileges-dropped" in open(path).read(), 10 * SCALE,
+                   message="privileges-dropped in the log file")
+        st = os.stat(path)
+        assert st.st_uid == nobody.pw_uid and stat.S_IMODE(st.st_mode) == 0o600
+        os.rename(path, path + ".1")
+        wait_until(lambda: os.path.exists(control), 10 * SCALE, message="the control socket")
+        r = run_cli(["reload", "--socket", control])
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: os.path.exists(path) and "reloaded" in open(path).read(), 10 * SCALE,
+                   message="reloaded in the new log file")
+        st = os.stat(path)
+        assert st.st_uid == nobody.pw_uid and stat.S_IMODE(st.st_mode) == 0o600
+    finally:
+        p.stop()

@@ -135,3 +135,26 @@ def test_ready_when_the_upstream_is_down(postern, tmp_path, notify):
     ready = next(m for m in msgs if "READY" in m)
     assert f"upstream {down} NOT reachable" in ready["STATUS"], ready
 
+
+
+def test_ready_while_the_first_probe_hangs(tmp_path, notify):
+    """An MTA that accepts the connection and never greets holds the first
+    probe for timeouts.upstream_greeting; READY=1 must not wait that long
+    (systemd's start time-out would kill postern), it comes after 10 s."""
+    from harness import PosternProcess, postern_run_args
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    upstream = f"127.0.0.1:{silent.getsockname()[1]}"
+    env = dict(os.environ, NOTIFY_SOCKET=notify.path)
+    p = PosternProcess(postern_run_args(upstream=upstream, sets={
+        "timeouts.upstream_greeting": 600, "server.shutdown_timeout": 3}), cwd=str(tmp_path), env=env)
+    p.start(wait=False)
+    try:
+        msgs = notify.wait("READY", timeout=30 * SCALE)
+        ready = next(m for m in msgs if "READY" in m)
+        assert "probe still running" in ready["STATUS"], ready
+        assert not p.events("upstream-capabilities") and not p.events("upstream-probe-failed")
+    finally:
+        p.stop()
+        silent.close()

@@ -23,6 +23,7 @@ TEST_CASE("network_of masks IPv4 and IPv6 addresses to their prefix") {
 TEST_CASE("admit enforces per-address, per-network and total limits, and release gives places back") {
   SessionLimiter limiter;
   Config::Limits limits;
+  limits.sessions_exempt.clear();
   limits.sessions = 5;
   limits.sessions_per_ip = 2;
   limits.sessions_per_network = 3;
@@ -45,6 +46,31 @@ TEST_CASE("admit enforces per-address, per-network and total limits, and release
   held.erase(held.begin());  // one of 192.0.2.1's sessions ends
   CHECK(limiter.open() == 4);
   CHECK(admit("192.0.2.1") == SessionLimiter::Refusal::kNone);
+  held.clear();
+  CHECK(limiter.open() == 0);
+}
+
+TEST_CASE("exempt networks count in all only") {
+  SessionLimiter limiter;
+  Config::Limits limits;
+  limits.sessions = 4;
+  limits.sessions_per_ip = 1;
+  limits.sessions_exempt = {"192.0.2.0/24", "2001:db8::/32", "198.51.100.7"};
+  CHECK(SessionLimiter::in_networks("192.0.2.200", limits.sessions_exempt));
+  CHECK(SessionLimiter::in_networks("2001:db8:ffff::1", limits.sessions_exempt));
+  CHECK(SessionLimiter::in_networks("198.51.100.7", limits.sessions_exempt));
+  CHECK_FALSE(SessionLimiter::in_networks("198.51.100.8", limits.sessions_exempt));
+  CHECK_FALSE(SessionLimiter::in_networks("192.0.3.1", limits.sessions_exempt));
+  CHECK_FALSE(SessionLimiter::in_networks("2001:db9::1", limits.sessions_exempt));
+  std::vector<std::unique_ptr<SessionLimiter::Ticket>> held;
+  for (int i = 0; i < 3; ++i) {
+    held.push_back(std::make_unique<SessionLimiter::Ticket>());
+    REQUIRE(limiter.admit("192.0.2.1", limits, *held.back()) == SessionLimiter::Refusal::kNone);
+  }
+  held.push_back(std::make_unique<SessionLimiter::Ticket>());
+  CHECK(limiter.admit("203.0.113.1", limits, *held.back()) == SessionLimiter::Refusal::kNone);
+  SessionLimiter::Ticket over;
+  CHECK(limiter.admit("192.0.2.1", limits, over) == SessionLimiter::Refusal::kTotal);
   held.clear();
   CHECK(limiter.open() == 0);
 }
