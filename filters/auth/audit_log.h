@@ -48,7 +48,7 @@ AuditHeaders audit_message_headers(const Message& message);
 std::string audit_json(const AuditEntry& entry);
 
 // A JSON string literal of `s`: control characters escaped, invalid UTF-8
-// replaced by U+FFFD, cut at `max` octets (on a character boundary).
+// replaced by U+FFFD, cut after `max` octets of `s` (on a character boundary).
 std::string json_string(std::string_view s, std::size_t max = 512);
 
 // "250 2.0.0 Ok: queued as 4Xy7" -> "4Xy7". Postfix ("queued as ID"), Exim

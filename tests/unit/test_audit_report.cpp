@@ -2,8 +2,10 @@
 // the --domain filter, and both renderings (hostile text escaped).
 #include <catch2/catch.hpp>
 
+#include <random>
 #include <sstream>
 
+#include "filters/auth/audit_log.h"
 #include "filters/auth/audit_report.h"
 #include "filters/auth/json_reader.h"
 
@@ -121,4 +123,25 @@ TEST_CASE("text and HTML renderings escape what came from the log", "[report]") 
   CHECK(page.find("https://") == std::string::npos);
   CHECK(page.find("<svg") != std::string::npos);
   CHECK(page.find('\x1b') == std::string::npos);
+}
+
+TEST_CASE("any octets through json_string parse back as well-formed UTF-8", "[report][audit]") {
+  std::mt19937 rng(20261124);
+  for (int round = 0; round < 2000; ++round) {
+    std::string raw(rng() % 64, '\0');
+    for (char& c : raw) c = static_cast<char>(rng() % 256);
+    std::string literal = json_string(raw, 40);
+    JsonParse p = parse_json(literal);
+    INFO(round);
+    REQUIRE(p.ok);
+    REQUIRE(p.value.type == JsonValue::Type::kString);
+    const std::string& s = p.value.string;
+    CHECK(s.size() <= 3 * 40);  // cut after 40 octets of input; a U+FFFD is 3 octets for 1
+    for (std::size_t i = 0; i < s.size();) {
+      unsigned char c = static_cast<unsigned char>(s[i]);
+      std::size_t len = c < 0x80 ? 1 : utf8_sequence_length(s, i);
+      REQUIRE(len > 0);
+      i += len;
+    }
+  }
 }
