@@ -318,12 +318,13 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                               "authentication_results", "audit"});
 
   const toml::table* server = check.section(root, "server");
-  if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout"});
+  if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user"});
   check.get_string(server, "server", "hostname", config->server.hostname);
   std::size_t threads = 0;
   check.get_size(server, "server", "threads", 0, 256, threads);
   config->server.threads = static_cast<unsigned>(threads);
   check.get_seconds(server, "server", "shutdown_timeout", 0, 86400, config->server.shutdown_timeout);
+  check.get_string(server, "server", "user", config->server.user);
   if (config->server.hostname.empty()) config->server.hostname = system_hostname();
 
   const toml::table* tls = check.section(root, "tls");

@@ -25,6 +25,7 @@ struct Config {
     std::string hostname;  // greeting, EHLO, Received; system host name when empty
     unsigned threads = 0;  // I/O threads; 0 = one per core
     Seconds shutdown_timeout{30};
+    std::string user;      // started as root: switch to this user once the listeners are bound
   } server;
 
   struct Listener {

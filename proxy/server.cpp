@@ -13,6 +13,12 @@
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <fmt/format.h>
+#include <grp.h>
+#include <pwd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -24,6 +30,25 @@
 
 namespace postern {
 namespace {
+
+// Started as root to bind port 25: become `user` (its groups too) for good,
+// so a compromised session holds no root power. Empty = stay as started; a
+// non-root start may name only its own user. Returns an error text or "".
+std::string drop_privileges(const std::string& user) {
+  if (user.empty()) return "";
+  errno = 0;
+  const passwd* pw = ::getpwnam(user.c_str());
+  if (!pw) return "unknown user '" + user + "'" + (errno ? std::string(": ") + std::strerror(errno) : "");
+  if (::geteuid() != 0) {
+    if (pw->pw_uid == ::geteuid()) return "";
+    return "switching to user '" + user + "' needs root; started as uid " + std::to_string(::geteuid());
+  }
+  if (::initgroups(pw->pw_name, pw->pw_gid) != 0 || ::setgid(pw->pw_gid) != 0 || ::setuid(pw->pw_uid) != 0) {
+    return "cannot switch to user '" + user + "': " + std::strerror(errno);
+  }
+  if (::setuid(0) == 0) return "root privileges could be regained after switching to '" + user + "'";
+  return "";
+}
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 log::Level to_log_level(Config::Log::Level level) {
@@ -256,6 +281,10 @@ int Server::run() {
         .kv("paths", "/metrics /healthz");
     asio::co_spawn(s.workers[0]->context, metrics::serve_http(*metrics_acceptor), asio::detached);
     s.acceptors_extra.push_back(metrics_acceptor.get());
+  }
+  if (std::string error = drop_privileges(config->server.user); !error.empty()) {
+    log::error("privileges-failed").kv("error", error);
+    return 1;
   }
   log::info("started").kv("threads", n).kv("upstream", config->upstream.target)
       .kv("hostname", config->server.hostname);
