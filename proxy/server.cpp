@@ -33,6 +33,7 @@
 
 namespace postern {
 namespace {
+
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 
 log::Level to_log_level(Config::Log::Level level) {

@@ -10,13 +10,15 @@ edges (test_protocol.py).
 """
 
 import os
+import shutil
 import socket
+import tempfile
 import time
 
 import pytest
 
 from faulty_dns import FaultyDns
-from harness import (HOSTNAME, POSTERN_BIN, SCALE, PosternProcess, SmtpClient, check_reply,
+from harness import (HOSTNAME, IO_TIMEOUT, POSTERN_BIN, SCALE, PosternProcess, SmtpClient, check_reply,
                      data_payload, has_bare_line_ending, make_message, normalize_line_endings,
                      parse_received_any, postern_run_args, strip_received, wait_until, write_config)
 
@@ -569,3 +571,55 @@ def test_authentication_results_forgery(postern, sink, tmp_path):
         assert b"header.d=bank.example" not in got
     finally:
         dns.stop()
+
+
+# ---------------------------------------------------------------- local attackers: privileges, file modes
+
+# Running as server.user after binding: test_privileges.py.
+
+
+def test_spool_file_is_unlinked_and_private(postern, sink, tmp_path):
+    """A message past spool_memory goes to an unlinked 0600 file: nothing in the
+    spool directory for a local user to read or to swap."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    p = postern.start(upstream=sink.address, sets={"data.spool_memory": 4096, "data.spool_dir": str(spool)})
+    with session(p) as c:
+        check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+        check_reply(c.cmd("RCPT TO:<b@example.com>"), 250)
+        check_reply(c.cmd("DATA"), 354)
+        c.send(make_message("private", (b"p" * 998 + b"\r\n") * 100))    # 100 kB, no end yet
+
+        def spill_fds():
+            out = []
+            for fd in os.listdir(f"/proc/{p.pid}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{p.pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(str(spool)):
+                    out.append((fd, target))
+            return out
+        fds = wait_until(spill_fds, IO_TIMEOUT, message="a spool file open in the spool dir")
+        for fd, target in fds:
+            mode = os.stat(f"/proc/{p.pid}/fd/{fd}").st_mode & 0o777
+            assert mode == 0o600, f"{target}: mode {oct(mode)}"
+            assert target.endswith("(deleted)"), target
+        assert os.listdir(spool) == []
+        c.send(b".\r\n")
+        assert str(c.read_reply()) == QUEUED
+
+
+def test_quarantine_files_are_private(postern, sink, tmp_path):
+    rule = tmp_path / "quarantine.lua"
+    rule.write_text('postern.rule{ name = "Q", stage = "eom", fn = function(ctx) '
+                    'return postern.quarantine("test") end }\n')
+    qdir = tmp_path / "quarantine"
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{rule}"]', "quarantine.dir": f'"{qdir}"'})
+    with session(p) as c:
+        check_reply(c.send_message("a@example.org", ["b@example.com"], make_message("q")), 250)
+    files = [f for sub in ("new", "cur", "tmp") for f in (qdir / sub).glob("*")] if qdir.exists() else []
+    assert files, "nothing quarantined"
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600, f"{f}: {oct(f.stat().st_mode & 0o777)}"
+    assert sink.messages == []
