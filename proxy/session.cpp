@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 #include <fmt/format.h>
 
+#include "filters/auth/dkim_signer.h"
 #include "filters/message.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
@@ -1019,10 +1020,28 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     UpstreamReply redo = co_await redo_envelope();
     if (!redo.reply.positive()) co_return redo;
   }
-  if (changes.headers.empty() && changes.subject_tag.empty() && !message.body_would_fold()) {
+  const DkimSigner* signer = config_->auth.dkim.signer.get();
+  if ((!signer || !signer->wants(facts_.client_ip, facts_.auth_user)) && changes.headers.empty() &&
+      changes.subject_tag.empty() && !message.body_would_fold()) {
     co_return co_await upstream().data(received_header(), spool_, 0, txn_.facts.reverse_path);
   }
   std::string head = render_header_block(message, changes, received_header());
+  if (signer && signer->wants(facts_.client_ip, facts_.auth_user)) {
+    // DKIM signs the fields exactly as relayed, without our Received (RFC
+    // 6376 §5.4); the DKIM-Signature field goes above it.
+    std::string fields = render_header_block(message, changes, "");
+    DkimSignOutcome signed_ = co_await signer->sign_async(fields, spool_, message.body_offset());
+    log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
+                   "dkim-sign");
+    line.kv("session", id_).kv("id", txn_.facts.id).kv("domain", signed_.domain).kv("selector", signed_.selector)
+        .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
+                      : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
+    if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+    if (signed_.status == DkimSignOutcome::Status::kError && signer->options().tempfail_on_error) {
+      co_return UpstreamReply{Reply{replies::kDkimSignFailed.code, std::string(replies::kDkimSignFailed.text)}, true};
+    }
+    head = signed_.field + head;
+  }
   co_return co_await upstream().data(head, spool_, message.body_offset(), txn_.facts.reverse_path);
 }
 

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 
 #include "filters/auth/spf_checker.h"
 
 namespace postern {
+
+class DkimSigner;
 
 struct SpfOptions {
   bool enabled = false;  // on only when configured: it needs [dns] servers that answer
@@ -26,6 +29,10 @@ struct DkimOptions {
   unsigned min_key_bits = 1024;              // smaller RSA keys: reported weak (RFC 8301)
   std::size_t max_signatures = 10;           // verified per message; more are reported permerror
   double score_fail = 1.0, score_pass = 0, score_weak_key = 0.5;
+  // [[dkim.sign]] keys with sign_authenticated / sign_networks / sign_headers
+  // / sign_on_error (filters/auth/dkim_signer.h); null = no signing. Signing
+  // needs no DNS and is independent of `enabled` (verification).
+  std::shared_ptr<const DkimSigner> signer;
 };
 
 struct DmarcOptions {
