@@ -790,7 +790,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
 
     const toml::table* spf = check.section(root, "spf");
     if (spf) {
-      check.check_keys(*spf, "spf", {"enabled", "timeout", "received_spf", "reject_fail", "tempfail_temperror",
+      check.check_keys(*spf, "spf", {"enabled", "timeout", "received_spf", "reject_fail", "tempfail_temperror", "check_helo",
                                      "max_dns_terms", "max_void_lookups", "score_pass", "score_fail",
                                      "score_softfail", "score_neutral", "score_none", "score_temperror",
                                      "score_permerror"});
@@ -801,6 +801,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_bool(spf, "spf", "received_spf", sp.received_spf);
     check.get_bool(spf, "spf", "reject_fail", sp.reject_fail);
     check.get_bool(spf, "spf", "tempfail_temperror", sp.tempfail_temperror);
+    check.get_bool(spf, "spf", "check_helo", sp.check_helo);
     std::size_t terms = sp.limits.dns_terms, voids = sp.limits.void_lookups;
     check.get_size(spf, "spf", "max_dns_terms", 1, 100, terms);
     check.get_size(spf, "spf", "max_void_lookups", 0, 100, voids);

@@ -19,6 +19,9 @@ struct SpfOptions {
   bool received_spf = true;                  // add a Received-SPF field
   bool reject_fail = false;                  // 550 5.7.23 at MAIL FROM on fail
   bool tempfail_temperror = false;           // 451 4.7.24 at MAIL FROM on temperror
+  // RFC 7208 §2.3: check the HELO identity at HELO/EHLO (session notes
+  // "spf.helo.*"); a null reverse-path then takes that result (§2.4).
+  bool check_helo = true;
   double score_fail = 3.0, score_softfail = 1.0, score_permerror = 0.5, score_pass = 0, score_neutral = 0,
          score_none = 0, score_temperror = 0;
 };
