@@ -837,6 +837,7 @@ void Session::handle_data() {
   decoder_.reset();
   spool_.clear();
   spool_failed_ = false;
+  add_content_taps();
 }
 
 // BDAT size [LAST] (RFC 3030 §2): the octets follow the command at once, so
@@ -875,6 +876,7 @@ void Session::handle_bdat(const Command& cmd) {
       decoder_.reset();
       spool_.clear();
       spool_failed_ = false;
+      add_content_taps();
     }
   }
   if (chunk_left_ == 0) mode_ = Mode::kCommand;  // BDAT 0 [LAST]
@@ -996,6 +998,15 @@ asio::awaitable<void> Session::end_of_data() {
   if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
   line.kv("duration_ms", elapsed_ms(txn_.started));
   reset_transaction();
+}
+
+// Filters that read the content as it streams in (DKIM body hashing) tap
+// the spool from its first octet.
+void Session::add_content_taps() {
+  const auto& chain = facts_.auth_user.empty() || !submission_chain_ ? chain_ : submission_chain_;
+  if (!chain || chain->empty()) return;
+  FilterContext ctx{Stage::kData, facts_, txn_.facts};
+  chain->add_content_taps(ctx, spool_);
 }
 
 asio::awaitable<Verdict> Session::run_filters(Stage stage) {
