@@ -238,9 +238,12 @@ DkimSignOutcome DkimSigner::sign(std::string_view header_block, const Spool& spo
   block_spool.append(header_block);
   block_spool.finish();
   Message block(block_spool);
+  // A body must follow the empty line, or a verifier splits the message
+  // elsewhere than we signed it (a header section postern did not parse
+  // whole, a body that starts without one).
   const bool has_body = body_offset < spool.size();
-  if (block.headers_truncated() || (has_body && block.body_offset() != header_block.size()) ||
-      (has_body && block.body_offset() == 0)) {
+  const bool empty_line = header_block == "\r\n" || header_block.ends_with("\r\n\r\n");
+  if (block.headers_truncated() || (has_body && (!empty_line || block.body_offset() != header_block.size()))) {
     out.reason = "header section not signable (no empty line before the body, or too large)";
     return out;
   }

@@ -232,4 +232,14 @@ TEST_CASE("dkim sign: messages it cannot sign are skipped with a reason", "[dkim
   CHECK(skip("From: a@example.org, b@example.org\r\n\r\n") == "not exactly one From mailbox");
   CHECK(skip("From: a@example.com\r\n\r\n") == "no signing key for the From domain");
   CHECK(header_block_from_domain("From: \"x\" <A@Example.ORG>\r\n\r\n") == "example.org");
+  // A body without the empty line before it (a header section cut short, a
+  // body starting with a non-field line): a verifier would split it elsewhere.
+  std::string no_gap = "From: a@example.org\r\n";
+  Signed content(no_gap + "X-Rest: of a cut header section\r\n\r\nbody\r\n");
+  DkimSignOutcome cut = signer.sign(no_gap, content.spool, no_gap.size());
+  CHECK(cut.status == DkimSignOutcome::Status::kSkipped);
+  CHECK(cut.reason.find("not signable") != std::string::npos);
+  // Header fields only, no body: signed.
+  Signed bare(no_gap);
+  CHECK(signer.sign(no_gap, bare.spool, no_gap.size()).status == DkimSignOutcome::Status::kSigned);
 }
