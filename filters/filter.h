@@ -101,6 +101,10 @@ class Filter {
   virtual bool wants(Stage stage) const = 0;
   // Never throws for expected failures: returns a verdict (tempfail per policy).
   virtual asio::awaitable<Verdict> run(FilterContext& ctx) = 0;
+  // A filter that reads the content while it streams in returns a tap when
+  // the content starts (DATA / first BDAT); the proxy adds it to the spool
+  // and the filter finds it again at kEom in message->spool().taps().
+  virtual std::shared_ptr<SpoolTap> content_tap(const FilterContext&) const { return nullptr; }
 };
 
 }  // namespace postern

@@ -8,6 +8,12 @@ namespace {
 constexpr const char* kAcceptedNote = "postern.accepted";
 }  // namespace
 
+void FilterChain::add_content_taps(const FilterContext& ctx, Spool& spool) const {
+  for (const auto& filter : filters_) {
+    if (auto tap = filter->content_tap(ctx)) spool.add_tap(std::move(tap));
+  }
+}
+
 asio::awaitable<Verdict> FilterChain::run(FilterContext& ctx) const {
   TransactionFacts& txn = ctx.transaction;
   // An accept before MAIL holds for the session, after it for the transaction.

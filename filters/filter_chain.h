@@ -27,6 +27,8 @@ class FilterChain {
   bool empty() const { return filters_.empty(); }
   // Runs `ctx.stage`; at kEom applies the score thresholds when no filter decided.
   asio::awaitable<Verdict> run(FilterContext& ctx) const;
+  // Adds every filter's content tap to `spool` as the content starts.
+  void add_content_taps(const FilterContext& ctx, Spool& spool) const;
 
  private:
   std::vector<std::shared_ptr<Filter>> filters_;

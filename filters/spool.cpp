@@ -35,6 +35,7 @@ Spool::Spool(std::size_t memory_limit, std::string dir)
 Spool::~Spool() { clear(); }
 
 bool Spool::append(std::string_view data) {
+  for (const auto& tap : taps_) tap->on_append(data);
   size_ += data.size();
   if (fd_ < 0 && memory_.size() + data.size() <= memory_limit_) {
     memory_.append(data);
@@ -88,6 +89,7 @@ void Spool::clear() {
   }
   memory_.clear();
   size_ = 0;
+  taps_.clear();
 }
 
 long Spool::read(std::size_t offset, char* out, std::size_t len) const {

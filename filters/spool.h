@@ -4,10 +4,21 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace postern {
+
+// Sees every octet appended to a spool, in order, as it is appended: a
+// filter's view of the content while it streams in (DESIGN "Content": DKIM
+// body hashing). Called on the spool's (I/O) thread: pure CPU, never blocks.
+class SpoolTap {
+ public:
+  virtual ~SpoolTap() = default;
+  virtual void on_append(std::string_view data) = 0;
+};
 
 class Spool {
  public:
@@ -21,8 +32,11 @@ class Spool {
   bool append(std::string_view data);
   // Makes everything appended readable (flushes the write buffer).
   bool finish();
-  // Drops the content and any spill file; ready for the next message.
+  // Drops the content, any spill file and the taps; ready for the next message.
   void clear();
+  // Taps see what is appended after this call (add them before the content).
+  void add_tap(std::shared_ptr<SpoolTap> tap) { taps_.push_back(std::move(tap)); }
+  const std::vector<std::shared_ptr<SpoolTap>>& taps() const { return taps_; }
 
   std::size_t size() const { return size_; }
   bool in_memory() const { return fd_ < 0; }
@@ -41,6 +55,7 @@ class Spool {
   std::string memory_;  // the content while small; the write buffer after spilling
   std::size_t size_ = 0;
   int fd_ = -1;
+  std::vector<std::shared_ptr<SpoolTap>> taps_;
 };
 
 }  // namespace postern

@@ -19,6 +19,7 @@
 #include <toml++/toml.h>
 
 #include "default_config.h"
+#include "filters/auth/dkim_signer.h"
 #include "proxy/limits.h"
 
 namespace postern {
@@ -356,6 +357,88 @@ std::string system_hostname() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "localhost";
   return buf;
+}
+
+// [dkim] signing: [[dkim.sign]] tables (domain, selector, key_file) and the
+// sign_* keys. Every key file is read and checked here, so `postern config
+// check` names an unreadable or wrong key with its file:line.
+void parse_dkim_signing(Checker& check, const toml::table* dkim, unsigned workers, DkimOptions& out) {
+  DkimSignOptions sign;
+  sign.worker_threads = std::max(1u, std::min(workers, 4u));
+  check.get_bool(dkim, "dkim", "sign_authenticated", sign.sign_authenticated);
+  auto get_list = [&](std::string_view key, std::vector<std::string>& list, auto valid, std::string_view expected) {
+    const toml::node* n = dkim ? dkim->get(key) : nullptr;
+    if (!n) return;
+    const toml::array* arr = n->as_array();
+    if (!arr) {
+      check.error(n, "dkim." + std::string(key), "expected a list of " + std::string(expected) + ", got " + describe(*n));
+      return;
+    }
+    for (const toml::node& item : *arr) {
+      if (!item.is_string() || !valid(item.as_string()->get())) {
+        check.error(&item, "dkim." + std::string(key), "expected " + std::string(expected) + ", got " + describe(item));
+        continue;
+      }
+      list.push_back(item.as_string()->get());
+    }
+  };
+  get_list("sign_networks", sign.sign_networks, [](const std::string& v) { return valid_network(v); },
+           "networks (\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\")");
+  get_list("sign_headers", sign.headers, [](const std::string& v) {
+    return !v.empty() && v.size() <= 76 &&
+           std::all_of(v.begin(), v.end(), [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '_'; });
+  }, "header field names (\"From\", \"Subject\")");
+  std::string on_error = "tempfail";
+  if (const toml::node* n = check.get_string(dkim, "dkim", "sign_on_error", on_error)) {
+    if (on_error != "tempfail" && on_error != "relay") {
+      check.error(n, "dkim.sign_on_error", "expected one of \"tempfail\", \"relay\", got " + describe(*n));
+    }
+  }
+  sign.tempfail_on_error = on_error != "relay";
+  const toml::node* keys = dkim ? dkim->get("sign") : nullptr;
+  if (!keys) return;
+  const toml::array* arr = keys->as_array();
+  if (!arr || !arr->is_array_of_tables()) {
+    check.error(keys, "dkim.sign", "expected [[dkim.sign]] tables with domain, selector and key_file");
+    return;
+  }
+  bool ok = true;
+  for (const toml::node& item : *arr) {
+    const toml::table& t = *item.as_table();
+    check.check_keys(t, "dkim.sign", {"domain", "selector", "key_file"});
+    DkimSigningKey key;
+    const toml::node* d = check.get_string(&t, "dkim.sign", "domain", key.domain);
+    const toml::node* s = check.get_string(&t, "dkim.sign", "selector", key.selector);
+    const toml::node* f = check.get_string(&t, "dkim.sign", "key_file", key.key_file);
+    if (!d || !dns_name_valid(key.domain) || key.domain.find('.') == std::string::npos) {
+      check.error(d ? d : &item, "dkim.sign.domain", "expected the signing domain (d=), e.g. \"example.com\"");
+      ok = false;
+    }
+    if (!s || key.selector.empty() || !dns_name_valid(key.selector + "._domainkey.example")) {
+      check.error(s ? s : &item, "dkim.sign.selector", "expected a selector (s=), e.g. \"mail2026\"");
+      ok = false;
+    }
+    if (!f || key.key_file.empty()) {
+      check.error(f ? f : &item, "dkim.sign.key_file", "expected the path of the PEM private key");
+      ok = false;
+      continue;
+    }
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(key.key_file, ec);
+    if (!ec) key.key_file = abs.lexically_normal().string();
+    if (std::string why = load_dkim_signing_key(key); !why.empty()) {
+      check.error(f, "dkim.sign.key_file", why);
+      ok = false;
+      continue;
+    }
+    sign.keys.push_back(std::move(key));
+  }
+  if (!ok || sign.keys.empty()) return;
+  try {
+    out.signer = std::make_shared<const DkimSigner>(std::move(sign));
+  } catch (const std::exception& e) {
+    check.error(keys, "dkim.sign", e.what());
+  }
 }
 
 }  // namespace
@@ -807,7 +890,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
 
     const toml::table* spf = check.section(root, "spf");
     if (spf) {
-      check.check_keys(*spf, "spf", {"enabled", "timeout", "received_spf", "reject_fail", "tempfail_temperror",
+      check.check_keys(*spf, "spf", {"enabled", "timeout", "received_spf", "reject_fail", "tempfail_temperror", "check_helo",
                                      "max_dns_terms", "max_void_lookups", "score_pass", "score_fail",
                                      "score_softfail", "score_neutral", "score_none", "score_temperror",
                                      "score_permerror"});
@@ -818,6 +901,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_bool(spf, "spf", "received_spf", sp.received_spf);
     check.get_bool(spf, "spf", "reject_fail", sp.reject_fail);
     check.get_bool(spf, "spf", "tempfail_temperror", sp.tempfail_temperror);
+    check.get_bool(spf, "spf", "check_helo", sp.check_helo);
     std::size_t terms = sp.limits.dns_terms, voids = sp.limits.void_lookups;
     check.get_size(spf, "spf", "max_dns_terms", 1, 100, terms);
     check.get_size(spf, "spf", "max_void_lookups", 0, 100, voids);
@@ -834,7 +918,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     const toml::table* dkim = check.section(root, "dkim");
     if (dkim) {
       check.check_keys(*dkim, "dkim", {"enabled", "timeout", "min_key_bits", "max_signatures", "score_pass",
-                                       "score_fail", "score_weak_key"});
+                                       "score_fail", "score_weak_key", "sign", "sign_authenticated",
+                                       "sign_networks", "sign_headers", "sign_on_error"});
     }
     DkimOptions& dk = a.dkim;
     check.get_bool(dkim, "dkim", "enabled", dk.enabled);
@@ -846,6 +931,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     get_number(dkim, "dkim", "score_pass", dk.score_pass);
     get_number(dkim, "dkim", "score_fail", dk.score_fail);
     get_number(dkim, "dkim", "score_weak_key", dk.score_weak_key);
+    parse_dkim_signing(check, dkim, a.worker_threads, dk);
 
     const toml::table* dmarc = check.section(root, "dmarc");
     if (dmarc) {

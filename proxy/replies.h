@@ -69,6 +69,7 @@ inline constexpr Def kBareLineEnding{554, "5.5.2 Error: bare <CR> or <LF> in mes
 inline constexpr Def kNulInContent{554, "5.6.0 Error: NUL character in message content"};
 inline constexpr Def kTextLineTooLong{554, "5.6.0 Error: message line too long (RFC 5321 4.5.3.1.6)"};
 inline constexpr Def kSpoolFailed{451, "4.3.0 Error: cannot spool message, try again later"};
+inline constexpr Def kDkimSignFailed{451, "4.3.0 Error: cannot DKIM-sign the message, try again later"};
 
 // Service.
 inline constexpr Def kTimeout{421, "4.4.2 Error: timeout exceeded"};

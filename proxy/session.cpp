@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "filters/auth/audit_log.h"
+#include "filters/auth/dkim_signer.h"
 #include "filters/message.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
@@ -889,6 +890,7 @@ void Session::handle_data() {
   decoder_.reset();
   spool_.clear();
   spool_failed_ = false;
+  add_content_taps();
 }
 
 // BDAT size [LAST] (RFC 3030 §2): the octets follow the command at once, so
@@ -927,6 +929,7 @@ void Session::handle_bdat(const Command& cmd) {
       decoder_.reset();
       spool_.clear();
       spool_failed_ = false;
+      add_content_taps();
     }
   }
   if (chunk_left_ == 0) mode_ = Mode::kCommand;  // BDAT 0 [LAST]
@@ -1073,6 +1076,15 @@ void Session::write_audit(std::string_view outcome, const UpstreamReply& result,
   }
 }
 
+// Filters that read the content as it streams in (DKIM body hashing) tap
+// the spool from its first octet.
+void Session::add_content_taps() {
+  const auto& chain = facts_.auth_user.empty() || !submission_chain_ ? chain_ : submission_chain_;
+  if (!chain || chain->empty()) return;
+  FilterContext ctx{Stage::kData, facts_, txn_.facts};
+  chain->add_content_taps(ctx, spool_);
+}
+
 asio::awaitable<Verdict> Session::run_filters(Stage stage) {
   // Authenticated clients submit their own mail: the submission policy.
   const auto& chain = facts_.auth_user.empty() || !submission_chain_ ? chain_ : submission_chain_;
@@ -1095,10 +1107,28 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     UpstreamReply redo = co_await redo_envelope();
     if (!redo.reply.positive()) co_return redo;
   }
-  if (changes.headers.empty() && changes.subject_tag.empty() && !message.body_would_fold()) {
+  const DkimSigner* signer = config_->auth.dkim.signer.get();
+  if ((!signer || !signer->wants(facts_.client_ip, facts_.auth_user)) && changes.headers.empty() &&
+      changes.subject_tag.empty() && !message.body_would_fold()) {
     co_return co_await upstream().data(received_header(), spool_, 0, txn_.facts.reverse_path);
   }
   std::string head = render_header_block(message, changes, received_header());
+  if (signer && signer->wants(facts_.client_ip, facts_.auth_user)) {
+    // DKIM signs the fields exactly as relayed, without our Received (RFC
+    // 6376 §5.4); the DKIM-Signature field goes above it.
+    std::string fields = render_header_block(message, changes, "");
+    DkimSignOutcome signed_ = co_await signer->sign_async(fields, spool_, message.body_offset());
+    log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
+                   "dkim-sign");
+    line.kv("session", id_).kv("id", txn_.facts.id).kv("domain", signed_.domain).kv("selector", signed_.selector)
+        .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
+                      : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
+    if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+    if (signed_.status == DkimSignOutcome::Status::kError && signer->options().tempfail_on_error) {
+      co_return UpstreamReply{Reply{replies::kDkimSignFailed.code, std::string(replies::kDkimSignFailed.text)}, true};
+    }
+    head = signed_.field + head;
+  }
   co_return co_await upstream().data(head, spool_, message.body_offset(), txn_.facts.reverse_path);
 }
 

@@ -90,6 +90,7 @@ class Session {
   const replies::Def* check_rcpt_param(const EsmtpParam& p) const;
   asio::awaitable<void> end_of_data();
   asio::awaitable<Verdict> run_filters(Stage stage);
+  void add_content_taps();
   asio::awaitable<UpstreamReply> relay(const Message& message);
   asio::awaitable<UpstreamReply> redo_envelope();
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 
 #include "filters/auth/spf_checker.h"
 
 namespace postern {
+
+class DkimSigner;
 
 struct SpfOptions {
   bool enabled = false;  // on only when configured: it needs [dns] servers that answer
@@ -16,6 +19,9 @@ struct SpfOptions {
   bool received_spf = true;                  // add a Received-SPF field
   bool reject_fail = false;                  // 550 5.7.23 at MAIL FROM on fail
   bool tempfail_temperror = false;           // 451 4.7.24 at MAIL FROM on temperror
+  // RFC 7208 §2.3: check the HELO identity at HELO/EHLO (session notes
+  // "spf.helo.*"); a null reverse-path then takes that result (§2.4).
+  bool check_helo = true;
   double score_fail = 3.0, score_softfail = 1.0, score_permerror = 0.5, score_pass = 0, score_neutral = 0,
          score_none = 0, score_temperror = 0;
 };
@@ -26,6 +32,10 @@ struct DkimOptions {
   unsigned min_key_bits = 1024;              // smaller RSA keys: reported weak (RFC 8301)
   std::size_t max_signatures = 10;           // verified per message; more are reported permerror
   double score_fail = 1.0, score_pass = 0, score_weak_key = 0.5;
+  // [[dkim.sign]] keys with sign_authenticated / sign_networks / sign_headers
+  // / sign_on_error (filters/auth/dkim_signer.h); null = no signing. Signing
+  // needs no DNS and is independent of `enabled` (verification).
+  std::shared_ptr<const DkimSigner> signer;
 };
 
 struct DmarcOptions {

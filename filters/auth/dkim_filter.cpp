@@ -1,5 +1,7 @@
 #include "filters/auth/dkim_filter.h"
 
+#include "filters/auth/dkim_stream.h"
+
 #include <asio/co_spawn.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -8,8 +10,13 @@ namespace postern {
 namespace {
 
 asio::awaitable<std::vector<DkimSignature>> verify_on_pool(std::shared_ptr<DkimVerifier> verifier,
+                                                           std::shared_ptr<DkimStream> stream,
                                                            const Message* message,
                                                            std::chrono::milliseconds budget) {
+  if (stream) {
+    auto streamed = stream->finish(*message, budget);
+    if (streamed) co_return std::move(*streamed);
+  }
   co_return verifier->verify(*message, budget);
 }
 
@@ -22,10 +29,19 @@ DkimFilter::DkimFilter(DkimOptions options, std::shared_ptr<UnboundResolver> res
                                                DkimVerifyOptions{options.min_key_bits, options.max_signatures})),
       pool_(std::move(pool)) {}
 
+std::shared_ptr<SpoolTap> DkimFilter::content_tap(const FilterContext&) const {
+  return std::make_shared<DkimStream>(verifier_, this);
+}
+
 asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
   if (!message) co_return Verdict::proceed();
-  auto task = verify_on_pool(verifier_, message, options_.timeout);
+  std::shared_ptr<DkimStream> stream;
+  for (const auto& tap : message->spool().taps()) {
+    auto s = std::dynamic_pointer_cast<DkimStream>(tap);
+    if (s && s->owner() == this) stream = std::move(s);
+  }
+  auto task = verify_on_pool(verifier_, std::move(stream), message, options_.timeout);
   std::vector<DkimSignature> sigs =
       co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
   store(ctx.transaction, sigs);

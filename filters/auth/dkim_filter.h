@@ -1,5 +1,7 @@
-// The dkim filter: verifies every DKIM-Signature at end of message on the
-// worker pool and records the results (notes "dkim.*", symbols).
+// The dkim filter: hashes the content as it streams in (a DkimStream tap on
+// the spool), fetches the keys and verifies every DKIM-Signature at end of
+// message on the worker pool, and records the results (notes "dkim.*",
+// symbols). Content the stream could not follow is verified from the spool.
 #pragma once
 
 #include <memory>
@@ -21,6 +23,7 @@ class DkimFilter final : public Filter {
   bool wants(Stage stage) const override { return stage == Stage::kEom; }
   // Never decisive: DMARC and the rules decide on the results.
   asio::awaitable<Verdict> run(FilterContext& ctx) override;
+  std::shared_ptr<SpoolTap> content_tap(const FilterContext& ctx) const override;
 
  private:
   std::string name_ = "dkim";

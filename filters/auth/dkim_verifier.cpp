@@ -18,6 +18,7 @@ using Clock = std::chrono::steady_clock;
 struct VerifyState {
   UnboundResolver* resolver;
   Clock::time_point deadline;
+  bool try_again = false;  // a key lookup failed for now (DNS error, time-out)
 };
 
 DKIM_CBSTAT key_lookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen) {
@@ -25,7 +26,10 @@ DKIM_CBSTAT key_lookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen
   const char* selector = reinterpret_cast<const char*>(dkim_sig_getselector(sig));
   const char* domain = reinterpret_cast<const char*>(dkim_sig_getdomain(sig));
   if (!st || !selector || !domain) return DKIM_CBSTAT_ERROR;
-  if (Clock::now() >= st->deadline) return DKIM_CBSTAT_TRYAGAIN;
+  if (Clock::now() >= st->deadline) {
+    st->try_again = true;
+    return DKIM_CBSTAT_TRYAGAIN;
+  }
   std::string name = std::string(selector) + "._domainkey." + domain;
   if (!dns_name_valid(name)) return DKIM_CBSTAT_NOTFOUND;
   DnsAnswer a = st->resolver->query_blocking(name, DnsType::kTxt);
@@ -33,7 +37,9 @@ DKIM_CBSTAT key_lookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen
     case DnsStatus::kOk: break;
     case DnsStatus::kNxDomain:
     case DnsStatus::kNoData: return DKIM_CBSTAT_NOTFOUND;
-    default: return DKIM_CBSTAT_TRYAGAIN;
+    default:
+      st->try_again = true;
+      return DKIM_CBSTAT_TRYAGAIN;
   }
   // RFC 6376 §3.6.2.2: several TXT records are ambiguous; take the one that
   // looks like a key record, else the first.
@@ -98,7 +104,9 @@ DkimVerifier::DkimVerifier(std::shared_ptr<UnboundResolver> resolver, DkimVerify
   if (!lib_) throw std::runtime_error("dkim: dkim_init failed");
   // A signature handle for every signature, even one that does not parse,
   // so each is reported.
-  unsigned flags = DKIM_LIBFLAGS_BADSIGHANDLES;
+  // Signatures processed (keys fetched) in dkim_eom only, never in dkim_eoh:
+  // the header and body may then be fed on an I/O thread.
+  unsigned flags = DKIM_LIBFLAGS_BADSIGHANDLES | DKIM_LIBFLAGS_DELAYSIGPROC;
   dkim_options(lib_, DKIM_OP_SETOPT, DKIM_OPTS_FLAGS, &flags, sizeof flags);
   // libopendkim would refuse small keys outright; verify them and report
   // them weak ("policy") instead.
@@ -111,35 +119,36 @@ DkimVerifier::~DkimVerifier() {
   if (lib_) dkim_close(lib_);
 }
 
+DKIM* DkimVerifier::begin() const {
+  static std::atomic<unsigned long> job_counter{0};
+  const std::string job = "postern-" + std::to_string(++job_counter);
+  DKIM_STAT status = DKIM_STAT_OK;
+  return dkim_verify(lib_, reinterpret_cast<const unsigned char*>(job.c_str()), nullptr, &status);
+}
+
+int DkimVerifier::feed_header(DKIM* dkim, std::string_view field) {
+  return dkim_header(dkim, reinterpret_cast<u_char*>(const_cast<char*>(field.data())), field.size());
+}
+
+bool DkimVerifier::wants_body(int eoh) {
+  return eoh != DKIM_STAT_CBTRYAGAIN && eoh != DKIM_STAT_CBERROR && eoh != DKIM_STAT_NOSIG;
+}
+
 std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chrono::milliseconds budget) const {
-  std::vector<DkimSignature> out;
   bool any = false;
   for (const auto& h : message.headers()) {
     if (header_name_equals(h.name, "DKIM-Signature")) any = true;
   }
-  if (!any) return out;
-
-  static std::atomic<unsigned long> job_counter{0};
-  const std::string job = "postern-" + std::to_string(++job_counter);
-  DKIM_STAT status = DKIM_STAT_OK;
-  DKIM* dkim = dkim_verify(lib_, reinterpret_cast<const unsigned char*>(job.c_str()), nullptr, &status);
-  if (!dkim) {
-    DkimSignature s;
-    s.result = DkimResult::kTemperror;
-    s.reason = "libopendkim: cannot start verification";
-    out.push_back(s);
-    return out;
-  }
-  VerifyState state{resolver_.get(), Clock::now() + budget};
-  dkim_set_user_context(dkim, &state);
-
+  if (!any) return {};
+  DKIM* dkim = begin();
+  if (!dkim) return finish(nullptr, DKIM_STAT_INTERNAL, message, budget);
   for (const auto& h : message.headers()) {
     std::string_view raw = h.raw;
     if (raw.size() >= 2 && raw.substr(raw.size() - 2) == "\r\n") raw.remove_suffix(2);
-    dkim_header(dkim, reinterpret_cast<u_char*>(const_cast<char*>(raw.data())), raw.size());
+    feed_header(dkim, raw);
   }
   const DKIM_STAT eoh = dkim_eoh(dkim);
-  if (eoh != DKIM_STAT_CBTRYAGAIN && eoh != DKIM_STAT_CBERROR && eoh != DKIM_STAT_NOSIG) {
+  if (wants_body(eoh)) {
     const Spool& spool = message.spool();
     std::size_t offset = message.body_offset();
     char buf[65536];
@@ -149,8 +158,26 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
       offset += static_cast<std::size_t>(n);
       if (dkim_body(dkim, reinterpret_cast<u_char*>(buf), static_cast<size_t>(n)) != DKIM_STAT_OK) break;
     }
-    dkim_eom(dkim, nullptr);
   }
+  return finish(dkim, eoh, message, budget);
+}
+
+std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Message& message,
+                                                std::chrono::milliseconds budget) const {
+  std::vector<DkimSignature> out;
+  if (!dkim) {
+    DkimSignature s;
+    s.result = DkimResult::kTemperror;
+    s.reason = "libopendkim: cannot start verification";
+    out.push_back(s);
+    return out;
+  }
+  VerifyState state{resolver_.get(), Clock::now() + budget};
+  dkim_set_user_context(dkim, &state);
+  // The status that ended the work: dkim_eom's (which now fetches the keys)
+  // when it ran, else dkim_eoh's.
+  DKIM_STAT last = eoh;
+  if (wants_body(eoh)) last = dkim_eom(dkim, nullptr);
 
   DKIM_SIGINFO** sigs = nullptr;
   int nsigs = 0;
@@ -192,6 +219,10 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
       } else if (flags & DKIM_SIGFLAG_PROCESSED) {
         s.result = dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH ? DkimResult::kFail : DkimResult::kFail;
         s.reason = dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH ? "body hash did not verify" : "signature did not verify";
+      } else if (state.try_again || last == DKIM_STAT_CBTRYAGAIN || last == DKIM_STAT_KEYFAIL) {
+        // Not processed because its key lookup must be tried again (DNS).
+        s.result = DkimResult::kTemperror;
+        s.reason = std::string("libopendkim: ") + dkim_getresultstr(DKIM_STAT_CBTRYAGAIN);
       } else {
         s.result = Clock::now() >= state.deadline ? DkimResult::kTemperror : DkimResult::kNeutral;
         s.reason = Clock::now() >= state.deadline ? "key lookup time-out" : "signature not processed";
@@ -213,8 +244,8 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
   if (out.empty()) {
     // libopendkim gave up before it listed the signatures (a key lookup that
     // must be tried again stops dkim_eoh): report each from its header.
-    const bool temporary = eoh == DKIM_STAT_CBTRYAGAIN || eoh == DKIM_STAT_KEYFAIL ||
-                           eoh == DKIM_STAT_CANTVRFY || Clock::now() >= state.deadline;
+    const bool temporary = last == DKIM_STAT_CBTRYAGAIN || last == DKIM_STAT_KEYFAIL ||
+                           last == DKIM_STAT_CANTVRFY || Clock::now() >= state.deadline;
     for (const auto& h : message.headers()) {
       if (!header_name_equals(h.name, "DKIM-Signature")) continue;
       DkimSignature s;
@@ -225,7 +256,7 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
         if (!std::isspace(static_cast<unsigned char>(c)) && s.b.size() < 12) s.b.push_back(c);
       }
       s.result = temporary ? DkimResult::kTemperror : DkimResult::kPermerror;
-      s.reason = std::string("libopendkim: ") + dkim_getresultstr(eoh);
+      s.reason = std::string("libopendkim: ") + dkim_getresultstr(last);
       out.push_back(std::move(s));
     }
   }

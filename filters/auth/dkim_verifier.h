@@ -1,13 +1,14 @@
 // DKIM verification (RFC 6376; Ed25519 per RFC 8463) with libopendkim. Keys
-// come from postern's resolver through libopendkim's key-lookup hook; the
-// whole verification runs on a worker-pool thread (libopendkim is
-// synchronous), over the complete spooled message at end of message.
-// TODO(perf): feed dkim_header/dkim_body while DATA streams in, so the body
-// is hashed without a second pass over the spool (DESIGN "Content").
+// come from postern's resolver through libopendkim's key-lookup hook, which
+// blocks: signatures are processed only in dkim_eom
+// (DKIM_LIBFLAGS_DELAYSIGPROC), on a worker-pool thread. The header fields
+// and the body can be fed before, on any thread, as the content streams in
+// (DkimStream, dkim_stream.h); verify() does it all over a finished spool.
 #pragma once
 
 #include <chrono>
 #include <memory>
+#include <string_view>
 #include <vector>
 
 #include "filters/auth/auth_results.h"
@@ -15,6 +16,7 @@
 #include "filters/message.h"
 
 struct dkim_lib;
+struct dkim;
 
 namespace postern {
 
@@ -34,6 +36,19 @@ class DkimVerifier {
   // Blocking: worker-pool threads only. Every signature, in header order;
   // empty when the message has none.
   std::vector<DkimSignature> verify(const Message& message, std::chrono::milliseconds budget) const;
+
+  // The steps of verify(), for DkimStream. begin(): a verification handle
+  // (null when libopendkim cannot start one); no DNS. feed_header(): one
+  // field without its final CRLF. finish(): blocking (pool): dkim_eom with
+  // the key lookups when `eoh_status` allows, the results, and the handle
+  // freed. `message` gives the signatures' header fields when libopendkim
+  // gave up before listing them.
+  struct dkim* begin() const;
+  static int feed_header(struct dkim* dkim, std::string_view field);
+  std::vector<DkimSignature> finish(struct dkim* dkim, int eoh_status, const Message& message,
+                                    std::chrono::milliseconds budget) const;
+  // Whether dkim_body/dkim_eom are worth calling after this dkim_eoh status.
+  static bool wants_body(int eoh_status);
 
  private:
   std::shared_ptr<UnboundResolver> resolver_;

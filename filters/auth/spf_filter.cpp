@@ -1,5 +1,7 @@
 #include "filters/auth/spf_filter.h"
 
+#include <optional>
+
 #include <asio/co_spawn.hpp>
 #include <asio/use_awaitable.hpp>
 
@@ -20,6 +22,44 @@ std::string symbol_name(SpfResult r) {
   return s;
 }
 
+// The HELO result in the session notes; it stands for the session's
+// current HELO name and client address only ("spf.helo.for").
+constexpr const char* kHeloPrefix = "spf.helo.";
+
+std::string helo_key(const SessionFacts& s) { return s.helo + " " + s.client_ip; }
+
+void store_helo(SessionFacts& s, const SpfOutcome& spf) {
+  auto& n = s.notes;
+  const std::string p = kHeloPrefix;
+  n[p + "for"] = helo_key(s);
+  n[p + "result"] = spf_result_name(spf.result);
+  n[p + "domain"] = spf.domain;
+  n[p + "client_ip"] = spf.client_ip;
+  n[p + "explanation"] = spf.explanation;
+  n[p + "reason"] = spf.reason;
+}
+
+std::optional<SpfOutcome> load_helo(const SessionFacts& s) {
+  const std::string p = kHeloPrefix;
+  auto get = [&](const std::string& k) {
+    auto it = s.notes.find(p + k);
+    return it == s.notes.end() ? std::string() : it->second;
+  };
+  if (get("for") != helo_key(s)) return std::nullopt;
+  auto result = parse_spf_result(get("result"));
+  if (!result) return std::nullopt;
+  SpfOutcome o;
+  o.result = *result;
+  o.identity = "helo";
+  o.domain = get("domain");
+  o.sender = "postmaster@" + o.domain;
+  o.client_ip = get("client_ip");
+  o.helo = s.helo;
+  o.explanation = get("explanation");
+  o.reason = get("reason");
+  return o;
+}
+
 }  // namespace
 
 SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<UnboundResolver> resolver,
@@ -29,14 +69,37 @@ SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<U
       checker_(std::make_shared<SpfChecker>(std::move(resolver), options_.limits)),
       pool_(std::move(pool)) {}
 
-asio::awaitable<Verdict> SpfFilter::run(FilterContext& ctx) {
+// RFC 7208 §2.3: the HELO identity, checked as postmaster@HELO. Never a
+// verdict here: a HELO result decides only the null reverse-path's mail.
+asio::awaitable<void> SpfFilter::check_helo(FilterContext& ctx) {
   SpfQuery query;
   query.client_ip = ctx.session.client_ip;
   query.helo = ctx.session.helo;
-  if (!ctx.transaction.reverse_path.empty()) query.sender = ctx.transaction.reverse_path.str();
   query.receiver = receiver_;
   auto task = check_on_pool(checker_, std::move(query), options_.timeout);
   SpfOutcome spf = co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+  store_helo(ctx.session, spf);
+}
+
+asio::awaitable<Verdict> SpfFilter::run(FilterContext& ctx) {
+  if (ctx.stage == Stage::kHelo) {
+    co_await check_helo(ctx);
+    co_return Verdict::proceed();
+  }
+  const bool null_path = ctx.transaction.reverse_path.empty();
+  std::optional<SpfOutcome> helo = null_path ? load_helo(ctx.session) : std::nullopt;
+  SpfOutcome spf;
+  if (helo) {
+    spf = std::move(*helo);  // §2.4: the null reverse-path's identity is the HELO's
+  } else {
+    SpfQuery query;
+    query.client_ip = ctx.session.client_ip;
+    query.helo = ctx.session.helo;
+    if (!null_path) query.sender = ctx.transaction.reverse_path.str();
+    query.receiver = receiver_;
+    auto task = check_on_pool(checker_, std::move(query), options_.timeout);
+    spf = co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+  }
 
   store(ctx.transaction, spf);
   double score = 0;

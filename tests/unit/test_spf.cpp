@@ -229,3 +229,90 @@ TEST_CASE("spf filter runs on the pool at MAIL and records its result", "[spf]")
   CHECK(tx2.symbols.at(0).name == "SPF_FAIL");
   pool->join();
 }
+
+TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes its result", "[spf]") {
+  asio::io_context io;
+  auto pool = std::make_shared<asio::thread_pool>(1);
+  SpfOptions opt;
+  opt.reject_fail = true;
+  SpfFilter filter(opt, "mx.postern.example", resolver_for(server().address()), pool);
+  CHECK(filter.wants(Stage::kHelo));
+  auto run = [&](FilterContext& ctx) {
+    auto fut = asio::co_spawn(io, filter.run(ctx), asio::use_future);
+    io.restart();
+    io.run();
+    return fut.get();
+  };
+
+  // RFC 7208 §2.3: "v=spf1 ip4:198.51.100.7 -all" at the HELO name.
+  SessionFacts session;
+  session.client_ip = "198.51.100.7";
+  session.helo = "helo.example.org";
+  TransactionFacts none;
+  FilterContext at_helo{Stage::kHelo, session, none};
+  CHECK_FALSE(run(at_helo).decisive());
+  CHECK(session.notes["spf.helo.result"] == "pass");
+  CHECK(session.notes["spf.helo.domain"] == "helo.example.org");
+  CHECK(none.symbols.empty());  // no transaction yet: nothing scored
+
+  // §2.4: MAIL FROM:<> is checked as postmaster@HELO: the HELO's result.
+  TransactionFacts bounce;
+  FilterContext at_mail{Stage::kMail, session, bounce};
+  CHECK_FALSE(run(at_mail).decisive());
+  CHECK(bounce.notes["spf.result"] == "pass");
+  CHECK(bounce.notes["spf.identity"] == "helo");
+  CHECK(bounce.notes["spf.sender"] == "postmaster@helo.example.org");
+  REQUIRE(bounce.changes.headers.size() == 1);
+  CHECK(bounce.changes.headers[0].value.find("identity=helo;") != std::string::npos);
+  CHECK(bounce.changes.headers[0].value.find("helo=\"helo.example.org\"") != std::string::npos);
+  auto ar = load_auth_results(bounce);
+  REQUIRE(ar.spf);
+  CHECK(ar.spf->identity == "helo");
+
+  // A client outside the HELO's record: fail at HELO, and the bounce is
+  // refused at MAIL with the SPF reply (reject_fail).
+  SessionFacts other;
+  other.client_ip = "198.51.100.8";
+  other.helo = "helo.example.org";
+  FilterContext at_helo2{Stage::kHelo, other, none};
+  run(at_helo2);
+  CHECK(other.notes["spf.helo.result"] == "fail");
+  TransactionFacts bounce2;
+  FilterContext at_mail2{Stage::kMail, other, bounce2};
+  Verdict v = run(at_mail2);
+  CHECK(v.action == Verdict::Action::kReject);
+  CHECK(v.enhanced == "5.7.23");
+  CHECK(bounce2.symbols.at(0).name == "SPF_FAIL");
+
+  // A mail from a real sender still checks MAIL FROM, whatever the HELO said.
+  TransactionFacts mail;
+  mail.reverse_path = Mailbox{"u", "ip4.example.com"};
+  FilterContext at_mail3{Stage::kMail, other, mail};
+  CHECK(run(at_mail3).action == Verdict::Action::kReject);  // 198.51.100.8 is outside 192.0.2.0/24
+  CHECK(mail.notes["spf.identity"] == "mailfrom");
+  CHECK(mail.notes["spf.domain"] == "ip4.example.com");
+
+  // A new HELO name the filter did not see is checked afresh, not taken
+  // from the old name's result.
+  session.helo = "nohelo.example.org";
+  TransactionFacts bounce3;
+  FilterContext at_mail4{Stage::kMail, session, bounce3};
+  run(at_mail4);
+  CHECK(bounce3.notes["spf.identity"] == "helo");
+  CHECK(bounce3.notes["spf.domain"] == "nohelo.example.org");
+  CHECK(bounce3.notes["spf.result"] == "none");
+
+  // An address literal is no domain: none (§2.3), at HELO as at MAIL.
+  SessionFacts literal;
+  literal.client_ip = "198.51.100.7";
+  literal.helo = "[198.51.100.7]";
+  FilterContext at_helo3{Stage::kHelo, literal, none};
+  run(at_helo3);
+  CHECK(literal.notes["spf.helo.result"] == "none");
+
+  SpfOptions off;
+  off.check_helo = false;
+  SpfFilter no_helo(off, "r", resolver_for(server().address()), pool);
+  CHECK_FALSE(no_helo.wants(Stage::kHelo));
+  pool->join();
+}
