@@ -462,7 +462,7 @@ def documented_keys():
     doc = {}
     section = None
     for line in text.split("\n"):
-        h = re.match(r"^##+ `\[\[?([a-z_.]+)\]\]?`", line)
+        h = re.match(r"^##+ `\[\[?([a-z0-9_.]+)\]\]?`", line)
         if h:
             section = h.group(1)
             doc.setdefault(section, set())
@@ -471,7 +471,7 @@ def documented_keys():
             section = None
         if section and line.startswith("| `"):
             first_cell = line.split("|")[1]
-            doc[section].update(re.findall(r"`([a-z_]+)`", first_cell))
+            doc[section].update(re.findall(r"`([a-z0-9_]+)`", first_cell))
     return doc
 
 
