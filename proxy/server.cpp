@@ -93,10 +93,10 @@ struct Server::Impl {
     }
   }
 
-  // Learns what the MTA offers at start-up, then every kProbeInterval and
-  // after each reload (a new target may offer something else).
+  // Learns what the MTA offers (and whether it answers, for /healthz) at
+  // start-up, then every upstream.probe_interval and after each reload (a
+  // new target may offer something else).
   asio::awaitable<void> probe_loop() {
-    static constexpr std::chrono::seconds kProbeInterval{300};
     asio::steady_timer timer(workers[0]->context);
     while (!draining) {
       auto config = snapshot();
@@ -104,7 +104,7 @@ struct Server::Impl {
         log::warning("upstream-probe-failed").kv("upstream", config->upstream.target)
             .kv("action", "advertising what was learned before");
       }
-      timer.expires_after(kProbeInterval);
+      timer.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(config->upstream.probe_interval));
       co_await timer.async_wait(use_nothrow);
     }
   }
@@ -199,6 +199,7 @@ int Server::run() {
   Impl& s = *impl_;
   auto config = s.snapshot();
   unsigned n = config->server.threads ? config->server.threads : std::max(1u, std::thread::hardware_concurrency());
+  metrics::install_filter_stats();
   try {
     s.filter_resources = build_filter_resources(*config, nullptr);
   } catch (const ConfigError& e) {
@@ -237,6 +238,7 @@ int Server::run() {
         .kv("tls", l.tls == Config::Listener::Tls::kImplicit ? "implicit" : l.tls == Config::Listener::Tls::kStarttls ? "starttls" : "none")
         .kv("proxy_protocol", l.proxy_protocol ? "yes" : "no");
     s.acceptors.push_back(std::move(acceptor));
+    metrics::declare_listener(l.address);
   }
   std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor;
   if (!config->metrics.address.empty()) {

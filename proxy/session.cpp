@@ -144,7 +144,7 @@ void Session::reply(const replies::Def& def) { append_reply(output_, def.code, d
 // A client mistake: reply, count it, and end a session that keeps erring.
 void Session::client_error(const replies::Def& def) {
   reply(def);
-  metrics::registry().client_errors.fetch_add(1, std::memory_order_relaxed);
+  metrics::registry().client_errors.inc();
   if (++errors_ >= config_->limits.errors) {
     log::warning("too-many-errors").kv("session", id_).kv("client", client_.address)
         .kv("errors", errors_);
@@ -159,17 +159,16 @@ Upstream& Session::upstream() {
 }
 
 asio::awaitable<void> Session::run() {
-  auto& m = metrics::registry();
-  m.sessions_total.fetch_add(1, std::memory_order_relaxed);
-  m.sessions_open.fetch_add(1, std::memory_order_relaxed);
-  struct OpenGauge {
-    ~OpenGauge() { metrics::registry().sessions_open.fetch_sub(1, std::memory_order_relaxed); }
-  } open_gauge;
+  metrics::SessionGauge open_gauge(listener_.address);
   bool ready = true;
   if (listener_.proxy_protocol) ready = co_await read_proxy_header();
+  if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kProxyProtocol);
   log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
       .kv("listener", facts_.listener);
-  if (ready && listener_.tls == Config::Listener::Tls::kImplicit) ready = co_await start_tls();
+  if (ready && listener_.tls == Config::Listener::Tls::kImplicit) {
+    ready = co_await start_tls();
+    if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kTls);
+  }
   if (!ready) {
     watchdog_.stop();
     std::error_code ignored;
@@ -184,6 +183,7 @@ asio::awaitable<void> Session::run() {
     // Refused at connect: the MTA never hears of this client (RFC 5321 §3.1).
     Reply r = verdict_reply(connect, Stage::kConnect);
     if (connect.action != Verdict::Action::kReject) r.code = 421;
+    metrics::session_refused(listener_.address, metrics::Refusal::kFilter);
     append_reply(output_, r);
     quit_ = true;
   } else {
@@ -217,13 +217,7 @@ asio::awaitable<void> Session::run() {
 
 asio::awaitable<bool> Session::flush() {
   if (output_.empty()) co_return true;
-  // Count each reply once, by its last line ("NNN text").
-  for (std::size_t pos = 0; pos + 3 < output_.size();) {
-    if (output_[pos + 3] == ' ' || output_[pos + 3] == '\r') metrics::count_reply((output_[pos] - '0') * 100);
-    std::size_t lf = output_.find('\n', pos);
-    if (lf == std::string::npos) break;
-    pos = lf + 1;
-  }
+  metrics::count_replies(output_);
   watchdog_.arm(config_->timeouts.command);
   std::error_code ec;
   if (tls_) {
@@ -262,7 +256,7 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
   reading_ = false;
   watchdog_.disarm();
   input_.resize(old + n);
-  metrics::registry().bytes_received.fetch_add(n, std::memory_order_relaxed);
+  metrics::registry().bytes_received.inc(n);
   co_return ec;
 }
 
@@ -272,7 +266,7 @@ asio::awaitable<bool> Session::fill() {
   std::error_code ec = co_await read_more(content ? config_->timeouts.data : config_->timeouts.command);
   if (!ec) co_return true;
   if (watchdog_.expired()) {
-    metrics::registry().timeouts.fetch_add(1, std::memory_order_relaxed);
+    metrics::registry().timeouts.inc();
     log::warning("timeout").kv("session", id_).kv("client", client_.address)
         .kv("state", mode_ == Mode::kData ? "data" : "command");
     reply(replies::kTimeout);
@@ -349,6 +343,7 @@ asio::awaitable<bool> Session::start_tls() {
   watchdog_.arm(config_->timeouts.command);
   auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, use_nothrow);
   watchdog_.disarm();
+  metrics::tls_handshake(!ec, ec && watchdog_.expired());
   if (ec) {
     log::warning("tls-failed").kv("session", id_).kv("client", client_.address)
         .kv("error", watchdog_.expired() ? "timeout" : ec.message());
@@ -356,7 +351,6 @@ asio::awaitable<bool> Session::start_tls() {
     co_return false;
   }
   facts_.tls = tls_facts(tls_->native_handle());
-  metrics::registry().tls_sessions.fetch_add(1, std::memory_order_relaxed);
   log::info("tls").kv("session", id_).kv("client", client_.address).kv("version", facts_.tls.version)
       .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject)
       .kv("peer_sha256", facts_.tls.peer_fingerprint.empty() ? "none" : facts_.tls.peer_fingerprint);
@@ -780,6 +774,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   }
   ++txn_.rcpt_commands;
   if (txn_.facts.recipients.size() >= config_->limits.recipients) {
+    metrics::registry().recipients[1].inc();
     reply(replies::kTooManyRecipients);
     co_return;
   }
@@ -790,6 +785,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     case Verdict::Action::kReject:
     case Verdict::Action::kTempfail:
     case Verdict::Action::kDisconnect:  // this recipient only; the rest may pass
+      metrics::registry().recipients[1].inc();
       log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
           .kv("by", "filter").kv("reason", v.reason);
       append_reply(output_, verdict_reply(v, Stage::kRcpt));
@@ -805,6 +801,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params);
   append_reply(output_, r.reply);
   if (r.connection_lost) txn_.failed = true;
+  metrics::registry().recipients[r.reply.positive() ? 0 : 1].inc();
   if (r.reply.positive()) {
     txn_.facts.recipients.push_back(std::move(args.mailbox));
   } else {
@@ -913,6 +910,7 @@ asio::awaitable<void> Session::take_chunk(std::string_view avail) {
 
 // The client's final dot: check the content, then relay it or refuse it.
 asio::awaitable<void> Session::end_of_data() {
+  const auto end_of_content = std::chrono::steady_clock::now();
   ++messages_;
   const DataDecoder::Faults& faults = decoder_.faults();
   const bool bare = (faults.bare_lf || faults.bare_cr) &&
@@ -975,11 +973,10 @@ asio::awaitable<void> Session::end_of_data() {
   {
     using R = metrics::MessageResult;
     std::string_view o = outcome;
-    R r = o == "relayed" ? R::kRelayed : o == "tempfailed" ? R::kTempfailed : o == "discarded" ? R::kDiscarded
+    R r = o == "relayed" ? (txn_.facts.changes.redirect ? R::kRedirected : R::kRelayed)
+          : o == "tempfailed" ? R::kTempfailed : o == "discarded" ? R::kDiscarded
           : o == "quarantined" ? R::kQuarantined : R::kRejected;
-    metrics::registry().messages[static_cast<std::size_t>(r)].fetch_add(1, std::memory_order_relaxed);
-    metrics::registry().message_duration.observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - txn_.started).count());
+    metrics::message_done(r, decoder_.size(), metrics::seconds_since(end_of_content), metrics::seconds_since(txn_.started));
   }
   std::string symbols;
   for (const Symbol& sym : txn_.facts.symbols) {
@@ -1004,10 +1001,7 @@ asio::awaitable<Verdict> Session::run_filters(Stage stage) {
   FilterContext ctx{stage, facts_, txn_.facts};
   auto start = std::chrono::steady_clock::now();
   Verdict v = co_await chain->run(ctx);
-  if (stage != Stage::kClose) {
-    metrics::registry().filter_duration[static_cast<std::size_t>(stage)].observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
+  if (stage != Stage::kClose) metrics::filter_time(stage, metrics::seconds_since(start));
   co_return v;
 }
 
@@ -1019,11 +1013,12 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     UpstreamReply redo = co_await redo_envelope();
     if (!redo.reply.positive()) co_return redo;
   }
-  if (changes.headers.empty() && changes.subject_tag.empty() && !message.body_would_fold()) {
-    co_return co_await upstream().data(received_header(), spool_, 0, txn_.facts.reverse_path);
-  }
-  std::string head = render_header_block(message, changes, received_header());
-  co_return co_await upstream().data(head, spool_, message.body_offset(), txn_.facts.reverse_path);
+  const bool as_received = changes.headers.empty() && changes.subject_tag.empty() && !message.body_would_fold();
+  const std::string head = as_received ? received_header() : render_header_block(message, changes, received_header());
+  const std::size_t offset = as_received ? 0 : message.body_offset();
+  UpstreamReply r = co_await upstream().data(head, spool_, offset, txn_.facts.reverse_path);
+  if (r.reply.positive()) metrics::registry().message_relayed_bytes.inc(head.size() + spool_.size() - std::min(offset, spool_.size()));
+  co_return r;
 }
 
 // The envelope after the filters' changes, mirrored to the upstream anew. A
@@ -1086,6 +1081,7 @@ asio::awaitable<void> Session::abandon_transaction() {
 }
 
 void Session::reset_transaction() {
+  metrics::transaction_done(txn_.facts);
   txn_ = Transaction{};
   spool_.clear();
   decoder_.reset();
