@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "filters/auth/auth_results.h"
+#include "proxy/config.h"
 #include "proxy/metrics.h"
+#include "test_util.h"
 
 namespace m = postern::metrics;
 
@@ -235,4 +237,20 @@ TEST_CASE("the page is well-formed: one HELP and TYPE per family, samples groupe
   CHECK(has_line(page, "postern_upstream_reply_duration_seconds_count{command=\"greeting\"} 1"));
   CHECK(has_line(page, "postern_replies_total{class=\"2xx\"} 1"));
   CHECK(page.find("postern_build_info{version=\"") != std::string::npos);
+}
+
+TEST_CASE("upstream.probe_interval paces the probe behind /healthz", "[metrics]") {
+  postern::test::TempDir dir;
+  const std::string path = dir.write("p.toml", "[upstream]\ntarget = \"127.0.0.1:10025\"\nprobe_interval = 2.5\n");
+  auto config = postern::load_config(postern::ConfigSource{path, {}, {}, {}});
+  CHECK(config->upstream.probe_interval.count() == 2.5);
+  CHECK(postern::load_config(postern::ConfigSource{dir.write("d.toml", "[metrics]\naddress = \"127.0.0.1:9425\"\n"),
+                                                   {}, {}, {}})->upstream.probe_interval.count() == 300);
+  const std::string bad = dir.write("b.toml", "[upstream]\ntarget = \"127.0.0.1:10025\"\nprobe_interval = 0\n");
+  try {
+    postern::load_config(postern::ConfigSource{bad, {}, {}, {}});
+    FAIL("probe_interval = 0 was accepted");
+  } catch (const postern::ConfigError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("b.toml:3") && Catch::Contains("upstream.probe_interval"));
+  }
 }
