@@ -525,3 +525,39 @@ def test_dns_timeouts_are_counted(postern, sink, tmp_path):
         assert m.value("postern_dns_query_duration_seconds_sum") >= 0.4
     finally:
         black_hole.close()
+
+
+# --------------------------------------------------------------------------
+# upstream failures, by kind
+
+
+def test_upstream_errors_by_kind(postern, sink):
+    metrics_port = free_port()
+    p = postern.start(upstream=sink.address, sets={"metrics.address": f'"127.0.0.1:{metrics_port}"',
+                                                   "timeouts.upstream_data_term": 0.5})
+    body = b"Subject: upstream\r\n\r\nx\r\n"
+    # the MTA drops the connection at RCPT
+    sink.on("RCPT", drop=True, times=1)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<a@example.org>", 250)
+        c.expect("RCPT TO:<b@example.com>", 451, "4.4.2")
+    # the MTA never answers the end of data
+    sink.on("DATA_END", delay=30, times=1)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], body), 451, "4.4.2")
+    # the MTA answers DATA with 250 where 354 belongs
+    sink.on("DATA", reply="250 2.0.0 not what DATA expects", times=1)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], body), 451, "4.4.0")
+    m = scrape(metrics_port)
+    assert m.value("postern_upstream_errors_total", kind="closed") == 1
+    assert m.value("postern_upstream_errors_total", kind="timeout") == 1
+    assert m.value("postern_upstream_errors_total", kind="protocol") == 1
+    assert m.total("postern_upstream_errors_total") == 3
+    assert m.value("postern_messages_total", action="tempfailed") == 2
+    assert m.value("postern_replies_enhanced_total", code="4.4.2") == 2
+    assert m.value("postern_replies_enhanced_total", code="4.4.0") == 1
+    assert m.value("postern_upstream_connections_total") == 4   # the probe and one per session
