@@ -548,7 +548,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
 
   const toml::table* upstream = check.section(root, "upstream");
   if (upstream) {
-    check.check_keys(*upstream, "upstream", {"target", "helo", "client_identity", "tls", "ca_file", "tls_name"});
+    check.check_keys(*upstream, "upstream", {"target", "helo", "client_identity", "tls", "ca_file", "tls_name",
+                                             "probe_interval"});
   }
   check.get_enum<Config::Upstream::Tls>(upstream, "upstream", "tls",
                                         {{"none", Config::Upstream::Tls::kNone},
@@ -561,6 +562,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     }
   }
   check.get_string(upstream, "upstream", "tls_name", config->upstream.tls_name);
+  check.get_seconds(upstream, "upstream", "probe_interval", 0.1, 86400, config->upstream.probe_interval);
   check.get_string(upstream, "upstream", "helo", config->upstream.helo);
   check.get_enum<Config::Upstream::ClientIdentity>(upstream, "upstream", "client_identity",
                                                    {{"auto", Config::Upstream::ClientIdentity::kAuto},

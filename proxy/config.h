@@ -72,6 +72,7 @@ struct Config {
     enum class Tls { kNone, kOpportunistic, kVerify } tls = Tls::kNone;
     std::string ca_file;   // verify: CA bundle (PEM); "" = the system's
     std::string tls_name;  // verify: name expected in the certificate; "" = the target host
+    Seconds probe_interval{300};  // EHLO/QUIT probe: capabilities and /healthz
   } upstream;
 
   struct Limits {

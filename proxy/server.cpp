@@ -157,10 +157,10 @@ struct Server::Impl {
     }
   }
 
-  // Learns what the MTA offers at start-up, then every kProbeInterval and
-  // after each reload (a new target may offer something else).
+  // Learns what the MTA offers (and whether it answers, for /healthz) at
+  // start-up, then every upstream.probe_interval and after each reload (a
+  // new target may offer something else).
   asio::awaitable<void> probe_loop() {
-    static constexpr std::chrono::seconds kProbeInterval{300};
     asio::steady_timer timer(workers[0]->context);
     while (!draining) {
       auto config = snapshot();
@@ -176,7 +176,7 @@ struct Server::Impl {
         process::notify(fmt::format("READY=1\nSTATUS=Serving; upstream {} {}", config->upstream.target,
                                     reached ? "reachable" : "NOT reachable"));
       }
-      timer.expires_after(kProbeInterval);
+      timer.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(config->upstream.probe_interval));
       co_await timer.async_wait(use_nothrow);
     }
   }
@@ -281,7 +281,7 @@ struct Server::Impl {
     unsigned long long messages[static_cast<int>(metrics::MessageResult::kCount)];
     unsigned long long total = 0;
     for (int i = 0; i < static_cast<int>(metrics::MessageResult::kCount); ++i) {
-      messages[i] = m.messages[static_cast<std::size_t>(i)].load(std::memory_order_relaxed);
+      messages[i] = m.messages[static_cast<std::size_t>(i)].value();
       total += messages[i];
     }
     auto since = [](std::chrono::steady_clock::time_point t) {
@@ -384,6 +384,7 @@ int Server::run() {
     log::error("open-files").kv("error", e.what());
     return 1;
   }
+  metrics::install_filter_stats();
   try {
     s.filter_resources = build_filter_resources(*config, nullptr);
   } catch (const ConfigError& e) {
@@ -428,6 +429,7 @@ int Server::run() {
         .kv("tls", l.tls == Config::Listener::Tls::kImplicit ? "implicit" : l.tls == Config::Listener::Tls::kStarttls ? "starttls" : "none")
         .kv("proxy_protocol", l.proxy_protocol ? "yes" : "no");
     s.acceptors.push_back(std::move(acceptor));
+    metrics::declare_listener(l.address);
   }
   std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor;
   if (!config->metrics.address.empty()) {

@@ -147,7 +147,7 @@ void Session::reply(const replies::Def& def) { append_reply(output_, def.code, d
 // A client mistake: reply, count it, and end a session that keeps erring.
 void Session::client_error(const replies::Def& def) {
   reply(def);
-  metrics::registry().client_errors.fetch_add(1, std::memory_order_relaxed);
+  metrics::registry().client_errors.inc();
   if (++errors_ >= config_->limits.errors) {
     log::warning("too-many-errors").kv("session", id_).kv("client", client_.address)
         .kv("errors", errors_);
@@ -162,21 +162,21 @@ Upstream& Session::upstream() {
 }
 
 asio::awaitable<void> Session::run() {
-  auto& m = metrics::registry();
-  m.sessions_total.fetch_add(1, std::memory_order_relaxed);
-  m.sessions_open.fetch_add(1, std::memory_order_relaxed);
-  struct OpenGauge {
-    ~OpenGauge() { metrics::registry().sessions_open.fetch_sub(1, std::memory_order_relaxed); }
-  } open_gauge;
+  metrics::SessionGauge open_gauge(listener_.address);
   bool ready = true;
   if (listener_.proxy_protocol) ready = co_await read_proxy_header();
+  if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kProxyProtocol);
   log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
       .kv("listener", facts_.listener);
-  if (ready && listener_.tls == Config::Listener::Tls::kImplicit) ready = co_await start_tls();
+  if (ready && listener_.tls == Config::Listener::Tls::kImplicit) {
+    ready = co_await start_tls();
+    if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kTls);
+  }
   SessionLimiter::Ticket place;  // this session's place in the concurrent-session limits
   if (ready) {
     auto refusal = SessionLimiter::instance().admit(client_.address, config_->limits, place);
     if (refusal != SessionLimiter::Refusal::kNone) {
+      metrics::session_refused(listener_.address, metrics::Refusal::kLimit);
       log::warning("session-limit").kv("session", id_).kv("client", client_.address)
           .kv("limit", refusal_name(refusal)).kv("action", "refused with 421");
       reply(refusal_reply(refusal));
@@ -198,6 +198,7 @@ asio::awaitable<void> Session::run() {
     // Refused at connect: the MTA never hears of this client (RFC 5321 §3.1).
     Reply r = verdict_reply(connect, Stage::kConnect);
     if (connect.action != Verdict::Action::kReject) r.code = 421;
+    metrics::session_refused(listener_.address, metrics::Refusal::kFilter);
     append_reply(output_, r);
     quit_ = true;
   } else if (co_await talks_before_greeting()) {
@@ -253,13 +254,7 @@ asio::awaitable<bool> Session::talks_before_greeting() {
 
 asio::awaitable<bool> Session::flush() {
   if (output_.empty()) co_return true;
-  // Count each reply once, by its last line ("NNN text").
-  for (std::size_t pos = 0; pos + 3 < output_.size();) {
-    if (output_[pos + 3] == ' ' || output_[pos + 3] == '\r') metrics::count_reply((output_[pos] - '0') * 100);
-    std::size_t lf = output_.find('\n', pos);
-    if (lf == std::string::npos) break;
-    pos = lf + 1;
-  }
+  metrics::count_replies(output_);
   watchdog_.arm(config_->timeouts.command);
   std::error_code ec;
   if (tls_) {
@@ -298,7 +293,7 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
   reading_ = false;
   watchdog_.disarm();
   input_.resize(old + n);
-  metrics::registry().bytes_received.fetch_add(n, std::memory_order_relaxed);
+  metrics::registry().bytes_received.inc(n);
   co_return ec;
 }
 
@@ -317,7 +312,7 @@ asio::awaitable<bool> Session::fill() {
   std::error_code ec = co_await read_more(timeout);
   if (!ec) co_return true;
   if (watchdog_.expired()) {
-    metrics::registry().timeouts.fetch_add(1, std::memory_order_relaxed);
+    metrics::registry().timeouts.inc();
     log::warning("timeout").kv("session", id_).kv("client", client_.address)
         .kv("state", mode_ == Mode::kData ? "data" : "command");
     reply(replies::kTimeout);
@@ -394,6 +389,7 @@ asio::awaitable<bool> Session::start_tls() {
   watchdog_.arm(config_->timeouts.command);
   auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, use_nothrow);
   watchdog_.disarm();
+  metrics::tls_handshake(!ec, ec && watchdog_.expired());
   if (ec) {
     log::warning("tls-failed").kv("session", id_).kv("client", client_.address)
         .kv("error", watchdog_.expired() ? "timeout" : ec.message());
@@ -401,7 +397,6 @@ asio::awaitable<bool> Session::start_tls() {
     co_return false;
   }
   facts_.tls = tls_facts(tls_->native_handle());
-  metrics::registry().tls_sessions.fetch_add(1, std::memory_order_relaxed);
   log::info("tls").kv("session", id_).kv("client", client_.address).kv("version", facts_.tls.version)
       .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject)
       .kv("peer_sha256", facts_.tls.peer_fingerprint.empty() ? "none" : facts_.tls.peer_fingerprint);
@@ -834,6 +829,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   }
   ++txn_.rcpt_commands;
   if (txn_.facts.recipients.size() >= config_->limits.recipients) {
+    metrics::registry().recipients[1].inc();
     reply(replies::kTooManyRecipients);
     co_return;
   }
@@ -844,6 +840,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     case Verdict::Action::kReject:
     case Verdict::Action::kTempfail:
     case Verdict::Action::kDisconnect:  // this recipient only; the rest may pass
+      metrics::registry().recipients[1].inc();
       log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
           .kv("by", "filter").kv("reason", v.reason);
       append_reply(output_, verdict_reply(v, Stage::kRcpt));
@@ -859,6 +856,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params);
   append_reply(output_, r.reply);
   if (r.connection_lost) txn_.failed = true;
+  metrics::registry().recipients[r.reply.positive() ? 0 : 1].inc();
   if (r.reply.positive()) {
     txn_.facts.recipients.push_back(std::move(args.mailbox));
   } else {
@@ -969,6 +967,7 @@ asio::awaitable<void> Session::take_chunk(std::string_view avail) {
 
 // The client's final dot: check the content, then relay it or refuse it.
 asio::awaitable<void> Session::end_of_data() {
+  const auto end_of_content = std::chrono::steady_clock::now();
   ++messages_;
   const DataDecoder::Faults& faults = decoder_.faults();
   const bool bare = (faults.bare_lf || faults.bare_cr) &&
@@ -1037,11 +1036,10 @@ asio::awaitable<void> Session::end_of_data() {
   {
     using R = metrics::MessageResult;
     std::string_view o = outcome;
-    R r = o == "relayed" ? R::kRelayed : o == "tempfailed" ? R::kTempfailed : o == "discarded" ? R::kDiscarded
+    R r = o == "relayed" ? (txn_.facts.changes.redirect ? R::kRedirected : R::kRelayed)
+          : o == "tempfailed" ? R::kTempfailed : o == "discarded" ? R::kDiscarded
           : o == "quarantined" ? R::kQuarantined : R::kRejected;
-    metrics::registry().messages[static_cast<std::size_t>(r)].fetch_add(1, std::memory_order_relaxed);
-    metrics::registry().message_duration.observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - txn_.started).count());
+    metrics::message_done(r, decoder_.size(), metrics::seconds_since(end_of_content), metrics::seconds_since(txn_.started));
   }
   std::string symbols;
   for (const Symbol& sym : txn_.facts.symbols) {
@@ -1092,10 +1090,7 @@ asio::awaitable<Verdict> Session::run_filters(Stage stage) {
   FilterContext ctx{stage, facts_, txn_.facts};
   auto start = std::chrono::steady_clock::now();
   Verdict v = co_await chain->run(ctx);
-  if (stage != Stage::kClose) {
-    metrics::registry().filter_duration[static_cast<std::size_t>(stage)].observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
+  if (stage != Stage::kClose) metrics::filter_time(stage, metrics::seconds_since(start));
   co_return v;
 }
 
@@ -1108,12 +1103,12 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     if (!redo.reply.positive()) co_return redo;
   }
   const DkimSigner* signer = config_->auth.dkim.signer.get();
-  if ((!signer || !signer->wants(facts_.client_ip, facts_.auth_user)) && changes.headers.empty() &&
-      changes.subject_tag.empty() && !message.body_would_fold()) {
-    co_return co_await upstream().data(received_header(), spool_, 0, txn_.facts.reverse_path);
-  }
-  std::string head = render_header_block(message, changes, received_header());
-  if (signer && signer->wants(facts_.client_ip, facts_.auth_user)) {
+  const bool sign = signer && signer->wants(facts_.client_ip, facts_.auth_user);
+  const bool as_received =
+      !sign && changes.headers.empty() && changes.subject_tag.empty() && !message.body_would_fold();
+  std::string head = as_received ? received_header() : render_header_block(message, changes, received_header());
+  const std::size_t offset = as_received ? 0 : message.body_offset();
+  if (sign) {
     // DKIM signs the fields exactly as relayed, without our Received (RFC
     // 6376 §5.4); the DKIM-Signature field goes above it.
     std::string fields = render_header_block(message, changes, "");
@@ -1129,7 +1124,11 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     }
     head = signed_.field + head;
   }
-  co_return co_await upstream().data(head, spool_, message.body_offset(), txn_.facts.reverse_path);
+  UpstreamReply r = co_await upstream().data(head, spool_, offset, txn_.facts.reverse_path);
+  if (r.reply.positive()) {
+    metrics::registry().message_relayed_bytes.inc(head.size() + spool_.size() - std::min(offset, spool_.size()));
+  }
+  co_return r;
 }
 
 // The envelope after the filters' changes, mirrored to the upstream anew. A
@@ -1192,6 +1191,7 @@ asio::awaitable<void> Session::abandon_transaction() {
 }
 
 void Session::reset_transaction() {
+  metrics::transaction_done(txn_.facts);
   txn_ = Transaction{};
   spool_.clear();
   decoder_.reset();

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 
 #include <fmt/format.h>
 
@@ -27,6 +28,12 @@ constexpr Seconds kQuitTimeout{5};
 
 UpstreamReply local(const replies::Def& def, bool lost) {
   return UpstreamReply{Reply{def.code, std::string(def.text)}, true, lost};
+}
+
+// Why a read or write on the upstream connection failed, for the metrics.
+metrics::UpstreamError failure_kind(bool protocol_error, bool timed_out) {
+  if (protocol_error) return metrics::UpstreamError::kProtocol;
+  return timed_out ? metrics::UpstreamError::kTimeout : metrics::UpstreamError::kClosed;
 }
 }  // namespace
 
@@ -62,7 +69,7 @@ void SmtpUpstream::close(std::string_view why) {
 }
 
 UpstreamReply SmtpUpstream::lost(std::string_view stage) {
-  metrics::registry().upstream_errors.fetch_add(1, std::memory_order_relaxed);
+  metrics::upstream_error(failure_kind(protocol_error_, watchdog_.expired()));
   close(stage);
   if (protocol_error_) {
     protocol_error_ = false;
@@ -128,9 +135,12 @@ asio::awaitable<bool> SmtpUpstream::receive(Reply& reply, Seconds timeout) {
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::command(std::string_view line, Seconds timeout) {
+  const metrics::UpstreamCommand what = metrics::upstream_command(line);
+  const auto sent = std::chrono::steady_clock::now();
   if (!co_await send(line, timeout)) co_return lost("write failed");
   Reply reply;
   if (!co_await receive(reply, timeout)) co_return lost("no reply");
+  metrics::upstream_reply(what, reply.code, metrics::seconds_since(sent));
   if (reply.code == 421) {
     // The MTA is closing this connection (RFC 5321 §3.8). Its text is kept, but
     // the client hears 451: postern's own session with the client goes on.
@@ -155,6 +165,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     auto [rec, results] = co_await resolver.async_resolve(up.host, std::to_string(up.port), use_nothrow);
     watchdog_.disarm();
     if (rec) {
+      metrics::upstream_error(metrics::UpstreamError::kResolve);
       log::warning("upstream-error").kv("op", "resolve").kv("upstream", up.target).kv("error", rec.message());
       co_return false;
     }
@@ -164,6 +175,9 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   auto [cec, endpoint] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
   watchdog_.disarm();
   if (cec) {
+    metrics::upstream_error(watchdog_.expired() ? metrics::UpstreamError::kTimeout
+                            : cec == asio::error::connection_refused ? metrics::UpstreamError::kConnectRefused
+                                                                     : metrics::UpstreamError::kConnectFailed);
     log::warning("upstream-error").kv("op", "connect").kv("upstream", up.target)
         .kv("error", watchdog_.expired() ? "timeout" : cec.message());
     close("connect failed");
@@ -171,9 +185,15 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   state_ = State::kReady;  // so close() logs from here on
+  metrics::registry().upstream_connections.inc();
 
   Reply greeting;
-  if (!co_await receive(greeting, to.upstream_greeting) || greeting.code != 220) {
+  const auto connected = std::chrono::steady_clock::now();
+  const bool greeted = co_await receive(greeting, to.upstream_greeting);
+  if (greeted) metrics::upstream_reply(metrics::UpstreamCommand::kGreeting, greeting.code, metrics::seconds_since(connected));
+  else metrics::upstream_error(failure_kind(protocol_error_, watchdog_.expired()));
+  if (greeted && greeting.code != 220) metrics::upstream_error(metrics::UpstreamError::kProtocol);
+  if (!greeted || greeting.code != 220) {
     if (greeting.code) {
       log::warning("upstream-error").kv("op", "greeting").kv("reply", greeting.first_line());
     }
@@ -185,7 +205,8 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     if (offers("STARTTLS")) {
       if (!co_await start_tls()) co_return false;
     } else if (up.tls == Config::Upstream::Tls::kVerify) {
-      log::error("upstream-tls-failed").kv("upstream", up.target).kv("error", "STARTTLS not offered");
+      metrics::upstream_error(metrics::UpstreamError::kTls);
+    log::error("upstream-tls-failed").kv("upstream", up.target).kv("error", "STARTTLS not offered");
       close("STARTTLS required but not offered");
       co_return false;
     }
@@ -234,6 +255,7 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
   UpstreamReply helo = co_await command(output_, to.upstream_greeting);
   if (helo.connection_lost || !helo.reply.positive()) {
     if (!helo.connection_lost) log::warning("upstream-error").kv("op", "helo").kv("reply", helo.reply.first_line());
+    if (!helo.connection_lost) metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("HELO refused");
     co_return false;
   }
@@ -247,6 +269,7 @@ asio::awaitable<bool> SmtpUpstream::start_tls() {
   UpstreamReply r = co_await command("STARTTLS\r\n", config_->timeouts.upstream_greeting);
   if (r.connection_lost) co_return false;
   auto fail = [&](std::string_view why) {
+    metrics::upstream_error(metrics::UpstreamError::kTls);
     log::error("upstream-tls-failed").kv("upstream", up.target).kv("error", why);
     close("TLS failed");
   };
@@ -414,6 +437,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
     }
   } else if (r.reply.klass() != 4 && r.reply.klass() != 5) {
     log::warning("upstream-error").kv("op", "mail").kv("unexpected", r.reply.first_line());
+    metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to MAIL");
     co_return local(replies::kUpstreamProtocol, true);
   }
@@ -429,6 +453,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
   UpstreamReply r = co_await command(output_, config_->timeouts.upstream_rcpt);
   if (!r.connection_lost && r.reply.klass() != 2 && r.reply.klass() != 4 && r.reply.klass() != 5) {
     log::warning("upstream-error").kv("op", "rcpt").kv("unexpected", r.reply.first_line());
+    metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to RCPT");
     co_return local(replies::kUpstreamProtocol, true);
   }
@@ -446,6 +471,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
     if (go.reply.klass() == 4 || go.reply.klass() == 5) co_return go;  // refused: relayed verbatim
     // A 2xx where 354 belongs is never relayed as success (Postfix smtpd_proxy).
     log::warning("upstream-error").kv("op", "data").kv("unexpected", go.reply.first_line());
+    metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to DATA");
     co_return local(replies::kUpstreamProtocol, true);
   }
@@ -456,12 +482,15 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   if (auto failed = co_await send_content(content, offset, &stuffer)) co_return *failed;
   stuffer.finish(output_);
   if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in DATA");
+  const auto sent = std::chrono::steady_clock::now();
   Reply final_reply;
   if (!co_await receive(final_reply, to.upstream_data_term)) co_return lost("no reply to end of data");
+  metrics::upstream_reply(metrics::UpstreamCommand::kEom, final_reply.code, metrics::seconds_since(sent));
   state_ = State::kReady;
   int k = final_reply.klass();
   if (k != 2 && k != 4 && k != 5) {
     log::warning("upstream-error").kv("op", "end-of-data").kv("unexpected", final_reply.first_line());
+    metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to end of data");
     co_return local(replies::kUpstreamProtocol, true);
   }
@@ -544,12 +573,15 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
   output_.append(head);
   if (auto failed = co_await send_content(content, offset, nullptr)) co_return *failed;
   if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in BDAT");
+  const auto sent = std::chrono::steady_clock::now();
   Reply final_reply;
   if (!co_await receive(final_reply, to.upstream_data_term)) co_return lost("no reply to BDAT LAST");
+  metrics::upstream_reply(metrics::UpstreamCommand::kEom, final_reply.code, metrics::seconds_since(sent));
   state_ = State::kReady;
   int k = final_reply.klass();
   if (k != 2 && k != 4 && k != 5) {
     log::warning("upstream-error").kv("op", "bdat").kv("unexpected", final_reply.first_line());
+    metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to BDAT");
     co_return local(replies::kUpstreamProtocol, true);
   }
@@ -588,11 +620,10 @@ asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
   }
   ClientFacts nobody;
   SmtpUpstream probe(executor, config, nobody);
-  if (!co_await probe.probe()) {
-    metrics::registry().upstream_reachable = false;
-    co_return false;
-  }
-  metrics::registry().upstream_reachable = true;
+  const bool reached = co_await probe.probe();
+  metrics::registry().upstream_reachable = reached;
+  metrics::registry().upstream_probe_time = static_cast<std::int64_t>(std::time(nullptr));
+  if (!reached) co_return false;
   caps.smtputf8 = probe.offers("SMTPUTF8");
   caps.dsn = probe.offers("DSN");
   co_await probe.quit();

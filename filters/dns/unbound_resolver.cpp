@@ -4,6 +4,7 @@
 // descriptor watches, and ub_process() hands each to the callback, which
 // posts the answer to the waiting coroutine's executor.
 #include "filters/dns/unbound_resolver.h"
+#include "filters/filter_stats.h"
 
 #include <unistd.h>
 #include <unbound.h>
@@ -370,7 +371,11 @@ UnboundResolver::Stats UnboundResolver::stats() const {
 asio::awaitable<DnsAnswer> UnboundResolver::query(std::string name, DnsType type) {
   const std::string key = normalize(name) + '/' + std::to_string(static_cast<int>(type));
   if (!dns_name_valid(name)) co_return DnsAnswer{DnsStatus::kNxDomain, {}, 0, false};
-  if (auto hit = impl_->cached(key)) co_return std::move(*hit);
+  if (auto hit = impl_->cached(key)) {
+    filter_stats().dns_answer(hit->status, true, 0);
+    co_return std::move(*hit);
+  }
+  const auto started = Clock::now();
   auto ex = co_await asio::this_coro::executor;
   auto impl = impl_;  // keeps libunbound alive while this coroutine waits
   DnsAnswer result{DnsStatus::kServFail, {}, 0, false};
@@ -410,13 +415,18 @@ asio::awaitable<DnsAnswer> UnboundResolver::query(std::string name, DnsType type
     if (result.status != DnsStatus::kServFail) break;
   }
   impl->store(key, result);
+  filter_stats().dns_answer(result.status, false, std::chrono::duration<double>(Clock::now() - started).count());
   co_return result;
 }
 
 DnsAnswer UnboundResolver::query_blocking(const std::string& name, DnsType type) {
   const std::string key = normalize(name) + '/' + std::to_string(static_cast<int>(type));
   if (!dns_name_valid(name)) return DnsAnswer{DnsStatus::kNxDomain, {}, 0, false};
-  if (auto hit = impl_->cached(key)) return std::move(*hit);
+  if (auto hit = impl_->cached(key)) {
+    filter_stats().dns_answer(hit->status, true, 0);
+    return std::move(*hit);
+  }
+  const auto started = Clock::now();
   struct Slot {
     std::mutex mu;
     std::condition_variable cv;
@@ -445,6 +455,7 @@ DnsAnswer UnboundResolver::query_blocking(const std::string& name, DnsType type)
     if (result.status != DnsStatus::kServFail) break;
   }
   impl_->store(key, result);
+  filter_stats().dns_answer(result.status, false, std::chrono::duration<double>(Clock::now() - started).count());
   return result;
 }
 

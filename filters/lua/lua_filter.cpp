@@ -14,6 +14,7 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include "filters/filter_stats.h"
 #include "filters/lua/kv_store.h"
 #include "filters/lua/lua_internal.h"
 
@@ -293,6 +294,17 @@ std::size_t LuaFilter::memory_used() const { return rt_->alloc.used; }
 
 namespace {
 
+// How a rule call failed, for the metrics: a limit the sandbox enforced
+// (`killed`, named in lua_sandbox.cpp), the deadline while waiting, memory,
+// or an error of the script itself.
+FilterStats::RuleFailure failure_kind(const char* killed, const std::string& failure) {
+  std::string_view why = killed ? std::string_view(killed) : std::string_view(failure);
+  if (why.starts_with("time limit")) return FilterStats::RuleFailure::kTimeout;
+  if (why.starts_with("instruction budget")) return FilterStats::RuleFailure::kBudget;
+  if (why.starts_with("memory limit") || why == "not enough memory") return FilterStats::RuleFailure::kMemory;
+  return FilterStats::RuleFailure::kError;
+}
+
 Verdict failure_verdict(const Rule& rule, const std::string& why) {
   if (rule.info.on_error == LuaOptions::OnError::kContinue) return Verdict::proceed();
   return Verdict{Verdict::Action::kTempfail, 451, "4.7.0", "Temporary local problem, please try again later",
@@ -309,12 +321,15 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
   inv.tag.inv = &inv;
   inv.tag.budget = rt.options.instruction_budget;
   inv.tag.deadline = Clock::now() + rt.options.timeout;
+  const auto started = Clock::now();
 
   std::string failure;
   Verdict verdict;
+  bool hit = false;
   lua_pushcfunction(L, new_rule_thread);
   if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
     lua_pop(L, 1);
+    filter_stats().lua_rule_failed(rule.info.name, rule.info.script, FilterStats::RuleFailure::kMemory);
     co_return failure_verdict(rule, "not enough memory");
   }
   auto* co = static_cast<lua_State*>(lua_touserdata(L, -2));
@@ -360,7 +375,9 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
       verdict = Verdict::proceed();
     } else if (lua_isboolean(co, first)) {
       add_symbol(ctx, Symbol{rule.info.name, rule.info.score, rule.info.description});
+      hit = true;
     } else if (auto v = to_verdict(co, first)) {
+      hit = true;
       verdict = std::move(*v);
       if (verdict.reason.empty()) verdict.reason = "lua rule " + rule.info.name;
     } else {
@@ -368,7 +385,10 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
                 "; expected a postern verdict, true or nothing";
     }
   }
+  filter_stats().lua_rule_run(rule.info.name, hit && failure.empty(),
+                              std::chrono::duration<double>(Clock::now() - started).count());
   if (!failure.empty()) {
+    filter_stats().lua_rule_failed(rule.info.name, rule.info.script, failure_kind(inv.tag.killed, failure));
     const char* policy = rule.info.on_error == LuaOptions::OnError::kContinue ? "continue" : "tempfail";
     rt.log(LuaLogLevel::kError, "lua-rule-error rule=" + rule.info.name + " script=" + rule.info.script +
                                     " stage=" + stage_name(ctx.stage) + " policy=" + policy + " error=\"" +

@@ -1,0 +1,35 @@
+// What the filters count for the operator's metrics (DNS answers, Lua rule
+// runs and failures), reported through a sink the proxy installs once at
+// start-up. filters/ never includes proxy/ (DESIGN "Layout"): this interface
+// is the only way out. Until a sink is installed -- unit tests, `postern test`
+// -- reports go nowhere. A sink is called from any thread, the DNS worker
+// pool included, and must not block.
+#pragma once
+
+#include <string_view>
+
+#include "filters/dns/resolver.h"
+
+namespace postern {
+
+class FilterStats {
+ public:
+  enum class RuleFailure { kError, kTimeout, kBudget, kMemory };
+
+  virtual ~FilterStats() = default;
+  // One lookup answered (retries included): by postern's own cache
+  // (`from_cache`, `seconds` 0) or by libunbound after `seconds`.
+  virtual void dns_answer(DnsStatus status, bool from_cache, double seconds) = 0;
+  // One call of a Lua rule; `hit`: it returned true (its symbol) or a verdict.
+  virtual void lua_rule_run(std::string_view rule, bool hit, double seconds) = 0;
+  // A Lua rule call failed; its on_error policy applied.
+  virtual void lua_rule_failed(std::string_view rule, std::string_view script, RuleFailure why) = 0;
+};
+
+// The installed sink, or one that drops everything. Never null.
+FilterStats& filter_stats();
+// Installs `sink` (null: none); it must outlive every filter. Call before the
+// first filter runs.
+void set_filter_stats(FilterStats* sink);
+
+}  // namespace postern

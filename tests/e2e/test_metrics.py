@@ -1,0 +1,563 @@
+"""Prometheus /metrics and /healthz under real load.
+
+smtp-source and raw SMTP clients (plain and STARTTLS) send mail through
+postern into a recording aiosmtpd MTA, with Lua rules that reject, tempfail,
+fail, tag and redirect; /metrics is scraped while the load runs and after it,
+each page parsed by a strict parser of the text format (0.0.4), and the
+counters are checked against what the test did. /healthz follows a real
+smtp-sink going away and coming back. DNS and SPF/DKIM/DMARC counters come
+from a real unbound on loopback (and a socket that never answers).
+"""
+
+import http.client
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from harness import (IO_TIMEOUT, SCALE, PostfixSink, SmtpClient, check_reply, free_port, make_cert,
+                     wait_port, wait_until, write_config)
+
+# --------------------------------------------------------------------------
+# a strict parser of the Prometheus text exposition format 0.0.4
+
+_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+_SAMPLE_RE = re.compile(rf"^({_NAME})(?:\{{(.*)\}})? (\S+)(?: -?\d+)?$")
+_LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"')
+_HELP_RE = re.compile(rf"^# HELP ({_NAME}) (.*)$")
+_TYPE_RE = re.compile(rf"^# TYPE ({_NAME}) (counter|gauge|histogram|summary|untyped)$")
+
+
+def _unescape(value):
+    return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), value)
+
+
+def _parse_labels(text):
+    labels = {}
+    pos = 0
+    while pos < len(text):
+        m = _LABEL_RE.match(text, pos)
+        assert m, f"bad label syntax at {text[pos:]!r}"
+        name, value = m.group(1), _unescape(m.group(2))
+        assert name not in labels, f"label {name} twice in {{{text}}}"
+        labels[name] = value
+        pos = m.end()
+        if pos < len(text):
+            assert text[pos] == ",", f"expected ',' in labels at {text[pos:]!r}"
+            pos += 1
+            assert pos < len(text), "trailing comma in labels"
+    return labels
+
+
+def _float(text):
+    if text in ("+Inf", "-Inf", "NaN"):
+        return float(text.replace("Inf", "inf").replace("NaN", "nan"))
+    assert re.match(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$", text), f"bad sample value {text!r}"
+    return float(text)
+
+
+class Exposition:
+    """One scraped page, checked line by line; raises AssertionError on any
+    deviation from the format (and from Prometheus naming conventions)."""
+
+    def __init__(self, text):
+        assert text.endswith("\n"), "the page must end with a newline"
+        self.types = {}
+        self.samples = {}
+        helped = set()
+        finished = set()
+        current = None
+        for line in text.split("\n")[:-1]:
+            assert line, "empty line in the page"
+            m = _HELP_RE.match(line)
+            if m:
+                assert m.group(1) not in helped, f"second HELP for {m.group(1)}"
+                assert "\n" not in m.group(2)
+                helped.add(m.group(1))
+                continue
+            m = _TYPE_RE.match(line)
+            if m:
+                family, kind = m.groups()
+                assert family not in self.types, f"second TYPE for {family}"
+                assert family in helped, f"TYPE without HELP for {family}"
+                assert family.startswith(("postern_", "process_")), family
+                if kind == "counter":
+                    assert family.endswith("_total"), f"counter {family} must end in _total"
+                if kind == "histogram":
+                    assert family.endswith("_seconds"), f"histogram {family} must be in seconds"
+                if current:
+                    finished.add(current)
+                assert family not in finished
+                self.types[family] = kind
+                current = family
+                continue
+            assert not line.startswith("#"), f"unknown comment line {line!r}"
+            m = _SAMPLE_RE.match(line)
+            assert m, f"bad sample line {line!r}"
+            name, labels, value = m.group(1), _parse_labels(m.group(2) or ""), _float(m.group(3))
+            family = name
+            if self.types.get(current) == "histogram":
+                family = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert family == current, f"sample {name} outside its family block (in {current})"
+            key = (name, frozenset(labels.items()))
+            assert key not in self.samples, f"sample twice: {line!r}"
+            if self.types[current] == "counter" or name.endswith(("_bucket", "_count")):
+                assert value >= 0 and not math.isnan(value), f"negative counter: {line!r}"
+            self.samples[key] = value
+        self._check_histograms()
+
+    def _check_histograms(self):
+        for family, kind in self.types.items():
+            if kind != "histogram":
+                continue
+            series = {}
+            for (name, labels), value in self.samples.items():
+                if name == family + "_bucket":
+                    d = dict(labels)
+                    le = d.pop("le")
+                    series.setdefault(frozenset(d.items()), []).append((_float(le), value))
+            for labels, buckets in series.items():
+                bounds = [le for le, _ in buckets]
+                assert bounds == sorted(bounds), f"{family}{dict(labels)}: le out of order"
+                assert bounds[-1] == math.inf, f"{family}{dict(labels)}: no +Inf bucket"
+                counts = [v for _, v in buckets]
+                assert counts == sorted(counts), f"{family}{dict(labels)}: buckets decrease {counts}"
+                count = self.samples[(family + "_count", labels)]
+                assert counts[-1] == count, f"{family}{dict(labels)}: +Inf {counts[-1]} != _count {count}"
+                assert self.samples[(family + "_sum", labels)] >= 0
+
+    def value(self, name, **labels):
+        key = (name, frozenset(labels.items()))
+        assert key in self.samples, f"no sample {name}{labels}"
+        return self.samples[key]
+
+    def total(self, name, **labels):
+        """Sum over every sample of `name` whose labels include `labels`."""
+        want = set(labels.items())
+        return sum(v for (n, ls), v in self.samples.items() if n == name and want <= set(ls))
+
+    def monotonic_since(self, earlier):
+        """Counters and histogram counts never go down between two scrapes."""
+        for (name, labels), old in earlier.samples.items():
+            family = re.sub(r"_(bucket|sum|count)$", "", name)
+            kind = earlier.types.get(name) or earlier.types.get(family)
+            if kind in ("counter", "histogram"):
+                new = self.samples.get((name, labels))
+                assert new is not None, f"{name}{dict(labels)} disappeared"
+                assert new >= old, f"{name}{dict(labels)} went down: {old} -> {new}"
+
+
+def http_get(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read().decode()
+    finally:
+        conn.close()
+
+
+def scrape(port):
+    status, ctype, body = http_get(port, "/metrics")
+    assert status == 200
+    assert ctype == "text/plain; version=0.0.4; charset=utf-8"
+    return Exposition(body)
+
+
+def test_the_parser_refuses_what_prometheus_would():
+    """The parser is the test's yardstick: it must fail on malformed pages."""
+    good = ("# HELP postern_x_total X.\n# TYPE postern_x_total counter\npostern_x_total{a=\"q\\\"\"} 1\n")
+    assert Exposition(good).value("postern_x_total", a='q"') == 1
+    for bad in [good.replace("\\\"", "\""),                       # unescaped quote
+                good.replace("# HELP postern_x_total X.\n", ""),  # TYPE without HELP
+                good + "postern_x_total{a=\"q\\\"\"} 2\n",         # duplicate sample
+                good.replace("postern_x_total{", "postern_y_total{"),  # outside its family
+                good.replace("_total", ""),                        # counter without _total
+                "# HELP postern_h_seconds H.\n# TYPE postern_h_seconds histogram\n"
+                "postern_h_seconds_bucket{le=\"1\"} 2\npostern_h_seconds_bucket{le=\"+Inf\"} 1\n"
+                "postern_h_seconds_sum 0\npostern_h_seconds_count 1\n"]:  # buckets decrease
+        with pytest.raises(AssertionError):
+            Exposition(bad)
+
+
+# --------------------------------------------------------------------------
+# load: every counter against what the test sent
+
+RULES = """
+postern.rule{ name = "METRICS_TAG", stage = "eom", score = 1, fn = function(ctx)
+  return (ctx.headers:first("X-Metrics-Case") or "") == "tag"
+end }
+postern.rule{ name = "METRICS_BROKEN", stage = "eom", fn = function(ctx)
+  if (ctx.headers:first("X-Metrics-Case") or "") == "error" then error("broken on purpose") end
+end }
+postern.rule{ name = "METRICS_POLICY", stage = "eom", fn = function(ctx)
+  local case = ctx.headers:first("X-Metrics-Case") or ""
+  if case == "reject" then return postern.reject("5.7.1", "refused by the metrics test") end
+  if case == "tempfail" then return postern.tempfail("4.7.1", "deferred by the metrics test") end
+  if case == "redirect" then ctx:redirect({"archive@example.net"}) end
+end }
+"""
+
+
+def message(case):
+    return (f"From: a@example.org\r\nTo: b@example.com\r\nSubject: {case}\r\n"
+            f"X-Metrics-Case: {case}\r\n\r\nbody of {case}\r\n").encode()
+
+
+def test_counters_match_the_load(postern, sink, tmp_path):
+    rules = tmp_path / "metrics.lua"
+    rules.write_text(RULES)
+    cert, key, _ = make_cert(tmp_path, "metrics")
+    port_a, port_b, metrics_port = free_port(), free_port(), free_port()
+    listener_a, listener_b = f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"
+    cfg = write_config(tmp_path / "postern.toml",
+                       [{"address": listener_a, "tls": "starttls"},
+                        {"address": listener_b, "proxy_protocol": True}],
+                       upstream=sink.address, tls={"cert_file": cert, "key_file": key},
+                       sections={"lua": {"scripts": [str(rules)]},
+                                 "metrics": {"address": f"127.0.0.1:{metrics_port}"}})
+    p = postern.start(config=cfg, listen=())
+    p.wait_for_log("started")
+
+    before = scrape(metrics_port)
+    assert before.value("postern_sessions_total", listener=listener_a) == 0
+    assert before.value("postern_build_info", version=re.search(
+        r'version="([^"]+)"', http_get(metrics_port, "/metrics")[2]).group(1)) == 1
+    assert before.value("process_start_time_seconds") <= time.time()
+
+    # smtp-source in four parallel sessions, scraped while it runs
+    bulk = 40
+    source = subprocess.Popen(["/usr/sbin/smtp-source", "-s", "4", "-m", str(bulk), "-l", "2048",
+                               "-f", "a@example.org", "-t", "b@example.com", listener_a],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    scrapes = [before]
+    try:
+        while source.poll() is None:
+            page = scrape(metrics_port)
+            page.monotonic_since(scrapes[-1])
+            scrapes.append(page)
+        out, _ = source.communicate(timeout=60 * SCALE)
+    finally:
+        if source.poll() is None:
+            source.kill()
+    assert source.returncode == 0, out
+
+    # one client, one message per Lua case
+    c = SmtpClient(port_a)
+    c.ehlo()
+    expected = {"plain": (250, None), "tag": (250, None), "redirect": (250, None),
+                "reject": (554, "5.7.1"), "tempfail": (451, "4.7.1"), "error": (451, "4.7.1")}
+    for case, (code, enhanced) in expected.items():
+        reply = c.send_message("a@example.org", ["b@example.com"], message(case))
+        check_reply(reply, code, enhanced, what=case)
+    c.expect("QUIT", 221)
+    c.close()
+
+    # a message over STARTTLS, and a handshake that fails
+    t = SmtpClient(port_a)
+    t.ehlo()
+    t.starttls()
+    t.ehlo()
+    check_reply(t.send_message("a@example.org", ["b@example.com"], message("tls")), 250)
+    t.expect("QUIT", 221)
+    t.close()
+    bad = SmtpClient(port_a)
+    bad.ehlo()
+    bad.expect("STARTTLS", 220, "2.0.0")
+    bad.send(b"this is not a TLS ClientHello\r\n" * 4)
+    assert bad.wait_closed()
+    bad.close()
+
+    # a connection without the PROXY header its listener expects
+    x = SmtpClient(port_b, greeting=False)
+    x.send(b"EHLO not-a-proxy\r\n")
+    assert x.wait_closed()
+    x.close()
+
+    messages = bulk + len(expected) + 1
+    relayed = bulk + 3                  # smtp-source, plain, tag, tls
+    at_sink = relayed + 1               # and the redirected one
+    sink.wait_messages(at_sink)
+    p.wait_for_log("message", count=messages)
+    wait_until(lambda: scrape(metrics_port).value("postern_sessions_open", listener=listener_a) == 0,
+               IO_TIMEOUT, message="sessions_open back to 0")
+    wait_until(lambda: scrape(metrics_port).value("postern_sessions_refused_total", listener=listener_b,
+                                                  reason="proxy_protocol") == 1,
+               IO_TIMEOUT, message="the PROXY refusal counted")
+    m = scrape(metrics_port)
+    m.monotonic_since(scrapes[-1])
+
+    # sessions
+    started_a = len(p.events("session-start", listener=listener_a))
+    assert m.value("postern_sessions_total", listener=listener_a) == started_a
+    assert started_a >= 4 + 3
+    assert m.value("postern_sessions_total", listener=listener_b) == 1
+    assert m.value("postern_sessions_open", listener=listener_b) == 0
+    assert m.total("postern_sessions_refused_total", listener=listener_a) == 0
+
+    # messages by action, recipients, octets
+    assert m.value("postern_messages_total", action="relayed") == relayed
+    assert m.value("postern_messages_total", action="redirected") == 1
+    assert m.value("postern_messages_total", action="rejected") == 1
+    assert m.value("postern_messages_total", action="tempfailed") == 2
+    assert m.value("postern_messages_total", action="discarded") == 0
+    assert m.value("postern_messages_total", action="quarantined") == 0
+    assert m.total("postern_messages_total") == messages
+    assert m.value("postern_recipients_total", result="accepted") == messages
+    assert m.value("postern_recipients_total", result="refused") == 0
+    assert len(sink.messages) == at_sink
+    assert m.value("postern_message_relayed_bytes_total") == sum(s.size for s in sink.messages)
+    assert m.value("postern_message_received_bytes_total") > bulk * 2048
+    assert m.value("postern_received_bytes_total") > m.value("postern_message_received_bytes_total")
+
+    # replies
+    assert m.value("postern_replies_total", **{"class": "5xx"}) == 1
+    assert m.value("postern_replies_total", **{"class": "4xx"}) == 2
+    assert m.value("postern_replies_total", **{"class": "3xx"}) == messages   # one 354 each
+    assert m.value("postern_replies_enhanced_total", code="5.7.1") == 1
+    assert m.value("postern_replies_enhanced_total", code="4.7.1") == 2   # the tempfail and the failed rule
+    assert m.total("postern_replies_enhanced_total") == 3
+
+    # TLS
+    assert m.value("postern_tls_handshakes_total") == 2
+    assert m.value("postern_tls_handshake_failures_total", reason="error") == 1
+    assert m.value("postern_tls_handshake_failures_total", reason="timeout") == 0
+
+    # upstream: one final reply per message the sink took, no errors
+    assert m.value("postern_upstream_connections_total") >= 1
+    assert m.total("postern_upstream_errors_total") == 0
+    assert m.value("postern_upstream_reply_duration_seconds_count", command="eom") == at_sink
+    assert m.value("postern_upstream_replies_total", **{"class": "5xx"}) == 0
+    assert m.value("postern_upstream_up") == 1
+
+    # Lua: runs, hits, the error, symbols
+    assert m.value("postern_lua_rule_duration_seconds_count", rule="METRICS_TAG") == messages
+    assert m.value("postern_lua_rule_duration_seconds_count", rule="METRICS_BROKEN") == messages
+    assert m.value("postern_lua_rule_duration_seconds_count", rule="METRICS_POLICY") == messages - 1
+    assert m.value("postern_lua_rule_hits_total", rule="METRICS_TAG") == 1
+    assert m.value("postern_lua_rule_hits_total", rule="METRICS_POLICY") == 2
+    assert m.value("postern_lua_rule_hits_total", rule="METRICS_BROKEN") == 0
+    assert m.value("postern_lua_rule_errors_total", rule="METRICS_BROKEN", script=str(rules), kind="error") == 1
+    assert m.total("postern_lua_rule_errors_total") == 1
+    assert m.value("postern_symbols_total", symbol="METRICS_TAG") == 1
+
+    # histograms: one observation per message
+    assert m.value("postern_message_duration_seconds_count") == messages
+    assert m.value("postern_transaction_duration_seconds_count") == messages
+    assert m.value("postern_filter_duration_seconds_count", stage="eom") == messages
+    assert m.value("postern_filter_duration_seconds_count", stage="data") == messages
+    assert m.value("postern_filter_duration_seconds_count", stage="rcpt") == messages
+    assert m.value("postern_message_duration_seconds_sum") > 0
+
+
+# --------------------------------------------------------------------------
+# /healthz follows the MTA
+
+
+class FixedPortSmtpSink(PostfixSink):
+    """smtp-sink on a chosen port, so it can come back where it was."""
+
+    def __init__(self, port):
+        super().__init__()
+        self.fixed = port
+
+    def start(self):
+        cmd = ["/usr/sbin/smtp-sink"] + (["-u", "nobody"] if os.geteuid() == 0 else [])
+        self.proc = subprocess.Popen(cmd + [f"127.0.0.1:{self.fixed}", "100"], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_port(self.fixed, 10 * SCALE)
+        self.port = self.fixed
+        return self
+
+
+def healthz(port):
+    status, ctype, body = http_get(port, "/healthz")
+    assert ctype == "text/plain; charset=utf-8"
+    return status, body
+
+
+def test_healthz_follows_the_upstream(postern):
+    port, metrics_port = free_port(), free_port()
+    mta = FixedPortSmtpSink(port).start()
+    try:
+        p = postern.start(upstream=f"127.0.0.1:{port}",
+                          sets={"metrics.address": f'"127.0.0.1:{metrics_port}"', "upstream.probe_interval": 0.3})
+        status, body = healthz(metrics_port)
+        assert (status, body) == (200, "ok: the upstream answered the last probe\n")
+        assert scrape(metrics_port).value("postern_upstream_up") == 1
+
+        mta.stop()
+        wait_until(lambda: healthz(metrics_port)[0] == 503, 10 * SCALE, message="/healthz 503")
+        assert healthz(metrics_port) == (503, "unavailable: the upstream failed the last probe\n")
+        m = scrape(metrics_port)
+        assert m.value("postern_upstream_up") == 0
+        assert m.value("postern_upstream_errors_total", kind="connect_refused") >= 1
+        assert m.value("postern_upstream_probe_timestamp_seconds") > 0
+        # meanwhile a client is deferred, never lost
+        c = SmtpClient(p.port)
+        c.ehlo()
+        c.expect("MAIL FROM:<a@example.org>", 451, "4.4.1")
+        c.close()
+        assert scrape(metrics_port).value("postern_replies_enhanced_total", code="4.4.1") == 1
+
+        mta = FixedPortSmtpSink(port).start()
+        wait_until(lambda: healthz(metrics_port)[0] == 200, 10 * SCALE, message="/healthz 200 again")
+        assert scrape(metrics_port).value("postern_upstream_up") == 1
+        assert http_get(metrics_port, "/nothing")[0] == 404
+    finally:
+        mta.stop()
+
+
+# --------------------------------------------------------------------------
+# DNS and SPF/DKIM/DMARC, against a real unbound
+
+DNS_RULES = """
+postern.rule{ name = "METRICS_DNS", stage = "eom", fn = function(ctx)
+  local a = postern.dns.txt("metrics.example.net")
+  local b = postern.dns.txt("metrics.example.net")
+end }
+"""
+
+
+class Unbound:
+    """/usr/sbin/unbound on a free loopback port serving local-data records."""
+
+    def __init__(self, records, zones=("example.org.", "example.net.", "example.com.")):
+        self.dir = tempfile.mkdtemp(prefix="postern-metrics-dns-")
+        self.port = free_port()
+        lines = ["server:", "  interface: 127.0.0.1", f"  port: {self.port}", "  do-daemonize: no",
+                 '  username: ""', '  chroot: ""', f'  directory: "{self.dir}"', '  pidfile: ""',
+                 "  use-syslog: no", '  logfile: ""', "  verbosity: 0", "  do-ip6: no",
+                 "  access-control: 127.0.0.0/8 allow", '  module-config: "iterator"', "  num-threads: 1"]
+        lines += [f'  local-zone: "{z}" static' for z in zones]
+        lines += [f"  local-data: '{r}'" for r in records]
+        lines += ["remote-control:", "  control-enable: no"]
+        conf = os.path.join(self.dir, "unbound.conf")
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(["/usr/sbin/unbound", "-d", "-c", conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 10 * SCALE)  # unbound answers TCP too
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def unbound():
+    u = Unbound(['example.org. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"',
+                 '_dmarc.example.org. 300 IN TXT "v=DMARC1; p=reject"',
+                 'metrics.example.net. 300 IN TXT "counted"'])
+    try:
+        yield u
+    finally:
+        u.stop()
+
+
+def test_dns_and_authentication_results(postern, sink, tmp_path, unbound):
+    rules = tmp_path / "dns.lua"
+    rules.write_text(DNS_RULES)
+    metrics_port = free_port()
+    p = postern.start(upstream=sink.address, sets={
+        "metrics.address": f'"127.0.0.1:{metrics_port}"',
+        "dns.servers": f'["127.0.0.1@{unbound.port}"]',
+        "spf.enabled": "true", "dkim.enabled": "true", "dmarc.enabled": "true",
+        "lua.scripts": f'["{rules}"]'})
+    c = SmtpClient(p.port)
+    c.ehlo()
+    for i in range(2):
+        check_reply(c.send_message("a@example.org", ["b@example.com"], message(f"dns{i}")), 250)
+    c.expect("QUIT", 221)
+    sink.wait_messages(2)
+    wait_until(lambda: scrape(metrics_port).value("postern_auth_results_total", method="spf", result="pass") == 2,
+               IO_TIMEOUT, message="two SPF results")
+    m = scrape(metrics_port)
+    assert m.value("postern_auth_results_total", method="spf", result="pass") == 2
+    assert m.total("postern_auth_results_total", method="spf") == 2
+    assert m.value("postern_auth_results_total", method="dkim", result="none") == 2   # unsigned
+    assert m.total("postern_auth_results_total", method="dkim") == 2
+    assert m.value("postern_auth_results_total", method="dmarc", result="pass") == 2  # SPF aligned
+    assert m.total("postern_auth_results_total", method="dmarc") == 2
+    assert m.value("postern_symbols_total", symbol="SPF_PASS") == 2
+    # the rule's second lookup of a name, and every later one, is a cache hit
+    lookups = m.total("postern_dns_lookups_total")
+    hits = m.value("postern_dns_cache_hits_total")
+    assert hits >= 3
+    assert m.value("postern_dns_lookups_total", result="ok") >= 4
+    assert m.value("postern_dns_lookups_total", result="timeout") == 0
+    assert m.value("postern_dns_query_duration_seconds_count") == lookups - hits
+    assert m.value("postern_lua_rule_duration_seconds_count", rule="METRICS_DNS") == 2
+
+
+def test_dns_timeouts_are_counted(postern, sink, tmp_path):
+    black_hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes queries, never answers
+    black_hole.bind(("127.0.0.1", 0))
+    try:
+        rules = tmp_path / "dns.lua"
+        rules.write_text(DNS_RULES)
+        metrics_port = free_port()
+        p = postern.start(upstream=sink.address, sets={
+            "metrics.address": f'"127.0.0.1:{metrics_port}"',
+            "dns.servers": f'["127.0.0.1@{black_hole.getsockname()[1]}"]',
+            "dns.timeout": 0.2, "dns.retries": 0, "lua.scripts": f'["{rules}"]'})
+        c = SmtpClient(p.port)
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], message("timeout")), 250)
+        m = scrape(metrics_port)
+        # a time-out is not cached: both lookups of the rule went out and timed out
+        assert m.value("postern_dns_lookups_total", result="timeout") == 2
+        assert m.value("postern_dns_cache_hits_total") == 0
+        assert m.value("postern_dns_query_duration_seconds_count") == 2
+        assert m.value("postern_dns_query_duration_seconds_sum") >= 0.4
+    finally:
+        black_hole.close()
+
+
+# --------------------------------------------------------------------------
+# upstream failures, by kind
+
+
+def test_upstream_errors_by_kind(postern, sink):
+    metrics_port = free_port()
+    p = postern.start(upstream=sink.address, sets={"metrics.address": f'"127.0.0.1:{metrics_port}"',
+                                                   "timeouts.upstream_data_term": 0.5})
+    body = b"Subject: upstream\r\n\r\nx\r\n"
+    # the MTA drops the connection at RCPT
+    sink.on("RCPT", drop=True, times=1)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<a@example.org>", 250)
+        c.expect("RCPT TO:<b@example.com>", 451, "4.4.2")
+    # the MTA never answers the end of data
+    sink.on("DATA_END", delay=30, times=1)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], body), 451, "4.4.2")
+    # the MTA answers DATA with 250 where 354 belongs
+    sink.on("DATA", reply="250 2.0.0 not what DATA expects", times=1)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], body), 451, "4.4.0")
+    m = scrape(metrics_port)
+    assert m.value("postern_upstream_errors_total", kind="closed") == 1
+    assert m.value("postern_upstream_errors_total", kind="timeout") == 1
+    assert m.value("postern_upstream_errors_total", kind="protocol") == 1
+    assert m.total("postern_upstream_errors_total") == 3
+    assert m.value("postern_messages_total", action="tempfailed") == 2
+    assert m.value("postern_replies_enhanced_total", code="4.4.2") == 2
+    assert m.value("postern_replies_enhanced_total", code="4.4.0") == 1
+    assert m.value("postern_upstream_connections_total") == 4   # the probe and one per session
