@@ -301,11 +301,14 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
 asio::awaitable<bool> Session::fill() {
   const bool content = mode_ == Mode::kData || mode_ == Mode::kBdat;
   Seconds timeout = content ? config_->timeouts.data : config_->timeouts.command;
-  if (!content) {
-    // timeouts.command bounds the whole command line, not each read: a client
-    // trickling one octet at a time (slowloris) cannot hold the session open.
+  if (mode_ != Mode::kBdat) {
+    // timeouts.command bounds the whole command line, timeouts.data each whole
+    // line of content, not each read: a client trickling one octet at a time
+    // (slowloris) cannot hold the session open. (BDAT octets have no lines.)
     const auto now = std::chrono::steady_clock::now();
-    const bool partial = input_pos_ < input_.size() || mode_ == Mode::kSkipLine;
+    // In DATA: the last read (still in input_) completed no line.
+    const bool partial = mode_ == Mode::kData ? !input_.empty() && input_.find('\n') == std::string::npos
+                                              : input_pos_ < input_.size() || mode_ == Mode::kSkipLine;
     if (!partial) command_deadline_ = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
     timeout = std::max(Seconds(0), Seconds(command_deadline_ - now));
   }

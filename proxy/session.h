@@ -119,7 +119,7 @@ class Session {
   ClientFacts client_;
   SessionFacts facts_;
   std::chrono::steady_clock::time_point started_;
-  std::chrono::steady_clock::time_point command_deadline_;  // the current command line's, see fill()
+  std::chrono::steady_clock::time_point command_deadline_;  // the current (command or content) line's, see fill()
 
   std::string input_;
   std::size_t input_pos_ = 0;

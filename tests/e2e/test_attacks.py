@@ -623,3 +623,38 @@ def test_quarantine_files_are_private(postern, sink, tmp_path):
     for f in files:
         assert f.stat().st_mode & 0o777 == 0o600, f"{f}: {oct(f.stat().st_mode & 0o777)}"
     assert sink.messages == []
+
+
+def test_slowloris_inside_data(postern, sink):
+    """One octet every 0.4 s of a content line against timeouts.data = 2."""
+    p = postern.start(upstream=sink.address, sets={"timeouts.data": 2})
+    c = session(p)
+    check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+    check_reply(c.cmd("RCPT TO:<b@example.com>"), 250)
+    check_reply(c.cmd("DATA"), 354)
+    c.send(b"Subject: slow\r\n\r\n")
+    line = b"x" * 40 + b"\r\n.\r\n"
+    sent = trickle(c, line, 0.4)
+    assert sent < len(line), "the whole content went through: no deadline on the line"
+    check_reply(c.read_reply(), 421, "4.4.2", "slowloris in DATA")
+    assert c.wait_closed()
+    c.close()
+    assert p.wait_for_log("timeout").get("state") == "data"
+    assert sink.messages == []
+
+
+def test_slow_but_steady_data_is_not_cut(postern, sink):
+    """Lines that each arrive within timeouts.data keep the message going,
+    however long the whole takes."""
+    p = postern.start(upstream=sink.address, sets={"timeouts.data": 1})
+    msg = make_message("steady", b"".join(b"line %d\r\n" % i for i in range(8)))
+    with session(p) as c:
+        check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+        check_reply(c.cmd("RCPT TO:<b@example.com>"), 250)
+        check_reply(c.cmd("DATA"), 354)
+        for chunk in msg.split(b"\r\n")[:-1]:
+            c.send(chunk + b"\r\n")
+            time.sleep(0.3)
+        c.send(b".\r\n")
+        assert str(c.read_reply()) == QUEUED
+    assert [m.body for m in sink.messages] == [msg]
