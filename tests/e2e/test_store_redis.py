@@ -9,6 +9,7 @@ postern whose store is persisted to an LMDB file.
 """
 
 import pathlib
+import signal
 
 import pytest
 
@@ -130,7 +131,8 @@ def test_redis_outage_with_tempfail_defers_and_recovers(postern, sink, redis, tm
 
 def test_greylisting_survives_a_restart_with_lmdb(postern, sink, tmp_path):
     store_file = tmp_path / "store.lmdb"
-    store = {"backend": "memory", "persist": str(store_file), "persist_interval": 0.05}
+    # A commit interval longer than the test: what survives was written at shutdown.
+    store = {"backend": "memory", "persist": str(store_file), "persist_interval": 600}
     # delay = 0: the retry passes at once, so only a forgotten triplet defers it.
     settings = {"greylist": {"delay": 0}}
     p = start_postern(postern, tmp_path, sink, "g1", store, [GREYLIST], settings)
@@ -151,3 +153,42 @@ def test_greylisting_survives_a_restart_with_lmdb(postern, sink, tmp_path):
         c.expect("MAIL FROM:<other@example.org>", 250)
         c.expect("RCPT TO:<rcpt@example.com>", 451, "4.7.1")
     assert len(sink.messages) == 1
+
+
+def test_redis_down_at_start_then_up(postern, sink, tmp_path):
+    redis = RedisServer(tmp_path)  # its port, nothing listening yet
+    settings = {"ratelimit": {"messages": LIMIT, "window": 86400}}
+    p = start_postern(postern, tmp_path, sink, "e", redis_store(redis, "continue"), [RATELIMIT], settings,
+                      threads=1)
+    try:
+        check_reply(send(p.port, 0), 250)
+        unreachable = p.wait_for_log("store-redis-unreachable")
+        assert unreachable.get("address") == redis.address
+        assert store_errors(p)
+        redis.start()
+        p.wait_for_log("store-redis-connected", timeout=IO_TIMEOUT)
+        check_reply(send(p.port, 1), 250)
+        keys = redis.keys("postern:rate:*")
+        assert len(keys) == 1 and int(redis.cli("GET", keys[0])) == 1
+    finally:
+        redis.stop()
+
+
+def test_a_hung_redis_times_out_per_call(postern, sink, redis, tmp_path):
+    """SIGSTOP: the socket stays open, no reply comes. Each call ends at
+    redis_timeout with the policy applied; after SIGCONT mail is counted again."""
+    settings = {"ratelimit": {"messages": LIMIT, "window": 86400}}
+    store = dict(redis_store(redis, "tempfail"), redis_timeout=0.3)
+    p = start_postern(postern, tmp_path, sink, "f", store, [RATELIMIT], settings, threads=1)
+    check_reply(send(p.port, 0), 250)
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        check_reply(send(p.port, 1), 451, "4.3.0")
+        errors = store_errors(p)
+        assert errors and "time-out after 300 ms" in errors[0].get("line"), errors
+        assert p.alive()
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: send(p.port, 2).code == 250, IO_TIMEOUT, interval=0.2,
+               message="mail counted again after SIGCONT")
+    assert len(sink.messages) >= 2
