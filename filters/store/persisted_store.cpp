@@ -2,6 +2,7 @@
 #include "filters/store/persisted_store.h"
 
 #include <lmdb.h>
+#include <sys/file.h>
 
 #include <cstring>
 
@@ -41,6 +42,14 @@ LmdbFile::LmdbFile(const std::string& path, std::size_t map_size) {
     mdb_env_close(env_);
     env_ = nullptr;
     throw StoreError(mdb_text(("cannot open \"" + path + "\"").c_str(), rc));
+  }
+  // LMDB would let a second process open the file; two in-memory copies
+  // saving into it would overwrite each other's changes, so refuse.
+  int fd = -1;
+  if (mdb_env_get_fd(env_, &fd) == 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    mdb_env_close(env_);
+    env_ = nullptr;
+    throw StoreError("\"" + path + "\" is in use by another postern process (one file per instance)");
   }
   Txn t;
   rc = mdb_txn_begin(env_, nullptr, 0, &t.txn);

@@ -65,7 +65,10 @@ def send(port, n):
 
 
 def store_errors(p):
-    return [l for l in p.events("lua") if "store-error" in (l.get("line") or "")]
+    """The store-error lines logged so far; waits for the first one (the
+    log is read by another thread)."""
+    found = lambda: [l for l in p.events("lua") if "store-error" in (l.get("line") or "")]
+    return wait_until(found, IO_TIMEOUT, message="a store-error log line")
 
 
 def test_two_instances_share_one_rate_limit(postern, sink, redis, tmp_path):
@@ -192,3 +195,14 @@ def test_a_hung_redis_times_out_per_call(postern, sink, redis, tmp_path):
     wait_until(lambda: send(p.port, 2).code == 250, IO_TIMEOUT, interval=0.2,
                message="mail counted again after SIGCONT")
     assert len(sink.messages) >= 2
+
+
+def test_a_persist_file_in_use_by_another_instance_is_refused(postern, sink, tmp_path):
+    store = {"backend": "memory", "persist": str(tmp_path / "store.lmdb")}
+    start_postern(postern, tmp_path, sink, "h1", store, [GREYLIST])
+    cfg = write_config(tmp_path / "h2.toml", [{}], upstream=sink.address,
+                       sections={"lua": {"scripts": [str(GREYLIST)]}, "store": store})
+    second = postern.start(config=cfg, listen=(), wait=False)
+    assert second.wait_exit(10) == 1
+    assert "is in use by another postern process" in second.log_tail()
+    second.stopped = True
