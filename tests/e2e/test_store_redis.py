@@ -206,3 +206,19 @@ def test_a_persist_file_in_use_by_another_instance_is_refused(postern, sink, tmp
     assert second.wait_exit(10) == 1
     assert "is in use by another postern process" in second.log_tail()
     second.stopped = True
+
+
+def test_a_reload_keeps_the_running_store(postern, sink, tmp_path):
+    """Counters survive SIGHUP; a changed [store] waits for a restart."""
+    settings = {"ratelimit": {"messages": 1, "window": 86400}}
+    p = start_postern(postern, tmp_path, sink, "r", {"backend": "memory"}, [RATELIMIT], settings)
+    check_reply(send(p.port, 0), 250)
+    write_config(tmp_path / "r.toml", [{}], upstream=sink.address,
+                 sections={"lua": {"scripts": [str(RATELIMIT)]},
+                           "lua.settings.ratelimit": {"messages": 1, "window": 86400},
+                           "store": {"backend": "redis", "redis_address": "127.0.0.1:1"}})
+    p.send_signal(signal.SIGHUP)
+    p.wait_for_log("reloaded")
+    p.wait_for_log("store-change-needs-restart", backend="memory")
+    # Still the in-process counter: the client is over its limit of 1.
+    check_reply(send(p.port, 1), 451, "4.7.1")
