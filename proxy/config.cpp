@@ -470,7 +470,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
-                              "authentication_results", "audit", "control"});
+                              "authentication_results", "audit", "control", "store"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
@@ -986,6 +986,71 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                                            config->audit.fsync);
     check.get_seconds(audit, "audit", "fsync_interval", 0.01, 3600, config->audit.fsync_interval);
     check.get_size(audit, "audit", "queue_limit", 65536, std::size_t(1) << 34, config->audit.queue_limit);
+  }
+
+  // ---- [store]: the backend of postern.store (filters/store/store_options.h).
+  {
+    const toml::table* store = check.section(root, "store");
+    if (store) {
+      check.check_keys(*store, "store", {"backend", "on_error", "persist", "persist_interval", "persist_map_size",
+                                         "redis_address", "redis_prefix", "redis_timeout", "redis_password",
+                                         "redis_database", "redis_reconnect_max"});
+    }
+    StoreOptions& so = config->store;
+    so.max_entries = config->lua.store_max_entries;
+    check.get_enum<StoreOptions::Backend>(store, "store", "backend",
+                                          {{"memory", StoreOptions::Backend::kMemory},
+                                           {"redis", StoreOptions::Backend::kRedis}},
+                                          so.backend);
+    check.get_enum<StoreOptions::OnError>(store, "store", "on_error",
+                                          {{"continue", StoreOptions::OnError::kContinue},
+                                           {"tempfail", StoreOptions::OnError::kTempfail}},
+                                          so.on_error);
+    config->lua.store_on_error = so.on_error == StoreOptions::OnError::kContinue ? LuaOptions::OnError::kContinue
+                                                                                  : LuaOptions::OnError::kTempfail;
+    if (const toml::node* n = check.get_string(store, "store", "persist", so.persist)) {
+      if (!so.persist.empty()) {
+        std::error_code ec;
+        auto abs = std::filesystem::absolute(so.persist, ec);
+        if (!ec) so.persist = abs.lexically_normal().string();
+        auto dir = std::filesystem::path(so.persist).parent_path();
+        if (std::filesystem::is_directory(so.persist, ec)) {
+          check.error(n, "store.persist", "\"" + so.persist + "\" is a directory; name the LMDB file, e.g. \"" +
+                                              (std::filesystem::path(so.persist) / "store.lmdb").string() + '"');
+        } else if (access(dir.c_str(), W_OK | X_OK) != 0) {
+          check.error(n, "store.persist", "directory \"" + dir.string() + "\" is not writable: " + std::strerror(errno));
+        }
+        if (so.backend == StoreOptions::Backend::kRedis) {
+          check.error(n, "store.persist", "applies to backend = \"memory\" only (Redis keeps its own data)");
+        }
+      }
+    }
+    Seconds interval = std::chrono::duration_cast<Seconds>(so.persist_interval);
+    check.get_seconds(store, "store", "persist_interval", 0.01, 3600, interval);
+    so.persist_interval = std::chrono::milliseconds(static_cast<long long>(interval.count() * 1000));
+    check.get_size(store, "store", "persist_map_size", 1u << 20, std::size_t(1) << 40, so.persist_map_size);
+    if (const toml::node* n = check.get_string(store, "store", "redis_address", so.redis_address)) {
+      if (!parse_host_port(so.redis_address, so.redis.host, so.redis.port, false) || so.redis.port == 0) {
+        check.error(n, "store.redis_address", "expected \"HOST:PORT\" of the Redis server (e.g. \"127.0.0.1:6379\"), got \"" +
+                                                  so.redis_address + '"');
+      }
+    } else {
+      parse_host_port(so.redis_address, so.redis.host, so.redis.port, false);
+    }
+    if (const toml::node* n = check.get_string(store, "store", "redis_prefix", so.redis_prefix)) {
+      if (so.redis_prefix.size() > 64) check.error(n, "store.redis_prefix", "expected at most 64 characters");
+    }
+    Seconds redis_timeout = std::chrono::duration_cast<Seconds>(so.redis.timeout);
+    check.get_seconds(store, "store", "redis_timeout", 0.01, 60, redis_timeout);
+    so.redis.timeout = std::chrono::milliseconds(static_cast<long long>(redis_timeout.count() * 1000));
+    check.get_string(store, "store", "redis_password", so.redis.password);
+    std::size_t database = so.redis.database;
+    check.get_size(store, "store", "redis_database", 0, 65535, database);
+    so.redis.database = static_cast<unsigned>(database);
+    Seconds reconnect_max = std::chrono::duration_cast<Seconds>(so.redis.reconnect_max);
+    check.get_seconds(store, "store", "redis_reconnect_max", 0.1, 3600, reconnect_max);
+    so.redis.reconnect_max = std::chrono::milliseconds(static_cast<long long>(reconnect_max.count() * 1000));
+    so.redis.reconnect_min = std::min(so.redis.reconnect_min, so.redis.reconnect_max);
   }
 
   check.finish();

@@ -15,6 +15,7 @@
 #include "filters/dns/unbound_resolver.h"
 #include "filters/filter_chain.h"
 #include "filters/lua/lua_options.h"
+#include "filters/store/store_options.h"
 #include "proxy/data_decoder.h"
 
 namespace postern {
@@ -151,6 +152,9 @@ struct Config {
   // [lua]: rule scripts and the engine's limits. The proxy sets the runtime
   // fields (log, store) on its own copy before make_lua_filter().
   LuaOptions lua;
+  // [store]: the backend of postern.store (memory, optionally persisted to
+  // LMDB, or Redis). store.max_entries is [lua] store_max_entries.
+  StoreOptions store;
   // [scores]: thresholds mapping the transaction's score to actions.
   ScoreThresholds scores{5, 0, 15, "X-Spam-Status"};
 

@@ -4,6 +4,7 @@
 #include "filters/auth/auth_filters.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/lua/lua_filter.h"
+#include "filters/store/persisted_store.h"
 #include "proxy/log.h"
 
 namespace postern {
@@ -13,12 +14,32 @@ bool any_auth_check(const AuthOptions& a) {
   return a.spf.enabled || a.dkim.enabled || a.dmarc.enabled || a.authentication_results.enabled;
 }
 
+void log_store_event(StoreLogLevel level, std::string_view event, const StoreLogFields& fields) {
+  static constexpr log::Level kLevels[] = {log::Level::kInfo, log::Level::kWarning, log::Level::kError};
+  log::Line line(kLevels[static_cast<int>(level)], event);
+  for (const auto& [key, value] : fields) line.kv(key, value);
+}
+
 }  // namespace
 
 std::shared_ptr<const FilterResources> build_filter_resources(const Config& config,
-                                                              std::shared_ptr<KeyValueStore> store) {
+                                                              const FilterResources* previous) {
   auto r = std::make_shared<FilterResources>();
-  r->store = store ? std::move(store) : std::make_shared<MemoryStore>(config.lua.store_max_entries);
+  if (previous && previous->store) {
+    r->store = previous->store;
+    r->store_options = previous->store_options;
+    if (!r->store_options.same_backend(config.store)) {
+      log::warning("store-change-needs-restart").kv("backend", r->store->backend())
+          .kv("action", "keeping the running store until postern restarts");
+    }
+  } else {
+    try {
+      r->store = make_store(config.store, log_store_event);
+      r->store_options = config.store;
+    } catch (const StoreError& e) {
+      throw ConfigError(std::string("store: ") + e.what());
+    }
+  }
   const bool needs_dns = any_auth_check(config.auth) || !config.lua.scripts.empty() ||
                          !config.submission.scripts.empty();
   try {

@@ -17,11 +17,16 @@ struct FilterResources {
   std::shared_ptr<Resolver> resolver;                   // null when no check needs DNS
   std::vector<std::shared_ptr<Filter>> shared_filters;  // SPF, DKIM, DMARC, A-R: any thread
   std::shared_ptr<KeyValueStore> store;                 // survives reloads
+  StoreOptions store_options;                           // what `store` was built with
 };
 
-// Throws ConfigError (e.g. a resolver libunbound refuses).
+// Throws ConfigError (e.g. a resolver libunbound refuses, an LMDB file that
+// cannot be opened). `previous`: the running resources on a reload; their
+// store is kept (greylisting and rate limits survive a reload, and an LMDB
+// file is opened once per process), a changed [store] is logged as needing
+// a restart.
 std::shared_ptr<const FilterResources> build_filter_resources(const Config& config,
-                                                              std::shared_ptr<KeyValueStore> store);
+                                                              const FilterResources* previous);
 
 // Throws ConfigError (a script that does not compile: "FILE:LINE: reason");
 // the caller keeps the chain it had. Call on the I/O thread that will use it.

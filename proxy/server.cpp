@@ -239,7 +239,7 @@ struct Server::Impl {
       // Every worker's chain is built first, each on its own thread; only when
       // all compiled does the new configuration take over.
       // The store is kept: greylisting and rate limits survive a reload.
-      auto resources = build_filter_resources(*fresh, filter_resources->store);
+      auto resources = build_filter_resources(*fresh, filter_resources.get());
       std::vector<std::shared_ptr<const FilterChain>> chains(workers.size()), submission(workers.size());
       for (std::size_t i = 0; i < workers.size(); ++i) {
         chains[i] = build_filter_chain(*fresh, *resources);

@@ -1,7 +1,8 @@
 // The key-value / counter store rules use for rate limits and greylisting
 // (postern.store in Lua). One store per process, shared by every I/O thread.
-// The interface is asynchronous so a networked backend (Redis) fits behind it;
-// MemoryStore is the embedded default.
+// The interface is asynchronous so a networked backend (Redis,
+// filters/store/redis_store.h) fits behind it; MemoryStore is the embedded
+// default (persisted to disk by filters/store/persisted_store.h when asked).
 #pragma once
 
 #include <chrono>
@@ -12,52 +13,106 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include <asio/awaitable.hpp>
 
 namespace postern {
 
+// What a store operation answers. A backend that cannot answer (Redis down,
+// a time-out) says why in `error`; the Lua driver then applies
+// [store] on_error. Expected failures are values, not exceptions.
+struct StoreResult {
+  std::string error;                 // empty = the operation was performed
+  std::optional<std::string> value;  // get: the value; nullopt = no such key
+  std::int64_t integer = 0;          // incr: the new value
+  bool added = false;                // add: the key was created
+
+  bool ok() const { return error.empty(); }
+  static StoreResult failed(std::string why) {
+    StoreResult r;
+    r.error = std::move(why);
+    return r;
+  }
+};
+
 class KeyValueStore {
  public:
   using Ttl = std::chrono::seconds;  // 0 = no expiry
-  virtual ~KeyValueStore() = default;
-  virtual asio::awaitable<std::optional<std::string>> get(std::string key) = 0;
-  virtual asio::awaitable<void> set(std::string key, std::string value, Ttl ttl) = 0;
-  // Adds `by` to the integer at `key` (missing or not an integer = 0) and
-  // returns the new value; `ttl` applies when the key is created.
-  virtual asio::awaitable<std::int64_t> incr(std::string key, std::int64_t by, Ttl ttl) = 0;
-  virtual asio::awaitable<void> del(std::string key) = 0;
-};
-
-// In-process store: a mutex-guarded hash map with lazy expiry. Bounded: past
-// `max_entries` expired entries are swept, then the oldest-inserted bucket's
-// entry is evicted.
-class MemoryStore final : public KeyValueStore {
- public:
   static constexpr std::size_t kMaxKey = 1024;
   static constexpr std::size_t kMaxValue = 64 * 1024;
 
+  virtual ~KeyValueStore() = default;
+  virtual asio::awaitable<StoreResult> get(std::string key) = 0;
+  virtual asio::awaitable<StoreResult> set(std::string key, std::string value, Ttl ttl) = 0;
+  // Creates `key` only when it does not exist (Redis SET NX); `added` says
+  // whether it did. The atomic "first one wins" of greylisting.
+  virtual asio::awaitable<StoreResult> add(std::string key, std::string value, Ttl ttl) = 0;
+  // Adds `by` to the integer at `key` (missing = 0) and returns the new value;
+  // `ttl` applies when the key is created. Atomic across every user of the
+  // store (every thread; with Redis, every postern instance).
+  virtual asio::awaitable<StoreResult> incr(std::string key, std::int64_t by, Ttl ttl) = 0;
+  virtual asio::awaitable<StoreResult> del(std::string key) = 0;
+  // "memory" or "redis", for logs.
+  virtual std::string_view backend() const = 0;
+};
+
+// In-process store: a mutex-guarded hash map with lazy expiry. Bounded: past
+// `max_entries` expired entries are swept, then an arbitrary entry is
+// evicted. Never fails. With change tracking on (persistence), every change
+// is remembered, newest state per key, until take_changes().
+class MemoryStore final : public KeyValueStore {
+ public:
+  static constexpr std::size_t kMaxKey = KeyValueStore::kMaxKey;
+  static constexpr std::size_t kMaxValue = KeyValueStore::kMaxValue;
+
   explicit MemoryStore(std::size_t max_entries = 1'000'000) : max_entries_(max_entries) {}
 
-  asio::awaitable<std::optional<std::string>> get(std::string key) override { co_return get_now(key); }
-  asio::awaitable<void> set(std::string key, std::string value, Ttl ttl) override {
+  asio::awaitable<StoreResult> get(std::string key) override {
+    StoreResult r;
+    r.value = get_now(key);
+    co_return r;
+  }
+  asio::awaitable<StoreResult> set(std::string key, std::string value, Ttl ttl) override {
     set_now(key, std::move(value), ttl);
-    co_return;
+    co_return StoreResult{};
   }
-  asio::awaitable<std::int64_t> incr(std::string key, std::int64_t by, Ttl ttl) override {
-    co_return incr_now(key, by, ttl);
+  asio::awaitable<StoreResult> add(std::string key, std::string value, Ttl ttl) override {
+    StoreResult r;
+    r.added = add_now(key, std::move(value), ttl);
+    co_return r;
   }
-  asio::awaitable<void> del(std::string key) override {
+  asio::awaitable<StoreResult> incr(std::string key, std::int64_t by, Ttl ttl) override {
+    StoreResult r;
+    r.integer = incr_now(key, by, ttl);
+    co_return r;
+  }
+  asio::awaitable<StoreResult> del(std::string key) override {
     del_now(key);
-    co_return;
+    co_return StoreResult{};
   }
+  std::string_view backend() const override { return "memory"; }
 
   // The synchronous operations behind the awaitables (also for tests).
   std::optional<std::string> get_now(const std::string& key);
   void set_now(const std::string& key, std::string value, Ttl ttl);
+  bool add_now(const std::string& key, std::string value, Ttl ttl);
   std::int64_t incr_now(const std::string& key, std::int64_t by, Ttl ttl);
   void del_now(const std::string& key);
   std::size_t size();
+
+  // ---- persistence support
+  // One key's newest state: a value with its wall-clock expiry (Unix
+  // milliseconds, 0 = never), or gone (deleted, evicted, expired).
+  struct Change {
+    std::string key;
+    std::optional<std::string> value;
+    std::int64_t expires_unix_ms = 0;
+  };
+  void track_changes(bool on);
+  std::vector<Change> take_changes();
+  // Puts back an entry read from disk; an already expired one is ignored.
+  void restore(const std::string& key, std::string value, std::int64_t expires_unix_ms);
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -67,10 +122,14 @@ class MemoryStore final : public KeyValueStore {
   };
   Entry* find_live(const std::string& key, Clock::time_point now);
   void make_room(Clock::time_point now);
+  void put(const std::string& key, std::string value, Clock::time_point expires, Clock::time_point now);
+  void changed(const std::string& key, const Entry* e, Clock::time_point now);
 
   std::mutex mutex_;
   std::unordered_map<std::string, Entry> map_;
   std::size_t max_entries_;
+  bool tracking_ = false;
+  std::unordered_map<std::string, Change> changes_;  // guarded by mutex_
 };
 
 }  // namespace postern

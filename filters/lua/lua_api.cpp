@@ -269,6 +269,20 @@ int api_store_set(lua_State* L) {
   return yield_for(L, inv, std::move(op));
 }
 
+int api_store_add(lua_State* L) {
+  Invocation& inv = running(L, "postern.store.add");
+  PendingOp op;
+  op.kind = PendingOp::Kind::kStoreAdd;
+  op.name = check_store_key(L);
+  std::size_t len = 0;
+  if (!lua_isstring(L, 2)) return luaL_error(L, "postern.store.add: the value must be a string or a number");
+  const char* value = lua_tolstring(L, 2, &len);
+  if (len > MemoryStore::kMaxValue) return luaL_error(L, "postern.store.add: value longer than %d octets", static_cast<int>(MemoryStore::kMaxValue));
+  op.value.assign(value, len);
+  op.ttl = check_ttl(L, 3);
+  return yield_for(L, inv, std::move(op));
+}
+
 int api_store_incr(lua_State* L) {
   Invocation& inv = running(L, "postern.store.incr");
   PendingOp op;
@@ -340,7 +354,8 @@ void install_postern_api(lua_State* L, LuaRuntime& rt) {
                     {"ptr", api_dns_ptr}, {"dnsbl", api_dnsbl}});
   lua_setfield(L, -2, "dns");
   lua_newtable(L);
-  set_functions(L, {{"get", api_store_get}, {"set", api_store_set}, {"incr", api_store_incr}, {"del", api_store_del}});
+  set_functions(L, {{"get", api_store_get}, {"set", api_store_set}, {"add", api_store_add}, {"incr", api_store_incr},
+                    {"del", api_store_del}});
   lua_setfield(L, -2, "store");
   lua_newtable(L);
   set_functions(L, {{"address", api_parse_address}, {"reverse_ip", api_reverse_ip}});

@@ -44,11 +44,6 @@ struct ThreadRef {
   }
 };
 
-asio::awaitable<bool> completed(asio::awaitable<void> op) {
-  co_await std::move(op);
-  co_return true;
-}
-
 template <typename T>
 asio::awaitable<std::optional<T>> within(asio::awaitable<T> op, Clock::time_point deadline) {
   auto left = deadline - Clock::now();
@@ -61,9 +56,10 @@ asio::awaitable<std::optional<T>> within(asio::awaitable<T> op, Clock::time_poin
 
 // What a waiting operation answers, pushed onto the coroutine when it resumes.
 struct OpResult {
-  enum class Kind { kDeadline, kNothing, kList, kNilStatus, kString, kNil, kInteger, kTrue } kind = Kind::kNothing;
+  enum class Kind { kDeadline, kNothing, kList, kNilStatus, kString, kNil, kInteger, kTrue, kFalse, kStoreError } kind =
+      Kind::kNothing;
   std::vector<std::string> list;
-  std::string text;  // kNilStatus: the status; kString: the value
+  std::string text;  // kNilStatus: the status; kString: the value; kStoreError: why
   std::int64_t integer = 0;
 };
 
@@ -83,6 +79,20 @@ std::string dns_status_text(DnsStatus s) {
     case DnsStatus::kTimeout: return "timeout";
   }
   return "servfail";
+}
+
+// The store call a PendingOp asks for.
+asio::awaitable<StoreResult> store_op(KeyValueStore& store, const PendingOp& op) {
+  using Kind = PendingOp::Kind;
+  KeyValueStore::Ttl ttl(op.ttl);
+  switch (op.kind) {
+    case Kind::kStoreGet: co_return co_await store.get(op.name);
+    case Kind::kStoreSet: co_return co_await store.set(op.name, op.value, ttl);
+    case Kind::kStoreAdd: co_return co_await store.add(op.name, op.value, ttl);
+    case Kind::kStoreIncr: co_return co_await store.incr(op.name, op.by, ttl);
+    case Kind::kStoreDel: co_return co_await store.del(op.name);
+    default: co_return StoreResult::failed("not a store operation");
+  }
 }
 
 // Performs `op`; kDeadline when the rule's deadline passed first.
@@ -116,30 +126,31 @@ asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::ti
         if (wanted > deadline) break;
         co_return r;
       }
-      case Kind::kStoreGet: {
-        if (!store) co_return nil_status("no store configured");
-        auto value = co_await within(store->get(op.name), deadline);
-        if (!value) break;
-        r.kind = *value ? OpResult::Kind::kString : OpResult::Kind::kNil;
-        if (*value) r.text = std::move(**value);
-        co_return r;
-      }
+      case Kind::kStoreGet:
       case Kind::kStoreSet:
+      case Kind::kStoreAdd:
+      case Kind::kStoreIncr:
       case Kind::kStoreDel: {
         if (!store) co_return nil_status("no store configured");
-        auto done = op.kind == Kind::kStoreSet
-                        ? co_await within(completed(store->set(op.name, op.value, KeyValueStore::Ttl(op.ttl))), deadline)
-                        : co_await within(completed(store->del(op.name)), deadline);
-        if (!done) break;
-        r.kind = OpResult::Kind::kTrue;
-        co_return r;
-      }
-      case Kind::kStoreIncr: {
-        if (!store) co_return nil_status("no store configured");
-        auto value = co_await within(store->incr(op.name, op.by, KeyValueStore::Ttl(op.ttl)), deadline);
-        if (!value) break;
-        r.kind = OpResult::Kind::kInteger;
-        r.integer = *value;
+        auto answer = co_await within(store_op(*store, op), deadline);
+        if (!answer) break;
+        if (!answer->ok()) {
+          r.kind = OpResult::Kind::kStoreError;
+          r.text = std::move(answer->error);
+          co_return r;
+        }
+        switch (op.kind) {
+          case Kind::kStoreGet:
+            r.kind = answer->value ? OpResult::Kind::kString : OpResult::Kind::kNil;
+            if (answer->value) r.text = std::move(*answer->value);
+            break;
+          case Kind::kStoreAdd: r.kind = answer->added ? OpResult::Kind::kTrue : OpResult::Kind::kFalse; break;
+          case Kind::kStoreIncr:
+            r.kind = OpResult::Kind::kInteger;
+            r.integer = answer->integer;
+            break;
+          default: r.kind = OpResult::Kind::kTrue; break;
+        }
         co_return r;
       }
       case Kind::kNone:
@@ -172,6 +183,8 @@ int push_op_result(lua_State* L) {
     case OpResult::Kind::kNil: lua_pushnil(L); break;
     case OpResult::Kind::kInteger: lua_pushinteger(L, static_cast<lua_Integer>(r.integer)); break;
     case OpResult::Kind::kTrue: lua_pushboolean(L, 1); break;
+    case OpResult::Kind::kFalse: lua_pushboolean(L, 0); break;
+    case OpResult::Kind::kStoreError:
     case OpResult::Kind::kDeadline:
     case OpResult::Kind::kNothing: break;
   }
@@ -305,6 +318,15 @@ FilterStats::RuleFailure failure_kind(const char* killed, const std::string& fai
   return FilterStats::RuleFailure::kError;
 }
 
+// [store] on_error: a store that did not answer skips the rule (continue)
+// or defers the command (tempfail), whatever the rule's own on_error says:
+// the rule never saw an answer to decide on.
+Verdict store_failure_verdict(const LuaRuntime& rt, const Rule& rule, const std::string& why) {
+  if (rt.options.store_on_error == LuaOptions::OnError::kContinue) return Verdict::proceed();
+  return Verdict{Verdict::Action::kTempfail, 451, "4.3.0", "Temporary local problem, please try again later",
+                 "lua rule " + rule.info.name + ": store failed: " + why};
+}
+
 Verdict failure_verdict(const Rule& rule, const std::string& why) {
   if (rule.info.on_error == LuaOptions::OnError::kContinue) return Verdict::proceed();
   return Verdict{Verdict::Action::kTempfail, 451, "4.7.0", "Temporary local problem, please try again later",
@@ -358,6 +380,13 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
       if (result.kind == OpResult::Kind::kDeadline) {
         failure = "time limit exceeded while waiting";
         break;
+      }
+      if (result.kind == OpResult::Kind::kStoreError) {
+        const char* policy = rt.options.store_on_error == LuaOptions::OnError::kContinue ? "continue" : "tempfail";
+        rt.log(LuaLogLevel::kWarning, "store-error rule=" + rule.info.name + " stage=" + stage_name(ctx.stage) +
+                                          " backend=" + std::string(rt.options.store->backend()) +
+                                          " policy=" + policy + " error=\"" + result.text + "\"");
+        co_return store_failure_verdict(rt, rule, result.text);
       }
       int nargs = deliver(L, co, result);
       if (nargs < 0) {

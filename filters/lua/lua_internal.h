@@ -42,7 +42,7 @@ struct Rule {
 // An asynchronous operation a C function asked for before yielding; the
 // driver performs it and resumes the coroutine with its results.
 struct PendingOp {
-  enum class Kind { kNone, kDns, kDnsbl, kSleep, kStoreGet, kStoreSet, kStoreIncr, kStoreDel } kind = Kind::kNone;
+  enum class Kind { kNone, kDns, kDnsbl, kSleep, kStoreGet, kStoreSet, kStoreAdd, kStoreIncr, kStoreDel } kind = Kind::kNone;
   std::string name;  // DNS name / store key
   DnsType type = DnsType::kA;
   std::string value;

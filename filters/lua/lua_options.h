@@ -60,6 +60,9 @@ struct LuaOptions {
   LuaSetting settings;  // [lua.settings]
   // Entries of the in-process store the proxy creates (MemoryStore).
   std::size_t store_max_entries = 1'000'000;
+  // [store] on_error: a store call that got no answer skips the rule
+  // (kContinue) or defers the command with 451 4.3.0 (kTempfail).
+  OnError store_on_error = OnError::kContinue;
 
   // Runtime services, not configuration. `log` receives one finished line per
   // event (hostile text is already cut, not yet sanitized); `store` is shared
