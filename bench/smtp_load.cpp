@@ -3,7 +3,7 @@
 // Sends one prepared message file (e.g. a DKIM-signed message) M times over N
 // parallel SMTP sessions, persistent or one message per connection, and
 // measures each message's latency: from writing the pipelined
-// MAIL/RCPT/DATA (RFC 2920) to reading the reply to the final ".". Prints one
+// MAIL/RCPT/DATA (RFC 2920; one by one when the server does not offer PIPELINING) to reading the reply to the final ".". Prints one
 // JSON object on stdout: messages, wall time, latency percentiles.
 //
 // Contract: every reply must be the expected one (220, 250, 354, 250, 221);
@@ -115,17 +115,27 @@ class Conn {
     if (!expect("220", "greeting")) return false;
     std::string ehlo = "EHLO " + o.helo + "\r\n";
     if (!send_all(ehlo)) return false;
-    return expect("250", "EHLO");
+    if (!expect("250", "EHLO")) return false;
+    pipelining_ = last_reply_.find("PIPELINING") != std::string::npos;
+    return true;
   }
 
   // One transaction, pipelined: MAIL, RCPT, DATA in one write, then the
   // content and "." in one write. Returns the latency in microseconds, or < 0.
   double transaction() {
     const Options& o = *sh_.opt;
-    std::string cmds = "MAIL FROM:<" + o.from + ">\r\nRCPT TO:<" + o.to + ">\r\nDATA\r\n";
+    std::string mail = "MAIL FROM:<" + o.from + ">\r\n";
+    std::string rcpt = "RCPT TO:<" + o.to + ">\r\n";
+    std::string data = "DATA\r\n";
     auto t0 = Clock::now();
-    if (!send_all(cmds)) return -1;
-    if (!expect("250", "MAIL") || !expect("250", "RCPT") || !expect("354", "DATA")) return -1;
+    if (pipelining_) {
+      if (!send_all(mail + rcpt + data)) return -1;
+      if (!expect("250", "MAIL") || !expect("250", "RCPT") || !expect("354", "DATA")) return -1;
+    } else {  // a server without PIPELINING gets one command at a time (RFC 2920)
+      if (!send_all(mail) || !expect("250", "MAIL") || !send_all(rcpt) || !expect("250", "RCPT") ||
+          !send_all(data) || !expect("354", "DATA"))
+        return -1;
+    }
     if (!send_all(sh_.payload)) return -1;
     if (!expect("250", "end of data")) return -1;
     return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
@@ -185,6 +195,7 @@ class Conn {
       reply += line + "\n";
       if (line.size() < 4 || line[3] != '-') break;
     }
+    last_reply_ = reply;
     if (reply.compare(0, 3, code) != 0) {
       fail(sh_, std::string("unexpected reply to ") + after + ": " + reply.substr(0, reply.size() - 1));
       return false;
@@ -195,6 +206,8 @@ class Conn {
   Shared& sh_;
   int fd_ = -1;
   std::string buf_;
+  std::string last_reply_;
+  bool pipelining_ = false;
 };
 
 void session(Shared& sh) {
