@@ -1,5 +1,5 @@
-// DKIM signing (RFC 6376, RSA-SHA256 per RFC 8301 and Ed25519-SHA256 per
-// RFC 8463) of the mail postern's own users send: authenticated sessions and
+// DKIM signing (RFC 6376, RSA-SHA256 per RFC 8301; Ed25519 keys are refused:
+// libopendkim 2.11 leaks each Ed25519 signing key) of the mail postern's own users send: authenticated sessions and
 // clients in the configured internal networks. The signature covers the
 // header section exactly as it is relayed (after every filter's edits,
 // without postern's Received trace field) and the spooled body; the relay
@@ -27,7 +27,7 @@ namespace postern {
 struct DkimSigningKey {
   std::string domain;    // d=, lower case
   std::string selector;  // s=
-  std::string key_file;  // PEM private key (RSA >= 1024 bits, or Ed25519)
+  std::string key_file;  // PEM private key (RSA >= 1024 bits)
   std::string key_pem;   // the file's content, read at configuration load
   bool ed25519 = false;
   unsigned bits = 0;     // RSA modulus size

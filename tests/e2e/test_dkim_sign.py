@@ -45,7 +45,7 @@ def ed25519_key(directory, name):
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("dkim-keys")
     org_key, org_txt = rsa_key(d, "org")
-    net_key, net_txt = ed25519_key(d, "net")
+    net_key, net_txt = rsa_key(d, "net")
     return {
         "files": {"example.org": ("mail2026", org_key), "example.net": ("ed1", net_key)},
         "dns": {"mail2026._domainkey.example.org.": org_txt, "ed1._domainkey.example.net.": net_txt},
@@ -141,7 +141,7 @@ def test_authenticated_session_is_signed(postern, make_sink, tmp_path, keys):
     assert r.returncode == 0, f"swaks failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
     [m] = sink.wait_messages(1)
     tags = signature_tags(m.content)
-    assert tags["a"] == "ed25519-sha256" and tags["d"] == "example.net" and tags["s"] == "ed1"
+    assert tags["a"] == "rsa-sha256" and tags["d"] == "example.net" and tags["s"] == "ed1"
     assert dkim.verify(m.content, dnsfunc=dnsfunc_for(keys))
 
 
@@ -180,7 +180,7 @@ def test_the_key_follows_the_from_domain(postern, sink, tmp_path, keys):
     by_subject = {re.search(rb"Subject: (\w+)", m.content).group(1).decode(): m for m in msgs}
     assert signature_tags(by_subject["org"].content)["d"] == "example.org"
     assert signature_tags(by_subject["net"].content)["d"] == "example.net"
-    assert signature_tags(by_subject["net"].content)["a"] == "ed25519-sha256"
+    assert signature_tags(by_subject["net"].content)["s"] == "ed1"
     # a subdomain is signed with its parent's key: DMARC relaxed alignment
     assert signature_tags(by_subject["subdomain"].content)["d"] == "example.org"
     for name in ("org", "net", "subdomain"):
@@ -192,8 +192,10 @@ def test_the_key_follows_the_from_domain(postern, sink, tmp_path, keys):
 
 def test_config_check_names_a_bad_key_file(tmp_path, keys):
     cert = make_cert(tmp_path, "notakey")
+    ed_file, _ = ed25519_key(tmp_path, "ed")
     for key_file, why in ((str(tmp_path / "missing.key"), "cannot read key file"),
-                          (cert[0], "no PEM private key")):
+                          (cert[0], "no PEM private key"),
+                          (ed_file, "libopendkim 2.11 leaks memory")):
         cfg = tmp_path / "bad.toml"
         cfg.write_text('[upstream]\ntarget = "127.0.0.1:25"\n\n[dkim]\nsign_networks = ["10.0.0.0/8"]\n\n'
                        '[[dkim.sign]]\ndomain = "example.org"\nselector = "s1"\n'

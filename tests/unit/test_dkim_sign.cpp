@@ -77,9 +77,9 @@ TEST_CASE("dkim sign: key files are checked when the configuration loads", "[dki
   CHECK(load_dkim_signing_key(rsa).empty());
   CHECK_FALSE(rsa.ed25519);
   CHECK(rsa.bits == 2048);
+  // libopendkim 2.11 leaks the key of every Ed25519 signature: refused.
   DkimSigningKey ed{"example.org", "s", k.ed};
-  CHECK(load_dkim_signing_key(ed).empty());
-  CHECK(ed.ed25519);
+  CHECK(load_dkim_signing_key(ed).find("Ed25519 key; libopendkim 2.11 leaks") != std::string::npos);
 
   DkimSigningKey missing{"example.org", "s", k.dir + "/none.key"};
   CHECK(load_dkim_signing_key(missing).find("cannot read key file") != std::string::npos);
@@ -100,7 +100,12 @@ TEST_CASE("dkim sign: the public record is what openssl derives", "[dkim][sign]"
   std::string p;
   std::getline(b64, p);
   CHECK(dkim_public_record(loaded("example.org", "s", k.rsa)) == "v=DKIM1; k=rsa; p=" + p);
-  std::string ed = dkim_public_record(loaded("example.org", "s", k.ed));
+  DkimSigningKey edk{"example.org", "s", k.ed};
+  {
+    std::ifstream e(k.ed);
+    edk.key_pem.assign((std::istreambuf_iterator<char>(e)), std::istreambuf_iterator<char>());
+  }
+  std::string ed = dkim_public_record(edk);
   CHECK(ed.rfind("v=DKIM1; k=ed25519; p=", 0) == 0);
   CHECK(ed.size() == std::string("v=DKIM1; k=ed25519; p=").size() + 44);  // 32 octets in base64
 }
@@ -108,7 +113,7 @@ TEST_CASE("dkim sign: the public record is what openssl derives", "[dkim][sign]"
 TEST_CASE("dkim sign: who is signed and with which key", "[dkim][sign]") {
   Keys& k = Keys::get();
   DkimSignOptions o;
-  o.keys = {loaded("Example.ORG", "a", k.rsa), loaded("mail.example.org", "b", k.ed)};
+  o.keys = {loaded("Example.ORG", "a", k.rsa), loaded("mail.example.org", "b", k.rsa)};
   o.sign_networks = {"10.0.0.0/8", "192.0.2.7", "2001:db8::/32"};
   DkimSigner signer(o);
   CHECK(signer.wants("10.1.2.3", ""));
@@ -137,10 +142,10 @@ TEST_CASE("dkim sign: who is signed and with which key", "[dkim][sign]") {
   CHECK(valid_network("::1"));
 }
 
-TEST_CASE("dkim sign: RSA and Ed25519 signatures verify; a changed message does not", "[dkim][sign]") {
+TEST_CASE("dkim sign: signatures of two domains verify; a changed message does not", "[dkim][sign]") {
   Keys& k = Keys::get();
   DkimSigningKey rsa = loaded("example.org", "r1", k.rsa);
-  DkimSigningKey ed = loaded("example.net", "e1", k.ed);
+  DkimSigningKey ed = loaded("example.net", "e1", k.rsa);
   test::DnsTestServer dns({txt_record("r1._domainkey.example.org.", dkim_public_record(rsa)),
                            txt_record("e1._domainkey.example.net.", dkim_public_record(ed))});
   DnsOptions dopt;
@@ -170,7 +175,8 @@ TEST_CASE("dkim sign: RSA and Ed25519 signatures verify; a changed message does 
     REQUIRE(sigs.size() == 1);
     INFO(sigs[0].reason);
     CHECK(sigs[0].result == DkimResult::kPass);
-    CHECK(sigs[0].algorithm == (domain == "example.net" ? "ed25519-sha256" : "rsa-sha256"));
+    CHECK(sigs[0].algorithm == "rsa-sha256");
+    CHECK(sigs[0].selector == (domain == "example.net" ? "e1" : "r1"));
 
     // relaxed canonicalization: refolding and white space changes still pass
     std::string refolded = head;
