@@ -18,7 +18,7 @@ std::string clean_text(std::string_view text) {
 bool valid_enhanced(std::string_view e, char klass) {
   // class "." 1*3digit "." 1*3digit (RFC 3463 §2)
   if (e.size() < 5 || e[0] != klass || e[1] != '.') return false;
-  int parts = 2, digits = 0;  // the class and its dot are checked above
+  int parts = 2, digits = 0;  // "X." is read: subject and detail follow
   for (std::size_t i = 2; i < e.size(); ++i) {
     if (e[i] == '.') {
       if (digits == 0 || ++parts > 3) return false;
