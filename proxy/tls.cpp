@@ -40,6 +40,11 @@ std::shared_ptr<asio::ssl::context> make_server_tls_context(const Config::Tls& t
                                   tls.cert_file, openssl_error()));
   }
   if (SSL_CTX_use_PrivateKey_file(raw, tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+      ERR_clear_error();
+      throw ConfigError(fmt::format("{}: tls.key_file: the key does not match the certificate in {}",
+                                    tls.key_file, tls.cert_file));
+    }
     throw ConfigError(fmt::format("{}: tls.key_file: cannot load the private key (PEM): {}", tls.key_file,
                                   openssl_error()));
   }
