@@ -850,7 +850,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     const toml::table* dns = check.section(root, "dns");
     if (dns) {
       check.check_keys(*dns, "dns", {"servers", "timeout", "retries", "cache_entries", "negative_ttl", "max_ttl",
-                                     "workers"});
+                                     "workers", "client_name"});
     }
     DnsOptions& d = config->dns;
     if (const toml::node* n = dns ? dns->get("servers") : nullptr) {
@@ -884,6 +884,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_size(dns, "dns", "max_ttl", 0, 604800, max_ttl);
     d.negative_ttl = static_cast<std::uint32_t>(negative_ttl);
     d.max_ttl = static_cast<std::uint32_t>(max_ttl);
+    check.get_bool(dns, "dns", "client_name", d.client_name);
     AuthOptions& a = config->auth;
     a.hostname = config->server.hostname;
     std::size_t workers = a.worker_threads;

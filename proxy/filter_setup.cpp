@@ -2,6 +2,7 @@
 #include "proxy/filter_setup.h"
 
 #include "filters/auth/auth_filters.h"
+#include "filters/dns/client_name_filter.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/store/persisted_store.h"
@@ -44,6 +45,7 @@ std::shared_ptr<const FilterResources> build_filter_resources(const Config& conf
                          !config.submission.scripts.empty();
   try {
     if (needs_dns) r->resolver = make_resolver(config.dns, asio::any_io_executor());
+    if (r->resolver && config.dns.client_name) r->client_name = std::make_shared<ClientNameFilter>(r->resolver);
     if (any_auth_check(config.auth)) {
       AuthOptions auth = config.auth;
       if (auth.hostname.empty()) auth.hostname = config.server.hostname;
@@ -58,7 +60,11 @@ std::shared_ptr<const FilterResources> build_filter_resources(const Config& conf
 std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, const FilterResources& resources,
                                                       bool submission) {
   std::vector<std::shared_ptr<Filter>> filters;
-  if (!submission || config.submission.authenticity_checks) filters = resources.shared_filters;
+  // First: every later filter and rule sees the client's verified name.
+  if (resources.client_name) filters.push_back(resources.client_name);
+  if (!submission || config.submission.authenticity_checks) {
+    filters.insert(filters.end(), resources.shared_filters.begin(), resources.shared_filters.end());
+  }
   const std::vector<std::string>& scripts = submission ? config.submission.scripts : config.lua.scripts;
   if (!scripts.empty()) {
     LuaOptions lua = config.lua;

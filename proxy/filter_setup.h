@@ -16,6 +16,7 @@ namespace postern {
 struct FilterResources {
   std::shared_ptr<Resolver> resolver;                   // null when no check needs DNS
   std::vector<std::shared_ptr<Filter>> shared_filters;  // SPF, DKIM, DMARC, A-R: any thread
+  std::shared_ptr<Filter> client_name;                  // verified client name; null when off
   std::shared_ptr<KeyValueStore> store;                 // survives reloads
   StoreOptions store_options;                           // what `store` was built with
 };

@@ -25,6 +25,8 @@ struct DnsOptions {
   std::size_t cache_entries = 100000;       // 0 = no postern cache (unbound still caches)
   std::uint32_t negative_ttl = 300;         // cap (and default) for NXDOMAIN / NODATA
   std::uint32_t max_ttl = 86400;
+  // Look up the client's verified name at connect (filters/dns/client_name_filter.h).
+  bool client_name = true;
 };
 
 class UnboundResolver final : public Resolver, public std::enable_shared_from_this<UnboundResolver> {

@@ -195,9 +195,8 @@ int dns_query(lua_State* L, DnsType type, const char* what) {
   op.kind = PendingOp::Kind::kDns;
   op.type = type;
   if (type == DnsType::kPtr) {
-    std::string ip = luaL_checkstring(L, 1);
-    std::string reversed = reverse_ip(ip);
-    op.name = reversed.empty() ? check_dns_name(L, 1) : reversed + (ip.find(':') != std::string::npos ? ".ip6.arpa" : ".in-addr.arpa");
+    op.name = reverse_name(luaL_checkstring(L, 1));
+    if (op.name.empty()) op.name = check_dns_name(L, 1);
   } else {
     op.name = check_dns_name(L, 1);
   }

@@ -10,6 +10,7 @@
 #include <lua.hpp>
 
 #include "filters/address.h"
+#include "filters/dns/reverse_name.h"
 
 namespace postern {
 
@@ -24,8 +25,6 @@ bool is_enhanced_code(std::string_view code);
 bool valid_symbol_name(std::string_view name);
 void push_verdict(lua_State* L, const char* action, int code, const std::string& enhanced,
                   const std::string& text, const std::string& reason);
-// "192.0.2.1" -> "1.2.0.192"; IPv6 -> 32 nibbles; empty when not an address.
-std::string reverse_ip(std::string_view ip);
 
 // Address objects: {local_part=, domain=, addr=} with __tostring.
 void push_address(lua_State* L, const Mailbox& m);

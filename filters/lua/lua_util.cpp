@@ -56,28 +56,6 @@ void push_verdict(lua_State* L, const char* action, int code, const std::string&
   luaL_setmetatable(L, "postern.verdict");
 }
 
-std::string reverse_ip(std::string_view ip) {
-  std::string text(ip.substr(0, 64));
-  unsigned char buf[16];
-  if (inet_pton(AF_INET, text.c_str(), buf) == 1) {
-    char out[32];
-    std::snprintf(out, sizeof out, "%u.%u.%u.%u", buf[3], buf[2], buf[1], buf[0]);
-    return out;
-  }
-  if (inet_pton(AF_INET6, text.c_str(), buf) == 1) {
-    static const char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (int i = 15; i >= 0; --i) {
-      out.push_back(kHex[buf[i] & 0xF]);
-      out.push_back('.');
-      out.push_back(kHex[buf[i] >> 4]);
-      if (i) out.push_back('.');
-    }
-    return out;
-  }
-  return {};
-}
-
 namespace {
 int address_tostring(lua_State* L) {
   lua_getfield(L, 1, "addr");
