@@ -43,7 +43,7 @@ struct Keys {
 };
 
 DkimSigningKey loaded(const std::string& domain, const std::string& selector, const std::string& file) {
-  DkimSigningKey k{domain, selector, file};
+  DkimSigningKey k{domain, selector, file, {}};
   std::string why = load_dkim_signing_key(k);
   if (!why.empty()) throw std::runtime_error(why);
   return k;
@@ -73,19 +73,19 @@ const std::string kBody = "Hello,\r\n\r\n  with  spaces \t\r\n\r\n\r\n";
 
 TEST_CASE("dkim sign: key files are checked when the configuration loads", "[dkim][sign]") {
   Keys& k = Keys::get();
-  DkimSigningKey rsa{"example.org", "s", k.rsa};
+  DkimSigningKey rsa{"example.org", "s", k.rsa, {}};
   CHECK(load_dkim_signing_key(rsa).empty());
   CHECK_FALSE(rsa.ed25519);
   CHECK(rsa.bits == 2048);
   // libopendkim 2.11 leaks the key of every Ed25519 signature: refused.
-  DkimSigningKey ed{"example.org", "s", k.ed};
+  DkimSigningKey ed{"example.org", "s", k.ed, {}};
   CHECK(load_dkim_signing_key(ed).find("Ed25519 key; libopendkim 2.11 leaks") != std::string::npos);
 
-  DkimSigningKey missing{"example.org", "s", k.dir + "/none.key"};
+  DkimSigningKey missing{"example.org", "s", k.dir + "/none.key", {}};
   CHECK(load_dkim_signing_key(missing).find("cannot read key file") != std::string::npos);
-  DkimSigningKey cert{"example.org", "s", k.cert};
+  DkimSigningKey cert{"example.org", "s", k.cert, {}};
   CHECK(load_dkim_signing_key(cert).find("no PEM private key") != std::string::npos);
-  DkimSigningKey small{"example.org", "s", k.small};
+  DkimSigningKey small{"example.org", "s", k.small, {}};
   CHECK(load_dkim_signing_key(small).find("512-bit RSA key") != std::string::npos);
 }
 
@@ -100,7 +100,7 @@ TEST_CASE("dkim sign: the public record is what openssl derives", "[dkim][sign]"
   std::string p;
   std::getline(b64, p);
   CHECK(dkim_public_record(loaded("example.org", "s", k.rsa)) == "v=DKIM1; k=rsa; p=" + p);
-  DkimSigningKey edk{"example.org", "s", k.ed};
+  DkimSigningKey edk{"example.org", "s", k.ed, {}};
   {
     std::ifstream e(k.ed);
     edk.key_pem.assign((std::istreambuf_iterator<char>(e)), std::istreambuf_iterator<char>());
