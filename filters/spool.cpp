@@ -1,8 +1,9 @@
 // Spool: memory first, then an unlinked 0600 temp file written in large blocks.
 #include "filters/spool.h"
 
-#include <cerrno>
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <fcntl.h>
 #include <unistd.h>
@@ -10,6 +11,16 @@
 namespace postern {
 namespace {
 constexpr std::size_t kFileWriteBlock = 256 * 1024;  // bytes buffered before a write(2)
+
+// Content held in memory by every spool (not the write buffers of spilled
+// ones, each at most kFileWriteBlock), and its bound. Relaxed: a soft limit.
+std::atomic<std::size_t> g_in_memory{0};
+std::atomic<std::size_t> g_high_water{0};
+
+bool within_high_water(std::size_t more) {
+  std::size_t limit = g_high_water.load(std::memory_order_relaxed);
+  return limit == 0 || g_in_memory.load(std::memory_order_relaxed) + more <= limit;
+}
 
 int open_unlinked_temp(const std::string& dir) {
   int fd = -1;
@@ -37,8 +48,9 @@ Spool::~Spool() { clear(); }
 bool Spool::append(std::string_view data) {
   for (const auto& tap : taps_) tap->on_append(data);
   size_ += data.size();
-  if (fd_ < 0 && memory_.size() + data.size() <= memory_limit_) {
+  if (fd_ < 0 && memory_.size() + data.size() <= memory_limit_ && within_high_water(data.size())) {
     memory_.append(data);
+    g_in_memory.fetch_add(data.size(), std::memory_order_relaxed);
     return true;
   }
   if (fd_ < 0 && !spill()) return false;
@@ -51,10 +63,15 @@ bool Spool::append(std::string_view data) {
   return true;
 }
 
+void Spool::set_memory_high_water(std::size_t bytes) { g_high_water.store(bytes, std::memory_order_relaxed); }
+
+std::size_t Spool::memory_in_use() { return g_in_memory.load(std::memory_order_relaxed); }
+
 bool Spool::spill() {
   fd_ = open_unlinked_temp(dir_);
   if (fd_ < 0) return false;
   bool ok = write_all(memory_);
+  g_in_memory.fetch_sub(memory_.size(), std::memory_order_relaxed);
   memory_.clear();
   memory_.shrink_to_fit();
   memory_.reserve(kFileWriteBlock);
@@ -87,6 +104,7 @@ void Spool::clear() {
     memory_.clear();
     memory_.shrink_to_fit();
   }
+  g_in_memory.fetch_sub(memory_.size(), std::memory_order_relaxed);
   memory_.clear();
   size_ = 0;
   taps_.clear();

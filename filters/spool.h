@@ -40,6 +40,13 @@ class Spool {
 
   std::size_t size() const { return size_; }
   bool in_memory() const { return fd_ < 0; }
+
+  // Process-wide: the octets all spools may hold in memory together
+  // ([data] spool_memory_total; 0 = no bound). A spool that would pass it
+  // goes to its file at once, whatever its own memory limit: many sessions
+  // with messages just under spool_memory cannot exhaust the memory.
+  static void set_memory_high_water(std::size_t bytes);
+  static std::size_t memory_in_use();
   // The whole content when in_memory().
   std::string_view memory() const { return memory_; }
   // Copies up to `len` bytes from `offset` of a finished spool; returns the

@@ -506,7 +506,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     } else {
       for (const toml::node& item : *arr) {
         const toml::table& t = *item.as_table();
-        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol", "auth"});
+        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol", "auth", "policy"});
         Config::Listener l;
         const toml::node* a = check.get_string(&t, "listener", "address", l.address);
         l.tls = tls_configured ? Config::Listener::Tls::kStarttls : Config::Listener::Tls::kNone;
@@ -528,6 +528,11 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                                                {{"off", Config::Listener::Auth::kOff},
                                                 {"passthrough", Config::Listener::Auth::kPassthrough}},
                                                l.auth);
+        check.get_enum<Config::Listener::Policy>(&t, "listener", "policy",
+                                                 {{"inbound", Config::Listener::Policy::kInbound},
+                                                  {"submission", Config::Listener::Policy::kSubmission},
+                                                  {"none", Config::Listener::Policy::kNone}},
+                                                 l.policy);
         if (l.auth != Config::Listener::Auth::kOff && l.tls == Config::Listener::Tls::kNone) {
           check.error(t.get("auth"), "listener.auth", "AUTH is offered under TLS only: set tls on this listener");
         }
@@ -651,12 +656,13 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_seconds(to, "timeouts", "greet_pause", 0, 60, t.greet_pause);
 
   const toml::table* data = check.section(root, "data");
-  if (data) check.check_keys(*data, "data", {"bare_line_ending", "spool_memory", "spool_dir"});
+  if (data) check.check_keys(*data, "data", {"bare_line_ending", "spool_memory", "spool_memory_total", "spool_dir"});
   check.get_enum<DataDecoder::BareLineEnding>(
       data, "data", "bare_line_ending",
       {{"reject", DataDecoder::BareLineEnding::kReject}, {"normalize", DataDecoder::BareLineEnding::kNormalize}},
       config->data.bare_line_ending);
   check.get_size(data, "data", "spool_memory", 0, std::size_t(1) << 32, config->data.spool_memory);
+  check.get_size(data, "data", "spool_memory_total", 0, std::size_t(1) << 40, config->data.spool_memory_total);
   if (const toml::node* n = check.get_string(data, "data", "spool_dir", config->data.spool_dir)) {
     if (!config->data.spool_dir.empty() && access(config->data.spool_dir.c_str(), W_OK | X_OK) != 0) {
       check.error(n, "data.spool_dir", "directory \"" + config->data.spool_dir + "\" is not writable");

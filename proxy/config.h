@@ -47,6 +47,11 @@ struct Config {
     bool proxy_protocol = false;  // expect a PROXY v1/v2 header (HAProxy) first
     // "passthrough" relays SASL PLAIN/LOGIN to the MTA, offered under TLS only.
     enum class Auth { kOff, kPassthrough } auth = Auth::kOff;
+    // The filters this listener's sessions run: "inbound" the [lua] rules and
+    // the authenticity checks ([submission]'s once a client authenticated),
+    // "submission" always [submission]'s, "none" no filter at all (a port
+    // for trusted internal senders).
+    enum class Policy { kInbound, kSubmission, kNone } policy = Policy::kInbound;
   };
   std::vector<Listener> listeners;
 
@@ -113,6 +118,7 @@ struct Config {
   struct Data {
     DataDecoder::BareLineEnding bare_line_ending = DataDecoder::BareLineEnding::kReject;
     std::size_t spool_memory = 1024 * 1024;
+    std::size_t spool_memory_total = 256 * 1024 * 1024;  // all sessions together; 0 = no bound
     std::string spool_dir;  // $TMPDIR or /tmp when empty
   } data;
 

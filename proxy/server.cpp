@@ -21,8 +21,9 @@
 #include <thread>
 #include <vector>
 
-#include "proxy/control.h"
 #include "filters/auth/audit_log.h"
+#include "filters/spool.h"
+#include "proxy/control.h"
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -246,6 +247,7 @@ struct Server::Impl {
         submission[i] = build_filter_chain(*fresh, *resources, true);
       }
       apply_log_settings(*fresh);  // last step that may fail: a log file that cannot be opened
+      Spool::set_memory_high_water(fresh->data.spool_memory_total);
       filter_resources = resources;
       try {
         apply_audit_log(*fresh, true);
@@ -368,6 +370,7 @@ Server::Server(ConfigSource source) : impl_(std::make_unique<Impl>()) {
   impl_->config = load_config(impl_->source);
   impl_->tls_context = make_server_tls_context(impl_->config->tls);
   apply_log_settings(*impl_->config);
+  Spool::set_memory_high_water(impl_->config->data.spool_memory_total);
 }
 
 Server::~Server() = default;

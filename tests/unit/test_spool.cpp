@@ -233,3 +233,34 @@ TEST_CASE("Spool: an empty directory means $TMPDIR", "[spool]") {
   if (old) ::setenv("TMPDIR", saved.c_str(), 1);
   else ::unsetenv("TMPDIR");
 }
+
+TEST_CASE("Spool: the process-wide high-water mark sends the next spool to disk", "[spool]") {
+  TempDir dir;
+  const std::size_t before = Spool::memory_in_use();
+  Spool::set_memory_high_water(before + 1000);
+  {
+    Spool a(10000, dir.path());
+    REQUIRE(a.append(std::string(800, 'a')));
+    CHECK(a.in_memory());
+    CHECK(Spool::memory_in_use() == before + 800);
+
+    // b is far below its own limit, but together they would pass 1000
+    Spool b(10000, dir.path());
+    REQUIRE(b.append(std::string(300, 'b')));
+    CHECK_FALSE(b.in_memory());
+    CHECK(Spool::memory_in_use() == before + 800);
+    REQUIRE(b.finish());
+    CHECK(read_at(b, 0, 1000) == std::string(300, 'b'));
+
+    a.clear();
+    CHECK(Spool::memory_in_use() == before);
+    Spool c(10000, dir.path());
+    REQUIRE(c.append(std::string(300, 'c')));
+    CHECK(c.in_memory());
+  }
+  CHECK(Spool::memory_in_use() == before);  // every spool gave its share back
+  Spool::set_memory_high_water(0);
+  Spool d(10000, dir.path());
+  REQUIRE(d.append(std::string(5000, 'd')));
+  CHECK(d.in_memory());  // 0 = no bound
+}
