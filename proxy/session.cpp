@@ -126,6 +126,7 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   facts_.id = id_;
+  client_.session = id_;
   facts_.client_ip = client_.address;
   facts_.client_port = client_.port;
   auto local = socket_.local_endpoint(ec);
@@ -1099,15 +1100,23 @@ void Session::write_audit(std::string_view outcome, const UpstreamReply& result,
 // Filters that read the content as it streams in (DKIM body hashing) tap
 // the spool from its first octet.
 void Session::add_content_taps() {
-  const auto& chain = facts_.auth_user.empty() || !submission_chain_ ? chain_ : submission_chain_;
+  const FilterChain* chain = active_chain();
   if (!chain || chain->empty()) return;
   FilterContext ctx{Stage::kData, facts_, txn_.facts};
   chain->add_content_taps(ctx, spool_);
 }
 
+// The filters of this session: the listener's policy; on an inbound listener
+// an authenticated client submits its own mail and gets the submission set.
+const FilterChain* Session::active_chain() const {
+  using Policy = Config::Listener::Policy;
+  if (listener_.policy == Policy::kNone) return nullptr;
+  const bool submission = listener_.policy == Policy::kSubmission || !facts_.auth_user.empty();
+  return (submission && submission_chain_ ? submission_chain_ : chain_).get();
+}
+
 asio::awaitable<Verdict> Session::run_filters(Stage stage) {
-  // Authenticated clients submit their own mail: the submission policy.
-  const auto& chain = facts_.auth_user.empty() || !submission_chain_ ? chain_ : submission_chain_;
+  const FilterChain* chain = active_chain();
   if (!chain || chain->empty()) co_return Verdict::proceed();
   FilterContext ctx{stage, facts_, txn_.facts};
   auto start = std::chrono::steady_clock::now();

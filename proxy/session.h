@@ -91,6 +91,7 @@ class Session {
   asio::awaitable<void> end_of_data();
   asio::awaitable<Verdict> run_filters(Stage stage);
   void add_content_taps();
+  const FilterChain* active_chain() const;
   asio::awaitable<UpstreamReply> relay(const Message& message);
   asio::awaitable<UpstreamReply> redo_envelope();
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
