@@ -56,7 +56,8 @@ bool SmtpUpstream::offers(std::string_view keyword) const {
 
 void SmtpUpstream::close(std::string_view why) {
   if (state_ != State::kClosed) {
-    log::warning("upstream-closed").kv("upstream", config_->upstream.target).kv("reason", why);
+    log::warning("upstream-closed").kv("session", client_.session)
+        .kv("upstream", config_->upstream.target).kv("reason", why);
   }
   std::error_code ignored;
   socket_.close(ignored);
@@ -89,7 +90,8 @@ asio::awaitable<bool> SmtpUpstream::send(std::string_view bytes, Seconds timeout
   }
   watchdog_.disarm();
   if (ec) {
-    log::warning("upstream-error").kv("op", "write").kv("error", watchdog_.expired() ? "timeout" : ec.message());
+    log::warning("upstream-error").kv("session", client_.session)
+        .kv("op", "write").kv("error", watchdog_.expired() ? "timeout" : ec.message());
     co_return false;
   }
   co_return true;
@@ -109,7 +111,7 @@ asio::awaitable<bool> SmtpUpstream::receive(Reply& reply, Seconds timeout) {
       if (result.outcome != ReplyParser::Outcome::kIncomplete) {
         watchdog_.disarm();
         protocol_error_ = true;
-        log::warning("upstream-error").kv("op", "read").kv("error", "malformed reply")
+        log::warning("upstream-error").kv("session", client_.session).kv("op", "read").kv("error", "malformed reply")
             .kv("text", input_.substr(0, 80));
         co_return false;
       }
@@ -130,7 +132,7 @@ asio::awaitable<bool> SmtpUpstream::receive(Reply& reply, Seconds timeout) {
     input_.resize(old + n);
     if (ec) {
       watchdog_.disarm();
-      log::warning("upstream-error").kv("op", "read")
+      log::warning("upstream-error").kv("session", client_.session).kv("op", "read")
           .kv("error", watchdog_.expired() ? "timeout" : ec.message());
       co_return false;
     }
@@ -169,7 +171,8 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     watchdog_.disarm();
     if (rec) {
       metrics::upstream_error(metrics::UpstreamError::kResolve);
-      log::warning("upstream-error").kv("op", "resolve").kv("upstream", up.target).kv("error", rec.message());
+      log::warning("upstream-error").kv("session", client_.session)
+          .kv("op", "resolve").kv("upstream", up.target).kv("error", rec.message());
       co_return false;
     }
     for (const auto& entry : results) endpoints.push_back(entry.endpoint());
@@ -181,7 +184,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     metrics::upstream_error(watchdog_.expired() ? metrics::UpstreamError::kTimeout
                             : cec == asio::error::connection_refused ? metrics::UpstreamError::kConnectRefused
                                                                      : metrics::UpstreamError::kConnectFailed);
-    log::warning("upstream-error").kv("op", "connect").kv("upstream", up.target)
+    log::warning("upstream-error").kv("session", client_.session).kv("op", "connect").kv("upstream", up.target)
         .kv("error", watchdog_.expired() ? "timeout" : cec.message());
     close("connect failed");
     co_return false;
@@ -198,7 +201,8 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   if (greeted && greeting.code != 220) metrics::upstream_error(metrics::UpstreamError::kProtocol);
   if (!greeted || greeting.code != 220) {
     if (greeting.code) {
-      log::warning("upstream-error").kv("op", "greeting").kv("reply", greeting.first_line());
+      log::warning("upstream-error").kv("session", client_.session)
+          .kv("op", "greeting").kv("reply", greeting.first_line());
     }
     close("no 220 greeting");
     co_return false;
@@ -209,7 +213,8 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
       if (!co_await start_tls()) co_return false;
     } else if (up.tls == Config::Upstream::Tls::kVerify) {
       metrics::upstream_error(metrics::UpstreamError::kTls);
-    log::error("upstream-tls-failed").kv("upstream", up.target).kv("error", "STARTTLS not offered");
+    log::error("upstream-tls-failed").kv("session", client_.session)
+        .kv("upstream", up.target).kv("error", "STARTTLS not offered");
       close("STARTTLS required but not offered");
       co_return false;
     }
@@ -257,7 +262,8 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
   output_.assign("HELO ").append(name).append("\r\n");
   UpstreamReply helo = co_await command(output_, to.upstream_greeting);
   if (helo.connection_lost || !helo.reply.positive()) {
-    if (!helo.connection_lost) log::warning("upstream-error").kv("op", "helo").kv("reply", helo.reply.first_line());
+    if (!helo.connection_lost) log::warning("upstream-error").kv("session", client_.session)
+          .kv("op", "helo").kv("reply", helo.reply.first_line());
     if (!helo.connection_lost) metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("HELO refused");
     co_return false;
@@ -273,7 +279,7 @@ asio::awaitable<bool> SmtpUpstream::start_tls() {
   if (r.connection_lost) co_return false;
   auto fail = [&](std::string_view why) {
     metrics::upstream_error(metrics::UpstreamError::kTls);
-    log::error("upstream-tls-failed").kv("upstream", up.target).kv("error", why);
+    log::error("upstream-tls-failed").kv("session", client_.session).kv("upstream", up.target).kv("error", why);
     close("TLS failed");
   };
   if (r.reply.code != 220) {
@@ -316,7 +322,8 @@ asio::awaitable<bool> SmtpUpstream::start_tls() {
     fail(watchdog_.expired() ? std::string("handshake timeout") : "handshake: " + ec.message());
     co_return false;
   }
-  log::debug("upstream-tls").kv("upstream", up.target).kv("version", SSL_get_version(tls_->native_handle()));
+  log::debug("upstream-tls").kv("session", client_.session)
+      .kv("upstream", up.target).kv("version", SSL_get_version(tls_->native_handle()));
   co_return co_await ehlo();  // RFC 3207 §4.2: forget what was learned in plaintext
 }
 
@@ -370,7 +377,7 @@ asio::awaitable<bool> SmtpUpstream::send_xclient() {
   if (r.connection_lost) co_return false;
   if (!r.reply.positive()) {  // Postfix answers 220; simpler servers (smtp-sink) 250
     // Not authorized (smtpd_authorized_xclient_hosts): carry on without it.
-    log::warning("upstream-xclient-refused").kv("upstream", config_->upstream.target)
+    log::warning("upstream-xclient-refused").kv("session", client_.session).kv("upstream", config_->upstream.target)
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
     co_return true;
   }
@@ -418,7 +425,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
         continue;
       }
       if (!x.reply.positive()) {
-        log::warning("upstream-xforward-refused").kv("reply", fmt::format("{} {}", x.reply.code, x.reply.first_line()));
+        log::warning("upstream-xforward-refused").kv("session", client_.session)
+            .kv("reply", fmt::format("{} {}", x.reply.code, x.reply.first_line()));
         xforward_ = false;
       }
     }
@@ -427,7 +435,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
     output_.append("\r\n");
     r = co_await command(output_, config_->timeouts.upstream_mail);
     if (!r.connection_lost || !reused || attempt > 0) break;
-    log::info("upstream-reconnect").kv("upstream", config_->upstream.target);
+    log::info("upstream-reconnect").kv("session", client_.session).kv("upstream", config_->upstream.target);
   }
   if (r.connection_lost) co_return r;
   if (r.reply.positive()) {
@@ -439,7 +447,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
       co_return local(replies::kUpstreamNoSmtputf8, false);
     }
   } else if (r.reply.klass() != 4 && r.reply.klass() != 5) {
-    log::warning("upstream-error").kv("op", "mail").kv("unexpected", r.reply.first_line());
+    log::warning("upstream-error").kv("session", client_.session)
+        .kv("op", "mail").kv("unexpected", r.reply.first_line());
     metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to MAIL");
     co_return local(replies::kUpstreamProtocol, true);
@@ -455,7 +464,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
   output_.append("\r\n");
   UpstreamReply r = co_await command(output_, config_->timeouts.upstream_rcpt);
   if (!r.connection_lost && r.reply.klass() != 2 && r.reply.klass() != 4 && r.reply.klass() != 5) {
-    log::warning("upstream-error").kv("op", "rcpt").kv("unexpected", r.reply.first_line());
+    log::warning("upstream-error").kv("session", client_.session)
+        .kv("op", "rcpt").kv("unexpected", r.reply.first_line());
     metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to RCPT");
     co_return local(replies::kUpstreamProtocol, true);
@@ -473,7 +483,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   if (go.reply.code != 354) {
     if (go.reply.klass() == 4 || go.reply.klass() == 5) co_return go;  // refused: relayed verbatim
     // A 2xx where 354 belongs is never relayed as success (Postfix smtpd_proxy).
-    log::warning("upstream-error").kv("op", "data").kv("unexpected", go.reply.first_line());
+    log::warning("upstream-error").kv("session", client_.session)
+        .kv("op", "data").kv("unexpected", go.reply.first_line());
     metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to DATA");
     co_return local(replies::kUpstreamProtocol, true);
@@ -492,7 +503,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   state_ = State::kReady;
   int k = final_reply.klass();
   if (k != 2 && k != 4 && k != 5) {
-    log::warning("upstream-error").kv("op", "end-of-data").kv("unexpected", final_reply.first_line());
+    log::warning("upstream-error").kv("session", client_.session)
+        .kv("op", "end-of-data").kv("unexpected", final_reply.first_line());
     metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to end of data");
     co_return local(replies::kUpstreamProtocol, true);
@@ -523,7 +535,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
       }
     }
     if (!offered) {
-      log::warning("upstream-auth-unavailable").kv("upstream", config_->upstream.target).kv("mechanism", mechanism);
+      log::warning("upstream-auth-unavailable").kv("session", client_.session)
+          .kv("upstream", config_->upstream.target).kv("mechanism", mechanism);
       co_return unavailable;
     }
   } else if (state_ == State::kClosed) {
@@ -552,7 +565,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send_content(const S
   for (;;) {
     long n = content.read(offset, chunk.data(), chunk.size());
     if (n < 0) {
-      log::error("spool-error").kv("op", "read").kv("error", std::strerror(errno));
+      log::error("spool-error").kv("session", client_.session).kv("op", "read").kv("error", std::strerror(errno));
       close("spool read failed");
       co_return local(replies::kSpoolFailed, true);
     }
@@ -583,7 +596,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
   state_ = State::kReady;
   int k = final_reply.klass();
   if (k != 2 && k != 4 && k != 5) {
-    log::warning("upstream-error").kv("op", "bdat").kv("unexpected", final_reply.first_line());
+    log::warning("upstream-error").kv("session", client_.session)
+        .kv("op", "bdat").kv("unexpected", final_reply.first_line());
     metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to BDAT");
     co_return local(replies::kUpstreamProtocol, true);
@@ -622,6 +636,7 @@ asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
     co_return true;
   }
   ClientFacts nobody;
+  nobody.session = "probe";
   SmtpUpstream probe(executor, config, nobody);
   const bool reached = co_await probe.probe();
   metrics::registry().upstream_reachable = reached;

@@ -28,6 +28,7 @@ struct UpstreamCapabilities {
 
 // The facts of the client connection an upstream may pass on (XCLIENT later).
 struct ClientFacts {
+  std::string session;   // the session's id, on every log line of its upstream
   std::string address;   // textual IP
   unsigned short port = 0;
   std::string helo;
