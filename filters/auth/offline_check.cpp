@@ -6,6 +6,7 @@
 #include <asio/io_context.hpp>
 #include <asio/use_future.hpp>
 
+#include "filters/auth/audit_log.h"
 #include "filters/auth/auth_filters.h"
 #include "filters/auth/auth_results.h"
 #include "filters/message.h"
@@ -15,22 +16,9 @@ namespace postern {
 
 namespace {
 
-std::string js(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(static_cast<char>(c));
-    } else if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out.push_back(static_cast<char>(c));
-    }
-  }
-  return out + '"';
-}
+// A JSON string of any length: the audit log's writer (valid UTF-8, control
+// characters escaped), uncut.
+std::string js(const std::string& s) { return json_string(s, std::string::npos); }
 
 // Message files usually have LF line ends; the spool holds CRLF.
 std::string to_crlf(const std::string& in) {

@@ -2,27 +2,16 @@
 #include <catch2/catch.hpp>
 
 #include "proxy/config.h"
+#include "config_test_util.h"
 #include "test_util.h"
 
 using namespace postern;
 
 namespace {
 
-std::shared_ptr<const Config> load(const std::string& text) {
-  test::TempDir dir;
-  ConfigSource source;
-  source.path = dir.write("postern.toml", text);
-  return load_config(source);
-}
+std::shared_ptr<const Config> load(const std::string& text) { return test::load_config_text(text); }
 
-std::string error_of(const std::string& text) {
-  try {
-    load(text);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+std::string error_of(const std::string& text) { return test::config_error_of_text(text); }
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "proxy/config.h"
+#include "config_test_util.h"
 #include "test_util.h"
 
 using Catch::Matchers::Contains;
@@ -15,18 +16,10 @@ using postern::ConfigSource;
 using postern::DataDecoder;
 using postern::load_config;
 using postern::test::TempDir;
+using postern::test::config_error;
 
 namespace {
 
-// The message of the ConfigError `source` raises, or "<no error>".
-std::string config_error(const ConfigSource& source) {
-  try {
-    load_config(source);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 std::size_t count_lines(const std::string& s) {
   std::size_t n = 1;

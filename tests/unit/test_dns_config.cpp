@@ -3,27 +3,18 @@
 #include <catch2/catch.hpp>
 
 #include "proxy/config.h"
+#include "config_test_util.h"
 #include "test_util.h"
 
 using namespace postern;
 
 namespace {
 
-std::shared_ptr<const Config> load(const std::string& text) {
-  test::TempDir dir;
-  ConfigSource source;
-  source.path = dir.write("postern.toml", "[server]\nhostname = \"mx.example.net\"\n" + text);
-  return load_config(source);
-}
+constexpr const char* kServer = "[server]\nhostname = \"mx.example.net\"\n";
 
-std::string error_of(const std::string& text) {
-  try {
-    load(text);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+std::shared_ptr<const Config> load(const std::string& text) { return test::load_config_text(kServer + text); }
+
+std::string error_of(const std::string& text) { return test::config_error_of_text(kServer + text); }
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "proxy/config.h"
+#include "config_test_util.h"
 #include "test_util.h"
 
 using Catch::Matchers::Contains;
@@ -16,14 +17,6 @@ using postern::load_config;
 using postern::test::TempDir;
 
 namespace {
-std::string error_of(const std::string& path) {
-  try {
-    load_config(ConfigSource{path, {}, {}, {}});
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 }  // namespace
 
 TEST_CASE("config [lua] and [scores]: defaults", "[lua][config]") {
@@ -85,7 +78,7 @@ TEST_CASE("config [lua] and [scores]: errors name file and line", "[lua][config]
                                "quarantine = 20\n"
                                "reject = 10\n"
                                "header = \"Bad Name\"\n");
-  std::string e = error_of(path);
+  std::string e = postern::test::config_error_at(path);
   CHECK_THAT(e, Contains(path + ":2:") && Contains("no script file or directory"));
   CHECK_THAT(e, Contains(path + ":3:") && Contains("did you mean 'on_error'"));
   CHECK_THAT(e, Contains(path + ":4:") && Contains("lua.memory_limit"));

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "proxy/config.h"
+#include "config_test_util.h"
 #include "test_util.h"
 
 using Catch::Matchers::Contains;
@@ -16,14 +17,6 @@ using postern::load_config;
 using postern::test::TempDir;
 
 namespace {
-std::string error_of(const std::string& path) {
-  try {
-    load_config(ConfigSource{path, {}, {}, {}});
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 }  // namespace
 
 TEST_CASE("store config: defaults are the in-process store, continue on error", "[config][store]") {
@@ -72,18 +65,18 @@ TEST_CASE("store config: redis and persistence keys", "[config][store]") {
 
 TEST_CASE("store config: errors name the line and what is allowed", "[config][store]") {
   TempDir dir;
-  CHECK_THAT(error_of(dir.write("a.toml", "[store]\nbackend = \"memcached\"\n")),
+  CHECK_THAT(postern::test::config_error_at(dir.write("a.toml", "[store]\nbackend = \"memcached\"\n")),
              Contains("a.toml:2:11: key 'store.backend': expected one of \"memory\", \"redis\", got \"memcached\""));
-  CHECK_THAT(error_of(dir.write("b.toml", "[store]\nbackend = \"redis\"\nredis_address = \"localhost\"\n")),
+  CHECK_THAT(postern::test::config_error_at(dir.write("b.toml", "[store]\nbackend = \"redis\"\nredis_address = \"localhost\"\n")),
              Contains("b.toml:3:17: key 'store.redis_address': expected \"HOST:PORT\""));
-  CHECK_THAT(error_of(dir.write("c.toml", "[store]\npersist = \"/nonexistent-dir/x/store.lmdb\"\n")),
+  CHECK_THAT(postern::test::config_error_at(dir.write("c.toml", "[store]\npersist = \"/nonexistent-dir/x/store.lmdb\"\n")),
              Contains("c.toml:2:11: key 'store.persist': directory \"/nonexistent-dir/x\" is not writable"));
-  CHECK_THAT(error_of(dir.write("d.toml", "[store]\npersist = \"" + dir.path() + "\"\n")),
+  CHECK_THAT(postern::test::config_error_at(dir.write("d.toml", "[store]\npersist = \"" + dir.path() + "\"\n")),
              Contains("is a directory; name the LMDB file"));
-  CHECK_THAT(error_of(dir.write("e.toml", "[store]\nbackend = \"redis\"\npersist = \"" + dir.path() + "/s.lmdb\"\n")),
+  CHECK_THAT(postern::test::config_error_at(dir.write("e.toml", "[store]\nbackend = \"redis\"\npersist = \"" + dir.path() + "/s.lmdb\"\n")),
              Contains("key 'store.persist': applies to backend = \"memory\" only"));
-  CHECK_THAT(error_of(dir.write("f.toml", "[store]\nredis_timout = 1\n")),
+  CHECK_THAT(postern::test::config_error_at(dir.write("f.toml", "[store]\nredis_timout = 1\n")),
              Contains("key 'store.redis_timout': unknown key; did you mean 'redis_timeout'?"));
-  CHECK_THAT(error_of(dir.write("g.toml", "[store]\non_error = \"accept\"\n")),
+  CHECK_THAT(postern::test::config_error_at(dir.write("g.toml", "[store]\non_error = \"accept\"\n")),
              Contains("key 'store.on_error': expected one of \"continue\", \"tempfail\""));
 }
