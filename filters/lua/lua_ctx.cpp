@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "filters/auth/auth_results.h"
 #include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
 
@@ -277,6 +278,64 @@ void push_auth(lua_State* L, const TransactionFacts& t) {
   }
 }
 
+void set_bool(lua_State* L, const char* key, bool value) {
+  lua_pushboolean(L, value);
+  lua_setfield(L, -2, key);
+}
+
+void set_integer(lua_State* L, const char* key, long long value) {
+  lua_pushinteger(L, static_cast<lua_Integer>(value));
+  lua_setfield(L, -2, key);
+}
+
+// ctx.spf, ctx.dkim, ctx.dmarc: the checks' full results as the audit log and
+// Authentication-Results see them (filters/auth/auth_results.h); nil until
+// the check has run. ctx.auth keeps the one-word summary.
+void push_spf(lua_State* L, const SpfOutcome& s) {
+  lua_createtable(L, 0, 8);
+  set_string(L, "result", spf_result_name(s.result));
+  set_string(L, "identity", s.identity);
+  set_string(L, "sender", s.sender);
+  set_string(L, "domain", s.domain);
+  set_string(L, "client_ip", s.client_ip);
+  set_string(L, "helo", s.helo);
+  set_string(L, "explanation", s.explanation);
+  set_string(L, "reason", s.reason);
+}
+
+void push_dkim(lua_State* L, const std::vector<DkimSignature>& sigs) {
+  lua_createtable(L, static_cast<int>(sigs.size()), 0);
+  for (std::size_t i = 0; i < sigs.size(); ++i) {
+    const DkimSignature& d = sigs[i];
+    lua_createtable(L, 0, 11);
+    set_string(L, "result", dkim_result_name(d.result));
+    set_string(L, "domain", d.domain);
+    set_string(L, "selector", d.selector);
+    set_string(L, "algorithm", d.algorithm);
+    set_string(L, "identity", d.identity);
+    set_string(L, "b", d.b);
+    set_string(L, "reason", d.reason);
+    set_integer(L, "key_bits", d.key_bits);
+    set_bool(L, "weak_key", d.weak_key);
+    if (d.body_length >= 0) set_integer(L, "body_length", d.body_length);
+    set_bool(L, "body_truncated", d.body_truncated);
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+}
+
+void push_dmarc(lua_State* L, const DmarcOutcome& d) {
+  lua_createtable(L, 0, 9);
+  set_string(L, "result", dmarc_result_name(d.result));
+  set_string(L, "from_domain", d.from_domain);
+  set_string(L, "org_domain", d.org_domain);
+  set_string(L, "policy", d.policy);
+  set_string(L, "disposition", d.disposition);
+  set_bool(L, "spf_aligned", d.spf_aligned);
+  set_bool(L, "dkim_aligned", d.dkim_aligned);
+  set_string(L, "record_domain", d.record_domain);
+  set_string(L, "reason", d.reason);
+}
+
 int ctx_index(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
   const char* key = luaL_checkstring(L, 2);
@@ -313,6 +372,12 @@ int ctx_index(lua_State* L) {
       }
     } else if (std::strcmp(key, "auth") == 0) {
       push_auth(L, ctx.transaction);
+    } else if (std::strcmp(key, "spf") == 0 || std::strcmp(key, "dkim") == 0 || std::strcmp(key, "dmarc") == 0) {
+      AuthResults r = load_auth_results(ctx.transaction);
+      if (key[1] == 'p' && r.spf) push_spf(L, *r.spf);
+      else if (key[1] == 'k' && r.dkim_checked) push_dkim(L, r.dkim);
+      else if (key[1] == 'm' && r.dmarc) push_dmarc(L, *r.dmarc);
+      else lua_pushnil(L);
     } else {
       lua_pushnil(L);
     }
