@@ -45,12 +45,13 @@ postern.rule{
     local key = "grey:" .. network(c.ip) .. "|" .. tostring(e.from):lower() .. "|" .. tostring(e.rcpt):lower()
     if postern.store.get(key .. "|ok") then return end
     local now = os.time()
-    local first = tonumber(postern.store.get(key))
-    if not first then
-      postern.store.set(key, now, retry_window)
+    -- add, not get-then-set: with a shared store (Redis) two postern
+    -- instances seeing the first attempt at once record it once.
+    if postern.store.add(key, now, retry_window) then
       return postern.tempfail(451, "4.7.1", "Greylisted, please try again later")
     end
-    if now - first < delay then
+    local first = tonumber(postern.store.get(key))
+    if not first or now - first < delay then
       return postern.tempfail(451, "4.7.1", "Greylisted, please try again later")
     end
     postern.store.set(key .. "|ok", now, pass_ttl)
