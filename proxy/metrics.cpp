@@ -12,6 +12,7 @@
 
 #include "filters/auth/auth_results.h"
 #include "filters/filter_stats.h"
+#include "filters/store/redis_connection.h"
 #include "version.h"
 
 namespace postern::metrics {
@@ -429,6 +430,18 @@ std::string Registry::render() const {
     w.sample("postern_dns_lookups_total", {{"result", kDnsNames[i]}}, dns_lookups[i].value());
   }
   w.counter("postern_dns_cache_hits_total", "DNS lookups answered from postern's own cache.", dns_cache_hits.value());
+  if (const RedisStats* r = redis.load(std::memory_order_acquire)) {
+    constexpr auto relaxed = std::memory_order_relaxed;
+    w.counter("postern_store_calls_total", "postern.store calls sent to Redis.", r->calls.load(relaxed));
+    w.counter("postern_store_errors_total",
+              "Store calls that got no answer (Redis down, connection lost, protocol); [store] on_error applied.",
+              r->errors.load(relaxed));
+    w.counter("postern_store_timeouts_total", "Store calls past [store] redis_timeout.", r->timeouts.load(relaxed));
+    w.counter("postern_store_reconnects_total", "Connections to Redis established again after one was lost.",
+              r->reconnects.load(relaxed));
+    w.family("postern_store_redis_connections", "gauge", "Connections to Redis up now (one per I/O thread).");
+    w.sample("postern_store_redis_connections", {}, r->connections.load(relaxed));
+  }
   w.family("postern_dns_query_duration_seconds", "histogram",
            "Time libunbound took for lookups not in postern's cache (retries included).");
   w.histogram("postern_dns_query_duration_seconds", {}, dns_query_duration);

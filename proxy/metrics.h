@@ -19,6 +19,10 @@
 #include "filters/filter.h"
 #include "filters/verdict.h"
 
+namespace postern {
+struct RedisStats;
+}  // namespace postern
+
 namespace postern::metrics {
 
 // Latency bucket bounds in seconds, shared by every histogram: from half a
@@ -186,6 +190,10 @@ struct Registry {
   std::array<Histogram, n<UpstreamCommand>()> upstream_reply_duration;
   std::atomic<bool> upstream_reachable{true};
   std::atomic<std::int64_t> upstream_probe_time{0};  // Unix seconds of the last probe, 0 = none yet
+
+  // The Redis store's own counters (filters/store/redis_connection.h), read
+  // when scraped; null with the in-process store.
+  std::atomic<const RedisStats*> redis{nullptr};
 
   // Filters.
   std::array<Histogram, 6> filter_duration;  // Stage::kConnect .. Stage::kEom

@@ -23,6 +23,7 @@
 
 #include "filters/auth/audit_log.h"
 #include "filters/spool.h"
+#include "filters/store/redis_store.h"
 #include "proxy/control.h"
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
@@ -393,6 +394,10 @@ int Server::run() {
   } catch (const ConfigError& e) {
     log::error("filters-failed").kv("error", e.what());
     return 1;
+  }
+  // The store lives as long as the process (reloads keep it): its counters too.
+  if (const auto* redis = dynamic_cast<const RedisStore*>(s.filter_resources->store.get())) {
+    metrics::registry().redis.store(&redis->stats(), std::memory_order_release);
   }
   for (unsigned i = 0; i < n; ++i) {
     s.workers.push_back(std::make_unique<Impl::Worker>());

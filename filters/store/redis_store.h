@@ -31,13 +31,7 @@ class RedisStore final : public KeyValueStore {
   asio::awaitable<StoreResult> del(std::string key) override;
   std::string_view backend() const override { return "redis"; }
 
-  // TODO(metrics): proxy/metrics is being rewritten; export these from
-  // FilterResources::store (dynamic_cast to RedisStore) as
-  //   postern_store_calls_total          RedisStats::calls
-  //   postern_store_errors_total         RedisStats::errors
-  //   postern_store_timeouts_total       RedisStats::timeouts
-  //   postern_store_reconnects_total     RedisStats::reconnects
-  //   postern_store_redis_connections    RedisStats::connections (gauge)
+  // The counters proxy/metrics.cpp exports (postern_store_*).
   const RedisStats& stats() const { return *stats_; }
 
  private:

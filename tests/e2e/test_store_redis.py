@@ -13,8 +13,9 @@ import signal
 
 import pytest
 
-from harness import (IO_TIMEOUT, SmtpClient, check_reply, data_payload, listener_ports,
+from harness import (IO_TIMEOUT, SmtpClient, check_reply, data_payload, free_port, listener_ports,
                      make_message, wait_until, write_config)
+from prometheus import scrape
 from redis_server import RedisServer
 
 DEFAULT_RULES = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "default"
@@ -32,10 +33,12 @@ def redis(tmp_path):
         r.stop()
 
 
-def start_postern(postern, tmp_path, sink, name, store, scripts, settings=None, threads=0):
+def start_postern(postern, tmp_path, sink, name, store, scripts, settings=None, threads=0, metrics=None):
     # threads = 1: one Redis connection, so "connected again" is one log line.
     sections = {"server": {"threads": threads}, "lua": {"scripts": [str(s) for s in scripts]},
                 "store": store}
+    if metrics:
+        sections["metrics"] = {"address": f"127.0.0.1:{metrics}"}
     for key, values in (settings or {}).items():
         sections[f"lua.settings.{key}"] = values
     cfg = write_config(tmp_path / f"{name}.toml", [{}], upstream=sink.address, sections=sections)
@@ -93,9 +96,13 @@ def test_two_instances_share_one_rate_limit(postern, sink, redis, tmp_path):
 
 def test_redis_outage_with_continue_lets_mail_flow_and_recovers(postern, sink, redis, tmp_path):
     settings = {"ratelimit": {"messages": LIMIT, "window": 86400}}
+    metrics_port = free_port()
     p = start_postern(postern, tmp_path, sink, "c", redis_store(redis, "continue"), [RATELIMIT], settings,
-                      threads=1)
+                      threads=1, metrics=metrics_port)
     check_reply(send(p.port, 0), 250)
+    before = scrape(metrics_port)
+    assert before.value("postern_store_redis_connections") == 1
+    assert before.value("postern_store_calls_total") >= 1 and before.value("postern_store_errors_total") == 0
     assert len(redis.keys("postern:rate:*")) == 1
     redis.kill()
     for i in range(3):
@@ -106,12 +113,18 @@ def test_redis_outage_with_continue_lets_mail_flow_and_recovers(postern, sink, r
     errors = store_errors(p)
     assert errors and all("policy=continue" in l.get("line") for l in errors)
     assert "rule=RATELIMIT" in errors[0].get("line")
+    during = scrape(metrics_port)   # the outage is visible to Prometheus
+    assert during.value("postern_store_errors_total") >= 3
+    assert during.value("postern_store_redis_connections") == 0
     # Redis comes back (empty): postern reconnects by itself and counts again.
     redis.start()
     p.wait_for_log("store-redis-connected", count=2, timeout=IO_TIMEOUT)
     check_reply(send(p.port, 10), 250)
     wait_until(lambda: redis.keys("postern:rate:*"), IO_TIMEOUT, message="the counter back in Redis")
     assert int(redis.cli("GET", redis.keys("postern:rate:*")[0])) == 1
+    after = scrape(metrics_port)
+    assert after.value("postern_store_redis_connections") == 1
+    assert after.value("postern_store_reconnects_total") >= 1
 
 
 def test_redis_outage_with_tempfail_defers_and_recovers(postern, sink, redis, tmp_path):
