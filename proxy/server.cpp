@@ -19,6 +19,7 @@
 #include <cstring>
 #include <ctime>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "filters/auth/audit_log.h"
@@ -136,27 +137,39 @@ struct Server::Impl {
   asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor, Config::Listener listener) {
     for (;;) {
       Worker& worker = *workers[next_worker++ % workers.size()];
-      auto [ec, socket] = co_await acceptor.async_accept(worker.context, use_nothrow);
-      if (ec) {
-        if (draining || ec == asio::error::operation_aborted) co_return;
-        log::warning("accept-error").kv("error", ec.message());
-        // EMFILE and friends: back off instead of spinning.
-        asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
-        co_await pause.async_wait(use_nothrow);
+      std::tuple<std::error_code, asio::ip::tcp::socket> accepted =
+          co_await acceptor.async_accept(worker.context, use_nothrow);
+      const std::error_code ec = std::get<0>(accepted);
+      if (!ec) {
+        start_session(worker, listener, std::move(std::get<1>(accepted)));
         continue;
       }
-      ++open_sessions;
-      ++sessions_accepted;
-      auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
-        // Built on the worker's thread: the chain (and its Lua state) is that thread's.
-        auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
-                                                 worker.chain, worker.submission_chain, capabilities,
-                                                 worker.registry);
-        co_await session->run();
-        --open_sessions;
-      };
-      asio::co_spawn(worker.context, std::move(run), asio::detached);
+      if (draining || ec == asio::error::operation_aborted) co_return;
+      log::warning("accept-error").kv("error", ec.message());
+      co_await back_off(acceptor);  // EMFILE and friends: wait instead of spinning
     }
+  }
+
+  // Kept out of accept_loop's body, as the session's lambda below: locals and
+  // lambdas inside coroutine loops are where g++ 12 goes wrong (STYLE.md).
+  asio::awaitable<void> back_off(asio::ip::tcp::acceptor& acceptor) {
+    asio::steady_timer pause(acceptor.get_executor(), std::chrono::milliseconds(100));
+    co_await pause.async_wait(use_nothrow);
+  }
+
+  // One session's coroutine on its worker: built on the worker's thread, as
+  // the chain (and its Lua state) is that thread's.
+  void start_session(Worker& worker, const Config::Listener& listener, asio::ip::tcp::socket socket) {
+    ++open_sessions;
+    ++sessions_accepted;
+    auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+      auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
+                                               worker.chain, worker.submission_chain, capabilities,
+                                               worker.registry);
+      co_await session->run();
+      --open_sessions;
+    };
+    asio::co_spawn(worker.context, std::move(run), asio::detached);
   }
 
   // Learns what the MTA offers (and whether it answers, for /healthz) at
