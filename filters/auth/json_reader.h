@@ -3,6 +3,8 @@
 // doubles; strings are decoded to UTF-8 (\u escapes, surrogate pairs).
 #pragma once
 
+#include "filters/auth/utf8.h"
+
 #include <cstddef>
 #include <memory>
 #include <string>
@@ -40,8 +42,5 @@ constexpr std::size_t kJsonMaxInput = 1024 * 1024;
 // Parses one complete JSON text (white space around it allowed).
 JsonParse parse_json(std::string_view text);
 
-// Length of the well-formed UTF-8 sequence at s[i] (RFC 3629 §4: no
-// overlongs, no surrogates, nothing past U+10FFFF); 0 when ill-formed or ASCII.
-std::size_t utf8_sequence_length(std::string_view s, std::size_t i);
 
 }  // namespace postern
