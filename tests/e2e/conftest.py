@@ -118,3 +118,14 @@ def postfix_sink():
 def proxy(postern, sink):
     """postern in front of the recording sink with the default settings."""
     return postern.start(upstream=sink.address)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A real redis-server on a free loopback port (redis_server.py)."""
+    from redis_server import RedisServer
+    r = RedisServer(tmp_path).start()
+    try:
+        yield r
+    finally:
+        r.stop()

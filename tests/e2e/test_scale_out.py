@@ -16,22 +16,12 @@ import pytest
 
 from harness import (SCALE, SmtpClient, check_reply, data_payload, free_port, listener_ports, make_message,
                      parse_received_any, wait_port, write_config)
-from redis_server import RedisServer
 
 HAPROXY = "/usr/sbin/haproxy"
 CLIENT_IP = "127.0.0.7"
 RATELIMIT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "default" / "30_ratelimit.lua"
 HAPROXY_CFG = pathlib.Path(__file__).resolve().parents[2] / "config" / "haproxy.cfg"
 LIMIT = 10
-
-
-@pytest.fixture
-def redis(tmp_path):
-    r = RedisServer(tmp_path).start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def start_instance(postern, tmp_path, sink, redis, name):

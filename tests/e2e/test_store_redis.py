@@ -11,8 +11,6 @@ postern whose store is persisted to an LMDB file.
 import pathlib
 import signal
 
-import pytest
-
 from harness import (IO_TIMEOUT, SmtpClient, check_reply, data_payload, free_port, listener_ports,
                      make_message, wait_until, write_config)
 from prometheus import scrape
@@ -22,15 +20,6 @@ DEFAULT_RULES = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "defau
 RATELIMIT = DEFAULT_RULES / "30_ratelimit.lua"
 GREYLIST = DEFAULT_RULES / "40_greylist.lua"
 LIMIT = 10
-
-
-@pytest.fixture
-def redis(tmp_path):
-    r = RedisServer(tmp_path).start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def start_postern(postern, tmp_path, sink, name, store, scripts, settings=None, threads=0, metrics=None):
