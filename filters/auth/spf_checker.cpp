@@ -42,9 +42,22 @@ struct CheckState {
   // Targets of MX and PTR answers: their address lookups belong to the mx /
   // ptr term already counted, not to a term of their own.
   std::multiset<std::string> host_lookups;
+  // A cache-only attempt (SpfChecker::check_cached): lookups never wait, and
+  // one that would have to marks the whole attempt void.
+  bool cache_only = false;
+  bool missed = false;
 };
 
 thread_local CheckState* tl_state = nullptr;
+
+// One lookup of a check: waiting on the resolver, or in a cache-only attempt
+// from the cache alone (nullopt on a miss, which voids the attempt).
+std::optional<DnsAnswer> fetch(CheckState& st, const std::string& name, DnsType type) {
+  if (!st.cache_only) return st.resolver->query_blocking(name, type);
+  auto a = st.resolver->answer_now(name, type);
+  if (!a) st.missed = true;
+  return a;
+}
 
 std::string lower(std::string_view s) {
   std::string out(s);
@@ -96,7 +109,9 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type,
     st->timed_out = true;
     return make_rr(server, domain, type, TRY_AGAIN);
   }
-  DnsAnswer a = st->resolver->query_blocking(name, t);
+  std::optional<DnsAnswer> fetched = fetch(*st, name, t);
+  if (!fetched) return make_rr(server, domain, type, TRY_AGAIN);
+  DnsAnswer& a = *fetched;
   int herrno = NETDB_SUCCESS;
   switch (a.status) {
     case DnsStatus::kOk: break;
@@ -294,13 +309,13 @@ std::optional<std::string> expand_macros(std::string_view s, const MacroVars& v,
 // The explanation of a fail (§6.2): exp= of the record that gave the result
 // (following redirect=, never include:), its target's single TXT record
 // macro-expanded. Empty when any step fails.
-std::string explanation(UnboundResolver& resolver, MacroVars v, Clock::time_point deadline) {
+std::string explanation(CheckState& st, MacroVars v) {
   std::string domain = v.domain;
-  for (int hops = 0; hops < 10 && Clock::now() < deadline; ++hops) {
-    DnsAnswer txt = resolver.query_blocking(domain, DnsType::kTxt);
-    if (txt.status != DnsStatus::kOk) return {};
+  for (int hops = 0; hops < 10 && Clock::now() < st.deadline; ++hops) {
+    std::optional<DnsAnswer> txt = fetch(st, domain, DnsType::kTxt);
+    if (!txt || txt->status != DnsStatus::kOk) return {};
     std::string record;
-    for (auto& r : txt.records) {
+    for (auto& r : txt->records) {
       if (strncasecmp(r.c_str(), "v=spf1", 6) == 0 && (r.size() == 6 || r[6] == ' ')) record = r;
     }
     if (record.empty()) return {};
@@ -326,9 +341,9 @@ std::string explanation(UnboundResolver& resolver, MacroVars v, Clock::time_poin
     if (exp.empty()) return {};
     auto target = expand_macros(exp, v, false);
     if (!target || !dns_name_valid(*target)) return {};
-    DnsAnswer text = resolver.query_blocking(*target, DnsType::kTxt);
-    if (text.status != DnsStatus::kOk || text.records.size() != 1) return {};
-    auto expanded = expand_macros(text.records[0], v, true);
+    std::optional<DnsAnswer> text = fetch(st, *target, DnsType::kTxt);
+    if (!text || text->status != DnsStatus::kOk || text->records.size() != 1) return {};
+    auto expanded = expand_macros(text->records[0], v, true);
     if (!expanded) return {};
     std::string printable;
     for (char c : *expanded) {
@@ -354,7 +369,19 @@ std::string canonical_client_ip(const std::string& ip) {
   return inet_ntop(AF_INET6, &a6, buf, sizeof buf);
 }
 
-SpfOutcome SpfChecker::check(const SpfQuery& q, std::chrono::milliseconds budget) const {
+SpfOutcome SpfChecker::check(const SpfQuery& query, std::chrono::milliseconds budget) const {
+  bool missed = false;
+  return run(query, budget, false, missed);
+}
+
+std::optional<SpfOutcome> SpfChecker::check_cached(const SpfQuery& query) const {
+  bool missed = false;
+  SpfOutcome out = run(query, std::chrono::milliseconds(1000), true, missed);
+  if (missed) return std::nullopt;
+  return out;
+}
+
+SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, bool cache_only, bool& missed) const {
   SpfOutcome out;
   out.helo = q.helo;
   out.client_ip = canonical_client_ip(q.client_ip);
@@ -392,6 +419,7 @@ SpfOutcome SpfChecker::check(const SpfQuery& q, std::chrono::milliseconds budget
   st.resolver = resolver_.get();
   st.limits = limits_;
   st.deadline = Clock::now() + budget;
+  st.cache_only = cache_only;
   tl_state = &st;
 
   SPF_request_t* req = SPF_request_new(server);
@@ -454,8 +482,9 @@ SpfOutcome SpfChecker::check(const SpfQuery& q, std::chrono::milliseconds budget
   if (out.result == SpfResult::kFail) {
     auto at = out.sender.rfind('@');
     MacroVars v{out.sender, out.sender.substr(0, at), out.domain, out.domain, out.client_ip, q.helo, q.receiver};
-    out.explanation = explanation(*resolver_, v, st.deadline);
+    out.explanation = explanation(st, v);
   }
+  missed = st.missed;
   return out;
 }
 

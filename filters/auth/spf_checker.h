@@ -1,6 +1,7 @@
 // SPF (RFC 7208) with libspf2, its DNS fed by postern's resolver. libspf2's
-// lookups are synchronous, so a check runs on a worker-pool thread and waits
-// there on the asynchronous resolver, under a deadline; never on an I/O thread.
+// lookups are synchronous, so a check that needs DNS runs on a worker-pool
+// thread and waits there on the asynchronous resolver, under a deadline; an
+// I/O thread only tries check_cached(), which never waits.
 //
 // postern's DNS layer also closes libspf2's gaps: the 10-term limit counted
 // across include: (libspf2 restarts its count in each include), the 2
@@ -12,6 +13,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "filters/auth/auth_results.h"
@@ -39,8 +41,15 @@ class SpfChecker {
   // Blocking: call on a worker-pool thread only. Returns within `budget`
   // (plus one DNS time-out at most).
   SpfOutcome check(const SpfQuery& query, std::chrono::milliseconds budget) const;
+  // Never blocks (any thread, an I/O thread included): the same outcome as
+  // check() when every lookup it needs is in the resolver's cache, else
+  // nullopt -- then check() on the pool (issue 8: no thread hand-off for a
+  // sender whose records are cached).
+  std::optional<SpfOutcome> check_cached(const SpfQuery& query) const;
 
  private:
+  SpfOutcome run(const SpfQuery& query, std::chrono::milliseconds budget, bool cache_only, bool& missed) const;
+
   std::shared_ptr<UnboundResolver> resolver_;
   SpfLimits limits_;
 };

@@ -16,6 +16,16 @@ asio::awaitable<SpfOutcome> check_on_pool(std::shared_ptr<SpfChecker> checker, S
   co_return checker->check(query, budget);
 }
 
+// On the calling thread when every record is cached (no hand-off: issue 8),
+// else on the pool.
+// `checker` and `pool` belong to the filter, which outlives the call.
+asio::awaitable<SpfOutcome> check(const std::shared_ptr<SpfChecker>& checker, SpfQuery query,
+                                  std::chrono::milliseconds budget, asio::thread_pool& pool) {
+  if (auto cached = checker->check_cached(query)) co_return std::move(*cached);
+  auto task = check_on_pool(checker, std::move(query), budget);
+  co_return co_await asio::co_spawn(pool.get_executor(), std::move(task), asio::use_awaitable);
+}
+
 std::string symbol_name(SpfResult r) {
   std::string s = "SPF_";
   for (const char* p = spf_result_name(r); *p; ++p) s.push_back(static_cast<char>(std::toupper(*p)));
@@ -76,8 +86,7 @@ asio::awaitable<void> SpfFilter::check_helo(FilterContext& ctx) {
   query.client_ip = ctx.session.client_ip;
   query.helo = ctx.session.helo;
   query.receiver = receiver_;
-  auto task = check_on_pool(checker_, std::move(query), options_.timeout);
-  SpfOutcome spf = co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+  SpfOutcome spf = co_await check(checker_, std::move(query), options_.timeout, *pool_);
   store_helo(ctx.session, spf);
 }
 
@@ -97,8 +106,7 @@ asio::awaitable<Verdict> SpfFilter::run(FilterContext& ctx) {
     query.helo = ctx.session.helo;
     if (!null_path) query.sender = ctx.transaction.reverse_path.str();
     query.receiver = receiver_;
-    auto task = check_on_pool(checker_, std::move(query), options_.timeout);
-    spf = co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+    spf = co_await check(checker_, std::move(query), options_.timeout, *pool_);
   }
 
   store(ctx.transaction, spf);

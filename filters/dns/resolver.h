@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +41,10 @@ class Resolver {
   virtual ~Resolver() = default;
   // Completes on the awaiting coroutine's executor.
   virtual asio::awaitable<DnsAnswer> query(std::string name, DnsType type) = 0;
+  // The answer query() would give at once, without waiting (a cached answer,
+  // a name that cannot be queried); nullopt when query() would have to wait.
+  // Callers use it to skip a suspension or a thread hand-off (issue 8).
+  virtual std::optional<DnsAnswer> answer_now(const std::string& /*name*/, DnsType /*type*/) { return std::nullopt; }
 };
 
 }  // namespace postern

@@ -368,13 +368,22 @@ UnboundResolver::Stats UnboundResolver::stats() const {
   return Stats{impl_->n_queries.load(), impl_->n_hits.load(), impl_->n_timeouts.load()};
 }
 
+namespace {
+std::string cache_key(const std::string& name, DnsType type) {
+  return normalize(name) + '/' + std::to_string(static_cast<int>(type));
+}
+}  // namespace
+
+std::optional<DnsAnswer> UnboundResolver::answer_now(const std::string& name, DnsType type) {
+  if (!dns_name_valid(name)) return DnsAnswer{DnsStatus::kNxDomain, {}, 0, false};
+  auto hit = impl_->cached(cache_key(name, type));
+  if (hit) filter_stats().dns_answer(hit->status, true, 0);
+  return hit;
+}
+
 asio::awaitable<DnsAnswer> UnboundResolver::query(std::string name, DnsType type) {
-  const std::string key = normalize(name) + '/' + std::to_string(static_cast<int>(type));
-  if (!dns_name_valid(name)) co_return DnsAnswer{DnsStatus::kNxDomain, {}, 0, false};
-  if (auto hit = impl_->cached(key)) {
-    filter_stats().dns_answer(hit->status, true, 0);
-    co_return std::move(*hit);
-  }
+  if (auto now = answer_now(name, type)) co_return std::move(*now);
+  const std::string key = cache_key(name, type);
   const auto started = Clock::now();
   auto ex = co_await asio::this_coro::executor;
   auto impl = impl_;  // keeps libunbound alive while this coroutine waits
@@ -420,12 +429,8 @@ asio::awaitable<DnsAnswer> UnboundResolver::query(std::string name, DnsType type
 }
 
 DnsAnswer UnboundResolver::query_blocking(const std::string& name, DnsType type) {
-  const std::string key = normalize(name) + '/' + std::to_string(static_cast<int>(type));
-  if (!dns_name_valid(name)) return DnsAnswer{DnsStatus::kNxDomain, {}, 0, false};
-  if (auto hit = impl_->cached(key)) {
-    filter_stats().dns_answer(hit->status, true, 0);
-    return std::move(*hit);
-  }
+  if (auto now = answer_now(name, type)) return std::move(*now);
+  const std::string key = cache_key(name, type);
   const auto started = Clock::now();
   struct Slot {
     std::mutex mu;
@@ -461,6 +466,16 @@ DnsAnswer UnboundResolver::query_blocking(const std::string& name, DnsType type)
 
 std::shared_ptr<Resolver> make_resolver(const DnsOptions& options, asio::any_io_executor executor) {
   return UnboundResolver::create(options, std::move(executor));
+}
+
+std::optional<DnsAnswer> CountingResolver::answer_now(const std::string& name, DnsType type) {
+  if (count_ >= limit_) {
+    ++count_;
+    return DnsAnswer{DnsStatus::kServFail, {}, 0, false};
+  }
+  auto a = inner_->answer_now(name, type);
+  if (a) ++count_;
+  return a;
 }
 
 asio::awaitable<DnsAnswer> CountingResolver::query(std::string name, DnsType type) {

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,7 @@ class UnboundResolver final : public Resolver, public std::enable_shared_from_th
   ~UnboundResolver() override;
 
   asio::awaitable<DnsAnswer> query(std::string name, DnsType type) override;
+  std::optional<DnsAnswer> answer_now(const std::string& name, DnsType type) override;
 
   // For worker-pool threads only (never an I/O thread): waits for the answer,
   // time-out and retries included.
@@ -68,6 +70,7 @@ class CountingResolver final : public Resolver {
  public:
   CountingResolver(std::shared_ptr<Resolver> inner, std::size_t limit) : inner_(std::move(inner)), limit_(limit) {}
   asio::awaitable<DnsAnswer> query(std::string name, DnsType type) override;
+  std::optional<DnsAnswer> answer_now(const std::string& name, DnsType type) override;
   std::size_t count() const { return count_; }
 
  private:
