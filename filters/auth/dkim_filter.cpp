@@ -20,11 +20,27 @@ asio::awaitable<std::vector<DkimSignature>> verify_on_pool(std::shared_ptr<DkimV
   co_return verifier->verify(*message, budget);
 }
 
+// The key records of `names`, without a thread waiting: cached ones at
+// once, the others awaited, none started past `deadline`.
+asio::awaitable<void> look_up_keys(Resolver& resolver, const std::vector<std::string>& names, DkimKeys& keys,
+                                   std::chrono::steady_clock::time_point deadline) {
+  for (const std::string& name : names) {
+    if (auto now = resolver.answer_now(name, DnsType::kTxt)) {
+      keys.emplace(name, std::move(*now));
+      continue;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) break;
+    DnsAnswer answer = co_await resolver.query(name, DnsType::kTxt);
+    keys.emplace(name, std::move(answer));
+  }
+}
+
 }  // namespace
 
 DkimFilter::DkimFilter(DkimOptions options, std::shared_ptr<UnboundResolver> resolver,
                        std::shared_ptr<asio::thread_pool> pool)
     : options_(options),
+      resolver_(resolver),
       verifier_(std::make_shared<DkimVerifier>(std::move(resolver),
                                                DkimVerifyOptions{options.min_key_bits, options.max_signatures})),
       pool_(std::move(pool)) {}
@@ -41,9 +57,23 @@ asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
     auto s = std::dynamic_pointer_cast<DkimStream>(tap);
     if (s && s->owner() == this) stream = std::move(s);
   }
-  auto task = verify_on_pool(verifier_, std::move(stream), message, options_.timeout);
-  std::vector<DkimSignature> sigs =
-      co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+  std::vector<DkimSignature> sigs;
+  if (stream && stream->complete(*message)) {
+    // Header and body are hashed already: what is left is the key records,
+    // looked up without a thread waiting, and the signature checks (CPU, a
+    // few per message at most) right here -- no hand-off to the pool and
+    // back (issue 8).
+    DkimKeys keys;
+    const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+    co_await look_up_keys(*resolver_, stream->key_names(), keys, deadline);
+    auto streamed = stream->finish(*message, options_.timeout, &keys);
+    if (streamed) sigs = std::move(*streamed);
+  } else {
+    // The spool must be read again (a header section the stream could not
+    // follow): that is a pass over the whole body, so on the pool.
+    auto task = verify_on_pool(verifier_, std::move(stream), message, options_.timeout);
+    sigs = co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
+  }
   store(ctx.transaction, sigs);
 
   // One summary symbol: the best result over all signatures.

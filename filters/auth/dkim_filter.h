@@ -1,7 +1,8 @@
 // The dkim filter: hashes the content as it streams in (a DkimStream tap on
-// the spool), fetches the keys and verifies every DKIM-Signature at end of
-// message on the worker pool, and records the results (notes "dkim.*",
-// symbols). Content the stream could not follow is verified from the spool.
+// the spool), looks the keys up asynchronously and verifies every
+// DKIM-Signature at end of message, and records the results (notes "dkim.*",
+// symbols). Content the stream could not follow is verified from the spool,
+// on the worker pool.
 #pragma once
 
 #include <memory>
@@ -28,6 +29,7 @@ class DkimFilter final : public Filter {
  private:
   std::string name_ = "dkim";
   DkimOptions options_;
+  std::shared_ptr<UnboundResolver> resolver_;
   std::shared_ptr<DkimVerifier> verifier_;
   std::shared_ptr<asio::thread_pool> pool_;
 };

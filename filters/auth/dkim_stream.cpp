@@ -18,6 +18,10 @@ DkimStream::~DkimStream() {
 void DkimStream::on_append(std::string_view data) {
   if (state_ == State::kBody) {
     if (!dkim_ || body_error_ || !DkimVerifier::wants_body(eoh_status_)) return;
+    if (use_own_body_) {
+      own_body_.update(data);
+      return;
+    }
     // As verify() does: the first refused chunk ends the body.
     if (dkim_body(dkim_, reinterpret_cast<u_char*>(const_cast<char*>(data.data())), data.size()) != DKIM_STAT_OK) {
       body_error_ = true;
@@ -62,8 +66,21 @@ void DkimStream::end_of_header(std::size_t body_offset) {
     return;
   }
   bool any = false;
+  use_own_body_ = true;
   for (const HeaderField& h : parsed.headers()) {
-    if (header_name_equals(h.name, "DKIM-Signature")) any = true;
+    if (!header_name_equals(h.name, "DKIM-Signature")) continue;
+    any = true;
+    const std::string value = h.value();
+    if (auto spec = DkimVerifier::body_spec(value)) {
+      own_body_.add(spec->canon, spec->hash);
+    } else {
+      use_own_body_ = false;
+    }
+    std::string name = DkimVerifier::key_name(value);
+    if (!name.empty() && key_names_.size() < verifier_->max_signatures() &&
+        std::find(key_names_.begin(), key_names_.end(), name) == key_names_.end()) {
+      key_names_.push_back(std::move(name));
+    }
   }
   if (!any) {
     state_ = State::kNoSignature;
@@ -85,19 +102,31 @@ void DkimStream::end_of_header(std::size_t body_offset) {
   if (!rest.empty()) on_append(rest);
 }
 
-std::optional<std::vector<DkimSignature>> DkimStream::finish(const Message& message,
-                                                             std::chrono::milliseconds budget) {
+bool DkimStream::complete(const Message& message) {
   // Content without an empty line: a message of header fields only.
   if (state_ == State::kHeader && header_.size() == message.size()) end_of_header(header_.size());
   const bool same = !message.headers_truncated() && message.body_offset() == body_offset_ &&
                     message.headers().size() == fields_;
+  return same && (state_ == State::kNoSignature || state_ == State::kBody);
+}
+
+std::optional<std::vector<DkimSignature>> DkimStream::finish(const Message& message,
+                                                             std::chrono::milliseconds budget,
+                                                             const DkimKeys* keys) {
   std::optional<std::vector<DkimSignature>> out;
-  if (same && state_ == State::kNoSignature) {
-    out.emplace();
-  } else if (same && state_ == State::kBody) {
-    // finish() frees the handle (or reports a handle that never started).
-    out = verifier_->finish(dkim_, dkim_ ? eoh_status_ : DKIM_STAT_INTERNAL, message, budget);
-    dkim_ = nullptr;
+  if (complete(message)) {
+    if (state_ == State::kNoSignature) {
+      out.emplace();
+    } else {
+      // finish() frees the handle (or reports a handle that never started).
+      const DkimBodyHashes* body = nullptr;
+      if (use_own_body_) {
+        own_body_.finish();
+        body = &own_body_;
+      }
+      out = verifier_->finish(dkim_, dkim_ ? eoh_status_ : DKIM_STAT_INTERNAL, message, budget, keys, body);
+      dkim_ = nullptr;
+    }
   }
   if (dkim_) {
     dkim_free(dkim_);

@@ -3,7 +3,8 @@
 // is complete and then every body octet as the DATA/BDAT decoder writes it,
 // so the body is hashed without a second pass over the spool. Nothing here
 // touches DNS: with DKIM_LIBFLAGS_DELAYSIGPROC the key lookups wait for
-// finish(), which runs on the worker pool at end of message.
+// finish() at end of message, which runs on the worker pool or, with the key
+// records looked up beforehand (key_names()), on the I/O thread.
 #pragma once
 
 #include <chrono>
@@ -31,12 +32,19 @@ class DkimStream final : public SpoolTap {
   void on_append(std::string_view data) override;
 
   const void* owner() const { return owner_; }
-  // Blocking (worker pool): key lookups and results, the same as
-  // DkimVerifier::verify(message) would give. nullopt when what streamed in
-  // cannot stand for `message` (no empty line after the header section, a
-  // header section longer than Message parses, a field Message does not
-  // parse the same way): the caller then verifies the spool.
-  std::optional<std::vector<DkimSignature>> finish(const Message& message, std::chrono::milliseconds budget);
+  // Whether what streamed in stands for `message`, so that finish() gives
+  // the results (not nullopt): the header section had its empty line, was
+  // no longer than Message parses, and Message parsed its fields the same.
+  bool complete(const Message& message);
+  // The key records the signatures need ("selector._domainkey.domain",
+  // lower case, header order, at most max_signatures), once complete().
+  const std::vector<std::string>& key_names() const { return key_names_; }
+  // Key lookups and results, the same as DkimVerifier::verify(message) would
+  // give; blocking (worker pool) unless `keys` holds the key records (see
+  // DkimVerifier::finish). nullopt when !complete(message): the caller then
+  // verifies the spool.
+  std::optional<std::vector<DkimSignature>> finish(const Message& message, std::chrono::milliseconds budget,
+                                                   const DkimKeys* keys = nullptr);
 
  private:
   void end_of_header(std::size_t end);
@@ -48,6 +56,11 @@ class DkimStream final : public SpoolTap {
   std::string header_;           // the header section so far
   std::size_t body_offset_ = 0;  // where the body starts in the content
   std::size_t fields_ = 0;       // header fields fed
+  std::vector<std::string> key_names_;
+  // The body hashes postern computes itself (dkim_body_hash.h) when every
+  // signature allows; else the body goes to libopendkim.
+  DkimBodyHashes own_body_;
+  bool use_own_body_ = false;
   std::size_t scanned_ = 0;      // header_ octets searched for the empty line
   struct dkim* dkim_ = nullptr;
   int eoh_status_ = 0;

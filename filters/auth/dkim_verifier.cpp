@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cctype>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -18,8 +19,22 @@ using Clock = std::chrono::steady_clock;
 struct VerifyState {
   UnboundResolver* resolver;
   Clock::time_point deadline;
+  const DkimKeys* keys = nullptr;  // looked up beforehand: never wait
   bool try_again = false;  // a key lookup failed for now (DNS error, time-out)
 };
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// The key record: from the keys looked up beforehand or the cache when the
+// caller must not wait, else from the resolver, waiting.
+std::optional<DnsAnswer> key_record(VerifyState& st, const std::string& name) {
+  if (!st.keys) return st.resolver->query_blocking(name, DnsType::kTxt);
+  if (auto it = st.keys->find(lower(name)); it != st.keys->end()) return it->second;
+  return st.resolver->answer_now(name, DnsType::kTxt);
+}
 
 DKIM_CBSTAT key_lookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen) {
   auto* st = static_cast<VerifyState*>(dkim_get_user_context(dkim));
@@ -32,7 +47,12 @@ DKIM_CBSTAT key_lookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen
   }
   std::string name = std::string(selector) + "._domainkey." + domain;
   if (!dns_name_valid(name)) return DKIM_CBSTAT_NOTFOUND;
-  DnsAnswer a = st->resolver->query_blocking(name, DnsType::kTxt);
+  std::optional<DnsAnswer> record = key_record(*st, name);
+  if (!record) {
+    st->try_again = true;
+    return DKIM_CBSTAT_TRYAGAIN;
+  }
+  const DnsAnswer& a = *record;
   switch (a.status) {
     case DnsStatus::kOk: break;
     case DnsStatus::kNxDomain:
@@ -95,6 +115,31 @@ std::string tag_value(const std::string& list, const std::string& name) {
 }
 
 std::string str(const unsigned char* s) { return s ? reinterpret_cast<const char*>(s) : ""; }
+
+std::string strip_space(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (!std::isspace(static_cast<unsigned char>(c))) out.push_back(c);
+  }
+  return out;
+}
+
+// The body hash computed for `sig`'s body canonicalization and digest.
+const DkimBodyHash* own_body_hash(DKIM_SIGINFO* sig, const DkimBodyHashes& body) {
+  dkim_canon_t header_canon = DKIM_CANON_UNKNOWN, body_canon = DKIM_CANON_UNKNOWN;
+  dkim_alg_t alg = DKIM_SIGN_UNKNOWN;
+  if (dkim_sig_getcanons(sig, &header_canon, &body_canon) != DKIM_STAT_OK) return nullptr;
+  if (dkim_sig_getsignalg(sig, &alg) != DKIM_STAT_OK) return nullptr;
+  DkimBodyCanon canon;
+  if (body_canon == DKIM_CANON_SIMPLE) canon = DkimBodyCanon::kSimple;
+  else if (body_canon == DKIM_CANON_RELAXED) canon = DkimBodyCanon::kRelaxed;
+  else return nullptr;
+  DkimHash hash;
+  if (alg == DKIM_SIGN_RSASHA256 || alg == DKIM_SIGN_ED25519SHA256) hash = DkimHash::kSha256;
+  else if (alg == DKIM_SIGN_RSASHA1) hash = DkimHash::kSha1;
+  else return nullptr;
+  return body.find(canon, hash);
+}
 
 }  // namespace
 
@@ -162,8 +207,34 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
   return finish(dkim, eoh, message, budget);
 }
 
+std::string DkimVerifier::key_name(std::string_view signature_value) {
+  const std::string value(signature_value);
+  std::string selector = tag_value(value, "s"), domain = tag_value(value, "d");
+  if (selector.empty() || domain.empty()) return {};
+  return lower(selector + "._domainkey." + domain);
+}
+
+std::optional<DkimVerifier::BodySpec> DkimVerifier::body_spec(std::string_view signature_value) {
+  const std::string value(signature_value);
+  if (value.find("l=") != std::string::npos && !tag_value(value, "l").empty()) return std::nullopt;
+  // RFC 6376 §3.5 c=: "header/body", the body part "simple" when absent.
+  const std::string c = tag_value(value, "c");
+  const auto slash = c.find('/');
+  const std::string body = slash == std::string::npos ? "simple" : c.substr(slash + 1);
+  BodySpec spec{};
+  if (body == "simple") spec.canon = DkimBodyCanon::kSimple;
+  else if (body == "relaxed") spec.canon = DkimBodyCanon::kRelaxed;
+  else return std::nullopt;
+  const std::string a = tag_value(value, "a");
+  if (a == "rsa-sha256" || a == "ed25519-sha256") spec.hash = DkimHash::kSha256;
+  else if (a == "rsa-sha1") spec.hash = DkimHash::kSha1;
+  else return std::nullopt;
+  return spec;
+}
+
 std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Message& message,
-                                                std::chrono::milliseconds budget) const {
+                                                std::chrono::milliseconds budget, const DkimKeys* keys,
+                                                const DkimBodyHashes* body) const {
   std::vector<DkimSignature> out;
   if (!dkim) {
     DkimSignature s;
@@ -172,7 +243,7 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
     out.push_back(s);
     return out;
   }
-  VerifyState state{resolver_.get(), Clock::now() + budget};
+  VerifyState state{resolver_.get(), Clock::now() + budget, keys};
   dkim_set_user_context(dkim, &state);
   // The status that ended the work: dkim_eom's (which now fetches the keys)
   // when it ran, else dkim_eoh's.
@@ -205,9 +276,23 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
       }
       const unsigned flags = dkim_sig_getflags(sig);
       const int err = dkim_sig_geterror(sig);
+      // With postern's own body hash, libopendkim saw no body: a header
+      // signature that verified passes on that hash, not on libopendkim's.
+      const DkimBodyHash* own = body && (flags & DKIM_SIGFLAG_PASSED) ? own_body_hash(sig, *body) : nullptr;
       if (i >= static_cast<int>(options_.max_signatures)) {
         s.result = DkimResult::kPermerror;
         s.reason = "too many signatures";
+      } else if (body && (flags & DKIM_SIGFLAG_PASSED)) {
+        const std::string bh = str(dkim_sig_gettagvalue(sig, false, reinterpret_cast<u_char*>(const_cast<char*>("bh"))));
+        if (!own) {
+          s.result = DkimResult::kPermerror;
+          s.reason = "body hash not computed for this signature";
+        } else if (strip_space(bh) == own->base64()) {
+          s.result = DkimResult::kPass;
+        } else {
+          s.result = DkimResult::kFail;
+          s.reason = "body hash did not verify";
+        }
       } else if (DKIM_SIG_CHECK(sig)) {
         s.result = DkimResult::kPass;
       } else if ((flags & DKIM_SIGFLAG_PASSED) && dkim_sig_getbh(sig) == DKIM_SIGBH_MISMATCH) {

@@ -1,17 +1,22 @@
 // DKIM verification (RFC 6376; Ed25519 per RFC 8463) with libopendkim. Keys
 // come from postern's resolver through libopendkim's key-lookup hook, which
-// blocks: signatures are processed only in dkim_eom
-// (DKIM_LIBFLAGS_DELAYSIGPROC), on a worker-pool thread. The header fields
+// blocks unless the keys were looked up beforehand: signatures are processed
+// only in dkim_eom (DKIM_LIBFLAGS_DELAYSIGPROC), on a worker-pool thread or,
+// with the keys at hand (DkimKeys), on the caller's. The header fields
 // and the body can be fed before, on any thread, as the content streams in
 // (DkimStream, dkim_stream.h); verify() does it all over a finished spool.
 #pragma once
 
 #include <chrono>
 #include <memory>
+#include <optional>
+#include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "filters/auth/auth_results.h"
+#include "filters/auth/dkim_body_hash.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/message.h"
 
@@ -19,6 +24,10 @@ struct dkim_lib;
 struct dkim;
 
 namespace postern {
+
+// Key records looked up before dkim_eom, by "selector._domainkey.domain"
+// (lower case): with them finish() never waits.
+using DkimKeys = std::unordered_map<std::string, DnsAnswer>;
 
 struct DkimVerifyOptions {
   unsigned min_key_bits = 1024;   // RSA keys below: result "policy", weak_key (RFC 8301)
@@ -45,8 +54,27 @@ class DkimVerifier {
   // gave up before listing them.
   struct dkim* begin() const;
   static int feed_header(struct dkim* dkim, std::string_view field);
+  //
+  // With `keys`, finish() never blocks (any thread): key records come from
+  // `keys` or the resolver's cache, and one in neither is a temporary error.
+  //
+  // With `body`, no body was fed to libopendkim: every signature's body hash
+  // is the one in `body` for its c= and a= (see body_spec()).
   std::vector<DkimSignature> finish(struct dkim* dkim, int eoh_status, const Message& message,
-                                    std::chrono::milliseconds budget) const;
+                                    std::chrono::milliseconds budget, const DkimKeys* keys = nullptr,
+                                    const DkimBodyHashes* body = nullptr) const;
+  // The key record name a DKIM-Signature field value points to
+  // ("selector._domainkey.domain", lower case); empty without s= or d=.
+  static std::string key_name(std::string_view signature_value);
+  // The body hash a DKIM-Signature field value asks for (its c= body part
+  // and a= digest), when postern computes it itself (DkimBodyHashes):
+  // nullopt for l= and for values libopendkim must judge.
+  struct BodySpec {
+    DkimBodyCanon canon;
+    DkimHash hash;
+  };
+  static std::optional<BodySpec> body_spec(std::string_view signature_value);
+  std::size_t max_signatures() const { return options_.max_signatures; }
   // Whether dkim_body/dkim_eom are worth calling after this dkim_eoh status.
   static bool wants_body(int eoh_status);
 

@@ -143,3 +143,35 @@ def test_changed_body_fails(postern, sink, tmp_path, dns, key, how):
         send_bdat(port, content, [len(content) // 3, 2 * len(content) // 3])
     [m] = sink.wait_messages(1)
     assert "dkim=fail" in auth_results(m.content)
+
+
+EDGE_BODIES = {
+    "empty": b"",
+    "only empty lines": b"\r\n\r\n\r\n",
+    "white space": b"  a\t\t b  \r\n \t \r\nc\r\n \r\n\t\r\n",
+    "empty lines inside": b"a\r\n\r\n\r\nb\r\n\r\n",
+    "one line": b"hello\r\n",
+    "long lines": b"".join(b"x" * 990 + b" \t\r\n" for _ in range(30)),
+}
+
+
+@pytest.mark.parametrize("canon", [b"relaxed", b"simple"])
+@pytest.mark.parametrize("algorithm", [b"rsa-sha256", b"rsa-sha1"])
+@pytest.mark.parametrize("length", [False, True], ids=["whole", "l="])
+def test_body_canonicalization_edges_pass(postern, sink, tmp_path, dns, key, canon, algorithm, length):
+    """postern hashes bodies itself (l= aside): every edge of RFC 6376 §3.4.3
+    and §3.4.4 as dkimpy signs it -- empty body, trailing empty lines, white
+    space runs and white-space-only lines -- passes, in both body
+    canonicalizations and both digests."""
+    p, port = start(postern, sink, tmp_path, dns[0])
+    for name, body in EDGE_BODIES.items():
+        msg = (b"From: Alice <alice@example.org>\r\nTo: bob@example.com\r\nSubject: " + name.encode() + b"\r\n"
+               b"Message-ID: <" + name.replace(" ", ".").encode() + b"@example.org>\r\n\r\n" + body)
+        sig = dkim.sign(msg, SELECTOR, DOMAIN, key[0], include_headers=[b"from", b"to", b"subject"],
+                        canonicalize=(b"relaxed", canon), signature_algorithm=algorithm, length=length)
+        send_data(port, sig + msg)
+    got = sink.wait_messages(len(EDGE_BODIES))
+    for m in got:
+        subject = re.search(rb"^Subject: (.*?)\r\n", m.content, re.M).group(1).decode()
+        ar = auth_results(m.content)
+        assert "dkim=pass" in ar, (subject, ar)

@@ -1,0 +1,168 @@
+// DKIM body canonicalization and hash; see dkim_body_hash.h.
+#include "filters/auth/dkim_body_hash.h"
+
+#include <stdexcept>
+
+#include <openssl/evp.h>
+
+namespace postern {
+
+struct DkimBodyHash::Digest {
+  EVP_MD_CTX* ctx = nullptr;
+  ~Digest() {
+    if (ctx) EVP_MD_CTX_free(ctx);
+  }
+};
+
+DkimBodyHash::DkimBodyHash(DkimBodyCanon canon, DkimHash hash)
+    : canon_(canon), hash_(hash), digest_(std::make_unique<Digest>()), buffer_(new char[kBuffer]) {
+  digest_->ctx = EVP_MD_CTX_new();
+  if (!digest_->ctx ||
+      EVP_DigestInit_ex(digest_->ctx, hash == DkimHash::kSha1 ? EVP_sha1() : EVP_sha256(), nullptr) != 1) {
+    throw std::runtime_error("dkim: cannot start a body digest");
+  }
+}
+
+DkimBodyHash::~DkimBodyHash() = default;
+
+// Hashes the buffer up to `w`.
+void DkimBodyHash::flush(char* w) {
+  const auto n = static_cast<std::size_t>(w - buffer_.get());
+  if (n > 0) EVP_DigestUpdate(digest_->ctx, buffer_.get(), n);
+  length_ += n;
+  used_ = 0;
+}
+
+void DkimBodyHash::update(std::string_view body) {
+  if (!finished_) run(body, false);
+}
+
+// Canonicalizes `body` into the buffer; `at_end`: the body ends after it.
+void DkimBodyHash::run(std::string_view body, bool at_end) {
+  const bool relaxed = canon_ == DkimBodyCanon::kRelaxed;
+  // The state in locals: the octets written through `w` (char) could alias
+  // any member, which would make the compiler reload them every octet.
+  bool cr = cr_, space = space_, in_line = in_line_;
+  std::uint64_t empty_lines = empty_lines_;
+  const char* p = body.data();
+  const char* const end = p + body.size();
+  char* const start = buffer_.get();
+  char* w = start + used_;
+  // Each turn writes at most 4 octets: CR, SP, the octet, or a CRLF; held
+  // back empty lines are written in their own loop.
+  char* const limit = start + kBuffer - 8;
+  // Before an ordinary octet: the empty lines held back, which were not
+  // trailing after all, and one SP for the white space before it (relaxed:
+  // each run of WSP becomes one SP).
+  auto release = [&] {
+    for (; empty_lines > 0; --empty_lines) {
+      if (w >= limit) {
+        flush(w);
+        w = start;
+      }
+      *w++ = '\r';
+      *w++ = '\n';
+    }
+    if (space) {
+      *w++ = ' ';
+      space = false;
+    }
+  };
+  while (p < end) {
+    if (w >= limit) {
+      flush(w);
+      w = start;
+    }
+    const char c = *p++;
+    if (cr) {
+      cr = false;
+      if (c == '\n') {
+        // CRLF: white space before it goes (relaxed); an empty line is held
+        // back, since empty lines at the end of the body are not hashed.
+        space = false;
+        if (in_line) {
+          *w++ = '\r';
+          *w++ = '\n';
+          in_line = false;
+        } else {
+          ++empty_lines;
+        }
+        continue;
+      }
+      // A CR not before LF is an ordinary octet; then c as any other.
+      if (empty_lines || space) release();
+      *w++ = '\r';
+      in_line = true;
+    }
+    if (c == '\r') {
+      cr = true;
+      continue;
+    }
+    if (relaxed && (c == ' ' || c == '\t')) {
+      space = true;
+      continue;
+    }
+    if (empty_lines || space) release();
+    *w++ = c;
+    in_line = true;
+  }
+  if (at_end && cr) {
+    // A CR at the very end is an ordinary octet.
+    if (empty_lines || space) release();
+    *w++ = '\r';
+    in_line = true;
+    cr = false;
+  }
+  cr_ = cr;
+  space_ = space;
+  in_line_ = in_line;
+  empty_lines_ = empty_lines;
+  used_ = static_cast<std::size_t>(w - start);
+}
+
+void DkimBodyHash::finish() {
+  if (finished_) return;
+  run({}, true);
+  char* w = buffer_.get() + used_;
+  // A body that does not end with CRLF gets one (both canonicalizations);
+  // white space before it goes.
+  if (in_line_) {
+    *w++ = '\r';
+    *w++ = '\n';
+  }
+  flush(w);
+  // §3.4.3: "simple" hashes an empty body as one CRLF; "relaxed" as nothing.
+  if (canon_ == DkimBodyCanon::kSimple && length_ == 0) {
+    EVP_DigestUpdate(digest_->ctx, "\r\n", 2);
+    length_ = 2;
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  EVP_DigestFinal_ex(digest_->ctx, md, &md_len);
+  std::string b64(4 * ((md_len + 2) / 3) + 1, '\0');
+  const int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(b64.data()), md, static_cast<int>(md_len));
+  b64.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  base64_ = std::move(b64);
+  finished_ = true;
+}
+
+void DkimBodyHashes::add(DkimBodyCanon canon, DkimHash hash) {
+  if (!find(canon, hash)) hashes_.push_back(std::make_unique<DkimBodyHash>(canon, hash));
+}
+
+void DkimBodyHashes::update(std::string_view body) {
+  for (auto& h : hashes_) h->update(body);
+}
+
+void DkimBodyHashes::finish() {
+  for (auto& h : hashes_) h->finish();
+}
+
+const DkimBodyHash* DkimBodyHashes::find(DkimBodyCanon canon, DkimHash hash) const {
+  for (const auto& h : hashes_) {
+    if (h->canon() == canon && h->hash() == hash) return h.get();
+  }
+  return nullptr;
+}
+
+}  // namespace postern
