@@ -36,6 +36,8 @@ struct StoreResult {
   }
 };
 
+class MemoryStore;
+
 class KeyValueStore {
  public:
   using Ttl = std::chrono::seconds;  // 0 = no expiry
@@ -55,6 +57,10 @@ class KeyValueStore {
   virtual asio::awaitable<StoreResult> del(std::string key) = 0;
   // "memory" or "redis", for logs.
   virtual std::string_view backend() const = 0;
+  // The in-process map behind this store when its operations never wait (the
+  // embedded store): callers may use its *_now operations directly instead of
+  // suspending (issue 8: a Lua rule does not yield for it). Null otherwise.
+  virtual MemoryStore* in_memory() { return nullptr; }
 };
 
 // In-process store: a mutex-guarded hash map with lazy expiry. Bounded: past
@@ -92,6 +98,7 @@ class MemoryStore final : public KeyValueStore {
     co_return StoreResult{};
   }
   std::string_view backend() const override { return "memory"; }
+  MemoryStore* in_memory() override { return this; }
 
   // The synchronous operations behind the awaitables (also for tests).
   std::optional<std::string> get_now(const std::string& key);

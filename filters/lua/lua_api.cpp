@@ -174,6 +174,8 @@ Invocation& running(lua_State* L, const char* what) {
 }
 
 int yield_for(lua_State* L, Invocation& inv, PendingOp op) {
+  const int n = answer_now(L, *inv.tag.rt, op);
+  if (n >= 0) return n;
   inv.pending = std::move(op);
   return lua_yield(L, 0);
 }

@@ -95,6 +95,63 @@ asio::awaitable<StoreResult> store_op(KeyValueStore& store, const PendingOp& op)
   }
 }
 
+// What a DNS answer gives the rule: the records; for a DNSBL query "not
+// listed" (an empty list) on NXDOMAIN/NODATA; else nil and the status.
+OpResult dns_result(const PendingOp& op, DnsAnswer answer) {
+  OpResult r;
+  if (answer.status == DnsStatus::kOk) {
+    r.kind = OpResult::Kind::kList;
+    r.list = std::move(answer.records);
+    return r;
+  }
+  if (op.kind == PendingOp::Kind::kDnsbl &&
+      (answer.status == DnsStatus::kNxDomain || answer.status == DnsStatus::kNoData)) {
+    r.kind = OpResult::Kind::kList;  // not listed
+    return r;
+  }
+  return nil_status(dns_status_text(answer.status));
+}
+
+// What a store answer gives the rule.
+OpResult store_result(const PendingOp& op, StoreResult answer) {
+  using Kind = PendingOp::Kind;
+  OpResult r;
+  if (!answer.ok()) {
+    r.kind = OpResult::Kind::kStoreError;
+    r.text = std::move(answer.error);
+    return r;
+  }
+  switch (op.kind) {
+    case Kind::kStoreGet:
+      r.kind = answer.value ? OpResult::Kind::kString : OpResult::Kind::kNil;
+      if (answer.value) r.text = std::move(*answer.value);
+      break;
+    case Kind::kStoreAdd: r.kind = answer.added ? OpResult::Kind::kTrue : OpResult::Kind::kFalse; break;
+    case Kind::kStoreIncr:
+      r.kind = OpResult::Kind::kInteger;
+      r.integer = answer.integer;
+      break;
+    default: r.kind = OpResult::Kind::kTrue; break;
+  }
+  return r;
+}
+
+// The in-process store's answer, which never waits.
+StoreResult store_now(MemoryStore& store, const PendingOp& op) {
+  using Kind = PendingOp::Kind;
+  KeyValueStore::Ttl ttl(op.ttl);
+  StoreResult r;
+  switch (op.kind) {
+    case Kind::kStoreGet: r.value = store.get_now(op.name); break;
+    case Kind::kStoreSet: store.set_now(op.name, op.value, ttl); break;
+    case Kind::kStoreAdd: r.added = store.add_now(op.name, op.value, ttl); break;
+    case Kind::kStoreIncr: r.integer = store.incr_now(op.name, op.by, ttl); break;
+    case Kind::kStoreDel: store.del_now(op.name); break;
+    default: return StoreResult::failed("not a store operation");
+  }
+  return r;
+}
+
 // Performs `op`; kDeadline when the rule's deadline passed first.
 asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::time_point deadline) {
   using Kind = PendingOp::Kind;
@@ -107,17 +164,7 @@ asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::ti
         if (!rt.dns) co_return nil_status("servfail");
         auto answer = co_await within(rt.dns->query(op.name, op.type), deadline);
         if (!answer) break;
-        if (answer->status == DnsStatus::kOk) {
-          r.kind = OpResult::Kind::kList;
-          r.list = std::move(answer->records);
-          co_return r;
-        }
-        if (op.kind == Kind::kDnsbl &&
-            (answer->status == DnsStatus::kNxDomain || answer->status == DnsStatus::kNoData)) {
-          r.kind = OpResult::Kind::kList;  // not listed
-          co_return r;
-        }
-        co_return nil_status(dns_status_text(answer->status));
+        co_return dns_result(op, std::move(*answer));
       }
       case Kind::kSleep: {
         auto wanted = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(op.seconds));
@@ -134,24 +181,7 @@ asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::ti
         if (!store) co_return nil_status("no store configured");
         auto answer = co_await within(store_op(*store, op), deadline);
         if (!answer) break;
-        if (!answer->ok()) {
-          r.kind = OpResult::Kind::kStoreError;
-          r.text = std::move(answer->error);
-          co_return r;
-        }
-        switch (op.kind) {
-          case Kind::kStoreGet:
-            r.kind = answer->value ? OpResult::Kind::kString : OpResult::Kind::kNil;
-            if (answer->value) r.text = std::move(*answer->value);
-            break;
-          case Kind::kStoreAdd: r.kind = answer->added ? OpResult::Kind::kTrue : OpResult::Kind::kFalse; break;
-          case Kind::kStoreIncr:
-            r.kind = OpResult::Kind::kInteger;
-            r.integer = answer->integer;
-            break;
-          default: r.kind = OpResult::Kind::kTrue; break;
-        }
-        co_return r;
+        co_return store_result(op, std::move(*answer));
       }
       case Kind::kNone:
         co_return r;
@@ -163,10 +193,9 @@ asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::ti
   co_return r;
 }
 
-// Builds an OpResult's values on the main thread (protected: it allocates).
-int push_op_result(lua_State* L) {
-  const auto& r = *static_cast<const OpResult*>(lua_touserdata(L, 1));
-  lua_settop(L, 0);
+// Pushes an OpResult's values; returns how many.
+int push_values(lua_State* L, const OpResult& r) {
+  const int base = lua_gettop(L);
   switch (r.kind) {
     case OpResult::Kind::kList:
       lua_createtable(L, static_cast<int>(r.list.size()), 0);
@@ -188,7 +217,14 @@ int push_op_result(lua_State* L) {
     case OpResult::Kind::kDeadline:
     case OpResult::Kind::kNothing: break;
   }
-  return lua_gettop(L);
+  return lua_gettop(L) - base;
+}
+
+// Builds an OpResult's values on the main thread (protected: it allocates).
+int push_op_result(lua_State* L) {
+  const auto& r = *static_cast<const OpResult*>(lua_touserdata(L, 1));
+  lua_settop(L, 0);
+  return push_values(L, r);
 }
 
 // Moves the result's values onto the suspended coroutine; -1 when memory ran out.
@@ -244,6 +280,29 @@ int load_script_protected(lua_State* L) {
 }
 
 }  // namespace
+
+int answer_now(lua_State* L, LuaRuntime& rt, const PendingOp& op) {
+  using Kind = PendingOp::Kind;
+  switch (op.kind) {
+    case Kind::kDns:
+    case Kind::kDnsbl: {
+      if (!rt.dns) return -1;
+      std::optional<DnsAnswer> answer = rt.dns->answer_now(op.name, op.type);
+      if (!answer) return -1;
+      return push_values(L, dns_result(op, std::move(*answer)));
+    }
+    case Kind::kStoreGet:
+    case Kind::kStoreSet:
+    case Kind::kStoreAdd:
+    case Kind::kStoreIncr:
+    case Kind::kStoreDel: {
+      MemoryStore* memory = rt.options.store ? rt.options.store->in_memory() : nullptr;
+      if (!memory) return -1;
+      return push_values(L, store_result(op, store_now(*memory, op)));
+    }
+    default: return -1;
+  }
+}
 
 std::optional<Stage> stage_from_name(std::string_view name) {
   for (Stage s : {Stage::kConnect, Stage::kHelo, Stage::kMail, Stage::kRcpt, Stage::kData, Stage::kEom, Stage::kClose}) {

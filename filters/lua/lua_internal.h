@@ -51,6 +51,13 @@ struct PendingOp {
   double seconds = 0;
 };
 
+// When `op` can be answered without waiting -- a cached DNS answer, the
+// in-process store -- pushes its values onto L (the rule's coroutine, inside
+// the C function that asked) and returns how many; -1 when the rule must
+// yield for it (lua_filter.cpp). A yield from C is a C++ throw in this Lua
+// build: skipping it matters (issue 8).
+int answer_now(lua_State* L, LuaRuntime& rt, const PendingOp& op);
+
 struct Invocation {
   std::uint64_t id = 0;
   ThreadTag tag;

@@ -76,6 +76,7 @@ class PersistedStore final : public KeyValueStore {
   }
   asio::awaitable<StoreResult> del(std::string key) override { return memory_.del(std::move(key)); }
   std::string_view backend() const override { return "memory"; }
+  MemoryStore* in_memory() override { return &memory_; }
 
   MemoryStore& memory() { return memory_; }
   // Commits what changed now (tests; the flusher calls it every interval).
