@@ -60,7 +60,7 @@ bool write_all(int fd, std::string_view data) {
 
 }  // namespace
 
-asio::awaitable<UpstreamReply> MaildirUpstream::mail(const Mailbox&, const std::vector<EsmtpParam>&) {
+asio::awaitable<UpstreamReply> MaildirUpstream::mail(const Mailbox&, const std::vector<EsmtpParam>&, bool) {
   co_return UpstreamReply{Reply{replies::kSenderOk.code, std::string(replies::kSenderOk.text)}};
 }
 

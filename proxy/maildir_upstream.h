@@ -16,8 +16,9 @@ class MaildirUpstream final : public Upstream {
  public:
   explicit MaildirUpstream(std::shared_ptr<const Config> config) : config_(std::move(config)) {}
 
+  // Never holds MAIL back: a Maildir answers at once.
   asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
-                                      const std::vector<EsmtpParam>& params) override;
+                                      const std::vector<EsmtpParam>& params, bool hold) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                       const std::vector<EsmtpParam>& params) override;
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
@@ -25,12 +26,15 @@ class MaildirUpstream final : public Upstream {
   asio::awaitable<UpstreamReply> auth(std::string_view, bool, std::string_view) override {
     co_return UpstreamReply{Reply{454, "4.7.0 Temporary authentication failure: no MTA to authenticate with"}, true};
   }
+  asio::awaitable<UpstreamReply> send_held_mail() override { co_return held_; }
+  const UpstreamReply& held_mail_reply() const override { return held_; }
   asio::awaitable<void> reset() override { co_return; }
   asio::awaitable<void> quit() override { co_return; }
   bool offers(std::string_view) const override { return true; }
 
  private:
   std::shared_ptr<const Config> config_;
+  UpstreamReply held_;  // never held: answered only if asked anyway
 };
 
 }  // namespace postern

@@ -8,6 +8,7 @@
 #include <asio/write.hpp>
 #include <algorithm>
 #include <cstring>
+#include <strings.h>
 #include <ctime>
 #include <openssl/evp.h>
 #include <fmt/format.h>
@@ -211,6 +212,7 @@ asio::awaitable<void> Session::run() {
   }
   while (!quit_) {
     co_await process_input();
+    co_await settle_mail();  // never wait for the client with a MAIL reply owed
     if (!co_await flush() || quit_) break;
     if (starttls_pending_) {
       starttls_pending_ = false;
@@ -285,7 +287,8 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
   // costs a few KiB, not 64 (issue 8: 10,000 idle sessions <= 200 MB). TLS may
   // hold decrypted octets the socket does not show, so it reads as before.
   std::error_code avail_ec;
-  if (input_.empty() && !tls_ && socket_.available(avail_ec) == 0 && !avail_ec) {
+  std::size_t ready = tls_ ? limits::kReadChunk : socket_.available(avail_ec);
+  if (input_.empty() && !tls_ && ready == 0 && !avail_ec) {
     std::string().swap(input_);
     watchdog_.arm(timeout);
     reading_ = true;
@@ -293,10 +296,10 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
     reading_ = false;
     watchdog_.disarm();
     if (wait_ec) co_return wait_ec;
+    ready = socket_.available(avail_ec);
   }
   // Size the read to what is there (at least 4 KiB): resize() zero-fills, and
   // 64 KiB per read was ~5% of the CPU (perf, bench/README.md).
-  std::size_t ready = tls_ ? limits::kReadChunk : socket_.available(avail_ec);
   const std::size_t chunk = std::clamp<std::size_t>(ready, 4096, limits::kReadChunk);
   std::size_t old = input_.size();
   input_.resize(old + chunk);
@@ -604,11 +607,16 @@ asio::awaitable<void> Session::process_input() {
 }
 
 asio::awaitable<void> Session::handle_command(std::string_view line) {
+  Command cmd = parse_command(line);
+  // A held MAIL is answered before any reply but handle_rcpt()'s (which
+  // settles it itself where it answers locally).
+  const bool to_rcpt = cmd.verb == Verb::kRcpt && !cmd.args.empty() && line.find('\0') == std::string_view::npos &&
+                       !(listener_.require_tls && !tls_);
+  if (txn_.mail_held && !to_rcpt) co_await settle_mail();
   if (line.find('\0') != std::string_view::npos) {
     client_error(replies::kNulInCommand);
     co_return;
   }
-  Command cmd = parse_command(line);
   if (cmd.verb == Verb::kUnknown) {
     // A SASL response the MTA cut short lands here (RFC 4954 §4): base64
     // that may be a password is not logged.
@@ -818,16 +826,38 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
     default:
       break;
   }
-  UpstreamReply r = co_await upstream().mail(args.mailbox, args.params);
-  append_reply(output_, r.reply);
-  if (r.reply.positive()) {
-    txn_.active = true;
-    txn_.mail_params = std::move(args.params);
-  } else {
-    reset_transaction();
-    log::info("mail-refused").kv("session", id_).kv("from", "<" + args.mailbox.str() + ">")
-        .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
+  // A RCPT the client pipelined behind this MAIL may take MAIL along to the
+  // MTA in one write (RFC 2920): then MAIL's reply comes with RCPT's.
+  const bool hold = rcpt_pipelined();
+  UpstreamReply r = co_await upstream().mail(args.mailbox, args.params, hold);
+  txn_.active = true;
+  txn_.mail_params = std::move(args.params);
+  if (r.held) {
+    txn_.mail_held = true;
+    co_return;
   }
+  mail_replied(r);
+}
+
+void Session::mail_replied(const UpstreamReply& r) {
+  append_reply(output_, r.reply);
+  if (r.reply.positive()) return;
+  log::info("mail-refused").kv("session", id_).kv("from", "<" + txn_.facts.reverse_path.str() + ">")
+      .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
+  reset_transaction();
+}
+
+asio::awaitable<void> Session::settle_mail() {
+  if (!txn_.mail_held) co_return;
+  txn_.mail_held = false;
+  UpstreamReply r = co_await upstream().send_held_mail();
+  mail_replied(r);
+}
+
+bool Session::rcpt_pipelined() const {
+  std::string_view rest(input_);
+  rest.remove_prefix(std::min(input_pos_, rest.size()));
+  return rest.size() > 5 && strncasecmp(rest.data(), "RCPT ", 5) == 0 && rest.find('\n') != std::string_view::npos;
 }
 
 asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
@@ -839,19 +869,23 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     reply(replies::kTransactionFailed);
     co_return;
   }
+  // Every local answer to this RCPT first needs MAIL's, if MAIL was held.
   PathArgs args = parse_rcpt_args(cmd.args, txn_.smtputf8);
   if (args.error) {
+    co_await settle_mail();
     client_error(*args.error);
     co_return;
   }
   for (const EsmtpParam& p : args.params) {
     if (const replies::Def* bad = check_rcpt_param(p)) {
+      co_await settle_mail();
       client_error(*bad);
       co_return;
     }
   }
   ++txn_.rcpt_commands;
   if (txn_.facts.recipients.size() >= config_->limits.recipients) {
+    co_await settle_mail();
     metrics::registry().recipients[1].inc();
     reply(replies::kTooManyRecipients);
     co_return;
@@ -863,6 +897,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     case Verdict::Action::kReject:
     case Verdict::Action::kTempfail:
     case Verdict::Action::kDisconnect:  // this recipient only; the rest may pass
+      co_await settle_mail();
       metrics::registry().recipients[1].inc();
       log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
           .kv("by", "filter").kv("reason", v.reason);
@@ -877,6 +912,15 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
       break;
   }
   UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params);
+  if (txn_.mail_held) {
+    txn_.mail_held = false;
+    mail_replied(upstream().held_mail_reply());
+    if (!txn_.active) {  // MAIL refused: the MTA's answer to this RCPT, as it is
+      metrics::registry().recipients[1].inc();
+      append_reply(output_, r.reply);
+      co_return;
+    }
+  }
   append_reply(output_, r.reply);
   if (r.connection_lost) txn_.failed = true;
   metrics::registry().recipients[r.reply.positive() ? 0 : 1].inc();
@@ -1184,7 +1228,7 @@ asio::awaitable<UpstreamReply> Session::redo_envelope() {
   }
   t.recipients = rcpts;
   co_await upstream().reset();
-  UpstreamReply r = co_await upstream().mail(t.reverse_path, txn_.mail_params);
+  UpstreamReply r = co_await upstream().mail(t.reverse_path, txn_.mail_params, false);
   if (!r.reply.positive()) {
     if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
     co_return r;

@@ -66,6 +66,9 @@ class Session {
     std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
     std::chrono::steady_clock::time_point started;
+    // MAIL held back by the upstream to go with the pipelined RCPT behind it
+    // (Upstream::mail): its reply is not in the output yet.
+    bool mail_held = false;
   };
 
   asio::awaitable<void> process_input();
@@ -82,6 +85,12 @@ class Session {
   asio::awaitable<void> handle_command(std::string_view line);
   asio::awaitable<void> handle_helo(const Command& cmd);
   asio::awaitable<void> handle_mail(const Command& cmd);
+  // The upstream's reply to MAIL, relayed; a refusal ends the transaction.
+  void mail_replied(const UpstreamReply& r);
+  // Sends a held MAIL on its own and relays its reply (no-op when none is held).
+  asio::awaitable<void> settle_mail();
+  // Whether the client's next buffered line is a complete RCPT command.
+  bool rcpt_pipelined() const;
   asio::awaitable<void> handle_rcpt(const Command& cmd);
   void handle_data();
   void handle_bdat(const Command& cmd);

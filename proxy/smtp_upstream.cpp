@@ -143,6 +143,11 @@ asio::awaitable<UpstreamReply> SmtpUpstream::command(std::string_view line, Seco
   const metrics::UpstreamCommand what = metrics::upstream_command(line);
   const auto sent = std::chrono::steady_clock::now();
   if (!co_await send(line, timeout)) co_return lost("write failed");
+  co_return co_await reply_to(what, sent, timeout);
+}
+
+asio::awaitable<UpstreamReply> SmtpUpstream::reply_to(metrics::UpstreamCommand what,
+                                                      std::chrono::steady_clock::time_point sent, Seconds timeout) {
   Reply reply;
   if (!co_await receive(reply, timeout)) co_return lost("no reply");
   metrics::upstream_reply(what, reply.code, metrics::seconds_since(sent));
@@ -401,11 +406,30 @@ void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
-                                                  const std::vector<EsmtpParam>& params) {
-  if (state_ == State::kInTransaction) co_await reset();
+                                                  const std::vector<EsmtpParam>& params, bool hold) {
+  if (state_ == State::kInTransaction || state_ == State::kMailHeld) co_await reset();
   // A kept connection may have been closed by the MTA meanwhile (its idle
   // time-out): then one fresh connection is tried before the client hears 4xx.
-  bool reused = state_ == State::kReady;
+  const bool reused = state_ == State::kReady;
+  const bool utf8 =
+      std::any_of(params.begin(), params.end(), [](const EsmtpParam& p) { return p.keyword == "SMTPUTF8"; });
+  // Held back only over a kept connection and without per-transaction
+  // XFORWARD, whose reply must come first.
+  if (hold && reused && !utf8 && !xforward_ && offers("PIPELINING")) {
+    held_from_ = reverse_path;
+    held_params_ = params;
+    state_ = State::kMailHeld;
+    UpstreamReply r;
+    r.held = true;
+    co_return r;
+  }
+  UpstreamReply r = co_await send_mail(reverse_path, params, nullptr, nullptr, reused);
+  co_return co_await after_mail(std::move(r), utf8);
+}
+
+asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_path,
+                                                       const std::vector<EsmtpParam>& params, const Mailbox* rcpt,
+                                                       const std::vector<EsmtpParam>* rcpt_params, bool reused) {
   UpstreamReply r;
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (state_ == State::kClosed && !co_await open()) {
@@ -430,18 +454,33 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
         xforward_ = false;
       }
     }
+    // Built once connected: the parameters passed on depend on what this
+    // connection's EHLO offered.
     output_.assign("MAIL FROM:<").append(reverse_path.str()).append(">");
     append_params(output_, params, *this);
     output_.append("\r\n");
-    r = co_await command(output_, config_->timeouts.upstream_mail);
+    if (rcpt) {
+      output_.append("RCPT TO:<").append(rcpt->str()).append(">");
+      append_params(output_, *rcpt_params, *this);
+      output_.append("\r\n");
+    }
+    const auto sent = std::chrono::steady_clock::now();
+    if (co_await send(output_, config_->timeouts.upstream_mail)) {
+      r = co_await reply_to(metrics::UpstreamCommand::kMail, sent, config_->timeouts.upstream_mail);
+    } else {
+      r = lost("write failed");
+    }
     if (!r.connection_lost || !reused || attempt > 0) break;
     log::info("upstream-reconnect").kv("session", client_.session).kv("upstream", config_->upstream.target);
   }
+  co_return r;
+}
+
+asio::awaitable<UpstreamReply> SmtpUpstream::after_mail(UpstreamReply r, bool smtputf8) {
   if (r.connection_lost) co_return r;
   if (r.reply.positive()) {
     state_ = State::kInTransaction;
-    bool utf8 = std::any_of(params.begin(), params.end(), [](const EsmtpParam& p) { return p.keyword == "SMTPUTF8"; });
-    if (utf8 && !offers("SMTPUTF8")) {
+    if (smtputf8 && !offers("SMTPUTF8")) {
       // The MTA stopped offering SMTPUTF8 since the probe: it cannot take this message.
       co_await reset();
       co_return local(replies::kUpstreamNoSmtputf8, false);
@@ -456,21 +495,45 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
   co_return r;
 }
 
+asio::awaitable<UpstreamReply> SmtpUpstream::send_held_mail() {
+  if (state_ != State::kMailHeld) co_return local(replies::kUpstreamLost, true);
+  state_ = State::kReady;
+  UpstreamReply r = co_await send_mail(held_from_, held_params_, nullptr, nullptr, true);
+  co_return co_await after_mail(std::move(r), false);
+}
+
 asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
                                                   const std::vector<EsmtpParam>& params) {
+  if (state_ == State::kMailHeld) {
+    // MAIL and this RCPT in one write (RFC 2920); MAIL's reply first.
+    state_ = State::kReady;
+    UpstreamReply m = co_await send_mail(held_from_, held_params_, &forward_path, &params, true);
+    held_reply_ = co_await after_mail(std::move(m), false);
+    if (held_reply_.connection_lost || state_ == State::kClosed) co_return local(replies::kUpstreamLost, true);
+    // The RCPT's reply follows, whatever MAIL's was; after a refused MAIL it
+    // is relayed as the MTA gave it (it refuses a RCPT without MAIL too).
+    UpstreamReply r = co_await reply_to(metrics::UpstreamCommand::kRcpt, std::chrono::steady_clock::now(),
+                                        config_->timeouts.upstream_rcpt);
+    if (state_ != State::kInTransaction) co_return r;
+    co_return checked_rcpt(std::move(r));
+  }
   if (state_ != State::kInTransaction) co_return local(replies::kUpstreamLost, true);
   output_.assign("RCPT TO:<").append(forward_path.str()).append(">");
   append_params(output_, params, *this);
   output_.append("\r\n");
   UpstreamReply r = co_await command(output_, config_->timeouts.upstream_rcpt);
+  co_return checked_rcpt(std::move(r));
+}
+
+UpstreamReply SmtpUpstream::checked_rcpt(UpstreamReply r) {
   if (!r.connection_lost && r.reply.klass() != 2 && r.reply.klass() != 4 && r.reply.klass() != 5) {
     log::warning("upstream-error").kv("session", client_.session)
         .kv("op", "rcpt").kv("unexpected", r.reply.first_line());
     metrics::upstream_error(metrics::UpstreamError::kProtocol);
     close("unexpected reply to RCPT");
-    co_return local(replies::kUpstreamProtocol, true);
+    return local(replies::kUpstreamProtocol, true);
   }
-  co_return r;
+  return r;
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const Spool& content,
@@ -607,6 +670,10 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
 }
 
 asio::awaitable<void> SmtpUpstream::reset() {
+  if (state_ == State::kMailHeld) {  // nothing was sent
+    state_ = State::kReady;
+    co_return;
+  }
   if (state_ != State::kInTransaction) co_return;
   UpstreamReply r = co_await command("RSET\r\n", config_->timeouts.upstream_mail);
   if (r.connection_lost) co_return;

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "proxy/data_decoder.h"
+#include "proxy/metrics.h"
 
 #include "proxy/upstream.h"
 #include "proxy/watchdog.h"
@@ -19,9 +20,11 @@ class SmtpUpstream final : public Upstream {
                const ClientFacts& client);
 
   asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
-                                      const std::vector<EsmtpParam>& params) override;
+                                      const std::vector<EsmtpParam>& params, bool hold) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                       const std::vector<EsmtpParam>& params) override;
+  asio::awaitable<UpstreamReply> send_held_mail() override;
+  const UpstreamReply& held_mail_reply() const override { return held_reply_; }
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
                                       std::size_t offset, const Mailbox& reverse_path) override;
   asio::awaitable<UpstreamReply> auth(std::string_view line, bool first, std::string_view mechanism) override;
@@ -32,7 +35,7 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<bool> probe() { co_return co_await open(false); }
 
  private:
-  enum class State { kClosed, kReady, kInTransaction };
+  enum class State { kClosed, kReady, kMailHeld, kInTransaction };
 
   asio::awaitable<bool> open(bool identify_client = true);
   asio::awaitable<bool> ehlo(std::string name = {});
@@ -46,6 +49,16 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<bool> receive(Reply& reply, Seconds timeout);
   // Sends one command line and reads its reply.
   asio::awaitable<UpstreamReply> command(std::string_view line, Seconds timeout);
+  // Reads the reply to a command sent at `sent` (421: the connection ends).
+  asio::awaitable<UpstreamReply> reply_to(metrics::UpstreamCommand what, std::chrono::steady_clock::time_point sent,
+                                          Seconds timeout);
+  // Sends MAIL (and `rcpt` with it when pipelined) and reads MAIL's reply; over a kept connection the MTA closed meanwhile, once more over a
+  // fresh one. Then after_mail(): the transaction's state from that reply.
+  asio::awaitable<UpstreamReply> send_mail(const Mailbox& reverse_path, const std::vector<EsmtpParam>& params,
+                                           const Mailbox* rcpt, const std::vector<EsmtpParam>* rcpt_params,
+                                           bool reused);
+  asio::awaitable<UpstreamReply> after_mail(UpstreamReply r, bool smtputf8);
+  UpstreamReply checked_rcpt(UpstreamReply r);
   void close(std::string_view why);
   UpstreamReply lost(std::string_view stage);
   static void append_params(std::string& line, const std::vector<EsmtpParam>& params,
@@ -64,6 +77,9 @@ class SmtpUpstream final : public Upstream {
   std::vector<std::string> capabilities_;     // EHLO keywords, upper case
   std::vector<std::string> capability_args_;  // the rest of each EHLO line
   State state_ = State::kClosed;
+  Mailbox held_from_;                   // a MAIL held back (kMailHeld), not sent yet
+  std::vector<EsmtpParam> held_params_;
+  UpstreamReply held_reply_;  // its reply, read by the rcpt() that carried it
   bool protocol_error_ = false;
 };
 

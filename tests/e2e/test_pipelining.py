@@ -141,3 +141,205 @@ def test_swaks_pipeline(proxy, sink):
     [m] = sink.messages
     assert m.rcpt_tos == ["b@example.com", "c@example.com"]
     assert b"pipelined body 5c1e" in m.body
+
+
+# -- PIPELINING towards the MTA: MAIL rides with the pipelined RCPT --------
+
+import socket
+import threading
+
+
+class ChunkMta:
+    """A scripted MTA that records what arrives in each read, so a test can
+    see which commands postern wrote together. Offers PIPELINING or not;
+    `refuse_mail` answers MAIL from that address with 550."""
+
+    def __init__(self, pipelining=True, refuse_mail=None):
+        self.pipelining = pipelining
+        self.refuse_mail = refuse_mail
+        self.chunks = []
+        self.delivered = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        conn.settimeout(10)
+        buf, in_data, have_mail = b"", False, False
+        try:
+            conn.sendall(b"220 chunk.test ESMTP\r\n")
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                self.chunks.append(chunk)
+                buf += chunk
+                out = b""
+                while True:
+                    if in_data:
+                        end = buf.find(b"\r\n.\r\n")
+                        if end < 0:
+                            break
+                        buf = buf[end + 5:]
+                        in_data, have_mail = False, False
+                        self.delivered += 1
+                        out += b"250 2.0.0 Ok: queued\r\n"
+                        continue
+                    eol = buf.find(b"\r\n")
+                    if eol < 0:
+                        break
+                    line, buf = buf[:eol], buf[eol + 2:]
+                    verb = line[:4].upper()
+                    if verb == b"EHLO":
+                        out += b"250-chunk.test\r\n" + (b"250-PIPELINING\r\n" if self.pipelining else b"") + \
+                            b"250 8BITMIME\r\n"
+                    elif verb == b"MAIL":
+                        if self.refuse_mail and self.refuse_mail.encode() in line:
+                            out += b"550 5.7.1 sender refused\r\n"
+                        else:
+                            have_mail = True
+                            out += b"250 2.1.0 Ok\r\n"
+                    elif verb == b"RCPT":
+                        out += b"250 2.1.5 Ok\r\n" if have_mail else b"503 5.5.1 Error: need MAIL command\r\n"
+                    elif verb == b"DATA":
+                        in_data = True
+                        out += b"354 go ahead\r\n"
+                    elif verb == b"QUIT":
+                        conn.sendall(out + b"221 bye\r\n")
+                        return
+                    else:
+                        have_mail = have_mail and verb != b"RSET"
+                        out += b"250 Ok\r\n"
+                if out:
+                    conn.sendall(out)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def written_together(self, *needles):
+        return [c for c in self.chunks if all(n in c for n in needles)]
+
+    def close(self):
+        self.sock.close()
+
+
+def two_pipelined_messages(port, second_from=b"a2@example.org"):
+    """Two messages in one session, each MAIL/RCPT/DATA in one group."""
+    m = make_message("pipelined", b"body\r\n")
+    c = SmtpClient(port)
+    c.ehlo()
+    c.send(b"MAIL FROM:<a1@example.org>\r\nRCPT TO:<b1@example.com>\r\nDATA\r\n")
+    assert [x.code for x in read_replies(c, 3)] == [250, 250, 354]
+    c.send(data_payload(m))
+    check_reply(c.read_reply(), 250)
+    c.send(b"MAIL FROM:<" + second_from + b">\r\nRCPT TO:<b2@example.com>\r\nRCPT TO:<b3@example.com>\r\n"
+           b"DATA\r\n")
+    return read_replies(c, 4), c, m
+
+
+def test_mail_goes_with_the_pipelined_rcpt_over_a_kept_connection(postern):
+    mta = ChunkMta()
+    try:
+        p = postern.start(upstream=f"127.0.0.1:{mta.port}")
+        replies, c, m = two_pipelined_messages(p.port)
+        assert [str(x) for x in replies[:3]] == ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok"]
+        check_reply(replies[3], 354)
+        c.send(data_payload(m) + b"QUIT\r\n")
+        check_reply(c.read_reply(), 250)
+        c.close()
+        assert mta.delivered == 2
+        # the first MAIL opened the connection and went alone; the second rode
+        # with its first RCPT, in one write; the second RCPT went on its own
+        assert not mta.written_together(b"MAIL FROM:<a1@", b"RCPT TO:<b1@")
+        assert mta.written_together(b"MAIL FROM:<a2@example.org>\r\nRCPT TO:<b2@example.com>\r\n")
+        assert not mta.written_together(b"RCPT TO:<b2@", b"RCPT TO:<b3@")
+    finally:
+        mta.close()
+
+
+def test_mail_never_rides_along_without_upstream_pipelining(postern):
+    mta = ChunkMta(pipelining=False)
+    try:
+        p = postern.start(upstream=f"127.0.0.1:{mta.port}")
+        replies, c, m = two_pipelined_messages(p.port)
+        assert [x.code for x in replies] == [250, 250, 250, 354]
+        c.send(data_payload(m))
+        check_reply(c.read_reply(), 250)
+        c.close()
+        assert mta.delivered == 2
+        assert not mta.written_together(b"MAIL FROM:<a2@", b"RCPT TO:<b2@")
+    finally:
+        mta.close()
+
+
+def test_mail_refused_by_the_mta_while_riding_with_rcpt(postern):
+    """MAIL's refusal comes first and verbatim, then the MTA's answer to the
+    RCPT that rode along; the transaction is over, the session goes on."""
+    mta = ChunkMta(refuse_mail="refused@")
+    try:
+        p = postern.start(upstream=f"127.0.0.1:{mta.port}")
+        replies, c, m = two_pipelined_messages(p.port, second_from=b"refused@example.org")
+        assert str(replies[0]) == "550 5.7.1 sender refused"
+        assert str(replies[1]) == "503 5.5.1 Error: need MAIL command"
+        assert replies[2].code == 503 and replies[3].code == 503, replies  # postern: no MAIL, so no RCPT/DATA
+        assert mta.written_together(b"MAIL FROM:<refused@example.org>\r\nRCPT TO:<b2@example.com>\r\n")
+        # the session is still good for the next message
+        c.send(b"MAIL FROM:<a3@example.org>\r\nRCPT TO:<b4@example.com>\r\nDATA\r\n")
+        assert [x.code for x in read_replies(c, 3)] == [250, 250, 354]
+        c.send(data_payload(m))
+        check_reply(c.read_reply(), 250)
+        c.close()
+        assert mta.delivered == 2
+    finally:
+        mta.close()
+
+
+def test_held_mail_is_answered_before_a_local_reply_to_its_rcpt(postern):
+    """A pipelined RCPT that postern answers itself (bad syntax) makes the
+    held MAIL go alone first: the replies stay in order."""
+    mta = ChunkMta()
+    try:
+        p = postern.start(upstream=f"127.0.0.1:{mta.port}")
+        m = make_message("order", b"body\r\n")
+        with SmtpClient(p.port) as c:
+            c.ehlo()
+            c.send(b"MAIL FROM:<a1@example.org>\r\nRCPT TO:<b1@example.com>\r\nDATA\r\n")
+            assert [x.code for x in read_replies(c, 3)] == [250, 250, 354]
+            c.send(data_payload(m))
+            check_reply(c.read_reply(), 250)
+            c.send(b"MAIL FROM:<a2@example.org>\r\nRCPT TO:<no closing bracket\r\nRCPT TO:<b2@example.com>\r\n"
+                   b"DATA\r\n")
+            r = read_replies(c, 4)
+            assert [x.code for x in r] == [250, 501, 250, 354], r
+            c.send(data_payload(m))
+            check_reply(c.read_reply(), 250)
+        assert mta.delivered == 2
+        assert not mta.written_together(b"MAIL FROM:<a2@", b"RCPT TO:<b2@")
+    finally:
+        mta.close()
+
+
+def test_held_mail_reconnects_when_the_mta_closed_the_kept_connection(postern, sink):
+    """The MTA drops the kept connection at the MAIL that rode with a RCPT:
+    postern opens a fresh one and sends both again; the client never knows."""
+    sink.on("MAIL", drop=True, match="a2@example.org", times=1)
+    p = postern.start(upstream=sink.address)
+    replies, c, m = two_pipelined_messages(p.port)
+    assert [x.code for x in replies] == [250, 250, 250, 354], replies
+    c.send(data_payload(m))
+    check_reply(c.read_reply(), 250)
+    c.close()
+    got = sink.wait_messages(2)
+    assert got[1].mail_from == "a2@example.org" and got[1].rcpt_tos == ["b2@example.com", "b3@example.com"]
+    assert sink.connections == 2
