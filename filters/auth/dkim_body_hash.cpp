@@ -1,11 +1,29 @@
 // DKIM body canonicalization and hash; see dkim_body_hash.h.
 #include "filters/auth/dkim_body_hash.h"
 
+#include <algorithm>
+#include <array>
 #include <stdexcept>
 
 #include <openssl/evp.h>
 
 namespace postern {
+
+namespace {
+
+// The octets that end a run of ordinary ones: CR, and for relaxed SP and HTAB.
+constexpr std::array<std::uint8_t, 256> special_octets(bool relaxed) {
+  std::array<std::uint8_t, 256> t{};
+  t['\r'] = 1;
+  if (relaxed) t[' '] = t['\t'] = 1;
+  return t;
+}
+constexpr auto kSimpleTable = special_octets(false);
+constexpr auto kRelaxedTable = special_octets(true);
+const std::uint8_t* const kSimpleSpecial = kSimpleTable.data();
+const std::uint8_t* const kRelaxedSpecial = kRelaxedTable.data();
+
+}  // namespace
 
 struct DkimBodyHash::Digest {
   EVP_MD_CTX* ctx = nullptr;
@@ -105,6 +123,12 @@ void DkimBodyHash::run(std::string_view body, bool at_end) {
     if (empty_lines || space) release();
     *w++ = c;
     in_line = true;
+    // The octets up to the next CR (or WSP, relaxed) need no state: copied
+    // in a tight loop, as far as the buffer has room.
+    const std::uint8_t* special = relaxed ? kRelaxedSpecial : kSimpleSpecial;
+    const char* const stop = p + std::min<std::size_t>(static_cast<std::size_t>(end - p),
+                                                       static_cast<std::size_t>(limit - w));
+    while (p < stop && !special[static_cast<unsigned char>(*p)]) *w++ = *p++;
   }
   if (at_end && cr) {
     // A CR at the very end is an ordinary octet.
