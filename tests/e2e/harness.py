@@ -535,6 +535,33 @@ def close_all_clients():
 # scriptable recording sink (aiosmtpd)
 
 
+class ScriptedServer:
+    """A TCP server on a free loopback port whose subclass scripts each
+    connection in session(conn), one thread per connection: for MTA
+    behaviour no real MTA shows on purpose."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+
+    def session(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+
+
 class Rule:
     """What the sink does at one stage.
 

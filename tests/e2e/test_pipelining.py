@@ -1,6 +1,6 @@
 """PIPELINING (RFC 2920): command groups in one write, replies in order."""
 
-from harness import run_swaks, SmtpClient, check_reply, data_payload, make_message
+from harness import ScriptedServer, SmtpClient, check_reply, data_payload, make_message, run_swaks
 
 QUEUED = "250 2.0.0 Ok: queued as ABC123"
 
@@ -145,11 +145,8 @@ def test_swaks_pipeline(proxy, sink):
 
 # -- PIPELINING towards the MTA: MAIL rides with the pipelined RCPT --------
 
-import socket
-import threading
 
-
-class ChunkMta:
+class ChunkMta(ScriptedServer):
     """A scripted MTA that records what arrives in each read, so a test can
     see which commands postern wrote together. Offers PIPELINING or not;
     `refuse_mail` answers MAIL from that address with 550."""
@@ -159,19 +156,7 @@ class ChunkMta:
         self.refuse_mail = refuse_mail
         self.chunks = []
         self.delivered = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def session(self, conn):
         conn.settimeout(10)
@@ -229,9 +214,6 @@ class ChunkMta:
 
     def written_together(self, *needles):
         return [c for c in self.chunks if all(n in c for n in needles)]
-
-    def close(self):
-        self.sock.close()
 
 
 def two_pipelined_messages(port, second_from=b"a2@example.org"):

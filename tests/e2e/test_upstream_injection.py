@@ -2,31 +2,15 @@
 its 220 to STARTTLS (the mirror of CVE-2011-0411) is not trusted; the client
 hears a 4xx and nothing is relayed. The upstream is a small scripted server,
 since no real MTA misbehaves on purpose."""
-import socket
-import threading
-
-from harness import SmtpClient, check_reply
+from harness import ScriptedServer, SmtpClient, check_reply
 
 
-class InjectingMta:
+class InjectingMta(ScriptedServer):
     """Offers STARTTLS, answers it with 220 plus a forged 250 in one write."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.saw_mail = False
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def session(self, conn):
         conn.settimeout(10)
@@ -51,9 +35,6 @@ class InjectingMta:
             pass
         finally:
             conn.close()
-
-    def close(self):
-        self.sock.close()
 
 
 def test_plaintext_after_upstream_220_to_starttls_fails_the_connection(postern):
