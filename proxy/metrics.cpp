@@ -293,13 +293,13 @@ void transaction_done(const TransactionFacts& t, Registry& r) {
   std::string scratch;
   for (const Symbol& s : t.symbols) r.symbols.at(clean_label_value(s.name, scratch)).inc();
   if (t.notes.empty()) return;
-  AuthResults a = load_auth_results(t);
-  if (a.spf) r.spf_results[static_cast<std::size_t>(a.spf->result)].inc();
+  AuthResultCodes a = load_auth_result_codes(t);
+  if (a.spf) r.spf_results[static_cast<std::size_t>(*a.spf)].inc();
   if (a.dkim_checked) {
     if (a.dkim.empty()) r.dkim_results[static_cast<std::size_t>(DkimResult::kNone)].inc();
-    for (const DkimSignature& s : a.dkim) r.dkim_results[static_cast<std::size_t>(s.result)].inc();
+    for (DkimResult d : a.dkim) r.dkim_results[static_cast<std::size_t>(d)].inc();
   }
-  if (a.dmarc) r.dmarc_results[static_cast<std::size_t>(a.dmarc->result)].inc();
+  if (a.dmarc) r.dmarc_results[static_cast<std::size_t>(*a.dmarc)].inc();
 }
 
 void filter_time(Stage stage, double seconds) {

@@ -136,4 +136,18 @@ AuthResults load_auth_results(const TransactionFacts& t) {
   return r;
 }
 
+AuthResultCodes load_auth_result_codes(const TransactionFacts& t) {
+  AuthResultCodes r;
+  r.spf = parse_spf_result(get(t, "spf.result"));
+  if (t.notes.count("dkim.count")) {
+    r.dkim_checked = true;
+    long count = to_long(get(t, "dkim.count"), 0);
+    for (long i = 1; i <= count && i <= 1000; ++i) {
+      r.dkim.push_back(parse_dkim_result(get(t, "dkim." + std::to_string(i) + ".result")).value_or(DkimResult::kPermerror));
+    }
+  }
+  r.dmarc = parse_dmarc_result(get(t, "dmarc.result"));
+  return r;
+}
+
 }  // namespace postern

@@ -76,6 +76,16 @@ void store(TransactionFacts& t, const std::vector<DkimSignature>& dkim);
 void store(TransactionFacts& t, const DmarcOutcome& dmarc);
 AuthResults load_auth_results(const TransactionFacts& t);
 
+// Only the results of load_auth_results(), for counting them (metrics): a
+// few lookups instead of every field of every signature.
+struct AuthResultCodes {
+  std::optional<SpfResult> spf;
+  bool dkim_checked = false;
+  std::vector<DkimResult> dkim;
+  std::optional<DmarcResult> dmarc;
+};
+AuthResultCodes load_auth_result_codes(const TransactionFacts& t);
+
 std::optional<SpfResult> parse_spf_result(std::string_view s);
 std::optional<DkimResult> parse_dkim_result(std::string_view s);
 std::optional<DmarcResult> parse_dmarc_result(std::string_view s);

@@ -34,9 +34,13 @@ struct DkimBodyHash::Digest {
 
 DkimBodyHash::DkimBodyHash(DkimBodyCanon canon, DkimHash hash)
     : canon_(canon), hash_(hash), digest_(std::make_unique<Digest>()), buffer_(new char[kBuffer]) {
+  // Fetched once: an implicit fetch on every EVP_DigestInit_ex (OpenSSL 3
+  // providers) was 1% of the full policy's CPU.
+  static EVP_MD* const sha1 = EVP_MD_fetch(nullptr, "SHA1", nullptr);
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
   digest_->ctx = EVP_MD_CTX_new();
-  if (!digest_->ctx ||
-      EVP_DigestInit_ex(digest_->ctx, hash == DkimHash::kSha1 ? EVP_sha1() : EVP_sha256(), nullptr) != 1) {
+  const EVP_MD* md = hash == DkimHash::kSha1 ? sha1 : sha256;
+  if (!digest_->ctx || !md || EVP_DigestInit_ex(digest_->ctx, md, nullptr) != 1) {
     throw std::runtime_error("dkim: cannot start a body digest");
   }
 }
