@@ -13,14 +13,13 @@ import pathlib
 import socket
 import struct
 import subprocess
-import threading
 import time
 
 import pytest
 
 from faulty_dns import FaultyDns
-from harness import (ASAN, HOSTNAME, IO_TIMEOUT, POSTERN_BIN, SCALE, PosternProcess, SmtpClient, check_reply,
-                     data_payload, make_message, postern_run_args, wait_until, write_config)
+from harness import (ASAN, HOSTNAME, IO_TIMEOUT, POSTERN_BIN, SCALE, PosternProcess, ScriptedServer, SmtpClient,
+                     check_reply, data_payload, make_message, postern_run_args, wait_until, write_config)
 
 QUEUED = "250 2.0.0 Ok: queued as ABC123"
 MSG = make_message("fault", b"body\r\n")
@@ -67,7 +66,7 @@ def still_serving(p, sink, proxied=False):
 
 # ---------------------------------------------------------------- a scripted, broken MTA
 
-class BrokenMta:
+class BrokenMta(ScriptedServer):
     """A loopback SMTP server that behaves until told otherwise.
 
     replies: {"GREETING"|"EHLO"|"MAIL"|"RCPT"|"DATA"|"END": bytes} sent instead
@@ -79,28 +78,12 @@ class BrokenMta:
         self.rst_after_content = rst_after_content
         self.stall_after_354 = stall_after_354
         self.accepted = []            # contents answered 250 by this MTA
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def address(self):
-        return f"127.0.0.1:{self.port}"
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _say(self, conn, stage, normal):
         conn.sendall(self.replies.get(stage, normal))
 
-    def _session(self, conn):
+    def session(self, conn):
         conn.settimeout(30)
         buf = b""
 
@@ -153,13 +136,6 @@ class BrokenMta:
             pass
         finally:
             conn.close()
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
 
 
 GARBAGE = {
