@@ -176,8 +176,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::size_t before = count_files(delivered);
 
   Client client{asio::ip::tcp::socket(w.io), in, {}, {}};
-  client.socket.connect(w.acceptor.local_endpoint());
-  asio::ip::tcp::socket server = w.acceptor.accept();
+  // Blocking connect/accept on loopback; a signal (libFuzzer's timers) may
+  // interrupt them: retried, never a crash of the harness.
+  std::error_code ec;
+  do {
+    if (client.socket.is_open() && ec) client.socket.close();
+    client.socket.connect(w.acceptor.local_endpoint(), ec);
+  } while (ec == asio::error::interrupted);
+  if (ec) return 0;
+  asio::ip::tcp::socket server(w.io);
+  do {
+    w.acceptor.accept(server, ec);
+  } while (ec == asio::error::interrupted);
+  if (ec) return 0;
   {
     auto session = std::make_shared<postern::Session>(std::move(server), config, listener, nullptr, w.chain,
                                                       w.chain, w.caps, w.registry);
