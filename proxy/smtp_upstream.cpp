@@ -464,9 +464,9 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
       append_params(output_, *rcpt_params, *this);
       output_.append("\r\n");
     }
-    const auto sent = std::chrono::steady_clock::now();
+    mail_sent_ = std::chrono::steady_clock::now();
     if (co_await send(output_, config_->timeouts.upstream_mail)) {
-      r = co_await reply_to(metrics::UpstreamCommand::kMail, sent, config_->timeouts.upstream_mail);
+      r = co_await reply_to(metrics::UpstreamCommand::kMail, mail_sent_, config_->timeouts.upstream_mail);
     } else {
       r = lost("write failed");
     }
@@ -512,8 +512,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
     if (held_reply_.connection_lost || state_ == State::kClosed) co_return local(replies::kUpstreamLost, true);
     // The RCPT's reply follows, whatever MAIL's was; after a refused MAIL it
     // is relayed as the MTA gave it (it refuses a RCPT without MAIL too).
-    UpstreamReply r = co_await reply_to(metrics::UpstreamCommand::kRcpt, std::chrono::steady_clock::now(),
-                                        config_->timeouts.upstream_rcpt);
+    // Its latency counts from the write that carried it.
+    UpstreamReply r = co_await reply_to(metrics::UpstreamCommand::kRcpt, mail_sent_, config_->timeouts.upstream_rcpt);
     if (state_ != State::kInTransaction) co_return r;
     co_return checked_rcpt(std::move(r));
   }

@@ -80,6 +80,7 @@ class SmtpUpstream final : public Upstream {
   Mailbox held_from_;                   // a MAIL held back (kMailHeld), not sent yet
   std::vector<EsmtpParam> held_params_;
   UpstreamReply held_reply_;  // its reply, read by the rcpt() that carried it
+  std::chrono::steady_clock::time_point mail_sent_;  // when the last MAIL (with its RCPT) was written
   bool protocol_error_ = false;
 };
 

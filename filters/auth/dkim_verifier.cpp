@@ -276,13 +276,13 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
       }
       const unsigned flags = dkim_sig_getflags(sig);
       const int err = dkim_sig_geterror(sig);
-      // With postern's own body hash, libopendkim saw no body: a header
-      // signature that verified passes on that hash, not on libopendkim's.
-      const DkimBodyHash* own = body && (flags & DKIM_SIGFLAG_PASSED) ? own_body_hash(sig, *body) : nullptr;
       if (i >= static_cast<int>(options_.max_signatures)) {
         s.result = DkimResult::kPermerror;
         s.reason = "too many signatures";
       } else if (body && (flags & DKIM_SIGFLAG_PASSED)) {
+        // With postern's own body hash, libopendkim saw no body: a header
+        // signature that verified passes on that hash, not on libopendkim's.
+        const DkimBodyHash* own = own_body_hash(sig, *body);
         const std::string bh = str(dkim_sig_gettagvalue(sig, false, reinterpret_cast<u_char*>(const_cast<char*>("bh"))));
         if (!own) {
           s.result = DkimResult::kPermerror;
