@@ -13,6 +13,7 @@
 #include <asio/awaitable.hpp>
 
 #include "filters/address.h"
+#include "filters/auth/auth_types.h"
 #include "filters/message.h"
 #include "filters/verdict.h"
 
@@ -79,6 +80,7 @@ struct TransactionFacts {
   std::vector<Symbol> symbols;
   double score = 0;
   std::map<std::string, std::string> notes;
+  AuthResults auth;  // SPF, DKIM and DMARC, as their filters record them
 
   void add_symbol(Symbol s) {
     score += s.score;

@@ -292,14 +292,13 @@ void message_done(MessageResult result, std::uint64_t size, double eod_seconds, 
 void transaction_done(const TransactionFacts& t, Registry& r) {
   std::string scratch;
   for (const Symbol& s : t.symbols) r.symbols.at(clean_label_value(s.name, scratch)).inc();
-  if (t.notes.empty()) return;
-  AuthResultCodes a = load_auth_result_codes(t);
-  if (a.spf) r.spf_results[static_cast<std::size_t>(*a.spf)].inc();
+  const AuthResults& a = t.auth;
+  if (a.spf) r.spf_results[static_cast<std::size_t>(a.spf->result)].inc();
   if (a.dkim_checked) {
     if (a.dkim.empty()) r.dkim_results[static_cast<std::size_t>(DkimResult::kNone)].inc();
-    for (DkimResult d : a.dkim) r.dkim_results[static_cast<std::size_t>(d)].inc();
+    for (const DkimSignature& d : a.dkim) r.dkim_results[static_cast<std::size_t>(d.result)].inc();
   }
-  if (a.dmarc) r.dmarc_results[static_cast<std::size_t>(*a.dmarc)].inc();
+  if (a.dmarc) r.dmarc_results[static_cast<std::size_t>(a.dmarc->result)].inc();
 }
 
 void filter_time(Stage stage, double seconds) {

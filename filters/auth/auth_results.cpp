@@ -1,8 +1,8 @@
 // Typed authenticity results to and from TransactionFacts::notes.
 #include "filters/auth/auth_results.h"
 
+#include <algorithm>
 #include <array>
-#include <charconv>
 
 namespace postern {
 
@@ -20,17 +20,6 @@ std::optional<E> parse(const std::array<const char*, N>& names, std::string_view
   return std::nullopt;
 }
 
-std::string get(const TransactionFacts& t, const std::string& key) {
-  auto it = t.notes.find(key);
-  return it == t.notes.end() ? std::string() : it->second;
-}
-
-long to_long(const std::string& s, long fallback) {
-  long v = fallback;
-  std::from_chars(s.data(), s.data() + s.size(), v);
-  return v;
-}
-
 }  // namespace
 
 const char* spf_result_name(SpfResult r) { return kSpfNames[static_cast<std::size_t>(r)]; }
@@ -41,113 +30,83 @@ std::optional<SpfResult> parse_spf_result(std::string_view s) { return parse<Spf
 std::optional<DkimResult> parse_dkim_result(std::string_view s) { return parse<DkimResult>(kDkimNames, s); }
 std::optional<DmarcResult> parse_dmarc_result(std::string_view s) { return parse<DmarcResult>(kDmarcNames, s); }
 
-void store(TransactionFacts& t, const SpfOutcome& spf) {
-  auto& n = t.notes;
-  n["spf.result"] = spf_result_name(spf.result);
-  n["spf.identity"] = spf.identity;
-  n["spf.sender"] = spf.sender;
-  n["spf.domain"] = spf.domain;
-  n["spf.client_ip"] = spf.client_ip;
-  n["spf.helo"] = spf.helo;
-  n["spf.explanation"] = spf.explanation;
-  n["spf.reason"] = spf.reason;
-}
+void store(TransactionFacts& t, const SpfOutcome& spf) { t.auth.spf = spf; }
 
 void store(TransactionFacts& t, const std::vector<DkimSignature>& dkim) {
-  auto& n = t.notes;
-  n["dkim.count"] = std::to_string(dkim.size());
-  for (std::size_t i = 0; i < dkim.size(); ++i) {
-    const auto& s = dkim[i];
-    const std::string p = "dkim." + std::to_string(i + 1) + '.';
-    n[p + "result"] = dkim_result_name(s.result);
-    n[p + "domain"] = s.domain;
-    n[p + "selector"] = s.selector;
-    n[p + "algorithm"] = s.algorithm;
-    n[p + "identity"] = s.identity;
-    n[p + "b"] = s.b;
-    n[p + "reason"] = s.reason;
-    n[p + "key_bits"] = std::to_string(s.key_bits);
-    n[p + "weak_key"] = s.weak_key ? "1" : "0";
-    n[p + "body_length"] = std::to_string(s.body_length);
-    n[p + "body_truncated"] = s.body_truncated ? "1" : "0";
-  }
+  t.auth.dkim_checked = true;
+  t.auth.dkim = dkim;
 }
 
-void store(TransactionFacts& t, const DmarcOutcome& d) {
-  auto& n = t.notes;
-  n["dmarc.result"] = dmarc_result_name(d.result);
-  n["dmarc.from_domain"] = d.from_domain;
-  n["dmarc.org_domain"] = d.org_domain;
-  n["dmarc.policy"] = d.policy;
-  n["dmarc.disposition"] = d.disposition;
-  n["dmarc.spf_aligned"] = d.spf_aligned ? "1" : "0";
-  n["dmarc.dkim_aligned"] = d.dkim_aligned ? "1" : "0";
-  n["dmarc.record_domain"] = d.record_domain;
-  n["dmarc.reason"] = d.reason;
-}
+void store(TransactionFacts& t, const DmarcOutcome& d) { t.auth.dmarc = d; }
 
-AuthResults load_auth_results(const TransactionFacts& t) {
-  AuthResults r;
-  if (auto res = parse_spf_result(get(t, "spf.result"))) {
-    SpfOutcome s;
-    s.result = *res;
-    s.identity = get(t, "spf.identity");
-    s.sender = get(t, "spf.sender");
-    s.domain = get(t, "spf.domain");
-    s.client_ip = get(t, "spf.client_ip");
-    s.helo = get(t, "spf.helo");
-    s.explanation = get(t, "spf.explanation");
-    s.reason = get(t, "spf.reason");
-    r.spf = std::move(s);
+namespace {
+
+const char* flag(bool b) { return b ? "1" : "0"; }
+
+// Calls emit(name, value) for every note of `auth`, in the documented order.
+template <typename Emit>
+void each_note(const AuthResults& auth, Emit&& emit) {
+  if (const auto& s = auth.spf) {
+    emit("spf.result", spf_result_name(s->result));
+    emit("spf.identity", s->identity);
+    emit("spf.sender", s->sender);
+    emit("spf.domain", s->domain);
+    emit("spf.client_ip", s->client_ip);
+    emit("spf.helo", s->helo);
+    emit("spf.explanation", s->explanation);
+    emit("spf.reason", s->reason);
   }
-  if (t.notes.count("dkim.count")) {
-    r.dkim_checked = true;
-    long count = to_long(get(t, "dkim.count"), 0);
-    for (long i = 1; i <= count && i <= 1000; ++i) {
-      const std::string p = "dkim." + std::to_string(i) + '.';
-      DkimSignature s;
-      s.result = parse_dkim_result(get(t, p + "result")).value_or(DkimResult::kPermerror);
-      s.domain = get(t, p + "domain");
-      s.selector = get(t, p + "selector");
-      s.algorithm = get(t, p + "algorithm");
-      s.identity = get(t, p + "identity");
-      s.b = get(t, p + "b");
-      s.reason = get(t, p + "reason");
-      s.key_bits = static_cast<unsigned>(to_long(get(t, p + "key_bits"), 0));
-      s.weak_key = get(t, p + "weak_key") == "1";
-      s.body_length = to_long(get(t, p + "body_length"), -1);
-      s.body_truncated = get(t, p + "body_truncated") == "1";
-      r.dkim.push_back(std::move(s));
+  if (auth.dkim_checked) {
+    emit("dkim.count", std::to_string(auth.dkim.size()));
+    for (std::size_t i = 0; i < auth.dkim.size(); ++i) {
+      const DkimSignature& d = auth.dkim[i];
+      const std::string p = "dkim." + std::to_string(i + 1) + '.';
+      emit(p + "result", dkim_result_name(d.result));
+      emit(p + "domain", d.domain);
+      emit(p + "selector", d.selector);
+      emit(p + "algorithm", d.algorithm);
+      emit(p + "identity", d.identity);
+      emit(p + "b", d.b);
+      emit(p + "reason", d.reason);
+      emit(p + "key_bits", std::to_string(d.key_bits));
+      emit(p + "weak_key", flag(d.weak_key));
+      emit(p + "body_length", std::to_string(d.body_length));
+      emit(p + "body_truncated", flag(d.body_truncated));
     }
   }
-  if (auto res = parse_dmarc_result(get(t, "dmarc.result"))) {
-    DmarcOutcome d;
-    d.result = *res;
-    d.from_domain = get(t, "dmarc.from_domain");
-    d.org_domain = get(t, "dmarc.org_domain");
-    d.policy = get(t, "dmarc.policy");
-    d.disposition = get(t, "dmarc.disposition");
-    d.spf_aligned = get(t, "dmarc.spf_aligned") == "1";
-    d.dkim_aligned = get(t, "dmarc.dkim_aligned") == "1";
-    d.record_domain = get(t, "dmarc.record_domain");
-    d.reason = get(t, "dmarc.reason");
-    r.dmarc = std::move(d);
+  if (const auto& d = auth.dmarc) {
+    emit("dmarc.result", dmarc_result_name(d->result));
+    emit("dmarc.from_domain", d->from_domain);
+    emit("dmarc.org_domain", d->org_domain);
+    emit("dmarc.policy", d->policy);
+    emit("dmarc.disposition", d->disposition);
+    emit("dmarc.spf_aligned", flag(d->spf_aligned));
+    emit("dmarc.dkim_aligned", flag(d->dkim_aligned));
+    emit("dmarc.record_domain", d->record_domain);
+    emit("dmarc.reason", d->reason);
   }
-  return r;
 }
 
-AuthResultCodes load_auth_result_codes(const TransactionFacts& t) {
-  AuthResultCodes r;
-  r.spf = parse_spf_result(get(t, "spf.result"));
-  if (t.notes.count("dkim.count")) {
-    r.dkim_checked = true;
-    long count = to_long(get(t, "dkim.count"), 0);
-    for (long i = 1; i <= count && i <= 1000; ++i) {
-      r.dkim.push_back(parse_dkim_result(get(t, "dkim." + std::to_string(i) + ".result")).value_or(DkimResult::kPermerror));
-    }
-  }
-  r.dmarc = parse_dmarc_result(get(t, "dmarc.result"));
-  return r;
+}  // namespace
+
+bool is_auth_note_key(std::string_view key) {
+  return key.starts_with("spf.") || key.starts_with("dkim.") || key.starts_with("dmarc.");
+}
+
+std::optional<std::string> auth_note(const AuthResults& auth, std::string_view key) {
+  std::optional<std::string> found;
+  if (!is_auth_note_key(key)) return found;
+  each_note(auth, [&](std::string_view name, std::string_view value) {
+    if (!found && name == key) found.emplace(value);
+  });
+  return found;
+}
+
+std::vector<std::pair<std::string, std::string>> auth_notes(const AuthResults& auth) {
+  std::vector<std::pair<std::string, std::string>> out;
+  each_note(auth, [&](std::string_view name, std::string_view value) { out.emplace_back(name, value); });
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace postern

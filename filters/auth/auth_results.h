@@ -1,90 +1,32 @@
-// The results of the sender-authenticity checks of one transaction, as typed
-// values, and their home between stages: TransactionFacts::notes under the
-// keys "spf.*", "dkim.N.*" and "dmarc.*" (so the Lua rules, the audit log and
-// `postern check` read the same thing). Each check writes its part with
-// store(); later stages and the proxy read all of it back with load().
+// The authenticity results of one transaction (TransactionFacts::auth, types
+// in filters/auth/auth_types.h): how each check records its part, and their
+// view as notes under the keys "spf.*", "dkim.N.*" and "dmarc.*" (docs/
+// authentication.md), which Lua rules read through ctx.notes.
 #pragma once
 
-#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "filters/auth/auth_types.h"
 #include "filters/filter.h"
 
 namespace postern {
 
-// RFC 7208 §2.6 results.
-enum class SpfResult { kNone, kNeutral, kPass, kFail, kSoftfail, kTemperror, kPermerror };
-const char* spf_result_name(SpfResult r);
-
-struct SpfOutcome {
-  SpfResult result = SpfResult::kNone;
-  std::string identity;     // "mailfrom" or "helo" (null reverse-path, RFC 7208 §2.4)
-  std::string sender;       // the checked identity: "user@domain" or "postmaster@helo"
-  std::string domain;       // its domain
-  std::string client_ip;    // as checked (IPv4-mapped IPv6 unmapped)
-  std::string helo;
-  std::string explanation;  // exp= text on fail
-  std::string reason;       // why: the matched mechanism, the error, the limit
-};
-
-// RFC 6376 §6.1 / RFC 8601 dkim results.
-enum class DkimResult { kNone, kPass, kFail, kNeutral, kPolicy, kTemperror, kPermerror };
-const char* dkim_result_name(DkimResult r);
-
-struct DkimSignature {
-  DkimResult result = DkimResult::kNone;
-  std::string domain;     // d=
-  std::string selector;   // s=
-  std::string algorithm;  // "rsa-sha256", "ed25519-sha256", "rsa-sha1"
-  std::string identity;   // i=
-  std::string b;          // the first 12 characters of b=, for header.b (RFC 6008)
-  std::string reason;     // why it failed, or notes ("l= covers 120 of 300 octets")
-  unsigned key_bits = 0;
-  bool weak_key = false;  // RSA key < 1024 bits
-  long body_length = -1;  // l=, -1 when absent
-  bool body_truncated = false;  // l= leaves body octets unsigned
-};
-
-// RFC 7489 results.
-enum class DmarcResult { kNone, kPass, kFail, kTemperror, kPermerror };
-const char* dmarc_result_name(DmarcResult r);
-
-struct DmarcOutcome {
-  DmarcResult result = DmarcResult::kNone;
-  std::string from_domain;   // RFC5322.From domain
-  std::string org_domain;    // its organizational domain (Public Suffix List)
-  std::string policy;        // the record's p= (or sp= when it applied): none, quarantine, reject
-  std::string disposition;   // after pct=: none, quarantine, reject
-  bool spf_aligned = false;
-  bool dkim_aligned = false;
-  std::string record_domain; // where the record was found (From domain or org domain)
-  std::string reason;
-};
-
-struct AuthResults {
-  std::optional<SpfOutcome> spf;
-  bool dkim_checked = false;
-  std::vector<DkimSignature> dkim;
-  std::optional<DmarcOutcome> dmarc;
-};
-
 void store(TransactionFacts& t, const SpfOutcome& spf);
 void store(TransactionFacts& t, const std::vector<DkimSignature>& dkim);
 void store(TransactionFacts& t, const DmarcOutcome& dmarc);
-AuthResults load_auth_results(const TransactionFacts& t);
 
-// Only the results of load_auth_results(), for counting them (metrics): a
-// few lookups instead of every field of every signature.
-struct AuthResultCodes {
-  std::optional<SpfResult> spf;
-  bool dkim_checked = false;
-  std::vector<DkimResult> dkim;
-  std::optional<DmarcResult> dmarc;
-};
-AuthResultCodes load_auth_result_codes(const TransactionFacts& t);
+// The note `key` ("spf.result", "dkim.2.domain", ...) of these results, or
+// nothing when the key is not one of them or its check has not run.
+std::optional<std::string> auth_note(const AuthResults& auth, std::string_view key);
+// Every such note, in key order.
+std::vector<std::pair<std::string, std::string>> auth_notes(const AuthResults& auth);
+// Whether `key` names an authenticity result ("spf.", "dkim.", "dmarc."):
+// those notes are read-only for the rules.
+bool is_auth_note_key(std::string_view key);
 
 std::optional<SpfResult> parse_spf_result(std::string_view s);
 std::optional<DkimResult> parse_dkim_result(std::string_view s);

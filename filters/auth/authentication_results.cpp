@@ -133,7 +133,7 @@ void add_authentication_results(FilterContext& ctx, const AuthResultsOptions& op
     if (removed) t.notes["authres.removed"] = std::to_string(removed);
   }
   t.changes.headers.push_back(HeaderEdit{HeaderEdit::Kind::kPrepend, "Authentication-Results",
-                                         authentication_results_value(options.authserv_id, load_auth_results(t))});
+                                         authentication_results_value(options.authserv_id, t.auth)});
 }
 
 asio::awaitable<Verdict> AuthResultsFilter::run(FilterContext& ctx) {

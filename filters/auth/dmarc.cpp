@@ -208,7 +208,7 @@ asio::awaitable<std::pair<Lookup, std::string>> fetch_record(std::shared_ptr<Res
 asio::awaitable<Verdict> DmarcFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
   if (!message) co_return Verdict::proceed();
-  AuthResults auth = load_auth_results(ctx.transaction);
+  const AuthResults& auth = ctx.transaction.auth;
   auto from = from_domain(*message);
   DmarcOutcome o;
   if (!from) {

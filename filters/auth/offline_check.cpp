@@ -74,7 +74,7 @@ std::string run_offline_check(const OfflineCheck& c) {
     verdict = f2.get();
   }
 
-  AuthResults auth = load_auth_results(tx);
+  const AuthResults& auth = tx.auth;
   std::string o = "{";
   if (auth.spf) {
     o += "\"spf\":{\"result\":" + js(spf_result_name(auth.spf->result)) + ",\"domain\":" + js(auth.spf->domain) +

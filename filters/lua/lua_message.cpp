@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "filters/auth/auth_results.h"
 #include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
 
@@ -167,11 +168,26 @@ std::map<std::string, std::string>& notes_of(lua_State* L, int idx) {
   return session ? inv.ctx->session.notes : inv.ctx->transaction.notes;
 }
 
+// The authenticity results of the transaction behind a notes handle; null
+// for the session's notes.
+const AuthResults* auth_of(lua_State* L, int idx) {
+  Invocation& inv = check_handle(L, idx, kNotesMeta);
+  bool session = static_cast<Handle*>(lua_touserdata(L, idx))->session;
+  return session ? nullptr : &inv.ctx->transaction.auth;
+}
+
 int notes_index(lua_State* L) {
   auto& notes = notes_of(L, 1);
-  auto it = notes.find(luaL_checkstring(L, 2));
-  if (it == notes.end()) lua_pushnil(L);
-  else lua_pushlstring(L, it->second.data(), it->second.size());
+  const char* key = luaL_checkstring(L, 2);
+  auto it = notes.find(key);
+  if (it != notes.end()) {
+    lua_pushlstring(L, it->second.data(), it->second.size());
+    return 1;
+  }
+  std::optional<std::string> note;
+  if (const AuthResults* auth = auth_of(L, 1)) note = auth_note(*auth, key);
+  if (note) lua_pushlstring(L, note->data(), note->size());
+  else lua_pushnil(L);
   return 1;
 }
 
@@ -181,6 +197,9 @@ int notes_newindex(lua_State* L) {
   const char* key = luaL_checklstring(L, 2, &klen);
   if (klen == 0 || klen > kMaxNoteKey) return luaL_error(L, "a note key is 1 to %d octets", static_cast<int>(kMaxNoteKey));
   if (std::strncmp(key, "postern.", 8) == 0) return luaL_error(L, "note keys starting with \"postern.\" are reserved");
+  if (auth_of(L, 1) && is_auth_note_key(key)) {
+    return luaL_error(L, "note \"%s\" is an authenticity result (spf.*, dkim.*, dmarc.*) and read-only", key);
+  }
   if (lua_isnil(L, 3)) {
     notes.erase(key);
     return 0;
@@ -203,6 +222,12 @@ int notes_pairs(lua_State* L) {
   for (auto& [k, v] : notes) {
     lua_pushlstring(L, v.data(), v.size());
     lua_setfield(L, -2, k.c_str());
+  }
+  if (const AuthResults* auth = auth_of(L, 1)) {
+    for (auto& [k, v] : auth_notes(*auth)) {
+      lua_pushlstring(L, v.data(), v.size());
+      lua_setfield(L, -2, k.c_str());
+    }
   }
   lua_pushnil(L);
   return 3;

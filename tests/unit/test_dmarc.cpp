@@ -89,8 +89,8 @@ Run run_chain(const std::string& fixture, const std::string& ip, const Mailbox& 
 std::string dmarc(const std::string& fixture, const std::string& ip = "198.51.100.1",
                   const Mailbox& mail_from = Mailbox{"bounce", "elsewhere.example.org"}) {
   auto r = run_chain(fixture, ip, mail_from);
-  INFO(fixture << ": " << r.tx.notes["dmarc.reason"]);
-  return r.tx.notes["dmarc.result"] + "/" + r.tx.notes["dmarc.policy"] + "/" + r.tx.notes["dmarc.disposition"];
+  INFO(fixture << ": " << auth_note(r.tx.auth, "dmarc.reason").value_or(""));
+  return auth_note(r.tx.auth, "dmarc.result").value_or("") + "/" + auth_note(r.tx.auth, "dmarc.policy").value_or("") + "/" + auth_note(r.tx.auth, "dmarc.disposition").value_or("");
 }
 
 }  // namespace

@@ -233,6 +233,36 @@ TEST_CASE("lua api: client, envelope and notes", "[lua]") {
   CHECK(h.session.notes["count"] == "2");
 }
 
+TEST_CASE("lua api: the authenticity results read as notes, read-only", "[lua]") {
+  LuaHarness h;
+  postern::SpfOutcome spf;
+  spf.result = postern::SpfResult::kSoftfail;
+  spf.domain = "example.org";
+  h.txn.auth.spf = spf;
+  postern::DkimSignature sig;
+  sig.result = postern::DkimResult::kPass;
+  sig.domain = "example.net";
+  sig.key_bits = 2048;
+  h.txn.auth.dkim_checked = true;
+  h.txn.auth.dkim = {sig};
+  h.txn.notes["mine"] = "x";
+  auto f = h.load(rule("mail", R"(
+    local n = ctx.notes
+    local keys = {}
+    for k in pairs(n) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local ok, err = pcall(function() n['spf.result'] = 'pass' end)
+    return postern.reject(table.concat({n['spf.result'], n['spf.domain'], n['dkim.count'], n['dkim.1.domain'],
+                                        n['dkim.1.key_bits'], tostring(n['dmarc.result']), tostring(n['dkim.2.domain']),
+                                        #keys, keys[1], tostring(ok), err:match('read%-only') or err}, '|'))
+  )"));
+  Verdict v = h.run(*f, Stage::kMail);
+  // 8 spf.* + dkim.count + 11 dkim.1.* + "mine"
+  CHECK(v.text == "softfail|example.org|1|example.net|2048|nil|nil|21|dkim.1.algorithm|false|read-only");
+  CHECK(h.txn.auth.spf->result == postern::SpfResult::kSoftfail);
+  CHECK_FALSE(h.txn.notes.count("spf.result"));
+}
+
 TEST_CASE("lua api: headers and body", "[lua]") {
   LuaHarness h;
   h.set_message(kMessage);

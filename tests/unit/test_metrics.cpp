@@ -150,7 +150,7 @@ TEST_CASE("upstream reply latencies are named by the command they answer", "[met
   CHECK(m::upstream_command("DATAX\r\n") == C::kOther);
 }
 
-TEST_CASE("transaction results: symbols and SPF/DKIM/DMARC from the notes", "[metrics]") {
+TEST_CASE("transaction results: symbols and SPF/DKIM/DMARC results", "[metrics]") {
   auto r = std::make_unique<m::Registry>();
   postern::TransactionFacts t;
   t.add_symbol({"SPF_PASS", 0, ""});

@@ -205,14 +205,14 @@ TEST_CASE("spf filter runs on the pool at MAIL and records its result", "[spf]")
   io.run();
   Verdict v = fut.get();
   CHECK_FALSE(v.decisive());
-  CHECK(tx.notes["spf.result"] == "pass");
-  CHECK(tx.notes["spf.domain"] == "ip4.example.com");
+  CHECK(auth_note(tx.auth, "spf.result").value_or("") == "pass");
+  CHECK(auth_note(tx.auth, "spf.domain").value_or("") == "ip4.example.com");
   REQUIRE(tx.symbols.size() == 1);
   CHECK(tx.symbols[0].name == "SPF_PASS");
   REQUIRE(tx.changes.headers.size() == 1);
   CHECK(tx.changes.headers[0].name == "Received-SPF");
   CHECK(tx.changes.headers[0].value.rfind("pass (mx.postern.example: domain of u@ip4.example.com designates 192.0.2.1", 0) == 0);
-  auto loaded = load_auth_results(tx);
+  auto loaded = tx.auth;
   REQUIRE(loaded.spf);
   CHECK(loaded.spf->result == SpfResult::kPass);
 
@@ -259,13 +259,13 @@ TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes 
   TransactionFacts bounce;
   FilterContext at_mail{Stage::kMail, session, bounce};
   CHECK_FALSE(run(at_mail).decisive());
-  CHECK(bounce.notes["spf.result"] == "pass");
-  CHECK(bounce.notes["spf.identity"] == "helo");
-  CHECK(bounce.notes["spf.sender"] == "postmaster@helo.example.org");
+  CHECK(auth_note(bounce.auth, "spf.result").value_or("") == "pass");
+  CHECK(auth_note(bounce.auth, "spf.identity").value_or("") == "helo");
+  CHECK(auth_note(bounce.auth, "spf.sender").value_or("") == "postmaster@helo.example.org");
   REQUIRE(bounce.changes.headers.size() == 1);
   CHECK(bounce.changes.headers[0].value.find("identity=helo;") != std::string::npos);
   CHECK(bounce.changes.headers[0].value.find("helo=\"helo.example.org\"") != std::string::npos);
-  auto ar = load_auth_results(bounce);
+  auto ar = bounce.auth;
   REQUIRE(ar.spf);
   CHECK(ar.spf->identity == "helo");
 
@@ -289,8 +289,8 @@ TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes 
   mail.reverse_path = Mailbox{"u", "ip4.example.com"};
   FilterContext at_mail3{Stage::kMail, other, mail};
   CHECK(run(at_mail3).action == Verdict::Action::kReject);  // 198.51.100.8 is outside 192.0.2.0/24
-  CHECK(mail.notes["spf.identity"] == "mailfrom");
-  CHECK(mail.notes["spf.domain"] == "ip4.example.com");
+  CHECK(auth_note(mail.auth, "spf.identity").value_or("") == "mailfrom");
+  CHECK(auth_note(mail.auth, "spf.domain").value_or("") == "ip4.example.com");
 
   // A new HELO name the filter did not see is checked afresh, not taken
   // from the old name's result.
@@ -298,9 +298,9 @@ TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes 
   TransactionFacts bounce3;
   FilterContext at_mail4{Stage::kMail, session, bounce3};
   run(at_mail4);
-  CHECK(bounce3.notes["spf.identity"] == "helo");
-  CHECK(bounce3.notes["spf.domain"] == "nohelo.example.org");
-  CHECK(bounce3.notes["spf.result"] == "none");
+  CHECK(auth_note(bounce3.auth, "spf.identity").value_or("") == "helo");
+  CHECK(auth_note(bounce3.auth, "spf.domain").value_or("") == "nohelo.example.org");
+  CHECK(auth_note(bounce3.auth, "spf.result").value_or("") == "none");
 
   // An address literal is no domain: none (§2.3), at HELO as at MAIL.
   SessionFacts literal;

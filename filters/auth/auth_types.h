@@ -1,0 +1,70 @@
+// The typed results of the sender-authenticity checks of one transaction.
+// They live in TransactionFacts::auth (filters/filter.h), written by the SPF,
+// DKIM and DMARC filters and read by every later stage, the audit log, the
+// metrics and `postern check`; filters/auth/auth_results.h shows them to the
+// Lua rules as the notes "spf.*", "dkim.N.*" and "dmarc.*".
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace postern {
+
+// RFC 7208 §2.6 results.
+enum class SpfResult { kNone, kNeutral, kPass, kFail, kSoftfail, kTemperror, kPermerror };
+const char* spf_result_name(SpfResult r);
+
+struct SpfOutcome {
+  SpfResult result = SpfResult::kNone;
+  std::string identity;     // "mailfrom" or "helo" (null reverse-path, RFC 7208 §2.4)
+  std::string sender;       // the checked identity: "user@domain" or "postmaster@helo"
+  std::string domain;       // its domain
+  std::string client_ip;    // as checked (IPv4-mapped IPv6 unmapped)
+  std::string helo;
+  std::string explanation;  // exp= text on fail
+  std::string reason;       // why: the matched mechanism, the error, the limit
+};
+
+// RFC 6376 §6.1 / RFC 8601 dkim results.
+enum class DkimResult { kNone, kPass, kFail, kNeutral, kPolicy, kTemperror, kPermerror };
+const char* dkim_result_name(DkimResult r);
+
+struct DkimSignature {
+  DkimResult result = DkimResult::kNone;
+  std::string domain;     // d=
+  std::string selector;   // s=
+  std::string algorithm;  // "rsa-sha256", "ed25519-sha256", "rsa-sha1"
+  std::string identity;   // i=
+  std::string b;          // the first 12 characters of b=, for header.b (RFC 6008)
+  std::string reason;     // why it failed, or notes ("l= covers 120 of 300 octets")
+  unsigned key_bits = 0;
+  bool weak_key = false;  // RSA key < 1024 bits
+  long body_length = -1;  // l=, -1 when absent
+  bool body_truncated = false;  // l= leaves body octets unsigned
+};
+
+// RFC 7489 results.
+enum class DmarcResult { kNone, kPass, kFail, kTemperror, kPermerror };
+const char* dmarc_result_name(DmarcResult r);
+
+struct DmarcOutcome {
+  DmarcResult result = DmarcResult::kNone;
+  std::string from_domain;   // RFC5322.From domain
+  std::string org_domain;    // its organizational domain (Public Suffix List)
+  std::string policy;        // the record's p= (or sp= when it applied): none, quarantine, reject
+  std::string disposition;   // after pct=: none, quarantine, reject
+  bool spf_aligned = false;
+  bool dkim_aligned = false;
+  std::string record_domain; // where the record was found (From domain or org domain)
+  std::string reason;
+};
+
+struct AuthResults {
+  std::optional<SpfOutcome> spf;
+  bool dkim_checked = false;
+  std::vector<DkimSignature> dkim;
+  std::optional<DmarcOutcome> dmarc;
+};
+
+}  // namespace postern
