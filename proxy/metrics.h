@@ -245,7 +245,7 @@ void count_replies(std::string_view wire, Registry& r = registry());
 void count_reply(int code, std::string_view text, Registry& r = registry());
 void message_done(MessageResult result, std::uint64_t size, double eod_seconds, double transaction_seconds);
 // At the end of a transaction (however it ended): its symbols and the
-// SPF/DKIM/DMARC results stored in its notes (filters/auth/auth_results.h).
+// SPF/DKIM/DMARC results (TransactionFacts::auth).
 void transaction_done(const TransactionFacts& t, Registry& r = registry());
 void filter_time(Stage stage, double seconds);
 void upstream_error(UpstreamError kind);

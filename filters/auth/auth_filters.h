@@ -13,8 +13,8 @@
 //    Authentication-Results run on the session's executor (async DNS only).
 //  - Order: spf (stage mail), dkim, dmarc, authentication-results (stage
 //    eom). Put the Lua filter after them so rules see the results
-//    (TransactionFacts::notes "spf.*", "dkim.N.*", "dmarc.*", or
-//    load_auth_results()).
+//    (TransactionFacts::auth; for Lua, ctx.spf/dkim/dmarc and the notes
+//    "spf.*", "dkim.N.*", "dmarc.*").
 #pragma once
 
 #include <memory>

@@ -1,6 +1,6 @@
 // The dkim filter: hashes the content as it streams in (a DkimStream tap on
 // the spool), looks the keys up asynchronously and verifies every
-// DKIM-Signature at end of message, and records the results (notes "dkim.*",
+// DKIM-Signature at end of message, and records the results (TransactionFacts::auth,
 // symbols). Content the stream could not follow is verified from the spool,
 // on the worker pool.
 #pragma once
