@@ -30,17 +30,27 @@ std::string error_text(lua_State* L, int idx) {
   return std::string("(error object is a ") + luaL_typename(L, idx) + " value)";
 }
 
+// At most this many idle rule coroutines are kept per Lua state: one per
+// rule call in flight at once is what a busy thread needs.
+constexpr std::size_t kMaxIdleThreads = 64;
+
 // Keeps a coroutine referenced while it runs and releases it however the
-// driver ends (also when the awaiting session is destroyed mid-rule).
+// driver ends (also when the awaiting session is destroyed mid-rule): back
+// to the runtime's idle threads when the call ended cleanly, else to the
+// garbage collector.
 struct ThreadRef {
-  lua_State* L;
+  LuaRuntime& rt;
   int ref;
-  ThreadTag* main_tag;
   lua_State* co;
+  bool reusable = false;
   ~ThreadRef() {
-    *static_cast<ThreadTag**>(lua_getextraspace(co)) = main_tag;
+    *static_cast<ThreadTag**>(lua_getextraspace(co)) = &rt.main_tag;
     lua_settop(co, 0);
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    if (reusable && lua_status(co) == LUA_OK && rt.idle_threads.size() < kMaxIdleThreads) {
+      rt.idle_threads.push_back({co, ref});
+    } else {
+      luaL_unref(rt.L, LUA_REGISTRYINDEX, ref);
+    }
   }
 };
 
@@ -363,6 +373,7 @@ std::vector<LuaRuleInfo> LuaFilter::rules() const {
 }
 
 std::size_t LuaFilter::memory_used() const { return rt_->alloc.used; }
+std::size_t LuaFilter::idle_rule_threads() const { return rt_->idle_threads.size(); }
 
 namespace {
 
@@ -407,16 +418,24 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
   std::string failure;
   Verdict verdict;
   bool hit = false;
-  lua_pushcfunction(L, new_rule_thread);
-  if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
-    lua_pop(L, 1);
-    filter_stats().lua_rule_failed(rule.info.name, rule.info.script, FilterStats::RuleFailure::kMemory);
-    co_return failure_verdict(rule, "not enough memory");
+  lua_State* co = nullptr;
+  int co_ref = LUA_NOREF;
+  if (!rt.idle_threads.empty()) {
+    co = rt.idle_threads.back().co;
+    co_ref = rt.idle_threads.back().ref;
+    rt.idle_threads.pop_back();
+  } else {
+    lua_pushcfunction(L, new_rule_thread);
+    if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
+      lua_pop(L, 1);
+      filter_stats().lua_rule_failed(rule.info.name, rule.info.script, FilterStats::RuleFailure::kMemory);
+      co_return failure_verdict(rule, "not enough memory");
+    }
+    co = static_cast<lua_State*>(lua_touserdata(L, -2));
+    co_ref = static_cast<int>(lua_tointeger(L, -1));
+    lua_pop(L, 2);
   }
-  auto* co = static_cast<lua_State*>(lua_touserdata(L, -2));
-  int co_ref = static_cast<int>(lua_tointeger(L, -1));
-  lua_pop(L, 2);
-  ThreadRef guard{L, co_ref, &rt.main_tag, co};
+  ThreadRef guard{rt, co_ref, co};
   *static_cast<ThreadTag**>(lua_getextraspace(co)) = &inv.tag;
   lua_sethook(co, count_hook, LUA_MASKCOUNT, kHookInterval);
 
@@ -473,6 +492,7 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
                 "; expected a postern verdict, true or nothing";
     }
   }
+  guard.reusable = failure.empty();
   filter_stats().lua_rule_run(rule.info.name, hit && failure.empty(),
                               std::chrono::duration<double>(Clock::now() - started).count());
   if (!failure.empty()) {

@@ -56,6 +56,8 @@ class LuaFilter final : public Filter {
   std::vector<LuaRuleInfo> rules() const;
   // Bytes the state holds now (for metrics and tests).
   std::size_t memory_used() const;
+  // Finished rule coroutines kept for reuse (for tests).
+  std::size_t idle_rule_threads() const;
 
  private:
   std::string name_ = "lua";

@@ -243,3 +243,26 @@ TEST_CASE("lua limits: memory stays capped across many calls", "[lua]") {
   CHECK(failures > 0);  // the script's own leak hits the cap ...
   CHECK(f->memory_used() <= h.options.memory_limit);  // ... and the cap holds
 }
+
+TEST_CASE("lua threads: a rule's coroutine is reused after a clean end, dropped after a failure", "[lua]") {
+  LuaHarness h;
+  h.options.timeout = std::chrono::milliseconds(100);
+  auto f = h.load(probe(R"(
+    local helo = ctx.client.helo
+    if helo == 'bad' then error('boom') end
+    if helo == 'slow' then postern.sleep(1) end
+    return postern.reject('ok ' .. helo)
+  )"));
+  for (int i = 0; i < 3; ++i) CHECK(h.run(*f, Stage::kHelo).text == "ok mail.example.net");
+  CHECK(f->idle_rule_threads() == 1);
+  h.session.helo = "bad";
+  CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kTempfail);
+  CHECK(f->idle_rule_threads() == 0);  // the failed call's thread was not kept
+  h.session.helo = "slow";
+  CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kTempfail);
+  CHECK(h.logged("time limit exceeded while waiting"));
+  CHECK(f->idle_rule_threads() == 0);  // nor the one suspended at its deadline
+  h.session.helo = "good.example";
+  CHECK(h.run(*f, Stage::kHelo).text == "ok good.example");
+  CHECK(f->idle_rule_threads() == 1);
+}
