@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <stdexcept>
 
 #include <openssl/evp.h>
@@ -11,16 +12,14 @@ namespace postern {
 
 namespace {
 
-// The octets that end a run of ordinary ones: CR, and for relaxed SP and HTAB.
-constexpr std::array<std::uint8_t, 256> special_octets(bool relaxed) {
+// The octets that end a run of ordinary ones in relaxed canonicalization:
+// CR, SP and HTAB ("simple" runs end at CR only: memchr).
+constexpr std::array<std::uint8_t, 256> relaxed_special_octets() {
   std::array<std::uint8_t, 256> t{};
-  t['\r'] = 1;
-  if (relaxed) t[' '] = t['\t'] = 1;
+  t['\r'] = t[' '] = t['\t'] = 1;
   return t;
 }
-constexpr auto kSimpleTable = special_octets(false);
-constexpr auto kRelaxedTable = special_octets(true);
-const std::uint8_t* const kSimpleSpecial = kSimpleTable.data();
+constexpr auto kRelaxedTable = relaxed_special_octets();
 const std::uint8_t* const kRelaxedSpecial = kRelaxedTable.data();
 
 }  // namespace
@@ -128,11 +127,26 @@ void DkimBodyHash::run(std::string_view body, bool at_end) {
     *w++ = c;
     in_line = true;
     // The octets up to the next CR (or WSP, relaxed) need no state: copied
-    // in a tight loop, as far as the buffer has room.
-    const std::uint8_t* special = relaxed ? kRelaxedSpecial : kSimpleSpecial;
+    // at once, as far as the buffer has room. Each octet consumed writes
+    // exactly one, so `stop` stays within the buffer. Relaxed: a single SP or
+    // HTAB between two ordinary octets (the space between words) is one SP,
+    // stateless too.
     const char* const stop = p + std::min<std::size_t>(static_cast<std::size_t>(end - p),
                                                        static_cast<std::size_t>(limit - w));
-    while (p < stop && !special[static_cast<unsigned char>(*p)]) *w++ = *p++;
+    if (!relaxed) {
+      const void* cr_at = std::memchr(p, '\r', static_cast<std::size_t>(stop - p));
+      const char* run_end = cr_at ? static_cast<const char*>(cr_at) : stop;
+      std::memcpy(w, p, static_cast<std::size_t>(run_end - p));
+      w += run_end - p;
+      p = run_end;
+      continue;
+    }
+    for (;;) {
+      while (p < stop && !kRelaxedSpecial[static_cast<unsigned char>(*p)]) *w++ = *p++;
+      if (stop - p < 2 || (*p != ' ' && *p != '\t') || kRelaxedSpecial[static_cast<unsigned char>(p[1])]) break;
+      *w++ = ' ';
+      ++p;
+    }
   }
   if (at_end && cr) {
     // A CR at the very end is an ordinary octet.
