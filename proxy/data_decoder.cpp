@@ -1,7 +1,30 @@
 // DATA decoder and dot-stuffer; see data_decoder.h for the contract.
 #include "proxy/data_decoder.h"
 
+#include <cstdint>
+#include <cstring>
+
 namespace postern {
+
+namespace {
+
+// The first CR, LF or NUL in [p, end), or end: eight octets at a time (a
+// byte loop was 5% of the instructions per message, issue 8).
+const char* find_cr_lf_nul(const char* p, const char* end) {
+  constexpr std::uint64_t kOnes = 0x0101010101010101ull;
+  constexpr std::uint64_t kHigh = 0x8080808080808080ull;
+  const auto has_zero = [](std::uint64_t v) { return (v - kOnes) & ~v & kHigh; };
+  while (end - p >= 8) {
+    std::uint64_t v;
+    std::memcpy(&v, p, sizeof v);
+    if (has_zero(v) | has_zero(v ^ (kOnes * '\r')) | has_zero(v ^ (kOnes * '\n'))) break;
+    p += 8;
+  }
+  while (p < end && *p != '\r' && *p != '\n' && *p != '\0') ++p;
+  return p;
+}
+
+}  // namespace
 
 void DataDecoder::reset() {
   state_ = State::kLineStart;
@@ -44,9 +67,18 @@ DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
     char c = in[i];
     switch (state_) {
       case State::kText: {
-        // Hot path: copy a run of ordinary bytes at once.
+        // Hot path: copy a run of ordinary bytes at once, with its CRLF when
+        // one ends it here.
         std::size_t start = i;
-        while (i < n && in[i] != '\r' && in[i] != '\n' && in[i] != '\0') ++i;
+        i = static_cast<std::size_t>(find_cr_lf_nul(in.data() + i, in.data() + n) - in.data());
+        if (i + 1 < n && in[i] == '\r' && in[i + 1] == '\n') {
+          i += 2;
+          emit(out, in.substr(start, i - start));
+          note_line_length(i - start);
+          line_length_ = 0;
+          state_ = State::kLineStart;
+          break;
+        }
         if (i > start) {
           emit(out, in.substr(start, i - start));
           note_line_length(i - start);
@@ -154,7 +186,7 @@ void DataDecoder::feed_chunk(std::string_view in, std::string& out) {
       continue;
     }
     std::size_t start = i;
-    while (i < in.size() && in[i] != '\r' && in[i] != '\n' && in[i] != '\0') ++i;
+    i = static_cast<std::size_t>(find_cr_lf_nul(in.data() + i, in.data() + in.size()) - in.data());
     if (i > start) {
       emit(out, in.substr(start, i - start));
       note_line_length(i - start);
