@@ -176,19 +176,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::size_t before = count_files(delivered);
 
   Client client{asio::ip::tcp::socket(w.io), in, {}, {}};
-  // Blocking connect/accept on loopback; a signal (libFuzzer's timers) may
-  // interrupt them: retried, never a crash of the harness.
-  std::error_code ec;
-  do {
-    if (client.socket.is_open() && ec) client.socket.close();
-    client.socket.connect(w.acceptor.local_endpoint(), ec);
-  } while (ec == asio::error::interrupted);
-  if (ec) return 0;
+  // Connect and accept asynchronously: a signal (libFuzzer's timers) that
+  // interrupts a blocking connect() leaves that connection in the backlog,
+  // and retrying on a new socket made the session serve the stale one while
+  // this client waited forever (a 12 s "timeout" of the target).
+  std::error_code connect_ec = asio::error::would_block;
+  std::error_code accept_ec = asio::error::would_block;
   asio::ip::tcp::socket server(w.io);
-  do {
-    w.acceptor.accept(server, ec);
-  } while (ec == asio::error::interrupted);
-  if (ec) return 0;
+  client.socket.async_connect(w.acceptor.local_endpoint(), [&](std::error_code ec) { connect_ec = ec; });
+  w.acceptor.async_accept(server, [&](std::error_code ec) { accept_ec = ec; });
+  w.io.run();
+  w.io.restart();
+  if (connect_ec || accept_ec) return 0;
   {
     auto session = std::make_shared<postern::Session>(std::move(server), config, listener, nullptr, w.chain,
                                                       w.chain, w.caps, w.registry);
