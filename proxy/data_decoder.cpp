@@ -1,16 +1,33 @@
 // DATA decoder and dot-stuffer; see data_decoder.h for the contract.
 #include "proxy/data_decoder.h"
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace postern {
 
 namespace {
 
-// The first CR, LF or NUL in [p, end), or end: eight octets at a time (a
+// The first CR, LF or NUL in [p, end), or end: sixteen octets at a time
+// with SSE2 (x86-64 baseline), else eight with plain 64-bit arithmetic (a
 // byte loop was 5% of the instructions per message, issue 8).
 const char* find_cr_lf_nul(const char* p, const char* end) {
+#if defined(__SSE2__)
+  const __m128i cr = _mm_set1_epi8('\r');
+  const __m128i lf = _mm_set1_epi8('\n');
+  const __m128i nul = _mm_setzero_si128();
+  while (end - p >= 16) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)), _mm_cmpeq_epi8(v, nul));
+    if (const int mask = _mm_movemask_epi8(hit)) return p + std::countr_zero(static_cast<unsigned>(mask));
+    p += 16;
+  }
+#else
   constexpr std::uint64_t kOnes = 0x0101010101010101ull;
   constexpr std::uint64_t kHigh = 0x8080808080808080ull;
   const auto has_zero = [](std::uint64_t v) { return (v - kOnes) & ~v & kHigh; };
@@ -20,6 +37,7 @@ const char* find_cr_lf_nul(const char* p, const char* end) {
     if (has_zero(v) | has_zero(v ^ (kOnes * '\r')) | has_zero(v ^ (kOnes * '\n'))) break;
     p += 8;
   }
+#endif
   while (p < end && *p != '\r' && *p != '\n' && *p != '\0') ++p;
   return p;
 }
