@@ -10,6 +10,7 @@
 // l= keep libopendkim's own body pass (DkimStream decides per message).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -58,9 +59,10 @@ class DkimBodyHash {
   std::uint64_t empty_lines_ = 0;
   bool in_line_ = false;
   std::uint64_t length_ = 0;
-  // Canonical octets not yet hashed.
+  // Canonical octets not yet hashed; inside the object, which lives on the
+  // heap anyway (DkimBodyHashes): one allocation per hash, not two.
   static constexpr std::size_t kBuffer = 16 * 1024;
-  std::unique_ptr<char[]> buffer_;
+  std::array<char, kBuffer> buffer_;
   std::size_t used_ = 0;
   std::string base64_;
   bool finished_ = false;
