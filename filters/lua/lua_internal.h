@@ -64,8 +64,10 @@ struct Invocation {
   FilterContext* ctx = nullptr;
   const Rule* rule = nullptr;
   PendingOp pending;
-  // Loaded on first use of ctx.body: the message's first body_scan_limit octets.
-  std::optional<std::string> scanned;
+  // Loaded on first use of ctx.body: the message's first body_scan_limit
+  // octets, a view into the spool when it is in memory, else into `copy`.
+  std::optional<std::string_view> scanned;
+  std::string scanned_copy;
   std::optional<std::vector<mime::Part>> parts;
 };
 

@@ -73,18 +73,24 @@ int headers_count(lua_State* L) {
 
 // ---- body
 
-const std::string& scanned(lua_State* L, Invocation& inv) {
+std::string_view scanned(lua_State* L, Invocation& inv) {
   if (!inv.scanned) {
     const Message& m = need_message(L, inv);
-    std::string text(std::min(m.size(), inv.tag.rt->options.body_scan_limit), '\0');
-    std::size_t got = 0;
-    while (got < text.size()) {
-      long n = m.spool().read(got, text.data() + got, text.size() - got);
-      if (n <= 0) break;
-      got += static_cast<std::size_t>(n);
+    const std::size_t want = std::min(m.size(), inv.tag.rt->options.body_scan_limit);
+    if (m.spool().in_memory()) {
+      inv.scanned = m.spool().memory().substr(0, want);
+    } else {
+      std::string text(want, '\0');
+      std::size_t got = 0;
+      while (got < text.size()) {
+        long n = m.spool().read(got, text.data() + got, text.size() - got);
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+      }
+      text.resize(got);
+      inv.scanned_copy = std::move(text);
+      inv.scanned = inv.scanned_copy;
     }
-    text.resize(got);
-    inv.scanned = std::move(text);
   }
   return *inv.scanned;
 }
@@ -138,7 +144,7 @@ int body_attachments(lua_State* L) {
 
 int body_lines_next(lua_State* L) {
   Invocation& inv = check_handle(L, lua_upvalueindex(1), kBodyMeta);
-  const std::string& text = scanned(L, inv);
+  const std::string_view text = scanned(L, inv);
   auto pos = static_cast<std::size_t>(lua_tointeger(L, lua_upvalueindex(2)));
   if (pos >= text.size()) return 0;
   std::size_t eol = text.find('\n', pos);

@@ -39,9 +39,10 @@ class LuaHarness {
     return std::make_shared<LuaFilter>(options, dns);
   }
 
-  // Puts `text` (CRLF line ends) in the spool as the transaction's message.
-  void set_message(std::string_view text) {
-    spool = std::make_unique<Spool>(1 << 20, dir.path());
+  // Puts `text` (CRLF line ends) in the spool as the transaction's message;
+  // past `spool_memory` octets the spool is a file.
+  void set_message(std::string_view text, std::size_t spool_memory = 1 << 20) {
+    spool = std::make_unique<Spool>(spool_memory, dir.path());
     spool->append(text);
     spool->finish();
     message = std::make_unique<Message>(*spool);
