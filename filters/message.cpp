@@ -18,13 +18,11 @@ std::string HeaderField::value() const {
   v.remove_prefix(std::min(v.size(), name.size() + 1));  // "Name:"
   std::string out;
   out.reserve(v.size());
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    if (v[i] == '\r' && i + 1 < v.size() && v[i + 1] == '\n') {
-      ++i;
-      continue;  // unfold (RFC 5322 §2.2.3); the white space after stays
-    }
-    out.push_back(v[i]);
+  // Unfold (RFC 5322 §2.2.3): every CRLF goes, the white space after stays.
+  for (std::size_t crlf; (crlf = v.find("\r\n")) != std::string_view::npos; v.remove_prefix(crlf + 2)) {
+    out.append(v.substr(0, crlf));
   }
+  out.append(v);
   std::size_t start = out.find_first_not_of(" \t");
   if (start == std::string::npos) return {};
   std::size_t end = out.find_last_not_of(" \t");

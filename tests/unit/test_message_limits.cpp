@@ -55,3 +55,17 @@ TEST_CASE("Message: the cut field is not among the parsed headers", "[message]")
   CHECK(message.body_offset() == std::string("From: <a@example.org>\r\n").size());
   CHECK(relayed(content) == content);
 }
+
+TEST_CASE("Message: field values are unfolded and trimmed", "[message]") {
+  const std::string content =
+      "Subject:  one\r\n two\r\n\tthree \r\nX-Cr: a\rb\r\nX-Empty:\r\n   \r\nDKIM-Signature: v=1; b=abc\r\n  def;\r\n\r\nbody\r\n";
+  Spool spool(1 << 16, "");
+  REQUIRE(spool.append(content));
+  REQUIRE(spool.finish());
+  Message message(spool);
+  CHECK(message.first("subject") == "one two\tthree");
+  CHECK(message.first("X-Cr") == "a\rb");  // a lone CR is not a fold
+  CHECK(message.first("X-Empty") == "");
+  CHECK(message.first("DKIM-Signature") == "v=1; b=abc  def;");
+  CHECK_FALSE(message.first("Missing"));
+}
