@@ -412,8 +412,8 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
   inv.tag.rt = &rt;
   inv.tag.inv = &inv;
   inv.tag.budget = rt.options.instruction_budget;
-  inv.tag.deadline = Clock::now() + rt.options.timeout;
   const auto started = Clock::now();
+  inv.tag.deadline = started + rt.options.timeout;
 
   std::string failure;
   Verdict verdict;
