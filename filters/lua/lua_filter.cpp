@@ -329,6 +329,7 @@ LuaFilter::LuaFilter(const LuaOptions& options, Resolver* dns) : rt_(std::make_u
   rt.L = lua_newstate(capped_alloc, &rt.alloc);
   if (!rt.L) throw LuaLoadError("lua: cannot create a state within lua.memory_limit");
   rt.main_tag.rt = &rt;
+  rt.idle_threads.reserve(kMaxIdleThreads);  // ThreadRef's destructor must not allocate
   *static_cast<ThreadTag**>(lua_getextraspace(rt.L)) = &rt.main_tag;
   lua_State* L = rt.L;
   lua_sethook(L, count_hook, LUA_MASKCOUNT, kHookInterval);
