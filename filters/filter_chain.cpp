@@ -5,7 +5,9 @@
 
 namespace postern {
 namespace {
-constexpr const char* kAcceptedNote = "postern.accepted";
+// A std::string: the notes maps look keys up as std::string, and a literal
+// past the short-string size allocated on every lookup (heaptrack).
+const std::string kAcceptedNote = "postern.accepted";
 }  // namespace
 
 void FilterChain::add_content_taps(const FilterContext& ctx, Spool& spool) const {
