@@ -30,25 +30,10 @@ std::string HeaderField::value() const {
 }
 
 Message::Message(const Spool& spool) : spool_(&spool) {
-  // The first kMaxHeaderBlock octets: read in place when the spool is in
-  // memory (the common case: no copy of the whole message), else copied.
+  // The first kMaxHeaderBlock octets, in place when the spool is in memory.
   std::string block;
-  std::size_t want = std::min(spool.size(), kMaxHeaderBlock);
-  std::size_t got = 0;
-  std::string_view text;
-  if (spool.in_memory()) {
-    text = spool.memory().substr(0, want);
-    got = text.size();
-  } else {
-    block.resize(want);
-    while (got < want) {
-      long n = spool.read(got, block.data() + got, want - got);
-      if (n <= 0) break;
-      got += static_cast<std::size_t>(n);
-    }
-    block.resize(got);
-    text = block;
-  }
+  const std::string_view text = spool.head(kMaxHeaderBlock, block);
+  const std::size_t got = text.size();
   std::size_t pos = 0;
   while (pos < text.size()) {
     std::size_t eol = text.find("\r\n", pos);

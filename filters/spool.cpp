@@ -110,6 +110,20 @@ void Spool::clear() {
   taps_.clear();
 }
 
+std::string_view Spool::head(std::size_t len, std::string& copy) const {
+  len = std::min(len, size_);
+  if (in_memory()) return memory().substr(0, len);
+  copy.assign(len, '\0');
+  std::size_t got = 0;
+  while (got < len) {
+    long n = read(got, copy.data() + got, len - got);
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  copy.resize(got);
+  return copy;
+}
+
 long Spool::read(std::size_t offset, char* out, std::size_t len) const {
   if (fd_ < 0) {
     if (offset >= memory_.size()) return 0;

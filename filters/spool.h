@@ -52,6 +52,10 @@ class Spool {
   // Copies up to `len` bytes from `offset` of a finished spool; returns the
   // count read (0 at the end), or -1 on an I/O error.
   long read(std::size_t offset, char* out, std::size_t len) const;
+  // The first `len` octets (fewer when the spool is shorter or a read
+  // fails): a view of the spool's memory when it is in memory, else of
+  // `copy`, which they are read into. Valid while both live unchanged.
+  std::string_view head(std::size_t len, std::string& copy) const;
 
  private:
   bool spill();

@@ -1,4 +1,5 @@
-// Typed authenticity results to and from TransactionFacts::notes.
+// The authenticity results of a transaction (TransactionFacts::auth) and
+// their view as notes; see auth_results.h.
 #include "filters/auth/auth_results.h"
 
 #include <algorithm>
@@ -27,8 +28,6 @@ const char* dkim_result_name(DkimResult r) { return kDkimNames[static_cast<std::
 const char* dmarc_result_name(DmarcResult r) { return kDmarcNames[static_cast<std::size_t>(r)]; }
 
 std::optional<SpfResult> parse_spf_result(std::string_view s) { return parse<SpfResult>(kSpfNames, s); }
-std::optional<DkimResult> parse_dkim_result(std::string_view s) { return parse<DkimResult>(kDkimNames, s); }
-std::optional<DmarcResult> parse_dmarc_result(std::string_view s) { return parse<DmarcResult>(kDmarcNames, s); }
 
 void store(TransactionFacts& t, const SpfOutcome& spf) { t.auth.spf = spf; }
 

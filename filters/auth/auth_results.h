@@ -29,7 +29,5 @@ std::vector<std::pair<std::string, std::string>> auth_notes(const AuthResults& a
 bool is_auth_note_key(std::string_view key);
 
 std::optional<SpfResult> parse_spf_result(std::string_view s);
-std::optional<DkimResult> parse_dkim_result(std::string_view s);
-std::optional<DmarcResult> parse_dmarc_result(std::string_view s);
 
 }  // namespace postern

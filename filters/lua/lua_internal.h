@@ -65,7 +65,8 @@ struct Invocation {
   const Rule* rule = nullptr;
   PendingOp pending;
   // Loaded on first use of ctx.body: the message's first body_scan_limit
-  // octets, a view into the spool when it is in memory, else into `copy`.
+  // octets, a view into the spool when it is in memory, else into
+  // scanned_copy (Spool::head).
   std::optional<std::string_view> scanned;
   std::string scanned_copy;
   std::optional<std::vector<mime::Part>> parts;

@@ -76,21 +76,7 @@ int headers_count(lua_State* L) {
 std::string_view scanned(lua_State* L, Invocation& inv) {
   if (!inv.scanned) {
     const Message& m = need_message(L, inv);
-    const std::size_t want = std::min(m.size(), inv.tag.rt->options.body_scan_limit);
-    if (m.spool().in_memory()) {
-      inv.scanned = m.spool().memory().substr(0, want);
-    } else {
-      std::string text(want, '\0');
-      std::size_t got = 0;
-      while (got < text.size()) {
-        long n = m.spool().read(got, text.data() + got, text.size() - got);
-        if (n <= 0) break;
-        got += static_cast<std::size_t>(n);
-      }
-      text.resize(got);
-      inv.scanned_copy = std::move(text);
-      inv.scanned = inv.scanned_copy;
-    }
+    inv.scanned = m.spool().head(inv.tag.rt->options.body_scan_limit, inv.scanned_copy);
   }
   return *inv.scanned;
 }
@@ -168,22 +154,21 @@ int body_lines(lua_State* L) {
 
 // ---- notes
 
-std::map<std::string, std::string>& notes_of(lua_State* L, int idx) {
-  Invocation& inv = check_handle(L, idx, kNotesMeta);
-  bool session = static_cast<Handle*>(lua_touserdata(L, idx))->session;
-  return session ? inv.ctx->session.notes : inv.ctx->transaction.notes;
-}
+// The notes behind a notes handle, and the authenticity results that show
+// through them (null for the session's notes, which have none).
+struct NotesView {
+  std::map<std::string, std::string>& notes;
+  const AuthResults* auth;
+};
 
-// The authenticity results of the transaction behind a notes handle; null
-// for the session's notes.
-const AuthResults* auth_of(lua_State* L, int idx) {
+NotesView notes_of(lua_State* L, int idx) {
   Invocation& inv = check_handle(L, idx, kNotesMeta);
-  bool session = static_cast<Handle*>(lua_touserdata(L, idx))->session;
-  return session ? nullptr : &inv.ctx->transaction.auth;
+  if (static_cast<Handle*>(lua_touserdata(L, idx))->session) return {inv.ctx->session.notes, nullptr};
+  return {inv.ctx->transaction.notes, &inv.ctx->transaction.auth};
 }
 
 int notes_index(lua_State* L) {
-  auto& notes = notes_of(L, 1);
+  auto [notes, auth] = notes_of(L, 1);
   const char* key = luaL_checkstring(L, 2);
   auto it = notes.find(key);
   if (it != notes.end()) {
@@ -191,19 +176,19 @@ int notes_index(lua_State* L) {
     return 1;
   }
   std::optional<std::string> note;
-  if (const AuthResults* auth = auth_of(L, 1)) note = auth_note(*auth, key);
+  if (auth) note = auth_note(*auth, key);
   if (note) lua_pushlstring(L, note->data(), note->size());
   else lua_pushnil(L);
   return 1;
 }
 
 int notes_newindex(lua_State* L) {
-  auto& notes = notes_of(L, 1);
+  auto [notes, auth] = notes_of(L, 1);
   std::size_t klen = 0;
   const char* key = luaL_checklstring(L, 2, &klen);
   if (klen == 0 || klen > kMaxNoteKey) return luaL_error(L, "a note key is 1 to %d octets", static_cast<int>(kMaxNoteKey));
   if (std::strncmp(key, "postern.", 8) == 0) return luaL_error(L, "note keys starting with \"postern.\" are reserved");
-  if (auth_of(L, 1) && is_auth_note_key(key)) {
+  if (auth && is_auth_note_key(key)) {
     return luaL_error(L, "note \"%s\" is an authenticity result (spf.*, dkim.*, dmarc.*) and read-only", key);
   }
   if (lua_isnil(L, 3)) {
@@ -219,7 +204,7 @@ int notes_newindex(lua_State* L) {
 }
 
 int notes_pairs(lua_State* L) {
-  auto& notes = notes_of(L, 1);
+  auto [notes, auth] = notes_of(L, 1);
   lua_pushcfunction(L, [](lua_State* L) -> int {
     lua_settop(L, 2);
     return lua_next(L, 1) ? 2 : (lua_pushnil(L), 1);
@@ -229,7 +214,7 @@ int notes_pairs(lua_State* L) {
     lua_pushlstring(L, v.data(), v.size());
     lua_setfield(L, -2, k.c_str());
   }
-  if (const AuthResults* auth = auth_of(L, 1)) {
+  if (auth) {
     for (auto& [k, v] : auth_notes(*auth)) {
       lua_pushlstring(L, v.data(), v.size());
       lua_setfield(L, -2, k.c_str());
