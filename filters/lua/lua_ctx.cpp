@@ -212,20 +212,15 @@ int ctx_has_symbol(lua_State* L) {
   return 1;
 }
 
-// ---- ctx fields
+// ---- ctx.client and ctx.envelope
+//
+// Read-only views that read the facts field by field. Built as tables they
+// cost two to four table creations and up to 20 stores per access, on every
+// rule call, while a rule reads two or three fields (with the default rules
+// 4.5 % of the instructions per message, callgrind). pairs() still lists
+// every field, from a snapshot table.
 
-void push_client(lua_State* L, const SessionFacts& s) {
-  lua_createtable(L, 0, 10);
-  set_string(L, "ip", s.client_ip);
-  lua_pushinteger(L, s.client_port);
-  lua_setfield(L, -2, "port");
-  set_string(L, "name", s.client_name);
-  set_string(L, "helo", s.helo);
-  lua_pushboolean(L, s.esmtp);
-  lua_setfield(L, -2, "esmtp");
-  set_string(L, "auth_user", s.auth_user);
-  set_string(L, "listener", s.listener);
-  set_string(L, "session_id", s.id);
+void push_tls(lua_State* L, const SessionFacts& s) {
   lua_createtable(L, 0, 5);
   lua_pushboolean(L, s.tls.active);
   lua_setfield(L, -2, "active");
@@ -233,28 +228,116 @@ void push_client(lua_State* L, const SessionFacts& s) {
   set_string(L, "cipher", s.tls.cipher);
   set_string(L, "subject", s.tls.peer_subject);
   set_string(L, "fingerprint", s.tls.peer_fingerprint);
-  lua_setfield(L, -2, "tls");
 }
 
-void push_envelope(lua_State* L, const FilterContext& ctx) {
-  const TransactionFacts& t = ctx.transaction;
-  lua_createtable(L, 0, 4);
-  if (ctx.stage >= Stage::kMail && ctx.stage <= Stage::kEom) {
-    push_address(L, t.reverse_path);
-    lua_setfield(L, -2, "from");
-  }
-  lua_createtable(L, static_cast<int>(t.recipients.size()), 0);
-  for (std::size_t i = 0; i < t.recipients.size(); ++i) {
-    push_address(L, t.recipients[i]);
-    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
-  }
-  lua_setfield(L, -2, "rcpts");
-  if (t.current_rcpt) {
-    push_address(L, *t.current_rcpt);
-    lua_setfield(L, -2, "rcpt");
-  }
-  set_string(L, "id", t.id);
+// The client field `key` of `s`; false when there is no such field.
+bool push_client_field(lua_State* L, const SessionFacts& s, std::string_view key) {
+  const std::string* text = nullptr;
+  if (key == "ip") text = &s.client_ip;
+  else if (key == "name") text = &s.client_name;
+  else if (key == "helo") text = &s.helo;
+  else if (key == "auth_user") text = &s.auth_user;
+  else if (key == "listener") text = &s.listener;
+  else if (key == "session_id") text = &s.id;
+  else if (key == "port") lua_pushinteger(L, s.client_port);
+  else if (key == "esmtp") lua_pushboolean(L, s.esmtp);
+  else if (key == "tls") push_tls(L, s);
+  else return false;
+  if (text) lua_pushlstring(L, text->data(), text->size());
+  return true;
 }
+
+constexpr const char* kClientFields[] = {"ip", "port", "name", "helo", "esmtp", "auth_user", "listener", "session_id", "tls"};
+
+bool envelope_has_from(const FilterContext& ctx) { return ctx.stage >= Stage::kMail && ctx.stage <= Stage::kEom; }
+
+bool push_envelope_field(lua_State* L, const FilterContext& ctx, std::string_view key) {
+  const TransactionFacts& t = ctx.transaction;
+  if (key == "from" && envelope_has_from(ctx)) {
+    push_address(L, t.reverse_path);
+  } else if (key == "rcpt" && t.current_rcpt) {
+    push_address(L, *t.current_rcpt);
+  } else if (key == "rcpts") {
+    lua_createtable(L, static_cast<int>(t.recipients.size()), 0);
+    for (std::size_t i = 0; i < t.recipients.size(); ++i) {
+      push_address(L, t.recipients[i]);
+      lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+    }
+  } else if (key == "id") {
+    lua_pushlstring(L, t.id.data(), t.id.size());
+  } else {
+    return false;
+  }
+  return true;
+}
+
+constexpr const char* kEnvelopeFields[] = {"from", "rcpts", "rcpt", "id"};
+
+std::string_view view_key(lua_State* L) {
+  std::size_t len = 0;
+  const char* key = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &len) : "";
+  return {key, len};
+}
+
+int client_index(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kClientMeta);
+  if (!push_client_field(L, inv.ctx->session, view_key(L))) lua_pushnil(L);
+  return 1;
+}
+
+int envelope_index(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kEnvelopeMeta);
+  if (!push_envelope_field(L, *inv.ctx, view_key(L))) lua_pushnil(L);
+  return 1;
+}
+
+int snapshot_next(lua_State* L) {
+  lua_settop(L, 2);
+  return lua_next(L, 1) ? 2 : (lua_pushnil(L), 1);
+}
+
+// pairs(view): next over a table of every present field.
+template <std::size_t N, typename Push>
+int view_pairs(lua_State* L, const char* const (&fields)[N], Push push) {
+  lua_pushcfunction(L, snapshot_next);
+  lua_createtable(L, 0, static_cast<int>(N));
+  for (const char* field : fields) {
+    if (push(field)) lua_setfield(L, -2, field);
+  }
+  lua_pushnil(L);
+  return 3;
+}
+
+int client_pairs(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kClientMeta);
+  return view_pairs(L, kClientFields, [&](const char* f) { return push_client_field(L, inv.ctx->session, f); });
+}
+
+int envelope_pairs(lua_State* L) {
+  Invocation& inv = check_handle(L, 1, kEnvelopeMeta);
+  return view_pairs(L, kEnvelopeFields, [&](const char* f) { return push_envelope_field(L, *inv.ctx, f); });
+}
+
+int client_newindex(lua_State* L) { return luaL_error(L, "ctx.client is read-only"); }
+
+int envelope_newindex(lua_State* L) {
+  return luaL_error(L, "ctx.envelope is read-only (use ctx:set_sender, ctx:add_rcpt, ctx:remove_rcpt)");
+}
+
+void install_view(lua_State* L, const char* meta, lua_CFunction index, lua_CFunction newindex, lua_CFunction pairs) {
+  luaL_newmetatable(L, meta);
+  lua_pushcfunction(L, index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, pairs);
+  lua_setfield(L, -2, "__pairs");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
+// ---- ctx fields
 
 // The authenticity results the built-in filters recorded as symbols
 // (SPF_PASS, DKIM_FAIL, DMARC_NONE, ...): {spf = "pass", dkim = "fail", ...};
@@ -345,14 +428,21 @@ int ctx_index(lua_State* L) {
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;  // a method
   lua_pop(L, 1);
-  lua_getiuservalue(L, 1, 1);  // per-call cache of the built tables
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, -2) != LUA_TNIL) return 1;
-  lua_pop(L, 1);
+  // The per-call cache of the handles built, made on the first one.
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, -2) != LUA_TNIL) return 1;
+    lua_pop(L, 1);
+  } else {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, 1);
+  }
   FilterContext& ctx = *inv.ctx;
   bool cache = true;
-  if (std::strcmp(key, "client") == 0) push_client(L, ctx.session);
-  else if (std::strcmp(key, "envelope") == 0) push_envelope(L, ctx);
+  if (std::strcmp(key, "client") == 0) push_handle(L, inv, kClientMeta);
+  else if (std::strcmp(key, "envelope") == 0) push_handle(L, inv, kEnvelopeMeta);
   else if (std::strcmp(key, "headers") == 0 && ctx.transaction.message) push_handle(L, inv, kHeadersMeta);
   else if (std::strcmp(key, "body") == 0 && ctx.transaction.message && ctx.stage == Stage::kEom) push_handle(L, inv, kBodyMeta);
   else if (std::strcmp(key, "notes") == 0) push_handle(L, inv, kNotesMeta, false);
@@ -417,6 +507,8 @@ void install_ctx_types(lua_State* L) {
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
+  install_view(L, kClientMeta, client_index, client_newindex, client_pairs);
+  install_view(L, kEnvelopeMeta, envelope_index, envelope_newindex, envelope_pairs);
   install_message_types(L);
 }
 
@@ -424,8 +516,6 @@ void push_ctx(lua_State* L, Invocation& inv) {
   auto* h = static_cast<Handle*>(lua_newuserdatauv(L, sizeof(Handle), 1));
   h->id = inv.id;
   h->session = false;
-  lua_newtable(L);
-  lua_setiuservalue(L, -2, 1);
   luaL_setmetatable(L, kCtxMeta);
 }
 

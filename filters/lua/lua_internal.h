@@ -119,9 +119,12 @@ std::vector<std::string> expand_scripts(const std::vector<std::string>& entries)
 // Raises a Lua error "FILE:LINE: what" at the running Lua function.
 [[noreturn]] void raise_here(lua_State* L, const char* what);
 
-// Handles of ctx, ctx.headers, ctx.body and the notes: full userdata naming
-// their invocation, refused once that call is over (lua_ctx.cpp).
+// Handles of ctx, ctx.client, ctx.envelope, ctx.headers, ctx.body and the
+// notes: full userdata naming their invocation, refused once that call is
+// over (lua_ctx.cpp).
 inline constexpr const char* kCtxMeta = "postern.ctx";
+inline constexpr const char* kClientMeta = "postern.client";
+inline constexpr const char* kEnvelopeMeta = "postern.envelope";
 inline constexpr const char* kHeadersMeta = "postern.headers";
 inline constexpr const char* kBodyMeta = "postern.body";
 inline constexpr const char* kNotesMeta = "postern.notes";

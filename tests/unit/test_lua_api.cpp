@@ -233,6 +233,57 @@ TEST_CASE("lua api: client, envelope and notes", "[lua]") {
   CHECK(h.session.notes["count"] == "2");
 }
 
+TEST_CASE("lua api: ctx.client and ctx.envelope are read-only views with pairs", "[lua]") {
+  LuaHarness h;
+  h.session.client_name = "mail.example.net";
+  h.txn.reverse_path = Mailbox{"bob", "example.org"};
+  h.txn.recipients = {Mailbox{"a", "example.com"}, Mailbox{"b", "example.com"}};
+  h.txn.current_rcpt = Mailbox{"c", "example.com"};
+  h.txn.id = "T1";
+  auto f = h.load(rule("rcpt", R"(
+    local c, e = ctx.client, ctx.envelope
+    local keys = {}
+    for k, v in pairs(c) do
+      if k == 'tls' then v = v.active end
+      keys[#keys + 1] = k .. '=' .. tostring(v)
+    end
+    for k, v in pairs(e) do keys[#keys + 1] = k .. '=' .. (k == 'rcpts' and #v or tostring(v)) end
+    table.sort(keys)
+    local refused = {}
+    for _, write in ipairs({function() c.ip = '1.2.3.4' end, function() e.from = 'x@y' end,
+                            function() e.rcpts = {} end}) do
+      local ok, err = pcall(write)
+      refused[#refused + 1] = ok and 'written' or (err:match('read%-only') and 'read-only' or err)
+    end
+    -- The lists a view hands out are copies: changing one changes nothing.
+    table.insert(e.rcpts, 'z@example.com')
+    return postern.reject(table.concat(keys, ',') .. '|' .. table.concat(refused, ',') .. '|' ..
+                          #e.rcpts .. '|' .. tostring(ctx.client == c) .. '|' .. tostring(c.nothing))
+  )"));
+  Verdict v = h.run(*f, Stage::kRcpt);
+  CHECK(v.text ==
+        "auth_user=,esmtp=false,from=bob@example.org,helo=mail.example.net,id=T1,ip=192.0.2.10,listener=,"
+        "name=mail.example.net,port=40000,rcpt=c@example.com,rcpts=2,session_id=S1,tls=false"
+        "|read-only,read-only,read-only|2|true|nil");
+}
+
+TEST_CASE("lua api: a stashed ctx.client or ctx.envelope is refused in a later call", "[lua]") {
+  for (const char* field : {"client", "envelope"}) {
+    LuaHarness h;
+    auto f = h.load(std::string(R"(
+      local saved
+      postern.rule{name='STASH', stage={'helo', 'mail'}, on_error='tempfail', fn=function(ctx)
+        if ctx.stage == 'helo' then saved = ctx.)") + field + R"( return end
+        return postern.reject(tostring(saved.id or saved.ip))
+      end}
+    )");
+    INFO(field);
+    CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kContinue);
+    CHECK(h.run(*f, Stage::kMail).action == Verdict::Action::kTempfail);
+    CHECK(h.logged(std::string(field) + " used outside the rule call"));
+  }
+}
+
 TEST_CASE("lua api: the authenticity results read as notes, read-only", "[lua]") {
   LuaHarness h;
   postern::SpfOutcome spf;
