@@ -76,6 +76,7 @@ class Session {
   asio::awaitable<bool> talks_before_greeting();
   asio::awaitable<bool> fill();
   asio::awaitable<std::error_code> read_more(Seconds timeout);
+  asio::awaitable<std::error_code> read_plain(Seconds timeout);
   asio::awaitable<bool> read_proxy_header();
   asio::awaitable<bool> start_tls();
   asio::awaitable<void> handle_starttls();
