@@ -49,6 +49,8 @@ std::shared_ptr<const FilterResources> build_filter_resources(const Config& conf
     if (any_auth_check(config.auth)) {
       AuthOptions auth = config.auth;
       if (auth.hostname.empty()) auth.hostname = config.server.hostname;
+      // [dns] cache_entries = 0 asks for no postern cache: no SPF results kept either.
+      if (config.dns.cache_entries == 0) auth.spf.result_cache = 0;
       r->shared_filters = make_auth_filters(auth, r->resolver);
     }
   } catch (const std::exception& e) {

@@ -22,6 +22,9 @@ struct SpfOptions {
   // RFC 7208 §2.3: check the HELO identity at HELO/EHLO (session notes
   // "spf.helo.*"); a null reverse-path then takes that result (§2.4).
   bool check_helo = true;
+  // Outcomes kept by their exact inputs for the shortest TTL of the records
+  // they used (SpfResultCache); 0 = none, as with [dns] cache_entries = 0.
+  std::size_t result_cache = 10000;
   double score_fail = 3.0, score_softfail = 1.0, score_permerror = 0.5, score_pass = 0, score_neutral = 0,
          score_none = 0, score_temperror = 0;
 };

@@ -46,16 +46,35 @@ struct CheckState {
   // one that would have to marks the whole attempt void.
   bool cache_only = false;
   bool missed = false;
+  // For the result cache: the shortest TTL among the answers used, and
+  // whether a TXT record used the %{t} (time) macro, which no cache may keep.
+  std::uint32_t min_ttl = UINT32_MAX;
+  bool time_macro = false;
 };
 
 thread_local CheckState* tl_state = nullptr;
 
+bool has_time_macro(const std::string& txt) {
+  for (std::size_t p = txt.find("%{"); p != std::string::npos; p = txt.find("%{", p + 2)) {
+    if (p + 2 < txt.size() && (txt[p + 2] == 't' || txt[p + 2] == 'T')) return true;
+  }
+  return false;
+}
+
 // One lookup of a check: waiting on the resolver, or in a cache-only attempt
 // from the cache alone (nullopt on a miss, which voids the attempt).
 std::optional<DnsAnswer> fetch(CheckState& st, const std::string& name, DnsType type) {
-  if (!st.cache_only) return st.resolver->query_blocking(name, type);
-  auto a = st.resolver->answer_now(name, type);
-  if (!a) st.missed = true;
+  std::optional<DnsAnswer> a;
+  if (!st.cache_only) a = st.resolver->query_blocking(name, type);
+  else a = st.resolver->answer_now(name, type);
+  if (!a) {
+    st.missed = true;
+    return a;
+  }
+  st.min_ttl = std::min(st.min_ttl, a->ttl);
+  if (type == DnsType::kTxt) {
+    for (const std::string& r : a->records) st.time_macro = st.time_macro || has_time_macro(r);
+  }
   return a;
 }
 
@@ -408,6 +427,9 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
     return out;
   }
 
+  const std::string key = out.client_ip + '\n' + q.helo + '\n' + q.sender + '\n' + q.receiver;
+  if (std::optional<SpfOutcome> hit = results_.get(key)) return *hit;
+
   thread_local ThreadServer thread_server;
   SPF_server_t* server = thread_server.get(q.receiver);
   if (!server) {
@@ -485,7 +507,43 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
     out.explanation = explanation(st, v);
   }
   missed = st.missed;
+  // The same inputs and the same DNS answers give the same outcome: keep it
+  // as long as every answer it used is valid. Not an outcome that a DNS
+  // failure, a time-out (the explanation's included) or a cache-only miss
+  // shaped, nor one from a record using the time.
+  if (!st.missed && !st.dns_error && !st.timed_out && !st.time_macro && out.result != SpfResult::kTemperror &&
+      st.min_ttl > 0 && st.min_ttl != UINT32_MAX && Clock::now() < st.deadline) {
+    results_.put(key, out, std::chrono::seconds(st.min_ttl));
+  }
   return out;
+}
+
+std::optional<SpfOutcome> SpfResultCache::get(const std::string& key) {
+  std::lock_guard lock(mutex_);
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return std::nullopt;
+  if (Clock::now() >= it->second.expires) {
+    entries_.erase(it);
+    return std::nullopt;
+  }
+  ++hits_;
+  return it->second.outcome;
+}
+
+void SpfResultCache::put(const std::string& key, const SpfOutcome& outcome, std::chrono::seconds ttl) {
+  if (capacity_ == 0) return;
+  std::lock_guard lock(mutex_);
+  const auto now = Clock::now();
+  if (entries_.size() >= capacity_ && !entries_.count(key)) {
+    std::erase_if(entries_, [&](const auto& e) { return now >= e.second.expires; });
+    if (entries_.size() >= capacity_) entries_.clear();  // bounded, not LRU: a full cache starts over
+  }
+  entries_.insert_or_assign(key, Entry{outcome, now + ttl});
+}
+
+std::uint64_t SpfResultCache::hits() const {
+  std::lock_guard lock(mutex_);
+  return hits_;
 }
 
 std::string received_spf_value(const SpfOutcome& spf, const std::string& receiver) {

@@ -12,9 +12,12 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "filters/auth/auth_results.h"
 #include "filters/dns/unbound_resolver.h"
@@ -33,10 +36,34 @@ struct SpfQuery {
   std::string receiver;   // our host name, for Received-SPF and %{r}
 };
 
+// Outcomes by their exact inputs (client address, HELO, sender, receiver),
+// each kept for the shortest TTL among the DNS answers it used: within that
+// time the same inputs meet the same records (the resolver caches them for as
+// long) and libspf2 would only rebuild, recompile and re-evaluate them. At most
+// `capacity` entries; thread-safe.
+class SpfResultCache {
+ public:
+  explicit SpfResultCache(std::size_t capacity) : capacity_(capacity) {}
+  std::optional<SpfOutcome> get(const std::string& key);
+  void put(const std::string& key, const SpfOutcome& outcome, std::chrono::seconds ttl);
+  std::uint64_t hits() const;
+
+ private:
+  struct Entry {
+    SpfOutcome outcome;
+    std::chrono::steady_clock::time_point expires;
+  };
+  std::size_t capacity_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::uint64_t hits_ = 0;
+};
+
 class SpfChecker {
  public:
-  SpfChecker(std::shared_ptr<UnboundResolver> resolver, SpfLimits limits)
-      : resolver_(std::move(resolver)), limits_(limits) {}
+  // `cache_entries` bounds the result cache (0: none).
+  SpfChecker(std::shared_ptr<UnboundResolver> resolver, SpfLimits limits, std::size_t cache_entries = 10000)
+      : resolver_(std::move(resolver)), limits_(limits), results_(cache_entries) {}
 
   // Blocking: call on a worker-pool thread only. Returns within `budget`
   // (plus one DNS time-out at most).
@@ -46,12 +73,15 @@ class SpfChecker {
   // nullopt -- then check() on the pool (issue 8: no thread hand-off for a
   // sender whose records are cached).
   std::optional<SpfOutcome> check_cached(const SpfQuery& query) const;
+  // Checks answered from the result cache so far.
+  std::uint64_t cache_hits() const { return results_.hits(); }
 
  private:
   SpfOutcome run(const SpfQuery& query, std::chrono::milliseconds budget, bool cache_only, bool& missed) const;
 
   std::shared_ptr<UnboundResolver> resolver_;
   SpfLimits limits_;
+  mutable SpfResultCache results_;
 };
 
 // RFC 7208 §9.1 Received-SPF field value (without the field name).

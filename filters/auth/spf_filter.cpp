@@ -76,7 +76,7 @@ SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<U
                      std::shared_ptr<asio::thread_pool> pool)
     : options_(std::move(options)),
       receiver_(std::move(receiver)),
-      checker_(std::make_shared<SpfChecker>(std::move(resolver), options_.limits)),
+      checker_(std::make_shared<SpfChecker>(std::move(resolver), options_.limits, options_.result_cache)),
       pool_(std::move(pool)) {}
 
 // RFC 7208 §2.3: the HELO identity, checked as postmaster@HELO. Never a

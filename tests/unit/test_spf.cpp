@@ -65,6 +65,11 @@ std::vector<std::string> spf_records() {
       "40.3.2.1.in-addr.arpa. 300 IN PTR host.ptr.example.com.",
       "host.ptr.example.com. 300 IN A 1.2.3.40",
       "helo.example.org. 300 IN TXT \"v=spf1 ip4:198.51.100.7 -all\"",
+      // The result cache: an explanation using the time (%{t} is allowed only
+      // there, §7.3), and a record with TTL 0.
+      "time.example.com. 300 IN TXT \"v=spf1 -all exp=texplain.example.com\"",
+      "texplain.example.com. 300 IN TXT \"refused at %{t}\"",
+      "zero.example.com. 0 IN TXT \"v=spf1 ip4:192.0.2.0/24 -all\"",
   };
   return r;
 }
@@ -187,6 +192,72 @@ TEST_CASE("spf temperror when the DNS server drops queries", "[spf]") {
   auto out = checker.check(SpfQuery{"192.0.2.1", "h.example", "u@ip4.example.com", "r"}, std::chrono::milliseconds(3000));
   CHECK(out.result == SpfResult::kTemperror);
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(4));
+}
+
+namespace {
+std::uint64_t lookups(const UnboundResolver& r) {
+  auto s = r.stats();
+  return s.queries + s.cache_hits;
+}
+}  // namespace
+
+TEST_CASE("spf outcomes are kept by their exact inputs, without asking DNS again", "[spf]") {
+  auto resolver = resolver_for(server().address());
+  SpfChecker checker(resolver, SpfLimits{});
+  const auto budget = std::chrono::milliseconds(10000);
+  SpfQuery q{"192.0.2.30", "mx.client.example", "alice@exists.example.com", "mx.postern.example"};
+  SpfOutcome first = checker.check(q, budget);
+  REQUIRE(first.result == SpfResult::kPass);
+  const auto before = lookups(*resolver);
+  SpfOutcome again = checker.check(q, budget);
+  CHECK(lookups(*resolver) == before);
+  CHECK(checker.cache_hits() == 1);
+  CHECK(again.result == first.result);
+  CHECK(again.domain == first.domain);
+  CHECK(again.sender == first.sender);
+  CHECK(again.reason == first.reason);
+  // The I/O thread's cache-only attempt is answered from it too.
+  auto cached = checker.check_cached(q);
+  REQUIRE(cached);
+  CHECK(cached->result == SpfResult::kPass);
+  CHECK(checker.cache_hits() == 2);
+  // Any other input is a check of its own.
+  for (SpfQuery other : {SpfQuery{"192.0.2.31", q.helo, q.sender, q.receiver},
+                         SpfQuery{q.client_ip, "other.client.example", q.sender, q.receiver},
+                         SpfQuery{q.client_ip, q.helo, "bob@exists.example.com", q.receiver}}) {
+    checker.check(other, budget);
+  }
+  CHECK(checker.cache_hits() == 2);
+  CHECK(checker.check(SpfQuery{"192.0.2.31", q.helo, q.sender, q.receiver}, budget).result == SpfResult::kFail);
+  CHECK(checker.cache_hits() == 3);
+}
+
+TEST_CASE("spf outcomes using the time macro, a zero TTL or a failed lookup are not kept", "[spf]") {
+  auto resolver = resolver_for(server().address());
+  SpfChecker checker(resolver, SpfLimits{});
+  const auto budget = std::chrono::milliseconds(10000);
+  SpfQuery timed{"192.0.2.5", "mx.client.example", "u@time.example.com", "mx.postern.example"};
+  SpfOutcome t = checker.check(timed, budget);
+  CHECK(t.result == SpfResult::kFail);
+  CHECK(t.explanation.rfind("refused at 1", 0) == 0);
+  checker.check(timed, budget);
+  SpfQuery zero{"192.0.2.5", "mx.client.example", "u@zero.example.com", "mx.postern.example"};
+  CHECK(checker.check(zero, budget).result == SpfResult::kPass);
+  CHECK(checker.check(zero, budget).result == SpfResult::kPass);
+  CHECK(checker.cache_hits() == 0);
+
+  test::BlackHoleDns hole;
+  SpfChecker dropped(resolver_for(hole.address(), std::chrono::milliseconds(200)), SpfLimits{});
+  SpfQuery q{"192.0.2.1", "h.example", "u@ip4.example.com", "r"};
+  CHECK(dropped.check(q, std::chrono::milliseconds(3000)).result == SpfResult::kTemperror);
+  CHECK(dropped.check(q, std::chrono::milliseconds(3000)).result == SpfResult::kTemperror);
+  CHECK(dropped.cache_hits() == 0);
+
+  SpfChecker uncached(resolver, SpfLimits{}, 0);
+  SpfQuery p{"192.0.2.30", "mx.client.example", "alice@exists.example.com", "mx.postern.example"};
+  uncached.check(p, budget);
+  uncached.check(p, budget);
+  CHECK(uncached.cache_hits() == 0);
 }
 
 TEST_CASE("spf filter runs on the pool at MAIL and records its result", "[spf]") {
