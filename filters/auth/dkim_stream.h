@@ -61,7 +61,6 @@ class DkimStream final : public SpoolTap {
   // signature allows; else the body goes to libopendkim.
   DkimBodyHashes own_body_;
   bool use_own_body_ = false;
-  std::size_t scanned_ = 0;      // header_ octets searched for the empty line
   struct dkim* dkim_ = nullptr;
   int eoh_status_ = 0;
   bool body_error_ = false;      // dkim_body refused: stop feeding, as verify() does

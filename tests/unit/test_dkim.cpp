@@ -217,6 +217,13 @@ TEST_CASE("dkim stream gives way to the spool pass for content it cannot follow"
                                "h=from; bh=AAAA; b=AAAA\r\n", {3});
   REQUIRE(headers_only);
   CHECK(headers_only->size() == 1);
+  // No header section at all (the content starts with the empty line), in
+  // one append and with the CRLF split: followed, no signature.
+  for (std::vector<std::size_t> cuts : {std::vector<std::size_t>{}, {1}, {1, 2}}) {
+    auto bodyonly = streamed("\r\nJust a body\r\n", cuts);
+    REQUIRE(bodyonly);
+    CHECK(bodyonly->empty());
+  }
   // A header section longer than Message parses.
   std::string huge = "X-Big: " + std::string(Message::kMaxHeaderBlock + 10, 'a') + "\r\n" + signed_msg;
   CHECK_FALSE(streamed(huge, {100000, 600000}));
