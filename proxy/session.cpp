@@ -1,6 +1,7 @@
 // The server side of SMTP (RFC 5321, PIPELINING RFC 2920, SIZE RFC 1870,
 // 8BITMIME RFC 6152, ENHANCEDSTATUSCODES RFC 2034) mirrored to the upstream.
 #include "proxy/session.h"
+#include "proxy/socket_read.h"
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/read.hpp>
@@ -126,7 +127,7 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
     client_.port = peer.port();
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  socket_.non_blocking(true, ec);  // read_plain's reads return would_block, never wait
+  socket_.non_blocking(true, ec);  // read_ready returns would_block, never waits
   facts_.id = id_;
   client_.session = id_;
   facts_.client_ip = client_.address;
@@ -302,17 +303,11 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
   co_return ec;
 }
 
-// Plain TCP: read what is there into this thread's scratch buffer and append
-// exactly that to input_. No ioctl(FIONREAD) to size the read (two a message,
-// strace) and no zero-filled read buffer; an idle session holds no buffer at
-// all while it waits for readability (issue 8: 10,000 idle sessions <= 200 MB).
-// The scratch buffer is safe to share: it is filled and emptied with no
-// suspension in between.
+// Plain TCP (proxy/socket_read.h). An idle session gives its input buffer
+// back while it waits (issue 8: 10,000 idle sessions <= 200 MB).
 asio::awaitable<std::error_code> Session::read_plain(Seconds timeout) {
-  thread_local const std::unique_ptr<char[]> scratch(new char[limits::kReadChunk]);
-  auto buffer = asio::buffer(scratch.get(), limits::kReadChunk);
-  std::error_code ec;
-  std::size_t n = socket_.read_some(buffer, ec);
+  std::size_t n = 0;
+  std::error_code ec = read_ready(socket_, input_, n);
   while (ec == asio::error::would_block) {
     if (input_.empty()) std::string().swap(input_);
     watchdog_.arm(timeout);
@@ -321,9 +316,8 @@ asio::awaitable<std::error_code> Session::read_plain(Seconds timeout) {
     reading_ = false;
     watchdog_.disarm();
     if (ec) co_return ec;
-    n = socket_.read_some(buffer, ec);
+    ec = read_ready(socket_, input_, n);
   }
-  input_.append(scratch.get(), n);
   metrics::registry().bytes_received.inc(n);
   co_return ec;
 }
