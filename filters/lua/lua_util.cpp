@@ -108,8 +108,17 @@ void push_address(lua_State* L, const Mailbox& m) {
   lua_setfield(L, -2, "local_part");
   lua_pushlstring(L, m.domain.data(), m.domain.size());
   lua_setfield(L, -2, "domain");
-  std::string addr = m.empty() ? "" : m.str();
-  lua_pushlstring(L, addr.data(), addr.size());
+  // addr = Mailbox::str(), built on the Lua stack (no heap string).
+  if (m.empty()) {
+    lua_pushliteral(L, "");
+  } else if (m.domain.empty()) {
+    lua_pushlstring(L, m.local_part.data(), m.local_part.size());
+  } else {
+    lua_pushlstring(L, m.local_part.data(), m.local_part.size());
+    lua_pushliteral(L, "@");
+    lua_pushlstring(L, m.domain.data(), m.domain.size());
+    lua_concat(L, 3);
+  }
   lua_setfield(L, -2, "addr");
   ensure_address_meta(L);
   lua_setmetatable(L, -2);
