@@ -10,6 +10,10 @@
 
 #include <openssl/evp.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace postern {
 
 namespace {
@@ -152,6 +156,27 @@ void DkimBodyHash::run(std::string_view body, bool at_end) {
       continue;
     }
     for (;;) {
+#if defined(__SSE2__)
+      // Sixteen octets at a time, with the octet after each one loaded too:
+      // copied up to the first CR, HTAB or SP followed by SP, HTAB or CR.
+      // Every other SP lies between ordinary octets and stays as it is. (The
+      // store may write past the octets taken: `stop` leaves room for it.)
+      while (stop - p >= 17) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m128i next = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 1));
+        const __m128i sp = _mm_set1_epi8(' '), tab = _mm_set1_epi8('\t'), cr = _mm_set1_epi8('\r');
+        const __m128i next_ws = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(next, sp), _mm_cmpeq_epi8(next, tab)),
+                                             _mm_cmpeq_epi8(next, cr));
+        const __m128i special = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, tab)),
+                                             _mm_and_si128(_mm_cmpeq_epi8(v, sp), next_ws));
+        const unsigned mask = static_cast<unsigned>(_mm_movemask_epi8(special));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(w), v);
+        const unsigned taken = mask == 0 ? 16u : static_cast<unsigned>(std::countr_zero(mask));
+        w += taken;
+        p += taken;
+        if (mask != 0) break;
+      }
+#else
       // Eight octets at a time while they hold no CR, no HTAB, no two SP in
       // a row and no SP last (the octet after it is not known here): then
       // each SP in them lies between ordinary octets and stays as it is.
@@ -166,6 +191,7 @@ void DkimBodyHash::run(std::string_view body, bool at_end) {
           p += sizeof v;
         }
       }
+#endif
       while (p < stop && !kRelaxedSpecial[static_cast<unsigned char>(*p)]) *w++ = *p++;
       if (stop - p < 2 || (*p != ' ' && *p != '\t') || kRelaxedSpecial[static_cast<unsigned char>(p[1])]) break;
       *w++ = ' ';
