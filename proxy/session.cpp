@@ -55,13 +55,21 @@ std::string clean_helo(std::string_view helo) {
   return out;
 }
 
+// Formatted once a second per thread: strftime was ~0.3 % of the cycles of a
+// message (perf).
 std::string rfc5322_date() {
+  thread_local std::time_t cached_at = -1;
+  thread_local std::string cached;
   std::time_t t = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-  return std::string(buf, n);
+  if (t != cached_at) {
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    cached.assign(buf, n);
+    cached_at = t;
+  }
+  return cached;
 }
 
 // xtext (RFC 3461 §4): printable ASCII except '+' and '=', or "+" and two
@@ -1088,17 +1096,12 @@ asio::awaitable<void> Session::end_of_data() {
         if (verdict.action == Verdict::Action::kDisconnect) quit_ = true;
         break;
     }
-    audit_headers = audit_message_headers(message);
+    if (current_audit_log()) audit_headers = audit_message_headers(message);
     txn_.facts.message = nullptr;
     if (!result.connection_lost) co_await upstream().reset();
   }
   append_reply(output_, result.reply);
 
-  std::string to;
-  for (const Mailbox& m : txn_.facts.recipients) {
-    if (!to.empty()) to.push_back(',');
-    to.append("<").append(m.str()).append(">");
-  }
   if (!outcome) {
     outcome = result.reply.positive() ? "relayed" : result.reply.klass() == 4 ? "tempfailed" : "rejected";
   }
@@ -1110,19 +1113,29 @@ asio::awaitable<void> Session::end_of_data() {
           : o == "quarantined" ? R::kQuarantined : R::kRejected;
     metrics::message_done(r, decoder_.size(), metrics::seconds_since(end_of_content), metrics::seconds_since(txn_.started));
   }
-  std::string symbols;
-  for (const Symbol& sym : txn_.facts.symbols) {
-    if (!symbols.empty()) symbols.push_back(',');
-    symbols.append(sym.name).append(fmt::format("({:.2f})", sym.score));
+  // The line's values are built only when info lines are written (with
+  // level = warning they were ~5 % of the instructions a message without
+  // filters, callgrind).
+  if (log::enabled(log::Level::kInfo)) {
+    std::string to;
+    for (const Mailbox& m : txn_.facts.recipients) {
+      if (!to.empty()) to.push_back(',');
+      to.append("<").append(m.str()).append(">");
+    }
+    std::string symbols;
+    for (const Symbol& sym : txn_.facts.symbols) {
+      if (!symbols.empty()) symbols.push_back(',');
+      symbols.append(sym.name).append(fmt::format("({:.2f})", sym.score));
+    }
+    log::Line line = log::info("message");
+    line.kv("session", id_).kv("id", txn_.facts.id)
+        .kv("client", client_.address).kv("from", "<" + txn_.facts.reverse_path.str() + ">").kv("to", to)
+        .kv("size", decoder_.size()).kv("result", outcome).kv("by", result.local ? "postern" : "upstream")
+        .kv("upstream", fmt::format("{} {}", result.reply.code, result.reply.first_line()));
+    if (!symbols.empty()) line.kv("score", fmt::format("{:.2f}", txn_.facts.score)).kv("symbols", symbols);
+    if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
+    line.kv("duration_ms", elapsed_ms(txn_.started));
   }
-  log::Line line = log::info("message");
-  line.kv("session", id_).kv("id", txn_.facts.id)
-      .kv("client", client_.address).kv("from", "<" + txn_.facts.reverse_path.str() + ">").kv("to", to)
-      .kv("size", decoder_.size()).kv("result", outcome).kv("by", result.local ? "postern" : "upstream")
-      .kv("upstream", fmt::format("{} {}", result.reply.code, result.reply.first_line()));
-  if (!symbols.empty()) line.kv("score", fmt::format("{:.2f}", txn_.facts.score)).kv("symbols", symbols);
-  if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
-  line.kv("duration_ms", elapsed_ms(txn_.started));
   write_audit(outcome, result, verdict.reason, "eom", audit_headers);
   reset_transaction();
 }
