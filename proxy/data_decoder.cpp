@@ -240,13 +240,20 @@ void DotStuffer::feed(std::string_view content, std::string& out) {
   // are copied whole (line by line was ~13 % of the instructions a message
   // without filters, callgrind).
   if (line_start_ && content.front() == '.') out.push_back('.');
-  std::size_t from = 0;
-  for (std::size_t lf = content.find("\n."); lf != std::string_view::npos; lf = content.find("\n.", lf + 1)) {
-    out.append(content.substr(from, lf + 1 - from));
-    out.push_back('.');
-    from = lf + 1;
+  const char* const begin = content.data();
+  const char* const end = begin + content.size();
+  const char* from = begin;
+  for (const char* p = begin; p < end;) {
+    const void* lf = std::memchr(p, '\n', static_cast<std::size_t>(end - p));
+    if (!lf) break;
+    p = static_cast<const char*>(lf) + 1;
+    if (p < end && *p == '.') {
+      out.append(from, p);
+      out.push_back('.');
+      from = p;
+    }
   }
-  out.append(content.substr(from));
+  out.append(from, end);
   line_start_ = content.back() == '\n';
   before_last_ = content.size() >= 2 ? content[content.size() - 2] : last_;
   last_ = content.back();
