@@ -272,9 +272,12 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
       if (dkim_sig_getkeysize(sig, &bits) == DKIM_STAT_OK) s.key_bits = bits;
       unsigned char ident[256] = {0};
       if (dkim_sig_getidentity(dkim, sig, ident, sizeof ident - 1) == DKIM_STAT_OK) s.identity = str(ident);
-      std::string b = str(dkim_sig_gettagvalue(sig, false, reinterpret_cast<u_char*>(const_cast<char*>("b"))));
-      for (char c : b) {
-        if (!std::isspace(static_cast<unsigned char>(c)) && s.b.size() < 12) s.b.push_back(c);
+      // The first 12 characters of b= (RFC 8601 §2.7.1's header.b); the
+      // rest of the ~350 is not looked at.
+      if (const u_char* b = dkim_sig_gettagvalue(sig, false, reinterpret_cast<u_char*>(const_cast<char*>("b")))) {
+        for (; *b && s.b.size() < 12; ++b) {
+          if (!std::isspace(*b)) s.b.push_back(static_cast<char>(*b));
+        }
       }
       ssize_t msglen = -1, canonlen = -1, signlen = -1;
       if (dkim_sig_getcanonlen(dkim, sig, &msglen, &canonlen, &signlen) == DKIM_STAT_OK && signlen >= 0) {
@@ -344,9 +347,7 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
       s.domain = tag_value(h.value(), "d");
       s.selector = tag_value(h.value(), "s");
       s.algorithm = tag_value(h.value(), "a");
-      for (char c : tag_value(h.value(), "b")) {
-        if (!std::isspace(static_cast<unsigned char>(c)) && s.b.size() < 12) s.b.push_back(c);
-      }
+      s.b = tag_value(h.value(), "b").substr(0, 12);
       s.result = temporary ? DkimResult::kTemperror : DkimResult::kPermerror;
       s.reason = std::string("libopendkim: ") + dkim_getresultstr(last);
       out.push_back(std::move(s));
