@@ -1,7 +1,6 @@
 // The server side of SMTP (RFC 5321, PIPELINING RFC 2920, SIZE RFC 1870,
 // 8BITMIME RFC 6152, ENHANCEDSTATUSCODES RFC 2034) mirrored to the upstream.
 #include "proxy/session.h"
-#include "proxy/socket_read.h"
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/read.hpp>
@@ -23,6 +22,7 @@
 #include "proxy/metrics.h"
 #include "proxy/proxy_protocol.h"
 #include "proxy/session_limiter.h"
+#include "proxy/socket_read.h"
 #include "proxy/tls.h"
 #include "proxy/verdict_reply.h"
 

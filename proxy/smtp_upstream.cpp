@@ -1,7 +1,6 @@
 // SMTP client to the MTA: connect, EHLO, mirror MAIL/RCPT, send the message
 // after the whole DATA is in; every wait has a deadline (RFC 5321 §4.5.3.2).
 #include "proxy/smtp_upstream.h"
-#include "proxy/socket_read.h"
 
 #include <asio/connect.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -21,6 +20,7 @@
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/replies.h"
+#include "proxy/socket_read.h"
 
 namespace postern {
 namespace {
