@@ -292,11 +292,6 @@ int envelope_index(lua_State* L) {
   return 1;
 }
 
-int snapshot_next(lua_State* L) {
-  lua_settop(L, 2);
-  return lua_next(L, 1) ? 2 : (lua_pushnil(L), 1);
-}
-
 // pairs(view): next over a table of every present field.
 template <std::size_t N, typename Push>
 int view_pairs(lua_State* L, const char* const (&fields)[N], Push push) {
@@ -323,19 +318,6 @@ int client_newindex(lua_State* L) { return luaL_error(L, "ctx.client is read-onl
 
 int envelope_newindex(lua_State* L) {
   return luaL_error(L, "ctx.envelope is read-only (use ctx:set_sender, ctx:add_rcpt, ctx:remove_rcpt)");
-}
-
-void install_view(lua_State* L, const char* meta, lua_CFunction index, lua_CFunction newindex, lua_CFunction pairs) {
-  luaL_newmetatable(L, meta);
-  lua_pushcfunction(L, index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, pairs);
-  lua_setfield(L, -2, "__pairs");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
 }
 
 // ---- ctx fields
@@ -423,9 +405,13 @@ void push_dmarc(lua_State* L, const DmarcOutcome& d) {
   set_string(L, "reason", d.reason);
 }
 
-// The ctx fields kept for the rest of the call, by user value slot (1-based).
+// The ctx fields kept for the rest of the call, each in its user value slot
+// (1-based: kCtxCached[slot - 1] is the field's name).
+enum CtxSlot : int { kNoSlot, kClientSlot, kEnvelopeSlot, kHeadersSlot, kBodySlot, kNotesSlot, kSessionNotesSlot,
+                     kStageSlot, kRuleSlot };
 constexpr const char* kCtxCached[] = {"client", "envelope", "headers", "body", "notes", "session_notes", "stage", "rule"};
 constexpr int kCtxSlots = static_cast<int>(std::size(kCtxCached));
+static_assert(kCtxSlots == kRuleSlot);
 
 int ctx_index(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
@@ -436,24 +422,24 @@ int ctx_index(lua_State* L) {
   // What does not change during the call is built once and kept in one of
   // the ctx userdata's user values (a table per call for it cost a table
   // creation per rule call, callgrind).
-  int slot = 0;
-  for (int i = 0; i < kCtxSlots; ++i) {
+  int slot = kNoSlot;
+  for (int i = 0; i < kCtxSlots && slot == kNoSlot; ++i) {
     if (std::strcmp(key, kCtxCached[i]) == 0) slot = i + 1;
   }
-  if (slot != 0) {
+  if (slot != kNoSlot) {
     if (lua_getiuservalue(L, 1, slot) != LUA_TNIL) return 1;
     lua_pop(L, 1);
   }
   FilterContext& ctx = *inv.ctx;
   bool cache = true;
-  if (slot == 1) push_handle(L, inv, kClientMeta);
-  else if (slot == 2) push_handle(L, inv, kEnvelopeMeta);
-  else if (slot == 3 && ctx.transaction.message) push_handle(L, inv, kHeadersMeta);
-  else if (slot == 4 && ctx.transaction.message && ctx.stage == Stage::kEom) push_handle(L, inv, kBodyMeta);
-  else if (slot == 5) push_handle(L, inv, kNotesMeta, false);
-  else if (slot == 6) push_handle(L, inv, kNotesMeta, true);
-  else if (slot == 7) lua_pushstring(L, stage_name(ctx.stage));
-  else if (slot == 8) lua_pushstring(L, inv.rule->info.name.c_str());
+  if (slot == kClientSlot) push_handle(L, inv, kClientMeta);
+  else if (slot == kEnvelopeSlot) push_handle(L, inv, kEnvelopeMeta);
+  else if (slot == kHeadersSlot && ctx.transaction.message) push_handle(L, inv, kHeadersMeta);
+  else if (slot == kBodySlot && ctx.transaction.message && ctx.stage == Stage::kEom) push_handle(L, inv, kBodyMeta);
+  else if (slot == kNotesSlot) push_handle(L, inv, kNotesMeta, false);
+  else if (slot == kSessionNotesSlot) push_handle(L, inv, kNotesMeta, true);
+  else if (slot == kStageSlot) lua_pushstring(L, stage_name(ctx.stage));
+  else if (slot == kRuleSlot) lua_pushstring(L, inv.rule->info.name.c_str());
   else {
     cache = false;
     if (std::strcmp(key, "score") == 0) {
@@ -493,9 +479,30 @@ int ctx_newindex(lua_State* L) {
 
 }  // namespace
 
+int snapshot_next(lua_State* L) {
+  lua_settop(L, 2);
+  return lua_next(L, 1) ? 2 : (lua_pushnil(L), 1);
+}
+
+void install_view(lua_State* L, const char* meta, lua_CFunction index, lua_CFunction newindex, lua_CFunction pairs,
+                  int index_upvalues) {
+  luaL_newmetatable(L, meta);
+  lua_insert(L, -(index_upvalues + 1));  // below the upvalues, which the closure takes
+  lua_pushcclosure(L, index, index_upvalues);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, newindex);
+  lua_setfield(L, -2, "__newindex");
+  if (pairs) {
+    lua_pushcfunction(L, pairs);
+    lua_setfield(L, -2, "__pairs");
+  }
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
 void install_ctx_types(lua_State* L) {
-  luaL_newmetatable(L, kCtxMeta);
-  lua_newtable(L);  // methods
+  lua_newtable(L);  // the methods: ctx_index's upvalue
   for (auto& [n, fn] : std::initializer_list<std::pair<const char*, lua_CFunction>>{
            {"symbol", ctx_symbol}, {"has_symbol", ctx_has_symbol}, {"add_header", ctx_add_header},
            {"prepend_header", ctx_prepend_header}, {"change_header", ctx_change_header},
@@ -504,13 +511,7 @@ void install_ctx_types(lua_State* L) {
     lua_pushcfunction(L, fn);
     lua_setfield(L, -2, n);
   }
-  lua_pushcclosure(L, ctx_index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, ctx_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
+  install_view(L, kCtxMeta, ctx_index, ctx_newindex, nullptr, 1);
   install_view(L, kClientMeta, client_index, client_newindex, client_pairs);
   install_view(L, kEnvelopeMeta, envelope_index, envelope_newindex, envelope_pairs);
   install_message_types(L);

@@ -137,6 +137,14 @@ void push_handle(lua_State* L, const Invocation& inv, const char* meta, bool ses
 void set_string(lua_State* L, const char* key, std::string_view value);
 // The transaction's message, or a Lua error before the data stage.
 const Message& need_message(lua_State* L, Invocation& inv);
+// The metatable of a handle that reads like a read-only table: __index (a
+// closure over the `index_upvalues` values on top of the stack, which it
+// pops), __newindex (raising the error), __pairs unless null, and a hidden
+// metatable.
+void install_view(lua_State* L, const char* meta, lua_CFunction index, lua_CFunction newindex, lua_CFunction pairs,
+                  int index_upvalues = 0);
+// The iterator a view's __pairs returns with its snapshot table: next() on it.
+int snapshot_next(lua_State* L);
 // lua_message.cpp: registers the metatables of headers, body and notes.
 void install_message_types(lua_State* L);
 

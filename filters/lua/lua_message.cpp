@@ -205,10 +205,7 @@ int notes_newindex(lua_State* L) {
 
 int notes_pairs(lua_State* L) {
   auto [notes, auth] = notes_of(L, 1);
-  lua_pushcfunction(L, [](lua_State* L) -> int {
-    lua_settop(L, 2);
-    return lua_next(L, 1) ? 2 : (lua_pushnil(L), 1);
-  });
+  lua_pushcfunction(L, snapshot_next);
   lua_createtable(L, 0, static_cast<int>(notes.size()));
   for (auto& [k, v] : notes) {
     lua_pushlstring(L, v.data(), v.size());
@@ -244,16 +241,7 @@ void install_message_types(lua_State* L) {
                              {"names", headers_names}, {"count", headers_count}});
   new_meta(L, kBodyMeta, {{"size", body_size}, {"text_parts", body_text_parts}, {"attachments", body_attachments},
                           {"lines", body_lines}});
-  luaL_newmetatable(L, kNotesMeta);
-  lua_pushcfunction(L, notes_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, notes_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, notes_pairs);
-  lua_setfield(L, -2, "__pairs");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
+  install_view(L, kNotesMeta, notes_index, notes_newindex, notes_pairs);
 }
 
 }  // namespace postern
