@@ -1113,3 +1113,45 @@ def parse_received_any(header):
     m = RECEIVED_TLS_RE.match(unfolded)
     assert m, f"Received header does not match: {unfolded!r}"
     return m
+
+
+class SourceLoop:
+    """Load that lasts as long as the test acts: smtp-source batches, one after
+    another, until stop(). A fixed message count raced against sleeps ends early
+    on a fast or idle machine; this does not. `sent` counts the messages of the
+    batches that ran; every batch must exit 0."""
+
+    def __init__(self, target, sessions=10, batch=300, size=2048,
+                 sender="a@example.org", recipient="b@example.com"):
+        self.argv = ["/usr/sbin/smtp-source", "-s", str(sessions), "-m", str(batch), "-l", str(size), "-d",
+                     "-f", sender, "-t", recipient, target]
+        self.batch = batch
+        self.sent = 0
+        self.batches = 0
+        self.failures = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            r = subprocess.run(self.argv, capture_output=True, text=True, timeout=300 * SCALE,
+                               stdin=subprocess.DEVNULL)
+            self.batches += 1
+            self.sent += self.batch
+            if r.returncode != 0:
+                self.failures.append(f"smtp-source exited {r.returncode}: {(r.stdout + r.stderr)[-800:]}")
+                return
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def running(self):
+        return self._thread.is_alive()
+
+    def stop(self):
+        """Lets the batch in flight finish; returns the number of messages sent."""
+        self._stop.set()
+        self._thread.join(timeout=300 * SCALE)
+        assert not self._thread.is_alive(), "smtp-source did not finish its batch"
+        return self.sent

@@ -2,10 +2,9 @@
 keeps sending through postern; no session is dropped, no message lost, and
 a script that no longer compiles leaves the running rules in place."""
 import signal
-import subprocess
 import time
 
-from harness import SCALE, SmtpClient, check_reply
+from harness import SCALE, SmtpClient, SourceLoop, check_reply
 
 RULE = """postern.rule{{ name = "TAG", stage = "eom", fn = function(ctx)
   ctx:add_header("X-Rule-Version", "{version}")
@@ -21,25 +20,23 @@ def test_sighup_under_load_drops_nothing(postern, postfix_sink, tmp_path):
     config.write_text(f'[server]\nhostname = "mx.postern.test"\nshutdown_timeout = 3\n'
                       f'[upstream]\ntarget = "{sink.address}"\n[lua]\nscripts = ["{script}"]\n')
     p = postern.start(config=str(config))
-    total = 6000
-    source = subprocess.Popen(["/usr/sbin/smtp-source", "-s", "10", "-m", str(total), "-l", "2048", "-d",
-                               "-f", "a@example.org", "-t", "b@example.com", f"127.0.0.1:{p.port}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the load runs until the reloads are done, however fast the machine is
+    load = SourceLoop(f"127.0.0.1:{p.port}").start()
     try:
         for version in range(2, 6):
             time.sleep(0.15)
             script.write_text(RULE.format(version=version))
             p.proc.send_signal(signal.SIGHUP)
-        assert source.poll() is None, "the load ended before the reloads: raise total"
+            assert load.running(), "the load stopped during the reloads: " + "; ".join(load.failures)
         # a broken script: the reload is refused, the version-5 rules stay
         time.sleep(0.15)
         script.write_text("postern.rule{ name = 'BROKEN', stage = 'eom', fn = function(ctx)\n")
         p.proc.send_signal(signal.SIGHUP)
-        out, _ = source.communicate(timeout=120 * SCALE)
+        p.wait_for_log("reload-failed", timeout=10 * SCALE)
+        assert load.running(), "the load stopped before the refused reload: " + "; ".join(load.failures)
     finally:
-        if source.poll() is None:
-            source.kill()
-    assert source.returncode == 0, out
+        total = load.stop()
+    assert not load.failures, load.failures
     relayed = p.wait_for_log("message", result="relayed", count=total, timeout=20 * SCALE)
     assert len(relayed) == total
     assert not p.events("message", result="tempfailed")

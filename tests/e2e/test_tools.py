@@ -1,0 +1,91 @@
+"""The programs the end-to-end tests drive, and the capabilities they need from them.
+
+A package installed by hand on one machine must not hide a missing line in
+.ci/deps: each check asks the program itself (not dpkg) whether it can do what
+the tests need, and a failure names the Debian package that provides it.
+Keep the list in step with .ci/deps.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+# (path, Debian package, argv that must exit 0)
+PROGRAMS = [
+    ("/usr/sbin/smtp-sink", "postfix", None),
+    ("/usr/sbin/smtp-source", "postfix", None),
+    ("/usr/sbin/postfix", "postfix", None),
+    ("/usr/sbin/unbound", "unbound", ["/usr/sbin/unbound", "-V"]),
+    ("/usr/sbin/haproxy", "haproxy", ["/usr/sbin/haproxy", "-v"]),
+    ("/usr/bin/redis-server", "redis-server", ["/usr/bin/redis-server", "--version"]),
+    ("/usr/bin/redis-cli", "redis-tools", ["/usr/bin/redis-cli", "--version"]),
+    ("/usr/bin/openssl", "openssl", ["/usr/bin/openssl", "version"]),
+    ("/usr/bin/swaks", "swaks", ["/usr/bin/swaks", "--version"]),
+    ("/usr/bin/prlimit", "util-linux", ["/usr/bin/prlimit", "--version"]),
+    ("/usr/bin/unshare", "util-linux", ["/usr/bin/unshare", "--version"]),
+]
+
+
+def missing(package, what):
+    return f"{what}: install the Debian package '{package}' (add it to .ci/deps)"
+
+
+@pytest.mark.parametrize("path,package,argv", PROGRAMS, ids=[os.path.basename(p[0]) for p in PROGRAMS])
+def test_program_present(path, package, argv):
+    assert os.access(path, os.X_OK), missing(package, f"{path} is missing")
+    if argv:
+        r = subprocess.run(argv, capture_output=True, timeout=30)
+        assert r.returncode == 0, missing(package, f"{' '.join(argv)} exited {r.returncode}: "
+                                                   f"{(r.stdout + r.stderr).decode(errors='replace')[:400]}")
+
+
+# swaks reports each optional feature as "=== X supported" or "*** X not available: requires M".
+SWAKS_FEATURES = {
+    "TLS": "libnet-ssleay-perl",          # --tls, --tlsc (tests: test_tls, test_auth, test_dkim_sign)
+    "Basic AUTH": "swaks",                # --auth PLAIN / LOGIN
+    "IPv6": "libio-socket-inet6-perl",    # docs' copy-paste commands against [::1]
+    "Socket Transport": "swaks",
+}
+
+
+def swaks_support():
+    r = subprocess.run(["swaks", "--support"], capture_output=True, text=True, timeout=30)
+    return r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("feature", sorted(SWAKS_FEATURES))
+def test_swaks_supports(feature):
+    report = swaks_support()
+    ok = re.search(rf"^=== {re.escape(feature)} supported", report, re.M)
+    assert ok, missing(SWAKS_FEATURES[feature], f"swaks --support does not list {feature}:\n{report}")
+
+
+# Modules the helpers import under Debian's /usr/bin/python3 (the tests run there).
+PYTHON_MODULES = {
+    "aiosmtpd.smtp": "python3-aiosmtpd",
+    "dkim": "python3-dkim",
+    "nacl.signing": "python3-nacl",       # dkimpy's ed25519 (test_dkim_sign)
+    "dnslib.server": "python3-dnslib",
+    "pytest": "python3-pytest",
+}
+
+
+@pytest.mark.parametrize("module", sorted(PYTHON_MODULES))
+def test_python_module(module):
+    r = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, missing(PYTHON_MODULES[module], f"{sys.executable} cannot import {module}: "
+                                                              f"{r.stderr.strip()[-400:]}")
+
+
+def test_dkimpy_signs_ed25519():
+    """dkimpy signs ed25519 only with nacl; a missing recommend would make it fail inside a test."""
+    code = ("import dkim, nacl.signing, base64\n"
+            "k = nacl.signing.SigningKey.generate()\n"
+            "sig = dkim.sign(b'From: a@b\\r\\n\\r\\nx\\r\\n', b's', b'b', base64.b64encode(bytes(k)),\n"
+            "                signature_algorithm=b'ed25519-sha256', include_headers=[b'from'])\n"
+            "assert sig.startswith(b'DKIM-Signature:'), sig\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, missing("python3-nacl", f"dkimpy cannot sign ed25519: {r.stderr.strip()[-400:]}")
