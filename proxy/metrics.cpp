@@ -23,6 +23,8 @@ constexpr std::string_view kStageNames[] = {"connect", "helo", "mail", "rcpt", "
 constexpr std::string_view kRefusalNames[] = {"limit", "proxy_protocol", "tls", "filter"};
 constexpr std::string_view kUpstreamErrorNames[] = {"connect_refused", "connect_failed", "resolve", "timeout",
                                                     "tls",             "protocol",       "closed"};
+constexpr std::string_view kProtocolErrorNames[] = {"malformed", "unexpected_reply", "unexplained_bytes", "greeting",
+                                                    "helo"};
 constexpr std::string_view kCommandNames[] = {"greeting", "ehlo", "starttls", "xclient", "xforward", "auth",
                                               "mail",     "rcpt", "data",     "eom",     "rset",     "other"};
 constexpr std::string_view kDnsNames[] = {"ok", "nxdomain", "nodata", "servfail", "timeout"};
@@ -31,6 +33,7 @@ static_assert(std::size(kResultNames) == n<MessageResult>());
 static_assert(std::size(kRefusalNames) == n<Refusal>());
 static_assert(std::size(kUpstreamErrorNames) == n<UpstreamError>());
 static_assert(std::size(kCommandNames) == n<UpstreamCommand>());
+static_assert(std::size(kProtocolErrorNames) == n<UpstreamProtocolError>());
 
 using Labels = std::initializer_list<std::pair<std::string_view, std::string_view>>;
 
@@ -308,6 +311,15 @@ void filter_time(Stage stage, double seconds) {
 
 void upstream_error(UpstreamError kind) { registry().upstream_errors[idx(kind)].inc(); }
 
+void upstream_protocol_error(UpstreamProtocolError why) {
+  registry().upstream_protocol_errors[idx(why)].inc();
+  upstream_error(UpstreamError::kProtocol);
+}
+
+std::string_view upstream_protocol_error_name(UpstreamProtocolError why) { return kProtocolErrorNames[idx(why)]; }
+
+std::string_view upstream_command_name(UpstreamCommand command) { return kCommandNames[idx(command)]; }
+
 void upstream_reply(UpstreamCommand command, int code, double seconds) {
   Registry& r = registry();
   int k = code / 100;
@@ -404,6 +416,12 @@ std::string Registry::render() const {
   w.family("postern_upstream_errors_total", "counter", "Failures of connections to the MTA, by kind.");
   for (std::size_t i = 0; i < upstream_errors.size(); ++i) {
     w.sample("postern_upstream_errors_total", {{"kind", kUpstreamErrorNames[i]}}, upstream_errors[i].value());
+  }
+  w.family("postern_upstream_protocol_errors_total", "counter",
+           "Protocol errors of the MTA (each also counted as upstream_errors kind=protocol), by reason.");
+  for (std::size_t i = 0; i < upstream_protocol_errors.size(); ++i) {
+    w.sample("postern_upstream_protocol_errors_total", {{"reason", kProtocolErrorNames[i]}},
+             upstream_protocol_errors[i].value());
   }
   w.family("postern_upstream_replies_total", "counter", "Replies received from the MTA, by class.");
   for (std::size_t k = 2; k < 6; ++k) {

@@ -137,11 +137,16 @@ enum class MessageResult { kRelayed, kRejected, kTempfailed, kDiscarded, kQuaran
 enum class Refusal { kLimit, kProxyProtocol, kTls, kFilter, kCount };
 // How a connection to the MTA failed.
 enum class UpstreamError { kConnectRefused, kConnectFailed, kResolve, kTimeout, kTls, kProtocol, kClosed, kCount };
+// Why the MTA's octets were a protocol error (each is also a kProtocol error):
+// a malformed reply; a reply of the wrong kind for its command; octets that no
+// command owed a reply explains (proxy/reply_matcher.h); no 220 greeting; HELO refused.
+enum class UpstreamProtocolError { kMalformed, kUnexpectedReply, kUnexplainedBytes, kGreeting, kHelo, kCount };
 // What an upstream reply answered.
 enum class UpstreamCommand {
   kGreeting, kEhlo, kStarttls, kXclient, kXforward, kAuth, kMail, kRcpt, kData, kEom, kRset, kOther, kCount
 };
 UpstreamCommand upstream_command(std::string_view line);
+std::string_view upstream_command_name(UpstreamCommand command);
 
 template <typename E>
 constexpr std::size_t n() { return static_cast<std::size_t>(E::kCount); }
@@ -186,6 +191,7 @@ struct Registry {
   // Upstream.
   Counter upstream_connections;
   std::array<Counter, n<UpstreamError>()> upstream_errors;
+  std::array<Counter, n<UpstreamProtocolError>()> upstream_protocol_errors;
   std::array<Counter, 6> upstream_replies_by_class;
   std::array<Histogram, n<UpstreamCommand>()> upstream_reply_duration;
   std::atomic<bool> upstream_reachable{true};
@@ -249,6 +255,9 @@ void message_done(MessageResult result, std::uint64_t size, double eod_seconds, 
 void transaction_done(const TransactionFacts& t, Registry& r = registry());
 void filter_time(Stage stage, double seconds);
 void upstream_error(UpstreamError kind);
+// Counts a protocol error by its reason, and as upstream_error(kProtocol).
+void upstream_protocol_error(UpstreamProtocolError why);
+std::string_view upstream_protocol_error_name(UpstreamProtocolError why);
 void upstream_reply(UpstreamCommand command, int code, double seconds);
 void tls_handshake(bool ok, bool timed_out);
 // Installs the sink through which filters/ report (filters/filter_stats.h).

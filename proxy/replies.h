@@ -82,6 +82,9 @@ inline constexpr Def kTooManySessionsFromNetwork{421, "4.7.0 Error: too many con
 inline constexpr Def kUpstreamUnavailable{451, "4.4.1 Error: upstream not available, try again later"};
 inline constexpr Def kUpstreamLost{451, "4.4.2 Error: upstream connection lost, try again later"};
 inline constexpr Def kUpstreamProtocol{451, "4.4.0 Error: unexpected upstream reply, try again later"};
+// The MTA said 421 without a 4.x.x enhanced code, or after its reply: its
+// session ends, and so does the client's.
+inline constexpr Def kUpstreamClosing{421, "4.4.2 Error: upstream closed the connection, try again later"};
 inline constexpr Def kUpstreamNoSmtputf8{553, "5.6.7 Error: SMTPUTF8 is not supported by the destination"};
 inline constexpr Def kTransactionFailed{451, "4.4.2 Error: transaction failed upstream, send RSET"};
 

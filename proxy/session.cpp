@@ -547,7 +547,7 @@ asio::awaitable<void> Session::continue_auth(std::string_view line) {
 
 // Relays the MTA's answer; 334 continues the exchange, 235 ends it authenticated.
 asio::awaitable<void> Session::auth_reply(UpstreamReply r) {
-  append_reply(output_, r.reply);
+  relay_reply(r);
   if (r.reply.code == 334 && !r.connection_lost) co_return;
   auth_.active = false;
   if (r.reply.code == 235) {
@@ -850,7 +850,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
 }
 
 void Session::mail_replied(const UpstreamReply& r) {
-  append_reply(output_, r.reply);
+  relay_reply(r);
   if (r.reply.positive()) return;
   log::info("mail-refused").kv("session", id_).kv("from", "<" + txn_.facts.reverse_path.str() + ">")
       .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
@@ -927,11 +927,11 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     mail_replied(upstream().held_mail_reply());
     if (!txn_.active) {  // MAIL refused: the MTA's answer to this RCPT, as it is
       metrics::registry().recipients[1].inc();
-      append_reply(output_, r.reply);
+      relay_reply(r);
       co_return;
     }
   }
-  append_reply(output_, r.reply);
+  relay_reply(r);
   if (r.connection_lost) txn_.failed = true;
   metrics::registry().recipients[r.reply.positive() ? 0 : 1].inc();
   if (r.reply.positive()) {
@@ -1100,7 +1100,7 @@ asio::awaitable<void> Session::end_of_data() {
     txn_.facts.message = nullptr;
     if (!result.connection_lost) co_await upstream().reset();
   }
-  append_reply(output_, result.reply);
+  relay_reply(result);
 
   if (!outcome) {
     outcome = result.reply.positive() ? "relayed" : result.reply.klass() == 4 ? "tempfailed" : "rejected";
@@ -1244,12 +1244,13 @@ asio::awaitable<UpstreamReply> Session::redo_envelope() {
   t.recipients = rcpts;
   co_await upstream().reset();
   UpstreamReply r = co_await upstream().mail(t.reverse_path, txn_.mail_params, false);
-  if (!r.reply.positive()) {
+  if (!r.reply.positive() || r.closing) {
     if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
     co_return r;
   }
   for (const Mailbox& m : rcpts) {
     UpstreamReply rr = co_await upstream().rcpt(m, {});
+    if (rr.closing) co_return rr;
     if (!rr.reply.positive()) {
       log::warning("redo-rcpt-refused").kv("session", id_).kv("to", "<" + m.str() + ">")
           .kv("reply", fmt::format("{} {}", rr.reply.code, rr.reply.first_line()));
@@ -1272,6 +1273,16 @@ UpstreamReply Session::quarantine(const Message& message, const Verdict& verdict
                                         message.body_offset());
   if (file.empty()) return UpstreamReply{Reply{replies::kSpoolFailed.code, std::string(replies::kSpoolFailed.text)}, true};
   return UpstreamReply{Reply{250, "2.0.0 Ok: quarantined as " + file}, true};
+}
+
+// An upstream reply to the client. After the MTA's 421 the session ends
+// with a 421 too (docs/operations.md "When the MTA says 421").
+void Session::relay_reply(const UpstreamReply& r) {
+  append_reply(output_, r.reply);
+  if (!r.closing) return;
+  if (r.reply.code != 421) reply(replies::kUpstreamClosing);
+  log::warning("upstream-closing").kv("session", id_).kv("client", client_.address).kv("action", "421 and close");
+  quit_ = true;
 }
 
 // The client gave up on a transaction (RSET, EHLO, QUIT, lost connection).

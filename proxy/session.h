@@ -88,6 +88,7 @@ class Session {
   asio::awaitable<void> handle_mail(const Command& cmd);
   // The upstream's reply to MAIL, relayed; a refusal ends the transaction.
   void mail_replied(const UpstreamReply& r);
+  void relay_reply(const UpstreamReply& r);
   // Sends a held MAIL on its own and relays its reply (no-op when none is held).
   asio::awaitable<void> settle_mail();
   // Whether the client's next buffered line is a complete RCPT command.

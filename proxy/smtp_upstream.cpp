@@ -31,10 +31,16 @@ UpstreamReply local(const replies::Def& def, bool lost) {
   return UpstreamReply{Reply{def.code, std::string(def.text)}, true, lost};
 }
 
-// Why a read or write on the upstream connection failed, for the metrics.
-metrics::UpstreamError failure_kind(bool protocol_error, bool timed_out) {
-  if (protocol_error) return metrics::UpstreamError::kProtocol;
-  return timed_out ? metrics::UpstreamError::kTimeout : metrics::UpstreamError::kClosed;
+// A reply that waits for more from postern: content after 354, a SASL
+// response after 334, the TLS handshake after STARTTLS's 220.
+bool intermediate(metrics::UpstreamCommand what, const Reply& reply) {
+  return reply.klass() == 3 || (what == metrics::UpstreamCommand::kStarttls && reply.code == 220);
+}
+
+// A failure reply postern made up for octets that explain nothing; such a
+// connection is never tried again for the same transaction.
+bool is_protocol_error(const UpstreamReply& r) {
+  return r.local && r.reply.code == replies::kUpstreamProtocol.code && r.reply.text == replies::kUpstreamProtocol.text;
 }
 }  // namespace
 
@@ -64,23 +70,84 @@ void SmtpUpstream::close(std::string_view why) {
   socket_.close(ignored);
   tls_.reset();
   state_ = State::kClosed;
-  input_.clear();
-  parser_.reset();
+  replies_.reset();
   capabilities_.clear();
   capability_args_.clear();
 }
 
 UpstreamReply SmtpUpstream::lost(std::string_view stage) {
-  metrics::upstream_error(failure_kind(protocol_error_, watchdog_.expired()));
+  metrics::upstream_error(watchdog_.expired() ? metrics::UpstreamError::kTimeout : metrics::UpstreamError::kClosed);
   close(stage);
-  if (protocol_error_) {
-    protocol_error_ = false;
-    return local(replies::kUpstreamProtocol, true);
-  }
   return local(replies::kUpstreamLost, true);
 }
 
-asio::awaitable<bool> SmtpUpstream::send(std::string_view bytes, Seconds timeout) {
+// DESIGN "Every byte from the MTA is explained": whatever the MTA sent that
+// does not answer the command at hand (a malformed reply, one of the wrong
+// kind, octets no command owed) fails the transaction with 451 4.4.0, and the
+// connection is dropped so that nothing stale is read as a later reply
+// (Postfix smtpd_proxy: an unexpected reply is replaced, never relayed).
+UpstreamReply SmtpUpstream::protocol_error(std::string_view op, metrics::UpstreamProtocolError why,
+                                           std::string_view detail) {
+  log::warning("upstream-protocol-error").kv("session", client_.session).kv("upstream", config_->upstream.target)
+      .kv("op", op).kv("reason", metrics::upstream_protocol_error_name(why)).kv("text", detail.substr(0, 120));
+  metrics::upstream_protocol_error(why);
+  close("protocol error");
+  UpstreamReply r = local(replies::kUpstreamProtocol, true);
+  failure_ = r;
+  return r;
+}
+
+// RFC 5321 §3.8: a 421 is the MTA closing the connection. The client hears
+// 421 as well and its session ends, as Postfix's smtpd does when its proxy
+// filter says 421: the MTA's text when it carries a 4.x.x code, else postern's.
+UpstreamReply SmtpUpstream::closing(Reply said, std::string_view op) {
+  log::warning("upstream-421").kv("session", client_.session).kv("upstream", config_->upstream.target)
+      .kv("op", op).kv("reply", said.first_line());
+  close("upstream sent 421");
+  const std::string_view code = said.enhanced_code();
+  UpstreamReply r = !code.empty() && code[0] == '4' ? UpstreamReply{Reply{421, std::move(said.text)}}
+                                                    : local(replies::kUpstreamClosing, false);
+  r.connection_lost = true;
+  r.closing = true;
+  failure_ = r;
+  return r;
+}
+
+std::optional<UpstreamReply> SmtpUpstream::quiet(std::string_view op) {
+  std::error_code ec;
+  std::size_t n = 0;
+  if (tls_) {
+    // Non-blocking, through the TLS engine: records that carry no data
+    // (a session ticket) are consumed; data is appended.
+    char buffer[4096];
+    n = tls_->read_some(asio::buffer(buffer), ec);
+    replies_.input().append(buffer, n);
+  } else {
+    ec = read_ready(socket_, replies_.input(), n);
+  }
+  Reply said;
+  switch (replies_.unsolicited(said)) {
+    case ReplyMatcher::Outcome::kQuiet:
+      break;
+    case ReplyMatcher::Outcome::kClosing:  // its idle time-out, or shutting down
+      return closing(std::move(said), op);
+    default:
+      return protocol_error(op, metrics::UpstreamProtocolError::kUnexplainedBytes,
+                            fmt::format("before {}: {}", op, replies_.buffered()));
+  }
+  if (!ec || ec == asio::error::would_block) return std::nullopt;
+  // The MTA closed the connection meanwhile: between transactions that is
+  // its idle time-out (RFC 5321 §4.5.3.2), no error.
+  if (state_ == State::kInTransaction) metrics::upstream_error(metrics::UpstreamError::kClosed);
+  close(ec == asio::error::eof ? "closed by the MTA" : ec.message());
+  return local(replies::kUpstreamLost, true);
+}
+
+asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send(std::string_view bytes, Seconds timeout,
+                                                                  std::size_t replies, std::string_view op) {
+  if (replies_.owed() == 0) {
+    if (auto failed = quiet(op)) co_return failed;
+  }
   watchdog_.arm(timeout);
   std::error_code ec;
   auto buffer = asio::buffer(bytes.data(), bytes.size());
@@ -93,54 +160,55 @@ asio::awaitable<bool> SmtpUpstream::send(std::string_view bytes, Seconds timeout
   if (ec) {
     log::warning("upstream-error").kv("session", client_.session)
         .kv("op", "write").kv("error", watchdog_.expired() ? "timeout" : ec.message());
-    co_return false;
+    co_return lost(fmt::format("write failed ({})", op));
   }
-  co_return true;
+  replies_.expect(replies);
+  co_return std::nullopt;
 }
 
-asio::awaitable<bool> SmtpUpstream::receive(Reply& reply, Seconds timeout) {
+asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply, Seconds timeout,
+                                                                     std::string_view op) {
   watchdog_.arm(timeout);
   for (;;) {
-    if (!input_.empty()) {
-      auto result = parser_.feed(input_);
-      input_.erase(0, result.consumed);
-      if (result.outcome == ReplyParser::Outcome::kComplete) {
-        reply = parser_.take();
+    switch (replies_.next(reply)) {
+      case ReplyMatcher::Outcome::kReply:
         watchdog_.disarm();
-        co_return true;
-      }
-      if (result.outcome != ReplyParser::Outcome::kIncomplete) {
+        co_return std::nullopt;
+      case ReplyMatcher::Outcome::kMalformed:
         watchdog_.disarm();
-        protocol_error_ = true;
-        log::warning("upstream-error").kv("session", client_.session).kv("op", "read").kv("error", "malformed reply")
-            .kv("text", input_.substr(0, 80));
-        co_return false;
-      }
+        co_return protocol_error(op, metrics::UpstreamProtocolError::kMalformed, replies_.buffered());
+      case ReplyMatcher::Outcome::kUnexplained:  // a reply, and octets behind it that answer nothing
+        watchdog_.disarm();
+        co_return protocol_error(op, metrics::UpstreamProtocolError::kUnexplainedBytes,
+                                 fmt::format("{} {} then {}", reply.code, reply.first_line(), replies_.buffered()));
+      default:
+        break;
     }
     std::error_code ec;
+    std::string& input = replies_.input();
     if (tls_) {
       // Replies are short: a 4 KiB read, more in later rounds if need be.
       constexpr std::size_t kReplyChunk = 4096;
-      std::size_t old = input_.size();
-      input_.resize(old + kReplyChunk);
+      std::size_t old = input.size();
+      input.resize(old + kReplyChunk);
       std::size_t n = 0;
-      std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(input_.data() + old, kReplyChunk), use_nothrow);
-      input_.resize(old + n);
+      std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(input.data() + old, kReplyChunk), use_nothrow);
+      input.resize(old + n);
     } else {
       // proxy/socket_read.h: no zero-filled reply buffer (12,800 instructions
       // a message, callgrind).
       std::size_t n = 0;
-      ec = read_ready(socket_, input_, n);
+      ec = read_ready(socket_, input, n);
       while (ec == asio::error::would_block) {
         std::tie(ec) = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
-        if (!ec) ec = read_ready(socket_, input_, n);
+        if (!ec) ec = read_ready(socket_, input, n);
       }
     }
     if (ec) {
       watchdog_.disarm();
       log::warning("upstream-error").kv("session", client_.session).kv("op", "read")
           .kv("error", watchdog_.expired() ? "timeout" : ec.message());
-      co_return false;
+      co_return lost(fmt::format("no reply ({})", op));
     }
   }
 }
@@ -148,23 +216,25 @@ asio::awaitable<bool> SmtpUpstream::receive(Reply& reply, Seconds timeout) {
 asio::awaitable<UpstreamReply> SmtpUpstream::command(std::string_view line, Seconds timeout) {
   const metrics::UpstreamCommand what = metrics::upstream_command(line);
   const auto sent = std::chrono::steady_clock::now();
-  if (!co_await send(line, timeout)) co_return lost("write failed");
+  if (auto failed = co_await send(line, timeout, 1, metrics::upstream_command_name(what))) co_return std::move(*failed);
   co_return co_await reply_to(what, sent, timeout);
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::reply_to(metrics::UpstreamCommand what,
                                                       std::chrono::steady_clock::time_point sent, Seconds timeout) {
+  const std::string_view op = metrics::upstream_command_name(what);
   Reply reply;
-  if (!co_await receive(reply, timeout)) co_return lost("no reply");
+  if (auto failed = co_await receive(reply, timeout, op)) co_return std::move(*failed);
   metrics::upstream_reply(what, reply.code, metrics::seconds_since(sent));
-  if (reply.code == 421) {
-    // The MTA is closing this connection (RFC 5321 §3.8). Its text is kept, but
-    // the client hears 451: postern's own session with the client goes on.
-    close("upstream sent 421");
-    reply.code = 451;
-    co_return UpstreamReply{std::move(reply), false, true};
-  }
-  co_return UpstreamReply{std::move(reply)};
+  if (reply.code == 421) co_return closing(std::move(reply), op);
+  if (!replies_.closing()) co_return UpstreamReply{std::move(reply)};
+  // A 421 right behind the reply: the MTA leaves. A reply that waited for
+  // more from postern is void; a final one stands, and the 421 follows it.
+  UpstreamReply bye = closing(replies_.closing_reply(), op);
+  if (intermediate(what, reply)) co_return bye;
+  bye.reply = std::move(reply);
+  bye.local = false;
+  co_return bye;
 }
 
 asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
@@ -188,6 +258,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     }
     for (const auto& entry : results) endpoints.push_back(entry.endpoint());
   }
+  failure_.reset();
   watchdog_.arm(to.upstream_connect);
   auto [cec, endpoint] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
   watchdog_.disarm();
@@ -205,17 +276,15 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   state_ = State::kReady;  // so close() logs from here on
   metrics::registry().upstream_connections.inc();
 
-  Reply greeting;
-  const auto connected = std::chrono::steady_clock::now();
-  const bool greeted = co_await receive(greeting, to.upstream_greeting);
-  if (greeted) metrics::upstream_reply(metrics::UpstreamCommand::kGreeting, greeting.code, metrics::seconds_since(connected));
-  else metrics::upstream_error(failure_kind(protocol_error_, watchdog_.expired()));
-  if (greeted && greeting.code != 220) metrics::upstream_error(metrics::UpstreamError::kProtocol);
-  if (!greeted || greeting.code != 220) {
-    if (greeting.code) {
-      log::warning("upstream-error").kv("session", client_.session)
-          .kv("op", "greeting").kv("reply", greeting.first_line());
-    }
+  // The greeting is owed by the connection itself (RFC 5321 §3.1).
+  replies_.expect(1);
+  UpstreamReply greeting = co_await reply_to(metrics::UpstreamCommand::kGreeting, std::chrono::steady_clock::now(),
+                                             to.upstream_greeting);
+  if (greeting.connection_lost) co_return false;
+  if (greeting.reply.code != 220) {
+    log::warning("upstream-error").kv("session", client_.session)
+        .kv("op", "greeting").kv("reply", greeting.reply.first_line());
+    metrics::upstream_protocol_error(metrics::UpstreamProtocolError::kGreeting);
     close("no 220 greeting");
     co_return false;
   }
@@ -276,7 +345,7 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
   if (helo.connection_lost || !helo.reply.positive()) {
     if (!helo.connection_lost) log::warning("upstream-error").kv("session", client_.session)
           .kv("op", "helo").kv("reply", helo.reply.first_line());
-    if (!helo.connection_lost) metrics::upstream_error(metrics::UpstreamError::kProtocol);
+    if (!helo.connection_lost) metrics::upstream_protocol_error(metrics::UpstreamProtocolError::kHelo);
     close("HELO refused");
     co_return false;
   }
@@ -284,7 +353,8 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
 }
 
 // STARTTLS towards the MTA (RFC 3207). Bytes the MTA sent after its 220 in
-// plaintext would be read as if protected: that is an error, never data.
+// plaintext would be read as if protected: the reply matcher fails them like
+// any octets no command explains; later ones break the handshake.
 asio::awaitable<bool> SmtpUpstream::start_tls() {
   const auto& up = config_->upstream;
   UpstreamReply r = co_await command("STARTTLS\r\n", config_->timeouts.upstream_greeting);
@@ -300,10 +370,6 @@ asio::awaitable<bool> SmtpUpstream::start_tls() {
       co_return false;
     }
     co_return true;  // opportunistic: go on in plaintext
-  }
-  if (!input_.empty()) {
-    fail("plaintext after the 220 to STARTTLS (injection)");
-    co_return false;
   }
   if (!tls_context_) {
     tls_context_ = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
@@ -439,10 +505,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
                                                        const std::vector<EsmtpParam>* rcpt_params, bool reused) {
   UpstreamReply r;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (state_ == State::kClosed && !co_await open()) {
-      close("unavailable");
-      co_return local(replies::kUpstreamUnavailable, true);
-    }
+    if (state_ == State::kClosed && !co_await open()) co_return open_failure();
     if (xforward_) {
       // XFORWARD (Postfix XFORWARD_README) holds for one transaction.
       std::string xf = fmt::format("XFORWARD ADDR={} PORT={} NAME={} PROTO={}{}\r\n",
@@ -452,7 +515,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
                                    client_.helo.empty() ? std::string() : " HELO=" + xtext(client_.helo));
       UpstreamReply x = co_await command(xf, config_->timeouts.upstream_mail);
       if (x.connection_lost) {
-        if (!reused || attempt > 0) co_return x;
+        if (!reused || attempt > 0 || is_protocol_error(x)) co_return x;
         continue;
       }
       if (!x.reply.positive()) {
@@ -472,15 +535,22 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
       output_.append("\r\n");
     }
     mail_sent_ = std::chrono::steady_clock::now();
-    if (co_await send(output_, config_->timeouts.upstream_mail)) {
-      r = co_await reply_to(metrics::UpstreamCommand::kMail, mail_sent_, config_->timeouts.upstream_mail);
+    if (auto failed = co_await send(output_, config_->timeouts.upstream_mail, rcpt ? 2 : 1, "mail")) {
+      r = std::move(*failed);
     } else {
-      r = lost("write failed");
+      r = co_await reply_to(metrics::UpstreamCommand::kMail, mail_sent_, config_->timeouts.upstream_mail);
     }
-    if (!r.connection_lost || !reused || attempt > 0) break;
+    // Not again after a protocol error: that MTA would be asked to desynchronise twice.
+    if (!r.connection_lost || !reused || attempt > 0 || is_protocol_error(r)) break;
     log::info("upstream-reconnect").kv("session", client_.session).kv("upstream", config_->upstream.target);
   }
   co_return r;
+}
+
+UpstreamReply SmtpUpstream::open_failure() {
+  close("unavailable");
+  if (failure_) return *failure_;  // the MTA said 421, or sent octets that explain nothing
+  return local(replies::kUpstreamUnavailable, true);
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::after_mail(UpstreamReply r, bool smtputf8) {
@@ -493,11 +563,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::after_mail(UpstreamReply r, bool sm
       co_return local(replies::kUpstreamNoSmtputf8, false);
     }
   } else if (r.reply.klass() != 4 && r.reply.klass() != 5) {
-    log::warning("upstream-error").kv("session", client_.session)
-        .kv("op", "mail").kv("unexpected", r.reply.first_line());
-    metrics::upstream_error(metrics::UpstreamError::kProtocol);
-    close("unexpected reply to MAIL");
-    co_return local(replies::kUpstreamProtocol, true);
+    co_return protocol_error("mail", metrics::UpstreamProtocolError::kUnexpectedReply, r.reply.first_line());
   }
   co_return r;
 }
@@ -516,7 +582,11 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
     state_ = State::kReady;
     UpstreamReply m = co_await send_mail(held_from_, held_params_, &forward_path, &params, true);
     held_reply_ = co_await after_mail(std::move(m), false);
-    if (held_reply_.connection_lost || state_ == State::kClosed) co_return local(replies::kUpstreamLost, true);
+    if (held_reply_.connection_lost || state_ == State::kClosed) {
+      // The RCPT shares MAIL's fate: the MTA's 421 or the protocol error.
+      if (held_reply_.closing || is_protocol_error(held_reply_)) co_return held_reply_;
+      co_return local(replies::kUpstreamLost, true);
+    }
     // The RCPT's reply follows, whatever MAIL's was; after a refused MAIL it
     // is relayed as the MTA gave it (it refuses a RCPT without MAIL too).
     // Its latency counts from the write that carried it.
@@ -534,11 +604,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
 
 UpstreamReply SmtpUpstream::checked_rcpt(UpstreamReply r) {
   if (!r.connection_lost && r.reply.klass() != 2 && r.reply.klass() != 4 && r.reply.klass() != 5) {
-    log::warning("upstream-error").kv("session", client_.session)
-        .kv("op", "rcpt").kv("unexpected", r.reply.first_line());
-    metrics::upstream_error(metrics::UpstreamError::kProtocol);
-    close("unexpected reply to RCPT");
-    return local(replies::kUpstreamProtocol, true);
+    return protocol_error("rcpt", metrics::UpstreamProtocolError::kUnexpectedReply, r.reply.first_line());
   }
   return r;
 }
@@ -553,11 +619,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   if (go.reply.code != 354) {
     if (go.reply.klass() == 4 || go.reply.klass() == 5) co_return go;  // refused: relayed verbatim
     // A 2xx where 354 belongs is never relayed as success (Postfix smtpd_proxy).
-    log::warning("upstream-error").kv("session", client_.session)
-        .kv("op", "data").kv("unexpected", go.reply.first_line());
-    metrics::upstream_error(metrics::UpstreamError::kProtocol);
-    close("unexpected reply to DATA");
-    co_return local(replies::kUpstreamProtocol, true);
+    co_return protocol_error("data", metrics::UpstreamProtocolError::kUnexpectedReply, go.reply.first_line());
   }
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".
   DotStuffer stuffer;
@@ -565,29 +627,32 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   stuffer.feed(head, output_);
   if (auto failed = co_await send_content(content, offset, &stuffer)) co_return *failed;
   stuffer.finish(output_);
-  if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in DATA");
-  const auto sent = std::chrono::steady_clock::now();
-  Reply final_reply;
-  if (!co_await receive(final_reply, to.upstream_data_term)) co_return lost("no reply to end of data");
-  metrics::upstream_reply(metrics::UpstreamCommand::kEom, final_reply.code, metrics::seconds_since(sent));
-  state_ = State::kReady;
-  int k = final_reply.klass();
+  // The end of data owes the one reply (RFC 5321 §4.1.1.4).
+  if (auto failed = co_await send(output_, to.upstream_data_block, 1, "end-of-data")) co_return std::move(*failed);
+  UpstreamReply r = co_await final_reply(std::chrono::steady_clock::now(), "end-of-data");
+  if (state_ == State::kInTransaction) state_ = State::kReady;  // the transaction ends, refused or not
+  co_return r;
+}
+
+// The reply to the end of data or BDAT LAST: 2xx, 4xx or 5xx, relayed as
+// the MTA gave it; anything else is a protocol error.
+asio::awaitable<UpstreamReply> SmtpUpstream::final_reply(std::chrono::steady_clock::time_point sent,
+                                                         std::string_view op) {
+  UpstreamReply r = co_await reply_to(metrics::UpstreamCommand::kEom, sent, config_->timeouts.upstream_data_term);
+  if (r.connection_lost) co_return r;
+  const int k = r.reply.klass();
   if (k != 2 && k != 4 && k != 5) {
-    log::warning("upstream-error").kv("session", client_.session)
-        .kv("op", "end-of-data").kv("unexpected", final_reply.first_line());
-    metrics::upstream_error(metrics::UpstreamError::kProtocol);
-    close("unexpected reply to end of data");
-    co_return local(replies::kUpstreamProtocol, true);
+    co_return protocol_error(op, metrics::UpstreamProtocolError::kUnexpectedReply, r.reply.first_line());
   }
-  co_return UpstreamReply{std::move(final_reply)};
+  co_return r;
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool first, std::string_view mechanism) {
   const UpstreamReply unavailable{Reply{454, "4.7.0 Temporary authentication failure"}, true};
   if (first) {
     if (state_ == State::kClosed && !co_await open()) {
-      close("unavailable");
-      co_return unavailable;
+      UpstreamReply failed = open_failure();
+      co_return failed.closing ? failed : unavailable;
     }
     // The MTA must list the mechanism in its EHLO AUTH line.
     bool offered = false;
@@ -643,7 +708,8 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send_content(const S
     offset += static_cast<std::size_t>(n);
     append(std::string_view(chunk.data(), static_cast<std::size_t>(n)));
     if (output_.size() >= limits::kRelayChunk) {
-      if (!co_await send(output_, config_->timeouts.upstream_data_block)) co_return lost("write failed in content");
+      // Content owes no reply: the MTA must be quiet until its end.
+      if (auto failed = co_await send(output_, config_->timeouts.upstream_data_block, 0, "content")) co_return failed;
       output_.clear();
     }
   }
@@ -658,22 +724,12 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
   output_ = fmt::format("BDAT {} LAST\r\n", head.size() + content.size() - offset);
   output_.append(head);
   if (auto failed = co_await send_content(content, offset, nullptr)) co_return *failed;
-  if (!co_await send(output_, to.upstream_data_block)) co_return lost("write failed in BDAT");
-  const auto sent = std::chrono::steady_clock::now();
-  Reply final_reply;
-  if (!co_await receive(final_reply, to.upstream_data_term)) co_return lost("no reply to BDAT LAST");
-  metrics::upstream_reply(metrics::UpstreamCommand::kEom, final_reply.code, metrics::seconds_since(sent));
-  state_ = State::kReady;
-  int k = final_reply.klass();
-  if (k != 2 && k != 4 && k != 5) {
-    log::warning("upstream-error").kv("session", client_.session)
-        .kv("op", "bdat").kv("unexpected", final_reply.first_line());
-    metrics::upstream_error(metrics::UpstreamError::kProtocol);
-    close("unexpected reply to BDAT");
-    co_return local(replies::kUpstreamProtocol, true);
-  }
-  if (k != 2) state_ = State::kInTransaction;  // RFC 3030 §2: a refused BDAT leaves the transaction open
-  co_return UpstreamReply{std::move(final_reply)};
+  // One chunk, one reply owed, once all of it is written (RFC 3030 §2).
+  if (auto failed = co_await send(output_, to.upstream_data_block, 1, "bdat")) co_return std::move(*failed);
+  UpstreamReply r = co_await final_reply(std::chrono::steady_clock::now(), "bdat");
+  // RFC 3030 §2: a refused BDAT leaves the transaction open.
+  if (state_ == State::kInTransaction && r.reply.positive()) state_ = State::kReady;
+  co_return r;
 }
 
 asio::awaitable<void> SmtpUpstream::reset() {
@@ -693,13 +749,13 @@ asio::awaitable<void> SmtpUpstream::reset() {
 
 asio::awaitable<void> SmtpUpstream::quit() {
   if (state_ == State::kClosed) co_return;
-  if (co_await send("QUIT\r\n", kQuitTimeout)) {
+  // What the MTA sent since its last reply is checked here too (send()).
+  if (!co_await send("QUIT\r\n", kQuitTimeout, 1, "quit")) {
     Reply bye;
-    co_await receive(bye, kQuitTimeout);
+    co_await receive(bye, kQuitTimeout, "quit");
   }
-  std::error_code ignored;
-  socket_.close(ignored);
-  state_ = State::kClosed;
+  state_ = State::kClosed;  // a polite end: no log line
+  close("quit");
 }
 
 asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,

@@ -8,7 +8,7 @@
 
 #include "proxy/data_decoder.h"
 #include "proxy/metrics.h"
-
+#include "proxy/reply_matcher.h"
 #include "proxy/upstream.h"
 #include "proxy/watchdog.h"
 
@@ -44,14 +44,23 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<UpstreamReply> send_chunked(const std::string& head, const Spool& content, std::size_t offset);
   asio::awaitable<std::optional<UpstreamReply>> send_content(const Spool& content, std::size_t offset,
                                                              DotStuffer* stuffer);
-  asio::awaitable<bool> send(std::string_view bytes, Seconds timeout);
-  // Reads one reply; false when the connection failed, timed out or sent garbage.
-  asio::awaitable<bool> receive(Reply& reply, Seconds timeout);
+  // Writes `bytes`, after which `replies` more replies are owed; when none is
+  // owed before, what the MTA sent meanwhile must be nothing (quiet()). The
+  // client's reply when that or the write failed (the connection is closed).
+  asio::awaitable<std::optional<UpstreamReply>> send(std::string_view bytes, Seconds timeout, std::size_t replies,
+                                                     std::string_view op);
+  // Reads what the MTA sent without waiting: nothing, else the failure.
+  std::optional<UpstreamReply> quiet(std::string_view op);
+  // Reads the next reply owed; the client's reply instead when the connection
+  // failed, timed out, or the MTA's octets explain nothing.
+  asio::awaitable<std::optional<UpstreamReply>> receive(Reply& reply, Seconds timeout, std::string_view op);
   // Sends one command line and reads its reply.
   asio::awaitable<UpstreamReply> command(std::string_view line, Seconds timeout);
   // Reads the reply to a command sent at `sent` (421: the connection ends).
   asio::awaitable<UpstreamReply> reply_to(metrics::UpstreamCommand what, std::chrono::steady_clock::time_point sent,
                                           Seconds timeout);
+  // The reply to the end of data or BDAT LAST, written at `sent`.
+  asio::awaitable<UpstreamReply> final_reply(std::chrono::steady_clock::time_point sent, std::string_view op);
   // Sends MAIL (and `rcpt` with it when pipelined) and reads MAIL's reply; over a kept connection the MTA closed meanwhile, once more over a
   // fresh one. Then after_mail(): the transaction's state from that reply.
   asio::awaitable<UpstreamReply> send_mail(const Mailbox& reverse_path, const std::vector<EsmtpParam>& params,
@@ -59,8 +68,14 @@ class SmtpUpstream final : public Upstream {
                                            bool reused);
   asio::awaitable<UpstreamReply> after_mail(UpstreamReply r, bool smtputf8);
   UpstreamReply checked_rcpt(UpstreamReply r);
+  // The client's reply when open() failed.
+  UpstreamReply open_failure();
   void close(std::string_view why);
   UpstreamReply lost(std::string_view stage);
+  // The MTA's octets explain nothing: logged, counted, the connection closed.
+  UpstreamReply protocol_error(std::string_view op, metrics::UpstreamProtocolError why, std::string_view detail);
+  // The MTA said 421 (`said`): the connection closed, the client's 421.
+  UpstreamReply closing(Reply said, std::string_view op);
   static void append_params(std::string& line, const std::vector<EsmtpParam>& params,
                             const SmtpUpstream& self);
 
@@ -71,8 +86,7 @@ class SmtpUpstream final : public Upstream {
   std::shared_ptr<asio::ssl::context> tls_context_;  // built once per upstream, when TLS is configured
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
   Watchdog watchdog_;
-  ReplyParser parser_;
-  std::string input_;
+  ReplyMatcher replies_;
   std::string output_;
   std::vector<std::string> capabilities_;     // EHLO keywords, upper case
   std::vector<std::string> capability_args_;  // the rest of each EHLO line
@@ -81,7 +95,7 @@ class SmtpUpstream final : public Upstream {
   std::vector<EsmtpParam> held_params_;
   UpstreamReply held_reply_;  // its reply, read by the rcpt() that carried it
   std::chrono::steady_clock::time_point mail_sent_;  // when the last MAIL (with its RCPT) was written
-  bool protocol_error_ = false;
+  std::optional<UpstreamReply> failure_;  // why the last open() failed, when the MTA said so
 };
 
 }  // namespace postern

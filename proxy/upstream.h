@@ -33,7 +33,7 @@ struct ClientFacts {
   unsigned short port = 0;
   std::string helo;
   bool esmtp = false;
-  std::string name;      // reverse DNS name, empty when unknown
+  std::string name;      // verified (forward-confirmed) reverse DNS name, empty when none
   std::string login;     // authenticated identity, empty when none
 };
 
@@ -44,6 +44,10 @@ struct UpstreamReply {
   bool local = false;
   bool connection_lost = false;  // the upstream connection is gone
   bool held = false;             // MAIL held back (see Upstream::mail): no reply yet
+  // The MTA said 421 (RFC 5321 §3.8), as this reply or right behind it: the
+  // client hears `reply`, then a 421 if `reply` is not one, and its session
+  // ends (docs/operations.md "When the MTA says 421").
+  bool closing = false;
 };
 
 class Upstream {

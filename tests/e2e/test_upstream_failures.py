@@ -194,15 +194,26 @@ def test_next_message_after_failure_is_delivered(postern, sink, failure):
         assert sink.connections == 2
 
 
-def test_mta_421_during_transaction(proxy, sink):
-    """The MTA says 421 and hangs up: the client hears a 4xx, its session goes on."""
-    sink.on("RCPT", reply="421 4.3.2 Service shutting down", times=1, close_after=True)
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA", "DATA_END"])
+def test_mta_421_ends_the_session(proxy, sink, stage):
+    """The MTA says 421 and hangs up (RFC 5321 §3.8): the client hears that
+    421 and its session ends, at every stage (docs/operations.md); a new
+    session's message goes through. (test_upstream_injection has the
+    scripted cases: BDAT, greeting, EHLO, XCLIENT, texts, splits.)"""
+    sink.on(stage, reply="421 4.3.2 Service shutting down", times=1, close_after=True)
     with SmtpClient(proxy.port) as c:
         c.ehlo()
-        check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
-        r = c.cmd("RCPT TO:<b@example.com>")
-        assert r.code // 100 == 4, f"RCPT answered by an MTA 421: {r}"
-        check_reply(c.cmd("RSET"), 250, "2.0.0", "RSET after the MTA left")
+        r = c.cmd("MAIL FROM:<a@example.org>")
+        if stage != "MAIL":
+            check_reply(r, 250)
+            r = c.cmd("RCPT TO:<b@example.com>")
+            if stage != "RCPT":
+                check_reply(r, 250)
+                r = finish_tx(c)
+        assert str(r) == "421 4.3.2 Service shutting down", f"{stage}: {r}"
+        assert c.wait_closed(), f"session open after the MTA's 421 at {stage}"
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
         assert str(c.send_message("a@example.org", ["b@example.com"], MSG)) == QUEUED
     assert [m.body for m in sink.messages] == [MSG]
 
