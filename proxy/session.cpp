@@ -206,6 +206,7 @@ asio::awaitable<void> Session::run() {
     co_return;
   }
   Verdict connect = co_await run_filters(Stage::kConnect);
+  client_.name = facts_.client_name;  // verified at connect: for XCLIENT/XFORWARD NAME= and Received
   if (connect.action == Verdict::Action::kReject || connect.action == Verdict::Action::kTempfail ||
       connect.action == Verdict::Action::kDisconnect) {
     // Refused at connect: the MTA never hears of this client (RFC 5321 §3.1).
@@ -1309,8 +1310,10 @@ std::string Session::received_header() const {
   if (tls_) with += "S";
   if (!facts_.auth_user.empty()) with += "A";
   if (tls_) with += fmt::format(" ({} {})", facts_.tls.version, facts_.tls.cipher);
-  std::string header = fmt::format("Received: from {} (unknown [{}])\r\n\tby {} (postern) with {} id {}\r\n",
-                                   client_.helo, ip, config_->server.hostname, with, txn_.facts.id);
+  // The name is the verified one (forward-confirmed, Postfix's "unknown" otherwise).
+  std::string header = fmt::format("Received: from {} ({} [{}])\r\n\tby {} (postern) with {} id {}\r\n",
+                                   client_.helo, client_.name.empty() ? "unknown" : client_.name, ip,
+                                   config_->server.hostname, with, txn_.facts.id);
   if (txn_.facts.recipients.size() == 1) {
     fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.facts.recipients[0].str(), rfc5322_date());
   } else {

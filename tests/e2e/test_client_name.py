@@ -5,6 +5,8 @@ the name empty; `[dns] client_name = false` turns the lookups off. Clients
 arrive through a PROXY listener with public source addresses: libunbound
 answers the reverse zones of the documentation ranges (192.0.2.0/24,
 2001:db8::/32, RFC 6303) locally, so the test uses ordinary ones."""
+import re
+
 import pytest
 
 from dns_server import UnboundServer
@@ -80,3 +82,33 @@ def test_a_ptr_that_does_not_lead_back_or_no_ptr_gives_no_name(postern, sink, tm
 def test_the_lookup_can_be_turned_off(postern, sink, tmp_path, dns):
     port = start(postern, tmp_path, sink, dns, client_name=False)
     assert name_seen(port, sink, CONFIRMED_IP) == "(none)"
+
+
+def postern_received(sink):
+    """The Received field postern wrote on the last message, unfolded."""
+    head = sink.messages[-1].content.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    for field in re.sub(r"\r\n(?=[ \t])", " ", head).split("\r\n"):
+        if field.startswith("Received:") and "(postern)" in field:
+            return field
+    raise AssertionError(f"no Received field of postern's in:\n{head}")
+
+
+@pytest.mark.parametrize("source_ip,named", [
+    (CONFIRMED_IP, f"mail.example.net [{CONFIRMED_IP}]"),
+    (V6_IP, f"v6.example.net [IPv6:{V6_IP}]"),
+    (UNCONFIRMED_IP, f"unknown [{UNCONFIRMED_IP}]"),
+    (NO_PTR_IP, f"unknown [{NO_PTR_IP}]"),
+])
+def test_the_received_header_names_the_verified_client(postern, sink, tmp_path, dns, source_ip, named):
+    """Postfix's form: `from HELO (verified-name [address])`, `unknown` when
+    no name is confirmed (issue 18: it said `unknown` even when one was)."""
+    port = start(postern, tmp_path, sink, dns)
+    name_seen(port, sink, source_ip)
+    received = postern_received(sink)
+    assert received.startswith(f"Received: from client.example ({named})"), received
+
+
+def test_no_name_when_the_lookup_is_off(postern, sink, tmp_path, dns):
+    port = start(postern, tmp_path, sink, dns, client_name=False)
+    name_seen(port, sink, CONFIRMED_IP)
+    assert postern_received(sink).startswith(f"Received: from client.example (unknown [{CONFIRMED_IP}])")

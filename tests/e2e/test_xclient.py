@@ -24,12 +24,17 @@ import uuid
 
 import pytest
 
+from dns_server import UnboundServer
 from harness import (SCALE, RecordingSink, SmtpClient, check_reply, free_port, listener_ports,
                      make_message, wait_port, wait_until, write_config)
 
 POSTFIX = "/usr/sbin/postfix"
 CLIENT_IP = "127.0.0.9"
 CLIENT_HELO = "client.example"
+# A client with a verified name, through a PROXY listener (libunbound answers
+# the reverse zone of 127/8 itself, so the name is served for a public address).
+NAMED_IP = "44.44.44.7"
+NAMED_NET = "44.44.44.0/24"
 
 MASTER_CF = """\
 {xclient_addr} inet n - n - - smtpd
@@ -68,7 +73,7 @@ mydestination =
 local_transport = error:local delivery is disabled
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
+mynetworks = 127.0.0.0/8 {named_net}
 smtpd_authorized_xclient_hosts = 127.0.0.0/8
 smtpd_authorized_xforward_hosts = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
@@ -98,7 +103,7 @@ class PrivatePostfix:
         self.xclient_port = free_port()
         self.xforward_port = free_port()
         with open(os.path.join(self.etc, "main.cf"), "w") as f:
-            f.write(MAIN_CF.format(dir=self.dir, sink_port=sink_port))
+            f.write(MAIN_CF.format(dir=self.dir, sink_port=sink_port, named_net=NAMED_NET))
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
             f.write(MASTER_CF.format(xclient_addr=f"127.0.0.1:{self.xclient_port}",
                                      xforward_addr=f"127.0.0.1:{self.xforward_port}"))
@@ -333,3 +338,69 @@ def test_proxy_protocol_client_reaches_postfix_via_xclient(postern, mta, tmp_pat
     qid = re.search(r"queued as ([0-9A-F]+)", r.text).group(1)
     client, _ = mta.smtpd_session(qid)
     assert client == "unknown[127.0.0.77]:40077", client
+
+
+# --------------------------------------------------------------------------
+# the verified client name: XCLIENT NAME=, XFORWARD NAME=, not [UNAVAILABLE]
+
+NOOP_RULE = 'postern.rule{ name = "NOOP", stage = "eom", fn = function(ctx) end }\n'
+
+
+@pytest.fixture(scope="module")
+def named_dns():
+    server = UnboundServer(["7.44.44.44.in-addr.arpa. 300 IN PTR mail.example.net.",
+                            "mail.example.net. 300 IN A 44.44.44.7",
+                            "8.44.44.44.in-addr.arpa. 300 IN PTR liar.example.net.",
+                            "liar.example.net. 300 IN A 192.0.2.1"],
+                           zones=("44.44.44.in-addr.arpa.", "example.net.")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def send_from(postern, mta, port, dns, tmp_path, source_ip):
+    """One message from `source_ip` (a PROXY header) through postern, which
+    looks its name up in `dns`, into Postfix. Returns (queue id, message)."""
+    rules = tmp_path / "noop.lua"
+    rules.write_text(NOOP_RULE)   # something that uses DNS, so the name is looked up
+    cfg = write_config(tmp_path / "named.toml", [{"proxy_protocol": True}], upstream=f"127.0.0.1:{port}",
+                       sections={"dns": {"servers": [dns.address], "timeout": 2, "retries": 0},
+                                 "lua": {"scripts": [str(rules)]}})
+    p = postern.start(config=cfg, listen=())
+    (lport,) = listener_ports(p)
+    tag = uuid.uuid4().hex[:12]
+    with SmtpClient(lport, greeting=False) as c:
+        c.send(f"PROXY TCP4 {source_ip} 127.0.0.1 40077 25\r\n".encode())
+        check_reply(c.read_reply(), 220)
+        c.ehlo(CLIENT_HELO)
+        r = check_reply(c.send_message("alice@example.org", ["bob@example.com"], make_message(f"named {tag}")),
+                        250, what="end of data")
+        c.expect("QUIT", 221)
+    qid = re.search(r"queued as ([0-9A-F]+)", r.text).group(1)
+    wait_until(lambda: any(qid.encode() in (msg.content or b"") for msg in mta.sink.messages),
+               20 * SCALE, message=f"Postfix relaying {qid} to the sink")
+    p.stop()
+    return qid, next(msg for msg in mta.sink.messages if qid.encode() in msg.content)
+
+
+def test_xclient_name_is_the_verified_name(postern, mta, named_dns, tmp_path):
+    qid, msg = send_from(postern, mta, mta.xclient_port, named_dns, tmp_path, NAMED_IP)
+    client, _ = mta.smtpd_session(qid)
+    assert client == f"mail.example.net[{NAMED_IP}]:40077", client
+    rec = postfix_received(msg, qid)
+    assert rec.startswith(f"Received: from {CLIENT_HELO} (mail.example.net [{NAMED_IP}])"), rec
+
+
+def test_xclient_name_unavailable_without_a_confirmed_name(postern, mta, named_dns, tmp_path):
+    """44.44.44.8's PTR leads elsewhere: no verified name, NAME=[UNAVAILABLE]."""
+    qid, msg = send_from(postern, mta, mta.xclient_port, named_dns, tmp_path, "44.44.44.8")
+    client, _ = mta.smtpd_session(qid)
+    assert client == "unknown[44.44.44.8]:40077", client
+
+
+def test_xforward_name_is_the_verified_name(postern, mta, named_dns, tmp_path):
+    qid, _ = send_from(postern, mta, mta.xforward_port, named_dns, tmp_path, NAMED_IP)
+    client, _ = mta.smtpd_session(qid)
+    assert re.fullmatch(rf"unknown\[127\.0\.0\.1\]:\d+, orig_client=mail\.example\.net\[{re.escape(NAMED_IP)}\]:40077",
+                        client), client
