@@ -16,12 +16,13 @@ The upstream is a scripted server, for DATA and CHUNKING upstreams, and each
 case is played with the MTA's octets merged in one write and split across
 writes (cut inside lines, never at a reply boundary, so that what postern
 reads is the same whatever the timing). No real MTA misbehaves on purpose."""
+import ssl
 import threading
 import time
 
 import pytest
 
-from harness import ScriptedServer, SmtpClient, check_reply, data_payload, free_port, make_message
+from harness import ScriptedServer, SmtpClient, check_reply, data_payload, free_port, make_cert, make_message
 from prometheus import scrape
 
 EXTRA = b"250 2.0.0 injected\r\n"
@@ -40,9 +41,15 @@ class Mta(ScriptedServer):
     Connections are counted, and commands recorded, from arm() on (postern's
     start-up probe comes before)."""
 
-    def __init__(self, chunking=False, xclient=False):
+    def __init__(self, chunking=False, xclient=False, xforward=False, tls=None):
+        """tls: (certificate, key) files: STARTTLS offered and done."""
         self.chunking = chunking
         self.xclient = xclient
+        self.xforward = xforward
+        self.tls = None
+        if tls:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
         self.lock = threading.Lock()
         self.script = {}
         self.after = {}
@@ -50,6 +57,7 @@ class Mta(ScriptedServer):
         self.connections = 0
         self.commands = []   # (connection number, verb)
         self.xclient_lines = []
+        self.tls_connections = []
         self.accepted = []   # (connection number, content) the MTA answered 250 to
         super().__init__()
 
@@ -93,6 +101,10 @@ class Mta(ScriptedServer):
             caps.append(b"CHUNKING")
         if self.xclient:
             caps.append(b"XCLIENT ADDR NAME PORT PROTO HELO")
+        if self.xforward:
+            caps.append(b"XFORWARD NAME ADDR PORT PROTO HELO")
+        if self.tls:
+            caps.append(b"STARTTLS")
         return b"".join(b"250-" + c + b"\r\n" for c in caps[:-1]) + b"250 " + caps[-1] + b"\r\n"
 
     def session(self, conn):
@@ -113,6 +125,13 @@ class Mta(ScriptedServer):
                     self.commands.append((cid, verb.decode("latin-1")))
                 if verb in (b"EHLO", b"HELO"):
                     self._reply(conn, "EHLO", self.ehlo_reply())
+                elif verb == b"STARTTLS" and self.tls:
+                    conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                    f = conn.makefile("rb")
+                    self.tls_connections.append(cid)
+                elif verb == b"XFORWARD":
+                    self._reply(conn, "XFORWARD", b"250 2.0.0 Ok\r\n")
                 elif verb == b"XCLIENT":
                     self.xclient_lines.append(line)
                     self._reply(conn, "XCLIENT", b"220 mta.test ESMTP\r\n")
@@ -228,6 +247,7 @@ CASES = [
     ("ehlo", {}, "EHLO", EHLO + EXTRA, "MAIL", "ehlo"),
     ("ehlo-chunking", {"chunking": True}, "EHLO", EHLO_CHUNKING + EXTRA, "MAIL", "ehlo"),
     ("xclient", {"xclient": True}, "XCLIENT", b"220 mta.test ESMTP\r\n" + EXTRA, "MAIL", "xclient"),
+    ("xforward", {"xforward": True}, "XFORWARD", b"250 2.0.0 Ok\r\n" + EXTRA, "MAIL", "xforward"),
     ("mail-two-replies", {}, "MAIL", b"250 2.1.0 Ok\r\n" + EXTRA, "MAIL", "mail"),
     ("mail-refusal-then-250", {"chunking": True}, "MAIL", b"553 5.7.1 no\r\n250 2.1.0 Ok\r\n", "MAIL", "mail"),
     ("rcpt-two-replies", {}, "RCPT", b"250 2.1.5 Ok\r\n" + EXTRA, "RCPT", "rcpt"),
@@ -257,7 +277,8 @@ def test_octets_no_command_explains_fail_the_transaction(postern, mta_factory, n
         check_reply(got[step], 451, "4.4.0", f"{name}: the step whose reply came with octets no command explains")
         # The MTA's 250 with a reply behind it is not trusted either: the
         # client retries, and a duplicate is the price (nothing is lost).
-        assert len(mta.accepted) == (1 if octets.startswith(b"250 2.0.0 Ok") else 0), mta.accepted
+        took = stage in ("DATA_END", "BDAT") and octets.startswith(b"250")
+        assert len(mta.accepted) == (1 if took else 0), mta.accepted
         assert_protocol_error(p, op)
         if step == "RCPT":
             c.expect("RSET", 250)
@@ -389,6 +410,7 @@ STAGES_421 = [
     ("greeting", {}, "GREETING", "MAIL"),
     ("ehlo", {}, "EHLO", "MAIL"),
     ("xclient", {"xclient": True}, "XCLIENT", "MAIL"),
+    ("xforward", {"xforward": True}, "XFORWARD", "MAIL"),
     ("mail", {}, "MAIL", "MAIL"),
     ("rcpt", {}, "RCPT", "RCPT"),
     ("data", {}, "DATA", "END"),
@@ -424,6 +446,7 @@ def test_mta_421_ends_the_client_session(postern, mta_factory, name, upstream, s
         assert c.wait_closed(), "the client's session goes on after the MTA's 421"
     assert mta.accepted == []
     p.wait_for_log("upstream-421", op={"GREETING": "greeting", "EHLO": "ehlo", "XCLIENT": "xclient",
+                                       "XFORWARD": "xforward",
                                        "MAIL": "mail", "RCPT": "rcpt", "DATA": "data", "DATA_END": "eom",
                                        "BDAT": "eom"}[stage])
     p.wait_for_log("upstream-closing", action="421 and close")
@@ -474,3 +497,52 @@ def test_421_while_idle_between_messages_only_reconnects(postern, mta_factory, c
     assert [cid for cid, _ in mta.accepted] == [1, 2]
     m = scrape(p.metrics_port)
     assert m.total("postern_upstream_protocol_errors_total") == 0
+
+
+# --------------------------------------------------------------------------
+# the same over TLS (upstream.tls): what the MTA sends meanwhile is read
+# through the TLS engine, session tickets and all
+
+
+@pytest.fixture(scope="module")
+def mta_cert(tmp_path_factory):
+    cert, key, _ = make_cert(tmp_path_factory.mktemp("mta-cert"), cn="mta.test")
+    return cert, key
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "chunking"])
+def test_over_tls_extra_reply_and_idle_bytes_are_caught(postern, mta_factory, mta_cert, chunking):
+    mta = mta_factory(chunking=chunking, tls=mta_cert)
+    p = start(postern, mta, **{"upstream.tls": "opportunistic"})
+    final = "BDAT" if chunking else "DATA_END"
+    mta.arm()
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        # two clean messages over one TLS connection: nothing to find
+        for i in range(2):
+            check_reply(transaction(c, make_message(f"tls {i}", b"tls\r\n"))["END"], 250)
+        # a reply merged behind RCPT's
+        mta.arm({"RCPT": pieces(b"250 2.1.5 Ok\r\n" + EXTRA, "split")})
+        got = transaction(c)
+        check_reply(got["RCPT"], 451, "4.4.0", "RCPT over TLS with a reply too many")
+        assert_protocol_error(p, "rcpt")
+        c.expect("RSET", 250)
+        # a reply sent while the connection idles after the final one
+        mta.arm(after={final: (0.2, [EXTRA])})
+        check_reply(transaction(c, make_message("tls idle", b"x\r\n"))["END"], 250)
+        time.sleep(0.6)
+        check_reply(c.cmd("MAIL FROM:<a@example.org>"), 451, "4.4.0", "MAIL after an unasked reply over TLS")
+        p.wait_for_log("upstream-protocol-error", count=2)
+        check_reply(transaction(c)["END"], 250)
+    assert mta.connections == 3
+    assert [cid for cid in mta.tls_connections if cid] == [1, 2, 3]  # 0: the start-up probe
+
+
+def test_over_tls_421_ends_the_session(postern, mta_factory, mta_cert):
+    mta = mta_factory(tls=mta_cert)
+    p = start(postern, mta, **{"upstream.tls": "opportunistic"})
+    mta.arm({"RCPT": [b"421 4.3.2 shutting down\r\n", CLOSE]})
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        check_reply(transaction(c)["RCPT"], 421, "4.3.2")
+        assert c.wait_closed()
