@@ -1247,11 +1247,19 @@ asio::awaitable<UpstreamReply> Session::redo_envelope() {
   UpstreamReply r = co_await upstream().mail(t.reverse_path, txn_.mail_params, false);
   if (!r.reply.positive() || r.closing) {
     if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
+    if (r.closing && r.reply.code != 421) {  // MAIL's 250, then the MTA's 421: never the message's 250
+      r.reply = Reply{replies::kUpstreamClosing.code, std::string(replies::kUpstreamClosing.text)};
+    }
     co_return r;
   }
   for (const Mailbox& m : rcpts) {
     UpstreamReply rr = co_await upstream().rcpt(m, {});
-    if (rr.closing) co_return rr;
+    if (rr.closing) {  // the MTA's 421: never a 250 for the message
+      if (rr.reply.code != 421) {
+        rr.reply = Reply{replies::kUpstreamClosing.code, std::string(replies::kUpstreamClosing.text)};
+      }
+      co_return rr;
+    }
     if (!rr.reply.positive()) {
       log::warning("redo-rcpt-refused").kv("session", id_).kv("to", "<" + m.str() + ">")
           .kv("reply", fmt::format("{} {}", rr.reply.code, rr.reply.first_line()));

@@ -238,6 +238,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::reply_to(metrics::UpstreamCommand w
 }
 
 asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
+  failure_.reset();
   const auto& up = config_->upstream;
   const auto& to = config_->timeouts;
   std::error_code ec;
@@ -258,7 +259,6 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     }
     for (const auto& entry : results) endpoints.push_back(entry.endpoint());
   }
-  failure_.reset();
   watchdog_.arm(to.upstream_connect);
   auto [cec, endpoint] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
   watchdog_.disarm();

@@ -52,6 +52,7 @@ class Mta(ScriptedServer):
             self.tls.load_cert_chain(*tls)
         self.lock = threading.Lock()
         self.script = {}
+        self.seen_stages = {}
         self.after = {}
         self.armed = False
         self.connections = 0
@@ -64,6 +65,7 @@ class Mta(ScriptedServer):
     def arm(self, script=None, after=None):
         with self.lock:
             self.script = dict(script or {})
+            self.seen_stages = {}
             self.after = dict(after or {})
             self.armed = True
 
@@ -77,7 +79,11 @@ class Mta(ScriptedServer):
 
     def _reply(self, conn, stage, normal, on_positive=None):
         with self.lock:
-            pieces = self.script.pop(stage, None)
+            # "MAIL#2": the second MAIL of a connection (counted from arm())
+            self.seen_stages[stage] = self.seen_stages.get(stage, 0) + 1
+            pieces = self.script.pop(f"{stage}#{self.seen_stages[stage]}", None)
+            if pieces is None:
+                pieces = self.script.pop(stage, None)
             after = self.after.pop(stage, None)
         first = (pieces or [normal])[0] if pieces != [] else b""
         if on_positive and first and first.startswith(b"2"):
@@ -546,3 +552,43 @@ def test_over_tls_421_ends_the_session(postern, mta_factory, mta_cert):
         c.ehlo()
         check_reply(transaction(c)["RCPT"], 421, "4.3.2")
         assert c.wait_closed()
+
+
+# --------------------------------------------------------------------------
+# the envelope sent again after a rule changed it (RSET, MAIL, RCPT...)
+
+ADD_RCPT_RULE = 'postern.rule{ name = "BCC", stage = "eom", fn = function(ctx) ctx:add_rcpt("c@example.com") end }\n'
+
+
+@pytest.mark.parametrize("case", ["mail-250-then-421", "mail-421-on-the-new-connection-too", "rcpt-421",
+                                  "rcpt-two-replies"])
+def test_envelope_sent_again_never_turns_a_refusal_into_250(postern, mta_factory, tmp_path, case):
+    """A rule adds a recipient: RSET, MAIL and both RCPTs go to the MTA
+    again over the kept connection, where a 421 to MAIL may be its idle
+    time-out: MAIL is tried once more over a new connection."""
+    rules = tmp_path / "bcc.lua"
+    rules.write_text(ADD_RCPT_RULE)
+    mta = mta_factory()
+    p = start(postern, mta, **{"lua.scripts": f'["{rules}"]'})
+    bye = [b"250 2.1.0 Ok\r\n421 4.3.2 bye\r\n", CLOSE]
+    script = {
+        "mail-250-then-421": {"MAIL#2": bye},
+        "mail-421-on-the-new-connection-too": {"MAIL#2": bye, "MAIL#3": [b"421 4.3.2 bye\r\n", CLOSE]},
+        "rcpt-421": {"RCPT#3": [b"421 4.3.2 bye\r\n", CLOSE]},
+        "rcpt-two-replies": {"RCPT#3": [b"250 2.1.5 Ok\r\n" + EXTRA]},
+    }[case]
+    mta.arm(script)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        r = transaction(c)["END"]
+        if case == "mail-250-then-421":
+            check_reply(r, 250, what="MAIL again over a new connection")
+            assert [cid for cid, _ in mta.accepted] == [2]
+            return
+        if case == "rcpt-two-replies":
+            check_reply(r, 451, "4.3.0")
+            assert_protocol_error(p, "rcpt")
+        else:
+            check_reply(r, 421)
+            assert c.wait_closed()
+    assert mta.accepted == []
