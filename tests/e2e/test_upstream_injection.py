@@ -22,7 +22,8 @@ import time
 
 import pytest
 
-from harness import ScriptedServer, SmtpClient, check_reply, data_payload, free_port, make_cert, make_message
+from harness import (ScriptedServer, SmtpClient, check_reply, data_payload, free_port, listener_ports, make_cert,
+                     make_message, write_config)
 from prometheus import scrape
 
 EXTRA = b"250 2.0.0 injected\r\n"
@@ -41,8 +42,9 @@ class Mta(ScriptedServer):
     Connections are counted, and commands recorded, from arm() on (postern's
     start-up probe comes before)."""
 
-    def __init__(self, chunking=False, xclient=False, xforward=False, tls=None):
+    def __init__(self, chunking=False, xclient=False, xforward=False, tls=None, auth=False):
         """tls: (certificate, key) files: STARTTLS offered and done."""
+        self.auth = auth
         self.chunking = chunking
         self.xclient = xclient
         self.xforward = xforward
@@ -111,6 +113,8 @@ class Mta(ScriptedServer):
             caps.append(b"XFORWARD NAME ADDR PORT PROTO HELO")
         if self.tls:
             caps.append(b"STARTTLS")
+        if self.auth:
+            caps.append(b"AUTH PLAIN LOGIN")
         return b"".join(b"250-" + c + b"\r\n" for c in caps[:-1]) + b"250 " + caps[-1] + b"\r\n"
 
     def session(self, conn):
@@ -136,6 +140,8 @@ class Mta(ScriptedServer):
                     conn = self.tls.wrap_socket(conn, server_side=True)
                     f = conn.makefile("rb")
                     self.tls_connections.append(cid)
+                elif verb == b"AUTH" and self.auth:
+                    self._reply(conn, "AUTH", b"235 2.7.0 Authentication successful\r\n")
                 elif verb == b"XFORWARD":
                     self._reply(conn, "XFORWARD", b"250 2.0.0 Ok\r\n")
                 elif verb == b"XCLIENT":
@@ -592,3 +598,31 @@ def test_envelope_sent_again_never_turns_a_refusal_into_250(postern, mta_factory
             check_reply(r, 421)
             assert c.wait_closed()
     assert mta.accepted == []
+
+
+# --------------------------------------------------------------------------
+# AUTH relayed to the MTA (listener auth = "passthrough")
+
+@pytest.mark.parametrize("case", ["421", "two-replies"])
+def test_auth_reply_421_or_one_too_many(postern, mta_factory, mta_cert, tmp_path, case):
+    mta = mta_factory(auth=True)
+    cfg = write_config(tmp_path / "auth.toml", [{"tls": "starttls", "auth": "passthrough"}], upstream=mta.address,
+                       tls={"cert_file": mta_cert[0], "key_file": mta_cert[1]})
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    p.wait_for_log("upstream-capabilities")  # the start-up probe, before the count starts
+    mta.arm({"AUTH": {"421": [b"421 4.3.2 bye\r\n", CLOSE],
+                      "two-replies": [b"235 2.7.0 ok\r\n" + EXTRA]}[case]})
+    with SmtpClient(port) as c:
+        c.ehlo()
+        c.starttls()
+        c.ehlo()
+        r = c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+        if case == "421":
+            check_reply(r, 421, "4.3.2", "AUTH answered 421 by the MTA")
+            assert c.wait_closed()
+        else:
+            check_reply(r, 451, "4.4.0", "AUTH answered twice by the MTA")
+            p.wait_for_log("upstream-protocol-error", reason="unexplained_bytes", op="auth")
+            check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250, what="MAIL over a new connection")
+            assert mta.connections == 2
