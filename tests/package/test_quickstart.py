@@ -118,3 +118,40 @@ def test_default_build_is_the_daemon_only(tmp_path):
     for target in ("postern_unit_tests", "postern-bench-load"):
         assert target not in targets, f"the default build has {target}"
     assert not (build / "CTestTestfile.cmake").exists() or "add_test" not in (build / "CTestTestfile.cmake").read_text()
+
+
+def readme_sh_lines(after_heading):
+    """The command lines of the ```sh blocks in README's section `after_heading`."""
+    text = readme()
+    section = text.split(f"## {after_heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = []
+    for block in re.findall(r"^```sh\n(.*?)^```", section, re.M | re.S):
+        lines += [l for l in block.split("\n") if l.strip() and not l.startswith("#")]
+    return lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binds port 25")
+def test_in_front_of_a_real_mta_commands():
+    """README's `build/postern run --listen 0.0.0.0:25 --upstream 127.0.0.1:10025`
+    starts and listens there; `build/postern --help` prints the usage; the
+    `config check` line is run on the installed file by test_deb.py."""
+    run_line, help_line, check_line = readme_sh_lines("In front of a real MTA")
+    assert run_line == "build/postern run --listen 0.0.0.0:25 --upstream 127.0.0.1:10025"
+    assert check_line == "build/postern config check /etc/postern/postern.toml"
+    r = subprocess.run(["bash", "-c", help_line], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.startswith("postern - "), r.stdout + r.stderr
+    if port_open(25):
+        pytest.skip("port 25 is taken on this machine")
+    proc = subprocess.Popen(["bash", "-c", "exec " + run_line], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(25):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no listener on port 25"
+            time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", 25), timeout=10) as s:
+            assert s.recv(512).startswith(b"220 "), "no greeting on port 25"
+    finally:
+        proc.terminate()
+        proc.wait(30)
