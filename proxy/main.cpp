@@ -19,6 +19,7 @@
 #include "proxy/filter_setup.h"
 #include "proxy/tls.h"
 #include "proxy/server.h"
+#include "revision.h"
 #include "version.h"
 
 namespace {
@@ -191,7 +192,11 @@ int cmd_test(const std::vector<std::string>& args) {
   for (std::size_t i = 0; i < args.size(); ++i) {
     if (is_help(args[i])) {
       std::cout << "Usage: postern test [--config FILE] [-v] FIXTURE.toml|DIR...\n"
-                   "Runs the configured (or each fixture's) Lua rules offline against .eml fixtures.\n";
+                   "Runs the configured (or each fixture's) Lua rules offline against .eml fixtures.\n"
+                   "\n"
+                   "Options:\n"
+                   "  --config FILE   the configuration whose [lua] rules run (else each fixture's)\n"
+                   "  -v, --verbose   print every fixture's verdict and symbols, not only failures\n";
       return 0;
     }
     if (args[i] == "--config" && i + 1 < args.size()) config_path = args[++i];
@@ -435,7 +440,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args[0] == "--version" || args[0] == "version") {
-    std::cout << "postern " << postern::kVersion << "\n";
+    // The version is CMakeLists.txt's project(VERSION); the revision is git's, when built from git.
+    std::cout << "postern " << postern::kVersion;
+    if (*postern::kRevision) std::cout << " (git " << postern::kRevision << ")";
+    std::cout << "\n";
     return 0;
   }
   std::vector<std::string> rest(args.begin() + 1, args.end());

@@ -26,6 +26,15 @@ PROGRAMS = [
     ("/usr/bin/swaks", "swaks", ["/usr/bin/swaks", "--version"]),
     ("/usr/bin/prlimit", "util-linux", ["/usr/bin/prlimit", "--version"]),
     ("/usr/bin/unshare", "util-linux", ["/usr/bin/unshare", "--version"]),
+    # the Debian package and the man pages (tests/package, test_man_pages.py)
+    ("/usr/bin/dpkg-buildpackage", "dpkg-dev", ["/usr/bin/dpkg-buildpackage", "--version"]),
+    ("/usr/bin/dh", "debhelper", None),
+    ("/usr/bin/dh_installsysusers", "debhelper", None),
+    ("/usr/bin/lintian", "lintian", ["/usr/bin/lintian", "--version"]),
+    ("/usr/bin/systemd-analyze", "systemd", ["/usr/bin/systemd-analyze", "--version"]),
+    ("/usr/bin/man", "man-db", ["/usr/bin/man", "--version"]),
+    ("/usr/bin/ccache", "ccache", ["/usr/bin/ccache", "--version"]),
+    ("/usr/bin/setpriv", "util-linux", ["/usr/bin/setpriv", "--version"]),
 ]
 
 
