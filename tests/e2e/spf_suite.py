@@ -263,6 +263,13 @@ class ZoneDns:
 MESSAGE = b"From: <suite@suite.invalid>\r\nSubject: SPF suite\r\n\r\nSPF suite.\r\n"
 
 
+def data_payload_of(test_name):
+    """The DATA of one test's message through the live proxy, dot included;
+    its Message-ID names the test."""
+    return (b"From: <suite@suite.invalid>\r\nSubject: SPF suite\r\nMessage-ID: <" + test_name.encode() +
+            b"@suite.invalid>\r\n\r\nSPF suite.\r\n.\r\n")
+
+
 def write_config(directory, dns):
     """A `postern check` configuration: the suite's DNS only, short time-outs."""
     path = os.path.join(directory, "suite.toml")
