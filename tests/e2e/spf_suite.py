@@ -55,6 +55,8 @@ ORDER_DEPENDENT = {"ptr-limit", "p-macro-multiple"}
 def load_suite(name):
     """[(scenario description, zone, {test name: test})] of one suite."""
     path = os.path.join(SUITE_DIR, "%s-tests.yml.gz" % name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError("%s is missing: install the Debian package python3-spf (.ci/deps)" % path)
     with gzip.open(path, "rb") as f:
         docs = list(yaml.safe_load_all(f))
     return [(d.get("description", ""), load_zone(d.get("zonedata") or {}), d["tests"]) for d in docs]
