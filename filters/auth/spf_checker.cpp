@@ -352,7 +352,9 @@ std::optional<std::string> expand_macros(std::string_view s, const MacroVars& v,
     }
     std::size_t k = 1;
     unsigned keep = 0;
-    while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) keep = keep * 10 + (spec[k++] - '0');
+    while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) {
+      keep = std::min(keep * 10 + unsigned(spec[k++] - '0'), 1000u);  // over 128 parts: all of them
+    }
     bool reverse = false;
     if (k < spec.size() && (spec[k] == 'r' || spec[k] == 'R')) { reverse = true; ++k; }
     std::string delims(spec.substr(k));

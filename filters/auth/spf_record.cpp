@@ -49,10 +49,10 @@ std::size_t macro_expand(std::string_view s, std::size_t i, bool explanation) {
   const std::size_t digits_from = k;
   while (k < s.size() && digit(s[k])) ++k;
   if (k > digits_from) {
-    // §7.3: a DIGIT transformer is at least 1; 128 parts at most matter.
-    unsigned v = 0;
-    for (std::size_t d = digits_from; d < k && v <= 1000; ++d) v = v * 10 + unsigned(s[d] - '0');
-    if (v == 0 || k - digits_from > 3) return 0;
+    // §7.3: a DIGIT transformer is at least 1 (any length: "%{d0001}" is 1).
+    bool nonzero = false;
+    for (std::size_t d = digits_from; d < k; ++d) nonzero = nonzero || s[d] != '0';
+    if (!nonzero) return 0;
   }
   if (k < s.size() && (s[k] == 'r' || s[k] == 'R')) ++k;
   while (k < s.size() && std::string_view(".-+,/_=").find(s[k]) != std::string_view::npos) ++k;

@@ -33,6 +33,7 @@ TEST_CASE("spf record: valid records parse", "[spf_record]") {
       "v=spf1 ptr ptr:example.com ?all",
       "v=spf1 ip6:::1.1.1.1/0 ip6:Cafe:Babe:8000::/33",
       "v=spf1 a:%{H} -all",
+      "v=spf1 exists:%{d0001}.example.com exists:%{l12345678901234567890r-}.example.com",  // long DIGITs
       "v=spf1 foo=bar",                                  // an unknown modifier is ignored
   };
   for (const char* r : valid) {
