@@ -79,6 +79,7 @@ PYTHON_MODULES = {
     "nacl.signing": "python3-nacl",       # dkimpy's ed25519 (test_dkim_sign)
     "dnslib.server": "python3-dnslib",
     "pytest": "python3-pytest",
+    "yaml": "python3-yaml",               # the openspf suites (test_spf_suite)
 }
 
 
@@ -98,3 +99,10 @@ def test_dkimpy_signs_ed25519():
             "assert sig.startswith(b'DKIM-Signature:'), sig\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, missing("python3-nacl", f"dkimpy cannot sign ed25519: {r.stderr.strip()[-400:]}")
+
+
+def test_the_openspf_suites_are_installed():
+    """test_spf_suite reads them where Debian's python3-spf puts them."""
+    for name in ("rfc7208-tests.yml.gz", "rfc4408-tests.yml.gz"):
+        path = os.path.join("/usr/share/doc/python3-spf", name)
+        assert os.path.isfile(path), missing("python3-spf", f"{path} is missing")
