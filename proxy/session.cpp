@@ -176,26 +176,23 @@ Upstream& Session::upstream() {
 
 asio::awaitable<void> Session::run() {
   metrics::SessionGauge open_gauge(listener_.address);
-  bool ready = true;
-  if (listener_.proxy_protocol) ready = co_await read_proxy_header();
-  if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kProxyProtocol);
+  // This session's places in the concurrent-session limits, taken at accept
+  // before a PROXY header or a TLS handshake is read (issue 18: neither may
+  // hold a connection past the limits). Behind a PROXY listener the peer is
+  // the proxy: it counts in all, the real client per address once known.
+  SessionLimiter::Ticket place, client_place;
+  using Scope = SessionLimiter::Scope;
+  bool ready = co_await admit(place, listener_.proxy_protocol ? Scope::kTotal : Scope::kAll);
+  if (ready && listener_.proxy_protocol) {
+    ready = co_await read_proxy_header();
+    if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kProxyProtocol);
+    else ready = co_await admit(client_place, Scope::kClient);
+  }
   log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
       .kv("listener", facts_.listener);
   if (ready && listener_.tls == Config::Listener::Tls::kImplicit) {
     ready = co_await start_tls();
     if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kTls);
-  }
-  SessionLimiter::Ticket place;  // this session's place in the concurrent-session limits
-  if (ready) {
-    auto refusal = SessionLimiter::instance().admit(client_.address, config_->limits, place);
-    if (refusal != SessionLimiter::Refusal::kNone) {
-      metrics::session_refused(listener_.address, metrics::Refusal::kLimit);
-      log::warning("session-limit").kv("session", id_).kv("client", client_.address)
-          .kv("limit", refusal_name(refusal)).kv("action", "refused with 421");
-      reply(refusal_reply(refusal));
-      co_await flush();
-      ready = false;
-    }
   }
   if (!ready) {
     watchdog_.stop();
@@ -245,6 +242,24 @@ asio::awaitable<void> Session::run() {
   socket_.close(ignored);
   log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", messages_)
       .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
+}
+
+// Takes the session's place in the limits; false (the client told 421 where
+// it can read it, and a log line) when they are full. An implicit-TLS
+// listener closes without a word: a plaintext reply is noise to a TLS
+// client, and a handshake is what the limit is there to save.
+asio::awaitable<bool> Session::admit(SessionLimiter::Ticket& ticket, SessionLimiter::Scope scope) {
+  auto refusal = SessionLimiter::instance().admit(client_.address, config_->limits, ticket, scope);
+  if (refusal == SessionLimiter::Refusal::kNone) co_return true;
+  const bool implicit_tls = listener_.tls == Config::Listener::Tls::kImplicit;
+  metrics::session_refused(listener_.address, metrics::Refusal::kLimit);
+  log::warning("session-limit").kv("session", id_).kv("client", client_.address)
+      .kv("limit", refusal_name(refusal)).kv("action", implicit_tls ? "closed" : "refused with 421");
+  if (!implicit_tls) {
+    reply(refusal_reply(refusal));
+    co_await flush();
+  }
+  co_return false;
 }
 
 // RFC 5321 §4.3.1: the client waits for the greeting. Octets sent before it
@@ -365,19 +380,26 @@ asio::awaitable<bool> Session::fill() {
 
 // The PROXY header a load balancer sends first: the real client replaces the
 // socket's peer everywhere. Without a valid one the connection is closed
-// without a word (HAProxy spec §2: never guess).
+// without a word (HAProxy spec §2: never guess). Only the listener's
+// proxy_protocol_from networks may send one: from anyone else it would be a
+// forged client address. The whole header has one deadline
+// (timeouts.command), not one per read: trickling octets cannot hold it.
 asio::awaitable<bool> Session::read_proxy_header() {
+  if (!SessionLimiter::in_networks(client_.address, listener_.proxy_protocol_from)) {
+    log::warning("proxy-protocol-untrusted").kv("session", id_).kv("peer", client_.address)
+        .kv("listener", facts_.listener).kv("action", "closed; not in listener.proxy_protocol_from");
+    co_return false;
+  }
   // Read exactly the header's octets, never more: what follows may be a TLS
   // ClientHello that the TLS engine must read from the socket itself.
   auto read_exact = [this](std::size_t n) -> asio::awaitable<bool> {
     std::size_t old = input_.size();
     input_.resize(old + n);
-    watchdog_.arm(config_->timeouts.command);
     auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(input_.data() + old, n), use_nothrow);
-    watchdog_.disarm();
     input_.resize(old + got);
     co_return !ec;
   };
+  watchdog_.arm(config_->timeouts.command);
   // Octet by octet (a v1 line is at most 107), so a client that is not a
   // proxy is told off at its first wrong octet; a v2 header's address block
   // is read at once once its length is known.
@@ -393,6 +415,7 @@ asio::awaitable<bool> Session::read_proxy_header() {
     }
     ok = co_await read_exact(need);
   }
+  watchdog_.disarm();
   if (!ok) {
     log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address)
         .kv("error", watchdog_.expired() ? "timeout" : "connection closed before the header");
@@ -459,12 +482,38 @@ asio::awaitable<void> Session::handle_starttls() {
   input_.clear();
   input_pos_ = 0;
   if (txn_.active) co_await abandon_transaction();
+  if (upstream_) {  // it heard the plaintext identity (XCLIENT HELO=...); the next MAIL opens a new one
+    co_await upstream_->quit();
+    upstream_.reset();
+  }
+  forget_plaintext();
+  starttls_pending_ = true;  // the handshake follows once the 220 is sent (run())
+}
+
+// RFC 3207 §4.2: the server discards all knowledge obtained from the client
+// before TLS. Whole structs are replaced, not fields cleared one by one, so a
+// fact added later (a rule's session note or symbol, HELO, AUTH, any new
+// field) cannot survive by being forgotten here. Kept: what the connection
+// itself established, not what the client said (id, addresses, listener, the
+// reverse-DNS name checked by postern) and the error count (abuse is not
+// forgiven by a handshake).
+void Session::forget_plaintext() {
+  SessionFacts fresh;
+  fresh.id = facts_.id;
+  fresh.listener = facts_.listener;
+  fresh.client_ip = facts_.client_ip;
+  fresh.client_port = facts_.client_port;
+  fresh.client_name = facts_.client_name;
+  facts_ = std::move(fresh);
+  ClientFacts client;
+  client.session = client_.session;
+  client.address = client_.address;
+  client.port = client_.port;
+  client.name = client_.name;
+  client_ = std::move(client);
   greeted_ = false;
   esmtp_ = false;
-  client_.helo.clear();
-  facts_.helo.clear();
-  facts_.esmtp = false;
-  starttls_pending_ = true;  // the handshake follows once the 220 is sent (run())
+  auth_ = AuthExchange{};
 }
 
 namespace {

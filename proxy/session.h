@@ -22,6 +22,7 @@
 #include "proxy/config.h"
 #include "proxy/data_decoder.h"
 #include "proxy/replies.h"
+#include "proxy/session_limiter.h"
 #include "proxy/smtp_command.h"
 #include "proxy/upstream.h"
 #include "proxy/watchdog.h"
@@ -78,8 +79,10 @@ class Session {
   asio::awaitable<std::error_code> read_more(Seconds timeout);
   asio::awaitable<std::error_code> read_plain(Seconds timeout);
   asio::awaitable<bool> read_proxy_header();
+  asio::awaitable<bool> admit(SessionLimiter::Ticket& ticket, SessionLimiter::Scope scope);
   asio::awaitable<bool> start_tls();
   asio::awaitable<void> handle_starttls();
+  void forget_plaintext();
   asio::awaitable<void> handle_auth(const Command& cmd);
   asio::awaitable<void> continue_auth(std::string_view line);
   asio::awaitable<void> auth_reply(UpstreamReply r);
