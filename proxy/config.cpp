@@ -638,6 +638,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   const toml::table* lim = check.section(root, "limits");
   if (lim) {
     check.check_keys(*lim, "limits", {"message_size", "recipients", "messages_per_session", "errors",
+                                      "auth_failures", "auth_failure_delay",
                                       "command_line", "text_line", "sessions", "sessions_per_ip",
                                       "sessions_per_network", "network_prefix_v4", "network_prefix_v6",
                                       "sessions_exempt"});
@@ -647,6 +648,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_size(lim, "limits", "recipients", 1, 100000, l.recipients);
   check.get_size(lim, "limits", "messages_per_session", 1, 1000000, l.messages_per_session);
   check.get_size(lim, "limits", "errors", 1, 1000, l.errors);
+  check.get_size(lim, "limits", "auth_failures", 1, 100, l.auth_failures);
+  check.get_seconds(lim, "limits", "auth_failure_delay", 0, 60, l.auth_failure_delay);
   check.get_size(lim, "limits", "command_line", limits::kMinCommandLine, 65536, l.command_line);
   check.get_size(lim, "limits", "text_line", 1000, 1 << 20, l.text_line);
   check.get_size(lim, "limits", "sessions", 0, 1000000, l.sessions);

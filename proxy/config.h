@@ -90,6 +90,11 @@ struct Config {
     std::size_t recipients = 1000;
     std::size_t messages_per_session = 10000;
     std::size_t errors = 10;
+    // Failed AUTH exchanges (5xx, or a refused SASL line) a session may have;
+    // the one that reaches it is answered, then 421 4.7.0 and close. Each
+    // failure's reply waits auth_failure_delay times the failures so far.
+    std::size_t auth_failures = 3;
+    Seconds auth_failure_delay{1};
     std::size_t command_line = 2048;
     std::size_t text_line = 1000;
     // Concurrent sessions: in all, from one client address, and from one

@@ -59,6 +59,9 @@ inline constexpr Def kAuthAlready{503, "5.5.1 Error: already authenticated"};
 inline constexpr Def kAuthInTransaction{503, "5.5.1 Error: MAIL transaction in progress"};
 inline constexpr Def kAuthMechanism{504, "5.5.4 Unrecognized authentication type"};
 inline constexpr Def kAuthUnavailable{454, "4.7.0 Temporary authentication failure"};
+// RFC 4954 §4: a response is base64 or "*"; CR, LF, NUL or anything else in it is refused.
+inline constexpr Def kSaslResponseSyntax{501, "5.5.2 Error: SASL response must be base64 or *"};
+inline constexpr Def kTooManyAuthFailures{421, "4.7.0 Error: too many authentication failures"};
 
 // CHUNKING (RFC 3030).
 inline constexpr Def kBdatSyntax{501, "5.5.4 Syntax: BDAT size [LAST]"};

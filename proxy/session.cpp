@@ -4,6 +4,7 @@
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/read.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 #include <algorithm>
@@ -160,8 +161,14 @@ void Session::reply(const replies::Def& def) { append_reply(output_, def.code, d
 // A client mistake: reply, count it, and end a session that keeps erring.
 void Session::client_error(const replies::Def& def) {
   reply(def);
+  note_error();
+}
+
+// Every kind of client error counts here (bad commands, failed AUTH); past
+// limits.errors the session ends with 421.
+void Session::note_error() {
   metrics::registry().client_errors.inc();
-  if (++errors_ >= config_->limits.errors) {
+  if (++errors_ >= config_->limits.errors && !quit_) {
     log::warning("too-many-errors").kv("session", id_).kv("client", client_.address)
         .kv("errors", errors_);
     reply(replies::kTooManyErrors);
@@ -529,6 +536,14 @@ std::string base64_decode(std::string_view in) {
   return out;
 }
 
+// RFC 4954 §4: a SASL response (or initial response) is base64 (RFC 4648's
+// alphabet; "=" alone is an empty initial response) or "*" to cancel.
+bool is_sasl_response(std::string_view line) {
+  if (line == "*") return true;
+  return line.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
+         std::string_view::npos;
+}
+
 // The identity a SASL response names: PLAIN's authcid (RFC 4616), LOGIN's user.
 std::string sasl_user(std::string_view mechanism, std::string_view response) {
   std::string raw = base64_decode(response);
@@ -574,6 +589,11 @@ asio::awaitable<void> Session::handle_auth(const Command& cmd) {
     client_error(replies::kAuthMechanism);
     co_return;
   }
+  if (sp != std::string_view::npos && !is_sasl_response(args.substr(sp + 1))) {
+    auth_ = AuthExchange{false, mechanism, {}, false};
+    co_await refuse_sasl_response();
+    co_return;
+  }
   auth_ = AuthExchange{true, mechanism, {}, false};
   if (sp != std::string_view::npos && mechanism == "PLAIN") {  // initial response (RFC 4954 §4)
     auth_.user = sasl_user(mechanism, args.substr(sp + 1));
@@ -583,6 +603,10 @@ asio::awaitable<void> Session::handle_auth(const Command& cmd) {
 }
 
 asio::awaitable<void> Session::continue_auth(std::string_view line) {
+  if (!is_sasl_response(line)) {
+    co_await refuse_sasl_response();
+    co_return;
+  }
   if (line == "*") {  // the client cancels (RFC 4954 §4)
     co_await auth_reply(co_await upstream().auth(line, false, auth_.mechanism));
     co_return;
@@ -606,9 +630,47 @@ asio::awaitable<void> Session::auth_reply(UpstreamReply r) {
   } else {
     log::warning("auth").kv("session", id_).kv("client", client_.address).kv("mechanism", auth_.mechanism)
         .kv("result", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
-    ++errors_;
+    // A 4xx (MTA without AUTH, busy) says nothing about the credentials.
+    if (r.reply.klass() == 5) co_await auth_failed();
   }
   auth_.user.clear();
+}
+
+// A SASL response that is not base64 or "*" (RFC 4954 §4): a CR, LF or NUL
+// in it would reach the MTA as a line postern did not read. Refused with
+// 501, never relayed; an exchange the MTA has open is cancelled with "*"
+// and its answer to that dropped.
+asio::awaitable<void> Session::refuse_sasl_response() {
+  log::warning("sasl-response-refused").kv("session", id_).kv("client", client_.address)
+      .kv("mechanism", auth_.mechanism).kv("reason", "not base64 or *");
+  const bool open_upstream = auth_.active;
+  auth_.active = false;
+  auth_.user.clear();
+  if (open_upstream) (void)co_await upstream().auth("*", false, auth_.mechanism);
+  reply(replies::kSaslResponseSyntax);
+  co_await auth_failed();
+}
+
+// One failed AUTH: counted toward limits.errors and limits.auth_failures,
+// and answered late (a tarpit: auth_failure_delay times the failures so
+// far); the failure that reaches limits.auth_failures ends the session.
+asio::awaitable<void> Session::auth_failed() {
+  ++auth_failures_;
+  const Config::Limits& limits = config_->limits;
+  if (limits.auth_failure_delay > Seconds(0)) {
+    asio::steady_timer pause(socket_.get_executor(), std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                         limits.auth_failure_delay * static_cast<double>(auth_failures_)));
+    co_await pause.async_wait(use_nothrow);
+  }
+  if (auth_failures_ >= limits.auth_failures) {
+    log::warning("too-many-auth-failures").kv("session", id_).kv("client", client_.address)
+        .kv("failures", auth_failures_).kv("action", "closed with 421");
+    metrics::registry().client_errors.inc();
+    reply(replies::kTooManyAuthFailures);
+    quit_ = true;
+    co_return;
+  }
+  note_error();
 }
 
 // Handles every complete command (and DATA content) that is buffered.
@@ -654,7 +716,8 @@ asio::awaitable<void> Session::process_input() {
         continue;
       case LineScan::Outcome::kBareLf:
         input_pos_ += scan.consumed;
-        client_error(replies::kBareLfInCommand);
+        if (auth_.active) co_await refuse_sasl_response();  // an LF inside the response
+        else client_error(replies::kBareLfInCommand);
         continue;
       case LineScan::Outcome::kComplete:
         input_pos_ += scan.consumed;

@@ -86,6 +86,8 @@ class Session {
   asio::awaitable<void> handle_auth(const Command& cmd);
   asio::awaitable<void> continue_auth(std::string_view line);
   asio::awaitable<void> auth_reply(UpstreamReply r);
+  asio::awaitable<void> refuse_sasl_response();
+  asio::awaitable<void> auth_failed();
   asio::awaitable<void> handle_command(std::string_view line);
   asio::awaitable<void> handle_helo(const Command& cmd);
   asio::awaitable<void> handle_mail(const Command& cmd);
@@ -115,6 +117,7 @@ class Session {
 
   void reply(const replies::Def& def);
   void client_error(const replies::Def& def);
+  void note_error();
   Upstream& upstream();
   std::string received_header() const;
 
@@ -159,6 +162,7 @@ class Session {
   bool greeted_ = false;
   bool esmtp_ = false;
   std::size_t errors_ = 0;
+  std::size_t auth_failures_ = 0;
   std::size_t messages_ = 0;
   Transaction txn_;
   DataDecoder decoder_;
