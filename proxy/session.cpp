@@ -16,6 +16,7 @@
 
 #include "filters/auth/audit_log.h"
 #include "filters/auth/dkim_signer.h"
+#include "filters/auth/utf8.h"
 #include "filters/message.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
@@ -910,6 +911,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       std::any_of(cmd.args.begin(), cmd.args.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
     args.error = &replies::kNonAsciiAddress;
   }
+  if (!args.error && !valid_utf8(cmd.args)) args.error = &replies::kInvalidUtf8Address;  // RFC 6531 §3.3
   if (args.error) {
     client_error(*args.error);
     co_return;
@@ -993,6 +995,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   }
   // Every local answer to this RCPT first needs MAIL's, if MAIL was held.
   PathArgs args = parse_rcpt_args(cmd.args, txn_.smtputf8);
+  if (!args.error && !valid_utf8(cmd.args)) args.error = &replies::kInvalidUtf8Address;  // RFC 6531 §3.3
   if (args.error) {
     co_await settle_mail();
     client_error(*args.error);
@@ -1166,6 +1169,7 @@ asio::awaitable<void> Session::end_of_data() {
   else if (bare) refusal = &replies::kBareLineEnding;
   else if (faults.nul) refusal = &replies::kNulInContent;
   else if (faults.line_too_long) refusal = &replies::kTextLineTooLong;
+  else if (txn_.header_utf8 && !txn_.header_utf8->valid()) refusal = &replies::kInvalidUtf8Header;
   else if (spool_failed_) refusal = &replies::kSpoolFailed;
   else if (!spool_.finish()) {
     log::error("spool-error").kv("session", id_).kv("op", "flush").kv("error", std::strerror(errno));
@@ -1271,6 +1275,10 @@ void Session::write_audit(std::string_view outcome, const UpstreamReply& result,
 // Filters that read the content as it streams in (DKIM body hashing) tap
 // the spool from its first octet.
 void Session::add_content_taps() {
+  if (txn_.smtputf8) {  // checked on every listener, whatever its filters
+    txn_.header_utf8 = std::make_shared<HeaderUtf8Check>();
+    spool_.add_tap(txn_.header_utf8);
+  }
   const FilterChain* chain = active_chain();
   if (!chain || chain->empty()) return;
   FilterContext ctx{Stage::kData, facts_, txn_.facts};

@@ -21,6 +21,7 @@
 #include "filters/spool.h"
 #include "proxy/config.h"
 #include "proxy/data_decoder.h"
+#include "proxy/header_utf8_check.h"
 #include "proxy/replies.h"
 #include "proxy/session_limiter.h"
 #include "proxy/smtp_command.h"
@@ -63,6 +64,7 @@ class Session {
     TransactionFacts facts;  // envelope, changes, symbols: what filters see
     std::vector<EsmtpParam> mail_params;
     bool smtputf8 = false;  // MAIL carried SMTPUTF8 (RFC 6531)
+    std::shared_ptr<HeaderUtf8Check> header_utf8;  // with smtputf8: the content's header section checked
     bool chunked = false;   // content comes in BDAT chunks (RFC 3030)
     std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
