@@ -386,6 +386,7 @@ struct Server::Impl {
 
 Server::Server(ConfigSource source) : impl_(std::make_unique<Impl>()) {
   process::restrict_file_creation();
+  process::return_large_buffers_to_os();
   impl_->source = std::move(source);
   impl_->config = load_config(impl_->source);
   impl_->tls_context = make_server_tls_context(impl_->config->tls);

@@ -320,10 +320,14 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
     co_return ec;
   }
   // TLS may hold decrypted octets the socket does not show: read into the
-  // buffer itself.
+  // buffer itself; a small read between messages, so that an idle session
+  // does not wait on a content-sized buffer.
+  const bool content = mode_ == Mode::kData || mode_ == Mode::kBdat;
+  const std::size_t chunk = content ? limits::kReadChunk : limits::kCommandReadChunk;
+  if (input_.empty() && !content && input_.capacity() > limits::kIdleBuffer) std::string().swap(input_);
   std::size_t old = input_.size();
-  input_.resize(old + limits::kReadChunk);
-  auto buffer = asio::buffer(input_.data() + old, limits::kReadChunk);
+  input_.resize(old + chunk);
+  auto buffer = asio::buffer(input_.data() + old, chunk);
   watchdog_.arm(timeout);
   reading_ = true;
   auto [ec, n] = co_await tls_->async_read_some(buffer, use_nothrow);
@@ -1406,6 +1410,16 @@ void Session::reset_transaction() {
   spool_.clear();
   decoder_.reset();
   spool_failed_ = false;
+  release_buffers();
+}
+
+// Between messages a session keeps no message-sized buffer (issue 18): the
+// spool gave its memory back in clear(); the decoding scratch and the
+// upstream's buffers go back here. (The input buffer, which the command
+// being handled may still point into, goes back in read_more() when drained.)
+void Session::release_buffers() {
+  if (decoded_.capacity() > limits::kIdleBuffer) std::string().swap(decoded_);
+  if (upstream_) upstream_->release_buffers();
 }
 
 // RFC 5321 §4.4 trace header; "with" per RFC 3848.

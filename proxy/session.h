@@ -114,6 +114,7 @@ class Session {
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
+  void release_buffers();
   void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
                    const char* stage, const AuditHeaders& headers);
 

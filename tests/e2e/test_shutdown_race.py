@@ -20,7 +20,7 @@ import time
 
 from harness import SCALE
 
-ROUNDS = 12
+ROUNDS = 25
 
 
 class Hammer:
