@@ -211,6 +211,7 @@ asio::awaitable<void> Session::run() {
     co_return;
   }
   Verdict connect = co_await run_filters(Stage::kConnect);
+  connect_facts_ = facts_;  // what STARTTLS goes back to (forget_plaintext)
   if (connect.action == Verdict::Action::kReject || connect.action == Verdict::Action::kTempfail ||
       connect.action == Verdict::Action::kDisconnect) {
     // Refused at connect: the MTA never hears of this client (RFC 5321 §3.1).
@@ -505,18 +506,13 @@ asio::awaitable<void> Session::handle_starttls() {
 // RFC 3207 §4.2: the server discards all knowledge obtained from the client
 // before TLS. Whole structs are replaced, not fields cleared one by one, so a
 // fact added later (a rule's session note or symbol, HELO, AUTH, any new
-// field) cannot survive by being forgotten here. Kept: what the connection
-// itself established, not what the client said (id, addresses, listener, the
-// reverse-DNS name checked by postern) and the error count (abuse is not
-// forgiven by a handshake).
+// field) cannot survive by being forgotten here. The session's facts go back
+// to what the connection itself established before the client said a word
+// (connect_facts_: addresses, the PROXY header's client, the connect stage's
+// notes and symbols, the verified reverse-DNS name); the error count stays
+// (abuse is not forgiven by a handshake).
 void Session::forget_plaintext() {
-  SessionFacts fresh;
-  fresh.id = facts_.id;
-  fresh.listener = facts_.listener;
-  fresh.client_ip = facts_.client_ip;
-  fresh.client_port = facts_.client_port;
-  fresh.client_name = facts_.client_name;
-  facts_ = std::move(fresh);
+  facts_ = connect_facts_;
   ClientFacts client;
   client.session = client_.session;
   client.address = client_.address;

@@ -138,6 +138,7 @@ class Session {
   std::string id_;
   ClientFacts client_;
   SessionFacts facts_;
+  SessionFacts connect_facts_;  // facts_ after the connect stage, before any command
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point command_deadline_;  // the current (command or content) line's, see fill()
 
