@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <filesystem>
@@ -283,6 +284,38 @@ void apply_overrides(toml::table& root, const ConfigSource& source) {
   }
 }
 
+// The first directory of $RUNTIME_DIRECTORY (systemd lists several with ':'),
+// or "" when postern does not run under a service manager that sets it.
+std::string runtime_directory() {
+  const char* env = std::getenv("RUNTIME_DIRECTORY");
+  if (!env || !*env) return {};
+  std::string dir(env);
+  return dir.substr(0, dir.find(':'));
+}
+
+// [[listener]] proxy_protocol_from: the peers allowed to send a PROXY header.
+void check_proxy_protocol_from(Checker& check, const toml::table& t, Config::Listener& l) {
+  const toml::node* n = t.get("proxy_protocol_from");
+  if (!n) return;
+  const toml::array* arr = n->as_array();
+  if (!arr) {
+    check.error(n, "listener.proxy_protocol_from", "expected a list of \"IP/PREFIX\", got " + describe(*n));
+    return;
+  }
+  if (!l.proxy_protocol) {
+    check.error(n, "listener.proxy_protocol_from", "needs proxy_protocol = true on this listener");
+  }
+  l.proxy_protocol_from.clear();
+  for (const toml::node& item : *arr) {
+    if (!item.is_string() || !valid_network(item.as_string()->get())) {
+      check.error(&item, "listener.proxy_protocol_from",
+                  "expected \"IP/PREFIX\" or \"IP\" (e.g. \"10.0.0.5/32\"), got " + describe(item));
+      continue;
+    }
+    l.proxy_protocol_from.push_back(item.as_string()->get());
+  }
+}
+
 // [server] user/group, [log] format/output, [control]: how the process runs
 // (docs/operations.md).
 void check_operations(Checker& check, const toml::table& root, Config& config) {
@@ -323,17 +356,20 @@ void check_operations(Checker& check, const toml::table& root, Config& config) {
 
   const toml::table* control = check.section(root, "control");
   if (control) check.check_keys(*control, "control", {"socket", "mode"});
-  // The default lives in /run/postern (systemd's RuntimeDirectory=postern);
-  // where that directory does not exist, in the working directory, like the
-  // embedded default's Maildir.
-  std::string socket = kDefaultControlSocket;
+  // The default: in the runtime directory the service manager made for this
+  // unit ($RUNTIME_DIRECTORY, systemd's RuntimeDirectory=postern); otherwise
+  // one per first listener port in the working directory (Config::Control),
+  // named only once the port is bound.
+  std::string socket;
   const toml::node* socket_node = check.get_string(control, "control", "socket", socket);
   std::error_code ec;
-  if (!socket_node && !std::filesystem::is_directory(std::filesystem::path(socket).parent_path(), ec)) {
-    socket = "postern-control.sock";
+  if (!socket_node) {
+    std::string runtime = runtime_directory();
+    if (!runtime.empty()) socket = runtime + "/" + kRuntimeControlSocket;
+    else config.control.per_listener = true;
   }
-  // The fallback stays relative to the working directory (bound there,
-  // found there by `postern status`), so a deep directory cannot make it too long.
+  // The per-listener default stays relative to the working directory (bound
+  // there, found there by `postern status`), so a deep directory cannot make it too long.
   if (!socket.empty() && socket_node) {
     auto abs = std::filesystem::absolute(socket, ec);
     if (!ec) socket = abs.lexically_normal().string();
@@ -506,7 +542,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     } else {
       for (const toml::node& item : *arr) {
         const toml::table& t = *item.as_table();
-        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol", "auth", "policy"});
+        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol", "proxy_protocol_from",
+                                         "auth", "policy"});
         Config::Listener l;
         const toml::node* a = check.get_string(&t, "listener", "address", l.address);
         l.tls = tls_configured ? Config::Listener::Tls::kStarttls : Config::Listener::Tls::kNone;
@@ -524,6 +561,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
           check.error(t.get("require_tls"), "listener.require_tls", "needs tls = \"starttls\" on this listener");
         }
         check.get_bool(&t, "listener", "proxy_protocol", l.proxy_protocol);
+        check_proxy_protocol_from(check, t, l);
         check.get_enum<Config::Listener::Auth>(&t, "listener", "auth",
                                                {{"off", Config::Listener::Auth::kOff},
                                                 {"passthrough", Config::Listener::Auth::kPassthrough}},
@@ -600,6 +638,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   const toml::table* lim = check.section(root, "limits");
   if (lim) {
     check.check_keys(*lim, "limits", {"message_size", "recipients", "messages_per_session", "errors",
+                                      "auth_failures", "auth_failure_delay",
                                       "command_line", "text_line", "sessions", "sessions_per_ip",
                                       "sessions_per_network", "network_prefix_v4", "network_prefix_v6",
                                       "sessions_exempt"});
@@ -609,6 +648,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_size(lim, "limits", "recipients", 1, 100000, l.recipients);
   check.get_size(lim, "limits", "messages_per_session", 1, 1000000, l.messages_per_session);
   check.get_size(lim, "limits", "errors", 1, 1000, l.errors);
+  check.get_size(lim, "limits", "auth_failures", 1, 100, l.auth_failures);
+  check.get_seconds(lim, "limits", "auth_failure_delay", 0, 60, l.auth_failure_delay);
   check.get_size(lim, "limits", "command_line", limits::kMinCommandLine, 65536, l.command_line);
   check.get_size(lim, "limits", "text_line", 1000, 1 << 20, l.text_line);
   check.get_size(lim, "limits", "sessions", 0, 1000000, l.sessions);

@@ -287,8 +287,9 @@ Talk to the running postern over its control socket ([control] socket).
 Options:
   --socket PATH      the control socket
   -c, --config FILE  the configuration postern runs with; its [control] socket is
-                     used (default: the embedded default's, /run/postern/control.sock,
-                     or ./postern-control.sock where /run/postern does not exist)
+                     used. Unset: $RUNTIME_DIRECTORY/control.sock (systemd), else
+                     ./postern-control-PORT.sock (PORT the first listener's; the
+                     only one in the directory), else /run/postern/control.sock
   --json             status: one JSON object
   -h, --help         show this help
 
@@ -311,10 +312,17 @@ int cmd_control(const std::string& command, const std::vector<std::string>& args
   }
   if (!socket.empty() && !config_path.empty()) return usage_error("--socket and -c exclude each other");
   if (socket.empty()) {
+    bool per_listener = false;
     try {
-      socket = postern::load_config(source_from(config_path))->control.socket;
+      auto config = postern::load_config(source_from(config_path));
+      socket = config->control.socket;
+      per_listener = config->control.per_listener;
+      if (per_listener) socket = postern::control::find_socket(config->listeners[0].port);
     } catch (const postern::ConfigError& e) {
       std::cerr << e.what() << "\n";
+      return 1;
+    } catch (const std::runtime_error& e) {
+      std::cerr << "postern " << command << ": " << e.what() << "\n";
       return 1;
     }
     if (socket.empty()) {

@@ -96,8 +96,10 @@ void apply_audit_log(const Config& config, bool reload) {
 
 struct Server::Impl {
   struct Worker {
-    asio::io_context context{1};
+    // Declared before the context: a session still open at a forced shutdown
+    // is destroyed with the context and leaves the registry then.
     SessionRegistry registry;
+    asio::io_context context{1};
     std::shared_ptr<const FilterChain> chain;  // touched only on this worker's thread
     std::shared_ptr<const FilterChain> submission_chain;  // for authenticated sessions
   };
@@ -158,11 +160,15 @@ struct Server::Impl {
   }
 
   // One session's coroutine on its worker: built on the worker's thread, as
-  // the chain (and its Lua state) is that thread's.
+  // the chain (and its Lua state) is that thread's. The lambda owns a copy of
+  // the listener: `listener` lives in accept_loop's frame, which SIGTERM ends
+  // while the session may not have started yet on its own thread (a
+  // use-after-free, issue 18). Nothing from a coroutine's frame is captured
+  // by reference into work that runs on another thread or later.
   void start_session(Worker& worker, const Config::Listener& listener, asio::ip::tcp::socket socket) {
     ++open_sessions;
     ++sessions_accepted;
-    auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+    auto run = [this, &worker, listener = listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
       auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
                                                worker.chain, worker.submission_chain, capabilities,
                                                worker.registry);
@@ -380,6 +386,7 @@ struct Server::Impl {
 
 Server::Server(ConfigSource source) : impl_(std::make_unique<Impl>()) {
   process::restrict_file_creation();
+  process::return_large_buffers_to_os();
   impl_->source = std::move(source);
   impl_->config = load_config(impl_->source);
   impl_->tls_context = make_server_tls_context(impl_->config->tls);
@@ -471,10 +478,13 @@ int Server::run() {
     asio::co_spawn(s.workers[0]->context, metrics::serve_http(*metrics_acceptor), asio::detached);
     s.acceptors_extra.push_back(metrics_acceptor.get());
   }
-  if (!config->control.socket.empty()) {
+  if (!config->control.socket.empty() || config->control.per_listener) {
     control::Handlers handlers{[&s] { return s.reload(); }, [&s](bool json) { return s.status(json); }};
+    std::string path = config->control.per_listener
+                           ? control::listener_socket_name(s.acceptors[0]->local_endpoint().port())
+                           : config->control.socket;
     try {
-      s.control = std::make_unique<control::Server>(s.workers[0]->context, config->control.socket,
+      s.control = std::make_unique<control::Server>(s.workers[0]->context, path,
                                                     config->control.mode, std::move(handlers));
     } catch (const std::exception& e) {
       log::error("control-failed").kv("error", e.what());
