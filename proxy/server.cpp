@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <thread>
@@ -115,6 +116,10 @@ struct Server::Impl {
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
   std::vector<asio::ip::tcp::acceptor*> acceptors_extra;  // metrics: closed at shutdown too
   std::atomic<long> open_sessions{0};
+  // Sessions were still open when shutdown_timeout ended the drain: their
+  // frames may be read by a DKIM or SPF task on a worker pool right now, so
+  // they are never destroyed (run() ends the process without destructors).
+  bool shutdown_forced = false;
   std::atomic<bool> draining{false};
   std::size_t next_worker = 0;
   // Operations (status, reload results, service manager); touched on worker 0's thread.
@@ -378,7 +383,10 @@ struct Server::Impl {
       tick.expires_after(std::chrono::milliseconds(20));
       co_await tick.async_wait(use_nothrow);
     }
-    if (open_sessions > 0) log::warning("shutdown-forced").kv("open_sessions", open_sessions.load());
+    if (open_sessions > 0) {
+      log::warning("shutdown-forced").kv("open_sessions", open_sessions.load());
+      shutdown_forced = true;
+    }
     guards.clear();
     for (auto& w : workers) w->context.stop();
   }
@@ -525,6 +533,12 @@ int Server::run() {
   s.control.reset();  // removes the socket file while its io_context still exists
   install_audit_log(nullptr);  // written out and synced
   log::info("stopped");
+  if (s.shutdown_forced) {
+    // No session acked by then was lost: a stuck one never heard 250. Ending
+    // here, not in ~Server, keeps its frame alive for a pool task still
+    // reading its spool (a use-after-free otherwise, issue 18).
+    std::_Exit(0);
+  }
   return 0;
 }
 

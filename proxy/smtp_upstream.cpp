@@ -784,7 +784,8 @@ asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
 // capacity would stay with the idle connection (issue 18).
 void SmtpUpstream::release_buffers() {
   if (output_.capacity() > limits::kIdleBuffer) std::string().swap(output_);
-  if (input_.empty() && input_.capacity() > limits::kIdleBuffer) std::string().swap(input_);
+  std::string& input = replies_.input();
+  if (input.empty() && input.capacity() > limits::kIdleBuffer) std::string().swap(input);
 }
 
 }  // namespace postern
