@@ -6,8 +6,10 @@
 // checked every kPatternCheckSteps steps.
 #include "filters/lua/lua_pattern.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 
 namespace postern {
@@ -37,9 +39,10 @@ struct MatchState {
   } capture[kMaxCaptures];
 };
 
-// One step of work; every kPatternCheckSteps steps, the budget.
-inline void step(MatchState* ms) {
-  if (++ms->steps >= kPatternCheckSteps) {
+// `n` steps of work; every kPatternCheckSteps steps, the budget.
+inline void step(MatchState* ms, unsigned n = 1) {
+  ms->steps += n;
+  if (ms->steps >= kPatternCheckSteps) [[unlikely]] {
     ms->steps = 0;
     ms->check(ms->L);
   }
@@ -77,23 +80,47 @@ const char* classend(MatchState* ms, const char* p) {
   }
 }
 
+// The <ctype.h> classes of every octet, taken once: in C++ isalpha() and
+// the rest are calls, not the table lookups they are in Lua's C (a third of
+// the matcher's time). postern never calls setlocale(): the "C" locale.
+enum : std::uint16_t {
+  kAlpha = 1, kCntrl = 2, kDigit = 4, kGraph = 8, kLower = 16, kPunct = 32, kSpace = 64, kUpper = 128,
+  kAlnum = 256, kXdigit = 512,
+};
+struct CharClasses {
+  std::uint16_t bits[256];
+  unsigned char lower[256];
+  CharClasses() {
+    for (int c = 0; c < 256; ++c) {
+      bits[c] = static_cast<std::uint16_t>(
+          (std::isalpha(c) ? kAlpha : 0) | (std::iscntrl(c) ? kCntrl : 0) | (std::isdigit(c) ? kDigit : 0) |
+          (std::isgraph(c) ? kGraph : 0) | (std::islower(c) ? kLower : 0) | (std::ispunct(c) ? kPunct : 0) |
+          (std::isspace(c) ? kSpace : 0) | (std::isupper(c) ? kUpper : 0) | (std::isalnum(c) ? kAlnum : 0) |
+          (std::isxdigit(c) ? kXdigit : 0));
+      lower[c] = static_cast<unsigned char>(std::tolower(c));
+    }
+  }
+};
+const CharClasses kClasses;
+
 int match_class(int c, int cl) {
-  int res;
-  switch (std::tolower(cl)) {
-    case 'a': res = std::isalpha(c); break;
-    case 'c': res = std::iscntrl(c); break;
-    case 'd': res = std::isdigit(c); break;
-    case 'g': res = std::isgraph(c); break;
-    case 'l': res = std::islower(c); break;
-    case 'p': res = std::ispunct(c); break;
-    case 's': res = std::isspace(c); break;
-    case 'u': res = std::isupper(c); break;
-    case 'w': res = std::isalnum(c); break;
-    case 'x': res = std::isxdigit(c); break;
-    case 'z': res = (c == 0); break;  // deprecated option
+  std::uint16_t mask;
+  switch (kClasses.lower[cl]) {
+    case 'a': mask = kAlpha; break;
+    case 'c': mask = kCntrl; break;
+    case 'd': mask = kDigit; break;
+    case 'g': mask = kGraph; break;
+    case 'l': mask = kLower; break;
+    case 'p': mask = kPunct; break;
+    case 's': mask = kSpace; break;
+    case 'u': mask = kUpper; break;
+    case 'w': mask = kAlnum; break;
+    case 'x': mask = kXdigit; break;
+    case 'z': return (kClasses.bits[cl] & kLower) ? c == 0 : c != 0;  // deprecated option
     default: return cl == c;
   }
-  return std::islower(cl) ? res : !res;
+  bool res = (kClasses.bits[c] & mask) != 0;
+  return (kClasses.bits[cl] & kLower) ? res : !res;
 }
 
 int matchbracketclass(int c, const char* p, const char* ec) {
@@ -146,10 +173,9 @@ const char* matchbalance(MatchState* ms, const char* s, const char* p) {
 
 const char* max_expand(MatchState* ms, const char* s, const char* p, const char* ep) {
   std::ptrdiff_t i = 0;
-  while (singlematch(ms, s + i, p, ep)) {
-    step(ms);
-    i++;
-  }
+  while (singlematch(ms, s + i, p, ep)) i++;
+  // Counted after the scan: it is linear and ends at the subject's end.
+  step(ms, static_cast<unsigned>(std::min<std::ptrdiff_t>(i, kPatternCheckSteps)));
   while (i >= 0) {  // try with the maximum repetitions, then one fewer
     const char* res = match(ms, s + i, ep + 1);
     if (res) return res;
