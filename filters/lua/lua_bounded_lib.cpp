@@ -2,10 +2,11 @@
 // where the instruction hook cannot reach them (issue 17, STYLE "Known
 // traps"): string.rep and string.pack check the size of what they would
 // build against the memory left before they build it; table.insert,
-// table.remove, table.move and table.concat, whose loop length a script
+// table.remove, table.move, table.concat and table.sort, whose work a script
 // chooses (a __len of 2^50, a range of 2^50), check the deadline as they go;
 // setmetatable refuses __gc, because Lua runs finalizers with hooks off.
 #include <chrono>
+#include <climits>
 #include <cstring>
 
 #include "filters/lua/lua_internal.h"
@@ -226,6 +227,105 @@ int bounded_concat(lua_State* L) {
   return 1;
 }
 
+// table.sort: ltablib.c's quicksort, each comparison a step. Its work is
+// n log n comparisons of a length a __len can make 2^31.
+using IdxT = unsigned int;
+constexpr IdxT kRanLimit = 100u;
+
+void set2(lua_State* L, IdxT i, IdxT j) {
+  lua_seti(L, 1, i);
+  lua_seti(L, 1, j);
+}
+
+bool sort_comp(lua_State* L, LoopBudget& budget, int a, int b) {
+  budget.step();
+  if (lua_isnil(L, 2)) return lua_compare(L, a, b, LUA_OPLT);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, a - 1);
+  lua_pushvalue(L, b - 2);
+  lua_call(L, 2, 1);
+  bool res = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return res;
+}
+
+IdxT partition(lua_State* L, LoopBudget& budget, IdxT lo, IdxT up) {
+  IdxT i = lo;
+  IdxT j = up - 1;
+  for (;;) {
+    while ((void)lua_geti(L, 1, ++i), sort_comp(L, budget, -1, -2)) {
+      if (i == up - 1) luaL_error(L, "invalid order function for sorting");
+      lua_pop(L, 1);
+    }
+    while ((void)lua_geti(L, 1, --j), sort_comp(L, budget, -3, -1)) {
+      if (j < i) luaL_error(L, "invalid order function for sorting");
+      lua_pop(L, 1);
+    }
+    if (j < i) {
+      lua_pop(L, 1);
+      set2(L, up - 1, i);
+      return i;
+    }
+    set2(L, i, j);
+  }
+}
+
+IdxT choose_pivot(IdxT lo, IdxT up, unsigned rnd) {
+  IdxT r4 = (up - lo) / 4;
+  return rnd % (r4 * 2) + (lo + r4);
+}
+
+void auxsort(lua_State* L, LoopBudget& budget, IdxT lo, IdxT up, unsigned rnd) {
+  while (lo < up) {
+    lua_geti(L, 1, lo);
+    lua_geti(L, 1, up);
+    if (sort_comp(L, budget, -1, -2)) set2(L, lo, up);
+    else lua_pop(L, 2);
+    if (up - lo == 1) return;
+    IdxT p = (up - lo < kRanLimit || rnd == 0) ? (lo + up) / 2 : choose_pivot(lo, up, rnd);
+    lua_geti(L, 1, p);
+    lua_geti(L, 1, lo);
+    if (sort_comp(L, budget, -2, -1)) {
+      set2(L, p, lo);
+    } else {
+      lua_pop(L, 1);
+      lua_geti(L, 1, up);
+      if (sort_comp(L, budget, -1, -2)) set2(L, p, up);
+      else lua_pop(L, 2);
+    }
+    if (up - lo == 2) return;
+    lua_geti(L, 1, p);
+    lua_pushvalue(L, -1);
+    lua_geti(L, 1, up - 1);
+    set2(L, p, up - 1);
+    p = partition(L, budget, lo, up);
+    IdxT n;
+    if (p - lo < up - p) {
+      auxsort(L, budget, lo, p - 1, rnd);
+      n = p - lo;
+      lo = p + 1;
+    } else {
+      auxsort(L, budget, p + 1, up, rnd);
+      n = up - p;
+      up = p - 1;
+    }
+    // Too imbalanced a partition: a new "random" pivot (Lua takes clock and time).
+    if ((up - lo) / 128 > n) rnd = static_cast<unsigned>(Clock::now().time_since_epoch().count());
+  }
+}
+
+int bounded_sort(lua_State* L) {
+  LoopBudget budget{L};
+  lua_Integer n = aux_getn(L, 1, kTabR | kTabW);
+  if (n > 1) {
+    luaL_argcheck(L, n < INT_MAX, 1, "array too big");
+    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    auxsort(L, budget, 1, static_cast<IdxT>(n), 0);
+  }
+  return 0;
+}
+
 void wrap(lua_State* L, const char* name, lua_CFunction fn) {
   lua_getfield(L, -1, name);
   lua_pushcclosure(L, fn, 1);
@@ -258,6 +358,7 @@ void install_bounded_builtins(lua_State* L) {
   set(L, "remove", bounded_remove);
   set(L, "move", bounded_move);
   set(L, "concat", bounded_concat);
+  set(L, "sort", bounded_sort);
   lua_pop(L, 1);
 }
 

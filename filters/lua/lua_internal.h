@@ -140,7 +140,7 @@ void install_regex(lua_State* L);
 void check_rule_budget(lua_State* L);
 // Replaces, in the globals table on top of the stack, the built-ins that
 // would run unbounded in C: pattern matching, string.rep and string.pack,
-// table.insert/remove/move/concat, and setmetatable (no __gc).
+// table.insert/remove/move/concat/sort, and setmetatable (no __gc).
 void install_bounded_builtins(lua_State* L);
 
 // Handles of ctx, ctx.client, ctx.envelope, ctx.headers, ctx.body and the
