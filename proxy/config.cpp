@@ -762,7 +762,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
       check.check_keys(*lua, "lua", {"scripts", "module_path", "on_error", "instruction_budget", "timeout",
                                      "memory_limit", "pattern_subject_limit", "header_value_limit",
                                      "body_scan_limit", "text_part_limit", "text_parts_max",
-                                     "store_max_entries", "settings"});
+                                     "store_max_entries", "settings", "log_rate", "log_burst",
+                                     "busy_threshold", "regex_match_limit", "regex_depth_limit"});
     }
     LuaOptions& o = config->lua;
     // A path list: one string or an array of strings; each must exist.
@@ -806,12 +807,30 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_seconds(lua, "lua", "timeout", 0.01, 600, timeout);
     o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
     check.get_size(lua, "lua", "memory_limit", 1u << 20, std::size_t(1) << 34, o.memory_limit);
-    check.get_size(lua, "lua", "pattern_subject_limit", 256, 16u << 20, o.pattern_subject_limit);
+    // Accepted for old configurations and ignored: pattern matching counts its
+    // steps against lua.timeout instead of refusing long subjects (issue 17).
+    std::size_t ignored_subject_limit = 0;
+    check.get_size(lua, "lua", "pattern_subject_limit", 0, std::size_t(1) << 40, ignored_subject_limit);
     check.get_size(lua, "lua", "header_value_limit", 256, 1u << 20, o.header_value_limit);
     check.get_size(lua, "lua", "body_scan_limit", 1024, std::size_t(1) << 32, o.body_scan_limit);
     check.get_size(lua, "lua", "text_part_limit", 1024, std::size_t(1) << 30, o.text_part_limit);
     check.get_size(lua, "lua", "text_parts_max", 0, 10000, o.text_parts_max);
     check.get_size(lua, "lua", "store_max_entries", 1, std::size_t(1) << 32, o.store_max_entries);
+    // Rule log output and the rule-call watchdog (issue 17).
+    {
+      std::size_t rate = static_cast<std::size_t>(o.log_rate);
+      check.get_size(lua, "lua", "log_rate", 1, 1'000'000, rate);
+      o.log_rate = static_cast<double>(rate);
+      check.get_size(lua, "lua", "log_burst", 1, 1'000'000, o.log_burst);
+      Seconds busy = std::chrono::duration_cast<Seconds>(o.busy_threshold);
+      check.get_seconds(lua, "lua", "busy_threshold", 0, 3600, busy);
+      o.busy_threshold = std::chrono::duration_cast<std::chrono::milliseconds>(busy);
+      std::size_t match_limit = o.regex_match_limit, depth_limit = o.regex_depth_limit;
+      check.get_size(lua, "lua", "regex_match_limit", 1000, 100'000'000, match_limit);
+      check.get_size(lua, "lua", "regex_depth_limit", 100, 1'000'000, depth_limit);
+      o.regex_match_limit = static_cast<std::uint32_t>(match_limit);
+      o.regex_depth_limit = static_cast<std::uint32_t>(depth_limit);
+    }
     // [lua.settings]: any TOML table, handed to scripts as postern.settings.
     struct ToSetting {
       static LuaSetting convert(const toml::node& n, int depth) {
@@ -1042,7 +1061,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     if (store) {
       check.check_keys(*store, "store", {"backend", "on_error", "persist", "persist_interval", "persist_map_size",
                                          "redis_address", "redis_prefix", "redis_timeout", "redis_password",
-                                         "redis_database", "redis_reconnect_max"});
+                                         "redis_database", "redis_reconnect_max", "max_value", "max_bytes"});
     }
     StoreOptions& so = config->store;
     so.max_entries = config->lua.store_max_entries;
@@ -1077,6 +1096,10 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_seconds(store, "store", "persist_interval", 0.01, 3600, interval);
     so.persist_interval = std::chrono::milliseconds(static_cast<long long>(interval.count() * 1000));
     check.get_size(store, "store", "persist_map_size", 1u << 20, std::size_t(1) << 40, so.persist_map_size);
+    // Byte limits (issue 17): per value for every backend, in total for memory.
+    check.get_size(store, "store", "max_value", 1, KeyValueStore::kMaxValue, so.max_value);
+    check.get_size(store, "store", "max_bytes", 1u << 16, std::size_t(1) << 40, so.max_bytes);
+    config->lua.store_max_value = so.max_value;
     if (const toml::node* n = check.get_string(store, "store", "redis_address", so.redis_address)) {
       if (!parse_host_port(so.redis_address, so.redis.host, so.redis.port, false) || so.redis.port == 0) {
         check.error(n, "store.redis_address", "expected \"HOST:PORT\" of the Redis server (e.g. \"127.0.0.1:6379\"), got \"" +

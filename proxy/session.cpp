@@ -940,7 +940,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       if (v.action == Verdict::Action::kDisconnect) quit_ = true;
       {
         UpstreamReply refused{verdict_reply(v, Stage::kMail), true};
-        write_audit(refused.reply.klass() == 4 ? "tempfailed" : "rejected", refused, v.reason, "mail", {});
+        write_audit(refused.reply.klass() == 4 ? "tempfailed" : "rejected", refused, v.reason, "mail", {}, v.rule);
       }
       reset_transaction();
       co_return;
@@ -1253,13 +1253,13 @@ asio::awaitable<void> Session::end_of_data() {
     if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
     line.kv("duration_ms", elapsed_ms(txn_.started));
   }
-  write_audit(outcome, result, verdict.reason, "eom", audit_headers);
+  write_audit(outcome, result, verdict.reason, "eom", audit_headers, verdict.rule);
   reset_transaction();
 }
 
 // The message's audit record, after its fate is decided (filters/auth/audit_log.h).
 void Session::write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
-                          const char* stage, const AuditHeaders& headers) {
+                          const char* stage, const AuditHeaders& headers, const std::string& rule) {
   std::shared_ptr<AuditLog> audit = current_audit_log();
   if (!audit) return;
   std::string action(outcome);
@@ -1267,7 +1267,7 @@ void Session::write_audit(std::string_view outcome, const UpstreamReply& result,
   std::string reply = fmt::format("{} {}", result.reply.code, result.reply.text);
   std::replace(reply.begin(), reply.end(), '\n', ' ');
   AuditEntry entry{facts_, txn_.facts, std::move(action), std::move(reply), result.local ? "postern" : "upstream",
-                   stage, reason, decoder_.size(), headers.message_id, headers.from_domain};
+                   stage, reason, decoder_.size(), headers.message_id, headers.from_domain, rule, txn_.dkim_signed};
   if (!audit->write(audit_json(entry))) {
     log::warning("audit-dropped").kv("session", id_).kv("id", txn_.facts.id).kv("queued_limit", "full");
   }
@@ -1334,6 +1334,7 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
       co_return UpstreamReply{Reply{replies::kDkimSignFailed.code, std::string(replies::kDkimSignFailed.text)}, true};
     }
     head = signed_.field + head;
+    txn_.dkim_signed = signed_.status == DkimSignOutcome::Status::kSigned;
   }
   UpstreamReply r = co_await upstream().data(head, spool_, offset, txn_.facts.reverse_path);
   if (r.reply.positive()) {

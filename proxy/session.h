@@ -72,6 +72,7 @@ class Session {
     // MAIL held back by the upstream to go with the pipelined RCPT behind it
     // (Upstream::mail): its reply is not in the output yet.
     bool mail_held = false;
+    bool dkim_signed = false;  // relay() added postern's DKIM-Signature (for the audit record)
   };
 
   asio::awaitable<void> process_input();
@@ -117,7 +118,7 @@ class Session {
   void reset_transaction();
   void release_buffers();
   void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
-                   const char* stage, const AuditHeaders& headers);
+                   const char* stage, const AuditHeaders& headers, const std::string& rule = {});
 
   void reply(const replies::Def& def);
   void client_error(const replies::Def& def);

@@ -192,6 +192,8 @@ std::string audit_json(const AuditEntry& e) {
   o += ",\"stage\":" + js(e.stage.empty() ? "eom" : e.stage);
   o += ",\"action\":" + js(e.action);
   if (!e.reason.empty()) o += ",\"reason\":" + js(e.reason);
+  if (!e.rule.empty()) o += ",\"rule\":" + js(e.rule);
+  o += std::string(",\"signed\":") + (e.dkim_signed ? "true" : "false");
   o += ",\"upstream_reply\":" + js(e.upstream_reply);
   if (!e.replied_by.empty()) o += ",\"replied_by\":" + js(e.replied_by);
   o += ",\"queue_id\":" + js(e.replied_by == "postern" ? std::string() : queue_id_from_reply(e.upstream_reply));

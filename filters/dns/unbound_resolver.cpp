@@ -319,7 +319,10 @@ std::shared_ptr<UnboundResolver> UnboundResolver::create(const DnsOptions& optio
   check(ub_ctx_set_option(impl->ctx, "do-not-query-localhost:", "no"), "do-not-query-localhost");
   // A server that stopped answering is tried again after a minute, not 15.
   check(ub_ctx_set_option(impl->ctx, "infra-host-ttl:", "60"), "infra-host-ttl");
-  if (options.servers.empty()) {
+  if (!options.local_data.empty()) {
+    check(ub_ctx_zone_add(impl->ctx, ".", "static"), "local zone");
+    for (const auto& rr : options.local_data) check(ub_ctx_data_add(impl->ctx, rr.c_str()), "record \"" + rr + '"');
+  } else if (options.servers.empty()) {
     check(ub_ctx_resolvconf(impl->ctx, nullptr), "reading /etc/resolv.conf");
   } else {
     for (const auto& s : options.servers) check(ub_ctx_set_fwd(impl->ctx, s.c_str()), "server \"" + s + '"');

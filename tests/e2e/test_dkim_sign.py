@@ -6,13 +6,14 @@ independent implementation) against the public key postern's documented
 """
 
 import base64
+import json
 import re
 import subprocess
 
 import dkim
 import pytest
 
-from harness import (SmtpClient, check_reply, listener_ports, make_cert, run_cli, run_swaks,
+from harness import (IO_TIMEOUT, SmtpClient, check_reply, wait_until, listener_ports, make_cert, run_cli, run_swaks,
                      write_config)
 
 USER = "alice"
@@ -63,7 +64,8 @@ def dnsfunc_for(keys):
 
 
 def start(postern, sink, tmp_path, keys, dkim_section=None, listeners=({},), tls=None, lua=None):
-    sections = {"dkim": dkim_section or {}}
+    # The audit record says whether postern signed (issue 17).
+    sections = {"dkim": dkim_section or {}, "audit": {"path": str(tmp_path / "audit.jsonl"), "fsync": "always"}}
     if lua:
         script = tmp_path / "rules.lua"
         script.write_text(lua)
@@ -83,6 +85,13 @@ def message(sender, subject="signed", extra=""):
             f"{extra}\r\n"
             "First line of the body.\r\n\r\n  indented line with trailing space \r\n"
             ".. a line that was dot-stuffed\r\n\r\n\r\n").encode()
+
+
+def audit_signed(tmp_path):
+    """The "signed" field of the first audit record."""
+    path = tmp_path / "audit.jsonl"
+    wait_until(lambda: path.exists() and path.read_text().strip(), IO_TIMEOUT, message="an audit record")
+    return json.loads(path.read_text().splitlines()[0])["signed"]
 
 
 def send(port, sender, content):
@@ -114,6 +123,7 @@ def test_internal_network_is_signed_and_verifies(postern, sink, tmp_path, keys):
     assert dkim.verify(m.content, dnsfunc=dnsfunc_for(keys))
     line = p.wait_for_log("dkim-sign")
     assert line.get("result") == "signed" and line.get("domain") == "example.org", line
+    assert audit_signed(tmp_path) is True
 
 
 def test_external_sender_is_not_signed(postern, sink, tmp_path, keys):
@@ -125,6 +135,7 @@ def test_external_sender_is_not_signed(postern, sink, tmp_path, keys):
     assert m.content.startswith(b"Received: from client.example ")
     p.wait_for_log("message")
     assert not p.events("dkim-sign")
+    assert audit_signed(tmp_path) is False
 
 
 def test_authenticated_session_is_signed(postern, make_sink, tmp_path, keys):

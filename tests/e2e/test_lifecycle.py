@@ -10,7 +10,8 @@ import pytest
 
 from faulty_dns import FaultyDns
 from harness import (SCALE, ConnectionClosed, SmtpClient, check_reply, data_payload, free_port,
-                     listener_ports, make_message, run_cli, wait_until, write_config)
+                     listener_ports, make_message, run_cli, wait_until)
+from harness import write_config as write_listener_config
 
 QUEUED = "250 2.0.0 Ok: queued as ABC123"
 
@@ -347,7 +348,7 @@ def test_forced_shutdown_while_a_pool_task_reads_the_message(postern, sink, tmp_
     otherwise), and nothing was acked."""
     dns = FaultyDns(udp_mode="drop", tcp_mode="drop")
     try:
-        config = write_config(tmp_path / "pool.toml", [{}], upstream=sink.address, sections={
+        config = write_listener_config(tmp_path / "pool.toml", [{}], upstream=sink.address, sections={
             "server": {"shutdown_timeout": 1},
             "dns": {"servers": [dns.server], "timeout": 4, "retries": 0, "cache_entries": 0},
             "dkim": {"enabled": True, "timeout": 8},
