@@ -1072,7 +1072,17 @@ asio::awaitable<void> Session::end_of_data() {
     }
     co_await upstream().reset();
   } else {
-    Message message(spool_);
+    Message message(spool_, header_limits());
+    if (message.headers_truncated()) {
+      // Fields past the limit would reach the MTA unread by any filter.
+      co_await refuse_header_section(message, result);
+      append_reply(output_, result.reply);
+      metrics::message_done(metrics::MessageResult::kRejected, decoder_.size(), metrics::seconds_since(end_of_content),
+                            metrics::seconds_since(txn_.started));
+      write_audit("rejected", result, "header section over limit", "eom", AuditHeaders{});
+      reset_transaction();
+      co_return;
+    }
     txn_.facts.message = &message;
     verdict = co_await run_filters(Stage::kData);
     if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
@@ -1138,6 +1148,22 @@ asio::awaitable<void> Session::end_of_data() {
   }
   write_audit(outcome, result, verdict.reason, "eom", audit_headers);
   reset_transaction();
+}
+
+// The header section's bounds of this configuration (issue 15).
+HeaderLimits Session::header_limits() const {
+  return HeaderLimits{config_->limits.header_section_size, config_->limits.header_fields};
+}
+
+// A header section over [limits] header_section_size / header_fields: 552
+// 5.3.4 and a log line, nothing relayed.
+asio::awaitable<void> Session::refuse_header_section(const Message& message, UpstreamReply& result) {
+  const replies::Def& r = replies::kHeaderSectionTooBig;
+  result = UpstreamReply{Reply{r.code, std::string(r.text)}, true};
+  log::warning("header-section-too-big").kv("session", id_).kv("id", txn_.facts.id).kv("client", client_.address)
+      .kv("fields_read", message.headers().size()).kv("size", decoder_.size())
+      .kv("limit_size", config_->limits.header_section_size).kv("limit_fields", config_->limits.header_fields);
+  co_await upstream().reset();
 }
 
 // The message's audit record, after its fate is decided (filters/auth/audit_log.h).

@@ -107,6 +107,8 @@ class Session {
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
+  HeaderLimits header_limits() const;
+  asio::awaitable<void> refuse_header_section(const Message& message, UpstreamReply& result);
   void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
                    const char* stage, const AuditHeaders& headers);
 

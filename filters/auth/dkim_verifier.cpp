@@ -322,6 +322,13 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
         s.result = Clock::now() >= state.deadline ? DkimResult::kTemperror : DkimResult::kNeutral;
         s.reason = Clock::now() >= state.deadline ? "key lookup time-out" : "signature not processed";
       }
+      // RFC 8301 §3.1: verifiers MUST NOT consider rsa-sha1 signatures
+      // valid or passing; "policy" (RFC 8601 §2.7.1), so DMARC never counts
+      // it for alignment.
+      if (alg == DKIM_SIGN_RSASHA1 && s.result == DkimResult::kPass) {
+        s.result = DkimResult::kPolicy;
+        s.reason = "rsa-sha1 is not accepted (RFC 8301)";
+      }
       if (alg != DKIM_SIGN_ED25519SHA256 && s.key_bits > 0 && s.key_bits < options_.min_key_bits) {
         s.weak_key = true;
         if (s.result == DkimResult::kPass) {
