@@ -27,8 +27,9 @@ std::size_t header_field_name_length(std::string_view line, std::size_t* colon) 
   return n;
 }
 
-std::string fold_header_field(std::string_view name, std::string_view value) {
-  constexpr std::size_t kSoft = 78, kHard = 990;
+std::string fold_header_field(std::string_view name, std::string_view value, std::size_t soft) {
+  constexpr std::size_t kHard = 990;
+  const std::size_t kSoft = std::min(soft, kHard);
   std::string out(name);
   out.append(":");
   std::size_t line = out.size();  // octets on the current line

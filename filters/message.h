@@ -44,12 +44,12 @@ struct HeaderLimits {
 std::size_t header_field_name_length(std::string_view line, std::size_t* colon = nullptr);
 
 // `name: value` folded (RFC 5322 §2.2.3) at white space so that lines stay
-// within 78 octets where the value allows and never exceed 998 octets: a run
+// within `soft` (78) octets where the value allows and never exceed 998 octets: a run
 // of more than 990 octets without white space is broken with CRLF SP (it
 // then reads back with one added space, the price of staying a valid
 // field). Ends with CRLF. Every field postern writes goes through here,
 // whatever part of the value the client controls.
-std::string fold_header_field(std::string_view name, std::string_view value);
+std::string fold_header_field(std::string_view name, std::string_view value, std::size_t soft = 78);
 
 class Message {
  public:

@@ -1324,12 +1324,17 @@ std::string Session::received_header() const {
   if (tls_) with += "S";
   if (!facts_.auth_user.empty()) with += "A";
   if (tls_) with += fmt::format(" ({} {})", facts_.tls.version, facts_.tls.cipher);
-  std::string header = fmt::format("Received: from {} (unknown [{}])\r\n\tby {} (postern) with {} id {}\r\n",
-                                   client_.helo, ip, config_->server.hostname, with, txn_.facts.id);
+  // Three lines as Postfix writes them, each folded further only when the
+  // client made it long (a HELO name or a recipient near the command line
+  // limit): no line over 998 octets (RFC 5322 §2.1.1, issue 15).
+  constexpr std::size_t kLine = 990;
+  auto continued = [](std::string_view text) { return "\t" + fold_header_field("", text, kLine).substr(2); };
+  std::string header = fold_header_field("Received", fmt::format("from {} (unknown [{}])", client_.helo, ip), kLine);
+  header += continued(fmt::format("by {} (postern) with {} id {}", config_->server.hostname, with, txn_.facts.id));
   if (txn_.facts.recipients.size() == 1) {
-    fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.facts.recipients[0].str(), rfc5322_date());
+    header += continued(fmt::format("for <{}>; {}", txn_.facts.recipients[0].str(), rfc5322_date()));
   } else {
-    fmt::format_to(std::back_inserter(header), "\t; {}\r\n", rfc5322_date());
+    header += continued(fmt::format("; {}", rfc5322_date()));
   }
   return header;
 }

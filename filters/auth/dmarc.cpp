@@ -4,6 +4,7 @@
 
 #include <asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <mutex>
@@ -156,6 +157,11 @@ std::string mailbox_domain(const std::vector<AddressToken>& addr, std::string& w
     domain += addr[i].text;
   }
   std::string d = lower(domain);
+  if (std::any_of(d.begin(), d.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
+    // A U-label domain (RFC 6532): not looked up as A-labels yet.
+    why = "a From mailbox with an internationalized domain";
+    return {};
+  }
   if (d.empty() || !dns_name_valid(d) || d.find('.') == std::string::npos) {
     why = "a From mailbox whose domain is not a host name";
     return {};
