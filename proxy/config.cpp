@@ -470,7 +470,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
-                              "authentication_results", "audit", "control", "store"});
+                              "authentication_results", "audit", "control", "store", "authenticity"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
@@ -975,6 +975,22 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                       (!sp.enabled && !dk.enabled ? "[spf] and [dkim] are" : !sp.enabled ? "[spf] is" : "[dkim] is") +
                       " not enabled: every message would fail alignment and legitimate mail would be refused; "
                       "enable them (enabled = true) or set enforce = \"report\"");
+    }
+
+    // [authenticity] trusted_networks (issue 15): clients whose mail skips
+    // SPF, DKIM and DMARC, listed; loopback is not trusted by itself.
+    const toml::table* authenticity = check.section(root, "authenticity");
+    if (authenticity) check.check_keys(*authenticity, "authenticity", {"trusted_networks"});
+    if (const toml::node* n = authenticity ? authenticity->get("trusted_networks") : nullptr) {
+      const toml::array* arr = n->as_array();
+      if (!arr) check.error(n, "authenticity.trusted_networks", "expected a list of \"IP/PREFIX\", got " + describe(*n));
+      for (std::size_t i = 0; arr && i < arr->size(); ++i) {
+        const toml::node& item = *arr->get(i);
+        if (!item.is_string() || !a.trusted.add(item.as_string()->get())) {
+          check.error(&item, "authenticity.trusted_networks",
+                      "expected \"IP/PREFIX\" or \"IP\" (e.g. \"10.0.0.0/8\"), got " + describe(item));
+        }
+      }
     }
 
     const toml::table* ar = check.section(root, "authentication_results");

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "filters/auth/spf_checker.h"
+#include "filters/auth/trusted_networks.h"
 
 namespace postern {
 
@@ -64,6 +65,7 @@ struct AuthResultsOptions {
 };
 
 struct AuthOptions {
+  TrustedNetworks trusted;           // [authenticity] trusted_networks: SPF, DKIM and DMARC skipped
   SpfOptions spf;
   DkimOptions dkim;
   DmarcOptions dmarc;

@@ -432,7 +432,7 @@ asio::awaitable<DmarcOutcome> DmarcFilter::evaluate_domain(const std::string& fr
 
 asio::awaitable<Verdict> DmarcFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message) co_return Verdict::proceed();
+  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
   const AuthResults& auth = ctx.transaction.auth;
   // §6.6.1: every author domain is evaluated; the strictest failing policy
   // applies, and only a message whose every From domain passes passes.

@@ -13,7 +13,7 @@ import re
 import pytest
 
 from dns_server import DkimKey, UnboundServer, txt_record
-from harness import (HOSTNAME, SmtpClient, check_reply, listener_ports, run_cli, write_config)
+from harness import (HOSTNAME, SmtpClient, check_reply, listener_ports, run_cli, wait_until, write_config)
 
 QUEUE_REPLY = "250 2.0.0 Ok: queued as XYZ789"
 RCPT = "rcpt@example.net"
@@ -50,7 +50,8 @@ def dns(dkim_key):
         server.stop()
 
 
-def start_postern(postern, tmp_path, sink, dns_address, proxy=True, limits=None, dmarc=None, quarantine=None):
+def start_postern(postern, tmp_path, sink, dns_address, proxy=True, limits=None, dmarc=None, quarantine=None,
+                  extra=None):
     sections = {
         "dns": {"servers": [dns_address], "timeout": 2, "retries": 0},
         "spf": {"enabled": True, "timeout": 5},
@@ -62,6 +63,7 @@ def start_postern(postern, tmp_path, sink, dns_address, proxy=True, limits=None,
         sections["limits"] = limits
     if quarantine:
         sections["quarantine"] = {"dir": str(quarantine)}
+    sections.update(extra or {})
     config = write_config(tmp_path / "postern.toml", [{"proxy_protocol": proxy}], upstream=sink.address,
                           sections=sections)
     proc = postern.start(config=config, listen=())
@@ -304,3 +306,35 @@ def test_config_check_refuses_dmarc_enforce_without_spf_or_dkim(tmp_path):
     path = write_config(tmp_path / "report.toml", [{}], upstream="127.0.0.1:10025", sections=sections)
     r = run_cli(["config", "check", path])
     assert r.returncode == 0, r.stderr
+
+
+def test_trusted_networks_skip_the_checks_and_say_why(postern, make_sink, tmp_path, dns):
+    import json
+    sink = make_sink(final_reply=QUEUE_REPLY)
+    audit = tmp_path / "audit.jsonl"
+    proc, port = start_postern(postern, tmp_path, sink, dns.address, extra={
+        "authenticity": {"trusted_networks": ["10.9.8.0/24", "2001:db8::/32"]},
+        "audit": {"path": str(audit), "fsync": "always"}})
+    with client(port, "10.9.8.7") as c:
+        c.ehlo("relay.internal")
+        check_reply(c.send_message("spoof@example.org", [RCPT], message(b"From: ceo@example.org\r\n")), 250)
+    with client(port, SPOOF_IP) as c:           # not listed: checked, refused
+        c.ehlo("spoofer.example")
+        check_reply(c.send_message("spoof@example.org", [RCPT], message(b"From: ceo@example.org\r\n")), 550)
+    got = sink.wait_messages(1)[0]
+    text = got.content.decode()
+    ar = re.sub(r"\s+", " ", re.search(r"^Authentication-Results: (.*?)\r\n(?![ \t])", text, re.M | re.S).group(1))
+    assert ar == f"{HOSTNAME}; none (checks skipped: client 10.9.8.7 in trusted_networks 10.9.8.0/24)", ar
+    assert "Received-SPF" not in text
+    wait_until(lambda: audit.exists() and len(audit.read_text().splitlines()) >= 2, 10, message="2 audit records")
+    recs = [json.loads(l) for l in audit.read_text().splitlines()]
+    assert recs[0]["auth_skipped"] == "client 10.9.8.7 in trusted_networks 10.9.8.0/24", recs[0]
+    assert "spf" not in recs[0] and "dmarc" not in recs[0]
+    assert "auth_skipped" not in recs[1] and recs[1]["dmarc"]["result"] == "fail"
+
+
+def test_config_check_refuses_a_bad_trusted_network(tmp_path):
+    path = write_config(tmp_path / "t.toml", [{}], upstream="127.0.0.1:10025",
+                        sections={"authenticity": {"trusted_networks": ["10.0.0.0/33"]}})
+    r = run_cli(["config", "check", path])
+    assert r.returncode == 1 and "authenticity.trusted_networks" in r.stderr, r.stderr
