@@ -30,32 +30,39 @@ std::size_t header_field_name_length(std::string_view line, std::size_t* colon) 
 std::string fold_header_field(std::string_view name, std::string_view value, std::size_t soft) {
   constexpr std::size_t kHard = 990;
   const std::size_t kSoft = std::min(soft, kHard);
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
   std::string out(name);
   out.append(":");
   std::size_t line = out.size();  // octets on the current line
-  // Words with the white space before each; folds go before that space.
   std::size_t i = 0;
   bool first = true;
+  // Words with the white space before each, kept as written (CR and LF
+  // dropped: a value folded before is folded anew); a fold goes before that
+  // white space, which then starts the continuation line.
   while (i < value.size()) {
-    std::size_t ws = i;
-    while (i < value.size() && (value[i] == ' ' || value[i] == '\t' || value[i] == '\r' || value[i] == '\n')) ++i;
+    std::string ws;
+    while (i < value.size() && space(value[i])) {
+      if (value[i] == ' ' || value[i] == '\t') ws.push_back(value[i]);
+      ++i;
+    }
     std::size_t word = i;
-    while (i < value.size() && value[i] != ' ' && value[i] != '\t' && value[i] != '\r' && value[i] != '\n') ++i;
+    while (i < value.size() && !space(value[i])) ++i;
     std::string_view w = value.substr(word, i - word);
     if (w.empty()) break;  // trailing white space
-    const bool had_space = word > ws || first;
+    if (ws.empty() && (first || word > 0)) ws = " ";  // after the colon, or where a bare CRLF was
     first = false;
-    if (had_space) {
-      if (line + 1 + w.size() > kSoft && line > 1) {
+    if (!ws.empty()) {
+      if (line + ws.size() + w.size() > kSoft && line > 1) {
         out.append("\r\n");
         line = 0;
       }
-      out.push_back(' ');
-      ++line;
+      if (ws.size() > kSoft / 2) ws = " ";  // a run of white space longer than half a line is one space
+      out.append(ws);
+      line += ws.size();
     }
     // A word longer than a line can hold: broken where it must be.
     while (line + w.size() > kHard) {
-      std::size_t take = kHard > line ? kHard - line : 0;
+      const std::size_t take = kHard > line ? kHard - line : 0;
       out.append(w.substr(0, take)).append("\r\n ");
       line = 1;
       w.remove_prefix(take);

@@ -65,7 +65,14 @@ std::string run_offline_check(const OfflineCheck& c) {
   auto f1 = asio::co_spawn(io, chain.run(mail), asio::use_future);
   io.run();
   verdict = f1.get();
-  if (!verdict.decisive()) {
+  if (!verdict.decisive() && message.headers_truncated()) {
+    // What the live proxy refuses before any filter (552 5.3.4): the header
+    // section is over the default limits (filters/message.h HeaderLimits).
+    verdict.action = Verdict::Action::kReject;
+    verdict.code = 552;
+    verdict.enhanced = "5.3.4";
+    verdict.reason = "header section over limit";
+  } else if (!verdict.decisive()) {
     tx.message = &message;
     FilterContext eom{Stage::kEom, session, tx};
     auto f2 = asio::co_spawn(io, chain.run(eom), asio::use_future);
