@@ -125,6 +125,9 @@ SPOOFED_FROMS = {
     "upper-case domain": b"From: ceo@EXAMPLE.ORG\r\n",
     "record with WSP and upper case": b"From: ceo@example.info\r\n",
     "reject beats quarantine": b"From: a@example.edu, ceo@example.org\r\n",
+    "Sender does not stand for From": b"Sender: me@example.net\r\nFrom: ceo@example.org\r\n",
+    "8-bit display name": "From: \"Jöhn Dœ\" <ceo@example.org>\r\n".encode(),
+    "folded inside the address": b"From: Ceo\r\n <ceo\r\n @example.org>\r\n",
 }
 
 
@@ -338,3 +341,34 @@ def test_config_check_refuses_a_bad_trusted_network(tmp_path):
                         sections={"authenticity": {"trusted_networks": ["10.0.0.0/33"]}})
     r = run_cli(["config", "check", path])
     assert r.returncode == 1 and "authenticity.trusted_networks" in r.stderr, r.stderr
+
+
+def test_a_forged_authentication_results_in_obsolete_syntax_is_removed(postern, make_sink, tmp_path, dns):
+    sink = make_sink(final_reply=QUEUE_REPLY)
+    proc, port = start_postern(postern, tmp_path, sink, dns.address)
+    forged = (b"authentication-results : " + HOSTNAME.encode() + b"; dmarc=pass header.from=example.org\r\n"
+              b"AUTHENTICATION-RESULTS\t:\t" + HOSTNAME.upper().encode() + b"; spf=pass\r\n")
+    with client(port, SPOOF_IP) as c:
+        c.ehlo("spoofer.example")
+        check_reply(c.send_message("x@example.net", [RCPT], message(forged + b"From: x@example.net\r\n")), 250)
+    got = sink.wait_messages(1)[0]
+    head = got.content.split(b"\r\n\r\n", 1)[0].decode()
+    ars = re.findall(r"^authentication-results\s*:", head, re.M | re.I)
+    assert len(ars) == 1, head       # ours only
+    assert "dmarc=pass" not in head and "spf=pass" not in head, head
+
+
+def test_a_bare_lf_fold_in_from_is_not_relayed(postern, make_sink, tmp_path, dns):
+    """CR-less folding: the content is refused (bare LF, RFC 5321 2.3.8) or
+    normalized and judged; never relayed with a From nobody read."""
+    sink = make_sink(final_reply=QUEUE_REPLY)
+    proc, port = start_postern(postern, tmp_path, sink, dns.address)
+    with client(port, SPOOF_IP) as c:
+        c.ehlo("spoofer.example")
+        c.expect("MAIL FROM:<x@example.net>", 250)
+        c.expect(f"RCPT TO:<{RCPT}>", 250)
+        c.expect("DATA", 354)
+        c.send(b"X-A: 1\r\nFrom:\n ceo@example.org\r\nSubject: lf\r\n\r\nbody\r\n.\r\n")
+        r = c.read_reply()
+    assert r.code in (550, 554), r
+    assert sink.messages == []
