@@ -49,8 +49,8 @@ struct DmarcOptions {
   // and p=quarantine quarantine. kReject: p=reject rejects, p=quarantine quarantines.
   bool honor_pct = true;
   // A message without a usable RFC5322.From (none, an empty group, a mailbox
-  // without a domain or with an address literal, a From the parser cannot
-  // read, more than kMaxFromDomains domains): RFC 7489 §6.6.1 cannot be
+  // without a domain, with an address literal or a domain that is not valid
+  // IDNA, a From the parser cannot read, more than kMaxFromDomains domains): RFC 7489 §6.6.1 cannot be
   // applied, and relaying it would let a spoofer skip DMARC by breaking the
   // From. kReject / kQuarantine are capped by `enforce` (report: none).
   enum class UnusableFrom { kNone, kQuarantine, kReject } unusable_from = UnusableFrom::kReject;

@@ -1,5 +1,6 @@
 #include "filters/auth/dmarc.h"
 
+#include <idn2.h>
 #include <libpsl.h>
 
 #include <asio/use_awaitable.hpp>
@@ -158,9 +159,15 @@ std::string mailbox_domain(const std::vector<AddressToken>& addr, std::string& w
   }
   std::string d = lower(domain);
   if (std::any_of(d.begin(), d.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
-    // A U-label domain (RFC 6532): not looked up as A-labels yet.
-    why = "a From mailbox with an internationalized domain";
-    return {};
+    // A U-label domain (RFC 6532 mail): its DMARC record is at the A-label
+    // name (IDNA2008, RFC 5891); one that does not convert is unusable.
+    char* ascii = nullptr;
+    if (d.size() > 253 || idn2_to_ascii_8z(d.c_str(), &ascii, IDN2_NONTRANSITIONAL) != IDN2_OK || !ascii) {
+      why = "a From mailbox with an internationalized domain that is not valid IDNA";
+      return {};
+    }
+    d = lower(ascii);
+    idn2_free(ascii);
   }
   if (d.empty() || !dns_name_valid(d) || d.find('.') == std::string::npos) {
     why = "a From mailbox whose domain is not a host name";

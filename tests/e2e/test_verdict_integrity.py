@@ -42,6 +42,8 @@ def dns(dkim_key):
         # p=quarantine, for the strictest-policy cases.
         txt_record("example.edu", "v=spf1 -all"),
         txt_record("_dmarc.example.edu", "v=DMARC1; p=quarantine"),
+        # An internationalized domain: its record is at the A-label (exämple.org).
+        txt_record("_dmarc.xn--exmple-cua.org", "v=DMARC1; p=reject"),
     ]
     server = UnboundServer(records).start()
     try:
@@ -128,6 +130,7 @@ SPOOFED_FROMS = {
     "Sender does not stand for From": b"Sender: me@example.net\r\nFrom: ceo@example.org\r\n",
     "8-bit display name": "From: \"Jöhn Dœ\" <ceo@example.org>\r\n".encode(),
     "folded inside the address": b"From: Ceo\r\n <ceo\r\n @example.org>\r\n",
+    "internationalized domain": "From: ceo@exämple.org\r\n".encode(),
 }
 
 
@@ -147,7 +150,7 @@ UNUSABLE_FROMS = {
     "one mailbox unreadable": b"From: ceo@example.org, nobody\r\n",
     "unclosed quote": b"From: \"ceo <ceo@example.org>\r\n",
     "empty": b"From:\r\n",
-    "8-bit domain": "From: ceo@exämple.org\r\n".encode(),
+    "8-bit domain that is not UTF-8": b"From: ceo@ex\xe4mple.org\r\n",
 }
 
 
