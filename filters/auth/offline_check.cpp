@@ -20,14 +20,16 @@ namespace {
 // characters escaped), uncut.
 std::string js(const std::string& s) { return json_string(s, std::string::npos); }
 
-// Message files usually have LF line ends; the spool holds CRLF.
+// Message files usually have LF line ends; the spool holds CRLF, and ends
+// with one as live content does (DATA's end marker, BDAT's last chunk).
 std::string to_crlf(const std::string& in) {
   std::string out;
-  out.reserve(in.size() + in.size() / 32);
+  out.reserve(in.size() + in.size() / 32 + 2);
   for (std::size_t i = 0; i < in.size(); ++i) {
     if (in[i] == '\n' && (i == 0 || in[i - 1] != '\r')) out.push_back('\r');
     out.push_back(in[i]);
   }
+  if (!out.empty() && !out.ends_with("\r\n")) out.append("\r\n");
   return out;
 }
 

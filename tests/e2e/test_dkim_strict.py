@@ -227,12 +227,17 @@ def test_rsa_sha1_is_never_pass_nor_aligned(postern, make_sink, tmp_path, dns, k
     assert out["dmarc"]["result"] == "fail"
 
 
-@pytest.mark.parametrize("ending", ["no final newline", "final newline"])
+@pytest.mark.parametrize("ending", ["no final newline", "final newline", "white space, no final newline"])
 def test_a_body_without_final_newline_live_and_check_agree(postern, make_sink, tmp_path, dns, key, ending):
-    body = b"Hello,\r\n\r\nno newline at the end" + (b"\r\n" if ending == "final newline" else b"")
+    """Live (BDAT, whose last line then gets its CRLF) and `postern check` (a
+    file ending the same way) agree with dkimpy on the body as relayed."""
+    tail = {"no final newline": b"", "final newline": b"\r\n", "white space, no final newline": b" \t"}[ending]
+    body = b"Hello,\r\n\r\nno newline at the end" + tail
     msg = message(body=body)
-    signed = craft(msg, key, BASE.format(sel="s1"))
-    expected = dkimpy_verdict(signed, key)
+    # Signed over the body as it is relayed: with its last line ended.
+    relayed = msg if msg.endswith(b"\r\n") else msg + b"\r\n"
+    signed = craft(relayed, key, BASE.format(sel="s1"))[:-2 if relayed != msg else None]
+    expected = dkimpy_verdict(signed + (b"\r\n" if relayed != msg else b""), key)
     assert expected
     sink, port = start(postern, make_sink, tmp_path, dns)
     check_reply(live(port, signed, bdat=True), 250 if expected else 550)
