@@ -1289,10 +1289,13 @@ asio::awaitable<UpstreamReply> Session::redo_envelope() {
 // Writes the message to the quarantine Maildir with its envelope and reason.
 UpstreamReply Session::quarantine(const Message& message, const Verdict& verdict) {
   const TransactionFacts& t = txn_.facts;
-  std::string head = fmt::format("X-Postern-Quarantine: session={}; client={}; reason={}\r\n",
-                                 id_, client_.address, log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason));
-  head += fmt::format("X-Postern-Envelope-From: <{}>\r\n", t.reverse_path.str());
-  for (const Mailbox& m : t.recipients) head += fmt::format("X-Postern-Envelope-To: <{}>\r\n", m.str());
+  // Folded like every field postern writes: the reason may carry what the
+  // client sent (issue 15).
+  std::string head = fold_header_field(
+      "X-Postern-Quarantine", fmt::format("session={}; client={}; reason={}", id_, client_.address,
+                                          log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason)));
+  head += fold_header_field("X-Postern-Envelope-From", fmt::format("<{}>", t.reverse_path.str()));
+  for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
   head += render_header_block(message, t.changes, received_header());
   std::string file = deliver_to_maildir(config_->quarantine.dir, config_->server.hostname, head, spool_,
                                         message.body_offset());
