@@ -1,8 +1,8 @@
 """Lua rule verdicts and changes, end to end: a real client through postern
 to a recording aiosmtpd MTA, with the rules in tests/e2e/rules/policy.lua."""
-import re
 import os
 import pathlib
+import re
 
 from harness import SmtpClient, check_reply
 

@@ -375,3 +375,28 @@ def test_a_bare_lf_fold_in_from_is_not_relayed(postern, make_sink, tmp_path, dns
         r = c.read_reply()
     assert r.code in (550, 554), r
     assert sink.messages == []
+
+
+LUA_RULE = """postern.rule{ name = "OBS_FROM", stage = "eom", fn = function(ctx)
+  -- the Lua header API reads the same parser: obsolete syntax, every field
+  local n = ctx.headers:count("From")
+  if ctx.headers:first("x-obs") == "x" and n == 2 then
+    return postern.reject("5.7.1", "rule saw " .. n .. " From fields")
+  end
+end }
+"""
+
+
+def test_lua_rules_read_the_same_header_section(postern, make_sink, tmp_path, dns):
+    sink = make_sink(final_reply=QUEUE_REPLY)
+    script = tmp_path / "rules.lua"
+    script.write_text(LUA_RULE)
+    proc, port = start_postern(postern, tmp_path, sink, dns.address,
+                               dmarc={"enforce": "report"}, extra={"lua": {"scripts": [str(script)]}})
+    headers = b"a:\r\n" * 5000 + b"X-Obs : x\r\nFrom : me@example.net\r\nfrom: you@example.net\r\n"
+    with client(port, SPOOF_IP) as c:
+        c.ehlo("spoofer.example")
+        r = c.send_message("x@example.net", [RCPT], message(headers))
+    check_reply(r, 554, "5.7.1")     # a rule's rejection at end of data
+    assert "rule saw 2 From fields" in r.text
+    assert sink.messages == []
