@@ -31,6 +31,15 @@ std::string fold_header_field(std::string_view name, std::string_view value, std
   constexpr std::size_t kHard = 990;
   const std::size_t kSoft = std::min(soft, kHard);
   auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+  // Most fields fit on one line as they are: no word loop (the Received
+  // field and the A-R of every message come here).
+  if (name.size() + 2 + value.size() <= kSoft && !value.empty() && !space(value.front()) && !space(value.back()) &&
+      value.find_first_of("\r\n") == std::string_view::npos) {
+    std::string out;
+    out.reserve(name.size() + value.size() + 4);
+    out.append(name).append(": ").append(value).append("\r\n");
+    return out;
+  }
   std::string out(name);
   out.append(":");
   std::size_t line = out.size();  // octets on the current line
