@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "filters/auth/dkim_tags.h"
 #include "filters/auth/dmarc.h"
 #include "filters/filter.h"
 #include "filters/message.h"
@@ -255,4 +256,49 @@ TEST_CASE("DMARC: several author domains, the strictest failing policy", "[dmarc
   auto mixed = postern::combine_dmarc_outcomes({outcome(DmarcResult::kPass, "a.example", "none"),
                                                 outcome(DmarcResult::kNone, "b.example", "")});
   CHECK(mixed.result == DmarcResult::kNone);  // pass only when every author domain passes
+}
+
+TEST_CASE("DKIM tag-lists: one parser, RFC 6376 3.2", "[dkim][header-parser]") {
+  using postern::dkim_key_problem;
+  using postern::dkim_signature_problem;
+  using postern::dkim_tag_value;
+  using postern::parse_dkim_tag_list;
+  auto tags = parse_dkim_tag_list(" v=1;\r\n\ta = rsa-sha256 ; l = 20 ;b=ab\r\n cd;");
+  REQUIRE(tags);
+  REQUIRE(tags->size() == 4);
+  CHECK((*tags)[1].name == "a");
+  CHECK((*tags)[1].value == "rsa-sha256");
+  CHECK(dkim_tag_value(" v=1; l = 20 ;", "l") == "20");
+  CHECK(dkim_tag_value("b=ab\r\n cd", "b") == "abcd");
+  CHECK(dkim_tag_value("v=1; V=2", "V") == "2");  // names are case-sensitive: two tags
+  for (const std::string bad : {"d=a; d=b", "c=simple; x=1; c=simple", "novalue; d=a", "=x", "1a=b", "a=1;;b=2",
+                                "a-b=1"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_dkim_tag_list(bad));
+    CHECK(dkim_tag_value(bad, "d").empty());
+  }
+  const std::string good = "v=1; a=rsa-sha256; d=example.com; s=s; h=from; bh=YWJj; b=YWJjZA==";
+  CHECK(dkim_signature_problem(good).empty());
+  CHECK(dkim_signature_problem(good + "; q=dns/txt").empty());
+  CHECK(dkim_signature_problem(good + "; q=other:dns/txt").empty());
+  CHECK_FALSE(dkim_signature_problem(good + "; q=dns").empty());
+  CHECK_FALSE(dkim_signature_problem(good + "; d=example.com").empty());
+  CHECK_FALSE(dkim_signature_problem("v=1; a=rsa-sha256; bh=YWJj; b=YW!JjZA==").empty());
+  CHECK_FALSE(dkim_signature_problem("v=1; a=rsa-sha256; bh=YWJj; b=YWJj=ZA=").empty());
+  CHECK_FALSE(dkim_signature_problem(good + "; l=2x").empty());
+  CHECK(dkim_signature_problem(good + "; l = 20").empty());
+  CHECK_FALSE(dkim_signature_problem("v=2; a=rsa-sha256; bh=YWJj; b=YWJj").empty());
+  // Key records against the signature.
+  CHECK(dkim_key_problem("v=DKIM1; k=rsa; p=YWJj", "rsa-sha256", "example.com", "").empty());
+  CHECK(dkim_key_problem("p=YWJj", "rsa-sha1", "example.com", "").empty());  // k= defaults to rsa
+  CHECK_FALSE(dkim_key_problem("k=ed25519; p=YWJj", "rsa-sha256", "example.com", "").empty());
+  CHECK_FALSE(dkim_key_problem("k=rsa; p=YWJj", "ed25519-sha256", "example.com", "").empty());
+  CHECK(dkim_key_problem("k=ed25519; p=YWJj", "ed25519-sha256", "example.com", "").empty());
+  CHECK_FALSE(dkim_key_problem("p=YWJj; v=DKIM1", "rsa-sha256", "example.com", "").empty());  // v= not first
+  CHECK_FALSE(dkim_key_problem("k=rsa; k=rsa; p=YWJj", "rsa-sha256", "example.com", "").empty());
+  CHECK_FALSE(dkim_key_problem("s=other; p=YWJj", "rsa-sha256", "example.com", "").empty());
+  CHECK(dkim_key_problem("s=email:other; p=YWJj", "rsa-sha256", "example.com", "").empty());
+  CHECK_FALSE(dkim_key_problem("t=y:s; p=YWJj", "rsa-sha256", "example.com", "a@sub.example.com").empty());
+  CHECK(dkim_key_problem("t=s; p=YWJj", "rsa-sha256", "example.com", "a@Example.COM").empty());
+  CHECK(dkim_key_problem("t=y; p=YWJj", "rsa-sha256", "example.com", "a@sub.example.com").empty());
 }
