@@ -506,7 +506,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
-                              "authentication_results", "audit", "control", "store"});
+                              "authentication_results", "audit", "control", "store", "authenticity"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
@@ -641,7 +641,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
                                       "auth_failures", "auth_failure_delay",
                                       "command_line", "text_line", "sessions", "sessions_per_ip",
                                       "sessions_per_network", "network_prefix_v4", "network_prefix_v6",
-                                      "sessions_exempt"});
+                                      "sessions_exempt", "header_section_size", "header_fields"});
   }
   auto& l = config->limits;
   check.get_size(lim, "limits", "message_size", 1, std::size_t(1) << 40, l.message_size);
@@ -652,6 +652,10 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_seconds(lim, "limits", "auth_failure_delay", 0, 60, l.auth_failure_delay);
   check.get_size(lim, "limits", "command_line", limits::kMinCommandLine, 65536, l.command_line);
   check.get_size(lim, "limits", "text_line", 1000, 1 << 20, l.text_line);
+  // The header section's bounds (issue 15): at least what RFC 5322 mail
+  // needs, at most what one message may hold in memory while it is parsed.
+  check.get_size(lim, "limits", "header_section_size", 64 * 1024, std::size_t(64) << 20, l.header_section_size);
+  check.get_size(lim, "limits", "header_fields", 1000, 1000000, l.header_fields);
   check.get_size(lim, "limits", "sessions", 0, 1000000, l.sessions);
   check.get_size(lim, "limits", "sessions_per_ip", 0, 1000000, l.sessions_per_ip);
   check.get_size(lim, "limits", "sessions_per_network", 0, 1000000, l.sessions_per_network);
@@ -1004,7 +1008,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
 
     const toml::table* dmarc = check.section(root, "dmarc");
     if (dmarc) {
-      check.check_keys(*dmarc, "dmarc", {"enabled", "enforce", "honor_pct", "timeout", "score_pass", "score_fail"});
+      check.check_keys(*dmarc, "dmarc", {"enabled", "enforce", "honor_pct", "timeout", "score_pass", "score_fail",
+                                         "unusable_from"});
     }
     DmarcOptions& dm = a.dmarc;
     check.get_bool(dmarc, "dmarc", "enabled", dm.enabled);
@@ -1017,6 +1022,36 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     get_ms(dmarc, "dmarc", "timeout", 0.1, 600, dm.timeout);
     get_number(dmarc, "dmarc", "score_pass", dm.score_pass);
     get_number(dmarc, "dmarc", "score_fail", dm.score_fail);
+    // Issue 15: what a message without a usable From gets, and DMARC
+    // enforcement only with both the checks it is made of.
+    check.get_enum<DmarcOptions::UnusableFrom>(dmarc, "dmarc", "unusable_from",
+                                               {{"none", DmarcOptions::UnusableFrom::kNone},
+                                                {"quarantine", DmarcOptions::UnusableFrom::kQuarantine},
+                                                {"reject", DmarcOptions::UnusableFrom::kReject}},
+                                               dm.unusable_from);
+    if (dm.enabled && dm.enforce != DmarcOptions::Enforce::kReport && (!sp.enabled || !dk.enabled)) {
+      check.error(dmarc ? dmarc->get("enforce") : nullptr, "dmarc.enforce",
+                  std::string("enforcing DMARC needs both of its checks, but ") +
+                      (!sp.enabled && !dk.enabled ? "[spf] and [dkim] are" : !sp.enabled ? "[spf] is" : "[dkim] is") +
+                      " not enabled: every message would fail alignment and legitimate mail would be refused; "
+                      "enable them (enabled = true) or set enforce = \"report\"");
+    }
+
+    // [authenticity] trusted_networks (issue 15): clients whose mail skips
+    // SPF, DKIM and DMARC, listed; loopback is not trusted by itself.
+    const toml::table* authenticity = check.section(root, "authenticity");
+    if (authenticity) check.check_keys(*authenticity, "authenticity", {"trusted_networks"});
+    if (const toml::node* n = authenticity ? authenticity->get("trusted_networks") : nullptr) {
+      const toml::array* arr = n->as_array();
+      if (!arr) check.error(n, "authenticity.trusted_networks", "expected a list of \"IP/PREFIX\", got " + describe(*n));
+      for (std::size_t i = 0; arr && i < arr->size(); ++i) {
+        const toml::node& item = *arr->get(i);
+        if (!item.is_string() || !a.trusted.add(item.as_string()->get())) {
+          check.error(&item, "authenticity.trusted_networks",
+                      "expected \"IP/PREFIX\" or \"IP\" (e.g. \"10.0.0.0/8\"), got " + describe(item));
+        }
+      }
+    }
 
     const toml::table* ar = check.section(root, "authentication_results");
     if (ar) check.check_keys(*ar, "authentication_results", {"enabled", "authserv_id", "remove_forged"});

@@ -97,6 +97,10 @@ struct Config {
     Seconds auth_failure_delay{1};
     std::size_t command_line = 2048;
     std::size_t text_line = 1000;
+    // The header section (filters/message.h HeaderLimits): octets up to the
+    // empty line, and fields; beyond either, 552 5.3.4.
+    std::size_t header_section_size = 1024 * 1024;
+    std::size_t header_fields = 10000;
     // Concurrent sessions: in all, from one client address, and from one
     // network (IPv4 /network_prefix_v4, IPv6 /network_prefix_v6); 0 = no limit.
     std::size_t sessions = 0;

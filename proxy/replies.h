@@ -47,6 +47,7 @@ inline constexpr Def kTooManyRecipients{452, "4.5.3 Error: too many recipients"}
 inline constexpr Def kTooManyMessages{421, "4.7.0 Error: too many messages in this session"};
 inline constexpr Def kTooManyErrors{421, "4.7.0 Error: too many errors"};
 inline constexpr Def kSizeExceeded{552, "5.3.4 Error: message size exceeds fixed limit"};
+inline constexpr Def kHeaderSectionTooBig{552, "5.3.4 Error: message header section exceeds fixed limit"};
 
 // TLS (RFC 3207).
 inline constexpr Def kReadyToStartTls{220, "2.0.0 Ready to start TLS"};

@@ -1189,7 +1189,17 @@ asio::awaitable<void> Session::end_of_data() {
     }
     co_await upstream().reset();
   } else {
-    Message message(spool_);
+    Message message(spool_, header_limits());
+    if (message.headers_truncated()) {
+      // Fields past the limit would reach the MTA unread by any filter.
+      co_await refuse_header_section(message, result);
+      append_reply(output_, result.reply);
+      metrics::message_done(metrics::MessageResult::kRejected, decoder_.size(), metrics::seconds_since(end_of_content),
+                            metrics::seconds_since(txn_.started));
+      write_audit("rejected", result, "header section over limit", "eom", AuditHeaders{});
+      reset_transaction();
+      co_return;
+    }
     txn_.facts.message = &message;
     verdict = co_await run_filters(Stage::kData);
     if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
@@ -1255,6 +1265,22 @@ asio::awaitable<void> Session::end_of_data() {
   }
   write_audit(outcome, result, verdict.reason, "eom", audit_headers, verdict.rule);
   reset_transaction();
+}
+
+// The header section's bounds of this configuration (issue 15).
+HeaderLimits Session::header_limits() const {
+  return HeaderLimits{config_->limits.header_section_size, config_->limits.header_fields};
+}
+
+// A header section over [limits] header_section_size / header_fields: 552
+// 5.3.4 and a log line, nothing relayed.
+asio::awaitable<void> Session::refuse_header_section(const Message& message, UpstreamReply& result) {
+  const replies::Def& r = replies::kHeaderSectionTooBig;
+  result = UpstreamReply{Reply{r.code, std::string(r.text)}, true};
+  log::warning("header-section-too-big").kv("session", id_).kv("id", txn_.facts.id).kv("client", client_.address)
+      .kv("fields_read", message.headers().size()).kv("size", decoder_.size())
+      .kv("limit_size", config_->limits.header_section_size).kv("limit_fields", config_->limits.header_fields);
+  co_await upstream().reset();
 }
 
 // The message's audit record, after its fate is decided (filters/auth/audit_log.h).
@@ -1394,10 +1420,13 @@ asio::awaitable<UpstreamReply> Session::redo_envelope() {
 // Writes the message to the quarantine Maildir with its envelope and reason.
 UpstreamReply Session::quarantine(const Message& message, const Verdict& verdict) {
   const TransactionFacts& t = txn_.facts;
-  std::string head = fmt::format("X-Postern-Quarantine: session={}; client={}; reason={}\r\n",
-                                 id_, client_.address, log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason));
-  head += fmt::format("X-Postern-Envelope-From: <{}>\r\n", t.reverse_path.str());
-  for (const Mailbox& m : t.recipients) head += fmt::format("X-Postern-Envelope-To: <{}>\r\n", m.str());
+  // Folded like every field postern writes: the reason may carry what the
+  // client sent (issue 15).
+  std::string head = fold_header_field(
+      "X-Postern-Quarantine", fmt::format("session={}; client={}; reason={}", id_, client_.address,
+                                          log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason)));
+  head += fold_header_field("X-Postern-Envelope-From", fmt::format("<{}>", t.reverse_path.str()));
+  for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
   head += render_header_block(message, t.changes, received_header());
   std::string file = deliver_to_maildir(config_->quarantine.dir, config_->server.hostname, head, spool_,
                                         message.body_offset());
@@ -1449,14 +1478,19 @@ std::string Session::received_header() const {
   if (tls_) with += "S";
   if (!facts_.auth_user.empty()) with += "A";
   if (tls_) with += fmt::format(" ({} {})", facts_.tls.version, facts_.tls.cipher);
-  // The name is the verified one (forward-confirmed, Postfix's "unknown" otherwise).
-  std::string header = fmt::format("Received: from {} ({} [{}])\r\n\tby {} (postern) with {} id {}\r\n",
-                                   client_.helo, client_.name.empty() ? "unknown" : client_.name, ip,
-                                   config_->server.hostname, with, txn_.facts.id);
+  // The name is the verified one (forward-confirmed, Postfix's "unknown"
+  // otherwise). Three lines as Postfix writes them, each folded further only when the
+  // client made it long (a HELO name or a recipient near the command line
+  // limit): no line over 998 octets (RFC 5322 §2.1.1, issue 15).
+  constexpr std::size_t kLine = 990;
+  auto continued = [](std::string_view text) { return "\t" + fold_header_field("", text, kLine).substr(2); };
+  std::string header = fold_header_field("Received", fmt::format("from {} ({} [{}])", client_.helo,
+                                                                    client_.name.empty() ? "unknown" : client_.name, ip), kLine);
+  header += continued(fmt::format("by {} (postern) with {} id {}", config_->server.hostname, with, txn_.facts.id));
   if (txn_.facts.recipients.size() == 1) {
-    fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.facts.recipients[0].str(), rfc5322_date());
+    header += continued(fmt::format("for <{}>; {}", txn_.facts.recipients[0].str(), rfc5322_date()));
   } else {
-    fmt::format_to(std::back_inserter(header), "\t; {}\r\n", rfc5322_date());
+    header += continued(fmt::format("; {}", rfc5322_date()));
   }
   return header;
 }

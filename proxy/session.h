@@ -117,6 +117,8 @@ class Session {
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
   void release_buffers();
+  HeaderLimits header_limits() const;
+  asio::awaitable<void> refuse_header_section(const Message& message, UpstreamReply& result);
   void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
                    const char* stage, const AuditHeaders& headers, const std::string& rule = {});
 

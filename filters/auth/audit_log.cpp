@@ -157,6 +157,7 @@ std::string audit_json(const AuditEntry& e) {
   if (h.from_domain.empty() && auth.dmarc) h.from_domain = auth.dmarc->from_domain;
   o += ",\"message_id\":" + js(h.message_id) + ",\"from_domain\":" + js(h.from_domain);
   o += ",\"size\":" + std::to_string(e.size);
+  if (!auth.skipped.empty()) o += ",\"auth_skipped\":" + js(auth.skipped);
   if (auth.spf) {
     const auto& p = *auth.spf;
     o += ",\"spf\":{\"result\":" + js(spf_result_name(p.result)) + ",\"identity\":" + js(p.identity) +

@@ -479,6 +479,34 @@ std::string explanation(CheckState& st, MacroVars v) {
 
 }  // namespace
 
+namespace {
+
+// SPF_request_query_mailfrom() without its first step: libspf2 answers "pass"
+// for any loopback client ("localhost is always allowed"), which RFC 7208
+// does not have; behind a proxy on the same host without PROXY that passes
+// every spoofed domain (and DMARC through SPF alignment). The rest is
+// libspf2's own sequence, through its public API. Clients that must skip
+// the checks are listed in the configuration instead.
+SPF_errcode_t query_mailfrom_no_localhost(SPF_request_t* req, SPF_response_t** respp) {
+  *respp = SPF_response_new(req);
+  if (!*respp) return SPF_E_NO_MEMORY;
+  req->cur_dom = req->use_helo ? req->helo_dom : req->env_from_dp;
+  SPF_record_t* record = nullptr;
+  SPF_errcode_t err = SPF_server_get_record(req->spf_server, req, *respp, &record);
+  if (err != SPF_E_SUCCESS) {
+    if (record) SPF_record_free(record);
+    SPF_i_done(*respp, (*respp)->result, (*respp)->reason, (*respp)->err);
+    return err;
+  }
+  (*respp)->spf_record_exp = record;
+  err = SPF_record_interpret(record, req, *respp, 0);
+  SPF_record_free(record);
+  (*respp)->spf_record_exp = nullptr;
+  return err;
+}
+
+}  // namespace
+
 std::string canonical_client_ip(const std::string& ip) {
   in_addr a4{};
   in6_addr a6{};
@@ -562,7 +590,7 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
   if (ok && !q.helo.empty()) SPF_request_set_helo_dom(req, q.helo.c_str());
   if (ok) ok = SPF_request_set_env_from(req, out.sender.c_str()) == 0;
   SPF_errcode_t err = SPF_E_SUCCESS;
-  if (ok) err = SPF_request_query_mailfrom(req, &resp);
+  if (ok) err = query_mailfrom_no_localhost(req, &resp);
   tl_state = nullptr;
 
   SPF_result_t raw = resp ? SPF_response_result(resp) : SPF_RESULT_INVALID;
@@ -675,8 +703,7 @@ std::string received_spf_value(const SpfOutcome& spf, const std::string& receive
     }
     return out + '"';
   };
-  std::string v = spf_result_name(spf.result);
-  v += " (" + receiver + ": ";
+  std::string v = receiver + ": ";
   switch (spf.result) {
     case SpfResult::kPass: v += "domain of " + spf.sender + " designates " + spf.client_ip + " as permitted sender"; break;
     case SpfResult::kFail: v += "domain of " + spf.sender + " does not designate " + spf.client_ip + " as permitted sender"; break;
@@ -686,10 +713,17 @@ std::string received_spf_value(const SpfOutcome& spf, const std::string& receive
     case SpfResult::kTemperror: v += "error in processing during lookup of " + spf.sender + ": DNS error"; break;
     case SpfResult::kPermerror: v += "permanent error in processing domain of " + spf.sender; break;
   }
-  // The comment is free text: keep it printable and without parentheses.
-  for (char& c : v) {
+  // The comment holds the sender's text: printable only, and "(", ")" and
+  // "\\" as quoted-pairs (RFC 5322 §3.2.2 ccontent), so a MAIL FROM like
+  // "x) client-ip=...; y=("@example.com cannot close it and add key=value
+  // pairs (RFC 7208 §9.1).
+  std::string comment = std::string(spf_result_name(spf.result)) + " (";
+  for (char c : v) {
     if (static_cast<unsigned char>(c) < 32 || c == 127) c = ' ';
+    if (c == '(' || c == ')' || c == '\\') comment.push_back('\\');
+    comment.push_back(c);
   }
+  v = std::move(comment);
   v += ") client-ip=" + spf.client_ip + ";";
   v += " envelope-from=" + quoted(spf.sender) + ";";
   if (!spf.helo.empty()) v += " helo=" + quoted(spf.helo) + ";";

@@ -219,3 +219,19 @@ def test_config_check_names_a_bad_key_file(tmp_path, keys):
                     f'selector = "mail2026"\nkey_file = "{keys["files"]["example.org"][1]}"\n')
     r = run_cli(["config", "check", str(good)])
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("ending", [b"", b" \t", b"x", b"\r\n\r\n"])
+def test_bdat_content_without_final_crlf_is_signed_as_relayed(postern, sink, tmp_path, keys, ending):
+    """Issue 15: a BDAT message whose content does not end in CRLF is relayed
+    with one (DATA to the MTA); the signature covers exactly that body."""
+    p, (port,) = start(postern, sink, tmp_path, keys, {"sign_networks": ["127.0.0.0/8"]})
+    content = message("alice@example.org", "bdat no crlf").rstrip(b"\r\n") + b"\r\nlast line" + ending
+    with SmtpClient(port) as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<alice@example.org>", 250)
+        c.expect("RCPT TO:<bob@example.com>", 250)
+        c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+        check_reply(c.read_reply(), 250)
+    [m] = sink.wait_messages(1)
+    assert dkim.verify(m.content, dnsfunc=dnsfunc_for(keys)), m.content[-200:]
