@@ -235,7 +235,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   o += ",\"redirect\":" + (ch.redirect ? mailboxes(*ch.redirect) : std::string("null")) + "}";
   const AuthResults& auth = tx.auth;
   o += ",\"spf\":" + (auth.spf ? "{\"result\":" + js(spf_result_name(auth.spf->result)) + ",\"domain\":" +
-                                    js(auth.spf->domain) + "}"
+                                    js(auth.spf->domain) + ",\"explanation\":" + js(auth.spf->explanation) + "}"
                                : std::string("null"));
   o += ",\"dkim\":[";
   for (std::size_t i = 0; i < auth.dkim.size(); ++i) {

@@ -225,6 +225,7 @@ int cmd_check(const std::vector<std::string>& args) {
   postern::OfflineCheck check;
   std::string config_path, message_path;
   std::vector<std::string> rules, servers, rcpts;
+  bool auth_only = false;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto next = [&](const char* flag) -> const std::string* {
@@ -237,7 +238,11 @@ int cmd_check(const std::vector<std::string>& args) {
     const std::string* v = nullptr;
     if (is_help(a)) {
       std::cout << "Usage: postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...\n"
-                   "                     [--config FILE --rcpt ADDR...] [--rules FILE]... MESSAGE.eml\n";
+                   "                     [--config FILE --rcpt ADDR... | --config FILE --auth-only] [--rules FILE]...\n"
+                   "                     MESSAGE.eml\n"
+                   "  --config FILE --rcpt ADDR  every stage as the live proxy runs it (verdict, reply, rule)\n"
+                   "  --auth-only                only SPF, DKIM, DMARC (and --rules) of any identity, with\n"
+                   "                             the [dns]/[spf] settings of --config; the default without --config\n";
       return 0;
     } else if (a == "--client-ip") { if (!(v = next("--client-ip"))) return 2; check.client_ip = *v; }
     else if (a == "--helo") { if (!(v = next("--helo"))) return 2; check.helo = *v; }
@@ -246,6 +251,7 @@ int cmd_check(const std::vector<std::string>& args) {
     else if (a == "--config") { if (!(v = next("--config"))) return 2; config_path = *v; }
     else if (a == "--rules") { if (!(v = next("--rules"))) return 2; rules.push_back(*v); }
     else if (a == "--rcpt") { if (!(v = next("--rcpt"))) return 2; rcpts.push_back(*v); }
+    else if (a == "--auth-only") auth_only = true;
     else if (!a.empty() && a[0] == '-') return usage_error("unknown option '" + a + "' for check");
     else message_path = a;
   }
@@ -257,8 +263,9 @@ int cmd_check(const std::vector<std::string>& args) {
   std::ostringstream text;
   text << in.rdbuf();
   check.message = text.str();
-  if (!config_path.empty()) {
-    if (rcpts.empty()) return usage_error("check --config needs at least one --rcpt");
+  if (auth_only && !rcpts.empty()) return usage_error("check --auth-only runs no recipient: drop --rcpt");
+  if (!config_path.empty() && !auth_only) {
+    if (rcpts.empty()) return usage_error("check --config needs at least one --rcpt (or --auth-only)");
     try {
       auto config = postern::load_config(source_from(config_path));
       postern::Config live = *config;

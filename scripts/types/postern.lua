@@ -321,6 +321,34 @@ function Util.address(text) end
 ---@return string|nil
 function Util.reverse_ip(ip) end
 
+---A compiled PCRE2 expression (postern.regex); every match runs under
+---[lua] regex_match_limit, regex_depth_limit and an 8 MiB heap limit.
+---@class postern.Regex
+local Regex = {}
+
+---`true` when the expression matches anywhere in `s`.
+---@param s string
+---@return boolean
+function Regex:test(s) end
+
+---The captures (the whole match when there are none), or nil. A group that
+---took no part in the match is `false`.
+---@param s string
+---@param init? integer 1-based start
+---@return string|false|nil ...
+function Regex:match(s, init) end
+
+---Start and end (1-based, inclusive), then the captures; or nil.
+---@param s string
+---@param init? integer 1-based start
+---@return integer|string|false|nil ...
+function Regex:find(s, init) end
+
+---An iterator over the matches, giving each one's captures (or the whole match).
+---@param s string
+---@return fun(): string|false|nil, ...
+function Regex:gmatch(s) end
+
 ---@class postern
 ---@field dns postern.Dns
 ---@field store postern.Store
@@ -328,6 +356,13 @@ function Util.reverse_ip(ip) end
 ---@field settings table the [lua.settings] table of the configuration
 ---@field api_version string "1"
 postern = {}
+
+---Compiles a PCRE2 regular expression (cached per I/O thread, JIT where it can).
+---Flags: i caseless, m multi-line, s dot matches newline, x extended, u UTF-8.
+---@param pattern string
+---@param flags? string
+---@return postern.Regex
+function postern.regex(pattern, flags) end
 
 ---Registers a rule; only at a script's top level (while it loads).
 ---@param spec postern.RuleSpec
