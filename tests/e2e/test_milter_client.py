@@ -331,3 +331,140 @@ def test_a_slow_milter_does_not_delay_other_sessions(postern, sink, tmp_path, mi
     check_reply(r, 250)
     assert time.monotonic() - t0 < 1.5
     check_reply(slow.read_reply(timeout=6), 451)
+
+
+@needs_milter
+def test_lua_rules_and_the_audit_log_see_the_milters_actions(postern, sink, tmp_path, milter):
+    rule = tmp_path / "seen.lua"
+    rule.write_text('postern.rule{ name = "SEEN", stage = "eom", fn = function(ctx)\n'
+                    '  ctx:add_header("X-Seen-Milter", ctx.notes["milter.test"] or "nothing")\nend }\n')
+    audit = tmp_path / "audit.log"
+    sets = milter_sets(milter.port)
+    sets["lua.scripts"] = f'["{rule}"]'
+    sets["audit.path"] = f'"{audit}"'
+    p = postern.start(upstream=sink.address, sets=sets)
+    _, r = send(p, "headers")
+    check_reply(r, 250)
+    head = headers_of(sink.messages[0])
+    assert "X-Seen-Milter: add_header X-Milter-Added; insert_header X-Milter-Top; " \
+           "change_header Subject; delete_header X-Remove-Me" in head
+    _, r = send(p, "reject")
+    check_reply(r, 554)
+
+    def records():
+        return [json.loads(l) for l in audit.read_text().splitlines()] if audit.exists() else []
+    from harness import wait_until
+    wait_until(lambda: len(records()) == 2, 5, message="two audit records")
+    first, second = records()
+    assert first["milters"]["test"].startswith("add_header X-Milter-Added")
+    assert second["milters"]["test"] == "reply 554"
+    assert second["action"] == "rejected"
+
+
+# --------------------------------------------------------------------------
+# OpenDKIM in signing mode: its DKIM-Signature (an inserted header field)
+# reaches the MTA and verifies with dkimpy.
+
+OPENDKIM = "/usr/sbin/opendkim"
+
+
+@pytest.mark.skipif(not os.path.exists(OPENDKIM), reason="opendkim is not installed")
+def test_opendkim_signs_and_the_relayed_message_verifies(postern, sink, tmp_path):
+    import base64
+    import dkim
+    key = tmp_path / "test.private"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    der = subprocess.run(["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"], check=True,
+                         capture_output=True).stdout
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+    port = free_port()
+    conf = tmp_path / "opendkim.conf"
+    conf.write_text(f"""Mode s
+Domain example.org
+Selector sel
+KeyFile {key}
+Socket inet:{port}@127.0.0.1
+Canonicalization relaxed/relaxed
+Background no
+Syslog no
+RequireSafeKeys no
+InternalHosts 127.0.0.1
+SignHeaders From,To,Subject
+""")
+    proc = subprocess.Popen([OPENDKIM, "-f", "-x", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_port(port, timeout=10)
+        p = postern.start(upstream=sink.address, sets=milter_sets(port, name="opendkim", eom_timeout=5))
+        content = (b"From: Alice <a@example.org>\r\nTo: b@example.com\r\nSubject: signed\r\n"
+                   b"Message-ID: <1@example.org>\r\n\r\nhello\r\n.leading dot\r\n")
+        c = SmtpClient(p.port)
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], content), 250)
+        relayed = sink.messages[0].content
+        assert b"DKIM-Signature:" in relayed
+        assert b"d=example.org" in relayed and b"s=sel" in relayed
+
+        def dns(name, timeout=5):
+            assert name == b"sel._domainkey.example.org."
+            return record
+        assert dkim.verify(relayed, dnsfunc=dns)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --------------------------------------------------------------------------
+# clamav-milter with clamd and a signature database the test writes: the
+# EICAR test file is rejected, a clean message passes.
+
+CLAMD = "/usr/sbin/clamd"
+CLAMAV_MILTER = "/usr/sbin/clamav-milter"
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+@pytest.mark.skipif(not (os.path.exists(CLAMD) and os.path.exists(CLAMAV_MILTER)),
+                    reason="clamav-daemon and clamav-milter are not installed")
+def test_clamav_milter_rejects_eicar_and_passes_clean_mail(postern, sink, tmp_path):
+    import base64
+    import hashlib
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "test.hdb").write_text(f"{hashlib.md5(EICAR).hexdigest()}:{len(EICAR)}:Postern.Test.EICAR\n")
+    sock = tmp_path / "clamd.sock"
+    (tmp_path / "clamd.conf").write_text(f"LocalSocket {sock}\nDatabaseDirectory {db}\nForeground yes\n"
+                                         f"LogFile {tmp_path / 'clamd.log'}\nTemporaryDirectory {tmp_path}\n")
+    port = free_port()
+    (tmp_path / "clamav-milter.conf").write_text(
+        f"MilterSocket inet:{port}@127.0.0.1\nClamdSocket unix:{sock}\nForeground yes\nOnInfected Reject\n"
+        f"OnFail Defer\nLogFile {tmp_path / 'milter.log'}\nTemporaryDirectory {tmp_path}\n")
+    procs = [subprocess.Popen([CLAMD, "-c", str(tmp_path / "clamd.conf")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        from harness import wait_until
+        wait_until(lambda: sock.exists(), 60, message="clamd socket")
+        procs.append(subprocess.Popen([CLAMAV_MILTER, "-c", str(tmp_path / "clamav-milter.conf")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port, timeout=20)
+        p = postern.start(upstream=sink.address, sets=milter_sets(port, name="clamav", eom_timeout=20,
+                                                                   command_timeout=10))
+        attach = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
+        infected = (b"From: a@example.org\r\nTo: b@example.com\r\nSubject: eicar\r\nMIME-Version: 1.0\r\n"
+                    b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\n"
+                    b"see attachment\r\n--XX\r\nContent-Type: application/octet-stream\r\n"
+                    b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=eicar.com\r\n"
+                    b"\r\n" + attach + b"--XX--\r\n")
+        c = SmtpClient(p.port)
+        c.ehlo()
+        r = c.send_message("a@example.org", ["b@example.com"], infected)
+        assert r.code // 100 == 5, str(r)
+        assert sink.messages == []
+        assert "Postern.Test.EICAR" in (tmp_path / "clamd.log").read_text()  # clamd found it
+        clean = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: clean\r\n\r\nnothing to see\r\n"
+        check_reply(c.send_message("a@example.org", ["b@example.com"], clean), 250)
+        assert len(sink.messages) == 1
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
