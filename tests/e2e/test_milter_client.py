@@ -468,3 +468,22 @@ def test_clamav_milter_rejects_eicar_and_passes_clean_mail(postern, sink, tmp_pa
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+@needs_milter
+@pytest.mark.parametrize("case", ["body", "headers"])
+def test_postern_dkim_signature_covers_the_milters_changes(postern, sink, tmp_path, milter, case):
+    import dkim
+    from test_dkim_sign import dnsfunc_for, rsa_key
+    key_file, txt = rsa_key(tmp_path, "org")
+    keys = {"dns": {"sel._domainkey.example.org.": txt}}
+    sets = milter_sets(milter.port)
+    sets["dkim.sign_networks"] = '["127.0.0.0/8"]'
+    sets["dkim.sign"] = f'[{{domain = "example.org", selector = "sel", key_file = "{key_file}"}}]'
+    p = postern.start(upstream=sink.address, sets=sets)
+    _, r = send(p, case)
+    check_reply(r, 250)
+    content = sink.messages[0].content
+    assert content.startswith(b"DKIM-Signature:")
+    assert (b"replaced body" in content) if case == "body" else (b"Subject: changed by milter" in content)
+    assert dkim.verify(content, dnsfunc=dnsfunc_for(keys))
