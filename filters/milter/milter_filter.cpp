@@ -449,7 +449,7 @@ asio::awaitable<bool> MilterFilter::content(Connection& c, FilterContext& ctx, m
     for (const HeaderField& f : msg->headers()) {
       // The value as received, folds kept as in the message (CRLF).
       std::string_view raw = f.raw;
-      std::string_view value = raw.substr(std::min(raw.size(), f.name.size() + 1));
+      std::string_view value = raw.substr(std::min(raw.size(), raw.find(':') + 1));
       if (value.size() >= 2 && value.substr(value.size() - 2) == "\r\n") value.remove_suffix(2);
       if (!value.empty() && (value.front() == ' ')) value.remove_prefix(1);
       if (!co_await command(c, ctx, m::MacroStage::kData, m::encode_header(f.name, value),
