@@ -28,10 +28,12 @@ needs_milter = pytest.mark.skipif(not HAVE_MILTER, reason="python3-milter is not
 
 
 class MilterProcess:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, minimal=False):
         self.port = free_port()
         self.log = tmp_path / f"milter-{self.port}.log"
         env = dict(os.environ, MILTER_LOG=str(self.log))
+        if minimal:
+            env["MILTER_MINIMAL"] = "1"
         self.proc = subprocess.Popen([PYTHON, str(MILTER), str(self.port)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, timeout=10)
@@ -487,3 +489,89 @@ def test_postern_dkim_signature_covers_the_milters_changes(postern, sink, tmp_pa
     assert content.startswith(b"DKIM-Signature:")
     assert (b"replaced body" in content) if case == "body" else (b"Subject: changed by milter" in content)
     assert dkim.verify(content, dnsfunc=dnsfunc_for(keys))
+
+
+class MilterTap:
+    """A TCP relay between postern and a milter that records the command
+    octet of every packet postern sends."""
+
+    def __init__(self, target_port):
+        self.target = target_port
+        self.commands = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                down, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(up, down, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(down, up, bytearray()), daemon=True).start()
+
+    def _pump(self, src, dst, buf):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if buf is not None:
+                    buf += data
+                    while len(buf) >= 5 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                        n = int.from_bytes(buf[:4], "big")
+                        self.commands.append(chr(buf[4]))
+                        del buf[:4 + n]
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+
+
+@needs_milter
+def test_steps_the_milter_declines_are_not_sent(postern, sink, tmp_path):
+    m = MilterProcess(tmp_path, minimal=True)
+    tap = MilterTap(m.port)
+    try:
+        p = start(postern, sink, tmp_path, tap.port)
+        c, r = send(p, "none", rcpts=("b@example.com", "c@example.com"))
+        check_reply(r, 250)
+        assert "X-Minimal: yes" in headers_of(sink.messages[0])
+        c.close()
+        from harness import wait_until
+        wait_until(lambda: "Q" in tap.commands, 5, message="SMFIC_QUIT")
+        # OPTNEG, end of message, quit: no connect, HELO, MAIL, RCPT, DATA, header, EOH or body
+        assert [x for x in tap.commands if x != "D"] == ["O", "E", "Q"], tap.commands
+    finally:
+        tap.close()
+        m.stop()
+
+
+@needs_milter
+def test_every_command_is_sent_to_a_milter_that_wants_it(postern, sink, tmp_path, milter):
+    tap = MilterTap(milter.port)
+    try:
+        p = start(postern, sink, tmp_path, tap.port)
+        c, r = send(p, "none")
+        check_reply(r, 250)
+        c.close()
+        from harness import wait_until
+        wait_until(lambda: "Q" in tap.commands, 5, message="SMFIC_QUIT")
+        sent = [x for x in tap.commands if x != "D"]
+        # the test milter has no DATA callback: libmilter declines it (SMFIP_NODATA)
+        assert sent == ["O", "C", "H", "M", "R"] + ["L"] * 5 + ["N", "B", "E", "Q"], sent
+        assert "D" in tap.commands  # macros
+    finally:
+        tap.close()

@@ -125,9 +125,18 @@ class TestMilter(Milter.Base):
         return Milter.CONTINUE
 
 
+class MinimalMilter(Milter.Base):
+    """Only end of message: libmilter declines every other step (SMFIP_NO*)."""
+
+    def eom(self):
+        log(step="eom", case="minimal")
+        self.addheader("X-Minimal", "yes")
+        return Milter.CONTINUE
+
+
 def main():
     port = int(sys.argv[1])
-    Milter.factory = TestMilter
+    Milter.factory = MinimalMilter if os.environ.get("MILTER_MINIMAL") else TestMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.ADDRCPT | Milter.ADDRCPT_PAR |
                      Milter.DELRCPT | Milter.CHGFROM | Milter.CHGBODY | Milter.QUARANTINE)
     Milter.runmilter("postern-test", f"inet:{port}@127.0.0.1", timeout=30)
