@@ -4,6 +4,10 @@
 // command, end of message) and any failure applies `on_error`.
 #include "filters/milter/milter_filter.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <array>
 #include <optional>
 
@@ -181,6 +185,12 @@ asio::awaitable<bool> MilterFilter::read(Connection& c, m::Packet& p, Clock::tim
         co_return false;
       case m::PacketReader::Status::kIncomplete: break;
     }
+    if (!options_.unix_socket) {
+      // libmilter writes each reply packet on its own: without a quick ACK
+      // its second write waits for our delayed ACK (Nagle), 40 ms a message.
+      int one = 1;
+      ::setsockopt(c.socket.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
     asio::steady_timer timer(c.socket.get_executor(), deadline);
     auto r = co_await (c.socket.async_read_some(asio::buffer(buf), use_nothrow) || timer.async_wait(use_nothrow));
     if (r.index() == 1) {
@@ -215,6 +225,11 @@ asio::awaitable<bool> MilterFilter::open(Connection& c, FilterContext& ctx, m::R
   if (auto [cec] = std::get<0>(r); cec) {
     c.error = "connect: " + cec.message();
     co_return false;
+  }
+  if (!options_.unix_socket) {
+    // Unanswered commands (header fields, body chunks) go out at once.
+    int one = 1;
+    ::setsockopt(c.socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   if (!co_await send(c, m::encode_optneg(m::kVersion, m::action::kAll, m::step::kOffered))) co_return false;
   m::Packet p;
