@@ -575,3 +575,24 @@ def test_every_command_is_sent_to_a_milter_that_wants_it(postern, sink, tmp_path
         assert "D" in tap.commands  # macros
     finally:
         tap.close()
+
+
+@needs_milter
+def test_unix_socket_milter(postern, sink, tmp_path):
+    path = tmp_path / "milter.sock"
+    log = tmp_path / "unix-milter.log"
+    proc = subprocess.Popen([PYTHON, str(MILTER), str(path)], env=dict(os.environ, MILTER_LOG=str(log)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from harness import wait_until
+        wait_until(lambda: path.exists(), 10, message="milter socket")
+        p = postern.start(upstream=sink.address, sets={
+            "milter": f'[{{name = "u", socket = "unix:{path}", command_timeout = 2, eom_timeout = 2}}]'})
+        _, r = send(p, "headers")
+        check_reply(r, 250)
+        assert "X-Milter-Added: yes" in headers_of(sink.messages[0])
+        _, r = send(p, "reject")
+        check_reply(r, 554, "5.7.1")
+    finally:
+        proc.kill()
+        proc.wait()

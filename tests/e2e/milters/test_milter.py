@@ -3,7 +3,7 @@ its behaviour at end of message is chosen by the message's X-Test-Case field,
 at MAIL and RCPT by the address. Everything it sees goes, one JSON object a
 line, to the file named by $MILTER_LOG.
 
-Run: /usr/bin/python3 test_milter.py PORT
+Run: /usr/bin/python3 test_milter.py PORT|/unix/socket/path
 """
 import json
 import os
@@ -135,11 +135,12 @@ class MinimalMilter(Milter.Base):
 
 
 def main():
-    port = int(sys.argv[1])
+    where = sys.argv[1]  # a port on 127.0.0.1, or a unix socket path
     Milter.factory = MinimalMilter if os.environ.get("MILTER_MINIMAL") else TestMilter
     Milter.set_flags(Milter.ADDHDRS | Milter.CHGHDRS | Milter.ADDRCPT | Milter.ADDRCPT_PAR |
                      Milter.DELRCPT | Milter.CHGFROM | Milter.CHGBODY | Milter.QUARANTINE)
-    Milter.runmilter("postern-test", f"inet:{port}@127.0.0.1", timeout=30)
+    spec = f"unix:{where}" if where.startswith("/") else f"inet:{where}@127.0.0.1"
+    Milter.runmilter("postern-test", spec, timeout=30)
 
 
 if __name__ == "__main__":
