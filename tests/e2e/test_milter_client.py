@@ -596,3 +596,21 @@ def test_unix_socket_milter(postern, sink, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@needs_milter
+def test_helo_reject_and_session_wide_accept(postern, sink, tmp_path, milter):
+    p = start(postern, sink, tmp_path, milter.port)
+    c = SmtpClient(p.port)
+    r = c.cmd("EHLO reject.example")
+    check_reply(r, 550, "5.7.0")
+    assert "go away" in str(r)
+    c.close()
+    # SMFIR_ACCEPT at HELO: the milter hears nothing more in that session
+    c = SmtpClient(p.port)
+    c.ehlo("accept.example")
+    before = len(milter.events())
+    check_reply(c.send_message("a@example.org", ["b@example.com"], message("reject")), 250)
+    check_reply(c.send_message("a@example.org", ["b@example.com"], message("tempfail")), 250)
+    assert milter.events()[before:] == []
+    assert len(sink.messages) == 2

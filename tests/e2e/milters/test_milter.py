@@ -33,7 +33,12 @@ class TestMilter(Milter.Base):
         return Milter.CONTINUE
 
     def hello(self, helo):
-        log(step="helo", helo=helo)
+        log(step="helo", helo=helo, tls_version=self.getsymval("{tls_version}"))
+        if helo == "reject.example":
+            self.setreply("550", "5.7.0", "go away")
+            return Milter.REJECT
+        if helo == "accept.example":
+            return Milter.ACCEPT
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom, *args):
