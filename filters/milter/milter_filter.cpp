@@ -310,7 +310,7 @@ bool MilterFilter::modification(const m::Reply& r, EomResult& eom, Connection& c
     return false;
   };
   Changes& ch = eom.changes;
-  if (ch.headers.size() + ch.add_recipients.size() + ch.remove_recipients.size() > kMaxEdits) {
+  if (eom.actions.size() >= kMaxEdits) {  // every modification but a body piece adds one
     c.error = "too many modifications";
     return false;
   }
@@ -390,8 +390,8 @@ bool MilterFilter::modification(const m::Reply& r, EomResult& eom, Connection& c
     }
     case m::reply::kQuarantine:
       if (!allowed(m::action::kQuarantine)) return false;
-      eom.quarantine = r.value;
-      eom.actions.push_back("quarantine");
+      if (!eom.quarantine) eom.actions.push_back("quarantine");
+      eom.quarantine = r.value.substr(0, 200);
       return true;
     case m::reply::kSetSymList:
       return true;  // only meaningful in negotiation: ignored

@@ -614,3 +614,14 @@ def test_helo_reject_and_session_wide_accept(postern, sink, tmp_path, milter):
     check_reply(c.send_message("a@example.org", ["b@example.com"], message("tempfail")), 250)
     assert milter.events()[before:] == []
     assert len(sink.messages) == 2
+
+
+@needs_milter
+@pytest.mark.parametrize("case", ["many", "from-and-quarantine-flood"])
+def test_too_many_modifications_are_an_error(postern, sink, tmp_path, milter, case):
+    p = start(postern, sink, tmp_path, milter.port)
+    _, r = send(p, case)
+    check_reply(r, 451, "4.7.1")
+    assert sink.messages == []
+    line = p.wait_for_log(event="milter-error")
+    assert line.get("error") == "too many modifications" and line.get("stage") == "eom", line

@@ -117,6 +117,12 @@ class TestMilter(Milter.Base):
             self.addheader("X-Milter-Progress", "done")
         elif case == "slow":
             time.sleep(5)
+        elif case == "many":  # past postern's bound of 256 modifications
+            for i in range(300):
+                self.addheader(f"X-Many-{i}", "v")
+        elif case == "from-and-quarantine-flood":
+            for i in range(300):
+                self.chgfrom(f"<s{i}@example.org>")
         elif case == "accept":
             self.addheader("X-Milter-Accept", "yes")
             return Milter.ACCEPT
