@@ -50,6 +50,7 @@ bool parse_replycode(std::string_view data, Reply& r) {
     std::string_view line = data.substr(0, eol);
     data = eol == std::string_view::npos ? std::string_view() : data.substr(eol + 1);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.find('\r') != std::string_view::npos) return false;  // a bare CR inside a line
     if (line.size() < 3 || !is_digit(line[0]) || !is_digit(line[1]) || !is_digit(line[2])) return false;
     int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
     if (first) {

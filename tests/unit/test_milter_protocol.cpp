@@ -115,7 +115,8 @@ TEST_CASE("milter SMFIR_REPLYCODE, single and multi-line", "[milter]") {
   auto bare = reply('y', std::string("554 go away\0", 12));
   CHECK((bare.valid && bare.enhanced.empty() && bare.text == "go away"));
   for (const char* bad : {"250 2.0.0 ok", "55 x", "abc x", "550-5.7.1 a\r\n451 4.7.1 b", "550-5.7.1 a",
-                          "550 5.7.1 a\r\n550 5.7.1 b", "550x5.7.1 a", ""}) {
+                          "550 5.7.1 a\r\n550 5.7.1 b", "550x5.7.1 a", "",
+                          "451-first\x0f\n451-4.7.0 sec\rond\r\n451 4.4.7.0 x"}) {  // fuzz: a bare CR
     CHECK_FALSE(reply('y', std::string(bad) + std::string(1, '\0')).valid);
   }
 }
