@@ -462,7 +462,8 @@ def test_clamav_milter_rejects_eicar_and_passes_clean_mail(postern, sink, tmp_pa
         r = c.send_message("a@example.org", ["b@example.com"], infected)
         assert r.code // 100 == 5, str(r)
         assert sink.messages == []
-        assert "Postern.Test.EICAR" in (tmp_path / "clamd.log").read_text()  # clamd found it
+        wait_until(lambda: "Postern.Test.EICAR" in (tmp_path / "clamd.log").read_text(), 5,
+                   message="clamd's FOUND line")
         clean = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: clean\r\n\r\nnothing to see\r\n"
         check_reply(c.send_message("a@example.org", ["b@example.com"], clean), 250)
         assert len(sink.messages) == 1
