@@ -80,6 +80,10 @@ struct TransactionFacts {
   Mailbox reverse_path;
   std::vector<Mailbox> recipients;        // accepted so far
   std::optional<Mailbox> current_rcpt;    // at kRcpt: the one being decided
+  // ESMTP parameters as the client sent them, "KEYWORD[=value]": MAIL's,
+  // and at kRcpt the current recipient's (a milter's SMFIC_MAIL / SMFIC_RCPT).
+  std::vector<std::string> mail_parameters;
+  std::vector<std::string> rcpt_parameters;
   const Message* message = nullptr;       // at kData and kEom
   Changes changes;
   std::vector<Symbol> symbols;

@@ -814,6 +814,9 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
   txn_.facts = TransactionFacts{};
   txn_.facts.id = fmt::format("{}.{}", id_, messages_ + 1);
   txn_.facts.reverse_path = args.mailbox;
+  for (const EsmtpParam& p : args.params) {
+    txn_.facts.mail_parameters.push_back(p.has_value ? p.keyword + "=" + p.value : p.keyword);
+  }
   txn_.started = std::chrono::steady_clock::now();
   Verdict v = co_await run_filters(Stage::kMail);
   switch (v.action) {
@@ -902,8 +905,12 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     co_return;
   }
   txn_.facts.current_rcpt = args.mailbox;
+  for (const EsmtpParam& p : args.params) {
+    txn_.facts.rcpt_parameters.push_back(p.has_value ? p.keyword + "=" + p.value : p.keyword);
+  }
   Verdict v = co_await run_filters(Stage::kRcpt);
   txn_.facts.current_rcpt.reset();
+  txn_.facts.rcpt_parameters.clear();
   switch (v.action) {
     case Verdict::Action::kReject:
     case Verdict::Action::kTempfail:

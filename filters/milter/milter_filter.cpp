@@ -566,7 +566,8 @@ asio::awaitable<Verdict> MilterFilter::run(FilterContext& ctx) {
       case Stage::kMail:
         if (negotiated(*c, m::step::kNoMail)) co_return Verdict::proceed();
         if (!co_await command(*c, ctx, m::MacroStage::kMail,
-                              m::encode_envelope(m::cmd::kMail, ctx.transaction.reverse_path.str(), {}),
+                              m::encode_envelope(m::cmd::kMail, ctx.transaction.reverse_path.str(),
+                                                ctx.transaction.mail_parameters),
                               negotiated(*c, m::step::kNrMail), r)) {
           goto failed;
         }
@@ -574,7 +575,8 @@ asio::awaitable<Verdict> MilterFilter::run(FilterContext& ctx) {
       case Stage::kRcpt:
         if (negotiated(*c, m::step::kNoRcpt) || !ctx.transaction.current_rcpt) co_return Verdict::proceed();
         if (!co_await command(*c, ctx, m::MacroStage::kRcpt,
-                              m::encode_envelope(m::cmd::kRcpt, ctx.transaction.current_rcpt->str(), {}),
+                              m::encode_envelope(m::cmd::kRcpt, ctx.transaction.current_rcpt->str(),
+                                                ctx.transaction.rcpt_parameters),
                               negotiated(*c, m::step::kNrRcpt), r)) {
           goto failed;
         }

@@ -626,3 +626,15 @@ def test_too_many_modifications_are_an_error(postern, sink, tmp_path, milter, ca
     assert sink.messages == []
     line = p.wait_for_log(event="milter-error")
     assert line.get("error") == "too many modifications" and line.get("stage") == "eom", line
+
+
+@needs_milter
+def test_esmtp_parameters_reach_the_milter(postern, sink, tmp_path, milter):
+    p = start(postern, sink, tmp_path, milter.port)
+    c = SmtpClient(p.port)
+    c.ehlo()
+    content = message("none")
+    check_reply(c.send_message("a@example.org", ["b@example.com"], content, mail_params="SIZE=500 BODY=8BITMIME"),
+                250)
+    assert milter.events("mail")[0]["args"] == ["SIZE=500", "BODY=8BITMIME"]
+    assert milter.events("rcpt")[0]["args"] == []

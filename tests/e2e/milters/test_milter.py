@@ -42,7 +42,8 @@ class TestMilter(Milter.Base):
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom, *args):
-        log(step="mail", mailfrom=mailfrom, i=self.getsymval("i"), mail_addr=self.getsymval("{mail_addr}"))
+        log(step="mail", mailfrom=mailfrom, args=list(args), i=self.getsymval("i"),
+            mail_addr=self.getsymval("{mail_addr}"))
         if mailfrom.startswith("<reject@"):
             self.setreply("550", "5.7.1", "sender refused", "by the test milter")
             return Milter.REJECT
@@ -53,7 +54,7 @@ class TestMilter(Milter.Base):
         return Milter.CONTINUE
 
     def envrcpt(self, to, *args):
-        log(step="rcpt", rcpt=to, rcpt_addr=self.getsymval("{rcpt_addr}"))
+        log(step="rcpt", rcpt=to, args=list(args), rcpt_addr=self.getsymval("{rcpt_addr}"))
         if to.startswith("<temp@"):
             return Milter.TEMPFAIL
         if to.startswith("<reply@"):
