@@ -27,6 +27,7 @@ asio::awaitable<Verdict> FilterChain::run(FilterContext& ctx) const {
     if (!filter->wants(ctx.stage)) continue;
     Verdict v = co_await filter->run(ctx);
     if (!v.decisive()) continue;
+    if (v.rule.empty()) v.rule = filter->name();
     if (v.action == Verdict::Action::kAccept) {
       accepted_in[kAcceptedNote] = filter->name();
       accepted = true;
@@ -53,10 +54,10 @@ asio::awaitable<Verdict> FilterChain::run(FilterContext& ctx) const {
   }
   if (accepted) co_return Verdict::proceed();
   if (t.reject > 0 && txn.score >= t.reject) {
-    co_return Verdict{Verdict::Action::kReject, 554, "5.7.1", "Message rejected as spam", "score"};
+    co_return Verdict{Verdict::Action::kReject, 554, "5.7.1", "Message rejected as spam", "score", "score"};
   }
   if (t.quarantine > 0 && txn.score >= t.quarantine) {
-    co_return Verdict{Verdict::Action::kQuarantine, 0, "", "", "score"};
+    co_return Verdict{Verdict::Action::kQuarantine, 0, "", "", "score", "score"};
   }
   co_return Verdict::proceed();
 }

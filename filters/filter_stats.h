@@ -20,10 +20,16 @@ class FilterStats {
   // One lookup answered (retries included): by postern's own cache
   // (`from_cache`, `seconds` 0) or by libunbound after `seconds`.
   virtual void dns_answer(DnsStatus status, bool from_cache, double seconds) = 0;
-  // One call of a Lua rule; `hit`: it returned true (its symbol) or a verdict.
+  // One call of a Lua rule; `hit`: it added a symbol, returned true (its
+  // symbol) or a verdict.
   virtual void lua_rule_run(std::string_view rule, bool hit, double seconds) = 0;
   // A Lua rule call failed; its on_error policy applied.
   virtual void lua_rule_failed(std::string_view rule, std::string_view script, RuleFailure why) = 0;
+  // A line a rule logged (print, postern.log) was dropped past lua.log_rate.
+  virtual void lua_log_dropped(std::string_view /*rule*/) {}
+  // An I/O thread stayed in one rule call past lua.busy_threshold (watchdog,
+  // filters/lua/busy_watch.h). Called from the monitor thread.
+  virtual void lua_thread_busy(std::string_view /*rule*/) {}
 };
 
 // The installed sink, or one that drops everything. Never null.

@@ -13,9 +13,79 @@ bool header_name_equals(std::string_view a, std::string_view b) {
          });
 }
 
+std::size_t header_field_name_length(std::string_view line, std::size_t* colon) {
+  std::size_t n = 0;
+  while (n < line.size() && line[n] != ':' && static_cast<unsigned char>(line[n]) >= 33 &&
+         static_cast<unsigned char>(line[n]) <= 126) {
+    ++n;
+  }
+  if (n == 0) return 0;
+  std::size_t at = n;
+  while (at < line.size() && (line[at] == ' ' || line[at] == '\t')) ++at;
+  if (at >= line.size() || line[at] != ':') return 0;
+  if (colon) *colon = at;
+  return n;
+}
+
+std::string fold_header_field(std::string_view name, std::string_view value, std::size_t soft) {
+  constexpr std::size_t kHard = 990;
+  const std::size_t kSoft = std::min(soft, kHard);
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+  // Most fields fit on one line as they are: no word loop (the Received
+  // field and the A-R of every message come here).
+  if (name.size() + 2 + value.size() <= kSoft && !value.empty() && !space(value.front()) && !space(value.back()) &&
+      value.find_first_of("\r\n") == std::string_view::npos) {
+    std::string out;
+    out.reserve(name.size() + value.size() + 4);
+    out.append(name).append(": ").append(value).append("\r\n");
+    return out;
+  }
+  std::string out(name);
+  out.append(":");
+  std::size_t line = out.size();  // octets on the current line
+  std::size_t i = 0;
+  bool first = true;
+  // Words with the white space before each, kept as written (CR and LF
+  // dropped: a value folded before is folded anew); a fold goes before that
+  // white space, which then starts the continuation line.
+  while (i < value.size()) {
+    std::string ws;
+    while (i < value.size() && space(value[i])) {
+      if (value[i] == ' ' || value[i] == '\t') ws.push_back(value[i]);
+      ++i;
+    }
+    std::size_t word = i;
+    while (i < value.size() && !space(value[i])) ++i;
+    std::string_view w = value.substr(word, i - word);
+    if (w.empty()) break;  // trailing white space
+    if (ws.empty() && (first || word > 0)) ws = " ";  // after the colon, or where a bare CRLF was
+    first = false;
+    if (!ws.empty()) {
+      if (line + ws.size() + w.size() > kSoft && line > 1) {
+        out.append("\r\n");
+        line = 0;
+      }
+      if (ws.size() > kSoft / 2) ws = " ";  // a run of white space longer than half a line is one space
+      out.append(ws);
+      line += ws.size();
+    }
+    // A word longer than a line can hold: broken where it must be.
+    while (line + w.size() > kHard) {
+      const std::size_t take = kHard > line ? kHard - line : 0;
+      out.append(w.substr(0, take)).append("\r\n ");
+      line = 1;
+      w.remove_prefix(take);
+    }
+    out.append(w);
+    line += w.size();
+  }
+  out.append("\r\n");
+  return out;
+}
+
 std::string HeaderField::value() const {
   std::string_view v = raw;
-  v.remove_prefix(std::min(v.size(), name.size() + 1));  // "Name:"
+  v.remove_prefix(std::min(v.size(), raw.find(':') + 1));  // "Name:" (or obsolete "Name :")
   std::string out;
   out.reserve(v.size());
   // Unfold (RFC 5322 §2.2.3): every CRLF goes, the white space after stays.
@@ -29,10 +99,11 @@ std::string HeaderField::value() const {
   return out.substr(start, end - start + 1);
 }
 
-Message::Message(const Spool& spool) : spool_(&spool) {
-  // The first kMaxHeaderBlock octets, in place when the spool is in memory.
+Message::Message(const Spool& spool, HeaderLimits limits) : spool_(&spool) {
+  // The first max_bytes octets (the empty line counts), in place when the
+  // spool is in memory.
   std::string block;
-  const std::string_view text = spool.head(kMaxHeaderBlock, block);
+  const std::string_view text = spool.head(std::min(limits.max_bytes, spool.size()), block);
   const std::size_t got = text.size();
   std::size_t pos = 0;
   while (pos < text.size()) {
@@ -58,18 +129,15 @@ Message::Message(const Spool& spool) : spool_(&spool) {
       pos = eol + 2;
       continue;
     }
-    std::size_t colon = line.find(':');
-    bool name_ok = colon != std::string_view::npos && colon > 0;
-    for (std::size_t i = 0; name_ok && i < colon; ++i) {
-      unsigned char c = line[i];
-      name_ok = c >= 33 && c <= 126;  // ftext (RFC 5322 §3.6.8)
-    }
-    if (!name_ok) break;  // not a field: the body starts here (no empty line)
-    if (headers_.size() >= kMaxHeaderFields) {
+    const std::size_t name = header_field_name_length(line);
+    // Not a field: the body starts here without an empty line, where the MTA
+    // (Postfix's is_header()) starts it too.
+    if (name == 0) break;
+    if (headers_.size() >= limits.max_fields) {
       truncated_ = true;
       break;
     }
-    headers_.push_back(HeaderField{std::string(line.substr(0, colon)), std::string(text.substr(pos, eol + 2 - pos))});
+    headers_.push_back(HeaderField{std::string(line.substr(0, name)), std::string(text.substr(pos, eol + 2 - pos))});
     pos = eol + 2;
   }
   if (pos >= text.size() && got < spool.size()) truncated_ = true;
@@ -108,7 +176,7 @@ std::vector<std::string> Message::all(std::string_view name) const {
 
 namespace {
 void append_field(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name).append(": ").append(value).append("\r\n");
+  out.append(fold_header_field(name, value));
 }
 }  // namespace
 
@@ -147,12 +215,20 @@ std::string render_header_block(const Message& message, const Changes& changes, 
         append_field(out, field.name, changes.subject_tag + " " + value);
         continue;
       }
-      // The tag goes in front of the raw value, so the field keeps its folds
-      // and no line grows past what was received (RFC 5322 §2.1.1).
+      // The tag goes in front of the raw value, so the field keeps its folds;
+      // when the first line would grow past 78 octets the tag gets a line of
+      // its own (a fold after it), so no line grows past what was received
+      // (RFC 5322 §2.1.1) however long the client made it.
       std::string raw = field.raw;
-      std::size_t at = field.name.size() + 1;
+      std::size_t at = raw.find(':') + 1;
       if (at < raw.size() && raw[at] == ' ') ++at;
-      raw.insert(at, changes.subject_tag + " ");
+      const std::size_t first_line = raw.find("\r\n");
+      const std::string_view tag = changes.subject_tag;
+      if (first_line != std::string::npos && first_line + tag.size() + 1 > 78 && at < first_line) {
+        raw.insert(at, fold_header_field("", tag).substr(2) + " ");  // "tag\r\n " (tag itself folded)
+      } else {
+        raw.insert(at, std::string(tag) + " ");
+      }
       out.append(raw);
       continue;
     }

@@ -16,20 +16,49 @@ namespace postern {
 struct Changes;
 
 struct HeaderField {
-  std::string name;  // as written
+  std::string name;  // as written, without the white space an obsolete "Name :" has before the colon
   std::string raw;   // the whole field as received: "Name: value\r\n\tmore\r\n"
   // The value unfolded (CRLF before white space removed), leading space trimmed.
   std::string value() const;
 };
 
+// The bounds of the header section (RFC 5322 §2.2): its octets up to the
+// empty line, and its number of fields. Beyond either the message is refused
+// (552 5.3.4), never relayed with fields nobody read. The defaults are far
+// above real mail (Postfix's header_size_limit is 100 kB) and are the
+// configuration's ([limits] header_section_size / header_fields).
+struct HeaderLimits {
+  static constexpr std::size_t kDefaultBytes = 1024 * 1024;
+  static constexpr std::size_t kDefaultFields = 10000;
+  std::size_t max_bytes = kDefaultBytes;
+  std::size_t max_fields = kDefaultFields;
+  // For a header block postern composed itself (signing): no bound.
+  static HeaderLimits unbounded() { return {~std::size_t(0) >> 1, ~std::size_t(0) >> 1}; }
+};
+
+// The length of the field name at the start of `line` when the line starts a
+// header field: ftext (RFC 5322 §3.6.8: printable US-ASCII but ':'), then
+// optional WSP before the colon (obsolete syntax, §4.5.3, which receivers must
+// accept; Postfix does). 0 when it is not a field. `*colon` gets the colon's
+// offset.
+std::size_t header_field_name_length(std::string_view line, std::size_t* colon = nullptr);
+
+// `name: value` folded (RFC 5322 §2.2.3) at white space so that lines stay
+// within `soft` (78) octets where the value allows and never exceed 998 octets: a run
+// of more than 990 octets without white space is broken with CRLF SP (it
+// then reads back with one added space, the price of staying a valid
+// field). Ends with CRLF. Every field postern writes goes through here,
+// whatever part of the value the client controls.
+std::string fold_header_field(std::string_view name, std::string_view value, std::size_t soft = 78);
+
 class Message {
  public:
-  // Header blocks beyond this are not parsed (the rest is treated as body).
-  static constexpr std::size_t kMaxHeaderBlock = 1024 * 1024;
-  static constexpr std::size_t kMaxHeaderFields = 10000;
+  // The default bounds (HeaderLimits); DkimStream buffers at most this.
+  static constexpr std::size_t kMaxHeaderBlock = HeaderLimits::kDefaultBytes;
+  static constexpr std::size_t kMaxHeaderFields = HeaderLimits::kDefaultFields;
 
   // Parses the header section at the start of `spool` (which must be finished).
-  explicit Message(const Spool& spool);
+  explicit Message(const Spool& spool, HeaderLimits limits = {});
 
   const Spool& spool() const { return *spool_; }
   std::size_t size() const { return spool_->size(); }
@@ -41,7 +70,9 @@ class Message {
   // field postern writes. Rendering then adds the empty line that makes the
   // MTA see what the filters saw: no more header fields.
   bool body_would_fold() const;
-  // True when the header section was cut at kMaxHeaderBlock / kMaxHeaderFields.
+  // True when the header section is over its limits (HeaderLimits): then
+  // headers() holds only the fields before the limit, and the message must
+  // be refused, not relayed (DESIGN "What nobody checked is not relayed").
   bool headers_truncated() const { return truncated_; }
 
   // Unfolded value of the first field named `name` (case-insensitive).

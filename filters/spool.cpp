@@ -12,8 +12,8 @@ namespace postern {
 namespace {
 constexpr std::size_t kFileWriteBlock = 256 * 1024;  // bytes buffered before a write(2)
 
-// Content held in memory by every spool (not the write buffers of spilled
-// ones, each at most kFileWriteBlock), and its bound. Relaxed: a soft limit.
+// Memory held by every spool (the capacity of its buffer: content, or a
+// spilled spool's write buffer), and its bound. Relaxed: a soft limit.
 std::atomic<std::size_t> g_in_memory{0};
 std::atomic<std::size_t> g_high_water{0};
 
@@ -48,33 +48,71 @@ Spool::~Spool() { clear(); }
 bool Spool::append(std::string_view data) {
   for (const auto& tap : taps_) tap->on_append(data);
   size_ += data.size();
-  if (fd_ < 0 && memory_.size() + data.size() <= memory_limit_ && within_high_water(data.size())) {
+  if (fd_ >= 0) return append_spilled(data);
+  const std::size_t need = memory_.size() + data.size();
+  if (need <= memory_.capacity() && need <= memory_limit_) {
     memory_.append(data);
-    g_in_memory.fetch_add(data.size(), std::memory_order_relaxed);
     return true;
   }
-  if (fd_ < 0 && !spill()) return false;
-  memory_.append(data);
-  if (memory_.size() >= kFileWriteBlock) {
-    bool ok = write_all(memory_);
-    memory_.clear();
+  if (need <= memory_limit_) {
+    // Grown here, not by std::string, so that what is allocated is what is
+    // counted: doubling, up to the spool's own limit.
+    std::size_t grown = std::min(std::max(need, 2 * memory_.capacity()), memory_limit_);
+    if (!within_high_water(grown - accounted_)) grown = need;  // no room to double: exactly what it needs
+    if (within_high_water(grown - accounted_)) {
+      // A new string: reserve() on the old one may round up to twice its
+      // capacity (libstdc++), past what was counted.
+      std::string larger;
+      larger.reserve(grown);
+      larger.append(memory_).append(data);
+      memory_.swap(larger);
+      account();
+      return true;
+    }
+  }
+  if (!spill()) return false;
+  return append_spilled(data);
+}
+
+bool Spool::append_spilled(std::string_view data) {
+  if (memory_.size() + data.size() <= memory_.capacity() && memory_.capacity() >= kFileWriteBlock) {
+    memory_.append(data);
+    return true;
+  }
+  bool ok = write_all(memory_);
+  memory_.clear();
+  if (memory_.capacity() >= kFileWriteBlock && data.size() < memory_.capacity()) {
+    memory_.append(data);
     return ok;
   }
-  return true;
+  return ok && write_all(data);  // no write buffer (over spool_memory_total), or a block larger than it
 }
 
 void Spool::set_memory_high_water(std::size_t bytes) { g_high_water.store(bytes, std::memory_order_relaxed); }
 
 std::size_t Spool::memory_in_use() { return g_in_memory.load(std::memory_order_relaxed); }
 
+void Spool::account() {
+  // The few octets std::string keeps inside itself are no allocation.
+  static const std::size_t kInline = std::string().capacity();
+  const std::size_t now = memory_.capacity() > kInline ? memory_.capacity() : 0;
+  if (now > accounted_) g_in_memory.fetch_add(now - accounted_, std::memory_order_relaxed);
+  else g_in_memory.fetch_sub(accounted_ - now, std::memory_order_relaxed);
+  accounted_ = now;
+}
+
+// Moves the content to an unlinked file; the memory goes back, and a write
+// buffer is taken only where spool_memory_total has room for it.
 bool Spool::spill() {
   fd_ = open_unlinked_temp(dir_);
   if (fd_ < 0) return false;
   bool ok = write_all(memory_);
-  g_in_memory.fetch_sub(memory_.size(), std::memory_order_relaxed);
-  memory_.clear();
-  memory_.shrink_to_fit();
-  memory_.reserve(kFileWriteBlock);
+  std::string().swap(memory_);
+  account();
+  if (within_high_water(kFileWriteBlock)) {
+    memory_.reserve(kFileWriteBlock);
+    account();
+  }
   return ok;
 }
 
@@ -101,11 +139,9 @@ void Spool::clear() {
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
-    memory_.clear();
-    memory_.shrink_to_fit();
   }
-  g_in_memory.fetch_sub(memory_.size(), std::memory_order_relaxed);
-  memory_.clear();
+  std::string().swap(memory_);
+  account();
   size_ = 0;
   taps_.clear();
 }

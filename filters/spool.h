@@ -32,7 +32,9 @@ class Spool {
   bool append(std::string_view data);
   // Makes everything appended readable (flushes the write buffer).
   bool finish();
-  // Drops the content, any spill file and the taps; ready for the next message.
+  // Drops the content, any spill file and the taps, and gives the memory
+  // back (an idle session holds no message-sized buffer); ready for the
+  // next message.
   void clear();
   // Taps see what is appended after this call (add them before the content).
   void add_tap(std::shared_ptr<SpoolTap> tap) { taps_.push_back(std::move(tap)); }
@@ -42,9 +44,12 @@ class Spool {
   bool in_memory() const { return fd_ < 0; }
 
   // Process-wide: the octets all spools may hold in memory together
-  // ([data] spool_memory_total; 0 = no bound). A spool that would pass it
-  // goes to its file at once, whatever its own memory limit: many sessions
-  // with messages just under spool_memory cannot exhaust the memory.
+  // ([data] spool_memory_total; 0 = no bound), counted as their buffers'
+  // capacity (what is allocated, not what is filled), write buffers of
+  // spilled spools included. A spool that would pass it goes to its file at
+  // once, whatever its own memory limit, and a spilled one then writes
+  // through without a buffer: many sessions with messages just under
+  // spool_memory cannot exhaust the memory.
   static void set_memory_high_water(std::size_t bytes);
   static std::size_t memory_in_use();
   // The whole content when in_memory().
@@ -60,10 +65,13 @@ class Spool {
  private:
   bool spill();
   bool write_all(std::string_view data);
+  bool append_spilled(std::string_view data);
+  void account();  // brings g_in_memory in line with memory_'s capacity
 
   std::size_t memory_limit_;
   std::string dir_;
   std::string memory_;  // the content while small; the write buffer after spilling
+  std::size_t accounted_ = 0;  // memory_'s capacity as counted in the process-wide total
   std::size_t size_ = 0;
   int fd_ = -1;
   std::vector<std::shared_ptr<SpoolTap>> taps_;

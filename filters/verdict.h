@@ -24,6 +24,9 @@ struct Verdict {
   std::string enhanced;  // enhanced status code ("5.7.1"); empty = the action's default
   std::string text;      // reply text; empty = the action's default
   std::string reason;    // for the log and the quarantine record
+  // Who decided: the Lua rule's name, else the filter's (set by the chain),
+  // or "score" for a [scores] threshold. For the audit record and `postern check`.
+  std::string rule;
 
   bool decisive() const { return action != Action::kContinue; }
   static Verdict proceed() { return {}; }

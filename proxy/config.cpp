@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <tuple>
 #include <filesystem>
@@ -337,6 +338,38 @@ void apply_overrides(toml::table& root, const ConfigSource& source) {
   }
 }
 
+// The first directory of $RUNTIME_DIRECTORY (systemd lists several with ':'),
+// or "" when postern does not run under a service manager that sets it.
+std::string runtime_directory() {
+  const char* env = std::getenv("RUNTIME_DIRECTORY");
+  if (!env || !*env) return {};
+  std::string dir(env);
+  return dir.substr(0, dir.find(':'));
+}
+
+// [[listener]] proxy_protocol_from: the peers allowed to send a PROXY header.
+void check_proxy_protocol_from(Checker& check, const toml::table& t, Config::Listener& l) {
+  const toml::node* n = t.get("proxy_protocol_from");
+  if (!n) return;
+  const toml::array* arr = n->as_array();
+  if (!arr) {
+    check.error(n, "listener.proxy_protocol_from", "expected a list of \"IP/PREFIX\", got " + describe(*n));
+    return;
+  }
+  if (!l.proxy_protocol) {
+    check.error(n, "listener.proxy_protocol_from", "needs proxy_protocol = true on this listener");
+  }
+  l.proxy_protocol_from.clear();
+  for (const toml::node& item : *arr) {
+    if (!item.is_string() || !valid_network(item.as_string()->get())) {
+      check.error(&item, "listener.proxy_protocol_from",
+                  "expected \"IP/PREFIX\" or \"IP\" (e.g. \"10.0.0.5/32\"), got " + describe(item));
+      continue;
+    }
+    l.proxy_protocol_from.push_back(item.as_string()->get());
+  }
+}
+
 // [server] user/group, [log] format/output, [control]: how the process runs
 // (docs/operations.md).
 void check_operations(Checker& check, const toml::table& root, Config& config) {
@@ -377,17 +410,20 @@ void check_operations(Checker& check, const toml::table& root, Config& config) {
 
   const toml::table* control = check.section(root, "control");
   if (control) check.check_keys(*control, "control", {"socket", "mode"});
-  // The default lives in /run/postern (systemd's RuntimeDirectory=postern);
-  // where that directory does not exist, in the working directory, like the
-  // embedded default's Maildir.
-  std::string socket = kDefaultControlSocket;
+  // The default: in the runtime directory the service manager made for this
+  // unit ($RUNTIME_DIRECTORY, systemd's RuntimeDirectory=postern); otherwise
+  // one per first listener port in the working directory (Config::Control),
+  // named only once the port is bound.
+  std::string socket;
   const toml::node* socket_node = check.get_string(control, "control", "socket", socket);
   std::error_code ec;
-  if (!socket_node && !std::filesystem::is_directory(std::filesystem::path(socket).parent_path(), ec)) {
-    socket = "postern-control.sock";
+  if (!socket_node) {
+    std::string runtime = runtime_directory();
+    if (!runtime.empty()) socket = runtime + "/" + kRuntimeControlSocket;
+    else config.control.per_listener = true;
   }
-  // The fallback stays relative to the working directory (bound there,
-  // found there by `postern status`), so a deep directory cannot make it too long.
+  // The per-listener default stays relative to the working directory (bound
+  // there, found there by `postern status`), so a deep directory cannot make it too long.
   if (!socket.empty() && socket_node) {
     auto abs = std::filesystem::absolute(socket, ec);
     if (!ec) socket = abs.lexically_normal().string();
@@ -524,7 +560,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
-                              "authentication_results", "audit", "control", "store", "milter"});
+                              "authentication_results", "audit", "control", "store", "authenticity", "milter"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
@@ -560,7 +596,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     } else {
       for (const toml::node& item : *arr) {
         const toml::table& t = *item.as_table();
-        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol", "auth", "policy"});
+        check.check_keys(t, "listener", {"address", "tls", "require_tls", "proxy_protocol", "proxy_protocol_from",
+                                         "auth", "policy"});
         Config::Listener l;
         const toml::node* a = check.get_string(&t, "listener", "address", l.address);
         l.tls = tls_configured ? Config::Listener::Tls::kStarttls : Config::Listener::Tls::kNone;
@@ -578,6 +615,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
           check.error(t.get("require_tls"), "listener.require_tls", "needs tls = \"starttls\" on this listener");
         }
         check.get_bool(&t, "listener", "proxy_protocol", l.proxy_protocol);
+        check_proxy_protocol_from(check, t, l);
         check.get_enum<Config::Listener::Auth>(&t, "listener", "auth",
                                                {{"off", Config::Listener::Auth::kOff},
                                                 {"passthrough", Config::Listener::Auth::kPassthrough}},
@@ -654,17 +692,24 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   const toml::table* lim = check.section(root, "limits");
   if (lim) {
     check.check_keys(*lim, "limits", {"message_size", "recipients", "messages_per_session", "errors",
+                                      "auth_failures", "auth_failure_delay",
                                       "command_line", "text_line", "sessions", "sessions_per_ip",
                                       "sessions_per_network", "network_prefix_v4", "network_prefix_v6",
-                                      "sessions_exempt"});
+                                      "sessions_exempt", "header_section_size", "header_fields"});
   }
   auto& l = config->limits;
   check.get_size(lim, "limits", "message_size", 1, std::size_t(1) << 40, l.message_size);
   check.get_size(lim, "limits", "recipients", 1, 100000, l.recipients);
   check.get_size(lim, "limits", "messages_per_session", 1, 1000000, l.messages_per_session);
   check.get_size(lim, "limits", "errors", 1, 1000, l.errors);
+  check.get_size(lim, "limits", "auth_failures", 1, 100, l.auth_failures);
+  check.get_seconds(lim, "limits", "auth_failure_delay", 0, 60, l.auth_failure_delay);
   check.get_size(lim, "limits", "command_line", limits::kMinCommandLine, 65536, l.command_line);
   check.get_size(lim, "limits", "text_line", 1000, 1 << 20, l.text_line);
+  // The header section's bounds (issue 15): at least what RFC 5322 mail
+  // needs, at most what one message may hold in memory while it is parsed.
+  check.get_size(lim, "limits", "header_section_size", 64 * 1024, std::size_t(64) << 20, l.header_section_size);
+  check.get_size(lim, "limits", "header_fields", 1000, 1000000, l.header_fields);
   check.get_size(lim, "limits", "sessions", 0, 1000000, l.sessions);
   check.get_size(lim, "limits", "sessions_per_ip", 0, 1000000, l.sessions_per_ip);
   check.get_size(lim, "limits", "sessions_per_network", 0, 1000000, l.sessions_per_network);
@@ -775,7 +820,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
       check.check_keys(*lua, "lua", {"scripts", "module_path", "on_error", "instruction_budget", "timeout",
                                      "memory_limit", "pattern_subject_limit", "header_value_limit",
                                      "body_scan_limit", "text_part_limit", "text_parts_max",
-                                     "store_max_entries", "settings"});
+                                     "store_max_entries", "settings", "log_rate", "log_burst",
+                                     "busy_threshold", "regex_match_limit", "regex_depth_limit"});
     }
     LuaOptions& o = config->lua;
     // A path list: one string or an array of strings; each must exist.
@@ -819,12 +865,30 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_seconds(lua, "lua", "timeout", 0.01, 600, timeout);
     o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
     check.get_size(lua, "lua", "memory_limit", 1u << 20, std::size_t(1) << 34, o.memory_limit);
-    check.get_size(lua, "lua", "pattern_subject_limit", 256, 16u << 20, o.pattern_subject_limit);
+    // Accepted for old configurations and ignored: pattern matching counts its
+    // steps against lua.timeout instead of refusing long subjects (issue 17).
+    std::size_t ignored_subject_limit = 0;
+    check.get_size(lua, "lua", "pattern_subject_limit", 0, std::size_t(1) << 40, ignored_subject_limit);
     check.get_size(lua, "lua", "header_value_limit", 256, 1u << 20, o.header_value_limit);
     check.get_size(lua, "lua", "body_scan_limit", 1024, std::size_t(1) << 32, o.body_scan_limit);
     check.get_size(lua, "lua", "text_part_limit", 1024, std::size_t(1) << 30, o.text_part_limit);
     check.get_size(lua, "lua", "text_parts_max", 0, 10000, o.text_parts_max);
     check.get_size(lua, "lua", "store_max_entries", 1, std::size_t(1) << 32, o.store_max_entries);
+    // Rule log output and the rule-call watchdog (issue 17).
+    {
+      std::size_t rate = static_cast<std::size_t>(o.log_rate);
+      check.get_size(lua, "lua", "log_rate", 1, 1'000'000, rate);
+      o.log_rate = static_cast<double>(rate);
+      check.get_size(lua, "lua", "log_burst", 1, 1'000'000, o.log_burst);
+      Seconds busy = std::chrono::duration_cast<Seconds>(o.busy_threshold);
+      check.get_seconds(lua, "lua", "busy_threshold", 0, 3600, busy);
+      o.busy_threshold = std::chrono::duration_cast<std::chrono::milliseconds>(busy);
+      std::size_t match_limit = o.regex_match_limit, depth_limit = o.regex_depth_limit;
+      check.get_size(lua, "lua", "regex_match_limit", 1000, 100'000'000, match_limit);
+      check.get_size(lua, "lua", "regex_depth_limit", 100, 1'000'000, depth_limit);
+      o.regex_match_limit = static_cast<std::uint32_t>(match_limit);
+      o.regex_depth_limit = static_cast<std::uint32_t>(depth_limit);
+    }
     // [lua.settings]: any TOML table, handed to scripts as postern.settings.
     struct ToSetting {
       static LuaSetting convert(const toml::node& n, int depth) {
@@ -998,7 +1062,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
 
     const toml::table* dmarc = check.section(root, "dmarc");
     if (dmarc) {
-      check.check_keys(*dmarc, "dmarc", {"enabled", "enforce", "honor_pct", "timeout", "score_pass", "score_fail"});
+      check.check_keys(*dmarc, "dmarc", {"enabled", "enforce", "honor_pct", "timeout", "score_pass", "score_fail",
+                                         "unusable_from"});
     }
     DmarcOptions& dm = a.dmarc;
     check.get_bool(dmarc, "dmarc", "enabled", dm.enabled);
@@ -1011,6 +1076,36 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     get_ms(dmarc, "dmarc", "timeout", 0.1, 600, dm.timeout);
     get_number(dmarc, "dmarc", "score_pass", dm.score_pass);
     get_number(dmarc, "dmarc", "score_fail", dm.score_fail);
+    // Issue 15: what a message without a usable From gets, and DMARC
+    // enforcement only with both the checks it is made of.
+    check.get_enum<DmarcOptions::UnusableFrom>(dmarc, "dmarc", "unusable_from",
+                                               {{"none", DmarcOptions::UnusableFrom::kNone},
+                                                {"quarantine", DmarcOptions::UnusableFrom::kQuarantine},
+                                                {"reject", DmarcOptions::UnusableFrom::kReject}},
+                                               dm.unusable_from);
+    if (dm.enabled && dm.enforce != DmarcOptions::Enforce::kReport && (!sp.enabled || !dk.enabled)) {
+      check.error(dmarc ? dmarc->get("enforce") : nullptr, "dmarc.enforce",
+                  std::string("enforcing DMARC needs both of its checks, but ") +
+                      (!sp.enabled && !dk.enabled ? "[spf] and [dkim] are" : !sp.enabled ? "[spf] is" : "[dkim] is") +
+                      " not enabled: every message would fail alignment and legitimate mail would be refused; "
+                      "enable them (enabled = true) or set enforce = \"report\"");
+    }
+
+    // [authenticity] trusted_networks (issue 15): clients whose mail skips
+    // SPF, DKIM and DMARC, listed; loopback is not trusted by itself.
+    const toml::table* authenticity = check.section(root, "authenticity");
+    if (authenticity) check.check_keys(*authenticity, "authenticity", {"trusted_networks"});
+    if (const toml::node* n = authenticity ? authenticity->get("trusted_networks") : nullptr) {
+      const toml::array* arr = n->as_array();
+      if (!arr) check.error(n, "authenticity.trusted_networks", "expected a list of \"IP/PREFIX\", got " + describe(*n));
+      for (std::size_t i = 0; arr && i < arr->size(); ++i) {
+        const toml::node& item = *arr->get(i);
+        if (!item.is_string() || !a.trusted.add(item.as_string()->get())) {
+          check.error(&item, "authenticity.trusted_networks",
+                      "expected \"IP/PREFIX\" or \"IP\" (e.g. \"10.0.0.0/8\"), got " + describe(item));
+        }
+      }
+    }
 
     const toml::table* ar = check.section(root, "authentication_results");
     if (ar) check.check_keys(*ar, "authentication_results", {"enabled", "authserv_id", "remove_forged"});
@@ -1055,7 +1150,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     if (store) {
       check.check_keys(*store, "store", {"backend", "on_error", "persist", "persist_interval", "persist_map_size",
                                          "redis_address", "redis_prefix", "redis_timeout", "redis_password",
-                                         "redis_database", "redis_reconnect_max"});
+                                         "redis_database", "redis_reconnect_max", "max_value", "max_bytes"});
     }
     StoreOptions& so = config->store;
     so.max_entries = config->lua.store_max_entries;
@@ -1090,6 +1185,10 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     check.get_seconds(store, "store", "persist_interval", 0.01, 3600, interval);
     so.persist_interval = std::chrono::milliseconds(static_cast<long long>(interval.count() * 1000));
     check.get_size(store, "store", "persist_map_size", 1u << 20, std::size_t(1) << 40, so.persist_map_size);
+    // Byte limits (issue 17): per value for every backend, in total for memory.
+    check.get_size(store, "store", "max_value", 1, KeyValueStore::kMaxValue, so.max_value);
+    check.get_size(store, "store", "max_bytes", 1u << 16, std::size_t(1) << 40, so.max_bytes);
+    config->lua.store_max_value = so.max_value;
     if (const toml::node* n = check.get_string(store, "store", "redis_address", so.redis_address)) {
       if (!parse_host_port(so.redis_address, so.redis.host, so.redis.port, false) || so.redis.port == 0) {
         check.error(n, "store.redis_address", "expected \"HOST:PORT\" of the Redis server (e.g. \"127.0.0.1:6379\"), got \"" +

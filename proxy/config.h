@@ -23,9 +23,9 @@ namespace postern {
 
 using Seconds = std::chrono::duration<double>;
 
-// [control] socket when the key is not set and /run/postern exists; else
-// "postern-control.sock" in the working directory.
-inline constexpr const char* kDefaultControlSocket = "/run/postern/control.sock";
+// [control] socket when the key is not set and the service manager gave
+// postern a runtime directory (systemd RuntimeDirectory=postern: /run/postern).
+inline constexpr const char* kRuntimeControlSocket = "control.sock";
 
 struct Config {
   struct Server {
@@ -46,6 +46,10 @@ struct Config {
     enum class Tls { kNone, kStarttls, kImplicit } tls = Tls::kNone;
     bool require_tls = false;     // 530 5.7.0 to mail commands before STARTTLS
     bool proxy_protocol = false;  // expect a PROXY v1/v2 header (HAProxy) first
+    // Peers ("IP/PREFIX") allowed to send that header; others are closed.
+    // Loopback by default: HAProxy on the same host; a balancer elsewhere is
+    // named, so an open port cannot be told a forged client address.
+    std::vector<std::string> proxy_protocol_from{"127.0.0.0/8", "::1/128"};
     // "passthrough" relays SASL PLAIN/LOGIN to the MTA, offered under TLS only.
     enum class Auth { kOff, kPassthrough } auth = Auth::kOff;
     // The filters this listener's sessions run: "inbound" the [lua] rules and
@@ -87,8 +91,17 @@ struct Config {
     std::size_t recipients = 1000;
     std::size_t messages_per_session = 10000;
     std::size_t errors = 10;
+    // Failed AUTH exchanges (5xx, or a refused SASL line) a session may have;
+    // the one that reaches it is answered, then 421 4.7.0 and close. Each
+    // failure's reply waits auth_failure_delay times the failures so far.
+    std::size_t auth_failures = 3;
+    Seconds auth_failure_delay{1};
     std::size_t command_line = 2048;
     std::size_t text_line = 1000;
+    // The header section (filters/message.h HeaderLimits): octets up to the
+    // empty line, and fields; beyond either, 552 5.3.4.
+    std::size_t header_section_size = 1024 * 1024;
+    std::size_t header_fields = 10000;
     // Concurrent sessions: in all, from one client address, and from one
     // network (IPv4 /network_prefix_v4, IPv6 /network_prefix_v6); 0 = no limit.
     std::size_t sessions = 0;
@@ -151,8 +164,13 @@ struct Config {
   } log;
 
   // The local control socket of `postern reload` and `postern status`.
+  // Key unset: $RUNTIME_DIRECTORY/control.sock under systemd, else
+  // `per_listener` (control::listener_socket_name of the first listener's
+  // bound port, in the working directory), so that instances started side
+  // by side from one directory each get their own (issue 18).
   struct Control {
-    std::string socket;    // absolute path; empty = no control socket
+    std::string socket;    // absolute path; empty = none, or per_listener
+    bool per_listener = false;
     unsigned mode = 0600;  // 0600 or 0660
   } control;
 

@@ -14,12 +14,16 @@
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
+#include <algorithm>
 #include <cerrno>
+#include <filesystem>
+#include <vector>
 #include <cstring>
 #include <stdexcept>
 #include <fmt/format.h>
 
 #include "proxy/log.h"
+#include "proxy/watchdog.h"
 
 namespace postern::control {
 namespace {
@@ -127,14 +131,16 @@ asio::awaitable<void> Server::serve() {
 
 asio::awaitable<void> Server::answer(asio::local::stream_protocol::socket socket) {
   std::string line;
-  asio::steady_timer deadline(socket.get_executor(), kCommandTimeout);
-  deadline.async_wait([&socket](std::error_code ec) {
+  // The watchdog forgets its action when it goes (with this frame): a timer
+  // handler capturing &socket could run after the frame is freed.
+  Watchdog watchdog(socket.get_executor(), [&socket] {
     std::error_code ignored;
-    if (!ec) socket.cancel(ignored);
+    socket.cancel(ignored);
   });
+  watchdog.arm(kCommandTimeout);
   auto buffer = asio::dynamic_buffer(line, kMaxCommand + 2);
   auto [ec, n] = co_await asio::async_read_until(socket, buffer, '\n', use_nothrow);
-  deadline.cancel();
+  watchdog.disarm();
   std::string reply;
   if (ec) {
     reply = ec == asio::error::not_found ? "error command too long\n" : "";
@@ -148,17 +154,38 @@ asio::awaitable<void> Server::answer(asio::local::stream_protocol::socket socket
     else reply = "error unknown command; expected reload, status or status json\n";
   }
   if (!reply.empty()) {
-    deadline.expires_after(kCommandTimeout);
-    deadline.async_wait([&socket](std::error_code e) {
-      std::error_code ignored;
-      if (!e) socket.cancel(ignored);
-    });
+    watchdog.arm(kCommandTimeout);
     co_await asio::async_write(socket, asio::buffer(reply), use_nothrow);
-    deadline.cancel();
+    watchdog.disarm();
   }
   std::error_code ignored;
   socket.shutdown(asio::socket_base::shutdown_both, ignored);
   socket.close(ignored);
+}
+
+std::string listener_socket_name(unsigned short port) { return fmt::format("postern-control-{}.sock", port); }
+
+std::string find_socket(unsigned short first_port) {
+  std::error_code ec;
+  if (first_port != 0 && std::filesystem::exists(listener_socket_name(first_port), ec)) {
+    return listener_socket_name(first_port);
+  }
+  std::vector<std::string> found;
+  for (const auto& entry : std::filesystem::directory_iterator(".", ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind("postern-control-", 0) == 0 && name.size() > 21 && name.ends_with(".sock")) found.push_back(name);
+  }
+  if (found.size() > 1) {
+    std::sort(found.begin(), found.end());
+    std::string names;
+    for (const auto& n : found) names += (names.empty() ? "" : ", ") + n;
+    throw std::runtime_error("several postern instances run in this directory (" + names + "): pass --socket PATH");
+  }
+  if (found.size() == 1) return found[0];
+  if (std::filesystem::exists(kServiceSocket, ec)) return kServiceSocket;
+  if (first_port != 0) return listener_socket_name(first_port);  // connecting says what is wrong
+  throw std::runtime_error("no postern-control-PORT.sock in the working directory and no " +
+                           std::string(kServiceSocket) + " (is postern running? pass --socket PATH)");
 }
 
 std::string request(const std::string& path, const std::string& command, std::chrono::seconds timeout) {

@@ -55,6 +55,20 @@ class Server {
   ino_t ino_ = 0;
 };
 
+// The default socket's name when [control] socket is unset and there is no
+// runtime directory: "postern-control-PORT.sock", PORT the first listener's
+// bound port (relative: the working directory).
+std::string listener_socket_name(unsigned short port);
+// The socket of the packaged systemd service (RuntimeDirectory=postern), as
+// seen from a shell, which has no $RUNTIME_DIRECTORY.
+inline constexpr const char* kServiceSocket = "/run/postern/control.sock";
+// Where `postern reload`/`status` look when the configuration leaves the
+// socket per listener: listener_socket_name(first_port) when it exists;
+// else the one "postern-control-*.sock" in the working directory; else
+// kServiceSocket when it exists. Throws std::runtime_error naming the
+// candidates when several instances run here or none is found.
+std::string find_socket(unsigned short first_port);
+
 // Client side: sends `command` to the socket at `path` and returns the
 // answer. Throws std::runtime_error with a message for the user (no such
 // socket, nobody listening, permission, time-out).

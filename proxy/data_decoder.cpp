@@ -49,9 +49,11 @@ void DataDecoder::reset() {
   faults_ = {};
   size_ = 0;
   line_length_ = 0;
+  ends_line_ = true;
 }
 
 void DataDecoder::emit(std::string& out, std::string_view bytes) {
+  if (!bytes.empty()) ends_line_ = bytes.back() == '\n';  // every LF emitted ends a CRLF
   size_ += bytes.size();
   if (size_ > options_.max_size) {
     faults_.too_big = true;
@@ -238,11 +240,17 @@ void DataDecoder::feed_chunk(std::string_view in, std::string& out) {
 }
 
 void DataDecoder::finish_chunks(std::string& out) {
-  if (state_ != State::kCr) return;
-  note_line_length(1);
-  if (options_.bare_line_ending == BareLineEnding::kReject) emit(out, "\r");
-  bare_line_end(out, false);
-  state_ = State::kLineStart;
+  if (state_ == State::kCr) {
+    note_line_length(1);
+    if (options_.bare_line_ending == BareLineEnding::kReject) emit(out, "\r");
+    bare_line_end(out, false);
+    state_ = State::kLineStart;
+  }
+  // Content that does not end its last line: the line ends here, as DATA's
+  // end marker ends it, so every reader -- DKIM verification and signing,
+  // a relay by DATA (which must add it) or by BDAT -- has the same body
+  // (issue 15: a signature over a body then relayed with a CRLF added).
+  if (!ends_line_) emit(out, "\r\n");
 }
 
 void DotStuffer::feed(std::string_view content, std::string& out) {

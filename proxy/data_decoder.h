@@ -49,7 +49,8 @@ class DataDecoder {
   // end marker; the same checks (bare CR/LF, NUL, line length, size) apply so
   // DATA and BDAT reach the MTA alike. Appends all of `input` to `out`.
   void feed_chunk(std::string_view input, std::string& out);
-  // After the LAST chunk: a final CR without its LF is a bare CR.
+  // After the LAST chunk: a final CR without its LF is a bare CR; content
+  // whose last line has no CRLF gets one.
   void finish_chunks(std::string& out);
 
   const Faults& faults() const { return faults_; }
@@ -75,6 +76,7 @@ class DataDecoder {
   Faults faults_;
   std::size_t size_ = 0;
   std::size_t line_length_ = 0;
+  bool ends_line_ = true;  // the content emitted so far is empty or ends with CRLF
 };
 
 // Dot-stuffs content for the wire (RFC 5321 §4.5.2); streaming across chunks.

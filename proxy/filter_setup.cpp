@@ -89,6 +89,16 @@ std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, cons
                                                log::Level::kError};
       log::Line(kLevels[static_cast<int>(level)], "lua").kv("line", line);
     };
+    // Lines rules write carry the session and transaction ids as fields, so
+    // that jq 'select(.session == "...")' finds them.
+    lua.rule_log = [](LuaLogLevel level, std::string_view session, std::string_view id, std::string_view line) {
+      static constexpr log::Level kLevels[] = {log::Level::kDebug, log::Level::kInfo, log::Level::kWarning,
+                                               log::Level::kError};
+      log::Line out(kLevels[static_cast<int>(level)], "lua");
+      if (!session.empty()) out.kv("session", session);
+      if (!id.empty()) out.kv("id", id);
+      out.kv("line", line);
+    };
     try {
       // Last: rules see the authenticity results and the score so far.
       filters.push_back(make_lua_filter(lua, resources.resolver.get()));

@@ -12,6 +12,7 @@
 
 #include "filters/auth/audit_report.h"
 #include "filters/auth/offline_check.h"
+#include "proxy/check_runner.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/lua/rule_test.h"
 #include "proxy/config.h"
@@ -19,6 +20,7 @@
 #include "proxy/filter_setup.h"
 #include "proxy/tls.h"
 #include "proxy/server.h"
+#include "revision.h"
 #include "version.h"
 
 namespace {
@@ -33,7 +35,7 @@ Usage:
   postern status [--json] [--socket PATH | -c CONFIG]
   postern test [--config FILE] [-v] FIXTURE.toml|DIR...
   postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...
-                [--config FILE] [--rules FILE]... MESSAGE.eml
+                [--config FILE --rcpt ADDR...] [--rules FILE]... MESSAGE.eml
   postern report AUDIT.jsonl... [--html OUT.html] [--domain D]... [--top N]
   postern --help | --version
 
@@ -51,6 +53,9 @@ Commands:
                  exit 0 when every fixture passes, 1 when one fails, 2 on bad input.
   check          The verdict for one message file, offline: SPF, DKIM, DMARC,
                  Authentication-Results and the rules, printed as one JSON object.
+                 With --config: the configuration's whole filter chain, every stage
+                 (connect, helo, mail, each --rcpt, data, eom) as the live proxy runs
+                 it, with the reply the client would hear and the deciding rule.
   report         Summarize audit logs per From domain: SPF/DKIM/DMARC pass rates,
                  alignment, actions, top failing sources; a table, and an HTML page.
 
@@ -191,7 +196,11 @@ int cmd_test(const std::vector<std::string>& args) {
   for (std::size_t i = 0; i < args.size(); ++i) {
     if (is_help(args[i])) {
       std::cout << "Usage: postern test [--config FILE] [-v] FIXTURE.toml|DIR...\n"
-                   "Runs the configured (or each fixture's) Lua rules offline against .eml fixtures.\n";
+                   "Runs the configured (or each fixture's) Lua rules offline against .eml fixtures.\n"
+                   "\n"
+                   "Options:\n"
+                   "  --config FILE   the configuration whose [lua] rules run (else each fixture's)\n"
+                   "  -v, --verbose   print every fixture's verdict and symbols, not only failures\n";
       return 0;
     }
     if (args[i] == "--config" && i + 1 < args.size()) config_path = args[++i];
@@ -203,6 +212,8 @@ int cmd_test(const std::vector<std::string>& args) {
     auto config = postern::load_config(source_from(config_path));
     options.lua = config->lua;
     options.scores = config->scores;
+    options.auth = config->auth;
+    if (options.auth.hostname.empty()) options.auth.hostname = config->server.hostname;
   } catch (const postern::ConfigError& e) {
     std::cerr << e.what() << "\n";
     return 2;
@@ -213,7 +224,7 @@ int cmd_test(const std::vector<std::string>& args) {
 int cmd_check(const std::vector<std::string>& args) {
   postern::OfflineCheck check;
   std::string config_path, message_path;
-  std::vector<std::string> rules, servers;
+  std::vector<std::string> rules, servers, rcpts;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto next = [&](const char* flag) -> const std::string* {
@@ -226,7 +237,7 @@ int cmd_check(const std::vector<std::string>& args) {
     const std::string* v = nullptr;
     if (is_help(a)) {
       std::cout << "Usage: postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...\n"
-                   "                     [--config FILE] [--rules FILE]... MESSAGE.eml\n";
+                   "                     [--config FILE --rcpt ADDR...] [--rules FILE]... MESSAGE.eml\n";
       return 0;
     } else if (a == "--client-ip") { if (!(v = next("--client-ip"))) return 2; check.client_ip = *v; }
     else if (a == "--helo") { if (!(v = next("--helo"))) return 2; check.helo = *v; }
@@ -234,6 +245,7 @@ int cmd_check(const std::vector<std::string>& args) {
     else if (a == "--dns-server") { if (!(v = next("--dns-server"))) return 2; servers.push_back(*v); }
     else if (a == "--config") { if (!(v = next("--config"))) return 2; config_path = *v; }
     else if (a == "--rules") { if (!(v = next("--rules"))) return 2; rules.push_back(*v); }
+    else if (a == "--rcpt") { if (!(v = next("--rcpt"))) return 2; rcpts.push_back(*v); }
     else if (!a.empty() && a[0] == '-') return usage_error("unknown option '" + a + "' for check");
     else message_path = a;
   }
@@ -245,6 +257,24 @@ int cmd_check(const std::vector<std::string>& args) {
   std::ostringstream text;
   text << in.rdbuf();
   check.message = text.str();
+  if (!config_path.empty()) {
+    if (rcpts.empty()) return usage_error("check --config needs at least one --rcpt");
+    try {
+      auto config = postern::load_config(source_from(config_path));
+      postern::Config live = *config;
+      if (!servers.empty()) live.dns.servers = servers;
+      if (!rules.empty()) live.lua.scripts = rules;
+      postern::LiveCheck lc{check.client_ip, 0, check.helo, check.mail_from, rcpts, check.message};
+      std::cout << postern::run_live_check(live, lc) << "\n";
+    } catch (const postern::ConfigError& e) {
+      std::cerr << e.what() << "\n";
+      return 2;
+    } catch (const std::exception& e) {
+      std::cerr << "postern check: " << e.what() << "\n";
+      return 2;
+    }
+    return 0;
+  }
   try {
     auto config = postern::load_config(source_from(config_path));
     check.auth = config->auth;
@@ -282,8 +312,9 @@ Talk to the running postern over its control socket ([control] socket).
 Options:
   --socket PATH      the control socket
   -c, --config FILE  the configuration postern runs with; its [control] socket is
-                     used (default: the embedded default's, /run/postern/control.sock,
-                     or ./postern-control.sock where /run/postern does not exist)
+                     used. Unset: $RUNTIME_DIRECTORY/control.sock (systemd), else
+                     ./postern-control-PORT.sock (PORT the first listener's; the
+                     only one in the directory), else /run/postern/control.sock
   --json             status: one JSON object
   -h, --help         show this help
 
@@ -306,10 +337,17 @@ int cmd_control(const std::string& command, const std::vector<std::string>& args
   }
   if (!socket.empty() && !config_path.empty()) return usage_error("--socket and -c exclude each other");
   if (socket.empty()) {
+    bool per_listener = false;
     try {
-      socket = postern::load_config(source_from(config_path))->control.socket;
+      auto config = postern::load_config(source_from(config_path));
+      socket = config->control.socket;
+      per_listener = config->control.per_listener;
+      if (per_listener) socket = postern::control::find_socket(config->listeners[0].port);
     } catch (const postern::ConfigError& e) {
       std::cerr << e.what() << "\n";
+      return 1;
+    } catch (const std::runtime_error& e) {
+      std::cerr << "postern " << command << ": " << e.what() << "\n";
       return 1;
     }
     if (socket.empty()) {
@@ -435,7 +473,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (args[0] == "--version" || args[0] == "version") {
-    std::cout << "postern " << postern::kVersion << "\n";
+    // The version is CMakeLists.txt's project(VERSION); the revision is git's, when built from git.
+    std::cout << "postern " << postern::kVersion;
+    if (*postern::kRevision) std::cout << " (git " << postern::kRevision << ")";
+    std::cout << "\n";
     return 0;
   }
   std::vector<std::string> rest(args.begin() + 1, args.end());

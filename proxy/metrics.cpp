@@ -139,6 +139,14 @@ class ProxyFilterStats final : public FilterStats {
     key += kRuleFailureNames[static_cast<std::size_t>(why)];
     registry().rule_failures.at(key).inc();
   }
+  void lua_log_dropped(std::string_view rule) override {
+    std::string scratch;
+    registry().lua_log_dropped.at(clean_label_value(rule, scratch)).inc();
+  }
+  void lua_thread_busy(std::string_view rule) override {
+    std::string scratch;
+    registry().lua_thread_busy.at(clean_label_value(rule, scratch)).inc();
+  }
 };
 }  // namespace
 
@@ -480,7 +488,17 @@ std::string Registry::render() const {
   symbols.for_each([&](std::string_view s, const Counter& c) {
     w.sample("postern_symbols_total", {{"symbol", s}}, c.value());
   });
-  w.family("postern_lua_rule_hits_total", "counter", "Lua rule calls that returned true or a verdict, by rule.");
+  w.family("postern_lua_log_dropped_total", "counter", "Lines rules logged past lua.log_rate, dropped, by rule.");
+  lua_log_dropped.for_each([&](std::string_view rule, const Counter& c) {
+    w.sample("postern_lua_log_dropped_total", {{"rule", rule}}, c.value());
+  });
+  w.family("postern_lua_thread_busy_total", "counter",
+           "Rule calls that held their I/O thread past lua.busy_threshold, by rule.");
+  lua_thread_busy.for_each([&](std::string_view rule, const Counter& c) {
+    w.sample("postern_lua_thread_busy_total", {{"rule", rule}}, c.value());
+  });
+  w.family("postern_lua_rule_hits_total", "counter",
+           "Lua rule calls that added a symbol or returned true or a verdict, by rule.");
   rules.for_each([&](std::string_view rule, const RuleStats& s) {
     w.sample("postern_lua_rule_hits_total", {{"rule", rule}}, s.hits.value());
   });

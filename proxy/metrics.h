@@ -212,6 +212,8 @@ struct Registry {
   LabelTable<Counter, 512> symbols;
   LabelTable<RuleStats, 256> rules;
   LabelTable<Counter, 256> rule_failures;    // rule, script, kind
+  LabelTable<Counter, 256> lua_log_dropped;  // rule: lines past lua.log_rate
+  LabelTable<Counter, 256> lua_thread_busy;  // rule: calls past lua.busy_threshold
 
   // Whole messages.
   Histogram message_duration;      // end of DATA to the final reply

@@ -2,6 +2,7 @@
 #include "proxy/process.h"
 
 #include <grp.h>
+#include <malloc.h>
 #include <pwd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -22,6 +23,13 @@ namespace {
 constexpr std::size_t kReserveFiles = 64;
 constexpr std::size_t kFilesPerSession = 3;
 }  // namespace
+
+void return_large_buffers_to_os() {
+  // Setting it also turns off glibc's sliding threshold, which rises to the
+  // largest block freed so far and would keep every later message's buffer
+  // in an arena.
+  ::mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+}
 
 void restrict_file_creation() { ::umask(077); }
 

@@ -14,6 +14,12 @@ namespace postern::process {
 // are the owner's only: umask 077.
 void restrict_file_creation();
 
+// Buffers of 256 KiB and more (message spools, relayed messages) are mapped
+// and unmapped on their own (glibc M_MMAP_THRESHOLD, fixed), so memory a
+// session gives back after a message leaves the process instead of staying
+// in a heap arena (issue 18: idle sessions' RSS).
+void return_large_buffers_to_os();
+
 // Open files the configuration needs: per session the client socket, the
 // upstream socket and a spool file, plus a reserve for listeners, logs, DNS.
 std::size_t open_files_needed(const Config& config);

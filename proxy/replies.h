@@ -33,6 +33,7 @@ inline constexpr Def kBadSenderAddress{501, "5.1.7 Bad sender address syntax"};
 inline constexpr Def kBadRecipientAddress{501, "5.1.3 Bad recipient address syntax"};
 inline constexpr Def kAddressTooLong{501, "5.5.4 Error: address too long (RFC 5321 4.5.3.1)"};
 inline constexpr Def kNonAsciiAddress{553, "5.6.7 Error: non-ASCII address requires SMTPUTF8"};
+inline constexpr Def kInvalidUtf8Address{553, "5.6.7 Error: address is not valid UTF-8 (RFC 6531)"};
 inline constexpr Def kNoArguments{501, "5.5.4 Syntax error: no arguments allowed"};
 inline constexpr Def kArgsSyntax{501, "5.5.4 Syntax error in parameters or arguments"};
 inline constexpr Def kUnknownParameter{555, "5.5.4 Error: unsupported MAIL/RCPT parameter"};
@@ -46,6 +47,7 @@ inline constexpr Def kTooManyRecipients{452, "4.5.3 Error: too many recipients"}
 inline constexpr Def kTooManyMessages{421, "4.7.0 Error: too many messages in this session"};
 inline constexpr Def kTooManyErrors{421, "4.7.0 Error: too many errors"};
 inline constexpr Def kSizeExceeded{552, "5.3.4 Error: message size exceeds fixed limit"};
+inline constexpr Def kHeaderSectionTooBig{552, "5.3.4 Error: message header section exceeds fixed limit"};
 
 // TLS (RFC 3207).
 inline constexpr Def kReadyToStartTls{220, "2.0.0 Ready to start TLS"};
@@ -59,6 +61,9 @@ inline constexpr Def kAuthAlready{503, "5.5.1 Error: already authenticated"};
 inline constexpr Def kAuthInTransaction{503, "5.5.1 Error: MAIL transaction in progress"};
 inline constexpr Def kAuthMechanism{504, "5.5.4 Unrecognized authentication type"};
 inline constexpr Def kAuthUnavailable{454, "4.7.0 Temporary authentication failure"};
+// RFC 4954 §4: a response is base64 or "*"; CR, LF, NUL or anything else in it is refused.
+inline constexpr Def kSaslResponseSyntax{501, "5.5.2 Error: SASL response must be base64 or *"};
+inline constexpr Def kTooManyAuthFailures{421, "4.7.0 Error: too many authentication failures"};
 
 // CHUNKING (RFC 3030).
 inline constexpr Def kBdatSyntax{501, "5.5.4 Syntax: BDAT size [LAST]"};
@@ -67,6 +72,7 @@ inline constexpr Def kDataAfterBdat{503, "5.5.1 Error: DATA cannot follow BDAT i
 // Content (end of DATA).
 inline constexpr Def kBareLineEnding{554, "5.5.2 Error: bare <CR> or <LF> in message content (RFC 5321 2.3.8)"};
 inline constexpr Def kNulInContent{554, "5.6.0 Error: NUL character in message content"};
+inline constexpr Def kInvalidUtf8Header{554, "5.6.7 Error: header section is not valid UTF-8 (RFC 6532)"};
 inline constexpr Def kTextLineTooLong{554, "5.6.0 Error: message line too long (RFC 5321 4.5.3.1.6)"};
 inline constexpr Def kSpoolFailed{451, "4.3.0 Error: cannot spool message, try again later"};
 inline constexpr Def kDkimSignFailed{451, "4.3.0 Error: cannot DKIM-sign the message, try again later"};

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <thread>
@@ -96,8 +97,10 @@ void apply_audit_log(const Config& config, bool reload) {
 
 struct Server::Impl {
   struct Worker {
-    asio::io_context context{1};
+    // Declared before the context: a session still open at a forced shutdown
+    // is destroyed with the context and leaves the registry then.
     SessionRegistry registry;
+    asio::io_context context{1};
     std::shared_ptr<const FilterChain> chain;  // touched only on this worker's thread
     std::shared_ptr<const FilterChain> submission_chain;  // for authenticated sessions
   };
@@ -113,6 +116,10 @@ struct Server::Impl {
   std::vector<std::unique_ptr<asio::ip::tcp::acceptor>> acceptors;
   std::vector<asio::ip::tcp::acceptor*> acceptors_extra;  // metrics: closed at shutdown too
   std::atomic<long> open_sessions{0};
+  // Sessions were still open when shutdown_timeout ended the drain: their
+  // frames may be read by a DKIM or SPF task on a worker pool right now, so
+  // they are never destroyed (run() ends the process without destructors).
+  bool shutdown_forced = false;
   std::atomic<bool> draining{false};
   std::size_t next_worker = 0;
   // Operations (status, reload results, service manager); touched on worker 0's thread.
@@ -158,11 +165,15 @@ struct Server::Impl {
   }
 
   // One session's coroutine on its worker: built on the worker's thread, as
-  // the chain (and its Lua state) is that thread's.
+  // the chain (and its Lua state) is that thread's. The lambda owns a copy of
+  // the listener: `listener` lives in accept_loop's frame, which SIGTERM ends
+  // while the session may not have started yet on its own thread (a
+  // use-after-free, issue 18). Nothing from a coroutine's frame is captured
+  // by reference into work that runs on another thread or later.
   void start_session(Worker& worker, const Config::Listener& listener, asio::ip::tcp::socket socket) {
     ++open_sessions;
     ++sessions_accepted;
-    auto run = [this, &worker, &listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+    auto run = [this, &worker, listener = listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
       auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
                                                worker.chain, worker.submission_chain, capabilities,
                                                worker.registry);
@@ -372,7 +383,10 @@ struct Server::Impl {
       tick.expires_after(std::chrono::milliseconds(20));
       co_await tick.async_wait(use_nothrow);
     }
-    if (open_sessions > 0) log::warning("shutdown-forced").kv("open_sessions", open_sessions.load());
+    if (open_sessions > 0) {
+      log::warning("shutdown-forced").kv("open_sessions", open_sessions.load());
+      shutdown_forced = true;
+    }
     guards.clear();
     for (auto& w : workers) w->context.stop();
   }
@@ -380,6 +394,7 @@ struct Server::Impl {
 
 Server::Server(ConfigSource source) : impl_(std::make_unique<Impl>()) {
   process::restrict_file_creation();
+  process::return_large_buffers_to_os();
   impl_->source = std::move(source);
   impl_->config = load_config(impl_->source);
   impl_->tls_context = make_server_tls_context(impl_->config->tls);
@@ -471,10 +486,13 @@ int Server::run() {
     asio::co_spawn(s.workers[0]->context, metrics::serve_http(*metrics_acceptor), asio::detached);
     s.acceptors_extra.push_back(metrics_acceptor.get());
   }
-  if (!config->control.socket.empty()) {
+  if (!config->control.socket.empty() || config->control.per_listener) {
     control::Handlers handlers{[&s] { return s.reload(); }, [&s](bool json) { return s.status(json); }};
+    std::string path = config->control.per_listener
+                           ? control::listener_socket_name(s.acceptors[0]->local_endpoint().port())
+                           : config->control.socket;
     try {
-      s.control = std::make_unique<control::Server>(s.workers[0]->context, config->control.socket,
+      s.control = std::make_unique<control::Server>(s.workers[0]->context, path,
                                                     config->control.mode, std::move(handlers));
     } catch (const std::exception& e) {
       log::error("control-failed").kv("error", e.what());
@@ -515,6 +533,12 @@ int Server::run() {
   s.control.reset();  // removes the socket file while its io_context still exists
   install_audit_log(nullptr);  // written out and synced
   log::info("stopped");
+  if (s.shutdown_forced) {
+    // No session acked by then was lost: a stuck one never heard 250. Ending
+    // here, not in ~Server, keeps its frame alive for a pool task still
+    // reading its spool (a use-after-free otherwise, issue 18).
+    std::_Exit(0);
+  }
   return 0;
 }
 

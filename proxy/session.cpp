@@ -4,6 +4,7 @@
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/read.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 #include <algorithm>
@@ -15,6 +16,7 @@
 
 #include "filters/auth/audit_log.h"
 #include "filters/auth/dkim_signer.h"
+#include "filters/auth/utf8.h"
 #include "filters/message.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
@@ -160,8 +162,14 @@ void Session::reply(const replies::Def& def) { append_reply(output_, def.code, d
 // A client mistake: reply, count it, and end a session that keeps erring.
 void Session::client_error(const replies::Def& def) {
   reply(def);
+  note_error();
+}
+
+// Every kind of client error counts here (bad commands, failed AUTH); past
+// limits.errors the session ends with 421.
+void Session::note_error() {
   metrics::registry().client_errors.inc();
-  if (++errors_ >= config_->limits.errors) {
+  if (++errors_ >= config_->limits.errors && !quit_) {
     log::warning("too-many-errors").kv("session", id_).kv("client", client_.address)
         .kv("errors", errors_);
     reply(replies::kTooManyErrors);
@@ -176,26 +184,23 @@ Upstream& Session::upstream() {
 
 asio::awaitable<void> Session::run() {
   metrics::SessionGauge open_gauge(listener_.address);
-  bool ready = true;
-  if (listener_.proxy_protocol) ready = co_await read_proxy_header();
-  if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kProxyProtocol);
+  // This session's places in the concurrent-session limits, taken at accept
+  // before a PROXY header or a TLS handshake is read (issue 18: neither may
+  // hold a connection past the limits). Behind a PROXY listener the peer is
+  // the proxy: it counts in all, the real client per address once known.
+  SessionLimiter::Ticket place, client_place;
+  using Scope = SessionLimiter::Scope;
+  bool ready = co_await admit(place, listener_.proxy_protocol ? Scope::kTotal : Scope::kAll);
+  if (ready && listener_.proxy_protocol) {
+    ready = co_await read_proxy_header();
+    if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kProxyProtocol);
+    else ready = co_await admit(client_place, Scope::kClient);
+  }
   log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
       .kv("listener", facts_.listener);
   if (ready && listener_.tls == Config::Listener::Tls::kImplicit) {
     ready = co_await start_tls();
     if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kTls);
-  }
-  SessionLimiter::Ticket place;  // this session's place in the concurrent-session limits
-  if (ready) {
-    auto refusal = SessionLimiter::instance().admit(client_.address, config_->limits, place);
-    if (refusal != SessionLimiter::Refusal::kNone) {
-      metrics::session_refused(listener_.address, metrics::Refusal::kLimit);
-      log::warning("session-limit").kv("session", id_).kv("client", client_.address)
-          .kv("limit", refusal_name(refusal)).kv("action", "refused with 421");
-      reply(refusal_reply(refusal));
-      co_await flush();
-      ready = false;
-    }
   }
   if (!ready) {
     watchdog_.stop();
@@ -207,6 +212,7 @@ asio::awaitable<void> Session::run() {
   }
   Verdict connect = co_await run_filters(Stage::kConnect);
   client_.name = facts_.client_name;  // verified at connect: for XCLIENT/XFORWARD NAME= and Received
+  connect_facts_ = facts_;  // what STARTTLS goes back to (forget_plaintext)
   if (connect.action == Verdict::Action::kReject || connect.action == Verdict::Action::kTempfail ||
       connect.action == Verdict::Action::kDisconnect) {
     // Refused at connect: the MTA never hears of this client (RFC 5321 §3.1).
@@ -246,6 +252,24 @@ asio::awaitable<void> Session::run() {
   socket_.close(ignored);
   log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", messages_)
       .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
+}
+
+// Takes the session's place in the limits; false (the client told 421 where
+// it can read it, and a log line) when they are full. An implicit-TLS
+// listener closes without a word: a plaintext reply is noise to a TLS
+// client, and a handshake is what the limit is there to save.
+asio::awaitable<bool> Session::admit(SessionLimiter::Ticket& ticket, SessionLimiter::Scope scope) {
+  auto refusal = SessionLimiter::instance().admit(client_.address, config_->limits, ticket, scope);
+  if (refusal == SessionLimiter::Refusal::kNone) co_return true;
+  const bool implicit_tls = listener_.tls == Config::Listener::Tls::kImplicit;
+  metrics::session_refused(listener_.address, metrics::Refusal::kLimit);
+  log::warning("session-limit").kv("session", id_).kv("client", client_.address)
+      .kv("limit", refusal_name(refusal)).kv("action", implicit_tls ? "closed" : "refused with 421");
+  if (!implicit_tls) {
+    reply(refusal_reply(refusal));
+    co_await flush();
+  }
+  co_return false;
 }
 
 // RFC 5321 §4.3.1: the client waits for the greeting. Octets sent before it
@@ -298,10 +322,14 @@ asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
     co_return ec;
   }
   // TLS may hold decrypted octets the socket does not show: read into the
-  // buffer itself.
+  // buffer itself; a small read between messages, so that an idle session
+  // does not wait on a content-sized buffer.
+  const bool content = mode_ == Mode::kData || mode_ == Mode::kBdat;
+  const std::size_t chunk = content ? limits::kReadChunk : limits::kCommandReadChunk;
+  if (input_.empty() && !content && input_.capacity() > limits::kIdleBuffer) std::string().swap(input_);
   std::size_t old = input_.size();
-  input_.resize(old + limits::kReadChunk);
-  auto buffer = asio::buffer(input_.data() + old, limits::kReadChunk);
+  input_.resize(old + chunk);
+  auto buffer = asio::buffer(input_.data() + old, chunk);
   watchdog_.arm(timeout);
   reading_ = true;
   auto [ec, n] = co_await tls_->async_read_some(buffer, use_nothrow);
@@ -366,19 +394,26 @@ asio::awaitable<bool> Session::fill() {
 
 // The PROXY header a load balancer sends first: the real client replaces the
 // socket's peer everywhere. Without a valid one the connection is closed
-// without a word (HAProxy spec §2: never guess).
+// without a word (HAProxy spec §2: never guess). Only the listener's
+// proxy_protocol_from networks may send one: from anyone else it would be a
+// forged client address. The whole header has one deadline
+// (timeouts.command), not one per read: trickling octets cannot hold it.
 asio::awaitable<bool> Session::read_proxy_header() {
+  if (!SessionLimiter::in_networks(client_.address, listener_.proxy_protocol_from)) {
+    log::warning("proxy-protocol-untrusted").kv("session", id_).kv("peer", client_.address)
+        .kv("listener", facts_.listener).kv("action", "closed; not in listener.proxy_protocol_from");
+    co_return false;
+  }
   // Read exactly the header's octets, never more: what follows may be a TLS
   // ClientHello that the TLS engine must read from the socket itself.
   auto read_exact = [this](std::size_t n) -> asio::awaitable<bool> {
     std::size_t old = input_.size();
     input_.resize(old + n);
-    watchdog_.arm(config_->timeouts.command);
     auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(input_.data() + old, n), use_nothrow);
-    watchdog_.disarm();
     input_.resize(old + got);
     co_return !ec;
   };
+  watchdog_.arm(config_->timeouts.command);
   // Octet by octet (a v1 line is at most 107), so a client that is not a
   // proxy is told off at its first wrong octet; a v2 header's address block
   // is read at once once its length is known.
@@ -394,6 +429,7 @@ asio::awaitable<bool> Session::read_proxy_header() {
     }
     ok = co_await read_exact(need);
   }
+  watchdog_.disarm();
   if (!ok) {
     log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address)
         .kv("error", watchdog_.expired() ? "timeout" : "connection closed before the header");
@@ -460,12 +496,33 @@ asio::awaitable<void> Session::handle_starttls() {
   input_.clear();
   input_pos_ = 0;
   if (txn_.active) co_await abandon_transaction();
+  if (upstream_) {  // it heard the plaintext identity (XCLIENT HELO=...); the next MAIL opens a new one
+    co_await upstream_->quit();
+    upstream_.reset();
+  }
+  forget_plaintext();
+  starttls_pending_ = true;  // the handshake follows once the 220 is sent (run())
+}
+
+// RFC 3207 §4.2: the server discards all knowledge obtained from the client
+// before TLS. Whole structs are replaced, not fields cleared one by one, so a
+// fact added later (a rule's session note or symbol, HELO, AUTH, any new
+// field) cannot survive by being forgotten here. The session's facts go back
+// to what the connection itself established before the client said a word
+// (connect_facts_: addresses, the PROXY header's client, the connect stage's
+// notes and symbols, the verified reverse-DNS name); the error count stays
+// (abuse is not forgiven by a handshake).
+void Session::forget_plaintext() {
+  facts_ = connect_facts_;
+  ClientFacts client;
+  client.session = client_.session;
+  client.address = client_.address;
+  client.port = client_.port;
+  client.name = client_.name;
+  client_ = std::move(client);
   greeted_ = false;
   esmtp_ = false;
-  client_.helo.clear();
-  facts_.helo.clear();
-  facts_.esmtp = false;
-  starttls_pending_ = true;  // the handshake follows once the 220 is sent (run())
+  auth_ = AuthExchange{};
 }
 
 namespace {
@@ -479,6 +536,14 @@ std::string base64_decode(std::string_view in) {
   if (in.size() >= 2 && in[in.size() - 2] == '=') --len;
   out.resize(std::min(len, out.size()));
   return out;
+}
+
+// RFC 4954 §4: a SASL response (or initial response) is base64 (RFC 4648's
+// alphabet; "=" alone is an empty initial response) or "*" to cancel.
+bool is_sasl_response(std::string_view line) {
+  if (line == "*") return true;
+  return line.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
+         std::string_view::npos;
 }
 
 // The identity a SASL response names: PLAIN's authcid (RFC 4616), LOGIN's user.
@@ -526,6 +591,11 @@ asio::awaitable<void> Session::handle_auth(const Command& cmd) {
     client_error(replies::kAuthMechanism);
     co_return;
   }
+  if (sp != std::string_view::npos && !is_sasl_response(args.substr(sp + 1))) {
+    auth_ = AuthExchange{false, mechanism, {}, false};
+    co_await refuse_sasl_response();
+    co_return;
+  }
   auth_ = AuthExchange{true, mechanism, {}, false};
   if (sp != std::string_view::npos && mechanism == "PLAIN") {  // initial response (RFC 4954 §4)
     auth_.user = sasl_user(mechanism, args.substr(sp + 1));
@@ -535,6 +605,10 @@ asio::awaitable<void> Session::handle_auth(const Command& cmd) {
 }
 
 asio::awaitable<void> Session::continue_auth(std::string_view line) {
+  if (!is_sasl_response(line)) {
+    co_await refuse_sasl_response();
+    co_return;
+  }
   if (line == "*") {  // the client cancels (RFC 4954 §4)
     co_await auth_reply(co_await upstream().auth(line, false, auth_.mechanism));
     co_return;
@@ -558,9 +632,47 @@ asio::awaitable<void> Session::auth_reply(UpstreamReply r) {
   } else {
     log::warning("auth").kv("session", id_).kv("client", client_.address).kv("mechanism", auth_.mechanism)
         .kv("result", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
-    ++errors_;
+    // A 4xx (MTA without AUTH, busy) says nothing about the credentials.
+    if (r.reply.klass() == 5) co_await auth_failed();
   }
   auth_.user.clear();
+}
+
+// A SASL response that is not base64 or "*" (RFC 4954 §4): a CR, LF or NUL
+// in it would reach the MTA as a line postern did not read. Refused with
+// 501, never relayed; an exchange the MTA has open is cancelled with "*"
+// and its answer to that dropped.
+asio::awaitable<void> Session::refuse_sasl_response() {
+  log::warning("sasl-response-refused").kv("session", id_).kv("client", client_.address)
+      .kv("mechanism", auth_.mechanism).kv("reason", "not base64 or *");
+  const bool open_upstream = auth_.active;
+  auth_.active = false;
+  auth_.user.clear();
+  if (open_upstream) (void)co_await upstream().auth("*", false, auth_.mechanism);
+  reply(replies::kSaslResponseSyntax);
+  co_await auth_failed();
+}
+
+// One failed AUTH: counted toward limits.errors and limits.auth_failures,
+// and answered late (a tarpit: auth_failure_delay times the failures so
+// far); the failure that reaches limits.auth_failures ends the session.
+asio::awaitable<void> Session::auth_failed() {
+  ++auth_failures_;
+  const Config::Limits& limits = config_->limits;
+  if (limits.auth_failure_delay > Seconds(0)) {
+    asio::steady_timer pause(socket_.get_executor(), std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                         limits.auth_failure_delay * static_cast<double>(auth_failures_)));
+    co_await pause.async_wait(use_nothrow);
+  }
+  if (auth_failures_ >= limits.auth_failures) {
+    log::warning("too-many-auth-failures").kv("session", id_).kv("client", client_.address)
+        .kv("failures", auth_failures_).kv("action", "closed with 421");
+    metrics::registry().client_errors.inc();
+    reply(replies::kTooManyAuthFailures);
+    quit_ = true;
+    co_return;
+  }
+  note_error();
 }
 
 // Handles every complete command (and DATA content) that is buffered.
@@ -606,7 +718,8 @@ asio::awaitable<void> Session::process_input() {
         continue;
       case LineScan::Outcome::kBareLf:
         input_pos_ += scan.consumed;
-        client_error(replies::kBareLfInCommand);
+        if (auth_.active) co_await refuse_sasl_response();  // an LF inside the response
+        else client_error(replies::kBareLfInCommand);
         continue;
       case LineScan::Outcome::kComplete:
         input_pos_ += scan.consumed;
@@ -799,6 +912,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       std::any_of(cmd.args.begin(), cmd.args.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
     args.error = &replies::kNonAsciiAddress;
   }
+  if (!args.error && !valid_utf8(cmd.args)) args.error = &replies::kInvalidUtf8Address;  // RFC 6531 §3.3
   if (args.error) {
     client_error(*args.error);
     co_return;
@@ -829,7 +943,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       if (v.action == Verdict::Action::kDisconnect) quit_ = true;
       {
         UpstreamReply refused{verdict_reply(v, Stage::kMail), true};
-        write_audit(refused.reply.klass() == 4 ? "tempfailed" : "rejected", refused, v.reason, "mail", {});
+        write_audit(refused.reply.klass() == 4 ? "tempfailed" : "rejected", refused, v.reason, "mail", {}, v.rule);
       }
       reset_transaction();
       co_return;
@@ -885,6 +999,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   }
   // Every local answer to this RCPT first needs MAIL's, if MAIL was held.
   PathArgs args = parse_rcpt_args(cmd.args, txn_.smtputf8);
+  if (!args.error && !valid_utf8(cmd.args)) args.error = &replies::kInvalidUtf8Address;  // RFC 6531 §3.3
   if (args.error) {
     co_await settle_mail();
     client_error(*args.error);
@@ -1062,6 +1177,7 @@ asio::awaitable<void> Session::end_of_data() {
   else if (bare) refusal = &replies::kBareLineEnding;
   else if (faults.nul) refusal = &replies::kNulInContent;
   else if (faults.line_too_long) refusal = &replies::kTextLineTooLong;
+  else if (txn_.header_utf8 && !txn_.header_utf8->valid()) refusal = &replies::kInvalidUtf8Header;
   else if (spool_failed_) refusal = &replies::kSpoolFailed;
   else if (!spool_.finish()) {
     log::error("spool-error").kv("session", id_).kv("op", "flush").kv("error", std::strerror(errno));
@@ -1080,7 +1196,17 @@ asio::awaitable<void> Session::end_of_data() {
     }
     co_await upstream().reset();
   } else {
-    Message message(spool_);
+    Message message(spool_, header_limits());
+    if (message.headers_truncated()) {
+      // Fields past the limit would reach the MTA unread by any filter.
+      co_await refuse_header_section(message, result);
+      append_reply(output_, result.reply);
+      metrics::message_done(metrics::MessageResult::kRejected, decoder_.size(), metrics::seconds_since(end_of_content),
+                            metrics::seconds_since(txn_.started));
+      write_audit("rejected", result, "header section over limit", "eom", AuditHeaders{});
+      reset_transaction();
+      co_return;
+    }
     txn_.facts.message = &message;
     verdict = co_await run_filters(Stage::kData);
     if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
@@ -1144,13 +1270,29 @@ asio::awaitable<void> Session::end_of_data() {
     if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
     line.kv("duration_ms", elapsed_ms(txn_.started));
   }
-  write_audit(outcome, result, verdict.reason, "eom", audit_headers);
+  write_audit(outcome, result, verdict.reason, "eom", audit_headers, verdict.rule);
   reset_transaction();
+}
+
+// The header section's bounds of this configuration (issue 15).
+HeaderLimits Session::header_limits() const {
+  return HeaderLimits{config_->limits.header_section_size, config_->limits.header_fields};
+}
+
+// A header section over [limits] header_section_size / header_fields: 552
+// 5.3.4 and a log line, nothing relayed.
+asio::awaitable<void> Session::refuse_header_section(const Message& message, UpstreamReply& result) {
+  const replies::Def& r = replies::kHeaderSectionTooBig;
+  result = UpstreamReply{Reply{r.code, std::string(r.text)}, true};
+  log::warning("header-section-too-big").kv("session", id_).kv("id", txn_.facts.id).kv("client", client_.address)
+      .kv("fields_read", message.headers().size()).kv("size", decoder_.size())
+      .kv("limit_size", config_->limits.header_section_size).kv("limit_fields", config_->limits.header_fields);
+  co_await upstream().reset();
 }
 
 // The message's audit record, after its fate is decided (filters/auth/audit_log.h).
 void Session::write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
-                          const char* stage, const AuditHeaders& headers) {
+                          const char* stage, const AuditHeaders& headers, const std::string& rule) {
   std::shared_ptr<AuditLog> audit = current_audit_log();
   if (!audit) return;
   std::string action(outcome);
@@ -1158,7 +1300,7 @@ void Session::write_audit(std::string_view outcome, const UpstreamReply& result,
   std::string reply = fmt::format("{} {}", result.reply.code, result.reply.text);
   std::replace(reply.begin(), reply.end(), '\n', ' ');
   AuditEntry entry{facts_, txn_.facts, std::move(action), std::move(reply), result.local ? "postern" : "upstream",
-                   stage, reason, decoder_.size(), headers.message_id, headers.from_domain};
+                   stage, reason, decoder_.size(), headers.message_id, headers.from_domain, rule, txn_.dkim_signed};
   if (!audit->write(audit_json(entry))) {
     log::warning("audit-dropped").kv("session", id_).kv("id", txn_.facts.id).kv("queued_limit", "full");
   }
@@ -1167,6 +1309,10 @@ void Session::write_audit(std::string_view outcome, const UpstreamReply& result,
 // Filters that read the content as it streams in (DKIM body hashing) tap
 // the spool from its first octet.
 void Session::add_content_taps() {
+  if (txn_.smtputf8) {  // checked on every listener, whatever its filters
+    txn_.header_utf8 = std::make_shared<HeaderUtf8Check>();
+    spool_.add_tap(txn_.header_utf8);
+  }
   const FilterChain* chain = active_chain();
   if (!chain || chain->empty()) return;
   FilterContext ctx{Stage::kData, facts_, txn_.facts};
@@ -1237,6 +1383,7 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
       co_return UpstreamReply{Reply{replies::kDkimSignFailed.code, std::string(replies::kDkimSignFailed.text)}, true};
     }
     head = signed_.field + head;
+    txn_.dkim_signed = signed_.status == DkimSignOutcome::Status::kSigned;
   }
   UpstreamReply r = co_await upstream().data(head, body, offset, txn_.facts.reverse_path);
   if (r.reply.positive()) {
@@ -1296,10 +1443,13 @@ asio::awaitable<UpstreamReply> Session::redo_envelope() {
 // Writes the message to the quarantine Maildir with its envelope and reason.
 UpstreamReply Session::quarantine(const Message& message, const Verdict& verdict) {
   const TransactionFacts& t = txn_.facts;
-  std::string head = fmt::format("X-Postern-Quarantine: session={}; client={}; reason={}\r\n",
-                                 id_, client_.address, log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason));
-  head += fmt::format("X-Postern-Envelope-From: <{}>\r\n", t.reverse_path.str());
-  for (const Mailbox& m : t.recipients) head += fmt::format("X-Postern-Envelope-To: <{}>\r\n", m.str());
+  // Folded like every field postern writes: the reason may carry what the
+  // client sent (issue 15).
+  std::string head = fold_header_field(
+      "X-Postern-Quarantine", fmt::format("session={}; client={}; reason={}", id_, client_.address,
+                                          log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason)));
+  head += fold_header_field("X-Postern-Envelope-From", fmt::format("<{}>", t.reverse_path.str()));
+  for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
   head += render_header_block(message, t.changes, received_header());
   std::string file = deliver_to_maildir(config_->quarantine.dir, config_->server.hostname, head, spool_,
                                         message.body_offset());
@@ -1329,6 +1479,16 @@ void Session::reset_transaction() {
   spool_.clear();
   decoder_.reset();
   spool_failed_ = false;
+  release_buffers();
+}
+
+// Between messages a session keeps no message-sized buffer (issue 18): the
+// spool gave its memory back in clear(); the decoding scratch and the
+// upstream's buffers go back here. (The input buffer, which the command
+// being handled may still point into, goes back in read_more() when drained.)
+void Session::release_buffers() {
+  if (decoded_.capacity() > limits::kIdleBuffer) std::string().swap(decoded_);
+  if (upstream_) upstream_->release_buffers();
 }
 
 // RFC 5321 §4.4 trace header; "with" per RFC 3848.
@@ -1341,14 +1501,19 @@ std::string Session::received_header() const {
   if (tls_) with += "S";
   if (!facts_.auth_user.empty()) with += "A";
   if (tls_) with += fmt::format(" ({} {})", facts_.tls.version, facts_.tls.cipher);
-  // The name is the verified one (forward-confirmed, Postfix's "unknown" otherwise).
-  std::string header = fmt::format("Received: from {} ({} [{}])\r\n\tby {} (postern) with {} id {}\r\n",
-                                   client_.helo, client_.name.empty() ? "unknown" : client_.name, ip,
-                                   config_->server.hostname, with, txn_.facts.id);
+  // The name is the verified one (forward-confirmed, Postfix's "unknown"
+  // otherwise). Three lines as Postfix writes them, each folded further only when the
+  // client made it long (a HELO name or a recipient near the command line
+  // limit): no line over 998 octets (RFC 5322 §2.1.1, issue 15).
+  constexpr std::size_t kLine = 990;
+  auto continued = [](std::string_view text) { return "\t" + fold_header_field("", text, kLine).substr(2); };
+  std::string header = fold_header_field("Received", fmt::format("from {} ({} [{}])", client_.helo,
+                                                                    client_.name.empty() ? "unknown" : client_.name, ip), kLine);
+  header += continued(fmt::format("by {} (postern) with {} id {}", config_->server.hostname, with, txn_.facts.id));
   if (txn_.facts.recipients.size() == 1) {
-    fmt::format_to(std::back_inserter(header), "\tfor <{}>; {}\r\n", txn_.facts.recipients[0].str(), rfc5322_date());
+    header += continued(fmt::format("for <{}>; {}", txn_.facts.recipients[0].str(), rfc5322_date()));
   } else {
-    fmt::format_to(std::back_inserter(header), "\t; {}\r\n", rfc5322_date());
+    header += continued(fmt::format("; {}", rfc5322_date()));
   }
   return header;
 }

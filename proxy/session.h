@@ -21,7 +21,9 @@
 #include "filters/spool.h"
 #include "proxy/config.h"
 #include "proxy/data_decoder.h"
+#include "proxy/header_utf8_check.h"
 #include "proxy/replies.h"
+#include "proxy/session_limiter.h"
 #include "proxy/smtp_command.h"
 #include "proxy/upstream.h"
 #include "proxy/watchdog.h"
@@ -62,6 +64,7 @@ class Session {
     TransactionFacts facts;  // envelope, changes, symbols: what filters see
     std::vector<EsmtpParam> mail_params;
     bool smtputf8 = false;  // MAIL carried SMTPUTF8 (RFC 6531)
+    std::shared_ptr<HeaderUtf8Check> header_utf8;  // with smtputf8: the content's header section checked
     bool chunked = false;   // content comes in BDAT chunks (RFC 3030)
     std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
@@ -69,6 +72,7 @@ class Session {
     // MAIL held back by the upstream to go with the pipelined RCPT behind it
     // (Upstream::mail): its reply is not in the output yet.
     bool mail_held = false;
+    bool dkim_signed = false;  // relay() added postern's DKIM-Signature (for the audit record)
   };
 
   asio::awaitable<void> process_input();
@@ -78,11 +82,15 @@ class Session {
   asio::awaitable<std::error_code> read_more(Seconds timeout);
   asio::awaitable<std::error_code> read_plain(Seconds timeout);
   asio::awaitable<bool> read_proxy_header();
+  asio::awaitable<bool> admit(SessionLimiter::Ticket& ticket, SessionLimiter::Scope scope);
   asio::awaitable<bool> start_tls();
   asio::awaitable<void> handle_starttls();
+  void forget_plaintext();
   asio::awaitable<void> handle_auth(const Command& cmd);
   asio::awaitable<void> continue_auth(std::string_view line);
   asio::awaitable<void> auth_reply(UpstreamReply r);
+  asio::awaitable<void> refuse_sasl_response();
+  asio::awaitable<void> auth_failed();
   asio::awaitable<void> handle_command(std::string_view line);
   asio::awaitable<void> handle_helo(const Command& cmd);
   asio::awaitable<void> handle_mail(const Command& cmd);
@@ -108,11 +116,15 @@ class Session {
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
+  void release_buffers();
+  HeaderLimits header_limits() const;
+  asio::awaitable<void> refuse_header_section(const Message& message, UpstreamReply& result);
   void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
-                   const char* stage, const AuditHeaders& headers);
+                   const char* stage, const AuditHeaders& headers, const std::string& rule = {});
 
   void reply(const replies::Def& def);
   void client_error(const replies::Def& def);
+  void note_error();
   Upstream& upstream();
   std::string received_header() const;
 
@@ -130,6 +142,7 @@ class Session {
   std::string id_;
   ClientFacts client_;
   SessionFacts facts_;
+  SessionFacts connect_facts_;  // facts_ after the connect stage, before any command
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point command_deadline_;  // the current (command or content) line's, see fill()
 
@@ -157,6 +170,7 @@ class Session {
   bool greeted_ = false;
   bool esmtp_ = false;
   std::size_t errors_ = 0;
+  std::size_t auth_failures_ = 0;
   std::size_t messages_ = 0;
   Transaction txn_;
   DataDecoder decoder_;

@@ -47,14 +47,16 @@ bool SessionLimiter::in_networks(std::string_view address, const std::vector<std
 }
 
 SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Config::Limits& limits,
-                                              Ticket& ticket) {
+                                              Ticket& ticket, Scope scope) {
   std::string network = network_of(address, limits.network_prefix_v4, limits.network_prefix_v6);
-  bool exempt = in_networks(address, limits.sessions_exempt);
+  bool exempt = scope == Scope::kTotal || in_networks(address, limits.sessions_exempt);
+  const bool total = scope != Scope::kClient;
   std::lock_guard lock(mutex_);
-  if (limits.sessions && total_ >= limits.sessions) return Refusal::kTotal;
+  if (total && limits.sessions && total_ >= limits.sessions) return Refusal::kTotal;
   if (exempt) {
-    ++total_;
+    if (total) ++total_;
     ticket.owner_ = this;  // counted in all only: address and network stay empty
+    ticket.counts_total_ = total;
     return Refusal::kNone;
   }
   auto a = by_address_.find(std::string(address));
@@ -65,10 +67,11 @@ SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Co
   if (limits.sessions_per_network && n != by_network_.end() && n->second >= limits.sessions_per_network) {
     return Refusal::kNetwork;
   }
-  ++total_;
+  if (total) ++total_;
   ++by_address_[std::string(address)];
   ++by_network_[network];
   ticket.owner_ = this;
+  ticket.counts_total_ = total;
   ticket.address_ = address;
   ticket.network_ = std::move(network);
   return Refusal::kNone;
@@ -76,7 +79,7 @@ SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Co
 
 void SessionLimiter::release(Ticket& ticket) {
   std::lock_guard lock(mutex_);
-  --total_;
+  if (ticket.counts_total_) --total_;
   ticket.owner_ = nullptr;
   if (ticket.address_.empty()) return;  // exempt
   if (auto a = by_address_.find(ticket.address_); a != by_address_.end() && --a->second == 0) by_address_.erase(a);

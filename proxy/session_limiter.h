@@ -1,6 +1,7 @@
 // Concurrent-session limits: in all, per client address and per client
-// network (IPv4 /24, IPv6 /64 by default), checked when a session starts,
-// after the PROXY header named the real client. One process-wide table,
+// network (IPv4 /24, IPv6 /64 by default), checked from accept, before any
+// octet is read: behind a PROXY listener the total at accept and the real
+// client's address once the header names it. One process-wide table,
 // shared by every I/O thread under one mutex (two map updates a session).
 #pragma once
 
@@ -29,6 +30,7 @@ class SessionLimiter {
    private:
     friend class SessionLimiter;
     SessionLimiter* owner_ = nullptr;
+    bool counts_total_ = false;
     std::string address_;
     std::string network_;
   };
@@ -38,9 +40,15 @@ class SessionLimiter {
 
   static SessionLimiter& instance();
 
+  // What one admit() counts: all three limits; `sessions` only (at accept
+  // on a PROXY listener, whose peer is the proxy); or the address and
+  // network only (the real client the PROXY header names, already counted
+  // in all).
+  enum class Scope { kAll, kTotal, kClient };
+
   // Admits a session from `address` (textual IP) under `limits`, filling
   // `ticket`; otherwise returns what refused it and leaves `ticket` empty.
-  Refusal admit(std::string_view address, const Config::Limits& limits, Ticket& ticket);
+  Refusal admit(std::string_view address, const Config::Limits& limits, Ticket& ticket, Scope scope = Scope::kAll);
   std::size_t open() const;
 
   // "a.b.c.0/24", "2001:db8::/64": the network `address` counts against;

@@ -780,4 +780,12 @@ asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
   co_return true;
 }
 
+// A message in memory went out through output_ whole (send_content): its
+// capacity would stay with the idle connection (issue 18).
+void SmtpUpstream::release_buffers() {
+  if (output_.capacity() > limits::kIdleBuffer) std::string().swap(output_);
+  std::string& input = replies_.input();
+  if (input.empty() && input.capacity() > limits::kIdleBuffer) std::string().swap(input);
+}
+
 }  // namespace postern

@@ -31,6 +31,7 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<void> reset() override;
   asio::awaitable<void> quit() override;
   bool offers(std::string_view keyword) const override;
+  void release_buffers() override;
   // Opens the connection without announcing a client (no XCLIENT): a probe.
   asio::awaitable<bool> probe() { co_return co_await open(false); }
 

@@ -82,6 +82,8 @@ class Upstream {
   virtual asio::awaitable<void> reset() = 0;
   // Ends the connection politely (QUIT), if open.
   virtual asio::awaitable<void> quit() = 0;
+  // Between messages: gives back buffers a message made large.
+  virtual void release_buffers() {}
   // The capabilities the MTA offered (upper-case EHLO keywords), if connected.
   virtual bool offers(std::string_view keyword) const = 0;
 };

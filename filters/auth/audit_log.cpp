@@ -157,6 +157,7 @@ std::string audit_json(const AuditEntry& e) {
   if (h.from_domain.empty() && auth.dmarc) h.from_domain = auth.dmarc->from_domain;
   o += ",\"message_id\":" + js(h.message_id) + ",\"from_domain\":" + js(h.from_domain);
   o += ",\"size\":" + std::to_string(e.size);
+  if (!auth.skipped.empty()) o += ",\"auth_skipped\":" + js(auth.skipped);
   if (auth.spf) {
     const auto& p = *auth.spf;
     o += ",\"spf\":{\"result\":" + js(spf_result_name(p.result)) + ",\"identity\":" + js(p.identity) +
@@ -200,6 +201,8 @@ std::string audit_json(const AuditEntry& e) {
   o += ",\"stage\":" + js(e.stage.empty() ? "eom" : e.stage);
   o += ",\"action\":" + js(e.action);
   if (!e.reason.empty()) o += ",\"reason\":" + js(e.reason);
+  if (!e.rule.empty()) o += ",\"rule\":" + js(e.rule);
+  o += std::string(",\"signed\":") + (e.dkim_signed ? "true" : "false");
   o += ",\"upstream_reply\":" + js(e.upstream_reply);
   if (!e.replied_by.empty()) o += ",\"replied_by\":" + js(e.replied_by);
   o += ",\"queue_id\":" + js(e.replied_by == "postern" ? std::string() : queue_id_from_reply(e.upstream_reply));

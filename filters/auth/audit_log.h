@@ -35,6 +35,8 @@ struct AuditEntry {
   // when transaction.message is null.
   std::string message_id;
   std::string from_domain;
+  std::string rule;          // the deciding rule (Verdict::rule), "" when none
+  bool dkim_signed = false;  // postern added its DKIM-Signature when relaying
 };
 
 // Message-ID and the RFC5322.From domain of a message, for AuditEntry.

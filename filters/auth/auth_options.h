@@ -7,6 +7,7 @@
 #include <string>
 
 #include "filters/auth/spf_checker.h"
+#include "filters/auth/trusted_networks.h"
 
 namespace postern {
 
@@ -47,6 +48,12 @@ struct DmarcOptions {
   // kReport: never a verdict, only symbols and results. kQuarantine: p=reject
   // and p=quarantine quarantine. kReject: p=reject rejects, p=quarantine quarantines.
   bool honor_pct = true;
+  // A message without a usable RFC5322.From (none, an empty group, a mailbox
+  // without a domain, with an address literal or a domain that is not valid
+  // IDNA, a From the parser cannot read, more than kMaxFromDomains domains): RFC 7489 §6.6.1 cannot be
+  // applied, and relaying it would let a spoofer skip DMARC by breaking the
+  // From. kReject / kQuarantine are capped by `enforce` (report: none).
+  enum class UnusableFrom { kNone, kQuarantine, kReject } unusable_from = UnusableFrom::kReject;
   std::chrono::milliseconds timeout{10000};
   double score_fail = 2.0, score_pass = 0;
 };
@@ -58,6 +65,7 @@ struct AuthResultsOptions {
 };
 
 struct AuthOptions {
+  TrustedNetworks trusted;           // [authenticity] trusted_networks: SPF, DKIM and DMARC skipped
   SpfOptions spf;
   DkimOptions dkim;
   DmarcOptions dmarc;

@@ -61,6 +61,9 @@ struct DmarcOutcome {
 };
 
 struct AuthResults {
+  // Why SPF, DKIM and DMARC did not run ("client 10.0.0.5 in trusted_networks
+  // 10.0.0.0/8"); empty when they did.
+  std::string skipped;
   std::optional<SpfOutcome> spf;
   bool dkim_checked = false;
   std::vector<DkimSignature> dkim;

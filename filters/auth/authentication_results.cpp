@@ -77,6 +77,8 @@ std::string authentication_results_value(const std::string& authserv_id, const A
     if (!d.from_domain.empty()) v += " header.from=" + pvalue(d.from_domain);
   }
   if (!any) v += "; none";
+  // RFC 8601 §2.2: "none" with the reason in a comment.
+  if (!any && !auth.skipped.empty()) v += " (checks skipped: " + comment_text(auth.skipped) + ")";
   return v;
 }
 

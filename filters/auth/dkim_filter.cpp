@@ -51,7 +51,7 @@ std::shared_ptr<SpoolTap> DkimFilter::content_tap(const FilterContext&) const {
 
 asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message) co_return Verdict::proceed();
+  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
   std::shared_ptr<DkimStream> stream;
   for (const auto& tap : message->spool().taps()) {
     auto s = std::dynamic_pointer_cast<DkimStream>(tap);

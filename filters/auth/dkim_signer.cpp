@@ -153,7 +153,7 @@ std::string header_block_from_domain(std::string_view header_block) {
   Spool spool(header_block.size() + 1, "");
   spool.append(header_block);
   spool.finish();
-  Message message(spool);
+  Message message(spool, HeaderLimits::unbounded());
   return from_domain(message).value_or("");
 }
 
@@ -241,7 +241,7 @@ DkimSignOutcome DkimSigner::sign(std::string_view header_block, const Spool& spo
   Spool block_spool(header_block.size() + 1, "");
   block_spool.append(header_block);
   block_spool.finish();
-  Message block(block_spool);
+  Message block(block_spool, HeaderLimits::unbounded());
   // A body must follow the empty line, or a verifier splits the message
   // elsewhere than we signed it (a header section postern did not parse
   // whole, a body that starts without one).

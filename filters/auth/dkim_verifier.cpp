@@ -8,6 +8,7 @@
 #include <string>
 
 #include "filters/auth/c_api.h"
+#include "filters/auth/dkim_tags.h"
 
 namespace postern {
 
@@ -21,6 +22,8 @@ struct VerifyState {
   Clock::time_point deadline;
   const DkimKeys* keys = nullptr;  // looked up beforehand: never wait
   bool try_again = false;  // a key lookup failed for now (DNS error, time-out)
+  // Signatures whose key record cannot verify them (dkim_key_problem), with why.
+  std::vector<std::pair<DKIM_SIGINFO*, std::string>> key_problems;
 };
 
 std::string lower(std::string s) {
@@ -70,6 +73,18 @@ DKIM_CBSTAT key_lookup(DKIM* dkim, DKIM_SIGINFO* sig, u_char* buf, size_t buflen
       break;
     }
   }
+  // What libopendkim does not check in the key record against the
+  // signature (k= against a=, t=s, s=, duplicated tags): not found for it,
+  // and the reason kept for the result.
+  auto sig_tag = [&](const char* tag) {
+    const u_char* v = dkim_sig_gettagvalue(sig, false, reinterpret_cast<u_char*>(const_cast<char*>(tag)));
+    return v ? std::string(reinterpret_cast<const char*>(v)) : std::string();
+  };
+  std::string problem = dkim_key_problem(*rec, sig_tag("a"), domain, sig_tag("i"));
+  if (!problem.empty()) {
+    st->key_problems.emplace_back(sig, std::move(problem));
+    return DKIM_CBSTAT_NOTFOUND;
+  }
   if (rec->size() + 1 > buflen) return DKIM_CBSTAT_ERROR;
   std::memcpy(buf, rec->c_str(), rec->size() + 1);
   return DKIM_CBSTAT_CONTINUE;
@@ -93,33 +108,9 @@ DkimResult classify(int err) {
   }
 }
 
-// The value of tag `name` in a tag-list (RFC 6376 §3.2), white space removed
-// (from the tag name too). Allocates only the value found: it runs several
-// times per signature and message.
-std::string tag_value(std::string_view list, std::string_view name) {
-  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
-  while (!list.empty()) {
-    const std::size_t end = list.find(';');
-    const std::string_view item = list.substr(0, end);
-    list.remove_prefix(end == std::string_view::npos ? list.size() : end + 1);
-    const std::size_t eq = item.find('=');
-    if (eq == std::string_view::npos) continue;
-    std::size_t matched = 0;
-    bool same = true;
-    for (char c : item.substr(0, eq)) {
-      if (space(c)) continue;
-      same = same && matched < name.size() && name[matched] == c;
-      ++matched;
-    }
-    if (!same || matched != name.size()) continue;
-    std::string value;
-    for (char c : item.substr(eq + 1)) {
-      if (!space(c)) value.push_back(c);
-    }
-    return value;
-  }
-  return {};
-}
+// The value of tag `name`, white space removed: the one tag-list parser
+// (dkim_tags.h), so every path reads a signature the same way.
+std::string tag_value(std::string_view list, std::string_view name) { return dkim_tag_value(list, name); }
 
 std::string str(const unsigned char* s) { return s ? reinterpret_cast<const char*>(s) : ""; }
 
@@ -146,6 +137,28 @@ const DkimBodyHash* own_body_hash(DKIM_SIGINFO* sig, const DkimBodyHashes& body)
   else if (alg == DKIM_SIGN_RSASHA1) hash = DkimHash::kSha1;
   else return nullptr;
   return body.find(canon, hash);
+}
+
+// The value of the DKIM-Signature field libopendkim listed `index`-th,
+// whose b= starts with `b12`; copied into a thread-local buffer.
+const std::string* signature_field(const Message& message, const std::string& b12, int index) {
+  thread_local std::string value;
+  int n = 0;
+  const std::string* by_index = nullptr;
+  for (const auto& h : message.headers()) {
+    if (!header_name_equals(h.name, "DKIM-Signature")) continue;
+    std::string v = h.value();
+    const std::string b = dkim_tag_value(v, "b");
+    if (!b12.empty() && b.compare(0, b12.size(), b12) == 0) {
+      value = std::move(v);
+      return &value;
+    }
+    if (n++ == index && !by_index) {
+      value = std::move(v);
+      by_index = &value;
+    }
+  }
+  return by_index;
 }
 
 }  // namespace
@@ -200,6 +213,16 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
     feed_header(dkim, raw);
   }
   const DKIM_STAT eoh = dkim_eoh(dkim);
+  // The body hashed as DkimStream hashes it (postern's own canonicalization
+  // when every signature allows), so that `postern check` and a spool
+  // verified again give what the live stream gives.
+  DkimBodyHashes own;
+  bool use_own = true;
+  for (const auto& h : message.headers()) {
+    if (!header_name_equals(h.name, "DKIM-Signature")) continue;
+    if (auto spec = body_spec(h.value())) own.add(spec->canon, spec->hash);
+    else use_own = false;
+  }
   if (wants_body(eoh)) {
     const Spool& spool = message.spool();
     std::size_t offset = message.body_offset();
@@ -208,8 +231,16 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
       long n = spool.read(offset, buf, sizeof buf);
       if (n <= 0) break;
       offset += static_cast<std::size_t>(n);
-      if (dkim_body(dkim, reinterpret_cast<u_char*>(buf), static_cast<size_t>(n)) != DKIM_STAT_OK) break;
+      if (use_own) {
+        own.update(std::string_view(buf, static_cast<std::size_t>(n)));
+      } else if (dkim_body(dkim, reinterpret_cast<u_char*>(buf), static_cast<size_t>(n)) != DKIM_STAT_OK) {
+        break;
+      }
     }
+  }
+  if (use_own) {
+    own.finish();
+    return finish(dkim, eoh, message, budget, nullptr, &own);
   }
   return finish(dkim, eoh, message, budget);
 }
@@ -223,7 +254,9 @@ std::string DkimVerifier::key_name(std::string_view signature_value) {
 
 std::optional<DkimVerifier::BodySpec> DkimVerifier::body_spec(std::string_view signature_value) {
   const std::string_view value = signature_value;
-  if (value.find("l=") != std::string_view::npos && !tag_value(value, "l").empty()) return std::nullopt;
+  // l= (with any white space: "l = 20") keeps libopendkim's body pass; a
+  // value that is no tag-list is libopendkim's to judge (and permerror).
+  if (!parse_dkim_tag_list(value) || !tag_value(value, "l").empty()) return std::nullopt;
   // RFC 6376 §3.5 c=: "header/body", the body part "simple" when absent.
   const std::string c = tag_value(value, "c");
   const auto slash = c.find('/');
@@ -321,6 +354,28 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
       } else {
         s.result = Clock::now() >= state.deadline ? DkimResult::kTemperror : DkimResult::kNeutral;
         s.reason = Clock::now() >= state.deadline ? "key lookup time-out" : "signature not processed";
+      }
+      // What libopendkim accepts but RFC 6376 / 8463 do not: the signature's
+      // own tags (its header field, matched by b=) and its key record.
+      if (const std::string* field = signature_field(message, s.b, i)) {
+        std::string problem = dkim_signature_problem(*field);
+        if (!problem.empty()) {
+          s.result = DkimResult::kPermerror;
+          s.reason = std::move(problem);
+        }
+      }
+      for (const auto& [bad, why] : state.key_problems) {
+        if (bad == sig) {
+          s.result = DkimResult::kPermerror;
+          s.reason = why;
+        }
+      }
+      // RFC 8301 §3.1: verifiers MUST NOT consider rsa-sha1 signatures
+      // valid or passing; "policy" (RFC 8601 §2.7.1), so DMARC never counts
+      // it for alignment.
+      if (alg == DKIM_SIGN_RSASHA1 && s.result == DkimResult::kPass) {
+        s.result = DkimResult::kPolicy;
+        s.reason = "rsa-sha1 is not accepted (RFC 8301)";
       }
       if (alg != DKIM_SIGN_ED25519SHA256 && s.key_bits > 0 && s.key_bits < options_.min_key_bits) {
         s.weak_key = true;

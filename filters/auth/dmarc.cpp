@@ -1,9 +1,11 @@
 #include "filters/auth/dmarc.h"
 
+#include <idn2.h>
 #include <libpsl.h>
 
 #include <asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <mutex>
@@ -68,48 +70,234 @@ bool domains_aligned(const std::string& a, const std::string& b, bool strict) {
   return organizational_domain(x) == organizational_domain(y);
 }
 
-std::optional<std::string> from_domain(const Message& message) {
-  auto froms = message.all("From");
-  if (froms.size() != 1) return std::nullopt;
-  const std::string& v = froms[0];
-  // The addr-spec: inside <...> when there is an angle-addr, else the value;
-  // quoted strings and comments of the display name are skipped.
-  std::string addr;
-  bool quoted = false;
-  int comment = 0;
-  std::size_t mailboxes = 1;
-  std::string current;
-  bool angle = false;
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    char c = v[i];
-    if (quoted) {
-      if (c == '\\') ++i;
-      else if (c == '"') quoted = false;
-      continue;
+namespace {
+
+// One token of an address list (RFC 5322 §3.4): comments and folding white
+// space are dropped; quoted strings and domain literals are one token each.
+struct AddressToken {
+  enum class Kind { kAtom, kQuoted, kLiteral, kSpecial } kind;
+  std::string text;
+};
+
+// False when a quoted string, comment or domain literal is not closed.
+bool tokenize_addresses(std::string_view v, std::vector<AddressToken>& out) {
+  constexpr std::string_view kSpecials = "<>,:;@";
+  std::size_t i = 0;
+  while (i < v.size()) {
+    const char c = v[i];
+    if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+      ++i;
+    } else if (c == '(') {
+      int depth = 0;
+      for (; i < v.size(); ++i) {
+        if (v[i] == '\\') ++i;
+        else if (v[i] == '(') ++depth;
+        else if (v[i] == ')' && --depth == 0) break;
+      }
+      if (i >= v.size()) return false;
+      ++i;
+    } else if (c == '"') {
+      std::string q;
+      for (++i; i < v.size() && v[i] != '"'; ++i) {
+        if (v[i] == '\\' && i + 1 < v.size()) ++i;
+        q.push_back(v[i]);
+      }
+      if (i >= v.size()) return false;
+      ++i;
+      out.push_back({AddressToken::Kind::kQuoted, std::move(q)});
+    } else if (c == '[') {
+      std::size_t end = v.find(']', i);
+      if (end == std::string_view::npos) return false;
+      out.push_back({AddressToken::Kind::kLiteral, std::string(v.substr(i, end + 1 - i))});
+      i = end + 1;
+    } else if (kSpecials.find(c) != std::string_view::npos) {
+      out.push_back({AddressToken::Kind::kSpecial, std::string(1, c)});
+      ++i;
+    } else {
+      std::size_t start = i;
+      while (i < v.size() && kSpecials.find(v[i]) == std::string_view::npos &&
+             std::string_view(" \t\r\n()\"[").find(v[i]) == std::string_view::npos) {
+        ++i;
+      }
+      out.push_back({AddressToken::Kind::kAtom, std::string(v.substr(start, i - start))});
     }
-    if (comment) {
-      if (c == '\\') ++i;
-      else if (c == '(') ++comment;
-      else if (c == ')') --comment;
-      continue;
-    }
-    if (c == '"') quoted = true;
-    else if (c == '(') comment = 1;
-    else if (c == '<') { angle = true; current.clear(); }
-    else if (c == '>') { if (angle) addr = current; angle = false; }
-    else if (c == ',') { ++mailboxes; }
-    else if (!std::isspace(static_cast<unsigned char>(c))) current.push_back(c);
   }
-  if (mailboxes != 1) return std::nullopt;
-  if (addr.empty()) addr = current;
-  auto at = addr.rfind('@');
-  if (at == std::string::npos || at + 1 >= addr.size()) return std::nullopt;
-  std::string d = lower(addr.substr(at + 1));
-  if (!dns_name_valid(d)) return std::nullopt;
+  return true;
+}
+
+bool is_special(const AddressToken& t, char c) {
+  return t.kind == AddressToken::Kind::kSpecial && t.text[0] == c;
+}
+
+// The domain of one mailbox's tokens (an angle-addr's inside, or a bare
+// addr-spec); "" when it has none usable. `why` says why.
+std::string mailbox_domain(const std::vector<AddressToken>& addr, std::string& why) {
+  // obs-route ("@a,@b:") before the addr-spec: what follows the last ':'.
+  std::size_t from = 0;
+  for (std::size_t i = 0; i < addr.size(); ++i) {
+    if (is_special(addr[i], ':')) from = i + 1;
+  }
+  std::size_t at = std::string::npos;
+  for (std::size_t i = from; i < addr.size(); ++i) {
+    if (is_special(addr[i], '@')) at = i;
+  }
+  if (at == std::string::npos || at == from) {
+    why = "a From mailbox without local-part@domain";
+    return {};
+  }
+  std::string domain;
+  for (std::size_t i = at + 1; i < addr.size(); ++i) {
+    if (addr[i].kind == AddressToken::Kind::kLiteral) {
+      why = "a From mailbox with an address literal";
+      return {};
+    }
+    if (addr[i].kind != AddressToken::Kind::kAtom) {
+      why = "a From mailbox whose domain does not parse";
+      return {};
+    }
+    domain += addr[i].text;
+  }
+  std::string d = lower(domain);
+  if (std::any_of(d.begin(), d.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
+    // A U-label domain (RFC 6532 mail): its DMARC record is at the A-label
+    // name (IDNA2008, RFC 5891); one that does not convert is unusable.
+    char* ascii = nullptr;
+    if (d.size() > 253 || idn2_to_ascii_8z(d.c_str(), &ascii, IDN2_NONTRANSITIONAL) != IDN2_OK || !ascii) {
+      why = "a From mailbox with an internationalized domain that is not valid IDNA";
+      return {};
+    }
+    d = lower(ascii);
+    idn2_free(ascii);
+  }
+  if (d.empty() || !dns_name_valid(d) || d.find('.') == std::string::npos) {
+    why = "a From mailbox whose domain is not a host name";
+    return {};
+  }
   return d;
 }
 
-std::optional<DmarcRecord> parse_dmarc_record(const std::string& domain, const std::string& text) {
+}  // namespace
+
+bool parse_from_domains(std::string_view value, std::vector<std::string>& domains, std::size_t& mailboxes,
+                        std::string& error) {
+  std::vector<AddressToken> tokens;
+  if (!tokenize_addresses(value, tokens)) {
+    error = "a From field with an unclosed quote, comment or literal";
+    return false;
+  }
+  // mailbox-list or address-list with groups (RFC 6854): mailboxes end at
+  // ',' and ';' outside <>; ':' outside <> ends a group's display name.
+  std::vector<AddressToken> current, angle;
+  bool in_angle = false, had_angle = false;
+  auto finish = [&]() -> bool {
+    const bool empty = current.empty() && !had_angle;
+    if (!empty) {
+      std::string why;
+      std::string d = mailbox_domain(had_angle ? angle : current, why);
+      if (d.empty()) {
+        error = why;
+        return false;
+      }
+      ++mailboxes;
+      if (std::find(domains.begin(), domains.end(), d) == domains.end()) domains.push_back(std::move(d));
+    }
+    current.clear();
+    angle.clear();
+    had_angle = false;
+    return true;
+  };
+  for (AddressToken& t : tokens) {
+    if (in_angle) {
+      if (is_special(t, '>')) in_angle = false;
+      else angle.push_back(std::move(t));
+      continue;
+    }
+    if (is_special(t, '<')) {
+      if (had_angle) {
+        error = "a From mailbox with two angle addresses";
+        return false;
+      }
+      in_angle = had_angle = true;
+    } else if (is_special(t, ',') || is_special(t, ';')) {
+      if (!finish()) return false;
+    } else if (is_special(t, ':')) {
+      current.clear();  // a group's display name
+    } else if (had_angle) {
+      if (t.kind != AddressToken::Kind::kAtom || !t.text.empty()) {
+        error = "text after a From mailbox's angle address";
+        return false;
+      }
+    } else {
+      current.push_back(std::move(t));
+    }
+  }
+  if (in_angle) {
+    error = "a From mailbox with an unclosed angle address";
+    return false;
+  }
+  return finish();
+}
+
+AuthorDomains author_domains(const Message& message) {
+  AuthorDomains out;
+  for (const HeaderField& f : message.headers()) {
+    if (!header_name_equals(f.name, "From")) continue;
+    ++out.fields;
+    if (!parse_from_domains(f.value(), out.domains, out.mailboxes, out.error)) return out;
+  }
+  if (out.fields == 0) out.error = "no From field";
+  else if (out.mailboxes == 0) out.error = "no mailbox in the From field";
+  else if (out.domains.size() > AuthorDomains::kMaxFromDomains) out.error = "too many From domains";
+  return out;
+}
+
+std::optional<std::string> from_domain(const Message& message) {
+  AuthorDomains a = author_domains(message);
+  if (!a.error.empty() || a.fields != 1 || a.mailboxes != 1) return std::nullopt;
+  return a.domains.front();
+}
+
+std::optional<std::string> normalize_dmarc_record(std::string_view text) {
+  auto trim = [](std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+  };
+  std::string out;
+  bool first = true;
+  while (!text.empty() || first) {
+    const std::size_t semi = text.find(';');
+    std::string_view item = trim(text.substr(0, semi));
+    text.remove_prefix(semi == std::string_view::npos ? text.size() : semi + 1);
+    if (item.empty()) {
+      if (first) return std::nullopt;
+      continue;
+    }
+    const std::size_t eq = item.find('=');
+    if (eq == std::string_view::npos) {
+      if (first) return std::nullopt;
+      out.append("; ").append(item);  // left for libopendmarc to judge
+      continue;
+    }
+    std::string name = lower(std::string(trim(item.substr(0, eq))));
+    std::string value(trim(item.substr(eq + 1)));
+    if (first) {
+      // §6.4: "v" "=" "DMARC1", the version in exactly that case (%x44...).
+      if (name != "v" || value != "DMARC1") return std::nullopt;
+      out = "v=DMARC1";
+      first = false;
+      continue;
+    }
+    if (name == "p" || name == "sp" || name == "adkim" || name == "aspf") value = lower(value);
+    out.append("; ").append(name).append("=").append(value);
+  }
+  return out;
+}
+
+std::optional<DmarcRecord> parse_dmarc_record(const std::string& domain, const std::string& raw) {
+  const std::optional<std::string> normalized = normalize_dmarc_record(raw);
+  if (!normalized) return std::nullopt;
+  const std::string& text = *normalized;
   init_opendmarc();
   DMARC_POLICY_T* pctx = opendmarc_policy_connect_init(reinterpret_cast<u_char*>(const_cast<char*>("0.0.0.0")), 4);
   if (!pctx) return std::nullopt;
@@ -188,15 +376,9 @@ asio::awaitable<std::pair<Lookup, std::string>> fetch_record(std::shared_ptr<Res
   std::string found;
   int count = 0;
   for (const auto& r : a.records) {
-    std::size_t i = 0;
-    while (i < r.size() && std::isspace(static_cast<unsigned char>(r[i]))) ++i;
-    if (r.compare(i, 8, "v=DMARC1") == 0) {
-      std::size_t j = i + 8;
-      while (j < r.size() && std::isspace(static_cast<unsigned char>(r[j]))) ++j;
-      if (j == r.size() || r[j] == ';') {
-        found = r;
-        ++count;
-      }
+    if (normalize_dmarc_record(r)) {  // starts with "v=DMARC1", WSP allowed (§6.4)
+      found = r;
+      ++count;
     }
   }
   if (count != 1) co_return std::pair{Lookup::kNone, std::string()};
@@ -205,39 +387,75 @@ asio::awaitable<std::pair<Lookup, std::string>> fetch_record(std::shared_ptr<Res
 
 }  // namespace
 
+DmarcOutcome combine_dmarc_outcomes(const std::vector<DmarcOutcome>& outcomes) {
+  auto severity = [](const std::string& d) { return d == "reject" ? 2 : d == "quarantine" ? 1 : 0; };
+  const DmarcOutcome* pick = nullptr;
+  for (DmarcResult r : {DmarcResult::kFail, DmarcResult::kTemperror, DmarcResult::kPermerror, DmarcResult::kNone,
+                        DmarcResult::kPass}) {
+    for (const DmarcOutcome& o : outcomes) {
+      if (o.result != r) continue;
+      if (!pick || (r == DmarcResult::kFail && severity(o.disposition) > severity(pick->disposition))) pick = &o;
+    }
+    if (pick) break;
+  }
+  if (!pick) return DmarcOutcome{};
+  DmarcOutcome out = *pick;
+  if (outcomes.size() > 1) {
+    if (!out.reason.empty()) out.reason += "; ";
+    out.reason += "decides for " + std::to_string(outcomes.size()) + " author domains";
+  }
+  return out;
+}
+
+// The outcome for one author domain: its record (or its organizational
+// domain's), evaluated against the SPF and DKIM results.
+asio::awaitable<DmarcOutcome> DmarcFilter::evaluate_domain(const std::string& from, const AuthResults& auth) {
+  DmarcOutcome o;
+  std::string org = organizational_domain(from);
+  std::string record_domain = from;
+  auto [status, text] = co_await fetch_record(resolver_, from);
+  if (status == Lookup::kNone && org != from) {
+    record_domain = org;
+    std::tie(status, text) = co_await fetch_record(resolver_, org);
+  }
+  if (status == Lookup::kError) {
+    o.result = DmarcResult::kTemperror;
+    o.from_domain = from;
+    o.org_domain = org;
+    o.reason = "DNS error fetching the DMARC record";
+    co_return o;
+  }
+  std::optional<DmarcRecord> record;
+  if (status == Lookup::kFound) record = parse_dmarc_record(record_domain, text);
+  thread_local std::mt19937 rng{std::random_device{}()};
+  int sample = options_.honor_pct ? static_cast<int>(rng() % 100) : 0;
+  o = evaluate_dmarc(from, record, status == Lookup::kFound ? record_domain : "", auth, sample);
+  if (status == Lookup::kFound && !record) {
+    o.result = DmarcResult::kPermerror;
+    o.reason = "DMARC record does not parse";
+  }
+  co_return o;
+}
+
 asio::awaitable<Verdict> DmarcFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message) co_return Verdict::proceed();
+  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
   const AuthResults& auth = ctx.transaction.auth;
-  auto from = from_domain(*message);
+  // §6.6.1: every author domain is evaluated; the strictest failing policy
+  // applies, and only a message whose every From domain passes passes.
+  const AuthorDomains authors = author_domains(*message);
   DmarcOutcome o;
-  if (!from) {
+  if (!authors.error.empty()) {
     o.result = DmarcResult::kPermerror;
-    o.reason = "not exactly one From mailbox";
+    o.reason = "no usable From: " + authors.error;
+    using U = DmarcOptions::UnusableFrom;
+    o.disposition = options_.unusable_from == U::kReject       ? "reject"
+                    : options_.unusable_from == U::kQuarantine ? "quarantine"
+                                                               : "none";
   } else {
-    std::string org = organizational_domain(*from);
-    std::string record_domain = *from;
-    auto [status, text] = co_await fetch_record(resolver_, *from);
-    if (status == Lookup::kNone && org != *from) {
-      record_domain = org;
-      std::tie(status, text) = co_await fetch_record(resolver_, org);
-    }
-    if (status == Lookup::kError) {
-      o.result = DmarcResult::kTemperror;
-      o.from_domain = *from;
-      o.org_domain = org;
-      o.reason = "DNS error fetching the DMARC record";
-    } else {
-      std::optional<DmarcRecord> record;
-      if (status == Lookup::kFound) record = parse_dmarc_record(record_domain, text);
-      thread_local std::mt19937 rng{std::random_device{}()};
-      int sample = options_.honor_pct ? static_cast<int>(rng() % 100) : 0;
-      o = evaluate_dmarc(*from, record, status == Lookup::kFound ? record_domain : "", auth, sample);
-      if (status == Lookup::kFound && !record) {
-        o.result = DmarcResult::kPermerror;
-        o.reason = "DMARC record does not parse";
-      }
-    }
+    std::vector<DmarcOutcome> outcomes;
+    for (const std::string& from : authors.domains) outcomes.push_back(co_await evaluate_domain(from, auth));
+    o = combine_dmarc_outcomes(outcomes);
   }
   store(ctx.transaction, o);
   switch (o.result) {
@@ -249,20 +467,23 @@ asio::awaitable<Verdict> DmarcFilter::run(FilterContext& ctx) {
     case DmarcResult::kTemperror: ctx.transaction.add_symbol(Symbol{"DMARC_TEMPERROR", 0, o.from_domain}); break;
     case DmarcResult::kPermerror: ctx.transaction.add_symbol(Symbol{"DMARC_PERMERROR", 0, o.reason}); break;
   }
-  if (o.result != DmarcResult::kFail || options_.enforce == DmarcOptions::Enforce::kReport ||
-      o.disposition == "none") {
+  const bool unusable = !authors.error.empty();
+  if ((o.result != DmarcResult::kFail && !unusable) || options_.enforce == DmarcOptions::Enforce::kReport ||
+      o.disposition == "none" || o.disposition.empty()) {
     co_return Verdict::proceed();
   }
   // A decisive verdict ends the chain: the Authentication-Results field goes
   // on now (it matters for a quarantined copy).
   add_authentication_results(ctx, ar_options_);
   Verdict v;
-  v.reason = "dmarc=fail p=" + o.policy + " header.from=" + o.from_domain;
+  v.reason = unusable ? "dmarc=permerror " + o.reason + " (unusable_from=" + o.disposition + ")"
+                      : "dmarc=fail p=" + o.policy + " header.from=" + o.from_domain;
   if (o.disposition == "reject" && options_.enforce == DmarcOptions::Enforce::kReject) {
     v.action = Verdict::Action::kReject;
     v.code = 550;
     v.enhanced = "5.7.1";
-    v.text = "Rejected by DMARC policy for " + o.from_domain;
+    v.text = unusable ? "Rejected: no usable From header field for DMARC (RFC 7489 6.6.1)"
+                      : "Rejected by DMARC policy for " + o.from_domain;
   } else {
     v.action = Verdict::Action::kQuarantine;
   }

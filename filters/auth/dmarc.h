@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "filters/auth/auth_options.h"
@@ -22,9 +23,32 @@ std::string organizational_domain(const std::string& domain);
 // domain (relaxed). Case-insensitive.
 bool domains_aligned(const std::string& a, const std::string& b, bool strict);
 
+// The author domains of a message (RFC 7489 §6.6.1): the domain of every
+// mailbox of every From field (any case of the field name, obsolete syntax,
+// RFC 6854 groups), lower case, distinct, in order. `error` says why there
+// is no usable From: no From field, no mailbox, a mailbox whose domain is
+// missing, an address literal or not a host name, more than kMaxFromDomains.
+struct AuthorDomains {
+  static constexpr std::size_t kMaxFromDomains = 10;
+  std::vector<std::string> domains;
+  std::size_t mailboxes = 0;  // over all From fields
+  std::size_t fields = 0;     // From fields
+  std::string error;          // non-empty: domains is not to be used
+};
+AuthorDomains author_domains(const Message& message);
+// The mailboxes' domains of one From field value (unfolded); false (and
+// `error` set) when a mailbox has no usable domain.
+bool parse_from_domains(std::string_view value, std::vector<std::string>& domains, std::size_t& mailboxes,
+                        std::string& error);
+
 // The domain of the RFC5322.From field, lower case; nullopt when there is not
-// exactly one From field with exactly one mailbox (RFC 7489 §6.6.1).
+// exactly one From field with exactly one mailbox (what signing needs).
 std::optional<std::string> from_domain(const Message& message);
+
+// The record text in the form libopendmarc reads (RFC 7489 §6.4: WSP around
+// "=" and ";", tag names and the p/sp/adkim/aspf values in any case); nullopt
+// when it does not start with "v=DMARC1" (§6.6.3: not a DMARC record).
+std::optional<std::string> normalize_dmarc_record(std::string_view text);
 
 // A parsed DMARC record.
 struct DmarcRecord {
@@ -34,6 +58,11 @@ struct DmarcRecord {
 };
 // Parses with libopendmarc; nullopt when the text is not a valid DMARC record.
 std::optional<DmarcRecord> parse_dmarc_record(const std::string& domain, const std::string& text);
+
+// Several author domains' outcomes as one (§6.6.1): every one must pass for
+// a pass; else the failing one whose policy is strictest decides; else a
+// temperror, a permerror or a none. Empty `outcomes`: a none.
+DmarcOutcome combine_dmarc_outcomes(const std::vector<DmarcOutcome>& outcomes);
 
 // Everything but the DNS: the outcome from the record found (if any), the
 // SPF and DKIM results, and `sample` in [0,100) for pct=.
@@ -50,6 +79,8 @@ class DmarcFilter final : public Filter {
   asio::awaitable<Verdict> run(FilterContext& ctx) override;
 
  private:
+  asio::awaitable<DmarcOutcome> evaluate_domain(const std::string& from, const AuthResults& auth);
+
   std::string name_ = "dmarc";
   DmarcOptions options_;
   AuthResultsOptions ar_options_;

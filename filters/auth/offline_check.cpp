@@ -20,14 +20,16 @@ namespace {
 // characters escaped), uncut.
 std::string js(const std::string& s) { return json_string(s, std::string::npos); }
 
-// Message files usually have LF line ends; the spool holds CRLF.
+// Message files usually have LF line ends; the spool holds CRLF, and ends
+// with one as live content does (DATA's end marker, BDAT's last chunk).
 std::string to_crlf(const std::string& in) {
   std::string out;
-  out.reserve(in.size() + in.size() / 32);
+  out.reserve(in.size() + in.size() / 32 + 2);
   for (std::size_t i = 0; i < in.size(); ++i) {
     if (in[i] == '\n' && (i == 0 || in[i - 1] != '\r')) out.push_back('\r');
     out.push_back(in[i]);
   }
+  if (!out.empty() && !out.ends_with("\r\n")) out.append("\r\n");
   return out;
 }
 
@@ -65,7 +67,14 @@ std::string run_offline_check(const OfflineCheck& c) {
   auto f1 = asio::co_spawn(io, chain.run(mail), asio::use_future);
   io.run();
   verdict = f1.get();
-  if (!verdict.decisive()) {
+  if (!verdict.decisive() && message.headers_truncated()) {
+    // What the live proxy refuses before any filter (552 5.3.4): the header
+    // section is over the default limits (filters/message.h HeaderLimits).
+    verdict.action = Verdict::Action::kReject;
+    verdict.code = 552;
+    verdict.enhanced = "5.3.4";
+    verdict.reason = "header section over limit";
+  } else if (!verdict.decisive()) {
     tx.message = &message;
     FilterContext eom{Stage::kEom, session, tx};
     auto f2 = asio::co_spawn(io, chain.run(eom), asio::use_future);

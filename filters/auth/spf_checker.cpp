@@ -4,6 +4,7 @@
 #include "filters/auth/spf_checker.h"
 
 #include <cctype>
+#include <climits>
 #include <algorithm>
 #include <cstring>
 #include <ctime>
@@ -14,6 +15,8 @@
 #include <mutex>
 
 #include "filters/auth/c_api.h"
+#include "filters/auth/spf_record.h"
+#include "filters/dns/reverse_name.h"
 
 namespace postern {
 
@@ -39,9 +42,20 @@ struct CheckState {
   bool terms_exceeded_by_txt = false;
   unsigned voids_exceeded_at = 0;
   bool voids_exceeded_by_txt = false;
+  // Found by postern, not libspf2 (spf_record.h): the first SPF record that
+  // does not parse, and the first MX answer over 10 names (§4.6.4).
+  unsigned syntax_error_at = 0;
+  std::string syntax_error;
+  unsigned mx_limit_at = 0;
+  // The client, for the CIDR /0 names (kSpfAnyAddressSuffix).
+  std::string client_ip;
+  bool client_ipv6 = false;
   // Targets of MX and PTR answers: their address lookups belong to the mx /
   // ptr term already counted, not to a term of their own.
   std::multiset<std::string> host_lookups;
+  // Of those, the PTR answers' names: a DNS error looking one up skips the
+  // name (§5.5), it is no temperror.
+  std::multiset<std::string> ptr_hosts;
   // A cache-only attempt (SpfChecker::check_cached): lookups never wait, and
   // one that would have to marks the whole attempt void.
   bool cache_only = false;
@@ -103,18 +117,27 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type,
     case ns_t_ptr: t = DnsType::kPtr; break;
     default: return make_rr(server, domain, type, NO_DATA);
   }
-  const std::string name = lower(domain ? domain : "");
+  const std::string asked = lower(domain ? domain : "");
+  // a/0 and mx/0 of the client's family (spf_record_for_libspf2): look up
+  // the name before the suffix; any address of the family is the client's.
+  const bool any_address = asked.size() > kSpfAnyAddressSuffix.size() && asked.ends_with(kSpfAnyAddressSuffix);
+  const std::string name = any_address ? asked.substr(0, asked.size() - kSpfAnyAddressSuffix.size()) : asked;
   const unsigned seq = ++st->sequence;
   bool top = false;
   bool counted = true;
+  bool ptr_host = false;
   if (t == DnsType::kTxt && !st->first_txt_done) {
     st->first_txt_done = true;
     top = true;
     counted = false;
   } else if (t == DnsType::kA || t == DnsType::kAaaa) {
-    if (auto it = st->host_lookups.find(name); it != st->host_lookups.end()) {
+    if (auto it = st->host_lookups.find(asked); it != st->host_lookups.end()) {
       st->host_lookups.erase(it);
       counted = false;
+    }
+    if (auto it = st->ptr_hosts.find(asked); it != st->ptr_hosts.end()) {
+      st->ptr_hosts.erase(it);
+      ptr_host = true;
     }
   }
   if (counted && ++st->terms > st->limits.dns_terms) {
@@ -136,10 +159,10 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type,
     case DnsStatus::kOk: break;
     case DnsStatus::kNxDomain: herrno = HOST_NOT_FOUND; break;
     case DnsStatus::kNoData: herrno = NO_DATA; break;
-    case DnsStatus::kTimeout: st->timed_out = true; [[fallthrough]];
-    case DnsStatus::kServFail: herrno = TRY_AGAIN; break;
+    case DnsStatus::kTimeout: st->timed_out = !ptr_host || st->timed_out; [[fallthrough]];
+    case DnsStatus::kServFail: herrno = ptr_host ? HOST_NOT_FOUND : TRY_AGAIN; break;
   }
-  if (herrno == TRY_AGAIN) {
+  if (herrno == TRY_AGAIN || (ptr_host && (a.status == DnsStatus::kTimeout || a.status == DnsStatus::kServFail))) {
     st->dns_error = true;
     if (top) st->top_dns_error = true;
   }
@@ -147,6 +170,17 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type,
       !st->voids_exceeded_at) {
     st->voids_exceeded_at = seq;
     st->voids_exceeded_by_txt = t == DnsType::kTxt;
+  }
+  // §4.6.4: an MX answer of more than 10 names makes the mx term a permerror.
+  if (t == DnsType::kMx && herrno == NETDB_SUCCESS && a.records.size() > 10 && !st->mx_limit_at) {
+    st->mx_limit_at = seq;
+  }
+  // §4.6.4: of a PTR answer, the first 10 names only (libspf2 would make
+  // the 11th a permerror).
+  if (t == DnsType::kPtr && a.records.size() > 10) a.records.resize(10);
+  if (any_address && herrno == NETDB_SUCCESS && (t == DnsType::kA || t == DnsType::kAaaa) &&
+      (t == DnsType::kAaaa) == st->client_ipv6) {
+    a.records = {st->client_ip};
   }
   SPF_dns_rr_t* rr = make_rr(server, domain, type, herrno, a.ttl);
   if (herrno != NETDB_SUCCESS || !rr) return rr;
@@ -157,11 +191,27 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type,
       auto sp = value.find(' ');
       value = sp == std::string::npos ? value : value.substr(sp + 1);
     }
-    if (t == DnsType::kTxt && top && strncasecmp(value.c_str(), "v=spf1", 6) == 0 &&
-        (value.size() == 6 || value[6] == ' ')) {
-      st->top_has_spf = true;
+    // Host names compare without case (libspf2 compares ptr: by bytes).
+    if (t == DnsType::kMx || t == DnsType::kPtr) value = lower(value);
+    if (t == DnsType::kMx && any_address) value += kSpfAnyAddressSuffix;
+    if (t == DnsType::kTxt && is_spf_record(value)) {
+      if (top) st->top_has_spf = true;
+      // Parsed strictly here; libspf2 evaluates what parses, rewritten into
+      // a form it evaluates by RFC 7208 (spf_record.h). A record that does
+      // not parse is a permerror (§4.6): libspf2 gets an empty one.
+      SpfRecordParse parsed = parse_spf_record(value);
+      if (!parsed.record) {
+        if (!st->syntax_error_at) {
+          st->syntax_error_at = seq;
+          st->syntax_error = parsed.error;
+        }
+        value = "v=spf1";
+      } else {
+        value = spf_record_for_libspf2(*parsed.record, st->client_ipv6);
+      }
     }
-    if (t == DnsType::kMx || t == DnsType::kPtr) st->host_lookups.insert(lower(value));
+    if (t == DnsType::kMx || t == DnsType::kPtr) st->host_lookups.insert(value);
+    if (t == DnsType::kPtr) st->ptr_hosts.insert(value);
     std::size_t size = t == DnsType::kA ? sizeof(in_addr) : t == DnsType::kAaaa ? sizeof(in6_addr) : value.size() + 1;
     if (SPF_dns_rr_buf_realloc(rr, n, size) != SPF_E_SUCCESS) break;
     if (t == DnsType::kA) {
@@ -233,6 +283,7 @@ SpfResult map_result(SPF_result_t r) {
 // spaces become '%' and macros stay unexpanded).
 struct MacroVars {
   std::string sender, local, sender_domain, domain, ip, helo, receiver;
+  std::string validated = "unknown";  // %{p}
 };
 
 std::string url_escape(const std::string& s) {
@@ -253,7 +304,8 @@ std::string url_escape(const std::string& s) {
 std::string ip_macro(const std::string& ip, bool readable) {
   in6_addr a6{};
   if (ip.find(':') == std::string::npos || readable || inet_pton(AF_INET6, ip.c_str(), &a6) != 1) return ip;
-  static const char* hex = "0123456789abcdef";
+  // Upper-case nibbles, as RFC 7208 §7.4's example and the openspf suite.
+  static const char* hex = "0123456789ABCDEF";
   std::string out;
   for (int i = 0; i < 16; ++i) {
     if (i) out.push_back('.');
@@ -290,7 +342,7 @@ std::optional<std::string> expand_macros(std::string_view s, const MacroVars& v,
       case 'o': value = v.sender_domain; break;
       case 'd': value = v.domain; break;
       case 'i': value = ip_macro(v.ip, false); break;
-      case 'p': value = "unknown"; break;
+      case 'p': value = v.validated; break;
       case 'v': value = v.ip.find(':') == std::string::npos ? "in-addr" : "ip6"; break;
       case 'h': value = v.helo; break;
       case 'c': if (!explanation) return std::nullopt; value = v.ip; break;
@@ -300,7 +352,9 @@ std::optional<std::string> expand_macros(std::string_view s, const MacroVars& v,
     }
     std::size_t k = 1;
     unsigned keep = 0;
-    while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) keep = keep * 10 + (spec[k++] - '0');
+    while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) {
+      keep = std::min(keep * 10 + unsigned(spec[k++] - '0'), 1000u);  // over 128 parts: all of them
+    }
     bool reverse = false;
     if (k < spec.size() && (spec[k] == 'r' || spec[k] == 'R')) { reverse = true; ++k; }
     std::string delims(spec.substr(k));
@@ -325,44 +379,94 @@ std::optional<std::string> expand_macros(std::string_view s, const MacroVars& v,
   return out;
 }
 
+// %{p} (§7.3): a name of the client's PTR records (10 at most) whose
+// address records lead back to the client; the domain itself or a subdomain
+// of it first; "unknown" when none does.
+std::string validated_name(CheckState& st, const MacroVars& v) {
+  std::optional<DnsAnswer> ptr = fetch(st, reverse_name(v.ip), DnsType::kPtr);
+  if (!ptr || ptr->status != DnsStatus::kOk) return "unknown";
+  const DnsType type = v.ip.find(':') == std::string::npos ? DnsType::kA : DnsType::kAaaa;
+  std::string first;
+  std::size_t tried = 0;
+  for (const std::string& host : ptr->records) {
+    if (++tried > 10 || Clock::now() >= st.deadline) break;
+    std::optional<DnsAnswer> addrs = fetch(st, host, type);
+    if (!addrs || addrs->status != DnsStatus::kOk) continue;
+    bool back = false;
+    for (const std::string& a : addrs->records) back = back || canonical_client_ip(a) == v.ip;
+    if (!back) continue;
+    const std::string name = lower(host);
+    if (name == v.domain || (name.size() > v.domain.size() && name.ends_with("." + v.domain))) return name;
+    if (first.empty()) first = name;
+  }
+  return first.empty() ? "unknown" : first;
+}
+
+// explanation-string = *( macro-string / SP ), macros c, r and t included.
+bool valid_explanation_string(std::string_view text) {
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    std::size_t sp = text.find(' ', pos);
+    if (sp == std::string_view::npos) sp = text.size();
+    if (!valid_macro_string(text.substr(pos, sp - pos), true)) return false;
+    pos = sp + 1;
+  }
+  return true;
+}
+
+// The one SPF record of `domain`, parsed; nullopt when there is none, more
+// than one, or it does not parse.
+std::optional<SpfRecord> fetch_record(CheckState& st, const std::string& domain) {
+  std::optional<DnsAnswer> txt = fetch(st, domain, DnsType::kTxt);
+  if (!txt || txt->status != DnsStatus::kOk) return std::nullopt;
+  std::optional<SpfRecord> record;
+  for (const std::string& r : txt->records) {
+    if (!is_spf_record(r)) continue;
+    if (record) return std::nullopt;
+    SpfRecordParse parsed = parse_spf_record(r);
+    if (!parsed.record) return std::nullopt;
+    record = std::move(parsed.record);
+  }
+  return record;
+}
+
 // The explanation of a fail (§6.2): exp= of the record that gave the result
 // (following redirect=, never include:), its target's single TXT record
-// macro-expanded. Empty when any step fails.
+// macro-expanded. Empty -- "as if no exp= was given" -- when any step fails:
+// a time-out here never changes the result. The target name is cut to 253
+// octets from the left (§7.3); an explanation that is not US-ASCII or not a
+// valid explanation-string is none.
 std::string explanation(CheckState& st, MacroVars v) {
   std::string domain = v.domain;
   for (int hops = 0; hops < 10 && Clock::now() < st.deadline; ++hops) {
-    std::optional<DnsAnswer> txt = fetch(st, domain, DnsType::kTxt);
-    if (!txt || txt->status != DnsStatus::kOk) return {};
-    std::string record;
-    for (auto& r : txt->records) {
-      if (strncasecmp(r.c_str(), "v=spf1", 6) == 0 && (r.size() == 6 || r[6] == ' ')) record = r;
-    }
-    if (record.empty()) return {};
-    std::string exp, redirect;
-    bool has_all = false;
-    std::size_t pos = 6;
-    while (pos < record.size()) {
-      while (pos < record.size() && record[pos] == ' ') ++pos;
-      auto end = record.find(' ', pos);
-      std::string term = lower(record.substr(pos, end == std::string::npos ? std::string::npos : end - pos));
-      pos = end == std::string::npos ? record.size() : end;
-      if (term.rfind("exp=", 0) == 0) exp = record.substr(pos - term.size() + 4, term.size() - 4);
-      else if (term.rfind("redirect=", 0) == 0) redirect = term.substr(9);
-      else if (term == "all" || ((term[0] == '-' || term[0] == '~' || term[0] == '?' || term[0] == '+') && term.substr(1) == "all")) has_all = true;
-    }
+    std::optional<SpfRecord> record = fetch_record(st, domain);
+    if (!record) return {};
     v.domain = domain;
-    if (!has_all && !redirect.empty()) {
-      auto next = expand_macros(redirect, v, false);
+    if (!record->has_all() && record->redirect) {
+      auto next = expand_macros(*record->redirect, v, false);
       if (!next) return {};
-      domain = lower(*next);
+      domain = lower(truncate_domain(*next));
       continue;
     }
-    if (exp.empty()) return {};
-    auto target = expand_macros(exp, v, false);
-    if (!target || !dns_name_valid(*target)) return {};
-    std::optional<DnsAnswer> text = fetch(st, *target, DnsType::kTxt);
-    if (!text || text->status != DnsStatus::kOk || text->records.size() != 1) return {};
-    auto expanded = expand_macros(text->records[0], v, true);
+    if (!record->exp) return {};
+    auto target = expand_macros(*record->exp, v, false);
+    if (!target) return {};
+    const std::string name = truncate_domain(*target);
+    if (!dns_name_valid(name)) return {};
+    std::optional<DnsAnswer> text = fetch(st, name, DnsType::kTxt);
+    if (!text || text->status != DnsStatus::kOk || text->records.size() != 1) {
+      if (text && (text->status == DnsStatus::kTimeout || text->status == DnsStatus::kServFail)) st.dns_error = true;
+      return {};
+    }
+    const std::string& raw = text->records[0];
+    for (char c : raw) {
+      if (static_cast<unsigned char>(c) > 0x7e) return {};  // §6.2: US-ASCII only
+    }
+    if (!valid_explanation_string(raw)) return {};
+    if (raw.find("%{p") != std::string::npos || raw.find("%{P") != std::string::npos) {
+      v.validated = validated_name(st, v);
+    }
+    auto expanded = expand_macros(raw, v, true);
     if (!expanded) return {};
     std::string printable;
     for (char c : *expanded) {
@@ -371,6 +475,34 @@ std::string explanation(CheckState& st, MacroVars v) {
     return printable.substr(0, 512);
   }
   return {};
+}
+
+}  // namespace
+
+namespace {
+
+// SPF_request_query_mailfrom() without its first step: libspf2 answers "pass"
+// for any loopback client ("localhost is always allowed"), which RFC 7208
+// does not have; behind a proxy on the same host without PROXY that passes
+// every spoofed domain (and DMARC through SPF alignment). The rest is
+// libspf2's own sequence, through its public API. Clients that must skip
+// the checks are listed in the configuration instead.
+SPF_errcode_t query_mailfrom_no_localhost(SPF_request_t* req, SPF_response_t** respp) {
+  *respp = SPF_response_new(req);
+  if (!*respp) return SPF_E_NO_MEMORY;
+  req->cur_dom = req->use_helo ? req->helo_dom : req->env_from_dp;
+  SPF_record_t* record = nullptr;
+  SPF_errcode_t err = SPF_server_get_record(req->spf_server, req, *respp, &record);
+  if (err != SPF_E_SUCCESS) {
+    if (record) SPF_record_free(record);
+    SPF_i_done(*respp, (*respp)->result, (*respp)->reason, (*respp)->err);
+    return err;
+  }
+  (*respp)->spf_record_exp = record;
+  err = SPF_record_interpret(record, req, *respp, 0);
+  SPF_record_free(record);
+  (*respp)->spf_record_exp = nullptr;
+  return err;
 }
 
 }  // namespace
@@ -413,7 +545,8 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
     out.sender = q.sender;
     auto at = q.sender.rfind('@');
     out.domain = lower(at == std::string::npos ? q.sender : q.sender.substr(at + 1));
-    if (at == std::string::npos) out.sender = "postmaster@" + out.domain;
+    // §4.3: a sender without a local-part is postmaster@domain.
+    if (at == std::string::npos || at == 0) out.sender = "postmaster@" + out.domain;
   }
   if (out.client_ip.empty()) {
     out.reason = "client address unknown";
@@ -442,6 +575,8 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
   st.limits = limits_;
   st.deadline = Clock::now() + budget;
   st.cache_only = cache_only;
+  st.client_ip = out.client_ip;
+  st.client_ipv6 = out.client_ip.find(':') != std::string::npos;
   tl_state = &st;
 
   SPF_request_t* req = SPF_request_new(server);
@@ -455,7 +590,7 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
   if (ok && !q.helo.empty()) SPF_request_set_helo_dom(req, q.helo.c_str());
   if (ok) ok = SPF_request_set_env_from(req, out.sender.c_str()) == 0;
   SPF_errcode_t err = SPF_E_SUCCESS;
-  if (ok) err = SPF_request_query_mailfrom(req, &resp);
+  if (ok) err = query_mailfrom_no_localhost(req, &resp);
   tl_state = nullptr;
 
   SPF_result_t raw = resp ? SPF_response_result(resp) : SPF_RESULT_INVALID;
@@ -489,7 +624,19 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
   auto limit_hit = [&](unsigned at, bool by_txt) {
     return at != 0 && !(out.result == SpfResult::kFail && by_txt && at == st.sequence);
   };
-  if (limit_hit(st.terms_exceeded_at, st.terms_exceeded_by_txt)) {
+  // Whichever permanent error postern found first ends it: a record that
+  // does not parse (§4.6), an MX answer over 10 names (§4.6.4).
+  const unsigned postern_error_at =
+      st.syntax_error_at && st.mx_limit_at ? std::min(st.syntax_error_at, st.mx_limit_at)
+                                           : std::max(st.syntax_error_at, st.mx_limit_at);
+  const unsigned limit_at = std::min(st.terms_exceeded_at ? st.terms_exceeded_at : UINT_MAX,
+                                     st.voids_exceeded_at ? st.voids_exceeded_at : UINT_MAX);
+  if (postern_error_at && postern_error_at < limit_at) {
+    out.result = SpfResult::kPermerror;
+    out.reason = postern_error_at == st.syntax_error_at
+                     ? "SPF record syntax: " + st.syntax_error + " (RFC 7208 4.6)"
+                     : "more than 10 MX names (RFC 7208 4.6.4)";
+  } else if (limit_hit(st.terms_exceeded_at, st.terms_exceeded_by_txt)) {
     out.result = SpfResult::kPermerror;
     out.reason = "more than " + std::to_string(limits_.dns_terms) + " DNS-querying terms (RFC 7208 4.6.4)";
   } else if (limit_hit(st.voids_exceeded_at, st.voids_exceeded_by_txt)) {
@@ -556,8 +703,7 @@ std::string received_spf_value(const SpfOutcome& spf, const std::string& receive
     }
     return out + '"';
   };
-  std::string v = spf_result_name(spf.result);
-  v += " (" + receiver + ": ";
+  std::string v = receiver + ": ";
   switch (spf.result) {
     case SpfResult::kPass: v += "domain of " + spf.sender + " designates " + spf.client_ip + " as permitted sender"; break;
     case SpfResult::kFail: v += "domain of " + spf.sender + " does not designate " + spf.client_ip + " as permitted sender"; break;
@@ -567,10 +713,17 @@ std::string received_spf_value(const SpfOutcome& spf, const std::string& receive
     case SpfResult::kTemperror: v += "error in processing during lookup of " + spf.sender + ": DNS error"; break;
     case SpfResult::kPermerror: v += "permanent error in processing domain of " + spf.sender; break;
   }
-  // The comment is free text: keep it printable and without parentheses.
-  for (char& c : v) {
+  // The comment holds the sender's text: printable only, and "(", ")" and
+  // "\\" as quoted-pairs (RFC 5322 §3.2.2 ccontent), so a MAIL FROM like
+  // "x) client-ip=...; y=("@example.com cannot close it and add key=value
+  // pairs (RFC 7208 §9.1).
+  std::string comment = std::string(spf_result_name(spf.result)) + " (";
+  for (char c : v) {
     if (static_cast<unsigned char>(c) < 32 || c == 127) c = ' ';
+    if (c == '(' || c == ')' || c == '\\') comment.push_back('\\');
+    comment.push_back(c);
   }
+  v = std::move(comment);
   v += ") client-ip=" + spf.client_ip + ";";
   v += " envelope-from=" + quoted(spf.sender) + ";";
   if (!spf.helo.empty()) v += " helo=" + quoted(spf.helo) + ";";

@@ -8,7 +8,9 @@
 // void-lookup limit (§4.6.4), IPv4-mapped IPv6 clients, names with labels
 // over 63 octets (answered as non-existent, never sent), the obsolete SPF RR
 // type (never queried), and libspf2's "invalid" and "none for a broken
-// record" results.
+// record" results. Every SPF record libspf2 sees has passed postern's strict
+// RFC 7208 parser first and is handed over in a form libspf2 evaluates right
+// (spf_record.h); the explanation (exp=) is postern's alone.
 #pragma once
 
 #include <chrono>

@@ -91,6 +91,7 @@ asio::awaitable<void> SpfFilter::check_helo(FilterContext& ctx) {
 }
 
 asio::awaitable<Verdict> SpfFilter::run(FilterContext& ctx) {
+  if (!ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // a trusted client
   if (ctx.stage == Stage::kHelo) {
     co_await check_helo(ctx);
     co_return Verdict::proceed();

@@ -297,6 +297,12 @@ struct Waiter {
 
 }  // namespace
 
+// Documentation and special-use reverse zones that unblock-lan-zones leaves
+// local (RFC 5737, RFC 3849, RFC 6598, RFC 6890).
+constexpr const char* kForwardedLocalZones[] = {
+    "2.0.192.in-addr.arpa.", "100.51.198.in-addr.arpa.", "113.0.203.in-addr.arpa.", "8.b.d.0.1.0.0.2.ip6.arpa.",
+};
+
 UnboundResolver::UnboundResolver(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 std::shared_ptr<UnboundResolver> UnboundResolver::create(const DnsOptions& options,
@@ -313,10 +319,23 @@ std::shared_ptr<UnboundResolver> UnboundResolver::create(const DnsOptions& optio
   check(ub_ctx_set_option(impl->ctx, "do-not-query-localhost:", "no"), "do-not-query-localhost");
   // A server that stopped answering is tried again after a minute, not 15.
   check(ub_ctx_set_option(impl->ctx, "infra-host-ttl:", "60"), "infra-host-ttl");
-  if (options.servers.empty()) {
+  if (!options.local_data.empty()) {
+    check(ub_ctx_zone_add(impl->ctx, ".", "static"), "local zone");
+    for (const auto& rr : options.local_data) check(ub_ctx_data_add(impl->ctx, rr.c_str()), "record \"" + rr + '"');
+  } else if (options.servers.empty()) {
     check(ub_ctx_resolvconf(impl->ctx, nullptr), "reading /etc/resolv.conf");
   } else {
     for (const auto& s : options.servers) check(ub_ctx_set_fwd(impl->ctx, s.c_str()), "server \"" + s + '"');
+    // libunbound answers the reverse zones of private and documentation
+    // prefixes itself (RFC 6303 "locally served zones": NXDOMAIN, never
+    // asked). Behind configured forwarders those go to the forwarders, which
+    // may hold them (a site's own PTR records for 10/8 or 192.168/16; the
+    // SPF conformance suite's 192.0.2.x and 2001:db8::).
+    check(ub_ctx_set_option(impl->ctx, "unblock-lan-zones:", "yes"), "unblock-lan-zones");
+    for (const char* zone : kForwardedLocalZones) {
+      check(ub_ctx_set_option(impl->ctx, "local-zone:", (std::string(zone) + " nodefault").c_str()),
+            std::string("local-zone ") + zone);
+    }
   }
   if (!executor) {
     impl->own_io = std::make_unique<asio::io_context>(1);

@@ -12,6 +12,10 @@ SteadyClock::time_point expiry(SteadyClock::time_point now, KeyValueStore::Ttl t
   return now + ttl;
 }
 
+std::size_t entry_bytes(const std::string& key, const std::string& value) {
+  return key.size() + value.size() + MemoryStore::kEntryOverhead;
+}
+
 std::int64_t unix_ms_now() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -22,27 +26,28 @@ MemoryStore::Entry* MemoryStore::find_live(const std::string& key, Clock::time_p
   auto it = map_.find(key);
   if (it == map_.end()) return nullptr;
   if (it->second.expires <= now) {
-    changed(key, nullptr, now);
-    map_.erase(it);
+    erase_entry(it, now);
     return nullptr;
   }
   return &it->second;
 }
 
-void MemoryStore::make_room(Clock::time_point now) {
-  if (map_.size() < max_entries_) return;
+void MemoryStore::erase_entry(std::unordered_map<std::string, Entry>::iterator it, Clock::time_point now) {
+  changed(it->first, nullptr, now);
+  bytes_ -= entry_bytes(it->first, it->second.value);
+  map_.erase(it);
+}
+
+// Room for one more entry of `incoming` octets (caller holds mutex_).
+void MemoryStore::make_room(Clock::time_point now, std::size_t incoming) {
+  auto full = [&] { return map_.size() >= max_entries_ || bytes_ + incoming > max_bytes_; };
+  if (!full()) return;
   for (auto it = map_.begin(); it != map_.end();) {
-    if (it->second.expires <= now) {
-      changed(it->first, nullptr, now);
-      it = map_.erase(it);
-    } else {
-      ++it;
-    }
+    auto next = std::next(it);
+    if (it->second.expires <= now) erase_entry(it, now);
+    it = next;
   }
-  while (map_.size() >= max_entries_ && !map_.empty()) {
-    changed(map_.begin()->first, nullptr, now);
-    map_.erase(map_.begin());
-  }
+  while (full() && !map_.empty()) erase_entry(map_.begin(), now);
 }
 
 // Records the newest state of `key` for the persistence layer (caller holds mutex_).
@@ -62,6 +67,8 @@ void MemoryStore::changed(const std::string& key, const Entry* e, Clock::time_po
 }
 
 void MemoryStore::put(const std::string& key, std::string value, Clock::time_point expires, Clock::time_point now) {
+  // `key` is absent here: set_now and add_now removed or found no entry.
+  bytes_ += entry_bytes(key, value);
   Entry& e = map_[key];
   e = Entry{std::move(value), expires};
   changed(key, &e, now);
@@ -78,7 +85,8 @@ void MemoryStore::set_now(const std::string& key, std::string value, Ttl ttl) {
   if (key.size() > kMaxKey || value.size() > kMaxValue) return;
   std::lock_guard lock(mutex_);
   auto now = Clock::now();
-  if (!find_live(key, now)) make_room(now);
+  if (auto it = map_.find(key); it != map_.end()) erase_entry(it, now);
+  make_room(now, entry_bytes(key, value));
   put(key, std::move(value), expiry(now, ttl), now);
 }
 
@@ -87,7 +95,7 @@ bool MemoryStore::add_now(const std::string& key, std::string value, Ttl ttl) {
   std::lock_guard lock(mutex_);
   auto now = Clock::now();
   if (find_live(key, now)) return false;
-  make_room(now);
+  make_room(now, entry_bytes(key, value));
   put(key, std::move(value), expiry(now, ttl), now);
   return true;
 }
@@ -98,26 +106,34 @@ std::int64_t MemoryStore::incr_now(const std::string& key, std::int64_t by, Ttl 
   auto now = Clock::now();
   Entry* e = find_live(key, now);
   if (!e) {
-    make_room(now);
+    make_room(now, entry_bytes(key, "-9223372036854775808"));
     e = &map_[key];
     e->expires = expiry(now, ttl);
+    bytes_ += entry_bytes(key, e->value);
   }
   std::int64_t current = 0;
   std::from_chars(e->value.data(), e->value.data() + e->value.size(), current);
   current += by;
+  bytes_ -= e->value.size();
   e->value = std::to_string(current);
+  bytes_ += e->value.size();
   changed(key, e, now);
   return current;
 }
 
 void MemoryStore::del_now(const std::string& key) {
   std::lock_guard lock(mutex_);
-  if (map_.erase(key)) changed(key, nullptr, Clock::now());
+  if (auto it = map_.find(key); it != map_.end()) erase_entry(it, Clock::now());
 }
 
 std::size_t MemoryStore::size() {
   std::lock_guard lock(mutex_);
   return map_.size();
+}
+
+std::size_t MemoryStore::bytes() {
+  std::lock_guard lock(mutex_);
+  return bytes_;
 }
 
 void MemoryStore::track_changes(bool on) {
@@ -148,7 +164,9 @@ void MemoryStore::restore(const std::string& key, std::string value, std::int64_
     if (left <= 0) return;
     expires = now + std::chrono::milliseconds(left);
   }
-  if (!find_live(key, now)) make_room(now);
+  if (auto it = map_.find(key); it != map_.end()) erase_entry(it, now);
+  make_room(now, entry_bytes(key, value));
+  bytes_ += entry_bytes(key, value);
   map_[key] = Entry{std::move(value), expires};
 }
 

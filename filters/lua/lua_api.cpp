@@ -161,7 +161,7 @@ int api_log(lua_State* L) {
   std::string msg = luaL_tolstring(L, 2, nullptr);
   ThreadTag* tag = thread_tag(L);
   std::string where = tag->inv ? "rule=" + tag->inv->rule->info.name : "script=" + tag->rt->loading_script;
-  tag->rt->log(lv, "lua-log " + where + " msg=\"" + clean_text(msg, 1024) + "\"");
+  rule_log(L, lv, "lua-log " + where + " msg=\"" + clean_text(msg, 1024) + "\"");
   return 0;
 }
 
@@ -264,7 +264,10 @@ int api_store_set(lua_State* L) {
   std::size_t len = 0;
   if (!lua_isstring(L, 2)) return luaL_error(L, "postern.store.set: the value must be a string or a number");
   const char* value = lua_tolstring(L, 2, &len);
-  if (len > MemoryStore::kMaxValue) return luaL_error(L, "postern.store.set: value longer than %d octets", static_cast<int>(MemoryStore::kMaxValue));
+  std::size_t max_value = thread_tag(L)->rt->options.store_max_value;
+  if (len > max_value) {
+    return luaL_error(L, "postern.store.set: value longer than %d octets (store.max_value)", static_cast<int>(max_value));
+  }
   op.value.assign(value, len);
   op.ttl = check_ttl(L, 3);
   return yield_for(L, inv, std::move(op));
@@ -278,7 +281,10 @@ int api_store_add(lua_State* L) {
   std::size_t len = 0;
   if (!lua_isstring(L, 2)) return luaL_error(L, "postern.store.add: the value must be a string or a number");
   const char* value = lua_tolstring(L, 2, &len);
-  if (len > MemoryStore::kMaxValue) return luaL_error(L, "postern.store.add: value longer than %d octets", static_cast<int>(MemoryStore::kMaxValue));
+  std::size_t max_value = thread_tag(L)->rt->options.store_max_value;
+  if (len > max_value) {
+    return luaL_error(L, "postern.store.add: value longer than %d octets (store.max_value)", static_cast<int>(max_value));
+  }
   op.value.assign(value, len);
   op.ttl = check_ttl(L, 3);
   return yield_for(L, inv, std::move(op));
@@ -365,6 +371,7 @@ void install_postern_api(lua_State* L, LuaRuntime& rt) {
   lua_setfield(L, -2, "settings");
   lua_pushliteral(L, "1");
   lua_setfield(L, -2, "api_version");
+  install_regex(L);
   lua_setfield(L, -2, "postern");
 }
 

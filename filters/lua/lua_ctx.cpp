@@ -197,6 +197,7 @@ int ctx_symbol(lua_State* L) {
   if (!(s.score > -1e6 && s.score < 1e6)) return luaL_error(L, "symbol: score out of range");
   s.description = clean_text(luaL_optstring(L, 4, s.name == rule.name ? rule.description.c_str() : ""), 200);
   add_symbol(*inv.ctx, std::move(s));
+  inv.added_symbol = true;
   return 0;
 }
 

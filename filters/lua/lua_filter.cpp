@@ -329,6 +329,8 @@ LuaFilter::LuaFilter(const LuaOptions& options, Resolver* dns) : rt_(std::make_u
   rt.L = lua_newstate(capped_alloc, &rt.alloc);
   if (!rt.L) throw LuaLoadError("lua: cannot create a state within lua.memory_limit");
   rt.main_tag.rt = &rt;
+  rt.busy.threshold = options.busy_threshold;
+  if (options.log) rt.busy.log = [log = options.log](std::string_view line) { log(LuaLogLevel::kWarning, line); };
   rt.idle_threads.reserve(kMaxIdleThreads);  // ThreadRef's destructor must not allocate
   *static_cast<ThreadTag**>(lua_getextraspace(rt.L)) = &rt.main_tag;
   lua_State* L = rt.L;
@@ -354,6 +356,7 @@ LuaFilter::LuaFilter(const LuaOptions& options, Resolver* dns) : rt_(std::make_u
       }
     }
     rt.loading_script.clear();
+    if (rt.busy.threshold.count() > 0) watch_busy(&rt.busy);
   } catch (...) {
     lua_close(L);
     rt.L = nullptr;
@@ -362,6 +365,7 @@ LuaFilter::LuaFilter(const LuaOptions& options, Resolver* dns) : rt_(std::make_u
 }
 
 LuaFilter::~LuaFilter() {
+  if (rt_) unwatch_busy(&rt_->busy);
   if (rt_ && rt_->L) lua_close(rt_->L);
 }
 
@@ -395,13 +399,13 @@ FilterStats::RuleFailure failure_kind(const char* killed, const std::string& fai
 Verdict store_failure_verdict(const LuaRuntime& rt, const Rule& rule, const std::string& why) {
   if (rt.options.store_on_error == LuaOptions::OnError::kContinue) return Verdict::proceed();
   return Verdict{Verdict::Action::kTempfail, 451, "4.3.0", "Temporary local problem, please try again later",
-                 "lua rule " + rule.info.name + ": store failed: " + why};
+                 "lua rule " + rule.info.name + ": store failed: " + why, rule.info.name};
 }
 
 Verdict failure_verdict(const Rule& rule, const std::string& why) {
   if (rule.info.on_error == LuaOptions::OnError::kContinue) return Verdict::proceed();
   return Verdict{Verdict::Action::kTempfail, 451, "4.7.0", "Temporary local problem, please try again later",
-                 "lua rule " + rule.info.name + " failed: " + why};
+                 "lua rule " + rule.info.name + " failed: " + why, rule.info.name};
 }
 
 asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContext& ctx) {
@@ -442,11 +446,18 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
 
   int status = LUA_ERRRUN;
   int nres = 0;
+  // Each stretch the rule runs on this thread, between two waits, is watched.
+  auto resume = [&](int nargs) {
+    busy_begin(rt.busy, rule.info.name, rule.info.script);
+    int st = lua_resume(co, nullptr, nargs, &nres);
+    busy_end(rt.busy);
+    return st;
+  };
   lua_pushcfunction(co, start_rule_call);
   if (lua_pcall(co, 0, 2, 0) != LUA_OK) {
     failure = error_text(co, -1);
   } else {
-    status = lua_resume(co, nullptr, 1, &nres);
+    status = resume(1);
     while (status == LUA_YIELD) {
       lua_pop(co, nres);
       if (inv.pending.kind == PendingOp::Kind::kNone) {
@@ -472,7 +483,7 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
         failure = "not enough memory";
         break;
       }
-      status = lua_resume(co, nullptr, nargs, &nres);
+      status = resume(nargs);
     }
     if (failure.empty() && status != LUA_OK) failure = error_text(co, -1);
   }
@@ -488,13 +499,14 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
       hit = true;
       verdict = std::move(*v);
       if (verdict.reason.empty()) verdict.reason = "lua rule " + rule.info.name;
+      verdict.rule = rule.info.name;
     } else {
       failure = std::string("rule returned a ") + luaL_typename(co, first) +
                 "; expected a postern verdict, true or nothing";
     }
   }
   guard.reusable = failure.empty();
-  filter_stats().lua_rule_run(rule.info.name, hit && failure.empty(),
+  filter_stats().lua_rule_run(rule.info.name, (hit || inv.added_symbol) && failure.empty(),
                               std::chrono::duration<double>(Clock::now() - started).count());
   if (!failure.empty()) {
     filter_stats().lua_rule_failed(rule.info.name, rule.info.script, failure_kind(inv.tag.killed, failure));

@@ -13,6 +13,7 @@
 
 #include "filters/dns/resolver.h"
 #include "filters/filter.h"
+#include "filters/lua/busy_watch.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/lua/lua_options.h"
 #include "filters/lua/mime.h"
@@ -64,6 +65,7 @@ struct Invocation {
   FilterContext* ctx = nullptr;
   const Rule* rule = nullptr;
   PendingOp pending;
+  bool added_symbol = false;  // ctx:symbol() was called: a hit for the metrics
   // Loaded on first use of ctx.body: the message's first body_scan_limit
   // octets, a view into the spool when it is in memory, else into
   // scanned_copy (Spool::head).
@@ -94,6 +96,13 @@ struct LuaRuntime {
     int ref;
   };
   std::vector<IdleThread> idle_threads;
+  // Rule log lines (print, postern.log): a token bucket of lua.log_rate and
+  // lua.log_burst, and the lines dropped since the last one that went out.
+  double log_tokens = 0;
+  std::chrono::steady_clock::time_point log_refilled{};
+  std::uint64_t log_dropped = 0;
+  // This state's slot in the rule-call watchdog (busy_watch.h).
+  BusySlot busy;
 
   void log(LuaLogLevel level, const std::string& line) const {
     if (options.log) options.log(level, line);
@@ -118,6 +127,21 @@ std::vector<std::string> expand_scripts(const std::vector<std::string>& entries)
 
 // Raises a Lua error "FILE:LINE: what" at the running Lua function.
 [[noreturn]] void raise_here(lua_State* L, const char* what);
+
+// Logs one line a rule wrote (print, postern.log), with the session and
+// transaction ids, within the state's log rate; drops and counts it past.
+void rule_log(lua_State* L, LuaLogLevel level, const std::string& line);
+
+// lua_regex.cpp: postern.regex, into the postern table on top of the stack.
+void install_regex(lua_State* L);
+
+// lua_bounded_lib.cpp: raises "time limit exceeded" once the running rule's
+// deadline has passed (or its earlier limit again); for loops inside C.
+void check_rule_budget(lua_State* L);
+// Replaces, in the globals table on top of the stack, the built-ins that
+// would run unbounded in C: pattern matching, string.rep and string.pack,
+// table.insert/remove/move/concat/sort, and setmetatable (no __gc).
+void install_bounded_builtins(lua_State* L);
 
 // Handles of ctx, ctx.client, ctx.envelope, ctx.headers, ctx.body and the
 // notes: full userdata naming their invocation, refused once that call is

@@ -45,9 +45,6 @@ struct LuaOptions {
   std::chrono::milliseconds timeout{5000};
   // Per Lua state (one per I/O thread): bytes the allocator will hand out.
   std::size_t memory_limit = 64u * 1024 * 1024;
-  // string.find/match/gmatch/gsub refuse subjects longer than this (the
-  // instruction budget cannot interrupt a C function; STYLE "Known traps").
-  std::size_t pattern_subject_limit = 64 * 1024;
   // Decoded header values handed to scripts, and values scripts add, are cut
   // (read) or refused (write) past this.
   std::size_t header_value_limit = 16 * 1024;
@@ -57,9 +54,23 @@ struct LuaOptions {
   std::size_t text_part_limit = 1024 * 1024;
   std::size_t text_parts_max = 32;
 
+  // Lines rules log (print, postern.log) per Lua state (one per I/O thread):
+  // a rate a second and a burst; past them lines are dropped and counted.
+  double log_rate = 20;
+  std::size_t log_burst = 200;
+  // The watchdog: a rule call holding its I/O thread longer than this is
+  // logged and counted (busy_watch.h); 0 = off.
+  std::chrono::milliseconds busy_threshold{1000};
+
+  // postern.regex (PCRE2): a match past these limits is a rule error.
+  std::uint32_t regex_match_limit = 1'000'000;
+  std::uint32_t regex_depth_limit = 10'000;
+
   LuaSetting settings;  // [lua.settings]
   // Entries of the in-process store the proxy creates (MemoryStore).
   std::size_t store_max_entries = 1'000'000;
+  // [store] max_value: the longest value postern.store.set/add accept.
+  std::size_t store_max_value = 64 * 1024;
   // [store] on_error: a store call that got no answer skips the rule
   // (kContinue) or defers the command with 451 4.3.0 (kTempfail).
   OnError store_on_error = OnError::kContinue;
@@ -68,6 +79,9 @@ struct LuaOptions {
   // event (hostile text is already cut, not yet sanitized); `store` is shared
   // by every thread (one per process). Either may be empty.
   std::function<void(LuaLogLevel, std::string_view)> log;
+  // Lines rules log, with the ids of the session and the transaction ("" when
+  // none); when empty, `log` gets them with the ids written into the line.
+  std::function<void(LuaLogLevel, std::string_view session, std::string_view id, std::string_view line)> rule_log;
   std::shared_ptr<KeyValueStore> store;
 };
 

@@ -1,5 +1,6 @@
 // The sandbox of a rule state: the capped allocator, the instruction and
-// deadline hook, pcall that cannot swallow a limit, bounded pattern matching,
+// deadline hook, pcall that cannot swallow a limit, the bounded built-ins
+// (lua_bounded_lib.cpp),
 // text-only script loading with a per-script _ENV, postern's require, and
 // the table of globals scripts see (DESIGN "A rule cannot take the proxy down").
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "filters/filter_stats.h"
 #include "filters/lua/lua_internal.h"
 
 namespace postern {
@@ -68,25 +70,6 @@ static int guarded_pcall(lua_State* L) {
   return protected_continue(L, LUA_OK, 0);
 }
 
-// string.find/match/gmatch/gsub with bounded subject and pattern: the
-// matcher is a C function the instruction hook cannot interrupt.
-static int bounded_pattern(lua_State* L) {
-  ThreadTag* tag = thread_tag(L);
-  std::size_t subject = 0, pattern = 0;
-  luaL_checklstring(L, 1, &subject);
-  luaL_checklstring(L, 2, &pattern);
-  if (subject > tag->rt->options.pattern_subject_limit) {
-    luaL_error(L, "pattern subject of %d octets exceeds the limit of %d (lua.pattern_subject_limit)",
-               static_cast<int>(subject), static_cast<int>(tag->rt->options.pattern_subject_limit));
-  }
-  if (pattern > 1024) luaL_error(L, "pattern longer than 1024 octets");
-  int n = lua_gettop(L);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, n, LUA_MULTRET);
-  return lua_gettop(L);
-}
-
 // collectgarbage("count") only: scripts must not stop or tune the collector.
 static int limited_collectgarbage(lua_State* L) {
   const char* opt = luaL_optstring(L, 1, "collect");
@@ -104,8 +87,47 @@ static int print_to_log(lua_State* L) {
     lua_pop(L, 1);
     if (line.size() > 2048) break;
   }
-  thread_tag(L)->rt->log(LuaLogLevel::kInfo, line.substr(0, 2048));
+  rule_log(L, LuaLogLevel::kInfo, line.substr(0, 2048));
   return 0;
+}
+
+void rule_log(lua_State* L, LuaLogLevel level, const std::string& line) {
+  ThreadTag* tag = thread_tag(L);
+  LuaRuntime& rt = *tag->rt;
+  const std::string* rule = tag->inv ? &tag->inv->rule->info.name : &rt.loading_script;
+  auto now = Clock::now();
+  double burst = static_cast<double>(rt.options.log_burst);
+  if (rt.log_refilled == Clock::time_point{}) rt.log_tokens = burst;
+  else rt.log_tokens = std::min(burst, rt.log_tokens + std::chrono::duration<double>(now - rt.log_refilled).count() *
+                                                            rt.options.log_rate);
+  rt.log_refilled = now;
+  if (rt.log_tokens < 1) {
+    ++rt.log_dropped;
+    filter_stats().lua_log_dropped(*rule);
+    return;
+  }
+  rt.log_tokens -= 1;
+  std::string_view session, id;
+  if (tag->inv) {
+    session = tag->inv->ctx->session.id;
+    id = tag->inv->ctx->transaction.id;
+  }
+  auto emit = [&](LuaLogLevel lv, const std::string& text) {
+    if (rt.options.rule_log) {
+      rt.options.rule_log(lv, session, id, text);
+    } else if (rt.options.log) {
+      std::string ids;
+      if (!session.empty()) ids += "session=" + std::string(session) + " ";
+      if (!id.empty()) ids += "id=" + std::string(id) + " ";
+      rt.options.log(lv, ids + text);
+    }
+  };
+  if (rt.log_dropped) {
+    emit(LuaLogLevel::kWarning, "lua-log-dropped lines=" + std::to_string(rt.log_dropped) +
+                                    " (lua.log_rate=" + std::to_string(rt.options.log_rate) + ")");
+    rt.log_dropped = 0;
+  }
+  emit(level, line);
 }
 
 static std::string read_script(const std::string& path) {
@@ -235,8 +257,8 @@ void build_sandbox(lua_State* L, LuaRuntime& rt) {
   lua_getfield(L, -1, "string");
   lua_pushnil(L);
   lua_setfield(L, -2, "dump");
-  for (const char* name : {"find", "match", "gmatch", "gsub"}) set_function(L, name, bounded_pattern, true);
   lua_pop(L, 1);
+  install_bounded_builtins(L);
   // Strings' metatable: hide it, so scripts cannot reach or replace it.
   lua_pushliteral(L, "");
   if (lua_getmetatable(L, -1)) {

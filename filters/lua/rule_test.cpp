@@ -13,7 +13,9 @@
 #include <asio/io_context.hpp>
 #include <toml++/toml.h>
 
+#include "filters/auth/auth_filters.h"
 #include "filters/dns/resolver.h"
+#include "filters/dns/unbound_resolver.h"
 #include "filters/lua/kv_store.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/spool.h"
@@ -139,6 +141,27 @@ struct Outcome {
   std::vector<std::string> rcpt_refused;
 };
 
+// A [[dns]] record as libunbound local data: "name. 300 IN TYPE rdata", a
+// TXT value quoted in strings of at most 255 octets (RFC 1035 §3.3.14).
+std::string local_record(std::string name, const std::string& type, const std::string& value) {
+  if (name.empty() || name.back() != '.') name += '.';
+  std::string rdata = value;
+  if (type == "TXT") {
+    rdata.clear();
+    std::size_t i = 0;
+    do {
+      std::string quoted = "\"";
+      for (char c : value.substr(i, 255)) {
+        if (c == '"' || c == '\\') quoted += '\\';
+        quoted += c;
+      }
+      rdata += (rdata.empty() ? "" : " ") + quoted + "\"";
+      i += 255;
+    } while (i < value.size());
+  }
+  return name + " 300 IN " + type + " " + rdata;
+}
+
 struct Fixture {
   std::string path;
   std::string eml;  // message content with CRLF line ends; empty = no DATA
@@ -154,6 +177,9 @@ asio::awaitable<Verdict> run_stage(const FilterChain& chain, SessionFacts& sessi
 }
 
 asio::awaitable<void> run_session(const FilterChain& chain, const Fixture& fx, Outcome& out) {
+  // As the session does: content taps (DKIM body hashing) see the content
+  // as it is spooled.
+  Spool spool(fx.eml.size() + 1, "");
   SessionFacts session = fx.session;
   TransactionFacts txn;
   auto decide = [&](Stage s, const Verdict& v) {
@@ -203,7 +229,7 @@ asio::awaitable<void> run_session(const FilterChain& chain, const Fixture& fx, O
   out.verdict = "accept";
   out.stage.clear();
   if (!fx.eml.empty()) {
-    Spool spool(fx.eml.size() + 1, "");
+    chain.add_content_taps(FilterContext{Stage::kData, session, txn}, spool);
     spool.append(fx.eml);
     spool.finish();
     Message message(spool);
@@ -342,6 +368,7 @@ int run_fixture(const std::string& path, const RuleTestOptions& options, std::os
     if (fx.rcpts.empty()) fx.rcpts.push_back(Mailbox{"postmaster", "example.com"});
 
     StaticResolver dns;
+    std::vector<std::string> local_data;  // the same records for the authenticity checks
     if (const toml::array* records = root["dns"].as_array()) {
       for (const toml::node& item : *records) {
         const toml::table* t = item.as_table();
@@ -350,7 +377,11 @@ int run_fixture(const std::string& path, const RuleTestOptions& options, std::os
         answer.records = get_strings(*t, "records");
         answer.status = dns_status(get_string(*t, "status", "ok"), item);
         answer.ttl = 300;
-        dns.add(get_string(*t, "name"), dns_type(get_string(*t, "type", "A"), item), answer);
+        std::string type = get_string(*t, "type", "A");
+        dns.add(get_string(*t, "name"), dns_type(type, item), answer);
+        if (answer.status == DnsStatus::kOk) {
+          for (const std::string& r : answer.records) local_data.push_back(local_record(get_string(*t, "name"), type, r));
+        }
       }
     }
 
@@ -379,7 +410,23 @@ int run_fixture(const std::string& path, const RuleTestOptions& options, std::os
       out << "ERROR " << path << ": " << e.what() << "\n";
       return 2;
     }
-    FilterChain chain({filter}, scores);
+    // authenticity = true: the real checks first, as in the proxy's chain.
+    std::vector<std::shared_ptr<Filter>> filters;
+    std::shared_ptr<Resolver> auth_dns;
+    if (root["authenticity"].value<bool>().value_or(false)) {
+      DnsOptions dns_options;
+      dns_options.local_data = local_data;
+      if (local_data.empty()) dns_options.local_data.push_back("postern.invalid. 300 IN A 192.0.2.1");
+      dns_options.timeout = std::chrono::milliseconds(2000);
+      dns_options.client_name = false;
+      auth_dns = make_resolver(dns_options, {});
+      AuthOptions auth = options.auth;
+      auth.spf.enabled = auth.dkim.enabled = auth.dmarc.enabled = auth.authentication_results.enabled = true;
+      if (auth.hostname.empty()) auth.hostname = "postern.test";
+      filters = make_auth_filters(auth, auth_dns);
+    }
+    filters.push_back(filter);
+    FilterChain chain(std::move(filters), scores);
     std::vector<std::string> failures;
     for (std::size_t run = 0; run < fx.expects.size(); ++run) {
       Outcome outcome;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "filters/auth/auth_options.h"
 #include "filters/filter_chain.h"
 #include "filters/lua/lua_options.h"
 
@@ -19,6 +20,10 @@ struct RuleTestOptions {
   // gets a fresh in-process store and its log lines are printed on failure.
   LuaOptions lua;
   ScoreThresholds scores;
+  // A fixture with `authenticity = true` runs the real SPF, DKIM, DMARC and
+  // Authentication-Results filters (these options, every check enabled)
+  // before the rules, resolving through libunbound with its [[dns]] records.
+  AuthOptions auth;
   bool verbose = false;  // print every run's outcome, not only failures
 };
 

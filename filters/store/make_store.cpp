@@ -6,7 +6,7 @@
 namespace postern {
 
 bool StoreOptions::same_backend(const StoreOptions& o) const {
-  return backend == o.backend && max_entries == o.max_entries && persist == o.persist &&
+  return backend == o.backend && max_entries == o.max_entries && max_bytes == o.max_bytes && persist == o.persist &&
          persist_interval == o.persist_interval && persist_map_size == o.persist_map_size &&
          redis_address == o.redis_address && redis.password == o.redis.password &&
          redis.database == o.redis.database && redis.timeout == o.redis.timeout &&
@@ -19,9 +19,9 @@ std::shared_ptr<KeyValueStore> make_store(const StoreOptions& options, StoreLogF
                                                    {"prefix", options.redis_prefix}});
     return std::make_shared<RedisStore>(options.redis, options.redis_prefix, std::move(log));
   }
-  if (options.persist.empty()) return std::make_shared<MemoryStore>(options.max_entries);
+  if (options.persist.empty()) return std::make_shared<MemoryStore>(options.max_entries, options.max_bytes);
   auto store = std::make_shared<PersistedStore>(options.persist, options.persist_map_size, options.max_entries,
-                                                options.persist_interval, log);
+                                                options.persist_interval, log, options.max_bytes);
   if (log) {
     log(StoreLogLevel::kInfo, "store", {{"backend", "memory"}, {"persist", options.persist},
                                          {"loaded", std::to_string(store->loaded())}});

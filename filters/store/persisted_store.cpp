@@ -124,8 +124,8 @@ std::string LmdbFile::write(const std::vector<MemoryStore::Change>& batch) {
 }
 
 PersistedStore::PersistedStore(const std::string& path, std::size_t map_size, std::size_t max_entries,
-                               std::chrono::milliseconds interval, StoreLogFn log)
-    : memory_(max_entries), file_(path, map_size), interval_(interval), log_(std::move(log)) {
+                               std::chrono::milliseconds interval, StoreLogFn log, std::size_t max_bytes)
+    : memory_(max_entries, max_bytes), file_(path, map_size), interval_(interval), log_(std::move(log)) {
   for (LmdbFile::Record& r : file_.load(unix_ms_now())) {
     memory_.restore(r.key, std::move(r.value), r.expires_unix_ms);
     ++loaded_;

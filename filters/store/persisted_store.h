@@ -61,7 +61,8 @@ class PersistedStore final : public KeyValueStore {
   // Opens `path` and loads it; throws StoreError (a file that cannot be
   // opened is a start-up error, not something to run without).
   PersistedStore(const std::string& path, std::size_t map_size, std::size_t max_entries,
-                 std::chrono::milliseconds interval, StoreLogFn log = {});
+                 std::chrono::milliseconds interval, StoreLogFn log = {},
+                 std::size_t max_bytes = MemoryStore::kDefaultMaxBytes);
   ~PersistedStore() override;
 
   asio::awaitable<StoreResult> get(std::string key) override { return memory_.get(std::move(key)); }

@@ -22,6 +22,11 @@ struct StoreOptions {
 
   // kMemory: entries kept (the oldest are evicted past it).
   std::size_t max_entries = 1'000'000;
+  // kMemory: octets all entries may take (keys, values, 64 each for the
+  // rest); past it expired, then arbitrary entries are evicted.
+  std::size_t max_bytes = MemoryStore::kDefaultMaxBytes;
+  // Every backend: the longest value postern.store.set/add accept (Redis too).
+  std::size_t max_value = KeyValueStore::kMaxValue;
   // kMemory: an LMDB file the store is saved to and loaded from; "" = none.
   std::string persist;
   std::chrono::milliseconds persist_interval{1000};

@@ -217,3 +217,117 @@ def test_authenticated_sessions_run_the_submission_policy(postern, tmp_path, cer
     [m] = sink.messages
     assert b"X-Submitted-By: alice\r\n" in m.content
     assert_no_secrets(p)
+
+
+# --------------------------------------------------------------------------
+# issue 18: brute force is bounded, SASL lines are checked before relaying
+
+
+def start_limited(postern, sink, tmp_path, cert, limits):
+    cfg = write_config(tmp_path / "postern.toml", [{"tls": "starttls", "auth": "passthrough"}],
+                       upstream=sink.address, tls={"cert_file": cert[0], "key_file": cert[1]},
+                       sections={"limits": limits})
+    p = postern.start(config=cfg, listen=())
+    return p, listener_ports(p)
+
+
+def test_auth_failures_end_the_session(postern, tmp_path, cert, make_sink):
+    """limits.auth_failures = 3: the third 535 is relayed, then 421 4.7.0 and
+    the connection closes; the MTA heard three attempts, not sixty; each
+    failure was answered later than the last (the tarpit)."""
+    import time
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start_limited(postern, sink, tmp_path, cert,
+                               {"auth_failures": 3, "auth_failure_delay": 0.3})
+    c, _ = tls_session(port)
+    with c:
+        waits = []
+        for i in range(2):
+            start = time.monotonic()
+            check_reply(c.cmd(f"AUTH PLAIN {PLAIN_WRONG}"), 535, "5.7.8", f"attempt {i + 1}")
+            waits.append(time.monotonic() - start)
+        c.send(f"AUTH PLAIN {PLAIN_WRONG}\r\n")
+        check_reply(c.read_reply(), 535, "5.7.8", "attempt 3")
+        check_reply(c.read_reply(), 421, "4.7.0", "after the third failure")
+        assert c.wait_closed(5), "session still open after too many AUTH failures"
+    assert waits[0] >= 0.3 and waits[1] >= 0.6, waits
+    assert len(sink.auth_attempts) == 3, sink.auth_attempts
+    line = p.wait_for_log("too-many-auth-failures")
+    assert line.get("failures") == "3", line
+    assert_no_secrets(p)
+
+
+def test_auth_failures_count_toward_limits_errors(postern, tmp_path, cert, make_sink):
+    """limits.errors counts failed AUTH like any other error: with errors = 3
+    and a high auth_failures, two bad commands and one failed AUTH end it."""
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start_limited(postern, sink, tmp_path, cert,
+                               {"errors": 3, "auth_failures": 50, "auth_failure_delay": 0})
+    c, _ = tls_session(port)
+    with c:
+        c.expect("BOGUS", 500, "5.5.2")
+        c.expect("MAIL FROM:<broken", 501)
+        c.send(f"AUTH PLAIN {PLAIN_WRONG}\r\n")
+        check_reply(c.read_reply(), 535, "5.7.8")
+        check_reply(c.read_reply(), 421, "4.7.0", "third error")
+        assert c.wait_closed(5)
+    assert p.wait_for_log("too-many-errors").get("errors") == "3"
+
+
+def test_sixty_failed_logins_reach_the_mta_at_most_limit_times(postern, tmp_path, cert, make_sink):
+    """The issue's case: 60 AUTH PLAIN pipelined in one session."""
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start_limited(postern, sink, tmp_path, cert, {"auth_failure_delay": 0})
+    c, _ = tls_session(port)
+    with c:
+        c.send("".join(f"AUTH PLAIN {PLAIN_WRONG}\r\n" for _ in range(60)))
+        codes = []
+        try:
+            while True:
+                codes.append(c.read_reply(timeout=5).code)
+        except Exception:
+            pass
+    assert codes[-1] == 421, codes
+    assert len(sink.auth_attempts) <= 5, len(sink.auth_attempts)  # default limits.auth_failures
+
+
+@pytest.mark.parametrize("bad", [
+    b"AAAA\rBBBB",       # bare CR inside
+    b"AAAA\x00BBBB",     # NUL
+    b"AAAA\nBBBB",       # bare LF: the line ends early
+    b"AAAA BBBB",        # space: not base64
+    b"QUJD\xc3\xa9",     # 8-bit
+    b"*\r",              # a cancel with a CR tacked on
+], ids=["cr", "nul", "lf", "space", "8bit", "star-cr"])
+def test_sasl_response_with_control_octets_is_refused(postern, tmp_path, cert, make_sink, bad):
+    """A response line with CR, LF, NUL or anything not base64 gets 501 5.5.2
+    and never reaches the MTA, which sees its exchange cancelled; the
+    session stays usable and a correct AUTH then works."""
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start_limited(postern, sink, tmp_path, cert, {"auth_failure_delay": 0})
+    c, _ = tls_session(port)
+    with c:
+        c.expect("AUTH LOGIN", 334)
+        c.send(bad + b"\r\n")
+        check_reply(c.read_reply(), 501, "5.5.2", f"response {bad!r}")
+        if bad == b"AAAA\nBBBB":
+            # what followed the LF is a line of its own, read as a command
+            check_reply(c.read_reply(), 500, "5.5.2")
+        c.expect("NOOP", 250)
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
+    # the MTA never saw a response carrying those octets: LOGIN was cancelled
+    assert [a[1:] for a in sink.auth_attempts] == [("PLAIN", USER, True)], sink.auth_attempts
+    assert p.wait_for_log("sasl-response-refused")
+
+
+@pytest.mark.parametrize("bad", [b"AUTH PLAIN AAAA\rBBBB", b"AUTH PLAIN AA AA", b"AUTH LOGIN dXNlcg\r=="],
+                         ids=["cr", "space", "login-cr"])
+def test_initial_response_with_control_octets_is_refused(postern, tmp_path, cert, make_sink, bad):
+    sink = make_sink(auth=(USER, PASSWORD))
+    p, (port,) = start_limited(postern, sink, tmp_path, cert, {"auth_failure_delay": 0})
+    c, _ = tls_session(port)
+    with c:
+        c.send(bad + b"\r\n")
+        check_reply(c.read_reply(), 501, "5.5.2", f"{bad!r}")
+        c.expect(f"AUTH PLAIN {PLAIN_OK}", 235)
+    assert [a[1:] for a in sink.auth_attempts] == [("PLAIN", USER, True)], sink.auth_attempts

@@ -5,9 +5,8 @@ dkimpy. Each test also reads the audit log postern wrote for its messages,
 and the last ones run `postern report` on it.
 
 Clients come through a PROXY protocol listener with public source addresses
-(198.51.100.7 allowed by example.com's SPF, 203.0.113.5 a spoofer): libspf2
-passes every loopback client by its local policy ("localhost is always
-allowed"), so a test from 127.0.0.1 could never see an SPF fail."""
+(198.51.100.7 allowed by example.com's SPF, 203.0.113.5 a spoofer). A
+loopback client gets no SPF exemption (test_verdict_integrity.py)."""
 
 import email
 import json

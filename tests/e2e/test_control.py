@@ -173,20 +173,83 @@ def test_unknown_command_on_the_socket(postern, sink, tmp_path, sockdir):
     assert answer.startswith(b"error unknown command"), answer
 
 
+def _plain_env():
+    env = dict(os.environ)
+    env.pop("RUNTIME_DIRECTORY", None)
+    return env
+
+
 def test_default_socket_in_the_working_directory(postern, sink):
-    """Without [control] socket and without /run/postern, the socket is
-    ./postern-control.sock, and `postern status` run there finds it."""
-    if os.path.isdir("/run/postern"):
-        # the default is /run/postern/control.sock then; check that instead
-        p = postern.start(upstream=sink.address)
-        assert p.wait_for_log("control").get("socket") == "/run/postern/control.sock"
-        return
-    p = postern.start(upstream=sink.address)
-    assert p.wait_for_log("control").get("socket") == "postern-control.sock"
+    """Without [control] socket and outside systemd, the socket is
+    ./postern-control-PORT.sock (the first listener's bound port), and
+    `postern status` run there finds it."""
+    p = postern.start(upstream=sink.address, env=_plain_env())
+    assert p.wait_for_log("control").get("socket") == f"postern-control-{p.port}.sock"
     p.wait_for_log("started")
     r = run_cli(["status"], cwd=p.cwd)
     assert r.returncode == 0, r.stderr
     assert f"pid: {p.pid}" in r.stdout
+
+
+def test_two_instances_from_one_directory_both_start(sink, tmp_path):
+    """Issue 18: `postern run --listen ... --upstream ...` twice from one
+    directory: both start, each with its own socket, each answering; with
+    both running, `postern status` there asks for --socket (it cannot tell
+    which one is meant) and names both."""
+    procs = []
+    try:
+        for _ in range(2):
+            p = PosternProcess(postern_run_args(upstream=sink.address, sets={"server.shutdown_timeout": 3}),
+                               cwd=str(tmp_path), env=_plain_env())
+            procs.append(p)
+            p.start()
+            p.wait_for_log("started")
+        names = [p.wait_for_log("control").get("socket") for p in procs]
+        assert names == [f"postern-control-{p.port}.sock" for p in procs], names
+        assert names[0] != names[1]
+        for p, name in zip(procs, names):
+            r = run_cli(["status", "--socket", name], cwd=str(tmp_path))
+            assert r.returncode == 0 and f"pid: {p.pid}" in r.stdout, r.stderr
+        r = run_cli(["status"], cwd=str(tmp_path))
+        assert r.returncode == 1 and "several postern instances" in r.stderr, r.stderr
+        assert names[0] in r.stderr and names[1] in r.stderr
+        procs[1].stop()
+        assert not os.path.exists(tmp_path / names[1]), "the socket outlived its process"
+        r = run_cli(["status"], cwd=str(tmp_path))  # one left: found without --socket
+        assert r.returncode == 0 and f"pid: {procs[0].pid}" in r.stdout, r.stderr
+    finally:
+        for p in procs:
+            if not p.stopped:
+                p.stop()
+
+
+def test_runtime_directory_default_and_a_real_clash(sink, tmp_path, sockdir):
+    """Under systemd ($RUNTIME_DIRECTORY) the default is DIR/control.sock,
+    which `postern reload` run by the unit (same environment) finds; a second
+    instance given the same runtime directory is a real clash: it exits 1
+    with the clear control-failed error, and the first keeps its socket."""
+    env = dict(os.environ, RUNTIME_DIRECTORY=sockdir)
+    first = PosternProcess(postern_run_args(upstream=sink.address, sets={"server.shutdown_timeout": 3}),
+                           cwd=str(tmp_path), env=env)
+    first.start()
+    try:
+        sock = os.path.join(sockdir, "control.sock")
+        assert first.wait_for_log("control").get("socket") == sock
+        r = subprocess.run([POSTERN_BIN, "status"], capture_output=True, text=True, env=env,
+                           timeout=20 * SCALE, cwd=str(tmp_path))
+        assert r.returncode == 0 and f"pid: {first.pid}" in r.stdout, r.stderr
+        second = PosternProcess(postern_run_args(upstream=sink.address), cwd=str(tmp_path), env=env)
+        second.start(wait=False)
+        try:
+            assert second.wait_exit(10 * SCALE) == 1
+        finally:
+            second.kill()
+        failed = [l for l in second.lines if "control-failed" in l]
+        assert failed and "already running" in failed[0], second.log_tail()
+        r = run_cli(["status", "--socket", sock])
+        assert f"pid: {first.pid}" in r.stdout
+    finally:
+        first.stop()
 
 
 def test_reload_names_keys_that_need_a_restart(postern, sink, tmp_path, sockdir):

@@ -6,13 +6,14 @@ independent implementation) against the public key postern's documented
 """
 
 import base64
+import json
 import re
 import subprocess
 
 import dkim
 import pytest
 
-from harness import (SmtpClient, check_reply, listener_ports, make_cert, run_cli, run_swaks,
+from harness import (IO_TIMEOUT, SmtpClient, check_reply, wait_until, listener_ports, make_cert, run_cli, run_swaks,
                      write_config)
 
 USER = "alice"
@@ -63,7 +64,8 @@ def dnsfunc_for(keys):
 
 
 def start(postern, sink, tmp_path, keys, dkim_section=None, listeners=({},), tls=None, lua=None):
-    sections = {"dkim": dkim_section or {}}
+    # The audit record says whether postern signed (issue 17).
+    sections = {"dkim": dkim_section or {}, "audit": {"path": str(tmp_path / "audit.jsonl"), "fsync": "always"}}
     if lua:
         script = tmp_path / "rules.lua"
         script.write_text(lua)
@@ -83,6 +85,13 @@ def message(sender, subject="signed", extra=""):
             f"{extra}\r\n"
             "First line of the body.\r\n\r\n  indented line with trailing space \r\n"
             ".. a line that was dot-stuffed\r\n\r\n\r\n").encode()
+
+
+def audit_signed(tmp_path):
+    """The "signed" field of the first audit record."""
+    path = tmp_path / "audit.jsonl"
+    wait_until(lambda: path.exists() and path.read_text().strip(), IO_TIMEOUT, message="an audit record")
+    return json.loads(path.read_text().splitlines()[0])["signed"]
 
 
 def send(port, sender, content):
@@ -114,6 +123,7 @@ def test_internal_network_is_signed_and_verifies(postern, sink, tmp_path, keys):
     assert dkim.verify(m.content, dnsfunc=dnsfunc_for(keys))
     line = p.wait_for_log("dkim-sign")
     assert line.get("result") == "signed" and line.get("domain") == "example.org", line
+    assert audit_signed(tmp_path) is True
 
 
 def test_external_sender_is_not_signed(postern, sink, tmp_path, keys):
@@ -125,6 +135,7 @@ def test_external_sender_is_not_signed(postern, sink, tmp_path, keys):
     assert m.content.startswith(b"Received: from client.example ")
     p.wait_for_log("message")
     assert not p.events("dkim-sign")
+    assert audit_signed(tmp_path) is False
 
 
 def test_authenticated_session_is_signed(postern, make_sink, tmp_path, keys):
@@ -208,3 +219,19 @@ def test_config_check_names_a_bad_key_file(tmp_path, keys):
                     f'selector = "mail2026"\nkey_file = "{keys["files"]["example.org"][1]}"\n')
     r = run_cli(["config", "check", str(good)])
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("ending", [b"", b" \t", b"x", b"\r\n\r\n"])
+def test_bdat_content_without_final_crlf_is_signed_as_relayed(postern, sink, tmp_path, keys, ending):
+    """Issue 15: a BDAT message whose content does not end in CRLF is relayed
+    with one (DATA to the MTA); the signature covers exactly that body."""
+    p, (port,) = start(postern, sink, tmp_path, keys, {"sign_networks": ["127.0.0.0/8"]})
+    content = message("alice@example.org", "bdat no crlf").rstrip(b"\r\n") + b"\r\nlast line" + ending
+    with SmtpClient(port) as c:
+        c.ehlo()
+        c.expect("MAIL FROM:<alice@example.org>", 250)
+        c.expect("RCPT TO:<bob@example.com>", 250)
+        c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+        check_reply(c.read_reply(), 250)
+    [m] = sink.wait_messages(1)
+    assert dkim.verify(m.content, dnsfunc=dnsfunc_for(keys)), m.content[-200:]

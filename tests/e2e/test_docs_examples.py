@@ -16,11 +16,16 @@
   enforcing one holds back.
 - docs/configuration.md has a table row for every key `postern config check`
   accepts (the Checker lists them in its "unknown key; allowed: ..." error).
+- Every `swaks` command of README.md and docs/*.md runs as printed (only its
+  --server pointed at a postern on loopback): STARTTLS and AUTH work with the
+  swaks .ci/deps installs, and a reply the comment above it promises arrives.
+  README's quick start and the package commands run in tests/package.
 """
 
 import glob
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -28,8 +33,8 @@ import uuid
 
 import pytest
 
-from harness import (POSTERN_BIN, SCALE, SmtpClient, check_reply, free_port, make_cert,
-                     make_message, wait_port, wait_until)
+from harness import (POSTERN_BIN, SCALE, SmtpClient, check_reply, free_port, listener_ports, make_cert,
+                     make_message, wait_port, wait_until, write_config)
 from test_xclient import private_postfix
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -495,3 +500,100 @@ def test_configuration_md_documents_every_key(tmp_path):
             if key not in doc[section] and f"{section}.{key}" not in doc:
                 missing.append(f"{section}.{key}")
     assert not missing, f"keys postern accepts but {CONFIG_DOC} does not document: {missing}"
+
+
+# ---------------------------------------------------------------- the docs' swaks commands
+
+SH_FENCE_RE = re.compile(r"^```sh[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+DOCS_WITH_COMMANDS = ["README.md"] + sorted(os.path.relpath(p, ROOT)
+                                            for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+
+class DocCommand:
+    def __init__(self, path, line, comment, text):
+        self.path, self.line, self.comment, self.text = path, line, comment, text
+
+    @property
+    def name(self):
+        return f"{self.path}:{self.line}"
+
+
+def doc_commands(program):
+    """Every command line of a ```sh block that runs `program`, continuation
+    lines joined, with the comment lines just above it."""
+    found = []
+    for rel in DOCS_WITH_COMMANDS:
+        with open(os.path.join(ROOT, rel)) as f:
+            text = f.read()
+        for m in SH_FENCE_RE.finditer(text):
+            first = text.count("\n", 0, m.start()) + 2
+            comment, pending, start = [], "", None
+            for k, line in enumerate(m.group(1).split("\n")):
+                if not pending and line.lstrip().startswith("#"):
+                    comment.append(line.lstrip("# ").strip())
+                    continue
+                if not line.strip():
+                    comment = []
+                    continue
+                if start is None:
+                    start = first + k
+                pending += line.rstrip("\\").strip() + " "
+                if line.rstrip().endswith("\\"):
+                    continue
+                if pending.split()[0] == program:
+                    found.append(DocCommand(rel, start, " ".join(comment), pending.strip()))
+                pending, start, comment = "", None, []
+    return found
+
+
+SWAKS = doc_commands("swaks")
+DOC_PASSWORD = "documented-secret"
+
+
+def test_docs_have_swaks_commands():
+    names = [c.name for c in SWAKS]
+    assert any(c.path == "docs/deploy-postfix.md" and "--tls" in c.text and "--auth" in c.text
+               for c in SWAKS), names
+    assert len(SWAKS) >= 5, names
+
+
+@pytest.mark.parametrize("command", SWAKS, ids=[c.name for c in SWAKS])
+def test_docs_swaks_command_runs_as_written(command, postern, make_sink, tmp_path, tls_pair):
+    """The command as printed, only its --server pointed at a postern on loopback
+    (STARTTLS on both listeners, AUTH passthrough on the one standing for 587)
+    in front of an MTA that checks a password; a reply code the comment above
+    the command promises comes from that MTA, and swaks shows it."""
+    argv = shlex.split(command.text)
+    user = argv[argv.index("--auth-user") + 1] if "--auth-user" in argv else "nobody"
+    mta = make_sink(auth=(user, DOC_PASSWORD), auth_required="--auth" in argv)
+    promised = re.search(r"\b([45]\d\d) ([45]\.\d{1,3}\.\d{1,3})\b", command.comment)
+    to = argv[argv.index("--to") + 1]
+    if promised:
+        mta.on("RCPT", reply=f"{promised.group(1)} {promised.group(2)} as the documentation says",
+               match=to)
+    cert, key = tls_pair
+    cfg = write_config(tmp_path / "postern.toml",
+                       [{"tls": "starttls"}, {"tls": "starttls", "auth": "passthrough"}],
+                       upstream=mta.address, tls={"cert_file": cert, "key_file": key})
+    p = postern.start(config=cfg, listen=())
+    plain, submission = listener_ports(p)
+    server = argv[argv.index("--server") + 1]
+    port = submission if server.endswith(":587") else plain
+    argv[argv.index("--server") + 1] = f"127.0.0.1:{port}"
+    r = subprocess.run(argv, input=DOC_PASSWORD + "\n", capture_output=True, text=True,
+                       timeout=60 * SCALE)
+    out = r.stdout + r.stderr
+    assert "not available" not in out, f"{command.name}: swaks lacks a feature:\n{out}"
+    if promised:
+        assert re.search(rf"^<~?\*\* {promised.group(1)} {re.escape(promised.group(2))}", out, re.M), (
+            f"{command.name}: expected {promised.group(0)}:\n{out}")
+        assert not mta.messages
+        return
+    assert r.returncode == 0, f"{command.name}: swaks exited {r.returncode}:\n{out}"
+    wait_until(lambda: len(mta.messages) == 1, 10 * SCALE, message="the message at the MTA")
+    if "--tls" in argv:
+        assert b"with ESMTPS (TLSv1.3" in mta.messages[0].content or \
+            b"with ESMTPSA (TLSv1.3" in mta.messages[0].content, mta.messages[0].content[:600]
+    if "--auth" in argv:
+        assert [a[1:] for a in mta.auth_attempts] == [(argv[argv.index("--auth") + 1], user, True)], \
+            mta.auth_attempts

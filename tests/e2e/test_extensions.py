@@ -61,6 +61,84 @@ def test_utf8_address_needs_smtputf8_param(postern, make_sink):
     assert [e[2] for e in sink.commands("MAIL")] == ["alice@example.org"], sink.events
 
 
+# Ill-formed UTF-8 (RFC 3629 §4), one of each kind (issue 18).
+BAD_UTF8 = {
+    "overlong-2": b"\xc0\xaf", "overlong-2-c1": b"\xc1\xbf", "overlong-3": b"\xe0\x80\xaf",
+    "overlong-4": b"\xf0\x80\x80\xaf", "surrogate-high": b"\xed\xa0\x80", "surrogate-low": b"\xed\xbf\xbf",
+    "truncated-2": b"\xc3", "truncated-3": b"\xe2\x82", "truncated-4": b"\xf0\x9f\x98",
+    "past-10ffff": b"\xf4\x90\x80\x80", "f5": b"\xf5\x80\x80\x80", "ff": b"\xff",
+    "lone-continuation": b"\x80", "lone-continuation-bf": b"\xbf", "latin1": "jörg".encode("latin-1"),
+}
+
+
+def utf8_session(p):
+    c = SmtpClient(p.port)
+    r = c.ehlo()
+    assert "SMTPUTF8" in r.lines, r
+    return c
+
+
+@pytest.mark.parametrize("bad", list(BAD_UTF8.values()), ids=list(BAD_UTF8))
+def test_invalid_utf8_in_envelope_is_refused(postern, make_sink, bad):
+    """Under SMTPUTF8, an address that is not well-formed UTF-8 gets 553
+    5.6.7 at MAIL and at RCPT (local part and domain); without SMTPUTF8 any
+    8-bit address does; the MTA never hears of it."""
+    sink = make_sink(smtputf8=True)
+    p = postern.start(upstream=sink.address)
+    with utf8_session(p) as c:
+        c.expect(b"MAIL FROM:<j" + bad + b"rg@example.org> SMTPUTF8", 553, "5.6.7")
+        c.expect(b"MAIL FROM:<jorg@ex" + bad + b"mple.org> SMTPUTF8", 553, "5.6.7")
+        c.expect(b"MAIL FROM:<j" + bad + b"rg@example.org>", 553, "5.6.7")
+        c.expect(f"MAIL FROM:<{UTF8_FROM}> SMTPUTF8", 250)
+        c.expect(b"RCPT TO:<" + bad + b"@example.com>", 553, "5.6.7")
+        c.expect(b"RCPT TO:<u@" + bad + b".example.com>", 553, "5.6.7")
+        c.expect(f"RCPT TO:<{UTF8_RCPT}>", 250)
+        c.expect("RSET", 250)
+        c.expect("MAIL FROM:<alice@example.org>", 250)  # no SMTPUTF8: 8-bit at all is refused
+        c.expect(b"RCPT TO:<" + bad + b"@example.com>", 553, "5.6.7")
+        c.expect("RSET", 250)
+    assert [e[2] for e in sink.commands("MAIL")] == [UTF8_FROM, "alice@example.org"], sink.events
+    assert [e[2] for e in sink.commands("RCPT")] == [UTF8_RCPT], sink.events
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
+@pytest.mark.parametrize("bad", list(BAD_UTF8.values()), ids=list(BAD_UTF8))
+def test_invalid_utf8_in_header_is_refused(postern, make_sink, bad, chunking):
+    """Under SMTPUTF8 the header section must be UTF-8 (RFC 6532): a field
+    with an ill-formed sequence gets 554 5.6.7 at the end of the message
+    and the MTA gets nothing; the same octets in the body are the body's
+    business (MIME charsets) and pass."""
+    sink = make_sink(smtputf8=True)
+    p = postern.start(upstream=sink.address)
+    bad_header = b"From: <a@example.org>\r\nSubject: caf" + bad + b"\r\n\r\nbody\r\n"
+    bad_body = b"From: <a@example.org>\r\nSubject: ok\r\n\r\nbody " + bad + b"\r\n"
+    with utf8_session(p) as c:
+        for content, code in ((bad_header, 554), (bad_body, 250)):
+            c.expect(f"MAIL FROM:<{UTF8_FROM}> SMTPUTF8", 250)
+            c.expect(f"RCPT TO:<{UTF8_RCPT}>", 250)
+            if chunking:
+                c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+            else:
+                c.expect("DATA", 354)
+                c.send(data_payload(content))
+            check_reply(c.read_reply(), code, "5.6.7" if code == 554 else None, f"content {content!r}")
+    msgs = sink.wait_messages(1)
+    assert msgs[0].content.endswith(bad_body), msgs[0].content
+
+
+def test_valid_utf8_header_passes(postern, make_sink):
+    sink = make_sink(smtputf8=True)
+    p = postern.start(upstream=sink.address)
+    content = "From: Jörg <jörg@exämple.org>\r\nSubject: Grüße 😀 ✓\r\n\r\nbody\r\n".encode()
+    with utf8_session(p) as c:
+        c.expect(f"MAIL FROM:<{UTF8_FROM}> SMTPUTF8", 250)
+        c.expect(f"RCPT TO:<{UTF8_RCPT}>", 250)
+        c.expect("DATA", 354)
+        c.send(data_payload(content))
+        check_reply(c.read_reply(), 250)
+    assert sink.wait_messages(1)[0].content.endswith(content)
+
+
 def test_no_smtputf8_when_mta_lacks_it(proxy, sink):
     caps = proxy.wait_for_log("upstream-capabilities")
     assert caps.get("smtputf8") == "no", caps

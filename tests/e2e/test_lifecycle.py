@@ -8,8 +8,10 @@ import time
 
 import pytest
 
+from faulty_dns import FaultyDns
 from harness import (SCALE, ConnectionClosed, SmtpClient, check_reply, data_payload, free_port,
-                     make_message, run_cli, wait_until)
+                     listener_ports, make_message, run_cli, wait_until)
+from harness import write_config as write_listener_config
 
 QUEUED = "250 2.0.0 Ok: queued as ABC123"
 
@@ -336,3 +338,41 @@ def test_embedded_default_maildir(postern, tmp_path):
     assert b"maildir body token 93c1" in data
     line = p.wait_for_log("message", result="relayed")
     assert files[0] in line.get("upstream", ""), line.raw
+
+
+def test_forced_shutdown_while_a_pool_task_reads_the_message(postern, sink, tmp_path):
+    """shutdown_timeout ends the drain while DKIM verification waits on a worker
+    pool for a key the DNS never sends: the pool task still holds pointers into
+    the stuck session's message. postern exits 0 at once, without destroying
+    that session under the task (an ASan build reports the use-after-free
+    otherwise), and nothing was acked."""
+    dns = FaultyDns(udp_mode="drop", tcp_mode="drop")
+    try:
+        config = write_listener_config(tmp_path / "pool.toml", [{}], upstream=sink.address, sections={
+            "server": {"shutdown_timeout": 1},
+            "dns": {"servers": [dns.server], "timeout": 4, "retries": 0, "cache_entries": 0},
+            "dkim": {"enabled": True, "timeout": 8},
+        })
+        p = postern.start(config=config, listen=())
+        (port,) = listener_ports(p)
+        signature = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=sel;\r\n"
+                     b"\th=from:subject; bh=frcCV1k9oG9oKj3dpUqdJg1PxRT2RSN/XKdLCPjaYaY=; b=AAAA\r\n")
+        msg = make_message("pool", extra_headers=signature)
+        c = SmtpClient(port)
+        c.ehlo()
+        check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+        check_reply(c.cmd("RCPT TO:<b@example.com>"), 250)
+        check_reply(c.cmd("DATA"), 354)
+        c.send(data_payload(msg))
+        wait_until(lambda: dns.count() > 0, 10 * SCALE, message="the key lookup")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait_exit(1 + 5 * SCALE)
+        p.stopped = True
+        assert rc == 0, f"exit status {rc} after {time.monotonic() - t0:.1f}s\n{p.log_tail()}"
+        p.check_sanitizers()
+        assert p.events("shutdown-forced"), p.log_tail()
+        c.close()
+        assert sink.messages == []
+    finally:
+        dns.stop()

@@ -357,3 +357,136 @@ def test_header_and_client_hello_implicit_tls(postern, sink, tmp_path, together)
                 incoming.write(chunk)
         assert greeting.startswith(b"220 "), greeting
     p.wait_for_log("tls", client="192.0.2.50")
+
+
+# --------------------------------------------------------------------------
+# issue 18: one deadline for the header, trusted sources, limits from accept
+
+
+def test_header_trickled_octet_by_octet_times_out_once(postern, sink, tmp_path):
+    """timeouts.command bounds the whole header, not each octet: one octet
+    every 0.5 s (a 45-octet header would take 22 s) is cut off after ~2 s."""
+    cfg = write_config(tmp_path / "pp.toml", [{"proxy_protocol": True}], upstream=sink.address,
+                       sections={"timeouts": {"command": 2}})
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    header = b"PROXY TCP4 192.0.2.60 127.0.0.1 40060 25\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) as s:
+        start = time.monotonic()
+        closed_after = None
+        for octet in header:
+            try:
+                s.sendall(bytes([octet]))
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+            s.settimeout(0.5)
+            try:
+                if s.recv(100) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+    assert closed_after is not None, "the trickled header was read to its end"
+    assert closed_after < 2 + 2 * SCALE, f"closed only after {closed_after:.1f} s"
+    err = p.wait_for_log("proxy-protocol-error")
+    assert err.get("error") == "timeout", err
+    assert not p.events("session-start", client="192.0.2.60:40060")
+
+
+def test_header_from_untrusted_source_is_refused(postern, sink, tmp_path):
+    """proxy_protocol_from names the peers that may send the header; any
+    other peer is closed without a word, with a log line, before its header
+    is read; a trusted peer is served."""
+    cfg = write_config(tmp_path / "pp.toml", [{"proxy_protocol": True,
+                                                "proxy_protocol_from": ["127.0.0.5/32", "::1/128"]}],
+                       upstream=sink.address)
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    for header in (b"PROXY TCP4 192.0.2.70 127.0.0.1 40070 25\r\n", v2_header(1, src="192.0.2.71")):
+        with SmtpClient(port, greeting=False, source=CLIENT_IP) as c:  # 127.0.0.7: not trusted
+            c.send(header)
+            assert c.wait_closed(5 * SCALE), "an untrusted peer's connection was not closed"
+            assert not c.buf, f"an untrusted peer got {bytes(c.buf)!r}"
+    lines = p.wait_for_log("proxy-protocol-untrusted", count=2)
+    assert all(l.get("peer") == CLIENT_IP for l in lines), lines
+    assert not p.events("session-start", client="192.0.2.70:40070")
+    with SmtpClient(port, greeting=False, source="127.0.0.5") as c:
+        c.send(b"PROXY TCP4 192.0.2.72 127.0.0.1 40072 25\r\n")
+        check_reply(c.read_reply(), 220)
+        send_one(c, "trusted")
+    assert received_ip(sink.wait_messages(1)[0]) == "192.0.2.72"
+
+
+def test_proxy_protocol_from_needs_proxy_protocol(tmp_path):
+    from harness import run_cli
+    cfg = write_config(tmp_path / "bad.toml", [{"proxy_protocol_from": ["127.0.0.1/32"]}])
+    r = run_cli(["config", "check", cfg])
+    assert r.returncode != 0 and "proxy_protocol_from" in r.stderr + r.stdout, r
+    cfg = write_config(tmp_path / "bad2.toml", [{"proxy_protocol": True, "proxy_protocol_from": ["nonsense"]}])
+    r = run_cli(["config", "check", cfg])
+    assert r.returncode != 0 and "proxy_protocol_from" in r.stderr + r.stdout, r
+
+
+def test_total_limit_applies_before_the_header(postern, sink, tmp_path):
+    """limits.sessions counts from accept: with two connections holding the
+    PROXY listener (no header sent), a third is refused with 421 at once,
+    before any header octet is read."""
+    cfg = write_config(tmp_path / "pp.toml", [{"proxy_protocol": True}], upstream=sink.address,
+                       sections={"limits": {"sessions": 2}})
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT) for _ in range(2)]
+    try:
+        time.sleep(0.3 * SCALE)
+        with SmtpClient(port, greeting=False) as c:
+            check_reply(c.read_reply(timeout=5 * SCALE), 421, "4.3.2", "third connection, no header sent")
+            assert c.wait_closed(5 * SCALE)
+        line = p.wait_for_log("session-limit")
+        assert line.get("limit") == "limits.sessions", line
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_per_address_limit_applies_to_the_real_client(postern, sink, tmp_path):
+    """Per-address limits count the client the header names, not the proxy."""
+    cfg = write_config(tmp_path / "pp.toml", [{"proxy_protocol": True}], upstream=sink.address,
+                       sections={"limits": {"sessions_per_ip": 1, "sessions_exempt": []}})
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    with SmtpClient(port, greeting=False) as first:
+        first.send(b"PROXY TCP4 192.0.2.80 127.0.0.1 40080 25\r\n")
+        check_reply(first.read_reply(), 220)
+        with SmtpClient(port, greeting=False) as other:  # same proxy, another client: served
+            other.send(b"PROXY TCP4 192.0.2.81 127.0.0.1 40081 25\r\n")
+            check_reply(other.read_reply(), 220)
+            with SmtpClient(port, greeting=False) as again:  # the first client again: refused
+                again.send(b"PROXY TCP4 192.0.2.80 127.0.0.1 40082 25\r\n")
+                check_reply(again.read_reply(), 421, "4.7.0", "second session of 192.0.2.80")
+    line = p.wait_for_log("session-limit")
+    assert line.get("limit") == "limits.sessions_per_ip" and line.get("client") == "192.0.2.80", line
+
+
+def test_limit_applies_before_the_implicit_tls_handshake(postern, sink, tmp_path):
+    """An implicit-TLS listener over its limit closes before the handshake."""
+    cert = make_cert(tmp_path, "lim")
+    cfg = write_config(tmp_path / "tls.toml", [{"tls": "implicit"}], upstream=sink.address,
+                       tls={"cert_file": cert[0], "key_file": cert[1]},
+                       sections={"limits": {"sessions": 1}})
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    held = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)  # no handshake
+    try:
+        time.sleep(0.3 * SCALE)
+        with socket.create_connection(("127.0.0.1", port), timeout=5 * SCALE) as s:
+            with pytest.raises((ssl.SSLError, OSError)):
+                client_tls_context().wrap_socket(s, server_hostname="mx.postern.test")
+        line = p.wait_for_log("session-limit")
+        assert line.get("limit") == "limits.sessions" and line.get("action") == "closed", line
+        assert not p.events("tls-failed"), "a handshake was attempted over the limit"
+    finally:
+        held.close()

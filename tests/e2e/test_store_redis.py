@@ -224,3 +224,28 @@ def test_a_reload_keeps_the_running_store(postern, sink, tmp_path):
     p.wait_for_log("store-change-needs-restart", backend="memory")
     # Still the in-process counter: the client is over its limit of 1.
     check_reply(send(p.port, 1), 451, "4.7.1")
+
+
+def test_values_are_bounded_in_redis_and_in_memory(postern, sink, redis, tmp_path):
+    """[store] max_value bounds every backend's values, max_bytes the in-process
+    store's total (issue 17: 4,000 values of 64 KiB a message grew RSS by 250 MB)."""
+    rule = tmp_path / "hoard.lua"
+    rule.write_text(
+        'postern.rule{ name = "HOARD", stage = "eom", on_error = "continue", fn = function(ctx)\n'
+        '  local ok = pcall(postern.store.set, "big:" .. ctx.envelope.id, ("x"):rep(1025))\n'
+        '  postern.store.set("fits:" .. ctx.envelope.id, ("y"):rep(1024))\n'
+        '  ctx:add_header("X-Hoard", ok and "stored" or "refused")\n'
+        'end }\n')
+    for name, store in (("redis", dict(redis_store(redis), max_value=1024)),
+                        ("memory", {"max_value": 1024, "max_bytes": 65536})):
+        p = start_postern(postern, tmp_path, sink, name, store, [rule])
+        for n in range(3):
+            check_reply(send(p.port, n), 250)
+        p.stop()
+    got = sink.wait_messages(6)
+    for m in got:
+        assert b"X-Hoard: refused" in m.content, m.content[:300]
+    fits = redis.keys("postern:fits:*")
+    assert len(fits) == 3, fits
+    assert all(redis.cli("STRLEN", k).strip() == "1024" for k in fits)
+    assert redis.keys("postern:big:*") == []

@@ -399,3 +399,61 @@ def test_sighup_with_bad_key_keeps_old_certificate(postern, sink, tmp_path, cert
         c.ehlo()
         check_reply(c.send_message("a@example.org", ["b@example.com"], make_message("kept")), 250)
     assert p.alive()
+
+
+# --------------------------------------------------------------------------
+# RFC 3207 §4.2: nothing learned in plaintext survives STARTTLS (issue 18)
+
+PLAINTEXT_FACTS_RULES = """
+postern.rule{ name = "CONNECT_FACTS", stage = "connect", fn = function(ctx)
+  ctx.session_notes.connect = "set at connect"
+end }
+postern.rule{ name = "PLAIN_FACTS", stage = "helo", fn = function(ctx)
+  if not ctx.client.tls.active then
+    ctx.session_notes.plain = "set in plaintext"
+    ctx:symbol("PLAIN_SYMBOL", 0.5)
+  end
+end }
+postern.rule{ name = "REPORT", stage = "eom", fn = function(ctx)
+  ctx:add_header("X-Plain-Note", ctx.session_notes.plain or "gone")
+  ctx:add_header("X-Plain-Symbol", ctx:has_symbol("PLAIN_SYMBOL") and "present" or "gone")
+  ctx:add_header("X-Helo", ctx.client.helo)
+  ctx:add_header("X-Connect-Note", ctx.session_notes.connect or "gone")
+end }
+"""
+
+
+def header_of(msg, name):
+    for line in msg.content.split(b"\r\n"):
+        if line.lower().startswith(name.lower().encode() + b":"):
+            return line.split(b":", 1)[1].strip().decode()
+    return None
+
+
+def test_starttls_forgets_session_notes_symbols_and_helo(postern, sink, tmp_path, certs):
+    """A rule sets a session note and a session symbol in plaintext; after
+    STARTTLS both are gone, and so is the plaintext HELO name; a session
+    that stays in plaintext keeps them (the rule works). What the connect
+    stage learned from the connection itself, before any command, stays."""
+    rules = tmp_path / "facts.lua"
+    rules.write_text(PLAINTEXT_FACTS_RULES)
+    cfg = write_config(tmp_path / "postern.toml", [{"tls": "starttls"}], upstream=sink.address,
+                       tls=tls_section(certs["a"]), sections={"lua": {"scripts": [str(rules)]}})
+    p = postern.start(config=cfg, listen=())
+    (port,) = listener_ports(p)
+    with SmtpClient(port) as c:  # control: plaintext throughout
+        c.ehlo("plain.example")
+        check_reply(c.send_message("a@example.org", ["b@example.com"], make_message("plain")), 250)
+    with SmtpClient(port) as c:
+        c.ehlo("plain.example")
+        c.starttls()
+        c.ehlo("tls.example")
+        check_reply(c.send_message("a@example.org", ["b@example.com"], make_message("tls")), 250)
+    plain, tls = sink.wait_messages(2)
+    assert header_of(plain, "X-Plain-Note") == "set in plaintext", plain.content[:600]
+    assert header_of(plain, "X-Plain-Symbol") == "present", plain.content[:600]
+    assert header_of(tls, "X-Plain-Note") == "gone", tls.content[:600]
+    assert header_of(tls, "X-Plain-Symbol") == "gone", tls.content[:600]
+    assert header_of(tls, "X-Helo") == "tls.example", tls.content[:600]
+    assert header_of(tls, "X-Connect-Note") == "set at connect", tls.content[:600]
+    assert header_of(plain, "X-Connect-Note") == "set at connect", plain.content[:600]

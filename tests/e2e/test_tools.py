@@ -26,6 +26,15 @@ PROGRAMS = [
     ("/usr/bin/swaks", "swaks", ["/usr/bin/swaks", "--version"]),
     ("/usr/bin/prlimit", "util-linux", ["/usr/bin/prlimit", "--version"]),
     ("/usr/bin/unshare", "util-linux", ["/usr/bin/unshare", "--version"]),
+    # the Debian package and the man pages (tests/package, test_man_pages.py)
+    ("/usr/bin/dpkg-buildpackage", "dpkg-dev", ["/usr/bin/dpkg-buildpackage", "--version"]),
+    ("/usr/bin/dh", "debhelper", None),
+    ("/usr/bin/dh_installsysusers", "debhelper", None),
+    ("/usr/bin/lintian", "lintian", ["/usr/bin/lintian", "--version"]),
+    ("/usr/bin/systemd-analyze", "systemd", ["/usr/bin/systemd-analyze", "--version"]),
+    ("/usr/bin/man", "man-db", ["/usr/bin/man", "--version"]),
+    ("/usr/bin/ccache", "ccache", ["/usr/bin/ccache", "--version"]),
+    ("/usr/bin/setpriv", "util-linux", ["/usr/bin/setpriv", "--version"]),
 ]
 
 
@@ -70,6 +79,7 @@ PYTHON_MODULES = {
     "nacl.signing": "python3-nacl",       # dkimpy's ed25519 (test_dkim_sign)
     "dnslib.server": "python3-dnslib",
     "pytest": "python3-pytest",
+    "yaml": "python3-yaml",               # the openspf suites (test_spf_suite)
 }
 
 
@@ -89,3 +99,10 @@ def test_dkimpy_signs_ed25519():
             "assert sig.startswith(b'DKIM-Signature:'), sig\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, missing("python3-nacl", f"dkimpy cannot sign ed25519: {r.stderr.strip()[-400:]}")
+
+
+def test_the_openspf_suites_are_installed():
+    """test_spf_suite reads them where Debian's python3-spf puts them."""
+    for name in ("rfc7208-tests.yml.gz", "rfc4408-tests.yml.gz"):
+        path = os.path.join("/usr/share/doc/python3-spf", name)
+        assert os.path.isfile(path), missing("python3-spf", f"{path} is missing")

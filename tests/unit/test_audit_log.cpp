@@ -58,7 +58,7 @@ TEST_CASE("audit record carries envelope, results, symbols and the queue id", "[
   store(t, d);
   t.add_symbol(Symbol{"SPF_PASS", 0, ""});
   t.add_symbol(Symbol{"RULE_X", 1.5, ""});
-  AuditEntry e{s, t, "relayed", "250 2.0.0 Ok: queued as 4Xy7Zq", "upstream", "eom", "", 1234, "<m1@example.com>", ""};
+  AuditEntry e{s, t, "relayed", "250 2.0.0 Ok: queued as 4Xy7Zq", "upstream", "eom", "", 1234, "<m1@example.com>", "", "", false};
   std::string line = audit_json(e);
   INFO(line);
   CHECK(line.find("\"session\":\"S1\",\"transaction\":\"T1\"") != std::string::npos);
@@ -85,8 +85,14 @@ TEST_CASE("audit record carries envelope, results, symbols and the queue id", "[
 TEST_CASE("a reply postern wrote itself carries no queue id", "[audit]") {
   SessionFacts s;
   TransactionFacts t;
-  AuditEntry e{s, t, "rejected", "550 5.7.1 queued as FAKE", "postern", "mail", "dmarc", 0, "", ""};
+  AuditEntry e{s, t, "rejected", "550 5.7.1 queued as FAKE", "postern", "mail", "dmarc", 0, "", "", "", false};
   std::string line = audit_json(e);
+  CHECK(line.find("\"signed\":false") != std::string::npos);
+  CHECK(line.find("\"rule\"") == std::string::npos);
+  e.rule = "dmarc";
+  e.dkim_signed = true;
+  line = audit_json(e);
+  CHECK(line.find("\"reason\":\"dmarc\",\"rule\":\"dmarc\",\"signed\":true") != std::string::npos);
   CHECK(line.find("\"queue_id\":\"\"") != std::string::npos);
   CHECK(line.find("\"stage\":\"mail\"") != std::string::npos);
   CHECK(line.find("\"reason\":\"dmarc\"") != std::string::npos);

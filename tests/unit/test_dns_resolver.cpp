@@ -142,3 +142,38 @@ TEST_CASE("resolver completes on the awaiting executor with many concurrent quer
   CHECK(c3.status == DnsStatus::kServFail);
   CHECK(counting.count() == 3);
 }
+
+TEST_CASE("resolver asks its forwarders for private and documentation reverse zones", "[dns]") {
+  // libunbound answers these itself (NXDOMAIN, RFC 6303) unless told not to;
+  // behind configured servers they are the servers' to answer.
+  const std::vector<std::string> records = {
+      "1.2.0.192.in-addr.arpa. 300 IN PTR doc4.example.com.",
+      "7.100.51.198.in-addr.arpa. 300 IN PTR doc4b.example.com.",
+      "9.113.0.203.in-addr.arpa. 300 IN PTR doc4c.example.com.",
+      "40.218.168.192.in-addr.arpa. 300 IN PTR lan.example.com.",
+      "1.0.0.10.in-addr.arpa. 300 IN PTR ten.example.com.",
+      "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa. 300 IN PTR doc6.example.com.",
+  };
+  test::DnsTestServer server(records, {"2.0.192.in-addr.arpa.", "100.51.198.in-addr.arpa.", "113.0.203.in-addr.arpa.",
+                                       "168.192.in-addr.arpa.", "10.in-addr.arpa.", "8.b.d.0.1.0.0.2.ip6.arpa."});
+  asio::io_context io;
+  DnsOptions opt;
+  opt.servers = {server.address()};
+  opt.timeout = std::chrono::milliseconds(2000);
+  auto r = UnboundResolver::create(opt, {});
+  const std::pair<const char*, const char*> cases[] = {
+      {"1.2.0.192.in-addr.arpa", "doc4.example.com"},
+      {"7.100.51.198.in-addr.arpa", "doc4b.example.com"},
+      {"9.113.0.203.in-addr.arpa", "doc4c.example.com"},
+      {"40.218.168.192.in-addr.arpa", "lan.example.com"},
+      {"1.0.0.10.in-addr.arpa", "ten.example.com"},
+      {"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa", "doc6.example.com"},
+  };
+  for (auto [name, host] : cases) {
+    INFO(name);
+    auto ptr = run_query(io, *r, name, DnsType::kPtr);
+    REQUIRE(ptr.status == DnsStatus::kOk);
+    CHECK(ptr.records == std::vector<std::string>{host});
+  }
+  r->shutdown();
+}

@@ -95,3 +95,31 @@ TEST_CASE("refusals map to their replies") {
   CHECK(std::string(postern::refusal_reply(SessionLimiter::Refusal::kNetwork).text).rfind("4.7.0", 0) == 0);
   CHECK(std::string(postern::refusal_reply(SessionLimiter::Refusal::kTotal).text).rfind("4.3.2", 0) == 0);
 }
+
+TEST_CASE("a PROXY listener counts the proxy in all at accept and the client per address after the header") {
+  SessionLimiter limiter;
+  Config::Limits limits;
+  limits.sessions_exempt.clear();
+  limits.sessions = 3;
+  limits.sessions_per_ip = 1;
+  using Scope = SessionLimiter::Scope;
+  using R = SessionLimiter::Refusal;
+  {
+    SessionLimiter::Ticket proxy1, client1, proxy2, client2, proxy3, proxy4;
+    // the proxy's own address is not limited per address: three at accept
+    CHECK(limiter.admit("10.0.0.2", limits, proxy1, Scope::kTotal) == R::kNone);
+    CHECK(limiter.admit("10.0.0.2", limits, proxy2, Scope::kTotal) == R::kNone);
+    CHECK(limiter.admit("10.0.0.2", limits, proxy3, Scope::kTotal) == R::kNone);
+    CHECK(limiter.admit("10.0.0.2", limits, proxy4, Scope::kTotal) == R::kTotal);  // all full, before any header
+    CHECK(limiter.open() == 3);
+    // the real clients, per address, without counting in all a second time
+    CHECK(limiter.admit("192.0.2.1", limits, client1, Scope::kClient) == R::kNone);
+    CHECK(limiter.open() == 3);
+    CHECK(limiter.admit("192.0.2.1", limits, client2, Scope::kClient) == R::kAddress);
+    CHECK(limiter.admit("192.0.2.9", limits, client2, Scope::kClient) == R::kNone);
+  }
+  CHECK(limiter.open() == 0);  // every place given back, the total never below zero
+  SessionLimiter::Ticket again;
+  CHECK(limiter.admit("192.0.2.1", limits, again, Scope::kClient) == R::kNone);
+  CHECK(limiter.open() == 0);
+}

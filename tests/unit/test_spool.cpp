@@ -264,3 +264,51 @@ TEST_CASE("Spool: the process-wide high-water mark sends the next spool to disk"
   REQUIRE(d.append(std::string(5000, 'd')));
   CHECK(d.in_memory());  // 0 = no bound
 }
+
+TEST_CASE("Spool: memory is counted as allocated and given back at clear", "[spool]") {
+  TempDir dir;
+  const std::size_t before = Spool::memory_in_use();
+  Spool::set_memory_high_water(before + 3500);
+  {
+    Spool a(100000, dir.path());
+    REQUIRE(a.append(std::string(1000, 'a')));
+    CHECK(Spool::memory_in_use() == before + 1000);
+    REQUIRE(a.append(std::string(100, 'a')));  // doubles: 2000 allocated, 2000 counted
+    CHECK(a.in_memory());
+    CHECK(Spool::memory_in_use() == before + 2000);
+    REQUIRE(a.append(std::string(1500, 'a')));  // doubling to 4000 would pass 3500: exactly 2600
+    CHECK(a.in_memory());
+    CHECK(Spool::memory_in_use() == before + 2600);
+    REQUIRE(a.append(std::string(2000, 'a')));  // no room at all: to the file, memory back
+    CHECK_FALSE(a.in_memory());
+    CHECK(Spool::memory_in_use() == before);  // and no write buffer: the total has no room for one
+    REQUIRE(a.append(std::string(10, 'b')));
+    REQUIRE(a.finish());
+    CHECK(read_at(a, 0, 10000) == std::string(4600, 'a') + std::string(10, 'b'));
+    a.clear();
+    CHECK(Spool::memory_in_use() == before);
+    REQUIRE(a.append(std::string(3000, 'c')));  // a new message: in memory again
+    CHECK(a.in_memory());
+    a.clear();  // an idle session's spool holds nothing
+    CHECK(Spool::memory_in_use() == before);
+  }
+  Spool::set_memory_high_water(0);
+}
+
+TEST_CASE("Spool: a spilled spool buffers its writes when the total has room", "[spool]") {
+  TempDir dir;
+  const std::size_t before = Spool::memory_in_use();
+  Spool::set_memory_high_water(0);
+  Spool a(100, dir.path());
+  REQUIRE(a.append(std::string(200, 'x')));
+  CHECK_FALSE(a.in_memory());
+  CHECK(Spool::memory_in_use() == before + 256 * 1024);  // the write buffer, counted
+  for (int i = 0; i < 100; ++i) REQUIRE(a.append(std::string(7000, static_cast<char>('a' + i % 26))));
+  CHECK(Spool::memory_in_use() == before + 256 * 1024);  // never grown past its block
+  REQUIRE(a.finish());
+  std::string expect(200, 'x');
+  for (int i = 0; i < 100; ++i) expect += std::string(7000, static_cast<char>('a' + i % 26));
+  CHECK(read_at(a, 0, expect.size() + 10) == expect);
+  a.clear();
+  CHECK(Spool::memory_in_use() == before);
+}

@@ -1,0 +1,144 @@
+// DKIM tag-lists and the checks libopendkim leaves out; see dkim_tags.h.
+#include "filters/auth/dkim_tags.h"
+
+#include <algorithm>
+#include <cctype>
+
+namespace postern {
+
+namespace {
+
+bool wsp(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && wsp(s.front())) s.remove_prefix(1);
+  while (!s.empty() && wsp(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+std::string compact(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    if (!wsp(c)) out.push_back(c);
+  }
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// base64string (§2.4) once white space is removed: the alphabet, at most
+// two "=" at the end, a multiple of four octets.
+bool base64_ok(std::string_view v) {
+  const std::string s = compact(v);
+  if (s.empty() || s.size() % 4 != 0) return false;
+  std::size_t pad = 0;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c == '=') {
+      ++pad;
+      continue;
+    }
+    if (pad || !(std::isalnum(c) || c == '+' || c == '/')) return false;
+  }
+  return pad <= 2;
+}
+
+const DkimTag* find(const std::vector<DkimTag>& tags, std::string_view name) {
+  for (const DkimTag& t : tags) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+// The items of a colon-separated list value (q=, t=, s=, k= lists).
+bool list_has(std::string_view list, std::string_view item) {
+  while (true) {
+    const std::size_t colon = list.find(':');
+    if (iequals(trim(list.substr(0, colon)), item)) return true;
+    if (colon == std::string_view::npos) return false;
+    list.remove_prefix(colon + 1);
+  }
+}
+
+}  // namespace
+
+std::optional<std::vector<DkimTag>> parse_dkim_tag_list(std::string_view list) {
+  std::vector<DkimTag> out;
+  while (true) {
+    const std::size_t semi = list.find(';');
+    const std::string_view item = trim(list.substr(0, semi));
+    const bool last = semi == std::string_view::npos;
+    if (!item.empty()) {
+      const std::size_t eq = item.find('=');
+      if (eq == std::string_view::npos) return std::nullopt;
+      const std::string_view name = trim(item.substr(0, eq));
+      if (name.empty() || !std::isalpha(static_cast<unsigned char>(name[0]))) return std::nullopt;
+      for (char c : name) {
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') return std::nullopt;
+      }
+      if (find(out, name)) return std::nullopt;  // §3.2: a duplicated tag invalidates the list
+      out.push_back(DkimTag{name, trim(item.substr(eq + 1))});
+    } else if (!last) {
+      return std::nullopt;  // an empty item is not a tag-spec; only the last may be empty (a trailing ';')
+    }
+    if (last) break;
+    list.remove_prefix(semi + 1);
+  }
+  return out;
+}
+
+std::string dkim_tag_value(std::string_view list, std::string_view name) {
+  const auto tags = parse_dkim_tag_list(list);
+  if (!tags) return {};
+  const DkimTag* t = find(*tags, name);
+  return t ? compact(t->value) : std::string();
+}
+
+std::string dkim_signature_problem(std::string_view value) {
+  const auto tags = parse_dkim_tag_list(value);
+  if (!tags) return "malformed or duplicated tag (RFC 6376 3.2)";
+  if (const DkimTag* v = find(*tags, "v"); v && v->value != "1") return "unsupported v= (RFC 6376 3.5)";
+  if (const DkimTag* b = find(*tags, "b"); !b || !base64_ok(b->value)) return "b= is not base64 (RFC 6376 3.5)";
+  if (const DkimTag* bh = find(*tags, "bh"); !bh || !base64_ok(bh->value)) return "bh= is not base64 (RFC 6376 3.5)";
+  if (const DkimTag* q = find(*tags, "q"); q && !list_has(q->value, "dns/txt")) {
+    return "unsupported query method q= (RFC 6376 3.5)";
+  }
+  if (const DkimTag* l = find(*tags, "l")) {
+    const std::string n = compact(l->value);
+    if (n.empty() || n.size() > 76 || n.find_first_not_of("0123456789") != std::string::npos) {
+      return "l= is not a number (RFC 6376 3.5)";
+    }
+  }
+  return {};
+}
+
+std::string dkim_key_problem(std::string_view record, std::string_view algorithm, std::string_view domain,
+                             std::string_view identity) {
+  const auto tags = parse_dkim_tag_list(record);
+  if (!tags) return "key record: malformed or duplicated tag (RFC 6376 3.6.1)";
+  if (const DkimTag* v = find(*tags, "v"); v && (v != &tags->front() || v->value != "DKIM1")) {
+    return "key record: v= is not DKIM1 first (RFC 6376 3.6.1)";
+  }
+  const DkimTag* k = find(*tags, "k");
+  const std::string key_type = k ? compact(k->value) : "rsa";
+  const std::string_view alg = algorithm.substr(0, algorithm.find('-'));
+  if (!iequals(key_type, alg)) {
+    return "key record: k=" + key_type + " does not match a=" + std::string(algorithm) + " (RFC 8463 3)";
+  }
+  if (const DkimTag* s = find(*tags, "s"); s && !list_has(s->value, "*") && !list_has(s->value, "email")) {
+    return "key record: not for email (s=)";
+  }
+  if (const DkimTag* t = find(*tags, "t"); t && list_has(t->value, "s") && !identity.empty()) {
+    const std::size_t at = identity.rfind('@');
+    const std::string_view idomain = at == std::string_view::npos ? identity : identity.substr(at + 1);
+    if (!iequals(idomain, domain)) return "key record: t=s forbids the subdomain i= (RFC 6376 3.6.1)";
+  }
+  return {};
+}
+
+}  // namespace postern

@@ -1,0 +1,252 @@
+// The live-equivalent `postern check`; see check_runner.h. Each stage's
+// verdict is handled as proxy/session.cpp handles it (the comments name the
+// function there), and the reply comes from the same verdict_reply().
+#include "proxy/check_runner.h"
+
+#include <cstdio>
+#include <stdexcept>
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/use_future.hpp>
+
+#include "filters/address.h"
+#include "filters/auth/audit_log.h"
+#include "filters/auth/auth_types.h"
+#include "filters/message.h"
+#include "filters/spool.h"
+#include "proxy/filter_setup.h"
+#include "proxy/verdict_reply.h"
+
+namespace postern {
+namespace {
+
+std::string js(std::string_view s) { return json_string(s, std::string::npos); }
+
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+std::string to_crlf(const std::string& in) {
+  std::string out;
+  out.reserve(in.size() + in.size() / 32);
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '\n' && (i == 0 || in[i - 1] != '\r')) out.push_back('\r');
+    out.push_back(in[i]);
+  }
+  return out;
+}
+
+Mailbox parse_mailbox(const std::string& text, bool reverse) {
+  if (text.empty() && reverse) return Mailbox{};
+  std::string path = text.front() == '<' ? text : "<" + text + ">";
+  PathParse p = parse_path(path, reverse, !reverse, true);
+  if (p.error != PathError::kNone || p.end != path.size()) throw std::runtime_error("not an address: " + text);
+  return p.mailbox;
+}
+
+bool refuses(const Verdict& v) {
+  return v.action == Verdict::Action::kReject || v.action == Verdict::Action::kTempfail ||
+         v.action == Verdict::Action::kDisconnect;
+}
+
+const char* edit_name(HeaderEdit::Kind k) {
+  switch (k) {
+    case HeaderEdit::Kind::kAdd: return "add";
+    case HeaderEdit::Kind::kPrepend: return "prepend";
+    case HeaderEdit::Kind::kChange: return "change";
+    case HeaderEdit::Kind::kRemove: return "remove";
+  }
+  return "add";
+}
+
+std::string reply_json(const Reply& r, const char* by) {
+  return "{\"code\":" + std::to_string(r.code) + ",\"enhanced\":" + js(r.enhanced_code()) + ",\"text\":" +
+         js(r.text) + ",\"by\":" + js(by) + "}";
+}
+
+std::string mailboxes(const std::vector<Mailbox>& list) {
+  std::string o = "[";
+  for (std::size_t i = 0; i < list.size(); ++i) o += std::string(i ? "," : "") + js(list[i].str());
+  return o + "]";
+}
+
+}  // namespace
+
+std::string run_live_check(const Config& live, const LiveCheck& c) {
+  if (c.rcpts.empty()) throw std::runtime_error("check needs at least one --rcpt");
+  // The same configuration, but a store of its own: a check must not count
+  // against live rate limits or greylisting.
+  Config config = live;
+  config.store.backend = StoreOptions::Backend::kMemory;
+  config.store.persist.clear();
+  auto resources = build_filter_resources(config, nullptr);
+  auto chain = build_filter_chain(config, *resources);
+
+  asio::io_context io;
+  auto run = [&](Stage stage, SessionFacts& s, TransactionFacts& t) {
+    FilterContext ctx{stage, s, t};
+    auto f = asio::co_spawn(io, chain->run(ctx), asio::use_future);
+    io.restart();
+    io.run();
+    return f.get();
+  };
+
+  SessionFacts session;
+  session.id = "check";
+  session.client_ip = c.client_ip;
+  session.client_port = c.client_port;
+  TransactionFacts tx;
+  tx.id = "check.1";
+  std::string stages;    // what ran, in order, with each stage's reply
+  std::string decided_stage;
+  Verdict verdict;
+  Reply reply;
+  const char* by = "postern";
+  std::vector<std::string> rcpt_replies;
+  auto step = [&](const char* name, const Reply& r, const char* who) {
+    stages += std::string(stages.empty() ? "" : ",") + "{\"stage\":" + js(name) + ",\"reply\":" + reply_json(r, who) + "}";
+  };
+  auto decide = [&](const char* name, const Verdict& v, Reply r) {
+    decided_stage = name;
+    verdict = v;
+    reply = std::move(r);
+  };
+
+  // Session::run: refused at connect.
+  Verdict v = run(Stage::kConnect, session, tx);
+  if (refuses(v)) {
+    Reply r = verdict_reply(v, Stage::kConnect);
+    if (v.action != Verdict::Action::kReject) r.code = 421;
+    step("connect", r, "postern");
+    decide("connect", v, r);
+  } else {
+    step("connect", Reply{220, config.server.hostname + " ESMTP"}, "postern");
+  }
+  // Session::handle_helo.
+  if (decided_stage.empty()) {
+    session.helo = c.helo;
+    session.esmtp = true;
+    v = run(Stage::kHelo, session, tx);
+    if (refuses(v)) {
+      step("helo", verdict_reply(v, Stage::kHelo), "postern");
+      decide("helo", v, verdict_reply(v, Stage::kHelo));
+    } else {
+      step("helo", Reply{250, config.server.hostname}, "postern");
+    }
+  }
+  std::optional<Verdict> pending;
+  // Session::handle_mail.
+  if (decided_stage.empty()) {
+    tx.reverse_path = parse_mailbox(c.mail_from, true);
+    v = run(Stage::kMail, session, tx);
+    if (refuses(v)) {
+      step("mail", verdict_reply(v, Stage::kMail), "postern");
+      decide("mail", v, verdict_reply(v, Stage::kMail));
+    } else {
+      if (v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) pending = v;
+      step("mail", Reply{250, "2.1.0 Ok (the MTA's answer)"}, "upstream");
+    }
+  }
+  // Session::handle_rcpt: a refused recipient is this recipient only.
+  if (decided_stage.empty()) {
+    for (const std::string& text : c.rcpts) {
+      Mailbox rcpt = parse_mailbox(text, false);
+      tx.current_rcpt = rcpt;
+      v = run(Stage::kRcpt, session, tx);
+      tx.current_rcpt.reset();
+      if (refuses(v)) {
+        Reply r = verdict_reply(v, Stage::kRcpt);
+        step("rcpt", r, "postern");
+        rcpt_replies.push_back("{\"rcpt\":" + js(rcpt.str()) + ",\"reply\":" + reply_json(r, "postern") +
+                               ",\"rule\":" + js(v.rule) + "}");
+        if (v.action == Verdict::Action::kDisconnect) {
+          decide("rcpt", v, r);
+          break;
+        }
+        continue;
+      }
+      if ((v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) && !pending) pending = v;
+      step("rcpt", Reply{250, "2.1.5 Ok (the MTA's answer)"}, "upstream");
+      rcpt_replies.push_back("{\"rcpt\":" + js(rcpt.str()) + ",\"reply\":" +
+                             reply_json(Reply{250, "2.1.5 Ok (the MTA's answer)"}, "upstream") + ",\"rule\":\"\"}");
+      tx.recipients.push_back(rcpt);
+    }
+    if (decided_stage.empty() && tx.recipients.empty()) {
+      decide("rcpt", Verdict{Verdict::Action::kReject, 554, "5.5.1", "No valid recipients", "", ""},
+             Reply{554, "5.5.1 No valid recipients"});
+    }
+  }
+  // Session::end_of_message: data, then eom, then what was pending.
+  Spool spool(std::size_t(1) << 30, "/tmp");
+  spool.append(to_crlf(c.message));
+  spool.finish();
+  Message message(spool);
+  if (decided_stage.empty()) {
+    tx.message = &message;
+    v = run(Stage::kData, session, tx);
+    const char* stage = "data";
+    if (!v.decisive()) {
+      v = run(Stage::kEom, session, tx);
+      stage = "eom";
+    }
+    if (!v.decisive() && pending) v = *pending;
+    switch (v.action) {
+      case Verdict::Action::kContinue:
+      case Verdict::Action::kAccept:
+        reply = Reply{250, "2.0.0 Ok (relayed: the MTA's answer)"};
+        by = "upstream";
+        break;
+      case Verdict::Action::kDiscard: reply = Reply{250, "2.0.0 Ok: discarded"}; break;
+      case Verdict::Action::kQuarantine: reply = Reply{250, "2.0.0 Ok: quarantined"}; break;
+      default: reply = verdict_reply(v, Stage::kEom); break;
+    }
+    step(stage, reply, by);
+    decided_stage = v.decisive() ? stage : "";
+    verdict = v;
+    tx.message = nullptr;
+  }
+  run(Stage::kClose, session, tx);
+
+  const Changes& ch = tx.changes;
+  std::string o = "{\"verdict\":{\"action\":" + js(verdict.decisive() ? action_name(verdict.action) : "accept");
+  o += ",\"stage\":" + js(decided_stage) + ",\"rule\":" + js(verdict.rule) + ",\"reason\":" + js(verdict.reason);
+  o += ",\"symbols\":[";
+  for (std::size_t i = 0; i < tx.symbols.size(); ++i) {
+    o += std::string(i ? "," : "") + "{\"name\":" + js(tx.symbols[i].name) + ",\"score\":" + num(tx.symbols[i].score) + "}";
+  }
+  o += "],\"score\":" + num(tx.score) + "}";
+  o += ",\"reply\":" + reply_json(reply, by);
+  o += ",\"rcpts\":[";
+  for (std::size_t i = 0; i < rcpt_replies.size(); ++i) o += (i ? "," : "") + rcpt_replies[i];
+  o += "],\"stages\":[" + stages + "]";
+  o += ",\"header_changes\":[";
+  for (std::size_t i = 0; i < ch.headers.size(); ++i) {
+    const HeaderEdit& h = ch.headers[i];
+    o += std::string(i ? "," : "") + "{\"op\":" + js(edit_name(h.kind)) + ",\"name\":" + js(h.name) +
+         ",\"value\":" + js(h.value) + ",\"index\":" + std::to_string(h.index) + "}";
+  }
+  o += "],\"subject_tag\":" + js(ch.subject_tag);
+  o += ",\"envelope\":{\"mail_from\":" + js(ch.reverse_path ? ch.reverse_path->str() : tx.reverse_path.str());
+  o += ",\"recipients\":" + mailboxes(tx.recipients) + ",\"add_recipients\":" + mailboxes(ch.add_recipients) +
+       ",\"remove_recipients\":" + mailboxes(ch.remove_recipients);
+  o += ",\"redirect\":" + (ch.redirect ? mailboxes(*ch.redirect) : std::string("null")) + "}";
+  const AuthResults& auth = tx.auth;
+  o += ",\"spf\":" + (auth.spf ? "{\"result\":" + js(spf_result_name(auth.spf->result)) + ",\"domain\":" +
+                                    js(auth.spf->domain) + "}"
+                               : std::string("null"));
+  o += ",\"dkim\":[";
+  for (std::size_t i = 0; i < auth.dkim.size(); ++i) {
+    o += std::string(i ? "," : "") + "{\"domain\":" + js(auth.dkim[i].domain) + ",\"selector\":" +
+         js(auth.dkim[i].selector) + ",\"result\":" + js(dkim_result_name(auth.dkim[i].result)) + "}";
+  }
+  o += "],\"dmarc\":" + (auth.dmarc ? "{\"result\":" + js(dmarc_result_name(auth.dmarc->result)) + ",\"policy\":" +
+                                         js(auth.dmarc->policy) + "}"
+                                    : std::string("null"));
+  o += "}";
+  return o;
+}
+
+}  // namespace postern
