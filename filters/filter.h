@@ -39,6 +39,9 @@ struct SessionFacts {
   TlsFacts tls;
   std::string auth_user;    // authenticated identity, empty when none
   std::map<std::string, std::string> notes;  // connection-scoped notes of rules
+  // State a filter keeps for the connection (a milter's socket), by filter
+  // name; dies with the session.
+  std::map<std::string, std::shared_ptr<void>> filter_state;
 };
 
 // A named rule hit with its score (the rspamd / SpamAssassin model).
@@ -64,6 +67,8 @@ struct Changes {
   std::vector<Mailbox> add_recipients;
   std::vector<Mailbox> remove_recipients;
   std::optional<std::vector<Mailbox>> redirect;    // replaces all recipients
+  // A new body (a milter's SMFIR_REPLBODY): CRLF lines, not dot-stuffed.
+  std::optional<std::string> body;
   bool envelope_changed() const {
     return reverse_path || !add_recipients.empty() || !remove_recipients.empty() || redirect;
   }
@@ -75,6 +80,10 @@ struct TransactionFacts {
   Mailbox reverse_path;
   std::vector<Mailbox> recipients;        // accepted so far
   std::optional<Mailbox> current_rcpt;    // at kRcpt: the one being decided
+  // ESMTP parameters as the client sent them, "KEYWORD[=value]": MAIL's,
+  // and at kRcpt the current recipient's (a milter's SMFIC_MAIL / SMFIC_RCPT).
+  std::vector<std::string> mail_parameters;
+  std::vector<std::string> rcpt_parameters;
   const Message* message = nullptr;       // at kData and kEom
   Changes changes;
   std::vector<Symbol> symbols;

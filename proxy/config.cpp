@@ -184,6 +184,60 @@ class Checker {
   std::vector<std::string> errors_;
 };
 
+// [[milter]] entries (docs/configuration.md "[[milter]]").
+void parse_milters(Checker& check, const toml::table& root, Config& config) {
+  const toml::node* n = root.get("milter");
+  if (!n) return;
+  const toml::array* arr = n->as_array();
+  if (!arr || !arr->is_array_of_tables()) {
+    check.error(n, "milter", "expected [[milter]] tables, got " + describe(*n));
+    return;
+  }
+  auto ms = [](Seconds s) { return std::chrono::milliseconds(static_cast<long long>(s.count() * 1000)); };
+  for (const toml::node& item : *arr) {
+    const toml::table& t = *item.as_table();
+    check.check_keys(t, "milter", {"name", "socket", "connect_timeout", "command_timeout", "eom_timeout",
+                                   "on_error", "macros"});
+    MilterOptions m;
+    m.hostname = config.server.hostname;
+    m.max_body = config.limits.message_size;
+    const toml::node* name = check.get_string(&t, "milter", "name", m.name);
+    if (!name) check.error(&item, "milter.name", "required");
+    for (const MilterOptions& other : config.milters) {
+      if (name && other.name == m.name) check.error(name, "milter.name", "duplicate name \"" + m.name + "\"");
+    }
+    const toml::node* socket = check.get_string(&t, "milter", "socket", m.socket);
+    if (!socket) check.error(&item, "milter.socket", "required (inet:HOST:PORT or unix:PATH)");
+    else if (std::string e = parse_milter_socket(m.socket, m); !e.empty()) check.error(socket, "milter.socket", e);
+    Seconds connect(10), command(30), eom(120);
+    check.get_seconds(&t, "milter", "connect_timeout", 0.1, 600, connect);
+    check.get_seconds(&t, "milter", "command_timeout", 0.1, 3600, command);
+    check.get_seconds(&t, "milter", "eom_timeout", 0.1, 3600, eom);
+    m.connect_timeout = ms(connect), m.command_timeout = ms(command), m.eom_timeout = ms(eom);
+    using E = MilterOptions::OnError;
+    check.get_enum<E>(&t, "milter", "on_error", {{"tempfail", E::kTempfail}, {"accept", E::kAccept},
+                                                 {"reject", E::kReject}}, m.on_error);
+    m.macros = milter_known_macros();
+    if (const toml::node* macros = t.get("macros")) {
+      const toml::array* list = macros->as_array();
+      m.macros.clear();
+      if (!list) check.error(macros, "milter.macros", "expected an array of macro names");
+      for (const toml::node& mn : list ? *list : toml::array{}) {
+        const auto* s = mn.as_string();
+        const auto& known = milter_known_macros();
+        if (!s || std::find(known.begin(), known.end(), s->get()) == known.end()) {
+          std::string all;
+          for (const std::string& k : known) all += " " + k;
+          check.error(&mn, "milter.macros", "unknown macro " + describe(mn) + "; known:" + all);
+          continue;
+        }
+        m.macros.push_back(s->get());
+      }
+    }
+    config.milters.push_back(std::move(m));
+  }
+}
+
 // "ip:port" or "[ipv6]:port"; an empty host is refused.
 bool parse_host_port(std::string_view text, std::string& host, unsigned short& port,
                      bool numeric_host) {
@@ -506,7 +560,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
-                              "authentication_results", "audit", "control", "store", "authenticity"});
+                              "authentication_results", "audit", "control", "store", "authenticity", "milter"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
@@ -1159,6 +1213,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     so.redis.reconnect_min = std::min(so.redis.reconnect_min, so.redis.reconnect_max);
   }
 
+  parse_milters(check, root, *config);
   check.finish();
   return config;
 }

@@ -15,6 +15,7 @@
 #include "filters/dns/unbound_resolver.h"
 #include "filters/filter_chain.h"
 #include "filters/lua/lua_options.h"
+#include "filters/milter/milter_filter.h"
 #include "filters/store/store_options.h"
 #include "proxy/data_decoder.h"
 
@@ -181,6 +182,9 @@ struct Config {
   StoreOptions store;
   // [scores]: thresholds mapping the transaction's score to actions.
   ScoreThresholds scores{5, 0, 15, "X-Spam-Status"};
+  // [[milter]]: external milters, called in order before the Lua rules
+  // (docs/milter.md).
+  std::vector<MilterOptions> milters;
 
   // [dns]: postern's resolver (filters/dns/unbound_resolver.h).
   DnsOptions dns;

@@ -5,6 +5,7 @@
 #include "filters/dns/client_name_filter.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/lua/lua_filter.h"
+#include "filters/milter/milter_filter.h"
 #include "filters/store/persisted_store.h"
 #include "proxy/log.h"
 
@@ -66,6 +67,17 @@ std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, cons
   if (resources.client_name) filters.push_back(resources.client_name);
   if (!submission || config.submission.authenticity_checks) {
     filters.insert(filters.end(), resources.shared_filters.begin(), resources.shared_filters.end());
+  }
+  // Milters after the authenticity checks, before the rules: rules see
+  // their outcome (transaction notes "milter.NAME").
+  for (MilterOptions m : config.milters) {
+    m.on_failure = [](const MilterOptions& o, std::string_view session, std::string_view stage,
+                      std::string_view error) {
+      static constexpr const char* kPolicy[] = {"tempfail", "accept", "reject"};
+      log::warning("milter-error").kv("session", session).kv("milter", o.name).kv("stage", stage)
+          .kv("error", error).kv("on_error", kPolicy[static_cast<int>(o.on_error)]);
+    };
+    filters.push_back(make_milter_filter(std::move(m)));
   }
   const std::vector<std::string>& scripts = submission ? config.submission.scripts : config.lua.scripts;
   if (!scripts.empty()) {

@@ -928,6 +928,9 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
   txn_.facts = TransactionFacts{};
   txn_.facts.id = fmt::format("{}.{}", id_, messages_ + 1);
   txn_.facts.reverse_path = args.mailbox;
+  for (const EsmtpParam& p : args.params) {
+    txn_.facts.mail_parameters.push_back(p.has_value ? p.keyword + "=" + p.value : p.keyword);
+  }
   txn_.started = std::chrono::steady_clock::now();
   Verdict v = co_await run_filters(Stage::kMail);
   switch (v.action) {
@@ -1017,8 +1020,12 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     co_return;
   }
   txn_.facts.current_rcpt = args.mailbox;
+  for (const EsmtpParam& p : args.params) {
+    txn_.facts.rcpt_parameters.push_back(p.has_value ? p.keyword + "=" + p.value : p.keyword);
+  }
   Verdict v = co_await run_filters(Stage::kRcpt);
   txn_.facts.current_rcpt.reset();
+  txn_.facts.rcpt_parameters.clear();
   switch (v.action) {
     case Verdict::Action::kReject:
     case Verdict::Action::kTempfail:
@@ -1341,15 +1348,31 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
   }
   const DkimSigner* signer = config_->auth.dkim.signer.get();
   const bool sign = signer && signer->wants(facts_.client_ip, facts_.auth_user);
-  const bool as_received =
-      !sign && changes.headers.empty() && changes.subject_tag.empty() && !message.body_would_fold();
+  // A milter's new body (SMFIR_REPLBODY) is relayed, and signed, instead of the received one.
+  std::unique_ptr<Spool> new_body;
+  if (changes.body) {
+    new_body = std::make_unique<Spool>(config_->data.spool_memory, config_->data.spool_dir);
+    if (!new_body->append(*changes.body) || !new_body->finish()) {
+      co_return UpstreamReply{Reply{replies::kSpoolFailed.code, std::string(replies::kSpoolFailed.text)}, true};
+    }
+  }
+  const Spool& body = new_body ? *new_body : spool_;
+  const std::size_t body_offset = new_body ? 0 : message.body_offset();
+  const bool as_received = !sign && !new_body && changes.headers.empty() && changes.subject_tag.empty() &&
+                           !message.body_would_fold();
   std::string head = as_received ? received_header() : render_header_block(message, changes, received_header());
-  const std::size_t offset = as_received ? 0 : message.body_offset();
+  // A message received without an empty line gets one before its new body.
+  auto separate = [&](std::string& h) {
+    if (new_body && new_body->size() > 0 && !h.ends_with("\r\n\r\n")) h += "\r\n";
+  };
+  separate(head);
+  const std::size_t offset = as_received ? 0 : body_offset;
   if (sign) {
     // DKIM signs the fields exactly as relayed, without our Received (RFC
     // 6376 §5.4); the DKIM-Signature field goes above it.
     std::string fields = render_header_block(message, changes, "");
-    DkimSignOutcome signed_ = co_await signer->sign_async(fields, spool_, message.body_offset());
+    separate(fields);
+    DkimSignOutcome signed_ = co_await signer->sign_async(fields, body, body_offset);
     log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
                    "dkim-sign");
     line.kv("session", id_).kv("id", txn_.facts.id).kv("domain", signed_.domain).kv("selector", signed_.selector)
@@ -1362,9 +1385,9 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     head = signed_.field + head;
     txn_.dkim_signed = signed_.status == DkimSignOutcome::Status::kSigned;
   }
-  UpstreamReply r = co_await upstream().data(head, spool_, offset, txn_.facts.reverse_path);
+  UpstreamReply r = co_await upstream().data(head, body, offset, txn_.facts.reverse_path);
   if (r.reply.positive()) {
-    metrics::registry().message_relayed_bytes.inc(head.size() + spool_.size() - std::min(offset, spool_.size()));
+    metrics::registry().message_relayed_bytes.inc(head.size() + body.size() - std::min(offset, body.size()));
   }
   co_return r;
 }

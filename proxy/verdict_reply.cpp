@@ -7,6 +7,7 @@ namespace postern {
 namespace {
 
 constexpr std::size_t kMaxReplyText = 200;
+constexpr std::size_t kMaxReplyLines = 10;
 
 // A rule's text reaches the wire: printable ASCII only, bounded.
 std::string clean_text(std::string_view text) {
@@ -61,8 +62,19 @@ Reply verdict_reply(const Verdict& v, Stage stage) {
   const int klass = code / 100;
   if (v.code / 100 == klass && v.code % 100 < 60) code = v.code;
   if (!v.enhanced.empty() && valid_enhanced(v.enhanced, static_cast<char>('0' + klass))) enhanced = v.enhanced;
-  if (!v.text.empty()) text = clean_text(v.text);
-  return Reply{code, enhanced + " " + text};
+  if (v.text.empty()) return Reply{code, enhanced + " " + text};
+  // "\n" separates the lines of a multi-line reply (a milter's
+  // SMFIR_REPLYCODE); each line is cleaned and carries the enhanced code.
+  std::string out;
+  std::string_view rest = v.text;
+  for (std::size_t lines = 0; lines < kMaxReplyLines; ++lines) {
+    std::size_t nl = rest.find('\n');
+    if (lines) out.push_back('\n');
+    out.append(enhanced).append(" ").append(clean_text(rest.substr(0, nl)));
+    if (nl == std::string_view::npos) break;
+    rest.remove_prefix(nl + 1);
+  }
+  return Reply{code, out};
 }
 
 }  // namespace postern

@@ -189,7 +189,15 @@ std::string audit_json(const AuditEntry& e) {
   for (std::size_t i = 0; i < t.symbols.size() && i < kMaxSymbols; ++i) {
     o += std::string(i ? "," : "") + "{\"name\":" + js(t.symbols[i].name) + ",\"score\":" + num(t.symbols[i].score) + "}";
   }
-  o += "],\"score\":" + num(t.score);
+  o += "]";
+  // Each milter's actions (its "milter.NAME" transaction note; docs/milter.md).
+  bool milters = false;
+  for (auto it = t.notes.lower_bound("milter."); it != t.notes.end() && it->first.starts_with("milter."); ++it) {
+    o += std::string(milters ? "," : ",\"milters\":{") + js(it->first.substr(7)) + ":" + js(it->second);
+    milters = true;
+  }
+  if (milters) o += "}";
+  o += ",\"score\":" + num(t.score);
   o += ",\"stage\":" + js(e.stage.empty() ? "eom" : e.stage);
   o += ",\"action\":" + js(e.action);
   if (!e.reason.empty()) o += ",\"reason\":" + js(e.reason);

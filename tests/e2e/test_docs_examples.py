@@ -488,6 +488,9 @@ def test_configuration_md_documents_every_key(tmp_path):
         if section == "listener":
             keys = allowed_keys(tmp_path, f'[[listener]]\naddress = "127.0.0.1:0"\n{UNKNOWN} = 1\n',
                                 "listener.")
+        elif section == "milter":
+            keys = allowed_keys(tmp_path, f'[[milter]]\nname = "m"\nsocket = "inet:127.0.0.1:9"\n{UNKNOWN} = 1\n',
+                                "milter.")
         else:
             keys = allowed_keys(tmp_path, f"[{section}]\n{UNKNOWN} = 1\n", f"{section}.")
         if section not in doc:

@@ -1,0 +1,665 @@
+// The milter client; see milter_filter.h. One milter connection per SMTP
+// session (as Postfix keeps one per smtpd session), opened at the first stage
+// and closed with the session; every wait has its deadline (connect, each
+// command, end of message) and any failure applies `on_error`.
+#include "filters/milter/milter_filter.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <optional>
+
+#include <asio/connect.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/generic/stream_protocol.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/local/stream_protocol.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include "filters/milter/milter_protocol.h"
+
+namespace postern {
+namespace {
+
+using namespace asio::experimental::awaitable_operators;
+constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+using Clock = std::chrono::steady_clock;
+namespace m = milter;
+
+// Bounds on what one message's replies may add (each is an error past it).
+constexpr std::size_t kMaxEdits = 256;
+constexpr std::size_t kMaxHeaderValue = 16 * 1024;
+
+// The macro vocabulary, with the stage each is sent before (Postfix's
+// milter_*_macros defaults).
+struct MacroDef {
+  const char* name;
+  m::MacroStage stage;
+};
+constexpr MacroDef kMacros[] = {
+    {"j", m::MacroStage::kConnect},           {"_", m::MacroStage::kConnect},
+    {"{daemon_name}", m::MacroStage::kConnect}, {"{client_addr}", m::MacroStage::kConnect},
+    {"{client_port}", m::MacroStage::kConnect}, {"{client_name}", m::MacroStage::kConnect},
+    {"{tls_version}", m::MacroStage::kHelo},   {"{cipher}", m::MacroStage::kHelo},
+    {"{cert_subject}", m::MacroStage::kHelo},  {"i", m::MacroStage::kMail},
+    {"{auth_authen}", m::MacroStage::kMail},   {"{mail_addr}", m::MacroStage::kMail},
+    {"{rcpt_addr}", m::MacroStage::kRcpt},
+};
+
+std::string macro_value(std::string_view name, const FilterContext& ctx, const std::string& hostname) {
+  const SessionFacts& s = ctx.session;
+  if (name == "j") return hostname;
+  if (name == "_") return (s.client_name.empty() ? "unknown" : s.client_name) + " [" + s.client_ip + "]";
+  if (name == "{daemon_name}") return "postern";
+  if (name == "{client_addr}") return s.client_ip;
+  if (name == "{client_port}") return std::to_string(s.client_port);
+  if (name == "{client_name}") return s.client_name.empty() ? "unknown" : s.client_name;
+  if (name == "{tls_version}") return s.tls.active ? s.tls.version : "";
+  if (name == "{cipher}") return s.tls.active ? s.tls.cipher : "";
+  if (name == "{cert_subject}") return s.tls.peer_subject;
+  if (name == "i") return ctx.transaction.id;
+  if (name == "{auth_authen}") return s.auth_user;
+  if (name == "{mail_addr}") return ctx.transaction.reverse_path.str();
+  if (name == "{rcpt_addr}") return ctx.transaction.current_rcpt ? ctx.transaction.current_rcpt->str() : "";
+  return "";
+}
+
+// A header value from a milter: a fold ("\n" or "\r\n" then white space)
+// becomes CRLF + the white space; any other control character a space, so
+// no reply can end the header section or smuggle a line (DESIGN).
+std::string clean_header_value(std::string_view v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    unsigned char c = v[i];
+    if (c == '\r' && i + 1 < v.size() && v[i + 1] == '\n') continue;
+    if (c == '\n' && i + 1 < v.size() && (v[i + 1] == ' ' || v[i + 1] == '\t') && !out.empty()) {
+      out.append("\r\n");
+      continue;
+    }
+    out.push_back((c < 32 && c != '\t') || c == 127 ? ' ' : static_cast<char>(c));
+  }
+  return out;
+}
+
+bool valid_header_name(std::string_view n) {
+  if (n.empty() || n.size() > 200) return false;
+  for (unsigned char c : n) {
+    if (c <= 32 || c >= 127 || c == ':') return false;  // RFC 5322 §2.2 ftext
+  }
+  return true;
+}
+
+// A body from a milter in CRLF lines: a bare CR or LF becomes CRLF (one
+// idea of where a line ends, DESIGN "Invariants").
+void append_body(std::string& out, std::string_view piece, bool& pending_cr) {
+  for (char c : piece) {
+    if (pending_cr) {
+      out.append("\r\n");
+      pending_cr = false;
+      if (c == '\n') continue;
+    }
+    if (c == '\r') pending_cr = true;
+    else if (c == '\n') out.append("\r\n");
+    else out.push_back(c);
+  }
+}
+
+// One session's connection to one milter.
+struct Connection {
+  explicit Connection(const asio::any_io_executor& ex) : socket(ex) {}
+  asio::generic::stream_protocol::socket socket;
+  m::PacketReader reader;
+  m::Negotiated negotiated;
+  bool open = false;
+  bool failed = false;        // on_error holds for the rest of the session
+  bool accepted = false;      // SMFIR_ACCEPT at connect or HELO: the session
+  bool txn_accepted = false;  // SMFIR_ACCEPT for this transaction
+  bool in_transaction = false;
+  std::string error;          // why it failed, for the log
+};
+
+// The changes one end of message brings, applied only when the milter
+// finished answering (a milter failing halfway adds nothing).
+struct EomResult {
+  Changes changes;
+  std::optional<std::string> quarantine;
+  std::vector<std::string> actions;  // for the notes and the audit record
+  bool ended = false;                // the milter answered end of message
+  bool body_cr = false;              // a replaced body's last piece ended in CR
+};
+
+class MilterFilter final : public Filter {
+ public:
+  explicit MilterFilter(MilterOptions o) : options_(std::move(o)), name_("milter:" + options_.name) {}
+  const std::string& name() const override { return name_; }
+  bool wants(Stage) const override { return true; }
+  asio::awaitable<Verdict> run(FilterContext& ctx) override;
+
+ private:
+  bool negotiated(const Connection& c, std::uint32_t flag) const { return c.negotiated.steps & flag; }
+  asio::awaitable<bool> open(Connection& c, FilterContext& ctx, m::Reply& connect);
+  asio::awaitable<bool> send(Connection& c, const std::string& bytes);
+  asio::awaitable<bool> read(Connection& c, m::Packet& p, Clock::time_point deadline);
+  // Sends `packet` (after the stage's macros) and, unless the milter said it
+  // does not answer (`no_reply`), reads its final reply into `final`.
+  asio::awaitable<bool> command(Connection& c, const FilterContext& ctx, m::MacroStage stage, std::string packet,
+                                bool no_reply, m::Reply& final, EomResult* eom = nullptr,
+                                std::chrono::milliseconds timeout = {});
+  asio::awaitable<bool> content(Connection& c, FilterContext& ctx, m::Reply& final, EomResult& eom);
+  bool modification(const m::Reply& r, EomResult& eom, Connection& c) const;
+  Verdict verdict_of(const m::Reply& r, Stage stage, Connection& c, FilterContext& ctx) const;
+  Verdict fail(Connection& c, Stage stage) const;
+  Verdict on_error(Stage stage) const;
+
+  MilterOptions options_;
+  std::string name_;
+};
+
+asio::awaitable<bool> MilterFilter::send(Connection& c, const std::string& bytes) {
+  asio::steady_timer timer(c.socket.get_executor(), options_.command_timeout);
+  auto r = co_await (asio::async_write(c.socket, asio::buffer(bytes), use_nothrow) || timer.async_wait(use_nothrow));
+  if (r.index() == 1) {
+    c.error = "write timed out";
+    co_return false;
+  }
+  if (auto [ec, n] = std::get<0>(r); ec) {
+    c.error = "write: " + ec.message();
+    co_return false;
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> MilterFilter::read(Connection& c, m::Packet& p, Clock::time_point deadline) {
+  std::array<char, 16 * 1024> buf;
+  for (;;) {
+    switch (c.reader.next(p)) {
+      case m::PacketReader::Status::kPacket: co_return true;
+      case m::PacketReader::Status::kInvalid:
+        c.error = "invalid packet length";
+        co_return false;
+      case m::PacketReader::Status::kIncomplete: break;
+    }
+    if (!options_.unix_socket) {
+      // libmilter writes each reply packet on its own: without a quick ACK
+      // its second write waits for our delayed ACK (Nagle), 40 ms a message.
+      int one = 1;
+      ::setsockopt(c.socket.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
+    asio::steady_timer timer(c.socket.get_executor(), deadline);
+    auto r = co_await (c.socket.async_read_some(asio::buffer(buf), use_nothrow) || timer.async_wait(use_nothrow));
+    if (r.index() == 1) {
+      c.error = "reply timed out";
+      co_return false;
+    }
+    auto [ec, n] = std::get<0>(r);
+    if (ec) {
+      c.error = ec == asio::error::eof ? "connection closed" : "read: " + ec.message();
+      co_return false;
+    }
+    c.reader.feed(std::string_view(buf.data(), n));
+  }
+}
+
+asio::awaitable<bool> MilterFilter::open(Connection& c, FilterContext& ctx, m::Reply& connect) {
+  c.open = true;
+  connect = m::Reply{m::reply::kContinue, true};  // tried once per session
+  asio::steady_timer timer(c.socket.get_executor(), options_.connect_timeout);
+  std::error_code ec;
+  asio::generic::stream_protocol::endpoint ep;
+  if (options_.unix_socket) {
+    ep = asio::local::stream_protocol::endpoint(options_.path);
+  } else {
+    ep = asio::ip::tcp::endpoint(asio::ip::make_address(options_.host, ec), options_.port);
+  }
+  auto r = co_await (c.socket.async_connect(ep, use_nothrow) || timer.async_wait(use_nothrow));
+  if (r.index() == 1) {
+    c.error = "connect timed out";
+    co_return false;
+  }
+  if (auto [cec] = std::get<0>(r); cec) {
+    c.error = "connect: " + cec.message();
+    co_return false;
+  }
+  if (!options_.unix_socket) {
+    // Unanswered commands (header fields, body chunks) go out at once.
+    int one = 1;
+    ::setsockopt(c.socket.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  if (!co_await send(c, m::encode_optneg(m::kVersion, m::action::kAll, m::step::kOffered))) co_return false;
+  m::Packet p;
+  if (!co_await read(c, p, Clock::now() + options_.command_timeout)) co_return false;
+  auto neg = m::decode_optneg(p);
+  if (!neg || neg->version < 2) {
+    c.error = "bad option negotiation reply";
+    co_return false;
+  }
+  // Only what was offered: a milter asking for more is refused (Postfix too).
+  if ((neg->actions & ~m::action::kAll) || (neg->steps & ~m::step::kOffered)) {
+    c.error = "milter asks for actions or steps not offered";
+    co_return false;
+  }
+  c.negotiated = *neg;
+  // The connect facts, even when this first stage is a later one.
+  const SessionFacts& s = ctx.session;
+  if (!negotiated(c, m::step::kNoConnect)) {
+    const bool v6 = s.client_ip.find(':') != std::string::npos;
+    std::string hostname = s.client_name.empty() ? "[" + s.client_ip + "]" : s.client_name;
+    FilterContext at{Stage::kConnect, ctx.session, ctx.transaction};
+    if (!co_await command(c, at, m::MacroStage::kConnect,
+                          m::encode_connect(hostname, v6 ? '6' : '4', s.client_port, s.client_ip),
+                          negotiated(c, m::step::kNrConn), connect)) {
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> MilterFilter::command(Connection& c, const FilterContext& ctx, m::MacroStage stage,
+                                            std::string packet, bool no_reply, m::Reply& final, EomResult* eom,
+                                            std::chrono::milliseconds timeout) {
+  std::vector<std::pair<std::string, std::string>> macros;
+  for (const std::string& name : options_.macros) {
+    for (const MacroDef& d : kMacros) {
+      if (d.stage == stage && name == d.name) macros.emplace_back(name, macro_value(name, ctx, options_.hostname));
+    }
+  }
+  if (!macros.empty()) packet = m::encode_macros(stage, macros) + packet;
+  final = m::Reply{m::reply::kContinue, true};
+  if (!co_await send(c, packet)) co_return false;
+  if (no_reply) co_return true;
+  if (timeout.count() == 0) timeout = options_.command_timeout;
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    m::Packet p;
+    if (!co_await read(c, p, deadline)) co_return false;
+    final = m::decode_reply(p);
+    if (!final.valid) {
+      c.error = std::string("malformed reply '") + (p.command >= 32 && p.command < 127 ? p.command : '?') + "'";
+      co_return false;
+    }
+    if (final.command == m::reply::kProgress) {  // the milter is alive: a new deadline
+      deadline = Clock::now() + timeout;
+      continue;
+    }
+    if (m::is_final(final.command)) {
+      if (final.command == m::reply::kShutdown || final.command == m::reply::kConnFail) {
+        c.error = final.command == m::reply::kShutdown ? "milter shut down" : "milter reported a connection failure";
+        co_return false;
+      }
+      co_return true;
+    }
+    if (!eom) {
+      c.error = std::string("reply '") + final.command + "' outside end of message";
+      co_return false;
+    }
+    if (!modification(final, *eom, c)) co_return false;
+  }
+}
+
+// An action of end of message, if the milter negotiated it.
+bool MilterFilter::modification(const m::Reply& r, EomResult& eom, Connection& c) const {
+  auto allowed = [&](std::uint32_t flag) {
+    if (c.negotiated.actions & flag) return true;
+    c.error = std::string("action '") + r.command + "' not negotiated";
+    return false;
+  };
+  Changes& ch = eom.changes;
+  if (eom.actions.size() >= kMaxEdits) {  // every modification but a body piece adds one
+    c.error = "too many modifications";
+    return false;
+  }
+  auto mailbox = [&](const std::string& a, Mailbox& out) {
+    PathParse pp = parse_path("<" + a + ">", true, true, true);
+    if (pp.error != PathError::kNone) {
+      c.error = "invalid address in reply";
+      return false;
+    }
+    out = pp.mailbox;
+    return true;
+  };
+  switch (r.command) {
+    case m::reply::kAddHeader:
+    case m::reply::kInsHeader:
+    case m::reply::kChgHeader: {
+      if (!allowed(r.command == m::reply::kChgHeader ? m::action::kChgHdrs : m::action::kAddHdrs)) return false;
+      if (!valid_header_name(r.name) || r.value.size() > kMaxHeaderValue) {
+        c.error = "invalid header field in reply";
+        return false;
+      }
+      std::string value = clean_header_value(r.value);
+      while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.erase(0, 1);
+      if (r.command == m::reply::kAddHeader) {
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kAdd, r.name, value});
+        eom.actions.push_back("add_header " + r.name);
+      } else if (r.command == m::reply::kInsHeader) {
+        // Position 0 is the top; postern inserts any position at the top.
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kPrepend, r.name, value});
+        eom.actions.push_back("insert_header " + r.name);
+      } else if (r.value.empty()) {  // an empty value deletes (smfi_chgheader)
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kRemove, r.name, "", r.index == 0 ? 1 : r.index});
+        eom.actions.push_back("delete_header " + r.name);
+      } else {
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kChange, r.name, value, r.index == 0 ? 1 : r.index});
+        eom.actions.push_back("change_header " + r.name);
+      }
+      return true;
+    }
+    case m::reply::kAddRcpt:
+    case m::reply::kAddRcptPar: {
+      if (!allowed(r.command == m::reply::kAddRcpt ? m::action::kAddRcpt : m::action::kAddRcptPar)) return false;
+      Mailbox mb;
+      if (!mailbox(r.address, mb) || mb.empty()) return false;
+      ch.add_recipients.push_back(mb);
+      eom.actions.push_back("add_rcpt <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
+      return true;
+    }
+    case m::reply::kDelRcpt: {
+      if (!allowed(m::action::kDelRcpt)) return false;
+      Mailbox mb;
+      if (!mailbox(r.address, mb)) return false;
+      ch.remove_recipients.push_back(mb);
+      eom.actions.push_back("delete_rcpt <" + mb.str() + ">");
+      return true;
+    }
+    case m::reply::kChgFrom: {
+      if (!allowed(m::action::kChgFrom)) return false;
+      Mailbox mb;
+      if (!mailbox(r.address, mb)) return false;
+      ch.reverse_path = mb;
+      eom.actions.push_back("change_from <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
+      return true;
+    }
+    case m::reply::kReplBody: {
+      if (!allowed(m::action::kChgBody)) return false;
+      if (!ch.body) {
+        ch.body.emplace();
+        eom.actions.push_back("replace_body");
+      }
+      if (ch.body->size() + r.body.size() > options_.max_body) {
+        c.error = "replaced body too large";
+        return false;
+      }
+      append_body(*ch.body, r.body, eom.body_cr);
+      return true;
+    }
+    case m::reply::kQuarantine:
+      if (!allowed(m::action::kQuarantine)) return false;
+      if (!eom.quarantine) eom.actions.push_back("quarantine");
+      eom.quarantine = r.value.substr(0, 200);
+      return true;
+    case m::reply::kSetSymList:
+      return true;  // only meaningful in negotiation: ignored
+    default:
+      c.error = std::string("unexpected reply '") + r.command + "'";
+      return false;
+  }
+}
+
+Verdict MilterFilter::on_error(Stage stage) const {
+  // Before MAIL an error waits for the transaction: the client hears it at MAIL.
+  if (options_.on_error == MilterOptions::OnError::kAccept || stage < Stage::kMail || stage == Stage::kClose) {
+    return Verdict::proceed();
+  }
+  if (options_.on_error == MilterOptions::OnError::kReject) {
+    return Verdict{Verdict::Action::kReject, 0, "5.7.1", "Rejected by policy", name_ + " failed"};
+  }
+  return Verdict{Verdict::Action::kTempfail, 451, "4.7.1", "Service unavailable, try again later", name_ + " failed"};
+}
+
+Verdict MilterFilter::fail(Connection& c, Stage stage) const {
+  c.failed = true;
+  std::error_code ignored;
+  c.socket.close(ignored);
+  return on_error(stage);
+}
+
+Verdict MilterFilter::verdict_of(const m::Reply& r, Stage stage, Connection& c, FilterContext& ctx) const {
+  const std::string reason = name_;
+  auto note = [&](std::string_view what) {
+    std::string& n = ctx.transaction.notes["milter." + options_.name];
+    if (!n.empty()) n += "; ";
+    n += what;
+  };
+  switch (r.command) {
+    case m::reply::kAccept:
+      if (stage < Stage::kMail) c.accepted = true;
+      else c.txn_accepted = true;
+      if (stage >= Stage::kMail) note("accept");
+      return Verdict::proceed();
+    case m::reply::kReject:
+      note("reject");
+      return Verdict{Verdict::Action::kReject, 0, "", "", reason + ": reject"};
+    case m::reply::kTempfail:
+      note("tempfail");
+      return Verdict{Verdict::Action::kTempfail, 0, "", "", reason + ": tempfail"};
+    case m::reply::kReplyCode:
+      note("reply " + std::to_string(r.code));
+      return Verdict{r.code / 100 == 4 ? Verdict::Action::kTempfail : Verdict::Action::kReject, r.code, r.enhanced,
+                     r.text, reason + ": reply " + std::to_string(r.code)};
+    case m::reply::kDiscard:
+      if (stage < Stage::kMail) return Verdict::proceed();  // no message to discard yet
+      note("discard");
+      return Verdict{Verdict::Action::kDiscard, 0, "", "", reason + ": discard"};
+    default:  // continue, skip
+      return Verdict::proceed();
+  }
+}
+
+// DATA, the header fields, end of header, the body in chunks, end of message.
+asio::awaitable<bool> MilterFilter::content(Connection& c, FilterContext& ctx, m::Reply& final, EomResult& eom) {
+  const Message* msg = ctx.transaction.message;
+  if (!negotiated(c, m::step::kNoData)) {
+    if (!co_await command(c, ctx, m::MacroStage::kData, m::encode(m::cmd::kData, ""),
+                          negotiated(c, m::step::kNrData), final) || final.command != m::reply::kContinue) {
+      co_return c.error.empty();
+    }
+  }
+  if (!negotiated(c, m::step::kNoHdrs)) {
+    for (const HeaderField& f : msg->headers()) {
+      // The value as received, folds kept as in the message (CRLF).
+      std::string_view raw = f.raw;
+      std::string_view value = raw.substr(std::min(raw.size(), raw.find(':') + 1));
+      if (value.size() >= 2 && value.substr(value.size() - 2) == "\r\n") value.remove_suffix(2);
+      if (!value.empty() && (value.front() == ' ')) value.remove_prefix(1);
+      if (!co_await command(c, ctx, m::MacroStage::kData, m::encode_header(f.name, value),
+                            negotiated(c, m::step::kNrHdr), final) || final.command != m::reply::kContinue) {
+        co_return c.error.empty();
+      }
+    }
+  }
+  if (!negotiated(c, m::step::kNoEoh)) {
+    if (!co_await command(c, ctx, m::MacroStage::kEoh, m::encode(m::cmd::kEoh, ""), negotiated(c, m::step::kNrEoh),
+                          final) || final.command != m::reply::kContinue) {
+      co_return c.error.empty();
+    }
+  }
+  if (!negotiated(c, m::step::kNoBody)) {
+    const Spool& spool = msg->spool();
+    std::string chunk(m::kBodyChunk, '\0');
+    for (std::size_t off = msg->body_offset(); off < spool.size();) {
+      long n = spool.read(off, chunk.data(), chunk.size());
+      if (n <= 0) {
+        c.error = "spool read failed";
+        co_return false;
+      }
+      off += static_cast<std::size_t>(n);
+      if (!co_await command(c, ctx, m::MacroStage::kData,
+                            m::encode(m::cmd::kBody, std::string_view(chunk.data(), static_cast<std::size_t>(n))),
+                            negotiated(c, m::step::kNrBody), final)) {
+        co_return false;
+      }
+      if (final.command == m::reply::kSkip) break;  // the milter has seen enough body
+      if (final.command != m::reply::kContinue) co_return true;
+    }
+  }
+  if (!co_await command(c, ctx, m::MacroStage::kEom, m::encode(m::cmd::kBodyEob, ""), false, final, &eom,
+                        options_.eom_timeout)) {
+    co_return false;
+  }
+  eom.ended = true;
+  co_return true;
+}
+
+asio::awaitable<Verdict> MilterFilter::run(FilterContext& ctx) {
+  const Stage stage = ctx.stage;
+  std::shared_ptr<void>& slot = ctx.session.filter_state[name_];
+  if (!slot) {
+    if (stage == Stage::kClose) co_return Verdict::proceed();
+    slot = std::make_shared<Connection>(co_await asio::this_coro::executor);
+  }
+  auto c = std::static_pointer_cast<Connection>(slot);
+  if (stage == Stage::kClose) {
+    if (c->open && !c->failed) {  // SMFIC_QUIT, not waited for
+      std::string quit = m::encode(m::cmd::kQuit, "");
+      std::error_code ignored;
+      c->socket.non_blocking(true, ignored);
+      c->socket.write_some(asio::buffer(quit), ignored);
+    }
+    slot.reset();
+    co_return Verdict::proceed();
+  }
+  if (c->failed) co_return on_error(stage);
+  if (c->accepted || stage == Stage::kData) co_return Verdict::proceed();
+
+  if (stage == Stage::kMail) {
+    c->txn_accepted = false;
+    if (c->in_transaction && c->open) {  // the last transaction ended without end of message
+      if (!co_await send(*c, m::encode(m::cmd::kAbort, ""))) goto failed;
+    }
+    c->in_transaction = true;
+  }
+  if (c->txn_accepted) co_return Verdict::proceed();
+  if (!c->open) {
+    m::Reply connect;
+    if (!co_await open(*c, ctx, connect)) goto failed;
+    Verdict v = verdict_of(connect, Stage::kConnect, *c, ctx);
+    if (v.decisive() || c->accepted) co_return v;
+    if (stage == Stage::kConnect) co_return Verdict::proceed();
+    // A later first stage (an earlier filter accepted): say HELO too.
+    if (stage > Stage::kHelo && !ctx.session.helo.empty() && !negotiated(*c, m::step::kNoHelo)) {
+      m::Reply r;
+      FilterContext at{Stage::kHelo, ctx.session, ctx.transaction};
+      if (!co_await command(*c, at, m::MacroStage::kHelo, m::encode_helo(ctx.session.helo),
+                            negotiated(*c, m::step::kNrHelo), r)) {
+        goto failed;
+      }
+    }
+  }
+  {
+    m::Reply r;
+    switch (stage) {
+      case Stage::kConnect:
+        co_return Verdict::proceed();  // sent by open()
+      case Stage::kHelo:
+        if (negotiated(*c, m::step::kNoHelo)) co_return Verdict::proceed();
+        if (!co_await command(*c, ctx, m::MacroStage::kHelo, m::encode_helo(ctx.session.helo),
+                              negotiated(*c, m::step::kNrHelo), r)) {
+          goto failed;
+        }
+        break;
+      case Stage::kMail:
+        if (negotiated(*c, m::step::kNoMail)) co_return Verdict::proceed();
+        if (!co_await command(*c, ctx, m::MacroStage::kMail,
+                              m::encode_envelope(m::cmd::kMail, ctx.transaction.reverse_path.str(),
+                                                ctx.transaction.mail_parameters),
+                              negotiated(*c, m::step::kNrMail), r)) {
+          goto failed;
+        }
+        break;
+      case Stage::kRcpt:
+        if (negotiated(*c, m::step::kNoRcpt) || !ctx.transaction.current_rcpt) co_return Verdict::proceed();
+        if (!co_await command(*c, ctx, m::MacroStage::kRcpt,
+                              m::encode_envelope(m::cmd::kRcpt, ctx.transaction.current_rcpt->str(),
+                                                ctx.transaction.rcpt_parameters),
+                              negotiated(*c, m::step::kNrRcpt), r)) {
+          goto failed;
+        }
+        break;
+      case Stage::kEom: {
+        if (!ctx.transaction.message) co_return Verdict::proceed();
+        EomResult eom;
+        if (!co_await content(*c, ctx, r, eom)) goto failed;
+        if (eom.ended) c->in_transaction = false;
+        Verdict v = verdict_of(r, stage, *c, ctx);
+        if (v.decisive()) co_return v;
+        // The milter finished: its changes join the transaction's.
+        Changes& ch = ctx.transaction.changes;
+        for (HeaderEdit& e : eom.changes.headers) ch.headers.push_back(std::move(e));
+        for (Mailbox& mb : eom.changes.add_recipients) ch.add_recipients.push_back(std::move(mb));
+        for (Mailbox& mb : eom.changes.remove_recipients) ch.remove_recipients.push_back(std::move(mb));
+        if (eom.changes.reverse_path) ch.reverse_path = std::move(eom.changes.reverse_path);
+        if (eom.changes.body) {
+          if (eom.body_cr) eom.changes.body->append("\r\n");
+          ch.body = std::move(eom.changes.body);
+        }
+        std::string& n = ctx.transaction.notes["milter." + options_.name];
+        for (const std::string& a : eom.actions) n += (n.empty() ? "" : "; ") + a;
+        if (eom.quarantine) {
+          co_return Verdict{Verdict::Action::kQuarantine, 0, "", "", name_ + ": quarantine " + *eom.quarantine};
+        }
+        co_return Verdict::proceed();
+      }
+      default:
+        co_return Verdict::proceed();
+    }
+    co_return verdict_of(r, stage, *c, ctx);
+  }
+failed:
+  if (options_.on_failure) options_.on_failure(options_, ctx.session.id, stage_name(stage), c->error);
+  ctx.transaction.notes["milter." + options_.name] = "error: " + c->error;
+  co_return fail(*c, stage);
+}
+
+}  // namespace
+
+const std::vector<std::string>& milter_known_macros() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const MacroDef& d : kMacros) v.emplace_back(d.name);
+    return v;
+  }();
+  return names;
+}
+
+std::string parse_milter_socket(std::string_view text, MilterOptions& out) {
+  if (text.starts_with("unix:") || text.starts_with("local:")) {
+    std::string_view path = text.substr(text.find(':') + 1);
+    if (path.empty() || path.front() != '/') return "expected unix:/absolute/path";
+    if (path.size() >= 100) return "unix socket path too long";
+    out.unix_socket = true;
+    out.path = std::string(path);
+    return "";
+  }
+  if (!text.starts_with("inet:") && !text.starts_with("inet6:")) return "expected inet:HOST:PORT or unix:PATH";
+  std::string_view rest = text.substr(text.find(':') + 1);
+  std::size_t colon = rest.rfind(':');
+  if (colon == std::string_view::npos) return "expected inet:HOST:PORT";
+  std::string host(rest.substr(0, colon));
+  std::string_view port = rest.substr(colon + 1);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host == "localhost") host = "127.0.0.1";
+  std::error_code ec;
+  asio::ip::make_address(host, ec);
+  if (ec) return "HOST must be an IP address or localhost, got \"" + host + "\"";
+  unsigned p = 0;
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
+      (p = static_cast<unsigned>(std::stoul(std::string(port)))) == 0 || p > 65535) {
+    return "PORT must be 1 to 65535";
+  }
+  out.unix_socket = false;
+  out.host = host;
+  out.port = static_cast<unsigned short>(p);
+  return "";
+}
+
+std::shared_ptr<Filter> make_milter_filter(MilterOptions options) {
+  return std::make_shared<MilterFilter>(std::move(options));
+}
+
+}  // namespace postern

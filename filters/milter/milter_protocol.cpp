@@ -1,0 +1,227 @@
+// The milter protocol codec; see milter_protocol.h.
+#include "filters/milter/milter_protocol.h"
+
+namespace postern::milter {
+namespace {
+
+void put32(std::string& out, std::uint32_t v) {
+  out.push_back(static_cast<char>(v >> 24));
+  out.push_back(static_cast<char>(v >> 16));
+  out.push_back(static_cast<char>(v >> 8));
+  out.push_back(static_cast<char>(v));
+}
+
+std::uint32_t get32(std::string_view s) {
+  auto b = [&](std::size_t i) { return static_cast<std::uint32_t>(static_cast<unsigned char>(s[i])); };
+  return b(0) << 24 | b(1) << 16 | b(2) << 8 | b(3);
+}
+
+void put_string(std::string& out, std::string_view s) {
+  // A NUL inside would end the string early for the milter: cut there.
+  out.append(s.substr(0, s.find('\0'))).push_back('\0');
+}
+
+// Splits NUL-terminated strings; false when the data does not end in NUL.
+bool split_strings(std::string_view data, std::vector<std::string_view>& out) {
+  if (data.empty() || data.back() != '\0') return false;
+  std::size_t pos = 0;
+  while (pos < data.size()) {
+    std::size_t end = data.find('\0', pos);
+    out.push_back(data.substr(pos, end - pos));
+    pos = end + 1;
+  }
+  return true;
+}
+
+std::string strip_brackets(std::string_view a) {
+  if (a.size() >= 2 && a.front() == '<' && a.back() == '>') a = a.substr(1, a.size() - 2);
+  return std::string(a);
+}
+
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+// "550 5.7.1 text" or "550-5.7.1 a\r\n550 5.7.1 b" (RFC 5321 §4.2, RFC 3463).
+bool parse_replycode(std::string_view data, Reply& r) {
+  if (!data.empty() && data.back() == '\0') data.remove_suffix(1);
+  if (data.find('\0') != std::string_view::npos) return false;
+  bool first = true;
+  while (!data.empty()) {
+    std::size_t eol = data.find('\n');
+    std::string_view line = data.substr(0, eol);
+    data = eol == std::string_view::npos ? std::string_view() : data.substr(eol + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.find('\r') != std::string_view::npos) return false;  // a bare CR inside a line
+    if (line.size() < 3 || !is_digit(line[0]) || !is_digit(line[1]) || !is_digit(line[2])) return false;
+    int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+    if (first) {
+      if (code / 100 != 4 && code / 100 != 5) return false;  // libmilter allows only 4xx and 5xx
+      r.code = code;
+    } else if (code != r.code) {
+      return false;
+    }
+    const bool last = line.size() == 3 || line[3] == ' ';
+    if (line.size() > 3 && line[3] != ' ' && line[3] != '-') return false;
+    if (last != data.empty()) return false;  // "-" on every line but the last
+    std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view();
+    // An enhanced status code "c.s.d" of the reply's class.
+    std::size_t sp = text.find(' ');
+    std::string_view word = text.substr(0, sp);
+    if (!word.empty() && word[0] == line[0] && word.size() >= 5 && word[1] == '.' &&
+        word.find_first_not_of("0123456789.") == std::string_view::npos) {
+      if (first) r.enhanced = std::string(word);
+      text = sp == std::string_view::npos ? std::string_view() : text.substr(sp + 1);
+    }
+    if (!first) r.text.push_back('\n');
+    r.text.append(text);
+    first = false;
+  }
+  return !first;
+}
+
+}  // namespace
+
+PacketReader::Status PacketReader::next(Packet& out) {
+  if (buffered() < 4) return Status::kIncomplete;
+  std::uint32_t len = get32(std::string_view(buffer_).substr(pos_, 4));
+  if (len == 0 || len > kMaxPacket) return Status::kInvalid;
+  if (buffered() < 4 + std::size_t{len}) return Status::kIncomplete;
+  out.command = buffer_[pos_ + 4];
+  out.data.assign(buffer_, pos_ + 5, len - 1);
+  pos_ += 4 + len;
+  if (pos_ == buffer_.size()) {
+    buffer_.clear();
+    pos_ = 0;
+  } else if (pos_ > 64 * 1024) {
+    buffer_.erase(0, pos_);
+    pos_ = 0;
+  }
+  return Status::kPacket;
+}
+
+std::string encode(char command, std::string_view data) {
+  std::string out;
+  out.reserve(5 + data.size());
+  put32(out, static_cast<std::uint32_t>(data.size() + 1));
+  out.push_back(command);
+  out.append(data);
+  return out;
+}
+
+std::string encode_optneg(std::uint32_t version, std::uint32_t actions, std::uint32_t steps) {
+  std::string d;
+  put32(d, version);
+  put32(d, actions);
+  put32(d, steps);
+  return encode(cmd::kOptneg, d);
+}
+
+std::string encode_connect(std::string_view hostname, char family, std::uint16_t port, std::string_view address) {
+  std::string d;
+  put_string(d, hostname);
+  d.push_back(family);
+  if (family != 'U') {
+    d.push_back(static_cast<char>(port >> 8));
+    d.push_back(static_cast<char>(port));
+    put_string(d, address);
+  }
+  return encode(cmd::kConnect, d);
+}
+
+std::string encode_helo(std::string_view helo) {
+  std::string d;
+  put_string(d, helo);
+  return encode(cmd::kHelo, d);
+}
+
+std::string encode_envelope(char command, std::string_view path, const std::vector<std::string>& args) {
+  std::string d;
+  put_string(d, "<" + std::string(path) + ">");
+  for (const std::string& a : args) put_string(d, a);
+  return encode(command, d);
+}
+
+std::string encode_header(std::string_view name, std::string_view value) {
+  std::string d;
+  put_string(d, name);
+  put_string(d, value);
+  return encode(cmd::kHeader, d);
+}
+
+std::string encode_macros(MacroStage stage, const std::vector<std::pair<std::string, std::string>>& macros) {
+  std::string d(1, static_cast<char>(stage));
+  for (const auto& [name, value] : macros) {
+    put_string(d, name);
+    put_string(d, value);
+  }
+  return encode(cmd::kMacro, d);
+}
+
+std::optional<Negotiated> decode_optneg(const Packet& p) {
+  // The milter may append its macro lists (SMFIR_SETSYMLIST data): ignored.
+  if (p.command != reply::kOptneg || p.data.size() < 12) return std::nullopt;
+  std::string_view d = p.data;
+  return Negotiated{get32(d.substr(0, 4)), get32(d.substr(4, 4)), get32(d.substr(8, 4))};
+}
+
+bool is_final(char c) {
+  switch (c) {
+    case reply::kAccept: case reply::kContinue: case reply::kDiscard: case reply::kReject:
+    case reply::kTempfail: case reply::kReplyCode: case reply::kSkip: case reply::kShutdown:
+    case reply::kConnFail:
+      return true;
+    default:
+      return false;
+  }
+}
+
+Reply decode_reply(const Packet& p) {
+  Reply r;
+  r.command = p.command;
+  std::vector<std::string_view> s;
+  switch (p.command) {
+    case reply::kAccept: case reply::kContinue: case reply::kDiscard: case reply::kReject:
+    case reply::kTempfail: case reply::kSkip: case reply::kProgress: case reply::kShutdown:
+    case reply::kConnFail:
+      r.valid = p.data.empty();
+      break;
+    case reply::kReplyCode:
+      r.valid = parse_replycode(p.data, r);
+      break;
+    case reply::kAddHeader:  // name \0 value \0
+      r.valid = split_strings(p.data, s) && s.size() == 2 && !s[0].empty();
+      if (r.valid) r.name = s[0], r.value = s[1];
+      break;
+    case reply::kInsHeader:
+    case reply::kChgHeader:  // index(4) name \0 value \0
+      r.valid = p.data.size() > 4 && split_strings(std::string_view(p.data).substr(4), s) && s.size() == 2 &&
+                !s[0].empty();
+      if (r.valid) r.index = get32(p.data), r.name = s[0], r.value = s[1];
+      break;
+    case reply::kAddRcpt:
+    case reply::kDelRcpt:
+      r.valid = split_strings(p.data, s) && s.size() == 1 && !s[0].empty();
+      if (r.valid) r.address = strip_brackets(s[0]);
+      break;
+    case reply::kAddRcptPar:
+    case reply::kChgFrom:  // address \0 [args \0]
+      r.valid = split_strings(p.data, s) && (s.size() == 1 || s.size() == 2) && !s[0].empty();
+      if (r.valid) r.address = strip_brackets(s[0]), r.args = s.size() == 2 ? std::string(s[1]) : "";
+      break;
+    case reply::kQuarantine:
+      r.valid = split_strings(p.data, s) && s.size() == 1;
+      if (r.valid) r.value = s[0];
+      break;
+    case reply::kReplBody:
+      r.valid = true;
+      r.body = p.data;
+      break;
+    case reply::kSetSymList:
+      r.valid = p.data.size() >= 4;
+      break;
+    default:
+      r.valid = false;
+  }
+  return r;
+}
+
+}  // namespace postern::milter
