@@ -208,7 +208,9 @@ asio::awaitable<bool> MilterFilter::read(Connection& c, m::Packet& p, Clock::tim
 
 asio::awaitable<bool> MilterFilter::open(Connection& c, FilterContext& ctx, m::Reply& connect) {
   c.open = true;
-  connect = m::Reply{m::reply::kContinue, true};  // tried once per session
+  connect = m::Reply{};
+  connect.command = m::reply::kContinue;
+  connect.valid = true;  // tried once per session
   asio::steady_timer timer(c.socket.get_executor(), options_.connect_timeout);
   std::error_code ec;
   asio::generic::stream_protocol::endpoint ep;
@@ -270,7 +272,9 @@ asio::awaitable<bool> MilterFilter::command(Connection& c, const FilterContext& 
     }
   }
   if (!macros.empty()) packet = m::encode_macros(stage, macros) + packet;
-  final = m::Reply{m::reply::kContinue, true};
+  final = m::Reply{};
+  final.command = m::reply::kContinue;
+  final.valid = true;
   if (!co_await send(c, packet)) co_return false;
   if (no_reply) co_return true;
   if (timeout.count() == 0) timeout = options_.command_timeout;
@@ -407,9 +411,9 @@ Verdict MilterFilter::on_error(Stage stage) const {
     return Verdict::proceed();
   }
   if (options_.on_error == MilterOptions::OnError::kReject) {
-    return Verdict{Verdict::Action::kReject, 0, "5.7.1", "Rejected by policy", name_ + " failed"};
+    return Verdict{Verdict::Action::kReject, 0, "5.7.1", "Rejected by policy", name_ + " failed", name_};
   }
-  return Verdict{Verdict::Action::kTempfail, 451, "4.7.1", "Service unavailable, try again later", name_ + " failed"};
+  return Verdict{Verdict::Action::kTempfail, 451, "4.7.1", "Service unavailable, try again later", name_ + " failed", name_};
 }
 
 Verdict MilterFilter::fail(Connection& c, Stage stage) const {
@@ -434,18 +438,18 @@ Verdict MilterFilter::verdict_of(const m::Reply& r, Stage stage, Connection& c, 
       return Verdict::proceed();
     case m::reply::kReject:
       note("reject");
-      return Verdict{Verdict::Action::kReject, 0, "", "", reason + ": reject"};
+      return Verdict{Verdict::Action::kReject, 0, "", "", reason + ": reject", name_};
     case m::reply::kTempfail:
       note("tempfail");
-      return Verdict{Verdict::Action::kTempfail, 0, "", "", reason + ": tempfail"};
+      return Verdict{Verdict::Action::kTempfail, 0, "", "", reason + ": tempfail", name_};
     case m::reply::kReplyCode:
       note("reply " + std::to_string(r.code));
       return Verdict{r.code / 100 == 4 ? Verdict::Action::kTempfail : Verdict::Action::kReject, r.code, r.enhanced,
-                     r.text, reason + ": reply " + std::to_string(r.code)};
+                     r.text, reason + ": reply " + std::to_string(r.code), name_};
     case m::reply::kDiscard:
       if (stage < Stage::kMail) return Verdict::proceed();  // no message to discard yet
       note("discard");
-      return Verdict{Verdict::Action::kDiscard, 0, "", "", reason + ": discard"};
+      return Verdict{Verdict::Action::kDiscard, 0, "", "", reason + ": discard", name_};
     default:  // continue, skip
       return Verdict::proceed();
   }
@@ -601,7 +605,7 @@ asio::awaitable<Verdict> MilterFilter::run(FilterContext& ctx) {
         std::string& n = ctx.transaction.notes["milter." + options_.name];
         for (const std::string& a : eom.actions) n += (n.empty() ? "" : "; ") + a;
         if (eom.quarantine) {
-          co_return Verdict{Verdict::Action::kQuarantine, 0, "", "", name_ + ": quarantine " + *eom.quarantine};
+          co_return Verdict{Verdict::Action::kQuarantine, 0, "", "", name_ + ": quarantine " + *eom.quarantine, name_};
         }
         co_return Verdict::proceed();
       }
