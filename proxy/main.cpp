@@ -264,26 +264,18 @@ int cmd_check(const std::vector<std::string>& args) {
   text << in.rdbuf();
   check.message = text.str();
   if (auth_only && !rcpts.empty()) return usage_error("check --auth-only runs no recipient: drop --rcpt");
-  if (!config_path.empty() && !auth_only) {
-    if (rcpts.empty()) return usage_error("check --config needs at least one --rcpt (or --auth-only)");
-    try {
-      auto config = postern::load_config(source_from(config_path));
+  const bool live_run = !config_path.empty() && !auth_only;
+  if (live_run && rcpts.empty()) return usage_error("check --config needs at least one --rcpt (or --auth-only)");
+  try {
+    auto config = postern::load_config(source_from(config_path));
+    if (live_run) {  // every stage, as the live proxy runs it
       postern::Config live = *config;
       if (!servers.empty()) live.dns.servers = servers;
       if (!rules.empty()) live.lua.scripts = rules;
       postern::LiveCheck lc{check.client_ip, 0, check.helo, check.mail_from, rcpts, check.message};
       std::cout << postern::run_live_check(live, lc) << "\n";
-    } catch (const postern::ConfigError& e) {
-      std::cerr << e.what() << "\n";
-      return 2;
-    } catch (const std::exception& e) {
-      std::cerr << "postern check: " << e.what() << "\n";
-      return 2;
+      return 0;
     }
-    return 0;
-  }
-  try {
-    auto config = postern::load_config(source_from(config_path));
     check.auth = config->auth;
     if (check.auth.hostname.empty()) check.auth.hostname = config->server.hostname;
     check.dns = config->dns;

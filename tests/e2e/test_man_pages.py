@@ -36,7 +36,9 @@ def config_keys(tmp_path):
         return m.group(1).split()
     keys = {}
     for section in allowed(f"{PROBE} = 1\n", ""):
-        probe = (f'[[listener]]\naddress = "127.0.0.1:0"\n{PROBE} = 1\n' if section == "listener"
+        arrays = {"listener": 'address = "127.0.0.1:0"\n',        # arrays of tables
+                  "milter": 'name = "m"\nsocket = "inet:127.0.0.1:1"\n'}
+        probe = (f"[[{section}]]\n{arrays[section]}{PROBE} = 1\n" if section in arrays
                  else f"[{section}]\n{PROBE} = 1\n")
         keys[section] = allowed(probe, f"{section}.")
     return keys
