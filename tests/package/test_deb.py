@@ -172,6 +172,9 @@ def run_like_the_unit():
     exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).split()
     proc = subprocess.Popen(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
                             + exec_start, cwd="/var/lib/postern", stdout=subprocess.PIPE,
+                            # RuntimeDirectory=postern: systemd tells the daemon where /run/postern is
+                            # (its control socket goes there); an admin's shell has no such variable
+                            env=dict(os.environ, RUNTIME_DIRECTORY="/run/postern"),
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
