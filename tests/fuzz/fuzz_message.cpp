@@ -76,8 +76,11 @@ void check_structure(std::string_view content, const Message& m) {
   std::string joined;
   for (const HeaderField& f : m.headers()) {
     joined += f.raw;
-    bool ok = !f.name.empty() && f.raw.size() >= f.name.size() + 3 && f.raw.compare(0, f.name.size(), f.name) == 0 &&
-              f.raw[f.name.size()] == ':' && f.raw.substr(f.raw.size() - 2) == "\r\n";
+    // name, then WSP (obsolete syntax, RFC 5322 §4.5.3), then the colon
+    std::size_t colon = f.name.size();
+    while (colon < f.raw.size() && (f.raw[colon] == ' ' || f.raw[colon] == '\t')) ++colon;
+    bool ok = !f.name.empty() && f.raw.size() >= colon + 3 && f.raw.compare(0, f.name.size(), f.name) == 0 &&
+              f.raw[colon] == ':' && f.raw.substr(f.raw.size() - 2) == "\r\n";
     for (unsigned char c : f.name) ok = ok && c >= 33 && c <= 126 && c != ':';
     // Every line after the first is a continuation.
     for (std::size_t eol = f.raw.find("\r\n"); ok && eol + 2 < f.raw.size(); eol = f.raw.find("\r\n", eol + 2)) {
@@ -102,9 +105,11 @@ void check_structure(std::string_view content, const Message& m) {
              where());
 }
 
-// The raw text a field gets when render_header_block writes it.
+// The raw text a field gets when render_header_block writes it: folded by
+// fold_header_field (its own unit tests pin the folding; here the model is
+// about which fields land where).
 std::string field(std::string_view name, std::string_view value) {
-  return std::string(name) + ": " + std::string(value) + "\r\n";
+  return postern::fold_header_field(name, value);
 }
 
 // The fields render_header_block should produce, by the contract of Changes.
@@ -136,11 +141,19 @@ std::vector<std::string> model(const Message& m, const Changes& changes, const s
       } else if (replacement) {
         out.push_back(field(f.name, changes.subject_tag + " " + value));
       } else {
-        // The tag goes in front of the raw value: the field keeps its folds.
+        // The tag goes in front of the raw value: the field keeps its folds;
+        // a first line that would pass 78 octets gets the tag on a line of
+        // its own (RFC 5322 §2.1.1). The colon, not the name: WSP may stand
+        // between them (obsolete syntax).
         std::string raw = f.raw;
-        std::size_t at = f.name.size() + 1;
+        std::size_t at = raw.find(':') + 1;
         if (at < raw.size() && raw[at] == ' ') ++at;
-        raw.insert(at, changes.subject_tag + " ");
+        const std::size_t first_line = raw.find("\r\n");
+        if (first_line != std::string::npos && first_line + changes.subject_tag.size() + 1 > 78 && at < first_line) {
+          raw.insert(at, postern::fold_header_field("", changes.subject_tag).substr(2) + " ");
+        } else {
+          raw.insert(at, changes.subject_tag + " ");
+        }
         out.push_back(raw);
       }
       continue;
