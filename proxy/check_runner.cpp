@@ -11,7 +11,7 @@
 #include <asio/use_future.hpp>
 
 #include "filters/address.h"
-#include "filters/auth/audit_log.h"
+#include "filters/audit/audit_log.h"
 #include "filters/auth/auth_types.h"
 #include "filters/message.h"
 #include "filters/spool.h"

@@ -20,7 +20,7 @@
 #include <toml++/toml.h>
 
 #include "default_config.h"
-#include "filters/auth/dkim_signer.h"
+#include "filters/dkim/dkim_signer.h"
 #include "proxy/limits.h"
 
 namespace postern {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "filters/auth/audit_log.h"
+#include "filters/audit/audit_log.h"
 #include "filters/auth/auth_options.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/filter_chain.h"

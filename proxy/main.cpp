@@ -10,8 +10,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "filters/auth/audit_report.h"
-#include "filters/auth/offline_check.h"
+#include "filters/audit/audit_report.h"
+#include "filters/audit/offline_check.h"
 #include "proxy/check_runner.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/lua/rule_test.h"

@@ -23,7 +23,7 @@
 #include <tuple>
 #include <vector>
 
-#include "filters/auth/audit_log.h"
+#include "filters/audit/audit_log.h"
 #include "filters/spool.h"
 #include "filters/store/redis_store.h"
 #include "proxy/control.h"

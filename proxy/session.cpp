@@ -14,8 +14,8 @@
 #include <openssl/evp.h>
 #include <fmt/format.h>
 
-#include "filters/auth/audit_log.h"
-#include "filters/auth/dkim_signer.h"
+#include "filters/audit/audit_log.h"
+#include "filters/dkim/dkim_signer.h"
 #include "filters/auth/utf8.h"
 #include "filters/message.h"
 #include "proxy/limits.h"
@@ -1290,7 +1290,7 @@ asio::awaitable<void> Session::refuse_header_section(const Message& message, Ups
   co_await upstream().reset();
 }
 
-// The message's audit record, after its fate is decided (filters/auth/audit_log.h).
+// The message's audit record, after its fate is decided (filters/audit/audit_log.h).
 void Session::write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
                           const char* stage, const AuditHeaders& headers, const std::string& rule) {
   std::shared_ptr<AuditLog> audit = current_audit_log();

@@ -3,9 +3,9 @@
 #include <stdexcept>
 
 #include "filters/auth/authentication_results.h"
-#include "filters/auth/dkim_filter.h"
-#include "filters/auth/dmarc.h"
-#include "filters/auth/spf_filter.h"
+#include "filters/dkim/dkim_filter.h"
+#include "filters/dmarc/dmarc.h"
+#include "filters/spf/spf_filter.h"
 
 namespace postern {
 

@@ -6,7 +6,7 @@
 #include <memory>
 #include <string>
 
-#include "filters/auth/spf_checker.h"
+#include "filters/spf/spf_checker.h"
 #include "filters/auth/trusted_networks.h"
 
 namespace postern {
@@ -37,7 +37,7 @@ struct DkimOptions {
   std::size_t max_signatures = 10;           // verified per message; more are reported permerror
   double score_fail = 1.0, score_pass = 0, score_weak_key = 0.5;
   // [[dkim.sign]] keys with sign_authenticated / sign_networks / sign_headers
-  // / sign_on_error (filters/auth/dkim_signer.h); null = no signing. Signing
+  // / sign_on_error (filters/dkim/dkim_signer.h); null = no signing. Signing
   // needs no DNS and is independent of `enabled` (verification).
   std::shared_ptr<const DkimSigner> signer;
 };

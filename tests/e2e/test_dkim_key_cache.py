@@ -1,4 +1,4 @@
-"""The postern binary caches decoded DKIM keys (filters/auth/dkim_key_cache.cpp
+"""The postern binary caches decoded DKIM keys (filters/dkim/dkim_key_cache.cpp
 interposes d2i_PUBKEY_bio for libopendkim). The cache must give every
 signature its own key: two keys, alternating, repeated, and a signature made
 with one key but naming the other's selector (which must fail), all verified

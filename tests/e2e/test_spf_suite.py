@@ -7,7 +7,7 @@ with its RFC 7208 alternative must be one RFC 7208 changed on purpose
 (RFC4408_CHANGED, with the reason) or one whose answer depends on DNS order.
 
 `postern check` runs the live proxy's code: make_auth_filters() builds the
-same SpfFilter and SpfChecker for both (filters/auth/offline_check.cpp). The
+same SpfFilter and SpfChecker for both (filters/audit/offline_check.cpp). The
 RFC 7208 suite also runs through the live proxy (PROXY protocol for the
 client address, EHLO, MAIL FROM, the audit log's SPF record), which must agree
 with `postern check` on every test an SMTP client can send."""

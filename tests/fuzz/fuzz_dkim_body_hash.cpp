@@ -1,4 +1,4 @@
-// Fuzz target: DkimBodyHash (filters/auth/dkim_body_hash.h), postern's own
+// Fuzz target: DkimBodyHash (filters/dkim/dkim_body_hash.h), postern's own
 // DKIM body canonicalization. The input is a message body; the first octet
 // picks the canonicalization and digest, the rest of the choices (chunk cuts)
 // derive from the input too.
@@ -19,7 +19,7 @@
 
 #include <openssl/evp.h>
 
-#include "filters/auth/dkim_body_hash.h"
+#include "filters/dkim/dkim_body_hash.h"
 #include "fuzz_util.h"
 
 using postern::DkimBodyCanon;

@@ -1,5 +1,5 @@
 // Fuzz target: parse_spf_record, spf_record_for_libspf2, valid_domain_spec,
-// truncate_domain (filters/auth/spf_record.h). The input is a TXT string, tried
+// truncate_domain (filters/spf/spf_record.h). The input is a TXT string, tried
 // as is and behind "v=spf1 ".
 //
 // Asserts, for a record that parses:
@@ -16,7 +16,7 @@
 #include <string>
 #include <string_view>
 
-#include "filters/auth/spf_record.h"
+#include "filters/spf/spf_record.h"
 #include "fuzz_util.h"
 
 using postern::fuzz::escape;

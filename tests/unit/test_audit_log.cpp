@@ -8,7 +8,7 @@
 #include <thread>
 #include <vector>
 
-#include "filters/auth/audit_log.h"
+#include "filters/audit/audit_log.h"
 #include "filters/auth/auth_results.h"
 #include "test_util.h"
 

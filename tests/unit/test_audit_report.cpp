@@ -5,9 +5,9 @@
 #include <random>
 #include <sstream>
 
-#include "filters/auth/audit_log.h"
-#include "filters/auth/audit_report.h"
-#include "filters/auth/json_reader.h"
+#include "filters/audit/audit_log.h"
+#include "filters/audit/audit_report.h"
+#include "filters/audit/json_reader.h"
 
 using namespace postern;
 

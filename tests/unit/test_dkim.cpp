@@ -8,8 +8,8 @@
 
 #include "../auth/dns_test_server.h"
 #include "../auth/fixtures.h"
-#include "filters/auth/dkim_filter.h"
-#include "filters/auth/dkim_stream.h"
+#include "filters/dkim/dkim_filter.h"
+#include "filters/dkim/dkim_stream.h"
 
 using namespace postern;
 

@@ -5,7 +5,7 @@
 
 #include <openssl/evp.h>
 
-#include "filters/auth/dkim_body_hash.h"
+#include "filters/dkim/dkim_body_hash.h"
 
 using namespace postern;
 

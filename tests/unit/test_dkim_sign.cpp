@@ -8,8 +8,8 @@
 #include <fstream>
 
 #include "../auth/dns_test_server.h"
-#include "filters/auth/dkim_signer.h"
-#include "filters/auth/dkim_verifier.h"
+#include "filters/dkim/dkim_signer.h"
+#include "filters/dkim/dkim_verifier.h"
 
 using namespace postern;
 

@@ -11,9 +11,9 @@
 #include "../auth/fixtures.h"
 #include "filters/auth/auth_filters.h"
 #include "filters/auth/authentication_results.h"
-#include "filters/auth/dkim_filter.h"
-#include "filters/auth/dmarc.h"
-#include "filters/auth/offline_check.h"
+#include "filters/dkim/dkim_filter.h"
+#include "filters/dmarc/dmarc.h"
+#include "filters/audit/offline_check.h"
 #include "filters/filter_chain.h"
 
 using namespace postern;

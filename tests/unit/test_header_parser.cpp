@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "filters/auth/dkim_tags.h"
-#include "filters/auth/dmarc.h"
+#include "filters/dkim/dkim_tags.h"
+#include "filters/dmarc/dmarc.h"
 #include "filters/filter.h"
 #include "filters/message.h"
 #include "filters/spool.h"

@@ -8,8 +8,8 @@
 #include <asio/use_future.hpp>
 
 #include "../auth/dns_test_server.h"
-#include "filters/auth/spf_checker.h"
-#include "filters/auth/spf_filter.h"
+#include "filters/spf/spf_checker.h"
+#include "filters/spf/spf_filter.h"
 
 using namespace postern;
 

@@ -3,7 +3,7 @@
 // be a permerror, by class, and the form libspf2 is handed.
 #include <catch2/catch.hpp>
 
-#include "filters/auth/spf_record.h"
+#include "filters/spf/spf_record.h"
 
 using namespace postern;
 

@@ -1,4 +1,4 @@
-#include "filters/auth/spf_filter.h"
+#include "filters/spf/spf_filter.h"
 
 #include <optional>
 

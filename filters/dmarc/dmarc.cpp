@@ -1,4 +1,4 @@
-#include "filters/auth/dmarc.h"
+#include "filters/dmarc/dmarc.h"
 
 #include <idn2.h>
 #include <libpsl.h>

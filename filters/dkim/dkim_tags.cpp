@@ -1,5 +1,5 @@
 // DKIM tag-lists and the checks libopendkim leaves out; see dkim_tags.h.
-#include "filters/auth/dkim_tags.h"
+#include "filters/dkim/dkim_tags.h"
 
 #include <algorithm>
 #include <cctype>

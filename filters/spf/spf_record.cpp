@@ -1,6 +1,6 @@
 // RFC 7208 record syntax (§4.6.1, §5, §6, §7.1 and Appendix A), checked
 // term by term, and the translation of a valid record for libspf2.
-#include "filters/auth/spf_record.h"
+#include "filters/spf/spf_record.h"
 
 #include <arpa/inet.h>
 

@@ -1,11 +1,11 @@
 // Reading audit logs and the text report; see audit_report.h.
-#include "filters/auth/audit_report.h"
+#include "filters/audit/audit_report.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
 
-#include "filters/auth/json_reader.h"
+#include "filters/audit/json_reader.h"
 
 namespace postern {
 

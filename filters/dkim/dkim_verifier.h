@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "filters/auth/auth_results.h"
-#include "filters/auth/dkim_body_hash.h"
+#include "filters/dkim/dkim_body_hash.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/message.h"
 

@@ -1,5 +1,5 @@
 // DKIM signing with libopendkim's signing API; see dkim_signer.h.
-#include "filters/auth/dkim_signer.h"
+#include "filters/dkim/dkim_signer.h"
 
 #include <openssl/bio.h>
 #include <openssl/evp.h>
@@ -18,7 +18,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include "filters/auth/c_api.h"
-#include "filters/auth/dmarc.h"
+#include "filters/dmarc/dmarc.h"
 #include "filters/message.h"
 
 namespace postern {

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "filters/auth/dkim_verifier.h"
+#include "filters/dkim/dkim_verifier.h"
 #include "filters/spool.h"
 
 namespace postern {

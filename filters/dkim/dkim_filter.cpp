@@ -1,6 +1,6 @@
-#include "filters/auth/dkim_filter.h"
+#include "filters/dkim/dkim_filter.h"
 
-#include "filters/auth/dkim_stream.h"
+#include "filters/dkim/dkim_stream.h"
 
 #include <asio/co_spawn.hpp>
 #include <asio/use_awaitable.hpp>

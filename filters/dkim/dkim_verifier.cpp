@@ -1,4 +1,4 @@
-#include "filters/auth/dkim_verifier.h"
+#include "filters/dkim/dkim_verifier.h"
 
 #include <atomic>
 #include <cctype>
@@ -8,7 +8,7 @@
 #include <string>
 
 #include "filters/auth/c_api.h"
-#include "filters/auth/dkim_tags.h"
+#include "filters/dkim/dkim_tags.h"
 
 namespace postern {
 

@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <string>
 
-#include "filters/auth/audit_report.h"
-#include "filters/auth/json_reader.h"
+#include "filters/audit/audit_report.h"
+#include "filters/audit/json_reader.h"
 
 namespace postern {
 

@@ -1,7 +1,7 @@
 // libspf2 driven through a custom DNS layer (SPF_dns_server_t) whose lookups
 // go to postern's resolver and count terms and void lookups for the whole
 // check (RFC 7208 §4.6.4).
-#include "filters/auth/spf_checker.h"
+#include "filters/spf/spf_checker.h"
 
 #include <cctype>
 #include <climits>
@@ -15,7 +15,7 @@
 #include <mutex>
 
 #include "filters/auth/c_api.h"
-#include "filters/auth/spf_record.h"
+#include "filters/spf/spf_record.h"
 #include "filters/dns/reverse_name.h"
 
 namespace postern {

@@ -1,5 +1,5 @@
 // The JSON reader; see json_reader.h.
-#include "filters/auth/json_reader.h"
+#include "filters/audit/json_reader.h"
 
 #include <cstdlib>
 

@@ -11,7 +11,7 @@
 #include <asio/thread_pool.hpp>
 
 #include "filters/auth/auth_options.h"
-#include "filters/auth/dkim_verifier.h"
+#include "filters/dkim/dkim_verifier.h"
 #include "filters/filter.h"
 
 namespace postern {

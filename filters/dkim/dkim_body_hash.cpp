@@ -1,5 +1,5 @@
 // DKIM body canonicalization and hash; see dkim_body_hash.h.
-#include "filters/auth/dkim_body_hash.h"
+#include "filters/dkim/dkim_body_hash.h"
 
 #include <algorithm>
 #include <array>

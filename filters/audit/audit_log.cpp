@@ -1,5 +1,5 @@
 // The audit record and its writer; see audit_log.h.
-#include "filters/auth/audit_log.h"
+#include "filters/audit/audit_log.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -13,8 +13,8 @@
 #include <stdexcept>
 
 #include "filters/auth/auth_results.h"
-#include "filters/auth/dmarc.h"
-#include "filters/auth/json_reader.h"
+#include "filters/dmarc/dmarc.h"
+#include "filters/audit/json_reader.h"
 
 namespace postern {
 

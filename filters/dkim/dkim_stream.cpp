@@ -1,5 +1,5 @@
 // DkimStream: libopendkim fed from the spool tap; see dkim_stream.h.
-#include "filters/auth/dkim_stream.h"
+#include "filters/dkim/dkim_stream.h"
 
 #include <algorithm>
 

@@ -1,4 +1,4 @@
-#include "filters/auth/offline_check.h"
+#include "filters/audit/offline_check.h"
 
 #include <cstdio>
 
@@ -6,7 +6,7 @@
 #include <asio/io_context.hpp>
 #include <asio/use_future.hpp>
 
-#include "filters/auth/audit_log.h"
+#include "filters/audit/audit_log.h"
 #include "filters/auth/auth_filters.h"
 #include "filters/auth/auth_results.h"
 #include "filters/message.h"
