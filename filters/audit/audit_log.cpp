@@ -183,7 +183,18 @@ std::string audit_json(const AuditEntry& e) {
          ",\"disposition\":" + js(d.disposition) + ",\"from_domain\":" + js(d.from_domain) +
          ",\"org_domain\":" + js(d.org_domain) + ",\"record_domain\":" + js(d.record_domain) +
          ",\"spf_aligned\":" + (d.spf_aligned ? "true" : "false") +
-         ",\"dkim_aligned\":" + (d.dkim_aligned ? "true" : "false") + ",\"reason\":" + js(d.reason) + "}";
+         ",\"dkim_aligned\":" + (d.dkim_aligned ? "true" : "false") + ",\"reason\":" + js(d.reason);
+    if (!d.record_domain.empty()) {
+      const auto& p = d.published;
+      auto policy = [](char c) { return c == 'r' ? "reject" : c == 'q' ? "quarantine" : "none"; };
+      o += std::string(",\"published\":{\"p\":\"") + policy(p.p) + "\",\"sp\":\"" + policy(p.sp ? p.sp : p.p) +
+           "\",\"adkim\":\"" + (p.adkim_strict ? "s" : "r") + "\",\"aspf\":\"" + (p.aspf_strict ? "s" : "r") +
+           "\",\"pct\":" + std::to_string(p.pct) + "}";
+    }
+    if (!d.override_type.empty()) {
+      o += ",\"override\":{\"type\":" + js(d.override_type) + ",\"comment\":" + js(d.override_comment) + "}";
+    }
+    o += "}";
   }
   o += ",\"symbols\":[";
   for (std::size_t i = 0; i < t.symbols.size() && i < kMaxSymbols; ++i) {

@@ -58,6 +58,18 @@ struct DmarcOutcome {
   bool dkim_aligned = false;
   std::string record_domain; // where the record was found (From domain or org domain)
   std::string reason;
+  // The record as published (RFC 7489 Appendix C policy_published); meaningful
+  // when record_domain is not empty.
+  struct Published {
+    char p = 'n', sp = 0;        // 'n' none, 'q' quarantine, 'r' reject; sp 0 = as p
+    bool adkim_strict = false, aspf_strict = false;
+    int pct = 100;
+  } published;
+  // Why the disposition differs from the policy (Appendix C PolicyOverrideType):
+  // "sampled_out" (pct=), "local_policy" (e.g. a trusted ARC sealer),
+  // "trusted_forwarder", "mailing_list", "forwarded", "other"; empty when none.
+  std::string override_type;
+  std::string override_comment;
 };
 
 struct AuthResults {

@@ -327,6 +327,7 @@ DmarcOutcome evaluate_dmarc(const std::string& from, const std::optional<DmarcRe
   o.from_domain = from;
   o.org_domain = organizational_domain(from);
   o.record_domain = record_domain;
+  if (record) o.published = {record->p, record->sp, record->adkim_strict, record->aspf_strict, record->pct};
   if (!record) {
     o.result = DmarcResult::kNone;
     o.reason = "no DMARC record";
@@ -357,7 +358,11 @@ DmarcOutcome evaluate_dmarc(const std::string& from, const std::optional<DmarcRe
   if (sample >= record->pct) applied = policy == 'r' ? 'q' : 'n';
   o.disposition = policy_name(applied);
   o.reason = "neither SPF nor DKIM aligned";
-  if (applied != policy) o.reason += "; not sampled by pct=" + std::to_string(record->pct);
+  if (applied != policy) {
+    o.reason += "; not sampled by pct=" + std::to_string(record->pct);
+    o.override_type = "sampled_out";
+    o.override_comment = "pct=" + std::to_string(record->pct);
+  }
   return o;
 }
 

@@ -117,6 +117,25 @@ TEST_CASE("dmarc records parse with libopendmarc", "[dmarc]") {
   CHECK_FALSE(parse_dmarc_record("example.com", "v=spf1 -all"));
 }
 
+TEST_CASE("dmarc outcome keeps the published record and names a pct= override", "[dmarc]") {
+  auto r = parse_dmarc_record("example.com", "v=DMARC1; p=reject; sp=quarantine; adkim=s; pct=50");
+  REQUIRE(r);
+  AuthResults none;
+  // sample 70 >= pct 50: outside the sample, reject becomes quarantine.
+  auto out = evaluate_dmarc("example.com", r, "example.com", none, 70);
+  CHECK(out.published.p == 'r');
+  CHECK(out.published.sp == 'q');
+  CHECK(out.published.adkim_strict);
+  CHECK(out.published.pct == 50);
+  CHECK(out.disposition == "quarantine");
+  CHECK(out.override_type == "sampled_out");
+  CHECK(out.override_comment == "pct=50");
+  // Inside the sample: the policy applies, no override.
+  auto in = evaluate_dmarc("example.com", r, "example.com", none, 10);
+  CHECK(in.disposition == "reject");
+  CHECK(in.override_type.empty());
+}
+
 TEST_CASE("dmarc passes on aligned DKIM, strict and relaxed", "[dmarc]") {
   CHECK(dmarc("dmarc_aligned_dkim") == "pass/reject/none");
   CHECK(dmarc("dmarc_relaxed_sub") == "pass/quarantine/none");  // From mail.example.com, d=example.com
