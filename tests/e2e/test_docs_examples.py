@@ -19,7 +19,8 @@
 - Every `swaks` command of README.md and docs/*.md runs as printed (only its
   --server pointed at a postern on loopback): STARTTLS and AUTH work with the
   swaks .ci/deps installs, and a reply the comment above it promises arrives.
-  README's quick start and the package commands run in tests/package.
+  README's quick start and the package commands run in tests/package; every
+  other command of the docs, and which test runs it, is in test_docs_commands.py.
 """
 
 import glob
