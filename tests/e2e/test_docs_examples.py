@@ -19,10 +19,10 @@
 - Every `swaks` command of README.md and docs/*.md runs as printed (only its
   --server pointed at a postern on loopback): STARTTLS and AUTH work with the
   swaks .ci/deps installs, and a reply the comment above it promises arrives.
-- docs/operations-metrics.md: every metric its PromQL and alert rules use is
-  one postern exports, and its YAML blocks parse.
   README's quick start and the package commands run in tests/package; every
   other command of the docs, and which test runs it, is in test_docs_commands.py.
+- docs/operations-metrics.md: every metric its PromQL and alert rules use is
+  one postern exports, and its YAML blocks parse.
 """
 
 import glob
