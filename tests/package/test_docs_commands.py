@@ -6,7 +6,8 @@ test_docs_commands_on_the_installed_package, on the package:
 - every `postern config check /etc/postern/postern.toml` (configuration.md,
   audit-only.md, deploy-postfix.md, first-rule.md; README's with the
   checkout's build/postern), and deploy-postfix.md's `postern run --config`;
-- docs/first-rule.md from start to end: its rule, message and fixture saved
+- docs/first-rule.md from start to end: its .luarc.json names the installed
+  annotations, its rule, message and fixture saved
   where it says, its [lua] block added to the configuration, `postern test`
   printing exactly the guide's output, the rule refusing the phishing live,
   and `kill -HUP $(pidof postern)` / `postern reload` reloading it (postern
@@ -126,6 +127,10 @@ def test_docs_commands_on_the_installed_package(deb, tmp_path):
         assert proc.returncode == 0 and "listening address=127.0.0.1:2525" in out, out
 
         # docs/first-rule.md
+        luarc = json.loads(doc_commands.block(FIRST_RULE, '{ "runtime.version": "Lua 5.4", "workspace.library": '
+                                                          '["/usr/share/postern/scripts/types"] }'))
+        (types,) = luarc["workspace.library"]
+        assert os.path.isfile(os.path.join(types, "postern.lua")), f"{types} has no postern.lua"
         first_rule_files()
         test = doc_commands.command(FIRST_RULE, "postern test /etc/postern/tests/verify_account.toml")
         r = run(test.command, check=False)
