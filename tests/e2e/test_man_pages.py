@@ -10,7 +10,8 @@ checked against the source of truth rather than a second list:
   test_lua_annotations.py ties those to the C++ registration);
 - the bash completion offers every command and flag, and for `--set` the keys
   of each section, taken from postern itself;
-- the version is CMakeLists.txt's, in `--version`, debian/changelog and CHANGELOG.md.
+- the version is CMakeLists.txt's, in `--version`, debian/changelog, CHANGELOG.md and the
+  package file name README.md prints.
 """
 
 import os
@@ -235,3 +236,11 @@ def test_one_version_everywhere():
     with open(os.path.join(ROOT, "CHANGELOG.md")) as f:
         first = re.search(r"^## (\S+)", f.read(), re.M).group(1)
     assert first == version, f"CHANGELOG.md's newest entry is {first}, CMakeLists.txt says {version}"
+    # the package file the guides name (README: "build ../postern_X.Y.Z_amd64.deb")
+    named = []
+    for doc in ["README.md"] + sorted(os.listdir(os.path.join(ROOT, "docs"))):
+        path = os.path.join(ROOT, doc if doc == "README.md" else os.path.join("docs", doc))
+        if path.endswith(".md"):
+            with open(path) as f:
+                named += [(doc, v) for v in re.findall(r"postern_([0-9][0-9.]*[0-9])_amd64\.deb", f.read())]
+    assert named and all(v == version for _, v in named), (version, named)
