@@ -126,6 +126,8 @@ class UnitLike:
         with open("/lib/systemd/system/postern.service") as f:
             exec_start = re.search(r"^ExecStart=(.*)$", f.read(), re.M).group(1).split()
         argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"] + exec_start
+        if pid_namespace and run(["unshare", "--pid", "--fork", "--mount-proc", "true"], check=False).returncode:
+            pid_namespace = False     # no CAP_SYS_ADMIN (an unprivileged container): see pids()
         if pid_namespace:
             argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] + argv
         self.log_path = os.path.join("/tmp", f"postern-unitlike-{os.getpid()}.log")
@@ -168,6 +170,12 @@ class UnitLike:
         if self.pid_namespace:
             argv = ["nsenter", "--target", str(self.children()[0]), "--pid", "--mount"] + argv
         return run(argv, check=check, cwd=cwd)
+
+    def pids(self):
+        """The pids `pidof postern` finds where self.shell runs commands: this
+        postern alone, in its namespace or (without one) on a machine where
+        no other postern runs."""
+        return [int(p) for p in self.shell("pidof postern || true").stdout.split()]
 
     def children(self):
         """unshare's child: postern, PID 1 of the namespace (its pid out here)."""

@@ -147,6 +147,8 @@ def test_docs_commands_on_the_installed_package(deb, tmp_path):
         wait_for(lambda: os.path.exists(AUDIT) and len(audit_lines()) == 3, "three audit records")
 
         hup = doc_commands.command(FIRST_RULE, "kill -HUP $(pidof postern)")
+        assert len(daemon.pids()) == 1, (f"pidof postern finds {daemon.pids()}: `{hup.command}` would signal other "
+                                         "postern processes too (no PID namespace here, and others run)")
         for line in (hup.command, cmd(FIRST_RULE, "postern reload")):
             mark = len(daemon.output())
             r = daemon.shell(line)
