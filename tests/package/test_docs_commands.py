@@ -212,7 +212,7 @@ def test_docs_commands_on_the_installed_package(deb, tmp_path):
         with open("/etc/logrotate.d/postern") as f:
             shipped = f.read()
         own = doc_commands.block(AUTH, "/var/log/postern/audit.jsonl {")
-        assert f"{AUDIT} {{" in shipped.replace(f"/var/log/postern/postern.log {AUDIT} {{", f"{AUDIT} {{")
+        assert f"/var/log/postern/postern.log {AUDIT} {{" in shipped, shipped
         with open("/etc/logrotate.d/postern", "w") as f:
             f.write(shipped.replace(f"/var/log/postern/postern.log {AUDIT} {{", "/var/log/postern/postern.log {")
                     + "\n" + own)
