@@ -19,7 +19,10 @@
 - Every `swaks` command of README.md and docs/*.md runs as printed (only its
   --server pointed at a postern on loopback): STARTTLS and AUTH work with the
   swaks .ci/deps installs, and a reply the comment above it promises arrives.
-  README's quick start and the package commands run in tests/package.
+  README's quick start and the package commands run in tests/package; every
+  other command of the docs, and which test runs it, is in test_docs_commands.py.
+- docs/operations-metrics.md: every metric its PromQL and alert rules use is
+  one postern exports, and its YAML blocks parse.
 """
 
 import glob
@@ -597,3 +600,42 @@ def test_docs_swaks_command_runs_as_written(command, postern, make_sink, tmp_pat
     if "--auth" in argv:
         assert [a[1:] for a in mta.auth_attempts] == [(argv[argv.index("--auth") + 1], user, True)], \
             mta.auth_attempts
+
+
+# ---------------------------------------------------------------- docs/operations-metrics.md's queries and rules
+
+METRICS_DOC = "docs/operations-metrics.md"
+
+
+def test_metrics_guide_queries_name_exported_metrics(postern, tmp_path):
+    """Every postern_* metric its PromQL examples and alert rules use is one a
+    running postern exports (a Redis store configured, so that the store's
+    metrics are there too), and every ```yaml block is valid YAML: a query
+    copied from the guide does not silently match nothing."""
+    import yaml
+    from prometheus import http_get
+    port = free_port()
+    p = postern.start(upstream=f"maildir:{tmp_path / 'mail'}",
+                      sets={"metrics.address": f"127.0.0.1:{port}", "store.backend": "redis",
+                            "store.redis_address": f"127.0.0.1:{free_port()}"})
+    p.wait_for_log("metrics")
+    status, _, body = http_get(port, "/metrics")
+    assert status == 200
+    exported = set(re.findall(r"^# TYPE (\S+) (\S+)$", body, re.M))
+    names = set()
+    for name, kind in exported:
+        names |= {name} | ({f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else set())
+    with open(os.path.join(ROOT, METRICS_DOC)) as f:
+        text = f.read()
+    used, yaml_blocks = set(), 0
+    for m in ANY_FENCE_RE.finditer(text):
+        lang = text[m.start():text.index("\n", m.start())].strip("`").strip()
+        if lang not in ("promql", "yaml"):
+            continue
+        if lang == "yaml":
+            yaml.safe_load(m.group(1))
+            yaml_blocks += 1
+        used |= set(re.findall(r"\bpostern_[a-z_]+", m.group(1)))
+    assert yaml_blocks == 3 and len(used) >= 12, (yaml_blocks, sorted(used))
+    unknown = sorted(used - names)
+    assert not unknown, f"{METRICS_DOC} queries metrics postern does not export: {unknown}"

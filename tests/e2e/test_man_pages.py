@@ -10,7 +10,8 @@ checked against the source of truth rather than a second list:
   test_lua_annotations.py ties those to the C++ registration);
 - the bash completion offers every command and flag, and for `--set` the keys
   of each section, taken from postern itself;
-- the version is CMakeLists.txt's, in `--version`, debian/changelog and CHANGELOG.md.
+- the version is CMakeLists.txt's, in `--version`, debian/changelog, CHANGELOG.md and the
+  package file name README.md prints.
 """
 
 import os
@@ -77,6 +78,25 @@ def troff_sections(text):
     return out
 
 
+def table_subkeys(tmp_path, keys):
+    """{(section, key): [subkeys]} of the keys that are tables themselves
+    ([[dkim.sign]]: domain, selector, key_file), as the Checker lists them."""
+    out = {}
+    for section, names in keys.items():
+        for key in names:
+            for probe in (f"[[{section}.{key}]]\n{PROBE} = 1\n", f"[{section}.{key}]\n{PROBE} = 1\n"):
+                if section in ("listener", "milter"):
+                    continue   # arrays of tables: their keys are not tables (the probe would need one)
+                p = tmp_path / "sub.toml"
+                p.write_text(probe)
+                r = run_cli(["config", "check", str(p)])
+                m = re.search(rf"key '{section}\.{key}\.{PROBE}': unknown key; allowed: (.*)$", r.stderr, re.M)
+                if m:
+                    out[(section, key)] = m.group(1).split()
+                    break
+    return out
+
+
 def test_postern_toml_5_has_every_key(man_dir, tmp_path):
     text = (man_dir / "postern.toml.5").read_text()
     sections = troff_sections(text)
@@ -90,15 +110,22 @@ def test_postern_toml_5_has_every_key(man_dir, tmp_path):
         for key in keys:
             if key not in tags and f"{section}.{key}" not in text.replace("\\-", "-"):
                 missing.append(f"{section}.{key}")
+    # the keys of keys that are tables ([[dkim.sign]] domain, selector, key_file), named in their entry
+    subkeys = table_subkeys(tmp_path, config_keys(tmp_path))
+    assert ("dkim", "sign") in subkeys, subkeys
+    for (section, key), subs in subkeys.items():
+        for sub in subs:
+            if f"\\fB{sub}\\fR" not in sections.get(section, "") and f"{section}.{key}.{sub}" not in text:
+                missing.append(f"{section}.{key}.{sub}")
     assert not missing, f"postern.toml(5) has no entry for: {missing}"
     rendered(man_dir, "postern.toml.5")
 
 
 def cli_flags():
-    """Every option proxy/main.cpp compares an argument with."""
+    """Every option proxy/main.cpp compares an argument with (or takes the value of)."""
     with open(os.path.join(ROOT, "proxy", "main.cpp")) as f:
         src = f.read()
-    return sorted(set(re.findall(r'==\s*"(--?[a-z][a-z-]*)"', src)))
+    return sorted(set(re.findall(r'(?:==\s*|\b(?:value|next)\()"(--?[a-z][a-z-]*)"', src)))
 
 
 def cli_commands():
@@ -159,6 +186,34 @@ def test_completion_offers_every_flag():
     assert not missing, f"bash completion never offers: {missing}"
 
 
+def command_flags(command):
+    """The flags one command's own usage names (`postern COMMAND --help`; for
+    run, the "Options of run" of `postern --help`)."""
+    if command == "run":
+        text = run_cli(["--help"]).stdout.split("Options of run:", 1)[1].split("\n\n", 1)[0]
+    else:
+        r = run_cli([command, "--help"])
+        text = r.stdout + r.stderr
+    flags = set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", text)) & set(cli_flags()) - {"-h", "--help"}
+    # reload and status share a usage: "--json   status: one JSON object" is status's alone
+    only_other = {m.group(1) for m in re.finditer(r"^\s+(--?[a-z][a-z-]*)\s{2,}([a-z]+): ", text, re.M)
+                  if m.group(2) in cli_commands() and m.group(2) != command}
+    return flags - only_other
+
+
+def test_completion_offers_each_command_its_flags():
+    """After `postern COMMAND`, completion offers the flags COMMAND takes:
+    check's --config, --rcpt and --auth-only, reload's --socket, ..."""
+    seen = set()
+    for command in cli_commands():
+        flags = command_flags(command)
+        seen |= flags
+        missing = flags - complete(command, "-")
+        assert not missing, f"postern {command} -<TAB> does not offer {sorted(missing)}"
+    assert {"--auth-only", "--rcpt", "--socket", "--json", "--html", "--top", "--set"} <= seen, seen
+    assert {"--config", "--rcpt", "--auth-only"} <= complete("check", "-")
+
+
 def test_completion_offers_config_keys_for_set(tmp_path):
     keys = config_keys(tmp_path)
     assert complete("run", "--set", "") == {f"{s}." for s in keys}
@@ -181,3 +236,11 @@ def test_one_version_everywhere():
     with open(os.path.join(ROOT, "CHANGELOG.md")) as f:
         first = re.search(r"^## (\S+)", f.read(), re.M).group(1)
     assert first == version, f"CHANGELOG.md's newest entry is {first}, CMakeLists.txt says {version}"
+    # the package file the guides name (README: "build ../postern_X.Y.Z_amd64.deb")
+    named = []
+    for doc in ["README.md"] + sorted(os.listdir(os.path.join(ROOT, "docs"))):
+        path = os.path.join(ROOT, doc if doc == "README.md" else os.path.join("docs", doc))
+        if path.endswith(".md"):
+            with open(path) as f:
+                named += [(doc, v) for v in re.findall(r"postern_([0-9][0-9.]*[0-9])_amd64\.deb", f.read())]
+    assert named and all(v == version for _, v in named), (version, named)
