@@ -545,9 +545,13 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
   const bool reused = state_ == State::kReady;
   const bool utf8 =
       std::any_of(params.begin(), params.end(), [](const EsmtpParam& p) { return p.keyword == "SMTPUTF8"; });
-  // Held back only over a kept connection and without per-transaction
+  // A session's first MAIL that may be held opens (or takes from the pool)
+  // its connection first: what the MTA offers is known only then, and one
+  // client connection with one message is what a real MX mostly sees.
+  if (hold && !utf8 && state_ == State::kClosed && !co_await open()) co_return open_failure();
+  // Held back only over an open connection and without per-transaction
   // XFORWARD, whose reply must come first.
-  if (hold && reused && !utf8 && !xforward_ && offers("PIPELINING")) {
+  if (hold && state_ == State::kReady && !utf8 && !xforward_ && offers("PIPELINING")) {
     held_from_ = reverse_path;
     held_params_ = params;
     state_ = State::kMailHeld;
