@@ -330,7 +330,7 @@ asio::awaitable<bool> SmtpUpstream::identify(bool identify_client, bool pooled) 
 }
 
 asio::awaitable<bool> SmtpUpstream::reuse() {
-  UpstreamPool& pool = UpstreamPool::local();
+  UpstreamPool& pool = UpstreamPool::of(c_->socket.get_executor());
   while (auto pooled = pool.take(config_)) {
     c_ = std::move(pooled);
     state_ = State::kReady;
@@ -492,6 +492,10 @@ std::string SmtpUpstream::xclient_line() const {
 asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
   const auto& to = config_->timeouts;
   const std::string line = xclient_line();
+  // An identity with a login (XCLIENT LOGIN=) stays this client's: only AUTH
+  // relayed over this connection gives one, which keeps it out of the pool
+  // already; this holds should that ever change.
+  if (!client_.login.empty()) c_->tainted = true;
   UpstreamReply r;
   if (rset && offers("PIPELINING")) {
     // RFC 2920: RSET need not end a group; both replies come in order.
@@ -832,7 +836,7 @@ asio::awaitable<void> SmtpUpstream::release() {
   state_ = State::kClosed;
   release_buffers();
   const auto executor = c_->socket.get_executor();
-  UpstreamPool::local().put(std::exchange(c_, std::make_unique<UpstreamConnection>(executor)), config_);
+  UpstreamPool::of(executor).put(std::exchange(c_, std::make_unique<UpstreamConnection>(executor)), config_);
 }
 
 asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,

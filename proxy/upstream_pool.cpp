@@ -47,14 +47,16 @@ bool still_quiet(UpstreamConnection& c, metrics::PoolDiscard& why, std::string& 
 }
 }  // namespace
 
-UpstreamPool& UpstreamPool::local() {
-  thread_local UpstreamPool pool;
-  return pool;
+asio::execution_context::id UpstreamPool::id;
+
+UpstreamPool& UpstreamPool::of(const asio::any_io_executor& executor) {
+  return asio::use_service<UpstreamPool>(asio::query(executor, asio::execution::context));
 }
 
-UpstreamPool::~UpstreamPool() {
-  // The thread's io_context has stopped (shutdown): the MTA still hears QUIT.
+void UpstreamPool::shutdown() {
   for (Idle& idle : idle_) discard(idle, metrics::PoolDiscard::kExpired);
+  idle_.clear();
+  reaper_.reset();
 }
 
 void UpstreamPool::discard(Idle& idle, metrics::PoolDiscard why) {
@@ -123,7 +125,7 @@ void UpstreamPool::arm(const asio::any_io_executor& executor) {
   const Idle& oldest = idle_.front();
   reaper_->expires_at(oldest.since + idle_timeout(*oldest.config));
   reaper_waiting_ = true;
-  // The pool is thread_local and outlives its thread's io_context run.
+  // The pool lives as long as the io_context that would run this handler.
   reaper_->async_wait([this](const std::error_code& ec) {
     reaper_waiting_ = false;
     if (ec) return;

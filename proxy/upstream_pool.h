@@ -2,7 +2,9 @@
 // what it learned (UpstreamConnection), and the per-I/O-thread pool where a
 // connection whose last transaction ended cleanly waits for the next client
 // session instead of being closed with QUIT. A session lives on one thread,
-// so each thread's pool is its own and needs no lock.
+// so each thread's pool is its own and needs no lock: it is a service of the
+// thread's io_context, shut down (QUIT to every idle connection) before the
+// io_context's sockets and timers are.
 //
 // What may enter the pool, and what a connection must pass on its way out,
 // is decided in proxy/smtp_upstream.cpp (SmtpUpstream::release, reuse); the
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include <asio/any_io_executor.hpp>
+#include <asio/execution_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/ssl.hpp>
 #include <asio/steady_timer.hpp>
@@ -47,10 +50,14 @@ struct UpstreamConnection {
   std::size_t messages = 0;   // end-of-data (or BDAT LAST) replies it carried
 };
 
-class UpstreamPool {
+class UpstreamPool : public asio::execution_context::service {
  public:
-  // This thread's pool.
-  static UpstreamPool& local();
+  using key_type = UpstreamPool;
+  static asio::execution_context::id id;
+  explicit UpstreamPool(asio::execution_context& context) : asio::execution_context::service(context) {}
+
+  // The pool of the io_context that runs `executor` (one per I/O thread).
+  static UpstreamPool& of(const asio::any_io_executor& executor);
 
   // The most recently parked connection made with `config` still open and
   // quiet; null when none. Connections of an older configuration, past their
@@ -62,7 +69,8 @@ class UpstreamPool {
   // Idle connections waiting now (tests, metrics).
   std::size_t size() const { return idle_.size(); }
 
-  ~UpstreamPool();
+  // The io_context ends (shutdown): the MTA still hears QUIT.
+  void shutdown() override;
 
  private:
   struct Idle {
