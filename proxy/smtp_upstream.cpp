@@ -349,7 +349,7 @@ asio::awaitable<bool> SmtpUpstream::reuse() {
 }
 
 // EHLO (HELO if refused) as `name`; learns the MTA's capabilities.
-asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
+asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
   const auto& up = config_->upstream;
   const auto& to = config_->timeouts;
   if (name.empty()) name = up.helo;
@@ -358,6 +358,13 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
   output_.assign("EHLO ").append(name).append("\r\n");
   UpstreamReply ehlo = co_await command(output_, to.upstream_greeting);
   if (ehlo.connection_lost) co_return false;
+  if (ehlo.reply.klass() == 2 && ehlo.reply.code != 250) {
+    // RFC 5321 §4.1.1.1: EHLO succeeds with 250 only; a 220 here is the
+    // greeting of a command answered twice, read one reply late.
+    protocol_error("ehlo", metrics::UpstreamProtocolError::kUnexpectedReply, ehlo.reply.first_line());
+    co_return false;
+  }
+  if (pooled && !ehlo.reply.positive()) co_return false;
   if (ehlo.reply.positive()) {
     // The first line is the greeting; each further line starts with a keyword.
     std::string_view text = ehlo.reply.text;
@@ -523,7 +530,17 @@ asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
   }
   // After XCLIENT the MTA's session starts over; the EHLO that follows speaks
   // for the client, so it carries the client's own HELO name (XCLIENT_README).
-  c_->xclient = co_await ehlo(client_.helo);
+  const std::vector<std::string> offered = c_->capabilities;
+  c_->xclient = co_await ehlo(client_.helo, rset);
+  // Over a pooled connection the same MTA offers what it offered: anything
+  // else is a reply read out of turn (one too many to the pipelined RSET or
+  // XCLIENT), or an MTA that answers each client differently; either way a
+  // new connection is the safe one.
+  if (rset && c_->xclient && c_->capabilities != offered) {
+    log::info("upstream-pool-discard").kv("session", client_.session).kv("upstream", config_->upstream.target)
+        .kv("reason", "EHLO after XCLIENT offered something else");
+    c_->xclient = false;
+  }
   co_return c_->xclient;
 }
 

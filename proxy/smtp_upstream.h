@@ -49,7 +49,9 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<bool> reuse();
   // XCLIENT's attributes, or XFORWARD's use, for this connection's client.
   asio::awaitable<bool> identify(bool identify_client, bool pooled);
-  asio::awaitable<bool> ehlo(std::string name = {});
+  // `pooled`: the EHLO after XCLIENT over a pooled connection, which must
+  // succeed as EHLO (no HELO fallback).
+  asio::awaitable<bool> ehlo(std::string name = {}, bool pooled = false);
   // `rset`: a pooled connection is handed over; RSET goes first (in the
   // same write where PIPELINING is offered) and XCLIENT must be taken.
   asio::awaitable<bool> send_xclient(bool rset = false);

@@ -679,7 +679,8 @@ class _SinkHandler:
 
     async def handle_RSET(self, server, session, envelope):
         self.sink._event(server, "RSET")
-        return "250 2.0.0 Ok"
+        act = await self.sink._act(server, "RSET", None)
+        return act if act is not None else "250 2.0.0 Ok"
 
     async def handle_NOOP(self, server, session, envelope, arg):
         self.sink._event(server, "NOOP")

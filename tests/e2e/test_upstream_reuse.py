@@ -244,13 +244,25 @@ def test_pooled_connection_closed_or_spoken_on_is_discarded(postern, make_sink, 
         assert p.events("upstream-pool-discard", reason="unexplained")
 
 
-def test_xclient_refused_on_reuse_opens_a_new_connection(postern, make_sink):
+@pytest.mark.parametrize("stage,reply", [
+    ("XCLIENT", "550 5.7.0 Error: insufficient authorization"),
+    ("XCLIENT", "421 4.3.2 Service shutting down"),
+    ("RSET", "250 2.0.0 Ok\r\n250 2.0.0 Ok"),          # a reply too many
+    ("RSET", "500 5.5.1 what"),
+    ("EHLO", "421 4.3.2 going away"),                   # the EHLO after XCLIENT
+    # a reply too many to XCLIENT, which the sink did not even apply: read as
+    # the EHLO's, it offers nothing the MTA offered before
+    ("XCLIENT", "220 sink.test ESMTP\r\n250 2.0.0 Ok"),
+])
+def test_failed_handover_opens_a_new_connection(postern, make_sink, stage, reply):
+    """RSET, XCLIENT or the EHLO after it failing on a pooled connection:
+    that connection is closed and the client gets a new one, unaware."""
     sink = make_sink(xclient=True)
     p = start(postern, sink)
     send_one(p, 57)
     first = sink.wait_messages(1)[0].conn_id
     wait_pooled(p, sink, first)
-    sink.on("XCLIENT", "550 5.7.0 Error: insufficient authorization", times=1)
+    sink.on(stage, reply, times=1)
     send_one(p, 58)
     msgs = sink.wait_messages(2)
     assert msgs[1].conn_id != first
