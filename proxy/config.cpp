@@ -646,7 +646,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   const toml::table* upstream = check.section(root, "upstream");
   if (upstream) {
     check.check_keys(*upstream, "upstream", {"target", "helo", "client_identity", "tls", "ca_file", "tls_name",
-                                             "probe_interval"});
+                                             "probe_interval", "reuse", "reuse_pool_size", "reuse_idle_timeout",
+                                             "reuse_max_messages", "chunking"});
   }
   check.get_enum<Config::Upstream::Tls>(upstream, "upstream", "tls",
                                         {{"none", Config::Upstream::Tls::kNone},
@@ -661,6 +662,11 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   check.get_string(upstream, "upstream", "tls_name", config->upstream.tls_name);
   check.get_seconds(upstream, "upstream", "probe_interval", 0.1, 86400, config->upstream.probe_interval);
   check.get_string(upstream, "upstream", "helo", config->upstream.helo);
+  check.get_bool(upstream, "upstream", "reuse", config->upstream.reuse);
+  check.get_size(upstream, "upstream", "reuse_pool_size", 0, 10000, config->upstream.reuse_pool_size);
+  check.get_seconds(upstream, "upstream", "reuse_idle_timeout", 0.1, 3600, config->upstream.reuse_idle_timeout);
+  check.get_size(upstream, "upstream", "reuse_max_messages", 0, 1000000, config->upstream.reuse_max_messages);
+  check.get_bool(upstream, "upstream", "chunking", config->upstream.chunking);
   check.get_enum<Config::Upstream::ClientIdentity>(upstream, "upstream", "client_identity",
                                                    {{"auto", Config::Upstream::ClientIdentity::kAuto},
                                                     {"xclient", Config::Upstream::ClientIdentity::kXclient},

@@ -84,6 +84,16 @@ struct Config {
     std::string ca_file;   // verify: CA bundle (PEM); "" = the system's
     std::string tls_name;  // verify: name expected in the certificate; "" = the target host
     Seconds probe_interval{300};  // EHLO/QUIT probe: capabilities and /healthz
+    // Connection reuse (proxy/upstream_pool.h): a connection whose last
+    // transaction ended cleanly waits, per I/O thread, for the next client
+    // session instead of QUIT; at most reuse_pool_size idle ones per thread,
+    // each for reuse_idle_timeout, each for reuse_max_messages messages.
+    bool reuse = true;
+    std::size_t reuse_pool_size = 16;
+    Seconds reuse_idle_timeout{5};
+    std::size_t reuse_max_messages = 100;
+    // BDAT (RFC 3030) towards an MTA that offers CHUNKING; DATA otherwise.
+    bool chunking = true;
   } upstream;
 
   struct Limits {

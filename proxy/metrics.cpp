@@ -326,6 +326,12 @@ void upstream_protocol_error(UpstreamProtocolError why) {
 
 std::string_view upstream_protocol_error_name(UpstreamProtocolError why) { return kProtocolErrorNames[idx(why)]; }
 
+std::string_view pool_discard_name(PoolDiscard why) {
+  constexpr std::array<std::string_view, n<PoolDiscard>()> kNames = {"expired", "closed",   "unexplained",
+                                                                      "reidentify", "reload", "full"};
+  return kNames[idx(why)];
+}
+
 std::string_view upstream_command_name(UpstreamCommand command) { return kCommandNames[idx(command)]; }
 
 void upstream_reply(UpstreamCommand command, int code, double seconds) {
@@ -421,6 +427,15 @@ std::string Registry::render() const {
   // Upstream.
   w.counter("postern_upstream_connections_total", "Connections opened to the MTA (probes included).",
             upstream_connections.value());
+  w.counter("postern_upstream_connections_reused_total",
+            "Idle pooled connections to the MTA handed to a new client session instead of a new connection.",
+            upstream_connections_reused.value());
+  w.family("postern_upstream_pool_discards_total", "counter",
+           "Idle pooled connections to the MTA closed instead of reused, by reason.");
+  for (std::size_t i = 0; i < upstream_pool_discards.size(); ++i) {
+    w.sample("postern_upstream_pool_discards_total", {{"reason", pool_discard_name(static_cast<PoolDiscard>(i))}},
+             upstream_pool_discards[i].value());
+  }
   w.family("postern_upstream_errors_total", "counter", "Failures of connections to the MTA, by kind.");
   for (std::size_t i = 0; i < upstream_errors.size(); ++i) {
     w.sample("postern_upstream_errors_total", {{"kind", kUpstreamErrorNames[i]}}, upstream_errors[i].value());

@@ -141,6 +141,13 @@ enum class UpstreamError { kConnectRefused, kConnectFailed, kResolve, kTimeout, 
 // a malformed reply; a reply of the wrong kind for its command; octets that no
 // command owed a reply explains (proxy/reply_matcher.h); no 220 greeting; HELO refused.
 enum class UpstreamProtocolError { kMalformed, kUnexpectedReply, kUnexplainedBytes, kGreeting, kHelo, kCount };
+// Why an idle pooled connection to the MTA was closed instead of reused
+// (proxy/upstream_pool.h): its idle time-out passed; the MTA closed it or
+// said 421; it sent octets nobody asked for; RSET, XCLIENT or EHLO failed
+// when it was handed to the next client; the configuration was reloaded;
+// the pool was full.
+enum class PoolDiscard { kExpired, kClosed, kUnexplained, kReidentify, kReload, kFull, kCount };
+std::string_view pool_discard_name(PoolDiscard why);
 // What an upstream reply answered.
 enum class UpstreamCommand {
   kGreeting, kEhlo, kStarttls, kXclient, kXforward, kAuth, kMail, kRcpt, kData, kEom, kRset, kOther, kCount
@@ -190,6 +197,8 @@ struct Registry {
 
   // Upstream.
   Counter upstream_connections;
+  Counter upstream_connections_reused;  // pooled connections handed to a new client session
+  std::array<Counter, n<PoolDiscard>()> upstream_pool_discards;
   std::array<Counter, n<UpstreamError>()> upstream_errors;
   std::array<Counter, n<UpstreamProtocolError>()> upstream_protocol_errors;
   std::array<Counter, 6> upstream_replies_by_class;

@@ -244,7 +244,7 @@ asio::awaitable<void> Session::run() {
   }
   co_await flush();
   if (txn_.active) co_await abandon_transaction();
-  if (upstream_) co_await upstream_->quit();
+  if (upstream_) co_await upstream_->release();  // to the next client session where clean (upstream.reuse)
   co_await run_filters(Stage::kClose);
   watchdog_.stop();
   std::error_code ignored;

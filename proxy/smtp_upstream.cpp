@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -48,14 +49,14 @@ SmtpUpstream::SmtpUpstream(const asio::any_io_executor& executor,
                            std::shared_ptr<const Config> config, const ClientFacts& client)
     : config_(std::move(config)),
       client_(client),
-      socket_(executor),
+      c_(std::make_unique<UpstreamConnection>(executor)),
       watchdog_(executor, [this] {
         std::error_code ignored;
-        socket_.cancel(ignored);
+        c_->socket.cancel(ignored);
       }) {}
 
 bool SmtpUpstream::offers(std::string_view keyword) const {
-  for (const std::string& cap : capabilities_) {
+  for (const std::string& cap : c_->capabilities) {
     if (cap == keyword) return true;
   }
   return false;
@@ -67,12 +68,12 @@ void SmtpUpstream::close(std::string_view why) {
         .kv("upstream", config_->upstream.target).kv("reason", why);
   }
   std::error_code ignored;
-  socket_.close(ignored);
-  tls_.reset();
+  c_->socket.close(ignored);
+  c_->tls.reset();
   state_ = State::kClosed;
-  replies_.reset();
-  capabilities_.clear();
-  capability_args_.clear();
+  c_->replies.reset();
+  c_->capabilities.clear();
+  c_->capability_args.clear();
 }
 
 UpstreamReply SmtpUpstream::lost(std::string_view stage) {
@@ -116,24 +117,24 @@ UpstreamReply SmtpUpstream::closing(Reply said, std::string_view op) {
 std::optional<UpstreamReply> SmtpUpstream::quiet(std::string_view op) {
   std::error_code ec;
   std::size_t n = 0;
-  if (tls_) {
+  if (c_->tls) {
     // Non-blocking, through the TLS engine: records that carry no data
     // (a session ticket) are consumed; data is appended.
     char buffer[4096];
-    n = tls_->read_some(asio::buffer(buffer), ec);
-    replies_.input().append(buffer, n);
+    n = c_->tls->read_some(asio::buffer(buffer), ec);
+    c_->replies.input().append(buffer, n);
   } else {
-    ec = read_ready(socket_, replies_.input(), n);
+    ec = read_ready(c_->socket, c_->replies.input(), n);
   }
   Reply said;
-  switch (replies_.unsolicited(said)) {
+  switch (c_->replies.unsolicited(said)) {
     case ReplyMatcher::Outcome::kQuiet:
       break;
     case ReplyMatcher::Outcome::kClosing:  // its idle time-out, or shutting down
       return closing(std::move(said), op);
     default:
       return protocol_error(op, metrics::UpstreamProtocolError::kUnexplainedBytes,
-                            fmt::format("before {}: {}", op, replies_.buffered()));
+                            fmt::format("before {}: {}", op, c_->replies.buffered()));
   }
   if (!ec || ec == asio::error::would_block) return std::nullopt;
   // The MTA closed the connection meanwhile: between transactions that is
@@ -145,16 +146,16 @@ std::optional<UpstreamReply> SmtpUpstream::quiet(std::string_view op) {
 
 asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send(std::string_view bytes, Seconds timeout,
                                                                   std::size_t replies, std::string_view op) {
-  if (replies_.owed() == 0) {
+  if (c_->replies.owed() == 0) {
     if (auto failed = quiet(op)) co_return failed;
   }
   watchdog_.arm(timeout);
   std::error_code ec;
   auto buffer = asio::buffer(bytes.data(), bytes.size());
-  if (tls_) {
-    std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, buffer, use_nothrow);
+  if (c_->tls) {
+    std::tie(ec, std::ignore) = co_await asio::async_write(*c_->tls, buffer, use_nothrow);
   } else {
-    std::tie(ec, std::ignore) = co_await asio::async_write(socket_, buffer, use_nothrow);
+    std::tie(ec, std::ignore) = co_await asio::async_write(c_->socket, buffer, use_nothrow);
   }
   watchdog_.disarm();
   if (ec) {
@@ -162,7 +163,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send(std::string_vie
         .kv("op", "write").kv("error", watchdog_.expired() ? "timeout" : ec.message());
     co_return lost(fmt::format("write failed ({})", op));
   }
-  replies_.expect(replies);
+  c_->replies.expect(replies);
   co_return std::nullopt;
 }
 
@@ -170,38 +171,38 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply
                                                                      std::string_view op) {
   watchdog_.arm(timeout);
   for (;;) {
-    switch (replies_.next(reply)) {
+    switch (c_->replies.next(reply)) {
       case ReplyMatcher::Outcome::kReply:
         watchdog_.disarm();
         co_return std::nullopt;
       case ReplyMatcher::Outcome::kMalformed:
         watchdog_.disarm();
-        co_return protocol_error(op, metrics::UpstreamProtocolError::kMalformed, replies_.buffered());
+        co_return protocol_error(op, metrics::UpstreamProtocolError::kMalformed, c_->replies.buffered());
       case ReplyMatcher::Outcome::kUnexplained:  // a reply, and octets behind it that answer nothing
         watchdog_.disarm();
         co_return protocol_error(op, metrics::UpstreamProtocolError::kUnexplainedBytes,
-                                 fmt::format("{} {} then {}", reply.code, reply.first_line(), replies_.buffered()));
+                                 fmt::format("{} {} then {}", reply.code, reply.first_line(), c_->replies.buffered()));
       default:
         break;
     }
     std::error_code ec;
-    std::string& input = replies_.input();
-    if (tls_) {
+    std::string& input = c_->replies.input();
+    if (c_->tls) {
       // Replies are short: a 4 KiB read, more in later rounds if need be.
       constexpr std::size_t kReplyChunk = 4096;
       std::size_t old = input.size();
       input.resize(old + kReplyChunk);
       std::size_t n = 0;
-      std::tie(ec, n) = co_await tls_->async_read_some(asio::buffer(input.data() + old, kReplyChunk), use_nothrow);
+      std::tie(ec, n) = co_await c_->tls->async_read_some(asio::buffer(input.data() + old, kReplyChunk), use_nothrow);
       input.resize(old + n);
     } else {
       // proxy/socket_read.h: no zero-filled reply buffer (12,800 instructions
       // a message, callgrind).
       std::size_t n = 0;
-      ec = read_ready(socket_, input, n);
+      ec = read_ready(c_->socket, input, n);
       while (ec == asio::error::would_block) {
-        std::tie(ec) = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
-        if (!ec) ec = read_ready(socket_, input, n);
+        std::tie(ec) = co_await c_->socket.async_wait(asio::socket_base::wait_read, use_nothrow);
+        if (!ec) ec = read_ready(c_->socket, input, n);
       }
     }
     if (ec) {
@@ -226,11 +227,13 @@ asio::awaitable<UpstreamReply> SmtpUpstream::reply_to(metrics::UpstreamCommand w
   Reply reply;
   if (auto failed = co_await receive(reply, timeout, op)) co_return std::move(*failed);
   metrics::upstream_reply(what, reply.code, metrics::seconds_since(sent));
+  // Whatever the MTA refused, its session may remember: never another client's.
+  if (reply.klass() != 2 && reply.klass() != 3) c_->tainted = true;
   if (reply.code == 421) co_return closing(std::move(reply), op);
-  if (!replies_.closing()) co_return UpstreamReply{std::move(reply)};
+  if (!c_->replies.closing()) co_return UpstreamReply{std::move(reply)};
   // A 421 right behind the reply: the MTA leaves. A reply that waited for
   // more from postern is void; a final one stands, and the 421 follows it.
-  UpstreamReply bye = closing(replies_.closing_reply(), op);
+  UpstreamReply bye = closing(c_->replies.closing_reply(), op);
   if (intermediate(what, reply)) co_return bye;
   bye.reply = std::move(reply);
   bye.local = false;
@@ -239,6 +242,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::reply_to(metrics::UpstreamCommand w
 
 asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   failure_.reset();
+  if (identify_client && config_->upstream.reuse && co_await reuse()) co_return true;
+  c_ = std::make_unique<UpstreamConnection>(c_->socket.get_executor());
   const auto& up = config_->upstream;
   const auto& to = config_->timeouts;
   std::error_code ec;
@@ -247,7 +252,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
   if (!ec) {
     endpoints.emplace_back(addr, up.port);
   } else {
-    asio::ip::tcp::resolver resolver(socket_.get_executor());
+    asio::ip::tcp::resolver resolver(c_->socket.get_executor());
     watchdog_.arm(to.upstream_connect);
     auto [rec, results] = co_await resolver.async_resolve(up.host, std::to_string(up.port), use_nothrow);
     watchdog_.disarm();
@@ -260,7 +265,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     for (const auto& entry : results) endpoints.push_back(entry.endpoint());
   }
   watchdog_.arm(to.upstream_connect);
-  auto [cec, endpoint] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
+  auto [cec, endpoint] = co_await asio::async_connect(c_->socket, endpoints, use_nothrow);
   watchdog_.disarm();
   if (cec) {
     metrics::upstream_error(watchdog_.expired() ? metrics::UpstreamError::kTimeout
@@ -271,13 +276,13 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     close("connect failed");
     co_return false;
   }
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  socket_.non_blocking(true, ec);  // read_ready returns would_block, never waits
+  c_->socket.set_option(asio::ip::tcp::no_delay(true), ec);
+  c_->socket.non_blocking(true, ec);  // read_ready returns would_block, never waits
   state_ = State::kReady;  // so close() logs from here on
   metrics::registry().upstream_connections.inc();
 
   // The greeting is owed by the connection itself (RFC 5321 §3.1).
-  replies_.expect(1);
+  c_->replies.expect(1);
   UpstreamReply greeting = co_await reply_to(metrics::UpstreamCommand::kGreeting, std::chrono::steady_clock::now(),
                                              to.upstream_greeting);
   if (greeting.connection_lost) co_return false;
@@ -300,30 +305,66 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
       co_return false;
     }
   }
-  // Who the client really is (DESIGN "Envelope"): XCLIENT where the MTA
-  // offers it (Postfix), else XFORWARD per transaction, else only Received.
+  co_return co_await identify(identify_client, false);
+}
+
+// Who the client really is (DESIGN "Envelope"): XCLIENT where the MTA
+// offers it (Postfix), else XFORWARD per transaction, else only Received.
+// Over a `pooled` connection RSET goes first, and XCLIENT must then be
+// taken: the MTA would otherwise book this client's mail under the previous
+// one's address.
+asio::awaitable<bool> SmtpUpstream::identify(bool identify_client, bool pooled) {
   xforward_ = false;
-  const auto mode = identify_client ? up.client_identity : Config::Upstream::ClientIdentity::kNone;
-  if ((mode == Config::Upstream::ClientIdentity::kAuto || mode == Config::Upstream::ClientIdentity::kXclient) &&
-      offers("XCLIENT")) {
-    if (!co_await send_xclient()) co_return false;
-  } else if ((mode == Config::Upstream::ClientIdentity::kAuto ||
-              mode == Config::Upstream::ClientIdentity::kXforward) && offers("XFORWARD")) {
-    xforward_ = true;
+  c_->xclient = false;
+  using Identity = Config::Upstream::ClientIdentity;
+  const auto mode = identify_client ? config_->upstream.client_identity : Identity::kNone;
+  if ((mode == Identity::kAuto || mode == Identity::kXclient) && offers("XCLIENT")) {
+    co_return co_await send_xclient(pooled);
+  }
+  if ((mode == Identity::kAuto || mode == Identity::kXforward) && offers("XFORWARD")) xforward_ = true;
+  if (pooled) {
+    UpstreamReply r = co_await command("RSET\r\n", config_->timeouts.upstream_mail);
+    co_return !r.connection_lost && r.reply.positive();
   }
   co_return true;
 }
 
+asio::awaitable<bool> SmtpUpstream::reuse() {
+  UpstreamPool& pool = UpstreamPool::of(c_->socket.get_executor());
+  while (auto pooled = pool.take(config_)) {
+    c_ = std::move(pooled);
+    state_ = State::kReady;
+    if (co_await identify(true, true)) {
+      metrics::registry().upstream_connections_reused.inc();
+      log::debug("upstream-reused").kv("session", client_.session).kv("upstream", config_->upstream.target)
+          .kv("messages", c_->messages);
+      co_return true;
+    }
+    // Its failure was logged where it happened; the client hears nothing of it.
+    metrics::registry().upstream_pool_discards[metrics::idx(metrics::PoolDiscard::kReidentify)].inc();
+    close("pooled connection failed");
+    failure_.reset();
+  }
+  co_return false;
+}
+
 // EHLO (HELO if refused) as `name`; learns the MTA's capabilities.
-asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
+asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
   const auto& up = config_->upstream;
   const auto& to = config_->timeouts;
   if (name.empty()) name = up.helo;
-  capabilities_.clear();
-  capability_args_.clear();
+  c_->capabilities.clear();
+  c_->capability_args.clear();
   output_.assign("EHLO ").append(name).append("\r\n");
   UpstreamReply ehlo = co_await command(output_, to.upstream_greeting);
   if (ehlo.connection_lost) co_return false;
+  if (ehlo.reply.klass() == 2 && ehlo.reply.code != 250) {
+    // RFC 5321 §4.1.1.1: EHLO succeeds with 250 only; a 220 here is the
+    // greeting of a command answered twice, read one reply late.
+    protocol_error("ehlo", metrics::UpstreamProtocolError::kUnexpectedReply, ehlo.reply.first_line());
+    co_return false;
+  }
+  if (pooled && !ehlo.reply.positive()) co_return false;
   if (ehlo.reply.positive()) {
     // The first line is the greeting; each further line starts with a keyword.
     std::string_view text = ehlo.reply.text;
@@ -335,8 +376,8 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name) {
       std::size_t sp = line.find(' ');
       std::string keyword(line.substr(0, sp));
       for (char& c : keyword) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-      capabilities_.push_back(std::move(keyword));
-      capability_args_.emplace_back(sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1));
+      c_->capabilities.push_back(std::move(keyword));
+      c_->capability_args.emplace_back(sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1));
     }
     co_return true;
   }
@@ -387,21 +428,22 @@ asio::awaitable<bool> SmtpUpstream::start_tls() {
       tls_context_->set_verify_mode(asio::ssl::verify_none);
     }
   }
-  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
+  c_->tls_context = tls_context_;
+  c_->tls = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(c_->socket, *tls_context_);
   const std::string name = up.tls_name.empty() ? up.host : up.tls_name;
-  SSL_set_tlsext_host_name(tls_->native_handle(), name.c_str());  // SNI
+  SSL_set_tlsext_host_name(c_->tls->native_handle(), name.c_str());  // SNI
   if (up.tls == Config::Upstream::Tls::kVerify) {
-    SSL_set1_host(tls_->native_handle(), name.c_str());  // RFC 6125 name check
+    SSL_set1_host(c_->tls->native_handle(), name.c_str());  // RFC 6125 name check
   }
   watchdog_.arm(config_->timeouts.upstream_greeting);
-  auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::client, use_nothrow);
+  auto [ec] = co_await c_->tls->async_handshake(asio::ssl::stream_base::client, use_nothrow);
   watchdog_.disarm();
   if (ec) {
     fail(watchdog_.expired() ? std::string("handshake timeout") : "handshake: " + ec.message());
     co_return false;
   }
   log::debug("upstream-tls").kv("session", client_.session)
-      .kv("upstream", up.target).kv("version", SSL_get_version(tls_->native_handle()));
+      .kv("upstream", up.target).kv("version", SSL_get_version(c_->tls->native_handle()));
   co_return co_await ehlo();  // RFC 3207 §4.2: forget what was learned in plaintext
 }
 
@@ -424,10 +466,10 @@ std::string xclient_addr(const std::string& ip) {
 
 // XCLIENT (Postfix XCLIENT_README): only the attributes the MTA lists; it
 // answers with a new 220 greeting, after which the session starts over.
-asio::awaitable<bool> SmtpUpstream::send_xclient() {
+std::string SmtpUpstream::xclient_line() const {
   std::string_view offered;
-  for (std::size_t i = 0; i < capabilities_.size(); ++i) {
-    if (capabilities_[i] == "XCLIENT") offered = capability_args_[i];
+  for (std::size_t i = 0; i < c_->capabilities.size(); ++i) {
+    if (c_->capabilities[i] == "XCLIENT") offered = c_->capability_args[i];
   }
   auto has = [&](std::string_view attr) {
     std::size_t pos = 0;
@@ -451,9 +493,36 @@ asio::awaitable<bool> SmtpUpstream::send_xclient() {
   if (has("PROTO")) line += client_.esmtp ? " PROTO=ESMTP" : " PROTO=SMTP";
   if (has("LOGIN") && !client_.login.empty()) line += " LOGIN=" + xtext(client_.login);
   line += "\r\n";
-  UpstreamReply r = co_await command(line, config_->timeouts.upstream_greeting);
+  return line;
+}
+
+asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
+  const auto& to = config_->timeouts;
+  const std::string line = xclient_line();
+  // An identity with a login (XCLIENT LOGIN=) stays this client's: only AUTH
+  // relayed over this connection gives one, which keeps it out of the pool
+  // already; this holds should that ever change.
+  if (!client_.login.empty()) c_->tainted = true;
+  UpstreamReply r;
+  if (rset && offers("PIPELINING")) {
+    // RFC 2920: RSET need not end a group; both replies come in order.
+    output_.assign("RSET\r\n").append(line);
+    const auto sent = std::chrono::steady_clock::now();
+    if (auto failed = co_await send(output_, to.upstream_mail, 2, "rset")) co_return false;
+    UpstreamReply reset = co_await reply_to(metrics::UpstreamCommand::kRset, sent, to.upstream_mail);
+    if (reset.connection_lost) co_return false;
+    r = co_await reply_to(metrics::UpstreamCommand::kXclient, sent, to.upstream_greeting);
+    if (!reset.reply.positive()) co_return false;
+  } else {
+    if (rset) {
+      UpstreamReply reset = co_await command("RSET\r\n", to.upstream_mail);
+      if (reset.connection_lost || !reset.reply.positive()) co_return false;
+    }
+    r = co_await command(line, to.upstream_greeting);
+  }
   if (r.connection_lost) co_return false;
   if (!r.reply.positive()) {  // Postfix answers 220; simpler servers (smtp-sink) 250
+    if (rset) co_return false;  // a pooled connection speaks for its last client still
     // Not authorized (smtpd_authorized_xclient_hosts): carry on without it.
     log::warning("upstream-xclient-refused").kv("session", client_.session).kv("upstream", config_->upstream.target)
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
@@ -461,7 +530,18 @@ asio::awaitable<bool> SmtpUpstream::send_xclient() {
   }
   // After XCLIENT the MTA's session starts over; the EHLO that follows speaks
   // for the client, so it carries the client's own HELO name (XCLIENT_README).
-  co_return co_await ehlo(client_.helo);
+  const std::vector<std::string> offered = c_->capabilities;
+  c_->xclient = co_await ehlo(client_.helo, rset);
+  // Over a pooled connection the same MTA offers what it offered: anything
+  // else is a reply read out of turn (one too many to the pipelined RSET or
+  // XCLIENT), or an MTA that answers each client differently; either way a
+  // new connection is the safe one.
+  if (rset && c_->xclient && c_->capabilities != offered) {
+    log::info("upstream-pool-discard").kv("session", client_.session).kv("upstream", config_->upstream.target)
+        .kv("reason", "EHLO after XCLIENT offered something else");
+    c_->xclient = false;
+  }
+  co_return c_->xclient;
 }
 
 void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam>& params,
@@ -486,9 +566,13 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
   const bool reused = state_ == State::kReady;
   const bool utf8 =
       std::any_of(params.begin(), params.end(), [](const EsmtpParam& p) { return p.keyword == "SMTPUTF8"; });
-  // Held back only over a kept connection and without per-transaction
+  // A session's first MAIL that may be held opens (or takes from the pool)
+  // its connection first: what the MTA offers is known only then, and one
+  // client connection with one message is what a real MX mostly sees.
+  if (hold && !utf8 && state_ == State::kClosed && !co_await open()) co_return open_failure();
+  // Held back only over an open connection and without per-transaction
   // XFORWARD, whose reply must come first.
-  if (hold && reused && !utf8 && !xforward_ && offers("PIPELINING")) {
+  if (hold && state_ == State::kReady && !utf8 && !xforward_ && offers("PIPELINING")) {
     held_from_ = reverse_path;
     held_params_ = params;
     state_ = State::kMailHeld;
@@ -562,8 +646,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::after_mail(UpstreamReply r, bool sm
       co_await reset();
       co_return local(replies::kUpstreamNoSmtputf8, false);
     }
-  } else if (r.reply.klass() != 4 && r.reply.klass() != 5) {
-    co_return protocol_error("mail", metrics::UpstreamProtocolError::kUnexpectedReply, r.reply.first_line());
+  } else {
+    r = checked(std::move(r), "mail");
   }
   co_return r;
 }
@@ -602,25 +686,27 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
   co_return checked_rcpt(std::move(r));
 }
 
-UpstreamReply SmtpUpstream::checked_rcpt(UpstreamReply r) {
-  if (!r.connection_lost && r.reply.klass() != 2 && r.reply.klass() != 4 && r.reply.klass() != 5) {
-    return protocol_error("rcpt", metrics::UpstreamProtocolError::kUnexpectedReply, r.reply.first_line());
-  }
-  return r;
+UpstreamReply SmtpUpstream::checked_rcpt(UpstreamReply r) { return checked(std::move(r), "rcpt"); }
+
+// DESIGN "Every byte from the MTA is explained": a reply of a kind its
+// command cannot have (a 2xx where 354 belongs, a 3xx to RCPT, a 1xx) is
+// never relayed as if it were one (Postfix smtpd_proxy replaces it).
+UpstreamReply SmtpUpstream::checked(UpstreamReply r, std::string_view op, int intermediate) {
+  if (r.connection_lost) return r;
+  const int k = r.reply.klass();
+  const bool expected = intermediate ? r.reply.code == intermediate || k == 4 || k == 5 : k == 2 || k == 4 || k == 5;
+  if (expected) return r;
+  return protocol_error(op, metrics::UpstreamProtocolError::kUnexpectedReply, r.reply.first_line());
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const Spool& content,
                                                   std::size_t offset, const Mailbox&) {
   if (state_ != State::kInTransaction) co_return local(replies::kUpstreamLost, true);
   const auto& to = config_->timeouts;
-  if (offers("CHUNKING")) co_return co_await send_chunked(head, content, offset);
-  UpstreamReply go = co_await command("DATA\r\n", to.upstream_data_init);
-  if (go.connection_lost) co_return go;
-  if (go.reply.code != 354) {
-    if (go.reply.klass() == 4 || go.reply.klass() == 5) co_return go;  // refused: relayed verbatim
-    // A 2xx where 354 belongs is never relayed as success (Postfix smtpd_proxy).
-    co_return protocol_error("data", metrics::UpstreamProtocolError::kUnexpectedReply, go.reply.first_line());
-  }
+  ++c_->messages;
+  if (config_->upstream.chunking && offers("CHUNKING")) co_return co_await send_chunked(head, content, offset);
+  UpstreamReply go = checked(co_await command("DATA\r\n", to.upstream_data_init), "data", 354);
+  if (go.reply.code != 354 || go.connection_lost) co_return go;  // refused: relayed verbatim
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".
   DotStuffer stuffer;
   output_.clear();
@@ -638,27 +724,23 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
 // the MTA gave it; anything else is a protocol error.
 asio::awaitable<UpstreamReply> SmtpUpstream::final_reply(std::chrono::steady_clock::time_point sent,
                                                          std::string_view op) {
-  UpstreamReply r = co_await reply_to(metrics::UpstreamCommand::kEom, sent, config_->timeouts.upstream_data_term);
-  if (r.connection_lost) co_return r;
-  const int k = r.reply.klass();
-  if (k != 2 && k != 4 && k != 5) {
-    co_return protocol_error(op, metrics::UpstreamProtocolError::kUnexpectedReply, r.reply.first_line());
-  }
-  co_return r;
+  co_return checked(co_await reply_to(metrics::UpstreamCommand::kEom, sent, config_->timeouts.upstream_data_term), op);
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool first, std::string_view mechanism) {
   const UpstreamReply unavailable{Reply{454, "4.7.0 Temporary authentication failure"}, true};
   if (first) {
+    // Taken from the pool at most: a connection that carried AUTH is never
+    // handed to another client (the MTA's session is authenticated).
     if (state_ == State::kClosed && !co_await open()) {
       UpstreamReply failed = open_failure();
       co_return failed.closing ? failed : unavailable;
     }
     // The MTA must list the mechanism in its EHLO AUTH line.
     bool offered = false;
-    for (std::size_t i = 0; i < capabilities_.size(); ++i) {
-      if (capabilities_[i] != "AUTH") continue;
-      std::string_view list = capability_args_[i];
+    for (std::size_t i = 0; i < c_->capabilities.size(); ++i) {
+      if (c_->capabilities[i] != "AUTH") continue;
+      std::string_view list = c_->capability_args[i];
       while (!list.empty()) {
         std::size_t sp = list.find(' ');
         std::string_view m = list.substr(0, sp);
@@ -677,6 +759,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
   } else if (state_ == State::kClosed) {
     co_return unavailable;
   }
+  c_->tainted = true;
   // Credentials pass through here: nothing of `line` is ever logged.
   output_.assign(line).append("\r\n");
   co_return co_await command(output_, config_->timeouts.upstream_mail);
@@ -758,6 +841,21 @@ asio::awaitable<void> SmtpUpstream::quit() {
   close("quit");
 }
 
+// Parked for the next client session only when nothing of this one can
+// reach it: no open transaction, nothing owed or buffered, no AUTH, no
+// refusal or error on the connection, and fewer messages than the limit.
+asio::awaitable<void> SmtpUpstream::release() {
+  const auto& up = config_->upstream;
+  const bool poolable = up.reuse && state_ == State::kReady && !c_->tainted && c_->replies.owed() == 0 &&
+                        c_->replies.buffered().empty() && c_->socket.is_open() &&
+                        (up.reuse_max_messages == 0 || c_->messages < up.reuse_max_messages);
+  if (!poolable) co_return co_await quit();
+  state_ = State::kClosed;
+  release_buffers();
+  const auto executor = c_->socket.get_executor();
+  UpstreamPool::of(executor).put(std::exchange(c_, std::make_unique<UpstreamConnection>(executor)), config_);
+}
+
 asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
                                      std::shared_ptr<const Config> config, UpstreamCapabilities& caps) {
   if (config->upstream.kind == Config::Upstream::Kind::kMaildir) {
@@ -784,7 +882,7 @@ asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
 // capacity would stay with the idle connection (issue 18).
 void SmtpUpstream::release_buffers() {
   if (output_.capacity() > limits::kIdleBuffer) std::string().swap(output_);
-  std::string& input = replies_.input();
+  std::string& input = c_->replies.input();
   if (input.empty() && input.capacity() > limits::kIdleBuffer) std::string().swap(input);
 }
 

@@ -1,5 +1,7 @@
 // The SMTP client side: one connection to the MTA behind postern, opened at
-// the first accepted MAIL, kept for the session's later messages.
+// the first accepted MAIL (or taken from this thread's pool of idle ones,
+// proxy/upstream_pool.h), kept for the session's later messages, and at the
+// session's end parked in the pool when its last transaction ended cleanly.
 #pragma once
 
 #include <asio/ip/tcp.hpp>
@@ -10,6 +12,7 @@
 #include "proxy/metrics.h"
 #include "proxy/reply_matcher.h"
 #include "proxy/upstream.h"
+#include "proxy/upstream_pool.h"
 #include "proxy/watchdog.h"
 
 namespace postern {
@@ -30,6 +33,7 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<UpstreamReply> auth(std::string_view line, bool first, std::string_view mechanism) override;
   asio::awaitable<void> reset() override;
   asio::awaitable<void> quit() override;
+  asio::awaitable<void> release() override;
   bool offers(std::string_view keyword) const override;
   void release_buffers() override;
   // Opens the connection without announcing a client (no XCLIENT): a probe.
@@ -39,8 +43,22 @@ class SmtpUpstream final : public Upstream {
   enum class State { kClosed, kReady, kMailHeld, kInTransaction };
 
   asio::awaitable<bool> open(bool identify_client = true);
-  asio::awaitable<bool> ehlo(std::string name = {});
-  asio::awaitable<bool> send_xclient();
+  // Takes idle connections from this thread's pool until one serves the
+  // client: RSET, and XCLIENT and EHLO again where the MTA offers XCLIENT.
+  // False when none did (each that failed is closed; a new one is opened).
+  asio::awaitable<bool> reuse();
+  // XCLIENT's attributes, or XFORWARD's use, for this connection's client.
+  asio::awaitable<bool> identify(bool identify_client, bool pooled);
+  // `pooled`: the EHLO after XCLIENT over a pooled connection, which must
+  // succeed as EHLO (no HELO fallback).
+  asio::awaitable<bool> ehlo(std::string name = {}, bool pooled = false);
+  // `rset`: a pooled connection is handed over; RSET goes first (in the
+  // same write where PIPELINING is offered) and XCLIENT must be taken.
+  asio::awaitable<bool> send_xclient(bool rset = false);
+  std::string xclient_line() const;
+  // A reply no command of its kind can have (`intermediate`: the one 3xx it
+  // may have, else a 2xx, 4xx or 5xx): a protocol error; else `r` as it is.
+  UpstreamReply checked(UpstreamReply r, std::string_view op, int intermediate = 0);
   asio::awaitable<bool> start_tls();
   asio::awaitable<UpstreamReply> send_chunked(const std::string& head, const Spool& content, std::size_t offset);
   asio::awaitable<std::optional<UpstreamReply>> send_content(const Spool& content, std::size_t offset,
@@ -83,14 +101,10 @@ class SmtpUpstream final : public Upstream {
   std::shared_ptr<const Config> config_;
   const ClientFacts& client_;
   bool xforward_ = false;  // send XFORWARD before each MAIL
-  asio::ip::tcp::socket socket_;
+  std::unique_ptr<UpstreamConnection> c_;  // never null; a fresh one after release()
   std::shared_ptr<asio::ssl::context> tls_context_;  // built once per upstream, when TLS is configured
-  std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;
   Watchdog watchdog_;
-  ReplyMatcher replies_;
   std::string output_;
-  std::vector<std::string> capabilities_;     // EHLO keywords, upper case
-  std::vector<std::string> capability_args_;  // the rest of each EHLO line
   State state_ = State::kClosed;
   Mailbox held_from_;                   // a MAIL held back (kMailHeld), not sent yet
   std::vector<EsmtpParam> held_params_;

@@ -82,6 +82,9 @@ class Upstream {
   virtual asio::awaitable<void> reset() = 0;
   // Ends the connection politely (QUIT), if open.
   virtual asio::awaitable<void> quit() = 0;
+  // The client session ends: the connection may serve another client
+  // session (upstream.reuse), else as quit().
+  virtual asio::awaitable<void> release() { co_await quit(); }
   // Between messages: gives back buffers a message made large.
   virtual void release_buffers() {}
   // The capabilities the MTA offered (upper-case EHLO keywords), if connected.

@@ -646,7 +646,12 @@ class _SinkHandler:
             return [act]
         session.host_name = hostname
         out = [r for r in responses if r not in ("250 HELP",)]
-        out += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP"]
+        out += ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        if self.sink.xclient:
+            out.append("250-XCLIENT ADDR PORT NAME HELO PROTO LOGIN")
+        if self.sink.chunking:
+            out.append("250-CHUNKING")
+        out.append("250 HELP")
         return out
 
     async def handle_HELO(self, server, session, envelope, hostname):
@@ -674,7 +679,8 @@ class _SinkHandler:
 
     async def handle_RSET(self, server, session, envelope):
         self.sink._event(server, "RSET")
-        return "250 2.0.0 Ok"
+        act = await self.sink._act(server, "RSET", None)
+        return act if act is not None else "250 2.0.0 Ok"
 
     async def handle_NOOP(self, server, session, envelope, arg):
         self.sink._event(server, "NOOP")
@@ -691,6 +697,79 @@ class _SinkSMTP(SMTP):
         self.sink = sink
         self.conn_id = None
         self.close_after_reply = False
+        self.xclient_attrs = None     # what the last XCLIENT said, as a dict
+        self._chunks = None           # BDAT: the chunks of the message so far
+
+    def _stamp(self, msg):
+        # Who the MTA believed the client was when the message ended.
+        msg.xclient = dict(self.xclient_attrs) if self.xclient_attrs is not None else None
+        msg.helo = self.session.host_name
+        msg.chunks = None
+        return msg
+
+    async def smtp_XCLIENT(self, arg):
+        # Postfix XCLIENT_README: not inside a transaction; a 220 greeting
+        # follows and the session starts over (EHLO needed again).
+        if not self.sink.xclient:
+            await self.push("502 5.5.2 Error: command not recognized")
+            return
+        if self.envelope.mail_from is not None:
+            await self.push("503 5.5.1 Error: MAIL transaction in progress")
+            return
+        attrs = {}
+        for item in (arg or "").split():
+            k, _, v = item.partition("=")
+            attrs[k.upper()] = re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), v)
+        self.sink._event(self, "XCLIENT", attrs)
+        act = await self.sink._act(self, "XCLIENT", attrs)
+        if act is not None:
+            await self.push(act)
+            return
+        self.xclient_attrs = attrs
+        self._set_rset_state()
+        self.session.host_name = None
+        self.session.extended_smtp = False
+        await self.push("220 sink.test ESMTP")
+
+    async def smtp_BDAT(self, arg):
+        # RFC 3030, as far as a sink needs it: the chunk's octets are read
+        # whatever the reply; sizes and LAST recorded as ("BDAT", size, last).
+        if not self.sink.chunking:
+            await self.push("502 5.5.2 Error: command not recognized")
+            return
+        parts = (arg or "").split()
+        if not parts or not parts[0].isdigit() or len(parts) > 2 or (len(parts) == 2 and parts[1].upper() != "LAST"):
+            await self.push("501 5.5.4 Syntax: BDAT size [LAST]")
+            self.transport.close()
+            return
+        size, last = int(parts[0]), len(parts) == 2
+        chunk = await self._reader.readexactly(size) if size else b""
+        self.sink._event(self, "BDAT", size, last)
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        act = await self.sink._act(self, "BDAT", (size, last))
+        if act is not None:
+            await self.push(act)
+            return
+        if self._chunks is None:
+            self._chunks = []
+        self._chunks.append(chunk)
+        if not last:
+            await self.push(f"250 2.0.0 Ok: {size} octets received")
+            return
+        chunks, self._chunks = self._chunks, None
+        content = b"".join(chunks)
+        msg = self._stamp(SinkMessage(self.conn_id, self.envelope.mail_from, self.envelope.mail_options,
+                                      self.envelope.rcpt_tos, content, content, self.sink.keep_content))
+        msg.chunks = [len(c) for c in chunks]
+        act = await self.sink._act(self, "DATA_END", msg)
+        final = act if act is not None else self.sink.final_reply
+        if callable(final):
+            final = final(msg)
+        self.sink._record(msg, final)
+        self._set_post_data_state()
+        await self.push(final)
 
     async def push(self, status):
         await super().push(status)
@@ -776,8 +855,8 @@ class _SinkSMTP(SMTP):
             content = re.sub(rb"(\r\n|\r(?!\n)|\n)\.", rb"\1", content)
         else:
             content = content.replace(b"\r\n.", b"\r\n")
-        msg = SinkMessage(self.conn_id, self.envelope.mail_from, self.envelope.mail_options,
-                          self.envelope.rcpt_tos, raw, content, self.sink.keep_content)
+        msg = self._stamp(SinkMessage(self.conn_id, self.envelope.mail_from, self.envelope.mail_options,
+                                      self.envelope.rcpt_tos, raw, content, self.sink.keep_content))
         del raw, content
         act = await self.sink._act(self, "DATA_END", msg)
         if act is not None:
@@ -803,11 +882,16 @@ class RecordingSink:
 
     def __init__(self, lenient=False, keep_content=True,
                  final_reply="250 2.0.0 Ok: queued as ABC123", data_size_limit=104857600,
-                 auth=None, auth_required=False, smtputf8=False):
+                 auth=None, auth_required=False, smtputf8=False, xclient=False, chunking=False):
         """auth: (user, password) -- offer AUTH PLAIN LOGIN (over plaintext, as
         postern talks to it on loopback) and accept exactly these credentials;
         auth_required: refuse MAIL before a successful AUTH (530);
-        smtputf8: offer SMTPUTF8 (RFC 6531)."""
+        smtputf8: offer SMTPUTF8 (RFC 6531); xclient: offer and take XCLIENT
+        as Postfix does (220, then EHLO again), each message records it in
+        .xclient; chunking: offer CHUNKING and take BDAT, each message
+        records its chunk sizes in .chunks."""
+        self.xclient = xclient
+        self.chunking = chunking
         self.lenient = lenient                # also end DATA on LF.LF, CR.CR, NUL tricks
         self.auth = auth
         self.auth_required = auth_required
@@ -821,6 +905,7 @@ class RecordingSink:
         self.refused_messages = []            # complete content answered with non-2xx
         self.events = []                      # (conn_id, verb, args...)
         self.connections = 0
+        self._ids = 0
         self._lock = threading.Lock()
         self._protocols = []
         self.loop = None
@@ -860,7 +945,8 @@ class RecordingSink:
     def _connection(self, proto):
         with self._lock:
             self.connections += 1
-            proto.conn_id = self.connections
+            self._ids += 1                  # unique, though a probe is discounted from `connections`
+            proto.conn_id = self._ids
             self._protocols.append(proto)
         self._event(proto, "CONNECT")
 
@@ -878,6 +964,25 @@ class RecordingSink:
     def commands(self, verb):
         with self._lock:
             return [e for e in self.events if e[1] == verb]
+
+    def _protocol(self, conn_id):
+        with self._lock:
+            return next(p for p in self._protocols if p.conn_id == conn_id)
+
+    def inject(self, conn_id, data):
+        """Writes `data` on connection conn_id unasked (an MTA misbehaving
+        while idle); `close`: then closes it."""
+        p = self._protocol(conn_id)
+        self.loop.call_soon_threadsafe(p.transport.write, data)
+
+    def hangup(self, conn_id):
+        """Closes connection conn_id from the MTA's side."""
+        p = self._protocol(conn_id)
+        self.loop.call_soon_threadsafe(p.transport.close)
+
+    def connection_events(self, conn_id):
+        with self._lock:
+            return [e[1:] for e in self.events if e[0] == conn_id]
 
     def wait_messages(self, n, timeout=None):
         wait_until(lambda: len(self.messages) >= n, timeout or IO_TIMEOUT,

@@ -262,3 +262,167 @@ def test_binary_chunks(proxy, sink):
     time.sleep(0.2)
     assert len(sink.messages) == 1
     assert body_of(msgs[0]) == eight_bit
+
+
+# --------------------------------------------------------------------------
+# BDAT towards an MTA that offers CHUNKING (issue 23): the recording sink
+# with chunking=True records every BDAT chunk it is given. The content goes
+# as one "BDAT n LAST" of the unstuffed octets; DATA otherwise.
+
+DOTS = (b"line one\r\n.starts with a dot\r\n..two dots\r\n.\r\n. space\r\n"
+        b"...\r\nend without a dot\r\n")
+
+
+@pytest.fixture
+def chunking_sink(make_sink):
+    return make_sink(chunking=True)
+
+
+def bdat_to_mta(sink, msg):
+    """The message went as one BDAT LAST chunk, and no DATA was sent."""
+    chunks = sink.commands("BDAT")
+    assert not sink.commands("DATA"), sink.events
+    assert msg.chunks == [len(msg.content)], (msg.chunks, len(msg.content))
+    assert chunks[-1][2:] == (len(msg.content), True), chunks
+
+
+def test_data_from_client_goes_up_as_bdat_unstuffed(postern, chunking_sink):
+    p = postern.start(upstream=chunking_sink.address)
+    content = make_message("data to bdat", body=DOTS)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        r = c.send_message("alice@example.org", ["bob@example.com"], content)
+        assert str(r) == FINAL, r
+    msg = chunking_sink.wait_messages(1)[0]
+    bdat_to_mta(chunking_sink, msg)
+    # the dot-stuffing of DATA is undone: the MTA gets the message's own octets
+    assert body_of(msg) == content, (body_of(msg), content)
+    assert b"\r\n.starts with a dot\r\n..two dots\r\n.\r\n" in msg.raw
+
+
+def test_bdat_from_client_goes_up_as_bdat(postern, chunking_sink):
+    p = postern.start(upstream=chunking_sink.address)
+    content = make_message("bdat to bdat", body=DOTS * 3)
+    chunks = [content[:17], content[17:18], content[18:]]
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        envelope(c)
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            c.send(f"BDAT {len(chunk)}{' LAST' if last else ''}\r\n".encode() + chunk)
+            r = c.read_reply()
+        assert str(r) == FINAL, r
+    msg = chunking_sink.wait_messages(1)[0]
+    bdat_to_mta(chunking_sink, msg)
+    assert body_of(msg) == content
+
+
+@pytest.mark.parametrize("content", [
+    b"Subject: empty body\r\n\r\n",                     # a header section and nothing after it
+    b"Subject: no final line end\r\n\r\nlast line",     # the client's DATA ends it with CRLF
+])
+def test_edge_bodies_through_bdat(postern, chunking_sink, content):
+    p = postern.start(upstream=chunking_sink.address)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        r = c.send_message("alice@example.org", ["bob@example.com"], content)
+        assert str(r) == FINAL, r
+    msg = chunking_sink.wait_messages(1)[0]
+    bdat_to_mta(chunking_sink, msg)
+    expected = content if content.endswith(b"\r\n") else content + b"\r\n"
+    assert body_of(msg) == expected, body_of(msg)
+
+
+def test_bdat_0_last_from_client_goes_up_as_bdat(postern, chunking_sink):
+    p = postern.start(upstream=chunking_sink.address)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        envelope(c)
+        r = c.cmd("BDAT 0 LAST")
+        assert str(r) == FINAL, r
+    msg = chunking_sink.wait_messages(1)[0]
+    bdat_to_mta(chunking_sink, msg)
+    assert body_of(msg) == b""
+
+
+def test_large_message_through_bdat_is_byte_exact(postern, chunking_sink):
+    """Beyond data.spool_memory: spooled to a file, read back in blocks."""
+    p = postern.start(upstream=chunking_sink.address, sets={"data.spool_memory": 65536})
+    line = b".%06d the quick brown fox jumps over the lazy dog; ..and so on\r\n"
+    body = b"".join(line % i for i in range(60000))       # ~3.9 MB, every line starting with "."
+    content = make_message("large bdat", body=body)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        r = c.send_message("alice@example.org", ["bob@example.com"], content)
+        assert str(r) == FINAL, r
+    msg = chunking_sink.wait_messages(1)[0]
+    bdat_to_mta(chunking_sink, msg)
+    assert body_of(msg) == content
+
+
+def test_bare_lf_normalized_then_bdat(postern, chunking_sink):
+    p = postern.start(upstream=chunking_sink.address, sets={"data.bare_line_ending": "normalize"})
+    content = b"Subject: bare\r\n\r\none\nbare LF\r\nbare CR\rend\n"
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+        assert str(c.read_reply()) == FINAL
+    msg = chunking_sink.wait_messages(1)[0]
+    bdat_to_mta(chunking_sink, msg)
+    assert not msg.raw_has_bare_line_ending
+    assert body_of(msg) == b"Subject: bare\r\n\r\none\r\nbare LF\r\nbare CR\r\nend\r\n", body_of(msg)
+
+
+def test_bare_lf_refused_before_bdat(postern, chunking_sink):
+    p = postern.start(upstream=chunking_sink.address)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.expect("DATA", 354)
+        c.send(b"Subject: bare\r\n\r\none\nbare LF\r\n.\r\n")
+        check_reply(c.read_reply(), 554, "5.5.2", what="bare LF")
+    time.sleep(0.2)
+    assert not chunking_sink.commands("BDAT") and not chunking_sink.messages
+
+
+@pytest.mark.parametrize("reply", ["554 5.7.1 content refused", "452 4.3.1 insufficient storage"])
+def test_mta_refusing_bdat_last(postern, chunking_sink, reply):
+    """RFC 3030 §2: a refused BDAT leaves the transaction open; the client
+    hears the MTA's reply, and its next message goes through."""
+    p = postern.start(upstream=chunking_sink.address)
+    chunking_sink.on("BDAT", reply, times=1)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        r = c.send_message("alice@example.org", ["bob@example.com"], make_message("refused bdat"))
+        assert str(r) == reply, r
+        r = c.send_message("carol@example.org", ["dave@example.com"], make_message("after refusal"))
+        assert str(r) == FINAL, r
+    msgs = chunking_sink.wait_messages(1)
+    assert len(msgs) == 1 and msgs[0].mail_from == "carol@example.org"
+    assert b"Subject: after refusal" in msgs[0].content
+
+
+def test_chunking_off_sends_data(postern, chunking_sink):
+    p = postern.start(upstream=chunking_sink.address, sets={"upstream.chunking": "false"})
+    content = make_message("chunking off", body=DOTS)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        r = c.send_message("alice@example.org", ["bob@example.com"], content)
+        assert str(r) == FINAL, r
+    msg = chunking_sink.wait_messages(1)[0]
+    assert not chunking_sink.commands("BDAT") and len(chunking_sink.commands("DATA")) == 1
+    assert body_of(msg) == content
+    assert b"\r\n..starts with a dot\r\n...two dots\r\n..\r\n" in msg.raw      # stuffed on the wire
+
+
+def test_mta_without_chunking_gets_data(proxy, sink):
+    content = make_message("no chunking", body=DOTS)
+    with SmtpClient(proxy.port) as c:
+        c.ehlo()
+        envelope(c)
+        c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+        assert str(c.read_reply()) == FINAL
+    msg = sink.wait_messages(1)[0]
+    assert not sink.commands("BDAT") and len(sink.commands("DATA")) == 1
+    assert body_of(msg) == content

@@ -362,9 +362,10 @@ def test_octets_sent_while_idle_fail_the_next_command(postern, mta_factory, chun
 
 def test_reply_behind_rset_and_quit_closes_the_connection(postern, mta_factory):
     """RSET and QUIT are postern's own: a reply too many behind theirs
-    fails only the upstream connection, logged and counted."""
+    fails only the upstream connection, logged and counted. (Without
+    connection reuse, so that the session's end is a QUIT to the MTA.)"""
     mta = mta_factory()
-    p = start(postern, mta)
+    p = start(postern, mta, **{"upstream.reuse": "false"})
     mta.arm({"RSET": [b"250 2.0.0 Ok\r\n" + EXTRA]})
     with SmtpClient(p.port) as c:
         c.ehlo()

@@ -164,3 +164,32 @@ def test_none_stays_plaintext(postern, tls_mta):
     assert not tls_lines(session), "\n".join(session)
     with_, rec = received_with(msg, qid)
     assert with_ == "ESMTP", rec
+
+
+def test_reused_connection_keeps_its_tls_and_names_each_client(postern, tls_mta):
+    """Upstream connection reuse (issue 23) over postern's own TLS to the MTA:
+    one smtpd connection, one TLS handshake, two client sessions, each named
+    to Postfix by XFORWARD (this port does not authorize XCLIENT)."""
+    p = postern.start(upstream=f"127.0.0.1:{tls_mta.xforward_port}",
+                      sets={"upstream.tls": "opportunistic", "server.threads": 1,
+                            "upstream.reuse_idle_timeout": 1})
+    qids = []
+    for n in (31, 32):
+        with SmtpClient(p.port, source=f"127.0.0.{n}") as c:
+            c.ehlo(f"client-{n}.example")
+            r = check_reply(c.send_message("alice@example.org", ["bob@example.com"],
+                                           make_message(f"tls reuse {n} {uuid.uuid4().hex[:8]}")), 250)
+            c.expect("QUIT", 221)
+        qids.append(re.search(r"queued as ([0-9A-F]+)", r.text).group(1))
+    session = smtpd_session_lines(tls_mta, qids[0])
+    assert any(f": {qids[1]}: client=" in l for l in session), "\n".join(session)
+    assert len(tls_lines(session)) == 1, "\n".join(session)
+    for n, qid in zip((31, 32), qids):
+        client = tls_mta.wait_log(rf"postfix/smtpd\[\d+\]: {qid}: client=(.*)$").group(1)
+        assert client.endswith(f"orig_client=unknown[127.0.0.{n}]") or f"orig_client=unknown[127.0.0.{n}]:" in client, client
+        wait_until(lambda: any(qid.encode() in (m.content or b"") for m in tls_mta.sink.messages),
+                   20 * SCALE, message=f"Postfix relaying {qid}")
+        msg = next(m for m in tls_mta.sink.messages if qid.encode() in m.content)
+        assert received_with(msg, qid)[0] == "ESMTPS"
+    # the idle time-out ended it with QUIT
+    assert any(re.search(r"disconnect from .* quit=1", l) for l in session), session[-1]

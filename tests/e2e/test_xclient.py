@@ -320,6 +320,43 @@ def test_xclient_every_transaction_of_a_session(postern, mta):
         assert client == f"unknown[{CLIENT_IP}]:{client_port}", (qid, client)
 
 
+def test_reused_connection_carries_each_client_to_postfix(postern, mta):
+    """Upstream connection reuse (issue 23): one smtpd session of Postfix
+    serves three client sessions in turn (RSET, XCLIENT, EHLO again between
+    them); its log and its Received header name each client, never the
+    one before."""
+    p = postern.start(upstream=f"127.0.0.1:{mta.xclient_port}", sets={"server.threads": 1})
+    sent = []
+    for n in (21, 22, 23):
+        ip, helo = f"127.0.0.{n}", f"client-{n}.example"
+        with SmtpClient(p.port, source=ip) as c:
+            client_port = c.sock.getsockname()[1]
+            c.ehlo(helo)
+            r = check_reply(c.send_message("alice@example.org", ["bob@example.com"],
+                                           make_message(f"reuse {n} {uuid.uuid4().hex[:8]}")), 250)
+            c.expect("QUIT", 221)
+        sent.append((re.search(r"queued as ([0-9A-F]+)", r.text).group(1), ip, client_port, helo))
+    pids = set()
+    for qid, ip, client_port, helo in sent:
+        found = mta.wait_log(rf"postfix/smtpd\[(\d+)\]: {qid}: client=(.*)$")
+        pids.add(found.group(1))
+        assert found.group(2) == f"unknown[{ip}]:{client_port}", (qid, found.group(2))
+        wait_until(lambda: any(qid.encode() in (m.content or b"") for m in mta.sink.messages),
+                   20 * SCALE, message=f"Postfix relaying {qid}")
+        msg = next(m for m in mta.sink.messages if qid.encode() in m.content)
+        rec = postfix_received(msg, qid)
+        assert rec.startswith(f"Received: from {helo} (unknown [{ip}])"), rec
+    assert len(pids) == 1, f"one Postfix smtpd session for all three, got {pids}"
+    p.stop()
+    # postern's pooled connection ends with QUIT at shutdown: a clean disconnect
+    pid = pids.pop()
+    last = mta.wait_log(rf"postfix/smtpd\[{pid}\]: {sent[-1][0]}: client=").end()
+    rx = re.compile(rf"postfix/smtpd\[{pid}\]: disconnect from (.*)$", re.M)
+    line = wait_until(lambda: rx.search(mta.log(), last), 15 * SCALE, message="disconnect line").group(1)
+    # (Postfix counts no XCLIENT as done: each one starts the session over)
+    assert re.search(r" xclient=\d+/3 ", line) and "quit=1" in line and "rset=2" in line, line
+
+
 def test_proxy_protocol_client_reaches_postfix_via_xclient(postern, mta, tmp_path):
     """load balancer -> postern (PROXY v1) -> Postfix (XCLIENT): Postfix sees
     the address from the PROXY header, not postern's nor the balancer's.
