@@ -167,22 +167,27 @@ std::optional<std::string> ams_signed_octets(const std::vector<HeaderField>& hea
   const bool simple = c.empty() || c == "simple" || c.starts_with("simple/");
   if (h.empty()) return std::nullopt;
   std::string out;
-  // Each name takes the lowest field of that name not taken yet.
+  // Each name takes the lowest field of that name not taken yet. Names are
+  // lowered once; h= is bounded (kArcMaxSignedFields) so that a hostile
+  // AMS cannot make this names x fields.
+  std::vector<std::string> names;
+  names.reserve(headers.size());
+  for (const HeaderField& f : headers) names.push_back(lower(f.name));
   std::map<std::string, std::size_t> taken;
-  std::size_t start = 0;
+  std::size_t start = 0, listed = 0;
   while (start <= h.size()) {
     std::size_t end = h.find(':', start);
     if (end == std::string::npos) end = h.size();
     const std::string name = lower(trim(std::string_view(h).substr(start, end - start)));
     start = end + 1;
     if (name.empty()) continue;
-    if (name == "arc-seal") return std::nullopt;
+    if (name == "arc-seal" || ++listed > kArcMaxSignedFields) return std::nullopt;
     std::size_t& skip = taken[name];
     std::size_t seen = 0;
-    for (auto it = headers.rbegin(); it != headers.rend(); ++it) {
-      if (lower(it->name) != name) continue;
+    for (std::size_t i = headers.size(); i-- > 0;) {
+      if (names[i] != name) continue;
       if (seen++ < skip) continue;
-      out += simple ? it->raw : relaxed_header(it->name, it->raw);
+      out += simple ? headers[i].raw : relaxed_header(headers[i].name, headers[i].raw);
       break;
     }
     ++skip;
@@ -241,7 +246,7 @@ std::vector<AuthResInfo> parse_auth_res(std::string_view payload) {
     if (quoted) {
       if (c == '\\' && i + 1 < payload.size()) c = payload[++i];
       else if (c == '"') { quoted = false; continue; }
-      text += (c == ';') ? ' ' : c;
+      text += (c == ';' || fws(c)) ? '\x01' : c;  // kept in one word, read back as a space
       continue;
     }
     if (depth) {
@@ -285,7 +290,9 @@ std::vector<AuthResInfo> parse_auth_res(std::string_view payload) {
     for (std::size_t w = 1; w < words.size(); ++w) {
       std::size_t e = words[w].find('=');
       if (e == std::string_view::npos) continue;
-      info.props.emplace_back(lower(words[w].substr(0, e)), std::string(words[w].substr(e + 1)));
+      std::string v(words[w].substr(e + 1));
+      std::replace(v.begin(), v.end(), '\x01', ' ');
+      info.props.emplace_back(lower(words[w].substr(0, e)), std::move(v));
     }
     out.push_back(std::move(info));
   }

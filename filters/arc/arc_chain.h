@@ -19,6 +19,9 @@ namespace postern {
 
 // §4.2.1: at most 50 ARC sets; a 51st makes the chain fail.
 constexpr unsigned kArcMaxSets = 50;
+// Fields one ARC-Message-Signature h= may list (real ones list 10-30);
+// beyond, the AMS fails. Keeps the work per AMS linear in the header section.
+constexpr std::size_t kArcMaxSignedFields = 200;
 
 enum class ArcFieldKind { kAar, kAms, kSeal };
 
@@ -54,7 +57,8 @@ std::string without_b_value(std::string_view raw);
 // The octets the ARC-Message-Signature `ams` signs: the fields its h= names,
 // chosen bottom-up from `headers` (RFC 6376 §5.4.2), then `ams` itself
 // without b= and without its final CRLF, in its c= header canonicalization.
-// nullopt when the tag-list is invalid or h= names ARC-Seal (§4.1.2).
+// nullopt when the tag-list is invalid, h= names ARC-Seal (§4.1.2) or more
+// than kArcMaxSignedFields fields.
 std::optional<std::string> ams_signed_octets(const std::vector<HeaderField>& headers, const HeaderField& ams);
 
 // The octets the ARC-Seal of set `upto` (1-based) signs: every ARC field of

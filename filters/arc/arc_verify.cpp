@@ -93,7 +93,7 @@ std::string check_ams(const std::vector<HeaderField>& headers, const HeaderField
   const std::string body_c = c.find('/') == std::string::npos ? "simple" : c.substr(c.find('/') + 1);
   if (body_c != "simple" && body_c != "relaxed") return "unknown c=" + c;
   auto octets = ams_signed_octets(headers, ams);
-  if (!octets) return "h= is invalid or signs ARC-Seal";
+  if (!octets) return "h= is invalid, signs ARC-Seal or lists more than 200 fields";
   auto bh = body.get(body_c == "relaxed" ? DkimBodyCanon::kRelaxed : DkimBodyCanon::kSimple);
   if (!bh) return "the body cannot be read";
   if (*bh != dkim_tag_value(value, "bh")) return "body hash does not match (body changed)";

@@ -19,7 +19,8 @@ import dkim
 import pytest
 
 from dns_server import DkimKey, UnboundServer, txt_record
-from harness import HOSTNAME, IO_TIMEOUT, SmtpClient, check_reply, listener_ports, wait_until, write_config
+from harness import (HOSTNAME, IO_TIMEOUT, SmtpClient, check_reply, listener_ports, run_cli, wait_until,
+                     write_config)
 
 RCPT = "rcpt@example.net"
 LIST_IP = "192.0.2.50"
@@ -443,3 +444,55 @@ def test_seal_modified_only_seals_changed_messages(postern, make_sink, tmp_path,
     assert tagged.content.startswith(b"ARC-Seal: i=1; cv=none;"), tagged.content[:200]
     cv, results, why = dkim.arc_verify(tagged.content, dnsfunc=dnsfunc_for(keys["postern"]))
     assert cv == dkim.CV_Pass, (why, results)
+
+
+# --- Lua, postern check --------------------------------------------------
+
+ARC_RULE = r"""
+postern.rule{ name = "ARC_SEEN", stage = "eom", fn = function(ctx)
+  local a = ctx.arc
+  if not a then ctx:add_header("X-Arc-Seen", "nil") return end
+  local sets = {}
+  for _, s in ipairs(a.sets) do
+    sets[#sets + 1] = s.instance .. ":" .. s.sealer .. ":" .. s.selector .. ":" .. s.ams_domain .. ":" .. s.cv
+                      .. ":" .. tostring(s.ams_valid) .. ":" .. tostring(s.as_valid)
+  end
+  ctx:add_header("X-Arc-Seen", a.result .. " count=" .. a.count .. " oldest=" .. a.oldest_pass ..
+                 " trusted=" .. a.trusted_sealer .. " sealers=" .. table.concat(a.sealers, ",") ..
+                 " sets=" .. table.concat(sets, " ") .. " reason=" .. a.reason)
+end }
+"""
+
+
+def test_lua_ctx_arc_and_postern_check_agree_with_the_audit_log(postern, make_sink, tmp_path, dns, keys):
+    sink = make_sink(final_reply=QUEUE_REPLY)
+    rules = tmp_path / "arc.lua"
+    rules.write_text(ARC_RULE)
+    proc, port, audit = start(postern, tmp_path, sink, dns, {"trusted_sealers": ["lists.example.org"]},
+                              lua=rules, enforce="reject")
+    msg = chain(keys, 1, "lua and check")
+    send(port, msg)
+    [got] = sink.wait_messages(1)
+    seen = re.search(rb"^X-Arc-Seen: (.*?)\r\n(?![ \t])", got.content, re.S | re.M).group(1)
+    seen = re.sub(rb"\s+", b" ", seen).decode()
+    assert seen == ("pass count=2 oldest=0 trusted=lists.example.org sealers=lists.example.org,fwd1.example.net "
+                    "sets=1:lists.example.org:arc:lists.example.org:none:true:true "
+                    "2:fwd1.example.net:arc:fwd1.example.net:pass:true:true reason="), seen
+    [rec] = audit_records(audit, 1)
+
+    path = tmp_path / "chain.eml"
+    path.write_bytes(msg)
+    base = ["check", "--client-ip", LIST_IP, "--helo", "lists.example.org", "--mail-from",
+            "list-bounces@lists.example.org"]
+    config = str(tmp_path / "postern.toml")
+    for args in (["--config", config, "--rcpt", RCPT], ["--config", config, "--auth-only"]):
+        r = run_cli(base + args + [str(path)])
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["arc"] == rec["arc"], (args, out["arc"], rec["arc"])
+    # without --config: ARC runs (like SPF, DKIM, DMARC), but no sealer is trusted
+    r = run_cli(base + ["--dns-server", dns.address, str(path)])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["arc"]["result"] == "pass" and out["arc"]["count"] == 2 and "trusted_sealer" not in out["arc"]
+    assert "arc=pass (i=2 as=fwd1.example.net)" in out["authentication_results"]

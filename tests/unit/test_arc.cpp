@@ -116,6 +116,25 @@ TEST_CASE("arc: relaxed header canonicalization and b= removal", "[arc]") {
   CHECK(without_b_value("X: bh=1; b =2") == "X: bh=1; b =");
 }
 
+TEST_CASE("arc: the fields an AMS signs", "[arc]") {
+  const auto fields = split_header_block("Subject: one\r\nFrom: a@x\r\nsubject: two\r\nTo: b@y\r\n\r\n");
+  REQUIRE(fields.size() == 4);
+  auto ams = [](const std::string& tags) { return HeaderField{"ARC-Message-Signature",
+                                                              "ARC-Message-Signature: " + tags + "\r\n"}; };
+  // bottom-up per name, a name listed more often than present adds nothing
+  CHECK(ams_signed_octets(fields, ams("i=1; c=relaxed/relaxed; h=subject:From:subject:subject; b=xyz")) ==
+        "subject:two\r\nfrom:a@x\r\nsubject:one\r\narc-message-signature:i=1; c=relaxed/relaxed; "
+        "h=subject:From:subject:subject; b=");
+  CHECK(ams_signed_octets(fields, ams("i=1; h=To; b=xyz")) ==
+        "To: b@y\r\nARC-Message-Signature: i=1; h=To; b=");  // c= absent: simple
+  CHECK_FALSE(ams_signed_octets(fields, ams("i=1; h=from:arc-seal; b=")));
+  CHECK_FALSE(ams_signed_octets(fields, ams("i=1; b=")));
+  CHECK_FALSE(ams_signed_octets(fields, ams("i=1; i=1; h=from; b=")));
+  std::string many = "i=1; h=from";
+  for (int i = 0; i < 200; ++i) many += ":x";
+  CHECK_FALSE(ams_signed_octets(fields, ams(many + "; b=")));
+}
+
 TEST_CASE("arc: authentication results payload", "[arc]") {
   auto r = parse_auth_res("i=2; lists.example.org (comment; here); spf=pass (sender ok) smtp.mailfrom=a@ex.com;\r\n"
                           " dkim=PASS header.d=ex.com header.s=\"s;1\"; dmarc=fail header.from=ex.com; arc=none");
@@ -214,8 +233,10 @@ TEST_CASE("arc: postern's seals verify, and break as they should", "[arc]") {
   REQUIRE(first.status == ArcSealOutcome::Status::kSealed);
   CHECK(first.instance == 1);
   CHECK(first.cv == "none");
-  CHECK(one.starts_with("ARC-Seal: i=1; cv=none; a=rsa-sha256; d=seal.example.net; s=arc; t=1700000000; b="));
-  CHECK(one.find("ARC-Authentication-Results: i=1; mx.example.net; spf=pass smtp.mailfrom=alice@example.com\r\n") !=
+  std::string unfolded = one;
+  for (std::size_t p; (p = unfolded.find("\r\n ")) != std::string::npos;) unfolded.erase(p, 2);
+  CHECK(unfolded.starts_with("ARC-Seal: i=1; cv=none; a=rsa-sha256; d=seal.example.net; s=arc; t=1700000000; b="));
+  CHECK(unfolded.find("ARC-Authentication-Results: i=1; mx.example.net; spf=pass smtp.mailfrom=alice@example.com\r\n") !=
         std::string::npos);
   Verified v1(one, keys);
   CHECK(v1.outcome.reason == "");
@@ -283,6 +304,7 @@ TEST_CASE("arc: postern's seals verify, and break as they should", "[arc]") {
   SECTION("trusted sealers and the DMARC override") {
     ArcOutcome o = v2.outcome;
     o.sets[0].aar = "mx.example.net; dmarc=pass header.from=example.com";
+    o.sets[1].aar = "mx.example.net; spf=pass smtp.mailfrom=a@other.example; dkim=pass header.d=other.example";
     find_trusted_sealer(o, {"other.example"}, {"example.com"});
     CHECK(o.trusted_sealer.empty());
     find_trusted_sealer(o, {"seal.example.net"}, {"example.org"});  // dmarc=pass for another domain
@@ -318,4 +340,38 @@ TEST_CASE("arc: postern's seals verify, and break as they should", "[arc]") {
     CHECK_FALSE(apply_arc_override(again, t));
     CHECK(again.disposition == "reject");
   }
+}
+
+#include "config_test_util.h"
+
+TEST_CASE("arc: [arc] configuration", "[arc][config]") {
+  using postern::test::config_error_of_text;
+  using postern::test::load_config_text;
+  auto c = load_config_text("[arc]\nenabled = true\ntimeout = 2.5\ntrusted_sealers = [\"Lists.Example.ORG\"]\n");
+  CHECK(c->auth.arc.enabled);
+  CHECK(c->auth.arc.timeout == std::chrono::milliseconds(2500));
+  CHECK(c->auth.arc.trusted_sealers == std::vector<std::string>{"lists.example.org"});
+  CHECK(c->auth.arc.sealer == nullptr);
+  CHECK_FALSE(load_config_text("")->auth.arc.enabled);
+
+  CHECK_THAT(config_error_of_text("[arc]\nseal = \"sometimes\"\n"), Catch::Contains("arc.seal"));
+  CHECK_THAT(config_error_of_text("[arc]\nseal = \"all\"\n"), Catch::Contains("sealing needs a key"));
+  CHECK_THAT(config_error_of_text("[arc]\ntrusted_sealers = [\"not a domain\"]\n"), Catch::Contains("arc.trusted_sealers"));
+  CHECK_THAT(config_error_of_text("[arc]\ntrusted_sealers = \"lists.example.org\"\n"),
+             Catch::Contains("expected a list of sealer domains"));
+  CHECK_THAT(config_error_of_text("[arc]\ntimeout = 0\n"), Catch::Contains("arc.timeout"));
+  CHECK_THAT(config_error_of_text("[arc]\nbogus = 1\n"), Catch::Contains("bogus"));
+  CHECK_THAT(config_error_of_text("[arc]\nseal = \"all\"\n[[arc.sign]]\ndomain = \"example.net\"\nselector = \"s\"\n"
+                                  "key_file = \"/nonexistent.key\"\n"),
+             Catch::Contains("arc.sign.key_file"));
+
+  SealKey& k = SealKey::get();
+  auto sealed = load_config_text("[arc]\nseal = \"modified\"\n[[arc.sign]]\ndomain = \"example.net\"\nselector = \"arc\"\n"
+                                 "key_file = \"" + k.file + "\"\n");
+  REQUIRE(sealed->auth.arc.sealer != nullptr);
+  CHECK(sealed->auth.arc.sealer->options().mode == ArcSealMode::kModified);
+  // seal = "none" with a key: no sealer
+  auto off = load_config_text("[arc]\n[[arc.sign]]\ndomain = \"example.net\"\nselector = \"arc\"\nkey_file = \"" + k.file +
+                              "\"\n");
+  CHECK(off->auth.arc.sealer == nullptr);
 }
