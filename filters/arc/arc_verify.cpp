@@ -199,8 +199,17 @@ void find_trusted_sealer(ArcOutcome& o, const std::vector<std::string>& trusted,
     }
     return "";
   };
+  // A trusted set counts only while the message is what its sealer saw: its
+  // AMS still verifies, or every set after it is trusted too. Else anyone
+  // could copy a list's set from a genuine post onto a forgery, seal on top
+  // with a key of their own -- the chain passes -- and borrow the list's
+  // dmarc=pass.
+  bool later_trusted = true;
   for (auto it = o.sets.rbegin(); it != o.sets.rend(); ++it) {
-    if (std::find(trusted.begin(), trusted.end(), it->sealer) == trusted.end()) continue;
+    const bool is_trusted = std::find(trusted.begin(), trusted.end(), it->sealer) != trusted.end();
+    const bool usable = is_trusted && (later_trusted || it->ams_valid);
+    later_trusted = later_trusted && is_trusted;
+    if (!usable) continue;
     std::string saw;
     for (const AuthResInfo& r : parse_auth_res(it->aar)) {
       if (r.result != "pass") continue;

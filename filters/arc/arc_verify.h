@@ -44,9 +44,10 @@ ArcOutcome verify_arc_chain(const std::vector<HeaderField>& headers, const ArcSt
                             std::size_t body_offset, const ArcKeys& keys, unsigned min_key_bits);
 
 // Sets o.trusted_* when the chain passed and the newest set sealed by one of
-// `trusted` (lower-case domains) has an ARC-Authentication-Results saying
-// dmarc=pass for an author domain, or dkim=pass / spf=pass with a domain
-// aligned (relaxed) with every one of `authors`.
+// `trusted` (lower-case domains) whose AMS still verifies, or after which
+// every set is sealed by a trusted domain, has an ARC-Authentication-Results
+// saying dmarc=pass for an author domain, or dkim=pass / spf=pass with a
+// domain aligned (relaxed) with every one of `authors`.
 void find_trusted_sealer(ArcOutcome& o, const std::vector<std::string>& trusted,
                          const std::vector<std::string>& authors);
 

@@ -496,3 +496,19 @@ def test_lua_ctx_arc_and_postern_check_agree_with_the_audit_log(postern, make_si
     out = json.loads(r.stdout)
     assert out["arc"]["result"] == "pass" and out["arc"]["count"] == 2 and "trusted_sealer" not in out["arc"]
     assert "arc=pass (i=2 as=fwd1.example.net)" in out["authentication_results"]
+
+
+def test_trusted_set_copied_onto_a_forgery_does_not_override(postern, make_sink, tmp_path, dns, keys):
+    """A genuine list post's ARC set, the body replaced by a forger who seals
+    i=2 with a key of their own: the chain passes (the newest AMS and every
+    seal verify), but the list's AMS does not, so what the list saw says
+    nothing about this message: DMARC p=reject applies."""
+    sink = make_sink(final_reply=QUEUE_REPLY)
+    proc, port, audit = start(postern, tmp_path, sink, dns, {"trusted_sealers": ["lists.example.org"]},
+                              enforce="reject")
+    forged = list_message(keys, "copied set").replace(b"this is a post.", b"please wire the money.")
+    forged = arc_hop(forged, keys["rogue"], "mx.rogue.example.org", "pass")
+    send(port, forged, code=550)
+    [rec] = audit_records(audit, 1)
+    assert rec["arc"]["result"] == "pass" and rec["arc"]["oldest_pass"] == 2, rec["arc"]
+    assert "trusted_sealer" not in rec["arc"] and "override" not in rec["dmarc"]

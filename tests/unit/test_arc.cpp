@@ -313,6 +313,17 @@ TEST_CASE("arc: postern's seals verify, and break as they should", "[arc]") {
     CHECK(o.trusted_sealer == "seal.example.net");
     CHECK(o.trusted_instance == 1);
     CHECK(o.trusted_saw == "dmarc=pass");
+    // the trusted set's AMS no longer verifies and an untrusted one sealed after it: not believed
+    ArcOutcome copied = v2.outcome;
+    copied.sets[0].aar = "mx.example.net; dmarc=pass header.from=example.com";
+    copied.sets[0].ams_valid = false;
+    copied.sets[1].sealer = "attacker.example";
+    copied.sets[1].aar = "mx.attacker.example; spf=none";
+    find_trusted_sealer(copied, {"seal.example.net"}, {"example.com"});
+    CHECK(copied.trusted_sealer.empty());
+    // ... unless every later set is trusted too
+    find_trusted_sealer(copied, {"seal.example.net", "attacker.example"}, {"example.com"});
+    CHECK(copied.trusted_instance == 1);
     ArcOutcome d = v2.outcome;
     d.sets[1].aar = "mx; spf=fail; dkim=pass header.d=mail.example.com";
     find_trusted_sealer(d, {"seal.example.net"}, {"example.com"});
@@ -374,4 +385,43 @@ TEST_CASE("arc: [arc] configuration", "[arc][config]") {
   auto off = load_config_text("[arc]\n[[arc.sign]]\ndomain = \"example.net\"\nselector = \"arc\"\nkey_file = \"" + k.file +
                               "\"\n");
   CHECK(off->auth.arc.sealer == nullptr);
+}
+
+TEST_CASE("arc: ed25519-sha256 signatures (RFC 8463) and key record checks", "[arc]") {
+  SealKey& k = SealKey::get();
+  const std::string ed = k.dir + "/ed.pem", pub = k.dir + "/ed.pub";
+  REQUIRE(std::system(("openssl genpkey -algorithm ED25519 -out " + ed + " >/dev/null 2>&1").c_str()) == 0);
+  // p= is the raw 32-octet public key (RFC 8463 §4), the tail of the DER SubjectPublicKeyInfo
+  REQUIRE(std::system(("openssl pkey -in " + ed + " -pubout -outform DER | tail -c 32 | base64 -w0 > " + pub).c_str()) == 0);
+  auto slurp = [](const std::string& path) {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    std::string out;
+    char buf[4096];
+    for (std::size_t n; f && (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+    if (f) std::fclose(f);
+    return out;
+  };
+  auto key = ArcSigningKey::load(slurp(ed));
+  REQUIRE(key);
+  CHECK(std::string(key->algorithm()) == "ed25519-sha256");
+  const std::string record = "v=DKIM1; k=ed25519; p=" + slurp(pub);
+  auto b = key->sign("the signed octets");
+  REQUIRE(b);
+  CHECK(arc_verify_signature("ed25519-sha256", record, "the signed octets", *b, 1024) == "");
+  CHECK(arc_verify_signature("ed25519-sha256", record, "the signed octetz", *b, 1024) == "signature does not verify");
+  CHECK(arc_verify_signature("rsa-sha256", record, "the signed octets", *b, 1024) == "key type k=ed25519 does not match a=");
+  // RSA: the key size floor, k= mismatch, revoked, junk
+  auto rsa = ArcSigningKey::load(k.key.key_pem);
+  REQUIRE(rsa);
+  auto rb = rsa->sign("x");
+  REQUIRE(rb);
+  const std::string rsa_record = dkim_public_record(k.key);
+  CHECK(arc_verify_signature("rsa-sha256", rsa_record, "x", *rb, 1024) == "");
+  CHECK(arc_verify_signature("rsa-sha256", rsa_record, "x", *rb, 4096) == "RSA key of 2048 bits is below 4096");
+  CHECK(arc_verify_signature("rsa-sha1", rsa_record, "x", *rb, 1024) == "unsupported algorithm a=rsa-sha1");
+  CHECK(arc_verify_signature("rsa-sha256", "v=DKIM1; p=", "x", *rb, 1024) == "key revoked (empty p=)");
+  CHECK(arc_verify_signature("rsa-sha256", "v=DKIM1; p=AAAA", "x", *rb, 1024) == "key p= does not parse");
+  CHECK(arc_verify_signature("rsa-sha256", "v=DKIM2; p=AAAA", "x", *rb, 1024) == "key record v= is not DKIM1");
+  CHECK(arc_verify_signature("rsa-sha256", rsa_record, "x", "!!!", 1024) == "b= is not base64");
+  CHECK_FALSE(ArcSigningKey::load("not a key"));
 }
