@@ -1389,7 +1389,9 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
   if (const ArcSealer* sealer = config_->auth.arc.sealer.get()) {
     // ARC (filters/arc/arc_seal.h): the next hop can believe our A-R.
     ArcSealOutcome sealed = co_await sealer->seal_relayed(message, txn_.facts, body, body_offset);
-    log::Line(sealed.status == ArcSealOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo, "arc-seal")
+    log::Line(sealed.status == ArcSealOutcome::Status::kError ? log::Level::kWarning
+              : sealed.routine                                 ? log::Level::kDebug
+                                                               : log::Level::kInfo, "arc-seal")
         .kv("session", id_).kv("id", txn_.facts.id).kv("domain", sealed.domain).kv("i", sealed.instance)
         .kv("cv", sealed.cv).kv("result", sealed.status == ArcSealOutcome::Status::kSealed ? "sealed"
                                           : sealed.status == ArcSealOutcome::Status::kError ? "error" : "skipped")

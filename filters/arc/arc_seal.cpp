@@ -74,10 +74,12 @@ ArcSealOutcome ArcSealer::seal(const std::string& header_block, const Spool& bod
   ArcSealOutcome out;
   if (options_.mode == ArcSealMode::kNone || keys_.empty()) {
     out.reason = "sealing is off";
+    out.routine = true;
     return out;
   }
   if (options_.mode == ArcSealMode::kModified && !modified) {
     out.reason = "message not modified";
+    out.routine = true;
     return out;
   }
   std::vector<HeaderField> fields = split_header_block(header_block);
@@ -166,11 +168,11 @@ ArcSealOutcome ArcSealer::seal(const std::string& header_block, const Spool& bod
 
 asio::awaitable<ArcSealOutcome> ArcSealer::seal_relayed(const Message& message, const TransactionFacts& t,
                                                         const Spool& body, std::size_t body_offset) const {
-  if (options_.mode == ArcSealMode::kNone) co_return ArcSealOutcome{};
   const bool modified = arc_message_modified(t.changes);
-  if (options_.mode == ArcSealMode::kModified && !modified) {
+  if (options_.mode == ArcSealMode::kNone || (options_.mode == ArcSealMode::kModified && !modified)) {
     ArcSealOutcome out;
-    out.reason = "message not modified";
+    out.reason = options_.mode == ArcSealMode::kNone ? "sealing is off" : "message not modified";
+    out.routine = true;
     co_return out;
   }
   std::string block = render_header_block(message, t.changes, "");

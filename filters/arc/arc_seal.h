@@ -44,6 +44,7 @@ struct ArcSealOutcome {
   std::string cv;
   std::string domain, selector;
   std::string reason;  // why skipped / the error
+  bool routine = false;  // skipped because sealing is off or the message unmodified (log at debug)
 };
 
 class ArcSealer {
