@@ -245,6 +245,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   o += "],\"dmarc\":" + (auth.dmarc ? "{\"result\":" + js(dmarc_result_name(auth.dmarc->result)) + ",\"policy\":" +
                                          js(auth.dmarc->policy) + "}"
                                     : std::string("null"));
+  o += ",\"arc\":" + (auth.arc ? arc_json(*auth.arc) : std::string("null"));
   o += "}";
   return o;
 }

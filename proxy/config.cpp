@@ -20,6 +20,7 @@
 #include <toml++/toml.h>
 
 #include "default_config.h"
+#include "filters/arc/arc_seal.h"
 #include "filters/dkim/dkim_signer.h"
 #include "proxy/limits.h"
 
@@ -531,6 +532,101 @@ void parse_dkim_signing(Checker& check, const toml::table* dkim, unsigned worker
   }
 }
 
+
+// [arc] (issue 21): chain validation, trusted sealers and sealing with
+// [[arc.sign]] tables (domain, selector, key_file) like [[dkim.sign]]. Needs
+// [authentication_results] parsed (the sealer's authserv-id).
+void parse_arc(Checker& check, const toml::table& root, AuthOptions& a) {
+  const toml::table* arc = check.section(root, "arc");
+  if (arc) {
+    check.check_keys(*arc, "arc", {"enabled", "timeout", "min_key_bits", "trusted_sealers", "seal", "sign"});
+  }
+  ArcOptions& o = a.arc;
+  check.get_bool(arc, "arc", "enabled", o.enabled);
+  if (arc) {
+    if (const toml::node* n = arc->get("timeout")) {
+      if (auto v = n->value<double>(); v && *v >= 0.1 && *v <= 600) {
+        o.timeout = std::chrono::milliseconds(static_cast<long>(*v * 1000));
+      } else {
+        check.error(n, "arc.timeout", "expected seconds between 0.1 and 600, got " + describe(*n));
+      }
+    }
+  }
+  std::size_t bits = o.min_key_bits;
+  check.get_size(arc, "arc", "min_key_bits", 512, 16384, bits);
+  o.min_key_bits = static_cast<unsigned>(bits);
+  if (const toml::node* n = arc ? arc->get("trusted_sealers") : nullptr) {
+    const toml::array* arr = n->as_array();
+    if (!arr) check.error(n, "arc.trusted_sealers", "expected a list of sealer domains, got " + describe(*n));
+    for (std::size_t i = 0; arr && i < arr->size(); ++i) {
+      const toml::node& item = *arr->get(i);
+      if (!item.is_string() || !dns_name_valid(item.as_string()->get()) ||
+          item.as_string()->get().find('.') == std::string::npos) {
+        check.error(&item, "arc.trusted_sealers", "expected a sealer domain (ARC-Seal d=), e.g. \"lists.example.org\", got " +
+                                                      describe(item));
+        continue;
+      }
+      std::string d = item.as_string()->get();
+      for (char& c : d) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      o.trusted_sealers.push_back(std::move(d));
+    }
+  }
+  ArcSealOptions seal;
+  seal.authserv_id = a.authentication_results.authserv_id.empty() ? a.hostname : a.authentication_results.authserv_id;
+  check.get_enum<ArcSealMode>(arc, "arc", "seal",
+                              {{"none", ArcSealMode::kNone}, {"modified", ArcSealMode::kModified},
+                               {"all", ArcSealMode::kAll}},
+                              seal.mode);
+  const toml::node* keys = arc ? arc->get("sign") : nullptr;
+  if (!keys) {
+    if (seal.mode != ArcSealMode::kNone) {
+      check.error(arc->get("seal"), "arc.seal", "sealing needs a key: add an [[arc.sign]] table (domain, selector, key_file)");
+    }
+    return;
+  }
+  const toml::array* arr = keys->as_array();
+  if (!arr || !arr->is_array_of_tables()) {
+    check.error(keys, "arc.sign", "expected [[arc.sign]] tables with domain, selector and key_file");
+    return;
+  }
+  bool ok = true;
+  for (const toml::node& item : *arr) {
+    const toml::table& t = *item.as_table();
+    check.check_keys(t, "arc.sign", {"domain", "selector", "key_file"});
+    DkimSigningKey key;
+    const toml::node* d = check.get_string(&t, "arc.sign", "domain", key.domain);
+    const toml::node* s = check.get_string(&t, "arc.sign", "selector", key.selector);
+    const toml::node* f = check.get_string(&t, "arc.sign", "key_file", key.key_file);
+    if (!d || !dns_name_valid(key.domain) || key.domain.find('.') == std::string::npos) {
+      check.error(d ? d : &item, "arc.sign.domain", "expected the sealing domain (d=), e.g. \"example.com\"");
+      ok = false;
+    }
+    if (!s || key.selector.empty() || !dns_name_valid(key.selector + "._domainkey.example")) {
+      check.error(s ? s : &item, "arc.sign.selector", "expected a selector (s=), e.g. \"arc2026\"");
+      ok = false;
+    }
+    if (!f || key.key_file.empty()) {
+      check.error(f ? f : &item, "arc.sign.key_file", "expected the path of the PEM private key");
+      ok = false;
+      continue;
+    }
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(key.key_file, ec);
+    if (!ec) key.key_file = abs.lexically_normal().string();
+    if (std::string why = load_dkim_signing_key(key); !why.empty()) {
+      check.error(f, "arc.sign.key_file", why);
+      ok = false;
+      continue;
+    }
+    seal.keys.push_back(std::move(key));
+  }
+  if (!ok || seal.keys.empty() || seal.mode == ArcSealMode::kNone) return;
+  try {
+    o.sealer = std::make_shared<const ArcSealer>(std::move(seal));
+  } catch (const std::exception& e) {
+    check.error(keys, "arc.sign", e.what());
+  }
+}
 }  // namespace
 
 std::shared_ptr<const Config> load_config(const ConfigSource& source) {
@@ -559,7 +655,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   auto config = std::make_shared<Config>();
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
-                              "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
+                              "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc", "arc",
                               "authentication_results", "audit", "control", "store", "authenticity", "milter"});
 
   const toml::table* server = check.section(root, "server");
@@ -1127,6 +1223,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
     }
     if (aro.authserv_id.empty()) aro.authserv_id = config->server.hostname;
     check.get_bool(ar, "authentication_results", "remove_forged", aro.remove_forged);
+    parse_arc(check, root, a);
 
     const toml::table* audit = check.section(root, "audit");
     if (audit) {

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "filters/audit/audit_log.h"
+#include "filters/arc/arc_seal.h"
 #include "filters/dkim/dkim_signer.h"
 #include "filters/auth/utf8.h"
 #include "filters/message.h"
@@ -1384,6 +1385,18 @@ asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
     }
     head = signed_.field + head;
     txn_.dkim_signed = signed_.status == DkimSignOutcome::Status::kSigned;
+  }
+  if (const ArcSealer* sealer = config_->auth.arc.sealer.get()) {
+    // ARC (filters/arc/arc_seal.h): the next hop can believe our A-R.
+    ArcSealOutcome sealed = co_await sealer->seal_relayed(message, txn_.facts, body, body_offset);
+    log::Line(sealed.status == ArcSealOutcome::Status::kError ? log::Level::kWarning
+              : sealed.routine                                 ? log::Level::kDebug
+                                                               : log::Level::kInfo, "arc-seal")
+        .kv("session", id_).kv("id", txn_.facts.id).kv("domain", sealed.domain).kv("i", sealed.instance)
+        .kv("cv", sealed.cv).kv("result", sealed.status == ArcSealOutcome::Status::kSealed ? "sealed"
+                                          : sealed.status == ArcSealOutcome::Status::kError ? "error" : "skipped")
+        .kv("reason", sealed.reason);
+    head = sealed.fields + head;
   }
   UpstreamReply r = co_await upstream().data(head, body, offset, txn_.facts.reverse_path);
   if (r.reply.positive()) {

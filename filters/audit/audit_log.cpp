@@ -56,6 +56,24 @@ std::string id_at(const std::string& reply, std::size_t p) {
 
 }  // namespace
 
+std::string arc_json(const ArcOutcome& a) {
+  auto js = [](std::string_view v) { return json_string(v, 256); };
+  std::string o = "{\"result\":" + js(arc_result_name(a.result)) + ",\"count\":" + std::to_string(a.count) +
+                  ",\"oldest_pass\":" + std::to_string(a.oldest_pass) + ",\"reason\":" + js(a.reason) + ",\"sets\":[";
+  for (std::size_t i = 0; i < a.sets.size(); ++i) {
+    const ArcSet& s = a.sets[i];
+    o += std::string(i ? "," : "") + "{\"i\":" + std::to_string(s.instance) + ",\"sealer\":" + js(s.sealer) +
+         ",\"selector\":" + js(s.selector) + ",\"ams_domain\":" + js(s.ams_domain) + ",\"cv\":" + js(s.cv) +
+         ",\"ams_valid\":" + (s.ams_valid ? "true" : "false") + ",\"as_valid\":" + (s.as_valid ? "true" : "false") + "}";
+  }
+  o += "]";
+  if (!a.trusted_sealer.empty()) {
+    o += ",\"trusted_sealer\":" + js(a.trusted_sealer) + ",\"trusted_instance\":" + std::to_string(a.trusted_instance) +
+         ",\"trusted_saw\":" + js(a.trusted_saw);
+  }
+  return o + "}";
+}
+
 std::string json_string(std::string_view s, std::size_t max) {
   std::string out = "\"";
   std::size_t octets = 0;
@@ -196,6 +214,7 @@ std::string audit_json(const AuditEntry& e) {
     }
     o += "}";
   }
+  if (auth.arc) o += ",\"arc\":" + arc_json(*auth.arc);
   o += ",\"symbols\":[";
   for (std::size_t i = 0; i < t.symbols.size() && i < kMaxSymbols; ++i) {
     o += std::string(i ? "," : "") + "{\"name\":" + js(t.symbols[i].name) + ",\"score\":" + num(t.symbols[i].score) + "}";

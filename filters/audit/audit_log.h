@@ -52,6 +52,10 @@ std::string audit_json(const AuditEntry& entry);
 // A JSON string literal of `s`: control characters escaped, invalid UTF-8
 // replaced by U+FFFD, cut after `max` octets of `s` (on a character boundary).
 std::string json_string(std::string_view s, std::size_t max = 512);
+// The "arc" object of the audit log, `postern check` and --auth-only
+// (docs/authentication.md): result, count, oldest_pass, reason, sets and
+// the trusted sealer.
+std::string arc_json(const ArcOutcome& a);
 
 // "250 2.0.0 Ok: queued as 4Xy7" -> "4Xy7". Postfix ("queued as ID"), Exim
 // ("id=ID"), Sendmail ("ID Message accepted for delivery"), Exchange

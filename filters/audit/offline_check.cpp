@@ -41,6 +41,7 @@ std::string run_offline_check(const OfflineCheck& c) {
   // the configuration enables for live traffic.
   AuthOptions options = c.auth;
   options.spf.enabled = options.dkim.enabled = options.dmarc.enabled = options.authentication_results.enabled = true;
+  options.arc.enabled = true;
   auto filters = make_auth_filters(options, resolver);
   for (const auto& f : c.rules) filters.push_back(f);
   FilterChain chain(std::move(filters), c.thresholds);
@@ -105,6 +106,7 @@ std::string run_offline_check(const OfflineCheck& c) {
   } else {
     o += ",\"dmarc\":null";
   }
+  o += ",\"arc\":" + (auth.arc ? arc_json(*auth.arc) : std::string("null"));
   std::string ar;
   for (const auto& h : tx.changes.headers) {
     if (h.kind == HeaderEdit::Kind::kPrepend && h.name == "Authentication-Results") ar = h.value;

@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "filters/arc/arc_verify.h"
 #include "filters/auth/authentication_results.h"
 #include "filters/dkim/dkim_filter.h"
 #include "filters/dmarc/dmarc.h"
@@ -45,6 +46,7 @@ std::vector<std::shared_ptr<Filter>> make_auth_filters(const AuthOptions& option
   if (!options.trusted.empty()) filters.push_back(std::make_shared<TrustedClientFilter>(options.trusted));
   if (options.spf.enabled) filters.push_back(std::make_shared<SpfFilter>(options.spf, options.hostname, unbound, pool));
   if (options.dkim.enabled) filters.push_back(std::make_shared<DkimFilter>(options.dkim, unbound, pool));
+  if (options.arc.enabled) filters.push_back(std::make_shared<ArcFilter>(options.arc, resolver, pool));
   if (options.dmarc.enabled) filters.push_back(std::make_shared<DmarcFilter>(options.dmarc, ar, resolver));
   if (ar.enabled) filters.push_back(std::make_shared<AuthResultsFilter>(ar));
   return filters;

@@ -11,9 +11,11 @@
 //    asio::thread_pool (AuthOptions::worker_threads) owned by the filters;
 //    run() moves there and comes back to the session's executor. DMARC and
 //    Authentication-Results run on the session's executor (async DNS only).
-//  - Order: spf (stage mail), dkim, dmarc, authentication-results (stage
-//    eom). Put the Lua filter after them so rules see the results
-//    (TransactionFacts::auth; for Lua, ctx.spf/dkim/dmarc and the notes
+//  - Order: spf (stage mail), dkim, arc (its keys looked up on the
+//    session's executor, the body hash and signatures on the pool), dmarc
+//    (which may apply a trusted ARC sealer's override), authentication-results
+//    (stage eom). Put the Lua filter after them so rules see the results
+//    (TransactionFacts::auth; for Lua, ctx.spf/dkim/dmarc/arc and the notes
 //    "spf.*", "dkim.N.*", "dmarc.*").
 #pragma once
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "filters/arc/arc_options.h"
 #include "filters/spf/spf_checker.h"
 #include "filters/auth/trusted_networks.h"
 
@@ -69,6 +70,7 @@ struct AuthOptions {
   SpfOptions spf;
   DkimOptions dkim;
   DmarcOptions dmarc;
+  ArcOptions arc;
   AuthResultsOptions authentication_results;
   std::string hostname;              // receiver name for Received-SPF / authserv-id
   unsigned worker_threads = 4;       // the bounded pool of blocking checks

@@ -26,6 +26,9 @@ std::optional<E> parse(const std::array<const char*, N>& names, std::string_view
 const char* spf_result_name(SpfResult r) { return kSpfNames[static_cast<std::size_t>(r)]; }
 const char* dkim_result_name(DkimResult r) { return kDkimNames[static_cast<std::size_t>(r)]; }
 const char* dmarc_result_name(DmarcResult r) { return kDmarcNames[static_cast<std::size_t>(r)]; }
+const char* arc_result_name(ArcResult r) {
+  return r == ArcResult::kPass ? "pass" : r == ArcResult::kFail ? "fail" : "none";
+}
 
 std::optional<SpfResult> parse_spf_result(std::string_view s) { return parse<SpfResult>(kSpfNames, s); }
 

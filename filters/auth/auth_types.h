@@ -72,6 +72,36 @@ struct DmarcOutcome {
   std::string override_comment;
 };
 
+// RFC 8617 ARC chain validation (filters/arc/arc_verify.h).
+enum class ArcResult { kNone, kPass, kFail };
+const char* arc_result_name(ArcResult r);
+
+// One ARC set as validated: its instance, who sealed it and what it said.
+struct ArcSet {
+  unsigned instance = 0;
+  std::string sealer;        // ARC-Seal d=
+  std::string selector;      // ARC-Seal s=
+  std::string ams_domain;    // ARC-Message-Signature d=
+  std::string cv;            // the seal's cv=: none, pass, fail
+  bool ams_valid = false;    // only the newest AMS must validate (RFC 8617 5.2)
+  bool as_valid = false;
+  std::string aar;           // the ARC-Authentication-Results value after "i=N;"
+};
+
+struct ArcOutcome {
+  ArcResult result = ArcResult::kNone;
+  unsigned count = 0;        // ARC sets found (the highest instance when the chain is whole)
+  unsigned oldest_pass = 0;  // lowest instance from which every AMS validates; 0 when all do
+  std::string reason;        // why fail ("ARC-Seal i=2 does not verify")
+  std::string remote_ip;     // the client, for smtp.remote-ip (RFC 8617 10.1)
+  std::vector<ArcSet> sets;  // instance order (1 first); empty when the structure is broken
+  // A trusted sealer ([arc] trusted_sealers) whose ARC-Authentication-Results
+  // saw the author domain authenticated; set only when the chain passes.
+  std::string trusted_sealer;
+  unsigned trusted_instance = 0;
+  std::string trusted_saw;   // "dmarc=pass", "dkim=pass header.d=example.com", "spf=pass ..."
+};
+
 struct AuthResults {
   // Why SPF, DKIM and DMARC did not run ("client 10.0.0.5 in trusted_networks
   // 10.0.0.0/8"); empty when they did.
@@ -80,6 +110,7 @@ struct AuthResults {
   bool dkim_checked = false;
   std::vector<DkimSignature> dkim;
   std::optional<DmarcOutcome> dmarc;
+  std::optional<ArcOutcome> arc;
 };
 
 }  // namespace postern

@@ -68,12 +68,39 @@ std::string authentication_results_value(const std::string& authserv_id, const A
       if (!d.b.empty()) v += " header.b=" + pvalue(d.b);
     }
   }
+  if (auth.arc) {
+    // RFC 8617 §10.1: the chain's result with the client and the oldest
+    // instance whose AMS still verifies; the reason of a fail in a comment.
+    any = true;
+    const auto& a = *auth.arc;
+    v += "; arc=";
+    v += arc_result_name(a.result);
+    if (a.result == ArcResult::kPass && !a.sets.empty()) {
+      v += " (i=" + std::to_string(a.count) + " as=" + comment_text(a.sets.back().sealer) + ")";
+    } else if (a.result == ArcResult::kFail && !a.reason.empty()) {
+      v += " (" + comment_text(a.reason) + ")";
+    }
+    if (a.result != ArcResult::kNone) {
+      if (!a.remote_ip.empty()) v += " smtp.remote-ip=" + pvalue(a.remote_ip);
+      if (a.result == ArcResult::kPass) v += " header.oldest-pass=" + std::to_string(a.oldest_pass);
+    }
+  }
   if (auth.dmarc) {
     any = true;
     const auto& d = *auth.dmarc;
     v += "; dmarc=";
     v += dmarc_result_name(d.result);
-    if (!d.policy.empty()) v += " (p=" + d.policy + " dis=" + (d.disposition.empty() ? "none" : d.disposition) + ")";
+    if (!d.policy.empty()) {
+      // A local-policy override (a trusted ARC sealer) keeps the result
+      // fail -- the DMARC check did fail -- and says why the disposition is
+      // none (RFC 7489 §7.2 PolicyOverrideType, as OpenDMARC and Gmail write it).
+      v += " (p=" + d.policy + " dis=" + (d.disposition.empty() ? "none" : d.disposition);
+      if (!d.override_type.empty() && d.override_type != "sampled_out") {
+        v += " override=" + d.override_type;
+        if (!d.override_comment.empty()) v += ": " + comment_text(d.override_comment);
+      }
+      v += ")";
+    }
     if (!d.from_domain.empty()) v += " header.from=" + pvalue(d.from_domain);
   }
   if (!any) v += "; none";

@@ -145,8 +145,12 @@ void DkimBodyHash::run(std::string_view body, bool at_end) {
     // exactly one, so `stop` stays within the buffer. Relaxed: a single SP or
     // HTAB between two ordinary octets (the space between words) is one SP,
     // stateless too.
-    const char* const stop = p + std::min<std::size_t>(static_cast<std::size_t>(end - p),
-                                                       static_cast<std::size_t>(limit - w));
+    // `w` may be past `limit` here (release() and this octet write up to
+    // four after the check at the top): then no room, and the next turn
+    // flushes. (limit - w negative, cast to size_t, let the copy below run to
+    // the end of the input: a heap overflow of the object.)
+    const std::size_t room = w < limit ? static_cast<std::size_t>(limit - w) : 0;
+    const char* const stop = p + std::min<std::size_t>(static_cast<std::size_t>(end - p), room);
     if (!relaxed) {
       const void* cr_at = std::memchr(p, '\r', static_cast<std::size_t>(stop - p));
       const char* run_end = cr_at ? static_cast<const char*>(cr_at) : stop;

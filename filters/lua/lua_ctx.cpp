@@ -406,6 +406,37 @@ void push_dmarc(lua_State* L, const DmarcOutcome& d) {
   set_string(L, "reason", d.reason);
 }
 
+// ctx.arc (RFC 8617): the chain's result, its sets and the trusted sealer
+// whose results overrode DMARC, as the audit log's "arc" object.
+void push_arc(lua_State* L, const ArcOutcome& a) {
+  lua_createtable(L, 0, 8);
+  set_string(L, "result", arc_result_name(a.result));
+  set_integer(L, "count", a.count);
+  set_integer(L, "oldest_pass", a.oldest_pass);
+  set_string(L, "reason", a.reason);
+  set_string(L, "trusted_sealer", a.trusted_sealer);
+  lua_createtable(L, static_cast<int>(a.sets.size()), 0);
+  for (std::size_t i = 0; i < a.sets.size(); ++i) {
+    lua_pushstring(L, a.sets[i].sealer.c_str());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  lua_setfield(L, -2, "sealers");
+  lua_createtable(L, static_cast<int>(a.sets.size()), 0);
+  for (std::size_t i = 0; i < a.sets.size(); ++i) {
+    const ArcSet& set = a.sets[i];
+    lua_createtable(L, 0, 7);
+    set_integer(L, "instance", set.instance);
+    set_string(L, "sealer", set.sealer);
+    set_string(L, "selector", set.selector);
+    set_string(L, "ams_domain", set.ams_domain);
+    set_string(L, "cv", set.cv);
+    set_bool(L, "ams_valid", set.ams_valid);
+    set_bool(L, "as_valid", set.as_valid);
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  lua_setfield(L, -2, "sets");
+}
+
 // The ctx fields kept for the rest of the call, each in its user value slot
 // (1-based: kCtxCached[slot - 1] is the field's name).
 enum CtxSlot : int { kNoSlot, kClientSlot, kEnvelopeSlot, kHeadersSlot, kBodySlot, kNotesSlot, kSessionNotesSlot,
@@ -462,6 +493,9 @@ int ctx_index(lua_State* L) {
       if (key[1] == 'p' && r.spf) push_spf(L, *r.spf);
       else if (key[1] == 'k' && r.dkim_checked) push_dkim(L, r.dkim);
       else if (key[1] == 'm' && r.dmarc) push_dmarc(L, *r.dmarc);
+      else lua_pushnil(L);
+    } else if (std::strcmp(key, "arc") == 0) {
+      if (ctx.transaction.auth.arc) push_arc(L, *ctx.transaction.auth.arc);
       else lua_pushnil(L);
     } else {
       lua_pushnil(L);

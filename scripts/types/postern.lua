@@ -105,6 +105,24 @@
 ---@field record_domain string
 ---@field reason string
 
+---@class postern.ArcSet
+---@field instance integer i=
+---@field sealer string ARC-Seal d=
+---@field selector string ARC-Seal s=
+---@field ams_domain string ARC-Message-Signature d=
+---@field cv string none, pass or fail
+---@field ams_valid boolean
+---@field as_valid boolean
+
+---@class postern.ArcResult
+---@field result string pass, fail or none
+---@field count integer ARC sets
+---@field oldest_pass integer lowest instance from which every AMS verifies; 0 when all do
+---@field reason string why fail
+---@field trusted_sealer string the [arc] trusted_sealers domain whose results overrode DMARC, or ""
+---@field sealers string[] ARC-Seal d= by instance
+---@field sets postern.ArcSet[]
+
 ---The header section (data, eom). Names are case-insensitive.
 ---@class postern.Headers
 local Headers = {}
@@ -181,6 +199,7 @@ function Body:lines() end
 ---@field spf postern.SpfResult|nil
 ---@field dkim postern.DkimSignature[]|nil
 ---@field dmarc postern.DmarcResult|nil
+---@field arc postern.ArcResult|nil
 local Ctx = {}
 
 ---Adds a named hit to the transaction (once per name).
