@@ -534,6 +534,11 @@ void parse_dkim_signing(Checker& check, const toml::table* dkim, unsigned worker
 // [report] (docs/configuration.md "[report]"): the reports' identity and
 // period, and the domains the HTML report shows by default.
 void parse_report(Checker& check, const toml::table& root, Config& config) {
+  // A host name (LDH labels): what a From domain or a report sender's domain is.
+  auto host_name = [](const std::string& d) {
+    return dns_name_valid(d) && d.find('.') != std::string::npos &&
+           std::all_of(d.begin(), d.end(), [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '.'; });
+  };
   Config::Report& r = config.report;
   const toml::table* t = check.section(root, "report");
   if (t) check.check_keys(*t, "report", {"org_name", "email", "extra_contact_info", "interval", "domains"});
@@ -541,7 +546,7 @@ void parse_report(Checker& check, const toml::table& root, Config& config) {
   if (r.org_name.empty()) r.org_name = config.server.hostname;
   if (const toml::node* n = check.get_string(t, "report", "email", r.email)) {
     auto at = r.email.rfind('@');
-    if (at == std::string::npos || at == 0 || !dns_name_valid(r.email.substr(at + 1)) ||
+    if (at == std::string::npos || at == 0 || !host_name(r.email.substr(at + 1)) ||
         std::any_of(r.email.begin(), r.email.end(), [](unsigned char c) { return c <= 0x20 || c >= 0x7f || c == '<' || c == '>'; })) {
       check.error(n, "report.email", "expected the reports' sender address, e.g. \"dmarc-reports@example.net\", got " +
                                          describe(*n));
@@ -553,7 +558,7 @@ void parse_report(Checker& check, const toml::table& root, Config& config) {
     const toml::array* arr = n->as_array();
     if (!arr) check.error(n, "report.domains", "expected a list of domains, got " + describe(*n));
     for (const toml::node& item : arr ? *arr : toml::array{}) {
-      if (!item.is_string() || !dns_name_valid(item.as_string()->get())) {
+      if (!item.is_string() || !host_name(item.as_string()->get())) {
         check.error(&item, "report.domains", "expected a domain (\"example.com\"), got " + describe(item));
         continue;
       }

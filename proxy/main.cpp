@@ -37,7 +37,8 @@ Usage:
   postern test [--config FILE] [-v] FIXTURE.toml|DIR...
   postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...
                 [--config FILE --rcpt ADDR...] [--rules FILE]... MESSAGE.eml
-  postern report AUDIT.jsonl... [--html OUT.html] [--domain D]... [--top N]
+  postern report [html] AUDIT.jsonl... [--html OUT.html] [--domain D]... [--all] [--config FILE] [--top N]
+  postern report dmarc [AUDIT.jsonl...] [--from DATE --to DATE] [--config FILE] [--out DIR] [--send]
   postern --help | --version
 
 Commands:
@@ -59,6 +60,8 @@ Commands:
                  it, with the reply the client would hear and the deciding rule.
   report         Summarize audit logs per From domain: SPF/DKIM/DMARC pass rates,
                  alignment, actions, top failing sources; a table, and an HTML page.
+                 `report dmarc`: RFC 7489 DMARC aggregate reports (rua=), written as
+                 .xml.gz files and, with --send, mailed through the upstream.
 
 Options of run:
   --config FILE          TOML configuration file (see docs/configuration.md)
@@ -406,12 +409,13 @@ Examples:
 )";
 
 int cmd_report(std::vector<std::string> args) {
-  if (!args.empty() && args[0] == "dmarc") return postern::cmd_report_dmarc({args.begin() + 1, args.end()});
+  // Subcommands (documented under `postern report`): dmarc, html.
+  if (!args.empty() && args.front() == "dmarc") return postern::cmd_report_dmarc({args.begin() + 1, args.end()});
   std::vector<std::string> files, domains;
   std::string html, config_path;
   bool all = false;
   std::size_t top = 10;
-  if (!args.empty() && args[0] == "html") {
+  if (!args.empty() && args.front() == "html") {
     args.erase(args.begin());
     html = "-";
   }
