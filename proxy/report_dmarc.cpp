@@ -4,11 +4,14 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <openssl/ssl.h>
+
 #include <asio/connect.hpp>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/read_until.hpp>
+#include <asio/ssl.hpp>
 #include <asio/streambuf.hpp>
 #include <asio/write.hpp>
 #include <cctype>
@@ -135,42 +138,78 @@ Lookup dmarc_txt(UnboundResolver& dns, const std::string& name) {
 }
 
 // A blocking SMTP transaction with the upstream MTA, every read and write
-// bounded by the socket's time-out. "" on success, else what failed.
+// bounded by the socket's time-out; STARTTLS as [upstream] tls says (none,
+// opportunistic, verify: required, certificate and name checked), as
+// SmtpUpstream does for relayed mail. "" on success, else what failed.
 class ReportMailer {
  public:
-  ReportMailer(const Config& config) : config_(config) {}
+  explicit ReportMailer(const Config& config) : config_(config) {}
 
   std::string send(const std::string& from, const std::string& to, const std::string& message) {
+    using Tls = Config::Upstream::Tls;
+    const Config::Upstream& up = config_.upstream;
     try {
       asio::io_context io;
       asio::ip::tcp::socket socket(io);
       asio::ip::tcp::resolver resolver(io);
-      asio::connect(socket, resolver.resolve(config_.upstream.host, std::to_string(config_.upstream.port)));
+      asio::connect(socket, resolver.resolve(up.host, std::to_string(up.port)));
       timeval tv{60, 0};
       ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
       ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      asio::ssl::context context(asio::ssl::context::tls_client);
+      std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls;
       asio::streambuf buf;
-      auto reply = [&](const char* what) -> std::string {
+      auto write = [&](const std::string& bytes) {
+        if (tls) asio::write(*tls, asio::buffer(bytes));
+        else asio::write(socket, asio::buffer(bytes));
+      };
+      // The reply's lines joined by " / "; throws unless 2xx/3xx (or `code`).
+      auto reply = [&](const char* what, int code = 0) -> std::string {
         std::string text;
         for (int lines = 0; lines < 100; ++lines) {
-          asio::read_until(socket, buf, "\n");
+          if (tls) asio::read_until(*tls, buf, "\n");
+          else asio::read_until(socket, buf, "\n");
           std::istream in(&buf);
           std::string line;
           std::getline(in, line);
           if (!line.empty() && line.back() == '\r') line.pop_back();
-          text += (text.empty() ? "" : " / ") + line;
+          text += (text.empty() ? "" : " / ") + line.substr(0, 200);
           if (line.size() < 4 || line[3] != '-') break;
         }
-        if (text.empty() || (text[0] != '2' && text[0] != '3')) throw std::runtime_error(std::string(what) + ": " + text);
+        const bool ok = code ? text.rfind(std::to_string(code), 0) == 0 : !text.empty() && (text[0] == '2' || text[0] == '3');
+        if (!ok) throw std::runtime_error(std::string(what) + ": " + text);
         return text;
       };
       auto command = [&](const std::string& line, const char* what) {
-        asio::write(socket, asio::buffer(line + "\r\n"));
+        write(line + "\r\n");
         return reply(what);
       };
       reply("greeting");
-      std::string helo = config_.upstream.helo.empty() ? config_.server.hostname : config_.upstream.helo;
-      command("EHLO " + helo, "EHLO");
+      const std::string helo = up.helo.empty() ? config_.server.hostname : up.helo;
+      std::string ehlo = command("EHLO " + helo, "EHLO");
+      if (up.tls != Tls::kNone) {
+        const bool offered = ehlo.find("STARTTLS") != std::string::npos || ehlo.find("starttls") != std::string::npos;
+        if (!offered && up.tls == Tls::kVerify) throw std::runtime_error("STARTTLS not offered ([upstream] tls = verify)");
+        if (offered) {
+          write("STARTTLS\r\n");
+          reply("STARTTLS", 220);
+          if (buf.size() > 0) throw std::runtime_error("octets after the STARTTLS reply");  // RFC 3207 §4.2
+          SSL_CTX_set_min_proto_version(context.native_handle(), TLS1_2_VERSION);
+          const std::string name = up.tls_name.empty() ? up.host : up.tls_name;
+          if (up.tls == Tls::kVerify) {
+            if (up.ca_file.empty()) context.set_default_verify_paths();
+            else context.load_verify_file(up.ca_file);
+            context.set_verify_mode(asio::ssl::verify_peer);
+          } else {
+            context.set_verify_mode(asio::ssl::verify_none);
+          }
+          tls = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket, context);
+          SSL_set_tlsext_host_name(tls->native_handle(), name.c_str());
+          if (up.tls == Tls::kVerify) SSL_set1_host(tls->native_handle(), name.c_str());
+          tls->handshake(asio::ssl::stream_base::client);
+          command("EHLO " + helo, "EHLO after STARTTLS");
+        }
+      }
       command("MAIL FROM:<" + from + ">", "MAIL");
       command("RCPT TO:<" + to + ">", "RCPT");
       command("DATA", "DATA");
@@ -183,7 +222,7 @@ class ReportMailer {
         data += c;
         bol = c == '\n';
       }
-      asio::write(socket, asio::buffer(data + ".\r\n"));
+      write(data + ".\r\n");
       reply("end of data");
       command("QUIT", "QUIT");
     } catch (const std::exception& e) {

@@ -20,8 +20,9 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from dns_server import DkimKey, UnboundServer, txt_record
-from harness import HOSTNAME, SmtpClient, check_reply, listener_ports, run_cli, write_config
+from harness import SCALE, check_reply, listener_ports, run_cli, wait_until, write_config
 from test_authenticity import audit_records, client, message
+from test_upstream_tls import TLS_NAME, tls_mta  # noqa: F401 (a fixture: a real Postfix offering STARTTLS)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 XSD = os.path.join(REPO, "docs", "dmarc", "rua.xsd")
@@ -312,3 +313,35 @@ def test_usage_errors_and_the_default_period(tmp_path, dns, make_sink):
                             sections={"audit": {"path": str(audit)}})
     r = run_cli(["report", "dmarc", "--config", no_email, "--send", "--from", "2026-11-20", "--to", "2026-11-21"])
     assert r.returncode == 2 and "[report] email" in r.stderr
+
+
+def test_send_uses_starttls_as_upstream_tls_says(tmp_path, dns, tls_mta):
+    """--send talks to the upstream as relayed mail does: with tls = "verify"
+    the report goes over STARTTLS to a real Postfix whose certificate and name
+    are checked; a wrong name sends nothing and says why (exit status 1)."""
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text(record("2026-11-20T10:00:00.000Z", "192.0.2.1", "example.com") + "\n")
+    frm, to = "2026-11-20", "2026-11-21"
+    upstream = f"127.0.0.1:{tls_mta.xforward_port}"
+    before = len(tls_mta.sink.messages)
+    cfg = report_config(tmp_path, dns, upstream, audit)
+    wrong = tmp_path / "wrong.toml"
+    text = open(cfg).read().replace(f'target = "{upstream}"',
+                                    f'target = "{upstream}"\ntls = "verify"\nca_file = "{tls_mta.cert}"\n'
+                                    f'tls_name = "wrong.test"\nclient_identity = "none"')
+    wrong.write_text(text)
+    r = run_cli(["report", "dmarc", "--config", str(wrong), "--from", frm, "--to", to, "--out", str(tmp_path / "w"),
+                 "--send"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "not sent to dmarc@example.com:" in r.stdout and "certificate verify failed" in r.stdout, r.stdout
+    good = tmp_path / "good.toml"
+    good.write_text(text.replace('tls_name = "wrong.test"', f'tls_name = "{TLS_NAME}"'))
+    r = run_cli(["report", "dmarc", "--config", str(good), "--from", frm, "--to", to, "--out", str(tmp_path / "g"),
+                 "--send"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sent to dmarc@example.com" in r.stdout, r.stdout
+    wait_until(lambda: len(tls_mta.sink.messages) > before, 20 * SCALE, message="Postfix relaying the report")
+    msg = tls_mta.sink.messages[-1]
+    assert msg.rcpt_tos == ["dmarc@example.com"] and msg.mail_from == REPORTER
+    received = email.message_from_bytes(msg.content).get_all("Received")
+    assert any("with ESMTPS" in r for r in received), received
