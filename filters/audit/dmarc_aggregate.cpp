@@ -286,6 +286,21 @@ void DmarcAggregateBuilder::add_line(std::string_view line) {
                                                      "local_policy", "other"}, "other"),
                              o->str("comment"));
   }
+  // The disposition is what happened to the messages: a policy postern did
+  // not carry out ([dmarc] enforce = "report", or "quarantine" for p=reject)
+  // is reported as the milder one postern applied, with the reason.
+  const std::string action = r.str("action");
+  auto severity = [](const std::string& d) { return d == "reject" ? 2 : d == "quarantine" ? 1 : 0; };
+  const std::string applied = action == "rejected" || action == "discarded" ? "reject"
+                              : action == "quarantined"                     ? "quarantine"
+                              : action == "tempfailed"                      ? row.disposition
+                                                                            : "none";
+  if (severity(applied) < severity(row.disposition)) {
+    row.disposition = applied;
+    if (row.reasons.empty()) {
+      row.reasons.emplace_back("local_policy", "policy not enforced by the receiver; message " + action);
+    }
+  }
   row.header_from = lower(m->str("from_domain", r.str("from_domain")));
   row.envelope_from = domain_of(r.str("mail_from"));
   if (const JsonValue* k = r.get("dkim"); k && k->type == JsonValue::Type::kArray) {

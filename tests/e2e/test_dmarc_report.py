@@ -188,7 +188,8 @@ def test_reports_from_real_traffic_are_valid_named_and_sent_to_verified_rua(post
 
 
 def record(time, ip, from_domain, *, result="fail", disposition="none", policy="reject", published=None,
-           override=None, dkim=(), spf=("fail", "mailfrom"), mail_from=None, record_domain=None, name=""):
+           override=None, dkim=(), spf=("fail", "mailfrom"), mail_from=None, record_domain=None, name="",
+           action="relayed"):
     dmarc = {"result": result, "policy": policy, "disposition": disposition, "from_domain": from_domain,
              "org_domain": from_domain, "record_domain": record_domain if record_domain is not None else from_domain,
              "spf_aligned": result == "pass", "dkim_aligned": False, "reason": ""}
@@ -201,7 +202,7 @@ def record(time, ip, from_domain, *, result="fail", disposition="none", policy="
            "mail_from": mail_from if mail_from is not None else f"bounce@{from_domain}",
            "rcpt_to": [RCPT], "rcpt_count": 1, "message_id": "<m@x>", "from_domain": from_domain, "size": 10,
            "dkim": [{"domain": d, "selector": s, "result": res} for d, s, res in dkim],
-           "dmarc": dmarc, "symbols": [], "score": 0, "stage": "eom", "action": "relayed", "signed": False,
+           "dmarc": dmarc, "symbols": [], "score": 0, "stage": "eom", "action": action, "signed": False,
            "upstream_reply": "250 ok", "queue_id": "Q"}
     if spf:
         rec["spf"] = {"result": spf[0], "identity": spf[1], "domain": from_domain}
@@ -223,6 +224,9 @@ def test_every_shape_of_record_validates_against_the_schema(tmp_path, dns, make_
                      ("x.example", "", "weird-result"), ("", "noselector", "pass")]),
         record("2026-11-20T10:00:06.000Z", "192.0.2.14", "v6.example.com", spf=None, mail_from=""),
         record("2026-11-20T10:00:07.000Z", "192.0.2.15", "v6.example.com", spf=("pass", "helo")),
+        # p=reject not carried out (postern's [dmarc] enforce = "report"): disposition none, local_policy.
+        record("2026-11-20T10:00:07.500Z", "192.0.2.19", "v6.example.com", disposition="reject"),
+        record("2026-11-20T10:00:07.600Z", "192.0.2.20", "v6.example.com", disposition="reject", action="rejected"),
         record("2026-11-20T10:00:08.000Z", "192.0.2.16", "sub.v6.example.com", record_domain="v6.example.com",
                published={"p": "reject", "sp": "quarantine", "adkim": "s", "aspf": "s", "pct": 50}),
         # Not reported: outside the period, no record found, no client address, not JSON.
@@ -250,12 +254,16 @@ def test_every_shape_of_record_validates_against_the_schema(tmp_path, dns, make_
     assert b"<script" not in raw and b"\x07" not in raw
     rows = {rec.findtext("d:row/d:source_ip", namespaces=NS): rec for rec in root.findall("d:record", NS)}
     assert set(rows) == {"2001:db8:0:0:0:0:0:1", "192.0.2.9", "192.0.2.10", "192.0.2.11", "192.0.2.12",
-                         "192.0.2.13", "192.0.2.14", "192.0.2.15", "192.0.2.16"}
+                         "192.0.2.13", "192.0.2.14", "192.0.2.15", "192.0.2.16", "192.0.2.19", "192.0.2.20"}
     reason = lambda ip: (rows[ip].findtext("d:row/d:policy_evaluated/d:reason/d:type", namespaces=NS),
                          rows[ip].findtext("d:row/d:policy_evaluated/d:reason/d:comment", namespaces=NS))
     assert reason("192.0.2.10") == ("sampled_out", "pct=10")
     assert reason("192.0.2.11")[0] == "local_policy" and "<script>" in reason("192.0.2.11")[1]
     assert reason("192.0.2.12") == ("other", None)
+    disposition = lambda ip: rows[ip].findtext("d:row/d:policy_evaluated/d:disposition", namespaces=NS)
+    assert disposition("192.0.2.19") == "none"
+    assert reason("192.0.2.19") == ("local_policy", "policy not enforced by the receiver; message relayed")
+    assert disposition("192.0.2.20") == "reject" and reason("192.0.2.20") == (None, None)
     sigs = [(d.findtext("d:domain", namespaces=NS), d.findtext("d:selector", namespaces=NS),
              d.findtext("d:result", namespaces=NS)) for d in rows["192.0.2.13"].findall("d:auth_results/d:dkim", NS)]
     assert sigs[0] == ("v6.example.com", "a", "pass") and sigs[1][0] == "esp.example"

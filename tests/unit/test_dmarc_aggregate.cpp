@@ -4,6 +4,7 @@
 #include <zlib.h>
 
 #include <catch2/catch.hpp>
+#include <map>
 
 #include "config_test_util.h"
 #include "filters/audit/dmarc_aggregate.h"
@@ -28,9 +29,9 @@ std::string gunzip(const std::string& gz) {
 }
 
 std::string line(const std::string& time, const std::string& ip, const std::string& extra_dmarc = "",
-                 const std::string& dkim = "[]") {
+                 const std::string& dkim = "[]", const std::string& action = "rejected") {
   return R"({"time":")" + time + R"(","client":{"ip":")" + ip + R"(","name":""},"mail_from":"a@example.com",)"
-         R"("from_domain":"example.com","action":"relayed","dkim":)" + dkim +
+         R"("from_domain":"example.com","action":")" + action + R"(","dkim":)" + dkim +
          R"(,"spf":{"result":"pass","identity":"mailfrom","domain":"example.com"},)"
          R"("dmarc":{"result":"fail","disposition":"reject","from_domain":"example.com","record_domain":"example.com",)"
          R"("spf_aligned":false,"dkim_aligned":false,"published":{"p":"reject","sp":"reject","adkim":"r","aspf":"r","pct":100})" +
@@ -119,6 +120,7 @@ TEST_CASE("records group by source, results and overrides; the window and the re
   CHECK(xml.find("<type>local_policy</type>") != std::string::npos);
   CHECK(xml.find("<extra_contact_info>") == std::string::npos);
   CHECK(xml.find("<disposition>reject</disposition>") != std::string::npos);
+  CHECK(xml.find("<disposition>none</disposition>") == std::string::npos);
   // gzip round trip, with the member's file name.
   std::string gz = gzip_compress(xml, "x.xml");
   REQUIRE(gz.size() > 18);
@@ -126,6 +128,21 @@ TEST_CASE("records group by source, results and overrides; the window and the re
   CHECK(static_cast<unsigned char>(gz[1]) == 0x8b);
   CHECK(gz.find(std::string("x.xml\0", 6)) != std::string::npos);
   CHECK(gunzip(gz) == xml);
+}
+
+TEST_CASE("a policy postern did not carry out is reported as what it did", "[dmarc_report]") {
+  DmarcAggregateBuilder b(0, 4000000000);
+  for (const char* action : {"relayed", "quarantined", "rejected", "discarded", "tempfailed", "redirected"}) {
+    b.add_line(line("2026-11-20T10:00:00.000Z", "192.0.2.1", "", "[]", action));
+  }
+  auto reports = b.finish();
+  REQUIRE(reports.size() == 1);
+  std::map<std::string, std::size_t> by;
+  for (const auto& row : reports[0].rows) {
+    by[row.disposition + (row.reasons.empty() ? "" : " " + row.reasons[0].first)] += row.count;
+  }
+  CHECK(by == std::map<std::string, std::size_t>{{"none local_policy", 2}, {"quarantine local_policy", 1},
+                                                 {"reject", 3}});
 }
 
 TEST_CASE("a domain filter and records without a DMARC record", "[dmarc_report]") {
