@@ -172,6 +172,7 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
   if (signed_out) ++d.signed_out;
 
   std::string spf = "none", dkim = "none", dmarc = "none";
+  std::string dkim_pass_aligned, dkim_pass_unaligned;  // a passing signature's d=, by alignment
   if (const JsonValue* s = r.get("spf"); s && s->type == JsonValue::Type::kObject) {
     ++d.spf_checked;
     spf = s->str("result", "none");
@@ -192,6 +193,7 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
       signer.selector = ss;
       signer.aligned = !sd.empty() && domain != "(none)" && domains_aligned(sd, domain, adkim_strict);
       ++(res == "pass" ? signer.pass : signer.fail);
+      if (res == "pass") (signer.aligned ? dkim_pass_aligned : dkim_pass_unaligned) = sd;
     }
     if (dkim == "pass") ++d.dkim_pass;
   }
@@ -209,7 +211,11 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
   // nor DKIM passed where one of them was checked.
   bool checked = dmarc_checked || r.get("spf") || r.get("dkim");
   bool failing = !signed_out && (dmarc_checked ? dmarc != "pass" : checked && spf != "pass" && dkim != "pass");
-  const std::string results = "spf=" + spf + " dkim=" + dkim + " dmarc=" + dmarc;
+  // A passing third-party signature says so: "dkim=pass" alone reads as if it counted for DMARC.
+  const std::string dkim_shown = dkim == "pass" && dkim_pass_aligned.empty() && !dkim_pass_unaligned.empty()
+                                     ? "pass (d=" + dkim_pass_unaligned + ", unaligned)"
+                                     : dkim;
+  const std::string results = "spf=" + spf + " dkim=" + dkim_shown + " dmarc=" + dmarc;
   const JsonValue* client = r.get("client");
   const std::string ip = client ? client->str("ip", "?") : "?";
   const std::string ptr = lower(client ? client->str("name") : "");

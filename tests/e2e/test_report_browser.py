@@ -267,6 +267,10 @@ def test_report_content_trend_signers_sources_policy_messages(tmp_path, proxy):
     assert "&lt;spoof3@x&gt;" in spoof and "rejected" in spoof
     esp = page.split("Messages from 192.0.2.50", 1)[1].split("</table>", 1)[0]
     assert "<td>Q4</td>" in esp
+    # Its passing third-party signature is not shown as a bare dkim=pass.
+    assert "dkim=pass (d=esp.example, unaligned)" in esp
+    failing = page.split("<h3>Failing sources</h3>", 1)[1].split("</table>", 1)[0]
+    assert "dkim=pass (d=esp.example, unaligned) dmarc=fail" in failing
     # Outbound mail postern signed counts as signed, not as DKIM 0 %.
     overview = page.split("Messages per From domain", 1)[1].split("</table>", 1)[0]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", overview.split('href="#d-0">example.com</a>', 1)[1])
