@@ -65,6 +65,24 @@ std::string xml(std::string_view s) {
   return out;
 }
 
+// A host name (LDH labels of 1..63, at most 253 octets): the only policy
+// domains reported. The domain becomes a DNS query, a file name and a Subject,
+// so an audit line carrying "../x" or a CR LF is not one.
+bool host_name(const std::string& d) {
+  if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.' || d.find('.') == std::string::npos) return false;
+  std::size_t label = 0;
+  for (char c : d) {
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
+    }
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') return false;
+    if (++label > 63) return false;
+  }
+  return true;
+}
+
 std::string disposition_or_none(const std::string& d) {
   return d == "quarantine" || d == "reject" ? d : "none";
 }
@@ -254,6 +272,10 @@ void DmarcAggregateBuilder::add_line(std::string_view line) {
   std::string domain = lower(m->str("record_domain"));
   if (domain.empty() || !pub || pub->type != JsonValue::Type::kObject) {
     ++no_record_;
+    return;
+  }
+  if (!host_name(domain)) {
+    ++malformed_;
     return;
   }
   if (!filter_.empty() && std::find(filter_.begin(), filter_.end(), domain) == filter_.end()) return;

@@ -145,6 +145,20 @@ TEST_CASE("a policy postern did not carry out is reported as what it did", "[dma
                                                  {"reject", 3}});
 }
 
+TEST_CASE("a policy domain that is not a host name is not reported", "[dmarc_report]") {
+  // It would become a file name, a DNS query and a Subject.
+  for (const char* bad : {"../../etc/passwd", "a/b.example", "evil\\r\\nBcc: x@y.example", ".example.com",
+                          "example..com", "<script>.example", "nodot", "a b.example"}) {
+    CAPTURE(bad);
+    DmarcAggregateBuilder b(0, 4000000000);
+    std::string l = line("2026-11-20T10:00:00.000Z", "192.0.2.1");
+    l.replace(l.find(R"("record_domain":"example.com")"), 29, std::string(R"("record_domain":")") + bad + "\"");
+    b.add_line(l);
+    CHECK(b.finish().empty());
+    CHECK(b.malformed() == 1);
+  }
+}
+
 TEST_CASE("a domain filter and records without a DMARC record", "[dmarc_report]") {
   DmarcAggregateBuilder b(0, 4000000000, {"other.example"});
   b.add_line(line("2026-11-20T10:00:00.000Z", "192.0.2.1"));
