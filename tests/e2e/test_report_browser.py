@@ -22,7 +22,7 @@ import threading
 
 import pytest
 
-from harness import run_cli, write_config
+from harness import IO_TIMEOUT, listener_ports, run_cli, wait_until, write_config
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/deps)")
@@ -307,3 +307,35 @@ def test_titles_are_honest_and_the_domain_default_comes_from_config(tmp_path, pr
     assert "all From domains" in page and "spammer.example" in page
     page = run_cli(["report", "html", str(audit), "--config", str(cfg), "--domain", "spammer.example"]).stdout
     assert "<h1>Who sends as spammer.example</h1>" in page
+
+
+def test_outbound_mail_postern_signed_is_counted_as_signed_from_real_traffic(postern, make_sink, tmp_path):
+    """Messages from an internal network, DKIM-verified (none had a signature
+    yet) and then signed by postern: the report counts them as signed by
+    postern, with no DKIM rate, under the title of the signing domains."""
+    from test_dkim_sign import message as signed_message, rsa_key, send
+    key_file, _ = rsa_key(tmp_path, "org")
+    sink = make_sink()
+    audit = tmp_path / "audit.jsonl"
+    cfg = write_config(tmp_path / "postern.toml", [{}], upstream=sink.address, sections={
+        "dkim": {"enabled": True, "sign_networks": ["127.0.0.0/8"]},
+        "audit": {"path": str(audit), "fsync": "always"}})
+    with open(cfg, "a") as f:
+        f.write(f'\n[[dkim.sign]]\ndomain = "example.org"\nselector = "s1"\nkey_file = "{key_file}"\n')
+    p = postern.start(config=cfg, listen=())
+    port = listener_ports(p)[0]
+    for i in range(3):
+        send(port, "alice@example.org", signed_message("alice@example.org", f"out {i}"))
+    sink.wait_messages(3)
+    wait_until(lambda: audit.exists() and len(audit.read_text().splitlines()) >= 3, IO_TIMEOUT,
+               message="3 audit records")
+    recs = [json.loads(l) for l in audit.read_text().splitlines()]
+    assert all(r["signed"] is True and r["dkim"] == [] for r in recs), recs
+    r = run_cli(["report", str(audit), "--config", cfg])
+    assert r.returncode == 0, r.stderr
+    row = next(l.split() for l in r.stdout.splitlines() if l.startswith("example.org "))
+    # DOMAIN MESSAGES SPF DKIM DMARC SPF-ALN DKIM-ALN FAILING SIGNED ACTIONS
+    assert row[1] == "3" and row[3] == "-" and row[7] == "0" and row[8] == "3", r.stdout
+    page = run_cli(["report", "html", str(audit), "--config", cfg]).stdout
+    assert "<h1>Who sends as the domains postern signs for: example.org</h1>" in page
+    assert "3 outbound messages signed by postern itself" in page
