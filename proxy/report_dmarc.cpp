@@ -347,7 +347,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
   std::cout << "postern report dmarc: " << utc(from) << " to " << utc(to) << ": " << builder.in_range()
             << " audit records in the period (" << builder.without_record() << " without a DMARC record), "
             << builder.malformed() << " malformed lines\n";
-  std::vector<DmarcAggregateReport> reports = builder.finish();
+  std::vector<DmarcAggregateReport> reports = builder.finish();  // fo= is set from the record looked up below
   if (reports.empty()) {
     std::cout << "no domain to report\n";
     return 0;
@@ -362,7 +362,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
     std::error_code ec;
     std::filesystem::create_directories(out_dir, ec);
     ReportMailer mailer(*config);
-    for (const DmarcAggregateReport& r : reports) {
+    for (DmarcAggregateReport& r : reports) {
       Lookup rec = dmarc_txt(*dns, "_dmarc." + r.domain);
       if (!rec.error.empty()) {
         std::cout << r.domain << ": " << r.messages << " messages; skipped: " << rec.error << "\n";
@@ -374,6 +374,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
         std::cout << r.domain << ": " << r.messages << " messages; no report (its DMARC record asks for none: no rua=)\n";
         continue;
       }
+      r.fo = parse_dmarc_fo(rec.record);
       const std::string id = dmarc_report_id(meta, r.domain);
       const std::string name = dmarc_report_filename(meta, r.domain);
       const std::string gz = gzip_compress(dmarc_report_xml(r, meta, id), name.substr(0, name.size() - 3));

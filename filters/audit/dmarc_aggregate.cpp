@@ -243,6 +243,28 @@ std::vector<DmarcRua> parse_dmarc_rua(std::string_view record) {
   return out;
 }
 
+std::string parse_dmarc_fo(std::string_view record) {
+  std::string_view rest = record;
+  while (!rest.empty()) {
+    auto semi = rest.find(';');
+    std::string_view tag = trim(rest.substr(0, semi));
+    rest = semi == std::string_view::npos ? std::string_view() : rest.substr(semi + 1);
+    auto eq = tag.find('=');
+    if (eq == std::string_view::npos || lower(std::string(trim(tag.substr(0, eq)))) != "fo") continue;
+    std::string value;
+    for (char c : trim(tag.substr(eq + 1))) {
+      if (c != ' ') value.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    }
+    if (value.empty() || value.size() > 16) return "0";
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      const bool option = i % 2 == 0;
+      if (option ? std::string_view("01ds").find(value[i]) == std::string_view::npos : value[i] != ':') return "0";
+    }
+    return value.back() == ':' ? "0" : value;
+  }
+  return "0";
+}
+
 DmarcAggregateBuilder::DmarcAggregateBuilder(std::int64_t begin, std::int64_t end, std::vector<std::string> domains)
     : begin_(begin), end_(end) {
   for (auto& d : domains) filter_.push_back(lower(d));
@@ -397,7 +419,7 @@ std::string dmarc_report_xml(const DmarcAggregateReport& r, const DmarcReportMet
        "</begin>\n      <end>" + std::to_string(meta.end) + "</end>\n    </date_range>\n  </report_metadata>\n";
   o += "  <policy_published>\n    <domain>" + xml(r.domain) + "</domain>\n    <adkim>" + r.adkim +
        "</adkim>\n    <aspf>" + r.aspf + "</aspf>\n    <p>" + r.p + "</p>\n    <sp>" + r.sp + "</sp>\n    <pct>" +
-       std::to_string(r.pct) + "</pct>\n    <fo>0</fo>\n  </policy_published>\n";
+       std::to_string(r.pct) + "</pct>\n    <fo>" + xml(r.fo) + "</fo>\n  </policy_published>\n";
   for (const DmarcReportRow& row : r.rows) {
     o += "  <record>\n    <row>\n      <source_ip>" + row.source_ip + "</source_ip>\n      <count>" +
          std::to_string(row.count) + "</count>\n      <policy_evaluated>\n        <disposition>" + row.disposition +

@@ -47,6 +47,7 @@ struct DmarcAggregateReport {
   std::string domain;  // policy_published/domain
   std::string p = "none", sp = "none", adkim = "r", aspf = "r";
   int pct = 100;
+  std::string fo = "0";  // not in the audit log: the caller sets it from the current record
   std::vector<DmarcReportRow> rows;  // most messages first
   std::size_t messages = 0;
 };
@@ -100,5 +101,8 @@ struct DmarcRua {
   std::uint64_t limit = 0;
 };
 std::vector<DmarcRua> parse_dmarc_rua(std::string_view record);
+// The record's fo= (RFC 7489 §6.3: "0", "1", "d", "s" joined by ':'), "0"
+// when absent or not valid.
+std::string parse_dmarc_fo(std::string_view record);
 
 }  // namespace postern

@@ -49,7 +49,7 @@ def dns(dkim_key):
         txt_record("example.org", "v=spf1 ip4:192.0.2.1 -all"),
         # External destinations: one verified (§7.1), one not; a percent-encoded one.
         txt_record("_dmarc.example.org",
-                   "v=DMARC1; p=reject; adkim=s; rua=mailto:agg@reports.example.net!10m,"
+                   "v=DMARC1; p=reject; adkim=s; fo=d:s; rua=mailto:agg@reports.example.net!10m,"
                    "mailto:x@unverified.example, mailto:a%2Bb@example.org"),
         txt_record("example.org._report._dmarc.reports.example.net", "v=DMARC1"),
         # example.net: a DMARC record without rua=: nothing to report.
@@ -155,6 +155,8 @@ def test_reports_from_real_traffic_are_valid_named_and_sent_to_verified_rua(post
             sp.findtext("d:result", namespaces=NS)) == ("example.com", "mfrom", "pass")
     org = docs["example.org"]
     assert org.findtext("d:policy_published/d:adkim", namespaces=NS) == "s"
+    assert org.findtext("d:policy_published/d:fo", namespaces=NS) == "d:s"
+    assert com.findtext("d:policy_published/d:fo", namespaces=NS) == "0"
     [rec] = org.findall("d:record", NS)
     assert rec.findtext("d:row/d:source_ip", namespaces=NS) == SPOOF_IP
     assert rec.findtext("d:row/d:count", namespaces=NS) == "2"

@@ -64,6 +64,17 @@ TEST_CASE("rua= destinations: mailto only, size suffixes, percent-escapes, bound
   CHECK(parse_dmarc_rua(many).size() == 10);
 }
 
+TEST_CASE("fo= for policy_published: valid option lists, else 0", "[dmarc_report]") {
+  CHECK(parse_dmarc_fo("v=DMARC1; p=none") == "0");
+  CHECK(parse_dmarc_fo("v=DMARC1; p=none; fo=1") == "1");
+  CHECK(parse_dmarc_fo("v=DMARC1; p=none; FO = d:S") == "d:s");
+  CHECK(parse_dmarc_fo("v=DMARC1; fo=0:1:d:s; p=none") == "0:1:d:s");
+  for (const char* bad : {"v=DMARC1; fo=", "v=DMARC1; fo=x", "v=DMARC1; fo=1:", "v=DMARC1; fo=<a>", "v=DMARC1; fo=11"}) {
+    CAPTURE(bad);
+    CHECK(parse_dmarc_fo(bad) == "0");
+  }
+}
+
 TEST_CASE("source IPs are written in the form the schema's IPAddress accepts", "[dmarc_report]") {
   CHECK(schema_ip("192.0.2.1") == "192.0.2.1");
   CHECK(schema_ip("2001:db8::1") == "2001:db8:0:0:0:0:0:1");
