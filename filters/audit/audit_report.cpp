@@ -259,8 +259,11 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
     }
     src.results = results;
     ++src.count;
-    if (src.messages.size() < kMaxSourceMessages) {
-      src.messages.push_back(ReportMessage{time, r.str("message_id"), r.str("queue_id"), action, results});
+    if (src.messages.size() < kMaxSourceMessages && listed_messages_ < kMaxReportMessages) {
+      ++listed_messages_;
+      // Cut as the page shows them: a line can hold a megabyte.
+      src.messages.push_back(ReportMessage{time.substr(0, 40), r.str("message_id").substr(0, 256),
+                                           r.str("queue_id").substr(0, 128), action.substr(0, 40), results.substr(0, 256)});
     }
   }
 }

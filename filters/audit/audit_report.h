@@ -49,7 +49,8 @@ struct ReportDay {
   std::size_t messages = 0, dmarc_pass = 0, dmarc_fail = 0;
 };
 
-inline constexpr std::size_t kMaxSourceMessages = 20;
+inline constexpr std::size_t kMaxSourceMessages = 20;       // listed per failing source
+inline constexpr std::size_t kMaxReportMessages = 200000;   // listed in all (memory bound)
 
 struct DomainReport {
   std::string domain;  // "(none)" when the record had no From domain
@@ -120,6 +121,7 @@ class AuditReportBuilder {
   std::size_t top_;
   std::map<std::string, Tally> tallies_;
   std::map<std::string, ReportDay> days_;
+  std::size_t listed_messages_ = 0;
   AuditReport totals_;
 };
 
