@@ -11,9 +11,9 @@
 #include <sstream>
 
 #include "filters/audit/audit_report.h"
-#include "proxy/report_dmarc.h"
 #include "filters/audit/offline_check.h"
 #include "proxy/check_runner.h"
+#include "proxy/report_dmarc.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/lua/rule_test.h"
 #include "proxy/config.h"
