@@ -239,8 +239,11 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
   }
   if (m && m->get("published")) {
     const JsonValue* pub = m->get("published");
+    const JsonValue* pct = pub->get("pct");
     std::string published = "p=" + pub->str("p", "none") + " sp=" + pub->str("sp", "none") + " pct=" +
-                            (pub->get("pct") ? std::to_string(static_cast<long>(pub->get("pct")->number)) : "100");
+                            (pct && pct->type == JsonValue::Type::kNumber && pct->number >= 0 && pct->number <= 100
+                                 ? std::to_string(static_cast<int>(pct->number))
+                                 : std::string("100"));
     std::string applied = "dmarc=" + dmarc + ", disposition " + m->str("disposition", "none");
     if (const JsonValue* o = m->get("override"); o && o->type == JsonValue::Type::kObject) {
       applied += ", override " + o->str("type");
