@@ -627,6 +627,56 @@ void parse_arc(Checker& check, const toml::table& root, AuthOptions& a) {
     check.error(keys, "arc.sign", e.what());
   }
 }
+
+// [report] (docs/configuration.md "[report]"): the reports' identity and
+// period, and the domains the HTML report shows by default.
+void parse_report(Checker& check, const toml::table& root, Config& config) {
+  // A host name (LDH labels): what a From domain or a report sender's domain is.
+  auto host_name = [](const std::string& d) {
+    return dns_name_valid(d) && d.find('.') != std::string::npos &&
+           std::all_of(d.begin(), d.end(), [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '.'; });
+  };
+  Config::Report& r = config.report;
+  const toml::table* t = check.section(root, "report");
+  if (t) check.check_keys(*t, "report", {"org_name", "email", "extra_contact_info", "interval", "domains"});
+  check.get_string(t, "report", "org_name", r.org_name);
+  if (r.org_name.empty()) r.org_name = config.server.hostname;
+  if (const toml::node* n = check.get_string(t, "report", "email", r.email)) {
+    auto at = r.email.rfind('@');
+    if (at == std::string::npos || at == 0 || !host_name(r.email.substr(at + 1)) ||
+        std::any_of(r.email.begin(), r.email.end(), [](unsigned char c) { return c <= 0x20 || c >= 0x7f || c == '<' || c == '>'; })) {
+      check.error(n, "report.email", "expected the reports' sender address, e.g. \"dmarc-reports@example.net\", got " +
+                                         describe(*n));
+    }
+  }
+  check.get_string(t, "report", "extra_contact_info", r.extra_contact_info);
+  check.get_seconds(t, "report", "interval", 3600, 7 * 86400, r.interval);
+  if (const toml::node* n = t ? t->get("domains") : nullptr) {
+    const toml::array* arr = n->as_array();
+    if (!arr) check.error(n, "report.domains", "expected a list of domains, got " + describe(*n));
+    for (const toml::node& item : arr ? *arr : toml::array{}) {
+      if (!item.is_string() || !host_name(item.as_string()->get())) {
+        check.error(&item, "report.domains", "expected a domain (\"example.com\"), got " + describe(item));
+        continue;
+      }
+      r.domains.push_back(item.as_string()->get());
+    }
+  }
+  if (r.domains.empty()) {  // else the domains postern signs for
+    const toml::node* sign = root.at_path("dkim.sign").node();
+    if (const toml::array* arr = sign ? sign->as_array() : nullptr) {
+      for (const toml::node& item : *arr) {
+        const toml::table* k = item.as_table();
+        auto d = k ? (*k)["domain"].value<std::string>() : std::nullopt;
+        if (d && dns_name_valid(*d) && std::find(r.domains.begin(), r.domains.end(), *d) == r.domains.end()) {
+          r.domains.push_back(*d);
+        }
+      }
+      r.domains_from_signing = !r.domains.empty();
+    }
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<const Config> load_config(const ConfigSource& source) {
@@ -656,7 +706,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc", "arc",
-                              "authentication_results", "audit", "control", "store", "authenticity", "milter"});
+                              "authentication_results", "audit", "control", "store", "authenticity", "milter",
+                              "report"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
@@ -1317,6 +1368,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   }
 
   parse_milters(check, root, *config);
+  parse_report(check, root, *config);
   check.finish();
   return config;
 }

@@ -211,6 +211,18 @@ struct Config {
     Seconds fsync_interval{1};                        // kInterval: at most this long unsynced
     std::size_t queue_limit = 64u * 1024 * 1024;      // octets waiting for the writer thread
   } audit;
+  // [report]: `postern report` (the HTML page) and `postern report dmarc`
+  // (RFC 7489 aggregate reports; docs/authentication.md "Reports").
+  struct Report {
+    std::string org_name;            // report_metadata/org_name; server.hostname when empty
+    std::string email;               // report_metadata/email and the reports' sender
+    std::string extra_contact_info;  // report_metadata/extra_contact_info, optional
+    Seconds interval{86400};         // the period a run without --from/--to covers
+    // The domains the HTML report shows by default: [report] domains, else
+    // the [[dkim.sign]] domains (domains_from_signing); empty = all.
+    std::vector<std::string> domains;
+    bool domains_from_signing = false;
+  } report;
 };
 
 // A configuration error (or several), already formatted "file:line:col: ...".

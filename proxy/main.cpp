@@ -13,6 +13,7 @@
 #include "filters/audit/audit_report.h"
 #include "filters/audit/offline_check.h"
 #include "proxy/check_runner.h"
+#include "proxy/report_dmarc.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/lua/rule_test.h"
 #include "proxy/config.h"
@@ -36,7 +37,8 @@ Usage:
   postern test [--config FILE] [-v] FIXTURE.toml|DIR...
   postern check --client-ip IP --helo NAME --mail-from ADDR [--dns-server IP@PORT]...
                 [--config FILE --rcpt ADDR...] [--rules FILE]... MESSAGE.eml
-  postern report AUDIT.jsonl... [--html OUT.html] [--domain D]... [--top N]
+  postern report [html] AUDIT.jsonl... [--html OUT.html] [--domain D]... [--all] [--config FILE] [--top N]
+  postern report dmarc [AUDIT.jsonl...] [--from DATE --to DATE] [--config FILE] [--out DIR] [--send]
   postern --help | --version
 
 Commands:
@@ -58,6 +60,8 @@ Commands:
                  it, with the reply the client would hear and the deciding rule.
   report         Summarize audit logs per From domain: SPF/DKIM/DMARC pass rates,
                  alignment, actions, top failing sources; a table, and an HTML page.
+                 `report dmarc`: RFC 7489 DMARC aggregate reports (rua=), written as
+                 .xml.gz files and, with --send, mailed through the upstream.
 
 Options of run:
   --config FILE          TOML configuration file (see docs/configuration.md)
@@ -376,7 +380,9 @@ int cmd_control(const std::string& command, const std::vector<std::string>& args
   return 0;
 }
 
-constexpr const char* kReportUsage = R"(Usage: postern report AUDIT.jsonl... [--html OUT.html] [--domain D]... [--top N]
+constexpr const char* kReportUsage = R"(Usage: postern report [html] AUDIT.jsonl... [--html OUT.html] [--domain D]... [--all]
+                      [--config FILE] [--top N]
+       postern report dmarc ...   (DMARC aggregate reports; postern report dmarc --help)
 
 Summarizes postern audit logs ([audit] path, rotated files too) per sending
 domain (the RFC5322.From domain): messages, SPF / DKIM / DMARC pass rates,
@@ -385,8 +391,12 @@ failed. Prints an aligned table; --html also writes one self-contained page
 (inline CSS and SVG charts, no scripts, nothing loaded from elsewhere).
 
 Options:
+  html              write the HTML page to standard output (as --html -)
   --html OUT.html   write the HTML report there ("-" = standard output, then no table)
-  --domain D        only these From domains and their subdomains (repeatable)
+  --domain D        only these From domains and their subdomains (repeatable); default:
+                    [report] domains, else the [[dkim.sign]] domains of --config
+  --all             every From domain, whatever the configuration says
+  --config FILE     the configuration the domain default comes from
   --top N           failing sources listed per domain (default 10)
   -h, --help        show this help
 
@@ -398,20 +408,31 @@ Examples:
   postern report /var/log/postern/audit.jsonl* --domain example.com --html report.html
 )";
 
-int cmd_report(const std::vector<std::string>& args) {
+int cmd_report(std::vector<std::string> args) {
+  // Subcommands (documented under `postern report`): dmarc, html.
+  if (!args.empty() && args.front() == "dmarc") return postern::cmd_report_dmarc({args.begin() + 1, args.end()});
   std::vector<std::string> files, domains;
-  std::string html;
+  std::string html, config_path;
+  bool all = false;
   std::size_t top = 10;
+  if (!args.empty() && args.front() == "html") {
+    args.erase(args.begin());
+    html = "-";
+  }
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (is_help(a)) {
       std::cout << kReportUsage;
       return 0;
     }
-    if (a == "--html" || a == "--domain" || a == "--top") {
+    if (a == "--all") {
+      all = true;
+    } else if (a == "--html" || a == "--domain" || a == "--top" || a == "--config") {
       if (i + 1 >= args.size()) return usage_error(a + " needs a value");
       const std::string& v = args[++i];
-      if (a == "--html") {
+      if (a == "--config") {
+        config_path = v;
+      } else if (a == "--html") {
         html = v;
       } else if (a == "--domain") {
         domains.push_back(v);
@@ -428,7 +449,19 @@ int cmd_report(const std::vector<std::string>& args) {
     }
   }
   if (files.empty()) return usage_error("report needs at least one AUDIT.jsonl file");
+  bool from_signing = false;
+  if (!config_path.empty() && domains.empty() && !all) {  // the configured domains by default
+    try {
+      auto config = postern::load_config(postern::ConfigSource{config_path, {}, {}, {}});
+      domains = config->report.domains;
+      from_signing = config->report.domains_from_signing;
+    } catch (const std::exception& e) {
+      std::cerr << "postern report: configuration error:\n" << e.what() << "\n";
+      return 2;
+    }
+  }
   postern::AuditReportBuilder builder(domains, top);
+  builder.set_domains_from_signing(from_signing);
   for (const std::string& f : files) {
     if (f == "-") {
       builder.add_stream("(stdin)", std::cin);

@@ -5,7 +5,10 @@
 #include <cctype>
 #include <cstdio>
 
+#include <arpa/inet.h>
+
 #include "filters/audit/json_reader.h"
+#include "filters/dmarc/dmarc.h"
 
 namespace postern {
 
@@ -14,6 +17,7 @@ namespace {
 constexpr std::size_t kMaxExamples = 10;      // malformed lines named in the report
 constexpr std::size_t kMaxLine = kJsonMaxInput;
 constexpr std::size_t kMaxDomains = 100000;   // distinct From domains tallied; more go to "(other)"
+constexpr std::size_t kMaxGroups = 10000;     // signers, networks, PTR domains, days per From domain
 
 std::string lower(std::string s) {
   for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -54,6 +58,31 @@ std::string pad(std::string_view s, std::size_t width, bool right = false) {
   std::size_t w = columns(s);
   std::string fill(w < width ? width - w : 0, ' ');
   return right ? fill + std::string(s) : std::string(s) + fill;
+}
+
+// "192.0.2.0/24" or "2001:db8:1:2::/64" for a client address; the text
+// itself when it is not an address.
+std::string network_of(const std::string& ip) {
+  unsigned char b[16] = {};
+  char buf[64];
+  if (inet_pton(AF_INET, ip.c_str(), b) == 1) {
+    b[3] = 0;
+    inet_ntop(AF_INET, b, buf, sizeof buf);
+    return std::string(buf) + "/24";
+  }
+  if (inet_pton(AF_INET6, ip.c_str(), b) == 1) {
+    std::fill(b + 8, b + 16, 0);
+    inet_ntop(AF_INET6, b, buf, sizeof buf);
+    return std::string(buf) + "/64";
+  }
+  return ip.empty() ? "?" : ip;
+}
+
+// Adds `key` to a bounded map: past kMaxGroups new keys go to "(other)".
+template <typename M>
+typename M::mapped_type& bounded(M& m, const std::string& key) {
+  if (m.size() >= kMaxGroups && !m.count(key)) return m["(other)"];
+  return m[key];
 }
 
 }  // namespace
@@ -135,25 +164,41 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
   DomainReport& d = t.report;
   d.domain = domain;
   ++d.messages;
-  ++d.actions[r.str("action", "unknown")];
+  const std::string action = r.str("action", "unknown");
+  ++d.actions[action];
+  // Outbound mail postern signed: its DKIM is postern's own signature, added
+  // after the checks; counted as signed, not in the DKIM pass rate.
+  const bool signed_out = r.flag("signed");
+  if (signed_out) ++d.signed_out;
 
   std::string spf = "none", dkim = "none", dmarc = "none";
+  std::string dkim_pass_aligned, dkim_pass_unaligned;  // a passing signature's d=, by alignment
   if (const JsonValue* s = r.get("spf"); s && s->type == JsonValue::Type::kObject) {
     ++d.spf_checked;
     spf = s->str("result", "none");
     if (spf == "pass") ++d.spf_pass;
   }
-  if (const JsonValue* k = r.get("dkim"); k && k->type == JsonValue::Type::kArray) {
+  const JsonValue* m = r.get("dmarc");
+  if (m && m->type != JsonValue::Type::kObject) m = nullptr;
+  const bool adkim_strict = m && m->get("published") && m->get("published")->str("adkim") == "s";
+  if (const JsonValue* k = r.get("dkim"); k && k->type == JsonValue::Type::kArray && !(signed_out && k->array.empty())) {
     ++d.dkim_checked;
     for (const JsonValue& sig : k->array) {
       std::string res = sig.str("result", "none");
       if (res == "pass") dkim = "pass";
       else if (dkim != "pass") dkim = res;
+      std::string sd = lower(sig.str("domain")), ss = sig.str("selector");
+      ReportSigner& signer = bounded(t.signers, sd + "\x1f" + ss);
+      signer.domain = sd;
+      signer.selector = ss;
+      signer.aligned = !sd.empty() && domain != "(none)" && domains_aligned(sd, domain, adkim_strict);
+      ++(res == "pass" ? signer.pass : signer.fail);
+      if (res == "pass") (signer.aligned ? dkim_pass_aligned : dkim_pass_unaligned) = sd;
     }
     if (dkim == "pass") ++d.dkim_pass;
   }
   bool dmarc_checked = false;
-  if (const JsonValue* m = r.get("dmarc"); m && m->type == JsonValue::Type::kObject) {
+  if (m) {
     dmarc_checked = true;
     ++d.dmarc_checked;
     dmarc = m->str("result", "none");
@@ -165,18 +210,64 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
   // Failing: DMARC did not pass where it was checked; otherwise neither SPF
   // nor DKIM passed where one of them was checked.
   bool checked = dmarc_checked || r.get("spf") || r.get("dkim");
-  bool failing = dmarc_checked ? dmarc != "pass" : checked && spf != "pass" && dkim != "pass";
+  bool failing = !signed_out && (dmarc_checked ? dmarc != "pass" : checked && spf != "pass" && dkim != "pass");
+  // A passing third-party signature says so: "dkim=pass" alone reads as if it counted for DMARC.
+  const std::string dkim_shown = dkim == "pass" && dkim_pass_aligned.empty() && !dkim_pass_unaligned.empty()
+                                     ? "pass (d=" + dkim_pass_unaligned + ", unaligned)"
+                                     : dkim;
+  const std::string results = "spf=" + spf + " dkim=" + dkim_shown + " dmarc=" + dmarc;
+  const JsonValue* client = r.get("client");
+  const std::string ip = client ? client->str("ip", "?") : "?";
+  const std::string ptr = lower(client ? client->str("name") : "");
+
+  // Sources by network and by the organizational domain of their verified PTR.
+  for (auto [groups, key] : {std::pair{&t.networks, network_of(ip)},
+                             {&t.ptrs, ptr.empty() ? std::string("(no verified PTR)") : organizational_domain(ptr)}}) {
+    GroupTally& g = bounded(*groups, key);
+    ++g.messages;
+    if (failing) ++g.failing;
+    if (g.addresses.size() < kMaxGroups) g.addresses[ip] = true;
+  }
+  if (time.size() >= 10 && time[4] == '-' && time[7] == '-') {
+    for (auto* days : {&t.days, &days_}) {
+      ReportDay& day = bounded(*days, time.substr(0, 10));
+      day.day = time.substr(0, 10);
+      ++day.messages;
+      if (dmarc == "pass") ++day.dmarc_pass;
+      else if (dmarc_checked) ++day.dmarc_fail;
+    }
+  }
+  if (m && m->get("published")) {
+    const JsonValue* pub = m->get("published");
+    const JsonValue* pct = pub->get("pct");
+    std::string published = "p=" + pub->str("p", "none") + " sp=" + pub->str("sp", "none") + " pct=" +
+                            (pct && pct->type == JsonValue::Type::kNumber && pct->number >= 0 && pct->number <= 100
+                                 ? std::to_string(static_cast<int>(pct->number))
+                                 : std::string("100"));
+    std::string applied = "dmarc=" + dmarc + ", disposition " + m->str("disposition", "none");
+    if (const JsonValue* o = m->get("override"); o && o->type == JsonValue::Type::kObject) {
+      applied += ", override " + o->str("type");
+      if (!o->str("comment").empty()) applied += " (" + o->str("comment") + ")";
+    }
+    applied += " -> " + action;
+    auto& row = bounded(d.policy, published);
+    if (row.size() < kMaxGroups || row.count(applied)) ++row[applied];
+  }
   if (failing) {
     ++d.failing;
-    const JsonValue* client = r.get("client");
-    std::string ip = client ? client->str("ip", "?") : "?";
-    SourceTally& src = t.sources[ip];
+    SourceTally& src = bounded(t.sources, ip);
     if (src.count == 0 || src.name.empty()) {
-      src.name = client ? client->str("name") : "";
+      src.name = ptr;
       if (src.name.empty()) src.name = r.str("helo");
     }
-    src.results = "spf=" + spf + " dkim=" + dkim + " dmarc=" + dmarc;
+    src.results = results;
     ++src.count;
+    if (src.messages.size() < kMaxSourceMessages && listed_messages_ < kMaxReportMessages) {
+      ++listed_messages_;
+      // Cut as the page shows them: a line can hold a megabyte.
+      src.messages.push_back(ReportMessage{time.substr(0, 40), r.str("message_id").substr(0, 256),
+                                           r.str("queue_id").substr(0, 128), action.substr(0, 40), results.substr(0, 256)});
+    }
   }
 }
 
@@ -184,12 +275,24 @@ AuditReport AuditReportBuilder::finish() const {
   AuditReport out = totals_;
   for (const auto& [domain, t] : tallies_) {
     DomainReport d = t.report;
-    for (const auto& [ip, s] : t.sources) d.sources.push_back(ReportSource{ip, s.name, s.results, s.count});
+    for (const auto& [ip, s] : t.sources) d.sources.push_back(ReportSource{ip, s.name, s.results, s.count, s.messages});
     std::stable_sort(d.sources.begin(), d.sources.end(),
                      [](const ReportSource& a, const ReportSource& b) { return a.count > b.count; });
     if (d.sources.size() > top_) d.sources.resize(top_);
+    for (const auto& [key, s] : t.signers) d.signers.push_back(s);
+    std::stable_sort(d.signers.begin(), d.signers.end(), [](const ReportSigner& a, const ReportSigner& b) {
+      return a.pass + a.fail > b.pass + b.fail;
+    });
+    for (auto [from, to] : {std::pair{&t.networks, &d.networks}, {&t.ptrs, &d.ptrs}}) {
+      for (const auto& [name, g] : *from) to->push_back(ReportGroup{name, g.messages, g.failing, g.addresses.size()});
+      std::stable_sort(to->begin(), to->end(),
+                       [](const ReportGroup& a, const ReportGroup& b) { return a.messages > b.messages; });
+      if (to->size() > top_) to->resize(top_);
+    }
+    for (const auto& [day, v] : t.days) d.days.push_back(v);
     out.domains.push_back(std::move(d));
   }
+  for (const auto& [day, v] : days_) out.days.push_back(v);
   std::stable_sort(out.domains.begin(), out.domains.end(),
                    [](const DomainReport& a, const DomainReport& b) { return a.messages > b.messages; });
   return out;
@@ -209,7 +312,8 @@ void print_report_text(const AuditReport& r, std::ostream& out) {
     for (const DomainReport& d : r.domains) dw = std::max(dw, columns(printable(d.domain, 60)));
     out << pad("DOMAIN", dw) << "  " << pad("MESSAGES", 8, true) << "  " << pad("SPF", 6, true) << "  "
         << pad("DKIM", 6, true) << "  " << pad("DMARC", 6, true) << "  " << pad("SPF-ALN", 7, true) << "  "
-        << pad("DKIM-ALN", 8, true) << "  " << pad("FAILING", 7, true) << "  ACTIONS\n";
+        << pad("DKIM-ALN", 8, true) << "  " << pad("FAILING", 7, true) << "  " << pad("SIGNED", 6, true)
+        << "  ACTIONS\n";
     for (const DomainReport& d : r.domains) {
       std::string actions;
       for (const auto& [a, n] : d.actions) actions += (actions.empty() ? "" : " ") + printable(a, 20) + "=" + std::to_string(n);
@@ -218,11 +322,12 @@ void print_report_text(const AuditReport& r, std::ostream& out) {
           << "  " << pad(percent(d.dmarc_pass, d.dmarc_checked), 6, true) << "  "
           << pad(percent(d.spf_aligned, d.dmarc_checked), 7, true) << "  "
           << pad(percent(d.dkim_aligned, d.dmarc_checked), 8, true) << "  " << pad(std::to_string(d.failing), 7, true)
-          << "  " << actions << "\n";
+          << "  " << pad(std::to_string(d.signed_out), 6, true) << "  " << actions << "\n";
     }
     out << "\nSPF, DKIM, DMARC: pass rate among the messages checked; SPF-ALN, DKIM-ALN: aligned\n"
            "with the From domain among the DMARC-checked; FAILING: messages that did not pass DMARC\n"
-           "(or, without DMARC, neither SPF nor DKIM).\n";
+           "(or, without DMARC, neither SPF nor DKIM); SIGNED: outbound messages postern signed itself\n"
+           "(not counted in the DKIM rate).\n";
     for (const DomainReport& d : r.domains) {
       if (d.sources.empty()) continue;
       out << "\n" << printable(d.domain, 60) << ": top failing sources\n";
