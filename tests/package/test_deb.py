@@ -73,6 +73,8 @@ EXPECTED = [
     "/etc/postern/postern.toml",
     "/etc/logrotate.d/postern",
     "/lib/systemd/system/postern.service",
+    "/lib/systemd/system/postern-dmarc-report.service",
+    "/lib/systemd/system/postern-dmarc-report.timer",
     "/usr/lib/sysusers.d/postern.conf",
     "/usr/share/postern/scripts/default/20_helo.lua",
     "/usr/share/postern/scripts/examples",
