@@ -105,7 +105,6 @@ class AuditLog {
   bool open_file();
   void rotate();
   void write_batch(const std::string& batch);
-  bool write_all(const char* data, std::size_t n);
   void report(const std::string& what);
 
   AuditLogOptions options_;

@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "filters/audit/json_reader.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -14,11 +15,6 @@ namespace {
 constexpr std::size_t kMaxExamples = 10;      // malformed lines named in the report
 constexpr std::size_t kMaxLine = kJsonMaxInput;
 constexpr std::size_t kMaxDomains = 100000;   // distinct From domains tallied; more go to "(other)"
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 // Terminal-safe: control characters and ill-formed UTF-8 become '?', the
 // text is cut at `max` octets.
@@ -67,7 +63,7 @@ std::string percent(std::size_t part, std::size_t whole) {
 
 AuditReportBuilder::AuditReportBuilder(std::vector<std::string> domains, std::size_t top_sources)
     : top_(top_sources) {
-  for (auto& d : domains) filter_.push_back(lower(d));
+  for (auto& d : domains) filter_.push_back(ascii::to_lower(d));
   totals_.domain_filter = filter_;
 }
 
@@ -119,7 +115,7 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
     return;
   }
   ++totals_.records;
-  std::string domain = lower(r.str("from_domain"));
+  std::string domain = ascii::to_lower(r.str("from_domain"));
   if (domain.empty()) domain = "(none)";
   if (!wanted(domain)) {
     ++totals_.skipped;

@@ -9,6 +9,7 @@
 
 #include "filters/auth/c_api.h"
 #include "filters/dkim/dkim_tags.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -26,16 +27,11 @@ struct VerifyState {
   std::vector<std::pair<DKIM_SIGINFO*, std::string>> key_problems;
 };
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // The key record: from the keys looked up beforehand or the cache when the
 // caller must not wait, else from the resolver, waiting.
 std::optional<DnsAnswer> key_record(VerifyState& st, const std::string& name) {
   if (!st.keys) return st.resolver->query_blocking(name, DnsType::kTxt);
-  if (auto it = st.keys->find(lower(name)); it != st.keys->end()) return it->second;
+  if (auto it = st.keys->find(ascii::to_lower(name)); it != st.keys->end()) return it->second;
   return st.resolver->answer_now(name, DnsType::kTxt);
 }
 
@@ -249,7 +245,7 @@ std::string DkimVerifier::key_name(std::string_view signature_value) {
   const std::string_view value = signature_value;
   std::string selector = tag_value(value, "s"), domain = tag_value(value, "d");
   if (selector.empty() || domain.empty()) return {};
-  return lower(selector + "._domainkey." + domain);
+  return ascii::to_lower(selector + "._domainkey." + domain);
 }
 
 std::optional<DkimVerifier::BodySpec> DkimVerifier::body_spec(std::string_view signature_value) {

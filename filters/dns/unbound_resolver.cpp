@@ -5,6 +5,7 @@
 // posts the answer to the waiting coroutine's executor.
 #include "filters/dns/unbound_resolver.h"
 #include "filters/filter_stats.h"
+#include "filters/text/ascii.h"
 
 #include <unistd.h>
 #include <unbound.h>
@@ -61,13 +62,6 @@ bool dns_name_valid(std::string_view name) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string normalize(std::string_view name) {
-  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
-  std::string out(name);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 // A domain name in uncompressed wire format (libunbound decompresses rdata).
 bool read_name(const unsigned char* p, std::size_t len, std::size_t& pos, std::string& out) {
@@ -389,7 +383,7 @@ UnboundResolver::Stats UnboundResolver::stats() const {
 
 namespace {
 std::string cache_key(const std::string& name, DnsType type) {
-  return normalize(name) + '/' + std::to_string(static_cast<int>(type));
+  return ascii::domain_key(name) + '/' + std::to_string(static_cast<int>(type));
 }
 }  // namespace
 

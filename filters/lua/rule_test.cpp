@@ -19,27 +19,23 @@
 #include "filters/lua/kv_store.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/spool.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // DNS answers given by the fixture; anything else is NXDOMAIN.
 class StaticResolver final : public Resolver {
  public:
   void add(std::string name, DnsType type, DnsAnswer answer) {
     if (!name.empty() && name.back() == '.') name.pop_back();
-    answers_[{lower(name), type}] = std::move(answer);
+    answers_[{ascii::to_lower(name), type}] = std::move(answer);
   }
   asio::awaitable<DnsAnswer> query(std::string name, DnsType type) override {
     queries_.push_back(name);
-    auto it = answers_.find({lower(name), type});
+    auto it = answers_.find({ascii::to_lower(name), type});
     if (it != answers_.end()) co_return it->second;
     DnsAnswer nx;
     nx.status = DnsStatus::kNxDomain;
@@ -268,7 +264,7 @@ std::vector<std::string> compare(const toml::table& expect, const Outcome& out) 
   if (auto v = expect["score_max"].value<double>(); v && out.txn.score > *v) bad.push_back("score <= " + std::to_string(*v));
   for (const std::string& h : get_strings(expect, "added_headers")) {
     bool found = std::any_of(out.txn.changes.headers.begin(), out.txn.changes.headers.end(), [&](const HeaderEdit& e) {
-      return (e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend) && lower(e.name) == lower(h);
+      return (e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend) && ascii::to_lower(e.name) == ascii::to_lower(h);
     });
     if (!found) bad.push_back("added header " + h);
   }

@@ -89,8 +89,4 @@ class SpfChecker {
 // RFC 7208 §9.1 Received-SPF field value (without the field name).
 std::string received_spf_value(const SpfOutcome& spf, const std::string& receiver);
 
-// "::ffff:192.0.2.1" -> "192.0.2.1"; other addresses unchanged. Empty when
-// `ip` is not an IP address.
-std::string canonical_client_ip(const std::string& ip);
-
 }  // namespace postern
