@@ -105,8 +105,6 @@ struct FilterContext {
 
 class Filter {
  public:
-  enum class OnError { kTempfail, kContinue };  // what a failure or time-out means
-
   virtual ~Filter() = default;
   virtual const std::string& name() const = 0;
   virtual bool wants(Stage stage) const = 0;

@@ -8,19 +8,19 @@ namespace postern {
 namespace {
 
 constexpr std::array<CommandSpec, 14> kCommands{{
-    {"EHLO", Verb::kEhlo, kArgsRequired | kEndsGroup},
-    {"HELO", Verb::kHelo, kArgsRequired | kEndsGroup},
+    {"EHLO", Verb::kEhlo, kArgsRequired},
+    {"HELO", Verb::kHelo, kArgsRequired},
     {"MAIL", Verb::kMail, kArgsRequired},
     {"RCPT", Verb::kRcpt, kArgsRequired},
-    {"DATA", Verb::kData, kArgsNone | kEndsGroup},
+    {"DATA", Verb::kData, kArgsNone},
     {"RSET", Verb::kRset, kArgsNone},
-    {"NOOP", Verb::kNoop, kEndsGroup},
-    {"QUIT", Verb::kQuit, kArgsNone | kEndsGroup},
-    {"HELP", Verb::kHelp, kEndsGroup},
-    {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
-    {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
-    {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
-    {"AUTH", Verb::kAuth, kArgsRequired | kEndsGroup},
+    {"NOOP", Verb::kNoop, 0},
+    {"QUIT", Verb::kQuit, kArgsNone},
+    {"HELP", Verb::kHelp, 0},
+    {"VRFY", Verb::kVrfy, kArgsRequired},
+    {"EXPN", Verb::kExpn, kNotImplemented},
+    {"STARTTLS", Verb::kStarttls, kArgsNone},
+    {"AUTH", Verb::kAuth, kArgsRequired},
     {"BDAT", Verb::kBdat, kArgsRequired},
 }};
 

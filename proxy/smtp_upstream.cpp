@@ -648,7 +648,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::final_reply(std::chrono::steady_clo
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool first, std::string_view mechanism) {
-  const UpstreamReply unavailable{Reply{454, "4.7.0 Temporary authentication failure"}, true};
+  const UpstreamReply unavailable = local(replies::kAuthUnavailable, false);
   if (first) {
     if (state_ == State::kClosed && !co_await open()) {
       UpstreamReply failed = open_failure();
