@@ -18,6 +18,7 @@
 #include "filters/dns/unbound_resolver.h"
 #include "filters/lua/kv_store.h"
 #include "filters/lua/lua_filter.h"
+#include "filters/lua/toml_setting.h"
 #include "filters/spool.h"
 #include "filters/text/ascii.h"
 
@@ -85,24 +86,6 @@ Mailbox mailbox(const std::string& text, bool allow_null) {
   PathParse p = parse_path(path, allow_null, true);
   if (p.error != PathError::kNone) throw FixtureError("not an address: \"" + text + "\"");
   return p.mailbox;
-}
-
-LuaSetting to_setting(const toml::node& n) {
-  LuaSetting s;
-  if (auto b = n.as_boolean()) s.kind = LuaSetting::Kind::kBool, s.boolean = b->get();
-  else if (auto i = n.as_integer()) s.kind = LuaSetting::Kind::kInteger, s.integer = i->get();
-  else if (auto f = n.as_floating_point()) s.kind = LuaSetting::Kind::kNumber, s.number = f->get();
-  else if (auto str = n.as_string()) s.kind = LuaSetting::Kind::kString, s.string = str->get();
-  else if (auto arr = n.as_array()) {
-    s.kind = LuaSetting::Kind::kList;
-    for (const toml::node& item : *arr) s.items.push_back(to_setting(item));
-  } else if (auto t = n.as_table()) {
-    for (auto&& [k, v] : *t) {
-      s.keys.emplace_back(k.str());
-      s.items.push_back(to_setting(v));
-    }
-  }
-  return s;
 }
 
 DnsType dns_type(const std::string& name, const toml::node& at) {
@@ -336,7 +319,7 @@ int run_fixture(const std::string& path, const RuleTestOptions& options, std::os
       for (const std::string& s : scripts) lua.scripts.push_back(resolve(s));
     }
     for (const std::string& s : get_strings(root, "module_path")) lua.module_path.push_back(resolve(s));
-    if (const toml::node* n = root.get("settings")) lua.settings = to_setting(*n);
+    if (const toml::node* n = root.get("settings")) lua.settings = lua_setting_from_toml(*n);
     lua.log = [&logs](LuaLogLevel, std::string_view line) { logs.emplace_back(line); };
     auto store = std::make_shared<MemoryStore>(lua.store_max_entries);
     lua.store = store;
