@@ -16,9 +16,9 @@
 #include "filters/auth/auth_filters.h"
 #include "filters/dns/resolver.h"
 #include "filters/dns/unbound_resolver.h"
-#include "filters/lua/kv_store.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/lua/toml_setting.h"
+#include "filters/store/kv_store.h"
 #include "filters/spool.h"
 #include "filters/text/ascii.h"
 
