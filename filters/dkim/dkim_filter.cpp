@@ -37,7 +37,7 @@ asio::awaitable<void> look_up_keys(Resolver& resolver, const std::vector<std::st
 
 }  // namespace
 
-DkimFilter::DkimFilter(DkimOptions options, std::shared_ptr<UnboundResolver> resolver,
+DkimFilter::DkimFilter(DkimOptions options, std::shared_ptr<Resolver> resolver,
                        std::shared_ptr<asio::thread_pool> pool)
     : options_(options),
       resolver_(resolver),

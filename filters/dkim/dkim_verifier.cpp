@@ -19,7 +19,7 @@ using Clock = std::chrono::steady_clock;
 
 // Per message, reached from the key-lookup hook through the user context.
 struct VerifyState {
-  UnboundResolver* resolver;
+  Resolver* resolver;
   Clock::time_point deadline;
   const DkimKeys* keys = nullptr;  // looked up beforehand: never wait
   bool try_again = false;  // a key lookup failed for now (DNS error, time-out)
@@ -159,7 +159,7 @@ const std::string* signature_field(const Message& message, const std::string& b1
 
 }  // namespace
 
-DkimVerifier::DkimVerifier(std::shared_ptr<UnboundResolver> resolver, DkimVerifyOptions options)
+DkimVerifier::DkimVerifier(std::shared_ptr<Resolver> resolver, DkimVerifyOptions options)
     : resolver_(std::move(resolver)), options_(options) {
   lib_ = dkim_init(nullptr, nullptr);
   if (!lib_) throw std::runtime_error("dkim: dkim_init failed");

@@ -36,6 +36,10 @@ struct DnsAnswer {
 
 const char* dns_status_name(DnsStatus status);
 
+// Whether `name` can be queried at all: labels of 1..63 octets, 253 in total
+// (RFC 1035 §2.3.4). Names that cannot are answered kNxDomain without a query.
+bool dns_name_valid(std::string_view name);
+
 class Resolver {
  public:
   virtual ~Resolver() = default;
@@ -45,6 +49,12 @@ class Resolver {
   // a name that cannot be queried); nullopt when query() would have to wait.
   // Callers use it to skip a suspension or a thread hand-off (issue 8).
   virtual std::optional<DnsAnswer> answer_now(const std::string& /*name*/, DnsType /*type*/) { return std::nullopt; }
+  // The answer query() gives, waited for: for the worker-pool threads that
+  // run libspf2 and libopendkim (they ask for DNS synchronously), never for
+  // an I/O thread. The default runs query() on a private io_context, which
+  // suits a resolver whose query() completes without another thread's help;
+  // UnboundResolver waits on its own resolver thread instead.
+  virtual DnsAnswer query_blocking(const std::string& name, DnsType type);
 };
 
 }  // namespace postern

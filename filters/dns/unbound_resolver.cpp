@@ -33,32 +33,6 @@
 
 namespace postern {
 
-const char* dns_status_name(DnsStatus status) {
-  switch (status) {
-    case DnsStatus::kOk: return "ok";
-    case DnsStatus::kNxDomain: return "nxdomain";
-    case DnsStatus::kNoData: return "nodata";
-    case DnsStatus::kServFail: return "servfail";
-    case DnsStatus::kTimeout: return "timeout";
-  }
-  return "unknown";
-}
-
-bool dns_name_valid(std::string_view name) {
-  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
-  if (name.empty() || name.size() > 253) return false;
-  std::size_t label = 0;
-  for (char c : name) {
-    if (c == '.') {
-      if (label == 0) return false;
-      label = 0;
-    } else if (++label > 63) {
-      return false;
-    }
-  }
-  return label > 0;
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -494,6 +468,11 @@ std::optional<DnsAnswer> CountingResolver::answer_now(const std::string& name, D
 asio::awaitable<DnsAnswer> CountingResolver::query(std::string name, DnsType type) {
   if (++count_ > limit_) co_return DnsAnswer{DnsStatus::kServFail, {}, 0, false};
   co_return co_await inner_->query(std::move(name), type);
+}
+
+DnsAnswer CountingResolver::query_blocking(const std::string& name, DnsType type) {
+  if (++count_ > limit_) return DnsAnswer{DnsStatus::kServFail, {}, 0, false};
+  return inner_->query_blocking(name, type);
 }
 
 }  // namespace postern

@@ -29,7 +29,7 @@ using Clock = std::chrono::steady_clock;
 // What one check's lookups have seen; the lookup callback finds it through a
 // thread-local pointer (libspf2 passes no per-request context to the layer).
 struct CheckState {
-  UnboundResolver* resolver = nullptr;
+  Resolver* resolver = nullptr;
   SpfLimits limits;
   Clock::time_point deadline;
   unsigned sequence = 0;          // lookups so far

@@ -22,7 +22,7 @@
 #include <unordered_map>
 
 #include "filters/auth/auth_results.h"
-#include "filters/dns/unbound_resolver.h"
+#include "filters/dns/resolver.h"
 
 namespace postern {
 
@@ -64,7 +64,7 @@ class SpfResultCache {
 class SpfChecker {
  public:
   // `cache_entries` bounds the result cache (0: none).
-  SpfChecker(std::shared_ptr<UnboundResolver> resolver, SpfLimits limits, std::size_t cache_entries = 10000)
+  SpfChecker(std::shared_ptr<Resolver> resolver, SpfLimits limits, std::size_t cache_entries = 10000)
       : resolver_(std::move(resolver)), limits_(limits), results_(cache_entries) {}
 
   // Blocking: call on a worker-pool thread only. Returns within `budget`
@@ -81,7 +81,7 @@ class SpfChecker {
  private:
   SpfOutcome run(const SpfQuery& query, std::chrono::milliseconds budget, bool cache_only, bool& missed) const;
 
-  std::shared_ptr<UnboundResolver> resolver_;
+  std::shared_ptr<Resolver> resolver_;
   SpfLimits limits_;
   mutable SpfResultCache results_;
 };

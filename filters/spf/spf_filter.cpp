@@ -72,7 +72,7 @@ std::optional<SpfOutcome> load_helo(const SessionFacts& s) {
 
 }  // namespace
 
-SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<UnboundResolver> resolver,
+SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<Resolver> resolver,
                      std::shared_ptr<asio::thread_pool> pool)
     : options_(std::move(options)),
       receiver_(std::move(receiver)),

@@ -8,8 +8,10 @@
 
 #include "../auth/dns_test_server.h"
 #include "../auth/fixtures.h"
+#include "filters/auth/auth_results.h"
 #include "filters/dkim/dkim_filter.h"
 #include "filters/dkim/dkim_stream.h"
+#include "filters/dns/unbound_resolver.h"
 
 using namespace postern;
 

@@ -14,6 +14,7 @@
 #include "filters/dkim/dkim_filter.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/audit/offline_check.h"
+#include "filters/dns/unbound_resolver.h"
 #include "filters/filter_chain.h"
 
 using namespace postern;

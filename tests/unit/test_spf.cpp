@@ -8,6 +8,8 @@
 #include <asio/use_future.hpp>
 
 #include "../auth/dns_test_server.h"
+#include "filters/auth/auth_results.h"
+#include "filters/dns/unbound_resolver.h"
 #include "filters/spf/spf_checker.h"
 #include "filters/spf/spf_filter.h"
 
