@@ -137,7 +137,7 @@ std::string audit_json(const AuditEntry& e) {
   const auto& s = e.session;
   const auto& t = e.transaction;
   auto js = [](std::string_view v) { return json_string(v, kMaxField); };
-  const AuthResults& auth = t.auth;
+  const AuthResults& auth = auth_results(t);
   std::string o = "{";
   o += "\"time\":" + js(now_iso8601());
   o += ",\"session\":" + js(s.id) + ",\"transaction\":" + js(t.id);

@@ -1,5 +1,6 @@
 #include "filters/auth/auth_filters.h"
 
+#include "filters/auth/auth_results.h"
 #include "filters/auth/authentication_results.h"
 #include "filters/dkim/dkim_filter.h"
 #include "filters/dmarc/dmarc.h"
@@ -21,7 +22,7 @@ class TrustedClientFilter final : public Filter {
   }
   asio::awaitable<Verdict> run(FilterContext& ctx) override {
     const std::string network = trusted_.match(ctx.session.client_ip);
-    ctx.transaction.auth.skipped =
+    auth_results(ctx.transaction).skipped =
         network.empty() ? "" : "client " + ctx.session.client_ip + " in trusted_networks " + network;
     co_return Verdict::proceed();
   }

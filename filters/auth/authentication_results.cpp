@@ -134,7 +134,7 @@ void add_authentication_results(FilterContext& ctx, const AuthResultsOptions& op
     if (removed) t.notes["authres.removed"] = std::to_string(removed);
   }
   t.changes.headers.push_back(HeaderEdit{HeaderEdit::Kind::kPrepend, "Authentication-Results",
-                                         authentication_results_value(options.authserv_id, t.auth)});
+                                         authentication_results_value(options.authserv_id, auth_results(t))});
 }
 
 asio::awaitable<Verdict> AuthResultsFilter::run(FilterContext& ctx) {

@@ -1,5 +1,6 @@
 #include "filters/dkim/dkim_filter.h"
 
+#include "filters/auth/auth_results.h"
 #include "filters/dkim/dkim_stream.h"
 
 #include <asio/co_spawn.hpp>
@@ -51,7 +52,7 @@ std::shared_ptr<SpoolTap> DkimFilter::content_tap(const FilterContext&) const {
 
 asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
+  if (!message || !auth_results(ctx.transaction).skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
   std::shared_ptr<DkimStream> stream;
   for (const auto& tap : message->spool().taps()) {
     auto s = std::dynamic_pointer_cast<DkimStream>(tap);

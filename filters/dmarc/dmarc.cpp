@@ -439,8 +439,8 @@ asio::awaitable<DmarcOutcome> DmarcFilter::evaluate_domain(const std::string& fr
 
 asio::awaitable<Verdict> DmarcFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
-  const AuthResults& auth = ctx.transaction.auth;
+  if (!message || !auth_results(ctx.transaction).skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
+  const AuthResults& auth = auth_results(ctx.transaction);
   // §6.6.1: every author domain is evaluated; the strictest failing policy
   // applies, and only a message whose every From domain passes passes.
   const AuthorDomains authors = author_domains(*message);

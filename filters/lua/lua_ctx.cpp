@@ -458,7 +458,7 @@ int ctx_index(lua_State* L) {
     } else if (std::strcmp(key, "auth") == 0) {
       push_auth(L, ctx.transaction);
     } else if (std::strcmp(key, "spf") == 0 || std::strcmp(key, "dkim") == 0 || std::strcmp(key, "dmarc") == 0) {
-      const AuthResults& r = ctx.transaction.auth;
+      const AuthResults& r = auth_results(ctx.transaction);
       if (key[1] == 'p' && r.spf) push_spf(L, *r.spf);
       else if (key[1] == 'k' && r.dkim_checked) push_dkim(L, r.dkim);
       else if (key[1] == 'm' && r.dmarc) push_dmarc(L, *r.dmarc);

@@ -5,6 +5,8 @@
 #include <asio/co_spawn.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include "filters/auth/auth_results.h"
+
 namespace postern {
 
 namespace {
@@ -91,7 +93,7 @@ asio::awaitable<void> SpfFilter::check_helo(FilterContext& ctx) {
 }
 
 asio::awaitable<Verdict> SpfFilter::run(FilterContext& ctx) {
-  if (!ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // a trusted client
+  if (!auth_results(ctx.transaction).skipped.empty()) co_return Verdict::proceed();  // a trusted client
   if (ctx.stage == Stage::kHelo) {
     co_await check_helo(ctx);
     co_return Verdict::proceed();
