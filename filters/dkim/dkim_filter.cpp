@@ -63,7 +63,7 @@ asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
     // Header and body are hashed already: what is left is the key records,
     // looked up without a thread waiting, and the signature checks (CPU, a
     // few per message at most) right here -- no hand-off to the pool and
-    // back (issue 8).
+    // back (bench/README.md).
     DkimKeys keys;
     const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
     co_await look_up_keys(*resolver_, stream->key_names(), keys, deadline);

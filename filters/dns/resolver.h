@@ -47,7 +47,7 @@ class Resolver {
   virtual asio::awaitable<DnsAnswer> query(std::string name, DnsType type) = 0;
   // The answer query() would give at once, without waiting (a cached answer,
   // a name that cannot be queried); nullopt when query() would have to wait.
-  // Callers use it to skip a suspension or a thread hand-off (issue 8).
+  // Callers use it to skip a suspension or a thread hand-off (bench/README.md).
   virtual std::optional<DnsAnswer> answer_now(const std::string& /*name*/, DnsType /*type*/) { return std::nullopt; }
   // The answer query() gives, waited for: for the worker-pool threads that
   // run libspf2 and libopendkim (they ask for DNS synchronously), never for

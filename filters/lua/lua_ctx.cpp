@@ -216,11 +216,9 @@ int ctx_has_symbol(lua_State* L) {
 
 // ---- ctx.client and ctx.envelope
 //
-// Read-only views that read the facts field by field. Built as tables they
-// cost two to four table creations and up to 20 stores per access, on every
-// rule call, while a rule reads two or three fields (with the default rules
-// 4.5 % of the instructions per message, callgrind). pairs() still lists
-// every field, from a snapshot table.
+// Read-only views that read the facts field by field, not tables built per
+// rule call (bench/README.md): a rule reads two or three fields. pairs()
+// still lists every field, from a snapshot table.
 
 void push_tls(lua_State* L, const SessionFacts& s) {
   lua_createtable(L, 0, 5);
@@ -421,8 +419,7 @@ int ctx_index(lua_State* L) {
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;  // a method
   lua_pop(L, 1);
   // What does not change during the call is built once and kept in one of
-  // the ctx userdata's user values (a table per call for it cost a table
-  // creation per rule call, callgrind).
+  // the ctx userdata's user values (bench/README.md).
   int slot = kNoSlot;
   for (int i = 0; i < kCtxSlots && slot == kNoSlot; ++i) {
     if (std::strcmp(key, kCtxCached[i]) == 0) slot = i + 1;

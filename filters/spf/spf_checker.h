@@ -72,8 +72,8 @@ class SpfChecker {
   SpfOutcome check(const SpfQuery& query, std::chrono::milliseconds budget) const;
   // Never blocks (any thread, an I/O thread included): the same outcome as
   // check() when every lookup it needs is in the resolver's cache, else
-  // nullopt -- then check() on the pool (issue 8: no thread hand-off for a
-  // sender whose records are cached).
+  // nullopt -- then check() on the pool (no thread hand-off for a sender
+  // whose records are cached: bench/README.md).
   std::optional<SpfOutcome> check_cached(const SpfQuery& query) const;
   // Checks answered from the result cache so far.
   std::uint64_t cache_hits() const { return results_.hits(); }

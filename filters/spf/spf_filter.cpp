@@ -18,7 +18,7 @@ asio::awaitable<SpfOutcome> check_on_pool(std::shared_ptr<SpfChecker> checker, S
   co_return checker->check(query, budget);
 }
 
-// On the calling thread when every record is cached (no hand-off: issue 8),
+// On the calling thread when every record is cached (no hand-off: bench/README.md),
 // else on the pool.
 // `checker` and `pool` belong to the filter, which outlives the call.
 asio::awaitable<SpfOutcome> check(const std::shared_ptr<SpfChecker>& checker, SpfQuery query,
