@@ -6,6 +6,8 @@
 
 #include <cctype>
 
+#include "filters/text/ascii.h"
+
 namespace postern {
 namespace {
 
@@ -117,10 +119,10 @@ bool is_address_literal(std::string_view text) {
   if (inet_pton(AF_INET, inner.c_str(), buf) == 1) return true;
   auto colon = inner.find(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 == inner.size()) return false;
-  std::string tag = inner.substr(0, colon);
-  for (char& c : tag) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   // ABNF strings are case-insensitive: "IPV6:" is the IPv6 tag too.
-  if (tag == "ipv6") return inet_pton(AF_INET6, inner.c_str() + colon + 1, buf) == 1;
+  if (ascii::iequals(std::string_view(inner).substr(0, colon), "ipv6")) {
+    return inet_pton(AF_INET6, inner.c_str() + colon + 1, buf) == 1;
+  }
   // General-address-literal = Standardized-tag ":" 1*dcontent.
   for (std::size_t i = 0; i < colon; ++i) {
     unsigned char c = inner[i];

@@ -13,8 +13,8 @@
 #include <asio/awaitable.hpp>
 
 #include "filters/address.h"
-#include "filters/auth/auth_types.h"
 #include "filters/message.h"
+#include "filters/typed_slots.h"
 #include "filters/verdict.h"
 
 namespace postern {
@@ -89,7 +89,9 @@ struct TransactionFacts {
   std::vector<Symbol> symbols;
   double score = 0;
   std::map<std::string, std::string> notes;
-  AuthResults auth;  // SPF, DKIM and DMARC, as their filters record them
+  // What specific checks record for later stages and the audit, by type:
+  // SPF, DKIM and DMARC their AuthResults (filters/auth/auth_results.h).
+  TypedSlots results;
 
   void add_symbol(Symbol s) {
     score += s.score;
@@ -105,8 +107,6 @@ struct FilterContext {
 
 class Filter {
  public:
-  enum class OnError { kTempfail, kContinue };  // what a failure or time-out means
-
   virtual ~Filter() = default;
   virtual const std::string& name() const = 0;
   virtual bool wants(Stage stage) const = 0;

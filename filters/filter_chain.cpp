@@ -41,7 +41,7 @@ asio::awaitable<Verdict> FilterChain::run(FilterContext& ctx) const {
   if (!t.header.empty() && !txn.symbols.empty()) {
     std::string value;
     char score[32];
-    // to_chars, not snprintf: no locale, and ~0.4 % of the cycles a message (perf).
+    // to_chars, not snprintf: no locale (and bench/README.md).
     const auto written = std::to_chars(score, score + sizeof score - 1, txn.score, std::chars_format::fixed, 2);
     *written.ptr = '\0';
     bool spam = t.add_header > 0 && txn.score >= t.add_header;

@@ -4,14 +4,11 @@
 #include <algorithm>
 
 #include "filters/filter.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
-bool header_name_equals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
+bool header_name_equals(std::string_view a, std::string_view b) { return ascii::iequals(a, b); }
 
 std::size_t header_field_name_length(std::string_view line, std::size_t* colon) {
   std::size_t n = 0;

@@ -1,5 +1,6 @@
 // Spool: memory first, then an unlinked 0600 temp file written in large blocks.
 #include "filters/spool.h"
+#include "filters/io/write_all.h"
 
 #include <algorithm>
 #include <atomic>
@@ -79,13 +80,13 @@ bool Spool::append_spilled(std::string_view data) {
     memory_.append(data);
     return true;
   }
-  bool ok = write_all(memory_);
+  bool ok = write_all(fd_, memory_);
   memory_.clear();
   if (memory_.capacity() >= kFileWriteBlock && data.size() < memory_.capacity()) {
     memory_.append(data);
     return ok;
   }
-  return ok && write_all(data);  // no write buffer (over spool_memory_total), or a block larger than it
+  return ok && write_all(fd_, data);  // no write buffer (over spool_memory_total), or a block larger than it
 }
 
 void Spool::set_memory_high_water(std::size_t bytes) { g_high_water.store(bytes, std::memory_order_relaxed); }
@@ -106,7 +107,7 @@ void Spool::account() {
 bool Spool::spill() {
   fd_ = open_unlinked_temp(dir_);
   if (fd_ < 0) return false;
-  bool ok = write_all(memory_);
+  bool ok = write_all(fd_, memory_);
   std::string().swap(memory_);
   account();
   if (within_high_water(kFileWriteBlock)) {
@@ -116,21 +117,9 @@ bool Spool::spill() {
   return ok;
 }
 
-bool Spool::write_all(std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd_, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
-}
-
 bool Spool::finish() {
   if (fd_ < 0 || memory_.empty()) return true;
-  bool ok = write_all(memory_);
+  bool ok = write_all(fd_, memory_);
   memory_.clear();
   return ok;
 }

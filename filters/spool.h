@@ -64,7 +64,6 @@ class Spool {
 
  private:
   bool spill();
-  bool write_all(std::string_view data);
   bool append_spilled(std::string_view data);
   void account();  // brings g_in_memory in line with memory_'s capacity
 

@@ -12,7 +12,7 @@
 
 #include "filters/address.h"
 #include "filters/audit/audit_log.h"
-#include "filters/auth/auth_types.h"
+#include "filters/auth/auth_results.h"
 #include "filters/message.h"
 #include "filters/spool.h"
 #include "proxy/filter_setup.h"
@@ -233,7 +233,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   o += ",\"recipients\":" + mailboxes(tx.recipients) + ",\"add_recipients\":" + mailboxes(ch.add_recipients) +
        ",\"remove_recipients\":" + mailboxes(ch.remove_recipients);
   o += ",\"redirect\":" + (ch.redirect ? mailboxes(*ch.redirect) : std::string("null")) + "}";
-  const AuthResults& auth = tx.auth;
+  const AuthResults& auth = auth_results(tx);
   o += ",\"spf\":" + (auth.spf ? "{\"result\":" + js(spf_result_name(auth.spf->result)) + ",\"domain\":" +
                                     js(auth.spf->domain) + ",\"explanation\":" + js(auth.spf->explanation) + "}"
                                : std::string("null"));

@@ -14,8 +14,8 @@ namespace postern {
 namespace {
 
 // The first CR, LF or NUL in [p, end), or end: sixteen octets at a time
-// with SSE2 (x86-64 baseline), else eight with plain 64-bit arithmetic (a
-// byte loop was 5% of the instructions per message, issue 8).
+// with SSE2 (x86-64 baseline), else eight with plain 64-bit arithmetic, not
+// a byte loop (bench/README.md).
 const char* find_cr_lf_nul(const char* p, const char* end) {
 #if defined(__SSE2__)
   const __m128i cr = _mm_set1_epi8('\r');
@@ -85,8 +85,8 @@ DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
   const std::size_t n = in.size();
   // Input octets [span, i) that go out as they are: lines of ordinary octets
   // ending in CRLF and not starting with a dot. They are appended at once
-  // when anything else is to be written or the call returns (an append per
-  // line was most of the decoder's cost, callgrind).
+  // when anything else is to be written or the call returns, not line by
+  // line (bench/README.md).
   std::size_t span = std::string_view::npos;
   auto flush = [&](std::size_t upto) {
     if (span != std::string_view::npos) emit(out, in.substr(span, upto - span));
@@ -257,8 +257,7 @@ void DotStuffer::feed(std::string_view content, std::string& out) {
   if (content.empty()) return;
   empty_ = false;
   // Only a '.' that starts a line gets a second one: the spans between those
-  // are copied whole (line by line was ~13 % of the instructions a message
-  // without filters, callgrind).
+  // are copied whole (bench/README.md).
   if (line_start_ && content.front() == '.') out.push_back('.');
   const char* const begin = content.data();
   const char* const end = begin + content.size();

@@ -8,7 +8,7 @@
 
 #include "filters/dns/resolver.h"
 #include "filters/filter_chain.h"
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 #include "proxy/config.h"
 
 namespace postern {

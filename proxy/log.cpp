@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <fmt/format.h>
 
+#include "filters/io/write_all.h"
 #include "proxy/limits.h"
 
 namespace postern::log {
@@ -46,15 +47,6 @@ void append_timestamp(std::string& out) {
   std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
   out.append(buf, n);
   fmt::format_to(std::back_inserter(out), ".{:03d}Z", static_cast<int>(ms));
-}
-
-void write_all(int fd, std::string_view rest) {
-  while (!rest.empty()) {
-    ssize_t n = ::write(fd, rest.data(), rest.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    rest.remove_prefix(static_cast<std::size_t>(n));
-  }
 }
 
 // A journald field name: upper-case letters, digits and '_' (sd_journal_send(3)).
@@ -174,11 +166,11 @@ Line::~Line() {
     std::string line;
     append_timestamp(line);
     line.append(" ").append(kLevelNames[static_cast<int>(level_)]).append(" ").append(text_).append("\n");
-    write_all(2, line);
+    (void)write_all(2, line);
     return;
   }
   text_.append(format_ == Format::kJson ? "}\n" : "\n");
-  write_all(g_fd.load(std::memory_order_relaxed), text_);
+  (void)write_all(g_fd.load(std::memory_order_relaxed), text_);
 }
 
 void Line::add_field(std::string_view key, std::string_view clean, bool number) {

@@ -303,7 +303,7 @@ void message_done(MessageResult result, std::uint64_t size, double eod_seconds, 
 void transaction_done(const TransactionFacts& t, Registry& r) {
   std::string scratch;
   for (const Symbol& s : t.symbols) r.symbols.at(clean_label_value(s.name, scratch)).inc();
-  const AuthResults& a = t.auth;
+  const AuthResults& a = auth_results(t);
   if (a.spf) r.spf_results[static_cast<std::size_t>(a.spf->result)].inc();
   if (a.dkim_checked) {
     if (a.dkim.empty()) r.dkim_results[static_cast<std::size_t>(DkimResult::kNone)].inc();

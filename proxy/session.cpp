@@ -19,6 +19,7 @@
 #include "filters/dkim/dkim_signer.h"
 #include "filters/auth/utf8.h"
 #include "filters/message.h"
+#include "filters/net/ip_address.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
 #include "proxy/maildir_upstream.h"
@@ -130,11 +131,7 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
   std::error_code ec;
   auto peer = socket_.remote_endpoint(ec);
   if (!ec) {
-    asio::ip::address addr = peer.address();
-    if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
-      addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
-    }
-    client_.address = addr.to_string();
+    client_.address = unmap_v4(peer.address()).to_string();
     client_.port = peer.port();
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
@@ -444,10 +441,7 @@ asio::awaitable<bool> Session::read_proxy_header() {
   input_pos_ = 0;
   if (!h.local) {
     std::error_code ec;
-    asio::ip::address addr = asio::ip::make_address(h.source_ip, ec);
-    if (!ec && addr.is_v6() && addr.to_v6().is_v4_mapped()) {
-      addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
-    }
+    asio::ip::address addr = unmap_v4(asio::ip::make_address(h.source_ip, ec));
     log::debug("proxy-protocol").kv("session", id_).kv("peer", client_.address).kv("client", h.source_ip);
     client_.address = ec ? h.source_ip : addr.to_string();
     client_.port = h.source_port;

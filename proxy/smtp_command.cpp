@@ -1,5 +1,6 @@
 // Command table and parsers; see smtp_command.h.
 #include "proxy/smtp_command.h"
+#include "filters/text/ascii.h"
 
 #include <array>
 
@@ -7,31 +8,21 @@ namespace postern {
 namespace {
 
 constexpr std::array<CommandSpec, 14> kCommands{{
-    {"EHLO", Verb::kEhlo, kArgsRequired | kEndsGroup},
-    {"HELO", Verb::kHelo, kArgsRequired | kEndsGroup},
+    {"EHLO", Verb::kEhlo, kArgsRequired},
+    {"HELO", Verb::kHelo, kArgsRequired},
     {"MAIL", Verb::kMail, kArgsRequired},
     {"RCPT", Verb::kRcpt, kArgsRequired},
-    {"DATA", Verb::kData, kArgsNone | kEndsGroup},
+    {"DATA", Verb::kData, kArgsNone},
     {"RSET", Verb::kRset, kArgsNone},
-    {"NOOP", Verb::kNoop, kEndsGroup},
-    {"QUIT", Verb::kQuit, kArgsNone | kEndsGroup},
-    {"HELP", Verb::kHelp, kEndsGroup},
-    {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
-    {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
-    {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
-    {"AUTH", Verb::kAuth, kArgsRequired | kEndsGroup},
+    {"NOOP", Verb::kNoop, 0},
+    {"QUIT", Verb::kQuit, kArgsNone},
+    {"HELP", Verb::kHelp, 0},
+    {"VRFY", Verb::kVrfy, kArgsRequired},
+    {"EXPN", Verb::kExpn, kNotImplemented},
+    {"STARTTLS", Verb::kStarttls, kArgsNone},
+    {"AUTH", Verb::kAuth, kArgsRequired},
     {"BDAT", Verb::kBdat, kArgsRequired},
 }};
-
-char upper(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (upper(a[i]) != upper(b[i])) return false;
-  }
-  return true;
-}
 
 bool is_alnum(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
@@ -54,7 +45,7 @@ const replies::Def* parse_params(std::string_view s, std::vector<EsmtpParam>& ou
     }
     for (char c : keyword) {
       if (!is_alnum(static_cast<unsigned char>(c)) && c != '-') return &replies::kBadParameter;
-      p.keyword.push_back(upper(c));
+      p.keyword.push_back(ascii::to_upper(c));
     }
     if (eq != std::string_view::npos) {
       std::string_view value = param.substr(eq + 1);
@@ -75,7 +66,7 @@ PathArgs parse_path_args(std::string_view args, std::string_view prefix, bool is
                          bool allow_utf8) {
   PathArgs result;
   const replies::Def& syntax = is_mail ? replies::kMailSyntax : replies::kRcptSyntax;
-  if (args.size() < prefix.size() || !iequals(args.substr(0, prefix.size()), prefix)) {
+  if (args.size() < prefix.size() || !ascii::iequals(args.substr(0, prefix.size()), prefix)) {
     result.error = &syntax;
     return result;
   }
@@ -121,7 +112,7 @@ Command parse_command(std::string_view line) {
   std::size_t sp = line.find(' ');
   std::string_view verb = line.substr(0, sp);
   for (const CommandSpec& spec : kCommands) {
-    if (iequals(verb, spec.name)) {
+    if (ascii::iequals(verb, spec.name)) {
       cmd.verb = spec.verb;
       cmd.spec = &spec;
       break;

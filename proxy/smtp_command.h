@@ -19,7 +19,6 @@ enum CommandFlags : unsigned {
   kArgsNone = 1u << 0,        // arguments are a syntax error (501 5.5.4)
   kArgsRequired = 1u << 1,    // missing arguments are a syntax error
   kNotImplemented = 1u << 2,  // recognised but not offered (502 5.5.1)
-  kEndsGroup = 1u << 3,       // last in a pipelined group (RFC 2920 §3.1): flush replies
 };
 
 struct CommandSpec {

@@ -728,7 +728,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::final_reply(std::chrono::steady_clo
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool first, std::string_view mechanism) {
-  const UpstreamReply unavailable{Reply{454, "4.7.0 Temporary authentication failure"}, true};
+  const UpstreamReply unavailable = local(replies::kAuthUnavailable, false);
   if (first) {
     // Taken from the pool at most: a connection that carried AUTH is never
     // handed to another client (the MTA's session is authenticated).

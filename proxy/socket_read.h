@@ -1,9 +1,9 @@
 // A read from a plain TCP socket in non-blocking mode that appends exactly
 // what arrived: through this thread's scratch buffer, so no read buffer is
 // zero-filled or sized with ioctl(FIONREAD) first, and a connection that
-// waits holds no buffer (issue 8: both were visible per message in perf and
-// strace). The scratch buffer is filled and emptied with no suspension in
-// between, so the sessions of a thread can share it.
+// waits holds no buffer (bench/README.md). The scratch buffer is filled and
+// emptied with no suspension in between, so the sessions of a thread can
+// share it.
 #pragma once
 
 #include <memory>

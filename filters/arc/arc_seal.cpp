@@ -1,6 +1,8 @@
 // ARC sealing; see arc_seal.h.
 #include "filters/arc/arc_seal.h"
 
+#include "filters/auth/auth_results.h"
+
 #include <algorithm>
 #include <cctype>
 #include <ctime>
@@ -178,7 +180,7 @@ asio::awaitable<ArcSealOutcome> ArcSealer::seal_relayed(const Message& message, 
   std::string block = render_header_block(message, t.changes, "");
   std::string rcpt = t.recipients.empty() ? "" : t.recipients.front().domain;
   const long now = static_cast<long>(std::time(nullptr));
-  auto task = seal_on_pool(this, &block, &body, body_offset, &t.auth, &rcpt, modified, now);
+  auto task = seal_on_pool(this, &block, &body, body_offset, &auth_results(t), &rcpt, modified, now);
   co_return co_await asio::co_spawn(pool_->get_executor(), std::move(task), asio::use_awaitable);
 }
 

@@ -16,6 +16,7 @@
 #include <asio/thread_pool.hpp>
 
 #include "filters/arc/arc_crypto.h"
+#include "filters/auth/auth_types.h"
 #include "filters/dkim/dkim_signer.h"
 #include "filters/filter.h"
 

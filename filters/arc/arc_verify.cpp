@@ -234,7 +234,7 @@ void find_trusted_sealer(ArcOutcome& o, const std::vector<std::string>& trusted,
 }
 
 bool apply_arc_override(DmarcOutcome& o, TransactionFacts& t) {
-  const auto& arc = t.auth.arc;
+  const auto& arc = auth_results(t).arc;
   if (o.result != DmarcResult::kFail || !arc || arc->result != ArcResult::kPass || arc->trusted_sealer.empty()) {
     return false;
   }
@@ -263,7 +263,7 @@ asio::awaitable<ArcOutcome> verify_on_pool(const std::vector<HeaderField>* heade
 
 asio::awaitable<Verdict> ArcFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();
+  if (!message || !auth_results(ctx.transaction).skipped.empty()) co_return Verdict::proceed();
   ArcOutcome o;
   const ArcStructure s = arc_structure(message->headers());
   if (s.fields == 0) {
@@ -296,7 +296,7 @@ asio::awaitable<Verdict> ArcFilter::run(FilterContext& ctx) {
                                     : o.result == ArcResult::kFail ? "ARC_FAIL"
                                                                    : "ARC_NONE",
                                     0, detail});
-  ctx.transaction.auth.arc = std::move(o);
+  auth_results(ctx.transaction).arc = std::move(o);
   co_return Verdict::proceed();
 }
 

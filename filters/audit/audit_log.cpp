@@ -15,6 +15,7 @@
 #include "filters/auth/auth_results.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/audit/json_reader.h"
+#include "filters/io/write_all.h"
 
 namespace postern {
 
@@ -154,7 +155,7 @@ std::string audit_json(const AuditEntry& e) {
   const auto& s = e.session;
   const auto& t = e.transaction;
   auto js = [](std::string_view v) { return json_string(v, kMaxField); };
-  const AuthResults& auth = t.auth;
+  const AuthResults& auth = auth_results(t);
   std::string o = "{";
   o += "\"time\":" + js(now_iso8601());
   o += ",\"session\":" + js(s.id) + ",\"transaction\":" + js(t.id);
@@ -396,27 +397,16 @@ void AuditLog::write_batch(const std::string& batch) {
       if (fd_ < 0) return;
       continue;
     }
-    if (!write_all(batch.data() + start, end - start)) return;
+    if (!write_all(fd_, std::string_view(batch).substr(start, end - start))) {
+      report("write failed: " + std::string(std::strerror(errno)) + "; lines lost");
+      return;
+    }
     size_ += end - start;
     dirty_ = true;
     rotated = false;
     start = end;
   }
   failing_ = false;
-}
-
-bool AuditLog::write_all(const char* data, std::size_t n) {
-  std::size_t done = 0;
-  while (done < n) {
-    ssize_t w = ::write(fd_, data + done, n - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      report("write failed: " + std::string(std::strerror(errno)) + "; lines lost");
-      return false;
-    }
-    done += static_cast<std::size_t>(w);
-  }
-  return true;
 }
 
 // Each failure is reported once until a batch is written again.

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <thread>
 
+#include "filters/auth/auth_types.h"
 #include "filters/filter.h"
 
 namespace postern {
@@ -109,7 +110,6 @@ class AuditLog {
   bool open_file();
   void rotate();
   void write_batch(const std::string& batch);
-  bool write_all(const char* data, std::size_t n);
   void report(const std::string& what);
 
   AuditLogOptions options_;

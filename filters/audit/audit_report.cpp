@@ -9,6 +9,7 @@
 
 #include "filters/audit/json_reader.h"
 #include "filters/dmarc/dmarc.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -18,11 +19,6 @@ constexpr std::size_t kMaxExamples = 10;      // malformed lines named in the re
 constexpr std::size_t kMaxLine = kJsonMaxInput;
 constexpr std::size_t kMaxDomains = 100000;   // distinct From domains tallied; more go to "(other)"
 constexpr std::size_t kMaxGroups = 10000;     // signers, networks, PTR domains, days per From domain
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 // Terminal-safe: control characters and ill-formed UTF-8 become '?', the
 // text is cut at `max` octets.
@@ -96,7 +92,7 @@ std::string percent(std::size_t part, std::size_t whole) {
 
 AuditReportBuilder::AuditReportBuilder(std::vector<std::string> domains, std::size_t top_sources)
     : top_(top_sources) {
-  for (auto& d : domains) filter_.push_back(lower(d));
+  for (auto& d : domains) filter_.push_back(ascii::to_lower(d));
   totals_.domain_filter = filter_;
 }
 
@@ -148,7 +144,7 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
     return;
   }
   ++totals_.records;
-  std::string domain = lower(r.str("from_domain"));
+  std::string domain = ascii::to_lower(r.str("from_domain"));
   if (domain.empty()) domain = "(none)";
   if (!wanted(domain)) {
     ++totals_.skipped;
@@ -187,7 +183,7 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
       std::string res = sig.str("result", "none");
       if (res == "pass") dkim = "pass";
       else if (dkim != "pass") dkim = res;
-      std::string sd = lower(sig.str("domain")), ss = sig.str("selector");
+      std::string sd = ascii::to_lower(sig.str("domain")), ss = sig.str("selector");
       ReportSigner& signer = bounded(t.signers, sd + "\x1f" + ss);
       signer.domain = sd;
       signer.selector = ss;
@@ -218,7 +214,7 @@ void AuditReportBuilder::add_line(std::string_view name, std::size_t number, std
   const std::string results = "spf=" + spf + " dkim=" + dkim_shown + " dmarc=" + dmarc;
   const JsonValue* client = r.get("client");
   const std::string ip = client ? client->str("ip", "?") : "?";
-  const std::string ptr = lower(client ? client->str("name") : "");
+  const std::string ptr = ascii::to_lower(client ? client->str("name") : "");
 
   // Sources by network and by the organizational domain of their verified PTR.
   for (auto [groups, key] : {std::pair{&t.networks, network_of(ip)},

@@ -84,7 +84,7 @@ std::string run_offline_check(const OfflineCheck& c) {
     verdict = f2.get();
   }
 
-  const AuthResults& auth = tx.auth;
+  const AuthResults& auth = auth_results(tx);
   std::string o = "{";
   if (auth.spf) {
     o += "\"spf\":{\"result\":" + js(spf_result_name(auth.spf->result)) + ",\"domain\":" + js(auth.spf->domain) +

@@ -1,8 +1,7 @@
 #include "filters/auth/auth_filters.h"
 
-#include <stdexcept>
-
 #include "filters/arc/arc_verify.h"
+#include "filters/auth/auth_results.h"
 #include "filters/auth/authentication_results.h"
 #include "filters/dkim/dkim_filter.h"
 #include "filters/dmarc/dmarc.h"
@@ -24,7 +23,7 @@ class TrustedClientFilter final : public Filter {
   }
   asio::awaitable<Verdict> run(FilterContext& ctx) override {
     const std::string network = trusted_.match(ctx.session.client_ip);
-    ctx.transaction.auth.skipped =
+    auth_results(ctx.transaction).skipped =
         network.empty() ? "" : "client " + ctx.session.client_ip + " in trusted_networks " + network;
     co_return Verdict::proceed();
   }
@@ -37,15 +36,13 @@ class TrustedClientFilter final : public Filter {
 }  // namespace
 
 std::vector<std::shared_ptr<Filter>> make_auth_filters(const AuthOptions& options, std::shared_ptr<Resolver> resolver) {
-  auto unbound = std::dynamic_pointer_cast<UnboundResolver>(resolver);
-  if (!unbound) throw std::invalid_argument("make_auth_filters: the resolver must come from make_resolver()");
   auto pool = std::make_shared<asio::thread_pool>(options.worker_threads ? options.worker_threads : 1);
   AuthResultsOptions ar = options.authentication_results;
   if (ar.authserv_id.empty()) ar.authserv_id = options.hostname;
   std::vector<std::shared_ptr<Filter>> filters;
   if (!options.trusted.empty()) filters.push_back(std::make_shared<TrustedClientFilter>(options.trusted));
-  if (options.spf.enabled) filters.push_back(std::make_shared<SpfFilter>(options.spf, options.hostname, unbound, pool));
-  if (options.dkim.enabled) filters.push_back(std::make_shared<DkimFilter>(options.dkim, unbound, pool));
+  if (options.spf.enabled) filters.push_back(std::make_shared<SpfFilter>(options.spf, options.hostname, resolver, pool));
+  if (options.dkim.enabled) filters.push_back(std::make_shared<DkimFilter>(options.dkim, resolver, pool));
   if (options.arc.enabled) filters.push_back(std::make_shared<ArcFilter>(options.arc, resolver, pool));
   if (options.dmarc.enabled) filters.push_back(std::make_shared<DmarcFilter>(options.dmarc, ar, resolver));
   if (ar.enabled) filters.push_back(std::make_shared<AuthResultsFilter>(ar));

@@ -1,4 +1,4 @@
-// The authenticity results of a transaction (TransactionFacts::auth) and
+// The authenticity results of a transaction (TransactionFacts::results) and
 // their view as notes; see auth_results.h.
 #include "filters/auth/auth_results.h"
 
@@ -32,14 +32,23 @@ const char* arc_result_name(ArcResult r) {
 
 std::optional<SpfResult> parse_spf_result(std::string_view s) { return parse<SpfResult>(kSpfNames, s); }
 
-void store(TransactionFacts& t, const SpfOutcome& spf) { t.auth.spf = spf; }
+AuthResults& auth_results(TransactionFacts& t) { return t.results.get<AuthResults>(); }
 
-void store(TransactionFacts& t, const std::vector<DkimSignature>& dkim) {
-  t.auth.dkim_checked = true;
-  t.auth.dkim = dkim;
+const AuthResults& auth_results(const TransactionFacts& t) {
+  static const AuthResults kNone;
+  const AuthResults* r = t.results.find<AuthResults>();
+  return r ? *r : kNone;
 }
 
-void store(TransactionFacts& t, const DmarcOutcome& d) { t.auth.dmarc = d; }
+void store(TransactionFacts& t, const SpfOutcome& spf) { auth_results(t).spf = spf; }
+
+void store(TransactionFacts& t, const std::vector<DkimSignature>& dkim) {
+  AuthResults& auth = auth_results(t);
+  auth.dkim_checked = true;
+  auth.dkim = dkim;
+}
+
+void store(TransactionFacts& t, const DmarcOutcome& d) { auth_results(t).dmarc = d; }
 
 namespace {
 

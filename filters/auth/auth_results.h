@@ -1,4 +1,4 @@
-// The authenticity results of one transaction (TransactionFacts::auth, types
+// The authenticity results of one transaction (TransactionFacts::results, types
 // in filters/auth/auth_types.h): how each check records its part, and their
 // view as notes under the keys "spf.*", "dkim.N.*" and "dmarc.*" (docs/
 // authentication.md), which Lua rules read through ctx.notes.
@@ -14,6 +14,11 @@
 #include "filters/filter.h"
 
 namespace postern {
+
+// The transaction's authenticity results (TransactionFacts::results); the
+// const form reads an empty AuthResults when no check has run.
+AuthResults& auth_results(TransactionFacts& t);
+const AuthResults& auth_results(const TransactionFacts& t);
 
 void store(TransactionFacts& t, const SpfOutcome& spf);
 void store(TransactionFacts& t, const std::vector<DkimSignature>& dkim);

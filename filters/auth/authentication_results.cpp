@@ -1,4 +1,5 @@
 #include "filters/auth/authentication_results.h"
+#include "filters/text/ascii.h"
 
 #include <cctype>
 
@@ -133,20 +134,18 @@ std::optional<std::string> authserv_id_of(const std::string& value) {
     else if (std::isspace(static_cast<unsigned char>(c))) {
       if (!id.empty()) break;  // the id ends at white space (a version may follow)
     } else {
-      id.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+      id.push_back(c);
     }
   }
   if (id.empty()) return std::nullopt;
-  for (char& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return id;
+  return ascii::to_lower(id);  // quoted or not, an authserv-id compares without case
 }
 
 void add_authentication_results(FilterContext& ctx, const AuthResultsOptions& options) {
   auto& t = ctx.transaction;
   if (!options.enabled || t.notes.count("authres.added")) return;
   t.notes["authres.added"] = "1";
-  std::string ours = options.authserv_id;
-  for (char& c : ours) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string ours = ascii::to_lower(options.authserv_id);
   if (options.remove_forged && t.message) {
     std::size_t index = 0;
     std::size_t removed = 0;
@@ -162,7 +161,7 @@ void add_authentication_results(FilterContext& ctx, const AuthResultsOptions& op
     if (removed) t.notes["authres.removed"] = std::to_string(removed);
   }
   t.changes.headers.push_back(HeaderEdit{HeaderEdit::Kind::kPrepend, "Authentication-Results",
-                                         authentication_results_value(options.authserv_id, t.auth)});
+                                         authentication_results_value(options.authserv_id, auth_results(t))});
 }
 
 asio::awaitable<Verdict> AuthResultsFilter::run(FilterContext& ctx) {

@@ -47,8 +47,8 @@ struct DkimBodyHash::Digest {
 
 DkimBodyHash::DkimBodyHash(DkimBodyCanon canon, DkimHash hash)
     : canon_(canon), hash_(hash), digest_(std::make_unique<Digest>()) {
-  // Fetched once: an implicit fetch on every EVP_DigestInit_ex (OpenSSL 3
-  // providers) was 1% of the full policy's CPU.
+  // Fetched once, not implicitly on every EVP_DigestInit_ex (OpenSSL 3
+  // providers; bench/README.md).
   static EVP_MD* const sha1 = EVP_MD_fetch(nullptr, "SHA1", nullptr);
   static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
   digest_->ctx = EVP_MD_CTX_new();

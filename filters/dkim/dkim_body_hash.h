@@ -3,11 +3,11 @@
 // pass with no per-octet calls, fed to OpenSSL's SHA-1/SHA-256 in blocks.
 //
 // Why not libopendkim's: its canonicalizer appends the body to a buffer one
-// octet per function call; at 10 KiB a message that was 18 % of postern's CPU
-// with the full policy (bench/README.md). libopendkim still parses the
-// signatures, fetches the keys and checks every header signature; the body
-// hash it would compare is this one (DkimVerifier::finish). Signatures with
-// l= keep libopendkim's own body pass (DkimStream decides per message).
+// octet per function call (its cost: bench/README.md). libopendkim still
+// parses the signatures, fetches the keys and checks every header signature;
+// the body hash it would compare is this one (DkimVerifier::finish).
+// Signatures with l= keep libopendkim's own body pass (DkimStream decides per
+// message).
 #pragma once
 
 #include <array>

@@ -1,5 +1,6 @@
 #include "filters/dkim/dkim_filter.h"
 
+#include "filters/auth/auth_results.h"
 #include "filters/dkim/dkim_stream.h"
 
 #include <asio/co_spawn.hpp>
@@ -37,7 +38,7 @@ asio::awaitable<void> look_up_keys(Resolver& resolver, const std::vector<std::st
 
 }  // namespace
 
-DkimFilter::DkimFilter(DkimOptions options, std::shared_ptr<UnboundResolver> resolver,
+DkimFilter::DkimFilter(DkimOptions options, std::shared_ptr<Resolver> resolver,
                        std::shared_ptr<asio::thread_pool> pool)
     : options_(options),
       resolver_(resolver),
@@ -51,7 +52,7 @@ std::shared_ptr<SpoolTap> DkimFilter::content_tap(const FilterContext&) const {
 
 asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
+  if (!message || !auth_results(ctx.transaction).skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
   std::shared_ptr<DkimStream> stream;
   for (const auto& tap : message->spool().taps()) {
     auto s = std::dynamic_pointer_cast<DkimStream>(tap);
@@ -62,7 +63,7 @@ asio::awaitable<Verdict> DkimFilter::run(FilterContext& ctx) {
     // Header and body are hashed already: what is left is the key records,
     // looked up without a thread waiting, and the signature checks (CPU, a
     // few per message at most) right here -- no hand-off to the pool and
-    // back (issue 8).
+    // back (bench/README.md).
     DkimKeys keys;
     const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
     co_await look_up_keys(*resolver_, stream->key_names(), keys, deadline);

@@ -18,7 +18,7 @@ namespace postern {
 
 class DkimFilter final : public Filter {
  public:
-  DkimFilter(DkimOptions options, std::shared_ptr<UnboundResolver> resolver,
+  DkimFilter(DkimOptions options, std::shared_ptr<Resolver> resolver,
              std::shared_ptr<asio::thread_pool> pool);
   const std::string& name() const override { return name_; }
   bool wants(Stage stage) const override { return stage == Stage::kEom; }
@@ -29,7 +29,7 @@ class DkimFilter final : public Filter {
  private:
   std::string name_ = "dkim";
   DkimOptions options_;
-  std::shared_ptr<UnboundResolver> resolver_;
+  std::shared_ptr<Resolver> resolver_;
   std::shared_ptr<DkimVerifier> verifier_;
   std::shared_ptr<asio::thread_pool> pool_;
 };

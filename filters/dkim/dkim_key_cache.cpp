@@ -2,10 +2,9 @@
 //
 // Why: libopendkim decodes the signer's RSA key from DER with d2i_PUBKEY_bio
 // for every signature it verifies. With OpenSSL 3.0 that decode goes through
-// the provider decoder framework (OSSL_DECODER_CTX_new_for_pkey and friends)
-// and cost ~20% of postern's CPU with the full default policy — more than the
-// RSA verification itself (perf profile, bench/README.md). A mail stream
-// brings the same few keys again and again.
+// the provider decoder framework (OSSL_DECODER_CTX_new_for_pkey and friends),
+// which costs more than the RSA verification itself (bench/README.md). A mail
+// stream brings the same few keys again and again.
 //
 // How: this file defines d2i_PUBKEY_bio in the postern executable, which
 // interposes libcrypto's definition for libopendkim (the dynamic linker looks

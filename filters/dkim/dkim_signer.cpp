@@ -20,6 +20,7 @@
 #include "filters/auth/c_api.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/message.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -33,12 +34,6 @@ namespace {
 
 // Largest key file read: a 16384-bit RSA key in PEM is about 12 KB.
 constexpr std::size_t kMaxKeyFile = 64 * 1024;
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 struct PkeyFree {
   void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
@@ -163,10 +158,10 @@ DkimSigner::DkimSigner(DkimSignOptions options) : options_(std::move(options)) {
     if (!parse_network(n, net.addr, net.family, net.prefix)) throw std::runtime_error("dkim: bad network " + n);
     networks_.push_back(net);
   }
-  for (DkimSigningKey& k : options_.keys) k.domain = lower(k.domain);
+  for (DkimSigningKey& k : options_.keys) k.domain = ascii::to_lower(k.domain);
   if (options_.headers.empty()) options_.headers = kDefaultSignedHeaders;
   if (std::none_of(options_.headers.begin(), options_.headers.end(),
-                   [](const std::string& h) { return lower(h) == "from"; })) {
+                   [](const std::string& h) { return ascii::to_lower(h) == "from"; })) {
     options_.headers.insert(options_.headers.begin(), "From");  // RFC 6376 §5.4: From MUST be signed
   }
   lib_ = dkim_init(nullptr, nullptr);
@@ -179,7 +174,7 @@ DkimSigner::DkimSigner(DkimSignOptions options) : options_(std::move(options)) {
     for (char c : h) {
       if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_') n.push_back(c);
     }
-    if (!n.empty()) names.push_back(lower(n));
+    if (!n.empty()) names.push_back(ascii::to_lower(n));
   }
   std::vector<const char*> sign_list;
   for (const std::string& n : names) sign_list.push_back(n.c_str());
@@ -222,7 +217,7 @@ bool DkimSigner::wants(std::string_view client_ip, std::string_view auth_user) c
 }
 
 const DkimSigningKey* DkimSigner::key_for(std::string_view from_domain) const {
-  std::string d = lower(from_domain);
+  std::string d = ascii::to_lower(from_domain);
   while (!d.empty()) {
     for (const DkimSigningKey& k : options_.keys) {
       if (k.domain == d) return &k;

@@ -1,5 +1,6 @@
 // DKIM tag-lists and the checks libopendkim leaves out; see dkim_tags.h.
 #include "filters/dkim/dkim_tags.h"
+#include "filters/text/ascii.h"
 
 #include <algorithm>
 #include <cctype>
@@ -8,27 +9,13 @@ namespace postern {
 
 namespace {
 
-bool wsp(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && wsp(s.front())) s.remove_prefix(1);
-  while (!s.empty() && wsp(s.back())) s.remove_suffix(1);
-  return s;
-}
-
 std::string compact(std::string_view v) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
-    if (!wsp(c)) out.push_back(c);
+    if (!ascii::is_space(c)) out.push_back(c);
   }
   return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
 }
 
 // base64string (§2.4) once white space is removed: the alphabet, at most
@@ -59,7 +46,7 @@ const DkimTag* find(const std::vector<DkimTag>& tags, std::string_view name) {
 bool list_has(std::string_view list, std::string_view item) {
   while (true) {
     const std::size_t colon = list.find(':');
-    if (iequals(trim(list.substr(0, colon)), item)) return true;
+    if (ascii::iequals(ascii::trim(list.substr(0, colon)), item)) return true;
     if (colon == std::string_view::npos) return false;
     list.remove_prefix(colon + 1);
   }
@@ -71,18 +58,18 @@ std::optional<std::vector<DkimTag>> parse_dkim_tag_list(std::string_view list) {
   std::vector<DkimTag> out;
   while (true) {
     const std::size_t semi = list.find(';');
-    const std::string_view item = trim(list.substr(0, semi));
+    const std::string_view item = ascii::trim(list.substr(0, semi));
     const bool last = semi == std::string_view::npos;
     if (!item.empty()) {
       const std::size_t eq = item.find('=');
       if (eq == std::string_view::npos) return std::nullopt;
-      const std::string_view name = trim(item.substr(0, eq));
+      const std::string_view name = ascii::trim(item.substr(0, eq));
       if (name.empty() || !std::isalpha(static_cast<unsigned char>(name[0]))) return std::nullopt;
       for (char c : name) {
         if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') return std::nullopt;
       }
       if (find(out, name)) return std::nullopt;  // §3.2: a duplicated tag invalidates the list
-      out.push_back(DkimTag{name, trim(item.substr(eq + 1))});
+      out.push_back(DkimTag{name, ascii::trim(item.substr(eq + 1))});
     } else if (!last) {
       return std::nullopt;  // an empty item is not a tag-spec; only the last may be empty (a trailing ';')
     }
@@ -127,7 +114,7 @@ std::string dkim_key_problem(std::string_view record, std::string_view algorithm
   const DkimTag* k = find(*tags, "k");
   const std::string key_type = k ? compact(k->value) : "rsa";
   const std::string_view alg = algorithm.substr(0, algorithm.find('-'));
-  if (!iequals(key_type, alg)) {
+  if (!ascii::iequals(key_type, alg)) {
     return "key record: k=" + key_type + " does not match a=" + std::string(algorithm) + " (RFC 8463 3)";
   }
   if (const DkimTag* s = find(*tags, "s"); s && !list_has(s->value, "*") && !list_has(s->value, "email")) {
@@ -136,7 +123,7 @@ std::string dkim_key_problem(std::string_view record, std::string_view algorithm
   if (const DkimTag* t = find(*tags, "t"); t && list_has(t->value, "s") && !identity.empty()) {
     const std::size_t at = identity.rfind('@');
     const std::string_view idomain = at == std::string_view::npos ? identity : identity.substr(at + 1);
-    if (!iequals(idomain, domain)) return "key record: t=s forbids the subdomain i= (RFC 6376 3.6.1)";
+    if (!ascii::iequals(idomain, domain)) return "key record: t=s forbids the subdomain i= (RFC 6376 3.6.1)";
   }
   return {};
 }

@@ -9,6 +9,7 @@
 
 #include "filters/auth/c_api.h"
 #include "filters/dkim/dkim_tags.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -18,7 +19,7 @@ using Clock = std::chrono::steady_clock;
 
 // Per message, reached from the key-lookup hook through the user context.
 struct VerifyState {
-  UnboundResolver* resolver;
+  Resolver* resolver;
   Clock::time_point deadline;
   const DkimKeys* keys = nullptr;  // looked up beforehand: never wait
   bool try_again = false;  // a key lookup failed for now (DNS error, time-out)
@@ -26,16 +27,11 @@ struct VerifyState {
   std::vector<std::pair<DKIM_SIGINFO*, std::string>> key_problems;
 };
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // The key record: from the keys looked up beforehand or the cache when the
 // caller must not wait, else from the resolver, waiting.
 std::optional<DnsAnswer> key_record(VerifyState& st, const std::string& name) {
   if (!st.keys) return st.resolver->query_blocking(name, DnsType::kTxt);
-  if (auto it = st.keys->find(lower(name)); it != st.keys->end()) return it->second;
+  if (auto it = st.keys->find(ascii::to_lower(name)); it != st.keys->end()) return it->second;
   return st.resolver->answer_now(name, DnsType::kTxt);
 }
 
@@ -163,7 +159,7 @@ const std::string* signature_field(const Message& message, const std::string& b1
 
 }  // namespace
 
-DkimVerifier::DkimVerifier(std::shared_ptr<UnboundResolver> resolver, DkimVerifyOptions options)
+DkimVerifier::DkimVerifier(std::shared_ptr<Resolver> resolver, DkimVerifyOptions options)
     : resolver_(std::move(resolver)), options_(options) {
   lib_ = dkim_init(nullptr, nullptr);
   if (!lib_) throw std::runtime_error("dkim: dkim_init failed");
@@ -249,7 +245,7 @@ std::string DkimVerifier::key_name(std::string_view signature_value) {
   const std::string_view value = signature_value;
   std::string selector = tag_value(value, "s"), domain = tag_value(value, "d");
   if (selector.empty() || domain.empty()) return {};
-  return lower(selector + "._domainkey." + domain);
+  return ascii::to_lower(selector + "._domainkey." + domain);
 }
 
 std::optional<DkimVerifier::BodySpec> DkimVerifier::body_spec(std::string_view signature_value) {

@@ -17,7 +17,7 @@
 
 #include "filters/auth/auth_results.h"
 #include "filters/dkim/dkim_body_hash.h"
-#include "filters/dns/unbound_resolver.h"
+#include "filters/dns/resolver.h"
 #include "filters/message.h"
 
 struct dkim_lib;
@@ -37,7 +37,7 @@ struct DkimVerifyOptions {
 class DkimVerifier {
  public:
   // Throws std::runtime_error when libopendkim cannot start.
-  DkimVerifier(std::shared_ptr<UnboundResolver> resolver, DkimVerifyOptions options);
+  DkimVerifier(std::shared_ptr<Resolver> resolver, DkimVerifyOptions options);
   ~DkimVerifier();
   DkimVerifier(const DkimVerifier&) = delete;
   DkimVerifier& operator=(const DkimVerifier&) = delete;
@@ -79,7 +79,7 @@ class DkimVerifier {
   static bool wants_body(int eoh_status);
 
  private:
-  std::shared_ptr<UnboundResolver> resolver_;
+  std::shared_ptr<Resolver> resolver_;
   DkimVerifyOptions options_;
   struct dkim_lib* lib_ = nullptr;
 };

@@ -15,16 +15,11 @@
 
 #include "filters/auth/authentication_results.h"
 #include "filters/auth/c_api.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
 namespace {
-
-std::string lower(std::string s) {
-  if (!s.empty() && s.back() == '.') s.pop_back();
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 const psl_ctx_t* psl() {
   // The system's list (Debian's publicsuffix package) when present, else the
@@ -57,13 +52,13 @@ const char* policy_name(char p) {
 }  // namespace
 
 std::string organizational_domain(const std::string& domain) {
-  std::string d = lower(domain);
+  std::string d = ascii::domain_key(domain);
   const char* reg = psl_registrable_domain(psl(), d.c_str());
   return reg ? std::string(reg) : d;
 }
 
 bool domains_aligned(const std::string& a, const std::string& b, bool strict) {
-  std::string x = lower(a), y = lower(b);
+  std::string x = ascii::domain_key(a), y = ascii::domain_key(b);
   if (x.empty() || y.empty()) return false;
   if (x == y) return true;
   if (strict) return false;
@@ -159,7 +154,7 @@ std::string mailbox_domain(const std::vector<AddressToken>& addr, std::string& w
     }
     domain += addr[i].text;
   }
-  std::string d = lower(domain);
+  std::string d = ascii::domain_key(domain);
   if (std::any_of(d.begin(), d.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
     // A U-label domain (RFC 6532 mail): its DMARC record is at the A-label
     // name (IDNA2008, RFC 5891); one that does not convert is unusable.
@@ -168,7 +163,7 @@ std::string mailbox_domain(const std::vector<AddressToken>& addr, std::string& w
       why = "a From mailbox with an internationalized domain that is not valid IDNA";
       return {};
     }
-    d = lower(ascii);
+    d = ascii::domain_key(ascii);
     idn2_free(ascii);
   }
   if (d.empty() || !dns_name_valid(d) || d.find('.') == std::string::npos) {
@@ -281,7 +276,7 @@ std::optional<std::string> normalize_dmarc_record(std::string_view text) {
       out.append("; ").append(item);  // left for libopendmarc to judge
       continue;
     }
-    std::string name = lower(std::string(trim(item.substr(0, eq))));
+    std::string name = ascii::domain_key(std::string(trim(item.substr(0, eq))));
     std::string value(trim(item.substr(eq + 1)));
     if (first) {
       // §6.4: "v" "=" "DMARC1", the version in exactly that case (%x44...).
@@ -290,7 +285,7 @@ std::optional<std::string> normalize_dmarc_record(std::string_view text) {
       first = false;
       continue;
     }
-    if (name == "p" || name == "sp" || name == "adkim" || name == "aspf") value = lower(value);
+    if (name == "p" || name == "sp" || name == "adkim" || name == "aspf") value = ascii::domain_key(value);
     out.append("; ").append(name).append("=").append(value);
   }
   return out;
@@ -347,7 +342,7 @@ DmarcOutcome evaluate_dmarc(const std::string& from, const std::optional<DmarcRe
   // §6.6.3: sp= applies when the record was found at the organizational
   // domain for a From domain below it.
   char policy = record->p;
-  if (record->sp && lower(record_domain) != lower(from)) policy = record->sp;
+  if (record->sp && ascii::domain_key(record_domain) != ascii::domain_key(from)) policy = record->sp;
   o.policy = policy_name(policy);
   if (o.spf_aligned || o.dkim_aligned) {
     o.result = DmarcResult::kPass;
@@ -446,8 +441,8 @@ asio::awaitable<DmarcOutcome> DmarcFilter::evaluate_domain(const std::string& fr
 
 asio::awaitable<Verdict> DmarcFilter::run(FilterContext& ctx) {
   const Message* message = ctx.transaction.message;
-  if (!message || !ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
-  const AuthResults& auth = ctx.transaction.auth;
+  if (!message || !auth_results(ctx.transaction).skipped.empty()) co_return Verdict::proceed();  // none, or a trusted client
+  const AuthResults& auth = auth_results(ctx.transaction);
   // §6.6.1: every author domain is evaluated; the strictest failing policy
   // applies, and only a message whose every From domain passes passes.
   const AuthorDomains authors = author_domains(*message);

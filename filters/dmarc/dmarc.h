@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "filters/auth/auth_options.h"
+#include "filters/auth/auth_results.h"
 #include "filters/filter.h"
 
 namespace postern {

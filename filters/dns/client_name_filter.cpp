@@ -5,16 +5,11 @@
 #include <asio/ip/address.hpp>
 
 #include "filters/dns/reverse_name.h"
+#include "filters/net/ip_address.h"
 
 namespace postern {
 
 namespace {
-
-// IPv4-mapped IPv6 compares as IPv4 (a dual-stack listener sees ::ffff:a.b.c.d).
-asio::ip::address plain(const asio::ip::address& a) {
-  if (a.is_v6() && a.to_v6().is_v4_mapped()) return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
-  return a;
-}
 
 // A host name as it may appear in logs and headers: letters, digits, '-',
 // '_' and '.', at most 253 octets. PTR data is the client's own to choose.
@@ -30,7 +25,7 @@ bool plausible_host(const std::string& host) {
 
 asio::awaitable<Verdict> ClientNameFilter::run(FilterContext& ctx) {
   std::error_code ec;
-  const asio::ip::address client = plain(asio::ip::make_address(ctx.session.client_ip, ec));
+  const asio::ip::address client = unmap_v4(asio::ip::make_address(ctx.session.client_ip, ec));
   std::string owner = reverse_name(ctx.session.client_ip);
   if (ec || owner.empty()) co_return Verdict::proceed();
   DnsAnswer ptr = co_await resolver_->query(owner, DnsType::kPtr);
@@ -45,7 +40,7 @@ asio::awaitable<Verdict> ClientNameFilter::run(FilterContext& ctx) {
     if (addresses.status != DnsStatus::kOk) continue;
     for (const std::string& text : addresses.records) {
       asio::ip::address a = asio::ip::make_address(text, ec);
-      if (!ec && plain(a) == client) {
+      if (!ec && unmap_v4(a) == client) {
         ctx.session.client_name = host;
         co_return Verdict::proceed();
       }

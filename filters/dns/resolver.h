@@ -36,6 +36,10 @@ struct DnsAnswer {
 
 const char* dns_status_name(DnsStatus status);
 
+// Whether `name` can be queried at all: labels of 1..63 octets, 253 in total
+// (RFC 1035 §2.3.4). Names that cannot are answered kNxDomain without a query.
+bool dns_name_valid(std::string_view name);
+
 class Resolver {
  public:
   virtual ~Resolver() = default;
@@ -43,8 +47,14 @@ class Resolver {
   virtual asio::awaitable<DnsAnswer> query(std::string name, DnsType type) = 0;
   // The answer query() would give at once, without waiting (a cached answer,
   // a name that cannot be queried); nullopt when query() would have to wait.
-  // Callers use it to skip a suspension or a thread hand-off (issue 8).
+  // Callers use it to skip a suspension or a thread hand-off (bench/README.md).
   virtual std::optional<DnsAnswer> answer_now(const std::string& /*name*/, DnsType /*type*/) { return std::nullopt; }
+  // The answer query() gives, waited for: for the worker-pool threads that
+  // run libspf2 and libopendkim (they ask for DNS synchronously), never for
+  // an I/O thread. The default runs query() on a private io_context, which
+  // suits a resolver whose query() completes without another thread's help;
+  // UnboundResolver waits on its own resolver thread instead.
+  virtual DnsAnswer query_blocking(const std::string& name, DnsType type);
 };
 
 }  // namespace postern

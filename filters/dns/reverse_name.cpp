@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include "filters/net/ip_address.h"
+
 #include <cstdio>
 
 namespace postern {
@@ -28,15 +30,11 @@ std::string reverse_ip(std::string_view ip) {
   return {};
 }
 
-std::string reverse_name(std::string_view ip) {
-  constexpr std::string_view kMapped = "::ffff:";
-  if (ip.size() > kMapped.size() && ip.substr(0, kMapped.size()) == kMapped &&
-      ip.find('.') != std::string_view::npos) {
-    ip.remove_prefix(kMapped.size());
-  }
+std::string reverse_name(std::string_view text) {
+  std::string ip = canonical_ip(text);
   std::string reversed = reverse_ip(ip);
   if (reversed.empty()) return {};
-  return reversed + (ip.find(':') != std::string_view::npos ? ".ip6.arpa" : ".in-addr.arpa");
+  return reversed + (ip.find(':') != std::string::npos ? ".ip6.arpa" : ".in-addr.arpa");
 }
 
 }  // namespace postern

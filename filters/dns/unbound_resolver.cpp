@@ -5,6 +5,7 @@
 // posts the answer to the waiting coroutine's executor.
 #include "filters/dns/unbound_resolver.h"
 #include "filters/filter_stats.h"
+#include "filters/text/ascii.h"
 
 #include <unistd.h>
 #include <unbound.h>
@@ -32,42 +33,9 @@
 
 namespace postern {
 
-const char* dns_status_name(DnsStatus status) {
-  switch (status) {
-    case DnsStatus::kOk: return "ok";
-    case DnsStatus::kNxDomain: return "nxdomain";
-    case DnsStatus::kNoData: return "nodata";
-    case DnsStatus::kServFail: return "servfail";
-    case DnsStatus::kTimeout: return "timeout";
-  }
-  return "unknown";
-}
-
-bool dns_name_valid(std::string_view name) {
-  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
-  if (name.empty() || name.size() > 253) return false;
-  std::size_t label = 0;
-  for (char c : name) {
-    if (c == '.') {
-      if (label == 0) return false;
-      label = 0;
-    } else if (++label > 63) {
-      return false;
-    }
-  }
-  return label > 0;
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string normalize(std::string_view name) {
-  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
-  std::string out(name);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 // A domain name in uncompressed wire format (libunbound decompresses rdata).
 bool read_name(const unsigned char* p, std::size_t len, std::size_t& pos, std::string& out) {
@@ -389,7 +357,7 @@ UnboundResolver::Stats UnboundResolver::stats() const {
 
 namespace {
 std::string cache_key(const std::string& name, DnsType type) {
-  return normalize(name) + '/' + std::to_string(static_cast<int>(type));
+  return ascii::domain_key(name) + '/' + std::to_string(static_cast<int>(type));
 }
 }  // namespace
 
@@ -500,6 +468,11 @@ std::optional<DnsAnswer> CountingResolver::answer_now(const std::string& name, D
 asio::awaitable<DnsAnswer> CountingResolver::query(std::string name, DnsType type) {
   if (++count_ > limit_) co_return DnsAnswer{DnsStatus::kServFail, {}, 0, false};
   co_return co_await inner_->query(std::move(name), type);
+}
+
+DnsAnswer CountingResolver::query_blocking(const std::string& name, DnsType type) {
+  if (++count_ > limit_) return DnsAnswer{DnsStatus::kServFail, {}, 0, false};
+  return inner_->query_blocking(name, type);
 }
 
 }  // namespace postern

@@ -45,9 +45,8 @@ class UnboundResolver final : public Resolver, public std::enable_shared_from_th
   asio::awaitable<DnsAnswer> query(std::string name, DnsType type) override;
   std::optional<DnsAnswer> answer_now(const std::string& name, DnsType type) override;
 
-  // For worker-pool threads only (never an I/O thread): waits for the answer,
-  // time-out and retries included.
-  DnsAnswer query_blocking(const std::string& name, DnsType type);
+  // Waits on libunbound's own thread, time-out and retries included.
+  DnsAnswer query_blocking(const std::string& name, DnsType type) override;
 
   // Stops watching the descriptor and cancels every outstanding query.
   void shutdown();
@@ -75,6 +74,7 @@ class CountingResolver final : public Resolver {
   CountingResolver(std::shared_ptr<Resolver> inner, std::size_t limit) : inner_(std::move(inner)), limit_(limit) {}
   asio::awaitable<DnsAnswer> query(std::string name, DnsType type) override;
   std::optional<DnsAnswer> answer_now(const std::string& name, DnsType type) override;
+  DnsAnswer query_blocking(const std::string& name, DnsType type) override;
   std::size_t count() const { return count_; }
 
  private:
@@ -82,9 +82,5 @@ class CountingResolver final : public Resolver {
   std::size_t limit_;
   std::size_t count_ = 0;
 };
-
-// Whether `name` can be queried at all: labels of 1..63 octets, 253 in total
-// (RFC 1035 §2.3.4). Names that cannot are answered kNxDomain without a query.
-bool dns_name_valid(std::string_view name);
 
 }  // namespace postern

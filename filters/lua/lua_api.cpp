@@ -6,7 +6,7 @@
 #include <cstring>
 #include <string>
 
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 #include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
 

@@ -216,11 +216,9 @@ int ctx_has_symbol(lua_State* L) {
 
 // ---- ctx.client and ctx.envelope
 //
-// Read-only views that read the facts field by field. Built as tables they
-// cost two to four table creations and up to 20 stores per access, on every
-// rule call, while a rule reads two or three fields (with the default rules
-// 4.5 % of the instructions per message, callgrind). pairs() still lists
-// every field, from a snapshot table.
+// Read-only views that read the facts field by field, not tables built per
+// rule call (bench/README.md): a rule reads two or three fields. pairs()
+// still lists every field, from a snapshot table.
 
 void push_tls(lua_State* L, const SessionFacts& s) {
   lua_createtable(L, 0, 5);
@@ -452,8 +450,7 @@ int ctx_index(lua_State* L) {
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) return 1;  // a method
   lua_pop(L, 1);
   // What does not change during the call is built once and kept in one of
-  // the ctx userdata's user values (a table per call for it cost a table
-  // creation per rule call, callgrind).
+  // the ctx userdata's user values (bench/README.md).
   int slot = kNoSlot;
   for (int i = 0; i < kCtxSlots && slot == kNoSlot; ++i) {
     if (std::strcmp(key, kCtxCached[i]) == 0) slot = i + 1;
@@ -489,13 +486,13 @@ int ctx_index(lua_State* L) {
     } else if (std::strcmp(key, "auth") == 0) {
       push_auth(L, ctx.transaction);
     } else if (std::strcmp(key, "spf") == 0 || std::strcmp(key, "dkim") == 0 || std::strcmp(key, "dmarc") == 0) {
-      const AuthResults& r = ctx.transaction.auth;
+      const AuthResults& r = auth_results(ctx.transaction);
       if (key[1] == 'p' && r.spf) push_spf(L, *r.spf);
       else if (key[1] == 'k' && r.dkim_checked) push_dkim(L, r.dkim);
       else if (key[1] == 'm' && r.dmarc) push_dmarc(L, *r.dmarc);
       else lua_pushnil(L);
     } else if (std::strcmp(key, "arc") == 0) {
-      if (ctx.transaction.auth.arc) push_arc(L, *ctx.transaction.auth.arc);
+      if (auth_results(ctx.transaction).arc) push_arc(L, *auth_results(ctx.transaction).arc);
       else lua_pushnil(L);
     } else {
       lua_pushnil(L);

@@ -15,7 +15,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include "filters/filter_stats.h"
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 #include "filters/lua/lua_internal.h"
 
 namespace postern {

@@ -56,7 +56,7 @@ struct PendingOp {
 // in-process store -- pushes its values onto L (the rule's coroutine, inside
 // the C function that asked) and returns how many; -1 when the rule must
 // yield for it (lua_filter.cpp). A yield from C is a C++ throw in this Lua
-// build: skipping it matters (issue 8).
+// build: skipping it matters (bench/README.md).
 int answer_now(lua_State* L, LuaRuntime& rt, const PendingOp& op);
 
 struct Invocation {
@@ -89,8 +89,8 @@ struct LuaRuntime {
   unsigned stage_mask = 0;
   std::uint64_t next_invocation = 1;
   std::string loading_script;  // the script whose top level runs now
-  // Rule coroutines that finished cleanly, kept for the next rule call (a
-  // new thread per call cost ~2% of the CPU, issue 8); registry references.
+  // Rule coroutines that finished cleanly, kept for the next rule call
+  // (bench/README.md); registry references.
   struct IdleThread {
     lua_State* co;
     int ref;

@@ -164,7 +164,7 @@ struct NotesView {
 NotesView notes_of(lua_State* L, int idx) {
   Invocation& inv = check_handle(L, idx, kNotesMeta);
   if (static_cast<Handle*>(lua_touserdata(L, idx))->session) return {inv.ctx->session.notes, nullptr};
-  return {inv.ctx->transaction.notes, &inv.ctx->transaction.auth};
+  return {inv.ctx->transaction.notes, &auth_results(inv.ctx->transaction)};
 }
 
 int notes_index(lua_State* L) {

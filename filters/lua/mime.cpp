@@ -1,5 +1,6 @@
 // MIME decoding for the rule API; see mime.h.
 #include "filters/lua/mime.h"
+#include "filters/text/ascii.h"
 
 #include <iconv.h>
 
@@ -11,18 +12,6 @@ namespace postern::mime {
 namespace {
 
 constexpr int kMaxDepth = 16;
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) s.remove_suffix(1);
-  return s;
-}
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -85,7 +74,7 @@ std::vector<Field> parse_header(std::string_view text, std::string_view& body) {
         return fields;
       }
       if (fields.size() < 1000) {
-        fields.push_back({lower(trim(content.substr(0, colon))), std::string(content.substr(colon + 1))});
+        fields.push_back({ascii::to_lower(ascii::trim(content.substr(0, colon))), std::string(content.substr(colon + 1))});
       }
     }
     pos = next;
@@ -107,15 +96,15 @@ void collect(std::string_view text, int depth, std::size_t max_parts, std::vecto
   Part part;
   std::string content_type;
   if (const Field* f = find_field(fields, "content-type")) {
-    content_type = std::string(trim(f->value));
-    std::string type = lower(trim(content_type.substr(0, content_type.find(';'))));
+    content_type = std::string(ascii::trim(f->value));
+    std::string type = ascii::to_lower(ascii::trim(content_type.substr(0, content_type.find(';'))));
     if (type.find('/') != std::string::npos) part.type = type;
-    part.charset = lower(header_parameter(content_type, "charset"));
+    part.charset = ascii::to_lower(header_parameter(content_type, "charset"));
     part.filename = header_parameter(content_type, "name");
   }
-  if (const Field* f = find_field(fields, "content-transfer-encoding")) part.transfer_encoding = lower(trim(f->value));
+  if (const Field* f = find_field(fields, "content-transfer-encoding")) part.transfer_encoding = ascii::to_lower(ascii::trim(f->value));
   if (const Field* f = find_field(fields, "content-disposition")) {
-    part.disposition = lower(trim(f->value.substr(0, f->value.find(';'))));
+    part.disposition = ascii::to_lower(ascii::trim(f->value.substr(0, f->value.find(';'))));
     std::string name = header_parameter(f->value, "filename");
     if (!name.empty()) part.filename = std::move(name);
   }
@@ -130,7 +119,7 @@ void collect(std::string_view text, int depth, std::size_t max_parts, std::vecto
       while (pos <= body.size()) {
         std::size_t eol = body.find('\n', pos);
         std::size_t next = eol == std::string_view::npos ? body.size() : eol + 1;
-        std::string_view line = trim(body.substr(pos, next - pos));
+        std::string_view line = ascii::trim(body.substr(pos, next - pos));
         if (line.size() >= delimiter.size() && line.compare(0, delimiter.size(), delimiter) == 0) {
           std::string_view rest = line.substr(delimiter.size());
           if (part_start != std::string_view::npos && pos >= part_start) {
@@ -206,7 +195,7 @@ std::string decode_quoted_printable(std::string_view in, std::size_t limit) {
 }
 
 std::string to_utf8(std::string_view charset, std::string_view text) {
-  std::string cs = lower(charset);
+  std::string cs = ascii::to_lower(charset);
   if (cs.empty() || cs == "utf-8" || cs == "utf8" || cs == "us-ascii" || cs == "ascii") return std::string(text);
   iconv_t cd = iconv_open("UTF-8", cs.c_str());
   if (cd == reinterpret_cast<iconv_t>(-1)) return std::string(text);
@@ -262,13 +251,13 @@ std::string decode_header_value(std::string_view value, std::size_t limit) {
 }
 
 std::string header_parameter(std::string_view field_value, std::string_view name) {
-  std::string want = lower(name);
+  std::string want = ascii::to_lower(name);
   std::size_t pos = field_value.find(';');
   while (pos != std::string_view::npos && pos < field_value.size()) {
     ++pos;
     std::size_t eq = field_value.find('=', pos);
     if (eq == std::string_view::npos) break;
-    std::string key = lower(trim(field_value.substr(pos, eq - pos)));
+    std::string key = ascii::to_lower(ascii::trim(field_value.substr(pos, eq - pos)));
     std::size_t vstart = eq + 1;
     while (vstart < field_value.size() && (field_value[vstart] == ' ' || field_value[vstart] == '\t')) ++vstart;
     std::string value;
@@ -283,7 +272,7 @@ std::string header_parameter(std::string_view field_value, std::string_view name
       vend = field_value.find(';', vend);
     } else {
       vend = field_value.find(';', vstart);
-      value = std::string(trim(field_value.substr(vstart, vend == std::string_view::npos ? std::string_view::npos : vend - vstart)));
+      value = std::string(ascii::trim(field_value.substr(vstart, vend == std::string_view::npos ? std::string_view::npos : vend - vstart)));
     }
     if (key == want) return value;
     if (key == want + "*") {  // RFC 2231: charset'language'percent-encoded

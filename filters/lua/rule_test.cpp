@@ -16,30 +16,27 @@
 #include "filters/auth/auth_filters.h"
 #include "filters/dns/resolver.h"
 #include "filters/dns/unbound_resolver.h"
-#include "filters/lua/kv_store.h"
 #include "filters/lua/lua_filter.h"
+#include "filters/lua/toml_setting.h"
+#include "filters/store/kv_store.h"
 #include "filters/spool.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // DNS answers given by the fixture; anything else is NXDOMAIN.
 class StaticResolver final : public Resolver {
  public:
   void add(std::string name, DnsType type, DnsAnswer answer) {
     if (!name.empty() && name.back() == '.') name.pop_back();
-    answers_[{lower(name), type}] = std::move(answer);
+    answers_[{ascii::to_lower(name), type}] = std::move(answer);
   }
   asio::awaitable<DnsAnswer> query(std::string name, DnsType type) override {
     queries_.push_back(name);
-    auto it = answers_.find({lower(name), type});
+    auto it = answers_.find({ascii::to_lower(name), type});
     if (it != answers_.end()) co_return it->second;
     DnsAnswer nx;
     nx.status = DnsStatus::kNxDomain;
@@ -89,24 +86,6 @@ Mailbox mailbox(const std::string& text, bool allow_null) {
   PathParse p = parse_path(path, allow_null, true);
   if (p.error != PathError::kNone) throw FixtureError("not an address: \"" + text + "\"");
   return p.mailbox;
-}
-
-LuaSetting to_setting(const toml::node& n) {
-  LuaSetting s;
-  if (auto b = n.as_boolean()) s.kind = LuaSetting::Kind::kBool, s.boolean = b->get();
-  else if (auto i = n.as_integer()) s.kind = LuaSetting::Kind::kInteger, s.integer = i->get();
-  else if (auto f = n.as_floating_point()) s.kind = LuaSetting::Kind::kNumber, s.number = f->get();
-  else if (auto str = n.as_string()) s.kind = LuaSetting::Kind::kString, s.string = str->get();
-  else if (auto arr = n.as_array()) {
-    s.kind = LuaSetting::Kind::kList;
-    for (const toml::node& item : *arr) s.items.push_back(to_setting(item));
-  } else if (auto t = n.as_table()) {
-    for (auto&& [k, v] : *t) {
-      s.keys.emplace_back(k.str());
-      s.items.push_back(to_setting(v));
-    }
-  }
-  return s;
 }
 
 DnsType dns_type(const std::string& name, const toml::node& at) {
@@ -268,7 +247,7 @@ std::vector<std::string> compare(const toml::table& expect, const Outcome& out) 
   if (auto v = expect["score_max"].value<double>(); v && out.txn.score > *v) bad.push_back("score <= " + std::to_string(*v));
   for (const std::string& h : get_strings(expect, "added_headers")) {
     bool found = std::any_of(out.txn.changes.headers.begin(), out.txn.changes.headers.end(), [&](const HeaderEdit& e) {
-      return (e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend) && lower(e.name) == lower(h);
+      return (e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend) && ascii::to_lower(e.name) == ascii::to_lower(h);
     });
     if (!found) bad.push_back("added header " + h);
   }
@@ -340,7 +319,7 @@ int run_fixture(const std::string& path, const RuleTestOptions& options, std::os
       for (const std::string& s : scripts) lua.scripts.push_back(resolve(s));
     }
     for (const std::string& s : get_strings(root, "module_path")) lua.module_path.push_back(resolve(s));
-    if (const toml::node* n = root.get("settings")) lua.settings = to_setting(*n);
+    if (const toml::node* n = root.get("settings")) lua.settings = lua_setting_from_toml(*n);
     lua.log = [&logs](LuaLogLevel, std::string_view line) { logs.emplace_back(line); };
     auto store = std::make_shared<MemoryStore>(lua.store_max_entries);
     lua.store = store;

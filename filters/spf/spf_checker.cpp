@@ -17,6 +17,8 @@
 #include "filters/auth/c_api.h"
 #include "filters/spf/spf_record.h"
 #include "filters/dns/reverse_name.h"
+#include "filters/net/ip_address.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -27,7 +29,7 @@ using Clock = std::chrono::steady_clock;
 // What one check's lookups have seen; the lookup callback finds it through a
 // thread-local pointer (libspf2 passes no per-request context to the layer).
 struct CheckState {
-  UnboundResolver* resolver = nullptr;
+  Resolver* resolver = nullptr;
   SpfLimits limits;
   Clock::time_point deadline;
   unsigned sequence = 0;          // lookups so far
@@ -92,13 +94,6 @@ std::optional<DnsAnswer> fetch(CheckState& st, const std::string& name, DnsType 
   return a;
 }
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  if (!out.empty() && out.back() == '.') out.pop_back();
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
 SPF_dns_rr_t* make_rr(SPF_dns_server_t* server, const char* domain, ns_type type, int herrno,
                       std::uint32_t ttl = 0) {
   return SPF_dns_rr_new_init(server, domain, type, static_cast<int>(ttl), herrno);
@@ -117,7 +112,7 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type,
     case ns_t_ptr: t = DnsType::kPtr; break;
     default: return make_rr(server, domain, type, NO_DATA);
   }
-  const std::string asked = lower(domain ? domain : "");
+  const std::string asked = ascii::domain_key(domain ? domain : "");
   // a/0 and mx/0 of the client's family (spf_record_for_libspf2): look up
   // the name before the suffix; any address of the family is the client's.
   const bool any_address = asked.size() > kSpfAnyAddressSuffix.size() && asked.ends_with(kSpfAnyAddressSuffix);
@@ -192,7 +187,7 @@ SPF_dns_rr_t* lookup(SPF_dns_server_t* server, const char* domain, ns_type type,
       value = sp == std::string::npos ? value : value.substr(sp + 1);
     }
     // Host names compare without case (libspf2 compares ptr: by bytes).
-    if (t == DnsType::kMx || t == DnsType::kPtr) value = lower(value);
+    if (t == DnsType::kMx || t == DnsType::kPtr) value = ascii::domain_key(value);
     if (t == DnsType::kMx && any_address) value += kSpfAnyAddressSuffix;
     if (t == DnsType::kTxt && is_spf_record(value)) {
       if (top) st->top_has_spf = true;
@@ -393,9 +388,9 @@ std::string validated_name(CheckState& st, const MacroVars& v) {
     std::optional<DnsAnswer> addrs = fetch(st, host, type);
     if (!addrs || addrs->status != DnsStatus::kOk) continue;
     bool back = false;
-    for (const std::string& a : addrs->records) back = back || canonical_client_ip(a) == v.ip;
+    for (const std::string& a : addrs->records) back = back || canonical_ip(a) == v.ip;
     if (!back) continue;
-    const std::string name = lower(host);
+    const std::string name = ascii::domain_key(host);
     if (name == v.domain || (name.size() > v.domain.size() && name.ends_with("." + v.domain))) return name;
     if (first.empty()) first = name;
   }
@@ -445,7 +440,7 @@ std::string explanation(CheckState& st, MacroVars v) {
     if (!record->has_all() && record->redirect) {
       auto next = expand_macros(*record->redirect, v, false);
       if (!next) return {};
-      domain = lower(truncate_domain(*next));
+      domain = ascii::domain_key(truncate_domain(*next));
       continue;
     }
     if (!record->exp) return {};
@@ -507,19 +502,6 @@ SPF_errcode_t query_mailfrom_no_localhost(SPF_request_t* req, SPF_response_t** r
 
 }  // namespace
 
-std::string canonical_client_ip(const std::string& ip) {
-  in_addr a4{};
-  in6_addr a6{};
-  char buf[INET6_ADDRSTRLEN];
-  if (inet_pton(AF_INET, ip.c_str(), &a4) == 1) return inet_ntop(AF_INET, &a4, buf, sizeof buf);
-  if (inet_pton(AF_INET6, ip.c_str(), &a6) != 1) return {};
-  if (IN6_IS_ADDR_V4MAPPED(&a6)) {
-    std::memcpy(&a4, a6.s6_addr + 12, 4);
-    return inet_ntop(AF_INET, &a4, buf, sizeof buf);
-  }
-  return inet_ntop(AF_INET6, &a6, buf, sizeof buf);
-}
-
 SpfOutcome SpfChecker::check(const SpfQuery& query, std::chrono::milliseconds budget) const {
   bool missed = false;
   return run(query, budget, false, missed);
@@ -535,16 +517,16 @@ std::optional<SpfOutcome> SpfChecker::check_cached(const SpfQuery& query) const 
 SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, bool cache_only, bool& missed) const {
   SpfOutcome out;
   out.helo = q.helo;
-  out.client_ip = canonical_client_ip(q.client_ip);
+  out.client_ip = canonical_ip(q.client_ip);
   if (q.sender.empty()) {
     out.identity = "helo";
-    out.domain = lower(q.helo);
+    out.domain = ascii::domain_key(q.helo);
     out.sender = "postmaster@" + out.domain;
   } else {
     out.identity = "mailfrom";
     out.sender = q.sender;
     auto at = q.sender.rfind('@');
-    out.domain = lower(at == std::string::npos ? q.sender : q.sender.substr(at + 1));
+    out.domain = ascii::domain_key(at == std::string::npos ? q.sender : q.sender.substr(at + 1));
     // §4.3: a sender without a local-part is postmaster@domain.
     if (at == std::string::npos || at == 0) out.sender = "postmaster@" + out.domain;
   }

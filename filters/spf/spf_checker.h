@@ -22,7 +22,7 @@
 #include <unordered_map>
 
 #include "filters/auth/auth_results.h"
-#include "filters/dns/unbound_resolver.h"
+#include "filters/dns/resolver.h"
 
 namespace postern {
 
@@ -64,7 +64,7 @@ class SpfResultCache {
 class SpfChecker {
  public:
   // `cache_entries` bounds the result cache (0: none).
-  SpfChecker(std::shared_ptr<UnboundResolver> resolver, SpfLimits limits, std::size_t cache_entries = 10000)
+  SpfChecker(std::shared_ptr<Resolver> resolver, SpfLimits limits, std::size_t cache_entries = 10000)
       : resolver_(std::move(resolver)), limits_(limits), results_(cache_entries) {}
 
   // Blocking: call on a worker-pool thread only. Returns within `budget`
@@ -72,8 +72,8 @@ class SpfChecker {
   SpfOutcome check(const SpfQuery& query, std::chrono::milliseconds budget) const;
   // Never blocks (any thread, an I/O thread included): the same outcome as
   // check() when every lookup it needs is in the resolver's cache, else
-  // nullopt -- then check() on the pool (issue 8: no thread hand-off for a
-  // sender whose records are cached).
+  // nullopt -- then check() on the pool (no thread hand-off for a sender
+  // whose records are cached: bench/README.md).
   std::optional<SpfOutcome> check_cached(const SpfQuery& query) const;
   // Checks answered from the result cache so far.
   std::uint64_t cache_hits() const { return results_.hits(); }
@@ -81,16 +81,12 @@ class SpfChecker {
  private:
   SpfOutcome run(const SpfQuery& query, std::chrono::milliseconds budget, bool cache_only, bool& missed) const;
 
-  std::shared_ptr<UnboundResolver> resolver_;
+  std::shared_ptr<Resolver> resolver_;
   SpfLimits limits_;
   mutable SpfResultCache results_;
 };
 
 // RFC 7208 §9.1 Received-SPF field value (without the field name).
 std::string received_spf_value(const SpfOutcome& spf, const std::string& receiver);
-
-// "::ffff:192.0.2.1" -> "192.0.2.1"; other addresses unchanged. Empty when
-// `ip` is not an IP address.
-std::string canonical_client_ip(const std::string& ip);
 
 }  // namespace postern

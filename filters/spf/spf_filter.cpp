@@ -5,6 +5,8 @@
 #include <asio/co_spawn.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include "filters/auth/auth_results.h"
+
 namespace postern {
 
 namespace {
@@ -16,7 +18,7 @@ asio::awaitable<SpfOutcome> check_on_pool(std::shared_ptr<SpfChecker> checker, S
   co_return checker->check(query, budget);
 }
 
-// On the calling thread when every record is cached (no hand-off: issue 8),
+// On the calling thread when every record is cached (no hand-off: bench/README.md),
 // else on the pool.
 // `checker` and `pool` belong to the filter, which outlives the call.
 asio::awaitable<SpfOutcome> check(const std::shared_ptr<SpfChecker>& checker, SpfQuery query,
@@ -72,7 +74,7 @@ std::optional<SpfOutcome> load_helo(const SessionFacts& s) {
 
 }  // namespace
 
-SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<UnboundResolver> resolver,
+SpfFilter::SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<Resolver> resolver,
                      std::shared_ptr<asio::thread_pool> pool)
     : options_(std::move(options)),
       receiver_(std::move(receiver)),
@@ -91,7 +93,7 @@ asio::awaitable<void> SpfFilter::check_helo(FilterContext& ctx) {
 }
 
 asio::awaitable<Verdict> SpfFilter::run(FilterContext& ctx) {
-  if (!ctx.transaction.auth.skipped.empty()) co_return Verdict::proceed();  // a trusted client
+  if (!auth_results(ctx.transaction).skipped.empty()) co_return Verdict::proceed();  // a trusted client
   if (ctx.stage == Stage::kHelo) {
     co_await check_helo(ctx);
     co_return Verdict::proceed();

@@ -18,7 +18,7 @@ namespace postern {
 
 class SpfFilter final : public Filter {
  public:
-  SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<UnboundResolver> resolver,
+  SpfFilter(SpfOptions options, std::string receiver, std::shared_ptr<Resolver> resolver,
             std::shared_ptr<asio::thread_pool> pool);
   const std::string& name() const override { return name_; }
   bool wants(Stage stage) const override {

@@ -1,6 +1,7 @@
 // RFC 7208 record syntax (§4.6.1, §5, §6, §7.1 and Appendix A), checked
 // term by term, and the translation of a valid record for libspf2.
 #include "filters/spf/spf_record.h"
+#include "filters/text/ascii.h"
 
 #include <arpa/inet.h>
 
@@ -13,14 +14,6 @@ namespace {
 bool alpha(char c) { return std::isalpha(static_cast<unsigned char>(c)) != 0; }
 bool digit(char c) { return c >= '0' && c <= '9'; }
 bool alnum(char c) { return alpha(c) || digit(c); }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
-  }
-  return true;
-}
 
 // toplabel = ( *alphanum ALPHA *alphanum ) / ( 1*alphanum "-" *( alphanum / "-" ) alphanum )
 bool toplabel(std::string_view s) {
@@ -132,27 +125,27 @@ std::string parse_directive(std::string_view term, SpfRecord& record) {
     if (rest[0] != ':' || !valid_domain_spec(rest.substr(1))) return std::nullopt;
     return std::string(rest.substr(1));
   };
-  if (iequals(name, "all")) {
+  if (ascii::iequals(name, "all")) {
     d.mechanism = SpfMechanism::kAll;
     if (!rest.empty()) return "\"all\" takes no argument";
-  } else if (iequals(name, "include") || iequals(name, "exists")) {
-    d.mechanism = iequals(name, "include") ? SpfMechanism::kInclude : SpfMechanism::kExists;
+  } else if (ascii::iequals(name, "include") || ascii::iequals(name, "exists")) {
+    d.mechanism = ascii::iequals(name, "include") ? SpfMechanism::kInclude : SpfMechanism::kExists;
     auto domain = domain_after_colon(true);
     if (!domain) return "bad domain-spec in \"" + std::string(name) + "\"";
     d.domain_spec = *domain;
-  } else if (iequals(name, "a") || iequals(name, "mx")) {
-    d.mechanism = iequals(name, "a") ? SpfMechanism::kA : SpfMechanism::kMx;
+  } else if (ascii::iequals(name, "a") || ascii::iequals(name, "mx")) {
+    d.mechanism = ascii::iequals(name, "a") ? SpfMechanism::kA : SpfMechanism::kMx;
     if (!take_dual_cidr(rest, d)) return "bad CIDR length in \"" + std::string(name) + "\"";
     auto domain = domain_after_colon(false);
     if (!domain) return "bad domain-spec in \"" + std::string(name) + "\"";
     d.domain_spec = *domain;
-  } else if (iequals(name, "ptr")) {
+  } else if (ascii::iequals(name, "ptr")) {
     d.mechanism = SpfMechanism::kPtr;
     auto domain = domain_after_colon(false);
     if (!domain) return "bad domain-spec in \"ptr\"";
     d.domain_spec = *domain;
-  } else if (iequals(name, "ip4") || iequals(name, "ip6")) {
-    const bool v6 = iequals(name, "ip6");
+  } else if (ascii::iequals(name, "ip4") || ascii::iequals(name, "ip6")) {
+    const bool v6 = ascii::iequals(name, "ip6");
     d.mechanism = v6 ? SpfMechanism::kIp6 : SpfMechanism::kIp4;
     if (rest.empty() || rest[0] != ':') return "\"" + std::string(name) + "\" needs an address";
     rest.remove_prefix(1);
@@ -172,7 +165,7 @@ std::string parse_directive(std::string_view term, SpfRecord& record) {
 }
 
 std::string parse_modifier(std::string_view name, std::string_view value, SpfRecord& record) {
-  const bool redirect = iequals(name, "redirect"), exp = iequals(name, "exp");
+  const bool redirect = ascii::iequals(name, "redirect"), exp = ascii::iequals(name, "exp");
   if (!redirect && !exp) {
     // unknown-modifier = name "=" macro-string: ignored, but it must parse (§6).
     return valid_macro_string(value, false) ? std::string() : "bad macro-string in modifier \"" + std::string(name) + "\"";
@@ -194,7 +187,7 @@ bool SpfRecord::has_all() const {
 }
 
 bool is_spf_record(std::string_view txt) {
-  return txt.size() >= 6 && iequals(txt.substr(0, 6), "v=spf1") && (txt.size() == 6 || txt[6] == ' ');
+  return txt.size() >= 6 && ascii::iequals(txt.substr(0, 6), "v=spf1") && (txt.size() == 6 || txt[6] == ' ');
 }
 
 bool valid_macro_string(std::string_view s, bool explanation) {

@@ -19,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 #include "filters/store/store_log.h"
 
 struct MDB_env;

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 #include "filters/store/redis_connection.h"
 
 namespace postern {

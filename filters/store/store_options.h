@@ -7,7 +7,7 @@
 #include <memory>
 #include <string>
 
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 #include "filters/store/redis_connection.h"
 #include "filters/store/store_log.h"
 

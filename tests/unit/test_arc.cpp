@@ -12,6 +12,7 @@
 #include "filters/arc/arc_chain.h"
 #include "filters/arc/arc_seal.h"
 #include "filters/arc/arc_verify.h"
+#include "filters/auth/auth_results.h"
 #include "filters/auth/authentication_results.h"
 
 using namespace postern;
@@ -333,7 +334,7 @@ TEST_CASE("arc: postern's seals verify, and break as they should", "[arc]") {
     CHECK(d.trusted_saw == "dkim=pass header.d=mail.example.com");
 
     TransactionFacts t;
-    t.auth.arc = o;
+    auth_results(t).arc = o;
     DmarcOutcome dm;
     dm.result = DmarcResult::kFail;
     dm.policy = dm.disposition = "reject";
@@ -341,12 +342,12 @@ TEST_CASE("arc: postern's seals verify, and break as they should", "[arc]") {
     CHECK(dm.disposition == "none");
     CHECK(dm.override_type == "local_policy");
     CHECK(dm.override_comment == "arc=pass as=seal.example.net i=1 dmarc=pass");
-    t.auth.dmarc = dm;
-    const std::string ar = authentication_results_value("mx.example.net", t.auth);
+    auth_results(t).dmarc = dm;
+    const std::string ar = authentication_results_value("mx.example.net", auth_results(t));
     CHECK(ar.find("; arc=pass (i=2 as=seal.example.net) header.oldest-pass=0") != std::string::npos);
     CHECK(ar.find("; dmarc=fail (p=reject dis=none override=local_policy: arc=pass as=seal.example.net i=1 "
                   "dmarc=pass)") != std::string::npos);
-    t.auth.arc->result = ArcResult::kFail;
+    auth_results(t).arc->result = ArcResult::kFail;
     DmarcOutcome again;
     again.result = DmarcResult::kFail;
     again.disposition = "reject";

@@ -8,8 +8,10 @@
 
 #include "../auth/dns_test_server.h"
 #include "../auth/fixtures.h"
+#include "filters/auth/auth_results.h"
 #include "filters/dkim/dkim_filter.h"
 #include "filters/dkim/dkim_stream.h"
+#include "filters/dns/unbound_resolver.h"
 
 using namespace postern;
 
@@ -128,11 +130,11 @@ TEST_CASE("dkim filter runs at eom on the pool and records results", "[dkim]") {
   auto fut = asio::co_spawn(io, filter.run(ctx), asio::use_future);
   io.run();
   CHECK_FALSE(fut.get().decisive());
-  CHECK(auth_note(tx.auth, "dkim.count").value_or("") == "2");
-  CHECK(auth_note(tx.auth, "dkim.1.result").value_or("") == "pass");
+  CHECK(auth_note(auth_results(tx), "dkim.count").value_or("") == "2");
+  CHECK(auth_note(auth_results(tx), "dkim.1.result").value_or("") == "pass");
   REQUIRE_FALSE(tx.symbols.empty());
   CHECK(tx.symbols[0].name == "DKIM_PASS");
-  auto loaded = tx.auth;
+  auto loaded = auth_results(tx);
   CHECK(loaded.dkim_checked);
   CHECK(loaded.dkim.size() == 2);
   pool->join();
@@ -256,8 +258,8 @@ TEST_CASE("dkim filter uses its stream tap and records the streamed results", "[
   auto fut = asio::co_spawn(io, filter.run(ctx), asio::use_future);
   io.run();
   CHECK_FALSE(fut.get().decisive());
-  CHECK(auth_note(tx.auth, "dkim.count").value_or("") == "2");
-  CHECK(auth_note(tx.auth, "dkim.1.result").value_or("") == "pass");
-  CHECK(auth_note(tx.auth, "dkim.2.result").value_or("") == "pass");
+  CHECK(auth_note(auth_results(tx), "dkim.count").value_or("") == "2");
+  CHECK(auth_note(auth_results(tx), "dkim.1.result").value_or("") == "pass");
+  CHECK(auth_note(auth_results(tx), "dkim.2.result").value_or("") == "pass");
   pool->join();
 }

@@ -10,6 +10,7 @@
 #include "../auth/dns_test_server.h"
 #include "filters/dkim/dkim_signer.h"
 #include "filters/dkim/dkim_verifier.h"
+#include "filters/dns/unbound_resolver.h"
 
 using namespace postern;
 

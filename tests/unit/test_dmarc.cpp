@@ -10,10 +10,12 @@
 #include "../auth/dns_test_server.h"
 #include "../auth/fixtures.h"
 #include "filters/auth/auth_filters.h"
+#include "filters/auth/auth_results.h"
 #include "filters/auth/authentication_results.h"
 #include "filters/dkim/dkim_filter.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/audit/offline_check.h"
+#include "filters/dns/unbound_resolver.h"
 #include "filters/filter_chain.h"
 
 using namespace postern;
@@ -89,8 +91,8 @@ Run run_chain(const std::string& fixture, const std::string& ip, const Mailbox& 
 std::string dmarc(const std::string& fixture, const std::string& ip = "198.51.100.1",
                   const Mailbox& mail_from = Mailbox{"bounce", "elsewhere.example.org"}) {
   auto r = run_chain(fixture, ip, mail_from);
-  INFO(fixture << ": " << auth_note(r.tx.auth, "dmarc.reason").value_or(""));
-  return auth_note(r.tx.auth, "dmarc.result").value_or("") + "/" + auth_note(r.tx.auth, "dmarc.policy").value_or("") + "/" + auth_note(r.tx.auth, "dmarc.disposition").value_or("");
+  INFO(fixture << ": " << auth_note(auth_results(r.tx), "dmarc.reason").value_or(""));
+  return auth_note(auth_results(r.tx), "dmarc.result").value_or("") + "/" + auth_note(auth_results(r.tx), "dmarc.policy").value_or("") + "/" + auth_note(auth_results(r.tx), "dmarc.disposition").value_or("");
 }
 
 }  // namespace

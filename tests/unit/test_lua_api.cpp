@@ -6,6 +6,7 @@
 #include <asio/co_spawn.hpp>
 #include <asio/io_context.hpp>
 
+#include "filters/auth/auth_results.h"
 #include "filters/filter_chain.h"
 #include "test_lua_util.h"
 
@@ -289,13 +290,13 @@ TEST_CASE("lua api: the authenticity results read as notes, read-only", "[lua]")
   postern::SpfOutcome spf;
   spf.result = postern::SpfResult::kSoftfail;
   spf.domain = "example.org";
-  h.txn.auth.spf = spf;
+  auth_results(h.txn).spf = spf;
   postern::DkimSignature sig;
   sig.result = postern::DkimResult::kPass;
   sig.domain = "example.net";
   sig.key_bits = 2048;
-  h.txn.auth.dkim_checked = true;
-  h.txn.auth.dkim = {sig};
+  auth_results(h.txn).dkim_checked = true;
+  auth_results(h.txn).dkim = {sig};
   h.txn.notes["mine"] = "x";
   auto f = h.load(rule("mail", R"(
     local n = ctx.notes
@@ -310,7 +311,7 @@ TEST_CASE("lua api: the authenticity results read as notes, read-only", "[lua]")
   Verdict v = h.run(*f, Stage::kMail);
   // 8 spf.* + dkim.count + 11 dkim.1.* + "mine"
   CHECK(v.text == "softfail|example.org|1|example.net|2048|nil|nil|21|dkim.1.algorithm|false|read-only");
-  CHECK(h.txn.auth.spf->result == postern::SpfResult::kSoftfail);
+  CHECK(auth_results(h.txn).spf->result == postern::SpfResult::kSoftfail);
   CHECK_FALSE(h.txn.notes.count("spf.result"));
 }
 

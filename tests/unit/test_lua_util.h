@@ -13,7 +13,7 @@
 #include <asio/io_context.hpp>
 
 #include "filters/filter.h"
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 #include "filters/lua/lua_filter.h"
 #include "filters/spool.h"
 #include "test_util.h"

@@ -51,19 +51,19 @@ TEST_CASE("parse_command: every verb in upper, lower and mixed case", "[smtp_com
     unsigned flags;
   };
   const std::vector<Case> cases{
-      {"EHLO", Verb::kEhlo, kArgsRequired | kEndsGroup},
-      {"HELO", Verb::kHelo, kArgsRequired | kEndsGroup},
+      {"EHLO", Verb::kEhlo, kArgsRequired},
+      {"HELO", Verb::kHelo, kArgsRequired},
       {"MAIL", Verb::kMail, kArgsRequired},
       {"RCPT", Verb::kRcpt, kArgsRequired},
-      {"DATA", Verb::kData, kArgsNone | kEndsGroup},
+      {"DATA", Verb::kData, kArgsNone},
       {"RSET", Verb::kRset, kArgsNone},
-      {"NOOP", Verb::kNoop, kEndsGroup},
-      {"QUIT", Verb::kQuit, kArgsNone | kEndsGroup},
-      {"HELP", Verb::kHelp, kEndsGroup},
-      {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
-      {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
-      {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
-      {"AUTH", Verb::kAuth, kArgsRequired | kEndsGroup},
+      {"NOOP", Verb::kNoop, 0},
+      {"QUIT", Verb::kQuit, kArgsNone},
+      {"HELP", Verb::kHelp, 0},
+      {"VRFY", Verb::kVrfy, kArgsRequired},
+      {"EXPN", Verb::kExpn, kNotImplemented},
+      {"STARTTLS", Verb::kStarttls, kArgsNone},
+      {"AUTH", Verb::kAuth, kArgsRequired},
       // BDAT is not the end of a group: its chunk follows it (RFC 3030 §4.2).
       {"BDAT", Verb::kBdat, kArgsRequired},
   };

@@ -8,6 +8,8 @@
 #include <asio/use_future.hpp>
 
 #include "../auth/dns_test_server.h"
+#include "filters/auth/auth_results.h"
+#include "filters/dns/unbound_resolver.h"
 #include "filters/spf/spf_checker.h"
 #include "filters/spf/spf_filter.h"
 
@@ -276,14 +278,14 @@ TEST_CASE("spf filter runs on the pool at MAIL and records its result", "[spf]")
   io.run();
   Verdict v = fut.get();
   CHECK_FALSE(v.decisive());
-  CHECK(auth_note(tx.auth, "spf.result").value_or("") == "pass");
-  CHECK(auth_note(tx.auth, "spf.domain").value_or("") == "ip4.example.com");
+  CHECK(auth_note(auth_results(tx), "spf.result").value_or("") == "pass");
+  CHECK(auth_note(auth_results(tx), "spf.domain").value_or("") == "ip4.example.com");
   REQUIRE(tx.symbols.size() == 1);
   CHECK(tx.symbols[0].name == "SPF_PASS");
   REQUIRE(tx.changes.headers.size() == 1);
   CHECK(tx.changes.headers[0].name == "Received-SPF");
   CHECK(tx.changes.headers[0].value.rfind("pass (mx.postern.example: domain of u@ip4.example.com designates 192.0.2.1", 0) == 0);
-  auto loaded = tx.auth;
+  auto loaded = auth_results(tx);
   REQUIRE(loaded.spf);
   CHECK(loaded.spf->result == SpfResult::kPass);
 
@@ -330,13 +332,13 @@ TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes 
   TransactionFacts bounce;
   FilterContext at_mail{Stage::kMail, session, bounce};
   CHECK_FALSE(run(at_mail).decisive());
-  CHECK(auth_note(bounce.auth, "spf.result").value_or("") == "pass");
-  CHECK(auth_note(bounce.auth, "spf.identity").value_or("") == "helo");
-  CHECK(auth_note(bounce.auth, "spf.sender").value_or("") == "postmaster@helo.example.org");
+  CHECK(auth_note(auth_results(bounce), "spf.result").value_or("") == "pass");
+  CHECK(auth_note(auth_results(bounce), "spf.identity").value_or("") == "helo");
+  CHECK(auth_note(auth_results(bounce), "spf.sender").value_or("") == "postmaster@helo.example.org");
   REQUIRE(bounce.changes.headers.size() == 1);
   CHECK(bounce.changes.headers[0].value.find("identity=helo;") != std::string::npos);
   CHECK(bounce.changes.headers[0].value.find("helo=\"helo.example.org\"") != std::string::npos);
-  auto ar = bounce.auth;
+  auto ar = auth_results(bounce);
   REQUIRE(ar.spf);
   CHECK(ar.spf->identity == "helo");
 
@@ -360,8 +362,8 @@ TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes 
   mail.reverse_path = Mailbox{"u", "ip4.example.com"};
   FilterContext at_mail3{Stage::kMail, other, mail};
   CHECK(run(at_mail3).action == Verdict::Action::kReject);  // 198.51.100.8 is outside 192.0.2.0/24
-  CHECK(auth_note(mail.auth, "spf.identity").value_or("") == "mailfrom");
-  CHECK(auth_note(mail.auth, "spf.domain").value_or("") == "ip4.example.com");
+  CHECK(auth_note(auth_results(mail), "spf.identity").value_or("") == "mailfrom");
+  CHECK(auth_note(auth_results(mail), "spf.domain").value_or("") == "ip4.example.com");
 
   // A new HELO name the filter did not see is checked afresh, not taken
   // from the old name's result.
@@ -369,9 +371,9 @@ TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes 
   TransactionFacts bounce3;
   FilterContext at_mail4{Stage::kMail, session, bounce3};
   run(at_mail4);
-  CHECK(auth_note(bounce3.auth, "spf.identity").value_or("") == "helo");
-  CHECK(auth_note(bounce3.auth, "spf.domain").value_or("") == "nohelo.example.org");
-  CHECK(auth_note(bounce3.auth, "spf.result").value_or("") == "none");
+  CHECK(auth_note(auth_results(bounce3), "spf.identity").value_or("") == "helo");
+  CHECK(auth_note(auth_results(bounce3), "spf.domain").value_or("") == "nohelo.example.org");
+  CHECK(auth_note(auth_results(bounce3), "spf.result").value_or("") == "none");
 
   // An address literal is no domain: none (§2.3), at HELO as at MAIL.
   SessionFacts literal;

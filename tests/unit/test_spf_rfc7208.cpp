@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "../auth/dns_test_server.h"
+#include "filters/dns/unbound_resolver.h"
 #include "filters/spf/spf_checker.h"
 
 using namespace postern;

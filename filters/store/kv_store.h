@@ -59,7 +59,7 @@ class KeyValueStore {
   virtual std::string_view backend() const = 0;
   // The in-process map behind this store when its operations never wait (the
   // embedded store): callers may use its *_now operations directly instead of
-  // suspending (issue 8: a Lua rule does not yield for it). Null otherwise.
+  // suspending (a Lua rule does not yield for it: bench/README.md). Null otherwise.
   virtual MemoryStore* in_memory() { return nullptr; }
 };
 

@@ -1,5 +1,5 @@
 // MemoryStore: the embedded key-value store; see kv_store.h.
-#include "filters/lua/kv_store.h"
+#include "filters/store/kv_store.h"
 
 #include <charconv>
 
