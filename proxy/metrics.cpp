@@ -17,8 +17,6 @@
 
 namespace postern::metrics {
 namespace {
-constexpr std::string_view kResultNames[] = {"relayed",     "rejected",  "tempfailed", "discarded",
-                                             "quarantined", "redirected"};
 constexpr std::string_view kStageNames[] = {"connect", "helo", "mail", "rcpt", "data", "eom"};
 constexpr std::string_view kRefusalNames[] = {"limit", "proxy_protocol", "tls", "filter"};
 constexpr std::string_view kUpstreamErrorNames[] = {"connect_refused", "connect_failed", "resolve", "timeout",
@@ -29,7 +27,6 @@ constexpr std::string_view kCommandNames[] = {"greeting", "ehlo", "starttls", "x
                                               "mail",     "rcpt", "data",     "eom",     "rset",     "other"};
 constexpr std::string_view kDnsNames[] = {"ok", "nxdomain", "nodata", "servfail", "timeout"};
 constexpr std::string_view kRuleFailureNames[] = {"error", "timeout", "budget", "memory"};
-static_assert(std::size(kResultNames) == n<MessageResult>());
 static_assert(std::size(kRefusalNames) == n<Refusal>());
 static_assert(std::size(kUpstreamErrorNames) == n<UpstreamError>());
 static_assert(std::size(kCommandNames) == n<UpstreamCommand>());
@@ -292,7 +289,7 @@ void count_replies(std::string_view wire, Registry& r) {
   }
 }
 
-void message_done(MessageResult result, std::uint64_t size, double eod_seconds, double transaction_seconds) {
+void message_done(Outcome result, std::uint64_t size, double eod_seconds, double transaction_seconds) {
   Registry& r = registry();
   r.messages[idx(result)].inc();
   r.message_received_bytes.inc(size);
@@ -378,7 +375,7 @@ std::string Registry::render() const {
   // Messages.
   w.family("postern_messages_total", "counter", "Messages that reached their end of data, by what became of them.");
   for (std::size_t i = 0; i < messages.size(); ++i) {
-    w.sample("postern_messages_total", {{"action", kResultNames[i]}}, messages[i].value());
+    w.sample("postern_messages_total", {{"action", outcome_name(static_cast<Outcome>(i))}}, messages[i].value());
   }
   w.family("postern_recipients_total", "counter", "RCPT commands, by whether the recipient was accepted.");
   w.sample("postern_recipients_total", {{"result", "accepted"}}, recipients[0].value());

@@ -15,12 +15,11 @@
 #include <fmt/format.h>
 
 #include "filters/auth/audit_log.h"
-#include "filters/auth/dkim_signer.h"
 #include "filters/auth/utf8.h"
 #include "filters/message.h"
+#include "proxy/delivery.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
-#include "proxy/maildir_upstream.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_protocol.h"
 #include "proxy/session_limiter.h"
@@ -55,23 +54,6 @@ std::string clean_helo(std::string_view helo) {
     out.push_back(ok ? static_cast<char>(c) : '?');
   }
   return out;
-}
-
-// Formatted once a second per thread: strftime was ~0.3 % of the cycles of a
-// message (perf).
-std::string rfc5322_date() {
-  thread_local std::time_t cached_at = -1;
-  thread_local std::string cached;
-  std::time_t t = std::time(nullptr);
-  if (t != cached_at) {
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[64];
-    std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    cached.assign(buf, n);
-    cached_at = t;
-  }
-  return cached;
 }
 
 // xtext (RFC 3461 §4): printable ASCII except '+' and '=', or "+" and two
@@ -941,10 +923,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
           .kv("by", "filter").kv("reason", v.reason);
       append_reply(output_, verdict_reply(v, Stage::kMail));
       if (v.action == Verdict::Action::kDisconnect) quit_ = true;
-      {
-        UpstreamReply refused{verdict_reply(v, Stage::kMail), true};
-        write_audit(refused.reply.klass() == 4 ? "tempfailed" : "rejected", refused, v.reason, "mail", {}, v.rule);
-      }
+      audit_mail_refusal(facts_, txn_.facts, verdict_reply(v, Stage::kMail), v);
       reset_transaction();
       co_return;
     case Verdict::Action::kDiscard:
@@ -1184,93 +1163,35 @@ asio::awaitable<void> Session::end_of_data() {
     refusal = &replies::kSpoolFailed;
   }
 
-  UpstreamReply result;
-  const char* outcome = nullptr;
-  Verdict verdict;
+  Delivery delivery({*config_, facts_, txn_.facts, txn_.mail_params, upstream(), spool_, decoder_.size(),
+                      txn_.started, end_of_content});
+  Fate fate;
   AuditHeaders audit_headers;  // read while the message exists, written after the reply
   if (refusal) {
-    result = UpstreamReply{Reply{refusal->code, std::string(refusal->text)}, true};
     if (bare) {
       log::warning("bare-line-ending").kv("session", id_).kv("client", client_.address)
           .kv("bare_lf", faults.bare_lf ? "yes" : "no").kv("bare_cr", faults.bare_cr ? "yes" : "no");
     }
-    co_await upstream().reset();
+    fate = co_await delivery.refuse(*refusal);
   } else {
     Message message(spool_, header_limits());
     if (message.headers_truncated()) {
       // Fields past the limit would reach the MTA unread by any filter.
-      co_await refuse_header_section(message, result);
-      append_reply(output_, result.reply);
-      metrics::message_done(metrics::MessageResult::kRejected, decoder_.size(), metrics::seconds_since(end_of_content),
-                            metrics::seconds_since(txn_.started));
-      write_audit("rejected", result, "header section over limit", "eom", AuditHeaders{});
-      reset_transaction();
-      co_return;
+      log_header_section_refused(message);
+      fate = co_await delivery.refuse(replies::kHeaderSectionTooBig, "header section over limit");
+    } else {
+      txn_.facts.message = &message;
+      Verdict verdict = co_await run_filters(Stage::kData);
+      if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
+      if (!verdict.decisive() && txn_.pending) verdict = *txn_.pending;
+      fate = co_await delivery.deliver(message, verdict);
+      if (current_audit_log()) audit_headers = audit_message_headers(message);
+      txn_.facts.message = nullptr;
     }
-    txn_.facts.message = &message;
-    verdict = co_await run_filters(Stage::kData);
-    if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
-    if (!verdict.decisive() && txn_.pending) verdict = *txn_.pending;
-    switch (verdict.action) {
-      case Verdict::Action::kContinue:
-      case Verdict::Action::kAccept:
-        result = co_await relay(message);
-        break;
-      case Verdict::Action::kDiscard:
-        // The client hears 250 and the message goes nowhere, by policy.
-        result = UpstreamReply{Reply{250, "2.0.0 Ok: discarded"}, true};
-        outcome = "discarded";
-        break;
-      case Verdict::Action::kQuarantine:
-        result = quarantine(message, verdict);
-        if (result.reply.positive()) outcome = "quarantined";
-        break;
-      default:  // reject, tempfail, disconnect
-        result = UpstreamReply{verdict_reply(verdict, Stage::kEom), true};
-        if (verdict.action == Verdict::Action::kDisconnect) quit_ = true;
-        break;
-    }
-    if (current_audit_log()) audit_headers = audit_message_headers(message);
-    txn_.facts.message = nullptr;
-    if (!result.connection_lost) co_await upstream().reset();
   }
-  relay_reply(result);
-
-  if (!outcome) {
-    outcome = result.reply.positive() ? "relayed" : result.reply.klass() == 4 ? "tempfailed" : "rejected";
-  }
-  {
-    using R = metrics::MessageResult;
-    std::string_view o = outcome;
-    R r = o == "relayed" ? (txn_.facts.changes.redirect ? R::kRedirected : R::kRelayed)
-          : o == "tempfailed" ? R::kTempfailed : o == "discarded" ? R::kDiscarded
-          : o == "quarantined" ? R::kQuarantined : R::kRejected;
-    metrics::message_done(r, decoder_.size(), metrics::seconds_since(end_of_content), metrics::seconds_since(txn_.started));
-  }
-  // The line's values are built only when info lines are written (with
-  // level = warning they were ~5 % of the instructions a message without
-  // filters, callgrind).
-  if (log::enabled(log::Level::kInfo)) {
-    std::string to;
-    for (const Mailbox& m : txn_.facts.recipients) {
-      if (!to.empty()) to.push_back(',');
-      to.append("<").append(m.str()).append(">");
-    }
-    std::string symbols;
-    for (const Symbol& sym : txn_.facts.symbols) {
-      if (!symbols.empty()) symbols.push_back(',');
-      symbols.append(sym.name).append(fmt::format("({:.2f})", sym.score));
-    }
-    log::Line line = log::info("message");
-    line.kv("session", id_).kv("id", txn_.facts.id)
-        .kv("client", client_.address).kv("from", "<" + txn_.facts.reverse_path.str() + ">").kv("to", to)
-        .kv("size", decoder_.size()).kv("result", outcome).kv("by", result.local ? "postern" : "upstream")
-        .kv("upstream", fmt::format("{} {}", result.reply.code, result.reply.first_line()));
-    if (!symbols.empty()) line.kv("score", fmt::format("{:.2f}", txn_.facts.score)).kv("symbols", symbols);
-    if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
-    line.kv("duration_ms", elapsed_ms(txn_.started));
-  }
-  write_audit(outcome, result, verdict.reason, "eom", audit_headers, verdict.rule);
+  relay_reply(fate.reply);
+  if (fate.disconnect) quit_ = true;
+  delivery.record(fate, audit_headers);
   reset_transaction();
 }
 
@@ -1280,30 +1201,11 @@ HeaderLimits Session::header_limits() const {
 }
 
 // A header section over [limits] header_section_size / header_fields: 552
-// 5.3.4 and a log line, nothing relayed.
-asio::awaitable<void> Session::refuse_header_section(const Message& message, UpstreamReply& result) {
-  const replies::Def& r = replies::kHeaderSectionTooBig;
-  result = UpstreamReply{Reply{r.code, std::string(r.text)}, true};
+// 5.3.4 (Delivery::refuse) and this log line, nothing relayed.
+void Session::log_header_section_refused(const Message& message) const {
   log::warning("header-section-too-big").kv("session", id_).kv("id", txn_.facts.id).kv("client", client_.address)
       .kv("fields_read", message.headers().size()).kv("size", decoder_.size())
       .kv("limit_size", config_->limits.header_section_size).kv("limit_fields", config_->limits.header_fields);
-  co_await upstream().reset();
-}
-
-// The message's audit record, after its fate is decided (filters/auth/audit_log.h).
-void Session::write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
-                          const char* stage, const AuditHeaders& headers, const std::string& rule) {
-  std::shared_ptr<AuditLog> audit = current_audit_log();
-  if (!audit) return;
-  std::string action(outcome);
-  if (action == "relayed" && txn_.facts.changes.redirect) action = "redirected";
-  std::string reply = fmt::format("{} {}", result.reply.code, result.reply.text);
-  std::replace(reply.begin(), reply.end(), '\n', ' ');
-  AuditEntry entry{facts_, txn_.facts, std::move(action), std::move(reply), result.local ? "postern" : "upstream",
-                   stage, reason, decoder_.size(), headers.message_id, headers.from_domain, rule, txn_.dkim_signed};
-  if (!audit->write(audit_json(entry))) {
-    log::warning("audit-dropped").kv("session", id_).kv("id", txn_.facts.id).kv("queued_limit", "full");
-  }
 }
 
 // Filters that read the content as it streams in (DKIM body hashing) tap
@@ -1338,125 +1240,6 @@ asio::awaitable<Verdict> Session::run_filters(Stage stage) {
   co_return v;
 }
 
-// Relays the message with the filters' changes: a changed envelope is sent
-// again (RSET, MAIL, RCPT...), a changed header section is rendered anew.
-asio::awaitable<UpstreamReply> Session::relay(const Message& message) {
-  const Changes& changes = txn_.facts.changes;
-  if (changes.envelope_changed()) {
-    UpstreamReply redo = co_await redo_envelope();
-    if (!redo.reply.positive()) co_return redo;
-  }
-  const DkimSigner* signer = config_->auth.dkim.signer.get();
-  const bool sign = signer && signer->wants(facts_.client_ip, facts_.auth_user);
-  // A milter's new body (SMFIR_REPLBODY) is relayed, and signed, instead of the received one.
-  std::unique_ptr<Spool> new_body;
-  if (changes.body) {
-    new_body = std::make_unique<Spool>(config_->data.spool_memory, config_->data.spool_dir);
-    if (!new_body->append(*changes.body) || !new_body->finish()) {
-      co_return UpstreamReply{Reply{replies::kSpoolFailed.code, std::string(replies::kSpoolFailed.text)}, true};
-    }
-  }
-  const Spool& body = new_body ? *new_body : spool_;
-  const std::size_t body_offset = new_body ? 0 : message.body_offset();
-  const bool as_received = !sign && !new_body && changes.headers.empty() && changes.subject_tag.empty() &&
-                           !message.body_would_fold();
-  std::string head = as_received ? received_header() : render_header_block(message, changes, received_header());
-  // A message received without an empty line gets one before its new body.
-  auto separate = [&](std::string& h) {
-    if (new_body && new_body->size() > 0 && !h.ends_with("\r\n\r\n")) h += "\r\n";
-  };
-  separate(head);
-  const std::size_t offset = as_received ? 0 : body_offset;
-  if (sign) {
-    // DKIM signs the fields exactly as relayed, without our Received (RFC
-    // 6376 §5.4); the DKIM-Signature field goes above it.
-    std::string fields = render_header_block(message, changes, "");
-    separate(fields);
-    DkimSignOutcome signed_ = co_await signer->sign_async(fields, body, body_offset);
-    log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
-                   "dkim-sign");
-    line.kv("session", id_).kv("id", txn_.facts.id).kv("domain", signed_.domain).kv("selector", signed_.selector)
-        .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
-                      : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
-    if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
-    if (signed_.status == DkimSignOutcome::Status::kError && signer->options().tempfail_on_error) {
-      co_return UpstreamReply{Reply{replies::kDkimSignFailed.code, std::string(replies::kDkimSignFailed.text)}, true};
-    }
-    head = signed_.field + head;
-    txn_.dkim_signed = signed_.status == DkimSignOutcome::Status::kSigned;
-  }
-  UpstreamReply r = co_await upstream().data(head, body, offset, txn_.facts.reverse_path);
-  if (r.reply.positive()) {
-    metrics::registry().message_relayed_bytes.inc(head.size() + body.size() - std::min(offset, body.size()));
-  }
-  co_return r;
-}
-
-// The envelope after the filters' changes, mirrored to the upstream anew. A
-// recipient the MTA refuses now cannot be refused to the client one by one
-// any more, so any refusal tempfails the whole message: nothing is lost.
-asio::awaitable<UpstreamReply> Session::redo_envelope() {
-  TransactionFacts& t = txn_.facts;
-  const Changes& c = t.changes;
-  if (c.reverse_path) t.reverse_path = *c.reverse_path;
-  std::vector<Mailbox> rcpts = c.redirect ? *c.redirect : t.recipients;
-  if (!c.redirect) {
-    for (const Mailbox& add : c.add_recipients) rcpts.push_back(add);
-    std::erase_if(rcpts, [&](const Mailbox& m) {
-      for (const Mailbox& r : c.remove_recipients) {
-        if (r.str() == m.str()) return true;
-      }
-      return false;
-    });
-  }
-  if (rcpts.empty()) {
-    co_return UpstreamReply{Reply{250, "2.0.0 Ok: no recipients left after filtering"}, true};
-  }
-  t.recipients = rcpts;
-  co_await upstream().reset();
-  UpstreamReply r = co_await upstream().mail(t.reverse_path, txn_.mail_params, false);
-  if (!r.reply.positive() || r.closing) {
-    if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
-    if (r.closing && r.reply.code != 421) {  // MAIL's 250, then the MTA's 421: never the message's 250
-      r.reply = Reply{replies::kUpstreamClosing.code, std::string(replies::kUpstreamClosing.text)};
-    }
-    co_return r;
-  }
-  for (const Mailbox& m : rcpts) {
-    UpstreamReply rr = co_await upstream().rcpt(m, {});
-    if (rr.closing) {  // the MTA's 421: never a 250 for the message
-      if (rr.reply.code != 421) {
-        rr.reply = Reply{replies::kUpstreamClosing.code, std::string(replies::kUpstreamClosing.text)};
-      }
-      co_return rr;
-    }
-    if (!rr.reply.positive()) {
-      log::warning("redo-rcpt-refused").kv("session", id_).kv("to", "<" + m.str() + ">")
-          .kv("reply", fmt::format("{} {}", rr.reply.code, rr.reply.first_line()));
-      co_return UpstreamReply{Reply{451, "4.3.0 Error: changed recipient refused upstream, try again later"}, true,
-                              rr.connection_lost};
-    }
-  }
-  co_return UpstreamReply{Reply{250, "2.0.0 Ok"}, true};
-}
-
-// Writes the message to the quarantine Maildir with its envelope and reason.
-UpstreamReply Session::quarantine(const Message& message, const Verdict& verdict) {
-  const TransactionFacts& t = txn_.facts;
-  // Folded like every field postern writes: the reason may carry what the
-  // client sent (issue 15).
-  std::string head = fold_header_field(
-      "X-Postern-Quarantine", fmt::format("session={}; client={}; reason={}", id_, client_.address,
-                                          log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason)));
-  head += fold_header_field("X-Postern-Envelope-From", fmt::format("<{}>", t.reverse_path.str()));
-  for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
-  head += render_header_block(message, t.changes, received_header());
-  std::string file = deliver_to_maildir(config_->quarantine.dir, config_->server.hostname, head, spool_,
-                                        message.body_offset());
-  if (file.empty()) return UpstreamReply{Reply{replies::kSpoolFailed.code, std::string(replies::kSpoolFailed.text)}, true};
-  return UpstreamReply{Reply{250, "2.0.0 Ok: quarantined as " + file}, true};
-}
-
 // An upstream reply to the client. After the MTA's 421 the session ends
 // with a 421 too (docs/operations.md "When the MTA says 421").
 void Session::relay_reply(const UpstreamReply& r) {
@@ -1489,33 +1272,6 @@ void Session::reset_transaction() {
 void Session::release_buffers() {
   if (decoded_.capacity() > limits::kIdleBuffer) std::string().swap(decoded_);
   if (upstream_) upstream_->release_buffers();
-}
-
-// RFC 5321 §4.4 trace header; "with" per RFC 3848.
-std::string Session::received_header() const {
-  std::string ip = client_.address.find(':') != std::string::npos ? "IPv6:" + client_.address
-                                                                  : client_.address;
-  // RFC 3848: ESMTPS when the session is under TLS; the protocol and cipher
-  // go in a comment, as Postfix writes them.
-  std::string with = esmtp_ ? "ESMTP" : "SMTP";
-  if (tls_) with += "S";
-  if (!facts_.auth_user.empty()) with += "A";
-  if (tls_) with += fmt::format(" ({} {})", facts_.tls.version, facts_.tls.cipher);
-  // The name is the verified one (forward-confirmed, Postfix's "unknown"
-  // otherwise). Three lines as Postfix writes them, each folded further only when the
-  // client made it long (a HELO name or a recipient near the command line
-  // limit): no line over 998 octets (RFC 5322 §2.1.1, issue 15).
-  constexpr std::size_t kLine = 990;
-  auto continued = [](std::string_view text) { return "\t" + fold_header_field("", text, kLine).substr(2); };
-  std::string header = fold_header_field("Received", fmt::format("from {} ({} [{}])", client_.helo,
-                                                                    client_.name.empty() ? "unknown" : client_.name, ip), kLine);
-  header += continued(fmt::format("by {} (postern) with {} id {}", config_->server.hostname, with, txn_.facts.id));
-  if (txn_.facts.recipients.size() == 1) {
-    header += continued(fmt::format("for <{}>; {}", txn_.facts.recipients[0].str(), rfc5322_date()));
-  } else {
-    header += continued(fmt::format("; {}", rfc5322_date()));
-  }
-  return header;
 }
 
 }  // namespace postern

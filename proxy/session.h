@@ -31,7 +31,6 @@
 namespace postern {
 
 class Session;
-struct AuditHeaders;
 
 // The sessions of one I/O thread; touched only from that thread.
 struct SessionRegistry {
@@ -72,7 +71,6 @@ class Session {
     // MAIL held back by the upstream to go with the pipelined RCPT behind it
     // (Upstream::mail): its reply is not in the output yet.
     bool mail_held = false;
-    bool dkim_signed = false;  // relay() added postern's DKIM-Signature (for the audit record)
   };
 
   asio::awaitable<void> process_input();
@@ -111,22 +109,16 @@ class Session {
   asio::awaitable<Verdict> run_filters(Stage stage);
   void add_content_taps();
   const FilterChain* active_chain() const;
-  asio::awaitable<UpstreamReply> relay(const Message& message);
-  asio::awaitable<UpstreamReply> redo_envelope();
-  UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
   void release_buffers();
   HeaderLimits header_limits() const;
-  asio::awaitable<void> refuse_header_section(const Message& message, UpstreamReply& result);
-  void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
-                   const char* stage, const AuditHeaders& headers, const std::string& rule = {});
+  void log_header_section_refused(const Message& message) const;
 
   void reply(const replies::Def& def);
   void client_error(const replies::Def& def);
   void note_error();
   Upstream& upstream();
-  std::string received_header() const;
 
   asio::ip::tcp::socket socket_;
   std::shared_ptr<const Config> config_;
