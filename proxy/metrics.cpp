@@ -207,27 +207,6 @@ std::string escape_help(std::string_view v) {
   return out;
 }
 
-UpstreamCommand upstream_command(std::string_view line) {
-  auto is = [&](std::string_view verb) {
-    if (line.size() < verb.size()) return false;
-    for (std::size_t i = 0; i < verb.size(); ++i) {
-      if (std::toupper(static_cast<unsigned char>(line[i])) != verb[i]) return false;
-    }
-    return line.size() == verb.size() || line[verb.size()] == ' ' || line[verb.size()] == '\r';
-  };
-  if (is("EHLO") || is("HELO")) return UpstreamCommand::kEhlo;
-  if (is("STARTTLS")) return UpstreamCommand::kStarttls;
-  if (is("XCLIENT")) return UpstreamCommand::kXclient;
-  if (is("XFORWARD")) return UpstreamCommand::kXforward;
-  if (is("AUTH")) return UpstreamCommand::kAuth;
-  if (is("MAIL")) return UpstreamCommand::kMail;
-  if (is("RCPT")) return UpstreamCommand::kRcpt;
-  if (is("DATA")) return UpstreamCommand::kData;
-  if (is("BDAT")) return UpstreamCommand::kEom;
-  if (is("RSET")) return UpstreamCommand::kRset;
-  return UpstreamCommand::kOther;
-}
-
 Registry::Registry() : start_time(unix_now()) {}
 
 Registry& registry() {
@@ -260,6 +239,7 @@ void count_reply(int code, std::string_view text, Registry& r) {
   r.replies_by_class[static_cast<std::size_t>(k)].inc();
   if (k != 4 && k != 5) return;
   std::size_t c = static_cast<std::size_t>(k - 4);
+  if (std::size_t lf = text.rfind('\n'); lf != std::string_view::npos) text.remove_prefix(lf + 1);
   int klass = 0, subject = 0, detail = 0;
   if (!parse_enhanced(text, klass, subject, detail)) {
     r.enhanced_none[c].inc();
@@ -269,23 +249,6 @@ void count_reply(int code, std::string_view text, Registry& r) {
               [static_cast<std::size_t>(detail)].inc();
   } else {
     r.enhanced_other[c].inc();
-  }
-}
-
-void count_replies(std::string_view wire, Registry& r) {
-  // A reply's last line is "NNN text" (or "NNN" alone); the others "NNN-text".
-  std::size_t pos = 0;
-  while (pos + 3 <= wire.size()) {
-    std::size_t lf = wire.find('\n', pos);
-    std::string_view line = wire.substr(pos, lf == std::string_view::npos ? std::string_view::npos : lf - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.size() >= 3 && is_digit(line[0]) && is_digit(line[1]) && is_digit(line[2]) &&
-        (line.size() == 3 || line[3] == ' ')) {
-      int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
-      count_reply(code, line.size() > 4 ? line.substr(4) : std::string_view{}, r);
-    }
-    if (lf == std::string_view::npos) break;
-    pos = lf + 1;
   }
 }
 

@@ -144,7 +144,6 @@ enum class UpstreamProtocolError { kMalformed, kUnexpectedReply, kUnexplainedByt
 enum class UpstreamCommand {
   kGreeting, kEhlo, kStarttls, kXclient, kXforward, kAuth, kMail, kRcpt, kData, kEom, kRset, kOther, kCount
 };
-UpstreamCommand upstream_command(std::string_view line);
 std::string_view upstream_command_name(UpstreamCommand command);
 
 template <typename E>
@@ -246,9 +245,8 @@ class SessionGauge {
 // Makes a listener's series exist (at 0) before its first session.
 void declare_listener(std::string_view listener);
 void session_refused(std::string_view listener, Refusal why);
-// Counts every reply in `wire` (what is about to be written to a client):
-// by class, and 4xx/5xx by the enhanced status code of the last line.
-void count_replies(std::string_view wire, Registry& r = registry());
+// Counts one reply to a client as it is queued (`text`: its lines joined by
+// LF): by class, and 4xx/5xx by the enhanced status code of its last line.
 void count_reply(int code, std::string_view text, Registry& r = registry());
 void message_done(Outcome result, std::uint64_t size, double eod_seconds, double transaction_seconds);
 // At the end of a transaction (however it ended): its symbols and the

@@ -115,15 +115,12 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
     if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
       addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
     }
-    client_.address = addr.to_string();
-    client_.port = peer.port();
+    facts_.client_ip = addr.to_string();
+    facts_.client_port = peer.port();
   }
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   socket_.non_blocking(true, ec);  // read_ready returns would_block, never waits
   facts_.id = id_;
-  client_.session = id_;
-  facts_.client_ip = client_.address;
-  facts_.client_port = client_.port;
   auto local = socket_.local_endpoint(ec);
   if (!ec) facts_.listener = fmt::format("{}:{}", local.address().to_string(), local.port());
   registry_.sessions.insert(this);
@@ -139,7 +136,15 @@ void Session::drain() {
   }
 }
 
-void Session::reply(const replies::Def& def) { append_reply(output_, def.code, def.text); }
+void Session::reply(const replies::Def& def) { queue_reply(def.code, def.text); }
+
+// Every reply to the client is queued here, and counted as it is (metrics).
+void Session::queue_reply(int code, std::string_view text) {
+  append_reply(output_, code, text);
+  metrics::count_reply(code, text);
+}
+
+void Session::queue_reply(const Reply& r) { queue_reply(r.code, r.text); }
 
 // A client mistake: reply, count it, and end a session that keeps erring.
 void Session::client_error(const replies::Def& def) {
@@ -152,7 +157,7 @@ void Session::client_error(const replies::Def& def) {
 void Session::note_error() {
   metrics::registry().client_errors.inc();
   if (++errors_ >= config_->limits.errors && !quit_) {
-    log::warning("too-many-errors").kv("session", id_).kv("client", client_.address)
+    log::warning("too-many-errors").kv("session", id_).kv("client", facts_.client_ip)
         .kv("errors", errors_);
     reply(replies::kTooManyErrors);
     quit_ = true;
@@ -160,7 +165,7 @@ void Session::note_error() {
 }
 
 Upstream& Session::upstream() {
-  if (!upstream_) upstream_ = make_upstream(socket_.get_executor(), config_, client_);
+  if (!upstream_) upstream_ = make_upstream(socket_.get_executor(), config_, facts_);
   return *upstream_;
 }
 
@@ -178,7 +183,7 @@ asio::awaitable<void> Session::run() {
     if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kProxyProtocol);
     else ready = co_await admit(client_place, Scope::kClient);
   }
-  log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", client_.address, client_.port))
+  log::info("session-start").kv("session", id_).kv("client", fmt::format("{}:{}", facts_.client_ip, facts_.client_port))
       .kv("listener", facts_.listener);
   if (ready && listener_.tls == Config::Listener::Tls::kImplicit) {
     ready = co_await start_tls();
@@ -188,12 +193,11 @@ asio::awaitable<void> Session::run() {
     watchdog_.stop();
     std::error_code ignored;
     socket_.close(ignored);
-    log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", 0)
+    log::info("session-end").kv("session", id_).kv("client", facts_.client_ip).kv("messages", 0)
         .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
     co_return;
   }
   Verdict connect = co_await run_filters(Stage::kConnect);
-  client_.name = facts_.client_name;  // verified at connect: for XCLIENT/XFORWARD NAME= and Received
   connect_facts_ = facts_;  // what STARTTLS goes back to (forget_plaintext)
   if (connect.action == Verdict::Action::kReject || connect.action == Verdict::Action::kTempfail ||
       connect.action == Verdict::Action::kDisconnect) {
@@ -201,13 +205,13 @@ asio::awaitable<void> Session::run() {
     Reply r = verdict_reply(connect, Stage::kConnect);
     if (connect.action != Verdict::Action::kReject) r.code = 421;
     metrics::session_refused(listener_.address, metrics::Refusal::kFilter);
-    append_reply(output_, r);
+    queue_reply(r);
     quit_ = true;
   } else if (co_await talks_before_greeting()) {
     reply(replies::kEarlyTalker);
     quit_ = true;
   } else {
-    append_reply(output_, 220, config_->server.hostname + " ESMTP postern");
+    queue_reply(220, config_->server.hostname + " ESMTP postern");
   }
   while (!quit_) {
     co_await process_input();
@@ -232,7 +236,7 @@ asio::awaitable<void> Session::run() {
   std::error_code ignored;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
-  log::info("session-end").kv("session", id_).kv("client", client_.address).kv("messages", messages_)
+  log::info("session-end").kv("session", id_).kv("client", facts_.client_ip).kv("messages", messages_)
       .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
 }
 
@@ -241,11 +245,11 @@ asio::awaitable<void> Session::run() {
 // listener closes without a word: a plaintext reply is noise to a TLS
 // client, and a handshake is what the limit is there to save.
 asio::awaitable<bool> Session::admit(SessionLimiter::Ticket& ticket, SessionLimiter::Scope scope) {
-  auto refusal = SessionLimiter::instance().admit(client_.address, config_->limits, ticket, scope);
+  auto refusal = SessionLimiter::instance().admit(facts_.client_ip, config_->limits, ticket, scope);
   if (refusal == SessionLimiter::Refusal::kNone) co_return true;
   const bool implicit_tls = listener_.tls == Config::Listener::Tls::kImplicit;
   metrics::session_refused(listener_.address, metrics::Refusal::kLimit);
-  log::warning("session-limit").kv("session", id_).kv("client", client_.address)
+  log::warning("session-limit").kv("session", id_).kv("client", facts_.client_ip)
       .kv("limit", refusal_name(refusal)).kv("action", implicit_tls ? "closed" : "refused with 421");
   if (!implicit_tls) {
     reply(refusal_reply(refusal));
@@ -269,13 +273,12 @@ asio::awaitable<bool> Session::talks_before_greeting() {
   }
   std::size_t early = socket_.available(ec);
   if (ec || early == 0) co_return false;  // nothing, or gone: the normal path finds out
-  log::warning("early-talker").kv("session", id_).kv("client", client_.address).kv("octets", early);
+  log::warning("early-talker").kv("session", id_).kv("client", facts_.client_ip).kv("octets", early);
   co_return true;
 }
 
 asio::awaitable<bool> Session::flush() {
   if (output_.empty()) co_return true;
-  metrics::count_replies(output_);
   watchdog_.arm(config_->timeouts.command);
   std::error_code ec;
   if (tls_) {
@@ -360,7 +363,7 @@ asio::awaitable<bool> Session::fill() {
   if (!ec) co_return true;
   if (watchdog_.expired()) {
     metrics::registry().timeouts.inc();
-    log::warning("timeout").kv("session", id_).kv("client", client_.address)
+    log::warning("timeout").kv("session", id_).kv("client", facts_.client_ip)
         .kv("state", mode_ == Mode::kData ? "data" : "command");
     reply(replies::kTimeout);
   } else if (draining_ && ec == asio::error::operation_aborted) {
@@ -381,8 +384,8 @@ asio::awaitable<bool> Session::fill() {
 // forged client address. The whole header has one deadline
 // (timeouts.command), not one per read: trickling octets cannot hold it.
 asio::awaitable<bool> Session::read_proxy_header() {
-  if (!SessionLimiter::in_networks(client_.address, listener_.proxy_protocol_from)) {
-    log::warning("proxy-protocol-untrusted").kv("session", id_).kv("peer", client_.address)
+  if (!SessionLimiter::in_networks(facts_.client_ip, listener_.proxy_protocol_from)) {
+    log::warning("proxy-protocol-untrusted").kv("session", id_).kv("peer", facts_.client_ip)
         .kv("listener", facts_.listener).kv("action", "closed; not in listener.proxy_protocol_from");
     co_return false;
   }
@@ -413,12 +416,12 @@ asio::awaitable<bool> Session::read_proxy_header() {
   }
   watchdog_.disarm();
   if (!ok) {
-    log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address)
+    log::warning("proxy-protocol-error").kv("session", id_).kv("peer", facts_.client_ip)
         .kv("error", watchdog_.expired() ? "timeout" : "connection closed before the header");
     co_return false;
   }
   if (h.outcome == ProxyHeader::Outcome::kInvalid) {
-    log::warning("proxy-protocol-error").kv("session", id_).kv("peer", client_.address).kv("error", h.error);
+    log::warning("proxy-protocol-error").kv("session", id_).kv("peer", facts_.client_ip).kv("error", h.error);
     co_return false;
   }
   input_.clear();
@@ -429,11 +432,9 @@ asio::awaitable<bool> Session::read_proxy_header() {
     if (!ec && addr.is_v6() && addr.to_v6().is_v4_mapped()) {
       addr = asio::ip::make_address_v4(asio::ip::v4_mapped, addr.to_v6());
     }
-    log::debug("proxy-protocol").kv("session", id_).kv("peer", client_.address).kv("client", h.source_ip);
-    client_.address = ec ? h.source_ip : addr.to_string();
-    client_.port = h.source_port;
-    facts_.client_ip = client_.address;
-    facts_.client_port = client_.port;
+    log::debug("proxy-protocol").kv("session", id_).kv("peer", facts_.client_ip).kv("client", h.source_ip);
+    facts_.client_ip = ec ? h.source_ip : addr.to_string();
+    facts_.client_port = h.source_port;
   }
   co_return true;
 }
@@ -446,13 +447,13 @@ asio::awaitable<bool> Session::start_tls() {
   watchdog_.disarm();
   metrics::tls_handshake(!ec, ec && watchdog_.expired());
   if (ec) {
-    log::warning("tls-failed").kv("session", id_).kv("client", client_.address)
+    log::warning("tls-failed").kv("session", id_).kv("client", facts_.client_ip)
         .kv("error", watchdog_.expired() ? "timeout" : ec.message());
     tls_.reset();
     co_return false;
   }
   facts_.tls = tls_facts(tls_->native_handle());
-  log::info("tls").kv("session", id_).kv("client", client_.address).kv("version", facts_.tls.version)
+  log::info("tls").kv("session", id_).kv("client", facts_.client_ip).kv("version", facts_.tls.version)
       .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject)
       .kv("peer_sha256", facts_.tls.peer_fingerprint.empty() ? "none" : facts_.tls.peer_fingerprint);
   co_return true;
@@ -472,7 +473,7 @@ asio::awaitable<void> Session::handle_starttls() {
   }
   reply(replies::kReadyToStartTls);
   if (input_pos_ < input_.size()) {
-    log::warning("starttls-injection").kv("session", id_).kv("client", client_.address)
+    log::warning("starttls-injection").kv("session", id_).kv("client", facts_.client_ip)
         .kv("discarded_octets", input_.size() - input_pos_);
   }
   input_.clear();
@@ -496,12 +497,6 @@ asio::awaitable<void> Session::handle_starttls() {
 // (abuse is not forgiven by a handshake).
 void Session::forget_plaintext() {
   facts_ = connect_facts_;
-  ClientFacts client;
-  client.session = client_.session;
-  client.address = client_.address;
-  client.port = client_.port;
-  client.name = client_.name;
-  client_ = std::move(client);
   greeted_ = false;
   esmtp_ = false;
   auth_ = AuthExchange{};
@@ -608,11 +603,11 @@ asio::awaitable<void> Session::auth_reply(UpstreamReply r) {
   if (r.reply.code == 334 && !r.connection_lost) co_return;
   auth_.active = false;
   if (r.reply.code == 235) {
-    facts_.auth_user = client_.login = log::sanitize(auth_.user);
-    log::info("auth").kv("session", id_).kv("client", client_.address).kv("mechanism", auth_.mechanism)
+    facts_.auth_user = log::sanitize(auth_.user);
+    log::info("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", auth_.mechanism)
         .kv("user", facts_.auth_user).kv("result", "ok");
   } else {
-    log::warning("auth").kv("session", id_).kv("client", client_.address).kv("mechanism", auth_.mechanism)
+    log::warning("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", auth_.mechanism)
         .kv("result", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
     // A 4xx (MTA without AUTH, busy) says nothing about the credentials.
     if (r.reply.klass() == 5) co_await auth_failed();
@@ -625,7 +620,7 @@ asio::awaitable<void> Session::auth_reply(UpstreamReply r) {
 // 501, never relayed; an exchange the MTA has open is cancelled with "*"
 // and its answer to that dropped.
 asio::awaitable<void> Session::refuse_sasl_response() {
-  log::warning("sasl-response-refused").kv("session", id_).kv("client", client_.address)
+  log::warning("sasl-response-refused").kv("session", id_).kv("client", facts_.client_ip)
       .kv("mechanism", auth_.mechanism).kv("reason", "not base64 or *");
   const bool open_upstream = auth_.active;
   auth_.active = false;
@@ -647,7 +642,7 @@ asio::awaitable<void> Session::auth_failed() {
     co_await pause.async_wait(use_nothrow);
   }
   if (auth_failures_ >= limits.auth_failures) {
-    log::warning("too-many-auth-failures").kv("session", id_).kv("client", client_.address)
+    log::warning("too-many-auth-failures").kv("session", id_).kv("client", facts_.client_ip)
         .kv("failures", auth_failures_).kv("action", "closed with 421");
     metrics::registry().client_errors.inc();
     reply(replies::kTooManyAuthFailures);
@@ -687,7 +682,7 @@ asio::awaitable<void> Session::process_input() {
       }
       input_pos_ += lf + 1;
       mode_ = Mode::kCommand;
-      log::warning("line-too-long").kv("session", id_).kv("client", client_.address);
+      log::warning("line-too-long").kv("session", id_).kv("client", facts_.client_ip);
       client_error(replies::kLineTooLong);
       continue;
     }
@@ -790,13 +785,12 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
       co_return;
     }
   }
-  client_.helo = clean_helo(cmd.args);
-  facts_.helo = client_.helo;
-  facts_.esmtp = client_.esmtp = cmd.verb == Verb::kEhlo;
+  facts_.helo = clean_helo(cmd.args);
+  facts_.esmtp = cmd.verb == Verb::kEhlo;
   Verdict v = co_await run_filters(Stage::kHelo);
   if (v.action == Verdict::Action::kReject || v.action == Verdict::Action::kTempfail ||
       v.action == Verdict::Action::kDisconnect) {
-    append_reply(output_, verdict_reply(v, Stage::kHelo));
+    queue_reply(verdict_reply(v, Stage::kHelo));
     if (v.action == Verdict::Action::kDisconnect) quit_ = true;
     greeted_ = false;
     co_return;
@@ -805,13 +799,13 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
   esmtp_ = cmd.verb == Verb::kEhlo;
   const std::string& host = config_->server.hostname;
   if (!esmtp_) {
-    append_reply(output_, 250, host);
+    queue_reply(250, host);
     co_return;
   }
   const bool offer_tls = tls_context_ && !tls_ && listener_.tls == Config::Listener::Tls::kStarttls;
   const bool offer_auth = tls_ && listener_.auth == Config::Listener::Auth::kPassthrough && facts_.auth_user.empty();
   // SMTPUTF8 and DSN only when the MTA behind can carry them (RFC 6531 §3.4, RFC 3461 §4).
-  append_reply(output_, 250,
+  queue_reply(250,
                fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nCHUNKING\nENHANCEDSTATUSCODES{}{}{}{}", host,
                            config_->limits.message_size, offer_tls ? "\nSTARTTLS" : "",
                            offer_auth ? "\nAUTH PLAIN LOGIN" : "",
@@ -921,7 +915,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
     case Verdict::Action::kDisconnect:
       log::info("mail-refused").kv("session", id_).kv("from", "<" + args.mailbox.str() + ">")
           .kv("by", "filter").kv("reason", v.reason);
-      append_reply(output_, verdict_reply(v, Stage::kMail));
+      queue_reply(verdict_reply(v, Stage::kMail));
       if (v.action == Verdict::Action::kDisconnect) quit_ = true;
       audit_mail_refusal(facts_, txn_.facts, verdict_reply(v, Stage::kMail), v);
       reset_transaction();
@@ -1013,7 +1007,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
       metrics::registry().recipients[1].inc();
       log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
           .kv("by", "filter").kv("reason", v.reason);
-      append_reply(output_, verdict_reply(v, Stage::kRcpt));
+      queue_reply(verdict_reply(v, Stage::kRcpt));
       if (v.action == Verdict::Action::kDisconnect) quit_ = true;
       co_return;
     case Verdict::Action::kDiscard:
@@ -1138,7 +1132,7 @@ asio::awaitable<void> Session::take_chunk(std::string_view avail) {
   mode_ = Mode::kCommand;
   if (chunk_discard_) co_return;  // its refusal is already queued
   if (!chunk_last_) {
-    append_reply(output_, 250, fmt::format("2.0.0 Ok: {} octets received", chunk_size_));
+    queue_reply(250, fmt::format("2.0.0 Ok: {} octets received", chunk_size_));
     co_return;
   }
   co_await end_of_data();
@@ -1169,7 +1163,7 @@ asio::awaitable<void> Session::end_of_data() {
   AuditHeaders audit_headers;  // read while the message exists, written after the reply
   if (refusal) {
     if (bare) {
-      log::warning("bare-line-ending").kv("session", id_).kv("client", client_.address)
+      log::warning("bare-line-ending").kv("session", id_).kv("client", facts_.client_ip)
           .kv("bare_lf", faults.bare_lf ? "yes" : "no").kv("bare_cr", faults.bare_cr ? "yes" : "no");
     }
     fate = co_await delivery.refuse(*refusal);
@@ -1203,7 +1197,7 @@ HeaderLimits Session::header_limits() const {
 // A header section over [limits] header_section_size / header_fields: 552
 // 5.3.4 (Delivery::refuse) and this log line, nothing relayed.
 void Session::log_header_section_refused(const Message& message) const {
-  log::warning("header-section-too-big").kv("session", id_).kv("id", txn_.facts.id).kv("client", client_.address)
+  log::warning("header-section-too-big").kv("session", id_).kv("id", txn_.facts.id).kv("client", facts_.client_ip)
       .kv("fields_read", message.headers().size()).kv("size", decoder_.size())
       .kv("limit_size", config_->limits.header_section_size).kv("limit_fields", config_->limits.header_fields);
 }
@@ -1243,10 +1237,10 @@ asio::awaitable<Verdict> Session::run_filters(Stage stage) {
 // An upstream reply to the client. After the MTA's 421 the session ends
 // with a 421 too (docs/operations.md "When the MTA says 421").
 void Session::relay_reply(const UpstreamReply& r) {
-  append_reply(output_, r.reply);
+  queue_reply(r.reply);
   if (!r.closing) return;
   if (r.reply.code != 421) reply(replies::kUpstreamClosing);
-  log::warning("upstream-closing").kv("session", id_).kv("client", client_.address).kv("action", "421 and close");
+  log::warning("upstream-closing").kv("session", id_).kv("client", facts_.client_ip).kv("action", "421 and close");
   quit_ = true;
 }
 

@@ -116,6 +116,8 @@ class Session {
   void log_header_section_refused(const Message& message) const;
 
   void reply(const replies::Def& def);
+  void queue_reply(int code, std::string_view text);
+  void queue_reply(const Reply& r);
   void client_error(const replies::Def& def);
   void note_error();
   Upstream& upstream();
@@ -132,8 +134,7 @@ class Session {
   std::shared_ptr<const UpstreamCapabilities> caps_;
   std::unique_ptr<Upstream> upstream_;
   std::string id_;
-  ClientFacts client_;
-  SessionFacts facts_;
+  SessionFacts facts_;  // the client model: filters, Lua, the upstream (XCLIENT) and Received read it
   SessionFacts connect_facts_;  // facts_ after the connect stage, before any command
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point command_deadline_;  // the current (command or content) line's, see fill()
