@@ -56,35 +56,6 @@ std::string clean_helo(std::string_view helo) {
   return out;
 }
 
-// xtext (RFC 3461 §4): printable ASCII except '+' and '=', or "+" and two
-// upper-case hex digits.
-bool is_xtext(std::string_view s) {
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    unsigned char c = s[i];
-    if (c == '+') {
-      if (i + 2 >= s.size()) return false;
-      for (int k = 1; k <= 2; ++k) {
-        unsigned char h = s[i + k];
-        if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F'))) return false;
-      }
-      i += 2;
-    } else if (c < '!' || c > '~' || c == '=') {
-      return false;
-    }
-  }
-  return true;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::toupper(static_cast<unsigned char>(a[i])) != std::toupper(static_cast<unsigned char>(b[i]))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 }  // namespace
 
 Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
@@ -812,58 +783,9 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
                            caps_->smtputf8 ? "\nSMTPUTF8" : "", caps_->dsn ? "\nDSN" : ""));
 }
 
-// MAIL parameters postern knows (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531
-// SMTPUTF8, RFC 3461 RET/ENVID); null when `p` is acceptable.
-const replies::Def* Session::check_mail_param(const EsmtpParam& p) const {
-  if (!esmtp_) return &replies::kUnknownParameter;
-  if (p.keyword == "SIZE") {
-    // size-value = 1*20DIGIT.
-    if (!p.has_value || p.value.size() > 20 || p.value.find_first_not_of("0123456789") != std::string::npos) {
-      return &replies::kBadParameter;
-    }
-    if (p.value.size() > 15 || std::stoull(p.value) > config_->limits.message_size) return &replies::kSizeExceeded;
-    return nullptr;
-  }
-  if (p.keyword == "BODY") {
-    bool ok = p.has_value && (iequals(p.value, "7BIT") || iequals(p.value, "8BITMIME"));
-    return ok ? nullptr : &replies::kBadParameter;
-  }
-  if (p.keyword == "SMTPUTF8" && caps_->smtputf8) return p.has_value ? &replies::kBadParameter : nullptr;
-  if (p.keyword == "RET" && caps_->dsn) {
-    bool ok = p.has_value && (iequals(p.value, "FULL") || iequals(p.value, "HDRS"));
-    return ok ? nullptr : &replies::kBadParameter;
-  }
-  if (p.keyword == "ENVID" && caps_->dsn) {
-    return p.has_value && p.value.size() <= 100 && is_xtext(p.value) ? nullptr : &replies::kBadParameter;
-  }
-  return &replies::kUnknownParameter;
-}
-
-// RCPT parameters: RFC 3461 NOTIFY and ORCPT, when DSN is offered.
-const replies::Def* Session::check_rcpt_param(const EsmtpParam& p) const {
-  if (!esmtp_ || !caps_->dsn) return &replies::kUnknownParameter;
-  if (p.keyword == "NOTIFY") {
-    if (!p.has_value) return &replies::kBadParameter;
-    if (iequals(p.value, "NEVER")) return nullptr;
-    std::string_view rest = p.value;
-    while (!rest.empty()) {
-      std::size_t comma = rest.find(',');
-      std::string_view word = rest.substr(0, comma);
-      if (!iequals(word, "SUCCESS") && !iequals(word, "FAILURE") && !iequals(word, "DELAY")) {
-        return &replies::kBadParameter;
-      }
-      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-    }
-    return nullptr;
-  }
-  if (p.keyword == "ORCPT") {
-    // addr-type ";" xtext, at most 500 characters (RFC 3461 §4.2).
-    std::size_t semi = p.value.find(';');
-    bool ok = p.has_value && p.value.size() <= 500 && semi != std::string::npos && semi > 0 &&
-              is_xtext(std::string_view(p.value).substr(semi + 1));
-    return ok ? nullptr : &replies::kBadParameter;
-  }
-  return &replies::kUnknownParameter;
+// What this session offers that MAIL and RCPT parameters depend on.
+EsmtpOffer Session::esmtp_offer() const {
+  return EsmtpOffer{esmtp_, caps_->smtputf8, caps_->dsn, config_->limits.message_size};
 }
 
 asio::awaitable<void> Session::handle_mail(const Command& cmd) {
@@ -894,7 +816,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
     co_return;
   }
   for (const EsmtpParam& p : args.params) {
-    if (const replies::Def* bad = check_mail_param(p)) {
+    if (const replies::Def* bad = check_mail_param(p, esmtp_offer())) {
       if (bad == &replies::kSizeExceeded) reply(*bad);
       else client_error(*bad);
       co_return;
@@ -979,7 +901,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     co_return;
   }
   for (const EsmtpParam& p : args.params) {
-    if (const replies::Def* bad = check_rcpt_param(p)) {
+    if (const replies::Def* bad = check_rcpt_param(p, esmtp_offer())) {
       co_await settle_mail();
       client_error(*bad);
       co_return;
@@ -1067,22 +989,15 @@ void Session::handle_data() {
 // BDAT size [LAST] (RFC 3030 §2): the octets follow the command at once, so
 // even a refused BDAT has its chunk read and dropped to stay in step.
 void Session::handle_bdat(const Command& cmd) {
-  std::string_view args = cmd.args;
-  std::size_t sp = args.find(' ');
-  std::string_view size = args.substr(0, sp);
-  std::string_view rest = sp == std::string_view::npos ? std::string_view{} : args.substr(sp + 1);
-  bool last = false;
-  if (!rest.empty()) {
-    if (!iequals(rest, "LAST")) size = {};
-    last = true;
-  }
-  if (size.empty() || size.size() > 15 || size.find_first_not_of("0123456789") != std::string_view::npos) {
+  const BdatArgs args = parse_bdat_args(cmd.args);
+  if (!args.valid) {
     // Without a size postern cannot know where the chunk ends: stop here.
     client_error(replies::kBdatSyntax);
     quit_ = true;
     return;
   }
-  chunk_left_ = chunk_size_ = std::stoull(std::string(size));
+  const bool last = args.last;
+  chunk_left_ = chunk_size_ = args.size;
   chunk_last_ = last;
   chunk_discard_ = true;
   mode_ = Mode::kBdat;

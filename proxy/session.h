@@ -103,8 +103,7 @@ class Session {
   void handle_data();
   void handle_bdat(const Command& cmd);
   asio::awaitable<void> take_chunk(std::string_view avail);
-  const replies::Def* check_mail_param(const EsmtpParam& p) const;
-  const replies::Def* check_rcpt_param(const EsmtpParam& p) const;
+  EsmtpOffer esmtp_offer() const;
   asio::awaitable<void> end_of_data();
   asio::awaitable<Verdict> run_filters(Stage stage);
   void add_content_taps();

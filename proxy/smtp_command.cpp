@@ -143,4 +143,88 @@ PathArgs parse_rcpt_args(std::string_view args, bool allow_utf8) {
   return parse_path_args(args, "TO:", false, allow_utf8);
 }
 
+bool is_xtext(std::string_view s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = s[i];
+    if (c == '+') {
+      if (i + 2 >= s.size()) return false;
+      for (int k = 1; k <= 2; ++k) {
+        unsigned char h = s[i + k];
+        if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F'))) return false;
+      }
+      i += 2;
+    } else if (c < '!' || c > '~' || c == '=') {
+      return false;
+    }
+  }
+  return true;
+}
+
+const replies::Def* check_mail_param(const EsmtpParam& p, const EsmtpOffer& offer) {
+  if (!offer.esmtp) return &replies::kUnknownParameter;
+  if (p.keyword == "SIZE") {
+    // size-value = 1*20DIGIT.
+    if (!p.has_value || p.value.empty() || p.value.size() > 20 ||
+        p.value.find_first_not_of("0123456789") != std::string::npos) {
+      return &replies::kBadParameter;
+    }
+    if (p.value.size() > 15) return &replies::kSizeExceeded;
+    std::uint64_t size = 0;
+    for (char c : p.value) size = size * 10 + static_cast<std::uint64_t>(c - '0');
+    return size > offer.message_size ? &replies::kSizeExceeded : nullptr;
+  }
+  if (p.keyword == "BODY") {
+    bool ok = p.has_value && (iequals(p.value, "7BIT") || iequals(p.value, "8BITMIME"));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  if (p.keyword == "SMTPUTF8" && offer.smtputf8) return p.has_value ? &replies::kBadParameter : nullptr;
+  if (p.keyword == "RET" && offer.dsn) {
+    bool ok = p.has_value && (iequals(p.value, "FULL") || iequals(p.value, "HDRS"));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  if (p.keyword == "ENVID" && offer.dsn) {
+    return p.has_value && p.value.size() <= 100 && is_xtext(p.value) ? nullptr : &replies::kBadParameter;
+  }
+  return &replies::kUnknownParameter;
+}
+
+const replies::Def* check_rcpt_param(const EsmtpParam& p, const EsmtpOffer& offer) {
+  if (!offer.esmtp || !offer.dsn) return &replies::kUnknownParameter;
+  if (p.keyword == "NOTIFY") {
+    if (!p.has_value) return &replies::kBadParameter;
+    if (iequals(p.value, "NEVER")) return nullptr;
+    std::string_view rest = p.value;
+    while (!rest.empty()) {
+      std::size_t comma = rest.find(',');
+      std::string_view word = rest.substr(0, comma);
+      if (!iequals(word, "SUCCESS") && !iequals(word, "FAILURE") && !iequals(word, "DELAY")) {
+        return &replies::kBadParameter;
+      }
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    }
+    return nullptr;
+  }
+  if (p.keyword == "ORCPT") {
+    // addr-type ";" xtext, at most 500 characters (RFC 3461 §4.2).
+    std::size_t semi = p.value.find(';');
+    bool ok = p.has_value && p.value.size() <= 500 && semi != std::string::npos && semi > 0 &&
+              is_xtext(std::string_view(p.value).substr(semi + 1));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  return &replies::kUnknownParameter;
+}
+
+BdatArgs parse_bdat_args(std::string_view args) {
+  std::size_t sp = args.find(' ');
+  std::string_view size = args.substr(0, sp);
+  std::string_view rest = sp == std::string_view::npos ? std::string_view{} : args.substr(sp + 1);
+  BdatArgs out;
+  if (!rest.empty() && !iequals(rest, "LAST")) return out;
+  if (size.empty() || size.size() > 15 || size.find_first_not_of("0123456789") != std::string_view::npos) return out;
+  out.valid = true;
+  out.last = !rest.empty();
+  for (char c : size) out.size = out.size * 10 + static_cast<std::uint64_t>(c - '0');
+  return out;
+}
+
 }  // namespace postern

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -63,5 +64,33 @@ struct PathArgs {
 // `allow_utf8`: the transaction carries SMTPUTF8 (RFC 6531).
 PathArgs parse_mail_args(std::string_view args, bool allow_utf8);
 PathArgs parse_rcpt_args(std::string_view args, bool allow_utf8);
+
+// What the server offers that MAIL and RCPT parameters depend on: EHLO (not
+// HELO) was said, and the extensions the MTA behind can carry.
+struct EsmtpOffer {
+  bool esmtp = false;
+  bool smtputf8 = false;           // RFC 6531
+  bool dsn = false;                // RFC 3461
+  std::uint64_t message_size = 0;  // SIZE (RFC 1870)
+};
+
+// MAIL parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461
+// RET/ENVID): null when `p` is acceptable, else the reply (kSizeExceeded is
+// the client's honest declaration, not a syntax error).
+const replies::Def* check_mail_param(const EsmtpParam& p, const EsmtpOffer& offer);
+// RCPT parameters: RFC 3461 NOTIFY and ORCPT, when DSN is offered.
+const replies::Def* check_rcpt_param(const EsmtpParam& p, const EsmtpOffer& offer);
+// xtext (RFC 3461 §4): printable ASCII except '+' and '=', or "+" and two
+// upper-case hex digits.
+bool is_xtext(std::string_view s);
+
+// BDAT chunk-size [SP "LAST"] (RFC 3030 §2). Without a valid size nobody
+// knows where the chunk ends: the session cannot stay in step.
+struct BdatArgs {
+  bool valid = false;
+  std::uint64_t size = 0;  // at most 15 digits
+  bool last = false;
+};
+BdatArgs parse_bdat_args(std::string_view args);
 
 }  // namespace postern

@@ -8,7 +8,13 @@
 #include "proxy/smtp_command.h"
 #include "test_util.h"
 
+using postern::BdatArgs;
 using postern::Command;
+using postern::EsmtpOffer;
+using postern::EsmtpParam;
+using postern::check_mail_param;
+using postern::check_rcpt_param;
+using postern::parse_bdat_args;
 using postern::LineScan;
 using postern::PathArgs;
 using postern::Verb;
@@ -397,5 +403,112 @@ TEST_CASE("parse_mail_args: SMTPUTF8 keeps the domain grammar", "[smtp_command][
   };
   for (const PathCase& c : cases) {
     DYNAMIC_SECTION("MAIL " << escape(c.args) << " SMTPUTF8") { check_path_case(c, true); }
+  }
+}
+
+TEST_CASE("check_mail_param: SIZE, BODY, SMTPUTF8, RET, ENVID and what is not offered", "[smtp_command][esmtp]") {
+  const EsmtpOffer all{true, true, true, 1000};
+  auto p = [](std::string k, std::string v = "", bool has = true) { return EsmtpParam{k, v, has}; };
+  const replies::Def* ok = nullptr;
+  struct Case {
+    EsmtpParam param;
+    const replies::Def* want;
+  };
+  for (const Case& c : std::initializer_list<Case>{
+           {p("SIZE", "0"), ok},
+           {p("SIZE", "1000"), ok},
+           {p("SIZE", "1001"), &replies::kSizeExceeded},
+           {p("SIZE", "99999999999999999999"), &replies::kSizeExceeded},  // 20 digits: valid, too big
+           {p("SIZE", "999999999999999999999"), &replies::kBadParameter},  // 21 digits
+           {p("SIZE", "12a"), &replies::kBadParameter},
+           {p("SIZE", "-1"), &replies::kBadParameter},
+           {p("SIZE", "", false), &replies::kBadParameter},
+           {p("SIZE", ""), &replies::kBadParameter},
+           {p("BODY", "8bitmime"), ok},
+           {p("BODY", "7BIT"), ok},
+           {p("BODY", "BINARYMIME"), &replies::kBadParameter},  // RFC 3030 BINARYMIME is not offered
+           {p("BODY", "", false), &replies::kBadParameter},
+           {p("SMTPUTF8", "", false), ok},
+           {p("SMTPUTF8", "yes"), &replies::kBadParameter},
+           {p("RET", "hdrs"), ok},
+           {p("RET", "FULL"), ok},
+           {p("RET", "NONE"), &replies::kBadParameter},
+           {p("ENVID", "QQ+2B314"), ok},
+           {p("ENVID", "a=b"), &replies::kBadParameter},     // '=' must be +3D
+           {p("ENVID", "a+2b"), &replies::kBadParameter},    // lower-case hex
+           {p("ENVID", "a+2"), &replies::kBadParameter},     // cut short
+           {p("ENVID", "a b"), &replies::kBadParameter},
+           {p("ENVID", std::string(101, 'x')), &replies::kBadParameter},
+           {p("AUTH", "<>"), &replies::kUnknownParameter},
+           {p("XYZZY", "", false), &replies::kUnknownParameter},
+       }) {
+    INFO(c.param.keyword << "=" << c.param.value);
+    CHECK(check_mail_param(c.param, all) == c.want);
+  }
+  // Not offered: the extension's keywords are unknown parameters; after HELO, all are.
+  const EsmtpOffer plain{true, false, false, 1000};
+  CHECK(check_mail_param(p("SMTPUTF8", "", false), plain) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("RET", "FULL"), plain) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("ENVID", "x"), plain) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("BODY", "8BITMIME"), plain) == nullptr);
+  const EsmtpOffer helo{false, true, true, 1000};
+  CHECK(check_mail_param(p("SIZE", "10"), helo) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("BODY", "8BITMIME"), helo) == &replies::kUnknownParameter);
+}
+
+TEST_CASE("check_rcpt_param: NOTIFY and ORCPT only with DSN", "[smtp_command][esmtp]") {
+  const EsmtpOffer dsn{true, false, true, 1000};
+  auto p = [](std::string k, std::string v = "", bool has = true) { return EsmtpParam{k, v, has}; };
+  CHECK(check_rcpt_param(p("NOTIFY", "NEVER"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("NOTIFY", "success,Failure,DELAY"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("NOTIFY", "NEVER,SUCCESS"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("NOTIFY", "SUCCESS,,DELAY"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("NOTIFY", "SOMETIMES"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("NOTIFY", "", false), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a@example.org"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a+2Bb@example.org"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("ORCPT", ";a@example.org"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "a@example.org"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a=b"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;" + std::string(494, 'a')), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;" + std::string(493, 'a')), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("XYZZY", "1"), dsn) == &replies::kUnknownParameter);
+  const EsmtpOffer no_dsn{true, true, false, 1000};
+  CHECK(check_rcpt_param(p("NOTIFY", "NEVER"), no_dsn) == &replies::kUnknownParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a@example.org"), no_dsn) == &replies::kUnknownParameter);
+}
+
+TEST_CASE("parse_bdat_args: chunk-size [LAST], nothing else", "[smtp_command][bdat]") {
+  struct Case {
+    std::string_view args;
+    bool valid;
+    std::uint64_t size;
+    bool last;
+  };
+  for (const Case& c : std::initializer_list<Case>{
+           {"0", true, 0, false},
+           {"0 LAST", true, 0, true},
+           {"100 last", true, 100, true},
+           {"100 LaSt", true, 100, true},
+           {"999999999999999", true, 999999999999999ull, false},  // 15 digits
+           {"1000000000000000", false, 0, false},                 // 16 digits
+           {"", false, 0, false},
+           {"LAST", false, 0, false},
+           {"-1", false, 0, false},
+           {"+1", false, 0, false},
+           {"1x", false, 0, false},
+           {"0x10", false, 0, false},
+           {"10 FIRST", false, 0, false},
+           {"10 LAST LAST", false, 0, false},
+           {"10 LASTX", false, 0, false},
+           {"10  LAST", false, 0, false},
+       }) {
+    INFO(escape(c.args));
+    BdatArgs a = parse_bdat_args(c.args);
+    CHECK(a.valid == c.valid);
+    if (c.valid) {
+      CHECK(a.size == c.size);
+      CHECK(a.last == c.last);
+    }
   }
 }
