@@ -200,7 +200,7 @@ asio::awaitable<void> Session::run() {
     if (!co_await fill()) break;
   }
   co_await flush();
-  if (txn_.active) co_await abandon_transaction();
+  if (in_transaction()) co_await abandon_transaction();
   if (upstream_) co_await upstream_->quit();
   co_await run_filters(Stage::kClose);
   watchdog_.stop();
@@ -434,14 +434,6 @@ asio::awaitable<bool> Session::start_tls() {
 // plaintext is dropped (CVE-2011-0411), and the dialogue starts over before
 // EHLO, forgetting everything learned in plaintext.
 asio::awaitable<void> Session::handle_starttls() {
-  if (!tls_context_ || listener_.tls != Config::Listener::Tls::kStarttls) {
-    client_error(replies::kNotImplemented);
-    co_return;
-  }
-  if (tls_) {
-    client_error(replies::kTlsAlreadyActive);
-    co_return;
-  }
   reply(replies::kReadyToStartTls);
   if (input_pos_ < input_.size()) {
     log::warning("starttls-injection").kv("session", id_).kv("client", facts_.client_ip)
@@ -449,7 +441,7 @@ asio::awaitable<void> Session::handle_starttls() {
   }
   input_.clear();
   input_pos_ = 0;
-  if (txn_.active) co_await abandon_transaction();
+  if (in_transaction()) co_await abandon_transaction();
   if (upstream_) {  // it heard the plaintext identity (XCLIENT HELO=...); the next MAIL opens a new one
     co_await upstream_->quit();
     upstream_.reset();
@@ -468,8 +460,7 @@ asio::awaitable<void> Session::handle_starttls() {
 // (abuse is not forgiven by a handshake).
 void Session::forget_plaintext() {
   facts_ = connect_facts_;
-  greeted_ = false;
-  esmtp_ = false;
+  phase_ = Phase::kConnected;
   auth_ = AuthExchange{};
 }
 
@@ -511,26 +502,6 @@ std::string sasl_user(std::string_view mechanism, std::string_view response) {
 // carries the exchange under TLS and learns who authenticated. Credentials
 // are never logged.
 asio::awaitable<void> Session::handle_auth(const Command& cmd) {
-  if (listener_.auth != Config::Listener::Auth::kPassthrough) {
-    client_error(replies::kAuthNotOffered);
-    co_return;
-  }
-  if (!tls_) {
-    client_error(replies::kAuthNeedsTls);
-    co_return;
-  }
-  if (!greeted_ || !esmtp_) {
-    client_error(replies::kNeedHelo);
-    co_return;
-  }
-  if (!facts_.auth_user.empty()) {
-    client_error(replies::kAuthAlready);
-    co_return;
-  }
-  if (txn_.active) {
-    client_error(replies::kAuthInTransaction);
-    co_return;
-  }
   std::string_view args = cmd.args;
   std::size_t sp = args.find(' ');
   std::string mechanism(args.substr(0, sp));
@@ -680,13 +651,19 @@ asio::awaitable<void> Session::process_input() {
 
 asio::awaitable<void> Session::handle_command(std::string_view line) {
   Command cmd = parse_command(line);
-  // A held MAIL is answered before any reply but handle_rcpt()'s (which
-  // settles it itself where it answers locally).
-  const bool to_rcpt = cmd.verb == Verb::kRcpt && !cmd.args.empty() && line.find('\0') == std::string_view::npos &&
-                       !(listener_.require_tls && !tls_);
-  if (txn_.mail_held && !to_rcpt) co_await settle_mail();
-  if (line.find('\0') != std::string_view::npos) {
-    client_error(replies::kNulInCommand);
+  Refusal refusal;
+  if (line.find('\0') != std::string_view::npos) refusal = {&replies::kNulInCommand};
+  else if (cmd.verb != Verb::kUnknown) refusal = check_syntax(*cmd.spec, !cmd.args.empty());
+  // BDAT's chunk follows at once: its size is read before any refusal (handle_bdat).
+  if (!refusal && cmd.verb != Verb::kUnknown && cmd.verb != Verb::kBdat) {
+    refusal = check_preconditions(*cmd.spec, dialogue());
+  }
+  // A held MAIL is answered before any other reply; a RCPT that goes on to
+  // the MTA takes it along (handle_rcpt settles it where it answers locally).
+  if (refusal || cmd.verb != Verb::kRcpt) co_await settle_mail();
+  if (refusal) {
+    if (refusal.client_error) client_error(*refusal.reply);
+    else reply(*refusal.reply);
     co_return;
   }
   if (cmd.verb == Verb::kUnknown) {
@@ -699,33 +676,10 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     client_error(replies::kUnknownCommand);
     co_return;
   }
-  const unsigned flags = cmd.spec->flags;
-  if (flags & kNotImplemented) {
-    client_error(replies::kNotImplemented);
-    co_return;
-  }
-  if ((flags & kArgsNone) && !cmd.args.empty()) {
-    client_error(replies::kNoArguments);
-    co_return;
-  }
-  if ((flags & kArgsRequired) && cmd.args.empty()) {
-    switch (cmd.verb) {
-      case Verb::kEhlo: case Verb::kHelo: client_error(replies::kHeloSyntax); break;
-      case Verb::kMail: client_error(replies::kMailSyntax); break;
-      case Verb::kRcpt: client_error(replies::kRcptSyntax); break;
-      default: client_error(replies::kArgsSyntax); break;
-    }
-    co_return;
-  }
-  if (listener_.require_tls && !tls_ &&
-      (cmd.verb == Verb::kMail || cmd.verb == Verb::kRcpt || cmd.verb == Verb::kData || cmd.verb == Verb::kBdat)) {
-    client_error(replies::kTlsRequired);
-    co_return;
-  }
   switch (cmd.verb) {
     case Verb::kEhlo:
     case Verb::kHelo:
-      if (txn_.active) co_await abandon_transaction();  // EHLO resets (§4.1.4)
+      if (in_transaction()) co_await abandon_transaction();  // EHLO resets (§4.1.4)
       co_await handle_helo(cmd);
       break;
     case Verb::kStarttls: co_await handle_starttls(); break;
@@ -735,7 +689,7 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     case Verb::kData: handle_data(); break;
     case Verb::kBdat: handle_bdat(cmd); break;
     case Verb::kRset:
-      if (txn_.active) co_await abandon_transaction();
+      if (in_transaction()) co_await abandon_transaction();
       reply(replies::kOk);
       break;
     case Verb::kNoop: reply(replies::kOk); break;
@@ -763,13 +717,12 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
       v.action == Verdict::Action::kDisconnect) {
     queue_reply(verdict_reply(v, Stage::kHelo));
     if (v.action == Verdict::Action::kDisconnect) quit_ = true;
-    greeted_ = false;
+    phase_ = Phase::kConnected;
     co_return;
   }
-  greeted_ = true;
-  esmtp_ = cmd.verb == Verb::kEhlo;
+  phase_ = Phase::kGreeted;
   const std::string& host = config_->server.hostname;
-  if (!esmtp_) {
+  if (!facts_.esmtp) {
     queue_reply(250, host);
     co_return;
   }
@@ -783,27 +736,35 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
                            caps_->smtputf8 ? "\nSMTPUTF8" : "", caps_->dsn ? "\nDSN" : ""));
 }
 
+// The dialogue as the command table's preconditions read it.
+DialogueState Session::dialogue() const {
+  DialogueState d;
+  d.phase = phase_;
+  d.esmtp = facts_.esmtp;
+  d.tls = tls_ != nullptr;
+  d.tls_required = listener_.require_tls;
+  d.starttls_offered = tls_context_ && listener_.tls == Config::Listener::Tls::kStarttls;
+  d.auth_offered = listener_.auth == Config::Listener::Auth::kPassthrough;
+  d.authenticated = !facts_.auth_user.empty();
+  d.transaction_failed = txn_.failed;
+  d.recipients = txn_.facts.recipients.size();
+  d.rcpt_commands = txn_.rcpt_commands;
+  return d;
+}
+
 // What this session offers that MAIL and RCPT parameters depend on.
 EsmtpOffer Session::esmtp_offer() const {
-  return EsmtpOffer{esmtp_, caps_->smtputf8, caps_->dsn, config_->limits.message_size};
+  return EsmtpOffer{facts_.esmtp, caps_->smtputf8, caps_->dsn, config_->limits.message_size};
 }
 
 asio::awaitable<void> Session::handle_mail(const Command& cmd) {
-  if (!greeted_) {
-    client_error(replies::kNeedHelo);
-    co_return;
-  }
-  if (txn_.active) {
-    client_error(replies::kNestedMail);
-    co_return;
-  }
   if (messages_ >= config_->limits.messages_per_session) {
     reply(replies::kTooManyMessages);
     quit_ = true;
     co_return;
   }
   // The path may hold UTF-8 only when MAIL also says SMTPUTF8 (RFC 6531 §3.4).
-  PathArgs args = parse_mail_args(cmd.args, esmtp_ && caps_->smtputf8);
+  PathArgs args = parse_mail_args(cmd.args, facts_.esmtp && caps_->smtputf8);
   const bool smtputf8 = std::any_of(args.params.begin(), args.params.end(),
                                     [](const EsmtpParam& p) { return p.keyword == "SMTPUTF8"; });
   if (!args.error && !smtputf8 &&
@@ -853,13 +814,9 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
   // MTA in one write (RFC 2920): then MAIL's reply comes with RCPT's.
   const bool hold = rcpt_pipelined();
   UpstreamReply r = co_await upstream().mail(args.mailbox, args.params, hold);
-  txn_.active = true;
+  phase_ = Phase::kTransaction;
   txn_.mail_params = std::move(args.params);
-  if (r.held) {
-    txn_.mail_held = true;
-    co_return;
-  }
-  mail_replied(r);
+  if (!r.held) mail_replied(r);  // held: the upstream keeps it for the RCPT behind (settle_mail)
 }
 
 void Session::mail_replied(const UpstreamReply& r) {
@@ -871,10 +828,8 @@ void Session::mail_replied(const UpstreamReply& r) {
 }
 
 asio::awaitable<void> Session::settle_mail() {
-  if (!txn_.mail_held) co_return;
-  txn_.mail_held = false;
-  UpstreamReply r = co_await upstream().send_held_mail();
-  mail_replied(r);
+  if (!upstream_ || !upstream_->mail_held()) co_return;
+  mail_replied(co_await upstream_->send_held_mail());
 }
 
 bool Session::rcpt_pipelined() const {
@@ -884,66 +839,51 @@ bool Session::rcpt_pipelined() const {
 }
 
 asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
-  if (!txn_.active) {
-    client_error(replies::kNeedMail);
-    co_return;
-  }
-  if (txn_.failed) {
-    reply(replies::kTransactionFailed);
-    co_return;
-  }
-  // Every local answer to this RCPT first needs MAIL's, if MAIL was held.
   PathArgs args = parse_rcpt_args(cmd.args, txn_.smtputf8);
   if (!args.error && !valid_utf8(cmd.args)) args.error = &replies::kInvalidUtf8Address;  // RFC 6531 §3.3
-  if (args.error) {
-    co_await settle_mail();
-    client_error(*args.error);
-    co_return;
-  }
+  Refusal refusal{args.error};
   for (const EsmtpParam& p : args.params) {
-    if (const replies::Def* bad = check_rcpt_param(p, esmtp_offer())) {
-      co_await settle_mail();
-      client_error(*bad);
+    if (refusal) break;
+    refusal.reply = check_rcpt_param(p, esmtp_offer());
+  }
+  Verdict v;
+  if (!refusal) {
+    ++txn_.rcpt_commands;
+    if (txn_.facts.recipients.size() >= config_->limits.recipients) refusal = {&replies::kTooManyRecipients, false};
+  }
+  if (!refusal) {
+    txn_.facts.current_rcpt = args.mailbox;
+    for (const EsmtpParam& p : args.params) {
+      txn_.facts.rcpt_parameters.push_back(p.has_value ? p.keyword + "=" + p.value : p.keyword);
+    }
+    v = co_await run_filters(Stage::kRcpt);
+    txn_.facts.current_rcpt.reset();
+    txn_.facts.rcpt_parameters.clear();
+  }
+  const bool filter_refused = v.action == Verdict::Action::kReject || v.action == Verdict::Action::kTempfail ||
+                              v.action == Verdict::Action::kDisconnect;  // this recipient only; the rest may pass
+  if (refusal || filter_refused) {
+    co_await settle_mail();  // answered here: a held MAIL's reply goes first
+    if (refusal.reply == &replies::kTooManyRecipients || filter_refused) metrics::registry().recipients[1].inc();
+    if (refusal) {
+      if (refusal.client_error) client_error(*refusal.reply);
+      else reply(*refusal.reply);
       co_return;
     }
-  }
-  ++txn_.rcpt_commands;
-  if (txn_.facts.recipients.size() >= config_->limits.recipients) {
-    co_await settle_mail();
-    metrics::registry().recipients[1].inc();
-    reply(replies::kTooManyRecipients);
+    log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
+        .kv("by", "filter").kv("reason", v.reason);
+    queue_reply(verdict_reply(v, Stage::kRcpt));
+    if (v.action == Verdict::Action::kDisconnect) quit_ = true;
     co_return;
   }
-  txn_.facts.current_rcpt = args.mailbox;
-  for (const EsmtpParam& p : args.params) {
-    txn_.facts.rcpt_parameters.push_back(p.has_value ? p.keyword + "=" + p.value : p.keyword);
+  if ((v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) && !txn_.pending) {
+    txn_.pending = v;
   }
-  Verdict v = co_await run_filters(Stage::kRcpt);
-  txn_.facts.current_rcpt.reset();
-  txn_.facts.rcpt_parameters.clear();
-  switch (v.action) {
-    case Verdict::Action::kReject:
-    case Verdict::Action::kTempfail:
-    case Verdict::Action::kDisconnect:  // this recipient only; the rest may pass
-      co_await settle_mail();
-      metrics::registry().recipients[1].inc();
-      log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
-          .kv("by", "filter").kv("reason", v.reason);
-      queue_reply(verdict_reply(v, Stage::kRcpt));
-      if (v.action == Verdict::Action::kDisconnect) quit_ = true;
-      co_return;
-    case Verdict::Action::kDiscard:
-    case Verdict::Action::kQuarantine:
-      if (!txn_.pending) txn_.pending = v;
-      break;
-    default:
-      break;
-  }
+  const bool carries_mail = upstream().mail_held();
   UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params);
-  if (txn_.mail_held) {
-    txn_.mail_held = false;
+  if (carries_mail) {
     mail_replied(upstream().held_mail_reply());
-    if (!txn_.active) {  // MAIL refused: the MTA's answer to this RCPT, as it is
+    if (!in_transaction()) {  // MAIL refused: the MTA's answer to this RCPT, as it is
       metrics::registry().recipients[1].inc();
       relay_reply(r);
       co_return;
@@ -961,19 +901,6 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
 }
 
 void Session::handle_data() {
-  if (!txn_.active) {
-    client_error(greeted_ ? replies::kNeedMail : replies::kNeedHelo);
-    return;
-  }
-  if (txn_.failed) {
-    reply(replies::kTransactionFailed);
-    return;
-  }
-  if (txn_.facts.recipients.empty()) {
-    if (txn_.rcpt_commands > 0) reply(replies::kNoValidRecipients);
-    else client_error(replies::kNeedRcpt);
-    return;
-  }
   if (txn_.chunked) {
     client_error(replies::kDataAfterBdat);
     return;
@@ -1001,13 +928,9 @@ void Session::handle_bdat(const Command& cmd) {
   chunk_last_ = last;
   chunk_discard_ = true;
   mode_ = Mode::kBdat;
-  if (!txn_.active) {
-    client_error(greeted_ ? replies::kNeedMail : replies::kNeedHelo);
-  } else if (txn_.failed) {
-    reply(replies::kTransactionFailed);
-  } else if (txn_.facts.recipients.empty()) {
-    if (txn_.rcpt_commands > 0) reply(replies::kNoValidRecipients);
-    else client_error(replies::kNeedRcpt);
+  if (Refusal refusal = check_preconditions(*cmd.spec, dialogue())) {
+    if (refusal.client_error) client_error(*refusal.reply);
+    else reply(*refusal.reply);
   } else {
     chunk_discard_ = false;
     if (!txn_.chunked) {
@@ -1168,6 +1091,7 @@ asio::awaitable<void> Session::abandon_transaction() {
 void Session::reset_transaction() {
   metrics::transaction_done(txn_.facts);
   txn_ = Transaction{};
+  if (phase_ == Phase::kTransaction) phase_ = Phase::kGreeted;
   spool_.clear();
   decoder_.reset();
   spool_failed_ = false;

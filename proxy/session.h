@@ -58,7 +58,6 @@ class Session {
 
   // The open mail transaction (RFC 5321 §3.3); dies only in reset_transaction().
   struct Transaction {
-    bool active = false;
     bool failed = false;  // the upstream was lost: the rest of it gets 451 4.4.2
     TransactionFacts facts;  // envelope, changes, symbols: what filters see
     std::vector<EsmtpParam> mail_params;
@@ -68,9 +67,6 @@ class Session {
     std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
     std::chrono::steady_clock::time_point started;
-    // MAIL held back by the upstream to go with the pipelined RCPT behind it
-    // (Upstream::mail): its reply is not in the output yet.
-    bool mail_held = false;
   };
 
   asio::awaitable<void> process_input();
@@ -95,7 +91,8 @@ class Session {
   // The upstream's reply to MAIL, relayed; a refusal ends the transaction.
   void mail_replied(const UpstreamReply& r);
   void relay_reply(const UpstreamReply& r);
-  // Sends a held MAIL on its own and relays its reply (no-op when none is held).
+  // Sends a MAIL the upstream holds on its own and relays its reply (no-op
+  // when none is held). Before any reply but that of the RCPT carrying it.
   asio::awaitable<void> settle_mail();
   // Whether the client's next buffered line is a complete RCPT command.
   bool rcpt_pipelined() const;
@@ -104,6 +101,8 @@ class Session {
   void handle_bdat(const Command& cmd);
   asio::awaitable<void> take_chunk(std::string_view avail);
   EsmtpOffer esmtp_offer() const;
+  DialogueState dialogue() const;
+  bool in_transaction() const { return phase_ == Phase::kTransaction; }
   asio::awaitable<void> end_of_data();
   asio::awaitable<Verdict> run_filters(Stage stage);
   void add_content_taps();
@@ -159,8 +158,7 @@ class Session {
   bool chunk_last_ = false;
   bool chunk_discard_ = false;    // the BDAT was refused: read and drop its octets
 
-  bool greeted_ = false;
-  bool esmtp_ = false;
+  Phase phase_ = Phase::kConnected;  // the dialogue's position; the parser's is mode_
   std::size_t errors_ = 0;
   std::size_t auth_failures_ = 0;
   std::size_t messages_ = 0;

@@ -6,21 +6,23 @@
 namespace postern {
 namespace {
 
+constexpr unsigned kMailCommand = kTlsPolicy | kNeedsMail;
 constexpr std::array<CommandSpec, 14> kCommands{{
-    {"EHLO", Verb::kEhlo, kArgsRequired | kEndsGroup},
-    {"HELO", Verb::kHelo, kArgsRequired | kEndsGroup},
-    {"MAIL", Verb::kMail, kArgsRequired},
-    {"RCPT", Verb::kRcpt, kArgsRequired},
-    {"DATA", Verb::kData, kArgsNone | kEndsGroup},
+    {"EHLO", Verb::kEhlo, kArgsRequired},
+    {"HELO", Verb::kHelo, kArgsRequired},
+    {"MAIL", Verb::kMail, kArgsRequired | kTlsPolicy | kNeedsHelo | kNoTransaction},
+    {"RCPT", Verb::kRcpt, kArgsRequired | kMailCommand},
+    {"DATA", Verb::kData, kArgsNone | kMailCommand | kNeedsRcpt},
     {"RSET", Verb::kRset, kArgsNone},
-    {"NOOP", Verb::kNoop, kEndsGroup},
-    {"QUIT", Verb::kQuit, kArgsNone | kEndsGroup},
-    {"HELP", Verb::kHelp, kEndsGroup},
-    {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
-    {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
-    {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
-    {"AUTH", Verb::kAuth, kArgsRequired | kEndsGroup},
-    {"BDAT", Verb::kBdat, kArgsRequired},
+    {"NOOP", Verb::kNoop, 0},
+    {"QUIT", Verb::kQuit, kArgsNone},
+    {"HELP", Verb::kHelp, 0},
+    {"VRFY", Verb::kVrfy, kArgsRequired},
+    {"EXPN", Verb::kExpn, kNotImplemented},
+    {"STARTTLS", Verb::kStarttls, kArgsNone | kOffered | kForbidsTls},
+    {"AUTH", Verb::kAuth, kArgsRequired | kOffered | kNeedsTls | kNeedsEhlo | kNoTransaction},
+    // Its arguments are read first (the chunk's octets follow at once): parse_bdat_args().
+    {"BDAT", Verb::kBdat, kArgsRequired | kMailCommand | kNeedsRcpt},
 }};
 
 char upper(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c; }
@@ -225,6 +227,50 @@ BdatArgs parse_bdat_args(std::string_view args) {
   out.last = !rest.empty();
   for (char c : size) out.size = out.size * 10 + static_cast<std::uint64_t>(c - '0');
   return out;
+}
+
+Refusal check_syntax(const CommandSpec& spec, bool has_args) {
+  const unsigned f = spec.flags;
+  if (f & kNotImplemented) return {&replies::kNotImplemented};
+  if ((f & kArgsNone) && has_args) return {&replies::kNoArguments};
+  if ((f & kArgsRequired) && !has_args) {
+    switch (spec.verb) {
+      case Verb::kEhlo: case Verb::kHelo: return {&replies::kHeloSyntax};
+      case Verb::kMail: return {&replies::kMailSyntax};
+      case Verb::kRcpt: return {&replies::kRcptSyntax};
+      default: return {&replies::kArgsSyntax};
+    }
+  }
+  return {};
+}
+
+Refusal check_preconditions(const CommandSpec& spec, const DialogueState& s) {
+  const unsigned f = spec.flags;
+  if ((f & kTlsPolicy) && s.tls_required && !s.tls) return {&replies::kTlsRequired};
+  if (f & kOffered) {
+    const bool offered = spec.verb == Verb::kStarttls ? s.starttls_offered : s.auth_offered;
+    if (!offered) return {spec.verb == Verb::kAuth ? &replies::kAuthNotOffered : &replies::kNotImplemented};
+  }
+  if ((f & kNeedsTls) && !s.tls) return {&replies::kAuthNeedsTls};
+  if ((f & kForbidsTls) && s.tls) return {&replies::kTlsAlreadyActive};
+  if ((f & kNeedsEhlo) && (s.phase == Phase::kConnected || !s.esmtp)) return {&replies::kNeedHelo};
+  if ((f & kNeedsHelo) && s.phase == Phase::kConnected) return {&replies::kNeedHelo};
+  if (spec.verb == Verb::kAuth && s.authenticated) return {&replies::kAuthAlready};
+  if ((f & kNoTransaction) && s.phase == Phase::kTransaction) {
+    return {spec.verb == Verb::kAuth ? &replies::kAuthInTransaction : &replies::kNestedMail};
+  }
+  if ((f & kNeedsMail) && s.phase != Phase::kTransaction) {
+    // RCPT says what is missing next: MAIL; DATA and BDAT name the first step missing.
+    const bool helo_missing = spec.verb != Verb::kRcpt && s.phase == Phase::kConnected;
+    return {helo_missing ? &replies::kNeedHelo : &replies::kNeedMail};
+  }
+  if ((f & kNeedsMail) && s.transaction_failed) return {&replies::kTransactionFailed, false};
+  if ((f & kNeedsRcpt) && s.recipients == 0) {
+    // Every RCPT refused is not the client's mistake (RFC 2920 §3.1: it pipelined DATA).
+    if (s.rcpt_commands > 0) return {&replies::kNoValidRecipients, false};
+    return {&replies::kNeedRcpt};
+  }
+  return {};
 }
 
 }  // namespace postern

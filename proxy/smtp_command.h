@@ -16,11 +16,22 @@ namespace postern {
 enum class Verb { kHelo, kEhlo, kMail, kRcpt, kData, kRset, kNoop, kQuit, kHelp, kVrfy,
                   kExpn, kStarttls, kAuth, kBdat, kUnknown };
 
+// Each verb's syntax and its preconditions in the dialogue (checked by
+// check_syntax() and check_preconditions() in this order, so each refusal
+// has one exact reply).
 enum CommandFlags : unsigned {
   kArgsNone = 1u << 0,        // arguments are a syntax error (501 5.5.4)
   kArgsRequired = 1u << 1,    // missing arguments are a syntax error
   kNotImplemented = 1u << 2,  // recognised but not offered (502 5.5.1)
-  kEndsGroup = 1u << 3,       // last in a pipelined group (RFC 2920 §3.1): flush replies
+  kTlsPolicy = 1u << 3,       // refused before TLS where the listener requires TLS (530 5.7.0)
+  kOffered = 1u << 4,         // only where the listener offers the extension (STARTTLS, AUTH)
+  kNeedsTls = 1u << 5,        // only under TLS (AUTH: credentials never in plaintext)
+  kForbidsTls = 1u << 6,      // never under TLS (STARTTLS, RFC 3207 §4.2)
+  kNeedsEhlo = 1u << 7,       // after EHLO, not HELO (AUTH, RFC 4954 §4)
+  kNeedsHelo = 1u << 8,       // after HELO or EHLO (MAIL, RFC 5321 §4.1.4)
+  kNoTransaction = 1u << 9,   // outside a mail transaction (MAIL, AUTH)
+  kNeedsMail = 1u << 10,      // inside a mail transaction the upstream did not lose (RCPT, DATA, BDAT)
+  kNeedsRcpt = 1u << 11,      // with at least one accepted recipient (DATA, BDAT)
 };
 
 struct CommandSpec {
@@ -28,6 +39,41 @@ struct CommandSpec {
   Verb verb;
   unsigned flags;
 };
+
+// Where the dialogue stands (RFC 5321 §4.1.4, §3.3). The parser's position
+// (command line, DATA content, BDAT octets) is the session's, separately.
+enum class Phase {
+  kConnected,    // before a HELO/EHLO was accepted (again after STARTTLS)
+  kGreeted,      // HELO/EHLO accepted, no mail transaction
+  kTransaction,  // MAIL accepted: RCPT, DATA/BDAT until the end of the message or RSET
+};
+
+// What the preconditions read: the dialogue and what this listener offers.
+struct DialogueState {
+  Phase phase = Phase::kConnected;
+  bool esmtp = false;               // the accepted greeting was EHLO
+  bool tls = false;                 // TLS is active
+  bool tls_required = false;        // the listener requires TLS for mail
+  bool starttls_offered = false;
+  bool auth_offered = false;
+  bool authenticated = false;
+  bool transaction_failed = false;  // the upstream was lost in this transaction
+  std::size_t recipients = 0;       // accepted so far
+  std::size_t rcpt_commands = 0;    // RCPT commands in this transaction
+};
+
+// The reply a command gets when the dialogue does not allow it; null reply
+// when it may proceed. `client_error`: counted toward limits.errors.
+struct Refusal {
+  const replies::Def* reply = nullptr;
+  bool client_error = true;
+  explicit operator bool() const { return reply != nullptr; }
+};
+// The verb's syntax flags: not implemented, arguments where none belong or
+// none where they are required.
+Refusal check_syntax(const CommandSpec& spec, bool has_args);
+// The verb's place in the dialogue (the flags from kTlsPolicy on).
+Refusal check_preconditions(const CommandSpec& spec, const DialogueState& state);
 
 struct Command {
   Verb verb = Verb::kUnknown;

@@ -23,6 +23,7 @@ class SmtpUpstream final : public Upstream {
                                       const std::vector<EsmtpParam>& params, bool hold) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                       const std::vector<EsmtpParam>& params) override;
+  bool mail_held() const override { return state_ == State::kMailHeld; }
   asio::awaitable<UpstreamReply> send_held_mail() override;
   const UpstreamReply& held_mail_reply() const override { return held_reply_; }
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,

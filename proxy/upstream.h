@@ -56,9 +56,15 @@ class Upstream {
                                               const std::vector<EsmtpParam>& params, bool hold) = 0;
   virtual asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                               const std::vector<EsmtpParam>& params) = 0;
-  virtual asio::awaitable<UpstreamReply> send_held_mail() = 0;
+  // Whether a MAIL is held back now: the upstream keeps that state, the
+  // session asks. An upstream that never holds needs none of these three.
+  virtual bool mail_held() const { return false; }
+  virtual asio::awaitable<UpstreamReply> send_held_mail() { co_return UpstreamReply{}; }
   // MAIL's reply after an rcpt() that carried a held MAIL.
-  virtual const UpstreamReply& held_mail_reply() const = 0;
+  virtual const UpstreamReply& held_mail_reply() const {
+    static const UpstreamReply none;
+    return none;
+  }
   // DATA, then `head` (the header section to send: postern's Received and
   // the message's fields, edits applied) followed by the spooled content from
   // `offset`, dot-stuffed, and the end of data; returns the final reply.

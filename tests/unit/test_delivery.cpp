@@ -45,8 +45,6 @@ class FakeUpstream final : public Upstream {
     auto it = rcpt_replies.find(forward_path.str());
     co_return it == rcpt_replies.end() ? UpstreamReply{Reply{250, "2.1.5 Ok"}} : it->second;
   }
-  asio::awaitable<UpstreamReply> send_held_mail() override { co_return UpstreamReply{}; }
-  const UpstreamReply& held_mail_reply() const override { return held_; }
   asio::awaitable<UpstreamReply> data(const std::string& h, const Spool& spool, std::size_t offset,
                                       const Mailbox&) override {
     calls.push_back("DATA");
@@ -64,9 +62,6 @@ class FakeUpstream final : public Upstream {
   }
   asio::awaitable<void> quit() override { co_return; }
   bool offers(std::string_view) const override { return true; }
-
- private:
-  UpstreamReply held_;
 };
 
 template <typename T>

@@ -57,21 +57,20 @@ TEST_CASE("parse_command: every verb in upper, lower and mixed case", "[smtp_com
     unsigned flags;
   };
   const std::vector<Case> cases{
-      {"EHLO", Verb::kEhlo, kArgsRequired | kEndsGroup},
-      {"HELO", Verb::kHelo, kArgsRequired | kEndsGroup},
-      {"MAIL", Verb::kMail, kArgsRequired},
-      {"RCPT", Verb::kRcpt, kArgsRequired},
-      {"DATA", Verb::kData, kArgsNone | kEndsGroup},
+      {"EHLO", Verb::kEhlo, kArgsRequired},
+      {"HELO", Verb::kHelo, kArgsRequired},
+      {"MAIL", Verb::kMail, kArgsRequired | kTlsPolicy | kNeedsHelo | kNoTransaction},
+      {"RCPT", Verb::kRcpt, kArgsRequired | kTlsPolicy | kNeedsMail},
+      {"DATA", Verb::kData, kArgsNone | kTlsPolicy | kNeedsMail | kNeedsRcpt},
       {"RSET", Verb::kRset, kArgsNone},
-      {"NOOP", Verb::kNoop, kEndsGroup},
-      {"QUIT", Verb::kQuit, kArgsNone | kEndsGroup},
-      {"HELP", Verb::kHelp, kEndsGroup},
-      {"VRFY", Verb::kVrfy, kArgsRequired | kEndsGroup},
-      {"EXPN", Verb::kExpn, kNotImplemented | kEndsGroup},
-      {"STARTTLS", Verb::kStarttls, kArgsNone | kEndsGroup},
-      {"AUTH", Verb::kAuth, kArgsRequired | kEndsGroup},
-      // BDAT is not the end of a group: its chunk follows it (RFC 3030 §4.2).
-      {"BDAT", Verb::kBdat, kArgsRequired},
+      {"NOOP", Verb::kNoop, 0},
+      {"QUIT", Verb::kQuit, kArgsNone},
+      {"HELP", Verb::kHelp, 0},
+      {"VRFY", Verb::kVrfy, kArgsRequired},
+      {"EXPN", Verb::kExpn, kNotImplemented},
+      {"STARTTLS", Verb::kStarttls, kArgsNone | kOffered | kForbidsTls},
+      {"AUTH", Verb::kAuth, kArgsRequired | kOffered | kNeedsTls | kNeedsEhlo | kNoTransaction},
+      {"BDAT", Verb::kBdat, kArgsRequired | kTlsPolicy | kNeedsMail | kNeedsRcpt},
   };
   for (const Case& c : cases) {
     for (const std::string& spelled : {c.name, lower(c.name), mixed(c.name)}) {
@@ -509,6 +508,125 @@ TEST_CASE("parse_bdat_args: chunk-size [LAST], nothing else", "[smtp_command][bd
     if (c.valid) {
       CHECK(a.size == c.size);
       CHECK(a.last == c.last);
+    }
+  }
+}
+
+namespace {
+
+const postern::CommandSpec& spec_of(std::string_view verb) {
+  static std::vector<std::string> lines;  // parse_command's views point into them
+  lines.emplace_back(verb);
+  const postern::CommandSpec* spec = postern::parse_command(lines.back()).spec;
+  REQUIRE(spec != nullptr);
+  return *spec;
+}
+
+}  // namespace
+
+TEST_CASE("check_syntax: arguments where none belong, none where required", "[smtp_command][preconditions]") {
+  using namespace postern;
+  CHECK(check_syntax(spec_of("EXPN"), true).reply == &replies::kNotImplemented);
+  CHECK(check_syntax(spec_of("DATA"), true).reply == &replies::kNoArguments);
+  CHECK(check_syntax(spec_of("QUIT"), true).reply == &replies::kNoArguments);
+  CHECK(check_syntax(spec_of("STARTTLS"), true).reply == &replies::kNoArguments);
+  CHECK(check_syntax(spec_of("EHLO"), false).reply == &replies::kHeloSyntax);
+  CHECK(check_syntax(spec_of("HELO"), false).reply == &replies::kHeloSyntax);
+  CHECK(check_syntax(spec_of("MAIL"), false).reply == &replies::kMailSyntax);
+  CHECK(check_syntax(spec_of("RCPT"), false).reply == &replies::kRcptSyntax);
+  CHECK(check_syntax(spec_of("AUTH"), false).reply == &replies::kArgsSyntax);
+  CHECK(check_syntax(spec_of("BDAT"), false).reply == &replies::kArgsSyntax);
+  CHECK(check_syntax(spec_of("VRFY"), false).reply == &replies::kArgsSyntax);
+  for (std::string_view v : {"NOOP", "HELP"}) {
+    CHECK_FALSE(check_syntax(spec_of(v), true));
+    CHECK_FALSE(check_syntax(spec_of(v), false));
+  }
+  CHECK(check_syntax(spec_of("EXPN"), true).client_error);
+}
+
+TEST_CASE("check_preconditions: each verb's place in the dialogue, one exact reply", "[smtp_command][preconditions]") {
+  using namespace postern;
+  DialogueState fresh;  // connected, plaintext, nothing offered
+  DialogueState greeted = fresh;
+  greeted.phase = Phase::kGreeted;
+  greeted.esmtp = true;
+  DialogueState mail = greeted;
+  mail.phase = Phase::kTransaction;
+  DialogueState rcpt = mail;
+  rcpt.recipients = 1;
+  rcpt.rcpt_commands = 1;
+
+  SECTION("MAIL needs HELO, no open transaction, TLS where required") {
+    CHECK(check_preconditions(spec_of("MAIL"), fresh).reply == &replies::kNeedHelo);
+    CHECK_FALSE(check_preconditions(spec_of("MAIL"), greeted));
+    CHECK(check_preconditions(spec_of("MAIL"), mail).reply == &replies::kNestedMail);
+    DialogueState s = greeted;
+    s.tls_required = true;
+    CHECK(check_preconditions(spec_of("MAIL"), s).reply == &replies::kTlsRequired);
+    s.tls = true;
+    CHECK_FALSE(check_preconditions(spec_of("MAIL"), s));
+    DialogueState helo = greeted;
+    helo.esmtp = false;  // HELO is enough for MAIL
+    CHECK_FALSE(check_preconditions(spec_of("MAIL"), helo));
+  }
+  SECTION("RCPT needs MAIL and a transaction the upstream did not lose") {
+    CHECK(check_preconditions(spec_of("RCPT"), fresh).reply == &replies::kNeedMail);
+    CHECK(check_preconditions(spec_of("RCPT"), greeted).reply == &replies::kNeedMail);
+    CHECK_FALSE(check_preconditions(spec_of("RCPT"), mail));
+    DialogueState s = mail;
+    s.transaction_failed = true;
+    Refusal r = check_preconditions(spec_of("RCPT"), s);
+    CHECK(r.reply == &replies::kTransactionFailed);
+    CHECK_FALSE(r.client_error);  // not the client's fault
+  }
+  for (std::string_view verb : {"DATA", "BDAT"}) {
+    DYNAMIC_SECTION(verb << " needs HELO, MAIL, an accepted recipient") {
+      CHECK(check_preconditions(spec_of(verb), fresh).reply == &replies::kNeedHelo);
+      CHECK(check_preconditions(spec_of(verb), greeted).reply == &replies::kNeedMail);
+      Refusal none = check_preconditions(spec_of(verb), mail);
+      CHECK(none.reply == &replies::kNeedRcpt);
+      CHECK(none.client_error);
+      DialogueState refused = mail;
+      refused.rcpt_commands = 2;  // every RCPT was refused: a pipelining client's DATA
+      Refusal all_refused = check_preconditions(spec_of(verb), refused);
+      CHECK(all_refused.reply == &replies::kNoValidRecipients);
+      CHECK_FALSE(all_refused.client_error);
+      CHECK_FALSE(check_preconditions(spec_of(verb), rcpt));
+      DialogueState lost = rcpt;
+      lost.transaction_failed = true;
+      CHECK(check_preconditions(spec_of(verb), lost).reply == &replies::kTransactionFailed);
+      DialogueState plain = rcpt;
+      plain.tls_required = true;
+      CHECK(check_preconditions(spec_of(verb), plain).reply == &replies::kTlsRequired);
+    }
+  }
+  SECTION("STARTTLS: offered by the listener, never under TLS") {
+    CHECK(check_preconditions(spec_of("STARTTLS"), greeted).reply == &replies::kNotImplemented);
+    DialogueState s = fresh;
+    s.starttls_offered = true;
+    CHECK_FALSE(check_preconditions(spec_of("STARTTLS"), s));  // before EHLO too (RFC 3207 allows it)
+    s.tls = true;
+    CHECK(check_preconditions(spec_of("STARTTLS"), s).reply == &replies::kTlsAlreadyActive);
+  }
+  SECTION("AUTH: offered, under TLS, after EHLO, once, outside a transaction — in that order") {
+    DialogueState s = fresh;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthNotOffered);
+    s.auth_offered = true;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthNeedsTls);
+    s.tls = true;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kNeedHelo);
+    s.phase = Phase::kGreeted;  // after HELO: AUTH is an ESMTP extension
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kNeedHelo);
+    s.esmtp = true;
+    CHECK_FALSE(check_preconditions(spec_of("AUTH"), s));
+    s.phase = Phase::kTransaction;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthInTransaction);
+    s.authenticated = true;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthAlready);
+  }
+  SECTION("verbs without preconditions pass in any phase") {
+    for (std::string_view verb : {"EHLO", "HELO", "RSET", "NOOP", "QUIT", "HELP", "VRFY"}) {
+      for (const DialogueState& s : {fresh, greeted, mail, rcpt}) CHECK_FALSE(check_preconditions(spec_of(verb), s));
     }
   }
 }
