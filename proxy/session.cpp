@@ -11,7 +11,6 @@
 #include <cstring>
 #include <strings.h>
 #include <ctime>
-#include <openssl/evp.h>
 #include <fmt/format.h>
 
 #include "filters/auth/audit_log.h"
@@ -22,6 +21,7 @@
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/proxy_protocol.h"
+#include "proxy/sasl_relay.h"
 #include "proxy/session_limiter.h"
 #include "proxy/socket_read.h"
 #include "proxy/tls.h"
@@ -461,115 +461,46 @@ asio::awaitable<void> Session::handle_starttls() {
 void Session::forget_plaintext() {
   facts_ = connect_facts_;
   phase_ = Phase::kConnected;
-  auth_ = AuthExchange{};
+  sasl_ = SaslRelay{};
 }
 
-namespace {
-std::string base64_decode(std::string_view in) {
-  std::string out((in.size() + 3) / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()), static_cast<int>(in.size()));
-  if (n < 0) return {};
-  std::size_t len = static_cast<std::size_t>(n);
-  if (in.size() >= 1 && in.back() == '=') --len;  // EVP_DecodeBlock counts padding
-  if (in.size() >= 2 && in[in.size() - 2] == '=') --len;
-  out.resize(std::min(len, out.size()));
-  return out;
-}
-
-// RFC 4954 §4: a SASL response (or initial response) is base64 (RFC 4648's
-// alphabet; "=" alone is an empty initial response) or "*" to cancel.
-bool is_sasl_response(std::string_view line) {
-  if (line == "*") return true;
-  return line.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
-         std::string_view::npos;
-}
-
-// The identity a SASL response names: PLAIN's authcid (RFC 4616), LOGIN's user.
-std::string sasl_user(std::string_view mechanism, std::string_view response) {
-  std::string raw = base64_decode(response);
-  if (mechanism == "PLAIN") {
-    std::size_t first = raw.find('\0');
-    if (first == std::string::npos) return {};
-    std::size_t second = raw.find('\0', first + 1);
-    return raw.substr(first + 1, second == std::string::npos ? std::string::npos : second - first - 1);
-  }
-  return raw;
-}
-}  // namespace
-
-// AUTH (RFC 4954), relayed: the MTA checks the credentials, postern only
-// carries the exchange under TLS and learns who authenticated. Credentials
-// are never logged.
+// AUTH (RFC 4954), relayed (proxy/sasl_relay.h); its preconditions are the
+// command table's. Credentials are never logged.
 asio::awaitable<void> Session::handle_auth(const Command& cmd) {
-  std::string_view args = cmd.args;
-  std::size_t sp = args.find(' ');
-  std::string mechanism(args.substr(0, sp));
-  for (char& c : mechanism) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (mechanism != "PLAIN" && mechanism != "LOGIN") {
-    client_error(replies::kAuthMechanism);
-    co_return;
-  }
-  if (sp != std::string_view::npos && !is_sasl_response(args.substr(sp + 1))) {
-    auth_ = AuthExchange{false, mechanism, {}, false};
-    co_await refuse_sasl_response();
-    co_return;
-  }
-  auth_ = AuthExchange{true, mechanism, {}, false};
-  if (sp != std::string_view::npos && mechanism == "PLAIN") {  // initial response (RFC 4954 §4)
-    auth_.user = sasl_user(mechanism, args.substr(sp + 1));
-    auth_.user_known = true;
-  }
-  co_await auth_reply(co_await upstream().auth(fmt::format("AUTH {}", cmd.args), true, mechanism));
+  co_await auth_step(co_await sasl_.start(cmd.args, upstream()));
 }
 
-asio::awaitable<void> Session::continue_auth(std::string_view line) {
-  if (!is_sasl_response(line)) {
-    co_await refuse_sasl_response();
-    co_return;
+// What one step of the SASL exchange means for the dialogue.
+asio::awaitable<void> Session::auth_step(SaslRelay::Step step) {
+  using O = SaslRelay::Outcome;
+  switch (step.outcome) {
+    case O::kUnknownMechanism:
+      client_error(replies::kAuthMechanism);
+      co_return;
+    case O::kBadResponse:
+      log::warning("sasl-response-refused").kv("session", id_).kv("client", facts_.client_ip)
+          .kv("mechanism", sasl_.mechanism()).kv("reason", "not base64 or *");
+      reply(replies::kSaslResponseSyntax);
+      co_await auth_failed();
+      co_return;
+    case O::kContinue:
+      relay_reply(step.reply);
+      co_return;
+    case O::kAuthenticated:
+      relay_reply(step.reply);
+      facts_.auth_user = log::sanitize(step.user);
+      log::info("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", sasl_.mechanism())
+          .kv("user", facts_.auth_user).kv("result", "ok");
+      co_return;
+    case O::kRefused:
+    case O::kUnavailable:
+      relay_reply(step.reply);
+      log::warning("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", sasl_.mechanism())
+          .kv("result", fmt::format("{} {}", step.reply.reply.code, step.reply.reply.first_line()));
+      // A 4xx (MTA without AUTH, busy) says nothing about the credentials.
+      if (step.outcome == O::kRefused) co_await auth_failed();
+      co_return;
   }
-  if (line == "*") {  // the client cancels (RFC 4954 §4)
-    co_await auth_reply(co_await upstream().auth(line, false, auth_.mechanism));
-    co_return;
-  }
-  if (!auth_.user_known) {
-    auth_.user = sasl_user(auth_.mechanism, line);
-    auth_.user_known = true;
-  }
-  co_await auth_reply(co_await upstream().auth(line, false, auth_.mechanism));
-}
-
-// Relays the MTA's answer; 334 continues the exchange, 235 ends it authenticated.
-asio::awaitable<void> Session::auth_reply(UpstreamReply r) {
-  relay_reply(r);
-  if (r.reply.code == 334 && !r.connection_lost) co_return;
-  auth_.active = false;
-  if (r.reply.code == 235) {
-    facts_.auth_user = log::sanitize(auth_.user);
-    log::info("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", auth_.mechanism)
-        .kv("user", facts_.auth_user).kv("result", "ok");
-  } else {
-    log::warning("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", auth_.mechanism)
-        .kv("result", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
-    // A 4xx (MTA without AUTH, busy) says nothing about the credentials.
-    if (r.reply.klass() == 5) co_await auth_failed();
-  }
-  auth_.user.clear();
-}
-
-// A SASL response that is not base64 or "*" (RFC 4954 §4): a CR, LF or NUL
-// in it would reach the MTA as a line postern did not read. Refused with
-// 501, never relayed; an exchange the MTA has open is cancelled with "*"
-// and its answer to that dropped.
-asio::awaitable<void> Session::refuse_sasl_response() {
-  log::warning("sasl-response-refused").kv("session", id_).kv("client", facts_.client_ip)
-      .kv("mechanism", auth_.mechanism).kv("reason", "not base64 or *");
-  const bool open_upstream = auth_.active;
-  auth_.active = false;
-  auth_.user.clear();
-  if (open_upstream) (void)co_await upstream().auth("*", false, auth_.mechanism);
-  reply(replies::kSaslResponseSyntax);
-  co_await auth_failed();
 }
 
 // One failed AUTH: counted toward limits.errors and limits.auth_failures,
@@ -637,12 +568,12 @@ asio::awaitable<void> Session::process_input() {
         continue;
       case LineScan::Outcome::kBareLf:
         input_pos_ += scan.consumed;
-        if (auth_.active) co_await refuse_sasl_response();  // an LF inside the response
+        if (sasl_.active()) co_await auth_step(co_await sasl_.refuse(upstream()));  // an LF inside the response
         else client_error(replies::kBareLfInCommand);
         continue;
       case LineScan::Outcome::kComplete:
         input_pos_ += scan.consumed;
-        if (auth_.active) co_await continue_auth(scan.line);
+        if (sasl_.active()) co_await auth_step(co_await sasl_.respond(scan.line, upstream()));
         else co_await handle_command(scan.line);
         continue;
     }

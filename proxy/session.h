@@ -23,6 +23,7 @@
 #include "proxy/data_decoder.h"
 #include "proxy/header_utf8_check.h"
 #include "proxy/replies.h"
+#include "proxy/sasl_relay.h"
 #include "proxy/session_limiter.h"
 #include "proxy/smtp_command.h"
 #include "proxy/upstream.h"
@@ -81,9 +82,7 @@ class Session {
   asio::awaitable<void> handle_starttls();
   void forget_plaintext();
   asio::awaitable<void> handle_auth(const Command& cmd);
-  asio::awaitable<void> continue_auth(std::string_view line);
-  asio::awaitable<void> auth_reply(UpstreamReply r);
-  asio::awaitable<void> refuse_sasl_response();
+  asio::awaitable<void> auth_step(SaslRelay::Step step);
   asio::awaitable<void> auth_failed();
   asio::awaitable<void> handle_command(std::string_view line);
   asio::awaitable<void> handle_helo(const Command& cmd);
@@ -146,13 +145,7 @@ class Session {
   bool draining_ = false;
   bool quit_ = false;
   bool starttls_pending_ = false;
-  // A SASL exchange relayed to the MTA is under way (RFC 4954 §4).
-  struct AuthExchange {
-    bool active = false;
-    std::string mechanism;  // PLAIN or LOGIN
-    std::string user;       // learned from the client's first response
-    bool user_known = false;
-  } auth_;
+  SaslRelay sasl_;  // AUTH relayed to the MTA (RFC 4954)
   std::uint64_t chunk_size_ = 0;  // the current BDAT's declared size
   std::uint64_t chunk_left_ = 0;  // BDAT octets still to read
   bool chunk_last_ = false;
