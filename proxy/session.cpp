@@ -3,10 +3,8 @@
 #include "proxy/session.h"
 
 #include <asio/experimental/as_tuple.hpp>
-#include <asio/read.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
 #include <algorithm>
 #include <cstring>
 #include <strings.h>
@@ -23,7 +21,6 @@
 #include "proxy/proxy_protocol.h"
 #include "proxy/sasl_relay.h"
 #include "proxy/session_limiter.h"
-#include "proxy/socket_read.h"
 #include "proxy/tls.h"
 #include "proxy/verdict_reply.h"
 
@@ -63,15 +60,11 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
                  std::shared_ptr<const FilterChain> chain, std::shared_ptr<const FilterChain> submission_chain,
                  std::shared_ptr<const UpstreamCapabilities> caps,
                  SessionRegistry& registry)
-    : socket_(std::move(socket)),
+    : conn_(std::move(socket)),
       config_(std::move(config)),
       listener_(listener),
       tls_context_(std::move(tls_context)),
       registry_(registry),
-      watchdog_(socket_.get_executor(), [this] {
-        std::error_code ignored;
-        socket_.cancel(ignored);
-      }),
       chain_(std::move(chain)),
       submission_chain_(std::move(submission_chain)),
       caps_(std::move(caps)),
@@ -80,7 +73,7 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
       decoder_({config_->limits.message_size, config_->limits.text_line, config_->data.bare_line_ending}),
       spool_(config_->data.spool_memory, config_->data.spool_dir) {
   std::error_code ec;
-  auto peer = socket_.remote_endpoint(ec);
+  auto peer = conn_.socket().remote_endpoint(ec);
   if (!ec) {
     asio::ip::address addr = peer.address();
     if (addr.is_v6() && addr.to_v6().is_v4_mapped()) {
@@ -89,10 +82,8 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
     facts_.client_ip = addr.to_string();
     facts_.client_port = peer.port();
   }
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  socket_.non_blocking(true, ec);  // read_ready returns would_block, never waits
   facts_.id = id_;
-  auto local = socket_.local_endpoint(ec);
+  auto local = conn_.socket().local_endpoint(ec);
   if (!ec) facts_.listener = fmt::format("{}:{}", local.address().to_string(), local.port());
   registry_.sessions.insert(this);
 }
@@ -101,10 +92,7 @@ Session::~Session() { registry_.sessions.erase(this); }
 
 void Session::drain() {
   draining_ = true;
-  if (reading_ && mode_ != Mode::kData && mode_ != Mode::kBdat) {
-    std::error_code ignored;
-    socket_.cancel(ignored);
-  }
+  if (conn_.reading() && mode_ != Mode::kData && mode_ != Mode::kBdat) conn_.cancel();
 }
 
 void Session::reply(const replies::Def& def) { queue_reply(def.code, def.text); }
@@ -136,7 +124,7 @@ void Session::note_error() {
 }
 
 Upstream& Session::upstream() {
-  if (!upstream_) upstream_ = make_upstream(socket_.get_executor(), config_, facts_);
+  if (!upstream_) upstream_ = make_upstream(conn_.executor(), config_, facts_);
   return *upstream_;
 }
 
@@ -161,9 +149,7 @@ asio::awaitable<void> Session::run() {
     if (!ready) metrics::session_refused(listener_.address, metrics::Refusal::kTls);
   }
   if (!ready) {
-    watchdog_.stop();
-    std::error_code ignored;
-    socket_.close(ignored);
+    conn_.close();
     log::info("session-end").kv("session", id_).kv("client", facts_.client_ip).kv("messages", 0)
         .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
     co_return;
@@ -203,10 +189,7 @@ asio::awaitable<void> Session::run() {
   if (in_transaction()) co_await abandon_transaction();
   if (upstream_) co_await upstream_->quit();
   co_await run_filters(Stage::kClose);
-  watchdog_.stop();
-  std::error_code ignored;
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-  socket_.close(ignored);
+  conn_.close();
   log::info("session-end").kv("session", id_).kv("client", facts_.client_ip).kv("messages", messages_)
       .kv("errors", errors_).kv("duration_ms", elapsed_ms(started_));
 }
@@ -234,85 +217,23 @@ asio::awaitable<bool> Session::admit(SessionLimiter::Ticket& ticket, SessionLimi
 // 554 and never reaches a filter or the MTA. Off when the pause is 0. Implicit
 // TLS is exempt: its ClientHello comes first by design.
 asio::awaitable<bool> Session::talks_before_greeting() {
-  if (tls_ || config_->timeouts.greet_pause <= Seconds(0)) co_return false;
-  std::error_code ec;
-  if (socket_.available(ec) == 0 && !ec) {
-    watchdog_.arm(config_->timeouts.greet_pause);
-    std::tie(ec) = co_await socket_.async_wait(asio::ip::tcp::socket::wait_read, use_nothrow);
-    watchdog_.disarm();
-    if (watchdog_.expired()) co_return false;
-  }
-  std::size_t early = socket_.available(ec);
-  if (ec || early == 0) co_return false;  // nothing, or gone: the normal path finds out
+  if (conn_.tls() || config_->timeouts.greet_pause <= Seconds(0)) co_return false;
+  const std::size_t early = co_await conn_.early_octets(config_->timeouts.greet_pause);
+  if (early == 0) co_return false;
   log::warning("early-talker").kv("session", id_).kv("client", facts_.client_ip).kv("octets", early);
   co_return true;
 }
 
 asio::awaitable<bool> Session::flush() {
   if (output_.empty()) co_return true;
-  watchdog_.arm(config_->timeouts.command);
-  std::error_code ec;
-  if (tls_) {
-    std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(output_), use_nothrow);
-  } else {
-    std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(output_), use_nothrow);
-  }
-  watchdog_.disarm();
+  std::error_code ec = co_await conn_.write(output_, config_->timeouts.command);
   output_.clear();
   if (ec) {
     log::info("client-lost").kv("session", id_).kv("op", "write")
-        .kv("error", watchdog_.expired() ? "timeout" : ec.message());
+        .kv("error", conn_.timed_out() ? "timeout" : ec.message());
     co_return false;
   }
   co_return true;
-}
-
-// Appends what the client sends next to input_, within `timeout`.
-asio::awaitable<std::error_code> Session::read_more(Seconds timeout) {
-  if (input_pos_ > 0) {
-    input_.erase(0, input_pos_);
-    input_pos_ = 0;
-  }
-  if (!tls_) {
-    std::error_code ec = co_await read_plain(timeout);
-    co_return ec;
-  }
-  // TLS may hold decrypted octets the socket does not show: read into the
-  // buffer itself; a small read between messages, so that an idle session
-  // does not wait on a content-sized buffer.
-  const bool content = mode_ == Mode::kData || mode_ == Mode::kBdat;
-  const std::size_t chunk = content ? limits::kReadChunk : limits::kCommandReadChunk;
-  if (input_.empty() && !content && input_.capacity() > limits::kIdleBuffer) std::string().swap(input_);
-  std::size_t old = input_.size();
-  input_.resize(old + chunk);
-  auto buffer = asio::buffer(input_.data() + old, chunk);
-  watchdog_.arm(timeout);
-  reading_ = true;
-  auto [ec, n] = co_await tls_->async_read_some(buffer, use_nothrow);
-  reading_ = false;
-  watchdog_.disarm();
-  input_.resize(old + n);
-  metrics::registry().bytes_received.inc(n);
-  co_return ec;
-}
-
-// Plain TCP (proxy/socket_read.h). An idle session gives its input buffer
-// back while it waits (issue 8: 10,000 idle sessions <= 200 MB).
-asio::awaitable<std::error_code> Session::read_plain(Seconds timeout) {
-  std::size_t n = 0;
-  std::error_code ec = read_ready(socket_, input_, n);
-  while (ec == asio::error::would_block) {
-    if (input_.empty()) std::string().swap(input_);
-    watchdog_.arm(timeout);
-    reading_ = true;
-    std::tie(ec) = co_await socket_.async_wait(asio::socket_base::wait_read, use_nothrow);
-    reading_ = false;
-    watchdog_.disarm();
-    if (ec) co_return ec;
-    ec = read_ready(socket_, input_, n);
-  }
-  metrics::registry().bytes_received.inc(n);
-  co_return ec;
 }
 
 // Reads more input; false when the session must end (a 421 is queued where due).
@@ -330,9 +251,13 @@ asio::awaitable<bool> Session::fill() {
     if (!partial) command_deadline_ = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout);
     timeout = std::max(Seconds(0), Seconds(command_deadline_ - now));
   }
-  std::error_code ec = co_await read_more(timeout);
+  if (input_pos_ > 0) {  // the handled lines go
+    input_.erase(0, input_pos_);
+    input_pos_ = 0;
+  }
+  std::error_code ec = co_await conn_.read(input_, timeout, content);
   if (!ec) co_return true;
-  if (watchdog_.expired()) {
+  if (conn_.timed_out()) {
     metrics::registry().timeouts.inc();
     log::warning("timeout").kv("session", id_).kv("client", facts_.client_ip)
         .kv("state", mode_ == Mode::kData ? "data" : "command");
@@ -360,43 +285,18 @@ asio::awaitable<bool> Session::read_proxy_header() {
         .kv("listener", facts_.listener).kv("action", "closed; not in listener.proxy_protocol_from");
     co_return false;
   }
-  // Read exactly the header's octets, never more: what follows may be a TLS
-  // ClientHello that the TLS engine must read from the socket itself.
-  auto read_exact = [this](std::size_t n) -> asio::awaitable<bool> {
-    std::size_t old = input_.size();
-    input_.resize(old + n);
-    auto [ec, got] = co_await asio::async_read(socket_, asio::buffer(input_.data() + old, n), use_nothrow);
-    input_.resize(old + got);
-    co_return !ec;
-  };
-  watchdog_.arm(config_->timeouts.command);
-  // Octet by octet (a v1 line is at most 107), so a client that is not a
-  // proxy is told off at its first wrong octet; a v2 header's address block
-  // is read at once once its length is known.
-  bool ok = co_await read_exact(1);
-  ProxyHeader h;
-  while (ok) {
-    h = parse_proxy_header(input_);
-    if (h.outcome != ProxyHeader::Outcome::kIncomplete) break;
-    std::size_t need = 1;
-    if (input_.size() >= 16 && input_[0] == '\r') {  // v2: the rest at once
-      std::size_t len = (static_cast<unsigned char>(input_[14]) << 8) | static_cast<unsigned char>(input_[15]);
-      need = std::max<std::size_t>(1, 16 + len - input_.size());
-    }
-    ok = co_await read_exact(need);
-  }
-  watchdog_.disarm();
-  if (!ok) {
+  using Status = ClientConnection::ProxyHeaderRead::Status;
+  const ClientConnection::ProxyHeaderRead read = co_await conn_.read_proxy_header(config_->timeouts.command);
+  const ProxyHeader& h = read.header;
+  if (read.status == Status::kTimeout || read.status == Status::kClosed) {
     log::warning("proxy-protocol-error").kv("session", id_).kv("peer", facts_.client_ip)
-        .kv("error", watchdog_.expired() ? "timeout" : "connection closed before the header");
+        .kv("error", read.status == Status::kTimeout ? "timeout" : "connection closed before the header");
     co_return false;
   }
-  if (h.outcome == ProxyHeader::Outcome::kInvalid) {
+  if (read.status == Status::kInvalid) {
     log::warning("proxy-protocol-error").kv("session", id_).kv("peer", facts_.client_ip).kv("error", h.error);
     co_return false;
   }
-  input_.clear();
-  input_pos_ = 0;
   if (!h.local) {
     std::error_code ec;
     asio::ip::address addr = asio::ip::make_address(h.source_ip, ec);
@@ -412,18 +312,14 @@ asio::awaitable<bool> Session::read_proxy_header() {
 
 // The TLS handshake as server, on the plain socket (RFC 3207, RFC 8314).
 asio::awaitable<bool> Session::start_tls() {
-  tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, *tls_context_);
-  watchdog_.arm(config_->timeouts.command);
-  auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, use_nothrow);
-  watchdog_.disarm();
-  metrics::tls_handshake(!ec, ec && watchdog_.expired());
+  std::error_code ec = co_await conn_.start_tls(*tls_context_, config_->timeouts.command);
+  metrics::tls_handshake(!ec, ec && conn_.timed_out());
   if (ec) {
     log::warning("tls-failed").kv("session", id_).kv("client", facts_.client_ip)
-        .kv("error", watchdog_.expired() ? "timeout" : ec.message());
-    tls_.reset();
+        .kv("error", conn_.timed_out() ? "timeout" : ec.message());
     co_return false;
   }
-  facts_.tls = tls_facts(tls_->native_handle());
+  facts_.tls = tls_facts(conn_.tls_handle());
   log::info("tls").kv("session", id_).kv("client", facts_.client_ip).kv("version", facts_.tls.version)
       .kv("cipher", facts_.tls.cipher).kv("peer", facts_.tls.peer_subject.empty() ? "none" : facts_.tls.peer_subject)
       .kv("peer_sha256", facts_.tls.peer_fingerprint.empty() ? "none" : facts_.tls.peer_fingerprint);
@@ -510,7 +406,7 @@ asio::awaitable<void> Session::auth_failed() {
   ++auth_failures_;
   const Config::Limits& limits = config_->limits;
   if (limits.auth_failure_delay > Seconds(0)) {
-    asio::steady_timer pause(socket_.get_executor(), std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+    asio::steady_timer pause(conn_.executor(), std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                          limits.auth_failure_delay * static_cast<double>(auth_failures_)));
     co_await pause.async_wait(use_nothrow);
   }
@@ -657,8 +553,8 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
     queue_reply(250, host);
     co_return;
   }
-  const bool offer_tls = tls_context_ && !tls_ && listener_.tls == Config::Listener::Tls::kStarttls;
-  const bool offer_auth = tls_ && listener_.auth == Config::Listener::Auth::kPassthrough && facts_.auth_user.empty();
+  const bool offer_tls = tls_context_ && !conn_.tls() && listener_.tls == Config::Listener::Tls::kStarttls;
+  const bool offer_auth = conn_.tls() && listener_.auth == Config::Listener::Auth::kPassthrough && facts_.auth_user.empty();
   // SMTPUTF8 and DSN only when the MTA behind can carry them (RFC 6531 §3.4, RFC 3461 §4).
   queue_reply(250,
                fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nCHUNKING\nENHANCEDSTATUSCODES{}{}{}{}", host,
@@ -672,7 +568,7 @@ DialogueState Session::dialogue() const {
   DialogueState d;
   d.phase = phase_;
   d.esmtp = facts_.esmtp;
-  d.tls = tls_ != nullptr;
+  d.tls = conn_.tls();
   d.tls_required = listener_.require_tls;
   d.starttls_offered = tls_context_ && listener_.tls == Config::Listener::Tls::kStarttls;
   d.auth_offered = listener_.auth == Config::Listener::Auth::kPassthrough;

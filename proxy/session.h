@@ -19,6 +19,7 @@
 #include "filters/address.h"
 #include "filters/filter_chain.h"
 #include "filters/spool.h"
+#include "proxy/client_connection.h"
 #include "proxy/config.h"
 #include "proxy/data_decoder.h"
 #include "proxy/header_utf8_check.h"
@@ -74,8 +75,6 @@ class Session {
   asio::awaitable<bool> flush();
   asio::awaitable<bool> talks_before_greeting();
   asio::awaitable<bool> fill();
-  asio::awaitable<std::error_code> read_more(Seconds timeout);
-  asio::awaitable<std::error_code> read_plain(Seconds timeout);
   asio::awaitable<bool> read_proxy_header();
   asio::awaitable<bool> admit(SessionLimiter::Ticket& ticket, SessionLimiter::Scope scope);
   asio::awaitable<bool> start_tls();
@@ -119,13 +118,11 @@ class Session {
   void note_error();
   Upstream& upstream();
 
-  asio::ip::tcp::socket socket_;
+  ClientConnection conn_;  // the socket, TLS, the PROXY header: the read and write side
   std::shared_ptr<const Config> config_;
   Config::Listener listener_;
   std::shared_ptr<asio::ssl::context> tls_context_;  // null: no TLS on this listener
-  std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;  // set once TLS is up
   SessionRegistry& registry_;
-  Watchdog watchdog_;
   std::shared_ptr<const FilterChain> chain_;
   std::shared_ptr<const FilterChain> submission_chain_;  // once the client authenticated
   std::shared_ptr<const UpstreamCapabilities> caps_;
@@ -141,7 +138,6 @@ class Session {
   std::string output_;
   std::string decoded_;
   Mode mode_ = Mode::kCommand;
-  bool reading_ = false;
   bool draining_ = false;
   bool quit_ = false;
   bool starttls_pending_ = false;
