@@ -135,6 +135,11 @@ asio::awaitable<Fate> Delivery::deliver(const Message& message, const Verdict& v
     named = true;
   }
   if (!named) fate.outcome = outcome_of(fate.reply.reply, ctx_.transaction.changes.redirect.has_value());
+  if (current_audit_log()) {
+    AuditHeaders headers = audit_message_headers(message);
+    fate.message_id = std::move(headers.message_id);
+    fate.from_domain = std::move(headers.from_domain);
+  }
   if (!fate.reply.connection_lost) co_await ctx_.upstream.reset();
   co_return fate;
 }
@@ -148,7 +153,7 @@ asio::awaitable<Fate> Delivery::refuse(const replies::Def& def, std::string reas
   co_return fate;
 }
 
-void Delivery::record(const Fate& fate, const AuditHeaders& headers) const {
+void Delivery::record(const Fate& fate) const {
   const SessionFacts& s = ctx_.session;
   const TransactionFacts& t = ctx_.transaction;
   metrics::message_done(fate.outcome, ctx_.size, metrics::seconds_since(ctx_.content_end),
@@ -176,7 +181,8 @@ void Delivery::record(const Fate& fate, const AuditHeaders& headers) const {
     if (!fate.verdict.empty()) line.kv("verdict", fate.verdict).kv("reason", fate.reason);
     line.kv("duration_ms", elapsed_ms(ctx_.started));
   }
-  write_audit(s, t, fate.outcome, fate.reply, "eom", fate.reason, fate.rule, ctx_.size, headers, fate.dkim_signed);
+  write_audit(s, t, fate.outcome, fate.reply, "eom", fate.reason, fate.rule, ctx_.size,
+              AuditHeaders{fate.message_id, fate.from_domain}, fate.dkim_signed);
 }
 
 void audit_mail_refusal(const SessionFacts& session, const TransactionFacts& transaction, const Reply& reply,

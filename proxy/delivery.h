@@ -25,8 +25,6 @@
 
 namespace postern {
 
-struct AuditHeaders;  // filters' audit record: Message-ID and From domain
-
 // The outcome a reply means when no verdict named one: 2xx relayed
 // (redirected when a rule replaced the recipients), 4xx tempfailed, else rejected.
 Outcome outcome_of(const Reply& reply, bool redirected);
@@ -40,6 +38,9 @@ struct Fate {
   std::string reason;        // the deciding verdict's reason and rule, "" when none
   std::string rule;
   std::string verdict;       // the deciding verdict's action name, "" when none decided
+  // For the audit record, read while the message existed (when an audit log is on).
+  std::string message_id;
+  std::string from_domain;
 };
 
 // A reply postern makes up itself.
@@ -74,7 +75,7 @@ class Delivery {
   asio::awaitable<Fate> refuse(const replies::Def& def, std::string reason = {});
 
   // Counts, logs and audits the fate: once per message, after the client's reply.
-  void record(const Fate& fate, const AuditHeaders& headers) const;
+  void record(const Fate& fate) const;
 
  private:
   asio::awaitable<UpstreamReply> relay(const Message& message, bool& dkim_signed);

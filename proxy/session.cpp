@@ -11,7 +11,6 @@
 #include <ctime>
 #include <fmt/format.h>
 
-#include "filters/auth/audit_log.h"
 #include "filters/auth/utf8.h"
 #include "filters/message.h"
 #include "proxy/delivery.h"
@@ -825,7 +824,6 @@ asio::awaitable<void> Session::end_of_data() {
   Delivery delivery({*config_, facts_, txn_.facts, txn_.mail_params, upstream(), spool_, decoder_.size(),
                       txn_.started, end_of_content});
   Fate fate;
-  AuditHeaders audit_headers;  // read while the message exists, written after the reply
   if (refusal) {
     if (bare) {
       log::warning("bare-line-ending").kv("session", id_).kv("client", facts_.client_ip)
@@ -844,13 +842,12 @@ asio::awaitable<void> Session::end_of_data() {
       if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
       if (!verdict.decisive() && txn_.pending) verdict = *txn_.pending;
       fate = co_await delivery.deliver(message, verdict);
-      if (current_audit_log()) audit_headers = audit_message_headers(message);
       txn_.facts.message = nullptr;
     }
   }
   relay_reply(fate.reply);
   if (fate.disconnect) quit_ = true;
-  delivery.record(fate, audit_headers);
+  delivery.record(fate);
   reset_transaction();
 }
 

@@ -116,7 +116,7 @@ TEST_CASE("delivery: relayed as received under postern's Received field, then RS
   CHECK(f.upstream.head.find(" (postern) with ESMTP id 0000ABCD000001.1\r\n\tfor <bob@example.net>; ") !=
         std::string::npos);
   CHECK(f.upstream.content == kMessage);  // untouched: offset 0, the whole message after our field
-  d.record(fate, AuditHeaders{});
+  d.record(fate);
   CHECK(messages(Outcome::kRelayed) == before + 1);
   CHECK(metrics::registry().message_relayed_bytes.value() == bytes + f.upstream.head.size() + kMessage.size());
 }
@@ -164,7 +164,7 @@ TEST_CASE("delivery: the MTA's refusal and tempfail reach the client as the MTA 
     CHECK(fate.reply.reply.text == c.said.text);
     CHECK_FALSE(fate.reply.local);
     CHECK(f.upstream.calls == std::vector<std::string>{"DATA", "RSET"});
-    d.record(fate, AuditHeaders{});
+    d.record(fate);
     CHECK(messages(c.outcome) == before + 1);
   }
 }
@@ -256,7 +256,7 @@ TEST_CASE("delivery: a redirect sends the envelope anew to the new recipients", 
                                                      "RCPT <quarantine@example.net>", "RCPT <abuse@example.net>",
                                                      "DATA", "RSET"});
   CHECK(f.transaction.recipients.size() == 2);
-  d.record(fate, AuditHeaders{});
+  d.record(fate);
   CHECK(messages(Outcome::kRedirected) == before + 1);
 }
 
@@ -344,11 +344,14 @@ TEST_CASE("delivery: the audit record carries the outcome, the verdict and the r
   f.transaction.changes.redirect = std::vector<Mailbox>{mailbox("abuse", "example.net")};
   Delivery d = f.delivery();
   Fate fate = run(d.deliver(*f.message, Verdict::proceed()));
-  d.record(fate, AuditHeaders{"<id@example.org>", "example.org"});
+  CHECK(fate.message_id.empty());  // the message has none
+  CHECK(fate.from_domain == "example.org");
+  fate.message_id = "<id@example.org>";
+  d.record(fate);
   Fixture g;
   Delivery e = g.delivery();
   Fate refused = run(e.deliver(*g.message, verdict_of(Verdict::Action::kReject, "bad")));
-  e.record(refused, AuditHeaders{});
+  e.record(refused);
   audit_mail_refusal(g.session, g.transaction, Reply{451, "4.7.1 later"}, verdict_of(Verdict::Action::kTempfail, "grey"));
   REQUIRE(audit->flush());
   install_audit_log(nullptr);
