@@ -14,42 +14,11 @@
 
 #include "filters/address.h"
 #include "filters/message.h"
+#include "filters/session_facts.h"
 #include "filters/typed_slots.h"
 #include "filters/verdict.h"
 
 namespace postern {
-
-struct TlsFacts {
-  bool active = false;
-  std::string version;           // "TLSv1.3"
-  std::string cipher;
-  std::string peer_subject;      // client certificate, if presented
-  std::string peer_fingerprint;  // SHA-256, hex
-};
-
-// Connection-scoped facts; filled by the proxy, read by filters.
-struct SessionFacts {
-  std::string id;
-  std::string listener;
-  std::string client_ip;
-  unsigned short client_port = 0;
-  std::string client_name;  // reverse DNS name, empty when unknown
-  std::string helo;
-  bool esmtp = false;
-  TlsFacts tls;
-  std::string auth_user;    // authenticated identity, empty when none
-  std::map<std::string, std::string> notes;  // connection-scoped notes of rules
-  // State a filter keeps for the connection (a milter's socket), by filter
-  // name; dies with the session.
-  std::map<std::string, std::shared_ptr<void>> filter_state;
-};
-
-// A named rule hit with its score (the rspamd / SpamAssassin model).
-struct Symbol {
-  std::string name;
-  double score = 0;
-  std::string description;
-};
 
 // Header edits a filter asks for; applied when the message is relayed.
 struct HeaderEdit {
@@ -89,6 +58,8 @@ struct TransactionFacts {
   std::vector<Symbol> symbols;
   double score = 0;
   std::map<std::string, std::string> notes;
+  std::string accepted_by;              // the filter whose accept verdict holds for this transaction
+  bool session_symbols_taken = false;   // SessionFacts::symbols joined `symbols` (at MAIL)
   // What specific checks record for later stages and the audit, by type:
   // SPF, DKIM and DMARC their AuthResults (filters/auth/auth_results.h).
   TypedSlots results;

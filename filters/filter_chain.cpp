@@ -5,11 +5,6 @@
 #include <cstdio>
 
 namespace postern {
-namespace {
-// A std::string: the notes maps look keys up as std::string, and a literal
-// past the short-string size allocated on every lookup (heaptrack).
-const std::string kAcceptedNote = "postern.accepted";
-}  // namespace
 
 void FilterChain::add_content_taps(const FilterContext& ctx, Spool& spool) const {
   for (const auto& filter : filters_) {
@@ -20,8 +15,8 @@ void FilterChain::add_content_taps(const FilterContext& ctx, Spool& spool) const
 asio::awaitable<Verdict> FilterChain::run(FilterContext& ctx) const {
   TransactionFacts& txn = ctx.transaction;
   // An accept before MAIL holds for the session, after it for the transaction.
-  auto& accepted_in = ctx.stage <= Stage::kHelo ? ctx.session.notes : txn.notes;
-  bool accepted = ctx.session.notes.count(kAcceptedNote) || txn.notes.count(kAcceptedNote);
+  std::string& accepted_by = ctx.stage <= Stage::kHelo ? ctx.session.accepted_by : txn.accepted_by;
+  bool accepted = !ctx.session.accepted_by.empty() || !txn.accepted_by.empty();
   for (const auto& filter : filters_) {
     if (accepted) break;
     if (!filter->wants(ctx.stage)) continue;
@@ -29,7 +24,7 @@ asio::awaitable<Verdict> FilterChain::run(FilterContext& ctx) const {
     if (!v.decisive()) continue;
     if (v.rule.empty()) v.rule = filter->name();
     if (v.action == Verdict::Action::kAccept) {
-      accepted_in[kAcceptedNote] = filter->name();
+      accepted_by = filter->name();
       accepted = true;
       break;
     }

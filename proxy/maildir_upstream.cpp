@@ -129,7 +129,7 @@ asio::awaitable<UpstreamReply> MaildirUpstream::data(const std::string& head, co
 
 std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,
                                         std::shared_ptr<const Config> config,
-                                        const ClientFacts& client) {
+                                        const SessionFacts& client) {
   if (config->upstream.kind == Config::Upstream::Kind::kMaildir) {
     return std::make_unique<MaildirUpstream>(std::move(config));
   }

@@ -26,15 +26,12 @@ class MaildirUpstream final : public Upstream {
   asio::awaitable<UpstreamReply> auth(std::string_view, bool, std::string_view) override {
     co_return UpstreamReply{Reply{454, "4.7.0 Temporary authentication failure: no MTA to authenticate with"}, true};
   }
-  asio::awaitable<UpstreamReply> send_held_mail() override { co_return held_; }
-  const UpstreamReply& held_mail_reply() const override { return held_; }
   asio::awaitable<void> reset() override { co_return; }
   asio::awaitable<void> quit() override { co_return; }
   bool offers(std::string_view) const override { return true; }
 
  private:
   std::shared_ptr<const Config> config_;
-  UpstreamReply held_;  // never held: answered only if asked anyway
 };
 
 }  // namespace postern

@@ -17,8 +17,6 @@
 
 namespace postern::metrics {
 namespace {
-constexpr std::string_view kResultNames[] = {"relayed",     "rejected",  "tempfailed", "discarded",
-                                             "quarantined", "redirected"};
 constexpr std::string_view kStageNames[] = {"connect", "helo", "mail", "rcpt", "data", "eom"};
 constexpr std::string_view kRefusalNames[] = {"limit", "proxy_protocol", "tls", "filter"};
 constexpr std::string_view kUpstreamErrorNames[] = {"connect_refused", "connect_failed", "resolve", "timeout",
@@ -29,7 +27,6 @@ constexpr std::string_view kCommandNames[] = {"greeting", "ehlo", "starttls", "x
                                               "mail",     "rcpt", "data",     "eom",     "rset",     "other"};
 constexpr std::string_view kDnsNames[] = {"ok", "nxdomain", "nodata", "servfail", "timeout"};
 constexpr std::string_view kRuleFailureNames[] = {"error", "timeout", "budget", "memory"};
-static_assert(std::size(kResultNames) == n<MessageResult>());
 static_assert(std::size(kRefusalNames) == n<Refusal>());
 static_assert(std::size(kUpstreamErrorNames) == n<UpstreamError>());
 static_assert(std::size(kCommandNames) == n<UpstreamCommand>());
@@ -210,27 +207,6 @@ std::string escape_help(std::string_view v) {
   return out;
 }
 
-UpstreamCommand upstream_command(std::string_view line) {
-  auto is = [&](std::string_view verb) {
-    if (line.size() < verb.size()) return false;
-    for (std::size_t i = 0; i < verb.size(); ++i) {
-      if (std::toupper(static_cast<unsigned char>(line[i])) != verb[i]) return false;
-    }
-    return line.size() == verb.size() || line[verb.size()] == ' ' || line[verb.size()] == '\r';
-  };
-  if (is("EHLO") || is("HELO")) return UpstreamCommand::kEhlo;
-  if (is("STARTTLS")) return UpstreamCommand::kStarttls;
-  if (is("XCLIENT")) return UpstreamCommand::kXclient;
-  if (is("XFORWARD")) return UpstreamCommand::kXforward;
-  if (is("AUTH")) return UpstreamCommand::kAuth;
-  if (is("MAIL")) return UpstreamCommand::kMail;
-  if (is("RCPT")) return UpstreamCommand::kRcpt;
-  if (is("DATA")) return UpstreamCommand::kData;
-  if (is("BDAT")) return UpstreamCommand::kEom;
-  if (is("RSET")) return UpstreamCommand::kRset;
-  return UpstreamCommand::kOther;
-}
-
 Registry::Registry() : start_time(unix_now()) {}
 
 Registry& registry() {
@@ -263,6 +239,7 @@ void count_reply(int code, std::string_view text, Registry& r) {
   r.replies_by_class[static_cast<std::size_t>(k)].inc();
   if (k != 4 && k != 5) return;
   std::size_t c = static_cast<std::size_t>(k - 4);
+  if (std::size_t lf = text.rfind('\n'); lf != std::string_view::npos) text.remove_prefix(lf + 1);
   int klass = 0, subject = 0, detail = 0;
   if (!parse_enhanced(text, klass, subject, detail)) {
     r.enhanced_none[c].inc();
@@ -275,24 +252,7 @@ void count_reply(int code, std::string_view text, Registry& r) {
   }
 }
 
-void count_replies(std::string_view wire, Registry& r) {
-  // A reply's last line is "NNN text" (or "NNN" alone); the others "NNN-text".
-  std::size_t pos = 0;
-  while (pos + 3 <= wire.size()) {
-    std::size_t lf = wire.find('\n', pos);
-    std::string_view line = wire.substr(pos, lf == std::string_view::npos ? std::string_view::npos : lf - pos);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.size() >= 3 && is_digit(line[0]) && is_digit(line[1]) && is_digit(line[2]) &&
-        (line.size() == 3 || line[3] == ' ')) {
-      int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
-      count_reply(code, line.size() > 4 ? line.substr(4) : std::string_view{}, r);
-    }
-    if (lf == std::string_view::npos) break;
-    pos = lf + 1;
-  }
-}
-
-void message_done(MessageResult result, std::uint64_t size, double eod_seconds, double transaction_seconds) {
+void message_done(Outcome result, std::uint64_t size, double eod_seconds, double transaction_seconds) {
   Registry& r = registry();
   r.messages[idx(result)].inc();
   r.message_received_bytes.inc(size);
@@ -384,7 +344,7 @@ std::string Registry::render() const {
   // Messages.
   w.family("postern_messages_total", "counter", "Messages that reached their end of data, by what became of them.");
   for (std::size_t i = 0; i < messages.size(); ++i) {
-    w.sample("postern_messages_total", {{"action", kResultNames[i]}}, messages[i].value());
+    w.sample("postern_messages_total", {{"action", outcome_name(static_cast<Outcome>(i))}}, messages[i].value());
   }
   w.family("postern_recipients_total", "counter", "RCPT commands, by whether the recipient was accepted.");
   w.sample("postern_recipients_total", {{"result", "accepted"}}, recipients[0].value());

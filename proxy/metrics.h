@@ -18,6 +18,7 @@
 
 #include "filters/filter.h"
 #include "filters/verdict.h"
+#include "proxy/outcome.h"
 
 namespace postern {
 struct RedisStats;
@@ -131,8 +132,6 @@ class LabelTable {
   std::atomic<bool> overflow_used_{false};
 };
 
-// What became of a message that reached its end of data.
-enum class MessageResult { kRelayed, kRejected, kTempfailed, kDiscarded, kQuarantined, kRedirected, kCount };
 // Why a connection was refused before its first SMTP exchange.
 enum class Refusal { kLimit, kProxyProtocol, kTls, kFilter, kCount };
 // How a connection to the MTA failed.
@@ -152,7 +151,6 @@ std::string_view pool_discard_name(PoolDiscard why);
 enum class UpstreamCommand {
   kGreeting, kEhlo, kStarttls, kXclient, kXforward, kAuth, kMail, kRcpt, kData, kEom, kRset, kOther, kCount
 };
-UpstreamCommand upstream_command(std::string_view line);
 std::string_view upstream_command_name(UpstreamCommand command);
 
 template <typename E>
@@ -179,7 +177,7 @@ struct Registry {
 
   // Client side.
   LabelTable<ListenerStats, 64> listeners;
-  std::array<Counter, n<MessageResult>()> messages;
+  std::array<Counter, n<Outcome>()> messages;  // by Outcome
   std::array<Counter, 2> recipients;  // [0] accepted, [1] refused
   Counter message_received_bytes;     // content of messages that reached their end
   Counter message_relayed_bytes;      // as handed to the MTA, header changes included
@@ -256,11 +254,10 @@ class SessionGauge {
 // Makes a listener's series exist (at 0) before its first session.
 void declare_listener(std::string_view listener);
 void session_refused(std::string_view listener, Refusal why);
-// Counts every reply in `wire` (what is about to be written to a client):
-// by class, and 4xx/5xx by the enhanced status code of the last line.
-void count_replies(std::string_view wire, Registry& r = registry());
+// Counts one reply to a client as it is queued (`text`: its lines joined by
+// LF): by class, and 4xx/5xx by the enhanced status code of its last line.
 void count_reply(int code, std::string_view text, Registry& r = registry());
-void message_done(MessageResult result, std::uint64_t size, double eod_seconds, double transaction_seconds);
+void message_done(Outcome result, std::uint64_t size, double eod_seconds, double transaction_seconds);
 // At the end of a transaction (however it ended): its symbols and the
 // SPF/DKIM/DMARC results (TransactionFacts::auth).
 void transaction_done(const TransactionFacts& t, Registry& r = registry());

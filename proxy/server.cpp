@@ -305,9 +305,9 @@ struct Server::Impl {
   std::string status(bool json) {
     auto config = snapshot();
     auto& m = metrics::registry();
-    unsigned long long messages[static_cast<int>(metrics::MessageResult::kCount)];
+    unsigned long long messages[static_cast<int>(Outcome::kCount)];
     unsigned long long total = 0;
-    for (int i = 0; i < static_cast<int>(metrics::MessageResult::kCount); ++i) {
+    for (int i = 0; i < static_cast<int>(Outcome::kCount); ++i) {
       messages[i] = m.messages[static_cast<std::size_t>(i)].value();
       total += messages[i];
     }
@@ -317,7 +317,7 @@ struct Server::Impl {
     };
     std::string config_path = source.path.empty() ? "(embedded default)" : source.path;
     std::string upstream = upstream_up < 0 ? "unknown" : upstream_up ? "reachable" : "unreachable";
-    using R = metrics::MessageResult;
+    using R = Outcome;
     auto count = [&](R r) { return messages[static_cast<int>(r)]; };
     if (json) {
       return fmt::format(

@@ -19,10 +19,12 @@
 #include "filters/address.h"
 #include "filters/filter_chain.h"
 #include "filters/spool.h"
+#include "proxy/client_connection.h"
 #include "proxy/config.h"
 #include "proxy/data_decoder.h"
 #include "proxy/header_utf8_check.h"
 #include "proxy/replies.h"
+#include "proxy/sasl_relay.h"
 #include "proxy/session_limiter.h"
 #include "proxy/smtp_command.h"
 #include "proxy/upstream.h"
@@ -31,7 +33,6 @@
 namespace postern {
 
 class Session;
-struct AuditHeaders;
 
 // The sessions of one I/O thread; touched only from that thread.
 struct SessionRegistry {
@@ -59,7 +60,6 @@ class Session {
 
   // The open mail transaction (RFC 5321 §3.3); dies only in reset_transaction().
   struct Transaction {
-    bool active = false;
     bool failed = false;  // the upstream was lost: the rest of it gets 451 4.4.2
     TransactionFacts facts;  // envelope, changes, symbols: what filters see
     std::vector<EsmtpParam> mail_params;
@@ -69,27 +69,19 @@ class Session {
     std::optional<Verdict> pending;  // discard/quarantine decided before the content
     std::size_t rcpt_commands = 0;
     std::chrono::steady_clock::time_point started;
-    // MAIL held back by the upstream to go with the pipelined RCPT behind it
-    // (Upstream::mail): its reply is not in the output yet.
-    bool mail_held = false;
-    bool dkim_signed = false;  // relay() added postern's DKIM-Signature (for the audit record)
   };
 
   asio::awaitable<void> process_input();
   asio::awaitable<bool> flush();
   asio::awaitable<bool> talks_before_greeting();
   asio::awaitable<bool> fill();
-  asio::awaitable<std::error_code> read_more(Seconds timeout);
-  asio::awaitable<std::error_code> read_plain(Seconds timeout);
   asio::awaitable<bool> read_proxy_header();
   asio::awaitable<bool> admit(SessionLimiter::Ticket& ticket, SessionLimiter::Scope scope);
   asio::awaitable<bool> start_tls();
   asio::awaitable<void> handle_starttls();
   void forget_plaintext();
   asio::awaitable<void> handle_auth(const Command& cmd);
-  asio::awaitable<void> continue_auth(std::string_view line);
-  asio::awaitable<void> auth_reply(UpstreamReply r);
-  asio::awaitable<void> refuse_sasl_response();
+  asio::awaitable<void> auth_step(SaslRelay::Step step);
   asio::awaitable<void> auth_failed();
   asio::awaitable<void> handle_command(std::string_view line);
   asio::awaitable<void> handle_helo(const Command& cmd);
@@ -97,7 +89,8 @@ class Session {
   // The upstream's reply to MAIL, relayed; a refusal ends the transaction.
   void mail_replied(const UpstreamReply& r);
   void relay_reply(const UpstreamReply& r);
-  // Sends a held MAIL on its own and relays its reply (no-op when none is held).
+  // Sends a MAIL the upstream holds on its own and relays its reply (no-op
+  // when none is held). Before any reply but that of the RCPT carrying it.
   asio::awaitable<void> settle_mail();
   // Whether the client's next buffered line is a complete RCPT command.
   bool rcpt_pipelined() const;
@@ -105,43 +98,37 @@ class Session {
   void handle_data();
   void handle_bdat(const Command& cmd);
   asio::awaitable<void> take_chunk(std::string_view avail);
-  const replies::Def* check_mail_param(const EsmtpParam& p) const;
-  const replies::Def* check_rcpt_param(const EsmtpParam& p) const;
+  EsmtpOffer esmtp_offer() const;
+  DialogueState dialogue() const;
+  bool in_transaction() const { return phase_ == Phase::kTransaction; }
   asio::awaitable<void> end_of_data();
   asio::awaitable<Verdict> run_filters(Stage stage);
   void add_content_taps();
   const FilterChain* active_chain() const;
-  asio::awaitable<UpstreamReply> relay(const Message& message);
-  asio::awaitable<UpstreamReply> redo_envelope();
-  UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   asio::awaitable<void> abandon_transaction();
   void reset_transaction();
   void release_buffers();
   HeaderLimits header_limits() const;
-  asio::awaitable<void> refuse_header_section(const Message& message, UpstreamReply& result);
-  void write_audit(std::string_view outcome, const UpstreamReply& result, const std::string& reason,
-                   const char* stage, const AuditHeaders& headers, const std::string& rule = {});
+  void log_header_section_refused(const Message& message) const;
 
   void reply(const replies::Def& def);
+  void queue_reply(int code, std::string_view text);
+  void queue_reply(const Reply& r);
   void client_error(const replies::Def& def);
   void note_error();
   Upstream& upstream();
-  std::string received_header() const;
 
-  asio::ip::tcp::socket socket_;
+  ClientConnection conn_;  // the socket, TLS, the PROXY header: the read and write side
   std::shared_ptr<const Config> config_;
   Config::Listener listener_;
   std::shared_ptr<asio::ssl::context> tls_context_;  // null: no TLS on this listener
-  std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;  // set once TLS is up
   SessionRegistry& registry_;
-  Watchdog watchdog_;
   std::shared_ptr<const FilterChain> chain_;
   std::shared_ptr<const FilterChain> submission_chain_;  // once the client authenticated
   std::shared_ptr<const UpstreamCapabilities> caps_;
   std::unique_ptr<Upstream> upstream_;
   std::string id_;
-  ClientFacts client_;
-  SessionFacts facts_;
+  SessionFacts facts_;  // the client model: filters, Lua, the upstream (XCLIENT) and Received read it
   SessionFacts connect_facts_;  // facts_ after the connect stage, before any command
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point command_deadline_;  // the current (command or content) line's, see fill()
@@ -151,24 +138,16 @@ class Session {
   std::string output_;
   std::string decoded_;
   Mode mode_ = Mode::kCommand;
-  bool reading_ = false;
   bool draining_ = false;
   bool quit_ = false;
   bool starttls_pending_ = false;
-  // A SASL exchange relayed to the MTA is under way (RFC 4954 §4).
-  struct AuthExchange {
-    bool active = false;
-    std::string mechanism;  // PLAIN or LOGIN
-    std::string user;       // learned from the client's first response
-    bool user_known = false;
-  } auth_;
+  SaslRelay sasl_;  // AUTH relayed to the MTA (RFC 4954)
   std::uint64_t chunk_size_ = 0;  // the current BDAT's declared size
   std::uint64_t chunk_left_ = 0;  // BDAT octets still to read
   bool chunk_last_ = false;
   bool chunk_discard_ = false;    // the BDAT was refused: read and drop its octets
 
-  bool greeted_ = false;
-  bool esmtp_ = false;
+  Phase phase_ = Phase::kConnected;  // the dialogue's position; the parser's is mode_
   std::size_t errors_ = 0;
   std::size_t auth_failures_ = 0;
   std::size_t messages_ = 0;

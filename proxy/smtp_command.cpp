@@ -7,21 +7,23 @@
 namespace postern {
 namespace {
 
+constexpr unsigned kMailCommand = kTlsPolicy | kNeedsMail;
 constexpr std::array<CommandSpec, 14> kCommands{{
     {"EHLO", Verb::kEhlo, kArgsRequired},
     {"HELO", Verb::kHelo, kArgsRequired},
-    {"MAIL", Verb::kMail, kArgsRequired},
-    {"RCPT", Verb::kRcpt, kArgsRequired},
-    {"DATA", Verb::kData, kArgsNone},
+    {"MAIL", Verb::kMail, kArgsRequired | kTlsPolicy | kNeedsHelo | kNoTransaction},
+    {"RCPT", Verb::kRcpt, kArgsRequired | kMailCommand},
+    {"DATA", Verb::kData, kArgsNone | kMailCommand | kNeedsRcpt},
     {"RSET", Verb::kRset, kArgsNone},
     {"NOOP", Verb::kNoop, 0},
     {"QUIT", Verb::kQuit, kArgsNone},
     {"HELP", Verb::kHelp, 0},
     {"VRFY", Verb::kVrfy, kArgsRequired},
     {"EXPN", Verb::kExpn, kNotImplemented},
-    {"STARTTLS", Verb::kStarttls, kArgsNone},
-    {"AUTH", Verb::kAuth, kArgsRequired},
-    {"BDAT", Verb::kBdat, kArgsRequired},
+    {"STARTTLS", Verb::kStarttls, kArgsNone | kOffered | kForbidsTls},
+    {"AUTH", Verb::kAuth, kArgsRequired | kOffered | kNeedsTls | kNeedsEhlo | kNoTransaction},
+    // Its arguments are read first (the chunk's octets follow at once): parse_bdat_args().
+    {"BDAT", Verb::kBdat, kArgsRequired | kMailCommand | kNeedsRcpt},
 }};
 
 bool is_alnum(unsigned char c) {
@@ -132,6 +134,134 @@ PathArgs parse_mail_args(std::string_view args, bool allow_utf8) {
 
 PathArgs parse_rcpt_args(std::string_view args, bool allow_utf8) {
   return parse_path_args(args, "TO:", false, allow_utf8);
+}
+
+bool is_xtext(std::string_view s) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    unsigned char c = s[i];
+    if (c == '+') {
+      if (i + 2 >= s.size()) return false;
+      for (int k = 1; k <= 2; ++k) {
+        unsigned char h = s[i + k];
+        if (!((h >= '0' && h <= '9') || (h >= 'A' && h <= 'F'))) return false;
+      }
+      i += 2;
+    } else if (c < '!' || c > '~' || c == '=') {
+      return false;
+    }
+  }
+  return true;
+}
+
+const replies::Def* check_mail_param(const EsmtpParam& p, const EsmtpOffer& offer) {
+  if (!offer.esmtp) return &replies::kUnknownParameter;
+  if (p.keyword == "SIZE") {
+    // size-value = 1*20DIGIT.
+    if (!p.has_value || p.value.empty() || p.value.size() > 20 ||
+        p.value.find_first_not_of("0123456789") != std::string::npos) {
+      return &replies::kBadParameter;
+    }
+    if (p.value.size() > 15) return &replies::kSizeExceeded;
+    std::uint64_t size = 0;
+    for (char c : p.value) size = size * 10 + static_cast<std::uint64_t>(c - '0');
+    return size > offer.message_size ? &replies::kSizeExceeded : nullptr;
+  }
+  if (p.keyword == "BODY") {
+    bool ok = p.has_value && (ascii::iequals(p.value, "7BIT") || ascii::iequals(p.value, "8BITMIME"));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  if (p.keyword == "SMTPUTF8" && offer.smtputf8) return p.has_value ? &replies::kBadParameter : nullptr;
+  if (p.keyword == "RET" && offer.dsn) {
+    bool ok = p.has_value && (ascii::iequals(p.value, "FULL") || ascii::iequals(p.value, "HDRS"));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  if (p.keyword == "ENVID" && offer.dsn) {
+    return p.has_value && p.value.size() <= 100 && is_xtext(p.value) ? nullptr : &replies::kBadParameter;
+  }
+  return &replies::kUnknownParameter;
+}
+
+const replies::Def* check_rcpt_param(const EsmtpParam& p, const EsmtpOffer& offer) {
+  if (!offer.esmtp || !offer.dsn) return &replies::kUnknownParameter;
+  if (p.keyword == "NOTIFY") {
+    if (!p.has_value) return &replies::kBadParameter;
+    if (ascii::iequals(p.value, "NEVER")) return nullptr;
+    std::string_view rest = p.value;
+    while (!rest.empty()) {
+      std::size_t comma = rest.find(',');
+      std::string_view word = rest.substr(0, comma);
+      if (!ascii::iequals(word, "SUCCESS") && !ascii::iequals(word, "FAILURE") && !ascii::iequals(word, "DELAY")) {
+        return &replies::kBadParameter;
+      }
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    }
+    return nullptr;
+  }
+  if (p.keyword == "ORCPT") {
+    // addr-type ";" xtext, at most 500 characters (RFC 3461 §4.2).
+    std::size_t semi = p.value.find(';');
+    bool ok = p.has_value && p.value.size() <= 500 && semi != std::string::npos && semi > 0 &&
+              is_xtext(std::string_view(p.value).substr(semi + 1));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
+  return &replies::kUnknownParameter;
+}
+
+BdatArgs parse_bdat_args(std::string_view args) {
+  std::size_t sp = args.find(' ');
+  std::string_view size = args.substr(0, sp);
+  std::string_view rest = sp == std::string_view::npos ? std::string_view{} : args.substr(sp + 1);
+  BdatArgs out;
+  if (!rest.empty() && !ascii::iequals(rest, "LAST")) return out;
+  if (size.empty() || size.size() > 15 || size.find_first_not_of("0123456789") != std::string_view::npos) return out;
+  out.valid = true;
+  out.last = !rest.empty();
+  for (char c : size) out.size = out.size * 10 + static_cast<std::uint64_t>(c - '0');
+  return out;
+}
+
+Refusal check_syntax(const CommandSpec& spec, bool has_args) {
+  const unsigned f = spec.flags;
+  if (f & kNotImplemented) return {&replies::kNotImplemented};
+  if ((f & kArgsNone) && has_args) return {&replies::kNoArguments};
+  if ((f & kArgsRequired) && !has_args) {
+    switch (spec.verb) {
+      case Verb::kEhlo: case Verb::kHelo: return {&replies::kHeloSyntax};
+      case Verb::kMail: return {&replies::kMailSyntax};
+      case Verb::kRcpt: return {&replies::kRcptSyntax};
+      default: return {&replies::kArgsSyntax};
+    }
+  }
+  return {};
+}
+
+Refusal check_preconditions(const CommandSpec& spec, const DialogueState& s) {
+  const unsigned f = spec.flags;
+  if ((f & kTlsPolicy) && s.tls_required && !s.tls) return {&replies::kTlsRequired};
+  if (f & kOffered) {
+    const bool offered = spec.verb == Verb::kStarttls ? s.starttls_offered : s.auth_offered;
+    if (!offered) return {spec.verb == Verb::kAuth ? &replies::kAuthNotOffered : &replies::kNotImplemented};
+  }
+  if ((f & kNeedsTls) && !s.tls) return {&replies::kAuthNeedsTls};
+  if ((f & kForbidsTls) && s.tls) return {&replies::kTlsAlreadyActive};
+  if ((f & kNeedsEhlo) && (s.phase == Phase::kConnected || !s.esmtp)) return {&replies::kNeedHelo};
+  if ((f & kNeedsHelo) && s.phase == Phase::kConnected) return {&replies::kNeedHelo};
+  if (spec.verb == Verb::kAuth && s.authenticated) return {&replies::kAuthAlready};
+  if ((f & kNoTransaction) && s.phase == Phase::kTransaction) {
+    return {spec.verb == Verb::kAuth ? &replies::kAuthInTransaction : &replies::kNestedMail};
+  }
+  if ((f & kNeedsMail) && s.phase != Phase::kTransaction) {
+    // RCPT says what is missing next: MAIL; DATA and BDAT name the first step missing.
+    const bool helo_missing = spec.verb != Verb::kRcpt && s.phase == Phase::kConnected;
+    return {helo_missing ? &replies::kNeedHelo : &replies::kNeedMail};
+  }
+  if ((f & kNeedsMail) && s.transaction_failed) return {&replies::kTransactionFailed, false};
+  if ((f & kNeedsRcpt) && s.recipients == 0) {
+    // Every RCPT refused is not the client's mistake (RFC 2920 §3.1: it pipelined DATA).
+    if (s.rcpt_commands > 0) return {&replies::kNoValidRecipients, false};
+    return {&replies::kNeedRcpt};
+  }
+  return {};
 }
 
 }  // namespace postern

@@ -46,7 +46,7 @@ bool is_protocol_error(const UpstreamReply& r) {
 }  // namespace
 
 SmtpUpstream::SmtpUpstream(const asio::any_io_executor& executor,
-                           std::shared_ptr<const Config> config, const ClientFacts& client)
+                           std::shared_ptr<const Config> config, const SessionFacts& client)
     : config_(std::move(config)),
       client_(client),
       c_(std::make_unique<UpstreamConnection>(executor)),
@@ -64,7 +64,7 @@ bool SmtpUpstream::offers(std::string_view keyword) const {
 
 void SmtpUpstream::close(std::string_view why) {
   if (state_ != State::kClosed) {
-    log::warning("upstream-closed").kv("session", client_.session)
+    log::warning("upstream-closed").kv("session", client_.id)
         .kv("upstream", config_->upstream.target).kv("reason", why);
   }
   std::error_code ignored;
@@ -89,7 +89,7 @@ UpstreamReply SmtpUpstream::lost(std::string_view stage) {
 // (Postfix smtpd_proxy: an unexpected reply is replaced, never relayed).
 UpstreamReply SmtpUpstream::protocol_error(std::string_view op, metrics::UpstreamProtocolError why,
                                            std::string_view detail) {
-  log::warning("upstream-protocol-error").kv("session", client_.session).kv("upstream", config_->upstream.target)
+  log::warning("upstream-protocol-error").kv("session", client_.id).kv("upstream", config_->upstream.target)
       .kv("op", op).kv("reason", metrics::upstream_protocol_error_name(why)).kv("text", detail.substr(0, 120));
   metrics::upstream_protocol_error(why);
   close("protocol error");
@@ -102,7 +102,7 @@ UpstreamReply SmtpUpstream::protocol_error(std::string_view op, metrics::Upstrea
 // 421 as well and its session ends, as Postfix's smtpd does when its proxy
 // filter says 421: the MTA's text when it carries a 4.x.x code, else postern's.
 UpstreamReply SmtpUpstream::closing(Reply said, std::string_view op) {
-  log::warning("upstream-421").kv("session", client_.session).kv("upstream", config_->upstream.target)
+  log::warning("upstream-421").kv("session", client_.id).kv("upstream", config_->upstream.target)
       .kv("op", op).kv("reply", said.first_line());
   close("upstream sent 421");
   const std::string_view code = said.enhanced_code();
@@ -159,7 +159,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send(std::string_vie
   }
   watchdog_.disarm();
   if (ec) {
-    log::warning("upstream-error").kv("session", client_.session)
+    log::warning("upstream-error").kv("session", client_.id)
         .kv("op", "write").kv("error", watchdog_.expired() ? "timeout" : ec.message());
     co_return lost(fmt::format("write failed ({})", op));
   }
@@ -207,15 +207,15 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply
     }
     if (ec) {
       watchdog_.disarm();
-      log::warning("upstream-error").kv("session", client_.session).kv("op", "read")
+      log::warning("upstream-error").kv("session", client_.id).kv("op", "read")
           .kv("error", watchdog_.expired() ? "timeout" : ec.message());
       co_return lost(fmt::format("no reply ({})", op));
     }
   }
 }
 
-asio::awaitable<UpstreamReply> SmtpUpstream::command(std::string_view line, Seconds timeout) {
-  const metrics::UpstreamCommand what = metrics::upstream_command(line);
+asio::awaitable<UpstreamReply> SmtpUpstream::command(metrics::UpstreamCommand what, std::string_view line,
+                                                     Seconds timeout) {
   const auto sent = std::chrono::steady_clock::now();
   if (auto failed = co_await send(line, timeout, 1, metrics::upstream_command_name(what))) co_return std::move(*failed);
   co_return co_await reply_to(what, sent, timeout);
@@ -258,7 +258,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     watchdog_.disarm();
     if (rec) {
       metrics::upstream_error(metrics::UpstreamError::kResolve);
-      log::warning("upstream-error").kv("session", client_.session)
+      log::warning("upstream-error").kv("session", client_.id)
           .kv("op", "resolve").kv("upstream", up.target).kv("error", rec.message());
       co_return false;
     }
@@ -271,7 +271,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
     metrics::upstream_error(watchdog_.expired() ? metrics::UpstreamError::kTimeout
                             : cec == asio::error::connection_refused ? metrics::UpstreamError::kConnectRefused
                                                                      : metrics::UpstreamError::kConnectFailed);
-    log::warning("upstream-error").kv("session", client_.session).kv("op", "connect").kv("upstream", up.target)
+    log::warning("upstream-error").kv("session", client_.id).kv("op", "connect").kv("upstream", up.target)
         .kv("error", watchdog_.expired() ? "timeout" : cec.message());
     close("connect failed");
     co_return false;
@@ -287,7 +287,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
                                              to.upstream_greeting);
   if (greeting.connection_lost) co_return false;
   if (greeting.reply.code != 220) {
-    log::warning("upstream-error").kv("session", client_.session)
+    log::warning("upstream-error").kv("session", client_.id)
         .kv("op", "greeting").kv("reply", greeting.reply.first_line());
     metrics::upstream_protocol_error(metrics::UpstreamProtocolError::kGreeting);
     close("no 220 greeting");
@@ -299,7 +299,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
       if (!co_await start_tls()) co_return false;
     } else if (up.tls == Config::Upstream::Tls::kVerify) {
       metrics::upstream_error(metrics::UpstreamError::kTls);
-    log::error("upstream-tls-failed").kv("session", client_.session)
+    log::error("upstream-tls-failed").kv("session", client_.id)
         .kv("upstream", up.target).kv("error", "STARTTLS not offered");
       close("STARTTLS required but not offered");
       co_return false;
@@ -323,7 +323,7 @@ asio::awaitable<bool> SmtpUpstream::identify(bool identify_client, bool pooled) 
   }
   if ((mode == Identity::kAuto || mode == Identity::kXforward) && offers("XFORWARD")) xforward_ = true;
   if (pooled) {
-    UpstreamReply r = co_await command("RSET\r\n", config_->timeouts.upstream_mail);
+    UpstreamReply r = co_await command(metrics::UpstreamCommand::kRset, "RSET\r\n", config_->timeouts.upstream_mail);
     co_return !r.connection_lost && r.reply.positive();
   }
   co_return true;
@@ -336,7 +336,7 @@ asio::awaitable<bool> SmtpUpstream::reuse() {
     state_ = State::kReady;
     if (co_await identify(true, true)) {
       metrics::registry().upstream_connections_reused.inc();
-      log::debug("upstream-reused").kv("session", client_.session).kv("upstream", config_->upstream.target)
+      log::debug("upstream-reused").kv("session", client_.id).kv("upstream", config_->upstream.target)
           .kv("messages", c_->messages);
       co_return true;
     }
@@ -356,7 +356,7 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
   c_->capabilities.clear();
   c_->capability_args.clear();
   output_.assign("EHLO ").append(name).append("\r\n");
-  UpstreamReply ehlo = co_await command(output_, to.upstream_greeting);
+  UpstreamReply ehlo = co_await command(metrics::UpstreamCommand::kEhlo, output_, to.upstream_greeting);
   if (ehlo.connection_lost) co_return false;
   if (ehlo.reply.klass() == 2 && ehlo.reply.code != 250) {
     // RFC 5321 §4.1.1.1: EHLO succeeds with 250 only; a 220 here is the
@@ -382,9 +382,9 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
     co_return true;
   }
   output_.assign("HELO ").append(name).append("\r\n");
-  UpstreamReply helo = co_await command(output_, to.upstream_greeting);
+  UpstreamReply helo = co_await command(metrics::UpstreamCommand::kEhlo, output_, to.upstream_greeting);
   if (helo.connection_lost || !helo.reply.positive()) {
-    if (!helo.connection_lost) log::warning("upstream-error").kv("session", client_.session)
+    if (!helo.connection_lost) log::warning("upstream-error").kv("session", client_.id)
           .kv("op", "helo").kv("reply", helo.reply.first_line());
     if (!helo.connection_lost) metrics::upstream_protocol_error(metrics::UpstreamProtocolError::kHelo);
     close("HELO refused");
@@ -398,11 +398,11 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
 // any octets no command explains; later ones break the handshake.
 asio::awaitable<bool> SmtpUpstream::start_tls() {
   const auto& up = config_->upstream;
-  UpstreamReply r = co_await command("STARTTLS\r\n", config_->timeouts.upstream_greeting);
+  UpstreamReply r = co_await command(metrics::UpstreamCommand::kStarttls, "STARTTLS\r\n", config_->timeouts.upstream_greeting);
   if (r.connection_lost) co_return false;
   auto fail = [&](std::string_view why) {
     metrics::upstream_error(metrics::UpstreamError::kTls);
-    log::error("upstream-tls-failed").kv("session", client_.session).kv("upstream", up.target).kv("error", why);
+    log::error("upstream-tls-failed").kv("session", client_.id).kv("upstream", up.target).kv("error", why);
     close("TLS failed");
   };
   if (r.reply.code != 220) {
@@ -442,7 +442,7 @@ asio::awaitable<bool> SmtpUpstream::start_tls() {
     fail(watchdog_.expired() ? std::string("handshake timeout") : "handshake: " + ec.message());
     co_return false;
   }
-  log::debug("upstream-tls").kv("session", client_.session)
+  log::debug("upstream-tls").kv("session", client_.id)
       .kv("upstream", up.target).kv("version", SSL_get_version(c_->tls->native_handle()));
   co_return co_await ehlo();  // RFC 3207 §4.2: forget what was learned in plaintext
 }
@@ -486,12 +486,12 @@ std::string SmtpUpstream::xclient_line() const {
     return false;
   };
   std::string line = "XCLIENT";
-  if (has("ADDR")) line += " ADDR=" + xtext(xclient_addr(client_.address));
-  if (has("PORT")) line += fmt::format(" PORT={}", client_.port);
-  if (has("NAME")) line += " NAME=" + (client_.name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.name));
+  if (has("ADDR")) line += " ADDR=" + xtext(xclient_addr(client_.client_ip));
+  if (has("PORT")) line += fmt::format(" PORT={}", client_.client_port);
+  if (has("NAME")) line += " NAME=" + (client_.client_name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.client_name));
   if (has("HELO") && !client_.helo.empty()) line += " HELO=" + xtext(client_.helo);
   if (has("PROTO")) line += client_.esmtp ? " PROTO=ESMTP" : " PROTO=SMTP";
-  if (has("LOGIN") && !client_.login.empty()) line += " LOGIN=" + xtext(client_.login);
+  if (has("LOGIN") && !client_.auth_user.empty()) line += " LOGIN=" + xtext(client_.auth_user);
   line += "\r\n";
   return line;
 }
@@ -502,7 +502,7 @@ asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
   // An identity with a login (XCLIENT LOGIN=) stays this client's: only AUTH
   // relayed over this connection gives one, which keeps it out of the pool
   // already; this holds should that ever change.
-  if (!client_.login.empty()) c_->tainted = true;
+  if (!client_.auth_user.empty()) c_->tainted = true;
   UpstreamReply r;
   if (rset && offers("PIPELINING")) {
     // RFC 2920: RSET need not end a group; both replies come in order.
@@ -515,16 +515,16 @@ asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
     if (!reset.reply.positive()) co_return false;
   } else {
     if (rset) {
-      UpstreamReply reset = co_await command("RSET\r\n", to.upstream_mail);
+      UpstreamReply reset = co_await command(metrics::UpstreamCommand::kRset, "RSET\r\n", to.upstream_mail);
       if (reset.connection_lost || !reset.reply.positive()) co_return false;
     }
-    r = co_await command(line, to.upstream_greeting);
+    r = co_await command(metrics::UpstreamCommand::kXclient, line, to.upstream_greeting);
   }
   if (r.connection_lost) co_return false;
   if (!r.reply.positive()) {  // Postfix answers 220; simpler servers (smtp-sink) 250
     if (rset) co_return false;  // a pooled connection speaks for its last client still
     // Not authorized (smtpd_authorized_xclient_hosts): carry on without it.
-    log::warning("upstream-xclient-refused").kv("session", client_.session).kv("upstream", config_->upstream.target)
+    log::warning("upstream-xclient-refused").kv("session", client_.id).kv("upstream", config_->upstream.target)
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
     co_return true;
   }
@@ -537,7 +537,7 @@ asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
   // XCLIENT), or an MTA that answers each client differently; either way a
   // new connection is the safe one.
   if (rset && c_->xclient && c_->capabilities != offered) {
-    log::info("upstream-pool-discard").kv("session", client_.session).kv("upstream", config_->upstream.target)
+    log::info("upstream-pool-discard").kv("session", client_.id).kv("upstream", config_->upstream.target)
         .kv("reason", "EHLO after XCLIENT offered something else");
     c_->xclient = false;
   }
@@ -593,17 +593,17 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
     if (xforward_) {
       // XFORWARD (Postfix XFORWARD_README) holds for one transaction.
       std::string xf = fmt::format("XFORWARD ADDR={} PORT={} NAME={} PROTO={}{}\r\n",
-                                   xtext(xclient_addr(client_.address)), client_.port,
-                                   client_.name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.name),
+                                   xtext(xclient_addr(client_.client_ip)), client_.client_port,
+                                   client_.client_name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.client_name),
                                    client_.esmtp ? "ESMTP" : "SMTP",
                                    client_.helo.empty() ? std::string() : " HELO=" + xtext(client_.helo));
-      UpstreamReply x = co_await command(xf, config_->timeouts.upstream_mail);
+      UpstreamReply x = co_await command(metrics::UpstreamCommand::kXforward, xf, config_->timeouts.upstream_mail);
       if (x.connection_lost) {
         if (!reused || attempt > 0 || is_protocol_error(x)) co_return x;
         continue;
       }
       if (!x.reply.positive()) {
-        log::warning("upstream-xforward-refused").kv("session", client_.session)
+        log::warning("upstream-xforward-refused").kv("session", client_.id)
             .kv("reply", fmt::format("{} {}", x.reply.code, x.reply.first_line()));
         xforward_ = false;
       }
@@ -626,7 +626,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
     }
     // Not again after a protocol error: that MTA would be asked to desynchronise twice.
     if (!r.connection_lost || !reused || attempt > 0 || is_protocol_error(r)) break;
-    log::info("upstream-reconnect").kv("session", client_.session).kv("upstream", config_->upstream.target);
+    log::info("upstream-reconnect").kv("session", client_.id).kv("upstream", config_->upstream.target);
   }
   co_return r;
 }
@@ -682,7 +682,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
   output_.assign("RCPT TO:<").append(forward_path.str()).append(">");
   append_params(output_, params, *this);
   output_.append("\r\n");
-  UpstreamReply r = co_await command(output_, config_->timeouts.upstream_rcpt);
+  UpstreamReply r = co_await command(metrics::UpstreamCommand::kRcpt, output_, config_->timeouts.upstream_rcpt);
   co_return checked_rcpt(std::move(r));
 }
 
@@ -705,7 +705,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   const auto& to = config_->timeouts;
   ++c_->messages;
   if (config_->upstream.chunking && offers("CHUNKING")) co_return co_await send_chunked(head, content, offset);
-  UpstreamReply go = checked(co_await command("DATA\r\n", to.upstream_data_init), "data", 354);
+  UpstreamReply go = checked(co_await command(metrics::UpstreamCommand::kData, "DATA\r\n", to.upstream_data_init), "data", 354);
   if (go.reply.code != 354 || go.connection_lost) co_return go;  // refused: relayed verbatim
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".
   DotStuffer stuffer;
@@ -752,7 +752,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
       }
     }
     if (!offered) {
-      log::warning("upstream-auth-unavailable").kv("session", client_.session)
+      log::warning("upstream-auth-unavailable").kv("session", client_.id)
           .kv("upstream", config_->upstream.target).kv("mechanism", mechanism);
       co_return unavailable;
     }
@@ -762,7 +762,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
   c_->tainted = true;
   // Credentials pass through here: nothing of `line` is ever logged.
   output_.assign(line).append("\r\n");
-  co_return co_await command(output_, config_->timeouts.upstream_mail);
+  co_return co_await command(first ? metrics::UpstreamCommand::kAuth : metrics::UpstreamCommand::kOther, output_, config_->timeouts.upstream_mail);
 }
 
 // Appends the spool from `offset` to output_ (dot-stuffed when `stuffer` is
@@ -783,7 +783,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send_content(const S
   for (;;) {
     long n = content.read(offset, chunk.data(), chunk.size());
     if (n < 0) {
-      log::error("spool-error").kv("session", client_.session).kv("op", "read").kv("error", std::strerror(errno));
+      log::error("spool-error").kv("session", client_.id).kv("op", "read").kv("error", std::strerror(errno));
       close("spool read failed");
       co_return local(replies::kSpoolFailed, true);
     }
@@ -821,7 +821,7 @@ asio::awaitable<void> SmtpUpstream::reset() {
     co_return;
   }
   if (state_ != State::kInTransaction) co_return;
-  UpstreamReply r = co_await command("RSET\r\n", config_->timeouts.upstream_mail);
+  UpstreamReply r = co_await command(metrics::UpstreamCommand::kRset, "RSET\r\n", config_->timeouts.upstream_mail);
   if (r.connection_lost) co_return;
   if (!r.reply.positive()) {
     close("RSET refused");
@@ -863,8 +863,8 @@ asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
     caps.dsn = false;
     co_return true;
   }
-  ClientFacts nobody;
-  nobody.session = "probe";
+  SessionFacts nobody;
+  nobody.id = "probe";
   SmtpUpstream probe(executor, config, nobody);
   const bool reached = co_await probe.probe();
   metrics::registry().upstream_reachable = reached;

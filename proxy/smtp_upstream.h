@@ -20,12 +20,13 @@ namespace postern {
 class SmtpUpstream final : public Upstream {
  public:
   SmtpUpstream(const asio::any_io_executor& executor, std::shared_ptr<const Config> config,
-               const ClientFacts& client);
+               const SessionFacts& client);
 
   asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
                                       const std::vector<EsmtpParam>& params, bool hold) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                       const std::vector<EsmtpParam>& params) override;
+  bool mail_held() const override { return state_ == State::kMailHeld; }
   asio::awaitable<UpstreamReply> send_held_mail() override;
   const UpstreamReply& held_mail_reply() const override { return held_reply_; }
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
@@ -73,8 +74,8 @@ class SmtpUpstream final : public Upstream {
   // Reads the next reply owed; the client's reply instead when the connection
   // failed, timed out, or the MTA's octets explain nothing.
   asio::awaitable<std::optional<UpstreamReply>> receive(Reply& reply, Seconds timeout, std::string_view op);
-  // Sends one command line and reads its reply.
-  asio::awaitable<UpstreamReply> command(std::string_view line, Seconds timeout);
+  // Sends one command line (`what`, for the metrics) and reads its reply.
+  asio::awaitable<UpstreamReply> command(metrics::UpstreamCommand what, std::string_view line, Seconds timeout);
   // Reads the reply to a command sent at `sent` (421: the connection ends).
   asio::awaitable<UpstreamReply> reply_to(metrics::UpstreamCommand what, std::chrono::steady_clock::time_point sent,
                                           Seconds timeout);
@@ -99,7 +100,7 @@ class SmtpUpstream final : public Upstream {
                             const SmtpUpstream& self);
 
   std::shared_ptr<const Config> config_;
-  const ClientFacts& client_;
+  const SessionFacts& client_;
   bool xforward_ = false;  // send XFORWARD before each MAIL
   std::unique_ptr<UpstreamConnection> c_;  // never null; a fresh one after release()
   std::shared_ptr<asio::ssl::context> tls_context_;  // built once per upstream, when TLS is configured

@@ -12,6 +12,7 @@
 #include <asio/awaitable.hpp>
 
 #include "filters/address.h"
+#include "filters/session_facts.h"
 #include "filters/spool.h"
 #include "proxy/config.h"
 #include "proxy/smtp_command.h"
@@ -24,17 +25,6 @@ namespace postern {
 struct UpstreamCapabilities {
   std::atomic<bool> smtputf8{false};
   std::atomic<bool> dsn{false};
-};
-
-// The facts of the client connection an upstream may pass on (XCLIENT later).
-struct ClientFacts {
-  std::string session;   // the session's id, on every log line of its upstream
-  std::string address;   // textual IP
-  unsigned short port = 0;
-  std::string helo;
-  bool esmtp = false;
-  std::string name;      // verified (forward-confirmed) reverse DNS name, empty when none
-  std::string login;     // authenticated identity, empty when none
 };
 
 // What the upstream did with a command. Replies from the MTA are relayed
@@ -66,9 +56,15 @@ class Upstream {
                                               const std::vector<EsmtpParam>& params, bool hold) = 0;
   virtual asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                               const std::vector<EsmtpParam>& params) = 0;
-  virtual asio::awaitable<UpstreamReply> send_held_mail() = 0;
+  // Whether a MAIL is held back now: the upstream keeps that state, the
+  // session asks. An upstream that never holds needs none of these three.
+  virtual bool mail_held() const { return false; }
+  virtual asio::awaitable<UpstreamReply> send_held_mail() { co_return UpstreamReply{}; }
   // MAIL's reply after an rcpt() that carried a held MAIL.
-  virtual const UpstreamReply& held_mail_reply() const = 0;
+  virtual const UpstreamReply& held_mail_reply() const {
+    static const UpstreamReply none;
+    return none;
+  }
   // DATA, then `head` (the header section to send: postern's Received and
   // the message's fields, edits applied) followed by the spooled content from
   // `offset`, dot-stuffed, and the end of data; returns the final reply.
@@ -91,14 +87,15 @@ class Upstream {
   virtual bool offers(std::string_view keyword) const = 0;
 };
 
-// `client` is the session's, read when the connection opens; it outlives the upstream.
 // Connects to the MTA once (EHLO, QUIT) and records what it offers; false
 // when the MTA could not be reached (the previous capabilities then stay).
 asio::awaitable<bool> probe_upstream(asio::any_io_executor executor,
                                      std::shared_ptr<const Config> config, UpstreamCapabilities& caps);
 
+// `client` is the session's model, read when the connection opens
+// (XCLIENT/XFORWARD, the EHLO name); it outlives the upstream.
 std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,
                                         std::shared_ptr<const Config> config,
-                                        const ClientFacts& client);
+                                        const SessionFacts& client);
 
 }  // namespace postern

@@ -40,11 +40,6 @@ const Message& need_message(lua_State* L, Invocation& inv) {
 
 namespace {
 
-// std::string, not const char*: the notes maps look keys up as std::string,
-// and these are past the short-string size, so each lookup with a literal
-// allocated (8 allocations a message in carry_session_symbols, heaptrack).
-const std::string kSessionSymbolsNote = "postern.lua.symbols";
-const std::string kCarriedNote = "postern.lua.carried";
 constexpr std::size_t kMaxHeaderEdits = 256;
 constexpr std::size_t kMaxRecipientChanges = 1000;
 constexpr std::size_t kMaxHeaderLine = 998;  // RFC 5322 §2.1.1
@@ -207,8 +202,7 @@ int ctx_has_symbol(lua_State* L) {
   bool found = false;
   for (const Symbol& s : inv.ctx->transaction.symbols) found = found || s.name == name;
   if (!found && inv.ctx->stage < Stage::kMail) {
-    auto it = inv.ctx->session.notes.find(kSessionSymbolsNote);
-    found = it != inv.ctx->session.notes.end() && ("\n" + it->second).find("\n" + name + "\t") != std::string::npos;
+    for (const Symbol& s : inv.ctx->session.symbols) found = found || s.name == name;
   }
   lua_pushboolean(L, found);
   return 1;
@@ -556,50 +550,24 @@ void push_ctx(lua_State* L, Invocation& inv) {
   luaL_setmetatable(L, kCtxMeta);
 }
 
+// One hit per symbol name and transaction; before MAIL, per session.
 void add_symbol(FilterContext& ctx, Symbol s) {
-  if (ctx.stage < Stage::kMail) {
-    // No transaction yet: keep it for the transactions of this session.
-    std::string& list = ctx.session.notes[kSessionSymbolsNote];
-    if (("\n" + list).find("\n" + s.name + "\t") != std::string::npos) return;
-    char score[32];
-    std::snprintf(score, sizeof score, "%.17g", s.score);
-    std::string desc = s.description;
-    std::replace(desc.begin(), desc.end(), '\t', ' ');
-    list += s.name + "\t" + score + "\t" + desc + "\n";
-    return;
+  // No transaction yet: the session keeps it for each of its transactions.
+  std::vector<Symbol>& have = ctx.stage < Stage::kMail ? ctx.session.symbols : ctx.transaction.symbols;
+  for (const Symbol& h : have) {
+    if (h.name == s.name) return;
   }
-  for (const Symbol& have : ctx.transaction.symbols) {
-    if (have.name == s.name) return;  // one hit per symbol and transaction
-  }
-  ctx.transaction.add_symbol(std::move(s));
-}
-
-std::vector<Symbol> pending_session_symbols(const SessionFacts& session) {
-  std::vector<Symbol> out;
-  auto it = session.notes.find(kSessionSymbolsNote);
-  if (it == session.notes.end()) return out;
-  std::string_view list = it->second;
-  while (!list.empty()) {
-    std::size_t eol = list.find('\n');
-    std::string_view line = list.substr(0, eol);
-    list.remove_prefix(eol == std::string_view::npos ? list.size() : eol + 1);
-    std::size_t t1 = line.find('\t');
-    std::size_t t2 = t1 == std::string_view::npos ? t1 : line.find('\t', t1 + 1);
-    if (t2 == std::string_view::npos) continue;
-    out.push_back(Symbol{std::string(line.substr(0, t1)),
-                         std::strtod(std::string(line.substr(t1 + 1, t2 - t1 - 1)).c_str(), nullptr),
-                         std::string(line.substr(t2 + 1))});
-  }
-  return out;
+  if (ctx.stage < Stage::kMail) have.push_back(std::move(s));
+  else ctx.transaction.add_symbol(std::move(s));
 }
 
 void carry_session_symbols(FilterContext& ctx) {
-  if (ctx.transaction.notes.count(kCarriedNote) || !ctx.session.notes.count(kSessionSymbolsNote)) return;
-  ctx.transaction.notes[kCarriedNote] = "1";
-  for (Symbol& s : pending_session_symbols(ctx.session)) {
+  if (ctx.transaction.session_symbols_taken) return;
+  ctx.transaction.session_symbols_taken = true;
+  for (const Symbol& s : ctx.session.symbols) {
     bool dup = false;
     for (const Symbol& have : ctx.transaction.symbols) dup = dup || have.name == s.name;
-    if (!dup) ctx.transaction.add_symbol(std::move(s));
+    if (!dup) ctx.transaction.add_symbol(s);
   }
 }
 

@@ -64,11 +64,6 @@ class LuaFilter final : public Filter {
   std::unique_ptr<LuaRuntime> rt_;
 };
 
-// Symbols rules added before MAIL (connect, helo) are kept in the session's
-// notes and join each transaction at MAIL; a session refused before MAIL
-// can log them from here.
-std::vector<Symbol> pending_session_symbols(const SessionFacts& session);
-
 // The factory the proxy calls once per I/O thread at start and again on
 // reload; throws LuaLoadError, leaving whatever ran before untouched.
 std::shared_ptr<Filter> make_lua_filter(const LuaOptions& options, Resolver* dns);

@@ -163,7 +163,7 @@ asio::awaitable<void> run_session(const FilterChain& chain, const Fixture& fx, O
   TransactionFacts txn;
   auto decide = [&](Stage s, const Verdict& v) {
     if (s < Stage::kMail) {  // no transaction yet: report the session's symbols
-      for (Symbol& sym : pending_session_symbols(session)) txn.add_symbol(std::move(sym));
+      for (const Symbol& sym : session.symbols) txn.add_symbol(sym);
     }
     out.decided = v;
     out.stage = stage_name(s);

@@ -147,6 +147,23 @@ def test_require_tls(postern, sink, tmp_path, certs):
     assert [e[2] for e in sink.commands("MAIL")] == ["a@example.org"]
 
 
+def test_require_tls_bdat_chunk_is_dropped(postern, sink, tmp_path, certs):
+    """A BDAT refused before TLS still has its chunk read and dropped (RFC 3030
+    §2): octets that look like commands inside it are never commands, for
+    every size from the empty chunk up."""
+    _, (port,) = start_tls_postern(postern, sink, tmp_path, certs,
+                                   [{"tls": "starttls", "require_tls": True}])
+    for chunk in (b"", b"NOOP\r\n", b"QUIT\r\n", b"RSET\r\nQUIT\r\n", b"STARTTLS\r\n" * 40):
+        with SmtpClient(port) as c:
+            c.ehlo()
+            c.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+            check_reply(c.read_reply(), 530, "5.7.0")
+            # The next reply is NOOP's own: nothing in the chunk was answered.
+            c.expect("NOOP", 250)
+            assert not c.buf, bytes(c.buf)
+    assert sink.commands("MAIL") == []
+
+
 def test_require_tls_swaks(postern, sink, tmp_path, certs):
     _, (port,) = start_tls_postern(postern, sink, tmp_path, certs,
                                    [{"tls": "starttls", "require_tls": True}])

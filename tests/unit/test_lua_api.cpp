@@ -137,6 +137,30 @@ TEST_CASE("lua api: symbols from connect and helo reach the transaction at MAIL"
   CHECK(h.txn.symbols.size() == 1);
 }
 
+TEST_CASE("lua api: symbols before MAIL are typed session facts, exact and once each", "[lua]") {
+  LuaHarness h;
+  // A score no decimal text round-trips short of 17 digits, a description with
+  // a tab and a newline: kept as given, not encoded into notes and parsed back.
+  auto f = h.load("postern.rule{name='EARLY', stage='connect', score=0.1, fn=function(ctx)\n"
+                  "  ctx:symbol('EARLY', 0.1 + 0.2, 'a\\tb') ctx:symbol('EARLY', 9) ctx:symbol('SECOND', -1e-9)\n"
+                  "  if not ctx:has_symbol('EARLY') then error('has_symbol before MAIL') end end}\n"
+                  "postern.rule{name='HELO_SEES', stage='helo', fn=function(ctx)\n"
+                  "  if not ctx:has_symbol('SECOND') then error('has_symbol at helo') end end}\n");
+  h.run(*f, Stage::kConnect);
+  REQUIRE(h.session.symbols.size() == 2);
+  CHECK(h.session.symbols[0].name == "EARLY");
+  CHECK(h.session.symbols[0].score == 0.1 + 0.2);
+  CHECK(h.session.symbols[0].description == "a\tb");
+  CHECK(h.session.symbols[1].score == -1e-9);
+  CHECK(h.session.notes.empty());  // nothing written into the rules' notes
+  CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kContinue);
+  h.run(*f, Stage::kMail);
+  REQUIRE(h.txn.symbols.size() == 2);
+  CHECK(h.txn.symbols[0].score == 0.1 + 0.2);
+  CHECK(h.txn.session_symbols_taken);
+  CHECK(h.txn.score == 0.1 + 0.2 + -1e-9);
+}
+
 TEST_CASE("lua api: header changes are validated and recorded", "[lua]") {
   LuaHarness h;
   h.set_message(kMessage);

@@ -8,7 +8,13 @@
 #include "proxy/smtp_command.h"
 #include "test_util.h"
 
+using postern::BdatArgs;
 using postern::Command;
+using postern::EsmtpOffer;
+using postern::EsmtpParam;
+using postern::check_mail_param;
+using postern::check_rcpt_param;
+using postern::parse_bdat_args;
 using postern::LineScan;
 using postern::PathArgs;
 using postern::Verb;
@@ -53,19 +59,18 @@ TEST_CASE("parse_command: every verb in upper, lower and mixed case", "[smtp_com
   const std::vector<Case> cases{
       {"EHLO", Verb::kEhlo, kArgsRequired},
       {"HELO", Verb::kHelo, kArgsRequired},
-      {"MAIL", Verb::kMail, kArgsRequired},
-      {"RCPT", Verb::kRcpt, kArgsRequired},
-      {"DATA", Verb::kData, kArgsNone},
+      {"MAIL", Verb::kMail, kArgsRequired | kTlsPolicy | kNeedsHelo | kNoTransaction},
+      {"RCPT", Verb::kRcpt, kArgsRequired | kTlsPolicy | kNeedsMail},
+      {"DATA", Verb::kData, kArgsNone | kTlsPolicy | kNeedsMail | kNeedsRcpt},
       {"RSET", Verb::kRset, kArgsNone},
       {"NOOP", Verb::kNoop, 0},
       {"QUIT", Verb::kQuit, kArgsNone},
       {"HELP", Verb::kHelp, 0},
       {"VRFY", Verb::kVrfy, kArgsRequired},
       {"EXPN", Verb::kExpn, kNotImplemented},
-      {"STARTTLS", Verb::kStarttls, kArgsNone},
-      {"AUTH", Verb::kAuth, kArgsRequired},
-      // BDAT is not the end of a group: its chunk follows it (RFC 3030 §4.2).
-      {"BDAT", Verb::kBdat, kArgsRequired},
+      {"STARTTLS", Verb::kStarttls, kArgsNone | kOffered | kForbidsTls},
+      {"AUTH", Verb::kAuth, kArgsRequired | kOffered | kNeedsTls | kNeedsEhlo | kNoTransaction},
+      {"BDAT", Verb::kBdat, kArgsRequired | kTlsPolicy | kNeedsMail | kNeedsRcpt},
   };
   for (const Case& c : cases) {
     for (const std::string& spelled : {c.name, lower(c.name), mixed(c.name)}) {
@@ -397,5 +402,231 @@ TEST_CASE("parse_mail_args: SMTPUTF8 keeps the domain grammar", "[smtp_command][
   };
   for (const PathCase& c : cases) {
     DYNAMIC_SECTION("MAIL " << escape(c.args) << " SMTPUTF8") { check_path_case(c, true); }
+  }
+}
+
+TEST_CASE("check_mail_param: SIZE, BODY, SMTPUTF8, RET, ENVID and what is not offered", "[smtp_command][esmtp]") {
+  const EsmtpOffer all{true, true, true, 1000};
+  auto p = [](std::string k, std::string v = "", bool has = true) { return EsmtpParam{k, v, has}; };
+  const replies::Def* ok = nullptr;
+  struct Case {
+    EsmtpParam param;
+    const replies::Def* want;
+  };
+  for (const Case& c : std::initializer_list<Case>{
+           {p("SIZE", "0"), ok},
+           {p("SIZE", "1000"), ok},
+           {p("SIZE", "1001"), &replies::kSizeExceeded},
+           {p("SIZE", "99999999999999999999"), &replies::kSizeExceeded},  // 20 digits: valid, too big
+           {p("SIZE", "999999999999999999999"), &replies::kBadParameter},  // 21 digits
+           {p("SIZE", "12a"), &replies::kBadParameter},
+           {p("SIZE", "-1"), &replies::kBadParameter},
+           {p("SIZE", "", false), &replies::kBadParameter},
+           {p("SIZE", ""), &replies::kBadParameter},
+           {p("BODY", "8bitmime"), ok},
+           {p("BODY", "7BIT"), ok},
+           {p("BODY", "BINARYMIME"), &replies::kBadParameter},  // RFC 3030 BINARYMIME is not offered
+           {p("BODY", "", false), &replies::kBadParameter},
+           {p("SMTPUTF8", "", false), ok},
+           {p("SMTPUTF8", "yes"), &replies::kBadParameter},
+           {p("RET", "hdrs"), ok},
+           {p("RET", "FULL"), ok},
+           {p("RET", "NONE"), &replies::kBadParameter},
+           {p("ENVID", "QQ+2B314"), ok},
+           {p("ENVID", "a=b"), &replies::kBadParameter},     // '=' must be +3D
+           {p("ENVID", "a+2b"), &replies::kBadParameter},    // lower-case hex
+           {p("ENVID", "a+2"), &replies::kBadParameter},     // cut short
+           {p("ENVID", "a b"), &replies::kBadParameter},
+           {p("ENVID", std::string(101, 'x')), &replies::kBadParameter},
+           {p("AUTH", "<>"), &replies::kUnknownParameter},
+           {p("XYZZY", "", false), &replies::kUnknownParameter},
+       }) {
+    INFO(c.param.keyword << "=" << c.param.value);
+    CHECK(check_mail_param(c.param, all) == c.want);
+  }
+  // Not offered: the extension's keywords are unknown parameters; after HELO, all are.
+  const EsmtpOffer plain{true, false, false, 1000};
+  CHECK(check_mail_param(p("SMTPUTF8", "", false), plain) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("RET", "FULL"), plain) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("ENVID", "x"), plain) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("BODY", "8BITMIME"), plain) == nullptr);
+  const EsmtpOffer helo{false, true, true, 1000};
+  CHECK(check_mail_param(p("SIZE", "10"), helo) == &replies::kUnknownParameter);
+  CHECK(check_mail_param(p("BODY", "8BITMIME"), helo) == &replies::kUnknownParameter);
+}
+
+TEST_CASE("check_rcpt_param: NOTIFY and ORCPT only with DSN", "[smtp_command][esmtp]") {
+  const EsmtpOffer dsn{true, false, true, 1000};
+  auto p = [](std::string k, std::string v = "", bool has = true) { return EsmtpParam{k, v, has}; };
+  CHECK(check_rcpt_param(p("NOTIFY", "NEVER"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("NOTIFY", "success,Failure,DELAY"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("NOTIFY", "NEVER,SUCCESS"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("NOTIFY", "SUCCESS,,DELAY"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("NOTIFY", "SOMETIMES"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("NOTIFY", "", false), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a@example.org"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a+2Bb@example.org"), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("ORCPT", ";a@example.org"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "a@example.org"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a=b"), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;" + std::string(494, 'a')), dsn) == &replies::kBadParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;" + std::string(493, 'a')), dsn) == nullptr);
+  CHECK(check_rcpt_param(p("XYZZY", "1"), dsn) == &replies::kUnknownParameter);
+  const EsmtpOffer no_dsn{true, true, false, 1000};
+  CHECK(check_rcpt_param(p("NOTIFY", "NEVER"), no_dsn) == &replies::kUnknownParameter);
+  CHECK(check_rcpt_param(p("ORCPT", "rfc822;a@example.org"), no_dsn) == &replies::kUnknownParameter);
+}
+
+TEST_CASE("parse_bdat_args: chunk-size [LAST], nothing else", "[smtp_command][bdat]") {
+  struct Case {
+    std::string_view args;
+    bool valid;
+    std::uint64_t size;
+    bool last;
+  };
+  for (const Case& c : std::initializer_list<Case>{
+           {"0", true, 0, false},
+           {"0 LAST", true, 0, true},
+           {"100 last", true, 100, true},
+           {"100 LaSt", true, 100, true},
+           {"999999999999999", true, 999999999999999ull, false},  // 15 digits
+           {"1000000000000000", false, 0, false},                 // 16 digits
+           {"", false, 0, false},
+           {"LAST", false, 0, false},
+           {"-1", false, 0, false},
+           {"+1", false, 0, false},
+           {"1x", false, 0, false},
+           {"0x10", false, 0, false},
+           {"10 FIRST", false, 0, false},
+           {"10 LAST LAST", false, 0, false},
+           {"10 LASTX", false, 0, false},
+           {"10  LAST", false, 0, false},
+       }) {
+    INFO(escape(c.args));
+    BdatArgs a = parse_bdat_args(c.args);
+    CHECK(a.valid == c.valid);
+    if (c.valid) {
+      CHECK(a.size == c.size);
+      CHECK(a.last == c.last);
+    }
+  }
+}
+
+namespace {
+
+const postern::CommandSpec& spec_of(std::string_view verb) {
+  static std::vector<std::string> lines;  // parse_command's views point into them
+  lines.emplace_back(verb);
+  const postern::CommandSpec* spec = postern::parse_command(lines.back()).spec;
+  REQUIRE(spec != nullptr);
+  return *spec;
+}
+
+}  // namespace
+
+TEST_CASE("check_syntax: arguments where none belong, none where required", "[smtp_command][preconditions]") {
+  using namespace postern;
+  CHECK(check_syntax(spec_of("EXPN"), true).reply == &replies::kNotImplemented);
+  CHECK(check_syntax(spec_of("DATA"), true).reply == &replies::kNoArguments);
+  CHECK(check_syntax(spec_of("QUIT"), true).reply == &replies::kNoArguments);
+  CHECK(check_syntax(spec_of("STARTTLS"), true).reply == &replies::kNoArguments);
+  CHECK(check_syntax(spec_of("EHLO"), false).reply == &replies::kHeloSyntax);
+  CHECK(check_syntax(spec_of("HELO"), false).reply == &replies::kHeloSyntax);
+  CHECK(check_syntax(spec_of("MAIL"), false).reply == &replies::kMailSyntax);
+  CHECK(check_syntax(spec_of("RCPT"), false).reply == &replies::kRcptSyntax);
+  CHECK(check_syntax(spec_of("AUTH"), false).reply == &replies::kArgsSyntax);
+  CHECK(check_syntax(spec_of("BDAT"), false).reply == &replies::kArgsSyntax);
+  CHECK(check_syntax(spec_of("VRFY"), false).reply == &replies::kArgsSyntax);
+  for (std::string_view v : {"NOOP", "HELP"}) {
+    CHECK_FALSE(check_syntax(spec_of(v), true));
+    CHECK_FALSE(check_syntax(spec_of(v), false));
+  }
+  CHECK(check_syntax(spec_of("EXPN"), true).client_error);
+}
+
+TEST_CASE("check_preconditions: each verb's place in the dialogue, one exact reply", "[smtp_command][preconditions]") {
+  using namespace postern;
+  DialogueState fresh;  // connected, plaintext, nothing offered
+  DialogueState greeted = fresh;
+  greeted.phase = Phase::kGreeted;
+  greeted.esmtp = true;
+  DialogueState mail = greeted;
+  mail.phase = Phase::kTransaction;
+  DialogueState rcpt = mail;
+  rcpt.recipients = 1;
+  rcpt.rcpt_commands = 1;
+
+  SECTION("MAIL needs HELO, no open transaction, TLS where required") {
+    CHECK(check_preconditions(spec_of("MAIL"), fresh).reply == &replies::kNeedHelo);
+    CHECK_FALSE(check_preconditions(spec_of("MAIL"), greeted));
+    CHECK(check_preconditions(spec_of("MAIL"), mail).reply == &replies::kNestedMail);
+    DialogueState s = greeted;
+    s.tls_required = true;
+    CHECK(check_preconditions(spec_of("MAIL"), s).reply == &replies::kTlsRequired);
+    s.tls = true;
+    CHECK_FALSE(check_preconditions(spec_of("MAIL"), s));
+    DialogueState helo = greeted;
+    helo.esmtp = false;  // HELO is enough for MAIL
+    CHECK_FALSE(check_preconditions(spec_of("MAIL"), helo));
+  }
+  SECTION("RCPT needs MAIL and a transaction the upstream did not lose") {
+    CHECK(check_preconditions(spec_of("RCPT"), fresh).reply == &replies::kNeedMail);
+    CHECK(check_preconditions(spec_of("RCPT"), greeted).reply == &replies::kNeedMail);
+    CHECK_FALSE(check_preconditions(spec_of("RCPT"), mail));
+    DialogueState s = mail;
+    s.transaction_failed = true;
+    Refusal r = check_preconditions(spec_of("RCPT"), s);
+    CHECK(r.reply == &replies::kTransactionFailed);
+    CHECK_FALSE(r.client_error);  // not the client's fault
+  }
+  for (std::string_view verb : {"DATA", "BDAT"}) {
+    DYNAMIC_SECTION(verb << " needs HELO, MAIL, an accepted recipient") {
+      CHECK(check_preconditions(spec_of(verb), fresh).reply == &replies::kNeedHelo);
+      CHECK(check_preconditions(spec_of(verb), greeted).reply == &replies::kNeedMail);
+      Refusal none = check_preconditions(spec_of(verb), mail);
+      CHECK(none.reply == &replies::kNeedRcpt);
+      CHECK(none.client_error);
+      DialogueState refused = mail;
+      refused.rcpt_commands = 2;  // every RCPT was refused: a pipelining client's DATA
+      Refusal all_refused = check_preconditions(spec_of(verb), refused);
+      CHECK(all_refused.reply == &replies::kNoValidRecipients);
+      CHECK_FALSE(all_refused.client_error);
+      CHECK_FALSE(check_preconditions(spec_of(verb), rcpt));
+      DialogueState lost = rcpt;
+      lost.transaction_failed = true;
+      CHECK(check_preconditions(spec_of(verb), lost).reply == &replies::kTransactionFailed);
+      DialogueState plain = rcpt;
+      plain.tls_required = true;
+      CHECK(check_preconditions(spec_of(verb), plain).reply == &replies::kTlsRequired);
+    }
+  }
+  SECTION("STARTTLS: offered by the listener, never under TLS") {
+    CHECK(check_preconditions(spec_of("STARTTLS"), greeted).reply == &replies::kNotImplemented);
+    DialogueState s = fresh;
+    s.starttls_offered = true;
+    CHECK_FALSE(check_preconditions(spec_of("STARTTLS"), s));  // before EHLO too (RFC 3207 allows it)
+    s.tls = true;
+    CHECK(check_preconditions(spec_of("STARTTLS"), s).reply == &replies::kTlsAlreadyActive);
+  }
+  SECTION("AUTH: offered, under TLS, after EHLO, once, outside a transaction — in that order") {
+    DialogueState s = fresh;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthNotOffered);
+    s.auth_offered = true;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthNeedsTls);
+    s.tls = true;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kNeedHelo);
+    s.phase = Phase::kGreeted;  // after HELO: AUTH is an ESMTP extension
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kNeedHelo);
+    s.esmtp = true;
+    CHECK_FALSE(check_preconditions(spec_of("AUTH"), s));
+    s.phase = Phase::kTransaction;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthInTransaction);
+    s.authenticated = true;
+    CHECK(check_preconditions(spec_of("AUTH"), s).reply == &replies::kAuthAlready);
+  }
+  SECTION("verbs without preconditions pass in any phase") {
+    for (std::string_view verb : {"EHLO", "HELO", "RSET", "NOOP", "QUIT", "HELP", "VRFY"}) {
+      for (const DialogueState& s : {fresh, greeted, mail, rcpt}) CHECK_FALSE(check_preconditions(spec_of(verb), s));
+    }
   }
 }

@@ -1,0 +1,322 @@
+#include "proxy/delivery.h"
+
+#include <algorithm>
+#include <ctime>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "filters/arc/arc_seal.h"
+#include "filters/audit/audit_log.h"
+#include "filters/dkim/dkim_signer.h"
+#include "proxy/log.h"
+#include "proxy/maildir_upstream.h"
+#include "proxy/metrics.h"
+#include "proxy/verdict_reply.h"
+
+namespace postern {
+namespace {
+
+// Formatted once a second per thread (bench/README.md).
+std::string rfc5322_date() {
+  thread_local std::time_t cached_at = -1;
+  thread_local std::string cached;
+  std::time_t t = std::time(nullptr);
+  if (t != cached_at) {
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[64];
+    std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    cached.assign(buf, n);
+    cached_at = t;
+  }
+  return cached;
+}
+
+long long elapsed_ms(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since).count();
+}
+
+// The MTA's 421 behind a reply: never a 250 for the message.
+UpstreamReply closing_reply(UpstreamReply r) {
+  if (r.reply.code != 421) r.reply = local_reply(replies::kUpstreamClosing).reply;
+  return r;
+}
+
+void write_audit(const SessionFacts& session, const TransactionFacts& transaction, Outcome outcome,
+                 const UpstreamReply& result, std::string_view stage, const std::string& reason,
+                 const std::string& rule, std::uint64_t size, const AuditHeaders& headers, bool dkim_signed) {
+  std::shared_ptr<AuditLog> audit = current_audit_log();
+  if (!audit) return;
+  std::string reply = fmt::format("{} {}", result.reply.code, result.reply.text);
+  std::replace(reply.begin(), reply.end(), '\n', ' ');
+  AuditEntry entry{session, transaction, std::string(outcome_name(outcome)), std::move(reply),
+                   result.local ? "postern" : "upstream", std::string(stage), reason, size,
+                   headers.message_id, headers.from_domain, rule, dkim_signed};
+  if (!audit->write(audit_json(entry))) {
+    log::warning("audit-dropped").kv("session", session.id).kv("id", transaction.id).kv("queued_limit", "full");
+  }
+}
+
+}  // namespace
+
+Outcome outcome_of(const Reply& reply, bool redirected) {
+  if (reply.positive()) return redirected ? Outcome::kRedirected : Outcome::kRelayed;
+  return reply.klass() == 4 ? Outcome::kTempfailed : Outcome::kRejected;
+}
+
+UpstreamReply local_reply(const replies::Def& def) {
+  return UpstreamReply{Reply{def.code, std::string(def.text)}, true};
+}
+
+std::string received_header(const std::string& hostname, const SessionFacts& session,
+                            const TransactionFacts& transaction) {
+  const std::string& address = session.client_ip;
+  std::string ip = address.find(':') != std::string::npos ? "IPv6:" + address : address;
+  // RFC 3848: ESMTPS when the session is under TLS; the protocol and cipher
+  // go in a comment, as Postfix writes them.
+  std::string with = session.esmtp ? "ESMTP" : "SMTP";
+  if (session.tls.active) with += "S";
+  if (!session.auth_user.empty()) with += "A";
+  if (session.tls.active) with += fmt::format(" ({} {})", session.tls.version, session.tls.cipher);
+  // The name is the verified one (forward-confirmed, Postfix's "unknown"
+  // otherwise). Three lines as Postfix writes them, each folded further only when the
+  // client made it long (a HELO name or a recipient near the command line
+  // limit): no line over 998 octets (RFC 5322 §2.1.1, issue 15).
+  constexpr std::size_t kLine = 990;
+  auto continued = [](std::string_view text) { return "\t" + fold_header_field("", text, kLine).substr(2); };
+  std::string header = fold_header_field(
+      "Received",
+      fmt::format("from {} ({} [{}])", session.helo, session.client_name.empty() ? "unknown" : session.client_name, ip),
+      kLine);
+  header += continued(fmt::format("by {} (postern) with {} id {}", hostname, with, transaction.id));
+  if (transaction.recipients.size() == 1) {
+    header += continued(fmt::format("for <{}>; {}", transaction.recipients[0].str(), rfc5322_date()));
+  } else {
+    header += continued(fmt::format("; {}", rfc5322_date()));
+  }
+  return header;
+}
+
+std::string Delivery::received() const {
+  return received_header(ctx_.config.server.hostname, ctx_.session, ctx_.transaction);
+}
+
+asio::awaitable<Fate> Delivery::deliver(const Message& message, const Verdict& verdict) {
+  Fate fate;
+  fate.reason = verdict.reason;
+  fate.rule = verdict.rule;
+  if (verdict.decisive()) fate.verdict = action_name(verdict.action);
+  bool named = false;  // the verdict names the outcome; else the reply does
+  switch (verdict.action) {
+    case Verdict::Action::kContinue:
+    case Verdict::Action::kAccept:
+      fate.reply = co_await relay(message, fate.dkim_signed);
+      break;
+    case Verdict::Action::kDiscard:
+      // The client hears 250 and the message goes nowhere, by policy.
+      fate.reply = UpstreamReply{Reply{250, "2.0.0 Ok: discarded"}, true};
+      fate.outcome = Outcome::kDiscarded;
+      named = true;
+      break;
+    case Verdict::Action::kQuarantine:
+      fate.reply = quarantine(message, verdict);
+      if (fate.reply.reply.positive()) {
+        fate.outcome = Outcome::kQuarantined;
+        named = true;
+      }
+      break;
+    default:  // reject, tempfail, disconnect
+      fate.reply = UpstreamReply{verdict_reply(verdict, Stage::kEom), true};
+      fate.disconnect = verdict.action == Verdict::Action::kDisconnect;
+      break;
+  }
+  if (!named && fate.reply.reply.positive() && ctx_.transaction.recipients.empty()) {
+    fate.outcome = Outcome::kDiscarded;  // the filters removed every recipient
+    named = true;
+  }
+  if (!named) fate.outcome = outcome_of(fate.reply.reply, ctx_.transaction.changes.redirect.has_value());
+  if (current_audit_log()) {
+    AuditHeaders headers = audit_message_headers(message);
+    fate.message_id = std::move(headers.message_id);
+    fate.from_domain = std::move(headers.from_domain);
+  }
+  if (!fate.reply.connection_lost) co_await ctx_.upstream.reset();
+  co_return fate;
+}
+
+asio::awaitable<Fate> Delivery::refuse(const replies::Def& def, std::string reason) {
+  Fate fate;
+  fate.reply = local_reply(def);
+  fate.outcome = outcome_of(fate.reply.reply, false);
+  fate.reason = std::move(reason);
+  co_await ctx_.upstream.reset();
+  co_return fate;
+}
+
+void Delivery::record(const Fate& fate) const {
+  const SessionFacts& s = ctx_.session;
+  const TransactionFacts& t = ctx_.transaction;
+  metrics::message_done(fate.outcome, ctx_.size, metrics::seconds_since(ctx_.content_end),
+                        metrics::seconds_since(ctx_.started));
+  // The line's values are built only when info lines are written
+  // (bench/README.md).
+  if (log::enabled(log::Level::kInfo)) {
+    std::string to;
+    for (const Mailbox& m : t.recipients) {
+      if (!to.empty()) to.push_back(',');
+      to.append("<").append(m.str()).append(">");
+    }
+    std::string symbols;
+    for (const Symbol& sym : t.symbols) {
+      if (!symbols.empty()) symbols.push_back(',');
+      symbols.append(sym.name).append(fmt::format("({:.2f})", sym.score));
+    }
+    const UpstreamReply& r = fate.reply;
+    log::Line line = log::info("message");
+    line.kv("session", s.id).kv("id", t.id)
+        .kv("client", s.client_ip).kv("from", "<" + t.reverse_path.str() + ">").kv("to", to)
+        .kv("size", ctx_.size).kv("result", outcome_name(fate.outcome)).kv("by", r.local ? "postern" : "upstream")
+        .kv("upstream", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
+    if (!symbols.empty()) line.kv("score", fmt::format("{:.2f}", t.score)).kv("symbols", symbols);
+    if (!fate.verdict.empty()) line.kv("verdict", fate.verdict).kv("reason", fate.reason);
+    line.kv("duration_ms", elapsed_ms(ctx_.started));
+  }
+  write_audit(s, t, fate.outcome, fate.reply, "eom", fate.reason, fate.rule, ctx_.size,
+              AuditHeaders{fate.message_id, fate.from_domain}, fate.dkim_signed);
+}
+
+void audit_mail_refusal(const SessionFacts& session, const TransactionFacts& transaction, const Reply& reply,
+                        const Verdict& verdict) {
+  write_audit(session, transaction, outcome_of(reply, false), UpstreamReply{reply, true}, "mail", verdict.reason,
+              verdict.rule, 0, AuditHeaders{}, false);
+}
+
+// Relays the message with the filters' changes: a changed envelope is sent
+// again (RSET, MAIL, RCPT...), a changed header section is rendered anew.
+asio::awaitable<UpstreamReply> Delivery::relay(const Message& message, bool& dkim_signed) {
+  const Changes& changes = ctx_.transaction.changes;
+  if (changes.envelope_changed()) {
+    UpstreamReply redo = co_await redo_envelope();
+    // Refused, or nobody left to relay to: the MTA's transaction (still
+    // open for the old recipients when none are left) takes no content.
+    if (!redo.reply.positive() || ctx_.transaction.recipients.empty()) co_return redo;
+  }
+  const Config& config = ctx_.config;
+  const DkimSigner* signer = config.auth.dkim.signer.get();
+  const bool sign = signer && signer->wants(ctx_.session.client_ip, ctx_.session.auth_user);
+  // A milter's new body (SMFIR_REPLBODY) is relayed, and signed, instead of the received one.
+  std::unique_ptr<Spool> new_body;
+  if (changes.body) {
+    new_body = std::make_unique<Spool>(config.data.spool_memory, config.data.spool_dir);
+    if (!new_body->append(*changes.body) || !new_body->finish()) co_return local_reply(replies::kSpoolFailed);
+  }
+  const Spool& body = new_body ? *new_body : ctx_.spool;
+  const std::size_t body_offset = new_body ? 0 : message.body_offset();
+  const bool as_received = !sign && !new_body && changes.headers.empty() && changes.subject_tag.empty() &&
+                           !message.body_would_fold();
+  std::string head = as_received ? received() : render_header_block(message, changes, received());
+  // A message received without an empty line gets one before its new body.
+  auto separate = [&](std::string& h) {
+    if (new_body && new_body->size() > 0 && !h.ends_with("\r\n\r\n")) h += "\r\n";
+  };
+  separate(head);
+  const std::size_t offset = as_received ? 0 : body_offset;
+  if (sign) {
+    // DKIM signs the fields exactly as relayed, without our Received (RFC
+    // 6376 §5.4); the DKIM-Signature field goes above it.
+    std::string fields = render_header_block(message, changes, "");
+    separate(fields);
+    DkimSignOutcome signed_ = co_await signer->sign_async(fields, body, body_offset);
+    log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
+                   "dkim-sign");
+    line.kv("session", ctx_.session.id).kv("id", ctx_.transaction.id).kv("domain", signed_.domain)
+        .kv("selector", signed_.selector)
+        .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
+                      : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
+    if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+    if (signed_.status == DkimSignOutcome::Status::kError && signer->options().tempfail_on_error) {
+      co_return local_reply(replies::kDkimSignFailed);
+    }
+    head = signed_.field + head;
+    dkim_signed = signed_.status == DkimSignOutcome::Status::kSigned;
+  }
+  if (const ArcSealer* sealer = config.auth.arc.sealer.get()) {
+    // ARC (filters/arc/arc_seal.h): the next hop can believe our A-R.
+    ArcSealOutcome sealed = co_await sealer->seal_relayed(message, ctx_.transaction, body, body_offset);
+    log::Line(sealed.status == ArcSealOutcome::Status::kError ? log::Level::kWarning
+              : sealed.routine                                 ? log::Level::kDebug
+                                                               : log::Level::kInfo, "arc-seal")
+        .kv("session", ctx_.session.id).kv("id", ctx_.transaction.id).kv("domain", sealed.domain)
+        .kv("i", sealed.instance).kv("cv", sealed.cv)
+        .kv("result", sealed.status == ArcSealOutcome::Status::kSealed ? "sealed"
+                      : sealed.status == ArcSealOutcome::Status::kError ? "error" : "skipped")
+        .kv("reason", sealed.reason);
+    head = sealed.fields + head;
+  }
+  UpstreamReply r = co_await ctx_.upstream.data(head, body, offset, ctx_.transaction.reverse_path);
+  if (r.reply.positive()) {
+    metrics::registry().message_relayed_bytes.inc(head.size() + body.size() - std::min(offset, body.size()));
+  }
+  co_return r;
+}
+
+// The envelope after the filters' changes, mirrored to the upstream anew. A
+// recipient the MTA refuses now cannot be refused to the client one by one
+// any more, so any refusal tempfails the whole message: nothing is lost.
+asio::awaitable<UpstreamReply> Delivery::redo_envelope() {
+  TransactionFacts& t = ctx_.transaction;
+  const Changes& c = t.changes;
+  if (c.reverse_path) t.reverse_path = *c.reverse_path;
+  std::vector<Mailbox> rcpts = c.redirect ? *c.redirect : t.recipients;
+  if (!c.redirect) {
+    for (const Mailbox& add : c.add_recipients) rcpts.push_back(add);
+    std::erase_if(rcpts, [&](const Mailbox& m) {
+      for (const Mailbox& r : c.remove_recipients) {
+        if (r.str() == m.str()) return true;
+      }
+      return false;
+    });
+  }
+  t.recipients = rcpts;
+  if (rcpts.empty()) co_return UpstreamReply{Reply{250, "2.0.0 Ok: no recipients left after filtering"}, true};
+  Upstream& upstream = ctx_.upstream;
+  co_await upstream.reset();
+  UpstreamReply r = co_await upstream.mail(t.reverse_path, ctx_.mail_params, false);
+  if (!r.reply.positive() || r.closing) {
+    if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
+    if (r.closing) r = closing_reply(std::move(r));  // MAIL's 250, then the MTA's 421
+    co_return r;
+  }
+  for (const Mailbox& m : rcpts) {
+    UpstreamReply rr = co_await upstream.rcpt(m, {});
+    if (rr.closing) co_return closing_reply(std::move(rr));
+    if (!rr.reply.positive()) {
+      log::warning("redo-rcpt-refused").kv("session", ctx_.session.id).kv("to", "<" + m.str() + ">")
+          .kv("reply", fmt::format("{} {}", rr.reply.code, rr.reply.first_line()));
+      co_return UpstreamReply{Reply{451, "4.3.0 Error: changed recipient refused upstream, try again later"}, true,
+                              rr.connection_lost};
+    }
+  }
+  co_return UpstreamReply{Reply{250, "2.0.0 Ok"}, true};
+}
+
+// Writes the message to the quarantine Maildir with its envelope and reason.
+UpstreamReply Delivery::quarantine(const Message& message, const Verdict& verdict) {
+  const TransactionFacts& t = ctx_.transaction;
+  // Folded like every field postern writes: the reason may carry what the
+  // client sent (issue 15).
+  std::string head = fold_header_field(
+      "X-Postern-Quarantine",
+      fmt::format("session={}; client={}; reason={}", ctx_.session.id, ctx_.session.client_ip,
+                  log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason)));
+  head += fold_header_field("X-Postern-Envelope-From", fmt::format("<{}>", t.reverse_path.str()));
+  for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
+  head += render_header_block(message, t.changes, received());
+  std::string file = deliver_to_maildir(ctx_.config.quarantine.dir, ctx_.config.server.hostname, head, ctx_.spool,
+                                        message.body_offset());
+  if (file.empty()) return local_reply(replies::kSpoolFailed);
+  return UpstreamReply{Reply{250, "2.0.0 Ok: quarantined as " + file}, true};
+}
+
+}  // namespace postern
