@@ -243,6 +243,9 @@ asio::awaitable<void> Session::run() {
     if (!co_await fill()) break;
   }
   co_await flush();
+  // SMTP ends with QUIT, not close_notify: the TLS session stays resumable
+  // from the cache (TLS 1.2 session ids), as tickets are (issue 23).
+  if (tls_) SSL_set_shutdown(tls_->native_handle(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (txn_.active) co_await abandon_transaction();
   if (upstream_) co_await upstream_->quit();
   co_await run_filters(Stage::kClose);
