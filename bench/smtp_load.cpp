@@ -206,7 +206,15 @@ class Conn {
       fail(sh_, "SSL_new failed");
       return false;
     }
-    if (sh_.opt->tls_resume && tls_last_session) SSL_set_session(ssl_, tls_last_session);
+    // A copy, as an MTA keeps its sessions serialized (Postfix's tlsmgr
+    // cache): OpenSSL marks a TLS 1.3 session it resumed as used up, and a
+    // server that sends no new ticket on resumption would get every other
+    // connection as a full handshake.
+    if (sh_.opt->tls_resume && tls_last_session) {
+      SSL_SESSION* copy = SSL_SESSION_dup(tls_last_session);
+      SSL_set_session(ssl_, copy);
+      SSL_SESSION_free(copy);
+    }
     if (SSL_connect(ssl_) != 1) {
       char e[256];
       ERR_error_string_n(ERR_get_error(), e, sizeof e);

@@ -129,7 +129,7 @@ class TicketKeys {
   std::chrono::steady_clock::duration lifetime_ = std::chrono::hours(2);
 };
 
-int ticket_key_callback(SSL*, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+int ticket_key_callback(SSL* ssl, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                         EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int enc) {
   TicketKey key;
   int found = 1;
@@ -148,6 +148,10 @@ int ticket_key_callback(SSL*, unsigned char key_name[16], unsigned char iv[EVP_M
   const int ok = enc ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes.data(), iv)
                      : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes.data(), iv);
   if (ok != 1) return -1;
+  // TLS 1.3: a resumed session gets a fresh ticket (OpenSSL sends none when
+  // the key is current), as clients use a ticket once (RFC 8446 C.4) and
+  // OpenSSL-based ones drop a session after resuming it.
+  if (!enc && SSL_version(ssl) == TLS1_3_VERSION) return 2;
   return found;
 }
 

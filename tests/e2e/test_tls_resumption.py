@@ -112,7 +112,9 @@ def test_returning_client_resumes(postern, sink, tmp_path, cert, version):
         assert s.reused, f"connection {i + 2} did a full handshake"
         assert s.version == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
         s.send(f"again {i}")
-        session = s.quit()
+        previous, session = session, s.quit()
+        if version == ssl.TLSVersion.TLSv1_3:  # a fresh ticket on every resumption (RFC 8446 C.4)
+            assert session.id != previous.id, "no new ticket after a TLS 1.3 resumption"
     assert len(sink.wait_messages(4)) == 4
 
 
@@ -306,3 +308,25 @@ def test_handshake_flood_while_relaying(postern, sink, tmp_path, cert):
     sink.wait_messages(20)
     assert done[0] > 0
     assert worst < 2.0 * SCALE, worst
+
+
+def s_client(port, *args):
+    """openssl s_client -starttls smtp, QUIT, the transcript."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-starttls", "smtp",
+                        "-tls1_3", "-no_ign_eof"] + list(args), input="QUIT\r\n", capture_output=True,
+                       text=True, timeout=30 * SCALE)
+    return r.stdout + r.stderr
+
+
+def test_tls13_resumption_issues_a_fresh_ticket(postern, sink, tmp_path, cert):
+    """A client that uses each ticket once (RFC 8446 C.4) resumes on every
+    return: postern sends a new ticket after each resumption too."""
+    p, port, _ = start(postern, sink, tmp_path, cert)
+    first, second = tmp_path / "s1.pem", tmp_path / "s2.pem"
+    out = s_client(port, "-sess_out", str(first))
+    assert "New, TLSv1.3" in out and out.count("Post-Handshake New Session Ticket arrived") == 1, out
+    out = s_client(port, "-sess_in", str(first), "-sess_out", str(second))
+    assert "Reused, TLSv1.3" in out, out
+    assert "Post-Handshake New Session Ticket arrived" in out, "no ticket after a resumption:\n" + out
+    out = s_client(port, "-sess_in", str(second))
+    assert "Reused, TLSv1.3" in out, out
