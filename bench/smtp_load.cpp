@@ -12,6 +12,12 @@
 // (SO_RCVTIMEO/SO_SNDTIMEO). TCP_NODELAY on every socket; each message's
 // content and the final "." go out in one write.
 //
+// --starttls: after EHLO, STARTTLS (RFC 3207), the TLS handshake (any
+// certificate: the bench measures, it does not authenticate), EHLO again.
+// --tls-resume: each session thread offers the session (TLS 1.3 ticket, or
+// TLS 1.2 ticket / session id) it got on its previous connection, as a
+// returning MTA would; the output counts handshakes and resumed ones.
+//
 // One blocking thread per session: simple, and cheap enough at <= a few
 // hundred sessions; the client is the same for every path measured.
 
@@ -20,6 +26,9 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <algorithm>
 #include <atomic>
@@ -52,6 +61,9 @@ struct Options {
   std::string to = "sink@example.com";
   std::string helo = "bench.example.com";
   int timeout = 60;
+  bool starttls = false;
+  bool tls_resume = false;
+  std::string tls_version;  // "" (highest), "1.2" or "1.3"
 };
 
 const char kUsage[] =
@@ -66,6 +78,9 @@ const char kUsage[] =
     "                     without the final '.'; dot-stuffed by this tool\n"
     "  --from ADDR --to ADDR --helo NAME   envelope and EHLO name\n"
     "  --timeout S        deadline of every read and write, seconds (default 60)\n"
+    "  --starttls         STARTTLS after EHLO, then EHLO again (any certificate)\n"
+    "  --tls-resume       offer each thread's last TLS session on its next connection\n"
+    "  --tls-version V    1.2 or 1.3 only (default: the highest both offer)\n"
     "Output: one JSON object on stdout. Exit 0 when every message got 250.\n";
 
 struct Shared {
@@ -77,7 +92,20 @@ struct Shared {
   std::vector<double> latencies_us;
   std::string error;
   long connections = 0;
+  SSL_CTX* tls = nullptr;
+  std::atomic<long> handshakes{0};
+  std::atomic<long> resumed{0};
 };
+
+// The newest session a connection's server issued (TLS 1.3 sends its tickets
+// after the handshake), kept per session thread for --tls-resume.
+thread_local SSL_SESSION* tls_last_session = nullptr;
+
+int on_new_session(SSL*, SSL_SESSION* s) {
+  if (tls_last_session) SSL_SESSION_free(tls_last_session);
+  tls_last_session = s;
+  return 1;  // we keep the reference
+}
 
 void fail(Shared& sh, const std::string& what) {
   std::lock_guard<std::mutex> lock(sh.mu);
@@ -116,6 +144,15 @@ class Conn {
     std::string ehlo = "EHLO " + o.helo + "\r\n";
     if (!send_all(ehlo)) return false;
     if (!expect("250", "EHLO")) return false;
+    if (o.starttls) {
+      if (last_reply_.find("STARTTLS") == std::string::npos) {
+        fail(sh_, "the server does not offer STARTTLS");
+        return false;
+      }
+      if (!send_all("STARTTLS\r\n") || !expect("220", "STARTTLS")) return false;
+      if (!handshake()) return false;
+      if (!send_all(ehlo) || !expect("250", "EHLO after STARTTLS")) return false;
+    }
     pipelining_ = last_reply_.find("PIPELINING") != std::string::npos;
     return true;
   }
@@ -147,11 +184,48 @@ class Conn {
   }
 
   void close() {
+    if (ssl_) {
+      // After QUIT/221 the server closes; no close_notify exchange, but the
+      // session stays resumable (SSL_free marks it not resumable otherwise).
+      SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+      SSL_free(ssl_);
+      ssl_ = nullptr;
+    }
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
   }
 
  private:
+  bool handshake() {
+    if (!buf_.empty()) {
+      fail(sh_, "data after the 220 to STARTTLS (RFC 3207 forbids it)");
+      return false;
+    }
+    ssl_ = SSL_new(sh_.tls);
+    if (!ssl_ || SSL_set_fd(ssl_, fd_) != 1) {
+      fail(sh_, "SSL_new failed");
+      return false;
+    }
+    // A copy, as an MTA keeps its sessions serialized (Postfix's tlsmgr
+    // cache): OpenSSL marks a TLS 1.3 session it resumed as used up, and a
+    // server that sends no new ticket on resumption would get every other
+    // connection as a full handshake.
+    if (sh_.opt->tls_resume && tls_last_session) {
+      SSL_SESSION* copy = SSL_SESSION_dup(tls_last_session);
+      SSL_set_session(ssl_, copy);
+      SSL_SESSION_free(copy);
+    }
+    if (SSL_connect(ssl_) != 1) {
+      char e[256];
+      ERR_error_string_n(ERR_get_error(), e, sizeof e);
+      fail(sh_, std::string("TLS handshake failed: ") + e);
+      return false;
+    }
+    ++sh_.handshakes;
+    if (SSL_session_reused(ssl_)) ++sh_.resumed;
+    return true;
+  }
+
   bool err(const char* what) {
     fail(sh_, std::string(what) + ": " + std::strerror(errno));
     return false;
@@ -160,7 +234,17 @@ class Conn {
   bool send_all(const std::string& s) {
     size_t off = 0;
     while (off < s.size()) {
-      ssize_t n = ::send(fd_, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+      ssize_t n;
+      if (ssl_) {
+        int w = SSL_write(ssl_, s.data() + off, static_cast<int>(s.size() - off));
+        if (w <= 0) {
+          fail(sh_, "TLS write failed");
+          return false;
+        }
+        n = w;
+      } else {
+        n = ::send(fd_, s.data() + off, s.size() - off, MSG_NOSIGNAL);
+      }
       if (n < 0) {
         if (errno == EINTR) continue;
         return err("send");
@@ -181,7 +265,13 @@ class Conn {
           return false;
         }
         char tmp[4096];
-        ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+        ssize_t n;
+        if (ssl_) {
+          int r = SSL_read(ssl_, tmp, sizeof tmp);
+          n = r > 0 ? r : (SSL_get_error(ssl_, r) == SSL_ERROR_ZERO_RETURN ? 0 : -1);
+        } else {
+          n = ::recv(fd_, tmp, sizeof tmp, 0);
+        }
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
           fail(sh_, std::string("connection ") + (n == 0 ? "closed" : std::strerror(errno)) +
@@ -208,6 +298,7 @@ class Conn {
   std::string buf_;
   std::string last_reply_;
   bool pipelining_ = false;
+  SSL* ssl_ = nullptr;
 };
 
 void session(Shared& sh) {
@@ -232,6 +323,11 @@ void session(Shared& sh) {
     }
   }
   if (open && !sh.failed.load()) c.quit();
+  c.close();
+  if (tls_last_session) {
+    SSL_SESSION_free(tls_last_session);
+    tls_last_session = nullptr;
+  }
   std::lock_guard<std::mutex> lock(sh.mu);
   sh.latencies_us.insert(sh.latencies_us.end(), lat.begin(), lat.end());
   sh.connections += conns;
@@ -264,11 +360,17 @@ bool parse(int argc, char** argv, Options& o) {
     else if (a == "--to") o.to = val();
     else if (a == "--helo") o.helo = val();
     else if (a == "--timeout") o.timeout = std::stoi(val());
+    else if (a == "--starttls") o.starttls = true;
+    else if (a == "--tls-resume") o.tls_resume = true;
+    else if (a == "--tls-version") o.tls_version = val();
     else throw std::runtime_error("unknown option " + a);
   }
   if (o.file.empty() || o.port <= 0 || o.sessions < 1 || o.sessions > 20000 || o.messages < 1 ||
       o.timeout < 1)
     throw std::runtime_error("--port and --file are required; --sessions, --messages, --timeout >= 1");
+  if (!o.tls_version.empty() && o.tls_version != "1.2" && o.tls_version != "1.3")
+    throw std::runtime_error("--tls-version: 1.2 or 1.3");
+  if (o.tls_resume && !o.starttls) throw std::runtime_error("--tls-resume needs --starttls");
   return true;
 }
 
@@ -302,6 +404,16 @@ int main(int argc, char** argv) {
     bol = ch == '\n';
   }
   sh.payload += ".\r\n";
+  if (o.starttls) {
+    sh.tls = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_verify(sh.tls, SSL_VERIFY_NONE, nullptr);
+    if (o.tls_version == "1.2") SSL_CTX_set_max_proto_version(sh.tls, TLS1_2_VERSION);
+    if (o.tls_version == "1.3") SSL_CTX_set_min_proto_version(sh.tls, TLS1_3_VERSION);
+    // Sessions to offer again are kept by the new-session callback, not the
+    // context's cache (one per thread, like one MTA per session).
+    SSL_CTX_set_session_cache_mode(sh.tls, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(sh.tls, on_new_session);
+  }
 
   auto t0 = Clock::now();
   std::vector<std::thread> threads;
@@ -315,10 +427,11 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"messages\": %zu, \"connections\": %ld, \"wall_s\": %.6f, \"message_octets\": %zu, "
       "\"lat_p50_us\": %.1f, \"lat_p90_us\": %.1f, \"lat_p99_us\": %.1f, \"lat_max_us\": %.1f, "
-      "\"ok\": %s}\n",
+      "\"tls_handshakes\": %ld, \"tls_resumed\": %ld, \"ok\": %s}\n",
       sh.latencies_us.size(), sh.connections, wall, raw.size(), percentile(sh.latencies_us, 50),
       percentile(sh.latencies_us, 90), percentile(sh.latencies_us, 99),
-      sh.latencies_us.empty() ? 0.0 : sh.latencies_us.back(), sh.failed ? "false" : "true");
+      sh.latencies_us.empty() ? 0.0 : sh.latencies_us.back(), sh.handshakes.load(), sh.resumed.load(),
+      sh.failed ? "false" : "true");
   if (sh.failed) {
     std::fprintf(stderr, "postern-bench-load: %s\n", sh.error.c_str());
     return 1;

@@ -138,6 +138,9 @@ void ClientConnection::cancel() {
 }
 
 void ClientConnection::close() {
+  // SMTP ends with QUIT, not close_notify: the TLS session stays resumable
+  // from the cache (TLS 1.2 session ids), as tickets are (issue 23).
+  if (tls_) SSL_set_shutdown(tls_->native_handle(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   watchdog_.stop();
   std::error_code ignored;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);

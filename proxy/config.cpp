@@ -573,14 +573,21 @@ void parse_server(Checker& check, const toml::table& root, Config& config) {
 // [tls]: the certificate STARTTLS and implicit-TLS listeners present.
 void parse_tls(Checker& check, const toml::table& root, Config& config) {
   const toml::table* tls = check.section(root, "tls");
-  if (tls) check.check_keys(*tls, "tls", {"cert_file", "key_file", "min_version", "ciphers"});
+  if (tls) {
+    check.check_keys(*tls, "tls", {"cert_file", "key_file", "min_version", "ciphers", "session_tickets",
+                                   "ticket_key_file", "session_lifetime"});
+  }
+  check.get_bool(tls, "tls", "session_tickets", config.tls.session_tickets);
+  const toml::node* ticket_node = check.get_string(tls, "tls", "ticket_key_file", config.tls.ticket_key_file);
+  check.get_seconds(tls, "tls", "session_lifetime", 60, 7 * 86400, config.tls.session_lifetime);
   const toml::node* cert_node = check.get_string(tls, "tls", "cert_file", config.tls.cert_file);
   const toml::node* key_node = check.get_string(tls, "tls", "key_file", config.tls.key_file);
   check.get_enum<std::string>(tls, "tls", "min_version",
                               {{"TLSv1.2", "TLSv1.2"}, {"TLSv1.3", "TLSv1.3"}}, config.tls.min_version);
   check.get_string(tls, "tls", "ciphers", config.tls.ciphers);
   for (auto [node, file, key] : {std::tuple{cert_node, &config.tls.cert_file, "tls.cert_file"},
-                                 std::tuple{key_node, &config.tls.key_file, "tls.key_file"}}) {
+                                 std::tuple{key_node, &config.tls.key_file, "tls.key_file"},
+                                 std::tuple{ticket_node, &config.tls.ticket_key_file, "tls.ticket_key_file"}}) {
     if (node && !file->empty() && access(file->c_str(), R_OK) != 0) {
       check.error(node, key, "cannot read \"" + *file + "\": " + std::strerror(errno));
     }

@@ -66,6 +66,12 @@ struct Config {
     std::string key_file;   // PEM
     std::string min_version = "TLSv1.2";
     std::string ciphers;    // OpenSSL cipher list for TLS <= 1.2; "" = OpenSSL's default
+    // Resumption for returning clients (RFC 8446 4.6.1, RFC 5077): tickets
+    // sealed with process-wide keys that outlive reloads, or with the keys of
+    // ticket_key_file (80 octets each; shared by several postern hosts).
+    bool session_tickets = true;
+    std::string ticket_key_file;
+    Seconds session_lifetime{7200};
   } tls;
 
   struct Upstream {

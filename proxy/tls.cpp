@@ -1,10 +1,20 @@
 // Server TLS context and session facts; see tls.h.
 #include "proxy/tls.h"
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+
+#include <array>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -17,6 +27,132 @@ std::string openssl_error() {
   ERR_error_string_n(e, buf, sizeof buf);
   ERR_clear_error();
   return buf;
+}
+
+// Session ticket keys (RFC 5077 4 layout: 16 octets of name, then an HMAC
+// key and an AES key of 32 octets each, as in nginx's ssl_session_ticket_key
+// files). One set per process, shared by every TLS context: a context is
+// rebuilt on every reload, and tickets sealed before it must still open.
+struct TicketKey {
+  std::array<unsigned char, 16> name{};
+  std::array<unsigned char, 32> hmac{};
+  std::array<unsigned char, 32> aes{};
+  std::chrono::steady_clock::time_point born;
+};
+
+class TicketKeys {
+ public:
+  static TicketKeys& instance() {
+    static TicketKeys keys;
+    return keys;
+  }
+
+  // The keys of `file` (the first seals, all open), or, with no file,
+  // process-random keys that rotate every `lifetime` and open tickets for
+  // one more lifetime. Kept as they are when nothing changed (a reload).
+  void configure(const std::string& file, Seconds lifetime) {
+    std::vector<TicketKey> loaded;
+    if (!file.empty()) loaded = read_file(file);
+    std::lock_guard lock(mu_);
+    lifetime_ = std::chrono::duration_cast<std::chrono::steady_clock::duration>(lifetime);
+    if (!file.empty()) {
+      keys_ = std::move(loaded);
+      from_file_ = true;
+    } else if (from_file_ || keys_.empty()) {
+      keys_.assign(1, random_key());
+      from_file_ = false;
+    }
+  }
+
+  // The key that seals new tickets.
+  TicketKey current() {
+    std::lock_guard lock(mu_);
+    if (!from_file_) rotate();
+    return keys_.front();
+  }
+
+  // 0: no such key (a full handshake and a new ticket); 1: the current key;
+  // 2: an older one (the session resumes and gets a ticket under the current key).
+  int find(const unsigned char* name, TicketKey& out) {
+    std::lock_guard lock(mu_);
+    if (!from_file_) rotate();
+    for (std::size_t i = 0; i < keys_.size(); ++i) {
+      if (std::memcmp(keys_[i].name.data(), name, 16) == 0) {
+        out = keys_[i];
+        return i == 0 ? 1 : 2;
+      }
+    }
+    return 0;
+  }
+
+ private:
+  static TicketKey random_key() {
+    TicketKey k;
+    if (RAND_bytes(k.name.data(), 16) != 1 || RAND_bytes(k.hmac.data(), 32) != 1 ||
+        RAND_bytes(k.aes.data(), 32) != 1) {
+      throw ConfigError("tls: no random octets for a session ticket key: " + openssl_error());
+    }
+    k.born = std::chrono::steady_clock::now();
+    return k;
+  }
+
+  static std::vector<TicketKey> read_file(const std::string& file) {
+    std::ifstream in(file, std::ios::binary);
+    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof()) throw ConfigError(fmt::format("{}: tls.ticket_key_file: cannot read it", file));
+    if (data.empty() || data.size() % 80 != 0 || data.size() > 80 * 16) {
+      throw ConfigError(fmt::format(
+          "{}: tls.ticket_key_file: {} octets; expected 80 per key, 1 to 16 keys (openssl rand 80 > FILE)", file,
+          data.size()));
+    }
+    std::vector<TicketKey> keys(data.size() / 80);
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      const char* p = data.data() + 80 * i;
+      std::memcpy(keys[i].name.data(), p, 16);
+      std::memcpy(keys[i].hmac.data(), p + 16, 32);
+      std::memcpy(keys[i].aes.data(), p + 48, 32);
+    }
+    return keys;
+  }
+
+  // A new sealing key every lifetime; a key opens tickets until no ticket it
+  // sealed can still be valid (its last use + lifetime).
+  void rotate() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - keys_.front().born >= lifetime_) keys_.insert(keys_.begin(), random_key());
+    while (keys_.size() > 1 && now - keys_[keys_.size() - 2].born >= 2 * lifetime_) keys_.pop_back();
+  }
+
+  std::mutex mu_;
+  std::vector<TicketKey> keys_;
+  bool from_file_ = false;
+  std::chrono::steady_clock::duration lifetime_ = std::chrono::hours(2);
+};
+
+int ticket_key_callback(SSL* ssl, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+                        EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int enc) {
+  TicketKey key;
+  int found = 1;
+  if (enc) {
+    key = TicketKeys::instance().current();
+    std::memcpy(key_name, key.name.data(), 16);
+    if (RAND_bytes(iv, 16) != 1) return -1;
+  } else {
+    found = TicketKeys::instance().find(key_name, key);
+    if (found == 0) return 0;
+  }
+  char digest[] = "SHA256";
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac.data(), key.hmac.size()),
+                         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0), OSSL_PARAM_construct_end()};
+  if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;
+  const int ok = enc ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes.data(), iv)
+                     : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes.data(), iv);
+  if (ok != 1) return -1;
+  // TLS 1.3: a resumed session gets a fresh ticket (OpenSSL sends none when
+  // the key is current), as clients use a ticket once (RFC 8446 C.4) and
+  // OpenSSL-based ones drop a session after resuming it.
+  if (!enc && SSL_version(ssl) == TLS1_3_VERSION) return 2;
+  return found;
 }
 
 }  // namespace
@@ -56,6 +192,22 @@ std::shared_ptr<asio::ssl::context> make_server_tls_context(const Config::Tls& t
   // MTA world uses opportunistic TLS, RFC 7435).
   SSL_CTX_set_verify(raw, SSL_VERIFY_PEER, [](int, X509_STORE_CTX*) { return 1; });
   SSL_CTX_set_session_id_context(raw, reinterpret_cast<const unsigned char*>("postern"), 7);
+  // Resumption: a returning MTA skips the certificate and key exchange
+  // work. TLS 1.3 and 1.2 tickets sealed with the process's keys (they
+  // survive reloads; tls.ticket_key_file shares them between hosts); TLS 1.2
+  // session ids in this context's cache (lost at a reload). One ticket per
+  // handshake: an MTA offers one.
+  SSL_CTX_set_timeout(raw, static_cast<long>(tls.session_lifetime.count()));
+  SSL_CTX_set_session_cache_mode(raw, SSL_SESS_CACHE_SERVER);
+  SSL_CTX_sess_set_cache_size(raw, 20480);
+  if (tls.session_tickets) {
+    TicketKeys::instance().configure(tls.ticket_key_file, tls.session_lifetime);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(raw, ticket_key_callback);
+    SSL_CTX_set_num_tickets(raw, 1);
+  } else {
+    SSL_CTX_set_options(raw, SSL_OP_NO_TICKET);  // TLS 1.3: stateful tickets from the cache
+    SSL_CTX_set_num_tickets(raw, 1);
+  }
   return ctx;
 }
 

@@ -506,3 +506,36 @@ TEST_CASE("load_config: an error in a --set value does not point into the file",
   CHECK_THAT(msg, !Contains(path + ":1:"));
   CHECK_THAT(msg, Contains("--set limits.errors=0: "));
 }
+
+TEST_CASE("load_config: TLS resumption keys (issue 23)", "[config][tls]") {
+  TempDir dir;
+  SECTION("defaults: tickets on, process-random keys, two hours") {
+    auto config = load_config(ConfigSource{dir.write("m.toml", kMinimal), {}, {}, {}});
+    CHECK(config->tls.session_tickets);
+    CHECK(config->tls.ticket_key_file.empty());
+    CHECK(config->tls.session_lifetime.count() == 7200);
+  }
+  SECTION("values") {
+    std::string keys = dir.write("t.keys", std::string(80, 'k'));
+    auto config = load_config(ConfigSource{
+        dir.write("t.toml", kMinimal + "[tls]\nsession_tickets = false\nticket_key_file = \"" + keys +
+                                "\"\nsession_lifetime = 600\n"),
+        {}, {}, {}});
+    CHECK_FALSE(config->tls.session_tickets);
+    CHECK(config->tls.ticket_key_file == keys);
+    CHECK(config->tls.session_lifetime.count() == 600);
+  }
+  SECTION("bad values name the key") {
+    for (auto [line, expected] : std::vector<std::pair<std::string, std::string>>{
+             {"session_lifetime = 59", "key 'tls.session_lifetime': expected a number of seconds from 60 to 604800"},
+             {"session_lifetime = 604801", "key 'tls.session_lifetime': expected a number of seconds from 60 to 604800"},
+             {"session_lifetime = nan", "key 'tls.session_lifetime': expected a number of seconds"},
+             {"session_tickets = \"yes\"", "key 'tls.session_tickets'"},
+             {"ticket_key_file = \"/nonexistent/ticket.keys\"", "cannot read \"/nonexistent/ticket.keys\""},
+         }) {
+      INFO(line);
+      std::string path = dir.write("bad.toml", kMinimal + "[tls]\n" + line + "\n");
+      CHECK_THAT(config_error(ConfigSource{path, {}, {}, {}}), Contains(path + ":4:") && Contains(expected));
+    }
+  }
+}
