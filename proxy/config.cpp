@@ -533,6 +533,41 @@ void parse_dkim_signing(Checker& check, const toml::table* dkim, unsigned worker
 
 }  // namespace
 
+// [milter_server] (docs/configuration.md "[milter_server]").
+void parse_milter_server(Checker& check, const toml::table& root, Config& config) {
+  const toml::table* t = check.section(root, "milter_server");
+  if (!t) return;
+  check.check_keys(*t, "milter_server", {"listen", "timeout", "socket_mode", "connections", "policy"});
+  auto& ms = config.milter_server;
+  if (const toml::node* n = t->get("listen")) {
+    std::vector<const toml::node*> items;
+    if (n->is_string()) items.push_back(n);
+    else if (const toml::array* a = n->as_array()) for (const toml::node& i : *a) items.push_back(&i);
+    else check.error(n, "milter_server.listen", "expected \"inet:HOST:PORT\", \"unix:PATH\" or an array of them");
+    for (const toml::node* i : items) {
+      const auto* s = i->as_string();
+      MilterOptions parsed;
+      std::string e = s ? parse_milter_socket(s->get(), parsed) : "expected a string, got " + describe(*i);
+      if (!e.empty()) {
+        check.error(i, "milter_server.listen", e);
+        continue;
+      }
+      ms.listen.push_back({s->get(), parsed.unix_socket, parsed.path, parsed.host, parsed.port});
+    }
+  }
+  check.get_seconds(t, "milter_server", "timeout", 1, 86400, ms.timeout);
+  std::string mode;
+  if (const toml::node* n = check.get_string(t, "milter_server", "socket_mode", mode)) {
+    if (mode == "0600") ms.socket_mode = 0600;
+    else if (mode == "0660") ms.socket_mode = 0660;
+    else if (mode == "0666") ms.socket_mode = 0666;
+    else check.error(n, "milter_server.socket_mode", "expected \"0600\", \"0660\" or \"0666\", got \"" + mode + "\"");
+  }
+  check.get_size(t, "milter_server", "connections", 0, 1000000, ms.connections);
+  using P = Config::Listener::Policy;
+  check.get_enum<P>(t, "milter_server", "policy", {{"inbound", P::kInbound}, {"submission", P::kSubmission}}, ms.policy);
+}
+
 std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   std::string file = source.path.empty() ? "(embedded default)" : source.path;
   std::string text;
@@ -560,7 +595,8 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   Checker check(file);
   check.check_keys(root, "", {"server", "listener", "upstream", "limits", "timeouts", "data", "log",
                               "tls", "metrics", "submission", "lua", "scores", "quarantine", "dns", "spf", "dkim", "dmarc",
-                              "authentication_results", "audit", "control", "store", "authenticity", "milter"});
+                              "authentication_results", "audit", "control", "store", "authenticity", "milter",
+                              "milter_server"});
 
   const toml::table* server = check.section(root, "server");
   if (server) check.check_keys(*server, "server", {"hostname", "threads", "shutdown_timeout", "user", "group"});
@@ -1214,6 +1250,7 @@ std::shared_ptr<const Config> load_config(const ConfigSource& source) {
   }
 
   parse_milters(check, root, *config);
+  parse_milter_server(check, root, *config);
   check.finish();
   return config;
 }
