@@ -237,3 +237,34 @@ TEST_CASE("milter server: replies read back with the client's decoder", "[milter
   m::Reply q = back(m::encode_quarantine("held"));
   CHECK((q.valid && q.value == "held"));
 }
+
+TEST_CASE("milter_server config: listen addresses, time-out, socket mode, policy", "[milter_server][config]") {
+  auto c = test::load_config_text(R"([milter_server]
+listen = ["inet:127.0.0.1:8893", "unix:/run/postern/milter.sock", "inet:[::1]:8894"]
+timeout = 120
+socket_mode = "0666"
+connections = 50
+policy = "submission"
+)");
+  const auto& ms = c->milter_server;
+  REQUIRE(ms.listen.size() == 3);
+  CHECK((ms.listen[0].host == "127.0.0.1" && ms.listen[0].port == 8893 && !ms.listen[0].unix_socket));
+  CHECK((ms.listen[1].unix_socket && ms.listen[1].path == "/run/postern/milter.sock"));
+  CHECK(ms.listen[2].host == "::1");
+  CHECK(ms.timeout.count() == 120);
+  CHECK(ms.socket_mode == 0666);
+  CHECK(ms.connections == 50);
+  CHECK(ms.policy == Config::Listener::Policy::kSubmission);
+  CHECK(test::load_config_text("[milter_server]\nlisten = \"inet:127.0.0.1:1\"\n")->milter_server.listen.size() == 1);
+  CHECK(test::load_config_text("")->milter_server.listen.empty());  // off by default
+
+  auto err = [](const std::string& body) { return test::config_error_of_text("[milter_server]\n" + body); };
+  CHECK(err("listen = \"tcp:1.2.3.4:5\"\n").find("milter_server.listen") != std::string::npos);
+  CHECK(err("listen = [\"unix:relative\"]\n").find("absolute") != std::string::npos);
+  CHECK(err("listen = 5\n").find("milter_server.listen") != std::string::npos);
+  CHECK(err("listen = [5]\n").find("expected a string") != std::string::npos);
+  CHECK(err("timeout = 0\n").find("milter_server.timeout") != std::string::npos);
+  CHECK(err("socket_mode = \"0777\"\n").find("socket_mode") != std::string::npos);
+  CHECK(err("policy = \"none\"\n").find("milter_server.policy") != std::string::npos);
+  CHECK(err("lisen = []\n").find("did you mean 'listen'") != std::string::npos);
+}
