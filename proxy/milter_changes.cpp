@@ -106,12 +106,20 @@ std::string milter_modifications(const Message& message, const TransactionFacts&
   }
   const bool add_subject = !c.subject_tag.empty() && !subject_seen;
   const bool adds = add_subject || std::any_of(c.headers.begin(), c.headers.end(), [](const HeaderEdit& e) {
-    return e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend;
+    return e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend ||
+           e.kind == HeaderEdit::Kind::kInsert;
   });
   if (adds && allowed(actions, m::action::kAddHdrs, "add header fields", error)) {
     if (add_subject) header(m::reply::kAddHeader, 0, "Subject", c.subject_tag);
     for (const HeaderEdit& e : c.headers) {
       if (e.kind == HeaderEdit::Kind::kAdd) header(m::reply::kAddHeader, 0, e.name, e.value);
+    }
+    // A [[milter]]'s SMFIR_INSHEADER passed on with its position, in its
+    // order (each goes before what is there then, as render_header_block has it).
+    for (const HeaderEdit& e : c.headers) {
+      if (e.kind == HeaderEdit::Kind::kInsert) {
+        header(m::reply::kInsHeader, static_cast<std::uint32_t>(e.index), e.name, e.value);
+      }
     }
     // Each insertion at the top pushes the one before it down: the last
     // prepended field goes in first, so they read in the order they were added.

@@ -342,8 +342,9 @@ bool MilterFilter::modification(const m::Reply& r, EomResult& eom, Connection& c
         ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kAdd, r.name, value});
         eom.actions.push_back("add_header " + r.name);
       } else if (r.command == m::reply::kInsHeader) {
-        // Position 0 is the top; postern inserts any position at the top.
-        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kPrepend, r.name, value});
+        // Position 0 is the top of the message's fields (below postern's
+        // Received, which the milter never saw); N is before the Nth field.
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kInsert, r.name, value, r.index});
         eom.actions.push_back("insert_header " + r.name);
       } else if (r.value.empty()) {  // an empty value deletes (smfi_chgheader)
         ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kRemove, r.name, "", r.index == 0 ? 1 : r.index});
