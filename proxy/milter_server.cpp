@@ -118,14 +118,7 @@ class Connection : public Drainable, public std::enable_shared_from_this<Connect
  private:
   asio::awaitable<bool> read_more(const char*& end) {
     char buf[16 * 1024];
-    if constexpr (std::is_same_v<Socket, asio::ip::tcp::socket>) {
-      // The MTA writes its unanswered commands (header fields, end of
-      // header and body chunks under SMFIP_NR_*) one packet at a time: without
-      // a quick ACK each waits for our delayed ACK (Nagle on its side),
-      // 40 ms a message. Linux clears the flag again, so it is set per read.
-      int one = 1;
-      ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
-    }
+    quick_ack();
     asio::steady_timer timer(socket_.get_executor(),
                              std::chrono::duration_cast<std::chrono::steady_clock::duration>(config_->milter_server.timeout));
     reading_ = true;
@@ -142,8 +135,21 @@ class Connection : public Drainable, public std::enable_shared_from_this<Connect
       end = draining_ ? "shutdown" : ec == asio::error::eof ? "eof" : "read-error";
       co_return false;
     }
+    quick_ack();
     reader_.feed(std::string_view(buf, n));
     co_return true;
+  }
+
+  // The MTA writes its unanswered commands (header fields, end of header
+  // and body chunks under SMFIP_NR_*) one packet at a time, each held by
+  // Nagle until the one before is ACKed: a delayed ACK here costs 40 ms a
+  // message. Setting TCP_QUICKACK after a read sends the ACK now (Linux
+  // clears the flag again, so it is set on every read).
+  void quick_ack() {
+    if constexpr (std::is_same_v<Socket, asio::ip::tcp::socket>) {
+      int one = 1;
+      ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    }
   }
 
   asio::awaitable<bool> write(const std::string& bytes) {
