@@ -21,11 +21,13 @@
 namespace postern {
 
 // Header edits a filter asks for; applied when the message is relayed.
+// kInsert is a milter's SMFIR_INSHEADER: before the message's field at
+// 0-based position `index` (past the last field: after it).
 struct HeaderEdit {
-  enum class Kind { kAdd, kPrepend, kChange, kRemove } kind;
+  enum class Kind { kAdd, kPrepend, kChange, kRemove, kInsert } kind;
   std::string name;
   std::string value;   // unfolded value without the leading space
-  std::size_t index = 1;  // kChange/kRemove: 1-based occurrence, 0 = all
+  std::size_t index = 1;  // kChange/kRemove: 1-based occurrence, 0 = all; kInsert: position
 };
 
 // Changes accumulated over the stages of one transaction.

@@ -185,7 +185,18 @@ std::string render_header_block(const Message& message, const Changes& changes, 
   // Occurrence counters per edit, for kChange / kRemove by index.
   std::vector<std::size_t> seen(changes.headers.size(), 0);
   bool subject_done = changes.subject_tag.empty();
+  // kInsert before the field at its position; the later of two at one
+  // position comes first, as each inserts before what is there (libmilter).
+  auto insert_at = [&](std::size_t position, bool or_later) {
+    for (auto it = changes.headers.rbegin(); it != changes.headers.rend(); ++it) {
+      if (it->kind == HeaderEdit::Kind::kInsert && (it->index == position || (or_later && it->index > position))) {
+        append_field(out, it->name, it->value);
+      }
+    }
+  };
+  std::size_t position = 0;
   for (const HeaderField& field : message.headers()) {
+    insert_at(position++, false);
     bool removed = false;
     const HeaderEdit* replacement = nullptr;
     for (std::size_t i = 0; i < changes.headers.size(); ++i) {
@@ -232,6 +243,7 @@ std::string render_header_block(const Message& message, const Changes& changes, 
     if (replacement) append_field(out, field.name, replacement->value);
     else out.append(field.raw);
   }
+  insert_at(position, true);
   if (!subject_done) append_field(out, "Subject", changes.subject_tag);
   for (const HeaderEdit& e : changes.headers) {
     if (e.kind == HeaderEdit::Kind::kAdd) append_field(out, e.name, e.value);

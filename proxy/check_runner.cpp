@@ -58,6 +58,7 @@ const char* edit_name(HeaderEdit::Kind k) {
     case HeaderEdit::Kind::kPrepend: return "prepend";
     case HeaderEdit::Kind::kChange: return "change";
     case HeaderEdit::Kind::kRemove: return "remove";
+    case HeaderEdit::Kind::kInsert: return "insert";
   }
   return "add";
 }

@@ -1376,11 +1376,46 @@ void parse_report(Checker& check, const toml::table& root, Config& config) {
   }
 }
 
+// [milter_server] (docs/configuration.md "[milter_server]").
+void parse_milter_server(Checker& check, const toml::table& root, Config& config) {
+  const toml::table* t = check.section(root, "milter_server");
+  if (!t) return;
+  check.check_keys(*t, "milter_server", {"listen", "timeout", "socket_mode", "connections", "policy"});
+  auto& ms = config.milter_server;
+  if (const toml::node* n = t->get("listen")) {
+    std::vector<const toml::node*> items;
+    if (n->is_string()) items.push_back(n);
+    else if (const toml::array* a = n->as_array()) for (const toml::node& i : *a) items.push_back(&i);
+    else check.error(n, "milter_server.listen", "expected \"inet:HOST:PORT\", \"unix:PATH\" or an array of them");
+    for (const toml::node* i : items) {
+      const auto* s = i->as_string();
+      MilterOptions parsed;
+      std::string e = s ? parse_milter_socket(s->get(), parsed) : "expected a string, got " + describe(*i);
+      if (!e.empty()) {
+        check.error(i, "milter_server.listen", e);
+        continue;
+      }
+      ms.listen.push_back({s->get(), parsed.unix_socket, parsed.path, parsed.host, parsed.port});
+    }
+  }
+  check.get_seconds(t, "milter_server", "timeout", 1, 86400, ms.timeout);
+  std::string mode;
+  if (const toml::node* n = check.get_string(t, "milter_server", "socket_mode", mode)) {
+    if (mode == "0600") ms.socket_mode = 0600;
+    else if (mode == "0660") ms.socket_mode = 0660;
+    else if (mode == "0666") ms.socket_mode = 0666;
+    else check.error(n, "milter_server.socket_mode", "expected \"0600\", \"0660\" or \"0666\", got \"" + mode + "\"");
+  }
+  check.get_size(t, "milter_server", "connections", 0, 1000000, ms.connections);
+  using P = Config::Listener::Policy;
+  check.get_enum<P>(t, "milter_server", "policy", {{"inbound", P::kInbound}, {"submission", P::kSubmission}}, ms.policy);
+}
+
 // Every top-level key of postern.toml (the "allowed:" list of an unknown one).
 constexpr std::string_view kTopLevelKeys[] = {
     "server", "listener", "upstream", "limits", "timeouts", "data", "log", "tls", "metrics", "submission", "lua",
     "scores", "quarantine", "dns", "spf", "dkim", "dmarc", "arc", "authentication_results", "audit", "control",
-    "store", "authenticity", "milter", "report"};
+    "store", "authenticity", "milter", "milter_server", "report"};
 
 // The sections in the order they are checked (errors are reported in this
 // order). A section's parser may read what an earlier one set: [listener]
@@ -1395,7 +1430,7 @@ constexpr SectionParser kSectionParsers[] = {
     parse_lua,          parse_scores,      parse_dns,        parse_spf,
     parse_dkim,         parse_dmarc,       parse_authenticity, parse_authentication_results,
     parse_arc,          parse_audit,       parse_store,      parse_milters,
-    parse_report,
+    parse_milter_server, parse_report,
 };
 
 }  // namespace

@@ -201,6 +201,23 @@ struct Config {
   // [[milter]]: external milters, called in order before the Lua rules
   // (docs/milter.md).
   std::vector<MilterOptions> milters;
+  // [milter_server]: postern as a milter behind Postfix or Sendmail
+  // (proxy/milter_server.h, docs/milter.md); off when `listen` is empty.
+  struct MilterServer {
+    struct Address {
+      std::string text;  // "inet:HOST:PORT" or "unix:PATH", as written
+      bool unix_socket = false;
+      std::string path;  // unix
+      std::string host;  // inet: an IP address
+      unsigned short port = 0;
+    };
+    std::vector<Address> listen;
+    Seconds timeout{600};          // the MTA's silence between two commands
+    unsigned socket_mode = 0660;   // a unix socket's permissions
+    std::size_t connections = 1000;  // open MTA connections at most; 0 = no bound
+    // The filters: "inbound" ([submission]'s once {auth_authen} is set) or "submission".
+    Listener::Policy policy = Listener::Policy::kInbound;
+  } milter_server;
 
   // [dns]: postern's resolver (filters/dns/unbound_resolver.h).
   DnsOptions dns;

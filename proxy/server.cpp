@@ -30,6 +30,7 @@
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/milter_server.h"
 #include "proxy/process.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
@@ -124,6 +125,8 @@ struct Server::Impl {
   std::size_t next_worker = 0;
   // Operations (status, reload results, service manager); touched on worker 0's thread.
   std::unique_ptr<control::Server> control;
+  // [milter_server]: postern as a milter (proxy/milter_server.h); null when off.
+  std::unique_ptr<MilterServer> milter_server;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   std::atomic<unsigned long long> sessions_accepted{0};
   std::string last_reload = "none";  // "ok" or "error: ..."
@@ -230,6 +233,14 @@ struct Server::Impl {
   static void note_restart_only_keys(const Config& running, const Config& fresh) {
     if (running.control.socket != fresh.control.socket || running.control.mode != fresh.control.mode) {
       log::warning("restart-needed").kv("key", "control").kv("running", running.control.socket);
+    }
+    auto milter_listen = [](const Config& c) {
+      std::string all;
+      for (const auto& a : c.milter_server.listen) all += a.text + " ";
+      return all;
+    };
+    if (milter_listen(running) != milter_listen(fresh)) {
+      log::warning("restart-needed").kv("key", "milter_server.listen").kv("running", milter_listen(running));
     }
     if (running.server.user != fresh.server.user || running.server.group != fresh.server.group) {
       log::warning("restart-needed").kv("key", "server.user").kv("running", running.server.user);
@@ -371,6 +382,7 @@ struct Server::Impl {
       std::error_code ignored;
       a->close(ignored);
     }
+    if (milter_server) milter_server->drain();
     for (auto& w : workers) {
       asio::post(w->context, [w = w.get()] {
         for (Session* s : w->registry.sessions) s->drain();
@@ -467,6 +479,15 @@ int Server::run() {
     s.acceptors.push_back(std::move(acceptor));
     metrics::declare_listener(l.address);
   }
+  if (!config->milter_server.listen.empty()) {
+    auto pick = [&s] {
+      Impl::Worker& w = *s.workers[s.next_worker++ % s.workers.size()];
+      return MilterServer::Worker{&w.context, &w.chain, &w.submission_chain};
+    };
+    s.milter_server = std::make_unique<MilterServer>(s.workers[0]->context, pick, [&s] { return s.snapshot(); },
+                                                     s.open_sessions);
+    if (!s.milter_server->bind(*config)) return 1;
+  }
   std::unique_ptr<asio::ip::tcp::acceptor> metrics_acceptor;
   if (!config->metrics.address.empty()) {
     asio::ip::tcp::endpoint endpoint(asio::ip::make_address(config->metrics.host), config->metrics.port);
@@ -511,6 +532,7 @@ int Server::run() {
       }
       if (!config->audit.path.empty()) (void)!::chown(config->audit.path.c_str(), account.uid, account.gid);
       if (s.control) s.control->chown(account.uid, account.gid);
+      if (s.milter_server) s.milter_server->chown(account.uid, account.gid);
     }
     if (!process::drop_privileges(account)) return 1;
   }
@@ -520,6 +542,7 @@ int Server::run() {
   for (std::size_t i = 0; i < s.acceptors.size(); ++i) {
     asio::co_spawn(s.workers[0]->context, s.accept_loop(*s.acceptors[i], config->listeners[i]), asio::detached);
   }
+  if (s.milter_server) s.milter_server->start();
   asio::co_spawn(s.workers[0]->context, s.signals(signal_set), asio::detached);
   asio::co_spawn(s.workers[0]->context, s.probe_loop(), asio::detached);
   asio::co_spawn(s.workers[0]->context, s.ready_at_latest(), asio::detached);

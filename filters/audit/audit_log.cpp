@@ -159,6 +159,9 @@ std::string audit_json(const AuditEntry& e) {
   std::string o = "{";
   o += "\"time\":" + js(now_iso8601());
   o += ",\"session\":" + js(s.id) + ",\"transaction\":" + js(t.id);
+  // Where the message came in: an SMTP listener "IP:PORT", or "milter:SOCKET"
+  // for one postern judged as Postfix's milter (proxy/milter_server.h).
+  o += ",\"listener\":" + js(s.listener);
   o += ",\"client\":{\"ip\":" + js(s.client_ip) + ",\"port\":" + std::to_string(s.client_port) +
        ",\"name\":" + js(s.client_name) + "}";
   o += ",\"helo\":" + js(s.helo);

@@ -247,7 +247,8 @@ std::vector<std::string> compare(const toml::table& expect, const Outcome& out) 
   if (auto v = expect["score_max"].value<double>(); v && out.txn.score > *v) bad.push_back("score <= " + std::to_string(*v));
   for (const std::string& h : get_strings(expect, "added_headers")) {
     bool found = std::any_of(out.txn.changes.headers.begin(), out.txn.changes.headers.end(), [&](const HeaderEdit& e) {
-      return (e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend) && ascii::to_lower(e.name) == ascii::to_lower(h);
+      return (e.kind == HeaderEdit::Kind::kAdd || e.kind == HeaderEdit::Kind::kPrepend ||
+              e.kind == HeaderEdit::Kind::kInsert) && ascii::to_lower(e.name) == ascii::to_lower(h);
     });
     if (!found) bad.push_back("added header " + h);
   }

@@ -22,6 +22,7 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include "filters/milter/milter_actions.h"
 #include "filters/milter/milter_protocol.h"
 
 namespace postern {
@@ -31,84 +32,6 @@ using namespace asio::experimental::awaitable_operators;
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 using Clock = std::chrono::steady_clock;
 namespace m = milter;
-
-// Bounds on what one message's replies may add (each is an error past it).
-constexpr std::size_t kMaxEdits = 256;
-constexpr std::size_t kMaxHeaderValue = 16 * 1024;
-
-// The macro vocabulary, with the stage each is sent before (Postfix's
-// milter_*_macros defaults).
-struct MacroDef {
-  const char* name;
-  m::MacroStage stage;
-};
-constexpr MacroDef kMacros[] = {
-    {"j", m::MacroStage::kConnect},           {"_", m::MacroStage::kConnect},
-    {"{daemon_name}", m::MacroStage::kConnect}, {"{client_addr}", m::MacroStage::kConnect},
-    {"{client_port}", m::MacroStage::kConnect}, {"{client_name}", m::MacroStage::kConnect},
-    {"{tls_version}", m::MacroStage::kHelo},   {"{cipher}", m::MacroStage::kHelo},
-    {"{cert_subject}", m::MacroStage::kHelo},  {"i", m::MacroStage::kMail},
-    {"{auth_authen}", m::MacroStage::kMail},   {"{mail_addr}", m::MacroStage::kMail},
-    {"{rcpt_addr}", m::MacroStage::kRcpt},
-};
-
-std::string macro_value(std::string_view name, const FilterContext& ctx, const std::string& hostname) {
-  const SessionFacts& s = ctx.session;
-  if (name == "j") return hostname;
-  if (name == "_") return (s.client_name.empty() ? "unknown" : s.client_name) + " [" + s.client_ip + "]";
-  if (name == "{daemon_name}") return "postern";
-  if (name == "{client_addr}") return s.client_ip;
-  if (name == "{client_port}") return std::to_string(s.client_port);
-  if (name == "{client_name}") return s.client_name.empty() ? "unknown" : s.client_name;
-  if (name == "{tls_version}") return s.tls.active ? s.tls.version : "";
-  if (name == "{cipher}") return s.tls.active ? s.tls.cipher : "";
-  if (name == "{cert_subject}") return s.tls.peer_subject;
-  if (name == "i") return ctx.transaction.id;
-  if (name == "{auth_authen}") return s.auth_user;
-  if (name == "{mail_addr}") return ctx.transaction.reverse_path.str();
-  if (name == "{rcpt_addr}") return ctx.transaction.current_rcpt ? ctx.transaction.current_rcpt->str() : "";
-  return "";
-}
-
-// A header value from a milter: a fold ("\n" or "\r\n" then white space)
-// becomes CRLF + the white space; any other control character a space, so
-// no reply can end the header section or smuggle a line (DESIGN).
-std::string clean_header_value(std::string_view v) {
-  std::string out;
-  for (std::size_t i = 0; i < v.size(); ++i) {
-    unsigned char c = v[i];
-    if (c == '\r' && i + 1 < v.size() && v[i + 1] == '\n') continue;
-    if (c == '\n' && i + 1 < v.size() && (v[i + 1] == ' ' || v[i + 1] == '\t') && !out.empty()) {
-      out.append("\r\n");
-      continue;
-    }
-    out.push_back((c < 32 && c != '\t') || c == 127 ? ' ' : static_cast<char>(c));
-  }
-  return out;
-}
-
-bool valid_header_name(std::string_view n) {
-  if (n.empty() || n.size() > 200) return false;
-  for (unsigned char c : n) {
-    if (c <= 32 || c >= 127 || c == ':') return false;  // RFC 5322 §2.2 ftext
-  }
-  return true;
-}
-
-// A body from a milter in CRLF lines: a bare CR or LF becomes CRLF (one
-// idea of where a line ends, DESIGN "Invariants").
-void append_body(std::string& out, std::string_view piece, bool& pending_cr) {
-  for (char c : piece) {
-    if (pending_cr) {
-      out.append("\r\n");
-      pending_cr = false;
-      if (c == '\n') continue;
-    }
-    if (c == '\r') pending_cr = true;
-    else if (c == '\n') out.append("\r\n");
-    else out.push_back(c);
-  }
-}
 
 // One session's connection to one milter.
 struct Connection {
@@ -122,16 +45,6 @@ struct Connection {
   bool txn_accepted = false;  // SMFIR_ACCEPT for this transaction
   bool in_transaction = false;
   std::string error;          // why it failed, for the log
-};
-
-// The changes one end of message brings, applied only when the milter
-// finished answering (a milter failing halfway adds nothing).
-struct EomResult {
-  Changes changes;
-  std::optional<std::string> quarantine;
-  std::vector<std::string> actions;  // for the notes and the audit record
-  bool ended = false;                // the milter answered end of message
-  bool body_cr = false;              // a replaced body's last piece ended in CR
 };
 
 class MilterFilter final : public Filter {
@@ -149,10 +62,9 @@ class MilterFilter final : public Filter {
   // Sends `packet` (after the stage's macros) and, unless the milter said it
   // does not answer (`no_reply`), reads its final reply into `final`.
   asio::awaitable<bool> command(Connection& c, const FilterContext& ctx, m::MacroStage stage, std::string packet,
-                                bool no_reply, m::Reply& final, EomResult* eom = nullptr,
+                                bool no_reply, m::Reply& final, MilterEom* eom = nullptr,
                                 std::chrono::milliseconds timeout = {});
-  asio::awaitable<bool> content(Connection& c, FilterContext& ctx, m::Reply& final, EomResult& eom);
-  bool modification(const m::Reply& r, EomResult& eom, Connection& c) const;
+  asio::awaitable<bool> content(Connection& c, FilterContext& ctx, m::Reply& final, MilterEom& eom);
   Verdict verdict_of(const m::Reply& r, Stage stage, Connection& c, FilterContext& ctx) const;
   Verdict fail(Connection& c, Stage stage) const;
   Verdict on_error(Stage stage) const;
@@ -263,13 +175,11 @@ asio::awaitable<bool> MilterFilter::open(Connection& c, FilterContext& ctx, m::R
 }
 
 asio::awaitable<bool> MilterFilter::command(Connection& c, const FilterContext& ctx, m::MacroStage stage,
-                                            std::string packet, bool no_reply, m::Reply& final, EomResult* eom,
+                                            std::string packet, bool no_reply, m::Reply& final, MilterEom* eom,
                                             std::chrono::milliseconds timeout) {
   std::vector<std::pair<std::string, std::string>> macros;
   for (const std::string& name : options_.macros) {
-    for (const MacroDef& d : kMacros) {
-      if (d.stage == stage && name == d.name) macros.emplace_back(name, macro_value(name, ctx, options_.hostname));
-    }
+    if (milter_macro_stage(name) == stage) macros.emplace_back(name, milter_macro_value(name, ctx, options_.hostname));
   }
   if (!macros.empty()) packet = m::encode_macros(stage, macros) + packet;
   final = m::Reply{};
@@ -302,106 +212,10 @@ asio::awaitable<bool> MilterFilter::command(Connection& c, const FilterContext& 
       c.error = std::string("reply '") + final.command + "' outside end of message";
       co_return false;
     }
-    if (!modification(final, *eom, c)) co_return false;
-  }
-}
-
-// An action of end of message, if the milter negotiated it.
-bool MilterFilter::modification(const m::Reply& r, EomResult& eom, Connection& c) const {
-  auto allowed = [&](std::uint32_t flag) {
-    if (c.negotiated.actions & flag) return true;
-    c.error = std::string("action '") + r.command + "' not negotiated";
-    return false;
-  };
-  Changes& ch = eom.changes;
-  if (eom.actions.size() >= kMaxEdits) {  // every modification but a body piece adds one
-    c.error = "too many modifications";
-    return false;
-  }
-  auto mailbox = [&](const std::string& a, Mailbox& out) {
-    PathParse pp = parse_path("<" + a + ">", true, true, true);
-    if (pp.error != PathError::kNone) {
-      c.error = "invalid address in reply";
-      return false;
+    if (std::string e = apply_milter_modification(final, c.negotiated.actions, options_.max_body, *eom); !e.empty()) {
+      c.error = std::move(e);
+      co_return false;
     }
-    out = pp.mailbox;
-    return true;
-  };
-  switch (r.command) {
-    case m::reply::kAddHeader:
-    case m::reply::kInsHeader:
-    case m::reply::kChgHeader: {
-      if (!allowed(r.command == m::reply::kChgHeader ? m::action::kChgHdrs : m::action::kAddHdrs)) return false;
-      if (!valid_header_name(r.name) || r.value.size() > kMaxHeaderValue) {
-        c.error = "invalid header field in reply";
-        return false;
-      }
-      std::string value = clean_header_value(r.value);
-      while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.erase(0, 1);
-      if (r.command == m::reply::kAddHeader) {
-        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kAdd, r.name, value});
-        eom.actions.push_back("add_header " + r.name);
-      } else if (r.command == m::reply::kInsHeader) {
-        // Position 0 is the top; postern inserts any position at the top.
-        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kPrepend, r.name, value});
-        eom.actions.push_back("insert_header " + r.name);
-      } else if (r.value.empty()) {  // an empty value deletes (smfi_chgheader)
-        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kRemove, r.name, "", r.index == 0 ? 1 : r.index});
-        eom.actions.push_back("delete_header " + r.name);
-      } else {
-        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kChange, r.name, value, r.index == 0 ? 1 : r.index});
-        eom.actions.push_back("change_header " + r.name);
-      }
-      return true;
-    }
-    case m::reply::kAddRcpt:
-    case m::reply::kAddRcptPar: {
-      if (!allowed(r.command == m::reply::kAddRcpt ? m::action::kAddRcpt : m::action::kAddRcptPar)) return false;
-      Mailbox mb;
-      if (!mailbox(r.address, mb) || mb.empty()) return false;
-      ch.add_recipients.push_back(mb);
-      eom.actions.push_back("add_rcpt <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
-      return true;
-    }
-    case m::reply::kDelRcpt: {
-      if (!allowed(m::action::kDelRcpt)) return false;
-      Mailbox mb;
-      if (!mailbox(r.address, mb)) return false;
-      ch.remove_recipients.push_back(mb);
-      eom.actions.push_back("delete_rcpt <" + mb.str() + ">");
-      return true;
-    }
-    case m::reply::kChgFrom: {
-      if (!allowed(m::action::kChgFrom)) return false;
-      Mailbox mb;
-      if (!mailbox(r.address, mb)) return false;
-      ch.reverse_path = mb;
-      eom.actions.push_back("change_from <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
-      return true;
-    }
-    case m::reply::kReplBody: {
-      if (!allowed(m::action::kChgBody)) return false;
-      if (!ch.body) {
-        ch.body.emplace();
-        eom.actions.push_back("replace_body");
-      }
-      if (ch.body->size() + r.body.size() > options_.max_body) {
-        c.error = "replaced body too large";
-        return false;
-      }
-      append_body(*ch.body, r.body, eom.body_cr);
-      return true;
-    }
-    case m::reply::kQuarantine:
-      if (!allowed(m::action::kQuarantine)) return false;
-      if (!eom.quarantine) eom.actions.push_back("quarantine");
-      eom.quarantine = r.value.substr(0, 200);
-      return true;
-    case m::reply::kSetSymList:
-      return true;  // only meaningful in negotiation: ignored
-    default:
-      c.error = std::string("unexpected reply '") + r.command + "'";
-      return false;
   }
 }
 
@@ -456,7 +270,7 @@ Verdict MilterFilter::verdict_of(const m::Reply& r, Stage stage, Connection& c, 
 }
 
 // DATA, the header fields, end of header, the body in chunks, end of message.
-asio::awaitable<bool> MilterFilter::content(Connection& c, FilterContext& ctx, m::Reply& final, EomResult& eom) {
+asio::awaitable<bool> MilterFilter::content(Connection& c, FilterContext& ctx, m::Reply& final, MilterEom& eom) {
   const Message* msg = ctx.transaction.message;
   if (!negotiated(c, m::step::kNoData)) {
     if (!co_await command(c, ctx, m::MacroStage::kData, m::encode(m::cmd::kData, ""),
@@ -587,7 +401,7 @@ asio::awaitable<Verdict> MilterFilter::run(FilterContext& ctx) {
         break;
       case Stage::kEom: {
         if (!ctx.transaction.message) co_return Verdict::proceed();
-        EomResult eom;
+        MilterEom eom;
         if (!co_await content(*c, ctx, r, eom)) goto failed;
         if (eom.ended) c->in_transaction = false;
         Verdict v = verdict_of(r, stage, *c, ctx);
@@ -621,46 +435,6 @@ failed:
 }
 
 }  // namespace
-
-const std::vector<std::string>& milter_known_macros() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> v;
-    for (const MacroDef& d : kMacros) v.emplace_back(d.name);
-    return v;
-  }();
-  return names;
-}
-
-std::string parse_milter_socket(std::string_view text, MilterOptions& out) {
-  if (text.starts_with("unix:") || text.starts_with("local:")) {
-    std::string_view path = text.substr(text.find(':') + 1);
-    if (path.empty() || path.front() != '/') return "expected unix:/absolute/path";
-    if (path.size() >= 100) return "unix socket path too long";
-    out.unix_socket = true;
-    out.path = std::string(path);
-    return "";
-  }
-  if (!text.starts_with("inet:") && !text.starts_with("inet6:")) return "expected inet:HOST:PORT or unix:PATH";
-  std::string_view rest = text.substr(text.find(':') + 1);
-  std::size_t colon = rest.rfind(':');
-  if (colon == std::string_view::npos) return "expected inet:HOST:PORT";
-  std::string host(rest.substr(0, colon));
-  std::string_view port = rest.substr(colon + 1);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host == "localhost") host = "127.0.0.1";
-  std::error_code ec;
-  asio::ip::make_address(host, ec);
-  if (ec) return "HOST must be an IP address or localhost, got \"" + host + "\"";
-  unsigned p = 0;
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos ||
-      (p = static_cast<unsigned>(std::stoul(std::string(port)))) == 0 || p > 65535) {
-    return "PORT must be 1 to 65535";
-  }
-  out.unix_socket = false;
-  out.host = host;
-  out.port = static_cast<unsigned short>(p);
-  return "";
-}
 
 std::shared_ptr<Filter> make_milter_filter(MilterOptions options) {
   return std::make_shared<MilterFilter>(std::move(options));

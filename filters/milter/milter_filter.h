@@ -7,11 +7,13 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "filters/filter.h"
+#include "filters/milter/milter_protocol.h"
 
 namespace postern {
 
@@ -42,6 +44,11 @@ struct MilterOptions {
 std::string parse_milter_socket(std::string_view text, MilterOptions& out);
 // The macros postern can send; an unknown name is a configuration error.
 const std::vector<std::string>& milter_known_macros();
+
+// A known macro's value for this stage's context, and the stage it is sent
+// before (milter_options.cpp); nullopt for an unknown name.
+std::string milter_macro_value(std::string_view name, const FilterContext& ctx, const std::string& hostname);
+std::optional<milter::MacroStage> milter_macro_stage(std::string_view name);
 
 std::shared_ptr<Filter> make_milter_filter(MilterOptions options);
 

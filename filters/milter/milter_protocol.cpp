@@ -224,4 +224,106 @@ Reply decode_reply(const Packet& p) {
   return r;
 }
 
+Command decode_command(const Packet& p) {
+  Command c;
+  c.command = p.command;
+  std::string_view d = p.data;
+  std::vector<std::string_view> s;
+  switch (p.command) {
+    case cmd::kOptneg:
+      c.valid = d.size() >= 12;
+      if (c.valid) c.optneg = Negotiated{get32(d.substr(0, 4)), get32(d.substr(4, 4)), get32(d.substr(8, 4))};
+      break;
+    case cmd::kConnect: {  // hostname \0 family [port(2) address \0]
+      std::size_t nul = d.find('\0');
+      if (nul == std::string_view::npos || nul + 1 >= d.size()) break;
+      c.hostname = std::string(d.substr(0, nul));
+      c.family = d[nul + 1];
+      std::string_view rest = d.substr(nul + 2);
+      if (c.family == 'U') {
+        c.valid = true;
+        break;
+      }
+      if (c.family != '4' && c.family != '6' && c.family != 'L') break;
+      if (rest.size() < 3) break;
+      c.port = static_cast<std::uint16_t>(static_cast<unsigned char>(rest[0]) << 8 | static_cast<unsigned char>(rest[1]));
+      c.valid = split_strings(rest.substr(2), s) && s.size() == 1;
+      if (c.valid) c.address = std::string(s[0]);
+      break;
+    }
+    case cmd::kHelo:
+      c.valid = split_strings(d, s) && s.size() == 1;
+      if (c.valid) c.helo = std::string(s[0]);
+      break;
+    case cmd::kMail:
+    case cmd::kRcpt:
+      c.valid = split_strings(d, s) && !s.empty() && !s[0].empty();
+      for (std::string_view a : s) c.args.emplace_back(a);
+      break;
+    case cmd::kHeader:
+      c.valid = split_strings(d, s) && s.size() == 2 && !s[0].empty();
+      if (c.valid) c.name = std::string(s[0]), c.value = std::string(s[1]);
+      break;
+    case cmd::kMacro: {
+      if (d.empty()) break;
+      c.macro_stage = d[0];
+      d.remove_prefix(1);
+      if (d.empty()) {
+        c.valid = true;
+        break;
+      }
+      c.valid = split_strings(d, s) && s.size() % 2 == 0;
+      for (std::size_t i = 0; c.valid && i + 1 < s.size(); i += 2) c.macros.emplace_back(s[i], s[i + 1]);
+      break;
+    }
+    case cmd::kBody: case cmd::kBodyEob: case cmd::kUnknown:
+      c.valid = true;
+      c.body = p.data;
+      break;
+    case cmd::kAbort: case cmd::kData: case cmd::kEoh: case cmd::kQuit: case cmd::kQuitNc:
+      c.valid = true;  // their data, if any, is ignored (Sendmail sends none)
+      break;
+    default:
+      c.valid = false;
+  }
+  return c;
+}
+
+std::string encode_replycode(int code, std::string_view text) {
+  std::string d;
+  std::string_view rest = text;
+  for (;;) {
+    std::size_t nl = rest.find('\n');
+    d += std::to_string(code);
+    d.push_back(nl == std::string_view::npos ? ' ' : '-');
+    d.append(rest.substr(0, nl));
+    if (nl == std::string_view::npos) break;
+    d.append("\r\n");
+    rest.remove_prefix(nl + 1);
+  }
+  put_string(d, "");
+  return encode(reply::kReplyCode, d);
+}
+
+std::string encode_header_reply(char command, std::uint32_t index, std::string_view name, std::string_view value) {
+  std::string d;
+  if (command != reply::kAddHeader) put32(d, index);
+  put_string(d, name);
+  put_string(d, value);
+  return encode(command, d);
+}
+
+std::string encode_address_reply(char command, std::string_view address, std::string_view args) {
+  std::string d;
+  put_string(d, "<" + std::string(address) + ">");
+  if (!args.empty()) put_string(d, args);
+  return encode(command, d);
+}
+
+std::string encode_quarantine(std::string_view reason) {
+  std::string d;
+  put_string(d, reason);
+  return encode(reply::kQuarantine, d);
+}
+
 }  // namespace postern::milter

@@ -87,7 +87,8 @@ class PacketReader {
   std::size_t pos_ = 0;
 };
 
-// Encoders of the MTA's commands: each returns a whole framed packet.
+// Encoders of the MTA's commands (the client side, milter_filter.cpp): each
+// returns a whole framed packet.
 std::string encode(char command, std::string_view data);
 std::string encode_optneg(std::uint32_t version, std::uint32_t actions, std::uint32_t steps);
 // family: '4', '6', 'L' (unix socket) or 'U' (unknown: no port nor address).
@@ -130,5 +131,37 @@ Reply decode_reply(const Packet& p);
 // True for the replies that end a command: accept, continue, discard,
 // reject, tempfail, replycode, skip (body), shutdown, conn_fail.
 bool is_final(char command);
+
+// The server side (proxy/milter_server.cpp): one of the MTA's commands,
+// decoded; `valid` false for a malformed one.
+struct Command {
+  char command = 0;
+  bool valid = false;
+  Negotiated optneg;  // SMFIC_OPTNEG: the MTA's version, actions and steps
+  // SMFIC_CONNECT: host name, family ('4', '6', 'L', 'U'), port, address.
+  std::string hostname;
+  char family = 'U';
+  std::uint16_t port = 0;
+  std::string address;
+  std::string helo;  // SMFIC_HELO
+  // SMFIC_MAIL / SMFIC_RCPT: the path as sent ("<a@b>") then ESMTP arguments.
+  std::vector<std::string> args;
+  std::string name, value;  // SMFIC_HEADER
+  char macro_stage = 0;     // SMFIC_MACRO: the command the macros go with
+  std::vector<std::pair<std::string, std::string>> macros;
+  std::string body;  // SMFIC_BODY, SMFIC_BODYEOB (a last chunk, usually empty), SMFIC_UNKNOWN
+};
+Command decode_command(const Packet& p);
+
+// Encoders of the milter's replies (the server side).
+// SMFIR_REPLYCODE: `text` lines ("\n"-separated, each with its enhanced
+// code), each prefixed with the code ("550-" ... "550 ").
+std::string encode_replycode(int code, std::string_view text);
+// SMFIR_ADDHEADER (index unused), SMFIR_INSHEADER, SMFIR_CHGHEADER.
+std::string encode_header_reply(char command, std::uint32_t index, std::string_view name, std::string_view value);
+// SMFIR_ADDRCPT, SMFIR_DELRCPT, SMFIR_CHGFROM, SMFIR_ADDRCPT_PAR: the address
+// in angle brackets, then the ESMTP arguments when any (not for ADD/DELRCPT).
+std::string encode_address_reply(char command, std::string_view address, std::string_view args = {});
+std::string encode_quarantine(std::string_view reason);
 
 }  // namespace postern::milter

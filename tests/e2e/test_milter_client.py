@@ -128,6 +128,20 @@ def test_header_actions_are_applied_to_the_relayed_message(postern, sink, tmp_pa
 
 
 @needs_milter
+def test_insheader_index_is_honoured(postern, sink, tmp_path, milter):
+    """SMFIR_INSHEADER at index N goes before the message's Nth field (0 =
+    the top of what the milter saw, below postern's Received); the later of
+    two at one index comes first; past the last field, after it."""
+    p = start(postern, sink, tmp_path, milter.port)
+    _, r = send(p, "insert-at")
+    check_reply(r, 250)
+    names = [l.split(":")[0] for l in headers_of(sink.messages[0]).split("\r\n") if l and not l[0].isspace()]
+    names = [n for n in names if n not in ("Received",)]
+    assert names == ["X-At-Zero", "From", "To", "X-At-Two-Later", "X-At-Two", "Subject", "X-Test-Case",
+                     "X-Remove-Me", "X-At-End"], names
+
+
+@needs_milter
 def test_recipient_and_sender_changes_reach_the_mta(postern, sink, tmp_path, milter):
     p = start(postern, sink, tmp_path, milter.port)
     _, r = send(p, "rcpts")

@@ -9,7 +9,11 @@
 //  - decode_reply never reads past a packet; a valid SMFIR_REPLYCODE has a
 //    4xx/5xx code and text without CR or NUL; a valid header reply has a
 //    non-empty name without NUL;
-//  - a packet re-encoded with encode() reads back to the same packet.
+//  - a packet re-encoded with encode() reads back to the same packet;
+//  - the same packets read as the MTA's commands (the milter server's side,
+//    decode_command): a valid connect has a known family, a valid MAIL/RCPT
+//    a non-empty path, a valid header a non-empty name, macros come in pairs;
+//    the reply encoders frame what they are given whole.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -82,6 +86,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       FUZZ_CHECK(!r.name.empty() && r.name.find('\0') == std::string::npos, postern::fuzz::escape(r.name));
     }
     (void)m::decode_optneg(p);
+  }
+  for (const m::Packet& p : whole) {
+    m::Command c = m::decode_command(p);
+    if (c.valid && c.command == m::cmd::kConnect) {
+      FUZZ_CHECK(c.family == '4' || c.family == '6' || c.family == 'L' || c.family == 'U', std::string(1, c.family));
+    }
+    if (c.valid && (c.command == m::cmd::kMail || c.command == m::cmd::kRcpt)) {
+      FUZZ_CHECK(!c.args.empty() && !c.args[0].empty(), postern::fuzz::escape(p.data));
+    }
+    if (c.valid && c.command == m::cmd::kHeader) FUZZ_CHECK(!c.name.empty(), postern::fuzz::escape(p.data));
+    if (c.valid && c.command == m::cmd::kHeader) {
+      std::string framed = m::encode_header_reply(m::reply::kInsHeader, 0, c.name, c.value);
+      m::PacketReader back;
+      back.feed(framed);
+      m::Packet q;
+      FUZZ_CHECK(back.next(q) == m::PacketReader::Status::kPacket, postern::fuzz::escape(framed));
+      m::Reply r = m::decode_reply(q);
+      FUZZ_CHECK(r.valid && r.name == c.name && r.value == c.value, postern::fuzz::escape(framed));
+    }
   }
   return 0;
 }

@@ -302,3 +302,18 @@ TEST_CASE("DKIM tag-lists: one parser, RFC 6376 3.2", "[dkim][header-parser]") {
   CHECK(dkim_key_problem("t=s; p=YWJj", "rsa-sha256", "example.com", "a@Example.COM").empty());
   CHECK(dkim_key_problem("t=y; p=YWJj", "rsa-sha256", "example.com", "a@sub.example.com").empty());
 }
+
+TEST_CASE("render: a milter's SMFIR_INSHEADER position is honoured", "[message][milter]") {
+  auto p = parse("A: 1\r\nB: 2\r\nC: 3\r\n\r\nbody\r\n");
+  using K = postern::HeaderEdit::Kind;
+  Changes c;
+  c.headers = {{K::kInsert, "X-Two", "b", 2}, {K::kInsert, "X-Two-Later", "a", 2}, {K::kInsert, "X-Zero", "z", 0},
+               {K::kInsert, "X-End", "e", 99}, {K::kPrepend, "X-Top", "t"}, {K::kAdd, "X-Added", "d"}};
+  CHECK(render_header_block(*p.message, c, "Received: x\r\n") ==
+        "Received: x\r\nX-Top: t\r\nX-Zero: z\r\nA: 1\r\nB: 2\r\nX-Two-Later: a\r\nX-Two: b\r\nC: 3\r\n"
+        "X-End: e\r\nX-Added: d\r\n\r\n");
+  // past the end by exactly one: after the last field too
+  Changes d;
+  d.headers = {{K::kInsert, "X-Three", "c", 3}};
+  CHECK(render_header_block(*p.message, d, "") == "A: 1\r\nB: 2\r\nC: 3\r\nX-Three: c\r\n\r\n");
+}

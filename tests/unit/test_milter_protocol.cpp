@@ -180,3 +180,91 @@ TEST_CASE("a multi-line verdict text becomes a multi-line reply, each line clean
   const std::string text = verdict_reply(Verdict{Verdict::Action::kTempfail, 451, "", many, ""}, Stage::kEom).text;
   CHECK(std::count(text.begin(), text.end(), '\n') == 9);  // at most 10 lines
 }
+
+// The server side (proxy/milter_server): the MTA's commands decoded, and the
+// replies postern sends read back by the client half's own decoder.
+TEST_CASE("milter server: the MTA's commands decode, malformed ones are invalid", "[milter][milter_server]") {
+  auto cmd = [](char c, std::string data) { return m::decode_command(m::Packet{c, std::move(data)}); };
+  m::Command o = cmd('O', be32(6) + be32(0x1ff) + be32(0x1fffff));
+  CHECK((o.valid && o.optneg.version == 6 && o.optneg.actions == 0x1ff && o.optneg.steps == 0x1fffff));
+  CHECK_FALSE(cmd('O', be32(6)).valid);
+  m::Command c = cmd('C', std::string("mail.example\0" "4\x04\x01" "192.0.2.1\0", 26));
+  CHECK((c.valid && c.hostname == "mail.example" && c.family == '4' && c.port == 1025 && c.address == "192.0.2.1"));
+  CHECK(cmd('C', std::string("[192.0.2.1]\0U", 13)).valid);              // unknown family: no port nor address
+  CHECK_FALSE(cmd('C', std::string("host\0", 5)).valid);                 // no family
+  CHECK_FALSE(cmd('C', std::string("host\0X\0\0a\0", 10)).valid);        // unknown family
+  CHECK_FALSE(cmd('C', std::string("host\0" "4\0\x19" "192.0.2.1", 15)).valid);  // address not terminated
+  m::Command mail = cmd('M', std::string("<a@example.org>\0SIZE=10\0BODY=8BITMIME\0", 38));
+  CHECK((mail.valid && mail.args == std::vector<std::string>{"<a@example.org>", "SIZE=10", "BODY=8BITMIME"}));
+  CHECK_FALSE(cmd('M', std::string("\0", 1)).valid);
+  CHECK_FALSE(cmd('R', "<b@example.org>").valid);  // no NUL
+  m::Command h = cmd('L', std::string("Subject\0 hello\0", 15));
+  CHECK((h.valid && h.name == "Subject" && h.value == " hello"));
+  CHECK_FALSE(cmd('L', std::string("\0v\0", 3)).valid);
+  CHECK_FALSE(cmd('L', std::string("a\0b\0c\0", 6)).valid);
+  m::Command d = cmd('D', std::string("Mi\0Q1\0{auth_authen}\0bob\0", 24));
+  CHECK((d.valid && d.macro_stage == 'M' && d.macros.size() == 2 && d.macros[1].second == "bob"));
+  CHECK_FALSE(cmd('D', std::string("Mi\0", 3)).valid);  // a name without its value
+  CHECK(cmd('D', "C").valid);                            // no macros at all
+  CHECK(cmd('B', "body\r\n").body == "body\r\n");
+  for (char k : {'A', 'N', 'Q', 'K', 'T'}) CHECK(cmd(k, "").valid);
+  CHECK_FALSE(cmd('Z', "").valid);
+  CHECK_FALSE(cmd('y', "550 no").valid);  // a reply is not a command
+}
+
+TEST_CASE("milter server: replies read back with the client's decoder", "[milter][milter_server]") {
+  auto back = [](const std::string& framed) {
+    m::PacketReader r;
+    r.feed(framed);
+    m::Packet p;
+    REQUIRE(r.next(p) == m::PacketReader::Status::kPacket);
+    return m::decode_reply(p);
+  };
+  m::Reply one = back(m::encode_replycode(554, "5.7.1 Refused by policy"));
+  CHECK((one.valid && one.code == 554 && one.enhanced == "5.7.1" && one.text == "Refused by policy"));
+  m::Reply multi = back(m::encode_replycode(451, "4.7.1 first\n4.7.1 second"));
+  CHECK((multi.valid && multi.code == 451 && multi.text == "first\nsecond"));
+  m::Reply ins = back(m::encode_header_reply(m::reply::kInsHeader, 0, "Authentication-Results", " mx; spf=pass"));
+  CHECK((ins.valid && ins.command == 'i' && ins.index == 0 && ins.value == " mx; spf=pass"));
+  m::Reply chg = back(m::encode_header_reply(m::reply::kChgHeader, 2, "X-Mailer", ""));
+  CHECK((chg.valid && chg.index == 2 && chg.value.empty()));
+  m::Reply add = back(m::encode_header_reply(m::reply::kAddHeader, 7, "X-A", "v"));
+  CHECK((add.valid && add.name == "X-A" && add.value == "v"));
+  m::Reply rcpt = back(m::encode_address_reply(m::reply::kAddRcpt, "b@example.org"));
+  CHECK((rcpt.valid && rcpt.address == "b@example.org"));
+  m::Reply from = back(m::encode_address_reply(m::reply::kChgFrom, "", "SIZE=1"));
+  CHECK((from.valid && from.address.empty() && from.args == "SIZE=1"));
+  m::Reply q = back(m::encode_quarantine("held"));
+  CHECK((q.valid && q.value == "held"));
+}
+
+TEST_CASE("milter_server config: listen addresses, time-out, socket mode, policy", "[milter_server][config]") {
+  auto c = test::load_config_text(R"([milter_server]
+listen = ["inet:127.0.0.1:8893", "unix:/run/postern/milter.sock", "inet:[::1]:8894"]
+timeout = 120
+socket_mode = "0666"
+connections = 50
+policy = "submission"
+)");
+  const auto& ms = c->milter_server;
+  REQUIRE(ms.listen.size() == 3);
+  CHECK((ms.listen[0].host == "127.0.0.1" && ms.listen[0].port == 8893 && !ms.listen[0].unix_socket));
+  CHECK((ms.listen[1].unix_socket && ms.listen[1].path == "/run/postern/milter.sock"));
+  CHECK(ms.listen[2].host == "::1");
+  CHECK(ms.timeout.count() == 120);
+  CHECK(ms.socket_mode == 0666);
+  CHECK(ms.connections == 50);
+  CHECK(ms.policy == Config::Listener::Policy::kSubmission);
+  CHECK(test::load_config_text("[milter_server]\nlisten = \"inet:127.0.0.1:1\"\n")->milter_server.listen.size() == 1);
+  CHECK(test::load_config_text("")->milter_server.listen.empty());  // off by default
+
+  auto err = [](const std::string& body) { return test::config_error_of_text("[milter_server]\n" + body); };
+  CHECK(err("listen = \"tcp:1.2.3.4:5\"\n").find("milter_server.listen") != std::string::npos);
+  CHECK(err("listen = [\"unix:relative\"]\n").find("absolute") != std::string::npos);
+  CHECK(err("listen = 5\n").find("milter_server.listen") != std::string::npos);
+  CHECK(err("listen = [5]\n").find("expected a string") != std::string::npos);
+  CHECK(err("timeout = 0\n").find("milter_server.timeout") != std::string::npos);
+  CHECK(err("socket_mode = \"0777\"\n").find("socket_mode") != std::string::npos);
+  CHECK(err("policy = \"none\"\n").find("milter_server.policy") != std::string::npos);
+  CHECK(err("lisen = []\n").find("did you mean 'listen'") != std::string::npos);
+}

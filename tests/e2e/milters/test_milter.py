@@ -92,6 +92,11 @@ class TestMilter(Milter.Base):
             self.addheader("X-Milter-Top", "first", 0)
             self.chgheader("Subject", 1, "changed by milter")
             self.chgheader("X-Remove-Me", 1, "")
+        elif case == "insert-at":  # SMFIR_INSHEADER at positions 0, 2 and past the end
+            self.addheader("X-At-Two", "b", 2)
+            self.addheader("X-At-Two-Later", "a", 2)
+            self.addheader("X-At-Zero", "z", 0)
+            self.addheader("X-At-End", "e", 99)
         elif case == "rcpts":
             self.addrcpt("<added@example.com>")
             self.addrcpt("<withargs@example.com>", "NOTIFY=NEVER")

@@ -1,0 +1,156 @@
+// A milter's modifications as Changes; see milter_actions.h.
+#include "filters/milter/milter_actions.h"
+
+#include "filters/address.h"
+
+namespace postern {
+namespace {
+
+// Bounds on what one message's replies may add (each is an error past it).
+constexpr std::size_t kMaxEdits = 256;
+constexpr std::size_t kMaxHeaderValue = 16 * 1024;
+
+// A header value from a milter: a fold ("\n" or "\r\n" then white space)
+// becomes CRLF + the white space; any other control character a space, so
+// no reply can end the header section or smuggle a line (DESIGN).
+std::string clean_header_value(std::string_view v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    unsigned char c = v[i];
+    if (c == '\r' && i + 1 < v.size() && v[i + 1] == '\n') continue;
+    if (c == '\n' && i + 1 < v.size() && (v[i + 1] == ' ' || v[i + 1] == '\t') && !out.empty()) {
+      out.append("\r\n");
+      continue;
+    }
+    out.push_back((c < 32 && c != '\t') || c == 127 ? ' ' : static_cast<char>(c));
+  }
+  return out;
+}
+
+bool valid_header_name(std::string_view n) {
+  if (n.empty() || n.size() > 200) return false;
+  for (unsigned char c : n) {
+    if (c <= 32 || c >= 127 || c == ':') return false;  // RFC 5322 §2.2 ftext
+  }
+  return true;
+}
+
+// A body from a milter in CRLF lines: a bare CR or LF becomes CRLF (one
+// idea of where a line ends, DESIGN "Invariants").
+void append_body(std::string& out, std::string_view piece, bool& pending_cr) {
+  for (char c : piece) {
+    if (pending_cr) {
+      out.append("\r\n");
+      pending_cr = false;
+      if (c == '\n') continue;
+    }
+    if (c == '\r') pending_cr = true;
+    else if (c == '\n') out.append("\r\n");
+    else out.push_back(c);
+  }
+}
+
+}  // namespace
+
+std::string apply_milter_modification(const milter::Reply& r, std::uint32_t actions, std::size_t max_body,
+                                      MilterEom& eom) {
+  std::string error;
+  auto allowed = [&](std::uint32_t flag) {
+    if (actions & flag) return true;
+    error = std::string("action '") + r.command + "' not negotiated";
+    return false;
+  };
+  Changes& ch = eom.changes;
+  if (eom.actions.size() >= kMaxEdits) {  // every modification but a body piece adds one
+    error = "too many modifications";
+    return error;
+  }
+  auto mailbox = [&](const std::string& a, Mailbox& out) {
+    PathParse pp = parse_path("<" + a + ">", true, true, true);
+    if (pp.error != PathError::kNone) {
+      error = "invalid address in reply";
+      return false;
+    }
+    out = pp.mailbox;
+    return true;
+  };
+  switch (r.command) {
+    case milter::reply::kAddHeader:
+    case milter::reply::kInsHeader:
+    case milter::reply::kChgHeader: {
+      if (!allowed(r.command == milter::reply::kChgHeader ? milter::action::kChgHdrs : milter::action::kAddHdrs)) return error;
+      if (!valid_header_name(r.name) || r.value.size() > kMaxHeaderValue) {
+        error = "invalid header field in reply";
+        return error;
+      }
+      std::string value = clean_header_value(r.value);
+      while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.erase(0, 1);
+      if (r.command == milter::reply::kAddHeader) {
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kAdd, r.name, value});
+        eom.actions.push_back("add_header " + r.name);
+      } else if (r.command == milter::reply::kInsHeader) {
+        // Position 0 is the top of the message's fields (below postern's
+        // Received, which the milter never saw); N is before the Nth field.
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kInsert, r.name, value, r.index});
+        eom.actions.push_back("insert_header " + r.name);
+      } else if (r.value.empty()) {  // an empty value deletes (smfi_chgheader)
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kRemove, r.name, "", r.index == 0 ? 1 : r.index});
+        eom.actions.push_back("delete_header " + r.name);
+      } else {
+        ch.headers.push_back(HeaderEdit{HeaderEdit::Kind::kChange, r.name, value, r.index == 0 ? 1 : r.index});
+        eom.actions.push_back("change_header " + r.name);
+      }
+      return {};
+    }
+    case milter::reply::kAddRcpt:
+    case milter::reply::kAddRcptPar: {
+      if (!allowed(r.command == milter::reply::kAddRcpt ? milter::action::kAddRcpt : milter::action::kAddRcptPar)) return error;
+      Mailbox mb;
+      if (!mailbox(r.address, mb) || mb.empty()) return error;
+      ch.add_recipients.push_back(mb);
+      eom.actions.push_back("add_rcpt <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
+      return {};
+    }
+    case milter::reply::kDelRcpt: {
+      if (!allowed(milter::action::kDelRcpt)) return error;
+      Mailbox mb;
+      if (!mailbox(r.address, mb)) return error;
+      ch.remove_recipients.push_back(mb);
+      eom.actions.push_back("delete_rcpt <" + mb.str() + ">");
+      return {};
+    }
+    case milter::reply::kChgFrom: {
+      if (!allowed(milter::action::kChgFrom)) return error;
+      Mailbox mb;
+      if (!mailbox(r.address, mb)) return error;
+      ch.reverse_path = mb;
+      eom.actions.push_back("change_from <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
+      return {};
+    }
+    case milter::reply::kReplBody: {
+      if (!allowed(milter::action::kChgBody)) return error;
+      if (!ch.body) {
+        ch.body.emplace();
+        eom.actions.push_back("replace_body");
+      }
+      if (ch.body->size() + r.body.size() > max_body) {
+        error = "replaced body too large";
+        return error;
+      }
+      append_body(*ch.body, r.body, eom.body_cr);
+      return {};
+    }
+    case milter::reply::kQuarantine:
+      if (!allowed(milter::action::kQuarantine)) return error;
+      if (!eom.quarantine) eom.actions.push_back("quarantine");
+      eom.quarantine = r.value.substr(0, 200);
+      return {};
+    case milter::reply::kSetSymList:
+      return {};  // only meaningful in negotiation: ignored
+    default:
+      error = std::string("unexpected reply '") + r.command + "'";
+      return error;
+  }
+}
+
+}  // namespace postern
