@@ -347,7 +347,7 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::on_mail(const m::Command& 
         .kv("from", "<" + parsed.mailbox.str() + ">").kv("reason", v.reason);
     refuse(v, Stage::kMail, out);
     Reply r = verdict_reply(v, Stage::kMail);
-    write_audit(r.klass() == 4 ? "tempfailed" : "rejected", fmt::format("{} {}", r.code, r.text), v, "mail", "", "",
+    write_audit(r.klass() == 4 ? Outcome::kTempfailed : Outcome::kRejected, fmt::format("{} {}", r.code, r.text), v, "mail", "", "",
                 false);
     reset_transaction();
     co_return Next::kMore;
@@ -449,14 +449,14 @@ asio::awaitable<void> MilterDialogue::end_of_message(std::string_view last_chunk
   append_content(last_chunk);
 
   Verdict verdict;
-  std::string action;     // for the audit record and the log
+  Outcome action = Outcome::kRelayed;  // for the audit record, the log and the metrics
   std::string said;       // what the MTA was told, "code text" or the milter reply
   AuditHeaders headers;
   bool dkim_signed = false;
   auto refuse_with = [&](const replies::Def& def) {
     out += m::encode_replycode(def.code, def.text);
     said = fmt::format("{} {}", def.code, def.text);
-    action = def.code / 100 == 4 ? "tempfailed" : "rejected";
+    action = def.code / 100 == 4 ? Outcome::kTempfailed : Outcome::kRejected;
   };
   if (too_big_) {
     refuse_with(replies::kSizeExceeded);
@@ -484,13 +484,13 @@ asio::awaitable<void> MilterDialogue::end_of_message(std::string_view last_chunk
                 .kv("action", "451 4.7.0");
             out += m::encode_replycode(451, "4.7.0 Error: a change to the message is not allowed, try again later");
             said = "451 4.7.0 change not allowed";
-            action = "tempfailed";
+            action = Outcome::kTempfailed;
             break;
           }
           if (none_left) {  // as a proxied session: no recipient left, nothing to deliver
             out += m::encode(m::reply::kDiscard, "");
             said = "discard (no recipients left)";
-            action = "discarded";
+            action = Outcome::kDiscarded;
             break;
           }
           std::string signature;
@@ -538,10 +538,10 @@ asio::awaitable<void> MilterDialogue::end_of_message(std::string_view last_chunk
             }
             out += m::encode_quarantine(log::sanitize(verdict.reason.empty() ? "postern policy" : verdict.reason));
             said = "quarantine";
-            action = "quarantined";
+            action = Outcome::kQuarantined;
           } else {
             said = "accept";
-            action = txn_.changes.redirect ? "redirected" : "relayed";
+            action = txn_.changes.redirect ? Outcome::kRedirected : Outcome::kRelayed;
           }
           out += m::encode(m::reply::kAccept, "");
           break;
@@ -549,33 +549,27 @@ asio::awaitable<void> MilterDialogue::end_of_message(std::string_view last_chunk
         case Verdict::Action::kDiscard:
           out += m::encode(m::reply::kDiscard, "");
           said = "discard";
-          action = "discarded";
+          action = Outcome::kDiscarded;
           break;
         default: {  // reject, tempfail, disconnect
           refuse(verdict, Stage::kEom, out);
           Reply r = verdict_reply(verdict, Stage::kEom);
           said = fmt::format("{} {}", r.code, r.text);
-          action = r.klass() == 4 ? "tempfailed" : "rejected";
+          action = r.klass() == 4 ? Outcome::kTempfailed : Outcome::kRejected;
         }
       }
       if (current_audit_log()) headers = audit_message_headers(message);
       txn_.message = nullptr;
     }
   }
-  {
-    using R = metrics::MessageResult;
-    R r = action == "relayed" ? R::kRelayed : action == "redirected" ? R::kRedirected
-          : action == "tempfailed" ? R::kTempfailed : action == "discarded" ? R::kDiscarded
-          : action == "quarantined" ? R::kQuarantined : R::kRejected;
-    metrics::message_done(r, spool_->size(), metrics::seconds_since(end_of_content),
-                          metrics::seconds_since(txn_started_));
-  }
+  metrics::message_done(action, spool_->size(), metrics::seconds_since(end_of_content),
+                        metrics::seconds_since(txn_started_));
   std::string to;
   for (const Mailbox& mb : txn_.recipients) to += (to.empty() ? "<" : ",<") + mb.str() + ">";
   log::Line line = log::info("message");
   line.kv("session", id_).kv("id", txn_.id).kv("mode", "milter").kv("client", facts_.client_ip)
       .kv("from", "<" + txn_.reverse_path.str() + ">").kv("to", to).kv("size", spool_->size())
-      .kv("result", action).kv("milter_reply", log::sanitize(said));
+      .kv("result", outcome_name(action)).kv("milter_reply", log::sanitize(said));
   if (!txn_.symbols.empty()) line.kv("score", fmt::format("{:.2f}", txn_.score));
   if (verdict.decisive()) line.kv("verdict", action_name(verdict.action)).kv("reason", verdict.reason);
   if (dkim_signed) line.kv("dkim", "signed");
@@ -586,11 +580,11 @@ asio::awaitable<void> MilterDialogue::end_of_message(std::string_view last_chunk
 
 // The message's audit record (filters/audit/audit_log.h); its listener is
 // "milter:ADDRESS" and what it was "replied" is the milter reply.
-void MilterDialogue::write_audit(std::string_view action, std::string_view reply, const Verdict& v, const char* stage,
+void MilterDialogue::write_audit(Outcome action, std::string_view reply, const Verdict& v, const char* stage,
                                  std::string_view message_id, std::string_view from_domain, bool dkim_signed) {
   std::shared_ptr<AuditLog> audit = current_audit_log();
   if (!audit) return;
-  AuditEntry entry{facts_, txn_, std::string(action), std::string(reply), "postern", stage, v.reason,
+  AuditEntry entry{facts_, txn_, std::string(outcome_name(action)), std::string(reply), "postern", stage, v.reason,
                    spool_ ? spool_->size() : 0, std::string(message_id), std::string(from_domain), v.rule,
                    dkim_signed};
   if (!audit->write(audit_json(entry))) {

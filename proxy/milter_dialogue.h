@@ -20,6 +20,7 @@
 #include "filters/filter_chain.h"
 #include "filters/milter/milter_protocol.h"
 #include "filters/spool.h"
+#include "proxy/outcome.h"
 #include "proxy/config.h"
 
 namespace postern {
@@ -61,7 +62,7 @@ class MilterDialogue {
   void refuse(const Verdict& v, Stage stage, std::string& out);
   // Continue, unless the step was negotiated without a reply (SMFIP_NR_*).
   void proceed(std::uint32_t no_reply_step, std::string& out) const;
-  void write_audit(std::string_view action, std::string_view reply, const Verdict& v, const char* stage,
+  void write_audit(Outcome action, std::string_view reply, const Verdict& v, const char* stage,
                    std::string_view message_id, std::string_view from_domain, bool dkim_signed);
   // `forget_macros`: the message's macros (i, {mail_*}, {rcpt_*}) go too.
   void reset_transaction(bool forget_macros = true);
