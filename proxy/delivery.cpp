@@ -206,13 +206,11 @@ asio::awaitable<UpstreamReply> Delivery::relay(const Message& message, bool& dki
   const DkimSigner* signer = config.auth.dkim.signer.get();
   const bool sign = signer && signer->wants(ctx_.session.client_ip, ctx_.session.auth_user);
   // A milter's new body (SMFIR_REPLBODY) is relayed, and signed, instead of the received one.
-  std::unique_ptr<Spool> new_body;
-  if (changes.body) {
-    new_body = std::make_unique<Spool>(config.data.spool_memory, config.data.spool_dir);
-    if (!new_body->append(*changes.body) || !new_body->finish()) co_return local_reply(replies::kSpoolFailed);
-  }
-  const Spool& body = new_body ? *new_body : ctx_.spool;
-  const std::size_t body_offset = new_body ? 0 : message.body_offset();
+  std::optional<Body> chosen = body_of(message);
+  if (!chosen) co_return local_reply(replies::kSpoolFailed);
+  const std::unique_ptr<Spool>& new_body = chosen->replaced;
+  const Spool& body = *chosen->spool;
+  const std::size_t body_offset = chosen->offset;
   const bool as_received = !sign && !new_body && changes.headers.empty() && changes.subject_tag.empty() &&
                            !message.body_would_fold();
   std::string head = as_received ? received() : render_header_block(message, changes, received());
@@ -313,10 +311,27 @@ UpstreamReply Delivery::quarantine(const Message& message, const Verdict& verdic
   head += fold_header_field("X-Postern-Envelope-From", fmt::format("<{}>", t.reverse_path.str()));
   for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
   head += render_header_block(message, t.changes, received());
-  std::string file = deliver_to_maildir(ctx_.config.quarantine.dir, ctx_.config.server.hostname, head, ctx_.spool,
-                                        message.body_offset());
+  // The copy is what would have been relayed: a milter's new body included.
+  std::optional<Body> body = body_of(message);
+  if (!body) return local_reply(replies::kSpoolFailed);
+  if (body->replaced && body->replaced->size() > 0 && !head.ends_with("\r\n\r\n")) head += "\r\n";
+  std::string file = deliver_to_maildir(ctx_.config.quarantine.dir, ctx_.config.server.hostname, head, *body->spool,
+                                        body->offset);
   if (file.empty()) return local_reply(replies::kSpoolFailed);
   return UpstreamReply{Reply{250, "2.0.0 Ok: quarantined as " + file}, true};
+}
+
+std::optional<Delivery::Body> Delivery::body_of(const Message& message) const {
+  Body b;
+  if (const auto& replacement = ctx_.transaction.changes.body) {
+    b.replaced = std::make_unique<Spool>(ctx_.config.data.spool_memory, ctx_.config.data.spool_dir);
+    if (!b.replaced->append(*replacement) || !b.replaced->finish()) return std::nullopt;
+    b.spool = b.replaced.get();
+    return b;
+  }
+  b.spool = &ctx_.spool;
+  b.offset = message.body_offset();
+  return b;
 }
 
 }  // namespace postern

@@ -81,6 +81,14 @@ class Delivery {
   asio::awaitable<UpstreamReply> relay(const Message& message, bool& dkim_signed);
   asio::awaitable<UpstreamReply> redo_envelope();
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
+  // The body that goes on: a milter's replacement (SMFIR_REPLBODY) spooled
+  // anew, or the received one; nullopt when the replacement cannot be spooled.
+  struct Body {
+    std::unique_ptr<Spool> replaced;
+    const Spool* spool = nullptr;
+    std::size_t offset = 0;  // where the body starts in *spool
+  };
+  std::optional<Body> body_of(const Message& message) const;
   std::string received() const;
 
   Context ctx_;

@@ -186,6 +186,23 @@ def test_eom_reject_multiline_reply_tempfail_discard_quarantine(postern, sink, t
 
 
 @needs_milter
+def test_quarantine_copy_carries_the_milters_new_body_and_fields(postern, sink, tmp_path, milter):
+    p = start(postern, sink, tmp_path, milter.port)
+    _, r = send(p, "body-quarantine")
+    check_reply(r, 250)
+    assert "quarantined" in str(r)
+    assert sink.messages == []
+    held = [f for f in (tmp_path / "quarantine").rglob("*") if f.is_file()]
+    assert len(held) == 1, held
+    data = held[0].read_bytes()  # a Maildir file: LF line ends
+    head, body = data.split(b"\n\n", 1)
+    assert b"X-Milter-Cleaned: yes" in head
+    assert b"X-Postern-Quarantine:" in head
+    # What the milter replaced is not kept: the copy is what would have gone on.
+    assert body == b"cleaned body\n"
+
+
+@needs_milter
 def test_envelope_verdicts_mail_reject_rcpt_tempfail_with_reply(postern, sink, tmp_path, milter):
     p = start(postern, sink, tmp_path, milter.port)
     c = SmtpClient(p.port)

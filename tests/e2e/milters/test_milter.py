@@ -116,6 +116,10 @@ class TestMilter(Milter.Base):
             return Milter.DISCARD
         elif case == "quarantine":
             self.quarantine("held by test")
+        elif case == "body-quarantine":  # the held copy is what would have been relayed
+            self.replacebody(b"cleaned body\r\n")
+            self.addheader("X-Milter-Cleaned", "yes")
+            self.quarantine("held after cleaning")
         elif case == "progress":
             for _ in range(6):  # 1.8 s, longer than the 1 s eom_timeout
                 time.sleep(0.3)
