@@ -476,6 +476,51 @@ std::string system_hostname() {
   return buf;
 }
 
+// [[dkim.sign]] and [[arc.sign]] tables (domain, selector, key_file): each
+// key loaded; false when any table is wrong (each error reported).
+bool parse_signing_keys(Checker& check, const toml::node& keys, const std::string& section, std::string_view role,
+                        std::string_view selector_example, std::vector<DkimSigningKey>& out) {
+  const toml::array* arr = keys.as_array();
+  if (!arr || !arr->is_array_of_tables()) {
+    check.error(&keys, section, "expected [[" + section + "]] tables with domain, selector and key_file");
+    return false;
+  }
+  bool ok = true;
+  for (const toml::node& item : *arr) {
+    const toml::table& t = *item.as_table();
+    check.check_keys(t, section, {"domain", "selector", "key_file"});
+    DkimSigningKey key;
+    const toml::node* d = check.get_string(&t, section, "domain", key.domain);
+    const toml::node* s = check.get_string(&t, section, "selector", key.selector);
+    const toml::node* f = check.get_string(&t, section, "key_file", key.key_file);
+    if (!d || !dns_name_valid(key.domain) || key.domain.find('.') == std::string::npos) {
+      check.error(d ? d : &item, section + ".domain",
+                  fmt::format("expected the {} domain (d=), e.g. \"example.com\"", role));
+      ok = false;
+    }
+    if (!s || key.selector.empty() || !dns_name_valid(key.selector + "._domainkey.example")) {
+      check.error(s ? s : &item, section + ".selector",
+                  fmt::format("expected a selector (s=), e.g. \"{}\"", selector_example));
+      ok = false;
+    }
+    if (!f || key.key_file.empty()) {
+      check.error(f ? f : &item, section + ".key_file", "expected the path of the PEM private key");
+      ok = false;
+      continue;
+    }
+    std::error_code ec;
+    auto abs = std::filesystem::absolute(key.key_file, ec);
+    if (!ec) key.key_file = abs.lexically_normal().string();
+    if (std::string why = load_dkim_signing_key(key); !why.empty()) {
+      check.error(f, section + ".key_file", why);
+      ok = false;
+      continue;
+    }
+    out.push_back(std::move(key));
+  }
+  return ok;
+}
+
 // [dkim] signing: [[dkim.sign]] tables (domain, selector, key_file) and the
 // sign_* keys. Every key file is read and checked here, so `postern config
 // check` names an unreadable or wrong key with its file:line.
@@ -514,43 +559,7 @@ void parse_dkim_signing(Checker& check, const toml::table* dkim, unsigned worker
   sign.tempfail_on_error = on_error != "relay";
   const toml::node* keys = dkim ? dkim->get("sign") : nullptr;
   if (!keys) return;
-  const toml::array* arr = keys->as_array();
-  if (!arr || !arr->is_array_of_tables()) {
-    check.error(keys, "dkim.sign", "expected [[dkim.sign]] tables with domain, selector and key_file");
-    return;
-  }
-  bool ok = true;
-  for (const toml::node& item : *arr) {
-    const toml::table& t = *item.as_table();
-    check.check_keys(t, "dkim.sign", {"domain", "selector", "key_file"});
-    DkimSigningKey key;
-    const toml::node* d = check.get_string(&t, "dkim.sign", "domain", key.domain);
-    const toml::node* s = check.get_string(&t, "dkim.sign", "selector", key.selector);
-    const toml::node* f = check.get_string(&t, "dkim.sign", "key_file", key.key_file);
-    if (!d || !dns_name_valid(key.domain) || key.domain.find('.') == std::string::npos) {
-      check.error(d ? d : &item, "dkim.sign.domain", "expected the signing domain (d=), e.g. \"example.com\"");
-      ok = false;
-    }
-    if (!s || key.selector.empty() || !dns_name_valid(key.selector + "._domainkey.example")) {
-      check.error(s ? s : &item, "dkim.sign.selector", "expected a selector (s=), e.g. \"mail2026\"");
-      ok = false;
-    }
-    if (!f || key.key_file.empty()) {
-      check.error(f ? f : &item, "dkim.sign.key_file", "expected the path of the PEM private key");
-      ok = false;
-      continue;
-    }
-    std::error_code ec;
-    auto abs = std::filesystem::absolute(key.key_file, ec);
-    if (!ec) key.key_file = abs.lexically_normal().string();
-    if (std::string why = load_dkim_signing_key(key); !why.empty()) {
-      check.error(f, "dkim.sign.key_file", why);
-      ok = false;
-      continue;
-    }
-    sign.keys.push_back(std::move(key));
-  }
-  if (!ok || sign.keys.empty()) return;
+  if (!parse_signing_keys(check, *keys, "dkim.sign", "signing", "mail2026", sign.keys) || sign.keys.empty()) return;
   try {
     out.signer = std::make_shared<const DkimSigner>(std::move(sign));
   } catch (const std::exception& e) {
@@ -1190,43 +1199,10 @@ void parse_arc(Checker& check, const toml::table& root, Config& config) {
     }
     return;
   }
-  const toml::array* arr = keys->as_array();
-  if (!arr || !arr->is_array_of_tables()) {
-    check.error(keys, "arc.sign", "expected [[arc.sign]] tables with domain, selector and key_file");
+  if (!parse_signing_keys(check, *keys, "arc.sign", "sealing", "arc2026", seal.keys) || seal.keys.empty() ||
+      seal.mode == ArcSealMode::kNone) {
     return;
   }
-  bool ok = true;
-  for (const toml::node& item : *arr) {
-    const toml::table& t = *item.as_table();
-    check.check_keys(t, "arc.sign", {"domain", "selector", "key_file"});
-    DkimSigningKey key;
-    const toml::node* d = check.get_string(&t, "arc.sign", "domain", key.domain);
-    const toml::node* s = check.get_string(&t, "arc.sign", "selector", key.selector);
-    const toml::node* f = check.get_string(&t, "arc.sign", "key_file", key.key_file);
-    if (!d || !dns_name_valid(key.domain) || key.domain.find('.') == std::string::npos) {
-      check.error(d ? d : &item, "arc.sign.domain", "expected the sealing domain (d=), e.g. \"example.com\"");
-      ok = false;
-    }
-    if (!s || key.selector.empty() || !dns_name_valid(key.selector + "._domainkey.example")) {
-      check.error(s ? s : &item, "arc.sign.selector", "expected a selector (s=), e.g. \"arc2026\"");
-      ok = false;
-    }
-    if (!f || key.key_file.empty()) {
-      check.error(f ? f : &item, "arc.sign.key_file", "expected the path of the PEM private key");
-      ok = false;
-      continue;
-    }
-    std::error_code ec;
-    auto abs = std::filesystem::absolute(key.key_file, ec);
-    if (!ec) key.key_file = abs.lexically_normal().string();
-    if (std::string why = load_dkim_signing_key(key); !why.empty()) {
-      check.error(f, "arc.sign.key_file", why);
-      ok = false;
-      continue;
-    }
-    seal.keys.push_back(std::move(key));
-  }
-  if (!ok || seal.keys.empty() || seal.mode == ArcSealMode::kNone) return;
   try {
     o.sealer = std::make_shared<const ArcSealer>(std::move(seal));
   } catch (const std::exception& e) {
