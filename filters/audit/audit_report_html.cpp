@@ -235,7 +235,7 @@ std::string report_title(const AuditReport& r) {
   if (r.domain_filter.empty()) return "Who sends as which From domain: all From domains";
   std::string list;
   for (std::size_t i = 0; i < r.domain_filter.size() && i < 5; ++i) list += (i ? ", " : "") + r.domain_filter[i];
-  if (r.domain_filter.size() > 5) list += " and " + std::to_string(r.domain_filter.size() - 5) + " more";
+  if (r.domain_filter.size() > 5) list += " and " + std::to_string(r.domain_filter.size() - 5) + " other domains";
   return r.domains_from_signing ? "Who sends as the domains postern signs for: " + list : "Who sends as " + list;
 }
 

@@ -136,11 +136,18 @@ class UnitLike:
                                      env=dict(os.environ, RUNTIME_DIRECTORY="/run/postern"), text=True,
                                      stdin=subprocess.DEVNULL)
         self.pid_namespace = pid_namespace
+        self.enter_namespace = pid_namespace
         try:
             self.wait_listening()
         except BaseException:
             self.stop()
             raise
+        # Inside its namespace postern is PID 1. Where entering the namespace
+        # does not show its /proc (a chroot, as in fresh-ci: setns puts the
+        # caller at the real root), commands run out here instead, and pids()
+        # then guards that `pidof postern` finds this postern alone.
+        if self.enter_namespace and self.pids() != [1]:
+            self.enter_namespace = False
 
     def wait_listening(self, seconds=30):
         import time
@@ -167,8 +174,10 @@ class UnitLike:
     def shell(self, command, check=True, cwd="/"):
         """`command` run by bash as root; with a PID namespace, inside it."""
         argv = ["bash", "-c", command]
-        if self.pid_namespace:
-            argv = ["nsenter", "--target", str(self.children()[0]), "--pid", "--mount"] + argv
+        if self.enter_namespace:
+            # --root: the target's root (a chroot's, where the tests run in one),
+            # under which --mount-proc mounted the namespace's /proc.
+            argv = ["nsenter", "--target", str(self.children()[0]), "--pid", "--mount", "--root"] + argv
         return run(argv, check=check, cwd=cwd)
 
     def pids(self):
