@@ -3,6 +3,7 @@ of the checkout's files, the package build (the conftest's `deb` fixture)
 and postern run the way postern.service runs it."""
 
 import os
+import shlex
 import re
 import shutil
 import subprocess
@@ -176,8 +177,11 @@ class UnitLike:
         argv = ["bash", "-c", command]
         if self.enter_namespace:
             # --root: the target's root (a chroot's, where the tests run in one),
-            # under which --mount-proc mounted the namespace's /proc.
-            argv = ["nsenter", "--target", str(self.children()[0]), "--pid", "--mount", "--root"] + argv
+            # under which --mount-proc mounted the namespace's /proc; --wd: a
+            # working directory inside that root (setns left it at the real
+            # root), then `cwd` there.
+            argv = ["nsenter", "--target", str(self.children()[0]), "--pid", "--mount", "--root", "--wd",
+                    "bash", "-c", f"cd {shlex.quote(cwd)} && {command}"]
         return run(argv, check=check, cwd=cwd)
 
     def pids(self):
