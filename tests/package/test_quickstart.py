@@ -105,6 +105,11 @@ def test_deps_build_installs_no_test_dependency(tmp_path):
     assert not build & TEST_ONLY, f".ci/deps --build installs test dependencies: {build & TEST_ONLY}"
     everything = asked()
     assert build < everything and TEST_ONLY <= everything, everything - build
+    # bench/run's peers only with --bench: no test uses them, CI does not install them.
+    bench = asked("--bench")
+    peers = {"rspamd", "proxsmtp"}
+    assert everything < bench and peers <= bench, bench - everything
+    assert not peers & everything, f".ci/deps (CI) installs bench peers: {peers & everything}"
 
 
 def test_default_build_is_the_daemon_only(tmp_path):
