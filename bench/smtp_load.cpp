@@ -132,6 +132,12 @@ class Conn {
       sockaddr_in b{};
       b.sin_family = AF_INET;
       if (::inet_pton(AF_INET, o.bind_addr.c_str(), &b.sin_addr) != 1) return err("bad --bind");
+      // The port is chosen at connect(), unique per destination, not by
+      // bind(): bind() with port 0 takes a port of the source address for
+      // every destination, and the client side's TIME_WAIT sockets then
+      // fill the ephemeral range after ~28,000 one-message connections,
+      // every further bind() scanning it (a whole core, every side slowed).
+      ::setsockopt(fd_, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
       if (::bind(fd_, reinterpret_cast<sockaddr*>(&b), sizeof b) != 0) return err("bind");
     }
     sockaddr_in a{};
