@@ -129,3 +129,10 @@ def redis(tmp_path):
         yield r
     finally:
         r.stop()
+
+
+@pytest.fixture(scope="module")
+def dkim_key():
+    """example.com's DKIM key, selector s1 (dns_server.DkimKey): one per test file."""
+    from dns_server import DkimKey
+    return DkimKey("example.com", "s1")

@@ -1,8 +1,9 @@
 """A real DNS server for the end-to-end tests: /usr/sbin/unbound started on a
 free loopback port, serving `local-data` records from a generated config
 (the idea of tests/auth/dns_test_server.h), and a UDP socket that never
-answers (for DNS time-outs). Also: DKIM keys and signing with dkimpy, and
-the TXT records that publish them. Nothing is mocked.
+answers (for DNS time-outs). Also: DKIM keys and signing with dkimpy, the
+TXT records that publish them, and the loopback sockets of the DNS servers
+written in Python (faulty_dns.py, spf_suite.py). Nothing is mocked.
 
     with UnboundServer(["example.com. 300 IN TXT \\"v=spf1 -all\\""]) as dns:
         postern ... [dns] servers = [dns.address]   # "127.0.0.1@PORT"
@@ -14,26 +15,38 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 UNBOUND = "/usr/sbin/unbound"
 DEFAULT_ZONES = ("example.com.", "example.org.", "example.net.")
 
 
+def bind_udp_tcp():
+    """(udp, tcp, port): a UDP and a TCP socket bound to one port on 127.0.0.1
+    that was free for both; the TCP socket is not listening yet."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind(("127.0.0.1", port))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        return udp, tcp, port
+    raise RuntimeError("no loopback port free for UDP and TCP")
+
+
 def free_udp_tcp_port():
     """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free loopback port for DNS")
+    udp, tcp, port = bind_udp_tcp()
+    udp.close()
+    tcp.close()
+    return port
 
 
 def txt_record(name, value, ttl=300):
@@ -118,6 +131,13 @@ class UnboundServer:
         self.stop()
 
 
+def serve(records, **kw):
+    """An UnboundServer answering `records`, for a pytest fixture to `yield from`;
+    stopped after the fixture's last user."""
+    with UnboundServer(records, **kw) as server:
+        yield server
+
+
 class BlackHoleDns:
     """A UDP socket on loopback that reads nothing and answers nothing."""
 
@@ -132,6 +152,60 @@ class BlackHoleDns:
 
     def close(self):
         self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LoopbackDnsServer:
+    """The transport of a DNS server written in Python: UDP and TCP on one
+    port of 127.0.0.1, each served by a daemon thread. A subclass sets up
+    what it answers, then calls this __init__; it reads and answers UDP in
+    _serve_udp() and one TCP connection in _tcp_conn(conn), and stops when
+    `stopped` is set or its socket fails."""
+
+    def __init__(self):
+        self.udp, self.tcp, self.port = bind_udp_tcp()
+        self.tcp.listen(16)
+        self.stopped = False
+        self.threads = [threading.Thread(target=self._serve_udp, daemon=True),
+                        threading.Thread(target=self._serve_tcp, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    @property
+    def address(self):
+        """As postern's [dns] servers want it."""
+        return "127.0.0.1@%d" % self.port
+
+    def _serve_udp(self):
+        raise NotImplementedError
+
+    def _tcp_conn(self, conn):
+        raise NotImplementedError
+
+    def _serve_tcp(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
+
+    def close(self):
+        self.stopped = True
+        for s in (self.udp, self.tcp):
+            try:
+                s.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept/recvfrom
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
 
     def __enter__(self):
         return self

@@ -17,45 +17,27 @@ master-file lines, or misbehaves on purpose, per transport:
 (transport, name, type) of every query.
 """
 
-import socket
 import struct
 import threading
 
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
+from dns_server import LoopbackDnsServer
 
-class FaultyDns:
+
+class FaultyDns(LoopbackDnsServer):
     def __init__(self, zone=(), udp_mode="answer", tcp_mode="answer"):
         self.records = [RR.fromZone(line)[0] for line in zone]
         self.udp_mode = udp_mode
         self.tcp_mode = tcp_mode
         self.queries = []
         self._lock = threading.Lock()
-        self._stop = False
-        for _ in range(20):
-            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.udp.bind(("127.0.0.1", 0))
-            self.port = self.udp.getsockname()[1]
-            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                self.tcp.bind(("127.0.0.1", self.port))
-                break
-            except OSError:
-                self.udp.close()
-                self.tcp.close()
-        else:
-            raise RuntimeError("no free port for UDP and TCP")
-        self.tcp.listen(16)
-        self.threads = [threading.Thread(target=self._serve_udp, daemon=True),
-                        threading.Thread(target=self._serve_tcp, daemon=True)]
-        for t in self.threads:
-            t.start()
+        super().__init__()
 
     @property
     def server(self):
         """The forwarder string for postern's [dns] servers."""
-        return f"127.0.0.1@{self.port}"
+        return self.address
 
     def count(self, transport=None):
         with self._lock:
@@ -102,7 +84,7 @@ class FaultyDns:
     # -- transports --------------------------------------------------------
 
     def _serve_udp(self):
-        while not self._stop:
+        while not self.stopped:
             try:
                 data, peer = self.udp.recvfrom(4096)
             except OSError:
@@ -113,14 +95,6 @@ class FaultyDns:
                     self.udp.sendto(out, peer)
                 except OSError:
                     pass
-
-    def _serve_tcp(self):
-        while not self._stop:
-            try:
-                conn, _ = self.tcp.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
 
     def _tcp_conn(self, conn):
         conn.settimeout(10)
@@ -156,13 +130,4 @@ class FaultyDns:
         return buf
 
     def stop(self):
-        self._stop = True
-        for s in (self.udp, self.tcp):
-            try:
-                s.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept/recvfrom
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
+        self.close()

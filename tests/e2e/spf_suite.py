@@ -25,10 +25,11 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 
 import yaml
 from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel, DNSRecord
+
+from dns_server import LoopbackDnsServer
 
 SUITE_DIR = "/usr/share/doc/python3-spf"
 
@@ -99,51 +100,13 @@ def txt_strings(value):
     return out or [b""]
 
 
-class ZoneDns:
+class ZoneDns(LoopbackDnsServer):
     """A DNS server on 127.0.0.1 (UDP and TCP, one port) answering from `zone`."""
 
     def __init__(self):
         self.zone = {}
-        for _ in range(50):  # a port free for UDP and TCP both
-            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.udp.bind(("127.0.0.1", 0))
-            self.port = self.udp.getsockname()[1]
-            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                self.tcp.bind(("127.0.0.1", self.port))
-                break
-            except OSError:
-                self.tcp.close()
-                self.udp.close()
-        else:
-            raise RuntimeError("no loopback port free for UDP and TCP")
-        self.tcp.listen(16)
-        self.stopped = False
         self.queries = 0
-        self.threads = [threading.Thread(target=self._serve_udp, daemon=True),
-                        threading.Thread(target=self._serve_tcp, daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    @property
-    def address(self):
-        return "127.0.0.1@%d" % self.port
-
-    def close(self):
-        self.stopped = True
-        for s in (self.udp, self.tcp):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().__init__()
 
     def _serve_udp(self):
         while not self.stopped:
@@ -172,14 +135,6 @@ class ZoneDns:
                 self.udp.sendto(packed, peer)
             except OSError:
                 return
-
-    def _serve_tcp(self):
-        while not self.stopped:
-            try:
-                conn, _ = self.tcp.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
 
     def _tcp_conn(self, conn):
         with conn:

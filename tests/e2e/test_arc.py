@@ -12,17 +12,15 @@ not allow. DMARC fails; only ARC can tell the mail is genuine.
 """
 
 import json
-import os
 import re
 
 import dkim
 import pytest
 
-from dns_server import DkimKey, UnboundServer, txt_record
-from harness import (HOSTNAME, IO_TIMEOUT, SmtpClient, check_reply, listener_ports, run_cli, wait_until,
-                     write_config)
+from auth_setup import GOOD_IP, RCPT, audit_records, auth_sections, example_com, proxy_client
+from dns_server import DkimKey, serve
+from harness import HOSTNAME, check_reply, listener_ports, run_cli, write_config
 
-RCPT = "rcpt@example.net"
 LIST_IP = "192.0.2.50"
 QUEUE_REPLY = "250 2.0.0 Ok: queued as ARC123"
 AUTHOR_RESULTS = ("spf=pass smtp.mailfrom=sender@example.com; dkim=pass header.d=example.com; "
@@ -30,9 +28,9 @@ AUTHOR_RESULTS = ("spf=pass smtp.mailfrom=sender@example.com; dkim=pass header.d
 
 
 @pytest.fixture(scope="module")
-def keys():
+def keys(dkim_key):
     return {
-        "author": DkimKey("example.com", "s1"),
+        "author": dkim_key,
         "list": DkimKey("lists.example.org", "arc"),
         "fwd1": DkimKey("fwd1.example.net", "arc", bits=1024),
         "fwd2": DkimKey("fwd2.example.net", "arc", bits=1024),
@@ -43,15 +41,7 @@ def keys():
 
 @pytest.fixture(scope="module")
 def dns(keys):
-    records = [
-        txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-        txt_record("_dmarc.example.com", "v=DMARC1; p=reject"),
-    ] + [k.record() for k in keys.values()]
-    server = UnboundServer(records).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(example_com() + [k.record() for k in keys.values()])
 
 
 def start(postern, tmp_path, sink, dns, arc, seal_key=None, name="postern.toml", lua=None, enforce="report"):
@@ -59,15 +49,8 @@ def start(postern, tmp_path, sink, dns, arc, seal_key=None, name="postern.toml",
     the DMARC override, "report" where it reads the verdict from the relayed
     message), ARC with `arc` and Authentication-Results."""
     audit = tmp_path / (name + ".audit.jsonl")
-    sections = {
-        "dns": {"servers": [dns.address], "timeout": 2, "retries": 0},
-        "spf": {"enabled": True, "timeout": 5},
-        "dkim": {"enabled": True, "timeout": 5},
-        "dmarc": {"enabled": True, "enforce": enforce, "timeout": 5},
-        "arc": dict({"enabled": True, "timeout": 5}, **arc),
-        "authentication_results": {"enabled": True},
-        "audit": {"path": str(audit), "fsync": "always"},
-    }
+    sections = auth_sections(dns.address, audit_path=audit, dmarc={"enforce": enforce},
+                             arc=dict({"enabled": True, "timeout": 5}, **arc))
     if lua:
         sections["lua"] = {"scripts": [str(lua)]}
     path = write_config(tmp_path / name, [{"proxy_protocol": True}], upstream=sink.address, sections=sections)
@@ -121,10 +104,7 @@ def chain(keys, hops, subject):
 
 
 def send(port, content, code=250, mail_from="list-bounces@lists.example.org"):
-    c = SmtpClient(port, greeting=False)
-    with c:
-        c.send(f"PROXY TCP4 {LIST_IP} 127.0.0.1 40000 25\r\n")
-        c.greeting = check_reply(c.read_reply(), 220)
+    with proxy_client(port, LIST_IP) as c:
         c.ehlo("lists.example.org")
         r = c.send_message(mail_from, [RCPT], content)
         check_reply(r, code)
@@ -139,12 +119,6 @@ def our_ar(content):
         if v.startswith(HOSTNAME + ";"):
             return v
     raise AssertionError("no Authentication-Results of postern in:\n" + text[:1500])
-
-
-def audit_records(path, n):
-    wait_until(lambda: os.path.exists(path) and len(open(path, "rb").read().splitlines()) >= n, IO_TIMEOUT,
-               message=f"{n} audit line(s)")
-    return [json.loads(l) for l in open(path, "rb").read().splitlines()]
 
 
 def dnsfunc_for(*ks):
@@ -375,10 +349,7 @@ def test_postern_seals_a_fresh_chain_dkimpy_verifies(postern, make_sink, tmp_pat
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port, audit = start(postern, tmp_path, sink, dns, {"seal": "all"}, seal_key=keys["postern"])
     # from the author's own network: SPF, DKIM, DMARC pass, no chain yet
-    c = SmtpClient(port, greeting=False)
-    with c:
-        c.send("PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n")
-        check_reply(c.read_reply(), 220)
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("mail.example.com")
         check_reply(c.send_message("sender@example.com", [RCPT], keys["author"].sign(original("fresh"))), 250)
     [got] = sink.wait_messages(1)
@@ -432,10 +403,7 @@ def test_seal_modified_only_seals_changed_messages(postern, make_sink, tmp_path,
     proc, port, audit = start(postern, tmp_path, sink, dns, {"seal": "modified"}, seal_key=keys["postern"],
                               lua=rules)
     for subject in ("unchanged", "tagme please"):
-        c = SmtpClient(port, greeting=False)
-        with c:
-            c.send("PROXY TCP4 198.51.100.7 127.0.0.1 40000 25\r\n")
-            check_reply(c.read_reply(), 220)
+        with proxy_client(port, GOOD_IP) as c:
             c.ehlo("mail.example.com")
             check_reply(c.send_message("sender@example.com", [RCPT], keys["author"].sign(original(subject))), 250)
     plain, tagged = sink.wait_messages(2)

@@ -16,84 +16,27 @@ import signal
 
 import pytest
 
-from dns_server import BlackHoleDns, DkimKey, UnboundServer, txt_record
-from harness import (HOSTNAME, IO_TIMEOUT, SmtpClient, check_reply, listener_ports, run_cli,
-                     wait_until, write_config)
-
-QUEUE_REPLY = "250 2.0.0 Ok: queued as XYZ789"
-RCPT = "rcpt@example.net"
-GOOD_IP = "198.51.100.7"
-SPOOF_IP = "203.0.113.5"
-
-
-@pytest.fixture(scope="module")
-def dkim_key():
-    return DkimKey("example.com", "s1")
+from auth_setup import (GOOD_IP, QUEUE_REPLY, RCPT, SPOOF_IP, audit_records, auth_sections, example_com, example_net,
+                        example_org, message, proxy_client)
+from dns_server import BlackHoleDns, serve
+from harness import HOSTNAME, check_reply, listener_ports, run_cli, write_config
 
 
 @pytest.fixture(scope="module")
 def dns(dkim_key):
-    records = [
-        # example.com: everything passes for a client in 198.51.100.0/24.
-        txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-        dkim_key.record(),
-        txt_record("_dmarc.example.com", "v=DMARC1; p=reject"),
-        # example.org: SPF does not allow the spoofer, no DKIM key: DMARC fails, p=reject.
-        txt_record("example.org", "v=spf1 ip4:192.0.2.1 -all"),
-        txt_record("_dmarc.example.org", "v=DMARC1; p=reject"),
-        # example.net: SPF fails, DMARC only monitors (p=none).
-        txt_record("example.net", "v=spf1 -all"),
-        txt_record("_dmarc.example.net", "v=DMARC1; p=none"),
-    ]
-    server = UnboundServer(records).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    # example.com: everything passes for a client in 198.51.100.0/24.
+    # example.org: SPF does not allow the spoofer, no DKIM key: DMARC fails, p=reject.
+    # example.net: SPF fails, DMARC only monitors (p=none).
+    yield from serve(example_com(dkim_key) + example_org() + example_net())
 
 
 def start_postern(postern, tmp_path, sink, dns_address, spf=None, dns_extra=None, name="postern.toml"):
     audit = tmp_path / "audit.jsonl"
-    sections = {
-        "dns": dict({"servers": [dns_address], "timeout": 2, "retries": 0}, **(dns_extra or {})),
-        "spf": dict({"enabled": True, "timeout": 5}, **(spf or {})),
-        "dkim": {"enabled": True, "timeout": 5},
-        "dmarc": {"enabled": True, "enforce": "reject", "timeout": 5},
-        "authentication_results": {"enabled": True},
-        "audit": {"path": str(audit), "fsync": "always"},
-    }
+    sections = auth_sections(dns_address, audit_path=audit, dns=dns_extra or {}, spf=spf or {})
     config = write_config(tmp_path / name, [{"proxy_protocol": True}], upstream=sink.address, sections=sections)
     proc = postern.start(config=config, listen=())
     port = listener_ports(proc)[0]
     return proc, port, audit
-
-
-def client(port, source_ip):
-    """An SMTP client that postern sees as coming from source_ip (PROXY v1)."""
-    c = SmtpClient(port, greeting=False)
-    c.send(f"PROXY TCP4 {source_ip} 127.0.0.1 40000 25\r\n")
-    c.greeting = check_reply(c.read_reply(), 220)
-    return c
-
-
-def message(from_addr, subject, extra=b""):
-    return (b"From: Sender <" + from_addr.encode() + b">\r\n"
-            b"To: <" + RCPT.encode() + b">\r\n"
-            b"Subject: " + subject.encode() + b"\r\n"
-            b"Date: Tue, 24 Nov 2026 02:00:00 +0000\r\n"
-            b"Message-ID: <" + subject.replace(" ", ".").encode() + b"@example.com>\r\n" + extra +
-            b"\r\nHello,\r\n\r\nThis is a test message.\r\n")
-
-
-def audit_records(path, n):
-    """The first n records of the audit log, once they are there."""
-    def ready():
-        return os.path.exists(path) and len(open(path, "rb").read().splitlines()) >= n
-    wait_until(ready, IO_TIMEOUT, message=f"{n} audit line(s) in {path}")
-    with open(path, "rb") as f:
-        lines = f.read().splitlines()
-    records = [json.loads(l.decode("utf-8")) for l in lines]   # strict: valid UTF-8 JSON
-    return records
 
 
 def headers_of(msg):
@@ -107,7 +50,7 @@ def test_signed_message_passes_spf_dkim_dmarc(postern, make_sink, tmp_path, dns,
               b" dkim=pass header.d=example.com; dmarc=pass\r\n"
               b"Authentication-Results: other.example; spf=fail smtp.mailfrom=x@example.com\r\n")
     signed = dkim_key.sign(message("sender@example.com", "signed one", extra=forged))
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.com")
         check_reply(c.send_message("sender@example.com", [RCPT], signed), 250, "2.0.0")
         c.expect("QUIT", 221)
@@ -157,7 +100,7 @@ def test_signed_message_passes_spf_dkim_dmarc(postern, make_sink, tmp_path, dns,
 def test_dmarc_reject_policy_refuses_with_550_and_relays_nothing(postern, make_sink, tmp_path, dns):
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port, audit = start_postern(postern, tmp_path, sink, dns.address)
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         r = c.send_message("spoof@example.org", [RCPT], message("ceo@example.org", "dmarc fail"))
         check_reply(r, 550, "5.7.1")
@@ -179,7 +122,7 @@ def test_dmarc_reject_policy_refuses_with_550_and_relays_nothing(postern, make_s
 def test_spf_fail_is_reported_and_relayed_by_default(postern, make_sink, tmp_path, dns):
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port, audit = start_postern(postern, tmp_path, sink, dns.address)
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.net")
         check_reply(c.send_message("x@example.net", [RCPT], message("x@example.net", "spf fail")), 250)
     got = sink.wait_messages(1)[0]
@@ -197,7 +140,7 @@ def test_spf_fail_is_reported_and_relayed_by_default(postern, make_sink, tmp_pat
 def test_spf_fail_rejected_at_mail_when_configured(postern, make_sink, tmp_path, dns):
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port, audit = start_postern(postern, tmp_path, sink, dns.address, spf={"reject_fail": True})
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.net")
         c.expect("MAIL FROM:<x@example.net>", 550, "5.7.23")
         # A sender whose SPF passes still gets through on the same session.
@@ -219,7 +162,7 @@ def test_dns_that_never_answers_is_temperror_and_tempfails_when_configured(poste
     with BlackHoleDns() as hole:
         proc, port, audit = start_postern(postern, tmp_path, sink, hole.address,
                                           spf={"tempfail_temperror": True}, dns_extra={"timeout": 0.5})
-        with client(port, GOOD_IP) as c:
+        with proxy_client(port, GOOD_IP) as c:
             c.ehlo("client.example.com")
             c.expect("MAIL FROM:<sender@example.com>", 451, "4.7.24")
         [rec] = audit_records(audit, 1)
@@ -233,7 +176,7 @@ def test_dns_that_never_answers_continues_with_temperror_by_default(postern, mak
     sink = make_sink(final_reply=QUEUE_REPLY)
     with BlackHoleDns() as hole:
         proc, port, audit = start_postern(postern, tmp_path, sink, hole.address, dns_extra={"timeout": 0.5})
-        with client(port, GOOD_IP) as c:
+        with proxy_client(port, GOOD_IP) as c:
             c.ehlo("client.example.com")
             r = c.send_message("sender@example.com", [RCPT], message("sender@example.com", "temperror"))
             check_reply(r, 250)
@@ -250,7 +193,7 @@ def test_dns_that_never_answers_continues_with_temperror_by_default(postern, mak
 def test_sighup_reopens_the_audit_log_after_logrotate(postern, make_sink, tmp_path, dns):
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port, audit = start_postern(postern, tmp_path, sink, dns.address)
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.com")
         check_reply(c.send_message("sender@example.com", [RCPT], message("sender@example.com", "before")), 250)
     audit_records(audit, 1)
@@ -258,7 +201,7 @@ def test_sighup_reopens_the_audit_log_after_logrotate(postern, make_sink, tmp_pa
     os.rename(audit, rotated)                 # what logrotate does, then postrotate kill -HUP
     proc.send_signal(signal.SIGHUP)
     proc.wait_for_log("audit-reopened")
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.com")
         check_reply(c.send_message("sender@example.com", [RCPT], message("sender@example.com", "after")), 250)
     [after] = audit_records(audit, 1)
@@ -271,12 +214,12 @@ def test_sighup_reopens_the_audit_log_after_logrotate(postern, make_sink, tmp_pa
 def test_postern_report_on_the_audit_log(postern, make_sink, tmp_path, dns, dkim_key):
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port, audit = start_postern(postern, tmp_path, sink, dns.address)
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.com")
         for i in range(3):
             signed = dkim_key.sign(message("sender@example.com", f"good {i}"))
             check_reply(c.send_message("sender@example.com", [RCPT], signed), 250)
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         for i in range(2):
             check_reply(c.send_message("spoof@example.org", [RCPT], message("ceo@example.org", f"bad {i}")),

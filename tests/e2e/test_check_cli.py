@@ -7,11 +7,9 @@ import json
 
 import pytest
 
-from dns_server import DkimKey, UnboundServer, txt_record
+from auth_setup import GOOD_IP, SPOOF_IP, example_com
+from dns_server import serve
 from harness import run_cli
-
-GOOD_IP = "198.51.100.7"
-SPOOF_IP = "203.0.113.5"
 
 RULE = """postern.rule{ name = "SPOOFED_EXAMPLE", stage = "eom", score = 20, fn = function(ctx)
   -- the checks' full results as tables (ctx.spf, ctx.dkim, ctx.dmarc)
@@ -22,21 +20,8 @@ end }
 
 
 @pytest.fixture(scope="module")
-def key():
-    return DkimKey("example.com", "s1")
-
-
-@pytest.fixture(scope="module")
-def dns(key):
-    server = UnboundServer([
-        txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-        key.record(),
-        txt_record("_dmarc.example.com", "v=DMARC1; p=reject"),
-    ]).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def dns(dkim_key):
+    yield from serve(example_com(dkim_key))
 
 
 def message(key, signed=True):
@@ -58,8 +43,8 @@ def check(tmp_path, dns, client_ip, msg, rules=None):
     return json.loads(r.stdout)
 
 
-def test_an_authentic_message(tmp_path, dns, key):
-    out = check(tmp_path, dns, GOOD_IP, message(key))
+def test_an_authentic_message(tmp_path, dns, dkim_key):
+    out = check(tmp_path, dns, GOOD_IP, message(dkim_key))
     assert out["spf"]["result"] == "pass" and out["spf"]["domain"] == "example.com"
     assert [(d["domain"], d["selector"], d["algorithm"], d["result"]) for d in out["dkim"]] == \
         [("example.com", "s1", "rsa-sha256", "pass")]
@@ -70,10 +55,10 @@ def test_an_authentic_message(tmp_path, dns, key):
     assert out["verdict"]["action"] == "accept"
 
 
-def test_a_spoofed_message_and_the_rules_verdict(tmp_path, dns, key):
+def test_a_spoofed_message_and_the_rules_verdict(tmp_path, dns, dkim_key):
     rules = tmp_path / "rules.lua"
     rules.write_text(RULE)
-    out = check(tmp_path, dns, SPOOF_IP, message(key, signed=False), rules=rules)
+    out = check(tmp_path, dns, SPOOF_IP, message(dkim_key, signed=False), rules=rules)
     assert out["spf"]["result"] == "fail"
     assert out["dkim"] == []
     assert out["dmarc"]["result"] == "fail"
@@ -83,8 +68,8 @@ def test_a_spoofed_message_and_the_rules_verdict(tmp_path, dns, key):
     assert out["verdict"]["score"] >= 20
 
 
-def test_an_altered_body_fails_dkim(tmp_path, dns, key):
-    out = check(tmp_path, dns, GOOD_IP, message(key).replace(b"Hello.", b"Hullo."))
+def test_an_altered_body_fails_dkim(tmp_path, dns, dkim_key):
+    out = check(tmp_path, dns, GOOD_IP, message(dkim_key).replace(b"Hello.", b"Hullo."))
     assert [d["result"] for d in out["dkim"]] == ["fail"]
     assert out["dmarc"]["result"] == "pass"   # SPF still aligns
 

@@ -12,12 +12,10 @@ import os
 
 import pytest
 
-from dns_server import DkimKey, UnboundServer, txt_record
-from harness import (IO_TIMEOUT, SmtpClient, check_reply, listener_ports, run_cli, wait_until, write_config)
-
-GOOD_IP = "198.51.100.7"
-SPOOF_IP = "203.0.113.5"
-QUEUE_REPLY = "250 2.0.0 Ok: queued as XYZ789"
+from auth_setup import (GOOD_IP, QUEUE_REPLY, SPOOF_IP, auth_sections, example_com, example_net, example_org,
+                        message, proxy_client)
+from dns_server import serve
+from harness import IO_TIMEOUT, check_reply, listener_ports, run_cli, wait_until, write_config
 
 RULES = r"""
 postern.rule{ name = "CONNECT_SPOOFER_NET", stage = "connect", score = 1.5, fn = function(ctx)
@@ -55,31 +53,8 @@ end }
 
 
 @pytest.fixture(scope="module")
-def key():
-    return DkimKey("example.com", "s1")
-
-
-@pytest.fixture(scope="module")
-def dns(key):
-    server = UnboundServer([
-        txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-        key.record(),
-        txt_record("_dmarc.example.com", "v=DMARC1; p=reject"),
-        txt_record("example.org", "v=spf1 ip4:192.0.2.1 -all"),
-        txt_record("_dmarc.example.org", "v=DMARC1; p=reject"),
-        txt_record("example.net", "v=spf1 -all"),
-        txt_record("_dmarc.example.net", "v=DMARC1; p=none"),
-    ]).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def message(from_addr, subject, body=b"Hello,\r\n\r\nThis is a test message.\r\n"):
-    return (b"From: Sender <" + from_addr.encode() + b">\r\nTo: <rcpt@example.net>\r\n"
-            b"Subject: " + subject.encode() + b"\r\nDate: Tue, 24 Nov 2026 02:00:00 +0000\r\n"
-            b"Message-ID: <" + subject.replace(" ", ".").encode() + b"@example.com>\r\n\r\n" + body)
+def dns(dkim_key):
+    yield from serve(example_com(dkim_key) + example_org() + example_net())
 
 
 def cases(key):
@@ -94,16 +69,13 @@ def cases(key):
         ("tagged", GOOD_IP, "bare", "a@example.com", ["rcpt@example.net", "blocked@example.net"],
          key.sign(message("a@example.com", "you win big"))),
         ("score-reject", GOOD_IP, "bare", "a@example.com", ["rcpt@example.net"],
-         key.sign(message("a@example.com", "a win for you", b"Claim your LOTTERY prize.\r\n"))),
+         key.sign(message("a@example.com", "a win for you", body=b"Claim your LOTTERY prize.\r\n"))),
     ]
 
 
 def live_run(port, ip, helo, mail_from, rcpts, content):
     """One transaction through the live proxy: the replies as the client heard them."""
-    c = SmtpClient(port, greeting=False)
-    c.send(f"PROXY TCP4 {ip} 127.0.0.1 40000 25\r\n".encode())
-    c.greeting = check_reply(c.read_reply(), 220)
-    with c:
+    with proxy_client(port, ip) as c:
         c.ehlo(helo)
         check_reply(c.cmd(f"MAIL FROM:<{mail_from}>"), 250)
         rcpt_replies = {}
@@ -124,27 +96,19 @@ def enhanced_of(text):
 ACTION_OF_AUDIT = {"relayed": "accept", "rejected": "reject", "tempfailed": "tempfail"}
 
 
-def test_check_agrees_with_the_live_proxy(postern, make_sink, tmp_path, dns, key):
+def test_check_agrees_with_the_live_proxy(postern, make_sink, tmp_path, dns, dkim_key):
     sink = make_sink(final_reply=QUEUE_REPLY)
     rules = tmp_path / "rules.lua"
     rules.write_text(RULES)
     audit = tmp_path / "audit.jsonl"
-    sections = {
-        "dns": {"servers": [dns.address], "timeout": 2, "retries": 0},
-        "spf": {"enabled": True, "timeout": 5},
-        "dkim": {"enabled": True, "timeout": 5},
-        "dmarc": {"enabled": True, "enforce": "reject", "timeout": 5},
-        "authentication_results": {"enabled": True},
-        "audit": {"path": str(audit), "fsync": "always"},
-        "lua": {"scripts": [str(rules)]},
-        "scores": {"add_header": 2, "reject": 10},
-    }
+    sections = auth_sections(dns.address, audit_path=audit, lua={"scripts": [str(rules)]},
+                             scores={"add_header": 2, "reject": 10})
     config = write_config(tmp_path / "postern.toml", [{"proxy_protocol": True}], upstream=sink.address,
                           sections=sections)
     proc = postern.start(config=config, listen=())
     port = listener_ports(proc)[0]
 
-    all_cases = cases(key)
+    all_cases = cases(dkim_key)
     live = []
     for name, ip, helo, mail_from, rcpts, content in all_cases:
         live.append(live_run(port, ip, helo, mail_from, rcpts, content))

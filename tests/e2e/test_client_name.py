@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from dns_server import UnboundServer
+from dns_server import serve
 from harness import SmtpClient, check_reply, listener_ports, make_message, write_config
 
 RULE = """postern.rule{ name = "NAME", stage = "eom", fn = function(ctx)
@@ -33,12 +33,7 @@ def dns():
         "5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.f.4.0.1.0.a.2.ip6.arpa. 300 IN PTR v6.example.net.",
         "v6.example.net. 300 IN AAAA 2a01:4f8::25",
     ]
-    server = UnboundServer(records, zones=("44.44.44.in-addr.arpa.", "8.f.4.0.1.0.a.2.ip6.arpa.",
-                                           "example.net.")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(records, zones=("44.44.44.in-addr.arpa.", "8.f.4.0.1.0.a.2.ip6.arpa.", "example.net."))
 
 
 def start(postern, tmp_path, sink, dns, client_name=True):

@@ -18,17 +18,9 @@ import dkim.canonicalization as canon
 import dkim.crypto
 import pytest
 
-from dns_server import DkimKey, UnboundServer, txt_record
-from harness import SmtpClient, check_reply, listener_ports, run_cli, write_config
-
-QUEUE_REPLY = "250 2.0.0 Ok: queued as XYZ789"
-SPOOF_IP = "203.0.113.5"
-RCPT = "rcpt@example.net"
-
-
-@pytest.fixture(scope="module")
-def key():
-    return DkimKey("example.com", "s1")
+from auth_setup import QUEUE_REPLY, RCPT, SPOOF_IP, auth_sections, example_com, proxy_client
+from dns_server import serve, txt_record
+from harness import check_reply, listener_ports, run_cli, write_config
 
 
 def key_records(key):
@@ -42,15 +34,9 @@ def key_records(key):
 
 
 @pytest.fixture(scope="module")
-def dns(key):
-    records = [txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-               txt_record("_dmarc.example.com", "v=DMARC1; p=reject")]
-    records += [txt_record(f"{sel}._domainkey.example.com", rec) for sel, rec in key_records(key).items()]
-    server = UnboundServer(records).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def dns(dkim_key):
+    yield from serve(example_com() + [txt_record(f"{sel}._domainkey.example.com", rec)
+                                      for sel, rec in key_records(dkim_key).items()])
 
 
 def fields_of(head):
@@ -116,23 +102,14 @@ def dkimpy_verdict(msg, key):
 
 def start(postern, make_sink, tmp_path, dns):
     sink = make_sink(final_reply=QUEUE_REPLY)
-    sections = {
-        "dns": {"servers": [dns.address], "timeout": 2, "retries": 0},
-        "spf": {"enabled": True, "timeout": 5},
-        "dkim": {"enabled": True, "timeout": 5},
-        "dmarc": {"enabled": True, "enforce": "reject", "timeout": 5},
-        "authentication_results": {"enabled": True},
-    }
     config = write_config(tmp_path / "postern.toml", [{"proxy_protocol": True}], upstream=sink.address,
-                          sections=sections)
+                          sections=auth_sections(dns.address))
     proc = postern.start(config=config, listen=())
     return sink, listener_ports(proc)[0]
 
 
 def live(port, msg, bdat=False):
-    with SmtpClient(port, greeting=False) as c:
-        c.send(f"PROXY TCP4 {SPOOF_IP} 127.0.0.1 40000 25\r\n")
-        c.greeting = check_reply(c.read_reply(), 220)
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         if not bdat:
             return c.send_message("x@example.com", [RCPT], msg)
@@ -169,11 +146,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_signature_tags_by_the_letter_live_and_check_agree(postern, make_sink, tmp_path, dns, key, case):
+def test_signature_tags_by_the_letter_live_and_check_agree(postern, make_sink, tmp_path, dns, dkim_key, case):
     template, sel, passes = CASES[case]
     msg = message()
     body_len = len(canon.Relaxed.canonicalize_body(msg.split(b"\r\n\r\n", 1)[1]))
-    signed = craft(msg, key, template.format(sel=sel).replace("{length}", str(body_len)),
+    signed = craft(msg, dkim_key, template.format(sel=sel).replace("{length}", str(body_len)),
                    length=body_len if "length" in template else None)
     sink, port = start(postern, make_sink, tmp_path, dns)
     r = live(port, signed)
@@ -186,7 +163,7 @@ def test_signature_tags_by_the_letter_live_and_check_agree(postern, make_sink, t
         check_reply(r, 550, "5.7.1")
         assert results and "pass" not in results, out["dkim"]
     if case not in DKIMPY_DIFFERS:
-        assert dkimpy_verdict(signed, key) == passes, case
+        assert dkimpy_verdict(signed, dkim_key) == passes, case
 
 
 # Where dkimpy (Debian 12's) is not the RFCs' reading: it takes q= as one
@@ -195,10 +172,10 @@ def test_signature_tags_by_the_letter_live_and_check_agree(postern, make_sink, t
 DKIMPY_DIFFERS = {"known q= among others", "t=s with a subdomain i="}
 
 
-def test_b_with_non_base64_characters_is_not_pass(postern, make_sink, tmp_path, dns, key):
+def test_b_with_non_base64_characters_is_not_pass(postern, make_sink, tmp_path, dns, dkim_key):
     """dkimpy decodes b= leniently (invalid characters skipped) and says
     pass; RFC 6376 3.5 makes b= a base64string, so postern does not."""
-    signed = craft(message(), key, BASE.format(sel="s1"), mangle_b=lambda b: b[:20] + "!*" + b[20:])
+    signed = craft(message(), dkim_key, BASE.format(sel="s1"), mangle_b=lambda b: b[:20] + "!*" + b[20:])
     sink, port = start(postern, make_sink, tmp_path, dns)
     check_reply(live(port, signed), 550, "5.7.1")
     out = offline(tmp_path, dns, signed)
@@ -206,9 +183,9 @@ def test_b_with_non_base64_characters_is_not_pass(postern, make_sink, tmp_path, 
     assert "base64" in out["dkim"][0]["reason"]
 
 
-def test_relaxed_header_canonicalization_removes_wsp_before_the_colon(postern, make_sink, tmp_path, dns, key):
+def test_relaxed_header_canonicalization_removes_wsp_before_the_colon(postern, make_sink, tmp_path, dns, dkim_key):
     msg = message(from_line=b"From : Sender <sender@example.com>\r\n")
-    signed = craft(msg, key, BASE.format(sel="s1"))
+    signed = craft(msg, dkim_key, BASE.format(sel="s1"))
     # dkimpy canonicalizes "From :" right (3.4.2) but looks the field up by
     # "from " and so never finds it: it says fail, the RFC says pass.
     sink, port = start(postern, make_sink, tmp_path, dns)
@@ -216,9 +193,9 @@ def test_relaxed_header_canonicalization_removes_wsp_before_the_colon(postern, m
     assert [d["result"] for d in offline(tmp_path, dns, signed)["dkim"]] == ["pass"]
 
 
-def test_rsa_sha1_is_never_pass_nor_aligned(postern, make_sink, tmp_path, dns, key):
+def test_rsa_sha1_is_never_pass_nor_aligned(postern, make_sink, tmp_path, dns, dkim_key):
     msg = message()
-    signed = dkim.sign(msg, b"s1", b"example.com", key.pem, include_headers=[b"from", b"to", b"subject"],
+    signed = dkim.sign(msg, b"s1", b"example.com", dkim_key.pem, include_headers=[b"from", b"to", b"subject"],
                        canonicalize=(b"relaxed", b"relaxed"), signature_algorithm=b"rsa-sha1") + msg
     sink, port = start(postern, make_sink, tmp_path, dns)
     check_reply(live(port, signed), 550, "5.7.1")    # DMARC: nothing aligned passes
@@ -228,7 +205,7 @@ def test_rsa_sha1_is_never_pass_nor_aligned(postern, make_sink, tmp_path, dns, k
 
 
 @pytest.mark.parametrize("ending", ["no final newline", "final newline", "white space, no final newline"])
-def test_a_body_without_final_newline_live_and_check_agree(postern, make_sink, tmp_path, dns, key, ending):
+def test_a_body_without_final_newline_live_and_check_agree(postern, make_sink, tmp_path, dns, dkim_key, ending):
     """Live (BDAT, whose last line then gets its CRLF) and `postern check` (a
     file ending the same way) agree with dkimpy on the body as relayed."""
     tail = {"no final newline": b"", "final newline": b"\r\n", "white space, no final newline": b" \t"}[ending]
@@ -236,8 +213,8 @@ def test_a_body_without_final_newline_live_and_check_agree(postern, make_sink, t
     msg = message(body=body)
     # Signed over the body as it is relayed: with its last line ended.
     relayed = msg if msg.endswith(b"\r\n") else msg + b"\r\n"
-    signed = craft(relayed, key, BASE.format(sel="s1"))[:-2 if relayed != msg else None]
-    expected = dkimpy_verdict(signed + (b"\r\n" if relayed != msg else b""), key)
+    signed = craft(relayed, dkim_key, BASE.format(sel="s1"))[:-2 if relayed != msg else None]
+    expected = dkimpy_verdict(signed + (b"\r\n" if relayed != msg else b""), dkim_key)
     assert expected
     sink, port = start(postern, make_sink, tmp_path, dns)
     check_reply(live(port, signed, bdat=True), 250 if expected else 550)

@@ -19,48 +19,29 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from dns_server import DkimKey, UnboundServer, txt_record
+from auth_setup import (GOOD_IP, RCPT, SPOOF_IP, audit_records, auth_sections, example_com, example_net, example_org,
+                        message, proxy_client)
+from dns_server import UnboundServer, serve, txt_record
 from harness import SCALE, check_reply, listener_ports, run_cli, wait_until, write_config
-from test_authenticity import audit_records, client, message
 from test_upstream_tls import TLS_NAME, tls_mta  # noqa: F401 (a fixture: a real Postfix offering STARTTLS)
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 XSD = os.path.join(REPO, "docs", "dmarc", "rua.xsd")
 NS = {"d": "http://dmarc.org/dmarc-xml/0.1"}
-RCPT = "rcpt@example.net"
-GOOD_IP = "198.51.100.7"
-SPOOF_IP = "203.0.113.5"
 REPORTER = "dmarc-reports@reporter.test"
 
 
 @pytest.fixture(scope="module")
-def dkim_key():
-    return DkimKey("example.com", "s1")
-
-
-@pytest.fixture(scope="module")
 def dns(dkim_key):
-    records = [
-        txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-        dkim_key.record(),
+    yield from serve(
         # An address of its own, and one with a limit no report fits in.
-        txt_record("_dmarc.example.com",
-                   "v=DMARC1; p=reject; rua=mailto:dmarc@example.com,mailto:tiny@example.com!1k"),
-        txt_record("example.org", "v=spf1 ip4:192.0.2.1 -all"),
+        example_com(dkim_key, dmarc="v=DMARC1; p=reject; rua=mailto:dmarc@example.com,mailto:tiny@example.com!1k")
         # External destinations: one verified (§7.1), one not; a percent-encoded one.
-        txt_record("_dmarc.example.org",
-                   "v=DMARC1; p=reject; adkim=s; fo=d:s; rua=mailto:agg@reports.example.net!10m,"
-                   "mailto:x@unverified.example, mailto:a%2Bb@example.org"),
-        txt_record("example.org._report._dmarc.reports.example.net", "v=DMARC1"),
+        + example_org(dmarc="v=DMARC1; p=reject; adkim=s; fo=d:s; rua=mailto:agg@reports.example.net!10m,"
+                            "mailto:x@unverified.example, mailto:a%2Bb@example.org")
+        + [txt_record("example.org._report._dmarc.reports.example.net", "v=DMARC1")]
         # example.net: a DMARC record without rua=: nothing to report.
-        txt_record("example.net", "v=spf1 -all"),
-        txt_record("_dmarc.example.net", "v=DMARC1; p=none"),
-    ]
-    server = UnboundServer(records).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+        + example_net())
 
 
 def validate(xml_bytes, tmp_path, name="report.xml"):
@@ -94,20 +75,16 @@ def test_reports_from_real_traffic_are_valid_named_and_sent_to_verified_rua(post
                                                                             dkim_key):
     sink = make_sink(final_reply="250 2.0.0 Ok: queued as Q1")
     audit = tmp_path / "audit.jsonl"
-    config = write_config(tmp_path / "postern.toml", [{"proxy_protocol": True}], upstream=sink.address, sections={
-        "dns": {"servers": [dns.address], "timeout": 2, "retries": 0},
-        "spf": {"enabled": True}, "dkim": {"enabled": True},
-        "dmarc": {"enabled": True, "enforce": "reject"},
-        "audit": {"path": str(audit), "fsync": "always"},
-    })
+    config = write_config(tmp_path / "postern.toml", [{"proxy_protocol": True}], upstream=sink.address,
+                          sections=auth_sections(dns.address, audit_path=audit, authentication_results=None))
     proc = postern.start(config=config, listen=())
     port = listener_ports(proc)[0]
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.com")
         for i in range(3):
             check_reply(c.send_message("sender@example.com", [RCPT],
                                        dkim_key.sign(message("sender@example.com", f"good {i}"))), 250)
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         for i in range(2):
             check_reply(c.send_message("spoof@example.org", [RCPT], message("ceo@example.org", f"bad {i}")), 550)

@@ -11,15 +11,12 @@ from a real unbound on loopback (and a socket that never answers).
 
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
 
+from dns_server import BlackHoleDns, serve
 from harness import (IO_TIMEOUT, SCALE, PostfixSink, SmtpClient, check_reply, free_port, make_cert,
                      wait_port, wait_until, write_config)
 from prometheus import Exposition, http_get, scrape
@@ -281,46 +278,11 @@ end }
 """
 
 
-class Unbound:
-    """/usr/sbin/unbound on a free loopback port serving local-data records."""
-
-    def __init__(self, records, zones=("example.org.", "example.net.", "example.com.")):
-        self.dir = tempfile.mkdtemp(prefix="postern-metrics-dns-")
-        self.port = free_port()
-        lines = ["server:", "  interface: 127.0.0.1", f"  port: {self.port}", "  do-daemonize: no",
-                 '  username: ""', '  chroot: ""', f'  directory: "{self.dir}"', '  pidfile: ""',
-                 "  use-syslog: no", '  logfile: ""', "  verbosity: 0", "  do-ip6: no",
-                 "  access-control: 127.0.0.0/8 allow", '  module-config: "iterator"', "  num-threads: 1"]
-        lines += [f'  local-zone: "{z}" static' for z in zones]
-        lines += [f"  local-data: '{r}'" for r in records]
-        lines += ["remote-control:", "  control-enable: no"]
-        conf = os.path.join(self.dir, "unbound.conf")
-        with open(conf, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen(["/usr/sbin/unbound", "-d", "-c", conf], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, 10 * SCALE)  # unbound answers TCP too
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
 def unbound():
-    u = Unbound(['example.org. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"',
-                 '_dmarc.example.org. 300 IN TXT "v=DMARC1; p=reject"',
-                 'metrics.example.net. 300 IN TXT "counted"'])
-    try:
-        yield u
-    finally:
-        u.stop()
+    yield from serve(['example.org. 300 IN TXT "v=spf1 ip4:127.0.0.1 -all"',
+                      '_dmarc.example.org. 300 IN TXT "v=DMARC1; p=reject"',
+                      'metrics.example.net. 300 IN TXT "counted"'])
 
 
 def test_dns_and_authentication_results(postern, sink, tmp_path, unbound):
@@ -359,15 +321,13 @@ def test_dns_and_authentication_results(postern, sink, tmp_path, unbound):
 
 
 def test_dns_timeouts_are_counted(postern, sink, tmp_path):
-    black_hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes queries, never answers
-    black_hole.bind(("127.0.0.1", 0))
-    try:
+    with BlackHoleDns() as black_hole:  # takes queries, never answers
         rules = tmp_path / "dns.lua"
         rules.write_text(DNS_RULES)
         metrics_port = free_port()
         p = postern.start(upstream=sink.address, sets={
             "metrics.address": f'"127.0.0.1:{metrics_port}"',
-            "dns.servers": f'["127.0.0.1@{black_hole.getsockname()[1]}"]',
+            "dns.servers": f'["{black_hole.address}"]',
             "dns.timeout": 0.2, "dns.retries": 0, "lua.scripts": f'["{rules}"]',
             "dns.client_name": "false"})   # only the rule's two lookups
         c = SmtpClient(p.port)
@@ -379,8 +339,6 @@ def test_dns_timeouts_are_counted(postern, sink, tmp_path):
         assert m.value("postern_dns_cache_hits_total") == 0
         assert m.value("postern_dns_query_duration_seconds_count") == 2
         assert m.value("postern_dns_query_duration_seconds_sum") >= 0.4
-    finally:
-        black_hole.close()
 
 
 # --------------------------------------------------------------------------

@@ -22,13 +22,12 @@ import tempfile
 import dkim
 import pytest
 
-from dns_server import DkimKey, UnboundServer, txt_record
+from auth_setup import GOOD_IP, SPOOF_IP, auth_sections, example_com, example_org
+from dns_server import DkimKey, serve
 from harness import IO_TIMEOUT, free_port, listener_ports, wait_until, write_config
 from postfix_instance import PostfixInstance
 
 RULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rules", "milter_server.lua")
-GOOD_IP = "198.51.100.7"   # allowed by example.com's SPF
-SPOOF_IP = "203.0.113.5"
 
 
 _POSTFIX_DIRS = []
@@ -49,11 +48,6 @@ pytestmark = pytest.mark.skipif(not _postfix_usable(), reason="needs Postfix and
 
 
 @pytest.fixture(scope="module")
-def dkim_key():
-    return DkimKey("example.com", "s1")
-
-
-@pytest.fixture(scope="module")
 def sign_key(tmp_path_factory):
     """postern's own signing key for signed.example (mail of 127.0.0.0/8)."""
     d = tmp_path_factory.mktemp("sign-key")
@@ -66,34 +60,15 @@ def sign_key(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dns(dkim_key, sign_key):
-    records = [
-        txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-        dkim_key.record(),
-        txt_record("_dmarc.example.com", "v=DMARC1; p=reject"),
-        txt_record("example.org", "v=spf1 ip4:192.0.2.1 -all"),
-        txt_record("_dmarc.example.org", "v=DMARC1; p=reject"),
-        sign_key.record(),
-    ]
-    server = UnboundServer(records).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(example_com(dkim_key) + example_org() + [sign_key.record()])
 
 
 def start_postern(postern, tmp_path, dns, sign_key, milter_port, extra=None):
     audit = tmp_path / "audit.jsonl"
-    sections = {
-        "milter_server": {"listen": [f"inet:127.0.0.1:{milter_port}"], "timeout": 30},
-        "server": {"hostname": "mx.postfix.test"},
-        "lua": {"scripts": [RULES]},
-        "dns": {"servers": [dns.address], "timeout": 2, "retries": 0},
-        "spf": {"enabled": True, "timeout": 5},
-        "dkim": {"enabled": True, "timeout": 5, "sign_networks": ["127.0.0.0/8"]},
-        "dmarc": {"enabled": True, "enforce": "reject", "timeout": 5},
-        "authentication_results": {"enabled": True},
-        "audit": {"path": str(audit), "fsync": "always"},
-    }
+    sections = auth_sections(dns.address, audit_path=audit,
+                             milter_server={"listen": [f"inet:127.0.0.1:{milter_port}"], "timeout": 30},
+                             server={"hostname": "mx.postfix.test"}, lua={"scripts": [RULES]},
+                             dkim={"sign_networks": ["127.0.0.0/8"]})
     for k, v in (extra or {}).items():
         sections.setdefault(k, {}).update(v)
     cfg = write_config(tmp_path / "postern.toml", [{}], sections=sections)

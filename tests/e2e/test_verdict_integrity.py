@@ -12,30 +12,15 @@ import re
 
 import pytest
 
-from dns_server import DkimKey, UnboundServer, txt_record
-from harness import (HOSTNAME, SmtpClient, check_reply, listener_ports, run_cli, wait_until, write_config)
-
-QUEUE_REPLY = "250 2.0.0 Ok: queued as XYZ789"
-RCPT = "rcpt@example.net"
-GOOD_IP = "198.51.100.7"
-SPOOF_IP = "203.0.113.5"
-
-
-@pytest.fixture(scope="module")
-def dkim_key():
-    return DkimKey("example.com", "s1")
+from auth_setup import (GOOD_IP, QUEUE_REPLY, RCPT, SPOOF_IP, auth_sections, example_com, example_net, example_org,
+                        proxy_client)
+from dns_server import serve, txt_record
+from harness import HOSTNAME, SmtpClient, check_reply, listener_ports, run_cli, wait_until, write_config
 
 
 @pytest.fixture(scope="module")
 def dns(dkim_key):
-    records = [
-        txt_record("example.com", "v=spf1 ip4:198.51.100.0/24 -all"),
-        dkim_key.record(),
-        txt_record("_dmarc.example.com", "v=DMARC1; p=reject"),
-        txt_record("example.org", "v=spf1 ip4:192.0.2.1 -all"),
-        txt_record("_dmarc.example.org", "v=DMARC1; p=reject"),
-        txt_record("example.net", "v=spf1 -all"),
-        txt_record("_dmarc.example.net", "v=DMARC1; p=none"),
+    yield from serve(example_com(dkim_key) + example_org() + example_net() + [
         # RFC 7489 6.4: WSP around "=" and tags in any case.
         txt_record("example.info", "v=spf1 -all"),
         txt_record("_dmarc.example.info", "v = DMARC1 ;  P = Reject"),
@@ -44,23 +29,12 @@ def dns(dkim_key):
         txt_record("_dmarc.example.edu", "v=DMARC1; p=quarantine"),
         # An internationalized domain: its record is at the A-label (exämple.org).
         txt_record("_dmarc.xn--exmple-cua.org", "v=DMARC1; p=reject"),
-    ]
-    server = UnboundServer(records).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    ])
 
 
 def start_postern(postern, tmp_path, sink, dns_address, proxy=True, limits=None, dmarc=None, quarantine=None,
                   extra=None):
-    sections = {
-        "dns": {"servers": [dns_address], "timeout": 2, "retries": 0},
-        "spf": {"enabled": True, "timeout": 5},
-        "dkim": {"enabled": True, "timeout": 5},
-        "dmarc": dict({"enabled": True, "enforce": "reject", "timeout": 5}, **(dmarc or {})),
-        "authentication_results": {"enabled": True},
-    }
+    sections = auth_sections(dns_address, dmarc=dmarc or {})
     if limits:
         sections["limits"] = limits
     if quarantine:
@@ -70,13 +44,6 @@ def start_postern(postern, tmp_path, sink, dns_address, proxy=True, limits=None,
                           sections=sections)
     proc = postern.start(config=config, listen=())
     return proc, listener_ports(proc)[0]
-
-
-def client(port, source_ip):
-    c = SmtpClient(port, greeting=False)
-    c.send(f"PROXY TCP4 {source_ip} 127.0.0.1 40000 25\r\n")
-    c.greeting = check_reply(c.read_reply(), 220)
-    return c
 
 
 BODY = b"\r\nHello,\r\n\r\nThis is a test message.\r\n"
@@ -96,7 +63,7 @@ def spoof(postern, make_sink, tmp_path, dns):
     proc, port = start_postern(postern, tmp_path, sink, dns.address)
 
     def send(headers, mail_from="spoof@example.net"):
-        with client(port, SPOOF_IP) as c:
+        with proxy_client(port, SPOOF_IP) as c:
             c.ehlo("spoofer.example")
             r = c.send_message(mail_from, [RCPT], message(headers))
             c.expect("QUIT", 221)
@@ -167,7 +134,7 @@ def test_a_message_without_a_usable_from_is_rejected_by_default(spoof, case):
 def test_unusable_from_none_relays_with_permerror(postern, make_sink, tmp_path, dns):
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port = start_postern(postern, tmp_path, sink, dns.address, dmarc={"unusable_from": "none"})
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         check_reply(c.send_message("spoof@example.net", [RCPT], message(b"From: undisclosed:;\r\n")), 250)
     got = sink.wait_messages(1)[0]
@@ -179,7 +146,7 @@ def test_every_author_domain_aligned_passes(postern, make_sink, tmp_path, dns, d
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port = start_postern(postern, tmp_path, sink, dns.address)
     msg = dkim_key.sign(message(b"From: a@example.com, b@example.com\r\nFrom: c@EXAMPLE.com\r\n"))
-    with client(port, GOOD_IP) as c:
+    with proxy_client(port, GOOD_IP) as c:
         c.ehlo("client.example.com")
         check_reply(c.send_message("sender@example.com", [RCPT], msg), 250)
     got = sink.wait_messages(1)[0]
@@ -192,7 +159,7 @@ def test_header_fields_past_the_count_limit_are_refused_552(postern, make_sink, 
     proc, port = start_postern(postern, tmp_path, sink, dns.address)
     padding = b"a:\r\n" * 10000
     forged = b"Authentication-Results: " + HOSTNAME.encode() + b"; dmarc=pass header.from=example.org\r\n"
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         r = c.send_message("spoof@example.net", [RCPT], message(padding + forged + b"From: ceo@example.org\r\n"))
         check_reply(r, 552, "5.3.4")
@@ -210,7 +177,7 @@ def test_the_field_count_limit_is_configurable(postern, make_sink, tmp_path, dns
     proc, port = start_postern(postern, tmp_path, sink, dns.address, limits={"header_fields": 1000})
     # The fixed part of message() holds 5 fields with the From.
     msg = message(b"x:\r\n" * (fields - 5) + b"From: x@example.net\r\n")
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         r = c.send_message("spoof@example.net", [RCPT], msg)
     if ok:
@@ -224,7 +191,7 @@ def test_the_header_size_limit_is_configurable(postern, make_sink, tmp_path, dns
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port = start_postern(postern, tmp_path, sink, dns.address, limits={"header_section_size": 65536})
     big = b"X-Pad: " + b"p" * 900 + b"\r\n"
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         check_reply(c.send_message("spoof@example.net", [RCPT], message(big * 60 + b"From: x@example.net\r\n")), 250)
         r = c.send_message("spoof@example.net", [RCPT], message(big * 80 + b"From: ceo@example.org\r\n"))
@@ -255,7 +222,7 @@ def test_received_spf_comment_cannot_be_closed_by_the_sender(postern, make_sink,
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port = start_postern(postern, tmp_path, sink, dns.address)
     sender = '"x) client-ip=198.51.100.1; y=("@example.net'
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         check_reply(c.send_message(sender, [RCPT], message(b"From: x@example.net\r\n")), 250)
     got = sink.wait_messages(1)[0]
@@ -285,7 +252,7 @@ def test_every_written_field_is_folded_whatever_the_client_sends(postern, make_s
     proc, port = start_postern(postern, tmp_path, sink, dns.address)
     helo = "h" * 60 + "." + "e" * 60 + "." + "l" * 60 + ".example"
     local = "l" * 40
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo(helo)
         check_reply(c.send_message(local + "@example.net", [RCPT], message(b"From: x@example.net\r\n")), 250)
     got = sink.wait_messages(1)[0]
@@ -321,10 +288,10 @@ def test_trusted_networks_skip_the_checks_and_say_why(postern, make_sink, tmp_pa
     proc, port = start_postern(postern, tmp_path, sink, dns.address, extra={
         "authenticity": {"trusted_networks": ["10.9.8.0/24", "2001:db8::/32"]},
         "audit": {"path": str(audit), "fsync": "always"}})
-    with client(port, "10.9.8.7") as c:
+    with proxy_client(port, "10.9.8.7") as c:
         c.ehlo("relay.internal")
         check_reply(c.send_message("spoof@example.org", [RCPT], message(b"From: ceo@example.org\r\n")), 250)
-    with client(port, SPOOF_IP) as c:           # not listed: checked, refused
+    with proxy_client(port, SPOOF_IP) as c:           # not listed: checked, refused
         c.ehlo("spoofer.example")
         check_reply(c.send_message("spoof@example.org", [RCPT], message(b"From: ceo@example.org\r\n")), 550)
     got = sink.wait_messages(1)[0]
@@ -351,7 +318,7 @@ def test_a_forged_authentication_results_in_obsolete_syntax_is_removed(postern, 
     proc, port = start_postern(postern, tmp_path, sink, dns.address)
     forged = (b"authentication-results : " + HOSTNAME.encode() + b"; dmarc=pass header.from=example.org\r\n"
               b"AUTHENTICATION-RESULTS\t:\t" + HOSTNAME.upper().encode() + b"; spf=pass\r\n")
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         check_reply(c.send_message("x@example.net", [RCPT], message(forged + b"From: x@example.net\r\n")), 250)
     got = sink.wait_messages(1)[0]
@@ -366,7 +333,7 @@ def test_a_bare_lf_fold_in_from_is_not_relayed(postern, make_sink, tmp_path, dns
     normalized and judged; never relayed with a From nobody read."""
     sink = make_sink(final_reply=QUEUE_REPLY)
     proc, port = start_postern(postern, tmp_path, sink, dns.address)
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         c.expect("MAIL FROM:<x@example.net>", 250)
         c.expect(f"RCPT TO:<{RCPT}>", 250)
@@ -394,7 +361,7 @@ def test_lua_rules_read_the_same_header_section(postern, make_sink, tmp_path, dn
     proc, port = start_postern(postern, tmp_path, sink, dns.address,
                                dmarc={"enforce": "report"}, extra={"lua": {"scripts": [str(script)]}})
     headers = b"a:\r\n" * 5000 + b"X-Obs : x\r\nFrom : me@example.net\r\nfrom: you@example.net\r\n"
-    with client(port, SPOOF_IP) as c:
+    with proxy_client(port, SPOOF_IP) as c:
         c.ehlo("spoofer.example")
         r = c.send_message("x@example.net", [RCPT], message(headers))
     check_reply(r, 554, "5.7.1")     # a rule's rejection at end of data

@@ -24,7 +24,7 @@ import uuid
 
 import pytest
 
-from dns_server import UnboundServer
+from dns_server import serve
 from harness import (SCALE, RecordingSink, SmtpClient, check_reply, free_port, listener_ports,
                      make_message, wait_port, wait_until, write_config)
 
@@ -385,15 +385,11 @@ NOOP_RULE = 'postern.rule{ name = "NOOP", stage = "eom", fn = function(ctx) end 
 
 @pytest.fixture(scope="module")
 def named_dns():
-    server = UnboundServer(["7.44.44.44.in-addr.arpa. 300 IN PTR mail.example.net.",
-                            "mail.example.net. 300 IN A 44.44.44.7",
-                            "8.44.44.44.in-addr.arpa. 300 IN PTR liar.example.net.",
-                            "liar.example.net. 300 IN A 192.0.2.1"],
-                           zones=("44.44.44.in-addr.arpa.", "example.net.")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(["7.44.44.44.in-addr.arpa. 300 IN PTR mail.example.net.",
+                      "mail.example.net. 300 IN A 44.44.44.7",
+                      "8.44.44.44.in-addr.arpa. 300 IN PTR liar.example.net.",
+                      "liar.example.net. 300 IN A 192.0.2.1"],
+                     zones=("44.44.44.in-addr.arpa.", "example.net."))
 
 
 def send_from(postern, mta, port, dns, tmp_path, source_ip):
