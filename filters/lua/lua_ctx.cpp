@@ -12,6 +12,7 @@
 #include "filters/auth/auth_results.h"
 #include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 Invocation& check_handle(lua_State* L, int idx, const char* meta) {
@@ -329,9 +330,8 @@ void push_auth(lua_State* L, const TransactionFacts& t) {
       bool known = false;
       for (const char* r : kResults) known = known || result == r;
       if (!known) continue;
-      for (char& c : result) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      std::string field(method);
-      for (char& c : field) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      result = ascii::to_lower(result);
+      const std::string field = ascii::to_lower(method);
       lua_getfield(L, -1, field.c_str());
       bool have = !lua_isnil(L, -1);
       lua_pop(L, 1);

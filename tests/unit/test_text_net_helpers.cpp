@@ -29,6 +29,7 @@ TEST_CASE("ascii folds A-Z and a-z only, whatever the octet", "[ascii]") {
     INFO("octet " << c);
     CHECK(ascii::to_lower(ch) == (upper ? static_cast<char>(c + 32) : ch));
     CHECK(ascii::to_upper(ch) == (lower ? static_cast<char>(c - 32) : ch));
+    CHECK(ascii::is_upper(ch) == upper);
   }
   CHECK(ascii::to_lower(std::string("\xC3\x89T\xC3\xA9", 5)) == std::string("\xC3\x89t\xC3\xA9", 5));
   CHECK(ascii::to_lower(std::string("A\0B", 3)) == std::string("a\0b", 3));
