@@ -93,6 +93,30 @@ TEST_CASE("lua api: every verdict", "[lua]") {
   CHECK(h.run(*crlf, Stage::kMail).text == "a??250 ok");
 }
 
+TEST_CASE("lua api: addresses compare with the domain folded, the local part exact", "[lua]") {
+  struct Case {
+    const char* a;
+    const char* b;
+    bool equal;
+  } cases[] = {
+      {"a@example.com", "a@example.com", true},
+      {"a@example.com", "a@EXAMPLE.Com", true},
+      {"a@example.com", "A@example.com", false},
+      // A domain that only starts like the other one, from either side.
+      {"a@example.com", "a@example.comx", false},
+      {"a@example.comx", "a@example.com", false},
+      {"a@example.com", "a@example.co", false},
+      {"ab@example.com", "a@bexample.com", false},
+  };
+  for (const auto& c : cases) {
+    LuaHarness h;
+    auto f = h.load(rule("mail", std::string("if postern.util.address('") + c.a + "') == postern.util.address('" + c.b +
+                                     "') then return postern.reject() end"));
+    INFO(c.a << " == " << c.b);
+    CHECK((h.run(*f, Stage::kMail).action == Verdict::Action::kReject) == c.equal);
+  }
+}
+
 TEST_CASE("lua api: the first decisive rule wins, stages filter rules", "[lua]") {
   LuaHarness h;
   auto f = h.load("postern.rule{name='A', stage='rcpt', fn=function() end}\n"
