@@ -197,8 +197,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply
       std::tie(ec, n) = co_await c_->tls->async_read_some(asio::buffer(input.data() + old, kReplyChunk), use_nothrow);
       input.resize(old + n);
     } else {
-      // proxy/socket_read.h: no zero-filled reply buffer (12,800 instructions
-      // a message, callgrind).
+      // proxy/socket_read.h: no zero-filled reply buffer (bench/README.md).
       std::size_t n = 0;
       ec = read_ready(c_->socket, input, n);
       while (ec == asio::error::would_block) {
