@@ -11,7 +11,7 @@
 #include <ctime>
 #include <fmt/format.h>
 
-#include "filters/auth/utf8.h"
+#include "filters/text/utf8.h"
 #include "filters/message.h"
 #include "filters/net/ip_address.h"
 #include "proxy/delivery.h"

@@ -11,6 +11,7 @@
 
 #include "filters/audit/json_reader.h"
 #include "filters/text/ascii.h"
+#include "filters/text/utf8.h"
 
 namespace postern {
 
@@ -33,29 +34,22 @@ std::string_view trim(std::string_view s) {
 std::string xml(std::string_view s) {
   std::string out;
   std::size_t octets = 0;
-  for (std::size_t i = 0; i < s.size() && octets < kMaxField;) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) {
-      std::size_t len = utf8_sequence_length(s, i);
-      if (len == 0) {
-        ++i;
-        continue;
-      }
-      out.append(s.substr(i, len));
-      i += len;
-      octets += len;
+  for (const utf8::Unit& u : utf8::Units(s)) {
+    if (octets >= kMaxField) break;
+    if (!u.well_formed) continue;
+    octets += u.octets.size();
+    if (!u.ascii()) {
+      out.append(u.octets);
       continue;
     }
-    ++i;
-    ++octets;
-    switch (c) {
+    switch (const char c = u.octets[0]) {
       case '&': out += "&amp;"; break;
       case '<': out += "&lt;"; break;
       case '>': out += "&gt;"; break;
       case '"': out += "&quot;"; break;
       case '\'': out += "&apos;"; break;
       default:
-        if (c >= 0x20 && c != 0x7f) out.push_back(static_cast<char>(c));
+        if (c >= 0x20 && c != 0x7f) out.push_back(c);
     }
   }
   return out;

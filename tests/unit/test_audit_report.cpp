@@ -125,6 +125,22 @@ TEST_CASE("text and HTML renderings escape what came from the log", "[report]") 
   CHECK(page.find('\x1b') == std::string::npos);
 }
 
+TEST_CASE("text and HTML renderings replace a C1 control octet by octet", "[report]") {
+  // U+0085 (NEL) is well-formed UTF-8 (C2 85) but a control: the terminal
+  // sees one '?' and the page one U+FFFD per octet; U+00A0 is no control.
+  AuditReportBuilder b;
+  std::istringstream in(
+      "{\"client\":{\"ip\":\"1.2.3.4\"},\"from_domain\":\"c1\\u0085x\\u00a0y.example\",\"action\":\"relayed\"}\n");
+  b.add_stream("a", in);
+  AuditReport r = b.finish();
+  std::ostringstream text, html;
+  print_report_text(r, text);
+  write_report_html(r, html);
+  INFO(text.str());
+  CHECK(text.str().find("c1??x\xc2\xa0y.example") != std::string::npos);
+  CHECK(html.str().find("c1&#xfffd;&#xfffd;x\xc2\xa0y.example") != std::string::npos);
+}
+
 TEST_CASE("any octets through json_string parse back as well-formed UTF-8", "[report][audit]") {
   std::mt19937 rng(20261124);
   for (int round = 0; round < 2000; ++round) {
