@@ -138,23 +138,18 @@ void count_recipient_change(lua_State* L, const Changes& c) {
   }
 }
 
-int ctx_add_rcpt(lua_State* L) {
+// ctx:add_rcpt(addr) and ctx:remove_rcpt(addr): one more entry in `list`.
+int change_recipients(lua_State* L, std::vector<Mailbox> Changes::*list) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
   Mailbox m = check_address(L, 2, false);
   Changes& c = inv.ctx->transaction.changes;
   count_recipient_change(L, c);
-  c.add_recipients.push_back(std::move(m));
+  (c.*list).push_back(std::move(m));
   return 0;
 }
 
-int ctx_remove_rcpt(lua_State* L) {
-  Invocation& inv = check_handle(L, 1, kCtxMeta);
-  Mailbox m = check_address(L, 2, false);
-  Changes& c = inv.ctx->transaction.changes;
-  count_recipient_change(L, c);
-  c.remove_recipients.push_back(std::move(m));
-  return 0;
-}
+int ctx_add_rcpt(lua_State* L) { return change_recipients(L, &Changes::add_recipients); }
+int ctx_remove_rcpt(lua_State* L) { return change_recipients(L, &Changes::remove_recipients); }
 
 int ctx_set_sender(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
