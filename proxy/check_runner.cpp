@@ -64,10 +64,8 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   auto resources = build_filter_resources(config, nullptr);
   auto chain = build_filter_chain(config, *resources);
 
-  CheckRun check(*chain, c.message);
+  CheckRun check(*chain, c.message, c.client_ip);
   SessionFacts& session = check.session;
-  session.id = "check";
-  session.client_ip = c.client_ip;
   session.client_port = c.client_port;
   TransactionFacts& tx = check.tx;
   tx.id = "check.1";

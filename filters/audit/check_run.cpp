@@ -10,8 +10,10 @@
 
 namespace postern {
 
-CheckRun::CheckRun(const FilterChain& chain, const std::string& message)
+CheckRun::CheckRun(const FilterChain& chain, const std::string& message, const std::string& client_ip)
     : chain_(chain), spool_(std::size_t(1) << 30, "/tmp") {
+  session.id = "check";
+  session.client_ip = client_ip;
   spool_.append(message_crlf(message));
   spool_.finish();
   message_ = std::make_unique<Message>(spool_);

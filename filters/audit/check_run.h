@@ -21,8 +21,9 @@ namespace postern {
 
 class CheckRun {
  public:
-  // `message`: the message file, LF or CRLF line ends.
-  CheckRun(const FilterChain& chain, const std::string& message);
+  // `message`: the message file, LF or CRLF line ends. The session is
+  // "check", from `client_ip`.
+  CheckRun(const FilterChain& chain, const std::string& message, const std::string& client_ip);
 
   // Runs `stage` of the chain on session and tx; blocking.
   Verdict run(Stage stage);

@@ -19,11 +19,8 @@ std::string run_offline_check(const OfflineCheck& c) {
   for (const auto& f : c.rules) filters.push_back(f);
   FilterChain chain(std::move(filters), c.thresholds);
 
-  CheckRun check(chain, c.message);
-  SessionFacts& session = check.session;
-  session.id = "check";
-  session.client_ip = c.client_ip;
-  session.helo = c.helo;
+  CheckRun check(chain, c.message, c.client_ip);
+  check.session.helo = c.helo;
   TransactionFacts& tx = check.tx;
   tx.id = "check";
   if (!c.mail_from.empty()) {
