@@ -7,13 +7,13 @@
 #include <asio/use_awaitable.hpp>
 #include <algorithm>
 #include <cstring>
-#include <strings.h>
 #include <ctime>
 #include <fmt/format.h>
 
-#include "filters/text/utf8.h"
 #include "filters/message.h"
 #include "filters/net/ip_address.h"
+#include "filters/text/ascii.h"
+#include "filters/text/utf8.h"
 #include "proxy/delivery.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
@@ -659,7 +659,7 @@ asio::awaitable<void> Session::settle_mail() {
 bool Session::rcpt_pipelined() const {
   std::string_view rest(input_);
   rest.remove_prefix(std::min(input_pos_, rest.size()));
-  return rest.size() > 5 && strncasecmp(rest.data(), "RCPT ", 5) == 0 && rest.find('\n') != std::string_view::npos;
+  return rest.size() > 5 && ascii::istarts_with(rest, "RCPT ") && rest.find('\n') != std::string_view::npos;
 }
 
 asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
