@@ -10,6 +10,7 @@
 
 #include "filters/audit/audit_report.h"
 #include "filters/audit/json_reader.h"
+#include "filters/text/markup.h"
 #include "filters/text/utf8.h"
 
 namespace postern {
@@ -43,14 +44,7 @@ std::string esc(std::string_view s, std::size_t max = 200) {
       out.append(u.octets);
       continue;
     }
-    switch (const char c = u.octets[0]) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c < 0x20 || c == 0x7f ? std::string("&#xfffd;") : std::string(1, c);
-    }
+    if (!markup::append_escaped(out, u.octets[0], markup::Dialect::kHtml)) out += "&#xfffd;";
   }
   if (octets < s.size()) out += "&#8230;";
   return out;

@@ -11,6 +11,7 @@
 
 #include "filters/audit/json_reader.h"
 #include "filters/text/ascii.h"
+#include "filters/text/markup.h"
 #include "filters/text/utf8.h"
 
 namespace postern {
@@ -42,15 +43,7 @@ std::string xml(std::string_view s) {
       out.append(u.octets);
       continue;
     }
-    switch (const char c = u.octets[0]) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default:
-        if (c >= 0x20 && c != 0x7f) out.push_back(c);
-    }
+    markup::append_escaped(out, u.octets[0], markup::Dialect::kXml);  // a control character is dropped
   }
   return out;
 }
