@@ -3,41 +3,19 @@
 // function there), and the reply comes from the same verdict_reply().
 #include "proxy/check_runner.h"
 
-#include <cstdio>
 #include <stdexcept>
-
-#include <asio/co_spawn.hpp>
-#include <asio/io_context.hpp>
-#include <asio/use_future.hpp>
 
 #include "filters/address.h"
 #include "filters/audit/audit_log.h"
+#include "filters/audit/check_run.h"
 #include "filters/auth/auth_results.h"
-#include "filters/message.h"
-#include "filters/spool.h"
 #include "proxy/filter_setup.h"
 #include "proxy/verdict_reply.h"
 
 namespace postern {
 namespace {
 
-std::string js(std::string_view s) { return json_string(s, std::string::npos); }
-
-std::string num(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
-
-std::string to_crlf(const std::string& in) {
-  std::string out;
-  out.reserve(in.size() + in.size() / 32);
-  for (std::size_t i = 0; i < in.size(); ++i) {
-    if (in[i] == '\n' && (i == 0 || in[i - 1] != '\r')) out.push_back('\r');
-    out.push_back(in[i]);
-  }
-  return out;
-}
+std::string js(std::string_view s) { return check_json(s); }
 
 Mailbox parse_mailbox(const std::string& text, bool reverse) {
   if (text.empty() && reverse) return Mailbox{};
@@ -86,20 +64,10 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   auto resources = build_filter_resources(config, nullptr);
   auto chain = build_filter_chain(config, *resources);
 
-  asio::io_context io;
-  auto run = [&](Stage stage, SessionFacts& s, TransactionFacts& t) {
-    FilterContext ctx{stage, s, t};
-    auto f = asio::co_spawn(io, chain->run(ctx), asio::use_future);
-    io.restart();
-    io.run();
-    return f.get();
-  };
-
-  SessionFacts session;
-  session.id = "check";
-  session.client_ip = c.client_ip;
+  CheckRun check(*chain, c.message, c.client_ip);
+  SessionFacts& session = check.session;
   session.client_port = c.client_port;
-  TransactionFacts tx;
+  TransactionFacts& tx = check.tx;
   tx.id = "check.1";
   std::string stages;    // what ran, in order, with each stage's reply
   std::string decided_stage;
@@ -117,7 +85,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   };
 
   // Session::run: refused at connect.
-  Verdict v = run(Stage::kConnect, session, tx);
+  Verdict v = check.run(Stage::kConnect);
   if (refuses(v)) {
     Reply r = verdict_reply(v, Stage::kConnect);
     if (v.action != Verdict::Action::kReject) r.code = 421;
@@ -130,7 +98,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   if (decided_stage.empty()) {
     session.helo = c.helo;
     session.esmtp = true;
-    v = run(Stage::kHelo, session, tx);
+    v = check.run(Stage::kHelo);
     if (refuses(v)) {
       step("helo", verdict_reply(v, Stage::kHelo), "postern");
       decide("helo", v, verdict_reply(v, Stage::kHelo));
@@ -142,7 +110,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
   // Session::handle_mail.
   if (decided_stage.empty()) {
     tx.reverse_path = parse_mailbox(c.mail_from, true);
-    v = run(Stage::kMail, session, tx);
+    v = check.run(Stage::kMail);
     if (refuses(v)) {
       step("mail", verdict_reply(v, Stage::kMail), "postern");
       decide("mail", v, verdict_reply(v, Stage::kMail));
@@ -156,7 +124,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
     for (const std::string& text : c.rcpts) {
       Mailbox rcpt = parse_mailbox(text, false);
       tx.current_rcpt = rcpt;
-      v = run(Stage::kRcpt, session, tx);
+      v = check.run(Stage::kRcpt);
       tx.current_rcpt.reset();
       if (refuses(v)) {
         Reply r = verdict_reply(v, Stage::kRcpt);
@@ -181,16 +149,12 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
     }
   }
   // Session::end_of_message: data, then eom, then what was pending.
-  Spool spool(std::size_t(1) << 30, "/tmp");
-  spool.append(to_crlf(c.message));
-  spool.finish();
-  Message message(spool);
   if (decided_stage.empty()) {
-    tx.message = &message;
-    v = run(Stage::kData, session, tx);
+    tx.message = &check.message();
+    v = check.run(Stage::kData);
     const char* stage = "data";
     if (!v.decisive()) {
-      v = run(Stage::kEom, session, tx);
+      v = check.run(Stage::kEom);
       stage = "eom";
     }
     if (!v.decisive() && pending) v = *pending;
@@ -209,16 +173,12 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
     verdict = v;
     tx.message = nullptr;
   }
-  run(Stage::kClose, session, tx);
+  check.run(Stage::kClose);
 
   const Changes& ch = tx.changes;
   std::string o = "{\"verdict\":{\"action\":" + js(verdict.decisive() ? action_name(verdict.action) : "accept");
   o += ",\"stage\":" + js(decided_stage) + ",\"rule\":" + js(verdict.rule) + ",\"reason\":" + js(verdict.reason);
-  o += ",\"symbols\":[";
-  for (std::size_t i = 0; i < tx.symbols.size(); ++i) {
-    o += std::string(i ? "," : "") + "{\"name\":" + js(tx.symbols[i].name) + ",\"score\":" + num(tx.symbols[i].score) + "}";
-  }
-  o += "],\"score\":" + num(tx.score) + "}";
+  o += "," + check_symbols_json(tx) + "}";
   o += ",\"reply\":" + reply_json(reply, by);
   o += ",\"rcpts\":[";
   for (std::size_t i = 0; i < rcpt_replies.size(); ++i) o += (i ? "," : "") + rcpt_replies[i];

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fmt/format.h>
 
+#include "filters/io/write_all.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
 #include "proxy/replies.h"
@@ -44,18 +45,6 @@ void append_lf(std::string& out, std::string_view text) {
     out.append(text.substr(i, cr - i));
     i = cr + 1;
   }
-}
-
-bool write_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
 }
 
 }  // namespace

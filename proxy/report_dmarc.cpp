@@ -27,6 +27,7 @@
 #include "filters/audit/dmarc_aggregate.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/dns/unbound_resolver.h"
+#include "filters/text/ascii.h"
 #include "proxy/config.h"
 
 namespace postern {
@@ -67,11 +68,6 @@ Example (the systemd timer config/postern-dmarc-report.timer runs this daily):
 int usage(const std::string& why) {
   std::cerr << "postern report dmarc: " << why << "\n(see postern report dmarc --help)\n";
   return 2;
-}
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 std::string utc(std::int64_t t) {
@@ -285,7 +281,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
       else if (a == "--to") to_text = v;
       else if (a == "--config") config_path = v;
       else if (a == "--out") out_dir = v;
-      else domains.push_back(lower(v));
+      else domains.push_back(ascii::to_lower(v));
     } else if (a.size() > 1 && a[0] == '-') {
       return usage("unknown option '" + a + "'");
     } else {
@@ -340,7 +336,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
   meta.org_name = rc.org_name;
   meta.email = rc.email.empty() ? "postmaster@" + config->server.hostname : rc.email;
   meta.extra_contact_info = rc.extra_contact_info;
-  meta.receiver = lower(meta.email.substr(meta.email.rfind('@') + 1));
+  meta.receiver = ascii::to_lower(meta.email.substr(meta.email.rfind('@') + 1));
   meta.begin = from;
   meta.end = to - 1;
 
@@ -391,7 +387,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
       if (!send) continue;
       const std::string org = organizational_domain(r.domain);
       for (const DmarcRua& rua : ruas) {
-        const std::string rua_domain = lower(rua.address.substr(rua.address.rfind('@') + 1));
+        const std::string rua_domain = ascii::to_lower(rua.address.substr(rua.address.rfind('@') + 1));
         // §7.1: a destination outside the policy domain's organizational
         // domain must agree to receive its reports.
         if (organizational_domain(rua_domain) != org) {

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <openssl/evp.h>
 
+#include "filters/text/ascii.h"
+
 namespace postern {
 namespace {
 
@@ -42,8 +44,7 @@ std::string sasl_user(std::string_view mechanism, std::string_view response) {
 asio::awaitable<SaslRelay::Step> SaslRelay::start(std::string_view args, Upstream& upstream) {
   *this = SaslRelay{};
   std::size_t sp = args.find(' ');
-  mechanism_ = std::string(args.substr(0, sp));
-  for (char& c : mechanism_) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  mechanism_ = ascii::to_upper(args.substr(0, sp));
   if (mechanism_ != "PLAIN" && mechanism_ != "LOGIN") co_return Step{Outcome::kUnknownMechanism, {}, {}};
   const bool initial = sp != std::string_view::npos;
   if (initial && !is_sasl_response(args.substr(sp + 1))) co_return Step{Outcome::kBadResponse, {}, {}};

@@ -384,9 +384,7 @@ struct Server::Impl {
     }
     if (milter_server) milter_server->drain();
     for (auto& w : workers) {
-      asio::post(w->context, [w = w.get()] {
-        for (Session* s : w->registry.sessions) s->drain();
-      });
+      asio::post(w->context, [w = w.get()] { w->registry.drain(); });
     }
     auto deadline = std::chrono::steady_clock::now() +
                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(snapshot()->server.shutdown_timeout);

@@ -7,13 +7,13 @@
 #include <asio/use_awaitable.hpp>
 #include <algorithm>
 #include <cstring>
-#include <strings.h>
 #include <ctime>
 #include <fmt/format.h>
 
-#include "filters/auth/utf8.h"
 #include "filters/message.h"
 #include "filters/net/ip_address.h"
+#include "filters/text/ascii.h"
+#include "filters/text/utf8.h"
 #include "proxy/delivery.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
@@ -86,8 +86,12 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
 
 Session::~Session() { registry_.sessions.erase(this); }
 
+void SessionRegistry::drain() {
+  draining = true;
+  for (Session* s : sessions) s->drain();
+}
+
 void Session::drain() {
-  draining_ = true;
   if (conn_.reading() && mode_ != Mode::kData && mode_ != Mode::kBdat) conn_.cancel();
 }
 
@@ -111,11 +115,11 @@ void Session::client_error(const replies::Def& def) {
 // limits.errors the session ends with 421.
 void Session::note_error() {
   metrics::registry().client_errors.inc();
-  if (++errors_ >= config_->limits.errors && !quit_) {
+  if (++errors_ >= config_->limits.errors && !closing()) {
     log::warning("too-many-errors").kv("session", id_).kv("client", facts_.client_ip)
         .kv("errors", errors_);
     reply(replies::kTooManyErrors);
-    quit_ = true;
+    after_reply(Next::kClose);
   }
 }
 
@@ -159,23 +163,23 @@ asio::awaitable<void> Session::run() {
     if (connect.action != Verdict::Action::kReject) r.code = 421;
     metrics::session_refused(listener_.address, metrics::Refusal::kFilter);
     queue_reply(r);
-    quit_ = true;
+    after_reply(Next::kClose);
   } else if (co_await talks_before_greeting()) {
     reply(replies::kEarlyTalker);
-    quit_ = true;
+    after_reply(Next::kClose);
   } else {
     queue_reply(220, config_->server.hostname + " ESMTP postern");
   }
-  while (!quit_) {
+  while (!closing()) {
     co_await process_input();
     co_await settle_mail();  // never wait for the client with a MAIL reply owed
-    if (!co_await flush() || quit_) break;
-    if (starttls_pending_) {
-      starttls_pending_ = false;
+    if (!co_await flush() || closing()) break;
+    if (next_ == Next::kStartTls) {
+      next_ = Next::kRead;
       if (!co_await start_tls()) break;
       continue;
     }
-    if (draining_ && mode_ != Mode::kData && mode_ != Mode::kBdat) {
+    if (registry_.draining && mode_ != Mode::kData && mode_ != Mode::kBdat) {
       reply(replies::kShuttingDown);
       break;
     }
@@ -258,7 +262,7 @@ asio::awaitable<bool> Session::fill() {
     log::warning("timeout").kv("session", id_).kv("client", facts_.client_ip)
         .kv("state", mode_ == Mode::kData ? "data" : "command");
     reply(replies::kTimeout);
-  } else if (draining_ && ec == asio::error::operation_aborted) {
+  } else if (registry_.draining && ec == asio::error::operation_aborted) {
     reply(replies::kShuttingDown);
   } else {
     log::info("client-lost").kv("session", id_).kv("op", "read")
@@ -336,7 +340,7 @@ asio::awaitable<void> Session::handle_starttls() {
     upstream_.reset();
   }
   forget_plaintext();
-  starttls_pending_ = true;  // the handshake follows once the 220 is sent (run())
+  after_reply(Next::kStartTls);  // the handshake follows once the 220 is sent (run())
 }
 
 // RFC 3207 §4.2: the server discards all knowledge obtained from the client
@@ -408,7 +412,7 @@ asio::awaitable<void> Session::auth_failed() {
         .kv("failures", auth_failures_).kv("action", "closed with 421");
     metrics::registry().client_errors.inc();
     reply(replies::kTooManyAuthFailures);
-    quit_ = true;
+    after_reply(Next::kClose);
     co_return;
   }
   note_error();
@@ -416,7 +420,7 @@ asio::awaitable<void> Session::auth_failed() {
 
 // Handles every complete command (and DATA content) that is buffered.
 asio::awaitable<void> Session::process_input() {
-  while (!quit_) {
+  while (!closing()) {
     std::string_view avail(input_.data() + input_pos_, input_.size() - input_pos_);
     if (mode_ == Mode::kBdat && (chunk_left_ == 0 || !avail.empty())) {
       co_await take_chunk(avail);
@@ -517,7 +521,7 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     case Verb::kVrfy: reply(replies::kVrfy); break;
     case Verb::kQuit:
       reply(replies::kBye);
-      quit_ = true;
+      after_reply(Next::kClose);
       break;
     default: client_error(replies::kNotImplemented); break;
   }
@@ -536,7 +540,7 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
   if (v.action == Verdict::Action::kReject || v.action == Verdict::Action::kTempfail ||
       v.action == Verdict::Action::kDisconnect) {
     queue_reply(verdict_reply(v, Stage::kHelo));
-    if (v.action == Verdict::Action::kDisconnect) quit_ = true;
+    if (v.action == Verdict::Action::kDisconnect) after_reply(Next::kClose);
     phase_ = Phase::kConnected;
     co_return;
   }
@@ -580,7 +584,7 @@ EsmtpOffer Session::esmtp_offer() const {
 asio::awaitable<void> Session::handle_mail(const Command& cmd) {
   if (messages_ >= config_->limits.messages_per_session) {
     reply(replies::kTooManyMessages);
-    quit_ = true;
+    after_reply(Next::kClose);
     co_return;
   }
   // The path may hold UTF-8 only when MAIL also says SMTPUTF8 (RFC 6531 §3.4).
@@ -619,7 +623,7 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       log::info("mail-refused").kv("session", id_).kv("from", "<" + args.mailbox.str() + ">")
           .kv("by", "filter").kv("reason", v.reason);
       queue_reply(verdict_reply(v, Stage::kMail));
-      if (v.action == Verdict::Action::kDisconnect) quit_ = true;
+      if (v.action == Verdict::Action::kDisconnect) after_reply(Next::kClose);
       audit_mail_refusal(facts_, txn_.facts, verdict_reply(v, Stage::kMail), v);
       reset_transaction();
       co_return;
@@ -655,7 +659,7 @@ asio::awaitable<void> Session::settle_mail() {
 bool Session::rcpt_pipelined() const {
   std::string_view rest(input_);
   rest.remove_prefix(std::min(input_pos_, rest.size()));
-  return rest.size() > 5 && strncasecmp(rest.data(), "RCPT ", 5) == 0 && rest.find('\n') != std::string_view::npos;
+  return rest.size() > 5 && ascii::istarts_with(rest, "RCPT ") && rest.find('\n') != std::string_view::npos;
 }
 
 asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
@@ -693,7 +697,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
         .kv("by", "filter").kv("reason", v.reason);
     queue_reply(verdict_reply(v, Stage::kRcpt));
-    if (v.action == Verdict::Action::kDisconnect) quit_ = true;
+    if (v.action == Verdict::Action::kDisconnect) after_reply(Next::kClose);
     co_return;
   }
   if ((v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) && !txn_.pending) {
@@ -740,7 +744,7 @@ void Session::handle_bdat(const Command& cmd) {
   if (!args.valid) {
     // Without a size postern cannot know where the chunk ends: stop here.
     client_error(replies::kBdatSyntax);
-    quit_ = true;
+    after_reply(Next::kClose);
     return;
   }
   const bool last = args.last;
@@ -840,7 +844,7 @@ asio::awaitable<void> Session::end_of_data() {
     }
   }
   relay_reply(fate.reply);
-  if (fate.disconnect) quit_ = true;
+  if (fate.disconnect) after_reply(Next::kClose);
   delivery.record(fate);
   reset_transaction();
 }
@@ -897,7 +901,7 @@ void Session::relay_reply(const UpstreamReply& r) {
   if (!r.closing) return;
   if (r.reply.code != 421) reply(replies::kUpstreamClosing);
   log::warning("upstream-closing").kv("session", id_).kv("client", facts_.client_ip).kv("action", "421 and close");
-  quit_ = true;
+  after_reply(Next::kClose);
 }
 
 // The client gave up on a transaction (RSET, EHLO, QUIT, lost connection).

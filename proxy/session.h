@@ -3,6 +3,7 @@
 // coroutine is the session's whole life; it runs on one I/O thread.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -37,6 +38,10 @@ class Session;
 // The sessions of one I/O thread; touched only from that thread.
 struct SessionRegistry {
   std::unordered_set<Session*> sessions;
+  bool draining = false;  // shutdown began: each session ends with 421 4.3.2 once no message is in flight
+
+  // Shutdown: marks the thread draining and wakes the sessions idle in a read.
+  void drain();
 };
 
 class Session {
@@ -51,12 +56,20 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   asio::awaitable<void> run();
-  // Shutdown: a session waiting for a command gets 421 4.3.2 and closes; one
-  // busy with a message finishes it first.
+  // Shutdown (SessionRegistry::drain): a session waiting for a command gets
+  // 421 4.3.2 and closes; one busy with a message finishes it first.
   void drain();
 
  private:
   enum class Mode { kCommand, kData, kBdat, kSkipLine };
+  // What the session does once its queued replies are written: one value, so
+  // no two requests can contradict each other. Ordered by strength; a later
+  // request never weakens an earlier one (after_reply): a close stays a close.
+  enum class Next {
+    kRead,      // read the next command or content
+    kStartTls,  // the 220 to STARTTLS is queued: the TLS handshake follows (RFC 3207)
+    kClose,     // the session ends (QUIT, a 421, a refusal that disconnects)
+  };
 
   // The open mail transaction (RFC 5321 §3.3); dies only in reset_transaction().
   struct Transaction {
@@ -114,6 +127,8 @@ class Session {
   void reply(const replies::Def& def);
   void queue_reply(int code, std::string_view text);
   void queue_reply(const Reply& r);
+  void after_reply(Next next) { next_ = std::max(next_, next); }
+  bool closing() const { return next_ == Next::kClose; }
   void client_error(const replies::Def& def);
   void note_error();
   Upstream& upstream();
@@ -138,9 +153,7 @@ class Session {
   std::string output_;
   std::string decoded_;
   Mode mode_ = Mode::kCommand;
-  bool draining_ = false;
-  bool quit_ = false;
-  bool starttls_pending_ = false;
+  Next next_ = Next::kRead;
   SaslRelay sasl_;  // AUTH relayed to the MTA (RFC 4954)
   std::uint64_t chunk_size_ = 0;  // the current BDAT's declared size
   std::uint64_t chunk_left_ = 0;  // BDAT octets still to read

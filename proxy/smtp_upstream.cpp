@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "filters/text/ascii.h"
 #include "proxy/limits.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -196,8 +197,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply
       std::tie(ec, n) = co_await c_->tls->async_read_some(asio::buffer(input.data() + old, kReplyChunk), use_nothrow);
       input.resize(old + n);
     } else {
-      // proxy/socket_read.h: no zero-filled reply buffer (12,800 instructions
-      // a message, callgrind).
+      // proxy/socket_read.h: no zero-filled reply buffer (bench/README.md).
       std::size_t n = 0;
       ec = read_ready(c_->socket, input, n);
       while (ec == asio::error::would_block) {
@@ -374,8 +374,7 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
       nl = text.find('\n');
       std::string_view line = text.substr(0, nl);
       std::size_t sp = line.find(' ');
-      std::string keyword(line.substr(0, sp));
-      for (char& c : keyword) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      std::string keyword = ascii::to_upper(line.substr(0, sp));
       c_->capabilities.push_back(std::move(keyword));
       c_->capability_args.emplace_back(sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1));
     }
@@ -476,8 +475,7 @@ std::string SmtpUpstream::xclient_line() const {
     while (pos < offered.size()) {
       std::size_t sp = offered.find(' ', pos);
       std::string_view word = offered.substr(pos, sp == std::string_view::npos ? std::string_view::npos : sp - pos);
-      if (word.size() == attr.size() &&
-          std::equal(word.begin(), word.end(), attr.begin(), [](char a, char b) { return std::toupper(a) == b; })) {
+      if (ascii::iequals(word, attr)) {
         return true;
       }
       if (sp == std::string_view::npos) break;
@@ -744,8 +742,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
       while (!list.empty()) {
         std::size_t sp = list.find(' ');
         std::string_view m = list.substr(0, sp);
-        if (m.size() == mechanism.size() &&
-            std::equal(m.begin(), m.end(), mechanism.begin(), [](char a, char b) { return std::toupper(a) == b; })) {
+        if (ascii::iequals(m, mechanism)) {
           offered = true;
         }
         list = sp == std::string_view::npos ? std::string_view{} : list.substr(sp + 1);

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "filters/dkim/dkim_tags.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -13,12 +14,6 @@ namespace {
 
 bool wsp(char c) { return c == ' ' || c == '\t'; }
 bool fws(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && fws(s.front())) s.remove_prefix(1);
@@ -116,7 +111,7 @@ ArcStructure arc_structure(const std::vector<HeaderField>& headers) {
 }
 
 std::string relaxed_header(std::string_view name, std::string_view raw) {
-  std::string out = lower(trim(name));
+  std::string out = ascii::to_lower(trim(name));
   out += ':';
   std::string_view v = raw_value(raw);
   bool space = false, started = false;
@@ -172,13 +167,13 @@ std::optional<std::string> ams_signed_octets(const std::vector<HeaderField>& hea
   // AMS cannot make this names x fields.
   std::vector<std::string> names;
   names.reserve(headers.size());
-  for (const HeaderField& f : headers) names.push_back(lower(f.name));
+  for (const HeaderField& f : headers) names.push_back(ascii::to_lower(f.name));
   std::map<std::string, std::size_t> taken;
   std::size_t start = 0, listed = 0;
   while (start <= h.size()) {
     std::size_t end = h.find(':', start);
     if (end == std::string::npos) end = h.size();
-    const std::string name = lower(trim(std::string_view(h).substr(start, end - start)));
+    const std::string name = ascii::to_lower(trim(std::string_view(h).substr(start, end - start)));
     start = end + 1;
     if (name.empty()) continue;
     if (name == "arc-seal" || ++listed > kArcMaxSignedFields) return std::nullopt;
@@ -286,13 +281,13 @@ std::vector<AuthResInfo> parse_auth_res(std::string_view payload) {
     if (words.empty()) continue;
     std::size_t eq = words[0].find('=');
     if (eq == std::string_view::npos) continue;
-    AuthResInfo info{lower(words[0].substr(0, eq)), lower(words[0].substr(eq + 1)), {}};
+    AuthResInfo info{ascii::to_lower(words[0].substr(0, eq)), ascii::to_lower(words[0].substr(eq + 1)), {}};
     for (std::size_t w = 1; w < words.size(); ++w) {
       std::size_t e = words[w].find('=');
       if (e == std::string_view::npos) continue;
       std::string v(words[w].substr(e + 1));
       std::replace(v.begin(), v.end(), '\x01', ' ');
-      info.props.emplace_back(lower(words[w].substr(0, e)), std::move(v));
+      info.props.emplace_back(ascii::to_lower(words[w].substr(0, e)), std::move(v));
     }
     out.push_back(std::move(info));
   }

@@ -14,15 +14,11 @@
 #include "filters/arc/arc_chain.h"
 #include "filters/auth/authentication_results.h"
 #include "filters/dkim/dkim_body_hash.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
 namespace {
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 std::optional<std::string> relaxed_body_hash(const Spool& spool, std::size_t offset) {
   DkimBodyHash h(DkimBodyCanon::kRelaxed, DkimHash::kSha256);
@@ -58,7 +54,7 @@ bool arc_message_modified(const Changes& changes) {
 
 ArcSealer::ArcSealer(ArcSealOptions options) : options_(std::move(options)) {
   for (DkimSigningKey& k : options_.keys) {
-    k.domain = lower(k.domain);
+    k.domain = ascii::to_lower(k.domain);
     auto key = ArcSigningKey::load(k.key_pem);
     if (!key) throw std::runtime_error("[[arc.sign]] " + k.key_file + ": not an RSA or Ed25519 private key");
     keys_.push_back(std::move(key));
@@ -107,7 +103,7 @@ ArcSealOutcome ArcSealer::seal(const std::string& header_block, const Spool& bod
   }
   // The key: the recipient domain's (or a parent's), else the first.
   std::size_t pick = 0;
-  const std::string rcpt = lower(rcpt_domain);
+  const std::string rcpt = ascii::to_lower(rcpt_domain);
   for (std::size_t i = 0; i < options_.keys.size(); ++i) {
     const std::string& d = options_.keys[i].domain;
     if (rcpt == d || (rcpt.size() > d.size() && rcpt.ends_with("." + d))) {
@@ -131,7 +127,7 @@ ArcSealOutcome ArcSealer::seal(const std::string& header_block, const Spool& bod
   for (const std::string& name : kDefaultSignedHeaders) {
     const bool present = std::any_of(fields.begin(), fields.end(),
                                      [&](const HeaderField& f) { return header_name_equals(f.name, name); });
-    if (present) h += (h.empty() ? "" : ":") + lower(name);
+    if (present) h += (h.empty() ? "" : ":") + ascii::to_lower(name);
   }
   if (h.empty()) h = "from";
   auto bh = relaxed_body_hash(body, body_offset);

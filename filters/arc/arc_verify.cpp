@@ -13,20 +13,16 @@
 #include "filters/dkim/dkim_body_hash.h"
 #include "filters/dkim/dkim_tags.h"
 #include "filters/dmarc/dmarc.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
 namespace {
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 std::string key_name_of(const std::string& value) {
   const std::string d = dkim_tag_value(value, "d"), s = dkim_tag_value(value, "s");
   if (d.empty() || s.empty()) return "";
-  return lower(s + "._domainkey." + d);
+  return ascii::to_lower(s + "._domainkey." + d);
 }
 
 // The key record for `name`, or why there is none.
@@ -142,10 +138,10 @@ ArcOutcome verify_arc_chain(const std::vector<HeaderField>& headers, const ArcSt
     ArcSet set;
     set.instance = static_cast<unsigned>(i + 1);
     const std::string seal = s.sets[i][2]->value();
-    set.sealer = lower(dkim_tag_value(seal, "d"));
+    set.sealer = ascii::to_lower(dkim_tag_value(seal, "d"));
     set.selector = dkim_tag_value(seal, "s");
     set.cv = dkim_tag_value(seal, "cv");
-    set.ams_domain = lower(dkim_tag_value(s.sets[i][1]->value(), "d"));
+    set.ams_domain = ascii::to_lower(dkim_tag_value(s.sets[i][1]->value(), "d"));
     const std::string aar = s.sets[i][0]->value();
     set.aar = aar.substr(std::min(aar.size(), aar.find(';') + 1));
     while (!set.aar.empty() && (set.aar.front() == ' ' || set.aar.front() == '\t')) set.aar.erase(0, 1);
@@ -187,7 +183,7 @@ void find_trusted_sealer(ArcOutcome& o, const std::vector<std::string>& trusted,
                          const std::vector<std::string>& authors) {
   if (o.result != ArcResult::kPass || trusted.empty() || authors.empty()) return;
   auto aligned = [&](std::string domain) {
-    domain = lower(domain);
+    domain = ascii::to_lower(domain);
     if (auto at = domain.rfind('@'); at != std::string::npos) domain = domain.substr(at + 1);
     if (domain.empty()) return false;
     return std::all_of(authors.begin(), authors.end(),
@@ -214,15 +210,15 @@ void find_trusted_sealer(ArcOutcome& o, const std::vector<std::string>& trusted,
     for (const AuthResInfo& r : parse_auth_res(it->aar)) {
       if (r.result != "pass") continue;
       if (r.method == "dmarc") {
-        const std::string from = lower(prop(r, "header.from"));
+        const std::string from = ascii::to_lower(prop(r, "header.from"));
         if (from.empty() || std::find(authors.begin(), authors.end(), from) != authors.end()) {
           saw = "dmarc=pass";
           break;
         }
       } else if (r.method == "dkim" && saw.empty() && aligned(prop(r, "header.d"))) {
-        saw = "dkim=pass header.d=" + lower(prop(r, "header.d"));
+        saw = "dkim=pass header.d=" + ascii::to_lower(prop(r, "header.d"));
       } else if (r.method == "spf" && saw.empty() && aligned(prop(r, "smtp.mailfrom"))) {
-        saw = "spf=pass smtp.mailfrom=" + lower(prop(r, "smtp.mailfrom"));
+        saw = "spf=pass smtp.mailfrom=" + ascii::to_lower(prop(r, "smtp.mailfrom"));
       }
     }
     if (saw.empty()) continue;
@@ -248,7 +244,7 @@ bool apply_arc_override(DmarcOutcome& o, TransactionFacts& t) {
 
 ArcFilter::ArcFilter(ArcOptions options, std::shared_ptr<Resolver> resolver, std::shared_ptr<asio::thread_pool> pool)
     : options_(std::move(options)), resolver_(std::move(resolver)), pool_(std::move(pool)) {
-  for (std::string& d : options_.trusted_sealers) d = lower(d);
+  for (std::string& d : options_.trusted_sealers) d = ascii::to_lower(d);
 }
 
 namespace {

@@ -16,6 +16,7 @@
 #include "filters/dmarc/dmarc.h"
 #include "filters/audit/json_reader.h"
 #include "filters/io/write_all.h"
+#include "filters/text/utf8.h"
 
 namespace postern {
 
@@ -78,32 +79,22 @@ std::string arc_json(const ArcOutcome& a) {
 std::string json_string(std::string_view s, std::size_t max) {
   std::string out = "\"";
   std::size_t octets = 0;
-  for (std::size_t i = 0; i < s.size() && octets < max;) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      if (c == '"' || c == '\\') {
-        out.push_back('\\');
-        out.push_back(static_cast<char>(c));
-      } else if (c < 0x20 || c == 0x7f) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", c);
-        out += buf;
-      } else {
-        out.push_back(static_cast<char>(c));
-      }
-      ++i;
-      ++octets;
-      continue;
-    }
-    std::size_t len = utf8_sequence_length(s, i);
-    if (len == 0) {
+  for (const utf8::Unit& u : utf8::Units(s)) {
+    if (octets >= max) break;
+    octets += u.octets.size();
+    if (!u.well_formed) {
       out += "\\ufffd";
-      ++i;
-      ++octets;
+    } else if (!u.ascii()) {
+      out.append(u.octets);
+    } else if (const char c = u.octets[0]; c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+      out += buf;
     } else {
-      out.append(s.substr(i, len));
-      i += len;
-      octets += len;
+      out.push_back(c);
     }
   }
   return out + '"';

@@ -10,6 +10,7 @@
 #include "filters/audit/json_reader.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/text/ascii.h"
+#include "filters/text/utf8.h"
 
 namespace postern {
 
@@ -24,21 +25,24 @@ constexpr std::size_t kMaxGroups = 10000;     // signers, networks, PTR domains,
 // text is cut at `max` octets.
 std::string printable(std::string_view s, std::size_t max) {
   std::string out;
-  for (std::size_t i = 0; i < s.size();) {
+  for (const utf8::Unit& u : utf8::Units(s)) {
     if (out.size() >= max) {
       out += "...";
       break;
     }
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    std::size_t len = c < 0x80 ? 1 : utf8_sequence_length(s, i);
-    const bool c1 = len == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0;  // U+0080..U+009F
-    if (len == 0 || c < 0x20 || c == 0x7f || c1) {
+    const char32_t cp = u.code_point;
+    if (cp >= 0x80 && cp < 0xa0 && u.well_formed) {  // a C1 control: one '?' per octet
       out.push_back('?');
-      ++i;
-      continue;
+      if (out.size() >= max) {
+        out += "...";
+        break;
+      }
+      out.push_back('?');
+    } else if (!u.well_formed || cp < 0x20 || cp == 0x7f) {
+      out.push_back('?');
+    } else {
+      out.append(u.octets);
     }
-    out.append(s.substr(i, len));
-    i += len;
   }
   return out;
 }

@@ -10,6 +10,8 @@
 
 #include "filters/audit/audit_report.h"
 #include "filters/audit/json_reader.h"
+#include "filters/text/markup.h"
+#include "filters/text/utf8.h"
 
 namespace postern {
 
@@ -22,31 +24,27 @@ constexpr std::size_t kMaxChartDomains = 30;  // bars in the overview chart
 std::string esc(std::string_view s, std::size_t max = 200) {
   std::string out;
   std::size_t octets = 0;
-  for (std::size_t i = 0; i < s.size() && octets < max;) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) {
-      std::size_t len = utf8_sequence_length(s, i);
-      if (len == 0 || (len == 2 && c == 0xc2 && static_cast<unsigned char>(s[i + 1]) < 0xa0)) {
+  for (const utf8::Unit& u : utf8::Units(s)) {
+    if (octets >= max) break;
+    if (!u.well_formed) {
+      out += "&#xfffd;";
+      ++octets;
+      continue;
+    }
+    if (u.code_point >= 0x80 && u.code_point < 0xa0) {  // a C1 control: one U+FFFD per octet
+      out += "&#xfffd;";
+      if (++octets < max) {
         out += "&#xfffd;";
-        ++i;
         ++octets;
-      } else {
-        out.append(s.substr(i, len));
-        i += len;
-        octets += len;
       }
       continue;
     }
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c < 0x20 || c == 0x7f ? std::string("&#xfffd;") : std::string(1, static_cast<char>(c));
+    octets += u.octets.size();
+    if (!u.ascii()) {
+      out.append(u.octets);
+      continue;
     }
-    ++i;
-    ++octets;
+    if (!markup::append_escaped(out, u.octets[0], markup::Dialect::kHtml)) out += "&#xfffd;";
   }
   if (octets < s.size()) out += "&#8230;";
   return out;

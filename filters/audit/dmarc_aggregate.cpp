@@ -10,6 +10,9 @@
 #include <cstring>
 
 #include "filters/audit/json_reader.h"
+#include "filters/text/ascii.h"
+#include "filters/text/markup.h"
+#include "filters/text/utf8.h"
 
 namespace postern {
 
@@ -20,11 +23,6 @@ constexpr std::size_t kMaxRowsPerDomain = 100000;  // distinct rows; more are co
 constexpr std::size_t kMaxDkimPerRow = 20;       // DKIM results listed per record
 constexpr std::size_t kMaxRua = 10;              // rua= URIs used per record
 constexpr std::size_t kMaxField = 255;           // octets of any text in the XML
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
@@ -37,30 +35,15 @@ std::string_view trim(std::string_view s) {
 std::string xml(std::string_view s) {
   std::string out;
   std::size_t octets = 0;
-  for (std::size_t i = 0; i < s.size() && octets < kMaxField;) {
-    unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) {
-      std::size_t len = utf8_sequence_length(s, i);
-      if (len == 0) {
-        ++i;
-        continue;
-      }
-      out.append(s.substr(i, len));
-      i += len;
-      octets += len;
+  for (const utf8::Unit& u : utf8::Units(s)) {
+    if (octets >= kMaxField) break;
+    if (!u.well_formed) continue;
+    octets += u.octets.size();
+    if (!u.ascii()) {
+      out.append(u.octets);
       continue;
     }
-    ++i;
-    ++octets;
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default:
-        if (c >= 0x20 && c != 0x7f) out.push_back(static_cast<char>(c));
-    }
+    markup::append_escaped(out, u.octets[0], markup::Dialect::kXml);  // a control character is dropped
   }
   return out;
 }
@@ -96,7 +79,7 @@ std::string one_of(const std::string& v, std::initializer_list<const char*> allo
 
 std::string domain_of(const std::string& mailbox) {
   auto at = mailbox.rfind('@');
-  return at == std::string::npos ? std::string() : lower(mailbox.substr(at + 1));
+  return at == std::string::npos ? std::string() : ascii::to_lower(mailbox.substr(at + 1));
 }
 
 bool parse_digits(std::string_view s, std::size_t n, int& out) {
@@ -189,7 +172,7 @@ std::vector<DmarcRua> parse_dmarc_rua(std::string_view record) {
     rest = semi == std::string_view::npos ? std::string_view() : rest.substr(semi + 1);
     auto eq = tag.find('=');
     if (eq == std::string_view::npos) continue;
-    std::string name = lower(std::string(trim(tag.substr(0, eq))));
+    std::string name = ascii::to_lower(std::string(trim(tag.substr(0, eq))));
     std::string_view value = trim(tag.substr(eq + 1));
     if (first) {
       if (name != "v" || value != "DMARC1") return {};  // RFC 7489 §6.4: v= comes first
@@ -201,7 +184,7 @@ std::vector<DmarcRua> parse_dmarc_rua(std::string_view record) {
       auto comma = value.find(',');
       std::string_view uri = trim(value.substr(0, comma));
       value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
-      if (uri.size() < 8 || lower(std::string(uri.substr(0, 7))) != "mailto:") continue;
+      if (uri.size() < 8 || ascii::to_lower(std::string(uri.substr(0, 7))) != "mailto:") continue;
       uri.remove_prefix(7);
       DmarcRua rua;
       // §6.2: "!" 1*DIGIT [ "k" / "m" / "g" / "t" ] after the URI.
@@ -213,7 +196,7 @@ std::vector<DmarcRua> parse_dmarc_rua(std::string_view record) {
         for (; i < size.size() && std::isdigit(static_cast<unsigned char>(size[i])) && i < 12; ++i) n = n * 10 + (size[i] - '0');
         if (i == 0) continue;
         if (i < size.size()) {
-          char u = static_cast<char>(std::tolower(static_cast<unsigned char>(size[i])));
+          const char u = ascii::to_lower(size[i]);
           unit = u == 'k' ? 1ull << 10 : u == 'm' ? 1ull << 20 : u == 'g' ? 1ull << 30 : u == 't' ? 1ull << 40 : 0;
           if (unit == 0 || i + 1 != size.size()) continue;
         }
@@ -250,10 +233,10 @@ std::string parse_dmarc_fo(std::string_view record) {
     std::string_view tag = trim(rest.substr(0, semi));
     rest = semi == std::string_view::npos ? std::string_view() : rest.substr(semi + 1);
     auto eq = tag.find('=');
-    if (eq == std::string_view::npos || lower(std::string(trim(tag.substr(0, eq)))) != "fo") continue;
+    if (eq == std::string_view::npos || ascii::to_lower(std::string(trim(tag.substr(0, eq)))) != "fo") continue;
     std::string value;
     for (char c : trim(tag.substr(eq + 1))) {
-      if (c != ' ') value.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+      if (c != ' ') value.push_back(ascii::to_lower(c));
     }
     if (value.empty() || value.size() > 16) return "0";
     for (std::size_t i = 0; i < value.size(); ++i) {
@@ -267,7 +250,7 @@ std::string parse_dmarc_fo(std::string_view record) {
 
 DmarcAggregateBuilder::DmarcAggregateBuilder(std::int64_t begin, std::int64_t end, std::vector<std::string> domains)
     : begin_(begin), end_(end) {
-  for (auto& d : domains) filter_.push_back(lower(d));
+  for (auto& d : domains) filter_.push_back(ascii::to_lower(d));
 }
 
 void DmarcAggregateBuilder::add_line(std::string_view line) {
@@ -291,7 +274,7 @@ void DmarcAggregateBuilder::add_line(std::string_view line) {
   const JsonValue* m = r.get("dmarc");
   if (!m || m->type != JsonValue::Type::kObject) return;
   const JsonValue* pub = m->get("published");
-  std::string domain = lower(m->str("record_domain"));
+  std::string domain = ascii::to_lower(m->str("record_domain"));
   if (domain.empty() || !pub || pub->type != JsonValue::Type::kObject) {
     ++no_record_;
     return;
@@ -345,12 +328,12 @@ void DmarcAggregateBuilder::add_line(std::string_view line) {
       row.reasons.emplace_back("local_policy", "policy not enforced by the receiver; message " + action);
     }
   }
-  row.header_from = lower(m->str("from_domain", r.str("from_domain")));
+  row.header_from = ascii::to_lower(m->str("from_domain", r.str("from_domain")));
   row.envelope_from = domain_of(r.str("mail_from"));
   if (const JsonValue* k = r.get("dkim"); k && k->type == JsonValue::Type::kArray) {
     for (const JsonValue& sig : k->array) {
       if (row.dkim_results.size() >= kMaxDkimPerRow) break;
-      std::string d = lower(sig.str("domain"));
+      std::string d = ascii::to_lower(sig.str("domain"));
       if (d.empty()) continue;  // a signature without d= has no domain to report
       row.dkim_results.push_back({d, sig.str("selector"),
                                   one_of(sig.str("result"), {"none", "pass", "fail", "policy", "neutral", "temperror",
@@ -358,13 +341,13 @@ void DmarcAggregateBuilder::add_line(std::string_view line) {
     }
   }
   if (const JsonValue* s = r.get("spf"); s && s->type == JsonValue::Type::kObject) {
-    std::string d = lower(s->str("domain"));
+    std::string d = ascii::to_lower(s->str("domain"));
     row.spf_results.push_back({d.empty() ? row.envelope_from : d, s->str("identity") == "helo" ? "helo" : "mfrom",
                                one_of(s->str("result"), {"none", "neutral", "pass", "fail", "softfail", "temperror",
                                                          "permerror"}, "permerror")});
   } else {
     // The schema wants one SPF result; SPF was not checked: none.
-    row.spf_results.push_back({row.envelope_from.empty() ? lower(r.str("helo")) : row.envelope_from, "mfrom", "none"});
+    row.spf_results.push_back({row.envelope_from.empty() ? ascii::to_lower(r.str("helo")) : row.envelope_from, "mfrom", "none"});
   }
 
   std::string key = row.source_ip + '\x1f' + row.disposition + '\x1f' + row.dkim + '\x1f' + row.spf + '\x1f' +

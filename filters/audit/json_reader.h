@@ -3,7 +3,7 @@
 // doubles; strings are decoded to UTF-8 (\u escapes, surrogate pairs).
 #pragma once
 
-#include "filters/auth/utf8.h"
+#include "filters/text/utf8.h"
 
 #include <cstddef>
 #include <memory>

@@ -1,39 +1,12 @@
+// `postern check`'s authenticity-only mode; see offline_check.h.
 #include "filters/audit/offline_check.h"
 
-#include <cstdio>
-
-#include <asio/co_spawn.hpp>
-#include <asio/io_context.hpp>
-#include <asio/use_future.hpp>
-
 #include "filters/audit/audit_log.h"
+#include "filters/audit/check_run.h"
 #include "filters/auth/auth_filters.h"
 #include "filters/auth/auth_results.h"
-#include "filters/message.h"
-#include "filters/spool.h"
 
 namespace postern {
-
-namespace {
-
-// A JSON string of any length: the audit log's writer (valid UTF-8, control
-// characters escaped), uncut.
-std::string js(const std::string& s) { return json_string(s, std::string::npos); }
-
-// Message files usually have LF line ends; the spool holds CRLF, and ends
-// with one as live content does (DATA's end marker, BDAT's last chunk).
-std::string to_crlf(const std::string& in) {
-  std::string out;
-  out.reserve(in.size() + in.size() / 32 + 2);
-  for (std::size_t i = 0; i < in.size(); ++i) {
-    if (in[i] == '\n' && (i == 0 || in[i - 1] != '\r')) out.push_back('\r');
-    out.push_back(in[i]);
-  }
-  if (!out.empty() && !out.ends_with("\r\n")) out.append("\r\n");
-  return out;
-}
-
-}  // namespace
 
 std::string run_offline_check(const OfflineCheck& c) {
   auto resolver = make_resolver(c.dns, {});
@@ -46,29 +19,17 @@ std::string run_offline_check(const OfflineCheck& c) {
   for (const auto& f : c.rules) filters.push_back(f);
   FilterChain chain(std::move(filters), c.thresholds);
 
-  Spool spool(std::size_t(1) << 30, "/tmp");
-  spool.append(to_crlf(c.message));
-  spool.finish();
-  Message message(spool);
-
-  SessionFacts session;
-  session.id = "check";
-  session.client_ip = c.client_ip;
-  session.helo = c.helo;
-  TransactionFacts tx;
+  CheckRun check(chain, c.message, c.client_ip);
+  check.session.helo = c.helo;
+  TransactionFacts& tx = check.tx;
   tx.id = "check";
   if (!c.mail_from.empty()) {
     auto at = c.mail_from.rfind('@');
     tx.reverse_path = at == std::string::npos ? Mailbox{c.mail_from, ""}
                                               : Mailbox{c.mail_from.substr(0, at), c.mail_from.substr(at + 1)};
   }
-  asio::io_context io;
-  Verdict verdict;
-  FilterContext mail{Stage::kMail, session, tx};
-  auto f1 = asio::co_spawn(io, chain.run(mail), asio::use_future);
-  io.run();
-  verdict = f1.get();
-  if (!verdict.decisive() && message.headers_truncated()) {
+  Verdict verdict = check.run(Stage::kMail);
+  if (!verdict.decisive() && check.message().headers_truncated()) {
     // What the live proxy refuses before any filter (552 5.3.4): the header
     // section is over the default limits (filters/message.h HeaderLimits).
     verdict.action = Verdict::Action::kReject;
@@ -76,14 +37,11 @@ std::string run_offline_check(const OfflineCheck& c) {
     verdict.enhanced = "5.3.4";
     verdict.reason = "header section over limit";
   } else if (!verdict.decisive()) {
-    tx.message = &message;
-    FilterContext eom{Stage::kEom, session, tx};
-    auto f2 = asio::co_spawn(io, chain.run(eom), asio::use_future);
-    io.restart();
-    io.run();
-    verdict = f2.get();
+    tx.message = &check.message();
+    verdict = check.run(Stage::kEom);
   }
 
+  auto js = [](std::string_view v) { return check_json(v); };
   const AuthResults& auth = auth_results(tx);
   std::string o = "{";
   if (auth.spf) {
@@ -113,15 +71,7 @@ std::string run_offline_check(const OfflineCheck& c) {
   }
   o += ",\"authentication_results\":" + js(ar);
   o += ",\"verdict\":{\"action\":" + js(verdict.decisive() ? action_name(verdict.action) : "accept");
-  o += ",\"symbols\":[";
-  for (std::size_t i = 0; i < tx.symbols.size(); ++i) {
-    char score[32];
-    std::snprintf(score, sizeof score, "%.6g", tx.symbols[i].score);
-    o += std::string(i ? "," : "") + "{\"name\":" + js(tx.symbols[i].name) + ",\"score\":" + score + "}";
-  }
-  char total[32];
-  std::snprintf(total, sizeof total, "%.6g", tx.score);
-  o += std::string("],\"score\":") + total + "}}";
+  o += "," + check_symbols_json(tx) + "}}";
   return o;
 }
 

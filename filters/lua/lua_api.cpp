@@ -256,39 +256,27 @@ int api_store_get(lua_State* L) {
   return yield_for(L, inv, std::move(op));
 }
 
-int api_store_set(lua_State* L) {
-  Invocation& inv = running(L, "postern.store.set");
+// postern.store.set and postern.store.add (`what`): key, value (at most
+// store.max_value octets), optional ttl.
+int store_write(lua_State* L, PendingOp::Kind kind, const char* what) {
+  Invocation& inv = running(L, what);
   PendingOp op;
-  op.kind = PendingOp::Kind::kStoreSet;
+  op.kind = kind;
   op.name = check_store_key(L);
   std::size_t len = 0;
-  if (!lua_isstring(L, 2)) return luaL_error(L, "postern.store.set: the value must be a string or a number");
+  if (!lua_isstring(L, 2)) return luaL_error(L, "%s: the value must be a string or a number", what);
   const char* value = lua_tolstring(L, 2, &len);
   std::size_t max_value = thread_tag(L)->rt->options.store_max_value;
   if (len > max_value) {
-    return luaL_error(L, "postern.store.set: value longer than %d octets (store.max_value)", static_cast<int>(max_value));
+    return luaL_error(L, "%s: value longer than %d octets (store.max_value)", what, static_cast<int>(max_value));
   }
   op.value.assign(value, len);
   op.ttl = check_ttl(L, 3);
   return yield_for(L, inv, std::move(op));
 }
 
-int api_store_add(lua_State* L) {
-  Invocation& inv = running(L, "postern.store.add");
-  PendingOp op;
-  op.kind = PendingOp::Kind::kStoreAdd;
-  op.name = check_store_key(L);
-  std::size_t len = 0;
-  if (!lua_isstring(L, 2)) return luaL_error(L, "postern.store.add: the value must be a string or a number");
-  const char* value = lua_tolstring(L, 2, &len);
-  std::size_t max_value = thread_tag(L)->rt->options.store_max_value;
-  if (len > max_value) {
-    return luaL_error(L, "postern.store.add: value longer than %d octets (store.max_value)", static_cast<int>(max_value));
-  }
-  op.value.assign(value, len);
-  op.ttl = check_ttl(L, 3);
-  return yield_for(L, inv, std::move(op));
-}
+int api_store_set(lua_State* L) { return store_write(L, PendingOp::Kind::kStoreSet, "postern.store.set"); }
+int api_store_add(lua_State* L) { return store_write(L, PendingOp::Kind::kStoreAdd, "postern.store.add"); }
 
 int api_store_incr(lua_State* L) {
   Invocation& inv = running(L, "postern.store.incr");

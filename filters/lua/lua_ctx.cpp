@@ -12,6 +12,7 @@
 #include "filters/auth/auth_results.h"
 #include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 Invocation& check_handle(lua_State* L, int idx, const char* meta) {
@@ -43,6 +44,17 @@ namespace {
 constexpr std::size_t kMaxHeaderEdits = 256;
 constexpr std::size_t kMaxRecipientChanges = 1000;
 constexpr std::size_t kMaxHeaderLine = 998;  // RFC 5322 §2.1.1
+
+// Pushes a Lua array (1-based) of `items`, each pushed by `push_one(item)`.
+template <class Items, class PushOne>
+void push_array(lua_State* L, const Items& items, PushOne push_one) {
+  lua_createtable(L, static_cast<int>(items.size()), 0);
+  lua_Integer n = 0;
+  for (const auto& item : items) {
+    push_one(item);
+    lua_rawseti(L, -2, ++n);
+  }
+}
 
 // ---- header edits
 
@@ -137,23 +149,18 @@ void count_recipient_change(lua_State* L, const Changes& c) {
   }
 }
 
-int ctx_add_rcpt(lua_State* L) {
+// ctx:add_rcpt(addr) and ctx:remove_rcpt(addr): one more entry in `list`.
+int change_recipients(lua_State* L, std::vector<Mailbox> Changes::*list) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
   Mailbox m = check_address(L, 2, false);
   Changes& c = inv.ctx->transaction.changes;
   count_recipient_change(L, c);
-  c.add_recipients.push_back(std::move(m));
+  (c.*list).push_back(std::move(m));
   return 0;
 }
 
-int ctx_remove_rcpt(lua_State* L) {
-  Invocation& inv = check_handle(L, 1, kCtxMeta);
-  Mailbox m = check_address(L, 2, false);
-  Changes& c = inv.ctx->transaction.changes;
-  count_recipient_change(L, c);
-  c.remove_recipients.push_back(std::move(m));
-  return 0;
-}
+int ctx_add_rcpt(lua_State* L) { return change_recipients(L, &Changes::add_recipients); }
+int ctx_remove_rcpt(lua_State* L) { return change_recipients(L, &Changes::remove_recipients); }
 
 int ctx_set_sender(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
@@ -252,11 +259,7 @@ bool push_envelope_field(lua_State* L, const FilterContext& ctx, std::string_vie
   } else if (key == "rcpt" && t.current_rcpt) {
     push_address(L, *t.current_rcpt);
   } else if (key == "rcpts") {
-    lua_createtable(L, static_cast<int>(t.recipients.size()), 0);
-    for (std::size_t i = 0; i < t.recipients.size(); ++i) {
-      push_address(L, t.recipients[i]);
-      lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
-    }
+    push_array(L, t.recipients, [L](const Mailbox& m) { push_address(L, m); });
   } else if (key == "id") {
     lua_pushlstring(L, t.id.data(), t.id.size());
   } else {
@@ -329,9 +332,8 @@ void push_auth(lua_State* L, const TransactionFacts& t) {
       bool known = false;
       for (const char* r : kResults) known = known || result == r;
       if (!known) continue;
-      for (char& c : result) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      std::string field(method);
-      for (char& c : field) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      result = ascii::to_lower(result);
+      const std::string field = ascii::to_lower(method);
       lua_getfield(L, -1, field.c_str());
       bool have = !lua_isnil(L, -1);
       lua_pop(L, 1);
@@ -366,9 +368,7 @@ void push_spf(lua_State* L, const SpfOutcome& s) {
 }
 
 void push_dkim(lua_State* L, const std::vector<DkimSignature>& sigs) {
-  lua_createtable(L, static_cast<int>(sigs.size()), 0);
-  for (std::size_t i = 0; i < sigs.size(); ++i) {
-    const DkimSignature& d = sigs[i];
+  push_array(L, sigs, [L](const DkimSignature& d) {
     lua_createtable(L, 0, 11);
     set_string(L, "result", dkim_result_name(d.result));
     set_string(L, "domain", d.domain);
@@ -381,8 +381,7 @@ void push_dkim(lua_State* L, const std::vector<DkimSignature>& sigs) {
     set_bool(L, "weak_key", d.weak_key);
     if (d.body_length >= 0) set_integer(L, "body_length", d.body_length);
     set_bool(L, "body_truncated", d.body_truncated);
-    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
-  }
+  });
 }
 
 void push_dmarc(lua_State* L, const DmarcOutcome& d) {
@@ -407,15 +406,9 @@ void push_arc(lua_State* L, const ArcOutcome& a) {
   set_integer(L, "oldest_pass", a.oldest_pass);
   set_string(L, "reason", a.reason);
   set_string(L, "trusted_sealer", a.trusted_sealer);
-  lua_createtable(L, static_cast<int>(a.sets.size()), 0);
-  for (std::size_t i = 0; i < a.sets.size(); ++i) {
-    lua_pushstring(L, a.sets[i].sealer.c_str());
-    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
-  }
+  push_array(L, a.sets, [L](const ArcSet& set) { lua_pushstring(L, set.sealer.c_str()); });
   lua_setfield(L, -2, "sealers");
-  lua_createtable(L, static_cast<int>(a.sets.size()), 0);
-  for (std::size_t i = 0; i < a.sets.size(); ++i) {
-    const ArcSet& set = a.sets[i];
+  push_array(L, a.sets, [L](const ArcSet& set) {
     lua_createtable(L, 0, 7);
     set_integer(L, "instance", set.instance);
     set_string(L, "sealer", set.sealer);
@@ -424,8 +417,7 @@ void push_arc(lua_State* L, const ArcOutcome& a) {
     set_string(L, "cv", set.cv);
     set_bool(L, "ams_valid", set.ams_valid);
     set_bool(L, "as_valid", set.as_valid);
-    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
-  }
+  });
   lua_setfield(L, -2, "sets");
 }
 
@@ -468,15 +460,13 @@ int ctx_index(lua_State* L) {
     if (std::strcmp(key, "score") == 0) {
       lua_pushnumber(L, ctx.transaction.score);
     } else if (std::strcmp(key, "symbols") == 0) {
-      lua_createtable(L, static_cast<int>(ctx.transaction.symbols.size()), 0);
-      for (std::size_t i = 0; i < ctx.transaction.symbols.size(); ++i) {
+      push_array(L, ctx.transaction.symbols, [L](const Symbol& sym) {
         lua_createtable(L, 0, 3);
-        set_string(L, "name", ctx.transaction.symbols[i].name);
-        lua_pushnumber(L, ctx.transaction.symbols[i].score);
+        set_string(L, "name", sym.name);
+        lua_pushnumber(L, sym.score);
         lua_setfield(L, -2, "score");
-        set_string(L, "description", ctx.transaction.symbols[i].description);
-        lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
-      }
+        set_string(L, "description", sym.description);
+      });
     } else if (std::strcmp(key, "auth") == 0) {
       push_auth(L, ctx.transaction);
     } else if (std::strcmp(key, "spf") == 0 || std::strcmp(key, "dkim") == 0 || std::strcmp(key, "dmarc") == 0) {

@@ -165,31 +165,39 @@ int push_groups(lua_State* L, const Regex& re, pcre2_match_data* md, const char*
   return static_cast<int>(re.captures);
 }
 
-// re:match(s [, init]) -> the captures, or the whole match; nil when none.
-int regex_match(lua_State* L) {
+// What re:match and re:find share: the regex (arg 1) run on the subject
+// (arg 2) from its init (arg 3); `md` is null when nothing matched.
+struct Search {
+  Regex& re;
+  const char* subject;
+  std::unique_ptr<pcre2_match_data, MatchDataFree> md;
+};
+
+Search search(lua_State* L) {
   auto& re = *static_cast<Regex*>(luaL_checkudata(L, 1, kRegexMeta));
   std::size_t len;
   const char* s = luaL_checklstring(L, 2, &len);
   std::size_t start = start_offset(L, 3, len);
-  if (start > len) return luaL_pushfail(L), 1;
+  if (start > len) return Search{re, s, nullptr};
   auto md = run_match(L, re, len, s, start);
-  if (!md) return luaL_pushfail(L), 1;
-  return push_groups(L, re, md.get(), s, true);
+  return Search{re, s, std::move(md)};
+}
+
+// re:match(s [, init]) -> the captures, or the whole match; nil when none.
+int regex_match(lua_State* L) {
+  Search found = search(L);
+  if (!found.md) return luaL_pushfail(L), 1;
+  return push_groups(L, found.re, found.md.get(), found.subject, true);
 }
 
 // re:find(s [, init]) -> start, end (1-based, inclusive), captures...; nil when none.
 int regex_find(lua_State* L) {
-  auto& re = *static_cast<Regex*>(luaL_checkudata(L, 1, kRegexMeta));
-  std::size_t len;
-  const char* s = luaL_checklstring(L, 2, &len);
-  std::size_t start = start_offset(L, 3, len);
-  if (start > len) return luaL_pushfail(L), 1;
-  auto md = run_match(L, re, len, s, start);
-  if (!md) return luaL_pushfail(L), 1;
-  PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.get());
+  Search found = search(L);
+  if (!found.md) return luaL_pushfail(L), 1;
+  PCRE2_SIZE* ov = pcre2_get_ovector_pointer(found.md.get());
   lua_pushinteger(L, static_cast<lua_Integer>(ov[0] + 1));
   lua_pushinteger(L, static_cast<lua_Integer>(ov[1]));
-  return 2 + push_groups(L, re, md.get(), s, false);
+  return 2 + push_groups(L, found.re, found.md.get(), found.subject, false);
 }
 
 // re:test(s) -> true when it matches anywhere.

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "filters/lua/lua_api_util.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -69,9 +70,7 @@ int address_eq(lua_State* L) {
   // The local part is case-sensitive in principle (RFC 5321 §2.4); the domain is not.
   auto at_a = a.rfind('@'), at_b = b.rfind('@');
   bool eq = at_a == at_b && a.compare(0, at_a, b, 0, at_b) == 0;
-  for (std::size_t i = at_a; eq && at_a != std::string::npos && i < a.size(); ++i) {
-    eq = std::tolower(static_cast<unsigned char>(a[i])) == std::tolower(static_cast<unsigned char>(b[i]));
-  }
+  if (eq && at_a != std::string::npos) eq = ascii::iequals(std::string_view(a).substr(at_a), std::string_view(b).substr(at_b));
   if (at_a == std::string::npos) eq = a == b;
   lua_pushboolean(L, eq);
   return 1;

@@ -238,7 +238,7 @@ std::string decode_header_value(std::string_view value, std::size_t limit) {
     if (!(last_was_word && only_space)) out.append(between);
     std::string charset(value.substr(start + 2, q1 - start - 2));
     charset = charset.substr(0, charset.find('*'));  // RFC 2231 language suffix
-    char enc = static_cast<char>(std::toupper(static_cast<unsigned char>(value[q1 + 1])));
+    char enc = ascii::to_upper(value[q1 + 1]);
     std::string_view text = value.substr(q2 + 1, end - q2 - 1);
     std::string raw = enc == 'B' ? decode_base64(text, limit) : decode_q(text);
     out.append(to_utf8(charset, raw));

@@ -329,9 +329,9 @@ std::optional<std::string> expand_macros(std::string_view s, const MacroVars& v,
     std::string_view spec = s.substr(i + 1, close - i - 1);
     i = close;
     char letter = spec[0];
-    bool upper = std::isupper(static_cast<unsigned char>(letter));
+    const bool upper = ascii::is_upper(letter);
     std::string value;
-    switch (std::tolower(static_cast<unsigned char>(letter))) {
+    switch (ascii::to_lower(letter)) {
       case 's': value = v.sender; break;
       case 'l': value = v.local; break;
       case 'o': value = v.sender_domain; break;

@@ -6,6 +6,7 @@
 #include <asio/use_awaitable.hpp>
 
 #include "filters/auth/auth_results.h"
+#include "filters/text/ascii.h"
 
 namespace postern {
 
@@ -29,9 +30,7 @@ asio::awaitable<SpfOutcome> check(const std::shared_ptr<SpfChecker>& checker, Sp
 }
 
 std::string symbol_name(SpfResult r) {
-  std::string s = "SPF_";
-  for (const char* p = spf_result_name(r); *p; ++p) s.push_back(static_cast<char>(std::toupper(*p)));
-  return s;
+  return "SPF_" + ascii::to_upper(spf_result_name(r));
 }
 
 // The HELO result in the session notes; it stands for the session's

@@ -34,7 +34,7 @@ std::size_t macro_expand(std::string_view s, std::size_t i, bool explanation) {
   if (n == '%' || n == '_' || n == '-') return 2;
   if (n != '{' || i + 2 >= s.size()) return 0;
   std::size_t k = i + 2;
-  const char letter = static_cast<char>(std::tolower(static_cast<unsigned char>(s[k++])));
+  const char letter = ascii::to_lower(s[k++]);
   if (std::string_view("slodiphv").find(letter) == std::string_view::npos &&
       !(explanation && std::string_view("crt").find(letter) != std::string_view::npos)) {
     return 0;
@@ -279,7 +279,7 @@ std::string lower_literals(std::string_view s) {
       out.append(s.substr(i, n));
       i += n - 1;
     } else {
-      out.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(s[i]))));
+      out.push_back(ascii::to_lower(s[i]));
     }
   }
   return out;

@@ -11,6 +11,7 @@ namespace postern::ascii {
 
 constexpr char to_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
 constexpr char to_upper(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c; }
+constexpr bool is_upper(char c) { return c >= 'A' && c <= 'Z'; }
 
 inline std::string to_lower(std::string_view s) {
   std::string out(s);

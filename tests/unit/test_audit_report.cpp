@@ -100,22 +100,36 @@ TEST_CASE("--domain keeps the domain and its subdomains", "[report]") {
   CHECK(none.finish().domains.empty());
 }
 
-TEST_CASE("text and HTML renderings escape what came from the log", "[report]") {
+namespace {
+
+// The report of `log` (audit lines) as the terminal and the browser get it.
+struct Rendered {
+  std::string text, html;
+};
+
+Rendered render(const std::string& log) {
   AuditReportBuilder b;
-  std::istringstream in(std::string(kLog) +
-                        "{\"client\":{\"ip\":\"1.2.3.4\"},\"from_domain\":\"a\\u001b[31mred.example\",\"action\":\"relayed\"}\n");
+  std::istringstream in(log);
   b.add_stream("a", in);
   AuditReport r = b.finish();
   std::ostringstream text, html;
   print_report_text(r, text);
   write_report_html(r, html);
-  INFO(text.str());
-  CHECK(text.str().find("example.com") != std::string::npos);
-  CHECK(text.str().find("33.3%") != std::string::npos);
-  CHECK(text.str().find('\x1b') == std::string::npos);
-  CHECK(text.str().find("a?[31mred.example") != std::string::npos);
-  CHECK(text.str().find("malformed lines (3)") != std::string::npos);
-  std::string page = html.str();
+  return {text.str(), html.str()};
+}
+
+}  // namespace
+
+TEST_CASE("text and HTML renderings escape what came from the log", "[report]") {
+  const Rendered out = render(std::string(kLog) +
+                              "{\"client\":{\"ip\":\"1.2.3.4\"},\"from_domain\":\"a\\u001b[31mred.example\",\"action\":\"relayed\"}\n");
+  INFO(out.text);
+  CHECK(out.text.find("example.com") != std::string::npos);
+  CHECK(out.text.find("33.3%") != std::string::npos);
+  CHECK(out.text.find('\x1b') == std::string::npos);
+  CHECK(out.text.find("a?[31mred.example") != std::string::npos);
+  CHECK(out.text.find("malformed lines (3)") != std::string::npos);
+  const std::string& page = out.html;
   CHECK(page.rfind("<!DOCTYPE html>", 0) == 0);
   CHECK(page.find("<script") == std::string::npos);
   CHECK(page.find("&lt;script&gt;alert(1)&lt;/script&gt;.example.org") != std::string::npos);
@@ -123,6 +137,16 @@ TEST_CASE("text and HTML renderings escape what came from the log", "[report]") 
   CHECK(page.find("https://") == std::string::npos);
   CHECK(page.find("<svg") != std::string::npos);
   CHECK(page.find('\x1b') == std::string::npos);
+}
+
+TEST_CASE("text and HTML renderings replace a C1 control octet by octet", "[report]") {
+  // U+0085 (NEL) is well-formed UTF-8 (C2 85) but a control: the terminal
+  // sees one '?' and the page one U+FFFD per octet; U+00A0 is no control.
+  const Rendered out =
+      render("{\"client\":{\"ip\":\"1.2.3.4\"},\"from_domain\":\"c1\\u0085x\\u00a0y.example\",\"action\":\"relayed\"}\n");
+  INFO(out.text);
+  CHECK(out.text.find("c1??x\xc2\xa0y.example") != std::string::npos);
+  CHECK(out.html.find("c1&#xfffd;&#xfffd;x\xc2\xa0y.example") != std::string::npos);
 }
 
 TEST_CASE("any octets through json_string parse back as well-formed UTF-8", "[report][audit]") {

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "filters/auth/utf8.h"
+#include "filters/text/utf8.h"
 #include "proxy/header_utf8_check.h"
 
 using postern::HeaderUtf8Check;

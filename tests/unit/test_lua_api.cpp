@@ -93,6 +93,46 @@ TEST_CASE("lua api: every verdict", "[lua]") {
   CHECK(h.run(*crlf, Stage::kMail).text == "a??250 ok");
 }
 
+TEST_CASE("lua api: addresses compare with the domain folded, the local part exact", "[lua]") {
+  struct Case {
+    const char* a;
+    const char* b;
+    bool equal;
+  } cases[] = {
+      {"a@example.com", "a@example.com", true},
+      {"a@example.com", "a@EXAMPLE.Com", true},
+      {"a@example.com", "A@example.com", false},
+      // A domain that only starts like the other one, from either side.
+      {"a@example.com", "a@example.comx", false},
+      {"a@example.comx", "a@example.com", false},
+      {"a@example.com", "a@example.co", false},
+      {"ab@example.com", "a@bexample.com", false},
+  };
+  for (const auto& c : cases) {
+    LuaHarness h;
+    auto f = h.load(rule("mail", std::string("if postern.util.address('") + c.a + "') == postern.util.address('" + c.b +
+                                     "') then return postern.reject() end"));
+    INFO(c.a << " == " << c.b);
+    CHECK((h.run(*f, Stage::kMail).action == Verdict::Action::kReject) == c.equal);
+  }
+}
+
+TEST_CASE("lua api: ctx.symbols and ctx.envelope.rcpts are arrays in order", "[lua]") {
+  LuaHarness h;
+  h.txn.symbols = {{"FIRST", 1.5, "one"}, {"SECOND", -2, "two"}};
+  h.txn.recipients = {Mailbox{"a", "example.com"}, Mailbox{"b", "example.net"}};
+  auto f = h.load(rule("mail", R"(
+    local s, r = ctx.symbols, ctx.envelope.rcpts
+    return postern.reject(string.format('%d %s %g %s %s %g %s | %d %s %s %s', #s, s[1].name, s[1].score,
+      s[1].description, s[2].name, s[2].score, s[2].description, #r, r[1].addr, r[2].addr, tostring(r[3])))
+  )"));
+  CHECK(h.run(*f, Stage::kMail).text == "2 FIRST 1.5 one SECOND -2 two | 2 a@example.com b@example.net nil");
+  h.txn.symbols.clear();
+  h.txn.recipients.clear();
+  auto empty = h.load(rule("mail", "return postern.reject(#ctx.symbols .. ' ' .. #ctx.envelope.rcpts)"));
+  CHECK(h.run(*empty, Stage::kMail).text == "0 0");
+}
+
 TEST_CASE("lua api: the first decisive rule wins, stages filter rules", "[lua]") {
   LuaHarness h;
   auto f = h.load("postern.rule{name='A', stage='rcpt', fn=function() end}\n"

@@ -128,7 +128,16 @@ TEST_CASE("store limits: values past store.max_value are refused, the total stay
   h.options.store_max_value = 100;
   auto f = h.load(probe("postern.store.set('k', ('x'):rep(101))"));
   CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kTempfail);
-  CHECK(h.logged("value longer than 100 octets (store.max_value)"));
+  CHECK(h.logged("postern.store.set: value longer than 100 octets (store.max_value)"));
+  // store.add has the same bound and names itself; both refuse a table value.
+  auto add = h.load(probe("postern.store.add('k2', ('x'):rep(101))"));
+  CHECK(h.run(*add, Stage::kHelo).action == Verdict::Action::kTempfail);
+  CHECK(h.logged("postern.store.add: value longer than 100 octets (store.max_value)"));
+  for (const char* fn : {"set", "add"}) {
+    auto table = h.load(probe(std::string("postern.store.") + fn + "('k3', {})"));
+    CHECK(h.run(*table, Stage::kHelo).action == Verdict::Action::kTempfail);
+    CHECK(h.logged(std::string("postern.store.") + fn + ": the value must be a string or a number"));
+  }
   auto ok = h.load(probe("postern.store.set('k', ('x'):rep(100)) return postern.reject(tostring(#postern.store.get('k')))"));
   CHECK(h.run(*ok, Stage::kHelo).text == "100");
 }

@@ -1,5 +1,5 @@
 // The shared helpers that replaced private copies (issue 22): ASCII case and
-// white space (filters/text/ascii.h), IPv4-mapped normalisation
+// white space (filters/text/ascii.h), markup escapes (filters/text/markup.h), IPv4-mapped normalisation
 // (filters/net/ip_address.h), write_all (filters/io/write_all.h).
 #include <catch2/catch.hpp>
 
@@ -14,6 +14,7 @@
 #include "filters/io/write_all.h"
 #include "filters/net/ip_address.h"
 #include "filters/text/ascii.h"
+#include "filters/text/markup.h"
 
 using namespace postern;
 
@@ -29,6 +30,7 @@ TEST_CASE("ascii folds A-Z and a-z only, whatever the octet", "[ascii]") {
     INFO("octet " << c);
     CHECK(ascii::to_lower(ch) == (upper ? static_cast<char>(c + 32) : ch));
     CHECK(ascii::to_upper(ch) == (lower ? static_cast<char>(c - 32) : ch));
+    CHECK(ascii::is_upper(ch) == upper);
   }
   CHECK(ascii::to_lower(std::string("\xC3\x89T\xC3\xA9", 5)) == std::string("\xC3\x89t\xC3\xA9", 5));
   CHECK(ascii::to_lower(std::string("A\0B", 3)) == std::string("a\0b", 3));
@@ -66,6 +68,36 @@ TEST_CASE("ascii::trim and domain_key", "[ascii]") {
   CHECK(ascii::domain_key("example.com") == "example.com");
   CHECK(ascii::domain_key(".") == "");
   CHECK(ascii::domain_key("a..") == "a.");  // only the root's one dot
+}
+
+TEST_CASE("markup escapes the five markup characters and refuses controls", "[markup]") {
+  auto html = [](std::string_view s) {
+    std::string out;
+    for (char c : s) {
+      if (!markup::append_escaped(out, c, markup::Dialect::kHtml)) out += "[ctl]";
+    }
+    return out;
+  };
+  auto xml = [](std::string_view s) {
+    std::string out;
+    for (char c : s) {
+      if (!markup::append_escaped(out, c, markup::Dialect::kXml)) out += "[ctl]";
+    }
+    return out;
+  };
+  CHECK(html("<a href=\"x\">Tom & Jerry's</a>") == "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt;");
+  CHECK(xml("<a href=\"x\">Tom & Jerry's</a>") == "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&apos;s&lt;/a&gt;");
+  // Every control character (TAB, LF and CR too) and DEL are the caller's to
+  // replace or drop; every other ASCII character but the five stays.
+  for (int c = 0; c < 0x80; ++c) {
+    const char ch = static_cast<char>(c);
+    std::string out;
+    const bool kept = markup::append_escaped(out, ch, markup::Dialect::kXml);
+    INFO("octet " << c);
+    CHECK(kept == (c >= 0x20 && c != 0x7f));
+    if (!kept) CHECK(out.empty());
+    if (kept && std::string_view("&<>\"'").find(ch) == std::string_view::npos) CHECK(out == std::string(1, ch));
+  }
 }
 
 TEST_CASE("IPv4-mapped addresses normalise to IPv4, others stay", "[ip]") {

@@ -1,4 +1,5 @@
-#include "filters/auth/utf8.h"
+// UTF-8 well-formedness and the walk over possibly ill-formed text; see utf8.h.
+#include "filters/text/utf8.h"
 
 namespace postern {
 
@@ -41,4 +42,18 @@ bool valid_utf8(std::string_view s) {
   return true;
 }
 
+namespace utf8 {
+
+Unit unit_at(std::string_view s, std::size_t i) {
+  const auto c = static_cast<unsigned char>(s[i]);
+  if (c < 0x80) return Unit{s.substr(i, 1), c, true};
+  const std::size_t len = utf8_sequence_length(s, i);
+  if (len == 0) return Unit{s.substr(i, 1), kReplacement, false};
+  // The lead octet's payload bits, then six from each continuation octet.
+  char32_t cp = c & (len == 2 ? 0x1f : len == 3 ? 0x0f : 0x07);
+  for (std::size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3f);
+  return Unit{s.substr(i, len), cp, true};
+}
+
+}  // namespace utf8
 }  // namespace postern
