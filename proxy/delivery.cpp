@@ -259,38 +259,98 @@ asio::awaitable<UpstreamReply> Delivery::relay(const Message& message, bool& dki
   co_return r;
 }
 
+// A filter's ESMTP parameters (validated in filters/esmtp_param.cpp) that may
+// go on MAIL (`rcpt` false) or RCPT to this MTA: a keyword postern knows, on
+// its command, its extension offered in the MTA's EHLO, a value the client's
+// own checks accept. Every other one is dropped with a log line.
+std::vector<EsmtpParam> Delivery::sendable(const std::vector<EsmtpParam>& params, bool rcpt,
+                                           const Mailbox& address) const {
+  std::vector<EsmtpParam> out;
+  const Upstream& upstream = ctx_.upstream;
+  const EsmtpOffer offer{true, true, true, ctx_.config.limits.message_size};
+  for (const EsmtpParam& p : params) {
+    const std::string_view extension = esmtp_param_extension(p.keyword);
+    std::string why;
+    if (extension.empty()) why = "unknown keyword";
+    else if (esmtp_rcpt_param(p.keyword) != rcpt) why = rcpt ? "not a RCPT parameter" : "not a MAIL parameter";
+    else if (!upstream.offers(extension)) why = fmt::format("the MTA does not offer {}", extension);
+    else if ((rcpt ? check_rcpt_param(p, offer) : check_mail_param(p, offer)) != nullptr) why = "invalid value";
+    if (why.empty()) {
+      out.push_back(p);
+      continue;
+    }
+    log::warning("esmtp-param-dropped").kv("session", ctx_.session.id).kv("id", ctx_.transaction.id)
+        .kv(rcpt ? "to" : "from", "<" + address.str() + ">").kv("param", p.text()).kv("reason", why);
+  }
+  return out;
+}
+
 // The envelope after the filters' changes, mirrored to the upstream anew. A
 // recipient the MTA refuses now cannot be refused to the client one by one
 // any more, so any refusal tempfails the whole message: nothing is lost.
+// The client's own MAIL and RCPT parameters go again as it sent them; a
+// milter's (SMFIR_CHGFROM, SMFIR_ADDRCPT_PAR) go where sendable() lets them.
 asio::awaitable<UpstreamReply> Delivery::redo_envelope() {
   TransactionFacts& t = ctx_.transaction;
   const Changes& c = t.changes;
-  if (c.reverse_path) t.reverse_path = *c.reverse_path;
-  std::vector<Mailbox> rcpts = c.redirect ? *c.redirect : t.recipients;
-  if (!c.redirect) {
-    for (const Mailbox& add : c.add_recipients) rcpts.push_back(add);
-    std::erase_if(rcpts, [&](const Mailbox& m) {
-      for (const Mailbox& r : c.remove_recipients) {
-        if (r.str() == m.str()) return true;
-      }
-      return false;
-    });
+  for (const std::string& dropped : c.dropped_params) {
+    log::warning("esmtp-param-dropped").kv("session", ctx_.session.id).kv("id", t.id).kv("reason", dropped);
   }
-  t.recipients = rcpts;
+  std::vector<EsmtpParam> mail_params = ctx_.mail_params;
+  if (c.reverse_path) {
+    t.reverse_path = *c.reverse_path;
+    // A milter's parameter replaces the client's of the same keyword (Sendmail's smfi_chgfrom).
+    for (EsmtpParam& p : sendable(c.reverse_path_params, false, t.reverse_path)) {
+      auto same = std::find_if(mail_params.begin(), mail_params.end(),
+                               [&](const EsmtpParam& q) { return q.keyword == p.keyword; });
+      if (same != mail_params.end()) *same = std::move(p);
+      else mail_params.push_back(std::move(p));
+    }
+  }
+  struct Rcpt {
+    Mailbox mailbox;
+    std::vector<EsmtpParam> params;
+  };
+  // A recipient the client gave keeps its parameters; an added one has its
+  // filter's; a redirect's have none.
+  auto params_of = [&](const Mailbox& m) -> std::vector<EsmtpParam> {
+    if (c.redirect) return {};
+    for (std::size_t i = 0; i < t.recipients.size() && i < ctx_.rcpt_params.size(); ++i) {
+      if (t.recipients[i].str() == m.str()) return ctx_.rcpt_params[i];
+    }
+    return sendable(c.params_of_added(m), true, m);
+  };
+  std::vector<Rcpt> rcpts;
+  for (Mailbox& m : c.recipients_after(t.recipients)) {
+    std::vector<EsmtpParam> params = params_of(m);
+    rcpts.push_back({std::move(m), std::move(params)});
+  }
+  t.recipients.clear();
+  for (const Rcpt& r : rcpts) t.recipients.push_back(r.mailbox);
   if (rcpts.empty()) co_return UpstreamReply{Reply{250, "2.0.0 Ok: no recipients left after filtering"}, true};
   Upstream& upstream = ctx_.upstream;
   co_await upstream.reset();
-  UpstreamReply r = co_await upstream.mail(t.reverse_path, ctx_.mail_params, false);
+  if (log::enabled(log::Level::kInfo)) {  // what goes to the MTA (parameters it does not offer stay behind)
+    std::string to;
+    for (const Rcpt& r : rcpts) {
+      if (!to.empty()) to.push_back(',');
+      to += "<" + r.mailbox.str() + ">";
+      if (!r.params.empty()) to += " " + esmtp_params_text(r.params);
+    }
+    log::info("envelope-redo").kv("session", ctx_.session.id).kv("id", t.id)
+        .kv("from", "<" + t.reverse_path.str() + ">").kv("mail_params", esmtp_params_text(mail_params)).kv("to", to);
+  }
+  UpstreamReply r = co_await upstream.mail(t.reverse_path, mail_params, false);
   if (!r.reply.positive() || r.closing) {
     if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
     if (r.closing) r = closing_reply(std::move(r));  // MAIL's 250, then the MTA's 421
     co_return r;
   }
-  for (const Mailbox& m : rcpts) {
-    UpstreamReply rr = co_await upstream.rcpt(m, {});
+  for (const Rcpt& rcpt : rcpts) {
+    UpstreamReply rr = co_await upstream.rcpt(rcpt.mailbox, rcpt.params);
     if (rr.closing) co_return closing_reply(std::move(rr));
     if (!rr.reply.positive()) {
-      log::warning("redo-rcpt-refused").kv("session", ctx_.session.id).kv("to", "<" + m.str() + ">")
+      log::warning("redo-rcpt-refused").kv("session", ctx_.session.id).kv("to", "<" + rcpt.mailbox.str() + ">")
           .kv("reply", fmt::format("{} {}", rr.reply.code, rr.reply.first_line()));
       co_return UpstreamReply{Reply{451, "4.3.0 Error: changed recipient refused upstream, try again later"}, true,
                               rr.connection_lost};

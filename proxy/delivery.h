@@ -58,6 +58,8 @@ class Delivery {
     const SessionFacts& session;
     TransactionFacts& transaction;
     const std::vector<EsmtpParam>& mail_params;  // MAIL's, for an envelope sent anew
+    // Each accepted recipient's RCPT parameters, in transaction.recipients' order.
+    const std::vector<std::vector<EsmtpParam>>& rcpt_params;
     Upstream& upstream;
     const Spool& spool;
     std::uint64_t size = 0;                              // content octets received
@@ -80,6 +82,7 @@ class Delivery {
  private:
   asio::awaitable<UpstreamReply> relay(const Message& message, bool& dkim_signed);
   asio::awaitable<UpstreamReply> redo_envelope();
+  std::vector<EsmtpParam> sendable(const std::vector<EsmtpParam>& params, bool rcpt, const Mailbox& address) const;
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
   // The body that goes on: a milter's replacement (SMFIR_REPLBODY) spooled
   // anew, or the received one; nullopt when the replacement cannot be spooled.
