@@ -206,33 +206,19 @@ asio::awaitable<UpstreamReply> Delivery::relay(const Message& message, bool& dki
   const DkimSigner* signer = config.auth.dkim.signer.get();
   const bool sign = signer && signer->wants(ctx_.session.client_ip, ctx_.session.auth_user);
   // A milter's new body (SMFIR_REPLBODY) is relayed, and signed, instead of the received one.
-  std::optional<Body> chosen = body_of(message);
+  std::optional<RelayBody> chosen = relay_body(config, changes, message);
   if (!chosen) co_return local_reply(replies::kSpoolFailed);
-  const std::unique_ptr<Spool>& new_body = chosen->replaced;
   const Spool& body = *chosen->spool;
   const std::size_t body_offset = chosen->offset;
-  const bool as_received = !sign && !new_body && changes.headers.empty() && changes.subject_tag.empty() &&
+  const bool as_received = !sign && !chosen->replaced && changes.headers.empty() && changes.subject_tag.empty() &&
                            !message.body_would_fold();
   std::string head = as_received ? received() : render_header_block(message, changes, received());
-  // A message received without an empty line gets one before its new body.
-  auto separate = [&](std::string& h) {
-    if (new_body && new_body->size() > 0 && !h.ends_with("\r\n\r\n")) h += "\r\n";
-  };
-  separate(head);
+  chosen->separate(head);
   const std::size_t offset = as_received ? 0 : body_offset;
   if (sign) {
-    // DKIM signs the fields exactly as relayed, without our Received (RFC
-    // 6376 §5.4); the DKIM-Signature field goes above it.
-    std::string fields = render_header_block(message, changes, "");
-    separate(fields);
-    DkimSignOutcome signed_ = co_await signer->sign_async(fields, body, body_offset);
-    log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
-                   "dkim-sign");
-    line.kv("session", ctx_.session.id).kv("id", ctx_.transaction.id).kv("domain", signed_.domain)
-        .kv("selector", signed_.selector)
-        .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
-                      : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
-    if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+    // The DKIM-Signature field goes above our Received.
+    DkimSignOutcome signed_ =
+        co_await sign_as_relayed(*signer, message, changes, *chosen, ctx_.session.id, ctx_.transaction.id);
     if (signed_.status == DkimSignOutcome::Status::kError && signer->options().tempfail_on_error) {
       co_return local_reply(replies::kDkimSignFailed);
     }
@@ -372,26 +358,41 @@ UpstreamReply Delivery::quarantine(const Message& message, const Verdict& verdic
   for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
   head += render_header_block(message, t.changes, received());
   // The copy is what would have been relayed: a milter's new body included.
-  std::optional<Body> body = body_of(message);
+  std::optional<RelayBody> body = relay_body(ctx_.config, t.changes, message);
   if (!body) return local_reply(replies::kSpoolFailed);
-  if (body->replaced && body->replaced->size() > 0 && !head.ends_with("\r\n\r\n")) head += "\r\n";
+  body->separate(head);
   std::string file = deliver_to_maildir(ctx_.config.quarantine.dir, ctx_.config.server.hostname, head, *body->spool,
                                         body->offset);
   if (file.empty()) return local_reply(replies::kSpoolFailed);
   return UpstreamReply{Reply{250, "2.0.0 Ok: quarantined as " + file}, true};
 }
 
-std::optional<Delivery::Body> Delivery::body_of(const Message& message) const {
-  Body b;
-  if (const auto& replacement = ctx_.transaction.changes.body) {
-    b.replaced = std::make_unique<Spool>(ctx_.config.data.spool_memory, ctx_.config.data.spool_dir);
+std::optional<RelayBody> relay_body(const Config& config, const Changes& changes, const Message& message) {
+  RelayBody b;
+  if (const auto& replacement = changes.body) {
+    b.replaced = std::make_unique<Spool>(config.data.spool_memory, config.data.spool_dir);
     if (!b.replaced->append(*replacement) || !b.replaced->finish()) return std::nullopt;
     b.spool = b.replaced.get();
     return b;
   }
-  b.spool = &ctx_.spool;
+  b.spool = &message.spool();
   b.offset = message.body_offset();
   return b;
+}
+
+asio::awaitable<DkimSignOutcome> sign_as_relayed(const DkimSigner& signer, const Message& message,
+                                                 const Changes& changes, const RelayBody& body,
+                                                 std::string_view session, std::string_view id) {
+  std::string fields = render_header_block(message, changes, "");
+  body.separate(fields);
+  DkimSignOutcome signed_ = co_await signer.sign_async(fields, *body.spool, body.offset);
+  log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
+                 "dkim-sign");
+  line.kv("session", session).kv("id", id).kv("domain", signed_.domain).kv("selector", signed_.selector)
+      .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
+                    : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
+  if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+  co_return signed_;
 }
 
 }  // namespace postern
