@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness import SmtpClient, check_reply, free_port, wait_port
+from harness import SmtpClient, check_reply, data_payload, free_port, wait_port
 
 MILTER = pathlib.Path(__file__).parent / "milters" / "test_milter.py"
 PYTHON = "/usr/bin/python3"
@@ -683,7 +683,6 @@ def transaction(p, case, rcpt_lines, mail_line="MAIL FROM:<a@example.org>"):
     for line in rcpt_lines:
         c.expect(line, 250)
     c.expect("DATA", 354)
-    from harness import data_payload
     c.send(data_payload(message(case)))
     r = c.read_reply()
     c.close()
