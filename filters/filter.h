@@ -8,11 +8,13 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <asio/awaitable.hpp>
 
 #include "filters/address.h"
+#include "filters/esmtp_param.h"
 #include "filters/message.h"
 #include "filters/session_facts.h"
 #include "filters/typed_slots.h"
@@ -35,11 +37,43 @@ struct Changes {
   std::vector<HeaderEdit> headers;
   std::string subject_tag;                         // prefixed to Subject when non-empty
   std::optional<Mailbox> reverse_path;             // new MAIL FROM
+  // With reverse_path: the parameters a milter gave it (SMFIR_CHGFROM),
+  // validated (esmtp_param.h); each replaces the client's of its keyword.
+  std::vector<EsmtpParam> reverse_path_params;
   std::vector<Mailbox> add_recipients;
+  // The parameters a milter gave an added recipient (SMFIR_ADDRCPT_PAR), by
+  // its forward-path (Mailbox::str()), validated.
+  std::vector<std::pair<std::string, std::vector<EsmtpParam>>> add_recipient_params;
+  // A filter's parameters refused before they reached the envelope: "why:
+  // what", logged when the envelope is sent anew (esmtp-param-dropped).
+  std::vector<std::string> dropped_params;
   std::vector<Mailbox> remove_recipients;
   std::optional<std::vector<Mailbox>> redirect;    // replaces all recipients
   // A new body (a milter's SMFIR_REPLBODY): CRLF lines, not dot-stuffed.
   std::optional<std::string> body;
+  // The parameters of an added recipient (none when it has none).
+  const std::vector<EsmtpParam>& params_of_added(const Mailbox& rcpt) const {
+    static const std::vector<EsmtpParam> none;
+    for (const auto& [forward_path, params] : add_recipient_params) {
+      if (forward_path == rcpt.str()) return params;
+    }
+    return none;
+  }
+  // The recipients after these changes: the redirect's, else `recipients`
+  // and the added ones, less every removed address. One computation for the
+  // relayed envelope (Delivery) and the milter server's modifications.
+  std::vector<Mailbox> recipients_after(const std::vector<Mailbox>& recipients) const {
+    if (redirect) return *redirect;
+    std::vector<Mailbox> out = recipients;
+    out.insert(out.end(), add_recipients.begin(), add_recipients.end());
+    std::erase_if(out, [&](const Mailbox& m) {
+      for (const Mailbox& r : remove_recipients) {
+        if (r.str() == m.str()) return true;
+      }
+      return false;
+    });
+    return out;
+  }
   bool envelope_changed() const {
     return reverse_path || !add_recipients.empty() || !remove_recipients.empty() || redirect;
   }

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "filters/filter.h"
+#include "filters/header_plan.h"
 #include "filters/text/ascii.h"
 
 namespace postern {
@@ -182,69 +183,50 @@ std::string render_header_block(const Message& message, const Changes& changes, 
   for (const HeaderEdit& e : changes.headers) {
     if (e.kind == HeaderEdit::Kind::kPrepend) append_field(out, e.name, e.value);
   }
-  // Occurrence counters per edit, for kChange / kRemove by index.
-  std::vector<std::size_t> seen(changes.headers.size(), 0);
-  bool subject_done = changes.subject_tag.empty();
-  // kInsert before the field at its position; the later of two at one
-  // position comes first, as each inserts before what is there (libmilter).
-  auto insert_at = [&](std::size_t position, bool or_later) {
-    for (auto it = changes.headers.rbegin(); it != changes.headers.rend(); ++it) {
-      if (it->kind == HeaderEdit::Kind::kInsert && (it->index == position || (or_later && it->index > position))) {
-        append_field(out, it->name, it->value);
-      }
+  // What happens to each field is decided once (header_plan.h), for the
+  // milter server's modifications too.
+  const HeaderPlan plan = plan_header_edits(message, changes);
+  auto insert = plan.inserts.begin();
+  auto insert_before = [&](std::size_t position) {
+    for (; insert != plan.inserts.end() && insert->before == position; ++insert) {
+      append_field(out, insert->edit->name, insert->edit->value);
     }
   };
-  std::size_t position = 0;
-  for (const HeaderField& field : message.headers()) {
-    insert_at(position++, false);
-    bool removed = false;
-    const HeaderEdit* replacement = nullptr;
-    for (std::size_t i = 0; i < changes.headers.size(); ++i) {
-      const HeaderEdit& e = changes.headers[i];
-      if ((e.kind != HeaderEdit::Kind::kChange && e.kind != HeaderEdit::Kind::kRemove) ||
-          !header_name_equals(e.name, field.name)) {
-        continue;
+  for (std::size_t f = 0; f < message.headers().size(); ++f) {
+    const HeaderField& field = message.headers()[f];
+    const PlannedField& planned = plan.fields[f];
+    insert_before(f);
+    switch (planned.fate) {
+      case PlannedField::Fate::kKeep:
+        out.append(field.raw);
+        break;
+      case PlannedField::Fate::kRemove:
+        break;
+      case PlannedField::Fate::kChange:
+        append_field(out, field.name, planned.value);
+        break;
+      case PlannedField::Fate::kTag: {
+        // The tag goes in front of the raw value, so the field keeps its folds;
+        // when the first line would grow past 78 octets the tag gets a line of
+        // its own (a fold after it), so no line grows past what was received
+        // (RFC 5322 §2.1.1) however long the client made it.
+        std::string raw = field.raw;
+        std::size_t at = raw.find(':') + 1;
+        if (at < raw.size() && raw[at] == ' ') ++at;
+        const std::size_t first_line = raw.find("\r\n");
+        const std::string_view tag = changes.subject_tag;
+        if (first_line != std::string::npos && first_line + tag.size() + 1 > 78 && at < first_line) {
+          raw.insert(at, fold_header_field("", tag).substr(2) + " ");  // "tag\r\n " (tag itself folded)
+        } else {
+          raw.insert(at, std::string(tag) + " ");
+        }
+        out.append(raw);
+        break;
       }
-      ++seen[i];
-      if (e.index != 0 && e.index != seen[i]) continue;
-      if (e.kind == HeaderEdit::Kind::kRemove) removed = true;
-      else replacement = &e;
     }
-    if (removed) continue;
-    if (!subject_done && header_name_equals(field.name, "Subject")) {
-      subject_done = true;
-      std::string value = replacement ? replacement->value : field.value();
-      if (value.compare(0, changes.subject_tag.size(), changes.subject_tag) == 0) {
-        if (replacement) append_field(out, field.name, replacement->value);
-        else out.append(field.raw);
-        continue;
-      }
-      if (replacement) {
-        append_field(out, field.name, changes.subject_tag + " " + value);
-        continue;
-      }
-      // The tag goes in front of the raw value, so the field keeps its folds;
-      // when the first line would grow past 78 octets the tag gets a line of
-      // its own (a fold after it), so no line grows past what was received
-      // (RFC 5322 §2.1.1) however long the client made it.
-      std::string raw = field.raw;
-      std::size_t at = raw.find(':') + 1;
-      if (at < raw.size() && raw[at] == ' ') ++at;
-      const std::size_t first_line = raw.find("\r\n");
-      const std::string_view tag = changes.subject_tag;
-      if (first_line != std::string::npos && first_line + tag.size() + 1 > 78 && at < first_line) {
-        raw.insert(at, fold_header_field("", tag).substr(2) + " ");  // "tag\r\n " (tag itself folded)
-      } else {
-        raw.insert(at, std::string(tag) + " ");
-      }
-      out.append(raw);
-      continue;
-    }
-    if (replacement) append_field(out, field.name, replacement->value);
-    else out.append(field.raw);
   }
-  insert_at(position, true);
-  if (!subject_done) append_field(out, "Subject", changes.subject_tag);
+  insert_before(message.headers().size());
+  if (plan.add_subject) append_field(out, "Subject", changes.subject_tag);
   for (const HeaderEdit& e : changes.headers) {
     if (e.kind == HeaderEdit::Kind::kAdd) append_field(out, e.name, e.value);
   }

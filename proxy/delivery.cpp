@@ -206,33 +206,19 @@ asio::awaitable<UpstreamReply> Delivery::relay(const Message& message, bool& dki
   const DkimSigner* signer = config.auth.dkim.signer.get();
   const bool sign = signer && signer->wants(ctx_.session.client_ip, ctx_.session.auth_user);
   // A milter's new body (SMFIR_REPLBODY) is relayed, and signed, instead of the received one.
-  std::optional<Body> chosen = body_of(message);
+  std::optional<RelayBody> chosen = relay_body(config, changes, message);
   if (!chosen) co_return local_reply(replies::kSpoolFailed);
-  const std::unique_ptr<Spool>& new_body = chosen->replaced;
   const Spool& body = *chosen->spool;
   const std::size_t body_offset = chosen->offset;
-  const bool as_received = !sign && !new_body && changes.headers.empty() && changes.subject_tag.empty() &&
+  const bool as_received = !sign && !chosen->replaced && changes.headers.empty() && changes.subject_tag.empty() &&
                            !message.body_would_fold();
   std::string head = as_received ? received() : render_header_block(message, changes, received());
-  // A message received without an empty line gets one before its new body.
-  auto separate = [&](std::string& h) {
-    if (new_body && new_body->size() > 0 && !h.ends_with("\r\n\r\n")) h += "\r\n";
-  };
-  separate(head);
+  chosen->separate(head);
   const std::size_t offset = as_received ? 0 : body_offset;
   if (sign) {
-    // DKIM signs the fields exactly as relayed, without our Received (RFC
-    // 6376 §5.4); the DKIM-Signature field goes above it.
-    std::string fields = render_header_block(message, changes, "");
-    separate(fields);
-    DkimSignOutcome signed_ = co_await signer->sign_async(fields, body, body_offset);
-    log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
-                   "dkim-sign");
-    line.kv("session", ctx_.session.id).kv("id", ctx_.transaction.id).kv("domain", signed_.domain)
-        .kv("selector", signed_.selector)
-        .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
-                      : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
-    if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+    // The DKIM-Signature field goes above our Received.
+    DkimSignOutcome signed_ =
+        co_await sign_as_relayed(*signer, message, changes, *chosen, ctx_.session.id, ctx_.transaction.id);
     if (signed_.status == DkimSignOutcome::Status::kError && signer->options().tempfail_on_error) {
       co_return local_reply(replies::kDkimSignFailed);
     }
@@ -259,38 +245,98 @@ asio::awaitable<UpstreamReply> Delivery::relay(const Message& message, bool& dki
   co_return r;
 }
 
+// A filter's ESMTP parameters (validated in filters/esmtp_param.cpp) that may
+// go on MAIL (`rcpt` false) or RCPT to this MTA: a keyword postern knows, on
+// its command, its extension offered in the MTA's EHLO, a value the client's
+// own checks accept. Every other one is dropped with a log line.
+std::vector<EsmtpParam> Delivery::sendable(const std::vector<EsmtpParam>& params, bool rcpt,
+                                           const Mailbox& address) const {
+  std::vector<EsmtpParam> out;
+  const Upstream& upstream = ctx_.upstream;
+  const EsmtpOffer offer{true, true, true, ctx_.config.limits.message_size};
+  for (const EsmtpParam& p : params) {
+    const std::string_view extension = esmtp_param_extension(p.keyword);
+    std::string why;
+    if (extension.empty()) why = "unknown keyword";
+    else if (esmtp_rcpt_param(p.keyword) != rcpt) why = rcpt ? "not a RCPT parameter" : "not a MAIL parameter";
+    else if (!upstream.offers(extension)) why = fmt::format("the MTA does not offer {}", extension);
+    else if ((rcpt ? check_rcpt_param(p, offer) : check_mail_param(p, offer)) != nullptr) why = "invalid value";
+    if (why.empty()) {
+      out.push_back(p);
+      continue;
+    }
+    log::warning("esmtp-param-dropped").kv("session", ctx_.session.id).kv("id", ctx_.transaction.id)
+        .kv(rcpt ? "to" : "from", "<" + address.str() + ">").kv("param", p.text()).kv("reason", why);
+  }
+  return out;
+}
+
 // The envelope after the filters' changes, mirrored to the upstream anew. A
 // recipient the MTA refuses now cannot be refused to the client one by one
 // any more, so any refusal tempfails the whole message: nothing is lost.
+// The client's own MAIL and RCPT parameters go again as it sent them; a
+// milter's (SMFIR_CHGFROM, SMFIR_ADDRCPT_PAR) go where sendable() lets them.
 asio::awaitable<UpstreamReply> Delivery::redo_envelope() {
   TransactionFacts& t = ctx_.transaction;
   const Changes& c = t.changes;
-  if (c.reverse_path) t.reverse_path = *c.reverse_path;
-  std::vector<Mailbox> rcpts = c.redirect ? *c.redirect : t.recipients;
-  if (!c.redirect) {
-    for (const Mailbox& add : c.add_recipients) rcpts.push_back(add);
-    std::erase_if(rcpts, [&](const Mailbox& m) {
-      for (const Mailbox& r : c.remove_recipients) {
-        if (r.str() == m.str()) return true;
-      }
-      return false;
-    });
+  for (const std::string& dropped : c.dropped_params) {
+    log::warning("esmtp-param-dropped").kv("session", ctx_.session.id).kv("id", t.id).kv("reason", dropped);
   }
-  t.recipients = rcpts;
+  std::vector<EsmtpParam> mail_params = ctx_.mail_params;
+  if (c.reverse_path) {
+    t.reverse_path = *c.reverse_path;
+    // A milter's parameter replaces the client's of the same keyword (Sendmail's smfi_chgfrom).
+    for (EsmtpParam& p : sendable(c.reverse_path_params, false, t.reverse_path)) {
+      auto same = std::find_if(mail_params.begin(), mail_params.end(),
+                               [&](const EsmtpParam& q) { return q.keyword == p.keyword; });
+      if (same != mail_params.end()) *same = std::move(p);
+      else mail_params.push_back(std::move(p));
+    }
+  }
+  struct Rcpt {
+    Mailbox mailbox;
+    std::vector<EsmtpParam> params;
+  };
+  // A recipient the client gave keeps its parameters; an added one has its
+  // filter's; a redirect's have none.
+  auto params_of = [&](const Mailbox& m) -> std::vector<EsmtpParam> {
+    if (c.redirect) return {};
+    for (std::size_t i = 0; i < t.recipients.size() && i < ctx_.rcpt_params.size(); ++i) {
+      if (t.recipients[i].str() == m.str()) return ctx_.rcpt_params[i];
+    }
+    return sendable(c.params_of_added(m), true, m);
+  };
+  std::vector<Rcpt> rcpts;
+  for (Mailbox& m : c.recipients_after(t.recipients)) {
+    std::vector<EsmtpParam> params = params_of(m);
+    rcpts.push_back({std::move(m), std::move(params)});
+  }
+  t.recipients.clear();
+  for (const Rcpt& r : rcpts) t.recipients.push_back(r.mailbox);
   if (rcpts.empty()) co_return UpstreamReply{Reply{250, "2.0.0 Ok: no recipients left after filtering"}, true};
   Upstream& upstream = ctx_.upstream;
   co_await upstream.reset();
-  UpstreamReply r = co_await upstream.mail(t.reverse_path, ctx_.mail_params, false);
+  if (log::enabled(log::Level::kInfo)) {  // what goes to the MTA (parameters it does not offer stay behind)
+    std::string to;
+    for (const Rcpt& r : rcpts) {
+      if (!to.empty()) to.push_back(',');
+      to += "<" + r.mailbox.str() + ">";
+      if (!r.params.empty()) to += " " + esmtp_params_text(r.params);
+    }
+    log::info("envelope-redo").kv("session", ctx_.session.id).kv("id", t.id)
+        .kv("from", "<" + t.reverse_path.str() + ">").kv("mail_params", esmtp_params_text(mail_params)).kv("to", to);
+  }
+  UpstreamReply r = co_await upstream.mail(t.reverse_path, mail_params, false);
   if (!r.reply.positive() || r.closing) {
     if (r.reply.klass() == 5) r.reply.code = 451;  // the client was already told 250 to MAIL
     if (r.closing) r = closing_reply(std::move(r));  // MAIL's 250, then the MTA's 421
     co_return r;
   }
-  for (const Mailbox& m : rcpts) {
-    UpstreamReply rr = co_await upstream.rcpt(m, {});
+  for (const Rcpt& rcpt : rcpts) {
+    UpstreamReply rr = co_await upstream.rcpt(rcpt.mailbox, rcpt.params);
     if (rr.closing) co_return closing_reply(std::move(rr));
     if (!rr.reply.positive()) {
-      log::warning("redo-rcpt-refused").kv("session", ctx_.session.id).kv("to", "<" + m.str() + ">")
+      log::warning("redo-rcpt-refused").kv("session", ctx_.session.id).kv("to", "<" + rcpt.mailbox.str() + ">")
           .kv("reply", fmt::format("{} {}", rr.reply.code, rr.reply.first_line()));
       co_return UpstreamReply{Reply{451, "4.3.0 Error: changed recipient refused upstream, try again later"}, true,
                               rr.connection_lost};
@@ -312,26 +358,41 @@ UpstreamReply Delivery::quarantine(const Message& message, const Verdict& verdic
   for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
   head += render_header_block(message, t.changes, received());
   // The copy is what would have been relayed: a milter's new body included.
-  std::optional<Body> body = body_of(message);
+  std::optional<RelayBody> body = relay_body(ctx_.config, t.changes, message);
   if (!body) return local_reply(replies::kSpoolFailed);
-  if (body->replaced && body->replaced->size() > 0 && !head.ends_with("\r\n\r\n")) head += "\r\n";
+  body->separate(head);
   std::string file = deliver_to_maildir(ctx_.config.quarantine.dir, ctx_.config.server.hostname, head, *body->spool,
                                         body->offset);
   if (file.empty()) return local_reply(replies::kSpoolFailed);
   return UpstreamReply{Reply{250, "2.0.0 Ok: quarantined as " + file}, true};
 }
 
-std::optional<Delivery::Body> Delivery::body_of(const Message& message) const {
-  Body b;
-  if (const auto& replacement = ctx_.transaction.changes.body) {
-    b.replaced = std::make_unique<Spool>(ctx_.config.data.spool_memory, ctx_.config.data.spool_dir);
+std::optional<RelayBody> relay_body(const Config& config, const Changes& changes, const Message& message) {
+  RelayBody b;
+  if (const auto& replacement = changes.body) {
+    b.replaced = std::make_unique<Spool>(config.data.spool_memory, config.data.spool_dir);
     if (!b.replaced->append(*replacement) || !b.replaced->finish()) return std::nullopt;
     b.spool = b.replaced.get();
     return b;
   }
-  b.spool = &ctx_.spool;
+  b.spool = &message.spool();
   b.offset = message.body_offset();
   return b;
+}
+
+asio::awaitable<DkimSignOutcome> sign_as_relayed(const DkimSigner& signer, const Message& message,
+                                                 const Changes& changes, const RelayBody& body,
+                                                 std::string_view session, std::string_view id) {
+  std::string fields = render_header_block(message, changes, "");
+  body.separate(fields);
+  DkimSignOutcome signed_ = co_await signer.sign_async(fields, *body.spool, body.offset);
+  log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
+                 "dkim-sign");
+  line.kv("session", session).kv("id", id).kv("domain", signed_.domain).kv("selector", signed_.selector)
+      .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
+                    : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
+  if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+  co_return signed_;
 }
 
 }  // namespace postern

@@ -13,6 +13,7 @@
 
 #include <asio/awaitable.hpp>
 
+#include "filters/dkim/dkim_signer.h"
 #include "filters/filter.h"
 #include "filters/message.h"
 #include "filters/spool.h"
@@ -58,6 +59,8 @@ class Delivery {
     const SessionFacts& session;
     TransactionFacts& transaction;
     const std::vector<EsmtpParam>& mail_params;  // MAIL's, for an envelope sent anew
+    // Each accepted recipient's RCPT parameters, in transaction.recipients' order.
+    const std::vector<std::vector<EsmtpParam>>& rcpt_params;
     Upstream& upstream;
     const Spool& spool;
     std::uint64_t size = 0;                              // content octets received
@@ -80,19 +83,33 @@ class Delivery {
  private:
   asio::awaitable<UpstreamReply> relay(const Message& message, bool& dkim_signed);
   asio::awaitable<UpstreamReply> redo_envelope();
+  std::vector<EsmtpParam> sendable(const std::vector<EsmtpParam>& params, bool rcpt, const Mailbox& address) const;
   UpstreamReply quarantine(const Message& message, const Verdict& verdict);
-  // The body that goes on: a milter's replacement (SMFIR_REPLBODY) spooled
-  // anew, or the received one; nullopt when the replacement cannot be spooled.
-  struct Body {
-    std::unique_ptr<Spool> replaced;
-    const Spool* spool = nullptr;
-    std::size_t offset = 0;  // where the body starts in *spool
-  };
-  std::optional<Body> body_of(const Message& message) const;
   std::string received() const;
 
   Context ctx_;
 };
+
+// The body that goes on, for the proxy and the milter server alike: a
+// milter's replacement (SMFIR_REPLBODY) spooled anew, or the received one;
+// nullopt when the replacement cannot be spooled.
+struct RelayBody {
+  std::unique_ptr<Spool> replaced;
+  const Spool* spool = nullptr;
+  std::size_t offset = 0;  // where the body starts in *spool
+  // A message received without an empty line gets one before its new body.
+  void separate(std::string& head) const {
+    if (replaced && replaced->size() > 0 && !head.ends_with("\r\n\r\n")) head += "\r\n";
+  }
+};
+std::optional<RelayBody> relay_body(const Config& config, const Changes& changes, const Message& message);
+
+// DKIM-signs a message as it will be relayed: its fields with `changes`
+// applied and no trace field of ours (RFC 6376 §5.4), and `body`; logs the
+// dkim-sign line. The proxy's relay and the milter server both sign here.
+asio::awaitable<DkimSignOutcome> sign_as_relayed(const DkimSigner& signer, const Message& message,
+                                                 const Changes& changes, const RelayBody& body,
+                                                 std::string_view session, std::string_view id);
 
 // The audit record of a transaction refused at MAIL (no content, no metrics
 // of a message: the "mail-refused" log line is the session's).

@@ -12,6 +12,7 @@
 #include "filters/audit/audit_log.h"
 #include "filters/dkim/dkim_signer.h"
 #include "filters/message.h"
+#include "proxy/delivery.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/milter_changes.h"
@@ -497,22 +498,14 @@ asio::awaitable<void> MilterDialogue::end_of_message(std::string_view last_chunk
           const DkimSigner* signer = config_->auth.dkim.signer.get();
           if (signer && signer->wants(facts_.client_ip, facts_.auth_user) && verdict.action != Verdict::Action::kQuarantine) {
             // The fields as the MTA will hold them after the modifications,
-            // and the body it will relay (a milter's new one, if any).
-            std::unique_ptr<Spool> new_body;
-            if (txn_.changes.body) {
-              new_body = std::make_unique<Spool>(config_->data.spool_memory, config_->data.spool_dir);
-              if (!new_body->append(*txn_.changes.body) || !new_body->finish()) new_body.reset();
+            // and the body it will relay (a milter's new one, if any): the
+            // proxy's relay signs the same way (proxy/delivery.h).
+            std::optional<RelayBody> body = relay_body(*config_, txn_.changes, message);
+            if (!body) {  // the signature would not cover the body Postfix relays
+              refuse_with(replies::kSpoolFailed);
+              break;
             }
-            std::string fields = render_header_block(message, txn_.changes, "");
-            if (new_body && new_body->size() > 0 && !fields.ends_with("\r\n\r\n")) fields += "\r\n";
-            const Spool& body = new_body ? *new_body : *spool_;
-            DkimSignOutcome signed_ = co_await signer->sign_async(fields, body, new_body ? 0 : message.body_offset());
-            log::Line line(signed_.status == DkimSignOutcome::Status::kError ? log::Level::kWarning : log::Level::kInfo,
-                           "dkim-sign");
-            line.kv("session", id_).kv("id", txn_.id).kv("domain", signed_.domain).kv("selector", signed_.selector)
-                .kv("result", signed_.status == DkimSignOutcome::Status::kSigned ? "signed"
-                              : signed_.status == DkimSignOutcome::Status::kError ? "error" : "skipped");
-            if (!signed_.reason.empty()) line.kv("reason", signed_.reason);
+            DkimSignOutcome signed_ = co_await sign_as_relayed(*signer, message, txn_.changes, *body, id_, txn_.id);
             if (signed_.status == DkimSignOutcome::Status::kError && signer->options().tempfail_on_error) {
               refuse_with(replies::kDkimSignFailed);
               break;

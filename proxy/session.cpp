@@ -718,6 +718,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   metrics::registry().recipients[r.reply.positive() ? 0 : 1].inc();
   if (r.reply.positive()) {
     txn_.facts.recipients.push_back(std::move(args.mailbox));
+    txn_.rcpt_params.push_back(std::move(args.params));
   } else {
     log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");
@@ -819,7 +820,7 @@ asio::awaitable<void> Session::end_of_data() {
     refusal = &replies::kSpoolFailed;
   }
 
-  Delivery delivery({*config_, facts_, txn_.facts, txn_.mail_params, upstream(), spool_, decoder_.size(),
+  Delivery delivery({*config_, facts_, txn_.facts, txn_.mail_params, txn_.rcpt_params, upstream(), spool_, decoder_.size(),
                       txn_.started, end_of_content});
   Fate fate;
   if (refusal) {

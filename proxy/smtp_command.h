@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "filters/address.h"
+#include "filters/esmtp_param.h"
 #include "proxy/replies.h"
 
 namespace postern {
@@ -93,12 +94,8 @@ LineScan scan_line(std::string_view buffer, std::size_t limit);
 // Splits a line into verb and arguments; never fails (unknown verbs are kUnknown).
 Command parse_command(std::string_view line);
 
-// An ESMTP parameter (RFC 5321 §4.1.2 esmtp-param); keyword upper-cased.
-struct EsmtpParam {
-  std::string keyword;
-  std::string value;
-  bool has_value = false;
-};
+// EsmtpParam (RFC 5321 §4.1.2 esmtp-param) lives with the filters, which
+// carry a milter's parameters for new recipients and senders.
 
 // The arguments of MAIL FROM / RCPT TO.
 struct PathArgs {

@@ -546,11 +546,8 @@ void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam
                                  const SmtpUpstream& self) {
   for (const EsmtpParam& p : params) {
     // Pass a parameter only where its extension is offered (RFC 5321 §4.1.2).
-    const std::string& k = p.keyword;
-    bool pass = (k == "SIZE" && self.offers("SIZE")) || (k == "BODY" && self.offers("8BITMIME")) ||
-                (k == "SMTPUTF8" && self.offers("SMTPUTF8")) ||
-                ((k == "RET" || k == "ENVID" || k == "NOTIFY" || k == "ORCPT") && self.offers("DSN"));
-    if (!pass) continue;
+    const std::string_view extension = esmtp_param_extension(p.keyword);
+    if (extension.empty() || !self.offers(extension)) continue;
     line.append(" ").append(p.keyword);
     if (p.has_value) line.append("=").append(p.value);
   }

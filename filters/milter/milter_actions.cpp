@@ -2,6 +2,7 @@
 #include "filters/milter/milter_actions.h"
 
 #include "filters/address.h"
+#include "filters/esmtp_param.h"
 
 namespace postern {
 namespace {
@@ -48,6 +49,23 @@ void append_body(std::string& out, std::string_view piece, bool& pending_cr) {
     else if (c == '\n') out.append("\r\n");
     else out.push_back(c);
   }
+}
+
+// A milter's ESMTP arguments for a new recipient or sender: validated
+// (esmtp_param.h) before they may reach a command line. Refused ones are
+// dropped, the address still applies (as Postfix's cleanup keeps the address
+// and ignores the arguments); the note and the log say which and why.
+std::vector<EsmtpParam> filter_params(std::string_view args, std::string& note, Changes& ch) {
+  if (args.empty()) return {};
+  EsmtpParamsParse parsed = parse_filter_esmtp_params(args);
+  if (!parsed.error.empty()) {
+    // Raw text for the log, which sanitizes it; the note (audit) names only why.
+    ch.dropped_params.push_back(note + ": " + parsed.error + ": " + std::string(args.substr(0, 200)));
+    note += " (arguments refused: " + parsed.error + ")";
+    return {};
+  }
+  if (!parsed.params.empty()) note += " " + esmtp_params_text(parsed.params);
+  return std::move(parsed.params);
 }
 
 }  // namespace
@@ -108,7 +126,11 @@ std::string apply_milter_modification(const milter::Reply& r, std::uint32_t acti
       Mailbox mb;
       if (!mailbox(r.address, mb) || mb.empty()) return error;
       ch.add_recipients.push_back(mb);
-      eom.actions.push_back("add_rcpt <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
+      std::string note = "add_rcpt <" + mb.str() + ">";
+      if (std::vector<EsmtpParam> params = filter_params(r.args, note, ch); !params.empty()) {
+        ch.add_recipient_params.emplace_back(mb.str(), std::move(params));
+      }
+      eom.actions.push_back(std::move(note));
       return {};
     }
     case milter::reply::kDelRcpt: {
@@ -124,7 +146,9 @@ std::string apply_milter_modification(const milter::Reply& r, std::uint32_t acti
       Mailbox mb;
       if (!mailbox(r.address, mb)) return error;
       ch.reverse_path = mb;
-      eom.actions.push_back("change_from <" + mb.str() + ">" + (r.args.empty() ? "" : " " + r.args));
+      std::string note = "change_from <" + mb.str() + ">";
+      ch.reverse_path_params = filter_params(r.args, note, ch);
+      eom.actions.push_back(std::move(note));
       return {};
     }
     case milter::reply::kReplBody: {

@@ -410,8 +410,13 @@ asio::awaitable<Verdict> MilterFilter::run(FilterContext& ctx) {
         Changes& ch = ctx.transaction.changes;
         for (HeaderEdit& e : eom.changes.headers) ch.headers.push_back(std::move(e));
         for (Mailbox& mb : eom.changes.add_recipients) ch.add_recipients.push_back(std::move(mb));
+        for (auto& added : eom.changes.add_recipient_params) ch.add_recipient_params.push_back(std::move(added));
         for (Mailbox& mb : eom.changes.remove_recipients) ch.remove_recipients.push_back(std::move(mb));
-        if (eom.changes.reverse_path) ch.reverse_path = std::move(eom.changes.reverse_path);
+        if (eom.changes.reverse_path) {
+          ch.reverse_path = std::move(eom.changes.reverse_path);
+          ch.reverse_path_params = std::move(eom.changes.reverse_path_params);
+        }
+        for (std::string& d : eom.changes.dropped_params) ch.dropped_params.push_back(std::move(d));
         if (eom.changes.body) {
           if (eom.body_cr) eom.changes.body->append("\r\n");
           ch.body = std::move(eom.changes.body);

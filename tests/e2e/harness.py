@@ -651,6 +651,8 @@ class _SinkHandler:
             out.append("250-XCLIENT ADDR PORT NAME HELO PROTO LOGIN")
         if self.sink.chunking:
             out.append("250-CHUNKING")
+        if self.sink.dsn:
+            out.append("250-DSN")
         out.append("250 HELP")
         return out
 
@@ -730,6 +732,29 @@ class _SinkSMTP(SMTP):
         self.session.host_name = None
         self.session.extended_smtp = False
         await self.push("220 sink.test ESMTP")
+
+    # RFC 3461 DSN, as far as a sink needs it (aiosmtpd knows no DSN and
+    # refuses its parameters): with dsn=True each MAIL and RCPT line is
+    # recorded as sent ("MAIL-LINE"/"RCPT-LINE" events, sink.lines()) and its
+    # DSN parameters are taken out before aiosmtpd parses the rest.
+    _DSN_MAIL = ("RET=", "ENVID=")
+    _DSN_RCPT = ("NOTIFY=", "ORCPT=")
+
+    def _without_dsn(self, arg, keywords):
+        words = (arg or "").split(" ")
+        return " ".join(w for w in words if not w.upper().startswith(keywords))
+
+    async def smtp_MAIL(self, arg):
+        if self.sink.dsn:
+            self.sink._event(self, "MAIL-LINE", f"MAIL {arg}")
+            arg = self._without_dsn(arg, self._DSN_MAIL)
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg):
+        if self.sink.dsn:
+            self.sink._event(self, "RCPT-LINE", f"RCPT {arg}")
+            arg = self._without_dsn(arg, self._DSN_RCPT)
+        await super().smtp_RCPT(arg)
 
     async def smtp_BDAT(self, arg):
         # RFC 3030, as far as a sink needs it: the chunk's octets are read
@@ -882,15 +907,17 @@ class RecordingSink:
 
     def __init__(self, lenient=False, keep_content=True,
                  final_reply="250 2.0.0 Ok: queued as ABC123", data_size_limit=104857600,
-                 auth=None, auth_required=False, smtputf8=False, xclient=False, chunking=False):
+                 auth=None, auth_required=False, smtputf8=False, xclient=False, chunking=False, dsn=False):
         """auth: (user, password) -- offer AUTH PLAIN LOGIN (over plaintext, as
         postern talks to it on loopback) and accept exactly these credentials;
         auth_required: refuse MAIL before a successful AUTH (530);
         smtputf8: offer SMTPUTF8 (RFC 6531); xclient: offer and take XCLIENT
         as Postfix does (220, then EHLO again), each message records it in
         .xclient; chunking: offer CHUNKING and take BDAT, each message
-        records its chunk sizes in .chunks."""
+        records its chunk sizes in .chunks; dsn: offer DSN (RFC 3461), take
+        its parameters and record every MAIL and RCPT line (lines())."""
         self.xclient = xclient
+        self.dsn = dsn
         self.chunking = chunking
         self.lenient = lenient                # also end DATA on LF.LF, CR.CR, NUL tricks
         self.auth = auth
@@ -919,6 +946,12 @@ class RecordingSink:
         rule = Rule(stage, reply, delay, drop, match, times, close_after)
         self.rules.append(rule)
         return rule
+
+    def lines(self, verb=None):
+        """With dsn=True: the MAIL and RCPT command lines as received."""
+        with self._lock:
+            return [e[2] for e in self.events
+                    if e[1] in ("MAIL-LINE", "RCPT-LINE") and (verb is None or e[1] == verb + "-LINE")]
 
     def clear_rules(self):
         self.rules = []

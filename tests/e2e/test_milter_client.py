@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness import SmtpClient, check_reply, free_port, wait_port
+from harness import SmtpClient, check_reply, data_payload, free_port, wait_port
 
 MILTER = pathlib.Path(__file__).parent / "milters" / "test_milter.py"
 PYTHON = "/usr/bin/python3"
@@ -671,3 +671,117 @@ def test_esmtp_parameters_reach_the_milter(postern, sink, tmp_path, milter):
                 250)
     assert milter.events("mail")[0]["args"] == ["SIZE=500", "BODY=8BITMIME"]
     assert milter.events("rcpt")[0]["args"] == []
+
+
+# -- ESMTP parameters of SMFIR_ADDRCPT_PAR and SMFIR_CHGFROM (issue 19) --------
+
+def transaction(p, case, rcpt_lines, mail_line="MAIL FROM:<a@example.org>"):
+    """One message with RCPT lines sent as given (parameters included)."""
+    c = SmtpClient(p.port)
+    c.ehlo()
+    c.expect(mail_line, 250)
+    for line in rcpt_lines:
+        c.expect(line, 250)
+    c.expect("DATA", 354)
+    c.send(data_payload(message(case)))
+    r = c.read_reply()
+    c.close()
+    return r
+
+
+def last_envelope(sink):
+    """The MAIL and RCPT lines of the sink's last transaction, as received."""
+    lines = sink.lines()
+    start = max(i for i, l in enumerate(lines) if l.startswith("MAIL "))
+    return lines[start], lines[start + 1:]
+
+
+@needs_milter
+def test_milter_recipient_and_sender_parameters_reach_a_dsn_mta(postern, make_sink, tmp_path, milter):
+    """SMFIR_ADDRCPT_PAR's NOTIFY=NEVER and SMFIR_CHGFROM's RET/ENVID go on
+    the MTA's RCPT and MAIL lines; the client's own recipients keep the
+    parameters they came with when the envelope is sent anew."""
+    sink = make_sink(dsn=True)
+    p = start(postern, sink, tmp_path, milter.port)
+    check_reply(transaction(p, "rcpts", ["RCPT TO:<b@example.com>",
+                                         "RCPT TO:<c@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@example.com"]),
+                250)
+    mail, rcpts = last_envelope(sink)
+    assert mail == "MAIL FROM:<a@example.org>"
+    assert rcpts == ["RCPT TO:<c@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c@example.com",
+                     "RCPT TO:<added@example.com>", "RCPT TO:<withargs@example.com> NOTIFY=NEVER"], rcpts
+    redo = p.wait_for_log(event="envelope-redo")
+    assert "<withargs@example.com> NOTIFY=NEVER" in redo.get("to"), redo
+
+    check_reply(transaction(p, "from-args", ["RCPT TO:<b@example.com> NOTIFY=NEVER"],
+                            mail_line="MAIL FROM:<a@example.org> RET=FULL BODY=8BITMIME"), 250)
+    mail, rcpts = last_envelope(sink)
+    # RET is the milter's (it replaces the client's), BODY the client's.
+    assert mail == "MAIL FROM:<bounces@example.org> RET=HDRS BODY=8BITMIME ENVID=x", mail
+    assert rcpts == ["RCPT TO:<b@example.com> NOTIFY=NEVER"]
+    assert sink.messages[-1].mail_from == "bounces@example.org"
+    assert not p.events("esmtp-param-dropped")
+
+
+@needs_milter
+def test_milter_dsn_parameters_are_dropped_for_an_mta_without_dsn(postern, sink, tmp_path, milter):
+    """aiosmtpd offers no DSN: the added recipient and the new sender arrive,
+    without the parameters, and each drop is logged."""
+    p = start(postern, sink, tmp_path, milter.port)
+    _, r = send(p, "rcpts")
+    check_reply(r, 250)
+    assert sorted(sink.messages[0].rcpt_tos) == ["added@example.com", "withargs@example.com"]
+    rcpt_events = [e for e in sink.events if e[1] == "RCPT" and e[2] == "withargs@example.com"]
+    assert rcpt_events and all(e[3] == [] for e in rcpt_events), rcpt_events
+    line = p.wait_for_log(event="esmtp-param-dropped", param="NOTIFY=NEVER")
+    assert line.get("reason") == "the MTA does not offer DSN" and line.get("to") == "<withargs@example.com>"
+    _, r = send(p, "from-args")
+    check_reply(r, 250)
+    assert sink.messages[1].mail_from == "bounces@example.org"
+    mail_events = [e for e in sink.events if e[1] == "MAIL" and e[2] == "bounces@example.org"]
+    assert mail_events and all(e[3] == [] for e in mail_events), mail_events
+    for param in ("RET=HDRS", "ENVID=x"):
+        assert p.wait_for_log(event="esmtp-param-dropped", param=param).get("reason") == "the MTA does not offer DSN"
+
+
+@needs_milter
+def test_milter_parameters_for_the_wrong_command_or_unknown_stay_behind(postern, make_sink, tmp_path, milter):
+    """Valid text that is still no parameter for this command or this MTA:
+    a RCPT parameter on MAIL, a value its extension does not define, a
+    keyword postern does not know. Only the rest is sent."""
+    sink = make_sink(dsn=True)
+    p = start(postern, sink, tmp_path, milter.port)
+    _, r = send(p, "wrong-args")
+    check_reply(r, 250)
+    mail, rcpts = last_envelope(sink)
+    assert mail == "MAIL FROM:<bounces@example.org> BODY=8BITMIME", mail
+    assert "RCPT TO:<vendor@example.com> NOTIFY=DELAY" in rcpts, rcpts
+    dropped = {(l.get("param"), l.get("reason")) for l in p.events("esmtp-param-dropped")}
+    assert dropped == {("NOTIFY=NEVER", "not a MAIL parameter"), ("RET=SOMETIMES", "invalid value"),
+                       ("X-VENDOR=1", "unknown keyword"), ("RET=FULL", "not a RCPT parameter"),
+                       ("ORCPT=nosemicolon", "invalid value")}, dropped
+
+
+@needs_milter
+def test_hostile_milter_parameters_never_reach_the_mta(postern, make_sink, tmp_path, milter):
+    """CR/LF (a second command), bare CR or LF, other controls, an empty
+    value, illegal keywords, 100 parameters, values of 800 and 5000 characters, a
+    keyword twice, 8-bit octets: the address goes on, its parameters are
+    refused whole and logged; no line the MTA reads carries any of them."""
+    sink = make_sink(dsn=True)
+    p = start(postern, sink, tmp_path, milter.port)
+    _, r = send(p, "hostile-args")
+    check_reply(r, 250)
+    mail, rcpts = last_envelope(sink)
+    assert mail == "MAIL FROM:<bounces@example.org>", mail
+    n = 12
+    assert rcpts == ["RCPT TO:<b@example.com>"] + [f"RCPT TO:<hostile{i}@example.com>" for i in range(n)], rcpts
+    assert not any("evil" in l or "DATA" in l for l in sink.lines())
+    assert "evil@example.com" not in sink.messages[0].rcpt_tos
+    dropped = p.wait_for_log(event="esmtp-param-dropped", count=n + 1)
+    reasons = " ".join(l.get("reason") for l in dropped)
+    for why in ("invalid parameter value", "invalid parameter keyword", "too many parameters",
+                "parameter value too long", "parameters too long", "duplicate parameter NOTIFY"):
+        assert why in reasons, (why, reasons)
+    # The audit notes name the refusal, not the text.
+    assert all("\r" not in l.get("reason") and "\n" not in l.get("reason") for l in dropped)

@@ -239,6 +239,8 @@ def test_dmarc_reject_for_a_spoofer_from_the_client_address_macro(stack):
             s.sendmail("ceo@example.org", ["b@example.net"], msg("spoof", sender="ceo@example.org"))
     assert e.value.smtp_code == 550 and e.value.smtp_error.startswith(b"5.7.1")
     assert not sink.messages
+    # The record is written after the reply went out (to Postfix, then its client).
+    wait_until(lambda: os.path.exists(p.audit) and open(p.audit).read().strip(), IO_TIMEOUT, message="audit")
     rec = [json.loads(l) for l in open(p.audit).read().splitlines()]
     assert rec[-1]["action"] == "rejected" and rec[-1]["dmarc"]["result"] == "fail", rec[-1]
 
@@ -277,6 +279,7 @@ def test_dkim_signature_inserted_and_verifies_after_postfix(stack, sign_key):
     assert dkim.verify(m.content, dnsfunc=dnsfunc)
     line = p.wait_for_log("message", result="relayed", dkim="signed")
     assert line.get("mode") == "milter"
+    wait_until(lambda: '"signed":true' in open(p.audit).read().replace(" ", ""), IO_TIMEOUT, message="audit")
     rec = [json.loads(l) for l in open(p.audit).read().splitlines()]
     assert rec[-1]["signed"] is True
 

@@ -13,13 +13,16 @@
 //  - the same packets read as the MTA's commands (the milter server's side,
 //    decode_command): a valid connect has a known family, a valid MAIL/RCPT
 //    a non-empty path, a valid header a non-empty name, macros come in pairs;
-//    the reply encoders frame what they are given whole.
+//    the reply encoders frame what they are given whole;
+//  - SMFIR_ADDRCPT_PAR / SMFIR_CHGFROM arguments that parse_filter_esmtp_params
+//    accepts hold only esmtp-param octets within the bounds and read back the same.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "filters/esmtp_param.h"
 #include "filters/milter/milter_protocol.h"
 #include "fuzz_util.h"
 
@@ -84,6 +87,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (r.command == m::reply::kAddHeader || r.command == m::reply::kInsHeader ||
         r.command == m::reply::kChgHeader) {
       FUZZ_CHECK(!r.name.empty() && r.name.find('\0') == std::string::npos, postern::fuzz::escape(r.name));
+    }
+    if (r.command == m::reply::kAddRcptPar || r.command == m::reply::kChgFrom) {
+      // A milter's ESMTP arguments as accepted go on a command line: only
+      // esmtp-param octets, within the bounds, and they read back the same.
+      postern::EsmtpParamsParse parsed = postern::parse_filter_esmtp_params(r.args);
+      if (parsed.error.empty()) {
+        FUZZ_CHECK(parsed.params.size() <= postern::kMaxFilterEsmtpParams, postern::fuzz::escape(r.args));
+        const std::string text = postern::esmtp_params_text(parsed.params);
+        for (unsigned char ch : text) FUZZ_CHECK(ch == ' ' || (ch > 32 && ch < 127), postern::fuzz::escape(text));
+        for (const postern::EsmtpParam& q : parsed.params) {
+          FUZZ_CHECK(q.value.find('=') == std::string::npos && q.value.size() <= postern::kMaxFilterEsmtpValue,
+                     postern::fuzz::escape(q.value));
+        }
+        FUZZ_CHECK(postern::esmtp_params_text(postern::parse_filter_esmtp_params(text).params) == text,
+                   postern::fuzz::escape(text));
+      } else {
+        FUZZ_CHECK(parsed.params.empty(), postern::fuzz::escape(r.args));
+      }
     }
     (void)m::decode_optneg(p);
   }

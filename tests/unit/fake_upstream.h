@@ -2,6 +2,7 @@
 // down every call, so delivery and the SASL relay run without an MTA.
 #pragma once
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,8 +32,10 @@ class FakeUpstream final : public Upstream {
     calls.push_back(call);
     co_return UpstreamReply{mail_reply};
   }
-  asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path, const std::vector<EsmtpParam>&) override {
-    calls.push_back("RCPT <" + forward_path.str() + ">");
+  asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path, const std::vector<EsmtpParam>& params) override {
+    std::string call = "RCPT <" + forward_path.str() + ">";
+    for (const EsmtpParam& p : params) call += " " + p.text();
+    calls.push_back(call);
     auto it = rcpt_replies.find(forward_path.str());
     co_return it == rcpt_replies.end() ? UpstreamReply{Reply{250, "2.1.5 Ok"}} : it->second;
   }
@@ -60,7 +63,10 @@ class FakeUpstream final : public Upstream {
     co_return;
   }
   asio::awaitable<void> quit() override { co_return; }
-  bool offers(std::string_view) const override { return true; }
+  std::vector<std::string> not_offered;  // EHLO keywords this MTA lacks
+  bool offers(std::string_view keyword) const override {
+    return std::find(not_offered.begin(), not_offered.end(), keyword) == not_offered.end();
+  }
 };
 
 // Runs a coroutine to its end on a fresh io_context.

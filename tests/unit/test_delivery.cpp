@@ -41,6 +41,7 @@ struct Fixture {
   SessionFacts session;
   TransactionFacts transaction;
   std::vector<EsmtpParam> mail_params{{"BODY", "8BITMIME", true}};
+  std::vector<std::vector<EsmtpParam>> rcpt_params{{}};  // bob's
   FakeUpstream upstream;
   Spool spool{1 << 20, ""};
   std::unique_ptr<Message> message;
@@ -60,7 +61,7 @@ struct Fixture {
   }
 
   Delivery delivery() {
-    return Delivery({*config, session, transaction, mail_params, upstream, spool, spool.size(),
+    return Delivery({*config, session, transaction, mail_params, rcpt_params, upstream, spool, spool.size(),
                      std::chrono::steady_clock::now(), std::chrono::steady_clock::now()});
   }
   Fate deliver(const Verdict& verdict = Verdict::proceed()) {
@@ -271,6 +272,65 @@ TEST_CASE("delivery: added, removed recipients and a new reverse-path are relaye
   CHECK(f.upstream.calls == std::vector<std::string>{"RSET", "MAIL <bounces@example.org> BODY=8BITMIME",
                                                      "RCPT <carol@example.net>", "RCPT <archive@example.net>",
                                                      "DATA", "RSET"});
+}
+
+TEST_CASE("delivery: ESMTP parameters on an envelope sent anew", "[delivery][esmtp_param]") {
+  SECTION("the client's own recipients keep the parameters they came with") {
+    Fixture f;
+    f.rcpt_params = {{{"NOTIFY", "SUCCESS,FAILURE", true}, {"ORCPT", "rfc822;bob@example.net", true}}};
+    f.transaction.recipients.push_back(mailbox("carol", "example.net"));
+    f.rcpt_params.push_back({{"NOTIFY", "NEVER", true}});
+    f.transaction.changes.add_recipients = {mailbox("archive", "example.net")};
+    f.deliver();
+    CHECK(f.upstream.calls == std::vector<std::string>{"RSET", "MAIL <alice@example.org> BODY=8BITMIME",
+                                                       "RCPT <bob@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.net",
+                                                       "RCPT <carol@example.net> NOTIFY=NEVER",
+                                                       "RCPT <archive@example.net>", "DATA", "RSET"});
+  }
+  SECTION("a milter's recipient and sender parameters reach the MTA that offers their extension") {
+    Fixture f;
+    Changes& c = f.transaction.changes;
+    c.add_recipients = {mailbox("archive", "example.net"), mailbox("plain", "example.net")};
+    c.add_recipient_params = {{"archive@example.net", {{"NOTIFY", "NEVER", true}, {"ORCPT", "rfc822;x@example.net", true}}}};
+    c.reverse_path = mailbox("bounces", "example.org");
+    // RET is new, BODY replaces the client's (a milter's parameter wins).
+    c.reverse_path_params = {{"RET", "HDRS", true}, {"BODY", "7BIT", true}, {"ENVID", "x", true}};
+    f.deliver();
+    CHECK(f.upstream.calls == std::vector<std::string>{
+                                  "RSET", "MAIL <bounces@example.org> BODY=7BIT RET=HDRS ENVID=x",
+                                  "RCPT <bob@example.net>", "RCPT <archive@example.net> NOTIFY=NEVER ORCPT=rfc822;x@example.net",
+                                  "RCPT <plain@example.net>", "DATA", "RSET"});
+  }
+  SECTION("an MTA without DSN gets the addresses without the DSN parameters") {
+    Fixture f;
+    f.upstream.not_offered = {"DSN"};
+    Changes& c = f.transaction.changes;
+    c.add_recipients = {mailbox("archive", "example.net")};
+    c.add_recipient_params = {{"archive@example.net", {{"NOTIFY", "NEVER", true}}}};
+    c.reverse_path = mailbox("bounces", "example.org");
+    c.reverse_path_params = {{"RET", "HDRS", true}, {"ENVID", "x", true}};
+    Fate fate = f.deliver();
+    CHECK(fate.outcome == Outcome::kRelayed);
+    CHECK(f.upstream.calls == std::vector<std::string>{"RSET", "MAIL <bounces@example.org> BODY=8BITMIME",
+                                                       "RCPT <bob@example.net>", "RCPT <archive@example.net>",
+                                                       "DATA", "RSET"});
+  }
+  SECTION("unknown keywords, the wrong command, invalid values and unoffered extensions stay behind") {
+    Fixture f;
+    f.upstream.not_offered = {"8BITMIME", "SMTPUTF8"};
+    Changes& c = f.transaction.changes;
+    c.add_recipients = {mailbox("archive", "example.net")};
+    c.add_recipient_params = {{"archive@example.net",
+                               {{"RET", "FULL", true}, {"X-VENDOR", "1", true}, {"NOTIFY", "SOMETIMES", true},
+                                {"ORCPT", "no-semicolon", true}, {"AUTH", "<>", true}, {"NOTIFY", "DELAY", true}}}};
+    c.reverse_path = mailbox("bounces", "example.org");
+    c.reverse_path_params = {{"NOTIFY", "NEVER", true}, {"BODY", "8BITMIME", true}, {"SMTPUTF8", "", false},
+                             {"RET", "SOME", true}, {"SIZE", "99999999999999999", true}, {"ENVID", "a+zz", true}};
+    f.deliver();
+    CHECK(f.upstream.calls == std::vector<std::string>{"RSET", "MAIL <bounces@example.org> BODY=8BITMIME",
+                                                       "RCPT <bob@example.net>", "RCPT <archive@example.net> NOTIFY=DELAY",
+                                                       "DATA", "RSET"});
+  }
 }
 
 TEST_CASE("delivery: a changed envelope the MTA refuses tempfails the whole message", "[delivery]") {

@@ -132,3 +132,21 @@ TEST_CASE("milter modifications: a new body in chunks, a change the MTA forbids 
   h.run(m::action::kAll & ~m::action::kAddHdrs);
   CHECK_FALSE(h.error.empty());
 }
+
+TEST_CASE("milter modifications: a [[milter]]'s recipient and sender arguments", "[milter_server][esmtp_param]") {
+  Fixture f(kContent);
+  f.t.changes.reverse_path = Mailbox{"bounces", "example.com"};
+  f.t.changes.reverse_path_params = {{"RET", "HDRS", true}, {"ENVID", "x", true}};
+  f.t.changes.add_recipients = {Mailbox{"copy", "example.net"}, Mailbox{"plain", "example.net"}};
+  f.t.changes.add_recipient_params = {{"copy@example.net", {{"NOTIFY", "NEVER", true}}}};
+  auto r = f.run();
+  REQUIRE(r.size() == 3);
+  CHECK((r[0].command == m::reply::kChgFrom && r[0].address == "bounces@example.com" && r[0].args == "RET=HDRS ENVID=x"));
+  CHECK((r[1].command == m::reply::kAddRcptPar && r[1].address == "copy@example.net" && r[1].args == "NOTIFY=NEVER"));
+  CHECK((r[2].command == m::reply::kAddRcpt && r[2].address == "plain@example.net"));
+  // An MTA that did not allow SMFIF_ADDRCPT_PAR gets the address alone.
+  auto without = f.run(m::action::kAll & ~m::action::kAddRcptPar);
+  REQUIRE(without.size() == 3);
+  CHECK((without[1].command == m::reply::kAddRcpt && without[1].address == "copy@example.net"));
+  CHECK(f.error.empty());
+}

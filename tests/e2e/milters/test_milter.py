@@ -22,6 +22,23 @@ def log(**event):
         f.write(json.dumps(event) + "\n")
 
 
+# ESMTP arguments no MTA may see (SMFIR_ADDRCPT_PAR), one added recipient each.
+HOSTILE_ARGS = [
+    "NOTIFY=NEVER\r\nRCPT TO:<evil@example.com>",   # CR LF and a second command
+    "NOTIFY=NEVER\nDATA",                           # bare LF
+    "NOTIFY=NE\rVER",                               # bare CR
+    "NOTIFY= NEVER",                                # empty value, then a bare word
+    "NOT_IFY=NEVER",                                # keyword with an illegal character
+    "-NOTIFY=NEVER",                                # keyword starting with "-"
+    "NOTIFY=NEVER\tORCPT=rfc822;x@example.com",     # a control character inside
+    " ".join(f"P{i}=v" for i in range(100)),        # 100 parameters
+    "ORCPT=rfc822;" + "x" * 800,                    # a value past ORCPT's 500 characters
+    "ENVID=" + "x" * 5000,                          # a very long value
+    "NOTIFY=NEVER NOTIFY=SUCCESS",                  # one keyword twice
+    "ENVID=caf\u00e9",                              # 8-bit octets
+]
+
+
 class TestMilter(Milter.Base):
     def __init__(self):
         self.case = ""
@@ -103,6 +120,15 @@ class TestMilter(Milter.Base):
             self.delrcpt("<b@example.com>")
         elif case == "from":
             self.chgfrom("<bounces@example.org>")
+        elif case == "from-args":  # SMFIR_CHGFROM with DSN parameters
+            self.chgfrom("<bounces@example.org>", "RET=HDRS ENVID=x")
+        elif case == "wrong-args":  # parameters that are valid text but not for this MTA
+            self.chgfrom("<bounces@example.org>", "NOTIFY=NEVER RET=SOMETIMES X-VENDOR=1 BODY=8BITMIME")
+            self.addrcpt("<vendor@example.com>", "X-VENDOR=1 NOTIFY=DELAY RET=FULL ORCPT=nosemicolon")
+        elif case == "hostile-args":  # each address gets in, none of its parameters
+            for i, args in enumerate(HOSTILE_ARGS):
+                self.addrcpt(f"<hostile{i}@example.com>", args)
+            self.chgfrom("<bounces@example.org>", "RET=HDRS\r\nRCPT TO:<evil@example.com>")
         elif case == "body":
             # bare LF, bare CR, and a CRLF split over two SMFIR_REPLBODY packets
             self.replacebody(b"replaced body\r")
