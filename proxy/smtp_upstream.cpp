@@ -728,6 +728,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".
   DotStuffer stuffer;
   output_.clear();
+  reserve_output(head, content, offset);
   stuffer.feed(head, output_);
   if (auto failed = co_await send_content(content, offset, &stuffer)) co_return *failed;
   stuffer.finish(output_);
@@ -786,6 +787,16 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
   co_return co_await command(first ? metrics::UpstreamCommand::kAuth : metrics::UpstreamCommand::kOther, output_, config_->timeouts.upstream_mail);
 }
 
+// Room in output_ for what data() or send_chunked() writes in one block (a
+// message in memory whole, else the first kRelayChunk), and a little for
+// stuffed dots and the end of data: no copy each time it outgrows its
+// capacity (bench/README.md). release_buffers() gives it back.
+void SmtpUpstream::reserve_output(const std::string& head, const Spool& content, std::size_t offset) {
+  constexpr std::size_t kSlack = 256;
+  const std::size_t body = content.in_memory() ? content.size() - std::min(offset, content.size()) : limits::kRelayChunk;
+  output_.reserve(output_.size() + head.size() + body + kSlack);
+}
+
 // Appends the spool from `offset` to output_ (dot-stuffed when `stuffer` is
 // given) and writes it out in kRelayChunk blocks, keeping the last block in
 // output_ for the caller to end; a failure reply when the spool or the
@@ -826,6 +837,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
   const auto& to = config_->timeouts;
   offset = std::min(offset, content.size());
   output_ = fmt::format("BDAT {} LAST\r\n", head.size() + content.size() - offset);
+  reserve_output(head, content, offset);
   output_.append(head);
   if (auto failed = co_await send_content(content, offset, nullptr)) co_return *failed;
   // One chunk, one reply owed, once all of it is written (RFC 3030 §2).

@@ -62,6 +62,7 @@ class SmtpUpstream final : public Upstream {
   UpstreamReply checked(UpstreamReply r, std::string_view op, int intermediate = 0);
   asio::awaitable<bool> start_tls();
   asio::awaitable<UpstreamReply> send_chunked(const std::string& head, const Spool& content, std::size_t offset);
+  void reserve_output(const std::string& head, const Spool& content, std::size_t offset);
   asio::awaitable<std::optional<UpstreamReply>> send_content(const Spool& content, std::size_t offset,
                                                              DotStuffer* stuffer);
   // What a write follows. kWait: anything (the client, a filter, another
