@@ -38,8 +38,10 @@ std::string fold_header_field(std::string_view name, std::string_view value, std
     out.append(name).append(": ").append(value).append("\r\n");
     return out;
   }
-  std::string out(name);
-  out.append(":");
+  std::string out;
+  // The value, its name and a fold ("\r\n ") per soft line: one allocation.
+  out.reserve(name.size() + value.size() + 3 * (value.size() / std::max<std::size_t>(kSoft, 1) + 2) + 4);
+  out.append(name).append(":");
   std::size_t line = out.size();  // octets on the current line
   std::size_t i = 0;
   bool first = true;

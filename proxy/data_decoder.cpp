@@ -62,6 +62,13 @@ void DataDecoder::emit(std::string& out, std::string_view bytes) {
   out.append(bytes);
 }
 
+// What `in` decodes to is mostly its own size (less the stuffed dots):
+// room for it at once, not a copy of `out` each time it outgrows its
+// capacity (bench/README.md).
+void DataDecoder::reserve_for(std::string_view in, std::string& out) {
+  if (size_ <= options_.max_size) out.reserve(out.size() + in.size());
+}
+
 void DataDecoder::note_line_length(std::size_t n) {
   line_length_ += n;
   if (line_length_ > options_.max_line) faults_.line_too_long = true;
@@ -80,6 +87,7 @@ void DataDecoder::bare_line_end(std::string& out, bool lf) {
 }
 
 DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
+  reserve_for(in, out);
   const bool normalize = options_.bare_line_ending == BareLineEnding::kNormalize;
   std::size_t i = 0;
   const std::size_t n = in.size();
@@ -200,6 +208,7 @@ DataDecoder::Result DataDecoder::feed(std::string_view in, std::string& out) {
 }
 
 void DataDecoder::feed_chunk(std::string_view in, std::string& out) {
+  reserve_for(in, out);
   std::size_t i = 0;
   while (i < in.size()) {
     if (state_ == State::kCr) {

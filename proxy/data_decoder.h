@@ -67,6 +67,7 @@ class DataDecoder {
     kBareLineStart,  // after a bare CR/LF under kNormalize: unstuff, but never an end
   };
 
+  void reserve_for(std::string_view in, std::string& out);
   void emit(std::string& out, std::string_view bytes);
   void note_line_length(std::size_t n);
   void bare_line_end(std::string& out, bool lf);

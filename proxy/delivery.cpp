@@ -84,16 +84,20 @@ std::string received_header(const std::string& hostname, const SessionFacts& ses
   // client made it long (a HELO name or a recipient near the command line
   // limit): no line over 998 octets (RFC 5322 §2.1.1, issue 15).
   constexpr std::size_t kLine = 990;
-  auto continued = [](std::string_view text) { return "\t" + fold_header_field("", text, kLine).substr(2); };
   std::string header = fold_header_field(
       "Received",
       fmt::format("from {} ({} [{}])", session.helo, session.client_name.empty() ? "unknown" : session.client_name, ip),
       kLine);
-  header += continued(fmt::format("by {} (postern) with {} id {}", hostname, with, transaction.id));
+  header.reserve(header.size() + 256);
+  // A continuation line: the folded text without its ": ", after a tab.
+  auto continued = [&header](std::string_view text) {
+    header.append("\t").append(std::string_view(fold_header_field("", text, kLine)).substr(2));
+  };
+  continued(fmt::format("by {} (postern) with {} id {}", hostname, with, transaction.id));
   if (transaction.recipients.size() == 1) {
-    header += continued(fmt::format("for <{}>; {}", transaction.recipients[0].str(), rfc5322_date()));
+    continued(fmt::format("for <{}>; {}", transaction.recipients[0].str(), rfc5322_date()));
   } else {
-    header += continued(fmt::format("; {}", rfc5322_date()));
+    continued(fmt::format("; {}", rfc5322_date()));
   }
   return header;
 }

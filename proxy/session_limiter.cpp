@@ -3,6 +3,10 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+
 #include <fmt/format.h>
 
 namespace postern {
@@ -35,13 +39,61 @@ std::string SessionLimiter::network_of(std::string_view address, std::size_t pre
   return fmt::format("{}/{}", out, prefix);
 }
 
+namespace {
+// `text` as an address: its family and octets (4 or 16); false when it is none.
+bool parse_address(std::string_view text, int& family, unsigned char (&octets)[16]) {
+  char z[INET6_ADDRSTRLEN + 1];
+  if (text.size() >= sizeof z) return false;
+  std::memcpy(z, text.data(), text.size());
+  z[text.size()] = '\0';
+  if (inet_pton(AF_INET, z, octets) == 1) {
+    family = AF_INET;
+    return true;
+  }
+  if (inet_pton(AF_INET6, z, octets) == 1) {
+    family = AF_INET6;
+    return true;
+  }
+  return false;
+}
+
+// The first `bits` bits of `a` and `b` are the same.
+bool same_prefix(const unsigned char* a, const unsigned char* b, std::size_t bits) {
+  const std::size_t whole = bits / 8;
+  if (std::memcmp(a, b, whole) != 0) return false;
+  if (bits % 8 == 0) return true;
+  const auto mask = static_cast<unsigned char>(0xff << (8 - bits % 8));
+  return (a[whole] & mask) == (b[whole] & mask);
+}
+}  // namespace
+
+// The same answer as comparing network_of() of both with the network's
+// prefix, without formatting either (once per session at accept, for each
+// exempt network: bench/README.md).
 bool SessionLimiter::in_networks(std::string_view address, const std::vector<std::string>& networks) {
+  if (networks.empty()) return false;
+  int family = 0;
+  unsigned char octets[16] = {};
+  const bool is_address = parse_address(address, family, octets);
   for (const std::string& net : networks) {
-    auto slash = net.find('/');
-    std::string ip = net.substr(0, slash);
-    bool v4 = ip.find(':') == std::string::npos;
-    std::size_t prefix = slash == std::string::npos ? (v4 ? 32 : 128) : std::stoul(net.substr(slash + 1));
-    if (network_of(address, prefix, prefix) == network_of(ip, prefix, prefix)) return true;
+    const std::size_t slash = net.find('/');
+    const std::string_view ip = std::string_view(net).substr(0, slash);
+    const bool v4 = ip.find(':') == std::string_view::npos;
+    std::size_t prefix = v4 ? 32 : 128;
+    if (slash != std::string::npos) {
+      const std::string_view digits = std::string_view(net).substr(slash + 1);
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), prefix);
+      if (ec != std::errc() || end != digits.data() + digits.size()) continue;
+    }
+    if (!is_address) {
+      // Text that is no address (network_of leaves it as written): the texts decide.
+      if (address == network_of(ip, prefix, prefix)) return true;
+      continue;
+    }
+    int net_family = 0;
+    unsigned char net_octets[16] = {};
+    if (!parse_address(ip, net_family, net_octets) || family != net_family) continue;
+    if (same_prefix(octets, net_octets, std::min<std::size_t>(prefix, family == AF_INET ? 32 : 128))) return true;
   }
   return false;
 }

@@ -146,8 +146,11 @@ std::optional<UpstreamReply> SmtpUpstream::quiet(std::string_view op) {
 }
 
 asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::send(std::string_view bytes, Seconds timeout,
-                                                                  std::size_t replies, std::string_view op) {
-  if (c_->replies.owed() == 0) {
+                                                                  std::size_t replies, std::string_view op,
+                                                                  Follows follows) {
+  const bool known_quiet = follows == Follows::kReply && c_->drained && c_->replies.buffered().empty();
+  c_->drained = false;
+  if (c_->replies.owed() == 0 && !known_quiet) {
     if (auto failed = quiet(op)) co_return failed;
   }
   watchdog_.arm(timeout);
@@ -196,6 +199,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply
       std::size_t n = 0;
       std::tie(ec, n) = co_await c_->tls->async_read_some(asio::buffer(input.data() + old, kReplyChunk), use_nothrow);
       input.resize(old + n);
+      c_->drained = false;
     } else {
       // proxy/socket_read.h: no zero-filled reply buffer (bench/README.md).
       std::size_t n = 0;
@@ -204,6 +208,7 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply
         std::tie(ec) = co_await c_->socket.async_wait(asio::socket_base::wait_read, use_nothrow);
         if (!ec) ec = read_ready(c_->socket, input, n);
       }
+      c_->drained = !ec && n < limits::kReadChunk;
     }
     if (ec) {
       watchdog_.disarm();
@@ -215,9 +220,11 @@ asio::awaitable<std::optional<UpstreamReply>> SmtpUpstream::receive(Reply& reply
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::command(metrics::UpstreamCommand what, std::string_view line,
-                                                     Seconds timeout) {
+                                                     Seconds timeout, Follows follows) {
   const auto sent = std::chrono::steady_clock::now();
-  if (auto failed = co_await send(line, timeout, 1, metrics::upstream_command_name(what))) co_return std::move(*failed);
+  if (auto failed = co_await send(line, timeout, 1, metrics::upstream_command_name(what), follows)) {
+    co_return std::move(*failed);
+  }
   co_return co_await reply_to(what, sent, timeout);
 }
 
@@ -323,7 +330,9 @@ asio::awaitable<bool> SmtpUpstream::identify(bool identify_client, bool pooled) 
   }
   if ((mode == Identity::kAuto || mode == Identity::kXforward) && offers("XFORWARD")) xforward_ = true;
   if (pooled) {
-    UpstreamReply r = co_await command(metrics::UpstreamCommand::kRset, "RSET\r\n", config_->timeouts.upstream_mail);
+    // Right after the pool's read found the connection quiet.
+    UpstreamReply r = co_await command(metrics::UpstreamCommand::kRset, "RSET\r\n", config_->timeouts.upstream_mail,
+                                       Follows::kReply);
     co_return !r.connection_lost && r.reply.positive();
   }
   co_return true;
@@ -356,7 +365,8 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
   c_->capabilities.clear();
   c_->capability_args.clear();
   output_.assign("EHLO ").append(name).append("\r\n");
-  UpstreamReply ehlo = co_await command(metrics::UpstreamCommand::kEhlo, output_, to.upstream_greeting);
+  // EHLO follows the greeting, XCLIENT's reply or the TLS handshake at once.
+  UpstreamReply ehlo = co_await command(metrics::UpstreamCommand::kEhlo, output_, to.upstream_greeting, Follows::kReply);
   if (ehlo.connection_lost) co_return false;
   if (ehlo.reply.klass() == 2 && ehlo.reply.code != 250) {
     // RFC 5321 §4.1.1.1: EHLO succeeds with 250 only; a 220 here is the
@@ -381,7 +391,7 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
     co_return true;
   }
   output_.assign("HELO ").append(name).append("\r\n");
-  UpstreamReply helo = co_await command(metrics::UpstreamCommand::kEhlo, output_, to.upstream_greeting);
+  UpstreamReply helo = co_await command(metrics::UpstreamCommand::kEhlo, output_, to.upstream_greeting, Follows::kReply);
   if (helo.connection_lost || !helo.reply.positive()) {
     if (!helo.connection_lost) log::warning("upstream-error").kv("session", client_.id)
           .kv("op", "helo").kv("reply", helo.reply.first_line());
@@ -434,6 +444,7 @@ asio::awaitable<bool> SmtpUpstream::start_tls() {
   if (up.tls == Config::Upstream::Tls::kVerify) {
     SSL_set1_host(c_->tls->native_handle(), name.c_str());  // RFC 6125 name check
   }
+  c_->drained = false;  // the handshake reads the socket; the EHLO after it reads through TLS first
   watchdog_.arm(config_->timeouts.upstream_greeting);
   auto [ec] = co_await c_->tls->async_handshake(asio::ssl::stream_base::client, use_nothrow);
   watchdog_.disarm();
@@ -506,17 +517,18 @@ asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
     // RFC 2920: RSET need not end a group; both replies come in order.
     output_.assign("RSET\r\n").append(line);
     const auto sent = std::chrono::steady_clock::now();
-    if (auto failed = co_await send(output_, to.upstream_mail, 2, "rset")) co_return false;
+    if (auto failed = co_await send(output_, to.upstream_mail, 2, "rset", Follows::kReply)) co_return false;
     UpstreamReply reset = co_await reply_to(metrics::UpstreamCommand::kRset, sent, to.upstream_mail);
     if (reset.connection_lost) co_return false;
     r = co_await reply_to(metrics::UpstreamCommand::kXclient, sent, to.upstream_greeting);
     if (!reset.reply.positive()) co_return false;
   } else {
     if (rset) {
-      UpstreamReply reset = co_await command(metrics::UpstreamCommand::kRset, "RSET\r\n", to.upstream_mail);
+      UpstreamReply reset = co_await command(metrics::UpstreamCommand::kRset, "RSET\r\n", to.upstream_mail,
+                                             Follows::kReply);
       if (reset.connection_lost || !reset.reply.positive()) co_return false;
     }
-    r = co_await command(metrics::UpstreamCommand::kXclient, line, to.upstream_greeting);
+    r = co_await command(metrics::UpstreamCommand::kXclient, line, to.upstream_greeting, Follows::kReply);
   }
   if (r.connection_lost) co_return false;
   if (!r.reply.positive()) {  // Postfix answers 220; simpler servers (smtp-sink) 250
@@ -584,7 +596,10 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
                                                        const std::vector<EsmtpParam>* rcpt_params, bool reused) {
   UpstreamReply r;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (state_ == State::kClosed && !co_await open()) co_return open_failure();
+    // Opened in this call: the first write follows the last reply of the opening.
+    const bool opened = state_ == State::kClosed;
+    if (opened && !co_await open()) co_return open_failure();
+    const Follows follows = opened ? Follows::kReply : Follows::kWait;
     if (xforward_) {
       // XFORWARD (Postfix XFORWARD_README) holds for one transaction.
       std::string xf = fmt::format("XFORWARD ADDR={} PORT={} NAME={} PROTO={}{}\r\n",
@@ -592,7 +607,8 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
                                    client_.client_name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.client_name),
                                    client_.esmtp ? "ESMTP" : "SMTP",
                                    client_.helo.empty() ? std::string() : " HELO=" + xtext(client_.helo));
-      UpstreamReply x = co_await command(metrics::UpstreamCommand::kXforward, xf, config_->timeouts.upstream_mail);
+      UpstreamReply x = co_await command(metrics::UpstreamCommand::kXforward, xf, config_->timeouts.upstream_mail,
+                                         follows);
       if (x.connection_lost) {
         if (!reused || attempt > 0 || is_protocol_error(x)) co_return x;
         continue;
@@ -614,7 +630,9 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_mail(const Mailbox& reverse_pa
       output_.append("\r\n");
     }
     mail_sent_ = std::chrono::steady_clock::now();
-    if (auto failed = co_await send(output_, config_->timeouts.upstream_mail, rcpt ? 2 : 1, "mail")) {
+    // After XFORWARD's reply, MAIL follows it at once.
+    if (auto failed = co_await send(output_, config_->timeouts.upstream_mail, rcpt ? 2 : 1, "mail",
+                                    xforward_ ? Follows::kReply : follows)) {
       r = std::move(*failed);
     } else {
       r = co_await reply_to(metrics::UpstreamCommand::kMail, mail_sent_, config_->timeouts.upstream_mail);
@@ -705,11 +723,15 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".
   DotStuffer stuffer;
   output_.clear();
+  reserve_output(head, content, offset);
   stuffer.feed(head, output_);
   if (auto failed = co_await send_content(content, offset, &stuffer)) co_return *failed;
   stuffer.finish(output_);
   // The end of data owes the one reply (RFC 5321 §4.1.1.4).
-  if (auto failed = co_await send(output_, to.upstream_data_block, 1, "end-of-data")) co_return std::move(*failed);
+  // Right after the 354 when no block went out before (content in memory).
+  if (auto failed = co_await send(output_, to.upstream_data_block, 1, "end-of-data", Follows::kReply)) {
+    co_return std::move(*failed);
+  }
   UpstreamReply r = co_await final_reply(std::chrono::steady_clock::now(), "end-of-data");
   if (state_ == State::kInTransaction) state_ = State::kReady;  // the transaction ends, refused or not
   co_return r;
@@ -759,6 +781,16 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
   co_return co_await command(first ? metrics::UpstreamCommand::kAuth : metrics::UpstreamCommand::kOther, output_, config_->timeouts.upstream_mail);
 }
 
+// Room in output_ for what data() or send_chunked() writes in one block (a
+// message in memory whole, else the first kRelayChunk), and a little for
+// stuffed dots and the end of data: no copy each time it outgrows its
+// capacity (bench/README.md). release_buffers() gives it back.
+void SmtpUpstream::reserve_output(const std::string& head, const Spool& content, std::size_t offset) {
+  constexpr std::size_t kSlack = 256;
+  const std::size_t body = content.in_memory() ? content.size() - std::min(offset, content.size()) : limits::kRelayChunk;
+  output_.reserve(output_.size() + head.size() + body + kSlack);
+}
+
 // Appends the spool from `offset` to output_ (dot-stuffed when `stuffer` is
 // given) and writes it out in kRelayChunk blocks, keeping the last block in
 // output_ for the caller to end; a failure reply when the spool or the
@@ -799,6 +831,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
   const auto& to = config_->timeouts;
   offset = std::min(offset, content.size());
   output_ = fmt::format("BDAT {} LAST\r\n", head.size() + content.size() - offset);
+  reserve_output(head, content, offset);
   output_.append(head);
   if (auto failed = co_await send_content(content, offset, nullptr)) co_return *failed;
   // One chunk, one reply owed, once all of it is written (RFC 3030 §2).

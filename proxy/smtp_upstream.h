@@ -62,20 +62,27 @@ class SmtpUpstream final : public Upstream {
   UpstreamReply checked(UpstreamReply r, std::string_view op, int intermediate = 0);
   asio::awaitable<bool> start_tls();
   asio::awaitable<UpstreamReply> send_chunked(const std::string& head, const Spool& content, std::size_t offset);
+  void reserve_output(const std::string& head, const Spool& content, std::size_t offset);
   asio::awaitable<std::optional<UpstreamReply>> send_content(const Spool& content, std::size_t offset,
                                                              DotStuffer* stuffer);
+  // What a write follows. kWait: anything (the client, a filter, another
+  // write). kReply: the read of the reply it needed, in the same call with
+  // nothing awaited since; when that read left the socket empty (drained),
+  // what the MTA sent meanwhile is known to be nothing already.
+  enum class Follows { kWait, kReply };
   // Writes `bytes`, after which `replies` more replies are owed; when none is
   // owed before, what the MTA sent meanwhile must be nothing (quiet()). The
   // client's reply when that or the write failed (the connection is closed).
   asio::awaitable<std::optional<UpstreamReply>> send(std::string_view bytes, Seconds timeout, std::size_t replies,
-                                                     std::string_view op);
+                                                     std::string_view op, Follows follows = Follows::kWait);
   // Reads what the MTA sent without waiting: nothing, else the failure.
   std::optional<UpstreamReply> quiet(std::string_view op);
   // Reads the next reply owed; the client's reply instead when the connection
   // failed, timed out, or the MTA's octets explain nothing.
   asio::awaitable<std::optional<UpstreamReply>> receive(Reply& reply, Seconds timeout, std::string_view op);
   // Sends one command line (`what`, for the metrics) and reads its reply.
-  asio::awaitable<UpstreamReply> command(metrics::UpstreamCommand what, std::string_view line, Seconds timeout);
+  asio::awaitable<UpstreamReply> command(metrics::UpstreamCommand what, std::string_view line, Seconds timeout,
+                                         Follows follows = Follows::kWait);
   // Reads the reply to a command sent at `sent` (421: the connection ends).
   asio::awaitable<UpstreamReply> reply_to(metrics::UpstreamCommand what, std::chrono::steady_clock::time_point sent,
                                           Seconds timeout);

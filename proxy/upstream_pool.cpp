@@ -40,7 +40,10 @@ bool still_quiet(UpstreamConnection& c, metrics::PoolDiscard& why, std::string& 
       detail = std::string(c.replies.buffered().substr(0, 120));
       return false;
   }
-  if (!ec || ec == asio::error::would_block) return true;
+  if (!ec || ec == asio::error::would_block) {
+    c.drained = !c.tls && ec == asio::error::would_block;
+    return true;
+  }
   why = metrics::PoolDiscard::kClosed;
   detail = ec == asio::error::eof ? "closed by the MTA" : ec.message();
   return false;

@@ -47,6 +47,10 @@ struct UpstreamConnection {
   // refused something (any 4xx/5xx), whatever the session did next.
   bool tainted = false;
   bool xclient = false;       // the MTA took XCLIENT on it
+  // The last read (plain TCP) left nothing behind: it read less than it
+  // could, or found nothing. A write that follows it at once may skip the
+  // read before it (SmtpUpstream::send); any write clears it.
+  bool drained = false;
   std::size_t messages = 0;   // end-of-data (or BDAT LAST) replies it carried
 };
 

@@ -25,6 +25,8 @@ std::optional<std::vector<DkimTag>> parse_dkim_tag_list(std::string_view list);
 // The value of tag `name` (case-sensitive, §3.2) with all white space
 // removed; "" when absent or when the list is invalid.
 std::string dkim_tag_value(std::string_view list, std::string_view name);
+// The same from a list parsed once, for a caller that reads several tags.
+std::string dkim_tag_value(const std::vector<DkimTag>& tags, std::string_view name);
 
 // Why a DKIM-Signature field value cannot pass whatever its cryptography
 // says: an invalid tag-list (duplicated tag), b= or bh= not base64, a q=

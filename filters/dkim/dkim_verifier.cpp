@@ -243,7 +243,9 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
 
 std::string DkimVerifier::key_name(std::string_view signature_value) {
   const std::string_view value = signature_value;
-  std::string selector = tag_value(value, "s"), domain = tag_value(value, "d");
+  const auto tags = parse_dkim_tag_list(value);
+  if (!tags) return {};
+  std::string selector = dkim_tag_value(*tags, "s"), domain = dkim_tag_value(*tags, "d");
   if (selector.empty() || domain.empty()) return {};
   return ascii::to_lower(selector + "._domainkey." + domain);
 }
@@ -252,16 +254,17 @@ std::optional<DkimVerifier::BodySpec> DkimVerifier::body_spec(std::string_view s
   const std::string_view value = signature_value;
   // l= (with any white space: "l = 20") keeps libopendkim's body pass; a
   // value that is no tag-list is libopendkim's to judge (and permerror).
-  if (!parse_dkim_tag_list(value) || !tag_value(value, "l").empty()) return std::nullopt;
+  const auto tags = parse_dkim_tag_list(value);
+  if (!tags || !dkim_tag_value(*tags, "l").empty()) return std::nullopt;
   // RFC 6376 §3.5 c=: "header/body", the body part "simple" when absent.
-  const std::string c = tag_value(value, "c");
+  const std::string c = dkim_tag_value(*tags, "c");
   const auto slash = c.find('/');
   const std::string body = slash == std::string::npos ? "simple" : c.substr(slash + 1);
   BodySpec spec{};
   if (body == "simple") spec.canon = DkimBodyCanon::kSimple;
   else if (body == "relaxed") spec.canon = DkimBodyCanon::kRelaxed;
   else return std::nullopt;
-  const std::string a = tag_value(value, "a");
+  const std::string a = dkim_tag_value(*tags, "a");
   if (a == "rsa-sha256" || a == "ed25519-sha256") spec.hash = DkimHash::kSha256;
   else if (a == "rsa-sha1") spec.hash = DkimHash::kSha1;
   else return std::nullopt;

@@ -123,3 +123,42 @@ TEST_CASE("a PROXY listener counts the proxy in all at accept and the client per
   CHECK(limiter.admit("192.0.2.1", limits, again, Scope::kClient) == R::kNone);
   CHECK(limiter.open() == 0);
 }
+
+// in_networks compares octets; its answer is the one comparing network_of()
+// texts gave (what it did before): every prefix length, both families, mixed
+// families, and text that is no address.
+TEST_CASE("in_networks answers as comparing network_of of both at the network's prefix") {
+  const std::vector<std::string> addresses = {
+      "192.0.2.77", "192.0.2.0", "192.0.3.77", "10.1.2.3", "0.0.0.0", "255.255.255.255", "127.0.0.1",
+      "2001:db8::1", "2001:db8:ffff::7", "2001:db9::1", "::1", "::", "::ffff:192.0.2.77", "fe80::1",
+      "unknown", "", "192.0.2", "2001:db8::/32"};
+  const std::vector<std::string> bases = {"192.0.2.0", "192.0.2.77", "10.0.0.0", "0.0.0.0", "127.0.0.1",
+                                          "2001:db8::", "2001:db8:ffff::7", "::", "::1", "unknown"};
+  auto by_text = [](const std::string& address, const std::string& net) {
+    const std::size_t slash = net.find('/');
+    const std::string ip = net.substr(0, slash);
+    const bool v4 = ip.find(':') == std::string::npos;
+    const std::size_t prefix = slash == std::string::npos ? (v4 ? 32 : 128) : std::stoul(net.substr(slash + 1));
+    return SessionLimiter::network_of(address, prefix, prefix) == SessionLimiter::network_of(ip, prefix, prefix);
+  };
+  std::size_t compared = 0, matched = 0;
+  for (const std::string& base : bases) {
+    std::vector<std::string> nets = {base};
+    for (int prefix : {0, 1, 7, 8, 9, 15, 16, 20, 23, 24, 25, 31, 32, 33, 48, 63, 64, 65, 127, 128}) {
+      nets.push_back(base + "/" + std::to_string(prefix));
+    }
+    for (const std::string& net : nets) {
+      for (const std::string& address : addresses) {
+        INFO(address << " in " << net);
+        const bool expected = by_text(address, net);
+        CHECK(SessionLimiter::in_networks(address, {net}) == expected);
+        ++compared;
+        matched += expected;
+      }
+    }
+  }
+  CHECK(compared > 3000);
+  CHECK(matched > 100);  // the cases are not all misses
+  CHECK_FALSE(SessionLimiter::in_networks("192.0.2.1", {}));
+  CHECK(SessionLimiter::in_networks("192.0.2.1", {"10.0.0.0/8", "192.0.2.0/24"}));
+}
