@@ -234,7 +234,8 @@ def test_one_version_everywhere():
     with open(os.path.join(ROOT, "debian", "changelog")) as f:
         assert f.readline().startswith(f"postern ({version}) "), "debian/changelog's version differs"
     with open(os.path.join(ROOT, "CHANGELOG.md")) as f:
-        first = re.search(r"^## (\S+)", f.read(), re.M).group(1)
+        # "## Unreleased" (changes since the last release) is not a version
+        first = re.search(r"^## (?!Unreleased\b)(\S+)", f.read(), re.M).group(1)
     assert first == version, f"CHANGELOG.md's newest entry is {first}, CMakeLists.txt says {version}"
     # the package file the guides name (README: "build ../postern_X.Y.Z_amd64.deb")
     named = []
