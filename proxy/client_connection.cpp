@@ -34,7 +34,7 @@ asio::awaitable<std::error_code> ClientConnection::read(std::string& input, Seco
   // TLS may hold decrypted octets the socket does not show: read into the
   // buffer itself; a small read between messages, so that an idle session
   // does not wait on a content-sized buffer.
-  const std::size_t chunk = content ? limits::kReadChunk : limits::kCommandReadChunk;
+  const std::size_t chunk = content ? limits::kTlsRecord : limits::kCommandReadChunk;
   if (input.empty() && !content && input.capacity() > limits::kIdleBuffer) std::string().swap(input);
   std::size_t old = input.size();
   input.resize(old + chunk);
