@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <utility>
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/read.hpp>
@@ -11,6 +12,7 @@
 #include "proxy/limits.h"
 #include "proxy/metrics.h"
 #include "proxy/socket_read.h"
+#include "proxy/tls.h"
 
 namespace postern {
 namespace {
@@ -34,7 +36,7 @@ asio::awaitable<std::error_code> ClientConnection::read(std::string& input, Seco
   // TLS may hold decrypted octets the socket does not show: read into the
   // buffer itself; a small read between messages, so that an idle session
   // does not wait on a content-sized buffer.
-  const std::size_t chunk = content ? limits::kReadChunk : limits::kCommandReadChunk;
+  const std::size_t chunk = content ? limits::kTlsRecord : limits::kCommandReadChunk;
   if (input.empty() && !content && input.capacity() > limits::kIdleBuffer) std::string().swap(input);
   std::size_t old = input.size();
   input.resize(old + chunk);
@@ -72,6 +74,7 @@ asio::awaitable<std::error_code> ClientConnection::write(std::string_view output
   watchdog_.arm(timeout);
   std::error_code ec;
   if (tls_) {
+    if (std::exchange(ticket_owed_, false)) tls_ticket_with_next_write(tls_->native_handle());
     std::tie(ec, std::ignore) = co_await asio::async_write(*tls_, asio::buffer(output), use_nothrow);
   } else {
     std::tie(ec, std::ignore) = co_await asio::async_write(socket_, asio::buffer(output), use_nothrow);
@@ -86,6 +89,9 @@ asio::awaitable<std::error_code> ClientConnection::start_tls(asio::ssl::context&
   auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, use_nothrow);
   watchdog_.disarm();
   if (ec) tls_.reset();
+  // The ticket rides with the first reply (proxy/tls.cpp): one send and one
+  // wake-up of the client fewer than a ticket of its own after the handshake.
+  ticket_owed_ = !ec;
   co_return ec;
 }
 

@@ -68,6 +68,7 @@ class ClientConnection {
   Watchdog watchdog_;
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls_;  // set once TLS is up
   bool reading_ = false;
+  bool ticket_owed_ = false;  // the TLS 1.3 ticket goes out with the next write
 };
 
 }  // namespace postern

@@ -12,8 +12,12 @@ inline constexpr std::size_t kUpstreamReplyLine = 4096;
 inline constexpr std::size_t kUpstreamReplyLines = 100;
 // Bytes read from a socket in one go.
 inline constexpr std::size_t kReadChunk = 64 * 1024;
-// A TLS read between messages (commands are short; content reads kReadChunk).
+// A TLS read between messages (commands are short; content reads kTlsRecord).
 inline constexpr std::size_t kCommandReadChunk = 4096;
+// A TLS read of content: one SSL_read returns at most one record's plaintext,
+// 2^14 octets (RFC 8446 §5.1, RFC 5246 §6.2.1); a larger buffer is only
+// zero-filled (std::string::resize) and never written.
+inline constexpr std::size_t kTlsRecord = 16 * 1024;
 // Capacity a buffer may keep between messages; beyond it, it is given back
 // (issue 18: 300 idle sessions after a 900 kB message each held 550 MB).
 inline constexpr std::size_t kIdleBuffer = 4096;

@@ -148,9 +148,10 @@ int ticket_key_callback(SSL* ssl, unsigned char key_name[16], unsigned char iv[E
   const int ok = enc ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes.data(), iv)
                      : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key.aes.data(), iv);
   if (ok != 1) return -1;
-  // TLS 1.3: a resumed session gets a fresh ticket (OpenSSL sends none when
-  // the key is current), as clients use a ticket once (RFC 8446 C.4) and
-  // OpenSSL-based ones drop a session after resuming it.
+  // TLS 1.3: a resumed session gets a fresh ticket too (ClientConnection
+  // issues it with its first write: num_tickets is 0), as clients use a
+  // ticket once (RFC 8446 C.4) and OpenSSL-based ones drop a session after
+  // resuming it. 2 ("renew") keeps OpenSSL from treating it as final.
   if (!enc && SSL_version(ssl) == TLS1_3_VERSION) return 2;
   return found;
 }
@@ -195,20 +196,28 @@ std::shared_ptr<asio::ssl::context> make_server_tls_context(const Config::Tls& t
   // Resumption: a returning MTA skips the certificate and key exchange
   // work. TLS 1.3 and 1.2 tickets sealed with the process's keys (they
   // survive reloads; tls.ticket_key_file shares them between hosts); TLS 1.2
-  // session ids in this context's cache (lost at a reload). One ticket per
-  // handshake: an MTA offers one.
+  // session ids in this context's cache (lost at a reload). One TLS 1.3
+  // ticket per handshake, full or resumed (an MTA offers one), issued by
+  // ClientConnection with its first write (tls_ticket_with_next_write), so
+  // that it shares a segment with that reply: num_tickets 0 here stops
+  // OpenSSL from sending it alone right after the handshake.
   SSL_CTX_set_timeout(raw, static_cast<long>(tls.session_lifetime.count()));
   SSL_CTX_set_session_cache_mode(raw, SSL_SESS_CACHE_SERVER);
   SSL_CTX_sess_set_cache_size(raw, 20480);
   if (tls.session_tickets) {
     TicketKeys::instance().configure(tls.ticket_key_file, tls.session_lifetime);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(raw, ticket_key_callback);
-    SSL_CTX_set_num_tickets(raw, 1);
   } else {
     SSL_CTX_set_options(raw, SSL_OP_NO_TICKET);  // TLS 1.3: stateful tickets from the cache
-    SSL_CTX_set_num_tickets(raw, 1);
   }
+  SSL_CTX_set_num_tickets(raw, 0);
   return ctx;
+}
+
+void tls_ticket_with_next_write(SSL* ssl) {
+  // TLS 1.2 sent its ticket in the handshake; SSL_new_session_ticket is
+  // TLS 1.3 only (and refuses otherwise).
+  if (SSL_version(ssl) == TLS1_3_VERSION && SSL_new_session_ticket(ssl) != 1) ERR_clear_error();
 }
 
 TlsFacts tls_facts(SSL* ssl) {

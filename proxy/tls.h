@@ -16,6 +16,12 @@ namespace postern {
 // when the certificate or key cannot be loaded or do not match.
 std::shared_ptr<asio::ssl::context> make_server_tls_context(const Config::Tls& tls);
 
+// Queues this TLS 1.3 session's ticket (one per handshake, full or resumed):
+// OpenSSL writes it in front of the next application data, one segment with
+// it. Call right before the first write after the handshake (a read first
+// would flush it alone).
+void tls_ticket_with_next_write(SSL* ssl);
+
 // Protocol, cipher and client certificate of an established TLS session.
 TlsFacts tls_facts(SSL* ssl);
 

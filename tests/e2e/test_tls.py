@@ -17,7 +17,7 @@ import pytest
 
 from harness import (HOSTNAME, IO_TIMEOUT, SCALE, SmtpClient, check_reply,
                      client_tls_context, data_payload, listener_ports, make_cert, make_message,
-                     parse_received_any, run_swaks, write_config)
+                     parse_received_any, run_swaks, strip_received, write_config)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,39 @@ def test_smtplib_starttls_and_ehlo_capabilities(postern, sink, tmp_path, certs):
     assert (m.group(5), m.group(6)) == (version, cipher), msgs[0].received
     tls = p.wait_for_log("tls")
     assert tls.get("version") == version and tls.get("cipher") == cipher, tls
+
+
+def test_starttls_content_across_records(postern, sink, tmp_path, certs):
+    """Content under TLS is read a record (2^14 octets, RFC 8446 5.1) at a
+    time: messages ending just before, at and after a record boundary, over
+    several records and over many arrive octet for octet, by DATA and by one
+    BDAT larger than a record (RFC 3030)."""
+    p, (port,) = start_tls_postern(postern, sink, tmp_path, certs, [{"tls": "starttls"}])
+    head = b"From: <alice@example.org>\r\nTo: <bob@example.com>\r\nSubject: records\r\n\r\n"
+    bodies = []
+    for size in (16383, 16384, 16385, 3 * 16384 + 7, 300000):
+        line = (b"%d " % size) + b"abcdefghijklmnopqrstuvwxyz0123456789" * 2 + b"\r\n"
+        body = (line * (size // len(line) + 1))[:size - 2] + b"\r\n"
+        bodies.append(body)
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example", timeout=IO_TIMEOUT) as s:
+        s.ehlo()
+        code, text = s.starttls(context=client_tls_context())
+        assert code == 220, text
+        s.ehlo()
+        assert s.has_extn("chunking"), s.esmtp_features
+        for body in bodies:
+            assert s.sendmail("alice@example.org", ["bob@example.com"], head + body) == {}
+        chunked = head + bodies[3]
+        assert s.mail("alice@example.org")[0] == 250
+        assert s.rcpt("bob@example.com")[0] == 250
+        s.send(b"BDAT %d LAST\r\n" % len(chunked) + chunked)
+        code, text = s.getreply()
+        assert code == 250, text
+    msgs = sink.wait_messages(len(bodies) + 1)
+    for msg, body in zip(msgs, bodies + [bodies[3]]):
+        _received, rest = strip_received(msg.content)
+        assert rest == head + body, (len(rest), len(head + body))
+        assert_tls_received(msg)
 
 
 def test_starttls_twice_is_503(postern, sink, tmp_path, certs):
