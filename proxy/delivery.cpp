@@ -9,6 +9,7 @@
 #include "filters/arc/arc_seal.h"
 #include "filters/audit/audit_log.h"
 #include "filters/dkim/dkim_signer.h"
+#include "filters/text/time_format.h"
 #include "proxy/log.h"
 #include "proxy/maildir_upstream.h"
 #include "proxy/metrics.h"
@@ -23,11 +24,7 @@ std::string rfc5322_date() {
   thread_local std::string cached;
   std::time_t t = std::time(nullptr);
   if (t != cached_at) {
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    char buf[64];
-    std::size_t n = std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    cached.assign(buf, n);
+    cached = format_rfc5322_date(t);
     cached_at = t;
   }
   return cached;

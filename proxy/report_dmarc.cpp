@@ -28,6 +28,8 @@
 #include "filters/dmarc/dmarc.h"
 #include "filters/dns/unbound_resolver.h"
 #include "filters/text/ascii.h"
+#include "filters/text/base64.h"
+#include "filters/text/time_format.h"
 #include "proxy/config.h"
 
 namespace postern {
@@ -70,43 +72,7 @@ int usage(const std::string& why) {
   return 2;
 }
 
-std::string utc(std::int64_t t) {
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::string rfc5322_date(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-  return buf;
-}
-
-std::string base64(std::string_view in) {
-  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  std::size_t line = 0;
-  for (std::size_t i = 0; i < in.size(); i += 3) {
-    unsigned v = static_cast<unsigned char>(in[i]) << 16;
-    if (i + 1 < in.size()) v |= static_cast<unsigned char>(in[i + 1]) << 8;
-    if (i + 2 < in.size()) v |= static_cast<unsigned char>(in[i + 2]);
-    out += k[(v >> 18) & 63];
-    out += k[(v >> 12) & 63];
-    out += i + 1 < in.size() ? k[(v >> 6) & 63] : '=';
-    out += i + 2 < in.size() ? k[v & 63] : '=';
-    if ((line += 4) >= 76) {
-      out += "\r\n";
-      line = 0;
-    }
-  }
-  if (line) out += "\r\n";
-  return out;
-}
+std::string utc(std::int64_t t) { return format_utc_iso8601(static_cast<std::time_t>(t)); }
 
 // The DMARC record's text at _dmarc.DOMAIN: the one TXT record starting
 // "v=DMARC1" (RFC 7489 §6.6.3: none or several = no record).
@@ -241,7 +207,7 @@ std::string report_message(const DmarcReportMeta& meta, const std::string& domai
   std::string m;
   m += "From: " + meta.email + "\r\n";
   m += "To: " + to + "\r\n";
-  m += "Date: " + rfc5322_date(std::time(nullptr)) + "\r\n";
+  m += "Date: " + format_rfc5322_date(std::time(nullptr)) + "\r\n";
   m += "Subject: Report Domain: " + domain + " Submitter: " + meta.receiver + " Report-ID: <" + id + ">\r\n";
   char mid[40];
   std::snprintf(mid, sizeof mid, "%016llx", static_cast<unsigned long long>(rng()));
@@ -255,7 +221,7 @@ std::string report_message(const DmarcReportMeta& meta, const std::string& domai
   m += "--" + std::string(boundary) + "\r\nContent-Type: application/gzip; name=\"" + filename +
        "\"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"" + filename +
        "\"\r\n\r\n";
-  m += base64(gz);
+  m += base64_encode(gz, 76);
   m += "--" + std::string(boundary) + "--\r\n";
   return m;
 }

@@ -26,6 +26,7 @@
 #include "filters/audit/audit_log.h"
 #include "filters/spool.h"
 #include "filters/store/redis_store.h"
+#include "filters/text/time_format.h"
 #include "proxy/control.h"
 #include "proxy/filter_setup.h"
 #include "proxy/log.h"
@@ -59,12 +60,6 @@ void apply_log_settings(const Config& config) {
   log::set_level(to_log_level(config.log.level));
 }
 
-std::string utc_time(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  return std::string(buf, std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm));
-}
 
 // A JSON string literal of printable text (sanitized first).
 std::string printable_json(std::string_view text) { return json_string(log::sanitize(text)); }
@@ -261,8 +256,8 @@ struct Server::Impl {
     last_reload_at = std::time(nullptr);
     last_reload = answer.rfind("ok", 0) == 0 ? "ok" : answer.substr(0, answer.find('\n'));
     process::notify(answer.rfind("ok", 0) == 0
-                        ? "READY=1\nSTATUS=Serving; reloaded at " + utc_time(last_reload_at)
-                        : "READY=1\nSTATUS=Serving; reload refused at " + utc_time(last_reload_at) +
+                        ? "READY=1\nSTATUS=Serving; reloaded at " + format_utc_iso8601(last_reload_at)
+                        : "READY=1\nSTATUS=Serving; reload refused at " + format_utc_iso8601(last_reload_at) +
                               ", the previous configuration keeps running");
     return answer;
   }
@@ -340,7 +335,7 @@ struct Server::Impl {
           printable_json(kVersion), ::getpid(), since(started), printable_json(config_path), workers.size(),
           open_sessions.load(), sessions_accepted.load(), total, count(R::kRelayed), count(R::kRejected),
           count(R::kTempfailed), count(R::kDiscarded), count(R::kQuarantined), printable_json(last_reload),
-          last_reload_at ? printable_json(utc_time(last_reload_at)) : "null", printable_json(config->upstream.target),
+          last_reload_at ? printable_json(format_utc_iso8601(last_reload_at)) : "null", printable_json(config->upstream.target),
           upstream, upstream_up < 0 ? "null" : std::to_string(since(last_probe)), draining ? "true" : "false");
     }
     return fmt::format(
@@ -350,7 +345,7 @@ struct Server::Impl {
         kVersion, ::getpid(), since(started), config_path, workers.size(), open_sessions.load(),
         sessions_accepted.load(), total, count(R::kRelayed), count(R::kRejected), count(R::kTempfailed),
         count(R::kDiscarded), count(R::kQuarantined), last_reload,
-        last_reload_at ? " at " + utc_time(last_reload_at) : std::string(), config->upstream.target, upstream,
+        last_reload_at ? " at " + format_utc_iso8601(last_reload_at) : std::string(), config->upstream.target, upstream,
         upstream_up < 0 ? std::string() : fmt::format(" (probed {} s ago)", since(last_probe)),
         draining ? "state: draining\n" : "");
   }

@@ -30,14 +30,6 @@ std::string sha256(std::string_view data) {
 
 }  // namespace
 
-std::string base64_encode(std::string_view data) {
-  std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(data.data()), static_cast<int>(data.size()));
-  out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
-  return out;
-}
-
 std::optional<std::string> base64_decode(std::string_view text) {
   std::string clean;
   for (char c : text) {

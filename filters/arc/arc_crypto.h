@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "filters/text/base64.h"  // base64_encode
+
 struct evp_pkey_st;  // OpenSSL's EVP_PKEY
 
 namespace postern {
@@ -38,8 +40,6 @@ class ArcSigningKey {
   bool ed25519_ = false;
 };
 
-// SHA-256 of `data`, base64 (for tests and the body hash check).
-std::string base64_encode(std::string_view data);
 // Base64 with white space ignored; nullopt when not base64.
 std::optional<std::string> base64_decode(std::string_view text);
 

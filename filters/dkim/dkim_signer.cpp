@@ -21,6 +21,7 @@
 #include "filters/dmarc/dmarc.h"
 #include "filters/message.h"
 #include "filters/text/ascii.h"
+#include "filters/text/base64.h"
 
 namespace postern {
 
@@ -49,10 +50,7 @@ Pkey parse_private_key(const std::string& pem) {
 }
 
 std::string base64(const unsigned char* data, std::size_t len) {
-  std::string out(4 * ((len + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data, static_cast<int>(len));
-  out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
-  return out;
+  return base64_encode(std::string_view(reinterpret_cast<const char*>(data), len));
 }
 
 bool parse_network(std::string_view text, unsigned char* addr, int& family, unsigned& prefix) {
