@@ -36,13 +36,12 @@ import uuid
 
 import pytest
 
+import doc_commands
 from harness import (POSTERN_BIN, SCALE, SmtpClient, check_reply, free_port, listener_ports, make_cert,
                      make_message, wait_port, wait_until, write_config)
 from test_xclient import private_postfix
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-FENCE_RE = re.compile(r"^```toml[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
-ANY_FENCE_RE = re.compile(r"^```[a-z]*[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+ROOT = doc_commands.ROOT
 
 
 class Block:
@@ -61,13 +60,8 @@ class Block:
 
 
 def toml_blocks():
-    blocks = []
-    for md in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))):
-        with open(md) as f:
-            text = f.read()
-        for m in FENCE_RE.finditer(text):
-            line = text.count("\n", 0, m.start()) + 1
-            blocks.append(Block(os.path.relpath(md, ROOT), line, m.group(1)))
+    blocks = [Block(b.path, b.line, b.text) for md in doc_commands.doc_paths() if md.startswith("docs/")
+              for b in doc_commands.blocks(md) if b.lang == "toml"]
     for cfg in sorted(glob.glob(os.path.join(ROOT, "config", "*.toml"))):
         with open(cfg) as f:
             blocks.append(Block(os.path.relpath(cfg, ROOT), 1, f.read()))
@@ -185,18 +179,14 @@ def test_guides_carry_complete_examples(doc):
 # --------------------------------------------------------------------------
 # docs/deploy-postfix.md against a real Postfix
 
-GUIDE = os.path.join(ROOT, "docs", "deploy-postfix.md")
+GUIDE = "docs/deploy-postfix.md"
 CLIENT_IP = "127.0.0.9"
 CLIENT_HELO = "client.example"
 
 
 def guide_block(first_line):
     """The fenced block of the Postfix guide that starts with `first_line`."""
-    with open(GUIDE) as f:
-        text = f.read()
-    found = [m.group(1) for m in ANY_FENCE_RE.finditer(text) if m.group(1).split("\n", 1)[0] == first_line]
-    assert len(found) == 1, f"{GUIDE}: expected one block starting {first_line!r}, found {len(found)}"
-    return found[0]
+    return doc_commands.block(GUIDE, first_line)
 
 
 def replace_once(text, old, new):
@@ -329,15 +319,7 @@ def test_postfix_guide_submission_needs_tls(postern, guide_postfix, tmp_path, tl
 # --------------------------------------------------------------------------
 # docs/deploy-exchange.md: the rule that keeps X-Spam-Status postern's own
 
-EXCHANGE_GUIDE = os.path.join(ROOT, "docs", "deploy-exchange.md")
-
-
-def fenced(path, first_line):
-    with open(path) as f:
-        text = f.read()
-    found = [m.group(1) for m in ANY_FENCE_RE.finditer(text) if m.group(1).split("\n", 1)[0] == first_line]
-    assert len(found) == 1, f"{path}: expected one block starting {first_line!r}, found {len(found)}"
-    return found[0]
+EXCHANGE_GUIDE = "docs/deploy-exchange.md"
 
 
 @pytest.mark.parametrize("scored", [False, True])
@@ -347,7 +329,7 @@ def test_exchange_guide_rule_strips_foreign_spam_status(postern, sink, tmp_path,
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "05_strip_spam_status.lua").write_text(
-        fenced(EXCHANGE_GUIDE, "-- /etc/postern/rules/05_strip_spam_status.lua"))
+        doc_commands.block(EXCHANGE_GUIDE, "-- /etc/postern/rules/05_strip_spam_status.lua"))
     if scored:   # a rule of the test's own, so that postern adds its field
         (rules / "50_test_symbol.lua").write_text(
             'postern.rule{ name = "DOCS_TEST", stage = "eom", score = 6, fn = function(ctx)\n'
@@ -507,49 +489,7 @@ def test_configuration_md_documents_every_key(tmp_path):
 
 # ---------------------------------------------------------------- the docs' swaks commands
 
-SH_FENCE_RE = re.compile(r"^```sh[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
-DOCS_WITH_COMMANDS = ["README.md"] + sorted(os.path.relpath(p, ROOT)
-                                            for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
-
-
-class DocCommand:
-    def __init__(self, path, line, comment, text):
-        self.path, self.line, self.comment, self.text = path, line, comment, text
-
-    @property
-    def name(self):
-        return f"{self.path}:{self.line}"
-
-
-def doc_commands(program):
-    """Every command line of a ```sh block that runs `program`, continuation
-    lines joined, with the comment lines just above it."""
-    found = []
-    for rel in DOCS_WITH_COMMANDS:
-        with open(os.path.join(ROOT, rel)) as f:
-            text = f.read()
-        for m in SH_FENCE_RE.finditer(text):
-            first = text.count("\n", 0, m.start()) + 2
-            comment, pending, start = [], "", None
-            for k, line in enumerate(m.group(1).split("\n")):
-                if not pending and line.lstrip().startswith("#"):
-                    comment.append(line.lstrip("# ").strip())
-                    continue
-                if not line.strip():
-                    comment = []
-                    continue
-                if start is None:
-                    start = first + k
-                pending += line.rstrip("\\").strip() + " "
-                if line.rstrip().endswith("\\"):
-                    continue
-                if pending.split()[0] == program:
-                    found.append(DocCommand(rel, start, " ".join(comment), pending.strip()))
-                pending, start, comment = "", None, []
-    return found
-
-
-SWAKS = doc_commands("swaks")
+SWAKS = [c for path in doc_commands.doc_paths() for c in doc_commands.commands(path, "swaks")]
 DOC_PASSWORD = "documented-secret"
 
 
@@ -625,17 +565,14 @@ def test_metrics_guide_queries_name_exported_metrics(postern, tmp_path):
     names = set()
     for name, kind in exported:
         names |= {name} | ({f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else set())
-    with open(os.path.join(ROOT, METRICS_DOC)) as f:
-        text = f.read()
     used, yaml_blocks = set(), 0
-    for m in ANY_FENCE_RE.finditer(text):
-        lang = text[m.start():text.index("\n", m.start())].strip("`").strip()
-        if lang not in ("promql", "yaml"):
+    for b in doc_commands.blocks(METRICS_DOC):
+        if b.lang not in ("promql", "yaml"):
             continue
-        if lang == "yaml":
-            yaml.safe_load(m.group(1))
+        if b.lang == "yaml":
+            yaml.safe_load(b.text)
             yaml_blocks += 1
-        used |= set(re.findall(r"\bpostern_[a-z_]+", m.group(1)))
+        used |= set(re.findall(r"\bpostern_[a-z_]+", b.text))
     assert yaml_blocks == 3 and len(used) >= 12, (yaml_blocks, sorted(used))
     unknown = sorted(used - names)
     assert not unknown, f"{METRICS_DOC} queries metrics postern does not export: {unknown}"
