@@ -18,6 +18,8 @@ import tempfile
 import threading
 import time
 
+from harness import stop_process
+
 UNBOUND = "/usr/sbin/unbound"
 DEFAULT_ZONES = ("example.com.", "example.org.", "example.net.")
 
@@ -102,13 +104,7 @@ class UnboundServer:
         raise RuntimeError("unbound did not start (ports in use)")
 
     def _kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None

@@ -89,6 +89,19 @@ def wait_until(predicate, timeout, interval=0.02, message="condition"):
         time.sleep(interval)
 
 
+def stop_process(proc, grace=5.0, sig=signal.SIGTERM):
+    """Ask a helper program to exit (SIGTERM), give it `grace` seconds, then
+    SIGKILL it: the end every test-started server gets."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace)
+
+
 def strip_received(content):
     """Split off the leading Received: header (with its continuation lines).
 
@@ -1131,13 +1144,7 @@ class PostfixSink:
         raise RuntimeError("could not start smtp-sink")
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     @property
     def address(self):

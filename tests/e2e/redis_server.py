@@ -5,7 +5,7 @@ stopped (or killed, to test an outage) by the test itself."""
 import signal
 import subprocess
 
-from harness import SCALE, free_port, wait_port
+from harness import SCALE, free_port, stop_process, wait_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"
@@ -43,13 +43,7 @@ class RedisServer:
             self.proc.wait(10)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 10)
 
     def cli(self, *args):
         out = subprocess.run([REDIS_CLI, "-p", str(self.port), "--raw", *args], capture_output=True,

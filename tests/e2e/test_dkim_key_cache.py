@@ -15,7 +15,7 @@ import time
 import dkim
 import pytest
 
-from harness import SmtpClient, check_reply, free_port
+from harness import SmtpClient, check_reply, free_port, stop_process
 
 DOMAIN = "keycache.example"
 
@@ -74,12 +74,7 @@ def dns(tmp_path):
         proc.kill()
         pytest.fail("unbound did not answer")
     yield port, keys
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+    stop_process(proc)
 
 
 def signed(pem, selector, n):

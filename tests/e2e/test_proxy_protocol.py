@@ -8,7 +8,6 @@ listener that does not expect one never parses one.
 """
 
 import os
-import signal
 import socket
 import ssl
 import struct
@@ -19,7 +18,7 @@ import pytest
 
 from harness import (IO_TIMEOUT, SCALE, SmtpClient, check_reply, client_tls_context,
                      free_port, listener_ports, make_cert, make_message, parse_received_any,
-                     wait_port, write_config)
+                     stop_process, wait_port, write_config)
 
 HAPROXY = "/usr/sbin/haproxy"
 CLIENT_IP = "127.0.0.7"
@@ -75,13 +74,7 @@ class Haproxy:
             raise AssertionError("haproxy did not start:\n" + (tmp_path / "haproxy.log").read_text())
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
 
 
