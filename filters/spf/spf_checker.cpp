@@ -545,7 +545,7 @@ SpfOutcome SpfChecker::run(const SpfQuery& q, std::chrono::milliseconds budget, 
   }
 
   const std::string key = out.client_ip + '\n' + q.helo + '\n' + q.sender + '\n' + q.receiver;
-  if (std::optional<SpfOutcome> hit = results_.get(key)) return *hit;
+  if (std::optional<SpfOutcome> hit = results_.get(key)) return std::move(*hit);  // already a copy: no second one
 
   thread_local ThreadServer thread_server;
   SPF_server_t* server = thread_server.get(q.receiver);
