@@ -105,6 +105,7 @@ Message::Message(const Spool& spool, HeaderLimits limits) : spool_(&spool) {
   std::string block;
   const std::string_view text = spool.head(std::min(limits.max_bytes, spool.size()), block);
   const std::size_t got = text.size();
+  headers_.reserve(16);  // mail has 10-30 fields: one or two growths, not five
   std::size_t pos = 0;
   while (pos < text.size()) {
     std::size_t eol = text.find("\r\n", pos);
@@ -137,8 +138,17 @@ Message::Message(const Spool& spool, HeaderLimits limits) : spool_(&spool) {
       truncated_ = true;
       break;
     }
-    headers_.push_back(HeaderField{std::string(line.substr(0, name)), std::string(text.substr(pos, eol + 2 - pos))});
-    pos = eol + 2;
+    // The field with its continuation lines, copied once (a folded field was
+    // appended to line by line: a DKIM-Signature of ~8 lines grew its
+    // string 8 times, twice a message).
+    std::size_t end = eol + 2;
+    while (end < text.size() && (text[end] == ' ' || text[end] == '\t')) {
+      const std::size_t next = text.find("\r\n", end);
+      if (next == std::string_view::npos) break;  // no line end: left to the top of the loop
+      end = next + 2;
+    }
+    headers_.push_back(HeaderField{std::string(line.substr(0, name)), std::string(text.substr(pos, end - pos))});
+    pos = end;
   }
   if (pos >= text.size() && got < spool.size()) truncated_ = true;
   // Cut inside a folded field: that field is left to the unparsed rest, whole,

@@ -41,7 +41,9 @@ std::string comment_text(const std::string& s) {
 }  // namespace
 
 std::string authentication_results_value(const std::string& authserv_id, const AuthResults& auth) {
-  std::string v = authserv_id;
+  std::string v;
+  v.reserve(authserv_id.size() + 400);  // spf, one or two dkim, dmarc: one allocation, not five growths
+  v = authserv_id;
   bool any = false;
   if (auth.spf) {
     any = true;

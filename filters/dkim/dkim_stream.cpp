@@ -82,12 +82,13 @@ void DkimStream::end_of_header(std::size_t body_offset) {
     if (!header_name_equals(h.name, "DKIM-Signature")) continue;
     any = true;
     const std::string value = h.value();
-    if (auto spec = DkimVerifier::body_spec(value)) {
+    const DkimVerifier::TagList tags = parse_dkim_tag_list(value);  // once for both
+    if (auto spec = DkimVerifier::body_spec(tags)) {
       own_body_.add(spec->canon, spec->hash);
     } else {
       use_own_body_ = false;
     }
-    std::string name = DkimVerifier::key_name(value);
+    std::string name = DkimVerifier::key_name(tags);
     if (!name.empty() && key_names_.size() < verifier_->max_signatures() &&
         std::find(key_names_.begin(), key_names_.end(), name) == key_names_.end()) {
       key_names_.push_back(std::move(name));

@@ -3,6 +3,7 @@
 #include "filters/text/ascii.h"
 
 #include <algorithm>
+#include <array>
 
 namespace postern {
 
@@ -27,25 +28,50 @@ std::string compact(std::string_view v) {
   return out;
 }
 
+// The octet classes base64_ok reads: one table look-up per octet of the
+// ~400 of b= and bh= (a chain of comparisons cost 16 instructions an octet).
+enum : unsigned char { kNotBase64, kBase64, kPad, kSpace };
+constexpr std::array<unsigned char, 256> kBase64Class = [] {
+  std::array<unsigned char, 256> t{};
+  for (int c = 0; c < 256; ++c) {
+    const char ch = static_cast<char>(c);
+    if (is_alnum(ch) || ch == '+' || ch == '/') t[c] = kBase64;
+    else if (ch == '=') t[c] = kPad;
+    else if (ascii::is_space(ch)) t[c] = kSpace;
+  }
+  return t;
+}();
+
 // base64string (§2.4) once white space is removed: the alphabet, at most
 // two "=" at the end, a multiple of four octets. Read in place.
 bool base64_ok(std::string_view v) {
-  std::size_t n = 0, pad = 0;
-  for (char c : v) {
-    if (ascii::is_space(c)) continue;
-    ++n;
-    if (c == '=') {
+  std::size_t n = 0, pad = 0, i = 0;
+  // The alphabet and white space, up to the first "=" (or anything else)...
+  for (; i < v.size(); ++i) {
+    const unsigned char cls = kBase64Class[static_cast<unsigned char>(v[i])];
+    if (cls == kBase64) ++n;
+    else if (cls != kSpace) break;
+  }
+  // ...then only "=" and white space.
+  for (; i < v.size(); ++i) {
+    const unsigned char cls = kBase64Class[static_cast<unsigned char>(v[i])];
+    if (cls == kPad) {
       ++pad;
-      continue;
+      ++n;
+    } else if (cls != kSpace) {
+      return false;
     }
-    if (pad || !(is_alnum(c) || c == '+' || c == '/')) return false;
   }
   return n > 0 && n % 4 == 0 && pad <= 2;
 }
 
+// The tag named `name`. Names are mostly one or two letters, so the first
+// octet decides before a comparison of the whole name (parse_dkim_tag_list
+// looks up every tag among those before it: ~80 look-ups a signature).
 const DkimTag* find(const std::vector<DkimTag>& tags, std::string_view name) {
+  if (name.empty()) return nullptr;
   for (const DkimTag& t : tags) {
-    if (t.name == name) return &t;
+    if (t.name.size() == name.size() && t.name[0] == name[0] && t.name == name) return &t;
   }
   return nullptr;
 }
@@ -98,8 +124,22 @@ std::string dkim_tag_value(const std::vector<DkimTag>& tags, std::string_view na
   return t ? compact(t->value) : std::string();
 }
 
-std::string dkim_signature_problem(std::string_view value) {
-  const auto tags = parse_dkim_tag_list(value);
+bool dkim_tag_starts_with(const std::vector<DkimTag>& tags, std::string_view name, std::string_view prefix) {
+  const DkimTag* t = find(tags, name);
+  if (!t) return false;
+  std::size_t matched = 0;
+  for (char c : t->value) {
+    if (matched == prefix.size()) break;
+    if (ascii::is_space(c)) continue;
+    if (c != prefix[matched]) return false;
+    ++matched;
+  }
+  return matched == prefix.size();
+}
+
+std::string dkim_signature_problem(std::string_view value) { return dkim_signature_problem(parse_dkim_tag_list(value)); }
+
+std::string dkim_signature_problem(const std::optional<std::vector<DkimTag>>& tags) {
   if (!tags) return "malformed or duplicated tag (RFC 6376 3.2)";
   if (const DkimTag* v = find(*tags, "v"); v && v->value != "1") return "unsupported v= (RFC 6376 3.5)";
   if (const DkimTag* b = find(*tags, "b"); !b || !base64_ok(b->value)) return "b= is not base64 (RFC 6376 3.5)";

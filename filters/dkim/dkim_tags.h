@@ -32,6 +32,12 @@ std::string dkim_tag_value(const std::vector<DkimTag>& tags, std::string_view na
 // says: an invalid tag-list (duplicated tag), b= or bh= not base64, a q=
 // without dns/txt, v= other than 1. "" when none of these.
 std::string dkim_signature_problem(std::string_view signature_value);
+// The same from the value's tag-list parsed once (nullopt: not a tag-list).
+std::string dkim_signature_problem(const std::optional<std::vector<DkimTag>>& tags);
+
+// Whether tag `name` is present and its value, white space removed, starts
+// with `prefix` (read in place; dkim_tag_value would copy the whole value).
+bool dkim_tag_starts_with(const std::vector<DkimTag>& tags, std::string_view name, std::string_view prefix);
 
 // Why the key record cannot verify that signature: an invalid tag-list, v=
 // not DKIM1, k= not matching a= (RFC 8463 §3), s= without email, t=s with

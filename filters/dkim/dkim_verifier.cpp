@@ -135,26 +135,29 @@ const DkimBodyHash* own_body_hash(DKIM_SIGINFO* sig, const DkimBodyHashes& body)
   return body.find(canon, hash);
 }
 
-// The value of the DKIM-Signature field libopendkim listed `index`-th,
-// whose b= starts with `b12`; copied into a thread-local buffer.
-const std::string* signature_field(const Message& message, const std::string& b12, int index) {
-  thread_local std::string value;
+// The DKIM-Signature field libopendkim listed `index`-th, whose b= starts
+// with `b12`: its value (in a thread-local buffer) and its tag-list, parsed
+// once for the match and the checks after it.
+struct SignatureField {
+  const std::string* value;
+  DkimVerifier::TagList tags;  // views into *value
+};
+std::optional<SignatureField> signature_field(const Message& message, const std::string& b12, int index) {
+  thread_local std::string value, by_index;
   int n = 0;
-  const std::string* by_index = nullptr;
+  bool have_index = false;
   for (const auto& h : message.headers()) {
     if (!header_name_equals(h.name, "DKIM-Signature")) continue;
-    std::string v = h.value();
-    const std::string b = dkim_tag_value(v, "b");
-    if (!b12.empty() && b.compare(0, b12.size(), b12) == 0) {
-      value = std::move(v);
-      return &value;
-    }
-    if (n++ == index && !by_index) {
-      value = std::move(v);
-      by_index = &value;
+    value = h.value();
+    DkimVerifier::TagList tags = parse_dkim_tag_list(value);
+    if (!b12.empty() && tags && dkim_tag_starts_with(*tags, "b", b12)) return SignatureField{&value, std::move(tags)};
+    if (n++ == index && !have_index) {
+      by_index = value;
+      have_index = true;
     }
   }
-  return by_index;
+  if (!have_index) return std::nullopt;
+  return SignatureField{&by_index, parse_dkim_tag_list(by_index)};
 }
 
 }  // namespace
@@ -242,8 +245,10 @@ std::vector<DkimSignature> DkimVerifier::verify(const Message& message, std::chr
 }
 
 std::string DkimVerifier::key_name(std::string_view signature_value) {
-  const std::string_view value = signature_value;
-  const auto tags = parse_dkim_tag_list(value);
+  return key_name(parse_dkim_tag_list(signature_value));
+}
+
+std::string DkimVerifier::key_name(const TagList& tags) {
   if (!tags) return {};
   std::string selector = dkim_tag_value(*tags, "s"), domain = dkim_tag_value(*tags, "d");
   if (selector.empty() || domain.empty()) return {};
@@ -251,10 +256,12 @@ std::string DkimVerifier::key_name(std::string_view signature_value) {
 }
 
 std::optional<DkimVerifier::BodySpec> DkimVerifier::body_spec(std::string_view signature_value) {
-  const std::string_view value = signature_value;
+  return body_spec(parse_dkim_tag_list(signature_value));
+}
+
+std::optional<DkimVerifier::BodySpec> DkimVerifier::body_spec(const TagList& tags) {
   // l= (with any white space: "l = 20") keeps libopendkim's body pass; a
   // value that is no tag-list is libopendkim's to judge (and permerror).
-  const auto tags = parse_dkim_tag_list(value);
   if (!tags || !dkim_tag_value(*tags, "l").empty()) return std::nullopt;
   // RFC 6376 §3.5 c=: "header/body", the body part "simple" when absent.
   const std::string c = dkim_tag_value(*tags, "c");
@@ -356,8 +363,8 @@ std::vector<DkimSignature> DkimVerifier::finish(DKIM* dkim, int eoh, const Messa
       }
       // What libopendkim accepts but RFC 6376 / 8463 do not: the signature's
       // own tags (its header field, matched by b=) and its key record.
-      if (const std::string* field = signature_field(message, s.b, i)) {
-        std::string problem = dkim_signature_problem(*field);
+      if (const auto field = signature_field(message, s.b, i)) {
+        std::string problem = dkim_signature_problem(field->tags);
         if (!problem.empty()) {
           s.result = DkimResult::kPermerror;
           s.reason = std::move(problem);

@@ -17,6 +17,7 @@
 
 #include "filters/auth/auth_results.h"
 #include "filters/dkim/dkim_body_hash.h"
+#include "filters/dkim/dkim_tags.h"
 #include "filters/dns/resolver.h"
 #include "filters/message.h"
 
@@ -66,6 +67,10 @@ class DkimVerifier {
   // The key record name a DKIM-Signature field value points to
   // ("selector._domainkey.domain", lower case); empty without s= or d=.
   static std::string key_name(std::string_view signature_value);
+  // The same from the value's tag-list parsed once (parse_dkim_tag_list;
+  // nullopt: not a tag-list), for a caller that also asks body_spec().
+  using TagList = std::optional<std::vector<DkimTag>>;
+  static std::string key_name(const TagList& tags);
   // The body hash a DKIM-Signature field value asks for (its c= body part
   // and a= digest), when postern computes it itself (DkimBodyHashes):
   // nullopt for l= and for values libopendkim must judge.
@@ -74,6 +79,7 @@ class DkimVerifier {
     DkimHash hash;
   };
   static std::optional<BodySpec> body_spec(std::string_view signature_value);
+  static std::optional<BodySpec> body_spec(const TagList& tags);
   std::size_t max_signatures() const { return options_.max_signatures; }
   // Whether dkim_body/dkim_eom are worth calling after this dkim_eoh status.
   static bool wants_body(int eoh_status);

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <mutex>
 #include <random>
+#include <unordered_map>
 
 #include "filters/auth/authentication_results.h"
 #include "filters/auth/c_api.h"
@@ -49,12 +50,44 @@ const char* policy_name(char p) {
   }
 }
 
+// Results of a pure function by their input, per thread (no lock), bounded:
+// a full memo starts over. Mail brings the same few author domains and
+// records again and again, and libpsl's lookup and libopendmarc's parse
+// (a policy context allocated, the record copied tag by tag) cost more than
+// the rest of the DMARC check (bench/README.md).
+template <typename Value>
+class Memo {
+ public:
+  static constexpr std::size_t kMaxEntries = 1024;
+  const Value* find(const std::string& key) const {
+    auto it = entries_.find(key);
+    return it == entries_.end() ? nullptr : &it->second;
+  }
+  const Value& put(const std::string& key, Value value) {
+    if (entries_.size() >= kMaxEntries) entries_.clear();
+    return entries_.insert_or_assign(key, std::move(value)).first->second;
+  }
+
+ private:
+  std::unordered_map<std::string, Value> entries_;
+};
+
+// Longer input (a DNS name is at most 253 octets) is computed every time.
+constexpr std::size_t kMaxMemoKey = 1024;
+
 }  // namespace
 
 std::string organizational_domain(const std::string& domain) {
+  thread_local Memo<std::string> memo;
+  const bool keep = domain.size() <= kMaxMemoKey;
+  if (keep) {
+    if (const std::string* org = memo.find(domain)) return *org;
+  }
   std::string d = ascii::domain_key(domain);
   const char* reg = psl_registrable_domain(psl(), d.c_str());
-  return reg ? std::string(reg) : d;
+  std::string org = reg ? std::string(reg) : d;
+  if (keep) memo.put(domain, org);
+  return org;
 }
 
 bool domains_aligned(const std::string& a, const std::string& b, bool strict) {
@@ -291,7 +324,9 @@ std::optional<std::string> normalize_dmarc_record(std::string_view text) {
   return out;
 }
 
-std::optional<DmarcRecord> parse_dmarc_record(const std::string& domain, const std::string& raw) {
+namespace {
+
+std::optional<DmarcRecord> parse_with_opendmarc(const std::string& domain, const std::string& raw) {
   const std::optional<std::string> normalized = normalize_dmarc_record(raw);
   if (!normalized) return std::nullopt;
   const std::string& text = *normalized;
@@ -316,6 +351,20 @@ std::optional<DmarcRecord> parse_dmarc_record(const std::string& domain, const s
   }
   opendmarc_policy_connect_shutdown(pctx);
   return out;
+}
+
+}  // namespace
+
+std::optional<DmarcRecord> parse_dmarc_record(const std::string& domain, const std::string& raw) {
+  // Keyed by the domain and the record's exact text: a changed record is a
+  // new entry, so nothing goes stale (the DNS cache decides what is current).
+  thread_local Memo<std::optional<DmarcRecord>> memo;
+  if (domain.size() + raw.size() > 2 * kMaxMemoKey) return parse_with_opendmarc(domain, raw);
+  std::string key;
+  key.reserve(domain.size() + 1 + raw.size());
+  key.append(domain).append(1, '\0').append(raw);
+  if (const auto* record = memo.find(key)) return *record;
+  return memo.put(key, parse_with_opendmarc(domain, raw));
 }
 
 DmarcOutcome evaluate_dmarc(const std::string& from, const std::optional<DmarcRecord>& record,

@@ -119,6 +119,42 @@ TEST_CASE("dmarc records parse with libopendmarc", "[dmarc]") {
   CHECK_FALSE(parse_dmarc_record("example.com", "v=spf1 -all"));
 }
 
+TEST_CASE("organizational domains and parsed records are remembered without changing an answer", "[dmarc]") {
+  // The same inputs again (answered from the per-thread memo), other case,
+  // and more distinct inputs than the memo holds (it starts over).
+  for (int round = 0; round < 3; ++round) {
+    CHECK(organizational_domain("mail.example.com") == "example.com");
+    CHECK(organizational_domain("MAIL.Example.COM") == "example.com");
+    CHECK(organizational_domain("a.b.example.co.uk") == "example.co.uk");
+    CHECK(organizational_domain("co.uk") == "co.uk");
+    CHECK(organizational_domain(std::string(300, 'a') + ".example.com") == "example.com");
+    for (int i = 0; i < 1500; ++i) {
+      const std::string d = "h" + std::to_string(i) + ".sub" + std::to_string(i % 7) + ".example.org";
+      REQUIRE(organizational_domain(d) == "example.org");
+    }
+    auto reject = parse_dmarc_record("example.com", "v=DMARC1; p=reject; pct=50");
+    REQUIRE(reject);
+    CHECK(reject->p == 'r');
+    CHECK(reject->pct == 50);
+    // A changed record (key rotation's twin: a new policy) is a new answer.
+    auto none = parse_dmarc_record("example.com", "v=DMARC1; p=none");
+    REQUIRE(none);
+    CHECK(none->p == 'n');
+    CHECK(none->pct == 100);
+    CHECK_FALSE(parse_dmarc_record("example.com", "v=DMARC1; p=bogus"));
+    CHECK_FALSE(parse_dmarc_record("example.com", "v=spf1 -all"));
+    for (int i = 0; i < 1100; ++i) {
+      auto r = parse_dmarc_record("d" + std::to_string(i) + ".example", "v=DMARC1; p=quarantine; pct=" + std::to_string(i % 101));
+      REQUIRE(r);
+      REQUIRE(r->p == 'q');
+      REQUIRE(r->pct == i % 101);
+    }
+    const std::string long_record = "v=DMARC1; p=reject; rua=mailto:" + std::string(3000, 'r') + "@example.com";
+    auto long_one = parse_dmarc_record("example.com", long_record);
+    CHECK(long_one.has_value() == parse_dmarc_record("example.com", long_record).has_value());
+  }
+}
+
 TEST_CASE("dmarc outcome keeps the published record and names a pct= override", "[dmarc]") {
   auto r = parse_dmarc_record("example.com", "v=DMARC1; p=reject; sp=quarantine; adkim=s; pct=50");
   REQUIRE(r);

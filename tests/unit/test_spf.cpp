@@ -389,3 +389,84 @@ TEST_CASE("spf checks the HELO identity at HELO and the null reverse-path takes 
   CHECK_FALSE(no_helo.wants(Stage::kHelo));
   pool->join();
 }
+
+namespace {
+
+// The Received-SPF value as it was built before it became one string built
+// piece by piece: the reference the new one must match octet for octet.
+std::string reference_received_spf_value(const SpfOutcome& spf, const std::string& receiver) {
+  auto quoted = [](const std::string& v) {
+    std::string out = "\"";
+    for (char c : v) {
+      if (c == '"' || c == '\\') out.push_back('\\');
+      if (static_cast<unsigned char>(c) >= 32 && c != 127) out.push_back(c);
+    }
+    return out + '"';
+  };
+  std::string v = receiver + ": ";
+  switch (spf.result) {
+    case SpfResult::kPass: v += "domain of " + spf.sender + " designates " + spf.client_ip + " as permitted sender"; break;
+    case SpfResult::kFail: v += "domain of " + spf.sender + " does not designate " + spf.client_ip + " as permitted sender"; break;
+    case SpfResult::kSoftfail: v += "domain of transitioning " + spf.sender + " does not designate " + spf.client_ip + " as permitted sender"; break;
+    case SpfResult::kNeutral: v += spf.client_ip + " is neither permitted nor denied by domain of " + spf.sender; break;
+    case SpfResult::kNone: v += "domain of " + spf.sender + " does not designate permitted sender hosts"; break;
+    case SpfResult::kTemperror: v += "error in processing during lookup of " + spf.sender + ": DNS error"; break;
+    case SpfResult::kPermerror: v += "permanent error in processing domain of " + spf.sender; break;
+  }
+  std::string comment = std::string(spf_result_name(spf.result)) + " (";
+  for (char c : v) {
+    if (static_cast<unsigned char>(c) < 32 || c == 127) c = ' ';
+    if (c == '(' || c == ')' || c == '\\') comment.push_back('\\');
+    comment.push_back(c);
+  }
+  v = std::move(comment);
+  v += ") client-ip=" + spf.client_ip + ";";
+  v += " envelope-from=" + quoted(spf.sender) + ";";
+  if (!spf.helo.empty()) v += " helo=" + quoted(spf.helo) + ";";
+  v += " receiver=" + receiver + ";";
+  v += " identity=" + spf.identity + ";";
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("Received-SPF value: every result, hostile senders and HELO names, octet for octet as before", "[spf]") {
+  const std::vector<std::string> senders = {
+      "a@example.com", "", "x) client-ip=192.0.2.9; y=(\"@example.com", "\"q\\\"uote\"@example.com",
+      std::string("ctl\x01\x1f\x7f\ttab@example.com"), "back\\slash(paren)@example.com", "postmaster@mx.example.net",
+      std::string(300, 'l') + "@example.com", "utf8-\xc3\xa9@example.com"};
+  const std::vector<std::string> helos = {"", "mx.example.com", "[192.0.2.1]", "evil) x=(y", std::string("c\x02r\\\"")};
+  const std::vector<std::string> ips = {"192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"};
+  const std::vector<std::string> receivers = {"mx.postern.example", "r(x)\\y"};
+  int checked = 0;
+  for (SpfResult r : {SpfResult::kPass, SpfResult::kFail, SpfResult::kSoftfail, SpfResult::kNeutral, SpfResult::kNone,
+                      SpfResult::kTemperror, SpfResult::kPermerror}) {
+    for (const auto& sender : senders) {
+      for (const auto& helo : helos) {
+        for (const auto& ip : ips) {
+          for (const auto& receiver : receivers) {
+            SpfOutcome o;
+            o.result = r;
+            o.sender = sender;
+            o.helo = helo;
+            o.client_ip = ip;
+            o.identity = helo.empty() ? "mailfrom" : "helo";
+            const std::string got = received_spf_value(o, receiver);
+            const std::string want = reference_received_spf_value(o, receiver);
+            if (got != want) FAIL_CHECK("got  " << got << "\nwant " << want);
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked == 7 * 9 * 5 * 3 * 2);
+  SpfOutcome pass;
+  pass.result = SpfResult::kPass;
+  pass.sender = "a@example.com";
+  pass.client_ip = "192.0.2.1";
+  pass.identity = "mailfrom";
+  CHECK(received_spf_value(pass, "mx.postern.example") ==
+        "pass (mx.postern.example: domain of a@example.com designates 192.0.2.1 as permitted sender) "
+        "client-ip=192.0.2.1; envelope-from=\"a@example.com\"; receiver=mx.postern.example; identity=mailfrom;");
+}
