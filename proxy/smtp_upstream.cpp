@@ -109,7 +109,7 @@ void SmtpUpstream::prepare() {
     // Running: MAIL compares what it announced with the client then.
     if (!preparation_->done) return;
     if (preparation_->ok && same_identity(preparation_->facts, client_)) return;
-    abandon_preparation();  // the client named itself anew: back to the pool, taken again below
+    adopt();  // the client named itself anew: back to the pool, taken again below
   }
   const auto executor = c_->socket.get_executor();
   // Only an idle connection, never a fresh one: a client that says EHLO and
@@ -136,7 +136,10 @@ asio::awaitable<void> SmtpUpstream::run_preparation(std::shared_ptr<Preparation>
   }
   p->done = true;
   p->ready.cancel();
-  if (p->orphaned && p->ok) up.park_or_close("session ended");
+  if (p->orphaned && p->ok) {
+    log::debug("upstream-prepared-unused").kv("session", up.client_.id).kv("upstream", up.config_->upstream.target);
+    up.park_or_close("session ended");
+  }
 }
 
 asio::awaitable<void> SmtpUpstream::settle() {
@@ -150,7 +153,8 @@ void SmtpUpstream::adopt() {
   if (!p || !p->ok) return;  // open() takes another pooled connection or connects
   if (!same_identity(p->facts, client_)) {
     // A second EHLO with another name, RSET and HELO: what XCLIENT said is
-    // not the client now. open() takes this connection again and says it anew.
+    // not the client now. open() or prepare() takes this connection again
+    // and says it anew.
     log::debug("upstream-prepared-stale").kv("session", client_.id).kv("upstream", config_->upstream.target);
     p->upstream.park_or_close("identity changed");
     return;
@@ -167,8 +171,12 @@ void SmtpUpstream::adopt() {
 void SmtpUpstream::abandon_preparation() {
   const std::shared_ptr<Preparation> p = std::move(preparation_);
   if (!p) return;
-  if (!p->done) p->orphaned = true;
-  else if (p->ok) p->upstream.park_or_close("session ended");
+  if (!p->done) {
+    p->orphaned = true;
+  } else if (p->ok) {
+    log::debug("upstream-prepared-unused").kv("session", client_.id).kv("upstream", config_->upstream.target);
+    p->upstream.park_or_close("session ended");
+  }
 }
 
 bool SmtpUpstream::offers(std::string_view keyword) const {

@@ -232,6 +232,7 @@ def test_client_that_leaves_after_ehlo_leaves_the_pool_sane(postern, make_sink, 
     p.wait_for_log("session-end", count=ended + 1)
     assert p.alive()
     # the preparation ends on its own and parks the connection, untouched
+    p.wait_for_log("upstream-prepared-unused", session=p.events("session-end", client=ip(18))[0].get("session"))
     wait_identified(sink, conn, 18)
     time.sleep(0.1 * SCALE)
     assert ("QUIT",) not in sink.connection_events(conn)
@@ -387,3 +388,74 @@ def test_smtp_sink_one_connection_for_many_prepared_sessions(postern, postfix_si
     new, reused = counters(p)
     assert (new - new0, reused - reused0) == (1, 7)
     assert len(p.events("upstream-prepared")) >= 5   # a session may greet before the last one parked
+
+
+# -- a real Postfix ------------------------------------------------------------------
+
+@pytest.fixture
+def postfix(make_sink):
+    """A private Postfix that takes XCLIENT from loopback, relaying to a sink."""
+    import shutil
+    import tempfile
+    from postfix_instance import PostfixInstance
+    relay = make_sink()
+    workdir = tempfile.mkdtemp(prefix="postern-prepare-pf-", dir="/tmp")
+    pf = PostfixInstance(workdir, relay=relay.address,
+                         main={"smtpd_authorized_xclient_hosts": "127.0.0.0/8"}).start()
+    pf.relay_sink = relay
+    try:
+        yield pf
+    finally:
+        pf.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def postfix_received(msg):
+    """Postfix's own Received field: the first one (postern's comes after it)."""
+    import re
+    m = re.search(rb"^Received: from (\S+) \((\S+) \[([^\]]+)\]\)\r\n\s+by \S+ \(Postfix\) with (\w+)",
+                  msg.content, re.M)
+    assert m, msg.content[:400]
+    return m.group(1).decode(), m.group(3).decode(), m.group(4).decode()
+
+
+def test_postfix_sees_each_client_over_one_prepared_connection(postern, postfix):
+    metrics_port = free_port()
+    p = postern.start(upstream=postfix.address, sets={"server.threads": 1, "log.level": '"debug"',
+                                                       "metrics.address": f'"127.0.0.1:{metrics_port}"'})
+    p.metrics_port = metrics_port
+    new0, reused0 = counters(p)
+    sessions = 0
+
+    def session(n, greetings):
+        nonlocal sessions
+        with SmtpClient(p.port, source=ip(n)) as c:
+            for g in greetings:
+                c.expect(g, 250)
+            finish(c, f"client {n}")
+        sessions += 1
+        p.wait_for_log("session-end", count=sessions)
+
+    session(60, ["EHLO client-60.example"])
+    session(61, ["EHLO client-61.example"])
+    session(62, ["EHLO client-62.example", "EHLO client-62b.example"])   # a second name
+    with SmtpClient(p.port, source=ip(63)) as c:                         # greets and goes
+        c.ehlo("client-63.example")
+        c.expect("QUIT", 221)
+    sessions += 1
+    p.wait_for_log("session-end", count=sessions)
+    gone = p.events("session-end", client=ip(63))[0].get("session")
+    p.wait_for_log("upstream-prepared-unused", session=gone)   # back in the pool for the next one
+    session(64, ["EHLO client-64.example", "RSET", "HELO client-64b.example"])
+    session(65, ["EHLO client-65.example"])
+    msgs = postfix.relay_sink.wait_messages(5, timeout=30 * SCALE)
+    # (Postfix's "with" follows the EHLO postern sends after XCLIENT, whatever
+    # XCLIENT's PROTO said: ESMTP for the HELO client too, as without reuse.)
+    got = sorted(postfix_received(m)[:2] for m in msgs)
+    assert got == [("client-60.example", "127.0.0.60"), ("client-61.example", "127.0.0.61"),
+                   ("client-62b.example", "127.0.0.62"), ("client-64b.example", "127.0.0.64"),
+                   ("client-65.example", "127.0.0.65")], got
+    new, reused = counters(p)
+    assert (new - new0, reused - reused0) == (1, 4), p.log_tail(120)
+    assert len(p.events("upstream-prepared")) >= 2   # 61 and 65; 62 and 64 race their second greeting
+    assert "improper command pipelining" not in postfix.log()
