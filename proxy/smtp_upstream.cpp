@@ -117,6 +117,9 @@ void SmtpUpstream::prepare() {
   std::unique_ptr<UpstreamConnection> pooled = UpstreamPool::of(executor).take(config_);
   if (!pooled) return;
   auto p = std::make_shared<Preparation>(executor, config_, client_);
+  // The pool found it quiet, but the coroutine writes only after this turn
+  // of the event loop: what the MTA sent meanwhile is read first (send()).
+  pooled->drained = false;
   p->upstream.c_ = std::move(pooled);
   p->upstream.state_ = State::kReady;
   preparation_ = p;
