@@ -335,8 +335,8 @@ asio::awaitable<void> Session::handle_starttls() {
   input_.clear();
   input_pos_ = 0;
   if (in_transaction()) co_await abandon_transaction();
-  if (upstream_) {  // it heard the plaintext identity (XCLIENT HELO=...); the next MAIL opens a new one
-    co_await upstream_->quit();
+  if (upstream_) {  // it heard the plaintext identity (XCLIENT HELO=...): parked where clean, and
+    co_await upstream_->release();  // whoever takes it next (this client after EHLO too) says XCLIENT anew
     upstream_.reset();
   }
   forget_plaintext();
@@ -545,6 +545,9 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
     co_return;
   }
   phase_ = Phase::kGreeted;
+  // Who the client is, is known now: an idle upstream connection is told so
+  // while the client sends its next command, not after its MAIL (issue 23).
+  if (config_->upstream.reuse) upstream().prepare();
   const std::string& host = config_->server.hostname;
   if (!facts_.esmtp) {
     queue_reply(250, host);

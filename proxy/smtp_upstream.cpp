@@ -2,10 +2,13 @@
 // after the whole DATA is in; every wait has a deadline (RFC 5321 §4.5.3.2).
 #include "proxy/smtp_upstream.h"
 
+#include <asio/co_spawn.hpp>
 #include <asio/connect.hpp>
+#include <asio/detached.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/read.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
@@ -55,6 +58,129 @@ SmtpUpstream::SmtpUpstream(const asio::any_io_executor& executor,
         std::error_code ignored;
         c_->socket.cancel(ignored);
       }) {}
+
+// What XCLIENT (or XFORWARD) announces of a client: a connection identified
+// with other values than the session's now speaks for someone else.
+namespace {
+SessionFacts identity_of(const SessionFacts& client) {
+  SessionFacts identity;
+  identity.id = client.id;
+  identity.client_ip = client.client_ip;
+  identity.client_port = client.client_port;
+  identity.client_name = client.client_name;
+  identity.helo = client.helo;
+  identity.esmtp = client.esmtp;
+  identity.auth_user = client.auth_user;
+  return identity;
+}
+
+bool same_identity(const SessionFacts& a, const SessionFacts& b) {
+  return a.client_ip == b.client_ip && a.client_port == b.client_port && a.client_name == b.client_name &&
+         a.helo == b.helo && a.esmtp == b.esmtp && a.auth_user == b.auth_user;
+}
+}  // namespace
+
+struct SmtpUpstream::Preparation {
+  Preparation(const asio::any_io_executor& executor, std::shared_ptr<const Config> config, const SessionFacts& client)
+      : facts(identity_of(client)),
+        upstream(executor, std::move(config), facts),
+        ready(executor, std::chrono::steady_clock::time_point::max()) {}
+
+  SessionFacts facts;     // the identity announced, as it was at prepare()
+  SmtpUpstream upstream;  // owns the connection until adopt() takes it
+  asio::steady_timer ready;  // cancelled once done: wakes settle()
+  bool done = false;
+  bool ok = false;        // identified; else the connection is closed already
+  bool orphaned = false;  // nobody will take it: park it once done
+};
+
+SmtpUpstream::~SmtpUpstream() {
+  // Running: its coroutine holds what it uses and parks the connection once
+  // done. Finished: the connection closes with it (the pool may be gone
+  // already when this runs at the io_context's end; release() parks it).
+  if (preparation_ && !preparation_->done) preparation_->orphaned = true;
+}
+
+void SmtpUpstream::prepare() {
+  const auto& up = config_->upstream;
+  // An authenticated client's connection is its own (XCLIENT LOGIN=): never pooled.
+  if (!up.reuse || state_ != State::kClosed || !client_.auth_user.empty()) return;
+  if (preparation_) {
+    // Running: MAIL compares what it announced with the client then.
+    if (!preparation_->done) return;
+    if (preparation_->ok && same_identity(preparation_->facts, client_)) return;
+    adopt();  // the client named itself anew: back to the pool, taken again below
+  }
+  const auto executor = c_->socket.get_executor();
+  // Only an idle connection, never a fresh one: a client that says EHLO and
+  // leaves (a scanner) must not cost the MTA a connection.
+  std::unique_ptr<UpstreamConnection> pooled = UpstreamPool::of(executor).take(config_);
+  if (!pooled) return;
+  auto p = std::make_shared<Preparation>(executor, config_, client_);
+  // The pool found it quiet, but the coroutine writes only after this turn
+  // of the event loop: what the MTA sent meanwhile is read first (send()).
+  pooled->drained = false;
+  p->upstream.c_ = std::move(pooled);
+  p->upstream.state_ = State::kReady;
+  preparation_ = p;
+  asio::co_spawn(executor, run_preparation(std::move(p)), asio::detached);
+}
+
+// RSET, XCLIENT and EHLO (or RSET alone) as reuse() does, each wait under the
+// preparation's own watchdog: settle() waits no longer than these deadlines.
+asio::awaitable<void> SmtpUpstream::run_preparation(std::shared_ptr<Preparation> p) {
+  SmtpUpstream& up = p->upstream;
+  p->ok = co_await up.identify(true, true);
+  if (!p->ok) {
+    // Logged where it failed; the client hears nothing of it (reuse()).
+    metrics::registry().upstream_pool_discards[metrics::idx(metrics::PoolDiscard::kReidentify)].inc();
+    up.close("pooled connection failed");
+    up.failure_.reset();
+  }
+  p->done = true;
+  p->ready.cancel();
+  if (p->orphaned && p->ok) {
+    log::debug("upstream-prepared-unused").kv("session", up.client_.id).kv("upstream", up.config_->upstream.target);
+    up.park_or_close("session ended");
+  }
+}
+
+asio::awaitable<void> SmtpUpstream::settle() {
+  const std::shared_ptr<Preparation> p = preparation_;
+  while (!p->done) co_await p->ready.async_wait(use_nothrow);
+  adopt();
+}
+
+void SmtpUpstream::adopt() {
+  const std::shared_ptr<Preparation> p = std::move(preparation_);
+  if (!p || !p->ok) return;  // open() takes another pooled connection or connects
+  if (!same_identity(p->facts, client_)) {
+    // A second EHLO with another name, RSET and HELO: what XCLIENT said is
+    // not the client now. open() or prepare() takes this connection again
+    // and says it anew.
+    log::debug("upstream-prepared-stale").kv("session", client_.id).kv("upstream", config_->upstream.target);
+    p->upstream.park_or_close("identity changed");
+    return;
+  }
+  std::swap(c_, p->upstream.c_);
+  p->upstream.state_ = State::kClosed;
+  state_ = State::kReady;
+  xforward_ = p->upstream.xforward_;
+  metrics::registry().upstream_connections_reused.inc();
+  log::debug("upstream-prepared").kv("session", client_.id).kv("upstream", config_->upstream.target)
+      .kv("messages", c_->messages);
+}
+
+void SmtpUpstream::abandon_preparation() {
+  const std::shared_ptr<Preparation> p = std::move(preparation_);
+  if (!p) return;
+  if (!p->done) {
+    p->orphaned = true;
+  } else if (p->ok) {
+    log::debug("upstream-prepared-unused").kv("session", client_.id).kv("upstream", config_->upstream.target);
+    p->upstream.park_or_close("session ended");
+  }
+}
 
 bool SmtpUpstream::offers(std::string_view keyword) const {
   for (const std::string& cap : c_->capabilities) {
@@ -567,6 +693,7 @@ void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam
 
 asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
                                                   const std::vector<EsmtpParam>& params, bool hold) {
+  if (preparation_) co_await settle();
   if (state_ == State::kInTransaction || state_ == State::kMailHeld) co_await reset();
   // A kept connection may have been closed by the MTA meanwhile (its idle
   // time-out): then one fresh connection is tried before the client hears 4xx.
@@ -666,6 +793,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::after_mail(UpstreamReply r, bool sm
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::send_held_mail() {
+  if (preparation_) co_await settle();
   if (state_ != State::kMailHeld) co_return local(replies::kUpstreamLost, true);
   state_ = State::kReady;
   UpstreamReply r = co_await send_mail(held_from_, held_params_, nullptr, nullptr, true);
@@ -674,6 +802,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_held_mail() {
 
 asio::awaitable<UpstreamReply> SmtpUpstream::rcpt(const Mailbox& forward_path,
                                                   const std::vector<EsmtpParam>& params) {
+  if (preparation_) co_await settle();
   if (state_ == State::kMailHeld) {
     // MAIL and this RCPT in one write (RFC 2920); MAIL's reply first.
     state_ = State::kReady;
@@ -714,6 +843,7 @@ UpstreamReply SmtpUpstream::checked(UpstreamReply r, std::string_view op, int in
 
 asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const Spool& content,
                                                   std::size_t offset, const Mailbox&) {
+  if (preparation_) co_await settle();
   if (state_ != State::kInTransaction) co_return local(replies::kUpstreamLost, true);
   const auto& to = config_->timeouts;
   ++c_->messages;
@@ -745,6 +875,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::final_reply(std::chrono::steady_clo
 }
 
 asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool first, std::string_view mechanism) {
+  if (preparation_) co_await settle();
   const UpstreamReply unavailable = local(replies::kAuthUnavailable, false);
   if (first) {
     // Taken from the pool at most: a connection that carried AUTH is never
@@ -843,6 +974,7 @@ asio::awaitable<UpstreamReply> SmtpUpstream::send_chunked(const std::string& hea
 }
 
 asio::awaitable<void> SmtpUpstream::reset() {
+  if (preparation_) co_await settle();
   if (state_ == State::kMailHeld) {  // nothing was sent
     state_ = State::kReady;
     co_return;
@@ -858,6 +990,7 @@ asio::awaitable<void> SmtpUpstream::reset() {
 }
 
 asio::awaitable<void> SmtpUpstream::quit() {
+  abandon_preparation();  // it carried nothing of this client's but XCLIENT: back to the pool
   if (state_ == State::kClosed) co_return;
   // What the MTA sent since its last reply is checked here too (send()).
   if (!co_await send("QUIT\r\n", kQuitTimeout, 1, "quit")) {
@@ -872,11 +1005,23 @@ asio::awaitable<void> SmtpUpstream::quit() {
 // reach it: no open transaction, nothing owed or buffered, no AUTH, no
 // refusal or error on the connection, and fewer messages than the limit.
 asio::awaitable<void> SmtpUpstream::release() {
+  abandon_preparation();
+  if (!poolable()) co_return co_await quit();
+  park_or_close("");
+}
+
+bool SmtpUpstream::poolable() const {
   const auto& up = config_->upstream;
-  const bool poolable = up.reuse && state_ == State::kReady && !c_->tainted && c_->replies.owed() == 0 &&
-                        c_->replies.buffered().empty() && c_->socket.is_open() &&
-                        (up.reuse_max_messages == 0 || c_->messages < up.reuse_max_messages);
-  if (!poolable) co_return co_await quit();
+  return up.reuse && state_ == State::kReady && !c_->tainted && c_->replies.owed() == 0 &&
+         c_->replies.buffered().empty() && c_->socket.is_open() &&
+         (up.reuse_max_messages == 0 || c_->messages < up.reuse_max_messages);
+}
+
+void SmtpUpstream::park_or_close(std::string_view why) {
+  if (!poolable()) {
+    close(why);
+    return;
+  }
   state_ = State::kClosed;
   release_buffers();
   const auto executor = c_->socket.get_executor();

@@ -2,6 +2,8 @@
 // the first accepted MAIL (or taken from this thread's pool of idle ones,
 // proxy/upstream_pool.h), kept for the session's later messages, and at the
 // session's end parked in the pool when its last transaction ended cleanly.
+// A pooled connection may be identified for the client ahead of its first
+// MAIL, in the background, once its HELO/EHLO is answered (prepare()).
 #pragma once
 
 #include <asio/ip/tcp.hpp>
@@ -21,6 +23,10 @@ class SmtpUpstream final : public Upstream {
  public:
   SmtpUpstream(const asio::any_io_executor& executor, std::shared_ptr<const Config> config,
                const SessionFacts& client);
+  // A preparation still running is left to finish on its own (orphaned).
+  ~SmtpUpstream() override;
+  SmtpUpstream(const SmtpUpstream&) = delete;
+  SmtpUpstream& operator=(const SmtpUpstream&) = delete;
 
   asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
                                       const std::vector<EsmtpParam>& params, bool hold) override;
@@ -37,11 +43,36 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<void> release() override;
   bool offers(std::string_view keyword) const override;
   void release_buffers() override;
+  // Takes an idle connection from this thread's pool, if one waits, and
+  // starts identifying it for the client (RSET, XCLIENT, EHLO) in a
+  // coroutine of its own; the next operation takes it over (settle()).
+  void prepare() override;
   // Opens the connection without announcing a client (no XCLIENT): a probe.
   asio::awaitable<bool> probe() { co_return co_await open(false); }
 
  private:
   enum class State { kClosed, kReady, kMailHeld, kInTransaction };
+
+  // A pooled connection being identified in the background (prepare()):
+  // its own SmtpUpstream over a copy of the client's identity, shared with
+  // the coroutine that runs it, so that neither the session nor this object
+  // need outlive it. Defined in smtp_upstream.cpp.
+  struct Preparation;
+  static asio::awaitable<void> run_preparation(std::shared_ptr<Preparation> p);
+  // Every operation starts here: waits for a preparation under way, then
+  // takes its connection when it announced the client as the client is now;
+  // else the connection goes back to the pool, and open() identifies anew.
+  asio::awaitable<void> settle();
+  void adopt();
+  // The session ends (or starts TLS) before it used the preparation: a
+  // finished one's connection goes back to the pool, a running one parks it
+  // itself once done.
+  void abandon_preparation();
+  // No transaction open, nothing owed or buffered, no AUTH, no refusal,
+  // fewer messages than the limit: the connection may serve another client.
+  bool poolable() const;
+  // Parks the connection in the pool when poolable(), else closes it.
+  void park_or_close(std::string_view why);
 
   asio::awaitable<bool> open(bool identify_client = true);
   // Takes idle connections from this thread's pool until one serves the
@@ -119,6 +150,7 @@ class SmtpUpstream final : public Upstream {
   UpstreamReply held_reply_;  // its reply, read by the rcpt() that carried it
   std::chrono::steady_clock::time_point mail_sent_;  // when the last MAIL (with its RCPT) was written
   std::optional<UpstreamReply> failure_;  // why the last open() failed, when the MTA said so
+  std::shared_ptr<Preparation> preparation_;  // not taken over yet
 };
 
 }  // namespace postern
