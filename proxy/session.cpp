@@ -55,14 +55,23 @@ std::string clean_helo(std::string_view helo) {
 
 }  // namespace
 
-Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
-                 const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
+std::string local_text(const asio::ip::tcp::endpoint& local) {
+  std::string text = address_text(local.address());
+  text += ':';
+  text += std::to_string(local.port());
+  return text;
+}
+
+Session::Session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer,
+                 std::shared_ptr<const Config> config, std::shared_ptr<const ListenerInfo> listener,
+                 std::shared_ptr<asio::ssl::context> tls_context,
                  std::shared_ptr<const FilterChain> chain, std::shared_ptr<const FilterChain> submission_chain,
                  std::shared_ptr<const UpstreamCapabilities> caps,
                  SessionRegistry& registry)
     : conn_(std::move(socket)),
       config_(std::move(config)),
-      listener_(listener),
+      listener_info_(std::move(listener)),
+      listener_(listener_info_->config),
       tls_context_(std::move(tls_context)),
       registry_(registry),
       chain_(std::move(chain)),
@@ -72,15 +81,19 @@ Session::Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> con
       started_(std::chrono::steady_clock::now()),
       decoder_({config_->limits.message_size, config_->limits.text_line, config_->data.bare_line_ending}),
       spool_(config_->data.spool_memory, config_->data.spool_dir) {
-  std::error_code ec;
-  auto peer = conn_.socket().remote_endpoint(ec);
-  if (!ec) {
-    facts_.client_ip = unmap_v4(peer.address()).to_string();
-    facts_.client_port = peer.port();
-  }
+  // Both ends without a getpeername/getsockname each (issue 23: a
+  // connection's own cost): the peer as accept() gave it, the local end the
+  // listener's unless it is bound to a wildcard address.
+  facts_.client_ip = address_text(unmap_v4(peer.address()));
+  facts_.client_port = peer.port();
   facts_.id = id_;
-  auto local = conn_.socket().local_endpoint(ec);
-  if (!ec) facts_.listener = fmt::format("{}:{}", local.address().to_string(), local.port());
+  if (!listener_info_->local.empty()) {
+    facts_.listener = listener_info_->local;
+  } else {
+    std::error_code ec;
+    auto local = conn_.socket().local_endpoint(ec);
+    if (!ec) facts_.listener = local_text(local);
+  }
   registry_.sessions.insert(this);
 }
 

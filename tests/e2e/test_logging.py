@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import stat
 
 import pytest
@@ -260,3 +261,33 @@ def test_journald_output_sends_one_field_per_key(sink, tmp_path):
             os.unlink(JOURNAL_SOCKET)
             for d in reversed(made_dirs):
                 os.rmdir(d)
+
+
+@pytest.mark.parametrize("listen,host", [("127.0.0.1:0", "127.0.0.1"), ("0.0.0.0:0", "127.0.0.1"),
+                                         ("0.0.0.0:0", "127.0.0.3"), ("[::1]:0", "::1"), ("[::]:0", "::1"),
+                                         ("[::]:0", "127.0.0.1")])
+def test_session_start_names_both_ends_of_the_connection(sink, postern, listen, host):
+    """session-start's client is the peer accept() reported, its listener the
+    connection's local end: the listener's address when it is bound to one,
+    the address the client reached when it is bound to a wildcard (issue 23
+    takes both without a getpeername/getsockname per session). A dual-stack
+    listener reached over IPv4 names its end as the socket does
+    (::ffff:127.0.0.1), the client unmapped."""
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        p = postern.start(upstream=sink.address, listen=(listen,))
+    except AssertionError:
+        if listen.startswith("["):
+            pytest.skip("IPv6 loopback unavailable")
+        raise
+    c = SmtpClient(p.port, host=host)
+    client_ip, client_port = c.sock.getsockname()[:2]
+    local_ip, local_port = c.sock.getpeername()[:2]
+    c.cmd("QUIT")
+    c.close()
+    start = p.wait_for_log("session-start")
+    if listen.startswith("[::]") and ":" not in host:
+        local_ip = "::ffff:" + local_ip
+    assert start.get("client") == f"{client_ip}:{client_port}", start.raw
+    assert start.get("listener") == f"{local_ip}:{local_port}", start.raw
