@@ -7,7 +7,9 @@ import json
 import os
 import signal
 import socket
+import re
 import stat
+import time
 
 import pytest
 
@@ -291,3 +293,24 @@ def test_session_start_names_both_ends_of_the_connection(sink, postern, listen, 
         local_ip = "::ffff:" + local_ip
     assert start.get("client") == f"{client_ip}:{client_port}", start.raw
     assert start.get("listener") == f"{local_ip}:{local_port}", start.raw
+
+
+def test_session_ids_are_the_start_time_then_a_counter_in_hex(sink, postern):
+    """A session id is 14 upper-case hex digits: postern's start time (8),
+    then a per-process counter (6), so consecutive sessions differ in the last
+    digits only and sort in accept order."""
+    started = int(time.time())
+    p = postern.start(upstream=sink.address)
+    for _ in range(3):
+        c = SmtpClient(p.port)
+        c.cmd("QUIT")
+        c.close()
+    ids = [l.get("session") for l in p.wait_for_log("session-end", count=3)]
+    starts = sorted(l.get("session") for l in p.events("session-start"))
+    assert sorted(ids) == starts, (ids, starts)
+    for sid in ids:
+        assert re.fullmatch(r"[0-9A-F]{14}", sid), sid
+        assert sid[:8] == ids[0][:8]
+        assert abs(int(sid[:8], 16) - started) <= 60, sid
+    counters = sorted(int(sid[8:], 16) for sid in ids)
+    assert counters == list(range(counters[0], counters[0] + 3)), ids
