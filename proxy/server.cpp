@@ -147,13 +147,25 @@ struct Server::Impl {
     if (!bound_ec && !bound.address().is_unspecified()) info->local = local_text(bound);
     const std::shared_ptr<const ListenerInfo> shared = std::move(info);
     asio::ip::tcp::endpoint peer;  // filled by accept(): no getpeername per session
+    // The listening socket has TCP_NODELAY (run()); Linux hands it on to
+    // every accepted socket. Checked on the first one: when it holds, no
+    // setsockopt per session, else each session sets it as before.
+    bool no_delay_checked = false;
+    bool no_delay_inherited = false;
     for (;;) {
       Worker& worker = *workers[next_worker++ % workers.size()];
       std::tuple<std::error_code, asio::ip::tcp::socket> accepted =
           co_await acceptor.async_accept(worker.context, peer, use_nothrow);
       const std::error_code ec = std::get<0>(accepted);
       if (!ec) {
-        start_session(worker, shared, peer, std::move(std::get<1>(accepted)));
+        if (!no_delay_checked) {
+          no_delay_checked = true;
+          asio::ip::tcp::no_delay option;
+          std::error_code option_ec;
+          std::get<1>(accepted).get_option(option, option_ec);
+          no_delay_inherited = !option_ec && option.value();
+        }
+        start_session(worker, shared, peer, no_delay_inherited, std::move(std::get<1>(accepted)));
         continue;
       }
       if (draining || ec == asio::error::operation_aborted) co_return;
@@ -177,12 +189,12 @@ struct Server::Impl {
   // coroutine's frame is captured by reference into work that runs on
   // another thread or later.
   void start_session(Worker& worker, const std::shared_ptr<const ListenerInfo>& listener,
-                     const asio::ip::tcp::endpoint& peer, asio::ip::tcp::socket socket) {
+                     const asio::ip::tcp::endpoint& peer, bool no_delay_set, asio::ip::tcp::socket socket) {
     ++open_sessions;
     ++sessions_accepted;
-    auto run = [this, &worker, listener = listener, peer = peer,
+    auto run = [this, &worker, listener = listener, peer = peer, no_delay_set,
                 socket = std::move(socket)]() mutable -> asio::awaitable<void> {
-      auto session = std::make_shared<Session>(std::move(socket), peer, snapshot(), std::move(listener), tls_snapshot(),
+      auto session = std::make_shared<Session>(std::move(socket), peer, no_delay_set, snapshot(), std::move(listener), tls_snapshot(),
                                                worker.chain, worker.submission_chain, capabilities,
                                                worker.registry);
       co_await session->run();
@@ -467,6 +479,10 @@ int Server::run() {
     std::error_code ec;
     acceptor->open(endpoint.protocol(), ec);
     if (!ec) acceptor->set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
+    if (!ec) {
+      std::error_code ignored;  // without it, each session sets TCP_NODELAY itself (accept_loop)
+      acceptor->set_option(asio::ip::tcp::no_delay(true), ignored);
+    }
     if (!ec) acceptor->bind(endpoint, ec);
     if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {

@@ -69,13 +69,13 @@ std::string local_text(const asio::ip::tcp::endpoint& local) {
   return text;
 }
 
-Session::Session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer,
+Session::Session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer, bool no_delay_set,
                  std::shared_ptr<const Config> config, std::shared_ptr<const ListenerInfo> listener,
                  std::shared_ptr<asio::ssl::context> tls_context,
                  std::shared_ptr<const FilterChain> chain, std::shared_ptr<const FilterChain> submission_chain,
                  std::shared_ptr<const UpstreamCapabilities> caps,
                  SessionRegistry& registry)
-    : conn_(std::move(socket)),
+    : conn_(std::move(socket), no_delay_set),
       config_(std::move(config)),
       listener_info_(std::move(listener)),
       listener_(listener_info_->config),

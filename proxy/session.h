@@ -58,8 +58,10 @@ std::string local_text(const asio::ip::tcp::endpoint& local);
 
 class Session {
  public:
-  // `peer`: the client's end, as accept() gave it.
-  Session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer, std::shared_ptr<const Config> config,
+  // `peer`: the client's end, as accept() gave it; `no_delay_set`: the
+  // socket has TCP_NODELAY from its listening socket (proxy/server.cpp).
+  Session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer, bool no_delay_set,
+          std::shared_ptr<const Config> config,
           std::shared_ptr<const ListenerInfo> listener, std::shared_ptr<asio::ssl::context> tls_context,
           std::shared_ptr<const FilterChain> chain, std::shared_ptr<const FilterChain> submission_chain,
           std::shared_ptr<const UpstreamCapabilities> caps,

@@ -10,6 +10,9 @@
 #include <clocale>
 #include <string>
 
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+
 #include "filters/dns/reverse_name.h"
 #include "filters/io/write_all.h"
 #include "filters/net/ip_address.h"
@@ -170,4 +173,27 @@ TEST_CASE("write_all writes every octet and reports a failed write", "[io]") {
   errno = 0;
   CHECK_FALSE(write_all(-1, "x"));
   CHECK(errno == EBADF);
+}
+
+// proxy/server.cpp sets TCP_NODELAY on each listening socket and spends no
+// setsockopt per accepted one when the first accepted socket shows it: what
+// Linux does. (A kernel that did not would cost one setsockopt a session, not
+// Nagle's delays: the check falls back.)
+TEST_CASE("an accepted socket has TCP_NODELAY when its listening socket has it", "[net]") {
+  for (bool on : {true, false}) {
+    asio::io_context io;
+    asio::ip::tcp::acceptor acceptor(io);
+    acceptor.open(asio::ip::tcp::v4());
+    acceptor.set_option(asio::ip::tcp::no_delay(on));
+    acceptor.bind({asio::ip::make_address("127.0.0.1"), 0});
+    acceptor.listen();
+    asio::ip::tcp::socket client(io);
+    client.connect(acceptor.local_endpoint());
+    asio::ip::tcp::endpoint peer;
+    asio::ip::tcp::socket accepted = acceptor.accept(peer);
+    asio::ip::tcp::no_delay option;
+    accepted.get_option(option);
+    CHECK(option.value() == on);
+    CHECK(peer == client.local_endpoint());  // the peer accept() reports, as getpeername would
+  }
 }
