@@ -160,10 +160,7 @@ struct Server::Impl {
       if (!ec) {
         if (!no_delay_checked) {
           no_delay_checked = true;
-          asio::ip::tcp::no_delay option;
-          std::error_code option_ec;
-          std::get<1>(accepted).get_option(option, option_ec);
-          no_delay_inherited = !option_ec && option.value();
+          no_delay_inherited = has_no_delay(std::get<1>(accepted));
         }
         start_session(worker, shared, peer, no_delay_inherited, std::move(std::get<1>(accepted)));
         continue;
@@ -172,6 +169,14 @@ struct Server::Impl {
       log::warning("accept-error").kv("error", ec.message());
       co_await back_off(acceptor);  // EMFILE and friends: wait instead of spinning
     }
+  }
+
+  // Whether `socket` has TCP_NODELAY (out of accept_loop's body, as below).
+  static bool has_no_delay(asio::ip::tcp::socket& socket) {
+    asio::ip::tcp::no_delay option;
+    std::error_code ec;
+    socket.get_option(option, ec);
+    return !ec && option.value();
   }
 
   // Kept out of accept_loop's body, as the session's lambda below: locals and
