@@ -19,13 +19,13 @@ namespace {
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 }  // namespace
 
-ClientConnection::ClientConnection(asio::ip::tcp::socket socket)
+ClientConnection::ClientConnection(asio::ip::tcp::socket socket, bool no_delay_set)
     : socket_(std::move(socket)), watchdog_(socket_.get_executor(), [this] {
         std::error_code ignored;
         socket_.cancel(ignored);
       }) {
   std::error_code ec;
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  if (!no_delay_set) socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   socket_.non_blocking(true, ec);  // read_ready returns would_block, never waits
 }
 

@@ -23,7 +23,9 @@ namespace postern {
 
 class ClientConnection {
  public:
-  explicit ClientConnection(asio::ip::tcp::socket socket);
+  // `no_delay_set`: the socket has TCP_NODELAY already (inherited from its
+  // listening socket), so no setsockopt is spent on it.
+  explicit ClientConnection(asio::ip::tcp::socket socket, bool no_delay_set = false);
   ~ClientConnection();
   ClientConnection(const ClientConnection&) = delete;
   ClientConnection& operator=(const ClientConnection&) = delete;

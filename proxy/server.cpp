@@ -140,19 +140,43 @@ struct Server::Impl {
   }
 
   asio::awaitable<void> accept_loop(asio::ip::tcp::acceptor& acceptor, Config::Listener listener) {
+    // Made once: every session of this listener shares it (issue 23).
+    auto info = std::make_shared<ListenerInfo>(ListenerInfo{std::move(listener), {}});
+    std::error_code bound_ec;
+    const asio::ip::tcp::endpoint bound = acceptor.local_endpoint(bound_ec);
+    if (!bound_ec && !bound.address().is_unspecified()) info->local = local_text(bound);
+    const std::shared_ptr<const ListenerInfo> shared = std::move(info);
+    asio::ip::tcp::endpoint peer;  // filled by accept(): no getpeername per session
+    // The listening socket has TCP_NODELAY (run()); Linux hands it on to
+    // every accepted socket. Checked on the first one: when it holds, no
+    // setsockopt per session, else each session sets it as before.
+    bool no_delay_checked = false;
+    bool no_delay_inherited = false;
     for (;;) {
       Worker& worker = *workers[next_worker++ % workers.size()];
       std::tuple<std::error_code, asio::ip::tcp::socket> accepted =
-          co_await acceptor.async_accept(worker.context, use_nothrow);
+          co_await acceptor.async_accept(worker.context, peer, use_nothrow);
       const std::error_code ec = std::get<0>(accepted);
       if (!ec) {
-        start_session(worker, listener, std::move(std::get<1>(accepted)));
+        if (!no_delay_checked) {
+          no_delay_checked = true;
+          no_delay_inherited = has_no_delay(std::get<1>(accepted));
+        }
+        start_session(worker, shared, peer, no_delay_inherited, std::move(std::get<1>(accepted)));
         continue;
       }
       if (draining || ec == asio::error::operation_aborted) co_return;
       log::warning("accept-error").kv("error", ec.message());
       co_await back_off(acceptor);  // EMFILE and friends: wait instead of spinning
     }
+  }
+
+  // Whether `socket` has TCP_NODELAY (out of accept_loop's body, as below).
+  static bool has_no_delay(asio::ip::tcp::socket& socket) {
+    asio::ip::tcp::no_delay option;
+    std::error_code ec;
+    socket.get_option(option, ec);
+    return !ec && option.value();
   }
 
   // Kept out of accept_loop's body, as the session's lambda below: locals and
@@ -163,16 +187,19 @@ struct Server::Impl {
   }
 
   // One session's coroutine on its worker: built on the worker's thread, as
-  // the chain (and its Lua state) is that thread's. The lambda owns a copy of
-  // the listener: `listener` lives in accept_loop's frame, which SIGTERM ends
-  // while the session may not have started yet on its own thread (a
-  // use-after-free, issue 18). Nothing from a coroutine's frame is captured
-  // by reference into work that runs on another thread or later.
-  void start_session(Worker& worker, const Config::Listener& listener, asio::ip::tcp::socket socket) {
+  // the chain (and its Lua state) is that thread's. The lambda owns a
+  // reference to the listener's info and a copy of the peer: accept_loop's
+  // frame, which SIGTERM ends while the session may not have started yet on
+  // its own thread, holds them (a use-after-free, issue 18). Nothing from a
+  // coroutine's frame is captured by reference into work that runs on
+  // another thread or later.
+  void start_session(Worker& worker, const std::shared_ptr<const ListenerInfo>& listener,
+                     const asio::ip::tcp::endpoint& peer, bool no_delay_set, asio::ip::tcp::socket socket) {
     ++open_sessions;
     ++sessions_accepted;
-    auto run = [this, &worker, listener = listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
-      auto session = std::make_shared<Session>(std::move(socket), snapshot(), listener, tls_snapshot(),
+    auto run = [this, &worker, listener = listener, peer = peer, no_delay_set,
+                socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+      auto session = std::make_shared<Session>(std::move(socket), peer, no_delay_set, snapshot(), std::move(listener), tls_snapshot(),
                                                worker.chain, worker.submission_chain, capabilities,
                                                worker.registry);
       co_await session->run();
@@ -457,6 +484,10 @@ int Server::run() {
     std::error_code ec;
     acceptor->open(endpoint.protocol(), ec);
     if (!ec) acceptor->set_option(asio::ip::tcp::acceptor::reuse_address(true), ec);
+    if (!ec) {
+      std::error_code ignored;  // without it, each session sets TCP_NODELAY itself (accept_loop)
+      acceptor->set_option(asio::ip::tcp::no_delay(true), ignored);
+    }
     if (!ec) acceptor->bind(endpoint, ec);
     if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {

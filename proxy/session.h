@@ -44,10 +44,25 @@ struct SessionRegistry {
   void drain();
 };
 
+// What the sessions accepted on one listener share, made once when its
+// accept loop starts (proxy/server.cpp) rather than once per connection.
+struct ListenerInfo {
+  Config::Listener config;
+  // "address:port" of the bound socket, the session's local end; empty when
+  // it is bound to a wildcard address (0.0.0.0, ::): each session asks then.
+  std::string local;
+};
+
+// "address:port" of a session's local end, as facts.listener reports it.
+std::string local_text(const asio::ip::tcp::endpoint& local);
+
 class Session {
  public:
-  Session(asio::ip::tcp::socket socket, std::shared_ptr<const Config> config,
-          const Config::Listener& listener, std::shared_ptr<asio::ssl::context> tls_context,
+  // `peer`: the client's end, as accept() gave it; `no_delay_set`: the
+  // socket has TCP_NODELAY from its listening socket (proxy/server.cpp).
+  Session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer, bool no_delay_set,
+          std::shared_ptr<const Config> config,
+          std::shared_ptr<const ListenerInfo> listener, std::shared_ptr<asio::ssl::context> tls_context,
           std::shared_ptr<const FilterChain> chain, std::shared_ptr<const FilterChain> submission_chain,
           std::shared_ptr<const UpstreamCapabilities> caps,
           SessionRegistry& registry);
@@ -136,7 +151,8 @@ class Session {
 
   ClientConnection conn_;  // the socket, TLS, the PROXY header: the read and write side
   std::shared_ptr<const Config> config_;
-  Config::Listener listener_;
+  std::shared_ptr<const ListenerInfo> listener_info_;
+  const Config::Listener& listener_;  // listener_info_->config
   std::shared_ptr<asio::ssl::context> tls_context_;  // null: no TLS on this listener
   SessionRegistry& registry_;
   std::shared_ptr<const FilterChain> chain_;

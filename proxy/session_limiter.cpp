@@ -65,6 +65,27 @@ bool same_prefix(const unsigned char* a, const unsigned char* b, std::size_t bit
   const auto mask = static_cast<unsigned char>(0xff << (8 - bits % 8));
   return (a[whole] & mask) == (b[whole] & mask);
 }
+
+// The key `address`'s network is counted under: the family, the prefix and
+// the masked octets in binary, which group addresses as network_of()'s text
+// does without formatting it (once per session: issue 23); the text itself,
+// marked, when it is no address.
+std::string network_key(std::string_view address, std::size_t prefix_v4, std::size_t prefix_v6) {
+  int family = 0;
+  unsigned char octets[16] = {};
+  if (!parse_address(address, family, octets)) return "t" + std::string(address);
+  const std::size_t bytes = family == AF_INET ? 4 : 16;
+  const std::size_t prefix = std::min(family == AF_INET ? prefix_v4 : prefix_v6, bytes * 8);
+  for (std::size_t i = 0; i < bytes; ++i) {
+    std::size_t keep = prefix > i * 8 ? std::min<std::size_t>(8, prefix - i * 8) : 0;
+    octets[i] &= static_cast<unsigned char>(keep == 0 ? 0 : 0xff << (8 - keep));
+  }
+  std::string key(2 + bytes, '\0');
+  key[0] = family == AF_INET ? '4' : '6';
+  key[1] = static_cast<char>(prefix);
+  std::memcpy(key.data() + 2, octets, bytes);
+  return key;
+}
 }  // namespace
 
 // The same answer as comparing network_of() of both with the network's
@@ -100,8 +121,11 @@ bool SessionLimiter::in_networks(std::string_view address, const std::vector<std
 
 SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Config::Limits& limits,
                                               Ticket& ticket, Scope scope) {
-  std::string network = network_of(address, limits.network_prefix_v4, limits.network_prefix_v6);
-  bool exempt = scope == Scope::kTotal || in_networks(address, limits.sessions_exempt);
+  const bool exempt = scope == Scope::kTotal || in_networks(address, limits.sessions_exempt);
+  // An exempt session counts in all only: its network is not needed.
+  std::string network = exempt ? std::string() : network_key(address, limits.network_prefix_v4,
+                                                             limits.network_prefix_v6);
+  std::string key = exempt ? std::string() : std::string(address);
   const bool total = scope != Scope::kClient;
   std::lock_guard lock(mutex_);
   if (total && limits.sessions && total_ >= limits.sessions) return Refusal::kTotal;
@@ -111,7 +135,7 @@ SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Co
     ticket.counts_total_ = total;
     return Refusal::kNone;
   }
-  auto a = by_address_.find(std::string(address));
+  auto a = by_address_.find(key);
   if (limits.sessions_per_ip && a != by_address_.end() && a->second >= limits.sessions_per_ip) {
     return Refusal::kAddress;
   }
@@ -120,11 +144,13 @@ SessionLimiter::Refusal SessionLimiter::admit(std::string_view address, const Co
     return Refusal::kNetwork;
   }
   if (total) ++total_;
-  ++by_address_[std::string(address)];
-  ++by_network_[network];
+  if (a == by_address_.end()) a = by_address_.emplace(key, 0).first;
+  ++a->second;
+  if (n == by_network_.end()) n = by_network_.emplace(network, 0).first;
+  ++n->second;
   ticket.owner_ = this;
   ticket.counts_total_ = total;
-  ticket.address_ = address;
+  ticket.address_ = std::move(key);
   ticket.network_ = std::move(network);
   return Refusal::kNone;
 }

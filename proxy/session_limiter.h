@@ -63,7 +63,7 @@ class SessionLimiter {
   mutable std::mutex mutex_;
   std::size_t total_ = 0;
   std::unordered_map<std::string, std::size_t> by_address_;
-  std::unordered_map<std::string, std::size_t> by_network_;
+  std::unordered_map<std::string, std::size_t> by_network_;  // keyed in binary (session_limiter.cpp network_key)
 };
 
 // The reply for a refusal (421 4.7.0 for address and network, 421 4.3.2 in all).

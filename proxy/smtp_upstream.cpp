@@ -201,6 +201,7 @@ void SmtpUpstream::close(std::string_view why) {
   c_->replies.reset();
   c_->capabilities.clear();
   c_->capability_args.clear();
+  c_->ehlo_reply.clear();
 }
 
 UpstreamReply SmtpUpstream::lost(std::string_view stage) {
@@ -488,8 +489,12 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
   const auto& up = config_->upstream;
   const auto& to = config_->timeouts;
   if (name.empty()) name = up.helo;
-  c_->capabilities.clear();
-  c_->capability_args.clear();
+  // What the last EHLO on this connection offered: a pooled connection's
+  // EHLO (after XCLIENT) repeats it word for word, and then keeps it instead
+  // of parsing it again (4,000 instructions a reused connection, issue 23).
+  std::string known_reply = std::exchange(c_->ehlo_reply, std::string());
+  std::vector<std::string> known = std::exchange(c_->capabilities, {});
+  std::vector<std::string> known_args = std::exchange(c_->capability_args, {});
   output_.assign("EHLO ").append(name).append("\r\n");
   // EHLO follows the greeting, XCLIENT's reply or the TLS handshake at once.
   UpstreamReply ehlo = co_await command(metrics::UpstreamCommand::kEhlo, output_, to.upstream_greeting, Follows::kReply);
@@ -501,7 +506,14 @@ asio::awaitable<bool> SmtpUpstream::ehlo(std::string name, bool pooled) {
     co_return false;
   }
   if (pooled && !ehlo.reply.positive()) co_return false;
+  if (ehlo.reply.positive() && !known_reply.empty() && ehlo.reply.text == known_reply) {
+    c_->capabilities = std::move(known);
+    c_->capability_args = std::move(known_args);
+    c_->ehlo_reply = std::move(known_reply);
+    co_return true;
+  }
   if (ehlo.reply.positive()) {
+    c_->ehlo_reply = ehlo.reply.text;
     // The first line is the greeting; each further line starts with a keyword.
     std::string_view text = ehlo.reply.text;
     std::size_t nl = text.find('\n');

@@ -43,6 +43,7 @@ struct UpstreamConnection {
   ReplyMatcher replies;
   std::vector<std::string> capabilities;     // EHLO keywords, upper case
   std::vector<std::string> capability_args;  // the rest of each EHLO line
+  std::string ehlo_reply;  // the EHLO reply both were read from; empty when none
   // Never handed to another client: AUTH was relayed over it, or the MTA
   // refused something (any 4xx/5xx), whatever the session did next.
   bool tainted = false;

@@ -6,7 +6,10 @@ import base64
 import json
 import os
 import signal
+import socket
+import re
 import stat
+import time
 
 import pytest
 
@@ -260,3 +263,54 @@ def test_journald_output_sends_one_field_per_key(sink, tmp_path):
             os.unlink(JOURNAL_SOCKET)
             for d in reversed(made_dirs):
                 os.rmdir(d)
+
+
+@pytest.mark.parametrize("listen,host", [("127.0.0.1:0", "127.0.0.1"), ("0.0.0.0:0", "127.0.0.1"),
+                                         ("0.0.0.0:0", "127.0.0.3"), ("[::1]:0", "::1"), ("[::]:0", "::1"),
+                                         ("[::]:0", "127.0.0.1")])
+def test_session_start_names_both_ends_of_the_connection(sink, postern, listen, host):
+    """session-start's client is the peer accept() reported, its listener the
+    connection's local end: the listener's address when it is bound to one,
+    the address the client reached when it is bound to a wildcard (issue 23
+    takes both without a getpeername/getsockname per session). A dual-stack
+    listener reached over IPv4 names its end as the socket does
+    (::ffff:127.0.0.1), the client unmapped."""
+    if ":" in host and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        p = postern.start(upstream=sink.address, listen=(listen,))
+    except AssertionError:
+        if listen.startswith("["):
+            pytest.skip("IPv6 loopback unavailable")
+        raise
+    c = SmtpClient(p.port, host=host)
+    client_ip, client_port = c.sock.getsockname()[:2]
+    local_ip, local_port = c.sock.getpeername()[:2]
+    c.cmd("QUIT")
+    c.close()
+    start = p.wait_for_log("session-start")
+    if listen.startswith("[::]") and ":" not in host:
+        local_ip = "::ffff:" + local_ip
+    assert start.get("client") == f"{client_ip}:{client_port}", start.raw
+    assert start.get("listener") == f"{local_ip}:{local_port}", start.raw
+
+
+def test_session_ids_are_the_start_time_then_a_counter_in_hex(sink, postern):
+    """A session id is 14 upper-case hex digits: postern's start time (8),
+    then a per-process counter (6), so consecutive sessions differ in the last
+    digits only and sort in accept order."""
+    started = int(time.time())
+    p = postern.start(upstream=sink.address)
+    for _ in range(3):
+        c = SmtpClient(p.port)
+        c.cmd("QUIT")
+        c.close()
+    ids = [l.get("session") for l in p.wait_for_log("session-end", count=3)]
+    starts = sorted(l.get("session") for l in p.events("session-start"))
+    assert sorted(ids) == starts, (ids, starts)
+    for sid in ids:
+        assert re.fullmatch(r"[0-9A-F]{14}", sid), sid
+        assert sid[:8] == ids[0][:8]
+        assert abs(int(sid[:8], 16) - started) <= 60, sid
+    counters = sorted(int(sid[8:], 16) for sid in ids)
+    assert counters == list(range(counters[0], counters[0] + 3)), ids

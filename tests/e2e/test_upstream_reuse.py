@@ -99,6 +99,42 @@ def test_each_client_reaches_the_mta_over_one_reused_connection(postern, make_si
     assert seq == ("EHLO XCLIENT EHLO MAIL DATA RSET XCLIENT EHLO MAIL DATA RSET XCLIENT EHLO MAIL DATA"), seq
 
 
+def test_reused_connection_follows_a_changed_ehlo_offer(postern, make_sink):
+    """The EHLO after XCLIENT on a reused connection is kept without being
+    parsed again only while the MTA's reply is the same word for word; a
+    changed offer is read, found different, and the connection left for a
+    new one (send_xclient). CHUNKING offered from the second client on: that
+    client's message goes over a new connection with BDAT, the third's over
+    the same one again, and withdrawn, the fourth's over another with DATA."""
+    sink = make_sink(xclient=True, chunking=False)
+    p = start(postern, sink)
+
+    def one(n, sessions):
+        send_one(p, n)
+        msg = sink.wait_messages(sessions)[-1]
+        wait_pooled(p, sink, msg.conn_id, sessions=sessions)
+        return msg
+
+    a = one(21, 1)
+    sink.chunking = True
+    b = one(22, 2)
+    b_again = one(23, 3)
+    sink.chunking = False
+    c = one(24, 4)
+    assert a.conn_id != b.conn_id and b_again.conn_id == b.conn_id, (a.conn_id, b.conn_id, b_again.conn_id)
+    assert c.conn_id not in (a.conn_id, b.conn_id), c.conn_id
+
+    def content_verbs(conn_id):
+        return " ".join(e[0] for e in sink.connection_events(conn_id) if e[0] in ("DATA", "BDAT"))
+
+    assert content_verbs(a.conn_id) == "DATA"
+    assert content_verbs(b.conn_id).split() == ["BDAT", "BDAT"]
+    assert content_verbs(c.conn_id) == "DATA"
+    for n, m in zip((21, 22, 23, 24), (a, b, b_again, c)):
+        assert m.xclient["ADDR"] == client_ip(n), m.xclient
+    assert discards(p, "reidentify") == 2
+
+
 def test_session_with_several_messages_then_reuse(postern, make_sink):
     sink = make_sink(xclient=True)
     p = start(postern, sink)

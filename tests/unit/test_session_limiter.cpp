@@ -50,6 +50,46 @@ TEST_CASE("admit enforces per-address, per-network and total limits, and release
   CHECK(limiter.open() == 0);
 }
 
+TEST_CASE("the per-network limit groups addresses exactly as network_of's text does") {
+  // Pairs of addresses: the same network under the prefixes, or not; every
+  // session's network key must group as network_of() compares.
+  struct Case {
+    const char* a;
+    const char* b;
+    std::size_t v4, v6;
+  };
+  const Case cases[] = {
+      {"192.0.2.1", "192.0.2.254", 24, 64},    {"192.0.2.1", "192.0.3.1", 24, 64},
+      {"192.0.2.1", "192.0.3.1", 23, 64},      {"192.0.2.1", "192.0.2.2", 32, 64},
+      {"192.0.2.1", "192.0.2.1", 32, 64},      {"10.1.2.3", "10.200.0.1", 8, 64},
+      {"10.1.2.3", "11.1.2.3", 8, 64},         {"10.1.2.3", "203.0.113.9", 0, 64},
+      {"10.1.2.3", "10.1.2.130", 25, 64},      {"10.1.2.3", "10.1.2.100", 25, 64},
+      {"2001:db8:1:2::1", "2001:db8:1:2:ffff::9", 24, 64}, {"2001:db8:1:2::1", "2001:db8:1:3::1", 24, 64},
+      {"2001:db8:1:2::1", "2001:db8:1:3::1", 24, 48},      {"2001:db8::1", "2001:db8::1", 24, 128},
+      {"2001:db8::1", "2001:db8::2", 24, 128},   {"::1", "::2", 24, 120},
+      {"0.0.0.1", "::1", 0, 0},                  // families never share a network
+      {"192.0.2.1", "::ffff:192.0.2.1", 24, 64},  // a mapped text stays IPv6 here
+      {"not-an-ip", "not-an-ip", 24, 64},        {"not-an-ip", "not-an-ip2", 24, 64},
+      {"not-an-ip", "192.0.2.1", 24, 64},
+  };
+  for (const Case& c : cases) {
+    SessionLimiter limiter;
+    Config::Limits limits;
+    limits.sessions_exempt.clear();
+    limits.sessions = 0;
+    limits.sessions_per_ip = 0;
+    limits.sessions_per_network = 1;
+    limits.network_prefix_v4 = c.v4;
+    limits.network_prefix_v6 = c.v6;
+    const bool same = SessionLimiter::network_of(c.a, c.v4, c.v6) == SessionLimiter::network_of(c.b, c.v4, c.v6);
+    SessionLimiter::Ticket first, second;
+    INFO(c.a << " " << c.b << " /" << c.v4 << " /" << c.v6);
+    REQUIRE(limiter.admit(c.a, limits, first) == SessionLimiter::Refusal::kNone);
+    CHECK(limiter.admit(c.b, limits, second) ==
+          (same ? SessionLimiter::Refusal::kNetwork : SessionLimiter::Refusal::kNone));
+  }
+}
+
 TEST_CASE("exempt networks count in all only") {
   SessionLimiter limiter;
   Config::Limits limits;
