@@ -20,22 +20,13 @@ import time
 
 import pytest
 
-from harness import (SCALE, SmtpClient, data_payload, free_port, listener_ports, make_cert, make_message,
+from harness import (SCALE, SmtpClient, free_port, listener_ports, make_cert, make_message,
                      wait_until, write_config)
-from prometheus import scrape
-
-ONE_THREAD = {"server.threads": 1}
-
+from test_upstream_reuse import client_ip as ip, counters, discards, start as reuse_start
 
 def start(postern, sink, **sets):
-    metrics_port = free_port()
-    all_sets = dict(ONE_THREAD)
-    all_sets["metrics.address"] = f'"127.0.0.1:{metrics_port}"'
-    all_sets["log.level"] = '"debug"'
-    all_sets.update(sets)
-    p = postern.start(upstream=sink.address, sets=all_sets)
-    p.metrics_port = metrics_port
-    return p
+    """test_upstream_reuse's postern (one thread, metrics), logging at debug."""
+    return reuse_start(postern, sink, **{"log.level": '"debug"', **sets})
 
 
 def start_starttls(postern, sink, tmp_path, auth=False):
@@ -52,20 +43,6 @@ def start_starttls(postern, sink, tmp_path, auth=False):
     p.metrics_port = metrics_port
     (p.port,) = listener_ports(p)
     return p
-
-
-def counters(p):
-    m = scrape(p.metrics_port)
-    return (m.value("postern_upstream_connections_total"),
-            m.value("postern_upstream_connections_reused_total"))
-
-
-def discards(p, reason):
-    return scrape(p.metrics_port).value("postern_upstream_pool_discards_total", reason=reason)
-
-
-def ip(n):
-    return f"127.0.0.{n}"
 
 
 def send_one(p, n, helo=None):
