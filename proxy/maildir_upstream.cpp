@@ -17,6 +17,7 @@
 #include "proxy/log.h"
 #include "proxy/replies.h"
 #include "proxy/smtp_upstream.h"
+#include "proxy/upstream_pool.h"
 
 namespace postern {
 namespace {
@@ -123,6 +124,11 @@ std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,
     return std::make_unique<MaildirUpstream>(std::move(config));
   }
   return std::make_unique<SmtpUpstream>(executor, std::move(config), client);
+}
+
+bool upstream_idle_waiting(const asio::any_io_executor& executor, const Config& config) {
+  return config.upstream.kind != Config::Upstream::Kind::kMaildir && config.upstream.reuse &&
+         UpstreamPool::of(executor).size() > 0;
 }
 
 }  // namespace postern

@@ -569,7 +569,9 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
   phase_ = Phase::kGreeted;
   // Who the client is, is known now: an idle upstream connection is told so
   // while the client sends its next command, not after its MAIL (issue 23).
-  if (config_->upstream.reuse) upstream().prepare();
+  // Made here only when an idle connection waits: 10,000 greeted sessions
+  // that send nothing hold no upstream objects (bench/idle).
+  if (upstream_ || upstream_idle_waiting(conn_.executor(), *config_)) upstream().prepare();
   const std::string& host = config_->server.hostname;
   if (!facts_.esmtp) {
     queue_reply(250, host);

@@ -103,4 +103,9 @@ std::unique_ptr<Upstream> make_upstream(const asio::any_io_executor& executor,
                                         std::shared_ptr<const Config> config,
                                         const SessionFacts& client);
 
+// Whether an idle MTA connection waits in this thread's pool (upstream.reuse):
+// only then is a session's upstream made ahead of its MAIL (prepare()), so
+// that a greeted session that sends no mail costs no upstream object.
+bool upstream_idle_waiting(const asio::any_io_executor& executor, const Config& config);
+
 }  // namespace postern
