@@ -189,8 +189,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   w.io.restart();
   if (connect_ec || accept_ec) return 0;
   {
-    auto session = std::make_shared<postern::Session>(std::move(server), config, listener, nullptr, w.chain,
-                                                      w.chain, w.caps, w.registry);
+    // As proxy/server.cpp makes one: the peer from accept, the listener's
+    // local end asked per session (its text left empty), TCP_NODELAY not set.
+    std::error_code peer_ec;
+    const asio::ip::tcp::endpoint peer = server.remote_endpoint(peer_ec);
+    if (peer_ec) return 0;
+    auto info = std::make_shared<const postern::ListenerInfo>(postern::ListenerInfo{listener, {}});
+    auto session = std::make_shared<postern::Session>(std::move(server), peer, false, config, std::move(info), nullptr,
+                                                      w.chain, w.chain, w.caps, w.registry);
     postern::fuzz::spawn_session(w.io, std::move(session));
   }
   client.write();
