@@ -20,25 +20,6 @@ SessionLimiter& SessionLimiter::instance() {
   return limiter;
 }
 
-std::string SessionLimiter::network_of(std::string_view address, std::size_t prefix_v4, std::size_t prefix_v6) {
-  std::string text(address);
-  unsigned char buf[16] = {};
-  int family = AF_INET;
-  std::size_t bytes = 4, prefix = prefix_v4;
-  if (inet_pton(AF_INET, text.c_str(), buf) != 1) {
-    if (inet_pton(AF_INET6, text.c_str(), buf) != 1) return text;
-    family = AF_INET6, bytes = 16, prefix = prefix_v6;
-  }
-  prefix = std::min(prefix, bytes * 8);
-  for (std::size_t i = 0; i < bytes; ++i) {
-    std::size_t keep = prefix > i * 8 ? std::min<std::size_t>(8, prefix - i * 8) : 0;
-    buf[i] &= static_cast<unsigned char>(keep == 0 ? 0 : 0xff << (8 - keep));
-  }
-  char out[INET6_ADDRSTRLEN] = {};
-  inet_ntop(family, buf, out, sizeof out);
-  return fmt::format("{}/{}", out, prefix);
-}
-
 namespace {
 // `text` as an address: its family and octets (4 or 16); false when it is none.
 bool parse_address(std::string_view text, int& family, unsigned char (&octets)[16]) {
@@ -66,6 +47,17 @@ bool same_prefix(const unsigned char* a, const unsigned char* b, std::size_t bit
   return (a[whole] & mask) == (b[whole] & mask);
 }
 
+// `octets` (4 or 16 of `family`) masked to the family's prefix; the prefix used.
+std::size_t mask_to_prefix(int family, unsigned char (&octets)[16], std::size_t prefix_v4, std::size_t prefix_v6) {
+  const std::size_t bytes = family == AF_INET ? 4 : 16;
+  const std::size_t prefix = std::min(family == AF_INET ? prefix_v4 : prefix_v6, bytes * 8);
+  for (std::size_t i = 0; i < bytes; ++i) {
+    std::size_t keep = prefix > i * 8 ? std::min<std::size_t>(8, prefix - i * 8) : 0;
+    octets[i] &= static_cast<unsigned char>(keep == 0 ? 0 : 0xff << (8 - keep));
+  }
+  return prefix;
+}
+
 // The key `address`'s network is counted under: the family, the prefix and
 // the masked octets in binary, which group addresses as network_of()'s text
 // does without formatting it (once per session: issue 23); the text itself,
@@ -75,11 +67,7 @@ std::string network_key(std::string_view address, std::size_t prefix_v4, std::si
   unsigned char octets[16] = {};
   if (!parse_address(address, family, octets)) return "t" + std::string(address);
   const std::size_t bytes = family == AF_INET ? 4 : 16;
-  const std::size_t prefix = std::min(family == AF_INET ? prefix_v4 : prefix_v6, bytes * 8);
-  for (std::size_t i = 0; i < bytes; ++i) {
-    std::size_t keep = prefix > i * 8 ? std::min<std::size_t>(8, prefix - i * 8) : 0;
-    octets[i] &= static_cast<unsigned char>(keep == 0 ? 0 : 0xff << (8 - keep));
-  }
+  const std::size_t prefix = mask_to_prefix(family, octets, prefix_v4, prefix_v6);
   std::string key(2 + bytes, '\0');
   key[0] = family == AF_INET ? '4' : '6';
   key[1] = static_cast<char>(prefix);
@@ -87,6 +75,16 @@ std::string network_key(std::string_view address, std::size_t prefix_v4, std::si
   return key;
 }
 }  // namespace
+
+std::string SessionLimiter::network_of(std::string_view address, std::size_t prefix_v4, std::size_t prefix_v6) {
+  int family = 0;
+  unsigned char octets[16] = {};
+  if (!parse_address(address, family, octets)) return std::string(address);
+  const std::size_t prefix = mask_to_prefix(family, octets, prefix_v4, prefix_v6);
+  char out[INET6_ADDRSTRLEN] = {};
+  inet_ntop(family, octets, out, sizeof out);
+  return fmt::format("{}/{}", out, prefix);
+}
 
 // The same answer as comparing network_of() of both with the network's
 // prefix, without formatting either (once per session at accept, for each
