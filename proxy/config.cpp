@@ -670,7 +670,7 @@ void parse_upstream(Checker& check, const toml::table& root, Config& config) {
   if (upstream) {
     check.check_keys(*upstream, "upstream", {"target", "helo", "client_identity", "tls", "ca_file", "tls_name",
                                              "probe_interval", "reuse", "reuse_pool_size", "reuse_idle_timeout",
-                                             "reuse_max_messages", "chunking"});
+                                             "reuse_max_messages", "chunking", "early_data"});
   }
   check.get_enum<Config::Upstream::Tls>(upstream, "upstream", "tls",
                                         {{"none", Config::Upstream::Tls::kNone},
@@ -690,6 +690,7 @@ void parse_upstream(Checker& check, const toml::table& root, Config& config) {
   check.get_seconds(upstream, "upstream", "reuse_idle_timeout", 0.1, 3600, config.upstream.reuse_idle_timeout);
   check.get_size(upstream, "upstream", "reuse_max_messages", 0, 1000000, config.upstream.reuse_max_messages);
   check.get_bool(upstream, "upstream", "chunking", config.upstream.chunking);
+  check.get_bool(upstream, "upstream", "early_data", config.upstream.early_data);
   check.get_enum<Config::Upstream::ClientIdentity>(upstream, "upstream", "client_identity",
                                                    {{"auto", Config::Upstream::ClientIdentity::kAuto},
                                                     {"xclient", Config::Upstream::ClientIdentity::kXclient},

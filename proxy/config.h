@@ -100,6 +100,10 @@ struct Config {
     std::size_t reuse_max_messages = 100;
     // BDAT (RFC 3030) towards an MTA that offers CHUNKING; DATA otherwise.
     bool chunking = true;
+    // Without CHUNKING: DATA goes to the MTA when the client's DATA is
+    // answered, so its 354 comes back while the content arrives; a message
+    // not relayed then ends that MTA connection (issue 23).
+    bool early_data = true;
   } upstream;
 
   struct Limits {

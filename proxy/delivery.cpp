@@ -334,7 +334,7 @@ asio::awaitable<UpstreamReply> Delivery::redo_envelope() {
     co_return r;
   }
   for (const Rcpt& rcpt : rcpts) {
-    UpstreamReply rr = co_await upstream.rcpt(rcpt.mailbox, rcpt.params);
+    UpstreamReply rr = co_await upstream.rcpt(rcpt.mailbox, rcpt.params, false);
     if (rr.closing) co_return closing_reply(std::move(rr));
     if (!rr.reply.positive()) {
       log::warning("redo-rcpt-refused").kv("session", ctx_.session.id).kv("to", "<" + rcpt.mailbox.str() + ">")

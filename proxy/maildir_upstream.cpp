@@ -54,7 +54,7 @@ asio::awaitable<UpstreamReply> MaildirUpstream::mail(const Mailbox&, const std::
   co_return UpstreamReply{Reply{replies::kSenderOk.code, std::string(replies::kSenderOk.text)}};
 }
 
-asio::awaitable<UpstreamReply> MaildirUpstream::rcpt(const Mailbox&, const std::vector<EsmtpParam>&) {
+asio::awaitable<UpstreamReply> MaildirUpstream::rcpt(const Mailbox&, const std::vector<EsmtpParam>&, bool) {
   co_return UpstreamReply{Reply{replies::kRecipientOk.code, std::string(replies::kRecipientOk.text)}};
 }
 

@@ -20,7 +20,7 @@ class MaildirUpstream final : public Upstream {
   asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
                                       const std::vector<EsmtpParam>& params, bool hold) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
-                                      const std::vector<EsmtpParam>& params) override;
+                                      const std::vector<EsmtpParam>& params, bool data_follows) override;
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
                                       std::size_t offset, const Mailbox& reverse_path) override;
   asio::awaitable<UpstreamReply> auth(std::string_view, bool, std::string_view) override {

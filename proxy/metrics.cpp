@@ -390,6 +390,9 @@ std::string Registry::render() const {
   w.counter("postern_upstream_connections_reused_total",
             "Idle pooled connections to the MTA handed to a new client session instead of a new connection.",
             upstream_connections_reused.value());
+  w.counter("postern_upstream_data_aborts_total",
+            "Connections to the MTA closed in DATA sent ahead (early_data) because the message was not relayed.",
+            upstream_data_aborts.value());
   w.family("postern_upstream_pool_discards_total", "counter",
            "Idle pooled connections to the MTA closed instead of reused, by reason.");
   for (std::size_t i = 0; i < upstream_pool_discards.size(); ++i) {

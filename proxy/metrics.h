@@ -196,6 +196,7 @@ struct Registry {
   // Upstream.
   Counter upstream_connections;
   Counter upstream_connections_reused;  // pooled connections handed to a new client session
+  Counter upstream_data_aborts;  // early DATA whose message was not relayed: connection closed
   std::array<Counter, n<PoolDiscard>()> upstream_pool_discards;
   std::array<Counter, n<UpstreamError>()> upstream_errors;
   std::array<Counter, n<UpstreamProtocolError>()> upstream_protocol_errors;

@@ -532,7 +532,7 @@ asio::awaitable<void> Session::handle_command(std::string_view line) {
     case Verb::kAuth: co_await handle_auth(cmd); break;
     case Verb::kMail: co_await handle_mail(cmd); break;
     case Verb::kRcpt: co_await handle_rcpt(cmd); break;
-    case Verb::kData: handle_data(); break;
+    case Verb::kData: co_await handle_data(); break;
     case Verb::kBdat: handle_bdat(cmd); break;
     case Verb::kRset:
       if (in_transaction()) co_await abandon_transaction();
@@ -689,6 +689,13 @@ bool Session::rcpt_pipelined() const {
   return rest.size() > 5 && ascii::istarts_with(rest, "RCPT ") && rest.find('\n') != std::string_view::npos;
 }
 
+// Exactly "DATA" and CRLF, the one form handle_data() answers with 354.
+bool Session::data_pipelined() const {
+  std::string_view rest(input_);
+  rest.remove_prefix(std::min(input_pos_, rest.size()));
+  return ascii::istarts_with(rest, "DATA\r\n");
+}
+
 asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   PathArgs args = parse_rcpt_args(cmd.args, txn_.smtputf8);
   if (!args.error && !valid_utf8(cmd.args)) args.error = &replies::kInvalidUtf8Address;  // RFC 6531 §3.3
@@ -731,7 +738,10 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     txn_.pending = v;
   }
   const bool carries_mail = upstream().mail_held();
-  UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params);
+  // DATA pipelined right behind: the upstream may send it along (no message
+  // the filters already keep from the MTA, no BDAT transaction).
+  const bool data_follows = data_pipelined() && !txn_.pending && !txn_.chunked;
+  UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params, data_follows);
   if (carries_mail) {
     mail_replied(upstream().held_mail_reply());
     if (!in_transaction()) {  // MAIL refused: the MTA's answer to this RCPT, as it is
@@ -752,10 +762,10 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   }
 }
 
-void Session::handle_data() {
+asio::awaitable<void> Session::handle_data() {
   if (txn_.chunked) {
     client_error(replies::kDataAfterBdat);
-    return;
+    co_return;
   }
   reply(replies::kStartData);
   mode_ = Mode::kData;
@@ -763,6 +773,9 @@ void Session::handle_data() {
   spool_.clear();
   spool_failed_ = false;
   add_content_taps();
+  // The MTA's 354 on its way while the content comes in (upstream.early_data);
+  // not for a message the MAIL or RCPT filters already keep from the MTA.
+  if (!txn_.pending) co_await upstream().begin_data();
 }
 
 // BDAT size [LAST] (RFC 3030 §2): the octets follow the command at once, so

@@ -123,8 +123,9 @@ class Session {
   asio::awaitable<void> settle_mail();
   // Whether the client's next buffered line is a complete RCPT command.
   bool rcpt_pipelined() const;
+  bool data_pipelined() const;
   asio::awaitable<void> handle_rcpt(const Command& cmd);
-  void handle_data();
+  asio::awaitable<void> handle_data();
   void handle_bdat(const Command& cmd);
   asio::awaitable<void> take_chunk(std::string_view avail);
   EsmtpOffer esmtp_offer() const;

@@ -31,12 +31,14 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
                                       const std::vector<EsmtpParam>& params, bool hold) override;
   asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
-                                      const std::vector<EsmtpParam>& params) override;
+                                      const std::vector<EsmtpParam>& params, bool data_follows) override;
   bool mail_held() const override { return state_ == State::kMailHeld; }
   asio::awaitable<UpstreamReply> send_held_mail() override;
   const UpstreamReply& held_mail_reply() const override { return held_reply_; }
   asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
                                       std::size_t offset, const Mailbox& reverse_path) override;
+  // DATA ahead of the content (upstream.early_data) to an MTA that takes no BDAT.
+  asio::awaitable<void> begin_data() override;
   asio::awaitable<UpstreamReply> auth(std::string_view line, bool first, std::string_view mechanism) override;
   asio::awaitable<void> reset() override;
   asio::awaitable<void> quit() override;
@@ -51,7 +53,9 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<bool> probe() { co_return co_await open(false); }
 
  private:
-  enum class State { kClosed, kReady, kMailHeld, kInTransaction };
+  // kDataSent: DATA written ahead of the content (begin_data()), its reply
+  // not read yet; only data() goes on from there, anything else closes.
+  enum class State { kClosed, kReady, kMailHeld, kInTransaction, kDataSent };
 
   // A pooled connection being identified in the background (prepare()):
   // its own SmtpUpstream over a copy of the client's identity, shared with
@@ -121,11 +125,22 @@ class SmtpUpstream final : public Upstream {
   asio::awaitable<UpstreamReply> final_reply(std::chrono::steady_clock::time_point sent, std::string_view op);
   // Sends MAIL (and `rcpt` with it when pipelined) and reads MAIL's reply; over a kept connection the MTA closed meanwhile, once more over a
   // fresh one. Then after_mail(): the transaction's state from that reply.
+  // `data`: DATA goes in the same write, behind the RCPT (rcpt()'s data_follows).
   asio::awaitable<UpstreamReply> send_mail(const Mailbox& reverse_path, const std::vector<EsmtpParam>& params,
                                            const Mailbox* rcpt, const std::vector<EsmtpParam>* rcpt_params,
-                                           bool reused);
+                                           bool reused, bool data);
   asio::awaitable<UpstreamReply> after_mail(UpstreamReply r, bool smtputf8);
   UpstreamReply checked_rcpt(UpstreamReply r);
+  // A DATA sent ahead whose message is not relayed: the connection closes,
+  // the one way to end DATA without delivering (no RSET there).
+  void abort_data(std::string_view why);
+  // DATA may go ahead of the content: upstream.early_data, and an MTA that
+  // takes no BDAT (one round trip already).
+  bool early_data() const;
+  // Reads the reply to a DATA sent ahead whose content does not follow now:
+  // after its 354 only closing ends it (abort_data()); after a refusal the
+  // transaction goes on (kInTransaction).
+  asio::awaitable<void> settle_data(std::string_view why);
   // The client's reply when open() failed.
   UpstreamReply open_failure();
   void close(std::string_view why);

@@ -54,8 +54,14 @@ class Upstream {
   // held MAIL on its own instead. One round trip to the MTA less per message.
   virtual asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
                                               const std::vector<EsmtpParam>& params, bool hold) = 0;
+  //
+  // `data_follows`: the client pipelined DATA right behind this RCPT, and
+  // postern answers it with 354 when this RCPT leaves a recipient (or had
+  // one). An upstream that would send DATA later (begin_data()) may send it
+  // in this write instead and read its reply in data(), or read it and go on
+  // where the client's DATA ends up refused after all (reset(), rcpt()).
   virtual asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
-                                              const std::vector<EsmtpParam>& params) = 0;
+                                              const std::vector<EsmtpParam>& params, bool data_follows) = 0;
   // Whether a MAIL is held back now: the upstream keeps that state, the
   // session asks. An upstream that never holds needs none of these three.
   virtual bool mail_held() const { return false; }
@@ -70,6 +76,12 @@ class Upstream {
   // `offset`, dot-stuffed, and the end of data; returns the final reply.
   virtual asio::awaitable<UpstreamReply> data(const std::string& head, const Spool& content,
                                               std::size_t offset, const Mailbox& reverse_path) = 0;
+  // The client's DATA was answered 354 and its content follows. An upstream
+  // that would send DATA and wait for 354 may send DATA now, so that the 354
+  // comes back while the content arrives; data() then reads it. A message
+  // that is not relayed after that ends the connection (reset(), quit()):
+  // the MTA drops a transaction whose content never ended (RFC 5321 §4.1.1.4).
+  virtual asio::awaitable<void> begin_data() { co_return; }
   // One line of a SASL exchange relayed to the MTA (RFC 4954): `first` is the
   // AUTH command itself, opening the connection first if needed. Replies are
   // relayed verbatim; 454 when the MTA does not offer the mechanism.

@@ -32,7 +32,8 @@ class FakeUpstream final : public Upstream {
     calls.push_back(call);
     co_return UpstreamReply{mail_reply};
   }
-  asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path, const std::vector<EsmtpParam>& params) override {
+  asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path, const std::vector<EsmtpParam>& params,
+                                      bool) override {
     std::string call = "RCPT <" + forward_path.str() + ">";
     for (const EsmtpParam& p : params) call += " " + p.text();
     calls.push_back(call);
