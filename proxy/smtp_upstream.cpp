@@ -712,6 +712,7 @@ void SmtpUpstream::append_params(std::string& line, const std::vector<EsmtpParam
 asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
                                                   const std::vector<EsmtpParam>& params, bool hold) {
   if (preparation_) co_await settle();
+  data_failure_.reset();
   if (state_ == State::kInTransaction || state_ == State::kMailHeld || state_ == State::kDataSent) co_await reset();
   // A kept connection may have been closed by the MTA meanwhile (its idle
   // time-out): then one fresh connection is tried before the client hears 4xx.
@@ -908,9 +909,13 @@ UpstreamReply SmtpUpstream::checked(UpstreamReply r, std::string_view op, int in
 asio::awaitable<void> SmtpUpstream::begin_data() {
   if (preparation_) co_await settle();
   if (!early_data() || state_ != State::kInTransaction || c_->replies.owed() != 0) co_return;
-  // A failed write closed the connection; data() then tells the client.
-  // (Bound to a name: g++ 12 mishandles a co_await temporary tested in place.)
-  if (auto failed = co_await send("DATA\r\n", config_->timeouts.upstream_data_init, 1, "data")) co_return;
+  // A failed write (or what the MTA sent unasked) closed the connection;
+  // data() then gives the client that reply. (Bound to a name: g++ 12
+  // mishandles a co_await temporary tested in place.)
+  if (auto failed = co_await send("DATA\r\n", config_->timeouts.upstream_data_init, 1, "data")) {
+    data_failure_ = std::move(*failed);
+    co_return;
+  }
   state_ = State::kDataSent;
 }
 
@@ -927,7 +932,10 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
   if (preparation_) co_await settle();
   const bool early = state_ == State::kDataSent;
   if (early) state_ = State::kInTransaction;
-  if (state_ != State::kInTransaction) co_return local(replies::kUpstreamLost, true);
+  if (state_ != State::kInTransaction) {
+    if (!data_failure_) co_return local(replies::kUpstreamLost, true);
+    co_return *std::exchange(data_failure_, std::nullopt);
+  }
   const auto& to = config_->timeouts;
   ++c_->messages;
   if (!early && config_->upstream.chunking && offers("CHUNKING")) {

@@ -1011,6 +1011,27 @@ class RecordingSink:
         with self._lock:
             return [e for e in self.events if e[1] == verb]
 
+    def took_no_content(self):
+        """No message reached this MTA: none accepted or refused after a
+        complete content, and every DATA it was sent is over without one: the
+        connection closed inside it, or DATA was refused and other commands
+        followed (postern sends DATA ahead of the content to an MTA without
+        CHUNKING, [upstream] early_data, and closes that connection when the
+        message is not relayed)."""
+        def settled():
+            with self._lock:
+                last = {}
+                for e in self.events:
+                    last[e[0]] = e[1]
+            return all(verb != "DATA" for verb in last.values())
+        # the MTA may see the close a moment after the client its reply
+        deadline = time.monotonic() + 5
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with self._lock:
+            delivered = self.messages or self.refused_messages
+        return settled() and not delivered
+
     def _protocol(self, conn_id):
         with self._lock:
             return next(p for p in self._protocols if p.conn_id == conn_id)

@@ -106,7 +106,7 @@ def test_dmarc_reject_policy_refuses_with_550_and_relays_nothing(postern, make_s
         check_reply(r, 550, "5.7.1")
         c.expect("QUIT", 221)
     assert sink.messages == [] and sink.refused_messages == []
-    assert not sink.commands("DATA"), "a rejected message must not reach the MTA"
+    assert sink.took_no_content(), "a rejected message must not reach the MTA"
     [rec] = audit_records(audit, 1)
     assert rec["action"] == "rejected"
     assert rec["replied_by"] == "postern" and rec["queue_id"] == ""

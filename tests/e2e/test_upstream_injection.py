@@ -576,7 +576,10 @@ def test_envelope_sent_again_never_turns_a_refusal_into_250(postern, mta_factory
     rules = tmp_path / "bcc.lua"
     rules.write_text(ADD_RCPT_RULE)
     mta = mta_factory()
-    p = start(postern, mta, **{"lua.scripts": f'["{rules}"]'})
+    # The kept connection is what this is about: without early DATA the
+    # envelope goes again over it (with early DATA a new one takes it,
+    # test_early_data.py).
+    p = start(postern, mta, **{"lua.scripts": f'["{rules}"]', "upstream.early_data": "false"})
     bye = [b"250 2.1.0 Ok\r\n421 4.3.2 bye\r\n", CLOSE]
     script = {
         "mail-250-then-421": {"MAIL#2": bye},

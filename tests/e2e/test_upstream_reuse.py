@@ -212,9 +212,10 @@ def test_refusal_makes_the_connection_unfit_for_another_client(postern, make_sin
     assert msg.xclient["ADDR"] == client_ip(52)
 
 
-def test_client_abort_mid_data_leaves_a_clean_connection(postern, make_sink):
+@pytest.mark.parametrize("early_data", [False, True], ids=["data-after-content", "early-data"])
+def test_client_abort_mid_data_leaves_a_clean_connection(postern, make_sink, early_data):
     sink = make_sink(xclient=True)
-    p = start(postern, sink)
+    p = start(postern, sink, **{"upstream.early_data": "true" if early_data else "false"})
     c = SmtpClient(p.port, source=client_ip(53))
     c.ehlo("client-53.example")
     c.expect("MAIL FROM:<alice@example.org>", 250)
@@ -225,9 +226,14 @@ def test_client_abort_mid_data_leaves_a_clean_connection(postern, make_sink):
     c.close()
     p.wait_for_log("session-end")
     first = [e for e in sink.events if e[1] == "MAIL"][0][0]
-    # the MTA heard RSET for the abandoned transaction, and nothing of it was delivered
-    wait_until(lambda: ("RSET",) in sink.connection_events(first), 5 * SCALE, message="RSET")
-    msg = second_is_clean(p, sink, first, new_connection=False)
+    if early_data:
+        # DATA went ahead: the one way to abandon it is closing that connection
+        assert sink.took_no_content()
+        assert sink.connection_events(first)[-2:] == [("DATA",), ("LOST",)]
+    else:
+        # the MTA heard RSET for the abandoned transaction, and nothing of it was delivered
+        wait_until(lambda: ("RSET",) in sink.connection_events(first), 5 * SCALE, message="RSET")
+    msg = second_is_clean(p, sink, first, new_connection=early_data)
     assert len(sink.messages) == 1
     assert msg.mail_from == "alice@example.org" and msg.xclient["ADDR"] == client_ip(52)
 
