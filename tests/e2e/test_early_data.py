@@ -93,7 +93,8 @@ class RawMta(ScriptedServer):
         data_anyway=True (354 to DATA without a recipient, or a transaction),
         after_354=bytes (sent behind the 354, then the connection closes),
         stall_data=True (DATA never answered), data_timeout=seconds (no content
-        within them after the 354: 421 and close, as an MTA's time-out), end=reply."""
+        within them after the 354: 421 and close, as an MTA's time-out), end=reply,
+        then={...} (the script of this sender's next transaction)."""
         self.scripts[sender] = what
 
     # -- what was seen -----------------------------------------------------
@@ -211,6 +212,8 @@ class RawMta(ScriptedServer):
                             out += sc["mail"].encode() + b"\r\n"
                         else:
                             st.update(mail=sender, rcpts=[], script=sc)
+                            if "then" in sc:        # the next transaction of this sender
+                                self.scripts[sender] = sc["then"]
                             out += b"250 2.1.0 Ok\r\n"
                     elif verb == "RCPT":
                         rcpt = line[line.find("<") + 1:line.find(">")]
@@ -878,22 +881,38 @@ def test_mta_refusing_data_is_heard_after_the_content(px, mta, reply, pipelined)
 
 
 @pytest.mark.parametrize("after", [b"421 4.3.2 Service shutting down\r\n", b""], ids=["421", "close"])
-def test_mta_leaving_after_its_354_gives_the_client_a_4xx(px, mta, after):
-    sender = f"leaves-{len(after)}@example.org"
-    mta.script(sender, after_354=after)
+@pytest.mark.parametrize("fresh", ["fresh-ok", "fresh-421"])
+def test_mta_leaving_after_its_354_while_the_client_sends(px, mta, after, fresh):
+    """The MTA says 421 behind its 354, or just closes, while the client is
+    still sending: none of the content went, so postern sends the message
+    once more over a new connection; delivered once (250), or, when that
+    connection is refused too, the client hears 4xx and nothing is delivered.
+    Never a 250 for a message the MTA did not take."""
+    sender = f"leaves-{len(after)}-{fresh}@example.org"
+    again = {} if fresh == "fresh-ok" else {"mail": "421 4.3.2 Still shutting down"}
+    mta.script(sender, after_354=after, then=again)
+    msg = make_message("too late", b"body\r\n" * 50)
     with SmtpClient(px.port) as c:
         c.ehlo()
         c.send(group(sender, ["r@example.com"]))
         assert [x.code for x in replies(c, 3)] == [250, 250, 354]
         conn = mta.conn_of(sender)
         mta.wait_ended(conn)
-        payload = data_payload(make_message("too late", b"body\r\n" * 50))
+        payload = data_payload(msg)
         c.send(payload[:100])
         time.sleep(0.1)
         c.send(payload[100:])
         r = c.read_reply()
-        assert r.code // 100 == 4, r
-    assert mta.delivered(sender) == []
+        if fresh == "fresh-ok":
+            assert str(r) == "250 2.0.0 Ok: queued as RAW"
+        else:
+            assert r.code // 100 == 4, r
+    got = mta.delivered(sender)
+    if fresh == "fresh-ok":
+        assert len(got) == 1 and got[0].conn != conn and body_of(got[0].content) == msg
+        assert px.events("upstream-data-retry")
+    else:
+        assert got == []
     # postern still serves
     with SmtpClient(px.port) as c:
         c.ehlo()
@@ -927,11 +946,15 @@ def test_client_slower_than_the_mtas_data_timeout(factory, mta, early):
         assert r.code == 250, f"early_data={early}: a slow client's message was refused: {r}"
     got = mta.delivered(sender)
     assert len(got) == 1 and body_of(got[0].content) == msg
+    if early:   # over a new connection: the first one timed out inside DATA
+        first = mta.conn_of(sender)
+        assert mta.ended[first] == "timeout in data" and got[0].conn != first
 
 
 def test_mta_never_answering_the_early_data(px, mta):
     """upstream_data_init (1 s here) bounds the wait for the 354 read after the content."""
     mta.script("stall@example.org", stall_data=True)
+    retries = len(px.events("upstream-data-retry"))
     with SmtpClient(px.port) as c:
         c.ehlo()
         c.send(group("stall@example.org", ["r@example.com"]))
@@ -941,6 +964,8 @@ def test_mta_never_answering_the_early_data(px, mta):
         assert r.code // 100 == 4, r
     assert mta.delivered("stall@example.org") == []
     assert mta.wait_ended(mta.conn_of("stall@example.org"), 5 * SCALE) == "eof in data"
+    # its own time-out is not the MTA giving up on a slow client: not sent again
+    assert len(px.events("upstream-data-retry")) == retries
 
 
 # --------------------------------------------------------------------------
