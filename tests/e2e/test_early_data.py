@@ -702,6 +702,43 @@ def test_client_leaving_right_after_the_354(px, mta):
     assert mta.delivered("gone@example.org") == []
 
 
+def test_client_timing_out_mid_content_ends_the_mta_transaction(factory, mta):
+    """[timeouts] data runs out while DATA is open at the MTA: the client
+    gets 421, the MTA connection is closed inside DATA, nothing delivered."""
+    p = start_postern(factory, mta.address, **{"timeouts.data": 0.5})
+    counts = Counts(p)
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        c.send(group("idle@example.org", ["r@example.com"]))
+        assert [x.code for x in replies(c, 3)] == [250, 250, 354]
+        c.send(make_message("idle", b"and then nothing\r\n"))
+        check_reply(c.read_reply(timeout=5 * SCALE), 421)
+        assert c.wait_closed(QUICK)
+    conn = mta.conn_of("idle@example.org")
+    assert mta.wait_ended(conn) == "eof in data"
+    assert mta.lines(conn)[-1] == "DATA"
+    assert mta.delivered("idle@example.org") == []
+    wait_until(lambda: counts.delta("aborts") == 1, QUICK, message="the abort counted")
+
+
+def test_shutdown_with_a_client_mid_content(factory, mta):
+    """SIGTERM while DATA is open at the MTA and the client has not finished:
+    after shutdown_timeout the session is cut; the MTA gets nothing more
+    inside its DATA (no QUIT read as content) and delivers nothing."""
+    p = start_postern(factory, mta.address, **{"server.shutdown_timeout": 0.5})
+    c = SmtpClient(p.port)
+    c.ehlo()
+    c.send(group("shut@example.org", ["r@example.com"]))
+    assert [x.code for x in replies(c, 3)] == [250, 250, 354]
+    c.send(make_message("cut short", b"half\r\n"))
+    conn = mta.conn_of("shut@example.org")
+    p.stop(timeout=5 * SCALE)
+    assert mta.wait_ended(conn) == "eof in data"
+    assert mta.lines(conn)[-1] == "DATA"
+    assert mta.delivered("shut@example.org") == []
+    c.close()
+
+
 # --------------------------------------------------------------------------
 # 6, 7: the MTA refuses recipients of a transaction DATA was pipelined in
 
@@ -1037,6 +1074,51 @@ def test_mta_offering_chunking(factory, chunking):
             assert any(s.endswith(b"RCPT TO:<r@example.com>\r\nDATA\r\n") for s in mta.segs(conn))
     finally:
         mta.close()
+
+
+def test_client_bdat_to_an_mta_without_chunking(px, mta):
+    """A client's BDAT transaction: no DATA ahead (the content comes with the
+    command); the MTA gets DATA and the content, unstuffed octets stuffed."""
+    msg = make_message("bdat in", b".dot first\r\nbody\r\n")
+    with SmtpClient(px.port) as c:
+        c.ehlo()
+        c.send(b"MAIL FROM:<bdat@example.org>\r\nRCPT TO:<r@example.com>\r\n")
+        assert [x.code for x in replies(c, 2)] == [250, 250]
+        c.send(f"BDAT {len(msg)} LAST\r\n".encode() + msg)
+        check_reply(c.read_reply(), 250)
+        conn = mta.conn_of("bdat@example.org")
+        c.expect("QUIT", 221)
+    [m] = mta.delivered("bdat@example.org")
+    assert m.verb == "DATA" and body_of(m.content) == msg
+    assert not any(s.endswith(b"RCPT TO:<r@example.com>\r\nDATA\r\n") for s in mta.segs(conn))
+
+
+def test_reused_connection_prepared_with_xclient_carries_early_data(factory):
+    """The aiosmtpd sink with XCLIENT: the second client's session takes the
+    pooled connection (RSET, XCLIENT, EHLO prepared ahead) and its DATA goes
+    ahead on it as on a new one; each message names its client."""
+    sink = RecordingSink(xclient=True).start()
+    try:
+        p = start_postern(factory, sink.address)
+        counts = Counts(p)
+        for n in (1, 2):
+            with SmtpClient(p.port, source=f"127.0.0.{20 + n}") as c:
+                c.ehlo(f"client-{n}.example")
+                c.send(group(f"x{n}@example.org", ["r@example.com"]))
+                assert [x.code for x in replies(c, 3)] == [250, 250, 354]
+                c.send(data_payload(make_message(f"xclient {n}")))
+                check_reply(c.read_reply(), 250)
+                c.expect("QUIT", 221)
+            p.wait_for_log("session-end", count=n)
+        m1, m2 = sink.wait_messages(2)
+        assert m1.conn_id == m2.conn_id and counts.delta("reused") == 1
+        assert [m1.xclient["ADDR"], m2.xclient["ADDR"]] == ["127.0.0.21", "127.0.0.22"]
+        verbs = [e[0] for e in sink.connection_events(m1.conn_id)]
+        seq = " ".join(v for v in verbs if v in ("XCLIENT", "RSET", "MAIL", "RCPT", "DATA"))
+        assert seq == "XCLIENT MAIL RCPT DATA RSET XCLIENT MAIL RCPT DATA", seq
+        assert counts.delta("aborts") == 0
+    finally:
+        sink.stop()
 
 
 # --------------------------------------------------------------------------
