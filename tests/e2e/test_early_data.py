@@ -668,6 +668,34 @@ def test_content_postern_refuses_is_never_delivered_and_the_session_goes_on(px, 
                                                             "DATA"], lines
 
 
+def test_smtputf8_message_with_an_invalid_utf8_header(factory):
+    """SMTPUTF8: MAIL goes alone, DATA rides with the pipelined RCPT; a header
+    section that is not UTF-8 (RFC 6532) is refused after DATA went ahead:
+    that connection closes inside DATA, the next message of the session is
+    relayed, UTF-8 intact."""
+    sink = RecordingSink(smtputf8=True).start()
+    try:
+        p = start_postern(factory, sink.address)
+        counts = Counts(p)
+        bad = make_message("bad utf8", extra_headers=b"X-Name: J\xc3\r\n")
+        good = make_message("good utf8", extra_headers="X-Name: Jörg\r\n".encode())
+        with SmtpClient(p.port) as c:
+            c.ehlo()
+            for sender, msg, code in (("u1@example.org", bad, 554), ("u2@example.org", good, 250)):
+                c.send(f"MAIL FROM:<{sender}> SMTPUTF8\r\nRCPT TO:<r@example.com>\r\nDATA\r\n".encode())
+                assert [x.code for x in replies(c, 3)] == [250, 250, 354]
+                c.send(data_payload(msg))
+                check_reply(c.read_reply(), code, "5.6.7" if code == 554 else None, sender)
+        first = sink_conn(sink, "u1@example.org")
+        assert_sink_aborted(sink, first)
+        assert sink_delivered(sink, "u1@example.org") == []
+        [m] = sink_delivered(sink, "u2@example.org")
+        assert m.body == good and m.conn_id != first and "SMTPUTF8" in m.mail_options
+        assert counts.delta("aborts") == 1
+    finally:
+        sink.stop()
+
+
 # --------------------------------------------------------------------------
 # 5: the client leaves
 
@@ -860,6 +888,29 @@ def test_mta_saying_354_to_a_data_it_should_refuse_gets_no_content(px, mta, refu
     assert counts.delta("aborts") == (1 if refused == "RCPT" else 0)
 
 
+def test_lax_354_then_another_rcpt_in_the_same_transaction(px, mta):
+    """After a lax 354 to the pipelined DATA the client tries another RCPT:
+    the open DATA is read before the RCPT could be written into it, and
+    closed; the client hears 4xx for that transaction, and RSET and a new
+    one go over a new connection."""
+    mta.script("lax-again@example.org", rcpt={"nobody@example.com": "550 5.1.1 no"}, data_anyway=True)
+    counts = Counts(px)
+    with SmtpClient(px.port) as c:
+        c.ehlo()
+        c.send(group("lax-again@example.org", ["nobody@example.com"]))
+        assert [x.code for x in replies(c, 3)] == [250, 550, 554]
+        c.send(b"RCPT TO:<ok@example.com>\r\nDATA\r\n")
+        assert [x.code // 100 for x in replies(c, 2)] == [4, 4]
+        check_reply(c.cmd("RSET"), 250)
+        check_reply(c.send_message("lax-again.next@example.org", ["ok@example.com"], make_message("again")), 250)
+    conn = mta.conn_of("lax-again@example.org")
+    assert mta.wait_ended(conn) == "eof in data"
+    assert mta.lines(conn)[-1] == "DATA", mta.lines(conn)     # the RCPT never went into it
+    assert mta.delivered("lax-again@example.org") == []
+    assert mta.delivered("lax-again.next@example.org")[0].conn != conn
+    assert counts.delta("aborts") == 1
+
+
 @pytest.mark.parametrize("order", ["refused-last", "refused-first"])
 def test_one_of_two_rcpts_refused_by_the_mta(px, mta, order):
     sender = f"two-{order}@example.org"
@@ -986,6 +1037,31 @@ def test_client_slower_than_the_mtas_data_timeout(factory, mta, early):
     if early:   # over a new connection: the first one timed out inside DATA
         first = mta.conn_of(sender)
         assert mta.ended[first] == "timeout in data" and got[0].conn != first
+
+
+def test_large_message_spooled_to_a_file_with_early_data(factory, mta):
+    """2 MB over a 64 KiB spool_memory: the content goes from the spool file
+    in blocks behind the early DATA, byte-exact; and once more from the
+    start of the file when the MTA timed out in DATA on a slow client."""
+    p = start_postern(factory, mta.address, **{"data.spool_memory": 65536})
+    line = b"0123456789abcdefghijklmnopqrstuvwxyz.ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789\r\n"
+    body = b"".join(b"." + line if i % 7 == 0 else line for i in range(2 * 1024 * 1024 // len(line)))
+    msg = make_message("large", body)
+    mta.script("large-slow@example.org", data_timeout=0.5, then={})
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        for sender, pause in (("large@example.org", 0), ("large-slow@example.org", 1.0)):
+            c.send(group(sender, ["r@example.com"]))
+            assert [x.code for x in replies(c, 3)] == [250, 250, 354]
+            payload = data_payload(msg)
+            c.send(payload[:len(payload) // 2])
+            time.sleep(pause)
+            c.send(payload[len(payload) // 2:])
+            check_reply(c.read_reply(timeout=20 * SCALE), 250, None, sender)
+    for sender in ("large@example.org", "large-slow@example.org"):
+        [m] = mta.delivered(sender)
+        assert body_of(m.content) == msg, sender
+    assert mta.ended[mta.conn_of("large-slow@example.org")] == "timeout in data"
 
 
 def test_mta_never_answering_the_early_data(px, mta):
