@@ -27,8 +27,7 @@ import pytest
 
 from conftest import PosternFactory
 from harness import (SCALE, PostfixSink, RecordingSink, ScriptedServer, SmtpClient, check_reply, data_payload,
-                     free_port, make_message, normalize_line_endings,
-                     strip_received, wait_until)
+                     free_port, make_message, normalize_line_endings, strip_received, wait_until)
 from prometheus import scrape
 from test_smuggling import NUL_VARIANTS, VARIANTS, assert_nothing_smuggled, attack_content
 
@@ -46,6 +45,7 @@ postern.rule{ name = "EOM_DISCONNECT", stage = "eom", fn = function(ctx)
 end }
 """
 QUICK = 3 * SCALE          # a wait for something postern does at once
+MTA_PATIENCE = 0.5 * SCALE  # a scripted MTA's time-out in DATA (data_timeout)
 
 
 # --------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class RawMta(ScriptedServer):
 def start_postern(factory, upstream, lua=False, **sets):
     metrics_port = free_port()
     all_sets = {"server.threads": 1, "metrics.address": f'"127.0.0.1:{metrics_port}"',
-                "timeouts.upstream_data_init": 1}
+                "timeouts.upstream_data_init": 2}
     if lua:
         extra = factory.tmp_path / "extra.lua"
         extra.write_text(EXTRA_RULES)
@@ -1020,7 +1020,7 @@ def test_client_slower_than_the_mtas_data_timeout(factory, mta, early):
     because DATA went ahead."""
     p = start_postern(factory, mta.address, **{"upstream.early_data": str(early).lower()})
     sender = f"slow-{int(early)}@example.org"
-    mta.script(sender, data_timeout=0.5)
+    mta.script(sender, data_timeout=MTA_PATIENCE)
     msg = make_message("slow client", b"body\r\n" * 20)
     with SmtpClient(p.port) as c:
         c.ehlo()
@@ -1028,7 +1028,7 @@ def test_client_slower_than_the_mtas_data_timeout(factory, mta, early):
         assert [x.code for x in replies(c, 3)] == [250, 250, 354]
         payload = data_payload(msg)
         c.send(payload[:50])
-        time.sleep(1.0)
+        time.sleep(MTA_PATIENCE + 0.5)
         c.send(payload[50:])
         r = c.read_reply()
         assert r.code == 250, f"early_data={early}: a slow client's message was refused: {r}"
@@ -1047,10 +1047,10 @@ def test_large_message_spooled_to_a_file_with_early_data(factory, mta):
     line = b"0123456789abcdefghijklmnopqrstuvwxyz.ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789\r\n"
     body = b"".join(b"." + line if i % 7 == 0 else line for i in range(2 * 1024 * 1024 // len(line)))
     msg = make_message("large", body)
-    mta.script("large-slow@example.org", data_timeout=0.5, then={})
+    mta.script("large-slow@example.org", data_timeout=MTA_PATIENCE, then={})
     with SmtpClient(p.port) as c:
         c.ehlo()
-        for sender, pause in (("large@example.org", 0), ("large-slow@example.org", 1.0)):
+        for sender, pause in (("large@example.org", 0), ("large-slow@example.org", MTA_PATIENCE + 0.5)):
             c.send(group(sender, ["r@example.com"]))
             assert [x.code for x in replies(c, 3)] == [250, 250, 354]
             payload = data_payload(msg)
@@ -1065,7 +1065,7 @@ def test_large_message_spooled_to_a_file_with_early_data(factory, mta):
 
 
 def test_mta_never_answering_the_early_data(px, mta):
-    """upstream_data_init (1 s here) bounds the wait for the 354 read after the content."""
+    """upstream_data_init (2 s here) bounds the wait for the 354 read after the content."""
     mta.script("stall@example.org", stall_data=True)
     retries = len(px.events("upstream-data-retry"))
     with SmtpClient(px.port) as c:
