@@ -240,6 +240,16 @@ asio::awaitable<UpstreamReply> Delivery::relay(const Message& message, bool& dki
     head = sealed.fields + head;
   }
   UpstreamReply r = co_await ctx_.upstream.data(head, body, offset, ctx_.transaction.reverse_path);
+  if (r.unsent && !changes.envelope_changed()) {
+    // DATA went ahead (upstream.early_data) and the MTA gave up waiting for
+    // the content: none of it reached the MTA, the message goes once more
+    // over a new connection rather than tempfail a slow client every time.
+    log::info("upstream-data-retry").kv("session", ctx_.session.id).kv("id", ctx_.transaction.id)
+        .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
+    UpstreamReply redo = co_await redo_envelope();
+    if (!redo.reply.positive() || ctx_.transaction.recipients.empty()) co_return redo;
+    r = co_await ctx_.upstream.data(head, body, offset, ctx_.transaction.reverse_path);
+  }
   if (r.reply.positive()) {
     metrics::registry().message_relayed_bytes.inc(head.size() + body.size() - std::min(offset, body.size()));
   }

@@ -948,6 +948,18 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
     go = co_await command(metrics::UpstreamCommand::kData, "DATA\r\n", to.upstream_data_init);
   }
   go = checked(std::move(go), "data", 354);
+  if (early) {
+    // The 354 may be old: an MTA stops waiting for content after its
+    // time-out (Postfix's smtpd_timeout, 10 s under stress) while a slow
+    // client sends, and says 421 behind it or closes. Gone before any of the
+    // content went, the message may go again (Delivery::relay), as when a
+    // kept connection was closed meanwhile; not after a protocol error or
+    // this wait's own time-out.
+    if (go.reply.code == 354 && !go.connection_lost) {
+      if (auto gone = quiet("data")) go = std::move(*gone);
+    }
+    go.unsent = go.connection_lost && !is_protocol_error(go) && !watchdog_.expired();
+  }
   if (go.reply.code != 354 || go.connection_lost) co_return go;  // refused: relayed verbatim
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".
   DotStuffer stuffer;

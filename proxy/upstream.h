@@ -38,6 +38,10 @@ struct UpstreamReply {
   // client hears `reply`, then a 421 if `reply` is not one, and its session
   // ends (docs/operations.md "When the MTA says 421").
   bool closing = false;
+  // data() found the MTA gone after its 354 to a DATA sent ahead, before any
+  // of the content went out (its time-out in DATA while a slow client sent):
+  // the message may go once more on a new transaction (Delivery::relay).
+  bool unsent = false;
 };
 
 class Upstream {
