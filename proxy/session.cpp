@@ -191,6 +191,9 @@ asio::awaitable<void> Session::run() {
     after_reply(Next::kClose);
   } else {
     queue_reply(220, config_->server.hostname + " ESMTP postern");
+    // An idle MTA connection learns who the client is while the client reads
+    // the greeting; its HELO name follows with its EHLO (handle_helo()).
+    if (upstream_idle_waiting(conn_.executor(), *config_)) upstream().prepare();
   }
   while (!closing()) {
     co_await process_input();

@@ -74,9 +74,14 @@ SessionFacts identity_of(const SessionFacts& client) {
   return identity;
 }
 
-bool same_identity(const SessionFacts& a, const SessionFacts& b) {
+// Who the client is before its greeting: what XCLIENT says at prepare() then.
+bool same_peer(const SessionFacts& a, const SessionFacts& b) {
   return a.client_ip == b.client_ip && a.client_port == b.client_port && a.client_name == b.client_name &&
-         a.helo == b.helo && a.esmtp == b.esmtp && a.auth_user == b.auth_user;
+         a.auth_user == b.auth_user;
+}
+
+bool same_identity(const SessionFacts& a, const SessionFacts& b) {
+  return same_peer(a, b) && a.helo == b.helo && a.esmtp == b.esmtp;
 }
 }  // namespace
 
@@ -105,6 +110,7 @@ void SmtpUpstream::prepare() {
   const auto& up = config_->upstream;
   // An authenticated client's connection is its own (XCLIENT LOGIN=): never pooled.
   if (!up.reuse || state_ != State::kClosed || !client_.auth_user.empty()) return;
+  if (preparation_ && name_preparation()) return;
   if (preparation_) {
     // Running: MAIL compares what it announced with the client then.
     if (!preparation_->done) return;
@@ -126,20 +132,53 @@ void SmtpUpstream::prepare() {
   asio::co_spawn(executor, run_preparation(std::move(p)), asio::detached);
 }
 
+// A preparation made at the greeting, before the client named itself, and
+// its HELO/EHLO now: the EHLO after XCLIENT says that name, at once where
+// XCLIENT was answered, else once it is (run_preparation()). The rest of the
+// identity must be the one XCLIENT announced; false when it is not, or when
+// the preparation is named already or failed.
+bool SmtpUpstream::name_preparation() {
+  const std::shared_ptr<Preparation>& p = preparation_;
+  if (!p->facts.helo.empty() || client_.helo.empty() || !same_peer(p->facts, client_)) return false;
+  if (p->done && !p->ok) return false;
+  p->facts.helo = client_.helo;
+  p->facts.esmtp = client_.esmtp;
+  // Without XCLIENT (RSET alone) nothing on the connection names the client.
+  if (!p->done || !p->upstream.c_->unnamed) return true;
+  p->done = false;
+  asio::co_spawn(c_->socket.get_executor(), greet_prepared(p), asio::detached);
+  return true;
+}
+
+asio::awaitable<void> SmtpUpstream::greet_prepared(std::shared_ptr<Preparation> p) {
+  SmtpUpstream& up = p->upstream;
+  up.c_->drained = false;  // XCLIENT's reply was a while ago: what came since is read first
+  p->ok = co_await up.greet_as_client(true);
+  finish_preparation(*p);
+}
+
 // RSET, XCLIENT and EHLO (or RSET alone) as reuse() does, each wait under the
 // preparation's own watchdog: settle() waits no longer than these deadlines.
+// Made at the greeting, EHLO waits for the client's own (name_preparation()).
 asio::awaitable<void> SmtpUpstream::run_preparation(std::shared_ptr<Preparation> p) {
   SmtpUpstream& up = p->upstream;
   p->ok = co_await up.identify(true, true);
-  if (!p->ok) {
+  // Named while XCLIENT was on its way: its EHLO follows XCLIENT's reply.
+  if (p->ok && up.c_->unnamed && !p->facts.helo.empty()) p->ok = co_await up.greet_as_client(true);
+  finish_preparation(*p);
+}
+
+void SmtpUpstream::finish_preparation(Preparation& p) {
+  SmtpUpstream& up = p.upstream;
+  if (!p.ok) {
     // Logged where it failed; the client hears nothing of it (reuse()).
     metrics::registry().upstream_pool_discards[metrics::idx(metrics::PoolDiscard::kReidentify)].inc();
     up.close("pooled connection failed");
     up.failure_.reset();
   }
-  p->done = true;
-  p->ready.cancel();
-  if (p->orphaned && p->ok) {
+  p.done = true;
+  p.ready.cancel();
+  if (p.orphaned && p.ok) {
     log::debug("upstream-prepared-unused").kv("session", up.client_.id).kv("upstream", up.config_->upstream.target);
     up.park_or_close("session ended");
   }
@@ -456,6 +495,7 @@ asio::awaitable<bool> SmtpUpstream::open(bool identify_client) {
 asio::awaitable<bool> SmtpUpstream::identify(bool identify_client, bool pooled) {
   xforward_ = false;
   c_->xclient = false;
+  c_->unnamed = false;
   using Identity = Config::Upstream::ClientIdentity;
   const auto mode = identify_client ? config_->upstream.client_identity : Identity::kNone;
   if ((mode == Identity::kAuto || mode == Identity::kXclient) && offers("XCLIENT")) {
@@ -643,7 +683,9 @@ std::string SmtpUpstream::xclient_line() const {
   if (has("PORT")) line += fmt::format(" PORT={}", client_.client_port);
   if (has("NAME")) line += " NAME=" + (client_.client_name.empty() ? std::string("[UNAVAILABLE]") : xtext(client_.client_name));
   if (has("HELO") && !client_.helo.empty()) line += " HELO=" + xtext(client_.helo);
-  if (has("PROTO")) line += client_.esmtp ? " PROTO=ESMTP" : " PROTO=SMTP";
+  // Before the client's greeting (prepare()) its protocol is not known yet;
+  // the EHLO after XCLIENT says it anyway.
+  if (has("PROTO") && !client_.helo.empty()) line += client_.esmtp ? " PROTO=ESMTP" : " PROTO=SMTP";
   if (has("LOGIN") && !client_.auth_user.empty()) line += " LOGIN=" + xtext(client_.auth_user);
   line += "\r\n";
   return line;
@@ -682,15 +724,25 @@ asio::awaitable<bool> SmtpUpstream::send_xclient(bool rset) {
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line()));
     co_return true;
   }
-  // After XCLIENT the MTA's session starts over; the EHLO that follows speaks
-  // for the client, so it carries the client's own HELO name (XCLIENT_README).
+  // Prepared before the client greeted (prepare()): the EHLO that names it
+  // waits for its HELO/EHLO (greet_as_client()).
+  c_->unnamed = rset && client_.helo.empty();
+  if (c_->unnamed) co_return true;
+  co_return co_await greet_as_client(rset);
+}
+
+// After XCLIENT the MTA's session starts over; the EHLO that follows speaks
+// for the client, so it carries the client's own HELO name (XCLIENT_README;
+// it stands for XCLIENT's HELO and PROTO too).
+asio::awaitable<bool> SmtpUpstream::greet_as_client(bool pooled) {
+  c_->unnamed = false;
   const std::vector<std::string> offered = c_->capabilities;
-  c_->xclient = co_await ehlo(client_.helo, rset);
+  c_->xclient = co_await ehlo(client_.helo, pooled);
   // Over a pooled connection the same MTA offers what it offered: anything
   // else is a reply read out of turn (one too many to the pipelined RSET or
   // XCLIENT), or an MTA that answers each client differently; either way a
   // new connection is the safe one.
-  if (rset && c_->xclient && c_->capabilities != offered) {
+  if (pooled && c_->xclient && c_->capabilities != offered) {
     log::info("upstream-pool-discard").kv("session", client_.id).kv("upstream", config_->upstream.target)
         .kv("reason", "EHLO after XCLIENT offered something else");
     c_->xclient = false;

@@ -48,6 +48,8 @@ class SmtpUpstream final : public Upstream {
   // Takes an idle connection from this thread's pool, if one waits, and
   // starts identifying it for the client (RSET, XCLIENT, EHLO) in a
   // coroutine of its own; the next operation takes it over (settle()).
+  // Called at the greeting too: then XCLIENT goes without HELO and PROTO,
+  // and the EHLO after it waits for the client's own, the next call.
   void prepare() override;
   // Opens the connection without announcing a client (no XCLIENT): a probe.
   asio::awaitable<bool> probe() { co_return co_await open(false); }
@@ -63,6 +65,11 @@ class SmtpUpstream final : public Upstream {
   // need outlive it. Defined in smtp_upstream.cpp.
   struct Preparation;
   static asio::awaitable<void> run_preparation(std::shared_ptr<Preparation> p);
+  // The client's HELO/EHLO names a preparation made at its greeting.
+  bool name_preparation();
+  static asio::awaitable<void> greet_prepared(std::shared_ptr<Preparation> p);
+  // Done (or failed: the connection closed), waiters woken, an orphan parked.
+  static void finish_preparation(Preparation& p);
   // Every operation starts here: waits for a preparation under way, then
   // takes its connection when it announced the client as the client is now;
   // else the connection goes back to the pool, and open() identifies anew.
@@ -91,6 +98,8 @@ class SmtpUpstream final : public Upstream {
   // `rset`: a pooled connection is handed over; RSET goes first (in the
   // same write where PIPELINING is offered) and XCLIENT must be taken.
   asio::awaitable<bool> send_xclient(bool rset = false);
+  // The EHLO after XCLIENT, with the client's HELO name.
+  asio::awaitable<bool> greet_as_client(bool pooled);
   std::string xclient_line() const;
   // A reply no command of its kind can have (`intermediate`: the one 3xx it
   // may have, else a 2xx, 4xx or 5xx): a protocol error; else `r` as it is.

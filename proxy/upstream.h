@@ -99,10 +99,12 @@ class Upstream {
   virtual asio::awaitable<void> release() { co_await quit(); }
   // Between messages: gives back buffers a message made large.
   virtual void release_buffers() {}
-  // The client's HELO/EHLO was answered and who it is is known: an upstream
-  // that keeps idle connections may ready one for this client now, in the
-  // background, while the session reads the client's next command. Never
-  // opens a connection; later operations wait for it (issue 23).
+  // The client was greeted (who it is is known but its HELO name), or its
+  // HELO/EHLO was answered: an upstream that keeps idle connections may
+  // ready one for this client now, in the background, while the session
+  // reads the client's next command; at the greeting as far as it can
+  // without that name. Never opens a connection; later operations wait for
+  // it (issue 23).
   virtual void prepare() {}
   // The capabilities the MTA offered (upper-case EHLO keywords), if connected.
   virtual bool offers(std::string_view keyword) const = 0;

@@ -48,6 +48,7 @@ struct UpstreamConnection {
   // refused something (any 4xx/5xx), whatever the session did next.
   bool tainted = false;
   bool xclient = false;       // the MTA took XCLIENT on it
+  bool unnamed = false;       // XCLIENT taken, the EHLO with the client's name not sent yet
   // The last read (plain TCP) left nothing behind: it read less than it
   // could, or found nothing. A write that follows it at once may skip the
   // read before it (SmtpUpstream::send); any write clears it.

@@ -1,7 +1,9 @@
 """A pooled upstream connection identified ahead of MAIL (issue 23): once a
-client's HELO/EHLO is answered, an idle connection from the pool gets RSET,
-XCLIENT and EHLO for that client in the background, while the client sends
-its next command; its MAIL then goes out at once.
+client is greeted, an idle connection from the pool gets RSET and XCLIENT
+(address, port, name) for it in the background, and once its HELO/EHLO is
+answered the EHLO that names it, while the client sends its next command;
+its MAIL then goes out at once. (A connection taken only at the client's
+EHLO gets RSET, XCLIENT with HELO and PROTO, and EHLO then.)
 
 What must hold: the MTA sees each client's own address, HELO name and
 protocol whatever the client does between EHLO and MAIL (a second EHLO,
@@ -71,15 +73,17 @@ def xclients(sink, conn):
 
 
 def wait_identified(sink, conn, n, helo=None, count=1):
-    """The sink heard XCLIENT for client n on `conn` (and the EHLO after it):
-    the preparation ran while the client had sent nothing after EHLO."""
+    """The sink heard XCLIENT for client n on `conn` and the EHLO with the
+    client's name after it: the preparation ran while the client had sent
+    nothing after EHLO. XCLIENT may have gone at postern's greeting, before
+    the client named itself: then without HELO (its EHLO says it)."""
     helo = helo or f"client-{n}.example"
 
     def done():
         events = sink.connection_events(conn)
         hits = [i for i, e in enumerate(events) if e[0] == "XCLIENT" and e[1].get("ADDR") == ip(n)
-                and e[1].get("HELO") == helo]
-        return len(hits) >= count and any(e[0] == "EHLO" for e in events[hits[-1]:])
+                and e[1].get("HELO", helo) == helo]
+        return len(hits) >= count and ("EHLO", helo) in events[hits[-1]:]
 
     wait_until(done, 5 * SCALE, message=f"XCLIENT and EHLO for client {n} ({helo})")
 
@@ -97,8 +101,10 @@ def finish(c, subject="prepared"):
 
 def check_message(msg, n, helo, proto="ESMTP"):
     assert msg.xclient["ADDR"] == ip(n), msg.xclient
-    assert msg.xclient["HELO"] == helo, msg.xclient
-    assert msg.xclient["PROTO"] == proto, msg.xclient
+    # Without HELO and PROTO when XCLIENT went at postern's greeting; what
+    # it says must be the client's
+    assert msg.xclient.get("HELO", helo) == helo, msg.xclient
+    assert msg.xclient.get("PROTO", proto) == proto, msg.xclient
     assert msg.helo == helo   # the EHLO after XCLIENT speaks for the client
 
 
@@ -143,6 +149,94 @@ def test_without_xclient_the_preparation_is_rset(postern, make_sink):
     assert verbs_after(sink, conn, mark) == "RSET MAIL DATA"
 
 
+# -- XCLIENT at the greeting, EHLO at the client's ---------------------------
+
+def test_xclient_goes_at_the_greeting_and_ehlo_with_the_clients(postern, make_sink):
+    sink = make_sink(xclient=True)
+    p = start(postern, sink)
+    conn = pool_one(p, sink, 10)
+    mark = len(sink.connection_events(conn))
+    with SmtpClient(p.port, source=ip(23)) as c:           # reads the 220, says nothing yet
+        wait_until(lambda: any(x.get("ADDR") == ip(23) for x in xclients(sink, conn)), 5 * SCALE,
+                   message="XCLIENT before the client's EHLO")
+        x = xclients(sink, conn)[-1]
+        assert "HELO" not in x and "PROTO" not in x, x    # not known yet: the EHLO after it says them
+        assert verbs_after(sink, conn, mark) == "RSET XCLIENT"
+        c.ehlo("client-23.example")
+        wait_identified(sink, conn, 23)                     # EHLO client-23.example, before MAIL
+        assert verbs_after(sink, conn, mark) == "RSET XCLIENT EHLO"
+        finish(c)
+    msg = sink.wait_messages(2)[-1]
+    assert msg.conn_id == conn
+    check_message(msg, 23, "client-23.example")
+    assert verbs_after(sink, conn, mark) == "RSET XCLIENT EHLO MAIL DATA"
+    assert discards(p, "reidentify") == 0
+
+
+@pytest.mark.parametrize("how", ["quit", "close", "reset"])
+def test_client_that_leaves_before_ehlo_leaves_the_pool_sane(postern, make_sink, how):
+    """XCLIENT went for a client that never greeted: the connection goes back
+    to the pool as it is and serves the next client (RSET, XCLIENT, EHLO)."""
+    sink = make_sink(xclient=True)
+    p = start(postern, sink)
+    conn = pool_one(p, sink, 10)
+    ended = len(p.events("session-end"))
+    c = SmtpClient(p.port, source=ip(24))
+    wait_until(lambda: any(x.get("ADDR") == ip(24) for x in xclients(sink, conn)), 5 * SCALE,
+               message="XCLIENT at the greeting")
+    if how == "quit":
+        c.expect("QUIT", 221)
+    elif how == "reset":
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()
+    p.wait_for_log("session-end", count=ended + 1)
+    p.wait_for_log("upstream-prepared-unused")
+    mark = len(sink.connection_events(conn))
+    send_one(p, 25)
+    msg = sink.wait_messages(2)[-1]
+    assert msg.conn_id == conn and sink.connections == 1
+    check_message(msg, 25, "client-25.example")
+    assert verbs_after(sink, conn, mark) == "RSET XCLIENT EHLO MAIL DATA"
+    assert ("client-24.example",) not in [e[1:] for e in sink.connection_events(conn) if e[0] == "EHLO"]
+
+
+def test_ehlo_while_the_greeting_xclient_is_on_its_way(postern, make_sink):
+    """The client's EHLO comes before the MTA answered XCLIENT: the EHLO with
+    its name follows XCLIENT's reply, once, and MAIL waits for it."""
+    sink = make_sink(xclient=True)
+    p = start(postern, sink)
+    conn = pool_one(p, sink, 10)
+    sink.on("XCLIENT", delay=0.4 * SCALE, times=1)
+    mark = len(sink.connection_events(conn))
+    with SmtpClient(p.port, source=ip(26)) as c:
+        c.ehlo("client-26.example")
+        finish(c)
+    msg = sink.wait_messages(2)[-1]
+    assert msg.conn_id == conn
+    check_message(msg, 26, "client-26.example")
+    assert verbs_after(sink, conn, mark) == "RSET XCLIENT EHLO MAIL DATA"
+
+
+def test_mta_gone_between_the_greeting_xclient_and_the_ehlo(postern, make_sink):
+    """The MTA closes the prepared connection after XCLIENT (its time-out):
+    the EHLO finds out, and MAIL opens a new connection; the client hears
+    nothing of it."""
+    sink = make_sink(xclient=True)
+    p = start(postern, sink)
+    conn = pool_one(p, sink, 10)
+    with SmtpClient(p.port, source=ip(27)) as c:
+        wait_until(lambda: any(x.get("ADDR") == ip(27) for x in xclients(sink, conn)), 5 * SCALE,
+                   message="XCLIENT at the greeting")
+        sink.hangup(conn)
+        wait_until(lambda: ("LOST",) in sink.connection_events(conn), 5 * SCALE, message="closed")
+        c.ehlo("client-27.example")
+        finish(c)
+    msg = sink.wait_messages(2)[-1]
+    assert msg.conn_id != conn
+    check_message(msg, 27, "client-27.example")
+    assert p.alive()
+
+
 # -- the client changes who it says it is -------------------------------------
 
 @pytest.mark.parametrize("second", ["EHLO client-17b.example", "HELO client-17b.example",
@@ -169,7 +263,7 @@ def test_a_second_greeting_is_what_the_mta_hears(postern, make_sink, second, pre
     check_message(msg, 17, helo, proto)
     assert msg.conn_id == conn                  # still the pooled connection, identified anew where needed
     xs = xclients(sink, conn)[-2:] if helo != "client-17.example" else xclients(sink, conn)[-1:]
-    assert xs[-1]["HELO"] == helo and xs[-1]["PROTO"] == proto
+    assert xs[-1].get("HELO", helo) == helo and xs[-1].get("PROTO", proto) == proto
     seq = verbs_after(sink, conn, mark)
     if helo == "client-17.example":
         assert seq == "RSET XCLIENT EHLO MAIL DATA", seq   # same name: nothing said twice

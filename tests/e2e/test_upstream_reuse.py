@@ -88,8 +88,10 @@ def test_each_client_reaches_the_mta_over_one_reused_connection(postern, make_si
     assert len({m.conn_id for m in msgs}) == 1, [m.conn_id for m in msgs]
     for n, m in zip((11, 12, 13), msgs):
         assert m.xclient["ADDR"] == client_ip(n), m.xclient
-        assert m.xclient["HELO"] == f"client-{n}.example", m.xclient
-        assert m.helo == f"client-{n}.example"          # the EHLO after XCLIENT speaks for the client
+        # XCLIENT may come before the client's greeting (prepared at postern's
+        # 220), without HELO; the EHLO after it speaks for the client either way
+        assert m.xclient.get("HELO", f"client-{n}.example") == f"client-{n}.example", m.xclient
+        assert m.helo == f"client-{n}.example"
         assert received_client(m) == client_ip(n)
     new, reused = counters(p)
     assert (new - new0, reused - reused0) == (1, 2)
