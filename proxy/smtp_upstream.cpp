@@ -413,7 +413,11 @@ asio::awaitable<UpstreamReply> SmtpUpstream::reply_to(metrics::UpstreamCommand w
   // A 421 right behind the reply: the MTA leaves. A reply that waited for
   // more from postern is void; a final one stands, and the 421 follows it.
   UpstreamReply bye = closing(c_->replies.closing_reply(), op);
-  if (intermediate(what, reply)) co_return bye;
+  if (intermediate(what, reply)) {
+    // A 354 taken back: none of the content went (data() may try again).
+    bye.unsent = what == metrics::UpstreamCommand::kData;
+    co_return bye;
+  }
   bye.reply = std::move(reply);
   bye.local = false;
   co_return bye;
@@ -1007,10 +1011,18 @@ asio::awaitable<UpstreamReply> SmtpUpstream::data(const std::string& head, const
     // content went, the message may go again (Delivery::relay), as when a
     // kept connection was closed meanwhile; not after a protocol error or
     // this wait's own time-out.
+    // A 421 instead of the 354 is the MTA's answer to DATA, relayed as at
+    // every stage; after it, the MTA left a message it had not got yet.
+    bool after_354 = go.unsent;  // a 421 right behind the 354 (reply_to())
     if (go.reply.code == 354 && !go.connection_lost) {
-      if (auto gone = quiet("data")) go = std::move(*gone);
+      if (auto gone = quiet("data")) {
+        go = std::move(*gone);
+        after_354 = true;
+      }
     }
-    go.unsent = go.connection_lost && !is_protocol_error(go) && !watchdog_.expired();
+    go.unsent = after_354 && go.connection_lost && !is_protocol_error(go) && !watchdog_.expired();
+  } else {
+    go.unsent = false;  // sent just now: a 421 behind the 354 is its answer to DATA
   }
   if (go.reply.code != 354 || go.connection_lost) co_return go;  // refused: relayed verbatim
   // Whole blocks, never line by line: header + stuffed content + ".\r\n".

@@ -482,15 +482,26 @@ def test_final_reply_then_421_relays_both_and_closes(postern, mta_factory, chunk
     assert len(mta.accepted) == 1
 
 
-def test_421_behind_354_voids_it(postern, mta_factory):
+@pytest.mark.parametrize("early", [False, True], ids=["data-after-content", "early-data"])
+def test_421_behind_354_voids_it(postern, mta_factory, early):
+    """The MTA takes its 354 back with a 421 behind it: never any content
+    over that connection. DATA sent with the content: that is the MTA's
+    answer to DATA, relayed (421, the session ends). DATA sent ahead
+    ([upstream] early_data): the MTA left before the content was even
+    there, and the message goes once over a new connection."""
     mta = mta_factory()
-    p = start(postern, mta)
+    p = start(postern, mta, **{"upstream.early_data": "true" if early else "false"})
     mta.arm({"DATA": [b"354 go ahead\r\n421 4.3.2 shutting down\r\n", CLOSE]})
     with SmtpClient(p.port) as c:
         c.ehlo()
-        check_reply(transaction(c)["END"], 421, "4.3.2", "content after a 354 the MTA took back")
-        assert c.wait_closed()
-    assert mta.accepted == []
+        if not early:
+            check_reply(transaction(c)["END"], 421, "4.3.2", "content after a 354 the MTA took back")
+            assert c.wait_closed()
+            assert mta.accepted == []
+            return
+        check_reply(transaction(c)["END"], 250, what="once more over a new connection")
+    assert [cid for cid, _ in mta.accepted] == [2]
+    p.wait_for_log("upstream-data-retry")
 
 
 @pytest.mark.parametrize("chunking", [False, True], ids=["data", "chunking"])
