@@ -58,12 +58,12 @@ class Upstream {
   // held MAIL on its own instead. One round trip to the MTA less per message.
   virtual asio::awaitable<UpstreamReply> mail(const Mailbox& reverse_path,
                                               const std::vector<EsmtpParam>& params, bool hold) = 0;
-  //
-  // `data_follows`: the client pipelined DATA right behind this RCPT, and
-  // postern answers it with 354 when this RCPT leaves a recipient (or had
-  // one). An upstream that would send DATA later (begin_data()) may send it
-  // in this write instead and read its reply in data(), or read it and go on
-  // where the client's DATA ends up refused after all (reset(), rcpt()).
+  // RCPT TO:<forward-path> params. `data_follows`: the client pipelined DATA
+  // right behind this RCPT, and postern answers it with 354 when this RCPT
+  // leaves a recipient (or had one). An upstream that would send DATA later
+  // (begin_data()) may send it in this write instead and read its reply in
+  // data(), or read it and go on where the client's DATA ends up refused
+  // after all (reset(), rcpt()).
   virtual asio::awaitable<UpstreamReply> rcpt(const Mailbox& forward_path,
                                               const std::vector<EsmtpParam>& params, bool data_follows) = 0;
   // Whether a MAIL is held back now: the upstream keeps that state, the
