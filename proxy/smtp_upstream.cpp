@@ -123,8 +123,9 @@ void SmtpUpstream::prepare() {
   std::unique_ptr<UpstreamConnection> pooled = UpstreamPool::of(executor).take(config_);
   if (!pooled) return;
   auto p = std::make_shared<Preparation>(executor, config_, client_);
-  // The pool found it quiet, but the coroutine writes only after this turn
-  // of the event loop: what the MTA sent meanwhile is read first (send()).
+  // The pool found it quiet; its first write (co_spawn runs it at once, up
+  // to there) reads again before it all the same (send()): nothing about the
+  // socket is taken on trust across the hand-over.
   pooled->drained = false;
   p->upstream.c_ = std::move(pooled);
   p->upstream.state_ = State::kReady;

@@ -298,22 +298,24 @@ def start_postern(factory, upstream, lua=False, **sets):
     return p
 
 
+def serving(thing, stop):
+    """A module fixture's body: `thing` for the module, then `stop`."""
+    try:
+        yield thing
+    finally:
+        stop()
+
+
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory):
     f = PosternFactory(tmp_path_factory.mktemp("early-data"))
-    try:
-        yield f
-    finally:
-        f.cleanup()
+    yield from serving(f, f.cleanup)
 
 
 @pytest.fixture(scope="module")
 def mta():
     m = RawMta()
-    try:
-        yield m
-    finally:
-        m.close()
+    yield from serving(m, m.close)
 
 
 @pytest.fixture(scope="module")
@@ -325,10 +327,7 @@ def px(factory, mta):
 @pytest.fixture(scope="module")
 def asink():
     s = RecordingSink(lenient=True).start()
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from serving(s, s.stop)
 
 
 @pytest.fixture(scope="module")
@@ -1243,16 +1242,22 @@ def test_pool_reuses_after_relayed_never_after_aborted(factory):
 # 13: smuggling-shaped content: one message, boundaries unchanged
 
 
+def send_variant(c, sender, variant):
+    """MAIL, RCPT and DATA pipelined (DATA rides with RCPT), then the
+    smuggling-shaped content and its end; the final reply."""
+    c.send(group(sender, ["rcpt@example.com"]))
+    assert [x.code for x in replies(c, 3)] == [250, 250, 354]
+    c.send(attack_content(variant) + b".\r\n")
+    return c.read_reply()
+
+
 def test_smuggling_shapes_with_early_data_reject_mode(ps, asink):
     counts = Counts(ps)
     with SmtpClient(ps.port) as c:
         c.ehlo()
         for i, variant in enumerate(VARIANTS):
             sender = f"smuggle{i}@example.org"
-            c.send(group(sender, ["rcpt@example.com"]))
-            assert [x.code for x in replies(c, 3)] == [250, 250, 354]
-            c.send(attack_content(variant) + b".\r\n")
-            r = c.read_reply()
+            r = send_variant(c, sender, variant)
             check_reply(r, 554, "5.6.0" if variant in NUL_VARIANTS else "5.5.2", variant)
             check_reply(c.cmd("NOOP"), 250, "2.0.0", variant)
             assert_sink_aborted(asink, sink_conn(asink, sender))
@@ -1271,10 +1276,7 @@ def test_smuggling_shapes_with_early_data_normalize_mode(factory, asink):
         c.ehlo()
         for i, variant in enumerate(VARIANTS):
             sender = f"smugglen{i}@example.org"
-            c.send(group(sender, ["rcpt@example.com"]))
-            assert [x.code for x in replies(c, 3)] == [250, 250, 354]
-            c.send(attack_content(variant) + b".\r\n")
-            r = c.read_reply()
+            r = send_variant(c, sender, variant)
             if variant in NUL_VARIANTS:
                 check_reply(r, 554, "5.6.0", variant)
                 assert sink_delivered(asink, sender) == []

@@ -200,6 +200,25 @@ def test_client_that_leaves_before_ehlo_leaves_the_pool_sane(postern, make_sink,
     assert ("client-24.example",) not in [e[1:] for e in sink.connection_events(conn) if e[0] == "EHLO"]
 
 
+@pytest.mark.parametrize("greeting", ["HELO", "ehlo"])
+def test_first_greeting_helo_or_lower_case_names_the_prepared_connection(postern, make_sink, greeting):
+    """XCLIENT went at the greeting without HELO and PROTO; a client that
+    greets with HELO (or in lower case) is named by the EHLO that follows,
+    on the same connection, with nothing sent twice."""
+    sink = make_sink(xclient=True)
+    p = start(postern, sink)
+    conn = pool_one(p, sink, 10)
+    mark = len(sink.connection_events(conn))
+    with SmtpClient(p.port, source=ip(28)) as c:
+        c.expect(f"{greeting} client-28.example", 250)
+        wait_identified(sink, conn, 28)
+        finish(c)
+    msg = sink.wait_messages(2)[-1]
+    assert msg.conn_id == conn
+    check_message(msg, 28, "client-28.example", "SMTP" if greeting == "HELO" else "ESMTP")
+    assert verbs_after(sink, conn, mark) == "RSET XCLIENT EHLO MAIL DATA"
+
+
 def test_ehlo_while_the_greeting_xclient_is_on_its_way(postern, make_sink):
     """The client's EHLO comes before the MTA answered XCLIENT: the EHLO with
     its name follows XCLIENT's reply, once, and MAIL waits for it."""
