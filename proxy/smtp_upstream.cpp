@@ -1172,7 +1172,10 @@ asio::awaitable<void> SmtpUpstream::quit() {
   if (state_ == State::kDataSent) abort_data("quit");  // QUIT would be content
   if (state_ == State::kClosed) co_return;
   // What the MTA sent since its last reply is checked here too (send()).
-  if (!co_await send("QUIT\r\n", kQuitTimeout, 1, "quit")) {
+  // Bound to a name: g++ 12 miscompiles an awaited std::optional tested in
+  // place once the write suspends (SIGSEGV seen with `if (co_await send(...))`).
+  std::optional<UpstreamReply> failed = co_await send("QUIT\r\n", kQuitTimeout, 1, "quit");
+  if (!failed) {
     Reply bye;
     co_await receive(bye, kQuitTimeout, "quit");
   }
