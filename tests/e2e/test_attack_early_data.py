@@ -16,6 +16,7 @@ message it read (the end of data seen), with the reply it gave.
 """
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -23,7 +24,7 @@ import time
 import pytest
 
 from conftest import PosternFactory
-from harness import (SmtpClient, check_reply, data_payload, make_message, wait_until)
+from harness import (SmtpClient, check_reply, data_payload, make_cert, make_message, wait_until)
 from test_early_data import QUICK, Counts, group, replies, serving, start_postern
 
 
@@ -51,15 +52,16 @@ class Complete:
 class HostileMta:
     """PIPELINING, no CHUNKING, XCLIENT when asked. script(sender, ...):
     mail/data/end=bytes (the whole reply, CRLF included) instead of the
-    normal one; rcpt={address: bytes}; after_354=bytes written right behind
+    normal one (data: to the transaction's first DATA); rcpt={address: bytes}; after_354=bytes written right behind
     the 354 (in the same write), late_after_354=(seconds, bytes) written that
     long after it; close_after_354=True (the connection ends behind the 354); close_at="mail"|"rcpt"|"data"|"content"|"end" (the
     connection ends when that arrives, without a reply; rst=True: with a
     reset); split=True (every reply written one octet a segment).
     xclient_replies: a list of (delay, bytes) taken by the next XCLIENTs."""
 
-    def __init__(self, xclient=False):
+    def __init__(self, xclient=False, tls=None):
         self.xclient = xclient
+        self.tls = tls              # an ssl.SSLContext (server side): STARTTLS offered
         self.lock = threading.Lock()
         self.scripts = {}
         self.xclient_replies = []
@@ -200,6 +202,7 @@ class HostileMta:
                         st["helo"] = line[5:]
                         out += (b"250-hostile.test\r\n250-PIPELINING\r\n"
                                 + (b"250-XCLIENT ADDR PORT NAME HELO PROTO\r\n" if self.xclient else b"")
+                                + (b"250-STARTTLS\r\n" if self.tls and not st.get("tls") else b"")
                                 + b"250 ENHANCEDSTATUSCODES\r\n")
                     elif verb == "XCLIENT":
                         with self.lock:
@@ -228,6 +231,7 @@ class HostileMta:
                             end("closed at MAIL", sc.get("rst"))
                             break
                         st["sc"] = sc
+                        st["data_used"] = False
                         if "mail" in sc:
                             out += sc["mail"]
                         else:
@@ -252,7 +256,8 @@ class HostileMta:
                             out = b""
                             end("closed at DATA", sc.get("rst"))
                             break
-                        if "data" in sc:
+                        if "data" in sc and not st.get("data_used"):
+                            st["data_used"] = True          # the transaction's first DATA only
                             out += sc["data"]
                             if sc["data"].startswith(b"354"):
                                 mode, data = "data", bytearray(b"\r\n")
@@ -269,6 +274,11 @@ class HostileMta:
                             if "late_after_354" in sc:
                                 delay, late = sc["late_after_354"]
                                 threading.Timer(delay, self._send_quietly, (conn, late)).start()
+                    elif verb == "STARTTLS" and self.tls and not st.get("tls"):
+                        write(out + b"220 2.0.0 Ready to start TLS\r\n")
+                        out, buf = b"", b""
+                        conn = self.tls.wrap_socket(conn, server_side=True)
+                        st.update(mail=None, rcpts=[], sc={}, tls=True)
                     elif verb == "RSET":
                         st.update(mail=None, rcpts=[], sc={})
                         out += b"250 2.0.0 Ok\r\n"
@@ -497,6 +507,58 @@ def test_final_reply_with_bytes_behind_it_is_never_relayed_and_the_connection_is
     mta.wait_ended(conn)
     m = still_serving(px, mta, f"trailer-{len(trailer)}")
     assert m.conn != conn
+
+
+@pytest.mark.parametrize("then", ["RSET", "RCPT"])
+@pytest.mark.parametrize("reply", [
+    b"250 2.0.0 Ok\r\n",                       # a 2xx to a DATA without a recipient
+    b"354 go ahead\r\n",                       # lax: DATA open without a recipient
+    b"451 4.3.0 try later\r\n",
+    b"554 no valid recipients\r\n",            # no enhanced code from the MTA
+    b"421 4.3.2 closing\r\n",
+], ids=["250", "354", "451", "554-bare", "421"])
+def test_reply_to_a_data_that_no_recipient_took_is_settled_before_the_next_command(px, mta, reply, then):
+    """The only RCPT refused, DATA pipelined behind it: postern refuses the
+    client's DATA itself, and whatever the MTA answered the DATA sent ahead
+    is read before the next command (RSET, or another RCPT) goes; a reply
+    that leaves the MTA in DATA, or that no DATA may have, ends that
+    connection. The client's message reaches the MTA exactly once."""
+    sender = f"settle-{reply[:3].decode()}-{then.lower()}@example.org"
+    mta.script(sender, rcpt={"nobody@example.com": b"550 5.1.1 no such user\r\n"}, data=reply)
+    msg = make_message("after the settled DATA")
+    kept = reply[:1] in (b"4", b"5") and reply[:3] != b"421"    # the transaction goes on
+    with SmtpClient(px.port) as c:
+        c.ehlo()
+        c.send(group(sender, ["nobody@example.com"]))
+        r = replies(c, 3)
+        assert [x.code for x in r] == [250, 550, 554], r
+        check_reply(r[2], 554, "5.5.1")                 # postern's own: no valid recipients
+        to = sender
+        if then == "RCPT":
+            second = c.cmd("RCPT TO:<r@example.com>")
+            if kept:
+                check_reply(second, 250)
+                c.expect("DATA", 354)
+                c.send(data_payload(msg))
+                final = c.read_reply()
+            else:
+                # that connection is gone with the open transaction: 4xx, and the client starts over
+                assert second.code // 100 == 4 and second.enhanced and second.enhanced[0] == "4", second
+                c.expect("RSET", 250, "2.0.0")
+                to = sender + ".next"
+                final = c.send_message(to, ["r@example.com"], msg)
+        else:
+            c.expect("RSET", 250, "2.0.0")
+            to = sender + ".next"
+            final = c.send_message(to, ["r@example.com"], msg)
+        c.expect("QUIT", 221)
+    check_reply(final, 250, "2.0.0")
+    [m] = consistent(mta, to, final)
+    assert m.content.endswith(msg) and m.rcpts == ["r@example.com"]
+    [conn] = mta.conns_of(sender)
+    assert (m.conn == conn) == kept, (m, conn)
+    if to != sender:
+        assert mta.got(sender) == []
 
 
 # --------------------------------------------------------------------------
@@ -765,3 +827,62 @@ def test_client_pipelining_ehlo_to_data_while_xclient_is_slow(pxx, xmta):
     check_reply(final, 250, "2.0.0")
     [m] = consistent(xmta, sender, final)
     assert (m.addr, m.helo) == ("127.0.4.1", "eager.example"), m
+
+
+# --------------------------------------------------------------------------
+# the same over STARTTLS to the MTA: what arrives behind the 354 is read
+# through TLS
+
+
+@pytest.fixture(scope="module")
+def tmta(tmp_path_factory):
+    cert, key, _ = make_cert(tmp_path_factory.mktemp("hostile-tls"), name="mta", cn="hostile.test")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    m = HostileMta(tls=ctx)
+    yield from serving(m, m.close)
+
+
+@pytest.fixture(scope="module")
+def ptls(factory, tmta):
+    return start_postern(factory, tmta.address, lua=True, **{"upstream.tls": '"opportunistic"'})
+
+
+@pytest.mark.parametrize("case", ["taken-back", "closed-behind", "injected", "policy-reject", "plain"])
+def test_early_data_over_upstream_tls(ptls, tmta, case):
+    sender = f"tls-{case}@example.org"
+    extra = b""
+    if case == "taken-back":
+        tmta.script(sender, after_354=b"421 4.4.2 timeout\r\n", close_after_354=True)
+    elif case == "closed-behind":
+        tmta.script(sender, close_after_354=True)
+    elif case == "injected":
+        tmta.script(sender, after_354=b"250 2.0.0 Ok: queued as FAKE\r\n")
+    elif case == "policy-reject":
+        extra = b"X-Test-Case: reject\r\n"
+    msg = make_message(f"over TLS: {case}", extra_headers=extra)
+    with SmtpClient(ptls.port) as c:
+        c.ehlo()
+        c.send(group(sender, ["r@example.com"]))
+        assert [x.code for x in replies(c, 3)] == [250, 250, 354]
+        [conn] = tmta.conns_of(sender)
+        if case in ("taken-back", "closed-behind"):
+            tmta.wait_ended(conn)
+            tmta.script(sender)          # the next connection takes it
+        time.sleep(0.2)
+        c.send(data_payload(msg))
+        final = c.read_reply()
+    [starttls] = [line for line in tmta.lines(conn) if line == "STARTTLS"]
+    got = consistent(tmta, sender, final)
+    if case in ("taken-back", "closed-behind", "plain"):
+        check_reply(final, 250, "2.0.0")
+        assert got[0].conn == (conn if case == "plain" else max(tmta.conns_of(sender)))
+        assert (case == "plain") == (len(tmta.conns_of(sender)) == 1)
+    elif case == "injected":
+        check_reply(final, 451, "4.4.0")
+        assert got == []
+    else:
+        check_reply(final, 554, "5.7.1")
+        assert got == []
+        assert tmta.wait_ended(conn) == "eof in data"
+    still_serving(ptls, tmta, f"tls-{case}")
