@@ -769,6 +769,39 @@ def test_second_client_on_the_pooled_connection_sees_only_itself(pxx, xmta, how)
                                                                  else 0)
 
 
+@pytest.fixture(scope="module")
+def pxx_unpooled(factory, xmta):
+    """postern without a pool (upstream.reuse off) -> HostileMta with XCLIENT."""
+    return start_postern(factory, xmta.address, lua=True, **{"upstream.reuse": "false"})
+
+
+@pytest.mark.parametrize("pool", ["reuse", "no-reuse"])
+def test_a_greeting_after_a_message_is_what_the_mta_hears_for_the_next(pxx, pxx_unpooled, xmta, pool):
+    """A client greets again after a message (EHLO with another name, then
+    HELO): its next messages must reach the MTA under the name it gave
+    last, as a second greeting before the first MAIL does, never under the
+    name the connection was identified with for the earlier message."""
+    p = pxx if pool == "reuse" else pxx_unpooled
+    src = "127.0.6.1" if pool == "reuse" else "127.0.6.2"
+    names = [("EHLO", "first.example"), ("EHLO", "second.example"), ("HELO", "third.example"),
+             ("HELO", "third.example")]
+    with SmtpClient(p.port, source=src) as c:
+        for i, (verb, name) in enumerate(names):
+            c.expect(f"{verb} {name}", 250)
+            check_reply(c.send_message(f"greet-{pool}-{i}@example.org", ["r@example.com"], make_message(name)),
+                        250, "2.0.0")
+        c.expect("QUIT", 221)
+    for i, (verb, name) in enumerate(names):
+        [m] = xmta.got(f"greet-{pool}-{i}@example.org")
+        assert (m.addr, m.helo) == (src, name), (i, m)
+        lines = xmta.lines(m.conn)
+        mail = lines.index(f"MAIL FROM:<greet-{pool}-{i}@example.org>")
+        xclient = [line for line in lines[:mail] if line.startswith("XCLIENT ")][-1]
+        assert f"ADDR={src} " in xclient, xclient
+        assert "HELO=" not in xclient or f"HELO={name}" in xclient, xclient
+        assert "PROTO=" not in xclient or f"PROTO={'ESMTP' if verb == 'EHLO' else 'SMTP'}" in xclient, xclient
+
+
 # --------------------------------------------------------------------------
 # the preparation at the greeting against a hostile XCLIENT
 
