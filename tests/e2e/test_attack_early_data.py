@@ -806,25 +806,31 @@ def test_a_greeting_after_a_message_is_what_the_mta_hears_for_the_next(pxx, pxx_
 # the preparation at the greeting against a hostile XCLIENT
 
 
-@pytest.mark.parametrize("xreply", [
-    (0, b"550 5.7.1 not authorized\r\n"),
-    (0, b"421 4.3.2 shutting down\r\n"),
-    (0, b"hello there\r\n"),
-    (0, b"220 hostile.test ESMTP\r\n250 2.0.0 extra\r\n"),
-    (0, b""),                                        # the MTA closes
-    (0.8, b"220 hostile.test ESMTP\r\n"),            # slow: after the client's MAIL
-    (0.8, b"550 5.7.1 not authorized\r\n"),          # slow and refused
-], ids=["550", "421", "garbage", "220-then-extra", "close", "slow", "slow-550"])
-def test_hostile_xclient_at_the_greeting_never_misnames_the_client(pxx, xmta, xreply):
-    n = 40 + len(xmta.xclient_replies) + int(xreply[0] * 10) + len(xreply[1]) % 50
-    tag = f"xc-{xreply[1][:3].decode(errors='replace').strip() or 'close'}-{xreply[0]}"
+XCLIENT_ATTACKS = {
+    "550": (0, b"550 5.7.1 not authorized\r\n"),
+    "421": (0, b"421 4.3.2 shutting down\r\n"),
+    "garbage": (0, b"hello there\r\n"),
+    "220-then-extra": (0, b"220 hostile.test ESMTP\r\n250 2.0.0 extra\r\n"),
+    "close": (0, b""),                                        # the MTA closes
+    "slow": (0.8, b"220 hostile.test ESMTP\r\n"),            # answered after the client's MAIL
+    "slow-550": (0.8, b"550 5.7.1 not authorized\r\n"),      # slow and refused
+}
+
+
+@pytest.mark.parametrize("attack", list(XCLIENT_ATTACKS))
+def test_hostile_xclient_at_the_greeting_never_misnames_the_client(pxx, xmta, attack):
+    """The pooled connection prepared at the greeting gets a hostile answer
+    to its XCLIENT: the client's message goes once, 250, and the MTA books
+    it under this client's address and name (a failed preparation falls
+    back to another connection), never the previous client's."""
+    n = 40 + list(XCLIENT_ATTACKS).index(attack)
     first_ends(pxx, xmta, "delivered", n)             # a connection in the pool
     time.sleep(0.1)
     with xmta.lock:
-        xmta.xclient_replies.append(xreply)
-    src = "127.0.1.%d" % (n % 250 + 1)
-    sender = f"{tag}@example.org"
-    msg = make_message(tag)
+        xmta.xclient_replies.append(XCLIENT_ATTACKS[attack])
+    src = f"127.0.1.{n}"
+    sender = f"xc-{attack}@example.org"
+    msg = make_message(attack)
     with SmtpClient(pxx.port, source=src) as c:
         c.ehlo("victim.example")
         c.send(group(sender, ["r@example.com"]))
@@ -834,10 +840,11 @@ def test_hostile_xclient_at_the_greeting_never_misnames_the_client(pxx, xmta, xr
         final = c.read_reply()
         c.expect("QUIT", 221)
     check_reply(final, 250, "2.0.0")
+    assert xmta.xclient_replies == []              # the preparation took the hostile answer
     [m] = consistent(xmta, sender, final)
-    assert m.addr == src, m                         # never the previous client's address
+    assert (m.addr, m.helo) == (src, "victim.example"), m     # never the previous client's
     assert pxx.proc.poll() is None
-    still_serving(pxx, xmta, tag, source="127.0.2.1")
+    still_serving(pxx, xmta, f"xc-{attack}", source="127.0.2.1")
 
 
 def test_client_pipelining_ehlo_to_data_while_xclient_is_slow(pxx, xmta):
