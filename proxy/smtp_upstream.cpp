@@ -206,6 +206,7 @@ void SmtpUpstream::adopt() {
   p->upstream.state_ = State::kClosed;
   state_ = State::kReady;
   xforward_ = p->upstream.xforward_;
+  announced_ = p->facts;
   metrics::registry().upstream_connections_reused.inc();
   log::debug("upstream-prepared").kv("session", client_.id).kv("upstream", config_->upstream.target)
       .kv("messages", c_->messages);
@@ -743,6 +744,7 @@ asio::awaitable<bool> SmtpUpstream::greet_as_client(bool pooled) {
   c_->unnamed = false;
   const std::vector<std::string> offered = c_->capabilities;
   c_->xclient = co_await ehlo(client_.helo, pooled);
+  announced_ = identity_of(client_);
   // Over a pooled connection the same MTA offers what it offered: anything
   // else is a reply read out of turn (one too many to the pipelined RSET or
   // XCLIENT), or an MTA that answers each client differently; either way a
@@ -771,6 +773,16 @@ asio::awaitable<UpstreamReply> SmtpUpstream::mail(const Mailbox& reverse_path,
   if (preparation_) co_await settle();
   data_failure_.reset();
   if (state_ == State::kInTransaction || state_ == State::kMailHeld || state_ == State::kDataSent) co_await reset();
+  // The client greeted again after a message (EHLO or HELO with another
+  // name): the MTA would book this one under the name XCLIENT gave for the
+  // last. Back to the pool (or QUIT), and open() below takes a connection
+  // identified anew, as for a second greeting before the first MAIL (adopt()).
+  // Not once AUTH went over it: XCLIENT would end the MTA's authenticated session.
+  if (state_ == State::kReady && c_->xclient && client_.auth_user.empty() && !same_identity(announced_, client_)) {
+    log::debug("upstream-identity-changed").kv("session", client_.id).kv("upstream", config_->upstream.target);
+    if (poolable()) park_or_close("identity changed");
+    else co_await quit();
+  }
   // A kept connection may have been closed by the MTA meanwhile (its idle
   // time-out): then one fresh connection is tried before the client hears 4xx.
   const bool reused = state_ == State::kReady;

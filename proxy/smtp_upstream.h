@@ -176,6 +176,7 @@ class SmtpUpstream final : public Upstream {
   std::optional<UpstreamReply> failure_;  // why the last open() failed, when the MTA said so
   std::optional<UpstreamReply> data_failure_;  // why begin_data()'s DATA failed: data()'s reply
   std::shared_ptr<Preparation> preparation_;  // not taken over yet
+  SessionFacts announced_;  // who XCLIENT said the client is on c_ (c_->xclient)
 };
 
 }  // namespace postern
