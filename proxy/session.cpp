@@ -938,10 +938,15 @@ asio::awaitable<Verdict> Session::run_filters(Stage stage) {
   co_return v;
 }
 
-// An upstream reply to the client. After the MTA's 421 the session ends
-// with a 421 too (docs/operations.md "When the MTA says 421").
+// An upstream reply to the client, with an enhanced status code on every
+// line (with_enhanced_codes). After the MTA's 421 the session ends with a
+// 421 too (docs/operations.md "When the MTA says 421").
 void Session::relay_reply(const UpstreamReply& r) {
-  queue_reply(r.reply);
+  if (std::optional<Reply> completed = with_enhanced_codes(r.reply)) {
+    queue_reply(*completed);
+  } else {
+    queue_reply(r.reply);
+  }
   if (!r.closing) return;
   if (r.reply.code != 421) reply(replies::kUpstreamClosing);
   log::warning("upstream-closing").kv("session", id_).kv("client", facts_.client_ip).kv("action", "421 and close");

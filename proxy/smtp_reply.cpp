@@ -15,8 +15,9 @@ void append_code(std::string& out, int code) {
 }
 }  // namespace
 
-std::string_view Reply::enhanced_code() const {
-  std::string_view t = first_line();
+namespace {
+// The enhanced status code at the start of `t` ("2.1.5"), or empty.
+std::string_view leading_enhanced_code(std::string_view t) {
   std::size_t i = 0;
   int parts = 0;
   while (parts < 3) {
@@ -33,6 +34,41 @@ std::string_view Reply::enhanced_code() const {
   if (i < t.size() && t[i] != ' ') return {};
   if (t[0] != '2' && t[0] != '4' && t[0] != '5') return {};
   return t.substr(0, i);
+}
+}  // namespace
+
+std::string_view Reply::enhanced_code() const { return leading_enhanced_code(first_line()); }
+
+std::optional<Reply> with_enhanced_codes(const Reply& reply) {
+  const int k = reply.klass();
+  if (k != 2 && k != 4 && k != 5) return std::nullopt;
+  std::string_view rest = reply.text;
+  bool missing = false;
+  for (;;) {
+    const std::size_t nl = rest.find('\n');
+    if (leading_enhanced_code(rest.substr(0, nl)).empty()) missing = true;
+    if (missing || nl == std::string_view::npos) break;
+    rest.remove_prefix(nl + 1);
+  }
+  if (!missing) return std::nullopt;
+  std::string fill(reply.enhanced_code());
+  if (fill.empty() || fill[0] - '0' != k) fill = std::to_string(k) + ".0.0";
+  Reply out{reply.code, {}};
+  out.text.reserve(reply.text.size() + 16);
+  rest = reply.text;
+  for (;;) {
+    const std::size_t nl = rest.find('\n');
+    const std::string_view line = rest.substr(0, nl);
+    if (leading_enhanced_code(line).empty()) {
+      out.text.append(fill);
+      if (!line.empty()) out.text.push_back(' ');
+    }
+    out.text.append(line);
+    if (nl == std::string_view::npos) break;
+    out.text.push_back('\n');
+    rest.remove_prefix(nl + 1);
+  }
+  return out;
 }
 
 std::string_view Reply::first_line() const {

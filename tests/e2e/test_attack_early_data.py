@@ -926,3 +926,37 @@ def test_early_data_over_upstream_tls(ptls, tmta, case):
         assert got == []
         assert tmta.wait_ended(conn) == "eof in data"
     still_serving(ptls, tmta, f"tls-{case}")
+
+
+# --------------------------------------------------------------------------
+# replies without an enhanced status code
+
+
+@pytest.mark.parametrize("end", [
+    (b"250 queued as 42\r\n", 250, ["2.0.0 queued as 42"]),
+    (b"250-queued\r\n250 as 42\r\n", 250, ["2.0.0 queued", "2.0.0 as 42"]),
+    (b"250-2.6.0 queued\r\n250 as 42\r\n", 250, ["2.6.0 queued", "2.6.0 as 42"]),
+    (b"554 content refused\r\n", 554, ["5.0.0 content refused"]),
+    (b"451 try again later\r\n", 451, ["4.0.0 try again later"]),
+], ids=["250", "250-multi", "250-multi-first-coded", "554", "451"])
+def test_mta_replies_without_enhanced_codes_reach_the_client_with_them(px, mta, end):
+    """postern offers ENHANCEDSTATUSCODES (RFC 2034), so every line of a
+    2xx/4xx/5xx reply it relays starts with an enhanced status code: an MTA
+    that sends none gets the first line's on the others, else X.0.0 (RFC 3463
+    "undefined"), to RCPT and to the end of data alike; the text is kept."""
+    reply, code, lines = end
+    sender = f"bare-{code}-{len(reply)}@example.org"
+    mta.script(sender, rcpt={"nobody@example.com": b"550 no such user\r\n"}, end=reply)
+    with SmtpClient(px.port) as c:
+        c.ehlo()
+        check_reply(c.cmd(f"MAIL FROM:<{sender}>"), 250)
+        refused = c.cmd("RCPT TO:<nobody@example.com>")
+        check_reply(refused, 550, "5.0.0")
+        assert refused.lines == ["5.0.0 no such user"], refused
+        check_reply(c.cmd("RCPT TO:<r@example.com>"), 250)
+        c.expect("DATA", 354)
+        c.send(data_payload(make_message("bare codes")))
+        final = c.read_reply()
+        c.expect("QUIT", 221)
+    assert final.code == code and final.lines == lines, final
+    consistent(mta, sender, final)

@@ -391,3 +391,37 @@ TEST_CASE("replies: every Def is a valid one-line reply", "[smtp_reply]") {
     }
   }
 }
+
+TEST_CASE("with_enhanced_codes: every line of a relayed 2xx/4xx/5xx reply carries one", "[smtp_reply]") {
+  struct Case {
+    int code;
+    std::string text;
+    std::string want;  // "" = unchanged (nullopt)
+  };
+  const std::vector<Case> cases = {
+      {250, "2.0.0 Ok: queued as 1", ""},
+      {550, "5.1.1 no such user", ""},
+      {250, "queued", "2.0.0 queued"},
+      {550, "no such user", "5.0.0 no such user"},
+      {451, "try later", "4.0.0 try later"},
+      {554, "", "5.0.0"},
+      {354, "go ahead", ""},                                   // 3xx: no enhanced code (RFC 2034)
+      {550, "5.7.1 first\nsecond", "5.7.1 first\n5.7.1 second"},  // the first line's code
+      {550, "first\n5.7.1 second", "5.0.0 first\n5.7.1 second"},
+      {550, "a\nb\nc", "5.0.0 a\n5.0.0 b\n5.0.0 c"},
+      {550, "2.0.0 wrong class\nmore", "2.0.0 wrong class\n5.0.0 more"},  // never a 2.x.x below a 5xx
+      {550, "5.1 short", "5.0.0 5.1 short"},                   // not an enhanced code
+      {421, "4.3.2 closing", ""},
+  };
+  for (const Case& c : cases) {
+    INFO(c.code << " " << escape(c.text));
+    std::optional<Reply> out = postern::with_enhanced_codes(Reply{c.code, c.text});
+    if (c.want.empty()) {
+      CHECK_FALSE(out.has_value());
+    } else {
+      REQUIRE(out.has_value());
+      CHECK(out->code == c.code);
+      CHECK(out->text == c.want);
+    }
+  }
+}
