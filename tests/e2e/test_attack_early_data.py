@@ -24,8 +24,8 @@ import time
 import pytest
 
 from conftest import PosternFactory
-from harness import (SmtpClient, check_reply, data_payload, make_cert, make_message, wait_until)
-from test_early_data import QUICK, Counts, group, replies, serving, start_postern
+from harness import (ScriptedServer, SmtpClient, check_reply, data_payload, make_cert, make_message, wait_until)
+from test_early_data import QUICK, group, replies, serving, start_postern
 
 
 # --------------------------------------------------------------------------
@@ -49,7 +49,7 @@ class Complete:
                 f"addr={self.addr} helo={self.helo})")
 
 
-class HostileMta:
+class HostileMta(ScriptedServer):
     """PIPELINING, no CHUNKING, XCLIENT when asked. script(sender, ...):
     mail/data/end=bytes (the whole reply, CRLF included) instead of the
     normal one (data: to the transaction's first DATA); rcpt={address: bytes}; after_354=bytes written right behind
@@ -70,22 +70,7 @@ class HostileMta:
         self.complete = []          # Complete
         self.ended = {}
         self.count = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def address(self):
-        return f"127.0.0.1:{self.port}"
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        super().__init__()          # last: it starts accepting
 
     def script(self, sender, **what):
         self.scripts[sender] = what
@@ -96,14 +81,6 @@ class HostileMta:
             conn.sendall(octets)
         except OSError:
             pass
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.session, args=(conn,), daemon=True).start()
 
     # -- what was seen ------------------------------------------------------
 
