@@ -42,24 +42,30 @@ std::string_view Reply::enhanced_code() const { return leading_enhanced_code(fir
 std::optional<Reply> with_enhanced_codes(const Reply& reply) {
   const int k = reply.klass();
   if (k != 2 && k != 4 && k != 5) return std::nullopt;
+  // A code of another class than the reply's ("550 2.0.0 Ok") is no code
+  // for it: a client that reads enhanced codes would take it for success.
+  const auto code_of = [k](std::string_view line) {
+    std::string_view c = leading_enhanced_code(line);
+    return !c.empty() && c[0] - '0' == k ? c : std::string_view{};
+  };
   std::string_view rest = reply.text;
   bool missing = false;
   for (;;) {
     const std::size_t nl = rest.find('\n');
-    if (leading_enhanced_code(rest.substr(0, nl)).empty()) missing = true;
+    missing = code_of(rest.substr(0, nl)).empty();
     if (missing || nl == std::string_view::npos) break;
     rest.remove_prefix(nl + 1);
   }
   if (!missing) return std::nullopt;
-  std::string fill(reply.enhanced_code());
-  if (fill.empty() || fill[0] - '0' != k) fill = std::to_string(k) + ".0.0";
+  std::string fill(code_of(reply.first_line()));
+  if (fill.empty()) fill = std::to_string(k) + ".0.0";
   Reply out{reply.code, {}};
   out.text.reserve(reply.text.size() + 16);
   rest = reply.text;
   for (;;) {
     const std::size_t nl = rest.find('\n');
     const std::string_view line = rest.substr(0, nl);
-    if (leading_enhanced_code(line).empty()) {
+    if (code_of(line).empty()) {
       out.text.append(fill);
       if (!line.empty()) out.text.push_back(' ');
     }

@@ -26,9 +26,10 @@ struct Reply {
 
 // A reply from the MTA as postern's client hears it: postern offers
 // ENHANCEDSTATUSCODES (RFC 2034), so every line of a 2xx, 4xx or 5xx reply
-// starts with an enhanced status code. A line without one gets the first
-// line's (when its class is the reply's), else "X.0.0", undefined (RFC 3463
-// §3.1). nullopt when nothing is missing (the usual case: no copy).
+// starts with an enhanced status code of the reply's class. A line without
+// one (or with one of another class, kept as text behind it) gets the first
+// line's, else "X.0.0", undefined (RFC 3463 §3.1). nullopt when nothing is
+// missing (the usual case: no copy).
 std::optional<Reply> with_enhanced_codes(const Reply& reply);
 
 // Appends the wire form of `reply` ("250-a\r\n250 b\r\n") to `out`.

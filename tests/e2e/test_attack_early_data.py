@@ -915,7 +915,9 @@ def test_early_data_over_upstream_tls(ptls, tmta, case):
     (b"250-2.6.0 queued\r\n250 as 42\r\n", 250, ["2.6.0 queued", "2.6.0 as 42"]),
     (b"554 content refused\r\n", 554, ["5.0.0 content refused"]),
     (b"451 try again later\r\n", 451, ["4.0.0 try again later"]),
-], ids=["250", "250-multi", "250-multi-first-coded", "554", "451"])
+    (b"554 2.0.0 Ok\r\n", 554, ["5.0.0 2.0.0 Ok"]),            # a code of another class is none
+    (b"250-2.0.0 Ok\r\n250 5.7.1 no\r\n", 250, ["2.0.0 Ok", "2.0.0 5.7.1 no"]),
+], ids=["250", "250-multi", "250-multi-first-coded", "554", "451", "554-wrong-class", "250-wrong-class-line"])
 def test_mta_replies_without_enhanced_codes_reach_the_client_with_them(px, mta, end):
     """postern offers ENHANCEDSTATUSCODES (RFC 2034), so every line of a
     2xx/4xx/5xx reply it relays starts with an enhanced status code: an MTA

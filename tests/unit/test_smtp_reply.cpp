@@ -409,7 +409,10 @@ TEST_CASE("with_enhanced_codes: every line of a relayed 2xx/4xx/5xx reply carrie
       {550, "5.7.1 first\nsecond", "5.7.1 first\n5.7.1 second"},  // the first line's code
       {550, "first\n5.7.1 second", "5.0.0 first\n5.7.1 second"},
       {550, "a\nb\nc", "5.0.0 a\n5.0.0 b\n5.0.0 c"},
-      {550, "2.0.0 wrong class\nmore", "2.0.0 wrong class\n5.0.0 more"},  // never a 2.x.x below a 5xx
+      {550, "2.0.0 wrong class\nmore", "5.0.0 2.0.0 wrong class\n5.0.0 more"},  // never a 2.x.x on a 5xx
+      {451, "5.7.1 wrong class", "4.0.0 5.7.1 wrong class"},
+      {250, "2.1.0 ok\n5.0.0 wrong", "2.1.0 ok\n2.1.0 5.0.0 wrong"},
+      {554, "5.7.1 first\n4.0.0 second", "5.7.1 first\n5.7.1 4.0.0 second"},
       {550, "5.1 short", "5.0.0 5.1 short"},                   // not an enhanced code
       {421, "4.3.2 closing", ""},
   };
