@@ -11,9 +11,13 @@
 //    kUpstreamReplyLines lines;
 //  - append_reply(reply) re-parses, whole, to the same code and text and
 //    consumes exactly its wire form, which has only CRLF line ends;
-//  - enhanced_code() is a prefix of first_line() of the form D.D{1,3}.D{1,3}.
+//  - enhanced_code() is a prefix of first_line() of the form D.D{1,3}.D{1,3};
+//  - with_enhanced_codes() keeps code, lines and their text, puts a code of
+//    the reply's class on every 2xx/4xx/5xx line, leaves 3xx alone, and is
+//    idempotent.
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -132,6 +136,33 @@ void check_reply(const Reply& reply) {
       else if (c < '0' || c > '9') ok = false;
     }
     FUZZ_CHECK(ok && dots == 2, "enhanced_code \"" + escape(enhanced) + "\" of \"" + escape(first) + "\"");
+  }
+
+  // with_enhanced_codes: same code and line count; for 2xx/4xx/5xx every line
+  // starts with a code of the reply's class and ends with the original line;
+  // applied twice it changes nothing more.
+  std::optional<Reply> done = postern::with_enhanced_codes(reply);
+  const Reply& out = done ? *done : reply;
+  std::size_t out_lines = 1;
+  for (char c : out.text) out_lines += c == '\n';
+  FUZZ_CHECK(out.code == reply.code && out_lines == lines, "with_enhanced_codes changed the code or lines");
+  if (reply.klass() != 3) {
+    std::string_view rest_in = reply.text, rest_out = out.text;
+    for (;;) {
+      const std::size_t ni = rest_in.find('\n'), no = rest_out.find('\n');
+      const std::string_view li = rest_in.substr(0, ni), lo = rest_out.substr(0, no);
+      const Reply line{out.code, std::string(lo)};
+      const std::string_view code = line.enhanced_code();
+      FUZZ_CHECK(!code.empty() && code[0] - '0' == reply.klass() && lo.size() >= li.size() &&
+                     lo.substr(lo.size() - li.size()) == li,
+                 "with_enhanced_codes line \"" + escape(lo) + "\" for \"" + escape(li) + "\"");
+      if (ni == std::string_view::npos || no == std::string_view::npos) break;
+      rest_in.remove_prefix(ni + 1);
+      rest_out.remove_prefix(no + 1);
+    }
+    FUZZ_CHECK(!postern::with_enhanced_codes(out), "with_enhanced_codes is not idempotent: \"" + escape(out.text) + "\"");
+  } else {
+    FUZZ_CHECK(!done, "with_enhanced_codes changed a 3xx reply");
   }
 }
 
