@@ -240,6 +240,41 @@ def test_client_abort_mid_data_leaves_a_clean_connection(postern, make_sink, ear
     assert msg.mail_from == "alice@example.org" and msg.xclient["ADDR"] == client_ip(52)
 
 
+@pytest.mark.parametrize("how", ["mid-chunk", "between-chunks", "rset-after-a-chunk"])
+@pytest.mark.parametrize("mta_chunking", [True, False], ids=["mta-bdat", "mta-data"])
+def test_client_abort_mid_bdat_leaves_a_clean_connection(postern, make_sink, how, mta_chunking):
+    """The BDAT members of the class above: a client that leaves inside a
+    chunk or between chunks, or RSETs after one, leaves nothing of its
+    message on the MTA's connection; the next client's message goes over
+    the same connection (its transaction was reset), alone."""
+    sink = make_sink(xclient=True, chunking=mta_chunking)
+    p = start(postern, sink)
+    c = SmtpClient(p.port, source=client_ip(61))
+    c.ehlo("client-61.example")
+    c.expect("MAIL FROM:<alice@example.org>", 250)
+    c.expect("RCPT TO:<bob@example.com>", 250)
+    part = b"Subject: abandoned\r\n\r\nABANDONED-PART\r\n"
+    if how == "mid-chunk":
+        c.send(b"BDAT 1000\r\n" + part)  # 1000 announced, fewer sent
+    else:
+        c.send(b"BDAT %d\r\n" % len(part) + part)
+        assert c.read_reply().code == 250
+    if how == "rset-after-a-chunk":
+        c.expect("RSET", 250)
+        c.expect("QUIT", 221)
+        c.close()
+    else:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.close()
+    p.wait_for_log("session-end")
+    first = [e for e in sink.events if e[1] == "MAIL"][0][0]
+    wait_until(lambda: ("RSET",) in sink.connection_events(first), 5 * SCALE, message="RSET")
+    msg = second_is_clean(p, sink, first, new_connection=False)
+    assert msg.conn_id == first, "a cleanly reset connection was not reused"
+    assert len(sink.messages) == 1 and b"ABANDONED-PART" not in msg.content
+    assert not sink.refused_messages
+
+
 def test_unexpected_reply_is_never_reused(postern, make_sink):
     sink = make_sink(xclient=True)
     p = start(postern, sink)
