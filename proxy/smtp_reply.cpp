@@ -13,9 +13,7 @@ void append_code(std::string& out, int code) {
   out.push_back(static_cast<char>('0' + code / 10 % 10));
   out.push_back(static_cast<char>('0' + code % 10));
 }
-}  // namespace
 
-namespace {
 // The enhanced status code at the start of `t` ("2.1.5"), or empty.
 std::string_view leading_enhanced_code(std::string_view t) {
   std::size_t i = 0;

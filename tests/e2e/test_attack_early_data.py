@@ -125,6 +125,8 @@ class HostileMta(ScriptedServer):
                 conn.sendall(out)
 
         def end(why, rst):
+            # The replies gathered so far still go: the write after the
+            # command loop sends them, then the connection closes.
             nonlocal how
             how = why
             if rst:
@@ -146,8 +148,6 @@ class HostileMta(ScriptedServer):
                     sc = st["sc"]
                     if mode == "data":
                         if sc.get("close_at") == "content":
-                            write(out)
-                            out = b""
                             end("closed mid-content", sc.get("rst"))
                             break
                         data += buf
@@ -193,8 +193,6 @@ class HostileMta(ScriptedServer):
                             attrs = dict(w.split("=", 1) for w in line.split()[1:] if "=" in w)
                             st.update(mail=None, rcpts=[], sc={}, addr=attrs.get("ADDR"))
                         if reply == b"":
-                            write(out)
-                            out = b""
                             end("closed at XCLIENT", False)
                             break
                         out += reply
@@ -203,8 +201,6 @@ class HostileMta(ScriptedServer):
                         sc = self.scripts.get(sender, {})
                         split = bool(sc.get("split"))
                         if sc.get("close_at") == "mail":
-                            write(out)
-                            out = b""
                             end("closed at MAIL", sc.get("rst"))
                             break
                         st["sc"] = sc
@@ -216,8 +212,6 @@ class HostileMta(ScriptedServer):
                             out += b"250 2.1.0 Ok\r\n"
                     elif verb == "RCPT":
                         if sc.get("close_at") == "rcpt":
-                            write(out)
-                            out = b""
                             end("closed at RCPT", sc.get("rst"))
                             break
                         rcpt = line[line.find("<") + 1:line.find(">")]
@@ -229,8 +223,6 @@ class HostileMta(ScriptedServer):
                         out += reply
                     elif verb == "DATA":
                         if sc.get("close_at") == "data":
-                            write(out)
-                            out = b""
                             end("closed at DATA", sc.get("rst"))
                             break
                         if "data" in sc and not st.get("data_used"):
@@ -244,8 +236,6 @@ class HostileMta(ScriptedServer):
                             out += b"354 End data with <CR><LF>.<CR><LF>\r\n" + sc.get("after_354", b"")
                             mode, data = "data", bytearray(b"\r\n")
                             if sc.get("close_after_354"):
-                                write(out)
-                                out = b""
                                 end("closed after 354", sc.get("rst"))
                                 break
                             if "late_after_354" in sc:
