@@ -1,6 +1,8 @@
 // The per-thread pool of idle connections to the MTA (issue 23).
 #include "proxy/upstream_pool.h"
 
+#include <algorithm>
+
 #include <asio/write.hpp>
 
 #include "proxy/log.h"
@@ -123,13 +125,19 @@ void UpstreamPool::put(std::unique_ptr<UpstreamConnection> connection, const std
 }
 
 void UpstreamPool::arm(const asio::any_io_executor& executor) {
-  if (reaper_waiting_ || idle_.empty()) return;
+  if (idle_.empty()) return;
   if (!reaper_) reaper_ = std::make_unique<asio::steady_timer>(executor);
-  const Idle& oldest = idle_.front();
-  reaper_->expires_at(oldest.since + idle_timeout(*oldest.config));
+  // Deadlines follow the order of parking only while every idle connection
+  // has one time-out; a reload that changed it mixes two: the earliest of all.
+  Clock::time_point deadline = Clock::time_point::max();
+  for (const Idle& idle : idle_) deadline = std::min(deadline, idle.since + idle_timeout(*idle.config));
+  if (reaper_waiting_ && reaper_->expiry() <= deadline) return;
+  reaper_->expires_at(deadline);  // a later wait ends with operation_aborted
   reaper_waiting_ = true;
+  const std::uint64_t wait = ++reaper_wait_;
   // The pool lives as long as the io_context that would run this handler.
-  reaper_->async_wait([this](const std::error_code& ec) {
+  reaper_->async_wait([this, wait](const std::error_code& ec) {
+    if (wait != reaper_wait_) return;  // replaced by a wait for an earlier deadline
     reaper_waiting_ = false;
     if (ec) return;
     expire();
@@ -138,11 +146,14 @@ void UpstreamPool::arm(const asio::any_io_executor& executor) {
 
 void UpstreamPool::expire() {
   const auto now = Clock::now();
-  while (!idle_.empty() && now - idle_.front().since >= idle_timeout(*idle_.front().config)) {
-    log::debug("upstream-pool-discard").kv("upstream", idle_.front().config->upstream.target)
-        .kv("reason", "expired");
-    discard(idle_.front(), metrics::PoolDiscard::kExpired);
-    idle_.pop_front();
+  for (auto it = idle_.begin(); it != idle_.end();) {
+    if (now - it->since < idle_timeout(*it->config)) {
+      ++it;
+      continue;
+    }
+    log::debug("upstream-pool-discard").kv("upstream", it->config->upstream.target).kv("reason", "expired");
+    discard(*it, metrics::PoolDiscard::kExpired);
+    it = idle_.erase(it);
   }
   if (!idle_.empty()) arm(idle_.front().connection->socket.get_executor());
 }

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <memory>
 #include <string>
@@ -88,12 +89,14 @@ class UpstreamPool : public asio::execution_context::service {
   // waiting (the MTA logs a polite end), then the socket is closed.
   static void discard(Idle& idle, metrics::PoolDiscard why);
   // Closes what passed its idle time-out; wakes again for the next one.
+  // arm() waits for the earliest deadline of all idle connections.
   void expire();
   void arm(const asio::any_io_executor& executor);
 
   std::deque<Idle> idle_;  // oldest first
   std::unique_ptr<asio::steady_timer> reaper_;
   bool reaper_waiting_ = false;
+  std::uint64_t reaper_wait_ = 0;  // the wait whose handler may expire()
 };
 
 }  // namespace postern

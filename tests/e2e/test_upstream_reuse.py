@@ -448,6 +448,40 @@ def test_reload_drops_pooled_connections_of_the_old_configuration(postern, make_
     wait_until(lambda: ("QUIT",) in sink.connection_events(first), 5 * SCALE, message="QUIT of the old one")
 
 
+def test_reload_that_shortens_the_idle_timeout_holds_for_connections_parked_after_it(postern, make_sink, tmp_path):
+    """A connection of the old configuration parked after the reload (its
+    session began before) waits with the old time-out; one of the new
+    configuration parked after it still leaves at its own, shorter one."""
+    import signal
+    sink = make_sink(xclient=True)
+    config = tmp_path / "postern.toml"
+
+    def write(timeout):
+        config.write_text(f'[server]\nhostname = "mx.postern.test"\nthreads = 1\n'
+                          f'[upstream]\ntarget = "{sink.address}"\nreuse_idle_timeout = {timeout}\n')
+
+    write(60)
+    p = postern.start(config=str(config))
+    old = SmtpClient(p.port, source=client_ip(81))
+    old.ehlo("client-81.example")
+    assert old.send_message("a@example.org", ["b@example.com"], make_message("old")).code == 250
+    write(0.5)
+    p.send_signal(signal.SIGHUP)
+    p.wait_for_log("reloaded")
+    new = SmtpClient(p.port, source=client_ip(82))
+    new.ehlo("client-82.example")
+    assert new.send_message("a@example.org", ["b@example.com"], make_message("new")).code == 250
+    msgs = sink.wait_messages(2)
+    old_conn, new_conn = msgs[0].conn_id, msgs[1].conn_id
+    assert old_conn != new_conn
+    for c in (old, new):  # the old configuration's connection is parked first
+        c.expect("QUIT", 221)
+        c.close()
+    wait_until(lambda: ("QUIT",) in sink.connection_events(new_conn), 5 * SCALE,
+               message="the new configuration's connection closed at its 0.5 s idle time-out")
+    assert ("QUIT",) not in sink.connection_events(old_conn)
+
+
 # -- Postfix's smtp-sink -----------------------------------------------------
 
 def test_smtp_sink_counts_one_connection_for_many_sessions(postern, postfix_sink):
