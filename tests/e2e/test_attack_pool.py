@@ -1,0 +1,291 @@
+"""Attacks on upstream connection reuse (issue 23): what one client or a
+misbehaving MTA leaves on a pooled MTA connection must never reach the next
+client session, and postern and the MTA must never disagree on which reply
+answers which command.
+
+Three classes, each played at several points:
+- late or extra octets from the MTA: a reply that comes after postern gave up
+  waiting (its command time-out), octets behind a final reply, a reply split
+  with a pause, a 421 or a hang-up while the connection waits for a client;
+- state carried across clients: ESMTP parameters, the envelope of a
+  transaction the client abandoned at any point, odd commands in between,
+  the identity (XCLIENT) under many concurrent sessions;
+- pool limits: messages per connection, pool size, no pool at all.
+
+The MTA is either test_upstream_injection's scripted one (exact octets and
+timing) or the harness's recording sink (a real SMTP state machine that
+stamps each message with what XCLIENT said). postern runs one I/O thread so
+every session sees the same pool; clients come from distinct loopback
+addresses.
+"""
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import SCALE, SmtpClient, data_payload, make_message, wait_until
+from test_upstream_injection import CLOSE, Mta, start as mta_start
+from test_upstream_reuse import client_ip, discards, start as sink_start
+
+LATE = b"LATE"  # every reply sent after postern gave up waiting carries it
+
+
+class LateMta(Mta):
+    """The scripted MTA, where a stage's reply can be held back and written
+    later (a time-out's worth late), or be followed by octets unasked, at
+    the stage's next occurrence from now on."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.held = {}   # "STAGE#n" -> (delay, pieces written instead of the reply, that late)
+
+    def next_key(self, stage):
+        with self.lock:
+            return f"{stage}#{self.seen_stages.get(stage, 0) + 1}"
+
+    def late_at(self, stage, delay, reply):
+        """The next `stage` is answered `delay` seconds late with `reply`."""
+        key = self.next_key(stage)
+        with self.lock:
+            self.held[key] = (delay, [reply])
+
+    def after_next(self, stage, delay, pieces):
+        """`delay` seconds after the next `stage`'s reply, `pieces` unasked."""
+        key = self.next_key(stage)
+        with self.lock:
+            self.after[key] = (delay, pieces)
+
+    def _reply(self, conn, stage, normal, on_positive=None):
+        with self.lock:
+            n = self.seen_stages.get(stage, 0) + 1
+            held = self.held.pop(f"{stage}#{n}", None)
+            if held is None:
+                after = self.after.pop(f"{stage}#{n}", None)
+        if held is None:
+            if after is not None:
+                with self.lock:
+                    self.after[stage] = after  # Mta._reply takes it under the stage's name
+            return super()._reply(conn, stage, normal, on_positive)
+        with self.lock:
+            self.seen_stages[stage] = n
+        time.sleep(held[0])
+        self._write(conn, held[1])
+        return held[1]
+
+    def cid_commands(self, cid):
+        return [verb for c, verb in self.commands if c == cid]
+
+
+@pytest.fixture
+def late_mta():
+    made = []
+
+    def make(**kw):
+        m = LateMta(**kw)
+        made.append(m)
+        return m
+    yield make
+    for m in made:
+        m.close()
+
+
+ONE_THREAD = {"server.threads": 1}
+QUICK = 0.6  # every upstream time-out, seconds
+
+
+def quick_start(postern, mta, **sets):
+    timeouts = {f"timeouts.{t}": QUICK * SCALE for t in ("upstream_greeting", "upstream_mail", "upstream_rcpt",
+                                                          "upstream_data_init", "upstream_data_term")}
+    return mta_start(postern, mta, **{**ONE_THREAD, **timeouts, **sets})
+
+
+def message(n, tag=""):
+    return make_message(f"client {n}{tag}", f"body of client {n}{tag}\r\n".encode())
+
+
+def deliver(p, n, expect=250):
+    """One session from 127.0.0.n: EHLO, one message (one command at a time),
+    QUIT. Returns every reply the client heard."""
+    heard = []
+    with SmtpClient(p.port, source=client_ip(n)) as c:
+        heard.append(c.ehlo(f"client-{n}.example"))
+        for line, code in ((b"MAIL FROM:<a%d@example.org>" % n, 250), (b"RCPT TO:<b%d@example.com>" % n, 250),
+                           (b"DATA", 354)):
+            r = c.cmd(line)
+            heard.append(r)
+            if r.code != code:
+                break
+        else:
+            c.send(data_payload(message(n)))
+            heard.append(c.read_reply())
+        assert heard[-1].code == expect, heard
+        try:
+            c.cmd("QUIT")
+        except Exception:
+            pass  # a 421 may have ended the session already
+    return heard
+
+
+def accepted_from(mta, n):
+    return [cid for cid, content in mta.accepted if b"body of client %d\r\n" % n in content]
+
+
+def wait_session_ends(p, count):
+    p.wait_for_log("session-end", count=count)
+    time.sleep(0.1 * SCALE)
+
+
+# -- late replies: a command that timed out never leaves its reply for another ---
+
+LATE_REPLIES = {
+    "RSET": b"250 2.0.0 LATE Ok\r\n",
+    "XCLIENT": b"220 LATE mta.test ESMTP\r\n",
+    "EHLO": b"250-LATE mta.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 XCLIENT ADDR NAME PORT PROTO HELO\r\n",
+    "MAIL": b"250 2.1.0 LATE Ok\r\n",
+    "RCPT": b"250 2.1.5 LATE Ok\r\n",
+    "DATA": b"354 LATE go ahead\r\n",
+    "DATA_END": b"250 2.0.0 LATE queued\r\n",
+    "BDAT": b"250 2.0.0 LATE queued\r\n",
+}
+# What the client that met the stall hears at the end: the hand-over and MAIL
+# fail over to a fresh connection unseen (250); later stages tempfail.
+STALL_OUTCOME = {"RSET": 250, "XCLIENT": 250, "EHLO": 250, "MAIL": 250, "RCPT": 451, "DATA": 451,
+                 "DATA_END": 451, "BDAT": 451}
+
+
+@pytest.mark.parametrize("stage", list(LATE_REPLIES))
+def test_reply_after_the_time_out_never_answers_the_next_client(postern, late_mta, stage):
+    """A pooled connection's MTA stalls at `stage` past postern's time-out
+    and then answers. postern gave up and closed that connection: the late
+    reply is read by nobody, no later command goes over that connection, and
+    the next clients hear only replies to their own commands."""
+    mta = late_mta(xclient=True, chunking=stage == "BDAT")
+    p = quick_start(postern, mta, **({"upstream.early_data": "false"} if stage == "DATA" else {}))
+    mta.arm()  # connections counted from here: the probe's is not
+    deliver(p, 11)
+    assert accepted_from(mta, 11) == [1]
+    wait_session_ends(p, 1)
+    # the next occurrence of `stage` is on connection 1, for client 12
+    mta.late_at(stage, 2 * QUICK * SCALE, LATE_REPLIES[stage])
+    heard = deliver(p, 12, expect=STALL_OUTCOME[stage])
+    time.sleep(2.5 * QUICK * SCALE)  # the late reply went out (or met a closed socket)
+    before = len(mta.cid_commands(1))  # what was pipelined behind the stalled command included
+    heard += deliver(p, 13)
+    heard += deliver(p, 14)
+    assert all(LATE not in str(r).encode() for r in heard), heard
+    assert mta.cid_commands(1)[before:] == [], mta.commands  # nothing more on the stalled connection
+    assert 1 not in accepted_from(mta, 13) + accepted_from(mta, 14), mta.accepted
+    assert len(accepted_from(mta, 13)) == len(accepted_from(mta, 14)) == 1, mta.accepted
+    if STALL_OUTCOME[stage] == 250:
+        assert len(accepted_from(mta, 12)) == 1 and 1 not in accepted_from(mta, 12), mta.accepted
+    else:
+        assert accepted_from(mta, 12) == [], mta.accepted
+    # 13 and 14 share one connection again: the pool works on after the stall
+    assert accepted_from(mta, 13) == accepted_from(mta, 14), mta.accepted
+
+
+# -- the MTA speaks or leaves around the hand-over -----------------------------
+
+def pipelined_message(c, n):
+    """MAIL, RCPT and DATA in one write (RFC 2920), then the content."""
+    c.send(b"MAIL FROM:<a%d@example.org>\r\nRCPT TO:<b%d@example.com>\r\nDATA\r\n" % (n, n))
+    heard = [c.read_reply(), c.read_reply(), c.read_reply()]
+    if heard[-1].code == 354:
+        c.send(data_payload(message(n)))
+        heard.append(c.read_reply())
+    return heard
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["one-by-one", "pipelined"])
+@pytest.mark.parametrize("how", ["close", "421"])
+def test_mta_leaving_at_the_first_mail_of_a_pooled_connection_costs_one_reconnect(postern, late_mta, how,
+                                                                                     pipelined):
+    """The MTA closes the pooled connection (its idle time-out) just as
+    postern sends the next client's MAIL over it (with RCPT and DATA behind
+    it when the client pipelined them): the MAIL goes once more over a fresh
+    connection, the client hears 250s only, and the message is delivered
+    exactly once."""
+    mta = late_mta(xclient=True)
+    p = quick_start(postern, mta)
+    mta.arm()
+    deliver(p, 11)
+    wait_session_ends(p, 1)
+    key = mta.next_key("MAIL")
+    with mta.lock:
+        mta.script[key] = [CLOSE] if how == "close" else [b"421 4.4.2 mta.test Error: timeout exceeded\r\n", CLOSE]
+    with SmtpClient(p.port, source=client_ip(12)) as c:
+        c.ehlo("client-12.example")
+        if pipelined:
+            heard = pipelined_message(c, 12)
+        else:
+            heard = [c.cmd("MAIL FROM:<a12@example.org>"), c.cmd("RCPT TO:<b12@example.com>"), c.cmd("DATA")]
+            c.send(data_payload(message(12)))
+            heard.append(c.read_reply())
+        assert [r.code for r in heard] == [250, 250, 354, 250], heard
+        c.expect("QUIT", 221)
+    assert len(accepted_from(mta, 12)) == 1 and accepted_from(mta, 12) != [1], mta.accepted
+    assert mta.cid_commands(1)[-1] == "MAIL", mta.commands  # the MAIL that met the close, nothing after
+    deliver(p, 13)
+    assert accepted_from(mta, 13) == accepted_from(mta, 12), mta.accepted  # the fresh one was pooled
+
+
+@pytest.mark.parametrize("what", ["421", "hangup", "garbage", "half-line"])
+def test_mta_speaking_while_a_client_holds_its_prepared_connection(postern, late_mta, what):
+    """A pooled connection was identified for a client (RSET, XCLIENT, EHLO)
+    and waits for its MAIL; meanwhile the MTA says 421 and leaves, hangs up,
+    or sends octets no command asked for. A 421 or a hang-up costs one
+    reconnect at MAIL (the client hears 250); octets that explain nothing
+    fail that MAIL with 451 4.4.0 and drop the connection, and the client's
+    next MAIL goes over a fresh one. Nothing the MTA sent unasked reaches
+    the client."""
+    mta = late_mta(xclient=True)
+    p = quick_start(postern, mta)
+    mta.arm()
+    deliver(p, 11)
+    wait_session_ends(p, 1)
+    unasked = {"421": [b"421 4.4.2 LATE timeout exceeded\r\n", CLOSE], "hangup": [CLOSE],
+               "garbage": [b"250 2.0.0 LATE queued as STALE\r\n"], "half-line": [b"250-LATE"]}[what]
+    with SmtpClient(p.port, source=client_ip(12)) as c:
+        # the EHLO after XCLIENT on connection 1 names the client; the MTA speaks after it
+        mta.after_next("EHLO", 0.1 * SCALE, unasked)
+        c.ehlo("client-12.example")
+        wait_until(lambda: mta.cid_commands(1).count("EHLO") == 3, 5 * SCALE, message="the hand-over's EHLO")
+        time.sleep(0.4 * SCALE)
+        heard = [c.cmd("MAIL FROM:<a12@example.org>")]
+        if what in ("garbage", "half-line"):
+            assert heard[0].code == 451 and "4.4.0" in str(heard[0]), heard
+            heard.append(c.cmd("MAIL FROM:<a12@example.org>"))
+        assert heard[-1].code == 250, heard
+        heard += [c.cmd("RCPT TO:<b12@example.com>"), c.cmd("DATA")]
+        c.send(data_payload(message(12)))
+        heard.append(c.read_reply())
+        assert [r.code for r in heard[-3:]] == [250, 354, 250], heard
+        c.expect("QUIT", 221)
+    assert all(LATE not in str(r).encode() for r in heard), heard
+    assert len(accepted_from(mta, 12)) == 1 and accepted_from(mta, 12) != [1], mta.accepted
+    assert mta.cid_commands(1).count("MAIL") == 1, mta.commands  # client 11's MAIL only
+
+
+@pytest.mark.parametrize("stage", ["RSET", "XCLIENT", "EHLO"])
+def test_hand_over_replies_split_with_pauses_are_read_whole(postern, late_mta, stage):
+    """The MTA's replies during the hand-over (RSET, XCLIENT, the EHLO after
+    it) arrive cut inside their lines and between the lines of a multi-line
+    reply, with pauses: each is read whole, as one reply, and the pooled
+    connection serves the next client."""
+    mta = late_mta(xclient=True)
+    p = quick_start(postern, mta)
+    mta.arm()
+    deliver(p, 11)
+    wait_session_ends(p, 1)
+    whole = {"RSET": b"250 2.0.0 Ok\r\n", "XCLIENT": b"220 mta.test ESMTP\r\n", "EHLO": mta.ehlo_reply()}[stage]
+    # each line cut in two: the pieces come 30 ms apart, well inside the time-out
+    cuts = []
+    for line in whole.splitlines(keepends=True):
+        cuts += [line[:len(line) // 2], line[len(line) // 2:]]
+    key = mta.next_key(stage)
+    with mta.lock:
+        mta.script[key] = cuts
+    heard = deliver(p, 12)
+    assert accepted_from(mta, 12) == [1], mta.accepted
+    assert str(heard[-1]).startswith("250 2.0.0 Ok: queued as Q1"), heard
