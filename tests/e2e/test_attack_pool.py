@@ -289,3 +289,218 @@ def test_hand_over_replies_split_with_pauses_are_read_whole(postern, late_mta, s
     heard = deliver(p, 12)
     assert accepted_from(mta, 12) == [1], mta.accepted
     assert str(heard[-1]).startswith("250 2.0.0 Ok: queued as Q1"), heard
+
+
+# -- state carried across clients --------------------------------------------
+
+def sink_deliver(p, n, ehlo=None, mail_params="", rcpt_params=""):
+    """test_upstream_reuse's one message, with this test's envelope:
+    <a{n}@example.org> to <b{n}@example.com>, ESMTP parameters as given."""
+    with SmtpClient(p.port, source=client_ip(n)) as c:
+        c.ehlo(ehlo or f"client-{n}.example")
+        c.expect(f"MAIL FROM:<a{n}@example.org>{mail_params}", 250)
+        c.expect(f"RCPT TO:<b{n}@example.com>{rcpt_params}", 250)
+        c.expect("DATA", 354)
+        c.send(data_payload(message(n)))
+        r = c.read_reply()
+        assert r.code == 250, r
+        c.expect("QUIT", 221)
+
+
+def only_message_of(sink, n):
+    """Client n's one message at the sink, checked to carry nothing but
+    client n's envelope, identity and content."""
+    mine = [m for m in sink.messages if b"body of client %d\r\n" % n in m.content]
+    assert len(mine) == 1, sink.messages
+    m = mine[0]
+    assert m.mail_from == f"a{n}@example.org" and m.rcpt_tos == [f"b{n}@example.com"], (m.mail_from, m.rcpt_tos)
+    assert m.xclient["ADDR"] == client_ip(n) and m.helo == f"client-{n}.example", (m.xclient, m.helo)
+    body = m.content.split(b"\r\n\r\n", 1)[1]
+    assert body == b"body of client %d\r\n" % n, m.content
+    return m
+
+
+def test_esmtp_parameters_of_one_client_never_reach_the_next(postern, make_sink):
+    """Client 21's MAIL carries SMTPUTF8, BODY, SIZE, RET and ENVID and its
+    RCPT NOTIFY and ORCPT; client 22, over the same pooled connection, sends
+    none: its MAIL and RCPT reach the MTA bare."""
+    sink = make_sink(xclient=True, dsn=True, smtputf8=True)
+    p = sink_start(postern, sink)
+    sink_deliver(p, 21, mail_params=" SMTPUTF8 BODY=8BITMIME SIZE=400 RET=HDRS ENVID=env21",
+                 rcpt_params=" NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b21@example.com")
+    a = only_message_of(sink, 21)
+    wait_session_ends(p, 1)
+    sink_deliver(p, 22)
+    b = only_message_of(sink, 22)
+    assert a.conn_id == b.conn_id
+    mails, rcpts = sink.lines("MAIL"), sink.lines("RCPT")
+    assert "ENVID=env21" in mails[-2] and "SMTPUTF8" in mails[-2] and "NOTIFY=" in rcpts[-2], (mails, rcpts)
+    assert mails[-1] == "MAIL FROM:<a22@example.org>", mails
+    assert rcpts[-1] == "RCPT TO:<b22@example.com>", rcpts
+    assert b.mail_options == [], b.mail_options
+
+
+MAIL_A = b"MAIL FROM:<a31@example.org>\r\n"
+RCPT_A = b"RCPT TO:<b31@example.com>\r\n"
+CONTENT_A = data_payload(message(31))
+# How client 31 leaves: (what it sends after EHLO, step by step -- a step is
+# written whole, then its replies are read when `n` > 0 -- and whether the
+# MTA may hear the whole message: only once the client sent its final dot).
+LEAVING = {
+    "after-mail": [(MAIL_A, 1)],
+    "after-pipelined-mail-rcpt": [(MAIL_A + RCPT_A, 0)],
+    "after-rcpt": [(MAIL_A, 1), (RCPT_A, 1)],
+    "after-354": [(MAIL_A, 1), (RCPT_A, 1), (b"DATA\r\n", 1)],
+    "pipelined-data-then-gone": [(MAIL_A + RCPT_A + b"DATA\r\n", 0)],
+    "mid-content": [(MAIL_A, 1), (RCPT_A, 1), (b"DATA\r\n", 1), (CONTENT_A[:40], 0)],
+    "mid-content-at-a-dot": [(MAIL_A, 1), (RCPT_A, 1), (b"DATA\r\n", 1), (CONTENT_A[:-3] + b".", 0)],
+    "after-the-dot": [(MAIL_A, 1), (RCPT_A, 1), (b"DATA\r\n", 1), (CONTENT_A, 0)],
+    "after-a-bdat-chunk": [(MAIL_A, 1), (RCPT_A, 1), (b"BDAT 10\r\n" + CONTENT_A[:10], 1)],
+    "mid-bdat": [(MAIL_A, 1), (RCPT_A, 1), (b"BDAT 200\r\n" + CONTENT_A[:50], 0)],
+    "after-rset": [(MAIL_A, 1), (RCPT_A, 1), (b"RSET\r\n", 1)],
+    "odd-commands": [(MAIL_A, 1), (b"NOOP\r\n", 1), (RCPT_A, 1), (b"VRFY b31\r\n", 1), (b"HELP\r\n", 1),
+                     (b"RSET\r\n", 1), (b"MAIL FROM:<x31@example.org>\r\n", 1), (b"RCPT TO:<y31@example.com>\r\n", 1),
+                     (b"NOOP\r\n", 1), (b"EXPN list\r\n", 1)],
+}
+# Where postern sent DATA to the MTA ahead of the content (upstream.early_data,
+# an MTA without CHUNKING): only closing that connection ends the transaction.
+DATA_AHEAD = {"after-354", "pipelined-data-then-gone", "mid-content", "mid-content-at-a-dot"}
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "chunking"])
+@pytest.mark.parametrize("point", list(LEAVING))
+def test_client_leaving_at_any_point_leaves_nothing_for_the_next(postern, make_sink, point, chunking):
+    """Client 31 takes the pooled connection and leaves without QUIT at
+    `point`. Client 32, next on the pool, gets a clean transaction: the MTA
+    delivers client 32's message with client 32's envelope, identity and
+    content only, and nothing of client 31's (but the message whose final dot
+    it sent, exactly once). The connection is reused unless postern had to
+    close it to end a DATA it sent ahead."""
+    sink = make_sink(xclient=True, chunking=chunking)
+    p = sink_start(postern, sink)
+    sink_deliver(p, 30)
+    warm = only_message_of(sink, 30).conn_id
+    wait_session_ends(p, 1)
+    c = SmtpClient(p.port, source=client_ip(31))
+    c.ehlo("client-31.example")
+    for octets, replies in LEAVING[point]:
+        c.send(octets)
+        for _ in range(replies):
+            c.read_reply()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()  # a reset: gone, whatever postern still writes
+    wait_session_ends(p, 2)
+    sink_deliver(p, 32)
+    b = only_message_of(sink, 32)
+    a = [m for m in sink.messages + sink.refused_messages if b"client 31" in m.content or "a31@example.org" == m.mail_from]
+    if point == "after-the-dot":
+        assert len(a) == 1 and a[0].rcpt_tos == ["b31@example.com"], a
+    else:
+        assert a == [], a
+    assert not any(m.mail_from == "x31@example.org" for m in sink.messages), sink.messages
+    if point not in DATA_AHEAD or chunking:
+        assert b.conn_id == warm, (b.conn_id, warm, sink.connection_events(warm))
+    else:
+        assert b.conn_id != warm and ("LOST",) in sink.connection_events(warm)
+
+
+# -- many clients at once ----------------------------------------------------
+
+def test_concurrent_sessions_each_reach_the_mta_as_themselves(postern, make_sink):
+    """24 clients at once, three rounds, a pool of 4: every message reaches
+    the MTA under its own client's address and HELO name with its own
+    envelope, whichever pooled connection carried it, and the pool keeps at
+    most 4 connections idle between rounds."""
+    sink = make_sink(xclient=True)
+    p = sink_start(postern, sink, **{"upstream.reuse_pool_size": 4})
+    errors = []
+
+    def client(n, round_):
+        try:
+            with SmtpClient(p.port, source=client_ip(n)) as c:
+                c.ehlo(f"c{n}-r{round_}.example")
+                for k in range(1 + n % 2):
+                    c.expect(f"MAIL FROM:<s{n}-{round_}@example.org>", 250)
+                    c.expect(f"RCPT TO:<r{n}@example.com>", 250)
+                    c.expect("DATA", 354)
+                    c.send(data_payload(make_message(f"n{n} r{round_} k{k}", b"from %d\r\n" % n)))
+                    r = c.read_reply()
+                    assert r.code == 250, r
+                c.expect("QUIT", 221)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append((n, round_, repr(e)))
+
+    total = 0
+    for round_ in range(3):
+        threads = [threading.Thread(target=client, args=(n, round_)) for n in range(40, 64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        total += sum(1 + n % 2 for n in range(40, 64))
+        assert not errors, errors
+        sink.wait_messages(total)
+        wait_session_ends(p, 24 * (round_ + 1))
+        time.sleep(0.3 * SCALE)
+        open_idle = [cid for cid in {m.conn_id for m in sink.messages}
+                     if ("LOST",) not in sink.connection_events(cid)]
+        assert len(open_idle) <= 4, open_idle
+    for m in sink.messages:
+        subject = m.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        n, round_ = int(subject.split()[0][1:]), int(subject.split()[1][1:])
+        assert m.xclient["ADDR"] == client_ip(n), (subject, m.xclient)
+        assert m.helo == f"c{n}-r{round_}.example", (subject, m.helo)
+        assert m.mail_from == f"s{n}-{round_}@example.org" and m.rcpt_tos == [f"r{n}@example.com"], subject
+        assert m.content.endswith(b"from %d\r\n" % n), subject
+    assert len(sink.messages) == total
+    # the later rounds were carried in part by pooled connections
+    assert len({m.conn_id for m in sink.messages}) < 3 * 24
+
+
+# -- limits ------------------------------------------------------------------
+
+def test_a_connection_at_its_message_limit_carries_its_session_then_quits(postern, make_sink):
+    """reuse_max_messages = 2: a session's three messages all go over its
+    one connection (never cut short), which then gets QUIT instead of the
+    pool; the next connection is pooled after one message and retired after
+    its second."""
+    sink = make_sink(xclient=True)
+    p = sink_start(postern, sink, **{"upstream.reuse_max_messages": 2})
+    with SmtpClient(p.port, source=client_ip(51)) as c:
+        c.ehlo("client-51.example")
+        for k in range(3):
+            r = c.send_message(f"a51@example.org", ["b51@example.com"], make_message(f"51-{k}"))
+            assert r.code == 250, r
+        c.expect("QUIT", 221)
+    first = {m.conn_id for m in sink.wait_messages(3)}
+    assert len(first) == 1, first
+    (first,) = first
+    wait_until(lambda: ("QUIT",) in sink.connection_events(first), 5 * SCALE, message="QUIT after 3 of 2")
+    sink_deliver(p, 52)
+    second = only_message_of(sink, 52).conn_id
+    assert second != first
+    wait_session_ends(p, 2)
+    assert ("QUIT",) not in sink.connection_events(second)
+    sink_deliver(p, 53)
+    assert only_message_of(sink, 53).conn_id == second
+    wait_until(lambda: ("QUIT",) in sink.connection_events(second), 5 * SCALE, message="QUIT at 2 of 2")
+    sink_deliver(p, 54)
+    assert only_message_of(sink, 54).conn_id not in (first, second)
+
+
+@pytest.mark.parametrize("setting", [{"upstream.reuse_max_messages": 1}, {"upstream.reuse_pool_size": 0}],
+                         ids=["max-messages-1", "pool-size-0"])
+def test_limits_that_leave_nothing_to_reuse(postern, make_sink, setting):
+    """With one message per connection, or a pool of none, each session gets
+    a connection of its own, which is closed with QUIT after it: none is
+    ever handed to another client."""
+    sink = make_sink(xclient=True)
+    p = sink_start(postern, sink, **setting)
+    for n in (55, 56, 57):
+        sink_deliver(p, n)
+        wait_session_ends(p, n - 54)
+    conns = [only_message_of(sink, n).conn_id for n in (55, 56, 57)]
+    assert len(set(conns)) == 3, conns
+    for cid in conns:
+        wait_until(lambda: ("QUIT",) in sink.connection_events(cid), 5 * SCALE, message=f"QUIT on {cid}")
+        assert [e[0] for e in sink.connection_events(cid)].count("XCLIENT") == 1, sink.connection_events(cid)
