@@ -39,6 +39,10 @@ class LateMta(Mta):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.held = {}   # "STAGE#n" -> (delay, pieces written instead of the reply, that late)
+        self.lines = []  # (connection, command line) as received, from arm() on
+
+    def session(self, conn):
+        super().session(_LineRecorder(conn, self))
 
     def next_key(self, stage):
         with self.lock:
@@ -75,6 +79,33 @@ class LateMta(Mta):
 
     def cid_commands(self, cid):
         return [verb for c, verb in self.commands if c == cid]
+
+
+class _LineRecorder:
+    """A connection whose command lines the MTA reads are recorded whole."""
+
+    def __init__(self, conn, mta):
+        self._conn = conn
+        self._mta = mta
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def makefile(self, *args, **kw):
+        f = self._conn.makefile(*args, **kw)
+        mta = self._mta
+        cid = mta.connections + 1 if mta.armed else 0  # Mta.session counts it right after this
+
+        class Reader:
+            def readline(self):
+                line = f.readline()
+                if cid and line:
+                    mta.lines.append((cid, line))
+                return line
+
+            def read(self, n):
+                return f.read(n)
+        return Reader()
 
 
 @pytest.fixture
@@ -504,3 +535,39 @@ def test_limits_that_leave_nothing_to_reuse(postern, make_sink, setting):
     for cid in conns:
         wait_until(lambda: ("QUIT",) in sink.connection_events(cid), 5 * SCALE, message=f"QUIT on {cid}")
         assert [e[0] for e in sink.connection_events(cid)].count("XCLIENT") == 1, sink.connection_events(cid)
+
+
+# -- XFORWARD ------------------------------------------------------------------
+
+def test_xforward_over_a_pooled_connection_names_each_client_in_each_transaction(postern, late_mta):
+    """Towards an MTA with XFORWARD and no XCLIENT, a pooled connection is
+    handed over with RSET alone, and each MAIL follows an XFORWARD with the
+    client of that transaction: its address, port and HELO name (the name
+    it gave last, after a second EHLO within one session too)."""
+    mta = late_mta(xforward=True)
+    p = quick_start(postern, mta)
+    mta.arm()
+    deliver(p, 71)
+    wait_session_ends(p, 1)
+    deliver(p, 72)
+    wait_session_ends(p, 2)
+    with SmtpClient(p.port, source=client_ip(73)) as c:
+        c.ehlo("client-73.example")
+        assert c.send_message("a73@example.org", ["b73@example.com"], message(73)).code == 250
+        c.ehlo("second-73.example")
+        assert c.send_message("a73@example.org", ["b73@example.com"], message(73, " again")).code == 250
+        c.expect("QUIT", 221)
+    assert {cid for cid, _ in mta.accepted} == {1}, mta.accepted
+    lines = [line.decode().strip() for cid, line in mta.lines if cid == 1]
+    verbs = [line.split(" ")[0] for line in lines if line.split(" ")[0] in ("XFORWARD", "MAIL", "RSET")]
+    # each MAIL right behind its XFORWARD; RSET hands the connection over to 72 and 73
+    assert verbs == ["XFORWARD", "MAIL", "RSET", "XFORWARD", "MAIL", "RSET", "XFORWARD", "MAIL", "XFORWARD",
+                     "MAIL"], verbs
+    xforwards = [line for line in lines if line.startswith("XFORWARD")]
+    expected = [(71, "client-71.example"), (72, "client-72.example"), (73, "client-73.example"),
+                (73, "second-73.example")]
+    for line, (n, helo) in zip(xforwards, expected):
+        attrs = dict(item.split("=", 1) for item in line.split()[1:])
+        assert attrs["ADDR"] == client_ip(n) and attrs["HELO"] == helo, line
+    ports = [dict(item.split("=", 1) for item in line.split()[1:])["PORT"] for line in xforwards]
+    assert len(set(ports[:3])) == 3 and ports[2] == ports[3], ports
