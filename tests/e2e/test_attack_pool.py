@@ -571,3 +571,76 @@ def test_xforward_over_a_pooled_connection_names_each_client_in_each_transaction
         assert attrs["ADDR"] == client_ip(n) and attrs["HELO"] == helo, line
     ports = [dict(item.split("=", 1) for item in line.split()[1:])["PORT"] for line in xforwards]
     assert len(set(ports[:3])) == 3 and ports[2] == ports[3], ports
+
+
+def test_well_behaved_and_vanishing_clients_at_once_never_mix(postern, make_sink):
+    """Rounds of 20 concurrent clients over a pool of 3: some deliver (one
+    refused recipient among theirs now and then, which keeps their
+    connection from the pool), others vanish at one of the points above.
+    Every message the MTA accepts is a well-behaved client's own: its
+    address and HELO name, its envelope (the refused recipient excluded),
+    its content; nothing of a vanished client is ever delivered."""
+    import random
+    rng = random.Random(23)
+    sink = make_sink(xclient=True)
+    sink.on("RCPT", "550 5.1.1 no such user", match=lambda a: a.startswith("nobody"))
+    p = sink_start(postern, sink, **{"upstream.reuse_pool_size": 3})
+    errors = []
+    vanish_points = [k for k in LEAVING if k != "after-the-dot"]
+
+    def good(n, round_, refuse):
+        try:
+            with SmtpClient(p.port, source=client_ip(n)) as c:
+                c.ehlo(f"g{n}-r{round_}.example")
+                c.expect(f"MAIL FROM:<s{n}-{round_}@example.org>", 250)
+                c.expect(f"RCPT TO:<r{n}@example.com>", 250)
+                if refuse:
+                    c.expect(f"RCPT TO:<nobody{n}@example.com>", 550)
+                c.expect("DATA", 354)
+                c.send(data_payload(make_message(f"g{n} r{round_}", b"from %d\r\n" % n)))
+                r = c.read_reply()
+                assert r.code == 250, r
+                c.expect("QUIT", 221)
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append((n, round_, repr(e)))
+
+    def vanishing(n, point):
+        try:
+            c = SmtpClient(p.port, source=client_ip(n))
+            c.ehlo(f"v{n}.example")
+            for octets, replies in LEAVING[point]:
+                c.send(octets.replace(b"31", b"%d" % n))
+                for _ in range(replies):
+                    c.read_reply()
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            c.close()
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append((n, point, repr(e)))
+
+    expected = 0
+    sessions = 0
+    for round_ in range(3):
+        threads = []
+        for n in range(100, 120):
+            if rng.random() < 0.4:
+                threads.append(threading.Thread(target=vanishing, args=(n, rng.choice(vanish_points))))
+            else:
+                threads.append(threading.Thread(target=good, args=(n, round_, rng.random() < 0.2)))
+                expected += 1
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        sessions += len(threads)
+        assert not errors, errors
+        wait_session_ends(p, sessions)
+    sink.wait_messages(expected)
+    time.sleep(0.3 * SCALE)
+    assert len(sink.messages) == expected, len(sink.messages)
+    for m in sink.messages:
+        subject = m.content.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        assert subject.startswith("g"), subject
+        n, round_ = int(subject.split()[0][1:]), int(subject.split()[1][1:])
+        assert m.xclient["ADDR"] == client_ip(n) and m.helo == f"g{n}-r{round_}.example", (subject, m.xclient, m.helo)
+        assert m.mail_from == f"s{n}-{round_}@example.org" and m.rcpt_tos == [f"r{n}@example.com"], (subject, m)
+        assert m.content.endswith(b"from %d\r\n" % n), subject
