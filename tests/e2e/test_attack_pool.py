@@ -644,3 +644,34 @@ def test_well_behaved_and_vanishing_clients_at_once_never_mix(postern, make_sink
         assert m.xclient["ADDR"] == client_ip(n) and m.helo == f"g{n}-r{round_}.example", (subject, m.xclient, m.helo)
         assert m.mail_from == f"s{n}-{round_}@example.org" and m.rcpt_tos == [f"r{n}@example.com"], (subject, m)
         assert m.content.endswith(b"from %d\r\n" % n), subject
+
+
+# -- behind a load balancer ------------------------------------------------------
+
+def test_clients_behind_the_proxy_protocol_are_each_announced_on_a_pooled_connection(postern, make_sink, tmp_path):
+    """Every client arrives from the load balancer's one address; the PROXY
+    header names the real one. A pooled connection is announced anew for
+    each, the same address from another port and an IPv6 client included:
+    the MTA books each message under its own client's address and port."""
+    from harness import free_port, write_config
+    sink = make_sink(xclient=True)
+    cfg = write_config(tmp_path / "pp.toml", [{"proxy_protocol": True}], upstream=sink.address,
+                       sections={"server": {"threads": 1}, "metrics": {"address": f"127.0.0.1:{free_port()}"}})
+    p = postern.start(config=cfg, listen=())
+    clients = [("TCP4", "192.0.2.50", 40050), ("TCP4", "192.0.2.50", 40051), ("TCP6", "2001:db8::7", 40052),
+               ("TCP4", "192.0.2.50", 40050)]
+    for k, (family, addr, port) in enumerate(clients):
+        dest = "127.0.0.1" if family == "TCP4" else "::1"
+        with SmtpClient(p.port, greeting=False) as c:
+            c.send(f"PROXY {family} {addr} {dest} {port} 25\r\n".encode())
+            assert c.read_reply().code == 220
+            c.ehlo(f"lb-client-{k}.example")
+            assert c.send_message(f"a{k}@example.org", [f"b{k}@example.com"], make_message(f"lb {k}")).code == 250
+            c.expect("QUIT", 221)
+        wait_session_ends(p, k + 1)
+    msgs = sink.wait_messages(len(clients))
+    assert len({m.conn_id for m in msgs}) == 1, [m.conn_id for m in msgs]
+    for k, (m, (family, addr, port)) in enumerate(zip(msgs, clients)):
+        want = addr if family == "TCP4" else "IPV6:" + addr
+        assert (m.xclient["ADDR"], m.xclient["PORT"]) == (want, str(port)), m.xclient
+        assert m.mail_from == f"a{k}@example.org" and m.helo == f"lb-client-{k}.example", (m.mail_from, m.helo)
