@@ -26,7 +26,7 @@ import pytest
 
 from harness import SCALE, SmtpClient, data_payload, make_message, wait_until
 from test_upstream_injection import CLOSE, Mta, start as mta_start
-from test_upstream_reuse import client_ip, discards, start as sink_start
+from test_upstream_reuse import client_ip, start as sink_start
 
 LATE = b"LATE"  # every reply sent after postern gave up waiting carries it
 
@@ -500,7 +500,7 @@ def test_a_connection_at_its_message_limit_carries_its_session_then_quits(poster
     with SmtpClient(p.port, source=client_ip(51)) as c:
         c.ehlo("client-51.example")
         for k in range(3):
-            r = c.send_message(f"a51@example.org", ["b51@example.com"], make_message(f"51-{k}"))
+            r = c.send_message("a51@example.org", ["b51@example.com"], make_message(f"51-{k}"))
             assert r.code == 250, r
         c.expect("QUIT", 221)
     first = {m.conn_id for m in sink.wait_messages(3)}
