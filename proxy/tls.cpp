@@ -11,6 +11,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <mutex>
@@ -165,6 +166,30 @@ int ticket_key_callback(SSL* ssl, unsigned char key_name[16], unsigned char iv[E
   return found;
 }
 
+// A ticket resumes only a session the running policy would make now (RFC
+// 5077 3.3 leaves the decision to the server): its cipher still in
+// tls.ciphers, its age under the current tls.session_lifetime (OpenSSL
+// checks the lifetime the ticket was sealed with, which a reload may have
+// shortened since). Otherwise a full handshake and a new ticket.
+SSL_TICKET_RETURN ticket_opened(SSL* ssl, SSL_SESSION* session, const unsigned char*, size_t,
+                                SSL_TICKET_STATUS status, void*) {
+  switch (status) {
+    case SSL_TICKET_SUCCESS: case SSL_TICKET_SUCCESS_RENEW: break;
+    case SSL_TICKET_EMPTY: case SSL_TICKET_NO_DECRYPT: return SSL_TICKET_RETURN_IGNORE_RENEW;
+    default: return SSL_TICKET_RETURN_ABORT;
+  }
+  const long age = static_cast<long>(std::time(nullptr)) - SSL_SESSION_get_time(session);
+  if (age < 0 || age >= SSL_CTX_get_timeout(SSL_get_SSL_CTX(ssl))) return SSL_TICKET_RETURN_IGNORE_RENEW;
+  const SSL_CIPHER* cipher = SSL_SESSION_get0_cipher(session);
+  STACK_OF(SSL_CIPHER)* allowed = SSL_get_ciphers(ssl);
+  bool cipher_allowed = false;
+  for (int i = 0; cipher && i < sk_SSL_CIPHER_num(allowed) && !cipher_allowed; ++i) {
+    cipher_allowed = SSL_CIPHER_get_id(sk_SSL_CIPHER_value(allowed, i)) == SSL_CIPHER_get_id(cipher);
+  }
+  if (!cipher_allowed) return SSL_TICKET_RETURN_IGNORE_RENEW;
+  return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
+}
+
 }  // namespace
 
 std::shared_ptr<asio::ssl::context> make_server_tls_context(const Config::Tls& tls) {
@@ -224,6 +249,7 @@ std::shared_ptr<asio::ssl::context> make_server_tls_context(const Config::Tls& t
       keys.release();  // the context's now (file_keys_index frees it)
     }
     SSL_CTX_set_tlsext_ticket_key_evp_cb(raw, ticket_key_callback);
+    SSL_CTX_set_session_ticket_cb(raw, nullptr, ticket_opened, nullptr);
   } else {
     SSL_CTX_set_options(raw, SSL_OP_NO_TICKET);  // TLS 1.3: stateful tickets from the cache
   }
