@@ -505,7 +505,7 @@ def test_hostile_handshake_ends_with_a_log_line(postern, sink, tmp_path, cert, h
     assert failed.get("error") != "timeout", failed
     p.wait_for_log("session-end", session=failed.get("session"))
     assert_still_serving(port, sink, how)
-    assert p.alive
+    assert p.alive()
 
 
 def test_stalled_handshake_times_out_with_a_log_line(postern, sink, tmp_path, cert):
@@ -556,7 +556,7 @@ def test_tls12_renegotiation_is_refused(postern, sink, tmp_path, cert):
     assert p.wait_for_log("client-lost", session=end.get("session"))
     assert len(p.events("tls")) == 1, "a second handshake"
     assert_still_serving(port, sink, "after renegotiation")
-    assert p.alive
+    assert p.alive()
 
 
 def test_plaintext_after_close_notify_is_not_executed(postern, sink, tmp_path, cert):
@@ -608,3 +608,26 @@ def test_plaintext_after_close_notify_is_not_executed(postern, sink, tmp_path, c
     assert "evil@example.net" not in mails(sink)
     assert len(p.wait_for_log("session-end", count=2)) == 2
     assert_still_serving(port, sink, "after close_notify")
+
+
+def test_reload_without_a_certificate_keeps_tls_for_the_running_listeners(postern, sink, tmp_path, cert):
+    """Listeners change only at a start: a reload whose file has no [tls]
+    (and its listeners set to tls = "none") must not leave the running
+    implicit-TLS and STARTTLS listeners without a certificate. It is refused
+    with a log line, and both listeners go on speaking TLS."""
+    p, (implicit, starttls) = start(postern, tmp_path, sink, cert,
+                                    listeners=[{"tls": "implicit"}, {"tls": "starttls", "require_tls": True}])
+    cfg = write_config(tmp_path / "postern.toml", [{"tls": "none"}, {"tls": "none"}], upstream=sink.address)
+    assert "[tls]" not in open(cfg).read()
+    reload(p, "reload-failed")
+    with SmtpClient(implicit, tls_context=client_tls_context()) as c:
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], make_message("implicit")), 250)
+    with SmtpClient(starttls) as c:
+        r = c.ehlo()
+        assert any("STARTTLS" in l for l in r.lines), f"STARTTLS no longer offered: {r}"
+        upgrade(c, client_tls_context())
+        c.ehlo()
+        check_reply(c.send_message("a@example.org", ["b@example.com"], make_message("starttls")), 250)
+    assert p.alive()
+    assert len(sink.wait_messages(2)) == 2
