@@ -144,6 +144,28 @@ def test_injection_in_a_second_segment_before_the_220_is_read(postern, sink, tmp
     assert "evil@example.net" not in mails(sink)
 
 
+@pytest.mark.parametrize("line", [b"starttls\r\n", b"StartTLS \r\n", b"STARTTLS\r\n\r\n",
+                                  b"STARTTLS\n", b"STARTTLS\r"],
+                         ids=["lower", "trailing-space", "empty-line-after", "bare-lf", "bare-cr"])
+def test_starttls_spellings_with_injection(postern, sink, tmp_path, cert, line):
+    """Each spelling of STARTTLS with a MAIL in the same segment: either a
+    220 and the MAIL never runs under TLS, or no 220 and no TLS at all."""
+    p, (port,) = start(postern, tmp_path, sink, cert)
+    with SmtpClient(port) as c:
+        c.ehlo()
+        c.send(line + b"MAIL FROM:<evil@example.net>\r\n")
+        r = c.read_reply()
+        if r.code == 220:
+            assert not c.buf, f"plaintext after the 220: {bytes(c.buf)!r}"
+            c.sock = client_tls_context().wrap_socket(c.sock, server_hostname=HOSTNAME)
+            c.expect("RCPT TO:<victim@example.com>", 503)
+            c.expect("QUIT", 221)
+            assert "evil@example.net" not in mails(sink)
+        else:
+            assert r.code >= 500, r  # refused in plaintext: the session never turned TLS
+            assert not p.events("tls")
+
+
 def test_starttls_inside_a_transaction_abandons_it(postern, sink, tmp_path, cert):
     """STARTTLS in the middle of MAIL/RCPT with the rest of the message
     pipelined after it: the plaintext transaction dies, the content is
@@ -631,3 +653,25 @@ def test_reload_without_a_certificate_keeps_tls_for_the_running_listeners(poster
         check_reply(c.send_message("a@example.org", ["b@example.com"], make_message("starttls")), 250)
     assert p.alive()
     assert len(sink.wait_messages(2)) == 2
+
+
+def test_tickets_grant_no_early_data(postern, sink, tmp_path, cert):
+    """0-RTT data is replayable (RFC 8446 8, E.5): postern's TLS 1.3
+    tickets allow none (max_early_data 0), so a resuming client with
+    commands ready for early data sends them only after the handshake, as
+    ordinary input of the new dialogue."""
+    p, (port,) = start(postern, tmp_path, sink, cert)
+    sess = tmp_path / "ticket.pem"
+    early = tmp_path / "early.txt"
+    early.write_bytes(b"MAIL FROM:<early@example.net>\r\n")
+    base = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-starttls", "smtp", "-tls1_3", "-ign_eof"]
+    r = subprocess.run(base + ["-sess_out", str(sess)], input=b"QUIT\r\n", capture_output=True,
+                       timeout=30 * SCALE)
+    out = r.stdout.decode(errors="replace")
+    assert "Max Early Data: 0" in out, out
+    r = subprocess.run(base + ["-sess_in", str(sess), "-early_data", str(early)], input=b"QUIT\r\n",
+                       capture_output=True, timeout=30 * SCALE)
+    out = r.stdout.decode(errors="replace")
+    assert "Reused, TLSv1.3" in out and "Early data was not sent" in out, out
+    time.sleep(0.3)
+    assert "early@example.net" not in mails(sink)
