@@ -417,6 +417,29 @@ def test_tls12_ticket_does_not_resume_a_cipher_a_reload_removed(postern, sink, t
     c.close()
 
 
+def test_tls12_ticket_is_refused_after_min_version_rises_to_tls13(postern, sink, tmp_path, cert):
+    """tls.min_version raised to TLSv1.3 by a reload: a TLS 1.2 client with
+    a ticket from before is refused (no resumption past the version floor),
+    a TLS 1.3 client's ticket still resumes."""
+    p, (port,) = start(postern, tmp_path, sink, cert)
+    sessions = {}
+    for version in (TLS13, TLS12):
+        c, _ = tls_session(port, ctx_for(version))
+        sessions[version] = leave(c)
+    config(tmp_path, sink, cert, tls={"min_version": "TLSv1.3"})
+    reload(p)
+    c = SmtpClient(port)
+    c.ehlo()
+    check_reply(c.cmd("STARTTLS"), 220)
+    with pytest.raises(ssl.SSLError):
+        ctx_for(TLS12).wrap_socket(c.sock, server_hostname=HOSTNAME, session=sessions[TLS12])
+    c.close()
+    assert p.wait_for_log("tls-failed")
+    c, reused = tls_session(port, ctx_for(TLS13), sessions[TLS13])
+    assert reused
+    c.close()
+
+
 def test_session_lifetime_shortened_by_reload_ends_older_tickets(postern, sink, tmp_path, cert):
     """session_lifetime is the age past which no ticket resumes, whatever
     the lifetime was when it was sealed: shortened by a reload, it applies
