@@ -698,3 +698,37 @@ def test_tickets_grant_no_early_data(postern, sink, tmp_path, cert):
     assert "Reused, TLSv1.3" in out and "Early data was not sent" in out, out
     time.sleep(0.3)
     assert "early@example.net" not in mails(sink)
+
+
+@pytest.mark.parametrize("where", ["starttls", "implicit"])
+def test_shutdown_does_not_wait_for_a_stalled_handshake(postern, sink, tmp_path, cert, where):
+    """A client that stalls in the TLS handshake (after STARTTLS's 220, or
+    at once on an implicit-TLS port: any scanner) waits on the client as an
+    idle session does: SIGTERM ends it at once, not after shutdown_timeout
+    with a forced shutdown."""
+    p, (starttls, implicit) = start(postern, tmp_path, sink, cert,
+                                    listeners=[{"tls": "starttls"}, {"tls": "implicit"}],
+                                    sections={"server": {"shutdown_timeout": 10}})
+    if where == "starttls":
+        stalled = after_220(starttls)
+        stalled.send(client_hello()[:20])
+    else:
+        stalled = socket.create_connection(("127.0.0.1", implicit), timeout=IO_TIMEOUT)
+        stalled.sendall(client_hello()[:20])
+    idle = SmtpClient(starttls)  # the control: an idle session ends at once
+    idle.ehlo()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait_exit(9 * SCALE)
+    p.stopped = True
+    elapsed = time.monotonic() - t0
+    try:
+        assert rc == 0, f"postern did not exit within 9 s of SIGTERM (a stalled handshake held it)\n{p.log_tail()}"
+        assert elapsed < 3 * SCALE, elapsed
+        assert not p.events("shutdown-forced")
+        assert p.events("tls-failed")
+    finally:
+        stalled.close()
+        idle.close()
+        p.kill()
