@@ -86,7 +86,9 @@ asio::awaitable<std::error_code> ClientConnection::write(std::string_view output
 asio::awaitable<std::error_code> ClientConnection::start_tls(asio::ssl::context& context, Seconds timeout) {
   tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, context);
   watchdog_.arm(timeout);
+  reading_ = true;  // it waits on the client as a read does: a shutdown ends it (Session::drain)
   auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, use_nothrow);
+  reading_ = false;
   watchdog_.disarm();
   if (ec) tls_.reset();
   // The ticket rides with the first reply (proxy/tls.cpp): one send and one

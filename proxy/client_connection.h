@@ -34,7 +34,7 @@ class ClientConnection {
   asio::ip::tcp::socket& socket() { return socket_; }
   bool tls() const { return tls_ != nullptr; }
   SSL* tls_handle() { return tls_ ? tls_->native_handle() : nullptr; }
-  // A read is waiting for the client (a drain may cancel it).
+  // A read or a TLS handshake is waiting for the client (a drain may cancel it).
   bool reading() const { return reading_; }
   // The last wait ended because its deadline passed.
   bool timed_out() const { return watchdog_.expired(); }

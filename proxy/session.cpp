@@ -333,12 +333,15 @@ asio::awaitable<bool> Session::read_proxy_header() {
 }
 
 // The TLS handshake as server, on the plain socket (RFC 3207, RFC 8314).
+// A shutdown ends a handshake as it ends an idle session (drain()): the
+// client is who it waits for, and a stalled one would hold the shutdown.
 asio::awaitable<bool> Session::start_tls() {
+  if (registry_.draining) co_return false;
   std::error_code ec = co_await conn_.start_tls(*tls_context_, config_->timeouts.command);
   metrics::tls_handshake(!ec, ec && conn_.timed_out());
   if (ec) {
     log::warning("tls-failed").kv("session", id_).kv("client", facts_.client_ip)
-        .kv("error", conn_.timed_out() ? "timeout" : ec.message());
+        .kv("error", conn_.timed_out() ? "timeout" : registry_.draining ? "shutdown" : ec.message());
     co_return false;
   }
   facts_.tls = tls_facts(conn_.tls_handle());
