@@ -732,6 +732,7 @@ def test_shutdown_does_not_wait_for_a_stalled_handshake(postern, sink, tmp_path,
         assert not p.events("shutdown-forced")
         if where in ("starttls", "implicit"):
             assert [l.get("error") for l in p.events("tls-failed")] == ["shutdown"], p.log_tail()
+        p.check_sanitizers()
     finally:
         stalled.close()
         p.kill()
