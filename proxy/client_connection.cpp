@@ -86,7 +86,9 @@ asio::awaitable<std::error_code> ClientConnection::write(std::string_view output
 asio::awaitable<std::error_code> ClientConnection::start_tls(asio::ssl::context& context, Seconds timeout) {
   tls_ = std::make_unique<asio::ssl::stream<asio::ip::tcp::socket&>>(socket_, context);
   watchdog_.arm(timeout);
+  reading_ = true;  // it waits on the client as a read does: a shutdown ends it (Session::drain)
   auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::server, use_nothrow);
+  reading_ = false;
   watchdog_.disarm();
   if (ec) tls_.reset();
   // The ticket rides with the first reply (proxy/tls.cpp): one send and one
@@ -99,7 +101,9 @@ asio::awaitable<std::size_t> ClientConnection::early_octets(Seconds pause) {
   std::error_code ec;
   if (socket_.available(ec) == 0 && !ec) {
     watchdog_.arm(pause);
+    reading_ = true;  // a shutdown ends the pause (Session::drain)
     std::tie(ec) = co_await socket_.async_wait(asio::ip::tcp::socket::wait_read, use_nothrow);
+    reading_ = false;
     watchdog_.disarm();
     if (watchdog_.expired()) co_return 0;
   }
@@ -117,6 +121,7 @@ asio::awaitable<ClientConnection::ProxyHeaderRead> ClientConnection::read_proxy_
     co_return !ec;
   };
   watchdog_.arm(timeout);
+  reading_ = true;  // waits on the client as a read does: a shutdown ends it (Session::drain)
   // Octet by octet (a v1 line is at most 107), so a client that is not a
   // proxy is told off at its first wrong octet; a v2 header's address block
   // is read at once once its length is known.
@@ -132,6 +137,7 @@ asio::awaitable<ClientConnection::ProxyHeaderRead> ClientConnection::read_proxy_
     }
     ok = co_await read_exact(need);
   }
+  reading_ = false;
   watchdog_.disarm();
   if (!ok) out.status = watchdog_.expired() ? ProxyHeaderRead::Status::kTimeout : ProxyHeaderRead::Status::kClosed;
   else if (out.header.outcome == ProxyHeader::Outcome::kInvalid) out.status = ProxyHeaderRead::Status::kInvalid;

@@ -34,7 +34,8 @@ class ClientConnection {
   asio::ip::tcp::socket& socket() { return socket_; }
   bool tls() const { return tls_ != nullptr; }
   SSL* tls_handle() { return tls_ ? tls_->native_handle() : nullptr; }
-  // A read is waiting for the client (a drain may cancel it).
+  // A read, a TLS handshake, the PROXY header or greet_pause is waiting for
+  // the client (a drain may cancel it).
   bool reading() const { return reading_; }
   // The last wait ended because its deadline passed.
   bool timed_out() const { return watchdog_.expired(); }

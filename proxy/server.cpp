@@ -104,6 +104,7 @@ struct Server::Impl {
   ConfigSource source;
   std::shared_ptr<const Config> config;  // guarded by config_mutex
   std::shared_ptr<asio::ssl::context> tls_context;  // guarded by config_mutex
+  std::string tls_listener;  // a running listener that speaks TLS ("" = none): a reload keeps a certificate for it
   std::shared_ptr<UpstreamCapabilities> capabilities = std::make_shared<UpstreamCapabilities>();
   std::shared_ptr<const FilterResources> filter_resources;  // touched on worker 0's thread and at start
   std::mutex config_mutex;
@@ -295,6 +296,13 @@ struct Server::Impl {
       process::ensure_open_files(*fresh);
       note_restart_only_keys(*snapshot(), *fresh);
       auto fresh_tls = make_server_tls_context(fresh->tls);  // certificates re-read
+      // Listeners change only at a start: one that speaks TLS would be left
+      // without a certificate (an implicit-TLS session dereferenced none).
+      if (!fresh_tls && !tls_listener.empty()) {
+        throw ConfigError(fmt::format("tls: the running listener {} speaks TLS and listeners change only at a "
+                                      "start; keep [tls] cert_file and key_file, or restart",
+                                      tls_listener));
+      }
       // Every worker's chain is built first, each on its own thread; only when
       // all compiled does the new configuration take over.
       // The store is kept: greylisting and rate limits survive a reload.
@@ -564,6 +572,9 @@ int Server::run() {
   log::info("started").kv("threads", n).kv("upstream", config->upstream.target)
       .kv("hostname", config->server.hostname);
   for (std::size_t i = 0; i < s.acceptors.size(); ++i) {
+    if (config->listeners[i].tls != Config::Listener::Tls::kNone && s.tls_listener.empty()) {
+      s.tls_listener = config->listeners[i].address;
+    }
     asio::co_spawn(s.workers[0]->context, s.accept_loop(*s.acceptors[i], config->listeners[i]), asio::detached);
   }
   if (s.milter_server) s.milter_server->start();

@@ -242,7 +242,7 @@ asio::awaitable<bool> Session::admit(SessionLimiter::Ticket& ticket, SessionLimi
 // 554 and never reaches a filter or the MTA. Off when the pause is 0. Implicit
 // TLS is exempt: its ClientHello comes first by design.
 asio::awaitable<bool> Session::talks_before_greeting() {
-  if (conn_.tls() || config_->timeouts.greet_pause <= Seconds(0)) co_return false;
+  if (conn_.tls() || config_->timeouts.greet_pause <= Seconds(0) || registry_.draining) co_return false;
   const std::size_t early = co_await conn_.early_octets(config_->timeouts.greet_pause);
   if (early == 0) co_return false;
   log::warning("early-talker").kv("session", id_).kv("client", facts_.client_ip).kv("octets", early);
@@ -310,12 +310,15 @@ asio::awaitable<bool> Session::read_proxy_header() {
         .kv("listener", facts_.listener).kv("action", "closed; not in listener.proxy_protocol_from");
     co_return false;
   }
+  if (registry_.draining) co_return false;  // shutting down: as a drained wait below
   using Status = ClientConnection::ProxyHeaderRead::Status;
   const ClientConnection::ProxyHeaderRead read = co_await conn_.read_proxy_header(config_->timeouts.command);
   const ProxyHeader& h = read.header;
   if (read.status == Status::kTimeout || read.status == Status::kClosed) {
     log::warning("proxy-protocol-error").kv("session", id_).kv("peer", facts_.client_ip)
-        .kv("error", read.status == Status::kTimeout ? "timeout" : "connection closed before the header");
+        .kv("error", read.status == Status::kTimeout ? "timeout"
+                     : registry_.draining              ? "shutdown"
+                                                       : "connection closed before the header");
     co_return false;
   }
   if (read.status == Status::kInvalid) {
@@ -333,12 +336,15 @@ asio::awaitable<bool> Session::read_proxy_header() {
 }
 
 // The TLS handshake as server, on the plain socket (RFC 3207, RFC 8314).
+// A shutdown ends a handshake as it ends an idle session (drain()): the
+// client is who it waits for, and a stalled one would hold the shutdown.
 asio::awaitable<bool> Session::start_tls() {
+  if (registry_.draining) co_return false;
   std::error_code ec = co_await conn_.start_tls(*tls_context_, config_->timeouts.command);
   metrics::tls_handshake(!ec, ec && conn_.timed_out());
   if (ec) {
     log::warning("tls-failed").kv("session", id_).kv("client", facts_.client_ip)
-        .kv("error", conn_.timed_out() ? "timeout" : ec.message());
+        .kv("error", conn_.timed_out() ? "timeout" : registry_.draining ? "shutdown" : ec.message());
     co_return false;
   }
   facts_.tls = tls_facts(conn_.tls_handle());

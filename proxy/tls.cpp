@@ -11,6 +11,7 @@
 #include <array>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <mutex>
@@ -31,8 +32,7 @@ std::string openssl_error() {
 
 // Session ticket keys (RFC 5077 4 layout: 16 octets of name, then an HMAC
 // key and an AES key of 32 octets each, as in nginx's ssl_session_ticket_key
-// files). One set per process, shared by every TLS context: a context is
-// rebuilt on every reload, and tickets sealed before it must still open.
+// files).
 struct TicketKey {
   std::array<unsigned char, 16> name{};
   std::array<unsigned char, 32> hmac{};
@@ -40,105 +40,115 @@ struct TicketKey {
   std::chrono::steady_clock::time_point born;
 };
 
-class TicketKeys {
+// 0: no such key (a full handshake and a new ticket); 1: the sealing key
+// (the first); 2: an older one (the session resumes and gets a ticket under
+// the sealing key).
+int find_key(const std::vector<TicketKey>& keys, const unsigned char* name, TicketKey& out) {
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (std::memcmp(keys[i].name.data(), name, 16) == 0) {
+      out = keys[i];
+      return i == 0 ? 1 : 2;
+    }
+  }
+  return 0;
+}
+
+TicketKey random_key() {
+  TicketKey k;
+  if (RAND_bytes(k.name.data(), 16) != 1 || RAND_bytes(k.hmac.data(), 32) != 1 ||
+      RAND_bytes(k.aes.data(), 32) != 1) {
+    throw ConfigError("tls: no random octets for a session ticket key: " + openssl_error());
+  }
+  k.born = std::chrono::steady_clock::now();
+  return k;
+}
+
+// Without tls.ticket_key_file: process-random keys shared by every TLS
+// context (a context is rebuilt on every reload, and tickets sealed before
+// it must still open), a new one every session_lifetime, each opening
+// tickets for one more lifetime.
+class RandomTicketKeys {
  public:
-  static TicketKeys& instance() {
-    static TicketKeys keys;
+  static RandomTicketKeys& instance() {
+    static RandomTicketKeys keys;
     return keys;
   }
 
-  // The keys of `file` (the first seals, all open), or, with no file,
-  // process-random keys that rotate every `lifetime` and open tickets for
-  // one more lifetime. Kept as they are when nothing changed (a reload).
-  void configure(const std::string& file, Seconds lifetime) {
-    std::vector<TicketKey> loaded;
-    if (!file.empty()) loaded = read_file(file);
+  // The first key; a ConfigError at start (or a reload) rather than in a handshake.
+  void start() {
     std::lock_guard lock(mu_);
-    lifetime_ = std::chrono::duration_cast<std::chrono::steady_clock::duration>(lifetime);
-    if (!file.empty()) {
-      keys_ = std::move(loaded);
-      from_file_ = true;
-    } else if (from_file_ || keys_.empty()) {
-      keys_.assign(1, random_key());
-      from_file_ = false;
-    }
+    if (keys_.empty()) keys_.push_back(random_key());
   }
 
-  // The key that seals new tickets.
-  TicketKey current() {
+  TicketKey current(std::chrono::steady_clock::duration lifetime) {
     std::lock_guard lock(mu_);
-    if (!from_file_) rotate();
+    rotate(lifetime);
     return keys_.front();
   }
 
-  // 0: no such key (a full handshake and a new ticket); 1: the current key;
-  // 2: an older one (the session resumes and gets a ticket under the current key).
-  int find(const unsigned char* name, TicketKey& out) {
+  int find(const unsigned char* name, std::chrono::steady_clock::duration lifetime, TicketKey& out) {
     std::lock_guard lock(mu_);
-    if (!from_file_) rotate();
-    for (std::size_t i = 0; i < keys_.size(); ++i) {
-      if (std::memcmp(keys_[i].name.data(), name, 16) == 0) {
-        out = keys_[i];
-        return i == 0 ? 1 : 2;
-      }
-    }
-    return 0;
+    rotate(lifetime);
+    return find_key(keys_, name, out);
   }
 
  private:
-  static TicketKey random_key() {
-    TicketKey k;
-    if (RAND_bytes(k.name.data(), 16) != 1 || RAND_bytes(k.hmac.data(), 32) != 1 ||
-        RAND_bytes(k.aes.data(), 32) != 1) {
-      throw ConfigError("tls: no random octets for a session ticket key: " + openssl_error());
-    }
-    k.born = std::chrono::steady_clock::now();
-    return k;
-  }
-
-  static std::vector<TicketKey> read_file(const std::string& file) {
-    std::ifstream in(file, std::ios::binary);
-    std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in.good() && !in.eof()) throw ConfigError(fmt::format("{}: tls.ticket_key_file: cannot read it", file));
-    if (data.empty() || data.size() % 80 != 0 || data.size() > 80 * 16) {
-      throw ConfigError(fmt::format(
-          "{}: tls.ticket_key_file: {} octets; expected 80 per key, 1 to 16 keys (openssl rand 80 > FILE)", file,
-          data.size()));
-    }
-    std::vector<TicketKey> keys(data.size() / 80);
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      const char* p = data.data() + 80 * i;
-      std::memcpy(keys[i].name.data(), p, 16);
-      std::memcpy(keys[i].hmac.data(), p + 16, 32);
-      std::memcpy(keys[i].aes.data(), p + 48, 32);
-    }
-    return keys;
-  }
-
   // A new sealing key every lifetime; a key opens tickets until no ticket it
   // sealed can still be valid (its last use + lifetime).
-  void rotate() {
+  void rotate(std::chrono::steady_clock::duration lifetime) {
     const auto now = std::chrono::steady_clock::now();
-    if (now - keys_.front().born >= lifetime_) keys_.insert(keys_.begin(), random_key());
-    while (keys_.size() > 1 && now - keys_[keys_.size() - 2].born >= 2 * lifetime_) keys_.pop_back();
+    if (keys_.empty() || now - keys_.front().born >= lifetime) keys_.insert(keys_.begin(), random_key());
+    while (keys_.size() > 1 && now - keys_[keys_.size() - 2].born >= 2 * lifetime) keys_.pop_back();
   }
 
   std::mutex mu_;
   std::vector<TicketKey> keys_;
-  bool from_file_ = false;
-  std::chrono::steady_clock::duration lifetime_ = std::chrono::hours(2);
 };
+
+// The keys of tls.ticket_key_file (the first seals, all open), 1 to 16.
+std::vector<TicketKey> read_ticket_keys(const std::string& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw ConfigError(fmt::format("{}: tls.ticket_key_file: cannot read it", file));
+  if (data.empty() || data.size() % 80 != 0 || data.size() > 80 * 16) {
+    throw ConfigError(fmt::format(
+        "{}: tls.ticket_key_file: {} octets; expected 80 per key, 1 to 16 keys (openssl rand 80 > FILE)", file,
+        data.size()));
+  }
+  std::vector<TicketKey> keys(data.size() / 80);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const char* p = data.data() + 80 * i;
+    std::memcpy(keys[i].name.data(), p, 16);
+    std::memcpy(keys[i].hmac.data(), p + 16, 32);
+    std::memcpy(keys[i].aes.data(), p + 48, 32);
+  }
+  return keys;
+}
+
+// A file's keys belong to the context built from it (an SSL_CTX ex_data
+// slot), not to the process: a reload refused after its context was built
+// (a rule that does not compile) leaves the running context and its keys.
+int file_keys_index() {
+  static const int index = SSL_CTX_get_ex_new_index(
+      0, nullptr, nullptr, nullptr,
+      [](void*, void* keys, CRYPTO_EX_DATA*, int, long, void*) { delete static_cast<std::vector<TicketKey>*>(keys); });
+  return index;
+}
 
 int ticket_key_callback(SSL* ssl, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
                         EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac, int enc) {
+  SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
+  const auto* file = static_cast<const std::vector<TicketKey>*>(SSL_CTX_get_ex_data(ctx, file_keys_index()));
+  const auto lifetime = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::seconds(SSL_CTX_get_timeout(ctx)));
   TicketKey key;
   int found = 1;
   if (enc) {
-    key = TicketKeys::instance().current();
+    key = file ? file->front() : RandomTicketKeys::instance().current(lifetime);
     std::memcpy(key_name, key.name.data(), 16);
     if (RAND_bytes(iv, 16) != 1) return -1;
   } else {
-    found = TicketKeys::instance().find(key_name, key);
+    found = file ? find_key(*file, key_name, key) : RandomTicketKeys::instance().find(key_name, lifetime, key);
     if (found == 0) return 0;
   }
   char digest[] = "SHA256";
@@ -154,6 +164,30 @@ int ticket_key_callback(SSL* ssl, unsigned char key_name[16], unsigned char iv[E
   // resuming it. 2 ("renew") keeps OpenSSL from treating it as final.
   if (!enc && SSL_version(ssl) == TLS1_3_VERSION) return 2;
   return found;
+}
+
+// A ticket resumes only a session the running policy would make now (RFC
+// 5077 3.3 leaves the decision to the server): its cipher still in
+// tls.ciphers, its age under the current tls.session_lifetime (OpenSSL
+// checks the lifetime the ticket was sealed with, which a reload may have
+// shortened since). Otherwise a full handshake and a new ticket.
+SSL_TICKET_RETURN ticket_opened(SSL* ssl, SSL_SESSION* session, const unsigned char*, size_t,
+                                SSL_TICKET_STATUS status, void*) {
+  switch (status) {
+    case SSL_TICKET_SUCCESS: case SSL_TICKET_SUCCESS_RENEW: break;
+    case SSL_TICKET_EMPTY: case SSL_TICKET_NO_DECRYPT: return SSL_TICKET_RETURN_IGNORE_RENEW;
+    default: return SSL_TICKET_RETURN_ABORT;
+  }
+  const long age = static_cast<long>(std::time(nullptr)) - SSL_SESSION_get_time(session);
+  if (age < 0 || age >= SSL_CTX_get_timeout(SSL_get_SSL_CTX(ssl))) return SSL_TICKET_RETURN_IGNORE_RENEW;
+  const SSL_CIPHER* cipher = SSL_SESSION_get0_cipher(session);
+  STACK_OF(SSL_CIPHER)* allowed = SSL_get_ciphers(ssl);
+  bool cipher_allowed = false;
+  for (int i = 0; cipher && i < sk_SSL_CIPHER_num(allowed) && !cipher_allowed; ++i) {
+    cipher_allowed = SSL_CIPHER_get_id(sk_SSL_CIPHER_value(allowed, i)) == SSL_CIPHER_get_id(cipher);
+  }
+  if (!cipher_allowed) return SSL_TICKET_RETURN_IGNORE_RENEW;
+  return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
 }
 
 }  // namespace
@@ -205,8 +239,17 @@ std::shared_ptr<asio::ssl::context> make_server_tls_context(const Config::Tls& t
   SSL_CTX_set_session_cache_mode(raw, SSL_SESS_CACHE_SERVER);
   SSL_CTX_sess_set_cache_size(raw, 20480);
   if (tls.session_tickets) {
-    TicketKeys::instance().configure(tls.ticket_key_file, tls.session_lifetime);
+    if (tls.ticket_key_file.empty()) {
+      RandomTicketKeys::instance().start();
+    } else {
+      auto keys = std::make_unique<std::vector<TicketKey>>(read_ticket_keys(tls.ticket_key_file));
+      if (SSL_CTX_set_ex_data(raw, file_keys_index(), keys.get()) != 1) {
+        throw ConfigError("tls: cannot attach the session ticket keys: " + openssl_error());
+      }
+      keys.release();  // the context's now (file_keys_index frees it)
+    }
     SSL_CTX_set_tlsext_ticket_key_evp_cb(raw, ticket_key_callback);
+    SSL_CTX_set_session_ticket_cb(raw, nullptr, ticket_opened, nullptr);
   } else {
     SSL_CTX_set_options(raw, SSL_OP_NO_TICKET);  // TLS 1.3: stateful tickets from the cache
   }
