@@ -37,8 +37,11 @@ constexpr std::uint32_t kWantedActions = m::action::kAddHdrs | m::action::kChgBo
 // the client wrote.
 constexpr std::uint32_t kWantedSteps = m::step::kNoData | m::step::kNoUnknown | m::step::kNrHdr | m::step::kNrEoh |
                                        m::step::kNrBody | m::step::kHdrLeadSpc;
-// Macros kept per connection; Postfix sends a few dozen at most.
+// Macros kept per connection; Postfix sends a few dozen at most. A name
+// longer than any Sendmail or Postfix macro's ("{cert_fingerprint}") is not
+// kept: 256 names of up to a packet (1 MiB) each would hold 256 MiB.
 constexpr std::size_t kMaxMacros = 256;
+constexpr std::size_t kMaxMacroName = 64;
 
 std::string next_id() {
   static std::atomic<unsigned long> counter{0};
@@ -219,6 +222,7 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::negotiate(const m::Command
 // Postfix's macros (docs/milter.md "Macros"): each is a fact as soon as it arrives.
 void MilterDialogue::take_macros(const m::Command& c) {
   for (const auto& [name, value] : c.macros) {
+    if (name.size() > kMaxMacroName) continue;
     if (macros_.size() >= kMaxMacros && !macros_.count(name)) continue;
     macros_[name] = value.substr(0, 1024);
   }
