@@ -1,6 +1,7 @@
 // The milter server's dialogue with one MTA connection; see milter_dialogue.h.
 #include "proxy/milter_dialogue.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -115,6 +116,7 @@ void MilterDialogue::reset_connection() {
   facts_ = SessionFacts{};
   facts_.id = id_;
   facts_.listener = listener_;
+  connect_facts_ = facts_;
   macros_.clear();
   connected_ = false;
   refused_.reset();
@@ -221,6 +223,21 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::negotiate(const m::Command
 
 // Postfix's macros (docs/milter.md "Macros"): each is a fact as soon as it arrives.
 void MilterDialogue::take_macros(const m::Command& c) {
+  // STARTTLS: Postfix says nothing but the TLS macros of the HELO that
+  // follows the handshake (milter_helo_macros). What was learned in
+  // plaintext (HELO, its notes and symbols, a session-wide accept, AUTH, the
+  // macros) is forgotten as a proxied session forgets it (RFC 3207 §4.2,
+  // Session::forget_plaintext): a command injected before the handshake
+  // decides nothing after it.
+  const bool tls_starts = c.macro_stage == m::cmd::kHelo && !facts_.tls.active &&
+                          std::any_of(c.macros.begin(), c.macros.end(), [](const auto& kv) {
+                            return kv.first == "{tls_version}" && !kv.second.empty();
+                          });
+  if (tls_starts) {
+    reset_transaction();
+    facts_ = connect_facts_;
+    macros_.clear();
+  }
   for (const auto& [name, value] : c.macros) {
     if (name.size() > kMaxMacroName) continue;
     if (macros_.size() >= kMaxMacros && !macros_.count(name)) continue;
@@ -296,6 +313,7 @@ asio::awaitable<void> MilterDialogue::on_connect(const m::Command& c, std::strin
   log::info("milter-connect").kv("session", id_).kv("listener", listener_).kv("client", facts_.client_ip)
       .kv("name", log::sanitize(facts_.client_name.empty() ? "unknown" : facts_.client_name));
   Verdict v = co_await run_filters(Stage::kConnect);
+  connect_facts_ = facts_;
   if (refuses(v)) {
     refused_ = v;
     metrics::session_refused(listener_, metrics::Refusal::kFilter);
