@@ -452,3 +452,31 @@ def test_no_modification_carries_a_line_break_from_the_peer(server):
         for line in value.split(b"\n")[1:]:
             assert line[:1] in (b" ", b"\t"), (cmd, data)
     m.close()
+
+
+@pytest.mark.parametrize("value", [b" s\nX-Old: 1", b" s\r\nX-Old: 1", b"\nX-Old: 1", b" s\n\n\nX-Old: 1",
+                                   b" s\n"])
+def test_a_header_value_whose_line_break_does_not_fold_is_garbage(server, value):
+    """Postfix sends a folded field's value with LF + white space between
+    its lines. A line break followed by anything else would end the field
+    (or, doubled, the header section) in postern's copy while the MTA holds
+    one field: postern would judge a message with other fields than the
+    one the MTA delivers."""
+    before = len(server.events("milter-server-garbage"))
+    m = Mta(server.milter_port)
+    m.connect()
+    assert m.cmd(b"M", b"<a@example.org>\0")[0] == b"c"
+    assert m.cmd(b"R", b"<b@example.net>\0")[0] == b"c"
+    m.send(b"L", b"Subject\0" + value + b"\0")
+    m.send(b"L", b"From\0 a@example.org\0")
+    m.send(b"N")
+    m.send(b"E")
+    assert m.closed()
+    m.close()
+    server.wait_for_log("milter-server-garbage", count=before + 1)
+    # folds are fine, as Postfix sends them
+    m = Mta(server.milter_port)
+    m.connect()
+    got = echo(m.message(headers=((b"Subject", b" s\n\tfolded"), (b"X-Old", b" a\r\n b"))))
+    assert got["subj"] == "s" and got["seen"] == "X-Old"
+    m.close()
