@@ -64,6 +64,17 @@ bool valid_field_name(std::string_view name) {
   return true;
 }
 
+// A header value as the MTA sends it: its line breaks (LF or CRLF) are
+// folds, each followed by WSP (RFC 5322 §2.2.3). Any other would end the
+// field, or doubled the header section, in postern's copy where the MTA
+// holds one field: the two would hold different messages.
+bool valid_field_value(std::string_view value) {
+  for (std::size_t i = value.find('\n'); i != std::string_view::npos; i = value.find('\n', i + 1)) {
+    if (i + 1 == value.size() || (value[i + 1] != ' ' && value[i + 1] != '\t')) return false;
+  }
+  return true;
+}
+
 // A header value as the MTA sends it (folds as LF or CRLF, then WSP) as the
 // octets of the field: folds become CRLF.
 std::string field_value_octets(std::string_view value) {
@@ -446,6 +457,11 @@ bool MilterDialogue::on_header(const m::Command& c) {
   if (!valid_field_name(c.name)) {
     log::warning("milter-server-garbage").kv("session", id_).kv("command", "header")
         .kv("error", "not a field name: " + log::sanitize(c.name)).kv("action", "closed");
+    return false;
+  }
+  if (!valid_field_value(c.value)) {
+    log::warning("milter-server-garbage").kv("session", id_).kv("command", "header")
+        .kv("error", "a line break that is not a fold in " + log::sanitize(c.name)).kv("action", "closed");
     return false;
   }
   if (!txn_active_ || in_body_) return true;  // nothing to filter: ignored
