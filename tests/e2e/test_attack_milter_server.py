@@ -480,3 +480,34 @@ def test_a_header_value_whose_line_break_does_not_fold_is_garbage(server, value)
     got = echo(m.message(headers=((b"Subject", b" s\n\tfolded"), (b"X-Old", b" a\r\n b"))))
     assert got["subj"] == "s" and got["seen"] == "X-Old"
     m.close()
+
+
+def test_connections_past_the_limit_are_closed_at_once_and_counted_back(tmp_path):
+    """[milter_server] connections: a flood of idle MTA connections takes
+    the slots it is given and no more; each closed one frees its slot."""
+    port = free_port()
+    cfg = write_config(tmp_path / "postern.toml", [{}], sections={
+        "milter_server": {"listen": [f"inet:127.0.0.1:{port}"], "timeout": TIMEOUT, "connections": 5}})
+    p = PosternProcess(postern_run_args(config=cfg, listen=()), cwd=str(tmp_path))
+    p.start()
+    try:
+        p.wait_for_log("milter-listening")
+        held = [Mta(port) for _ in range(5)]
+        for _ in range(3):
+            extra = Mta(port, negotiate=False)
+            assert extra.closed()
+            extra.close()
+        p.wait_for_log("session-limit", count=3)
+        garbage = held.pop()
+        garbage.s.sendall(b"\0\0\0\0")  # one slot freed by garbage
+        assert garbage.closed()
+        garbage.close()
+        p.wait_for_log("milter-session-end", end="garbage")
+        m = Mta(port)
+        m.connect()
+        assert m.message()[-1] == (b"a", b"")
+        for h in held + [m]:
+            h.close()
+        p.stop()
+    finally:
+        p.kill()
