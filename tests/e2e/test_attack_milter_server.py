@@ -342,6 +342,20 @@ def test_a_reused_connection_forgets_everything_of_the_previous_client(server):
     m.close()
 
 
+def test_a_new_client_without_quit_nc_keeps_its_own_connect_macros(server):
+    """A CONNECT without SMFIC_QUIT_NC before it (Sendmail's way) ends the
+    previous client; the connect macros sent just before it are the new
+    client's and name its address (family U: {client_addr})."""
+    m = Mta(server.milter_port)
+    for n, ip in ((1, b"192.0.2.50"), (2, b"192.0.2.51")):
+        m.macros(b"C", [(b"{client_addr}", ip)])
+        assert m.cmd(b"C", b"c%d.example\0U\0" % n) == (b"c", b"")
+        got = echo(m.message(helo=b"h%d.example" % n, headers=((b"Subject", b" m%d" % n),)))
+        assert (got["ip"], got["name"], got["helo"], got["count"]) == (ip.decode(), f"c{n}.example", f"h{n}.example",
+                                                                       "1"), got
+    m.close()
+
+
 def test_starttls_forgets_what_was_learned_in_plaintext(server):
     """Postfix sends HELO again after STARTTLS, with the TLS macros: the
     session notes and symbols of the plaintext HELO are forgotten, as a
