@@ -159,6 +159,12 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::handle(const m::Packet& pa
     case m::cmd::kOptneg:
       co_return co_await negotiate(c, out);
     case m::cmd::kMacro:
+      if (c.macro_stage == m::cmd::kConnect && connected_) {
+        // A new client without QUIT_NC first (Sendmail): the old one is
+        // over now, these macros are the new one's.
+        co_await finish();
+        reset_connection();
+      }
       take_macros(c);
       co_return Next::kMore;
     case m::cmd::kConnect:
