@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import IO_TIMEOUT, SCALE, PosternProcess, free_port, postern_run_args, write_config
+from harness import ASAN, IO_TIMEOUT, SCALE, PosternProcess, free_port, postern_run_args, write_config
 
 TIMEOUT = 3  # [milter_server] timeout: stalled peers are closed within the test's budget
 
@@ -385,7 +385,8 @@ def test_macro_names_are_bounded(server):
         m.macros(b"C", [(name + str(i).encode() + b"}", b"v")])
     assert m.cmd(b"H", b"x.example\0")[0] == b"c"  # every macro packet was read
     grown = server.status_kb("VmRSS") - before
-    assert grown < 20 * 1024, f"{grown} KiB held for 60 long macro names"
+    if not ASAN:  # ASan's quarantine holds every freed packet
+        assert grown < 20 * 1024, f"{grown} KiB held for 60 long macro names"
     assert m.message()[-1] == (b"a", b"")
     m.close()
 
@@ -423,26 +424,33 @@ def test_headers_body_and_recipients_past_their_limits(server):
 
 
 def test_a_peer_that_never_reads_holds_only_its_own_connection(server):
-    before = len(server.events("milter-session-end", end="write-error"))
     m = Mta(server.milter_port, rcvbuf=4096)
-    m.connect()
+    m.connect(ip=b"192.0.2.77")
+    session = server.wait_for_log("milter-connect", client="192.0.2.77").get("session")
     m.s.setblocking(False)
     # SMFIC_DATA (not negotiated away by this MTA) is answered with a continue each
     blob = packet(b"T") * 10000
-    off = 0
+    off = sent = 0
+    # ASan's postern answers too slowly to fill the socket buffers in time:
+    # it gets a megabyte, which it works through within the test's budget
+    budget = 1 << 20 if ASAN else 64 << 20
     last = start = time.monotonic()
-    while time.monotonic() - last < 0.5 and time.monotonic() - start < 20:
+    while time.monotonic() - last < 1.5 and time.monotonic() - start < 15 and sent < budget:
         try:
             n = m.s.send(blob[off:])
             off = (off + n) % len(blob)
+            sent += n
             last = time.monotonic()
         except BlockingIOError:
             time.sleep(0.02)
-    assert time.monotonic() - start < 20, "postern read without writing"
+    assert time.monotonic() - last >= 1.5 or ASAN, "postern read on without its answers being read"
     t = time.monotonic()
     serves(server)
     assert time.monotonic() - t < 1.0 * SCALE
-    server.wait_for_log("milter-session-end", end="write-error", count=before + 1, timeout=TIMEOUT + IO_TIMEOUT)
+    # closed within [milter_server] timeout: its write given up (or, when
+    # the buffers held every answer, its silence)
+    end = server.wait_for_log("milter-session-end", session=session, timeout=TIMEOUT + IO_TIMEOUT)
+    assert end.get("end") in ("write-error", "timeout") and (ASAN or end.get("end") == "write-error"), end.raw
     m.close()
 
 
