@@ -66,8 +66,8 @@ bool valid_field_name(std::string_view name) {
 
 // A header value as the MTA sends it: its line breaks (LF or CRLF) are
 // folds, each followed by WSP (RFC 5322 §2.2.3). Any other would end the
-// field, or doubled the header section, in postern's copy where the MTA
-// holds one field: the two would hold different messages.
+// field (two in a row: the header section) in postern's copy where the MTA
+// holds one field: the two would judge different messages.
 bool valid_field_value(std::string_view value) {
   for (std::size_t i = value.find('\n'); i != std::string_view::npos; i = value.find('\n', i + 1)) {
     if (i + 1 == value.size() || (value[i + 1] != ' ' && value[i + 1] != '\t')) return false;
