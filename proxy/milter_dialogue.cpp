@@ -1,6 +1,7 @@
 // The milter server's dialogue with one MTA connection; see milter_dialogue.h.
 #include "proxy/milter_dialogue.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -37,8 +38,11 @@ constexpr std::uint32_t kWantedActions = m::action::kAddHdrs | m::action::kChgBo
 // the client wrote.
 constexpr std::uint32_t kWantedSteps = m::step::kNoData | m::step::kNoUnknown | m::step::kNrHdr | m::step::kNrEoh |
                                        m::step::kNrBody | m::step::kHdrLeadSpc;
-// Macros kept per connection; Postfix sends a few dozen at most.
+// Macros kept per connection; Postfix sends a few dozen at most. A name
+// longer than any Sendmail or Postfix macro's ("{cert_fingerprint}") is not
+// kept: 256 names of up to a packet (1 MiB) each would hold 256 MiB.
 constexpr std::size_t kMaxMacros = 256;
+constexpr std::size_t kMaxMacroName = 64;
 
 std::string next_id() {
   static std::atomic<unsigned long> counter{0};
@@ -56,6 +60,17 @@ bool valid_field_name(std::string_view name) {
   if (name.empty() || name.size() > 998) return false;
   for (unsigned char c : name) {
     if (c <= 32 || c >= 127 || c == ':') return false;
+  }
+  return true;
+}
+
+// A header value as the MTA sends it: its line breaks (LF or CRLF) are
+// folds, each followed by WSP (RFC 5322 §2.2.3). Any other would end the
+// field (two in a row: the header section) in postern's copy where the MTA
+// holds one field: the two would judge different messages.
+bool valid_field_value(std::string_view value) {
+  for (std::size_t i = value.find('\n'); i != std::string_view::npos; i = value.find('\n', i + 1)) {
+    if (i + 1 == value.size() || (value[i + 1] != ' ' && value[i + 1] != '\t')) return false;
   }
   return true;
 }
@@ -112,6 +127,7 @@ void MilterDialogue::reset_connection() {
   facts_ = SessionFacts{};
   facts_.id = id_;
   facts_.listener = listener_;
+  connect_facts_ = facts_;
   macros_.clear();
   connected_ = false;
   refused_.reset();
@@ -143,6 +159,12 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::handle(const m::Packet& pa
     case m::cmd::kOptneg:
       co_return co_await negotiate(c, out);
     case m::cmd::kMacro:
+      if (c.macro_stage == m::cmd::kConnect && connected_) {
+        // A new client without QUIT_NC first (Sendmail): the old one is
+        // over now, these macros are the new one's.
+        co_await finish();
+        reset_connection();
+      }
       take_macros(c);
       co_return Next::kMore;
     case m::cmd::kConnect:
@@ -218,7 +240,23 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::negotiate(const m::Command
 
 // Postfix's macros (docs/milter.md "Macros"): each is a fact as soon as it arrives.
 void MilterDialogue::take_macros(const m::Command& c) {
+  // STARTTLS: Postfix says nothing but the TLS macros of the HELO that
+  // follows the handshake (milter_helo_macros). What was learned in
+  // plaintext (HELO, its notes and symbols, a session-wide accept, AUTH, the
+  // macros) is forgotten as a proxied session forgets it (RFC 3207 §4.2,
+  // Session::forget_plaintext): a command injected before the handshake
+  // decides nothing after it.
+  const bool tls_starts = c.macro_stage == m::cmd::kHelo && !facts_.tls.active &&
+                          std::any_of(c.macros.begin(), c.macros.end(), [](const auto& kv) {
+                            return kv.first == "{tls_version}" && !kv.second.empty();
+                          });
+  if (tls_starts) {
+    reset_transaction();
+    facts_ = connect_facts_;
+    macros_.clear();
+  }
   for (const auto& [name, value] : c.macros) {
+    if (name.size() > kMaxMacroName) continue;
     if (macros_.size() >= kMaxMacros && !macros_.count(name)) continue;
     macros_[name] = value.substr(0, 1024);
   }
@@ -292,6 +330,7 @@ asio::awaitable<void> MilterDialogue::on_connect(const m::Command& c, std::strin
   log::info("milter-connect").kv("session", id_).kv("listener", listener_).kv("client", facts_.client_ip)
       .kv("name", log::sanitize(facts_.client_name.empty() ? "unknown" : facts_.client_name));
   Verdict v = co_await run_filters(Stage::kConnect);
+  connect_facts_ = facts_;
   if (refuses(v)) {
     refused_ = v;
     metrics::session_refused(listener_, metrics::Refusal::kFilter);
@@ -424,6 +463,11 @@ bool MilterDialogue::on_header(const m::Command& c) {
   if (!valid_field_name(c.name)) {
     log::warning("milter-server-garbage").kv("session", id_).kv("command", "header")
         .kv("error", "not a field name: " + log::sanitize(c.name)).kv("action", "closed");
+    return false;
+  }
+  if (!valid_field_value(c.value)) {
+    log::warning("milter-server-garbage").kv("session", id_).kv("command", "header")
+        .kv("error", "a line break that is not a fold in " + log::sanitize(c.name)).kv("action", "closed");
     return false;
   }
   if (!txn_active_ || in_body_) return true;  // nothing to filter: ignored

@@ -78,6 +78,7 @@ class MilterDialogue {
   std::uint32_t steps_ = 0;    // SMFIP_* agreed
   std::map<std::string, std::string> macros_;
   SessionFacts facts_;
+  SessionFacts connect_facts_;  // facts_ after the connect stage: what STARTTLS goes back to
   bool connected_ = false;
   std::optional<Verdict> refused_;  // the connect stage refused the client: every later command too
   std::size_t messages_ = 0;
