@@ -13,6 +13,7 @@
 #include "filters/audit/audit_log.h"
 #include "filters/dkim/dkim_signer.h"
 #include "filters/message.h"
+#include "filters/net/ip_address.h"
 #include "proxy/delivery.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
@@ -133,12 +134,16 @@ void MilterDialogue::reset_connection() {
   refused_.reset();
 }
 
-void MilterDialogue::reset_transaction(bool forget_macros) {
-  if (txn_active_) metrics::transaction_done(txn_);
-  // The message's own macros (queue id, envelope) must not name the next one.
-  if (forget_macros) std::erase_if(macros_, [](const auto& kv) {
+// The message's own macros (queue id, envelope) must not name the next one.
+void MilterDialogue::forget_transaction_macros() {
+  std::erase_if(macros_, [](const auto& kv) {
     return kv.first == "i" || kv.first.starts_with("{mail_") || kv.first.starts_with("{rcpt_");
   });
+}
+
+void MilterDialogue::reset_transaction(bool forget_macros) {
+  if (txn_active_) metrics::transaction_done(txn_);
+  if (forget_macros) forget_transaction_macros();
   txn_active_ = false;
   txn_ = TransactionFacts{};
   pending_.reset();
@@ -255,6 +260,12 @@ void MilterDialogue::take_macros(const m::Command& c) {
     facts_ = connect_facts_;
     macros_.clear();
   }
+  // The macros of a MAIL open a new transaction, also after a MAIL that
+  // had no ABORT: the last one's queue id and envelope must not name it.
+  if (c.macro_stage == m::cmd::kMail) {
+    forget_transaction_macros();
+    mail_macros_ = true;
+  }
   for (const auto& [name, value] : c.macros) {
     if (name.size() > kMaxMacroName) continue;
     if (macros_.size() >= kMaxMacros && !macros_.count(name)) continue;
@@ -318,13 +329,21 @@ asio::awaitable<void> MilterDialogue::on_connect(const m::Command& c, std::strin
     reset_connection();
   }
   connected_ = true;
-  facts_.client_ip = c.address;
+  std::string address = c.address;
   facts_.client_port = c.port;
   if (c.family == 'U' || c.family == 'L') {
-    if (auto it = macros_.find("{client_addr}"); it != macros_.end()) facts_.client_ip = it->second;
+    address.clear();
+    if (auto it = macros_.find("{client_addr}"); it != macros_.end()) address = it->second;
     if (auto it = macros_.find("{client_port}"); it != macros_.end()) {
       facts_.client_port = static_cast<unsigned short>(std::strtoul(it->second.c_str(), nullptr, 10));
     }
+  }
+  // SPF, DNSBLs, trusted_networks and the audit key on this text: it is an
+  // IP address in canonical form ("::ffff:192.0.2.1" is 192.0.2.1), or none.
+  facts_.client_ip = canonical_ip(address);
+  if (facts_.client_ip.empty() && !address.empty()) {
+    log::warning("milter-server-garbage").kv("session", id_).kv("command", "connect")
+        .kv("error", "not an IP address: " + log::sanitize(address)).kv("action", "client address unknown");
   }
   if (c.hostname != "unknown" && !c.hostname.starts_with("[")) facts_.client_name = c.hostname.substr(0, 255);
   log::info("milter-connect").kv("session", id_).kv("listener", listener_).kv("client", facts_.client_ip)
@@ -364,7 +383,11 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::on_mail(const m::Command& 
     refuse(*refused_, Stage::kConnect, out);
     co_return Next::kMore;
   }
-  reset_transaction(false);  // a MAIL without ABORT: the macros just sent are this one's
+  // A MAIL without ABORT: the macros just sent are this one's, those of
+  // the last one go (also when this MAIL came without macros).
+  if (!mail_macros_) forget_transaction_macros();
+  mail_macros_ = false;
+  reset_transaction(false);
   std::string path = c.args[0];
   if (path.front() != '<') path = "<" + path + ">";
   PathParse parsed = parse_path(path, true, false, true);
@@ -378,7 +401,7 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::on_mail(const m::Command& 
   txn_started_ = std::chrono::steady_clock::now();
   auto qid = macros_.find("i");
   txn_.id = qid != macros_.end() && !qid->second.empty() ? log::sanitize(qid->second)
-                                                           : fmt::format("{}.{}", id_, messages_ + 1);
+                                                           : fmt::format("{}.{}", id_, ++transactions_);
   txn_.reverse_path = parsed.mailbox;
   for (std::size_t i = 1; i < c.args.size() && i <= 32; ++i) txn_.mail_parameters.push_back(c.args[i]);
   Verdict v = co_await run_filters(Stage::kMail);

@@ -66,6 +66,7 @@ class MilterDialogue {
                    std::string_view message_id, std::string_view from_domain, bool dkim_signed);
   // `forget_macros`: the message's macros (i, {mail_*}, {rcpt_*}) go too.
   void reset_transaction(bool forget_macros = true);
+  void forget_transaction_macros();
   void reset_connection();
 
   std::shared_ptr<const Config> config_;
@@ -82,6 +83,8 @@ class MilterDialogue {
   bool connected_ = false;
   std::optional<Verdict> refused_;  // the connect stage refused the client: every later command too
   std::size_t messages_ = 0;
+  bool mail_macros_ = false;       // the macros of the coming MAIL arrived
+  std::size_t transactions_ = 0;  // MAILs seen: a transaction's id without the MTA's queue id
 
   bool txn_active_ = false;
   TransactionFacts txn_;

@@ -36,6 +36,12 @@ postern.rule{
   end,
 }
 postern.rule{
+  name = "MAIL_REFUSE", stage = "mail",
+  fn = function(ctx)
+    if ctx.envelope.from.addr == "refuse@example.org" then return postern.reject(550, "5.7.1", "refused sender") end
+  end,
+}
+postern.rule{
   name = "ECHO", stage = "eom",
   fn = function(ctx)
     local s = ctx.headers:first("Subject") or ""
@@ -318,6 +324,82 @@ def test_abort_at_every_point_then_the_next_message_has_only_its_own_verdict(ser
     replies = m.message(headers=((b"Subject", b" reject me"),))
     assert replies[-1][0] == b"y" and replies[-1][1].startswith(b"554 5.7.1 refused by rule")
     assert echo(m.message(headers=((b"Subject", b" after"),)))["subj"] == "after"
+    m.close()
+
+
+@pytest.mark.parametrize("second_mail_macros", [None, [], [(b"{mail_addr}", b"second@example.org")],
+                                                [(b"i", b"QUEUE2")]])
+def test_a_mail_without_abort_never_takes_the_last_transactions_queue_id(server, second_mail_macros):
+    """A second MAIL without SMFIC_ABORT between (a hostile or buggy MTA)
+    opens a new transaction: the queue id the last one learned at RCPT (or
+    its {mail_*} macros) must not name it, whether this MAIL came with MAIL
+    macros of its own, empty ones, or none; its own queue id does."""
+    m = Mta(server.milter_port)
+    m.connect()
+    assert m.cmd(b"M", b"<first@example.org>\0")[0] == b"c"
+    m.macros(b"R", [(b"i", b"QUEUE1")])
+    assert m.cmd(b"R", b"<r1@example.net>\0")[0] == b"c"
+    if second_mail_macros is not None:
+        m.macros(b"M", second_mail_macros)
+    got = echo(m.message(sender=b"<second@example.org>", headers=((b"Subject", b" two"),)))
+    assert got["from"] == "second@example.org" and got["rcpts"] == "1"
+    assert got["id"] != "QUEUE1", got
+    if second_mail_macros and second_mail_macros[0][0] == b"i":
+        assert got["id"] == "QUEUE2"
+    m.close()
+
+
+def test_mails_without_a_queue_id_each_get_their_own_id(server):
+    """Without the MTA's queue id, each MAIL gets an id of its own: a MAIL
+    refused by a rule and the message after it are two records, not one."""
+    m = Mta(server.milter_port)
+    m.connect(ip=b"192.0.2.61")
+    session = server.wait_for_log("milter-connect", client="192.0.2.61").get("session")
+    cmd, data = m.cmd(b"M", b"<refuse@example.org>\0")
+    assert cmd == b"y" and data.startswith(b"550 5.7.1"), (cmd, data)
+    refused = server.wait_for_log("milter-refused", session=session, stage="mail").get("id")
+    got = echo(m.message(headers=((b"Subject", b" after"),)))
+    assert refused and got["id"] and got["id"] != refused, (refused, got)
+    m.close()
+
+
+CONNECT_ADDRESSES = {
+    "a name, family 4": (b"4", b"evil.example", ""),
+    "two addresses, family 4": (b"4", b"192.0.2.1 192.0.2.2", ""),
+    "a zone, family 6": (b"6", b"fe80::1%eth0", ""),
+    "a CIDR, family 4": (b"4", b"192.0.2.0/24", ""),
+    "IPv4-mapped, family 6": (b"6", b"::ffff:192.0.2.78", "192.0.2.78"),
+    "IPv6, family 6": (b"6", b"2001:db8::7", "2001:db8::7"),
+    "IPv6 uppercase": (b"6", b"2001:DB8::8", "2001:db8::8"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONNECT_ADDRESSES))
+def test_the_client_address_is_an_ip_address_or_none(server, name):
+    """SPF, DNSBLs, trusted_networks and the audit log key on the client
+    address: what the MTA sends as one is taken only as an IP address, in
+    canonical form; anything else is no address and a log line."""
+    family, address, expected = CONNECT_ADDRESSES[name]
+    before = len(server.events("milter-server-garbage"))
+    m = Mta(server.milter_port)
+    assert m.cmd(b"C", b"client.example\0" + family + b"\x00\x19" + address + b"\0") == (b"c", b"")
+    got = echo(m.message(helo=b"h.example"))
+    assert got["ip"] == expected, got
+    if not expected:
+        server.wait_for_log("milter-server-garbage", count=before + 1)
+        assert "not an IP address" in server.events("milter-server-garbage")[-1].get("error", ""), \
+            server.events("milter-server-garbage")[-1]
+    m.close()
+
+
+def test_a_unix_socket_clients_address_macro_is_an_ip_address_or_none(server):
+    m = Mta(server.milter_port)
+    m.macros(b"C", [(b"{client_addr}", b"192.0.2.5\r\nX-Injected: 1")])
+    assert m.cmd(b"C", b"local\0U\0") == (b"c", b"")
+    assert echo(m.message(helo=b"h.example"))["ip"] == ""
+    m.macros(b"C", [(b"{client_addr}", b"::FFFF:192.0.2.6")])
+    assert m.cmd(b"C", b"local\0U\0") == (b"c", b"")
+    assert echo(m.message(helo=b"h.example"))["ip"] == "192.0.2.6"
     m.close()
 
 
