@@ -246,12 +246,13 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::negotiate(const m::Command
 // Postfix's macros (docs/milter.md "Macros"): each is a fact as soon as it arrives.
 void MilterDialogue::take_macros(const m::Command& c) {
   // STARTTLS: Postfix says nothing but the TLS macros of the HELO that
-  // follows the handshake (milter_helo_macros). What was learned in
-  // plaintext (HELO, its notes and symbols, a session-wide accept, AUTH, the
-  // macros) is forgotten as a proxied session forgets it (RFC 3207 §4.2,
-  // Session::forget_plaintext): a command injected before the handshake
-  // decides nothing after it.
-  const bool tls_starts = c.macro_stage == m::cmd::kHelo && !facts_.tls.active &&
+  // follows the handshake (milter_helo_macros), or of the MAIL where the
+  // client sends no HELO again and milter_mail_macros lists them
+  // (docs/milter.md). What was learned in plaintext (HELO, its notes and
+  // symbols, a session-wide accept, AUTH, the macros) is forgotten as a
+  // proxied session forgets it (RFC 3207 §4.2, Session::forget_plaintext):
+  // a command injected before the handshake decides nothing after it.
+  const bool tls_starts = (c.macro_stage == m::cmd::kHelo || c.macro_stage == m::cmd::kMail) && !facts_.tls.active &&
                           std::any_of(c.macros.begin(), c.macros.end(), [](const auto& kv) {
                             return kv.first == "{tls_version}" && !kv.second.empty();
                           });

@@ -458,3 +458,58 @@ def test_miltertest_scripts(postern, tmp_path, dns, sign_key):
                          env=dict(os.environ, POSTERN_MILTER=f"inet:{milter_port}@127.0.0.1"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all checks passed" in out.stdout, out.stdout
+
+
+def _documented_main_cf(name):
+    """A main.cf line of docs/milter.md's copy-paste block, as a mail admin copies it."""
+    doc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "milter.md")
+    with open(doc) as f:
+        for line in f:
+            if line.startswith(name + " ="):
+                return line.split("=", 1)[1].strip()
+    raise AssertionError(f"{name} is not in docs/milter.md")
+
+
+@pytest.mark.parametrize("ehlo_again", [True, False])
+def test_starttls_forgets_the_plaintext_helo_also_without_a_new_ehlo(postern, sink, tmp_path, dns, sign_key,
+                                                                       ehlo_again):
+    """Postfix lets a client send MAIL straight after STARTTLS (no
+    smtpd_helo_required): with the documented milter_mail_macros postern
+    learns of TLS at MAIL, and what the plaintext EHLO said is forgotten
+    (RFC 3207 §4.2) as it is after a new EHLO."""
+    import ssl
+    from harness import make_cert
+    milter_port = free_port()
+    start_postern(postern, tmp_path, dns, sign_key, milter_port)
+    workdir = tempfile.mkdtemp(prefix="postern-milter-pf-", dir="/tmp")
+    _POSTFIX_DIRS.append(workdir)
+    cert, key, _ = make_cert(workdir, cn="mx.postfix.test")
+    pf = PostfixInstance(workdir, relay=sink.address, main={
+        "mynetworks": "127.0.0.0/8",
+        "smtpd_milters": f"inet:127.0.0.1:{milter_port}",
+        "milter_default_action": "tempfail",
+        "milter_helo_macros": _documented_main_cf("milter_helo_macros"),
+        "milter_mail_macros": _documented_main_cf("milter_mail_macros"),
+        "smtpd_tls_security_level": "may",
+        "smtpd_tls_cert_file": cert,
+        "smtpd_tls_key_file": key,
+    }).start()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", pf.port, timeout=IO_TIMEOUT) as s:
+            s.ehlo("plaintext.example")
+            assert s.starttls(context=ctx)[0] == 220
+            if ehlo_again:
+                s.ehlo("after-tls.example")
+            assert s.mail("a@example.net")[0] == 250
+            assert s.rcpt("b@example.net")[0] == 250
+            assert s.data(msg("tls facts"))[0] == 250
+        h = head(delivered(sink))
+        value = [l for l in h.replace("\r\n ", " ").split("\r\n") if l.startswith("X-Postern-Client:")][0]
+        assert "tls=TLSv1.3" in value, value
+        assert "plaintext.example" not in value, value
+        assert ("helo=after-tls.example" in value) == ehlo_again, value
+    finally:
+        pf.stop()
