@@ -82,6 +82,10 @@ void ensure_address_meta(lua_State* L) {
     lua_setfield(L, -2, "__tostring");
     lua_pushcfunction(L, address_eq);
     lua_setfield(L, -2, "__eq");
+    // Shared by every address object of the state: hidden, so that a rule
+    // cannot change how other rules compare and print addresses.
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
   }
 }
 
