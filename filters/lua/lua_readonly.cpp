@@ -7,8 +7,9 @@
 //
 // A view is an empty table whose metatable reads through to the real table
 // (__index, __len, __pairs) and refuses writes (__newindex); the metatable is
-// hidden (__metatable), and postern's rawset refuses views. The real tables
-// are reachable only through views (and strings' hidden metatable).
+// hidden (__metatable), and postern's rawset refuses views. No function hands
+// a script a real table: they are reachable only through views (and strings'
+// hidden metatable).
 #include "filters/lua/lua_internal.h"
 
 namespace postern {
@@ -16,7 +17,6 @@ namespace {
 
 constexpr const char* kViewsKey = "postern.views";      // view -> true (weak keys)
 constexpr const char* kViewOfKey = "postern.view_of";   // real table -> its view
-constexpr const char* kNextKey = "postern.next";        // the base library's next, for __pairs
 constexpr int kMaxDepth = 64;                           // postern.settings nests at most 32
 
 int view_newindex(lua_State* L) {
@@ -37,10 +37,20 @@ int view_len(lua_State* L) {
   return 1;
 }
 
-// pairs(view): next over the real table.
-int view_pairs(lua_State* L) {
-  lua_pushvalue(L, lua_upvalueindex(1));  // next
+// The iterator of pairs(view): next over the real table, which is never
+// handed to the script (pairs' usual second result would be it).
+int view_next(lua_State* L) {
+  lua_settop(L, 2);
   push_real(L, 1);
+  lua_insert(L, 2);  // real, key
+  if (lua_next(L, 2)) return 2;
+  lua_pushnil(L);
+  return 1;
+}
+
+int view_pairs(lua_State* L) {
+  lua_pushcfunction(L, view_next);
+  lua_pushvalue(L, 1);
   lua_pushnil(L);
   return 3;
 }
@@ -106,8 +116,7 @@ void make_view(lua_State* L, int idx, int depth) {
   lua_setfield(L, -2, "__newindex");
   lua_pushcfunction(L, view_len);
   lua_setfield(L, -2, "__len");
-  lua_getfield(L, LUA_REGISTRYINDEX, kNextKey);
-  lua_pushcclosure(L, view_pairs, 1);
+  lua_pushcfunction(L, view_pairs);
   lua_setfield(L, -2, "__pairs");
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");
@@ -131,8 +140,6 @@ void make_shared_tables_read_only(lua_State* L) {
   const int globals = lua_gettop(L);
   new_weak_table(L, kViewsKey);
   new_weak_table(L, kViewOfKey);
-  lua_getfield(L, globals, "next");
-  lua_setfield(L, LUA_REGISTRYINDEX, kNextKey);
   lua_getfield(L, globals, "rawset");
   lua_pushcclosure(L, guarded_rawset, 1);
   lua_setfield(L, globals, "rawset");

@@ -125,6 +125,8 @@ R["leak-store"] = function() postern.store.get = nil end
 R["leak-settings-deep"] = function() postern.settings.list[1] = "changed" end
 R["leak-settings-rawset"] = function() rawset(postern.settings, "blocked", "x") end
 R["leak-setmeta"] = function() setmetatable(string, {__index = function() return nil end}) end
+R["leak-pairs"] = function() local _, t = pairs(string) t.lower = function() return "pwned" end end
+R["leak-pairs-deep"] = function() for _, v in pairs(postern) do if type(v) == "table" then rawset(v, "a", print) end end end
 R["leak-next"] = function() for k in pairs(string) do rawset(string, k, nil) end end
 R["leak-settings"] = function() postern.settings.blocked = "nobody" end
 R["leak-env-meta"] = function() getmetatable(_ENV).__index.LEAKED = "yes" end
@@ -617,9 +619,10 @@ def test_symbols_invented_before_mail_stay_bounded_in_every_message(env):
 # change what every later test of this module's postern sees)
 
 
-LEAKS = ["leak-G", "leak-G-new", "leak-G-string", "leak-string", "leak-string-rawset", "leak-table", "leak-math",
-         "leak-postern", "leak-postern-rawset", "leak-dns", "leak-util", "leak-os", "leak-utf8", "leak-store",
-         "leak-settings", "leak-settings-deep", "leak-settings-rawset", "leak-setmeta", "leak-next", "leak-env-meta", "leak-address-meta",
+LEAKS = ["leak-G", "leak-G-new", "leak-G-string", "leak-string", "leak-string-rawset", "leak-table",
+         "leak-math", "leak-postern", "leak-postern-rawset", "leak-dns", "leak-util", "leak-os", "leak-utf8",
+         "leak-store", "leak-settings", "leak-settings-deep", "leak-settings-rawset", "leak-setmeta",
+         "leak-next", "leak-pairs", "leak-pairs-deep", "leak-env-meta", "leak-address-meta",
          "leak-address-meta2", "leak-verdict-meta", "leak-regex-meta"]
 
 

@@ -80,6 +80,7 @@ TEST_CASE("lua sandbox: a rule cannot change the shared tables or create globals
       "getmetatable(postern.util.address('a@example.com')).__eq = print",
       "getmetatable(_ENV).__index.string = {}",
       "forgotten_local = 1",
+      "local _, real = pairs(string) real.lower = nil",
   };
   for (const char* attempt : attempts) {
     LuaHarness h;
