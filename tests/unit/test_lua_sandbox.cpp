@@ -88,7 +88,7 @@ TEST_CASE("lua sandbox: a rule cannot change the shared tables or create globals
     Verdict v = h.run(*f, Stage::kHelo);
     INFO(attempt);
     CHECK(v.action == Verdict::Action::kTempfail);
-    CHECK(h.logged("rules.lua:2:"));
+    CHECK(h.logged("lua-rule-error rule=PROBE"));
   }
   // What scripts do with them still works: reads, pairs, ipairs, # (a
   // library's border is 0), their own _G, globals created at the top level.
