@@ -37,10 +37,14 @@ int view_len(lua_State* L) {
   return 1;
 }
 
+bool is_view(lua_State* L, int idx);
+
 // The iterator of pairs(view): next over the real table, which is never
-// handed to the script (pairs' usual second result would be it).
+// handed to the script (pairs' usual second result would be it). The script
+// holds this function and may call it with anything: only a view is read.
 int view_next(lua_State* L) {
   lua_settop(L, 2);
+  luaL_argexpected(L, is_view(L, 1), 1, "a read-only library table");
   push_real(L, 1);
   lua_insert(L, 2);  // real, key
   if (lua_next(L, 2)) return 2;

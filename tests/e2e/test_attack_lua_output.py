@@ -127,6 +127,8 @@ R["leak-settings-rawset"] = function() rawset(postern.settings, "blocked", "x") 
 R["leak-setmeta"] = function() setmetatable(string, {__index = function() return nil end}) end
 R["leak-pairs"] = function() local _, t = pairs(string) t.lower = function() return "pwned" end end
 R["leak-pairs-deep"] = function() for _, v in pairs(postern) do if type(v) == "table" then rawset(v, "a", print) end end end
+R["pairs-iter"] = function() local it = pairs(string) it(setmetatable({}, {__index = print}), nil) end
+R["pairs-iter2"] = function() local it = pairs(postern) it({}, "x") end
 R["leak-next"] = function() for k in pairs(string) do rawset(string, k, nil) end end
 R["leak-settings"] = function() postern.settings.blocked = "nobody" end
 R["leak-env-meta"] = function() getmetatable(_ENV).__index.LEAKED = "yes" end
@@ -409,7 +411,7 @@ def test_refused_recipient_never_reaches_the_mta(env):
     "pcall-budget", "xpcall-budget", "pcall-mem", "rep-bomb", "fmt-bomb", "concat-bomb", "recurse", "recurse-c",
     "gsub-bomb", "gc-error",
     "sandbox-os", "sandbox-io", "sandbox-debug", "sandbox-package", "sandbox-load", "sandbox-dump", "sandbox-gc",
-    "sandbox-require", "sandbox-strmeta", "sandbox-getstrmeta", "sandbox-coroutine",
+    "sandbox-require", "sandbox-strmeta", "sandbox-getstrmeta", "sandbox-coroutine", "pairs-iter", "pairs-iter2",
 ])
 def test_odd_results_errors_and_bombs_end_in_on_error(env, case):
     # The reply comes within the client's time-out (lua.timeout + 20 s): the
