@@ -80,6 +80,8 @@ end
 R["ret-many"] = function() return postern.reject(550, "5.7.1", "first"), postern.accept() end
 R["err-tbl"] = function() error(setmetatable({}, {__tostring = function() error("again") end})) end
 R["err-loop"] = function() error(setmetatable({}, {__tostring = function() while true do end end})) end
+R["err-ud"] = function(ctx) error(ctx) end
+R["err-regex"] = function() error(postern.regex("x")) end
 R["err-nil"] = function() error(nil) end
 R["err-crlf"] = function() error("boom\r\n250 2.0.0 Ok \"quoted\" \x1b[31m", 0) end
 R["err-forge"] = function() error('x" rule=FORGED policy=continue error="', 0) end
@@ -407,7 +409,7 @@ def test_refused_recipient_never_reaches_the_mta(env):
 
 @pytest.mark.parametrize("case", [
     "ret-num", "ret-nan", "ret-str", "ret-fn", "ret-tbl", "ret-meta",
-    "err-tbl", "err-loop", "err-nil", "err-crlf", "err-huge",
+    "err-tbl", "err-loop", "err-ud", "err-regex", "err-nil", "err-crlf", "err-huge",
     "pcall-budget", "xpcall-budget", "pcall-mem", "rep-bomb", "fmt-bomb", "concat-bomb", "recurse", "recurse-c",
     "gsub-bomb", "gc-error",
     "sandbox-os", "sandbox-io", "sandbox-debug", "sandbox-package", "sandbox-load", "sandbox-dump", "sandbox-gc",
