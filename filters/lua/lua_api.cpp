@@ -161,7 +161,7 @@ int api_log(lua_State* L) {
   std::string msg = luaL_tolstring(L, 2, nullptr);
   ThreadTag* tag = thread_tag(L);
   std::string where = tag->inv ? "rule=" + tag->inv->rule->info.name : "script=" + tag->rt->loading_script;
-  rule_log(L, lv, "lua-log " + where + " msg=\"" + clean_text(msg, 1024) + "\"");
+  rule_log(L, lv, "lua-log " + where + " msg=" + quoted_text(msg, 1024));
   return 0;
 }
 

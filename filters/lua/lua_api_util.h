@@ -19,6 +19,10 @@ inline constexpr const char* kAddressMeta = "postern.address";
 // Printable ASCII and tabs only (others become '?'), cut at `limit` octets:
 // for reply text, log text and descriptions.
 std::string clean_text(std::string_view text, std::size_t limit);
+// clean_text between double quotes, with '"' and '\\' escaped: a value of a
+// key=value log line that text from a rule cannot end early (a forged
+// `rule=` or `policy=` after it).
+std::string quoted_text(std::string_view text, std::size_t limit);
 // "X.Y.Z" of RFC 3463 with X in 2, 4, 5.
 bool is_enhanced_code(std::string_view code);
 // 1-64 of letters, digits, '_', '-', '.'.

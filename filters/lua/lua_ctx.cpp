@@ -13,6 +13,7 @@
 #include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
 #include "filters/text/ascii.h"
+#include "filters/text/utf8.h"
 
 namespace postern {
 Invocation& check_handle(lua_State* L, int idx, const char* meta) {
@@ -43,6 +44,10 @@ namespace {
 
 constexpr std::size_t kMaxHeaderEdits = 256;
 constexpr std::size_t kMaxRecipientChanges = 1000;
+// Symbols of a transaction (of the session before MAIL): each is listed in
+// X-Spam-Status, the audit record and the metrics of every message, so a
+// rule that invents names in a loop must not grow them without end.
+constexpr std::size_t kMaxSymbols = 256;
 constexpr std::size_t kMaxHeaderLine = 998;  // RFC 5322 §2.1.1
 
 // Pushes a Lua array (1-based) of `items`, each pushed by `push_one(item)`.
@@ -58,24 +63,48 @@ void push_array(lua_State* L, const Items& items, PushOne push_one) {
 
 // ---- header edits
 
-void check_header_name(lua_State* L, std::string_view name) {
+// The field name at `idx`, all of its octets: a NUL inside is refused like
+// any other octet outside the name syntax, not taken as its end.
+std::string check_header_name(lua_State* L, int idx) {
+  std::size_t len = 0;
+  const char* raw = luaL_checklstring(L, idx, &len);
+  std::string_view name(raw, len);
   bool ok = !name.empty() && name.size() <= 76;
   for (unsigned char c : name) ok = ok && c >= 33 && c <= 126 && c != ':';
   if (!ok) luaL_error(L, "not a header field name: \"%s\"", clean_text(name, 80).c_str());
+  return std::string(name);
 }
 
-// Control characters (CR and LF above all: header injection) become spaces;
-// a value that makes the line longer than 998 octets is folded at white space.
+// Text a rule puts into a header field: control characters (CR and LF above
+// all: header injection) and DEL become spaces, and an octet of no
+// well-formed UTF-8 sequence (RFC 6532 §3) becomes '?'.
+std::string header_text(std::string_view raw) {
+  std::string out;
+  out.reserve(raw.size());
+  for (std::size_t i = 0; i < raw.size();) {
+    const unsigned char c = raw[i];
+    if (c < 0x80) {
+      out.push_back((c < 32 && c != '\t') || c == 127 ? ' ' : static_cast<char>(c));
+      ++i;
+    } else if (std::size_t n = utf8_sequence_length(raw, i)) {
+      out.append(raw, i, n);
+      i += n;
+    } else {
+      out.push_back('?');
+      ++i;
+    }
+  }
+  return out;
+}
+
+// The value at `idx` as header text (header_text); a value that makes the
+// line longer than 998 octets is folded at white space.
 std::string check_header_value(lua_State* L, std::string_view name, int idx) {
   std::size_t len = 0;
   const char* raw = luaL_checklstring(L, idx, &len);
   std::size_t limit = thread_tag(L)->rt->options.header_value_limit;
   if (len > limit) luaL_error(L, "header value of %d octets exceeds lua.header_value_limit (%d)", static_cast<int>(len), static_cast<int>(limit));
-  std::string value;
-  for (std::size_t i = 0; i < len; ++i) {
-    unsigned char c = raw[i];
-    value.push_back((c < 32 && c != '\t') || c == 127 ? ' ' : static_cast<char>(c));
-  }
+  std::string value = header_text(std::string_view(raw, len));
   std::string folded;
   std::size_t line = name.size() + 2;
   std::size_t pos = 0;
@@ -99,8 +128,7 @@ void push_edit(lua_State* L, Invocation& inv, HeaderEdit edit) {
 
 int ctx_add_header_kind(lua_State* L, HeaderEdit::Kind kind) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
-  std::string name = luaL_checkstring(L, 2);
-  check_header_name(L, name);
+  std::string name = check_header_name(L, 2);
   std::string value = check_header_value(L, name, 3);
   push_edit(L, inv, HeaderEdit{kind, std::move(name), std::move(value)});
   return 0;
@@ -111,8 +139,7 @@ int ctx_prepend_header(lua_State* L) { return ctx_add_header_kind(L, HeaderEdit:
 
 int ctx_change_header(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
-  std::string name = luaL_checkstring(L, 2);
-  check_header_name(L, name);
+  std::string name = check_header_name(L, 2);
   std::string value = check_header_value(L, name, 3);
   lua_Integer index = luaL_optinteger(L, 4, 1);
   if (index < 0 || index > 10000) return luaL_error(L, "change_header: index must be 0 (all) or 1..10000");
@@ -122,8 +149,7 @@ int ctx_change_header(lua_State* L) {
 
 int ctx_remove_header(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
-  std::string name = luaL_checkstring(L, 2);
-  check_header_name(L, name);
+  std::string name = check_header_name(L, 2);
   lua_Integer index = luaL_optinteger(L, 3, 0);
   if (index < 0 || index > 10000) return luaL_error(L, "remove_header: index must be 0 (all) or 1..10000");
   push_edit(L, inv, HeaderEdit{HeaderEdit::Kind::kRemove, std::move(name), "", static_cast<std::size_t>(index)});
@@ -135,9 +161,7 @@ int ctx_tag_subject(lua_State* L) {
   std::size_t len = 0;
   const char* tag = luaL_checklstring(L, 2, &len);
   if (len > 200) return luaL_error(L, "tag_subject: a tag is at most 200 octets");
-  std::string clean;
-  for (std::size_t i = 0; i < len; ++i) clean.push_back(static_cast<unsigned char>(tag[i]) < 32 ? ' ' : tag[i]);
-  inv.ctx->transaction.changes.subject_tag = clean;
+  inv.ctx->transaction.changes.subject_tag = header_text(std::string_view(tag, len));
   return 0;
 }
 
@@ -193,11 +217,19 @@ int ctx_symbol(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kCtxMeta);
   const LuaRuleInfo& rule = inv.rule->info;
   Symbol s;
-  s.name = luaL_optstring(L, 2, rule.name.c_str());
+  std::size_t name_len = 0;
+  const char* name = luaL_optlstring(L, 2, rule.name.c_str(), &name_len);
+  s.name.assign(name, name_len);  // a NUL inside is no symbol name, not its end
   if (!valid_symbol_name(s.name)) return luaL_error(L, "symbol: a name is 1-64 letters, digits, '_', '-' or '.'");
   s.score = lua_isnoneornil(L, 3) ? rule.score : luaL_checknumber(L, 3);
   if (!(s.score > -1e6 && s.score < 1e6)) return luaL_error(L, "symbol: score out of range");
   s.description = clean_text(luaL_optstring(L, 4, s.name == rule.name ? rule.description.c_str() : ""), 200);
+  const FilterContext& ctx = *inv.ctx;
+  const std::vector<Symbol>& have = ctx.stage < Stage::kMail ? ctx.session.symbols : ctx.transaction.symbols;
+  if (have.size() >= kMaxSymbols &&
+      std::none_of(have.begin(), have.end(), [&](const Symbol& h) { return h.name == s.name; })) {
+    return luaL_error(L, "symbol: more than %d symbols", static_cast<int>(kMaxSymbols));
+  }
   add_symbol(*inv.ctx, std::move(s));
   inv.added_symbol = true;
   return 0;

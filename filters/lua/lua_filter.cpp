@@ -16,6 +16,7 @@
 
 #include "filters/filter_stats.h"
 #include "filters/store/kv_store.h"
+#include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
 
 namespace postern {
@@ -475,7 +476,7 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
         const char* policy = rt.options.store_on_error == LuaOptions::OnError::kContinue ? "continue" : "tempfail";
         rt.log(LuaLogLevel::kWarning, "store-error rule=" + rule.info.name + " stage=" + stage_name(ctx.stage) +
                                           " backend=" + std::string(rt.options.store->backend()) +
-                                          " policy=" + policy + " error=\"" + result.text + "\"");
+                                          " policy=" + policy + " error=" + quoted_text(result.text, 1024));
         co_return store_failure_verdict(rt, rule, result.text);
       }
       int nargs = deliver(L, co, result);
@@ -512,8 +513,8 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
     filter_stats().lua_rule_failed(rule.info.name, rule.info.script, failure_kind(inv.tag.killed, failure));
     const char* policy = rule.info.on_error == LuaOptions::OnError::kContinue ? "continue" : "tempfail";
     rt.log(LuaLogLevel::kError, "lua-rule-error rule=" + rule.info.name + " script=" + rule.info.script +
-                                    " stage=" + stage_name(ctx.stage) + " policy=" + policy + " error=\"" +
-                                    failure + "\"");
+                                    " stage=" + stage_name(ctx.stage) + " policy=" + policy +
+                                    " error=" + quoted_text(failure, 1024));
     co_return failure_verdict(rule, failure);
   }
   co_return verdict;

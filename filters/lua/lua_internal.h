@@ -143,6 +143,11 @@ void check_rule_budget(lua_State* L);
 // table.insert/remove/move/concat/sort, and setmetatable (no __gc).
 void install_bounded_builtins(lua_State* L);
 
+// lua_readonly.cpp: replaces every table in the sandbox globals table on top
+// of the stack (the libraries, postern, postern.settings, and theirs) by a
+// read-only view, and rawset by one that refuses views.
+void make_shared_tables_read_only(lua_State* L);
+
 // Handles of ctx, ctx.client, ctx.envelope, ctx.headers, ctx.body and the
 // notes: full userdata naming their invocation, refused once that call is
 // over (lua_ctx.cpp).

@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "filters/filter_stats.h"
+#include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
 
 namespace postern {
@@ -140,8 +141,22 @@ static std::string read_script(const std::string& path) {
   return text;
 }
 
+// _ENV's __newindex: a global created while a rule runs (a forgotten
+// `local`) would carry over to the next message and session, so it is
+// refused there; the script's top level creates its globals.
+static int new_global(lua_State* L) {
+  if (thread_tag(L)->inv) {
+    std::string name = lua_type(L, 2) == LUA_TSTRING ? clean_text(lua_tostring(L, 2), 64) : "?";
+    return luaL_error(L, "assignment to undeclared global '%s' inside a rule: declare it local (a global would "
+                         "carry over to the next message), or create it at the script's top level", name.c_str());
+  }
+  lua_rawset(L, 1);
+  return 0;
+}
+
 // Pushes the chunk of `path`, compiled as text only, with a fresh _ENV whose
-// missing keys fall back to the sandbox globals. On failure pushes the message
+// missing keys fall back to the sandbox globals (read-only views of the
+// shared tables). On failure pushes the message
 // and returns false.
 bool load_chunk(lua_State* L, const std::string& path) {
   std::string text;
@@ -154,9 +169,15 @@ bool load_chunk(lua_State* L, const std::string& path) {
   std::string chunkname = "@" + path;
   if (luaL_loadbufferx(L, text.data(), text.size(), chunkname.c_str(), "t") != LUA_OK) return false;
   lua_newtable(L);                 // _ENV
-  lua_newtable(L);                 // its metatable
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "_G");       // the script's own globals, not the shared table
+  lua_newtable(L);                 // its metatable, hidden: it leads to the shared globals
   lua_getfield(L, LUA_REGISTRYINDEX, kSandboxKey);
   lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, new_global);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
   lua_setmetatable(L, -2);
   if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
   return true;
@@ -233,7 +254,7 @@ void build_sandbox(lua_State* L, LuaRuntime& rt) {
   luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);  // kept out of _G; three functions are copied
 
   lua_pushglobaltable(L);
-  for (const char* name : {"dofile", "loadfile", "load", "require", "warn", "collectgarbage", "print"}) {
+  for (const char* name : {"dofile", "loadfile", "load", "require", "warn", "collectgarbage", "print", "_G"}) {
     lua_pushnil(L);
     lua_setfield(L, -2, name);
   }
@@ -269,8 +290,10 @@ void build_sandbox(lua_State* L, LuaRuntime& rt) {
   lua_pop(L, 1);
 
   install_postern_api(L, rt);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -2, "_G");
+  // Shared by every script: read-only, so that one rule run cannot change
+  // what the others and later messages see. No "_G" here: each script's _G
+  // is its own _ENV (load_chunk).
+  make_shared_tables_read_only(L);
   lua_setfield(L, LUA_REGISTRYINDEX, kSandboxKey);
   lua_pop(L, 1);  // os library
   lua_newtable(L);

@@ -15,6 +15,16 @@ std::string clean_text(std::string_view text, std::size_t limit) {
   return out;
 }
 
+std::string quoted_text(std::string_view text, std::size_t limit) {
+  std::string out = "\"";
+  for (char c : clean_text(text, limit)) {
+    if (c == '"' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
 bool is_enhanced_code(std::string_view code) {
   if (code.size() < 5 || (code[0] != '2' && code[0] != '4' && code[0] != '5') || code[1] != '.') return false;
   std::size_t dot = code.find('.', 2);
@@ -82,6 +92,10 @@ void ensure_address_meta(lua_State* L) {
     lua_setfield(L, -2, "__tostring");
     lua_pushcfunction(L, address_eq);
     lua_setfield(L, -2, "__eq");
+    // Shared by every address object of the state: hidden, so that a rule
+    // cannot change how other rules compare and print addresses.
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
   }
 }
 
@@ -124,13 +138,18 @@ void push_address(lua_State* L, const Mailbox& m) {
 }
 
 Mailbox check_address(lua_State* L, int idx, bool allow_null) {
+  // All of the string's octets: a NUL inside makes it no address (parse_path),
+  // not the end of a shorter one.
   std::string text;
+  std::size_t len = 0;
   if (lua_istable(L, idx)) {
     lua_getfield(L, idx, "addr");
-    text = luaL_optstring(L, -1, "");
+    const char* s = luaL_optlstring(L, -1, "", &len);
+    text.assign(s, len);
     lua_pop(L, 1);
   } else {
-    text = luaL_checkstring(L, idx);
+    const char* s = luaL_checklstring(L, idx, &len);
+    text.assign(s, len);
   }
   if (text.empty() || text == "<>") {
     if (allow_null) return Mailbox{};
@@ -144,7 +163,9 @@ Mailbox check_address(lua_State* L, int idx, bool allow_null) {
 
 int api_parse_address(lua_State* L) {
   std::string why;
-  auto m = parse_text_address(luaL_checkstring(L, 1), true, why);
+  std::size_t len = 0;
+  const char* text = luaL_checklstring(L, 1, &len);
+  auto m = parse_text_address(std::string_view(text, len), true, why);
   if (!m) {
     lua_pushnil(L);
     lua_pushstring(L, why.c_str());

@@ -67,6 +67,47 @@ TEST_CASE("lua sandbox: escape attempts fail with the rule's policy", "[lua]") {
   }
 }
 
+TEST_CASE("lua sandbox: a rule cannot change the shared tables or create globals", "[lua]") {
+  const char* attempts[] = {
+      "string.lower = nil",
+      "postern.reject = nil",
+      "postern.dns.a = print",
+      "postern.settings.x = 1",
+      "rawset(string, 'lower', print)",
+      "rawset(postern.util, 'address', print)",
+      "setmetatable(math, {})",
+      "table.insert(os, 1)",
+      "getmetatable(postern.util.address('a@example.com')).__eq = print",
+      "getmetatable(_ENV).__index.string = {}",
+      "forgotten_local = 1",
+      "local _, real = pairs(string) real.lower = nil",
+  };
+  for (const char* attempt : attempts) {
+    LuaHarness h;
+    auto f = h.load(probe(attempt));
+    Verdict v = h.run(*f, Stage::kHelo);
+    INFO(attempt);
+    CHECK(v.action == Verdict::Action::kTempfail);
+    CHECK(h.logged("lua-rule-error rule=PROBE"));
+  }
+  // What scripts do with them still works: reads, pairs, ipairs, # (a
+  // library's border is 0), their own _G, globals created at the top level.
+  LuaHarness h;
+  auto f = h.load("top = 0\n" + probe(R"(
+    top = top + 1
+    local n = 0
+    for k in pairs(string) do n = n + 1 end
+    local t = {}
+    for _, v in ipairs({'b', 'a'}) do table.insert(t, v) end
+    table.sort(t)
+    return postern.reject(n > 10 and #string == 0 and table.concat(t) == 'ab' and _G == _ENV and top == 1
+                          and ('ABC'):lower() == 'abc' and 'ok' or 'broken')
+  )"));
+  Verdict v = h.run(*f, Stage::kHelo);
+  REQUIRE(v.action == Verdict::Action::kReject);
+  CHECK(v.text == "ok");
+}
+
 TEST_CASE("lua sandbox: bytecode is refused at load", "[lua]") {
   LuaHarness h;
   std::string bytecode = "\x1bLua\x54";
