@@ -47,13 +47,17 @@ asio::awaitable<SaslRelay::Step> SaslRelay::start(std::string_view args, Upstrea
   mechanism_ = ascii::to_upper(args.substr(0, sp));
   if (mechanism_ != "PLAIN" && mechanism_ != "LOGIN") co_return Step{Outcome::kUnknownMechanism, {}, {}};
   const bool initial = sp != std::string_view::npos;
-  if (initial && !is_sasl_response(args.substr(sp + 1))) co_return Step{Outcome::kBadResponse, {}, {}};
+  const std::string_view response = initial ? args.substr(sp + 1) : std::string_view{};
+  if (initial && !is_sasl_response(response)) co_return Step{Outcome::kBadResponse, {}, {}};
   active_ = true;
-  if (initial && mechanism_ == "PLAIN") {  // initial response (RFC 4954 §4)
-    user_ = sasl_user(mechanism_, args.substr(sp + 1));
+  if (initial) {  // an initial response (RFC 4954 §4): PLAIN's all, LOGIN's the user name
+    user_ = sasl_user(mechanism_, response);
     user_known_ = true;
   }
-  co_return co_await relay(fmt::format("AUTH {}", args), true, upstream);
+  // The mechanism in upper case, as registered: names are case-insensitive
+  // (RFC 4954 §4) but not every MTA compares them so.
+  const std::string command = initial ? fmt::format("AUTH {} {}", mechanism_, response) : "AUTH " + mechanism_;
+  co_return co_await relay(command, true, upstream);
 }
 
 asio::awaitable<SaslRelay::Step> SaslRelay::respond(std::string_view line, Upstream& upstream) {
