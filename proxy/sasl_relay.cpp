@@ -25,9 +25,22 @@ std::string base64_decode(std::string_view in) {
 }  // namespace
 
 bool is_sasl_response(std::string_view line) {
-  if (line == "*") return true;
-  return line.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
-         std::string_view::npos;
+  if (line == "*" || line == "=") return true;
+  return is_base64(line);
+}
+
+// RFC 4648 §4 as RFC 4954 §4 uses it: whole quanta of four, "=" only as the
+// padding of the last one. Anything laxer is text the MTA may decode one way
+// and postern another (the identity it learns from it).
+bool is_base64(std::string_view text) {
+  if (text.size() % 4 != 0) return false;
+  if (text.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") !=
+      std::string_view::npos) {
+    return false;
+  }
+  const std::size_t pad = text.find('=');
+  if (pad == std::string_view::npos) return true;
+  return pad + 2 >= text.size() && text.substr(pad).find_first_not_of('=') == std::string_view::npos;
 }
 
 std::string sasl_user(std::string_view mechanism, std::string_view response) {

@@ -27,7 +27,10 @@ TEST_CASE("sasl: responses are base64 or '*', nothing else reaches the MTA", "[s
     INFO(test::escape(ok));
     CHECK(is_sasl_response(ok));
   }
-  for (std::string_view bad : std::initializer_list<std::string_view>{"**", "a b", "abc\r", "abc\rRSET", std::string_view("ab\0c", 4), "a\tb", "-_", "é"}) {
+  // RFC 4648 §4 strictly: whole quanta, "=" only as the last quantum's padding.
+  for (std::string_view bad : std::initializer_list<std::string_view>{
+           "**", "a b", "abc\r", "abc\rRSET", std::string_view("ab\0c", 4), "a\tb", "-_", "é", "abc", "abcde",
+           "=abc", "ab=c", "a===", "====", "==", "YQ==YQ==", "YQ=", "abc=="}) {
     INFO(test::escape(bad));
     CHECK_FALSE(is_sasl_response(bad));
   }
