@@ -480,7 +480,11 @@ asio::awaitable<void> Session::process_input() {
       input_pos_ += lf + 1;
       mode_ = Mode::kCommand;
       log::warning("line-too-long").kv("session", id_).kv("client", facts_.client_ip);
-      client_error(replies::kLineTooLong);
+      // A SASL response too long to read ends the exchange (the MTA's is
+      // cancelled): else the client's next command would go to the MTA as
+      // the response (QUIT, RSET, NOOP and DATA are base64 too).
+      if (sasl_.active()) co_await auth_step(co_await sasl_.refuse(upstream()));
+      else client_error(replies::kLineTooLong);
       continue;
     }
     LineScan scan = scan_line(avail, config_->limits.command_line);
