@@ -618,7 +618,8 @@ DialogueState Session::dialogue() const {
 
 // What this session offers that MAIL and RCPT parameters depend on.
 EsmtpOffer Session::esmtp_offer() const {
-  return EsmtpOffer{facts_.esmtp, caps_->smtputf8, caps_->dsn, config_->limits.message_size};
+  const bool auth = conn_.tls() && listener_.auth == Config::Listener::Auth::kPassthrough;
+  return EsmtpOffer{facts_.esmtp, caps_->smtputf8, caps_->dsn, config_->limits.message_size, auth};
 }
 
 asio::awaitable<void> Session::handle_mail(const Command& cmd) {
@@ -646,6 +647,13 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       else client_error(*bad);
       co_return;
     }
+  }
+  // RFC 4954 §5: postern vouches for no submitter a client names, so the
+  // message goes as if AUTH=<> was given (rules, milters and audit see
+  // that); the MTA, which authenticated the client itself, hears no AUTH=
+  // at all (esmtp_param_extension() lists no extension for it).
+  for (EsmtpParam& p : args.params) {
+    if (p.keyword == "AUTH") p.value = "<>";
   }
   txn_.smtputf8 = smtputf8;
   txn_.facts = TransactionFacts{};
