@@ -386,6 +386,7 @@ void Session::forget_plaintext() {
   facts_ = connect_facts_;
   phase_ = Phase::kConnected;
   sasl_ = SaslRelay{};
+  authenticated_ = false;
 }
 
 // AUTH (RFC 4954), relayed (proxy/sasl_relay.h); its preconditions are the
@@ -412,6 +413,7 @@ asio::awaitable<void> Session::auth_step(SaslRelay::Step step) {
       co_return;
     case O::kAuthenticated:
       relay_reply(step.reply);
+      authenticated_ = true;
       facts_.auth_user = log::sanitize(step.user);
       log::info("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", sasl_.mechanism())
           .kv("user", facts_.auth_user).kv("result", "ok");
@@ -591,7 +593,7 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
     co_return;
   }
   const bool offer_tls = tls_context_ && !conn_.tls() && listener_.tls == Config::Listener::Tls::kStarttls;
-  const bool offer_auth = conn_.tls() && listener_.auth == Config::Listener::Auth::kPassthrough && facts_.auth_user.empty();
+  const bool offer_auth = conn_.tls() && listener_.auth == Config::Listener::Auth::kPassthrough && !authenticated_;
   // SMTPUTF8 and DSN only when the MTA behind can carry them (RFC 6531 §3.4, RFC 3461 §4).
   queue_reply(250,
                fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nCHUNKING\nENHANCEDSTATUSCODES{}{}{}{}", host,
@@ -609,7 +611,7 @@ DialogueState Session::dialogue() const {
   d.tls_required = listener_.require_tls;
   d.starttls_offered = tls_context_ && listener_.tls == Config::Listener::Tls::kStarttls;
   d.auth_offered = listener_.auth == Config::Listener::Auth::kPassthrough;
-  d.authenticated = !facts_.auth_user.empty();
+  d.authenticated = authenticated_;
   d.transaction_failed = txn_.failed;
   d.recipients = txn_.facts.recipients.size();
   d.rcpt_commands = txn_.rcpt_commands;
