@@ -10,6 +10,9 @@ namespace postern::limits {
 // Upstream replies: RFC 5321 §4.5.3.1.5 allows 512 octets a line; MTAs send more.
 inline constexpr std::size_t kUpstreamReplyLine = 4096;
 inline constexpr std::size_t kUpstreamReplyLines = 100;
+// 334 challenges in one AUTH exchange: LOGIN asks twice (user, password),
+// PLAIN at most once; an MTA asking more never lets the client go.
+inline constexpr std::size_t kSaslChallenges = 2;
 // Bytes read from a socket in one go.
 inline constexpr std::size_t kReadChunk = 64 * 1024;
 // A TLS read between messages (commands are short; content reads kTlsRecord).

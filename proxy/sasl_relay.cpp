@@ -25,9 +25,22 @@ std::string base64_decode(std::string_view in) {
 }  // namespace
 
 bool is_sasl_response(std::string_view line) {
-  if (line == "*") return true;
-  return line.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
-         std::string_view::npos;
+  if (line == "*" || line == "=") return true;
+  return is_base64(line);
+}
+
+// RFC 4648 §4 as RFC 4954 §4 uses it: whole quanta of four, "=" only as the
+// padding of the last one. Anything laxer is text the MTA may decode one way
+// and postern another (the identity it learns from it).
+bool is_base64(std::string_view text) {
+  if (text.size() % 4 != 0) return false;
+  if (text.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") !=
+      std::string_view::npos) {
+    return false;
+  }
+  const std::size_t pad = text.find('=');
+  if (pad == std::string_view::npos) return true;
+  return pad + 2 >= text.size() && text.substr(pad).find_first_not_of('=') == std::string_view::npos;
 }
 
 std::string sasl_user(std::string_view mechanism, std::string_view response) {
@@ -47,13 +60,17 @@ asio::awaitable<SaslRelay::Step> SaslRelay::start(std::string_view args, Upstrea
   mechanism_ = ascii::to_upper(args.substr(0, sp));
   if (mechanism_ != "PLAIN" && mechanism_ != "LOGIN") co_return Step{Outcome::kUnknownMechanism, {}, {}};
   const bool initial = sp != std::string_view::npos;
-  if (initial && !is_sasl_response(args.substr(sp + 1))) co_return Step{Outcome::kBadResponse, {}, {}};
+  const std::string_view response = initial ? args.substr(sp + 1) : std::string_view{};
+  if (initial && !is_sasl_response(response)) co_return Step{Outcome::kBadResponse, {}, {}};
   active_ = true;
-  if (initial && mechanism_ == "PLAIN") {  // initial response (RFC 4954 §4)
-    user_ = sasl_user(mechanism_, args.substr(sp + 1));
+  if (initial) {  // an initial response (RFC 4954 §4): PLAIN's all, LOGIN's the user name
+    user_ = sasl_user(mechanism_, response);
     user_known_ = true;
   }
-  co_return co_await relay(fmt::format("AUTH {}", args), true, upstream);
+  // The mechanism in upper case, as registered: names are case-insensitive
+  // (RFC 4954 §4) but not every MTA compares them so.
+  const std::string command = initial ? fmt::format("AUTH {} {}", mechanism_, response) : "AUTH " + mechanism_;
+  co_return co_await relay(command, true, upstream);
 }
 
 asio::awaitable<SaslRelay::Step> SaslRelay::respond(std::string_view line, Upstream& upstream) {

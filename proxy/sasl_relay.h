@@ -19,6 +19,8 @@ namespace postern {
 // RFC 4954 §4: a SASL response (or initial response) is base64 (RFC 4648's
 // alphabet; "=" alone is an empty initial response) or "*" to cancel.
 bool is_sasl_response(std::string_view line);
+// Strict base64 (RFC 4648 §4): whole quanta, padding only at the end; "" too.
+bool is_base64(std::string_view text);
 // The identity a SASL response names: PLAIN's authcid (RFC 4616), LOGIN's user.
 std::string sasl_user(std::string_view mechanism, std::string_view response);
 

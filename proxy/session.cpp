@@ -386,6 +386,7 @@ void Session::forget_plaintext() {
   facts_ = connect_facts_;
   phase_ = Phase::kConnected;
   sasl_ = SaslRelay{};
+  authenticated_ = false;
 }
 
 // AUTH (RFC 4954), relayed (proxy/sasl_relay.h); its preconditions are the
@@ -412,6 +413,7 @@ asio::awaitable<void> Session::auth_step(SaslRelay::Step step) {
       co_return;
     case O::kAuthenticated:
       relay_reply(step.reply);
+      authenticated_ = true;
       facts_.auth_user = log::sanitize(step.user);
       log::info("auth").kv("session", id_).kv("client", facts_.client_ip).kv("mechanism", sasl_.mechanism())
           .kv("user", facts_.auth_user).kv("result", "ok");
@@ -480,7 +482,11 @@ asio::awaitable<void> Session::process_input() {
       input_pos_ += lf + 1;
       mode_ = Mode::kCommand;
       log::warning("line-too-long").kv("session", id_).kv("client", facts_.client_ip);
-      client_error(replies::kLineTooLong);
+      // A SASL response too long to read ends the exchange (the MTA's is
+      // cancelled): else the client's next command would go to the MTA as
+      // the response (QUIT, RSET, NOOP and DATA are base64 too).
+      if (sasl_.active()) co_await auth_step(co_await sasl_.refuse(upstream()));
+      else client_error(replies::kLineTooLong);
       continue;
     }
     LineScan scan = scan_line(avail, config_->limits.command_line);
@@ -587,7 +593,7 @@ asio::awaitable<void> Session::handle_helo(const Command& cmd) {
     co_return;
   }
   const bool offer_tls = tls_context_ && !conn_.tls() && listener_.tls == Config::Listener::Tls::kStarttls;
-  const bool offer_auth = conn_.tls() && listener_.auth == Config::Listener::Auth::kPassthrough && facts_.auth_user.empty();
+  const bool offer_auth = conn_.tls() && listener_.auth == Config::Listener::Auth::kPassthrough && !authenticated_;
   // SMTPUTF8 and DSN only when the MTA behind can carry them (RFC 6531 §3.4, RFC 3461 §4).
   queue_reply(250,
                fmt::format("{}\nPIPELINING\nSIZE {}\n8BITMIME\nCHUNKING\nENHANCEDSTATUSCODES{}{}{}{}", host,
@@ -605,7 +611,7 @@ DialogueState Session::dialogue() const {
   d.tls_required = listener_.require_tls;
   d.starttls_offered = tls_context_ && listener_.tls == Config::Listener::Tls::kStarttls;
   d.auth_offered = listener_.auth == Config::Listener::Auth::kPassthrough;
-  d.authenticated = !facts_.auth_user.empty();
+  d.authenticated = authenticated_;
   d.transaction_failed = txn_.failed;
   d.recipients = txn_.facts.recipients.size();
   d.rcpt_commands = txn_.rcpt_commands;
@@ -614,7 +620,8 @@ DialogueState Session::dialogue() const {
 
 // What this session offers that MAIL and RCPT parameters depend on.
 EsmtpOffer Session::esmtp_offer() const {
-  return EsmtpOffer{facts_.esmtp, caps_->smtputf8, caps_->dsn, config_->limits.message_size};
+  const bool auth = conn_.tls() && listener_.auth == Config::Listener::Auth::kPassthrough;
+  return EsmtpOffer{facts_.esmtp, caps_->smtputf8, caps_->dsn, config_->limits.message_size, auth};
 }
 
 asio::awaitable<void> Session::handle_mail(const Command& cmd) {
@@ -642,6 +649,13 @@ asio::awaitable<void> Session::handle_mail(const Command& cmd) {
       else client_error(*bad);
       co_return;
     }
+  }
+  // RFC 4954 §5: postern vouches for no submitter a client names, so the
+  // message goes as if AUTH=<> was given (rules, milters and audit see
+  // that); the MTA, which authenticated the client itself, hears no AUTH=
+  // at all (esmtp_param_extension() lists no extension for it).
+  for (EsmtpParam& p : args.params) {
+    if (p.keyword == "AUTH") p.value = "<>";
   }
   txn_.smtputf8 = smtputf8;
   txn_.facts = TransactionFacts{};

@@ -173,6 +173,9 @@ class Session {
   Mode mode_ = Mode::kCommand;
   Next next_ = Next::kRead;
   SaslRelay sasl_;  // AUTH relayed to the MTA (RFC 4954)
+  // The MTA said 235: its session is authenticated, whatever name postern
+  // read from the exchange (facts_.auth_user; empty when the client named none).
+  bool authenticated_ = false;
   std::uint64_t chunk_size_ = 0;  // the current BDAT's declared size
   std::uint64_t chunk_left_ = 0;  // BDAT octets still to read
   bool chunk_last_ = false;

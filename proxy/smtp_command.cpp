@@ -170,6 +170,11 @@ const replies::Def* check_mail_param(const EsmtpParam& p, const EsmtpOffer& offe
     bool ok = p.has_value && (ascii::iequals(p.value, "7BIT") || ascii::iequals(p.value, "8BITMIME"));
     return ok ? nullptr : &replies::kBadParameter;
   }
+  if (p.keyword == "AUTH" && offer.auth) {
+    // RFC 4954 §5: AUTH=<> or an addr-spec in xtext, 500 octets at most (§3).
+    bool ok = p.has_value && p.value.size() <= 500 && (p.value == "<>" || is_xtext(p.value));
+    return ok ? nullptr : &replies::kBadParameter;
+  }
   if (p.keyword == "SMTPUTF8" && offer.smtputf8) return p.has_value ? &replies::kBadParameter : nullptr;
   if (p.keyword == "RET" && offer.dsn) {
     bool ok = p.has_value && (ascii::iequals(p.value, "FULL") || ascii::iequals(p.value, "HDRS"));

@@ -115,6 +115,7 @@ struct EsmtpOffer {
   bool smtputf8 = false;           // RFC 6531
   bool dsn = false;                // RFC 3461
   std::uint64_t message_size = 0;  // SIZE (RFC 1870)
+  bool auth = false;               // RFC 4954: AUTH, and so MAIL's AUTH= parameter (§5)
 };
 
 // MAIL parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8, RFC 3461

@@ -25,6 +25,7 @@
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/replies.h"
+#include "proxy/sasl_relay.h"
 #include "proxy/socket_read.h"
 
 namespace postern {
@@ -1095,9 +1096,26 @@ asio::awaitable<UpstreamReply> SmtpUpstream::auth(std::string_view line, bool fi
     co_return unavailable;
   }
   c_->tainted = true;
+  if (first) sasl_challenges_ = 0;
   // Credentials pass through here: nothing of `line` is ever logged.
   output_.assign(line).append("\r\n");
-  co_return co_await command(first ? metrics::UpstreamCommand::kAuth : metrics::UpstreamCommand::kOther, output_, config_->timeouts.upstream_mail);
+  UpstreamReply r = co_await command(first ? metrics::UpstreamCommand::kAuth : metrics::UpstreamCommand::kOther,
+                                     output_, config_->timeouts.upstream_mail);
+  if (r.local || r.connection_lost) co_return r;
+  // RFC 4954 §4: AUTH and each response are answered 235, a 334 challenge of
+  // one base64 line, 4xx or 5xx; the client's "*" (cancel) 4xx or 5xx only.
+  // Anything else — a 250 a client would read as success, a 354, a
+  // multi-line or non-base64 334, challenges without end — is never relayed:
+  // the MTA's session is in a state nobody knows, and the connection goes.
+  const Reply& reply = r.reply;
+  bool expected = reply.klass() == 4 || reply.klass() == 5;
+  if (line != "*" && reply.code == 235) expected = true;
+  if (line != "*" && reply.code == 334) {
+    expected = ++sasl_challenges_ <= limits::kSaslChallenges && reply.text.find('\n') == std::string::npos &&
+               is_base64(reply.text);
+  }
+  if (!expected) co_return protocol_error("auth", metrics::UpstreamProtocolError::kUnexpectedReply, reply.first_line());
+  co_return r;
 }
 
 // Room in output_ for what data() or send_chunked() writes in one block (a

@@ -174,6 +174,7 @@ class SmtpUpstream final : public Upstream {
   UpstreamReply held_reply_;  // its reply, read by the rcpt() that carried it
   std::chrono::steady_clock::time_point mail_sent_;  // when the last MAIL (with its RCPT) was written
   std::optional<UpstreamReply> failure_;  // why the last open() failed, when the MTA said so
+  std::size_t sasl_challenges_ = 0;       // 334s in the AUTH exchange under way (auth())
   std::optional<UpstreamReply> data_failure_;  // why begin_data()'s DATA failed: data()'s reply
   std::shared_ptr<Preparation> preparation_;  // not taken over yet
   SessionFacts announced_;  // who XCLIENT said the client is on c_ (c_->xclient)

@@ -27,7 +27,10 @@ TEST_CASE("sasl: responses are base64 or '*', nothing else reaches the MTA", "[s
     INFO(test::escape(ok));
     CHECK(is_sasl_response(ok));
   }
-  for (std::string_view bad : std::initializer_list<std::string_view>{"**", "a b", "abc\r", "abc\rRSET", std::string_view("ab\0c", 4), "a\tb", "-_", "é"}) {
+  // RFC 4648 §4 strictly: whole quanta, "=" only as the last quantum's padding.
+  for (std::string_view bad : std::initializer_list<std::string_view>{
+           "**", "a b", "abc\r", "abc\rRSET", std::string_view("ab\0c", 4), "a\tb", "-_", "é", "abc", "abcde",
+           "=abc", "ab=c", "a===", "====", "==", "YQ==YQ==", "YQ=", "abc=="}) {
     INFO(test::escape(bad));
     CHECK_FALSE(is_sasl_response(bad));
   }
@@ -52,7 +55,18 @@ TEST_CASE("sasl: PLAIN with an initial response, accepted", "[sasl]") {
   CHECK_FALSE(sasl.active());
   CHECK(sasl.mechanism() == "PLAIN");
   REQUIRE(up.auth_lines.size() == 1);
-  CHECK(up.auth_lines[0] == "first AUTH plain " + std::string(kPlain) + " [PLAIN]");  // as the client sent it
+  // The mechanism as registered, in upper case: not every MTA compares it case-insensitively.
+  CHECK(up.auth_lines[0] == "first AUTH PLAIN " + std::string(kPlain) + " [PLAIN]");
+}
+
+TEST_CASE("sasl: LOGIN with the user as initial response names that user, never the password", "[sasl]") {
+  FakeUpstream up;
+  up.auth_replies = {said(334, "UGFzc3dvcmQ6"), said(235, "2.7.0 Ok")};
+  SaslRelay sasl;
+  CHECK(run(sasl.start("LOGIN " + std::string(kAlice), up)).outcome == O::kContinue);
+  SaslRelay::Step s = run(sasl.respond(kSecret, up));
+  CHECK(s.outcome == O::kAuthenticated);
+  CHECK(s.user == "alice");
 }
 
 TEST_CASE("sasl: LOGIN over two challenges, refused by the MTA", "[sasl]") {

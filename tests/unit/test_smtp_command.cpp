@@ -453,6 +453,14 @@ TEST_CASE("check_mail_param: SIZE, BODY, SMTPUTF8, RET, ENVID and what is not of
   const EsmtpOffer helo{false, true, true, 1000};
   CHECK(check_mail_param(p("SIZE", "10"), helo) == &replies::kUnknownParameter);
   CHECK(check_mail_param(p("BODY", "8BITMIME"), helo) == &replies::kUnknownParameter);
+  // Where AUTH is offered, AUTH=<> or an xtext addr-spec (RFC 4954 §5).
+  const EsmtpOffer auth{true, false, false, 1000, true};
+  CHECK(check_mail_param(p("AUTH", "<>"), auth) == nullptr);
+  CHECK(check_mail_param(p("AUTH", "boss+2Bx@example.org"), auth) == nullptr);
+  CHECK(check_mail_param(p("AUTH", "a+ZZ@example.org"), auth) == &replies::kBadParameter);
+  CHECK(check_mail_param(p("AUTH", "a+2"), auth) == &replies::kBadParameter);
+  CHECK(check_mail_param(p("AUTH", std::string(501, 'a')), auth) == &replies::kBadParameter);
+  CHECK(check_mail_param(p("AUTH", "", false), auth) == &replies::kBadParameter);
 }
 
 TEST_CASE("check_rcpt_param: NOTIFY and ORCPT only with DSN", "[smtp_command][esmtp]") {
