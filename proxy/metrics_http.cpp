@@ -1,13 +1,16 @@
 // The metrics HTTP endpoint: GET /metrics and GET /healthz, HTTP/1.0, one
-// request per connection, every read bounded in size and time (a scraper or
-// a load balancer's health check, never a browser).
+// request per connection, every read bounded in size and time, at most
+// kMaxConnections at once (a scraper or a load balancer's health check,
+// never a browser).
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/experimental/as_tuple.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 #include <fmt/format.h>
 
+#include "proxy/connection_slots.h"
 #include "proxy/metrics.h"
 #include "proxy/watchdog.h"
 
@@ -15,7 +18,11 @@ namespace postern::metrics {
 namespace {
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 constexpr std::size_t kMaxRequest = 8192;
-constexpr std::chrono::seconds kRequestTimeout{5};
+constexpr std::chrono::seconds kRequestTimeout{5};     // the whole exchange, read and write
+constexpr std::size_t kMaxConnections = 32;            // see ConnectionSlots
+constexpr std::chrono::milliseconds kAcceptBackOff{100};  // after EMFILE and friends
+
+using Slots = ConnectionSlots<asio::ip::tcp::socket>;
 
 // The request target of "GET /path[?query] HTTP/1.x", or empty.
 std::string_view get_path(std::string_view line) {
@@ -25,7 +32,8 @@ std::string_view get_path(std::string_view line) {
   return target.substr(0, target.find('?'));
 }
 
-asio::awaitable<void> serve_one(asio::ip::tcp::socket socket) {
+asio::awaitable<void> serve_one(asio::ip::tcp::socket socket, std::shared_ptr<Slots> slots) {
+  Slots::Slot slot = Slots::take(slots, socket);
   Watchdog watchdog(socket.get_executor(), [&socket] {
     std::error_code ignored;
     socket.cancel(ignored);
@@ -66,13 +74,18 @@ asio::awaitable<void> serve_one(asio::ip::tcp::socket socket) {
 }  // namespace
 
 asio::awaitable<void> serve_http(asio::ip::tcp::acceptor& acceptor) {
+  auto slots = std::make_shared<Slots>(kMaxConnections);
   for (;;) {
     auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      // Out of descriptors: the listening socket stays readable, so retrying
+      // at once would spin worker 0, which serves SMTP sessions too.
+      asio::steady_timer pause(acceptor.get_executor(), kAcceptBackOff);
+      co_await pause.async_wait(use_nothrow);
       continue;
     }
-    asio::co_spawn(acceptor.get_executor(), serve_one(std::move(socket)), asio::detached);
+    asio::co_spawn(acceptor.get_executor(), serve_one(std::move(socket), slots), asio::detached);
   }
 }
 
