@@ -519,6 +519,32 @@ def test_labels_stay_parseable_and_bounded(ops):
     ops.relay_one()
 
 
+def test_mta_reply_codes_cannot_invent_label_values(ops, sink):
+    """The "code" label of postern_replies_enhanced_total comes from replies
+    postern relays, so from the MTA: only X.0.0 to X.7.39 get a series."""
+    codes = ["5.999.999", '5.1.1"}} 1\npostern_x_total 9', "5.7.39", "5.8.0", "5.1.1000", "5.01.1", "4.4.40",
+             "9.9.9", "5.1", "5.-1.1", "5.1.1\\", "4.7.0\x1b[2J"]
+    for i, code in enumerate(codes):
+        sink.on("RCPT", f"{550 if code.startswith('5') else 450} {code} hostile",
+                match=lambda a, i=i: a.startswith(f"code{i}@"))
+    try:
+        with SmtpClient(ops.port) as c:
+            c.ehlo()
+            c.expect("MAIL FROM:<a@example.org>", 250)
+            for i in range(len(codes)):
+                reply = c.cmd(f"RCPT TO:<code{i}@example.com>")
+                assert reply.code // 100 in (4, 5), reply
+            c.send(b"QUIT\r\n")
+    finally:
+        sink.clear_rules()
+    page = scrape(ops.metrics_port)  # strict: an injected line would fail here
+    seen = {dict(labels)["code"] for (name, labels) in page.samples if name == "postern_replies_enhanced_total"}
+    bad = [c for c in seen if not re.fullmatch(r"[45]\.([0-7]\.(\d|[1-3]\d)|other|none)", c)]
+    assert not bad, seen
+    assert not [k for k in page.samples if k[0] == "postern_x_total"]
+    ops.relay_one()
+
+
 # --------------------------------------------------------------------------
 # log lines and the audit log
 
