@@ -30,6 +30,9 @@ namespace {
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 // A client that connects and says nothing is cut off after this.
 constexpr std::chrono::seconds kCommandTimeout{5};
+// Clients served at once (see ConnectionSlots): connections that never send
+// cannot take every descriptor from the SMTP listeners.
+constexpr std::size_t kMaxConnections = 16;
 
 sockaddr_un address_of(const std::string& path) {
   sockaddr_un addr{};
@@ -80,7 +83,10 @@ void remove_stale(const std::string& path) {
 }  // namespace
 
 Server::Server(asio::io_context& context, std::string path, unsigned mode, Handlers handlers)
-    : path_(std::move(path)), handlers_(std::move(handlers)), acceptor_(context) {
+    : path_(std::move(path)),
+      handlers_(std::move(handlers)),
+      acceptor_(context),
+      slots_(std::make_shared<ConnectionSlots<asio::local::stream_protocol::socket>>(kMaxConnections)) {
   remove_stale(path_);
   std::error_code ec;
   asio::local::stream_protocol::endpoint endpoint(path_);
@@ -130,6 +136,7 @@ asio::awaitable<void> Server::serve() {
 }
 
 asio::awaitable<void> Server::answer(asio::local::stream_protocol::socket socket) {
+  auto slot = ConnectionSlots<asio::local::stream_protocol::socket>::take(slots_, socket);
   std::string line;
   // The watchdog forgets its action when it goes (with this frame): a timer
   // handler capturing &socket could run after the frame is freed.

@@ -15,6 +15,8 @@
 #include <asio/local/stream_protocol.hpp>
 #include <sys/types.h>
 
+#include "proxy/connection_slots.h"
+
 namespace postern::control {
 
 // Longest command line the server reads; anything longer is refused.
@@ -51,6 +53,8 @@ class Server {
   std::string path_;
   Handlers handlers_;
   asio::local::stream_protocol::acceptor acceptor_;
+  // At most kMaxConnections clients at once, the oldest cut off for a new one.
+  std::shared_ptr<ConnectionSlots<asio::local::stream_protocol::socket>> slots_;
   dev_t dev_ = 0;  // identity of the socket file, so ~Server removes only ours
   ino_t ino_ = 0;
 };

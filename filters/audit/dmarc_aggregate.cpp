@@ -30,14 +30,15 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// XML character data: markup escaped; control characters (not allowed in
-// XML 1.0) and ill-formed UTF-8 dropped; cut at kMaxField octets.
+// XML character data: markup escaped; ill-formed UTF-8 and what XML 1.0
+// does not allow as a Char (§2.2: control characters, U+FFFE, U+FFFF) dropped,
+// as a parser refuses the whole report for one of them; cut at kMaxField octets.
 std::string xml(std::string_view s) {
   std::string out;
   std::size_t octets = 0;
   for (const utf8::Unit& u : utf8::Units(s)) {
     if (octets >= kMaxField) break;
-    if (!u.well_formed) continue;
+    if (!u.well_formed || u.code_point == 0xfffe || u.code_point == 0xffff) continue;
     octets += u.octets.size();
     if (!u.ascii()) {
       out.append(u.octets);

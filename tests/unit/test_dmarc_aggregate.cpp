@@ -141,6 +141,22 @@ TEST_CASE("records group by source, results and overrides; the window and the re
   CHECK(gunzip(gz) == xml);
 }
 
+TEST_CASE("text outside XML 1.0's Char production is dropped from the report", "[dmarc_report]") {
+  // XML 1.0 §2.2: no C0 control but TAB/LF/CR, no U+FFFE or U+FFFF; an XML
+  // parser refuses the whole report for one of them.
+  DmarcAggregateReport r;
+  r.domain = "example.com";
+  DmarcReportRow row;
+  row.source_ip = "192.0.2.1";
+  row.count = 1;
+  // a, U+0001, b, U+FFFE, c, U+FFFF, d, U+FFFD, e, U+1F4E7, f
+  row.header_from = "a\x01" "b\xef\xbf\xbe" "c\xef\xbf\xbf" "d\xef\xbf\xbd" "e\xf0\x9f\x93\xa7" "f";
+  r.rows.push_back(row);
+  DmarcReportMeta meta{"Org", "r@reporter.test", "", "reporter.test", 0, 1};
+  std::string xml = dmarc_report_xml(r, meta, "id");
+  CHECK(xml.find("<header_from>abcd\xef\xbf\xbd" "e\xf0\x9f\x93\xa7" "f</header_from>") != std::string::npos);
+}
+
 TEST_CASE("a policy postern did not carry out is reported as what it did", "[dmarc_report]") {
   DmarcAggregateBuilder b(0, 4000000000);
   for (const char* action : {"relayed", "quarantined", "rejected", "discarded", "tempfailed", "redirected"}) {
