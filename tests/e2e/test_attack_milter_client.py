@@ -462,8 +462,9 @@ def test_header_values_cannot_inject_lines(postern, sink, tmp_path, raw_milter, 
 BAD_NAMES = [b"", b"X Bad", b"X:Bad", b"X-\xe9", b"X\r\nBcc", b"X\nBcc", b"X\tTab", b"\x7f", b"N" * 201]
 
 
-@pytest.mark.parametrize("command", ["h", "i", "m"])
-@pytest.mark.parametrize("name", BAD_NAMES, ids=range(len(BAD_NAMES)))
+@pytest.mark.parametrize("command,name",
+                         [("h", n) for n in BAD_NAMES] + [(c, n) for c in "im" for n in BAD_NAMES[:5]],
+                         ids=[f"h-{i}" for i in range(len(BAD_NAMES))] + [f"{c}-{i}" for c in "im" for i in range(5)])
 def test_invalid_header_names_are_an_error(postern, sink, tmp_path, raw_milter, command, name):
     index = None if command == "h" else 1
     m = raw_milter({"E": header_reply(command, name, b"value", index) + ACCEPT})
@@ -539,8 +540,10 @@ BAD_ADDRESSES = [
 ]
 
 
-@pytest.mark.parametrize("command", ["+", "2", "e", "-"])
-@pytest.mark.parametrize("address", BAD_ADDRESSES, ids=range(len(BAD_ADDRESSES)))
+@pytest.mark.parametrize("command,address",
+                         [(c, a) for c in "+e" for a in BAD_ADDRESSES] + [(c, a) for c in "2-" for a in BAD_ADDRESSES[:5]],
+                         ids=[f"{c}-{i}" for c in "+e" for i in range(len(BAD_ADDRESSES))] +
+                         [f"{c}-{i}" for c in "2-" for i in range(5)])
 def test_hostile_addresses_never_reach_the_envelope(postern, make_sink, tmp_path, raw_milter, command, address):
     sink = make_sink(dsn=True)
     data = address + b"\0" + (b"NOTIFY=NEVER\0" if command == "2" else b"")
@@ -572,10 +575,7 @@ def test_hostile_addresses_never_reach_the_envelope(postern, make_sink, tmp_path
 @pytest.mark.parametrize("command", ["2", "e"])
 def test_hostile_esmtp_arguments_are_dropped(postern, make_sink, tmp_path, raw_milter, args, command):
     sink = make_sink(dsn=True)
-    if b"\x00" in args:
-        data = b"<x@example.net>\0" + args + b"\0"  # a third string: malformed
-    else:
-        data = b"<x@example.net>\0" + args + b"\0"
+    data = b"<x@example.net>\0" + args + b"\0"  # a NUL inside args: a third string, malformed
     m = raw_milter({"E": packet(command, data) + ACCEPT})
     p = start(postern, sink, tmp_path, m)
     c, r = send_one(p)
@@ -629,16 +629,12 @@ def test_replaced_body_is_relayed_as_lines(postern, sink, tmp_path, raw_milter, 
     assert relayed_content(sink.messages[1]) == MESSAGE
 
 
-def test_replaced_body_with_nul_is_not_relayed_with_nul(postern, sink, tmp_path, raw_milter):
+def test_replaced_body_with_nul_is_an_error(postern, sink, tmp_path, raw_milter):
     m = raw_milter({"E": packet("b", b"a\0b\r\n") + ACCEPT})
     p = start(postern, sink, tmp_path, m)
     c, r = send_one(p)
-    assert not any(msg.raw_has_nul for msg in sink.messages)
-    if r.code == 250:
-        assert len(sink.messages) == 1
-    else:
-        check_reply(r, 451, "4.7.1")
-        assert sink.messages == []
+    check_reply(r, 451, "4.7.1")
+    assert sink.messages == []
 
 
 @pytest.mark.parametrize("shape", ["one-piece", "many-pieces", "lf-doubling"])
