@@ -79,6 +79,10 @@ bool parse_replycode(std::string_view data, Reply& r) {
     first = false;
     if (!more) break;
   }
+  // A bare CR inside a line is no line end: the text never carries one.
+  for (char& ch : r.text) {
+    if (ch == '\r') ch = ' ';
+  }
   return !first;
 }
 

@@ -134,7 +134,7 @@ TEST_CASE("milter SMFIR_REPLYCODE: the first line's code decides, sloppy lines a
            {"550 5.7.1 a\r\n", 550, "a"},                       // a trailing line end
            {"550x5.7.1 a", 550, "x5.7.1 a"},                      // no separator
            {"550 5.7.1 a\0\r\n250 ok", 550, "a"},              // a NUL ends the text
-           {"451-first\x0f\n451-4.7.0 sec\rond\r\n451 4.4.7.0 x", 451, "first\x0f\nsec\rond\nx"},
+           {"451-first\x0f\n451-4.7.0 sec\rond\r\n451 4.4.7.0 x", 451, "first\x0f\nsec ond\nx"},
        }) {
     auto r = reply('y', std::string(c.data) + std::string(1, '\0'));
     CHECK(r.valid);
