@@ -149,8 +149,8 @@ asio::awaitable<bool> MilterFilter::open(Connection& c, FilterContext& ctx, m::R
   m::Packet p;
   if (!co_await read(c, p, Clock::now() + options_.command_timeout)) co_return false;
   auto neg = m::decode_optneg(p);
-  // A version past ours is a protocol postern does not speak (Postfix
-  // refuses it too); below 2 there are no negotiated steps.
+  // A version past ours is a protocol postern does not speak; below 2
+  // there are no negotiated steps.
   if (!neg || neg->version < 2 || neg->version > m::kVersion) {
     c.error = "bad option negotiation reply";
     co_return false;
@@ -269,8 +269,7 @@ Verdict MilterFilter::verdict_of(const m::Reply& r, Stage stage, Connection& c, 
     case m::reply::kReplyCode:
       note("reply " + std::to_string(r.code));
       // 421 closes the channel (RFC 5321 §3.8): a 421 that left the session
-      // open would tell the client one thing and do another. Postfix
-      // disconnects on a milter's 421 too.
+      // open would tell the client one thing and do another.
       return Verdict{r.code == 421          ? Verdict::Action::kDisconnect
                      : r.code / 100 == 4 ? Verdict::Action::kTempfail
                                          : Verdict::Action::kReject,
