@@ -84,8 +84,11 @@ std::string apply_milter_modification(const milter::Reply& r, std::uint32_t acti
     return error;
   }
   auto mailbox = [&](const std::string& a, Mailbox& out) {
-    PathParse pp = parse_path("<" + a + ">", true, true, true);
-    if (pp.error != PathError::kNone) {
+    // The whole text is one path: a valid path with anything after it
+    // ("<x@y>\r\nRCPT TO:...", "x@y> NOTIFY=...") is no address.
+    const std::string path = "<" + a + ">";
+    PathParse pp = parse_path(path, true, true, true);
+    if (pp.error != PathError::kNone || pp.end != path.size()) {
       error = "invalid address in reply";
       return false;
     }
@@ -124,7 +127,8 @@ std::string apply_milter_modification(const milter::Reply& r, std::uint32_t acti
     case milter::reply::kAddRcptPar: {
       if (!allowed(r.command == milter::reply::kAddRcpt ? milter::action::kAddRcpt : milter::action::kAddRcptPar)) return error;
       Mailbox mb;
-      if (!mailbox(r.address, mb) || mb.empty()) return error;
+      if (!mailbox(r.address, mb)) return error;
+      if (mb.empty()) return error = "null address as a recipient in reply";
       ch.add_recipients.push_back(mb);
       std::string note = "add_rcpt <" + mb.str() + ">";
       if (std::vector<EsmtpParam> params = filter_params(r.args, note, ch); !params.empty()) {
@@ -157,11 +161,18 @@ std::string apply_milter_modification(const milter::Reply& r, std::uint32_t acti
         ch.body.emplace();
         eom.actions.push_back("replace_body");
       }
-      if (ch.body->size() + r.body.size() > max_body) {
-        error = "replaced body too large";
+      // A NUL is no text the MTA may be handed (postern refuses one from
+      // the client too); the bound holds on the body as relayed, after
+      // each bare line end became CRLF.
+      if (r.body.find('\0') != std::string::npos) {
+        error = "NUL in replaced body";
         return error;
       }
       append_body(*ch.body, r.body, eom.body_cr);
+      if (ch.body->size() + (eom.body_cr ? 2 : 0) > max_body) {
+        error = "replaced body too large";
+        return error;
+      }
       return {};
     }
     case milter::reply::kQuarantine:

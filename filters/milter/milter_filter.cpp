@@ -149,7 +149,9 @@ asio::awaitable<bool> MilterFilter::open(Connection& c, FilterContext& ctx, m::R
   m::Packet p;
   if (!co_await read(c, p, Clock::now() + options_.command_timeout)) co_return false;
   auto neg = m::decode_optneg(p);
-  if (!neg || neg->version < 2) {
+  // A version past ours is a protocol postern does not speak; below 2
+  // there are no negotiated steps.
+  if (!neg || neg->version < 2 || neg->version > m::kVersion) {
     c.error = "bad option negotiation reply";
     co_return false;
   }
@@ -185,10 +187,21 @@ asio::awaitable<bool> MilterFilter::command(Connection& c, const FilterContext& 
   final = m::Reply{};
   final.command = m::reply::kContinue;
   final.valid = true;
+  // Every reply answers the command before it: one that came unasked (a
+  // second answer, an answer to an unanswered step) would be read as the
+  // answer to this command and shift every verdict after it.
+  std::error_code ec;
+  if (c.reader.buffered() > 0 || c.socket.available(ec) > 0) {
+    c.error = "reply to no command";
+    co_return false;
+  }
   if (!co_await send(c, packet)) co_return false;
   if (no_reply) co_return true;
   if (timeout.count() == 0) timeout = options_.command_timeout;
-  auto deadline = Clock::now() + timeout;
+  // One deadline for the whole answer: SMFIR_PROGRESS says the milter is
+  // alive but never extends it (a milter sending it forever would hold the
+  // session, and the client, past every time-out).
+  const auto deadline = Clock::now() + timeout;
   for (;;) {
     m::Packet p;
     if (!co_await read(c, p, deadline)) co_return false;
@@ -197,10 +210,7 @@ asio::awaitable<bool> MilterFilter::command(Connection& c, const FilterContext& 
       c.error = std::string("malformed reply '") + (p.command >= 32 && p.command < 127 ? p.command : '?') + "'";
       co_return false;
     }
-    if (final.command == m::reply::kProgress) {  // the milter is alive: a new deadline
-      deadline = Clock::now() + timeout;
-      continue;
-    }
+    if (final.command == m::reply::kProgress) continue;
     if (m::is_final(final.command)) {
       if (final.command == m::reply::kShutdown || final.command == m::reply::kConnFail) {
         c.error = final.command == m::reply::kShutdown ? "milter shut down" : "milter reported a connection failure";
@@ -258,8 +268,12 @@ Verdict MilterFilter::verdict_of(const m::Reply& r, Stage stage, Connection& c, 
       return Verdict{Verdict::Action::kTempfail, 0, "", "", reason + ": tempfail", name_};
     case m::reply::kReplyCode:
       note("reply " + std::to_string(r.code));
-      return Verdict{r.code / 100 == 4 ? Verdict::Action::kTempfail : Verdict::Action::kReject, r.code, r.enhanced,
-                     r.text, reason + ": reply " + std::to_string(r.code), name_};
+      // 421 closes the channel (RFC 5321 §3.8): a 421 that left the session
+      // open would tell the client one thing and do another.
+      return Verdict{r.code == 421          ? Verdict::Action::kDisconnect
+                     : r.code / 100 == 4 ? Verdict::Action::kTempfail
+                                         : Verdict::Action::kReject,
+                     r.code, r.enhanced, r.text, reason + ": reply " + std::to_string(r.code), name_};
     case m::reply::kDiscard:
       if (stage < Stage::kMail) return Verdict::proceed();  // no message to discard yet
       note("discard");

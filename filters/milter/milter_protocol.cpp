@@ -41,28 +41,31 @@ std::string strip_brackets(std::string_view a) {
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 // "550 5.7.1 text" or "550-5.7.1 a\r\n550 5.7.1 b" (RFC 5321 §4.2, RFC 3463).
+// The first line's code decides, and only 4xx and 5xx are codes (as in
+// libmilter). What follows a line that ends the reply, a line of another
+// code or a malformed line is dropped: a refusal with sloppy text is still
+// that refusal, never on_error (which may be "accept") and never a second
+// reply. The text is cleaned where it reaches the wire (verdict_reply.cpp).
 bool parse_replycode(std::string_view data, Reply& r) {
-  if (!data.empty() && data.back() == '\0') data.remove_suffix(1);
-  if (data.find('\0') != std::string_view::npos) return false;
+  data = data.substr(0, data.find('\0'));
   bool first = true;
   while (!data.empty()) {
     std::size_t eol = data.find('\n');
     std::string_view line = data.substr(0, eol);
     data = eol == std::string_view::npos ? std::string_view() : data.substr(eol + 1);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.find('\r') != std::string_view::npos) return false;  // a bare CR inside a line
-    if (line.size() < 3 || !is_digit(line[0]) || !is_digit(line[1]) || !is_digit(line[2])) return false;
+    if (line.size() < 3 || !is_digit(line[0]) || !is_digit(line[1]) || !is_digit(line[2])) break;
     int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
     if (first) {
-      if (code / 100 != 4 && code / 100 != 5) return false;  // libmilter allows only 4xx and 5xx
+      if (code / 100 != 4 && code / 100 != 5) return false;
       r.code = code;
     } else if (code != r.code) {
-      return false;
+      break;
     }
-    const bool last = line.size() == 3 || line[3] == ' ';
-    if (line.size() > 3 && line[3] != ' ' && line[3] != '-') return false;
-    if (last != data.empty()) return false;  // "-" on every line but the last
-    std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view();
+    const bool separated = line.size() == 3 || line[3] == ' ' || line[3] == '-';
+    if (!separated && !first) break;
+    const bool more = line.size() > 3 && line[3] == '-';
+    std::string_view text = line.size() > 4 ? line.substr(separated ? 4 : 3) : std::string_view();
     // An enhanced status code "c.s.d" of the reply's class.
     std::size_t sp = text.find(' ');
     std::string_view word = text.substr(0, sp);
@@ -74,6 +77,11 @@ bool parse_replycode(std::string_view data, Reply& r) {
     if (!first) r.text.push_back('\n');
     r.text.append(text);
     first = false;
+    if (!more) break;
+  }
+  // A bare CR inside a line is no line end: the text never carries one.
+  for (char& ch : r.text) {
+    if (ch == '\r') ch = ' ';
   }
   return !first;
 }
