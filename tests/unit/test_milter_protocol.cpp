@@ -193,13 +193,13 @@ socket = "inet:[::1]:8891"
 }
 
 TEST_CASE("a multi-line verdict text becomes a multi-line reply, each line cleaned", "[milter][verdict]") {
-  Verdict v{Verdict::Action::kReject, 554, "5.7.1", "virus found\nsecond\x01line", "milter"};
+  Verdict v{Verdict::Action::kReject, 554, "5.7.1", "virus found\nsecond\x01line", "milter", ""};
   Reply r = verdict_reply(v, Stage::kEom);
   CHECK(r.code == 554);
   CHECK(r.text == "5.7.1 virus found\n5.7.1 second line");
   std::string many;
   for (int i = 0; i < 30; ++i) many += "l\n";
-  const std::string text = verdict_reply(Verdict{Verdict::Action::kTempfail, 451, "", many, ""}, Stage::kEom).text;
+  const std::string text = verdict_reply(Verdict{Verdict::Action::kTempfail, 451, "", many, "", ""}, Stage::kEom).text;
   CHECK(std::count(text.begin(), text.end(), '\n') == 9);  // at most 10 lines
 }
 
