@@ -117,13 +117,13 @@ def ops(tmp_path_factory, sockdir, sink):
 # raw HTTP
 
 
-def raw_http(port, data, timeout=None, shut=True):
-    """Sends `data` on a fresh connection, reads until postern closes; returns
-    the octets read (a reset after postern answered counts as the close)."""
-    timeout = timeout or IO_TIMEOUT
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def exchange(s, data, shut, timeout):
+    """Sends `data` on the connected socket `s`, reads until postern closes;
+    returns the octets read (a reset after postern answered counts as the
+    close). Closes `s`."""
     got = b""
-    try:
+    with s:
+        s.settimeout(timeout)
         try:
             s.sendall(data)
             if shut:
@@ -141,9 +141,13 @@ def raw_http(port, data, timeout=None, shut=True):
             got += chunk
         else:
             raise AssertionError(f"postern kept the connection open past {timeout} s; read {got[:200]!r}")
-    finally:
-        s.close()
     return got
+
+
+def raw_http(port, data, timeout=None, shut=True):
+    """One request on a fresh metrics connection: what postern answered."""
+    timeout = timeout or IO_TIMEOUT
+    return exchange(socket.create_connection(("127.0.0.1", port), timeout=timeout), data, shut, timeout)
 
 
 def status_of(response):
@@ -414,25 +418,10 @@ def test_idle_control_connections_cannot_take_every_descriptor(lone):
 
 
 def control(path, data, shut=False, timeout=None):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout or IO_TIMEOUT)
-        s.connect(path)
-        try:
-            s.sendall(data)
-            if shut:
-                s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        got = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                return got
-            got += chunk
-        return got
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout or IO_TIMEOUT)
+    s.connect(path)
+    return exchange(s, data, shut, timeout or IO_TIMEOUT)
 
 
 def test_control_socket_refuses_hostile_commands(ops):
