@@ -417,7 +417,7 @@ int cmd_report(std::vector<std::string> args) {
   std::size_t top = 10;
   if (!args.empty() && args.front() == "html") {
     args.erase(args.begin());
-    html = "-";
+    html.assign(1, '-');  // not = "-": GCC 12 -Wrestrict false positive (PR 105329)
   }
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
