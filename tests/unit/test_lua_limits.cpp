@@ -159,23 +159,36 @@ TEST_CASE("lua log: rule output is rate-limited, drops counted, lines carry the 
   // (A global a rule updates is created at the top level: a rule call cannot create one.)
   auto f = h.load("calls = 0\n" + probe("calls = calls + 1 if calls > 1 then print('again') return end "
                                         "for i = 1, 10000 do print('line', i) postern.log('info', 'x') end"));
+  const auto started = std::chrono::steady_clock::now();
   CHECK(h.run(*f, Stage::kHelo).action == Verdict::Action::kContinue);
-  // The burst, and what the rate refilled while the loop ran.
-  CHECK(lines.size() >= 50);
-  CHECK(lines.size() <= 55);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  // The burst, and what the rate refilled while the loop ran (on a slow or
+  // loaded machine a refill may let a line through mid-loop, and a notice of
+  // the lines dropped before it goes first).
+  std::size_t emitted = 0, noticed = 0;
+  for (const auto& line : lines) {
+    if (line.text.rfind("lua-log-dropped lines=", 0) == 0) {
+      noticed += std::stoul(line.text.substr(std::string_view("lua-log-dropped lines=").size()));
+    } else {
+      ++emitted;
+    }
+  }
+  CHECK(emitted >= 50);
+  CHECK(static_cast<double>(emitted) <= 50 + 10 * took + 1);
   CHECK(lines[0].session == "S1");
   CHECK(lines[0].id == "T42");
   CHECK(lines[0].text == "lua-print line\t1");
   CHECK(lines[1].text.find("lua-log rule=PROBE") == 0);
-  const std::size_t dropped = 20000 - lines.size();
+  const std::size_t dropped = 20000 - emitted;
   CHECK(scope.stats.dropped == static_cast<int>(dropped));
+  const std::size_t unnoticed = dropped - noticed;  // 0 only if the loop's last line got a token
   // After a pause the bucket refills, and the first line says how many went.
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   lines.clear();
   h.run(*f, Stage::kHelo);
-  REQUIRE(lines.size() == 2);
-  CHECK(lines[0].text.find("lua-log-dropped lines=" + std::to_string(dropped)) == 0);
-  CHECK(lines[1].text == "lua-print again");
+  REQUIRE(lines.size() == (unnoticed ? 2u : 1u));
+  if (unnoticed) CHECK(lines[0].text.find("lua-log-dropped lines=" + std::to_string(unnoticed) + " ") == 0);
+  CHECK(lines.back().text == "lua-print again");
 }
 
 TEST_CASE("lua metrics: a rule that adds a symbol counts as a hit", "[lua][metrics]") {
