@@ -17,6 +17,8 @@
 
 namespace postern::test {
 
+std::string source_root();  // tests/unit/source_root.cpp
+
 class AuthFixtures {
  public:
   static AuthFixtures& get() {
@@ -42,7 +44,7 @@ class AuthFixtures {
     std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/postern-dkim-XXXXXX";
     if (::mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
     dir_ = templ;
-    auto script = std::filesystem::path(__FILE__).parent_path() / "dkim_fixtures.py";
+    auto script = std::filesystem::path(source_root()) / "tests" / "auth" / "dkim_fixtures.py";
     std::string cmd = "/usr/bin/python3 '" + script.string() + "' '" + dir_ + "'";
     if (std::system(cmd.c_str()) != 0) throw std::runtime_error("fixture generation failed: " + cmd);
     std::ifstream in(dir_ + "/records.txt");

@@ -158,7 +158,7 @@ TEST_CASE("header parser: an obsolete-syntax Subject is tagged after its colon",
 
 TEST_CASE("folding: fields postern writes stay within line limits whatever the input", "[message][header-parser]") {
   const std::string word(5000, 'x');
-  for (const std::string value : {std::string("short"), std::string(200, 'a') + " " + std::string(200, 'b'),
+  for (const std::string& value : {std::string("short"), std::string(200, 'a') + " " + std::string(200, 'b'),
                                   word, "a " + word + " b", std::string(300, ' ') + "x"}) {
     const std::string f = postern::fold_header_field("X-Postern-Test", value);
     INFO(value.substr(0, 40));

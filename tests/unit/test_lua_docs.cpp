@@ -12,12 +12,10 @@
 using postern::Mailbox;
 using postern::Stage;
 using postern::test::LuaHarness;
+using postern::test::source_root;
 
 namespace {
 
-std::string source_root() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().string();
-}
 
 std::vector<std::string> lua_blocks(const std::string& file) {
   std::ifstream in(file);

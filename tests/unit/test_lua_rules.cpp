@@ -11,12 +11,8 @@
 
 using postern::RuleTestOptions;
 using postern::run_rule_tests;
+using postern::test::source_root;
 
-namespace {
-std::string source_root() {
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().string();
-}
-}  // namespace
 
 TEST_CASE("postern test: every shipped rule's fixtures pass", "[lua]") {
   std::ostringstream out;

@@ -12,6 +12,11 @@
 
 namespace postern::test {
 
+// The checkout's root (tests/unit/source_root.cpp, the one file compiled with
+// its path): __FILE__ is relative to the build directory when ccache rewrites
+// paths (CCACHE_BASEDIR, .ci/test), so the tests do not derive it from there.
+std::string source_root();
+
 // Makes hostile bytes readable in a failure message: \r, \n, \0, \xNN.
 inline std::string escape(std::string_view s) {
   std::string out;
