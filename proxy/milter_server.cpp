@@ -207,8 +207,8 @@ struct MilterServer::Impl {
     }
     ++open;
     ++count;
-    auto run = [this, worker, config, listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
-      auto c = std::make_shared<Connection<Socket>>(std::move(socket), config, *worker.chain, *worker.submission_chain,
+    auto run = [this, worker, listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+      auto c = std::make_shared<Connection<Socket>>(std::move(socket), *worker.config, *worker.chain, *worker.submission_chain,
                                                     listener);
       {
         std::lock_guard lock(mutex);
