@@ -209,10 +209,9 @@ struct Server::Impl {
     ++sessions_accepted;
     auto run = [this, &worker, listener = listener, peer = peer, no_delay_set,
                 socket = std::move(socket)]() mutable -> asio::awaitable<void> {
-      auto session = std::make_shared<Session>(std::move(socket), peer, no_delay_set, worker.config, std::move(listener),
-                                               worker.tls_context,
-                                               worker.chain, worker.submission_chain, capabilities,
-                                               worker.registry);
+      auto session = std::make_shared<Session>(std::move(socket), peer, no_delay_set, worker.config,
+                                               std::move(listener), worker.tls_context, worker.chain,
+                                               worker.submission_chain, capabilities, worker.registry);
       co_await session->run();
       --open_sessions;
     };
@@ -276,9 +275,9 @@ struct Server::Impl {
       for (const auto& l : c.listeners) {
         std::string from;
         for (const auto& f : l.proxy_protocol_from) from += f + ",";
-        all += fmt::format("{}{} tls={} require_tls={} proxy_protocol={} from={} auth={} policy={}", all.empty() ? "" : " ",
-                           l.address, static_cast<int>(l.tls), l.require_tls, l.proxy_protocol, from,
-                           static_cast<int>(l.auth), static_cast<int>(l.policy));
+        all += fmt::format("{}{} tls={} require_tls={} proxy_protocol={} from={} auth={} policy={}",
+                           all.empty() ? "" : " ", l.address, static_cast<int>(l.tls), l.require_tls,
+                           l.proxy_protocol, from, static_cast<int>(l.auth), static_cast<int>(l.policy));
       }
       return all;
     };
@@ -296,6 +295,13 @@ struct Server::Impl {
     if (milter_listen(running) != milter_listen(fresh)) note("milter_server.listen", milter_listen(running));
     if (running.server.user != fresh.server.user || running.server.group != fresh.server.group) {
       note("server.user", running.server.user);
+    }
+    // The store lives as long as the process (build_filter_resources keeps it).
+    if (!running.store.same_backend(fresh.store)) {
+      const auto& store = running.store;
+      note("store", store.backend == StoreOptions::Backend::kRedis ? "redis " + store.redis_address
+                    : store.persist.empty()                        ? std::string("memory")
+                                                                   : "memory persist=" + store.persist);
     }
     return notes;
   }

@@ -344,6 +344,25 @@ def test_restart_only_keys_are_reported_and_not_applied(postern, sink, tmp_path,
     assert "listener" in control(files.control)
 
 
+def test_a_store_change_is_reported_as_restart_needed(postern, sink, tmp_path, sockdir):
+    """[store] is built once per process (greylisting and rate limits survive
+    reloads): a reload that changes it keeps the running store and says so
+    like the other restart-only keys, in the answer and the log."""
+    files = Generation(tmp_path, sockdir, sink.address, extra="")
+    p = start(postern, files)
+    files.write(2, extra="[store]\nmax_bytes = 1048576\n")
+    answer = control(files.control)
+    assert answer.startswith("ok reloaded"), answer
+    assert "restart needed: store (running: memory)" in answer, answer
+    assert "store" in {l.get("key") for l in p.events("restart-needed")}, p.log_tail()
+    c = SmtpClient(p.port)
+    assert greeting_gen(c) == 2  # the rest applied
+    c.close()
+    # back to the running store's options: nothing to report
+    files.write(3)
+    assert "restart needed" not in control(files.control)
+
+
 # --------------------------------------------------------------------------
 # 5: shutdown and start-up
 
