@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness import (IO_TIMEOUT, SCALE, PosternProcess, SmtpClient, check_reply, free_port, make_message,
+from harness import (ASAN, IO_TIMEOUT, SCALE, PosternProcess, SmtpClient, check_reply, free_port, make_message,
                      postern_run_args, wait_until)
 
 RULE = """postern.rule{{ name = "GEN", stage = "eom", fn = function(ctx)
@@ -333,8 +333,8 @@ def test_restart_only_keys_are_reported_and_not_applied(postern, sink, tmp_path,
     answer = control(files.control)
     assert answer.startswith("ok reloaded"), answer
     assert "restart" in answer and "listener" in answer and "server.threads" in answer, answer
-    keys = {l.get("key") for l in p.events("restart-needed")}
-    assert {"listener", "server.threads"} <= keys, p.log_tail()
+    p.wait_for_log("restart-needed", key="listener")  # the log is read in the background
+    p.wait_for_log("restart-needed", key="server.threads")
     c = SmtpClient(port)
     assert greeting_gen(c) == 2  # the rest applied
     c.close()
@@ -354,7 +354,7 @@ def test_a_store_change_is_reported_as_restart_needed(postern, sink, tmp_path, s
     answer = control(files.control)
     assert answer.startswith("ok reloaded"), answer
     assert "restart needed: store (running: memory)" in answer, answer
-    assert "store" in {l.get("key") for l in p.events("restart-needed")}, p.log_tail()
+    p.wait_for_log("restart-needed", key="store")  # the log is read in the background
     c = SmtpClient(p.port)
     assert greeting_gen(c) == 2  # the rest applied
     c.close()
@@ -459,4 +459,7 @@ def test_hundred_reloads_do_not_grow_fds_or_memory(postern, sink, tmp_path, sock
     # idle pool connections and probe sockets settle within a probe
     wait_until(lambda: fds() <= fd0 + 2, 10 * SCALE, message=f"fds back near {fd0} (now {fds()})")
     rss1 = p.status_kb("VmRSS")
-    assert rss1 - rss0 < 16 * 1024, f"VmRSS grew {rss0} -> {rss1} kB over 120 reloads"
+    # (ASan keeps freed memory in its quarantine, 256 MB by default: there RSS
+    # says nothing; its leak check at exit does.)
+    assert rss1 - rss0 < 16 * 1024 or ASAN, f"VmRSS grew {rss0} -> {rss1} kB over 120 reloads"
+    print(f"fds {fd0} -> {fds()}, VmRSS {rss0} -> {rss1} kB over 120 reloads")
