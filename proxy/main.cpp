@@ -20,6 +20,7 @@
 #include "proxy/control.h"
 #include "proxy/filter_setup.h"
 #include "proxy/tls.h"
+#include "proxy/process.h"
 #include "proxy/server.h"
 #include "revision.h"
 #include "version.h"
@@ -88,6 +89,7 @@ int usage_error(const std::string& what) {
 bool is_help(std::string_view arg) { return arg == "-h" || arg == "--help" || arg == "help"; }
 
 int cmd_run(const std::vector<std::string>& args) {
+  postern::process::defer_hangup();  // a SIGHUP before the server listens must not end it
   postern::ConfigSource source;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];

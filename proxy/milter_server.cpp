@@ -207,9 +207,9 @@ struct MilterServer::Impl {
     }
     ++open;
     ++count;
-    auto run = [this, worker, config, listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
-      auto c = std::make_shared<Connection<Socket>>(std::move(socket), config, *worker.chain, *worker.submission_chain,
-                                                    listener);
+    auto run = [this, worker, listener, socket = std::move(socket)]() mutable -> asio::awaitable<void> {
+      auto c = std::make_shared<Connection<Socket>>(std::move(socket), *worker.config, *worker.chain,
+                                                    *worker.submission_chain, listener);
       {
         std::lock_guard lock(mutex);
         connections.insert(std::weak_ptr<Drainable>(c));

@@ -24,6 +24,9 @@ class MilterServer {
   // read on that thread only (they change there on a reload).
   struct Worker {
     asio::io_context* context = nullptr;
+    // The worker's configuration, replaced with its chains by a reload: a
+    // connection takes the three together.
+    const std::shared_ptr<const Config>* config = nullptr;
     const std::shared_ptr<const FilterChain>* chain = nullptr;
     const std::shared_ptr<const FilterChain>* submission_chain = nullptr;
   };

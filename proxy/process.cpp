@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <fmt/format.h>
 
@@ -22,6 +23,8 @@ namespace {
 // logs, audit log, DNS sockets, Lua scripts being read.
 constexpr std::size_t kReserveFiles = 64;
 constexpr std::size_t kFilesPerSession = 3;
+volatile std::sig_atomic_t hangup_seen = 0;
+extern "C" void note_hangup(int) { hangup_seen = 1; }
 }  // namespace
 
 void return_large_buffers_to_os() {
@@ -132,6 +135,20 @@ void notify_reloading() {
   unsigned long long usec = static_cast<unsigned long long>(ts.tv_sec) * 1000000ull +
                             static_cast<unsigned long long>(ts.tv_nsec) / 1000;
   notify(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=Reloading the configuration", usec));
+}
+
+void defer_hangup() {
+  struct sigaction action {};
+  action.sa_handler = note_hangup;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  ::sigaction(SIGHUP, &action, nullptr);
+}
+
+bool hangup_deferred() {
+  const bool seen = hangup_seen != 0;
+  hangup_seen = 0;
+  return seen;
 }
 
 }  // namespace postern::process

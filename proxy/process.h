@@ -43,6 +43,12 @@ bool drop_privileges(const Account& account);
 // it runs, but says what to set).
 void warn_if_root();
 
+// SIGHUP's default action ends the process: until the server's signal set
+// takes over, a SIGHUP (logrotate, a reload racing the start) is only noted.
+void defer_hangup();
+// Whether a SIGHUP came while it was deferred (asked once, then forgotten).
+bool hangup_deferred();
+
 // sd_notify(0, state); a no-op without $NOTIFY_SOCKET.
 void notify(const std::string& state);
 // "RELOADING=1" with MONOTONIC_USEC (systemd 253 Type=notify-reload).

@@ -97,12 +97,21 @@ struct Server::Impl {
     // is destroyed with the context and leaves the registry then.
     SessionRegistry registry;
     asio::io_context context{1};
-    std::shared_ptr<const FilterChain> chain;  // touched only on this worker's thread
+    // One generation, touched only on this worker's thread and replaced whole
+    // by a reload: a session takes the configuration, the TLS context and the
+    // chains built from that configuration together, never a new
+    // configuration with the previous rules (the chains arrive by a post).
+    std::shared_ptr<const Config> config;
+    std::shared_ptr<asio::ssl::context> tls_context;
+    std::shared_ptr<const FilterChain> chain;
     std::shared_ptr<const FilterChain> submission_chain;  // for authenticated sessions
   };
 
   ConfigSource source;
   std::shared_ptr<const Config> config;  // guarded by config_mutex
+  // The configuration run() started with: what the listeners, threads and
+  // sockets really are, whatever reloads have applied since.
+  std::shared_ptr<const Config> boot;
   std::shared_ptr<asio::ssl::context> tls_context;  // guarded by config_mutex
   std::string tls_listener;  // a running listener that speaks TLS ("" = none): a reload keeps a certificate for it
   std::shared_ptr<UpstreamCapabilities> capabilities = std::make_shared<UpstreamCapabilities>();
@@ -200,9 +209,9 @@ struct Server::Impl {
     ++sessions_accepted;
     auto run = [this, &worker, listener = listener, peer = peer, no_delay_set,
                 socket = std::move(socket)]() mutable -> asio::awaitable<void> {
-      auto session = std::make_shared<Session>(std::move(socket), peer, no_delay_set, snapshot(), std::move(listener), tls_snapshot(),
-                                               worker.chain, worker.submission_chain, capabilities,
-                                               worker.registry);
+      auto session = std::make_shared<Session>(std::move(socket), peer, no_delay_set, worker.config,
+                                               std::move(listener), worker.tls_context, worker.chain,
+                                               worker.submission_chain, capabilities, worker.registry);
       co_await session->run();
       --open_sessions;
     };
@@ -252,22 +261,49 @@ struct Server::Impl {
     note_probe(co_await probe_upstream(workers[0]->context.get_executor(), fresh, *capabilities));
   }
 
-  // Keys a reload cannot apply (the socket is bound, root is gone): say so.
-  static void note_restart_only_keys(const Config& running, const Config& fresh) {
+  // Keys a reload cannot apply (the socket is bound, root is gone): say so,
+  // in the log and, one "restart needed" line each, in the control answer.
+  // The running values stay in force; the rest of the reload applies.
+  static std::string note_restart_only_keys(const Config& running, const Config& fresh) {
+    std::string notes;
+    auto note = [&notes](std::string_view key, const std::string& now) {
+      log::warning("restart-needed").kv("key", key).kv("running", now);
+      notes += fmt::format("restart needed: {} (running: {})\n", key, now);
+    };
+    auto listeners = [](const Config& c) {
+      std::string all;
+      for (const auto& l : c.listeners) {
+        std::string from;
+        for (const auto& f : l.proxy_protocol_from) from += f + ",";
+        all += fmt::format("{}{} tls={} require_tls={} proxy_protocol={} from={} auth={} policy={}",
+                           all.empty() ? "" : " ", l.address, static_cast<int>(l.tls), l.require_tls,
+                           l.proxy_protocol, from, static_cast<int>(l.auth), static_cast<int>(l.policy));
+      }
+      return all;
+    };
+    if (listeners(running) != listeners(fresh)) note("listener", listeners(running));
+    if (running.server.threads != fresh.server.threads) note("server.threads", std::to_string(running.server.threads));
+    if (running.metrics.address != fresh.metrics.address) note("metrics.address", running.metrics.address);
     if (running.control.socket != fresh.control.socket || running.control.mode != fresh.control.mode) {
-      log::warning("restart-needed").kv("key", "control").kv("running", running.control.socket);
+      note("control", running.control.socket);
     }
     auto milter_listen = [](const Config& c) {
       std::string all;
       for (const auto& a : c.milter_server.listen) all += a.text + " ";
       return all;
     };
-    if (milter_listen(running) != milter_listen(fresh)) {
-      log::warning("restart-needed").kv("key", "milter_server.listen").kv("running", milter_listen(running));
-    }
+    if (milter_listen(running) != milter_listen(fresh)) note("milter_server.listen", milter_listen(running));
     if (running.server.user != fresh.server.user || running.server.group != fresh.server.group) {
-      log::warning("restart-needed").kv("key", "server.user").kv("running", running.server.user);
+      note("server.user", running.server.user);
     }
+    // The store lives as long as the process (build_filter_resources keeps it).
+    if (!running.store.same_backend(fresh.store)) {
+      const auto& store = running.store;
+      note("store", store.backend == StoreOptions::Backend::kRedis ? "redis " + store.redis_address
+                    : store.persist.empty()                        ? std::string("memory")
+                                                                   : "memory persist=" + store.persist);
+    }
+    return notes;
   }
 
   // SIGHUP and `postern reload`: the same work, the same answer. Returns
@@ -294,7 +330,6 @@ struct Server::Impl {
     try {
       auto fresh = load_config(source);
       process::ensure_open_files(*fresh);
-      note_restart_only_keys(*snapshot(), *fresh);
       auto fresh_tls = make_server_tls_context(fresh->tls);  // certificates re-read
       // Listeners change only at a start: one that speaks TLS would be left
       // without a certificate (an implicit-TLS session dereferenced none).
@@ -312,6 +347,7 @@ struct Server::Impl {
         chains[i] = build_filter_chain(*fresh, *resources);
         submission[i] = build_filter_chain(*fresh, *resources, true);
       }
+      const std::string restart_notes = note_restart_only_keys(*boot, *fresh);  // only once it applies
       apply_log_settings(*fresh);  // last step that may fail: a log file that cannot be opened
       Spool::set_memory_high_water(fresh->data.spool_memory_total);
       filter_resources = resources;
@@ -327,14 +363,17 @@ struct Server::Impl {
         tls_context = fresh_tls;
       }
       for (std::size_t i = 0; i < workers.size(); ++i) {
-        asio::post(workers[i]->context, [w = workers[i].get(), c = chains[i], sc = submission[i]] {
+        asio::post(workers[i]->context, [w = workers[i].get(), fresh, fresh_tls, c = chains[i], sc = submission[i]] {
+          w->config = fresh;
+          w->tls_context = fresh_tls;
           w->chain = c;
           w->submission_chain = sc;
         });
       }
       log::info("reloaded").kv("config", source.path.empty() ? "(embedded default)" : source.path);
       asio::co_spawn(workers[0]->context, probe_after_reload(fresh), asio::detached);
-      return "ok reloaded " + (source.path.empty() ? std::string("(embedded default)") : source.path) + "\n";
+      return "ok reloaded " + (source.path.empty() ? std::string("(embedded default)") : source.path) + "\n" +
+             restart_notes;
     } catch (const std::exception& e) {
       // ConfigError (file:line), a TLS certificate, a Lua script that does not compile.
       log::error("reload-failed").kv("error", e.what()).kv("action", "keeping the running configuration");
@@ -447,6 +486,7 @@ Server::~Server() = default;
 int Server::run() {
   Impl& s = *impl_;
   auto config = s.snapshot();
+  s.boot = config;
   unsigned n = config->server.threads ? config->server.threads : std::max(1u, std::thread::hardware_concurrency());
   process::Account account;
   if (!config->server.user.empty() && !process::resolve_account(*config, account)) return 1;
@@ -470,6 +510,8 @@ int Server::run() {
   for (unsigned i = 0; i < n; ++i) {
     s.workers.push_back(std::make_unique<Impl::Worker>());
     s.guards.emplace_back(s.workers.back()->context.get_executor());
+    s.workers.back()->config = config;
+    s.workers.back()->tls_context = s.tls_snapshot();
     try {
       s.workers.back()->chain = build_filter_chain(*config, *s.filter_resources);
       s.workers.back()->submission_chain = build_filter_chain(*config, *s.filter_resources, true);
@@ -514,7 +556,7 @@ int Server::run() {
   if (!config->milter_server.listen.empty()) {
     auto pick = [&s] {
       Impl::Worker& w = *s.workers[s.next_worker++ % s.workers.size()];
-      return MilterServer::Worker{&w.context, &w.chain, &w.submission_chain};
+      return MilterServer::Worker{&w.context, &w.config, &w.chain, &w.submission_chain};
     };
     s.milter_server = std::make_unique<MilterServer>(s.workers[0]->context, pick, [&s] { return s.snapshot(); },
                                                      s.open_sessions);
@@ -579,6 +621,9 @@ int Server::run() {
   }
   if (s.milter_server) s.milter_server->start();
   asio::co_spawn(s.workers[0]->context, s.signals(signal_set), asio::detached);
+  // A SIGHUP that came before the signal set was there (process::defer_hangup):
+  // the file may have changed after the start read it.
+  if (process::hangup_deferred()) asio::post(s.workers[0]->context, [&s] { (void)s.reload(); });
   asio::co_spawn(s.workers[0]->context, s.probe_loop(), asio::detached);
   asio::co_spawn(s.workers[0]->context, s.ready_at_latest(), asio::detached);
 
