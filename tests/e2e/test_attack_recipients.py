@@ -348,3 +348,114 @@ def test_null_sender_to_several_recipients(postern, make_sink, tmp_path):
     msg = sink.wait_messages(1)[0]
     assert msg.mail_from == "<>"
     assert msg.rcpt_tos == ["r1@example.com", "r3@example.com"]
+
+
+# ---- recipient changes a rule makes at end of data --------------------------
+
+CHANGES = pathlib.Path(__file__).parent / "rules" / "recipients.lua"
+
+
+def start_changes(postern, sink, tmp_path):
+    return postern.start(upstream=sink.address, sets={"lua.scripts": f'["{CHANGES}"]'})
+
+
+# Each is a rule error (on_error tempfail by default): 451 4.7.0, no
+# recipient of any kind reached with content, no CR/LF or NUL reaches the MTA.
+@pytest.mark.parametrize("case", ["redirect-crlf", "redirect-space", "redirect-angle", "redirect-nul",
+                                  "redirect-empty", "redirect-too-many", "rule-error"])
+def test_careless_recipient_change_tempfails_and_relays_nothing(postern, make_sink, tmp_path, case):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    r = c.send_message("a@example.org", RCPTS, message(case))
+    check_reply(r, 451, "4.7.0")
+    assert sink.took_no_content()
+    for e in sink.commands("RCPT"):
+        assert "evil" not in str(e) and "NOTIFY" not in str(e), e
+    assert p.wait_for_log(event="message").get("result") == "tempfailed"
+    r = c.send_message("a@example.org", RCPTS, message())
+    check_reply(r, 250)
+    assert sink.wait_messages(1)[0].rcpt_tos == RCPTS
+
+
+def test_redirect_to_the_most_addresses_a_rule_may_give(postern, make_sink, tmp_path):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    r = c.send_message("a@example.org", RCPTS, message("redirect-many"))
+    check_reply(r, 250)
+    msgs = sink.wait_messages(1)
+    assert len(msgs) == 1
+    assert msgs[0].rcpt_tos == [f"m{i}@example.net" for i in range(1, 1001)]
+
+
+@pytest.mark.parametrize("case,code", [("redirect-then-reject", 554), ("redirect-then-discard", 250)])
+def test_a_verdict_after_a_redirect_still_relays_nothing(postern, make_sink, tmp_path, case, code):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    r = c.send_message("a@example.org", RCPTS, message(case))
+    check_reply(r, code)
+    assert sink.took_no_content()
+    assert "archive@example.net" not in str(sink.commands("RCPT"))
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("redirect-dup", ["d@example.net"]),
+    ("add-existing", RCPTS),
+])
+def test_a_recipient_named_twice_by_a_rule_gets_the_message_once(postern, make_sink, tmp_path, case, expected):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    r = c.send_message("a@example.org", RCPTS, message(case))
+    check_reply(r, 250)
+    assert sink.wait_messages(1)[0].rcpt_tos == expected
+
+
+def test_removing_every_recipient_is_a_discard(postern, make_sink, tmp_path):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    r = c.send_message("a@example.org", RCPTS, message("remove-all"))
+    check_reply(r, 250)
+    assert p.wait_for_log(event="message").get("result") == "discarded"
+    assert sink.took_no_content()
+
+
+def test_bounce_rule_refuses_one_recipient_of_a_null_sender_message(postern, make_sink, tmp_path):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    check_reply(c.cmd("MAIL FROM:<>"), 250)
+    check_reply(c.cmd("RCPT TO:<noreply@example.com>"), 550, "5.1.1")
+    check_reply(c.cmd("RCPT TO:<r1@example.com>"), 250)
+    check_reply(c.cmd("RCPT TO:<noreply@example.com>"), 550, "5.1.1")
+    check_reply(c.cmd("DATA"), 354)
+    c.send(data_payload(message()))
+    check_reply(c.read_reply(), 250)
+    msg = sink.wait_messages(1)[0]
+    assert msg.rcpt_tos == ["r1@example.com"]
+    assert "noreply" not in str(sink.commands("RCPT"))
+    # a sender that is not null may write to noreply
+    r = c.send_message("a@example.org", ["noreply@example.com"], message())
+    check_reply(r, 250)
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
+def test_mta_replying_twice_at_end_of_data_loses_its_connection_not_the_next_message(postern, make_sink, tmp_path,
+                                                                                     chunking):
+    sink = make_sink(chunking=chunking)
+    sink.on("DATA_END", "250 2.0.0 Ok: queued as ONE\r\n250 2.0.0 Ok: queued as TWO", times=1)
+    p = start(postern, sink, tmp_path)
+    c = client(p)
+    r = c.send_message("a@example.org", RCPTS, message())
+    # the MTA did take it: 250, or a 4xx when the extra reply is seen first
+    assert r.code == 250 or r.code // 100 == 4, str(r)
+    assert "TWO" not in str(r)
+    first = sink.wait_messages(1)[0]
+    r = c.send_message("a@example.org", RCPTS, message())
+    check_reply(r, 250)
+    second = sink.wait_messages(2)[1]
+    assert second.rcpt_tos == RCPTS
+    assert second.conn_id != first.conn_id   # the connection that said too much is gone
