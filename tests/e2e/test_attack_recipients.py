@@ -459,3 +459,13 @@ def test_mta_replying_twice_at_end_of_data_loses_its_connection_not_the_next_mes
     second = sink.wait_messages(2)[1]
     assert second.rcpt_tos == RCPTS
     assert second.conn_id != first.conn_id   # the connection that said too much is gone
+
+
+def test_discard_at_rcpt_drops_the_whole_message_as_documented(postern, make_sink, tmp_path):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    r = c.send_message("a@example.org", ["r1@example.com", "trap@example.com", "r2@example.com"], message())
+    check_reply(r, 250)
+    assert p.wait_for_log(event="message").get("result") == "discarded"
+    assert sink.took_no_content()

@@ -4,6 +4,7 @@ postern.rule{ name = "NO_BOUNCES_TO_NOREPLY", stage = "rcpt", fn = function(ctx)
   if ctx.envelope.from.addr == "" and ctx.envelope.rcpt.local_part == "noreply" then
     return postern.reject(550, "5.1.1", "This address does not receive mail")
   end
+  if ctx.envelope.rcpt.local_part == "trap" then return postern.discard("spam trap") end
 end }
 
 postern.rule{ name = "RECIPIENT_CHANGES", stage = "eom", fn = function(ctx)
