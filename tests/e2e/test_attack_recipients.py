@@ -469,3 +469,29 @@ def test_discard_at_rcpt_drops_the_whole_message_as_documented(postern, make_sin
     check_reply(r, 250)
     assert p.wait_for_log(event="message").get("result") == "discarded"
     assert sink.took_no_content()
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["early-data", "no-early-data"])
+def test_mta_refusing_data_after_postern_said_354_is_never_250(postern, make_sink, tmp_path, early):
+    sink = make_sink()
+    sink.on("DATA", "554 5.5.1 Error: no thanks", times=1)
+    p = start(postern, sink, tmp_path, **{"upstream.early_data": "true" if early else "false"})
+    c = client(p)
+    r = c.send_message("a@example.org", RCPTS, message())
+    check_reply(r, 554, "5.5.1")
+    assert sink.messages == [] and sink.refused_messages == []
+    r = c.send_message("a@example.org", RCPTS, message())
+    check_reply(r, 250)
+    assert sink.wait_messages(1)[0].rcpt_tos == RCPTS
+
+
+def test_mta_421_to_a_recipient_mid_list_ends_the_session_and_relays_nothing(postern, make_sink, tmp_path):
+    sink = make_sink()
+    sink.on("RCPT", "421 4.3.2 shutting down", match="r2@example.com", close_after=True)
+    p = start(postern, sink, tmp_path)
+    c = client(p)
+    check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+    check_reply(c.cmd("RCPT TO:<r1@example.com>"), 250)
+    check_reply(c.cmd("RCPT TO:<r2@example.com>"), 421)
+    assert c.wait_closed(5)
+    assert sink.took_no_content()
