@@ -495,3 +495,30 @@ def test_mta_421_to_a_recipient_mid_list_ends_the_session_and_relays_nothing(pos
     check_reply(c.cmd("RCPT TO:<r2@example.com>"), 421)
     assert c.wait_closed(5)
     assert sink.took_no_content()
+
+
+def test_rule_error_at_rcpt_tempfails_that_recipient_only(postern, make_sink, tmp_path):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+    check_reply(c.cmd("RCPT TO:<r1@example.com>"), 250)
+    check_reply(c.cmd("RCPT TO:<boom@example.com>"), 451, "4.7.0")
+    check_reply(c.cmd("RCPT TO:<r2@example.com>"), 250)
+    check_reply(c.cmd("DATA"), 354)
+    c.send(data_payload(message()))
+    check_reply(c.read_reply(), 250)
+    assert sink.wait_messages(1)[0].rcpt_tos == ["r1@example.com", "r2@example.com"]
+    assert "boom" not in str(sink.commands("RCPT"))
+
+
+def test_disconnect_at_rcpt_mid_list_relays_nothing(postern, make_sink, tmp_path):
+    sink = make_sink()
+    p = start_changes(postern, sink, tmp_path)
+    c = client(p)
+    check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+    check_reply(c.cmd("RCPT TO:<r1@example.com>"), 250)
+    check_reply(c.cmd("RCPT TO:<bye@example.com>"), 421)
+    assert c.wait_closed(5)
+    assert sink.took_no_content()
+    assert "bye" not in str(sink.commands("RCPT"))

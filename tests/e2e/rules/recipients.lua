@@ -5,6 +5,8 @@ postern.rule{ name = "NO_BOUNCES_TO_NOREPLY", stage = "rcpt", fn = function(ctx)
     return postern.reject(550, "5.1.1", "This address does not receive mail")
   end
   if ctx.envelope.rcpt.local_part == "trap" then return postern.discard("spam trap") end
+  if ctx.envelope.rcpt.local_part == "boom" then error("rcpt rule broke") end
+  if ctx.envelope.rcpt.local_part == "bye" then return postern.disconnect("go away") end
 end }
 
 postern.rule{ name = "RECIPIENT_CHANGES", stage = "eom", fn = function(ctx)
