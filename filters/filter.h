@@ -60,18 +60,30 @@ struct Changes {
     return none;
   }
   // The recipients after these changes: the redirect's, else `recipients`
-  // and the added ones, less every removed address. One computation for the
-  // relayed envelope (Delivery) and the milter server's modifications.
+  // and the added ones, less every removed address; each forward-path once,
+  // so that a rule naming a recipient twice (add_rcpt of one already there,
+  // a redirect list with repeats) cannot have the MTA deliver it twice. One
+  // computation for the relayed envelope (Delivery) and the milter server's
+  // modifications.
   std::vector<Mailbox> recipients_after(const std::vector<Mailbox>& recipients) const {
-    if (redirect) return *redirect;
-    std::vector<Mailbox> out = recipients;
-    out.insert(out.end(), add_recipients.begin(), add_recipients.end());
-    std::erase_if(out, [&](const Mailbox& m) {
-      for (const Mailbox& r : remove_recipients) {
+    auto named = [](const std::vector<Mailbox>& list, const Mailbox& m) {
+      for (const Mailbox& r : list) {
         if (r.str() == m.str()) return true;
       }
       return false;
-    });
+    };
+    std::vector<Mailbox> out;
+    auto take = [&](const std::vector<Mailbox>& from, bool removable) {
+      for (const Mailbox& m : from) {
+        if (!named(out, m) && !(removable && named(remove_recipients, m))) out.push_back(m);
+      }
+    };
+    if (redirect) {
+      take(*redirect, false);
+    } else {
+      take(recipients, true);
+      take(add_recipients, true);
+    }
     return out;
   }
   bool envelope_changed() const {

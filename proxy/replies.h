@@ -38,6 +38,7 @@ inline constexpr Def kNoArguments{501, "5.5.4 Syntax error: no arguments allowed
 inline constexpr Def kArgsSyntax{501, "5.5.4 Syntax error in parameters or arguments"};
 inline constexpr Def kUnknownParameter{555, "5.5.4 Error: unsupported MAIL/RCPT parameter"};
 inline constexpr Def kBadParameter{501, "5.5.4 Error: bad MAIL/RCPT parameter value"};
+inline constexpr Def kDuplicateParameter{501, "5.5.4 Error: duplicate MAIL/RCPT parameter"};
 inline constexpr Def kNeedHelo{503, "5.5.1 Error: send HELO/EHLO first"};
 inline constexpr Def kNestedMail{503, "5.5.1 Error: nested MAIL command"};
 inline constexpr Def kNeedMail{503, "5.5.1 Error: need MAIL command"};

@@ -30,7 +30,8 @@ bool is_alnum(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
 }
 
-// Parses "keyword[=value]" *(SP ...) after a path; returns null or an error.
+// Parses "keyword[=value]" *(SP ...) after a path, each keyword once;
+// returns null or an error.
 const replies::Def* parse_params(std::string_view s, std::vector<EsmtpParam>& out) {
   while (!s.empty()) {
     if (s[0] != ' ') return &replies::kBadParameter;
@@ -58,6 +59,11 @@ const replies::Def* parse_params(std::string_view s, std::vector<EsmtpParam>& ou
       }
       p.value.assign(value);
       p.has_value = true;
+    }
+    // A keyword given twice is read one way here and maybe another by the
+    // MTA (first wins, last wins): refused, as RFC 3461 §4 asks of DSN's.
+    for (const EsmtpParam& q : out) {
+      if (q.keyword == p.keyword) return &replies::kDuplicateParameter;
     }
     out.push_back(std::move(p));
   }

@@ -92,3 +92,25 @@ TEST_CASE("dns_name_valid: label and name lengths (RFC 1035 2.3.4)", "[dns]") {
   while (long_name.size() < 260) long_name += "abcdefghi.";
   CHECK_FALSE(dns_name_valid(long_name + "com"));
 }
+
+TEST_CASE("Changes::recipients_after names each forward-path once", "[core]") {
+  auto box = [](const char* local, const char* domain) {
+    Mailbox m;
+    m.local_part = local;
+    m.domain = domain;
+    return m;
+  };
+  auto strs = [](const std::vector<Mailbox>& list) {
+    std::vector<std::string> out;
+    for (const Mailbox& m : list) out.push_back(m.str());
+    return out;
+  };
+  const std::vector<Mailbox> client{box("a", "example.com"), box("b", "example.com")};
+  Changes c;
+  c.add_recipients = {box("a", "example.com"), box("c", "example.com"), box("c", "example.com")};
+  c.remove_recipients = {box("b", "example.com")};
+  CHECK(strs(c.recipients_after(client)) == std::vector<std::string>{"a@example.com", "c@example.com"});
+  c.redirect = std::vector<Mailbox>{box("d", "example.net"), box("d", "example.net"), box("b", "example.com")};
+  // A redirect replaces everything; a removal does not apply to it.
+  CHECK(strs(c.recipients_after(client)) == std::vector<std::string>{"d@example.net", "b@example.com"});
+}

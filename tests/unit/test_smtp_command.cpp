@@ -347,6 +347,8 @@ TEST_CASE("parse_mail_args: refused arguments give the exact reply", "[smtp_comm
       {"FROM:<a@b.example>SIZE=1", param, "", ""},   // no space after the path
       {"FROM:<a@b.example>>", param, "", ""},
       {"FROM:<a@b.example> SIZE=", param, "", ""},   // empty value
+      {"FROM:<a@b.example> SIZE=10 size=99999", &replies::kDuplicateParameter, "", ""},
+      {"FROM:<a@b.example> BODY=7BIT BODY=8BITMIME", &replies::kDuplicateParameter, "", ""},
       {"FROM:<a@b.example> =1", param, "", ""},
       {"FROM:<a@b.example> -SIZE=1", param, "", ""},
       {"FROM:<a@b.example> SI_ZE=1", param, "", ""},  // bad keyword
@@ -380,6 +382,8 @@ TEST_CASE("parse_rcpt_args: refused arguments give the exact reply", "[smtp_comm
       {"TO:<" + kLocal64 + "l@b.example>", &replies::kAddressTooLong, "", ""},
       {"TO:<\xC3\xA5@b.example>", &replies::kNonAsciiAddress, "", ""},
       {"TO:<a@b.example> NOTIFY=", &replies::kBadParameter, "", ""},
+      {"TO:<a@b.example> NOTIFY=NEVER notify=SUCCESS", &replies::kDuplicateParameter, "", ""},
+      {"TO:<a@b.example> ORCPT=rfc822;a ORCPT=rfc822;b", &replies::kDuplicateParameter, "", ""},
   };
   for (const PathCase& c : cases) {
     DYNAMIC_SECTION("RCPT " << escape(c.args)) { check_path_case(c, false); }
