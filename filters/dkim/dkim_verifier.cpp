@@ -24,7 +24,7 @@ struct VerifyState {
   const DkimKeys* keys = nullptr;  // looked up beforehand: never wait
   bool try_again = false;  // a key lookup failed for now (DNS error, time-out)
   // Signatures whose key record cannot verify them (dkim_key_problem), with why.
-  std::vector<std::pair<DKIM_SIGINFO*, std::string>> key_problems;
+  std::vector<std::pair<DKIM_SIGINFO*, std::string>> key_problems{};
 };
 
 // The key record: from the keys looked up beforehand or the cache when the
