@@ -4,7 +4,9 @@ Run one file:  POSTERN_BIN=build/postern /usr/bin/python3 -m pytest -q tests/e2e
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -136,3 +138,14 @@ def dkim_key():
     """example.com's DKIM key, selector s1 (dns_server.DkimKey): one per test file."""
     from dns_server import DkimKey
     return DkimKey("example.com", "s1")
+
+
+@pytest.fixture
+def sockdir():
+    """A short directory for unix sockets (sun_path holds 108 octets; pytest's
+    tmp_path is longer)."""
+    d = tempfile.mkdtemp(prefix="ps", dir="/tmp")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

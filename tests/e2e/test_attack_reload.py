@@ -5,10 +5,8 @@ every kind keep everything running as before and name file:line; keys that
 need a restart are reported; reloads racing SIGTERM and start-up."""
 import os
 import re
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 
@@ -21,16 +19,6 @@ RULE = """postern.rule{{ name = "GEN", stage = "eom", fn = function(ctx)
   ctx:add_header("X-Gen", "{gen}")
 end }}
 """
-
-
-@pytest.fixture
-def sockdir():
-    """A short directory for the control socket (sun_path holds 108 octets)."""
-    d = tempfile.mkdtemp(prefix="pr", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Generation:

@@ -4,27 +4,13 @@ postern; reload reports a refused configuration with its file:line and exits
 at exit, a stale socket replaced, a live one refused."""
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
 import subprocess
-import tempfile
 
-import pytest
-
-from harness import (HOSTNAME, POSTERN_BIN, SCALE, PosternProcess, SmtpClient, check_reply,
+from harness import (POSTERN_BIN, SCALE, PosternProcess, SmtpClient, check_reply,
                      make_message, postern_run_args, run_cli, wait_until, write_config)
-
-
-@pytest.fixture
-def sockdir():
-    """A short directory for sockets (sun_path holds 108 octets; pytest's are long)."""
-    d = tempfile.mkdtemp(prefix="pc", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def start_with_socket(postern, tmp_path, sink, sockdir, extra=None, name="postern.toml"):
