@@ -28,13 +28,16 @@ constexpr std::array<std::uint8_t, 256> relaxed_special_octets() {
 constexpr auto kRelaxedTable = relaxed_special_octets();
 const std::uint8_t* const kRelaxedSpecial = kRelaxedTable.data();
 
+#if !defined(__SSE2__)
 // The high bit of each octet of `v` that equals `c`, exactly (no false
 // positives next to a match, unlike the usual "has zero octet" test).
+// Only the scan without SSE2 uses it.
 constexpr std::uint64_t octets_equal(std::uint64_t v, unsigned char c) {
   constexpr std::uint64_t kLow7 = 0x7f7f7f7f7f7f7f7full;
   const std::uint64_t t = v ^ (0x0101010101010101ull * c);
   return ~(((t & kLow7) + kLow7) | t) & ~kLow7;
 }
+#endif
 
 }  // namespace
 
