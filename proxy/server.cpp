@@ -274,15 +274,22 @@ struct Server::Impl {
       std::string all;
       for (const auto& l : c.listeners) {
         std::string from;
-        for (const auto& f : l.proxy_protocol_from) from += f + ",";
+        for (const auto& f : l.proxy_protocol_from) from += (from.empty() ? "" : ",") + f;
+        // The words the configuration file uses (docs/configuration.md [[listener]]).
+        static constexpr const char* kTls[] = {"none", "starttls", "implicit"};
+        static constexpr const char* kAuth[] = {"off", "passthrough"};
+        static constexpr const char* kPolicy[] = {"inbound", "submission", "none"};
         all += fmt::format("{}{} tls={} require_tls={} proxy_protocol={} from={} auth={} policy={}",
-                           all.empty() ? "" : " ", l.address, static_cast<int>(l.tls), l.require_tls,
-                           l.proxy_protocol, from, static_cast<int>(l.auth), static_cast<int>(l.policy));
+                           all.empty() ? "" : " ", l.address, kTls[static_cast<int>(l.tls)], l.require_tls,
+                           l.proxy_protocol, from, kAuth[static_cast<int>(l.auth)],
+                           kPolicy[static_cast<int>(l.policy)]);
       }
       return all;
     };
     if (listeners(running) != listeners(fresh)) note("listener", listeners(running));
-    if (running.server.threads != fresh.server.threads) note("server.threads", std::to_string(running.server.threads));
+    if (running.server.threads != fresh.server.threads) {
+      note("server.threads", running.server.threads == 0 ? "0, one per core" : std::to_string(running.server.threads));
+    }
     if (running.metrics.address != fresh.metrics.address) note("metrics.address", running.metrics.address);
     if (running.control.socket != fresh.control.socket || running.control.mode != fresh.control.mode) {
       note("control", running.control.socket);
@@ -338,8 +345,9 @@ struct Server::Impl {
                                       "start; keep [tls] cert_file and key_file, or restart",
                                       tls_listener));
       }
-      // Every worker's chain is built first, each on its own thread; only when
-      // all compiled does the new configuration take over.
+      // Every worker's chains are built first (here, as at a start: a Lua state
+      // is used by one thread at a time, not bound to the one that made it);
+      // only when all compiled does the new configuration take over.
       // The store is kept: greylisting and rate limits survive a reload.
       auto resources = build_filter_resources(*fresh, filter_resources.get());
       std::vector<std::shared_ptr<const FilterChain>> chains(workers.size()), submission(workers.size());

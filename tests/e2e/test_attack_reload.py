@@ -321,6 +321,11 @@ def test_restart_only_keys_are_reported_and_not_applied(postern, sink, tmp_path,
     answer = control(files.control)
     assert answer.startswith("ok reloaded"), answer
     assert "restart" in answer and "listener" in answer and "server.threads" in answer, answer
+    # the running listener in the configuration's own words, not enum numbers
+    # the running listener as its file says it (port 0: any), in the file's words
+    assert "restart needed: listener (running: 127.0.0.1:0 tls=none require_tls=false " \
+        "proxy_protocol=false from=127.0.0.0/8,::1/128 auth=off policy=inbound)" in answer, answer
+    assert "restart needed: server.threads (running: 0, one per core)" in answer, answer
     p.wait_for_log("restart-needed", key="listener")  # the log is read in the background
     p.wait_for_log("restart-needed", key="server.threads")
     c = SmtpClient(port)
