@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import ssl
@@ -27,6 +28,8 @@ import time
 import weakref
 
 from aiosmtpd.smtp import SMTP
+
+from ports import free_port  # noqa: F401 (the tests import it from here)
 
 POSTERN_BIN = os.path.abspath(os.environ.get("POSTERN_BIN", "/work/main/build/postern"))
 
@@ -55,13 +58,6 @@ logging.getLogger("mail.log").setLevel(logging.CRITICAL)
 
 # --------------------------------------------------------------------------
 # small helpers
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, timeout=5.0):
@@ -194,15 +190,16 @@ _live_clients = weakref.WeakSet()
 
 
 class PosternProcess:
-    """One `postern` process; stderr is read in a thread into self.lines."""
+    """One `postern` process; its stderr lines are in self.lines, stdout's in self.stdout_lines."""
 
     def __init__(self, args, cwd, env=None, binary=None):
         self.binary = binary or POSTERN_BIN
         self.args = list(args)
         self.cwd = cwd
         self.env = dict(os.environ if env is None else env)
-        self.lines = []
-        self.stdout_lines = []
+        self._lines = []
+        self._stdout_lines = []
+        self._pipes = {}                      # fd -> [sink, partial line, at EOF]
         self._cond = threading.Condition()
         self.proc = None
         self.port = None
@@ -216,10 +213,12 @@ class PosternProcess:
         self.proc = subprocess.Popen(
             [self.binary] + self.args, cwd=self.cwd, env=self.env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self._threads = [
-            threading.Thread(target=self._reader, args=(self.proc.stderr, self.lines), daemon=True),
-            threading.Thread(target=self._reader, args=(self.proc.stdout, self.stdout_lines), daemon=True),
-        ]
+        self._pipes = {}
+        for stream, sink in ((self.proc.stderr, self._lines), (self.proc.stdout, self._stdout_lines)):
+            os.set_blocking(stream.fileno(), False)
+            self._pipes[stream.fileno()] = [sink, b"", False]
+        self._threads = [threading.Thread(target=self._reader, args=(fd,), daemon=True)
+                         for fd in self._pipes]
         for t in self._threads:
             t.start()
         if wait:
@@ -256,14 +255,61 @@ class PosternProcess:
                 with sink._lock:
                     sink.connections -= 1
 
-    def _reader(self, stream, sink):
-        for raw in iter(stream.readline, b""):
-            text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    # postern's stderr and stdout are read by a thread each, and also by whoever
+    # looks at the lines: `lines`, `stdout_lines` and `events()` first drain what
+    # the pipe holds, under the lock the threads read under. So a line postern
+    # wrote before the action a test just saw the effect of is in the list, even
+    # when the reader thread has not been scheduled since (a loaded machine).
+
+    def _reader(self, fd):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while True:
+            poller.poll()
             with self._cond:
-                sink.append(text)
+                at_eof = self._drain(fd)
                 self._cond.notify_all()
+            if at_eof:
+                return
+
+    def _drain(self, fd):
+        """Append every whole line the pipe holds now; True once it reached EOF.
+        Called with self._cond held."""
+        pipe = self._pipes[fd]
+        sink, partial, at_eof = pipe
+        while not at_eof:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                at_eof = True
+                if partial:
+                    sink.append(partial.decode("utf-8", "replace").rstrip("\r"))
+                    partial = b""
+                break
+            *whole, partial = (partial + chunk).split(b"\n")
+            sink.extend(raw.decode("utf-8", "replace").rstrip("\r") for raw in whole)
+        pipe[1], pipe[2] = partial, at_eof
+        return at_eof
+
+    def _caught_up(self, sink):
         with self._cond:
-            self._cond.notify_all()
+            for fd, pipe in self._pipes.items():
+                if pipe[0] is sink:
+                    self._drain(fd)
+        return sink
+
+    @property
+    def lines(self):
+        """postern's stderr so far, one entry a line."""
+        return self._caught_up(self._lines)
+
+    @property
+    def stdout_lines(self):
+        return self._caught_up(self._stdout_lines)
 
     @property
     def pid(self):
@@ -322,7 +368,7 @@ class PosternProcess:
 
     def events(self, event=None, **fields):
         with self._cond:
-            lines = list(self.lines)
+            lines = list(self.lines)      # caught up with the pipe (see _drain)
         out = []
         for raw in lines:
             ll = LogLine(raw)
