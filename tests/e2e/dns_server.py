@@ -19,6 +19,7 @@ import threading
 import time
 
 from harness import stop_process
+from ports import free_port
 
 UNBOUND = "/usr/sbin/unbound"
 DEFAULT_ZONES = ("example.com.", "example.org.", "example.net.")
@@ -44,11 +45,8 @@ def bind_udp_tcp():
 
 
 def free_udp_tcp_port():
-    """A port free for both UDP and TCP on 127.0.0.1 right now."""
-    udp, tcp, port = bind_udp_tcp()
-    udp.close()
-    tcp.close()
-    return port
+    """A port free for both UDP and TCP on 127.0.0.1 right now (ports.py)."""
+    return free_port(udp=True)
 
 
 def txt_record(name, value, ttl=300):

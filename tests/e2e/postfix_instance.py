@@ -22,6 +22,8 @@ import socket
 import subprocess
 import time
 
+from ports import free_port
+
 POSTFIX = "/usr/sbin/postfix"
 
 # master.cf for a private instance: the services a relay needs, unchrooted
@@ -50,12 +52,6 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostfixInstance:
@@ -135,7 +131,7 @@ class PostfixInstance:
         os.makedirs(data, exist_ok=True)
         shutil.chown(data, "postfix")
         if self.port is None:
-            self.port = _free_port()
+            self.port = free_port()
         smtpd = "".join(f"\n  -o {a}" for a in self.smtpd_args)
         with open(os.path.join(self.conf, "main.cf"), "w") as f:
             f.write(self._main_cf())
