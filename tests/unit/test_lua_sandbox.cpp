@@ -268,23 +268,23 @@ TEST_CASE("lua limits: allocating built-ins check sizes against the memory cap",
   for (const char* call : calls) {
     LuaHarness h;
     h.options.memory_limit = 16u * 1024 * 1024;
-    h.options.timeout = std::chrono::milliseconds(2000);
+    // The size check ends it, not the deadline: a build that ran until the
+    // deadline would log the time limit instead (no wall-clock check here, so
+    // a loaded machine cannot fail it).
+    h.options.timeout = std::chrono::milliseconds(10000);
     auto f = h.load(probe(call));
-    auto start = std::chrono::steady_clock::now();
     Verdict v = h.run(*f, Stage::kHelo);
     INFO(call);
     CHECK(v.action == Verdict::Action::kTempfail);
     CHECK((h.logged("memory") || h.logged("too large") || h.logged("too many")));
-    CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(1500));
+    CHECK(!h.logged("time limit"));
     CHECK(f->memory_used() <= h.options.memory_limit);
   }
   // utf8.char takes at most the C stack's arguments (LUAI_MAXSTACK): bounded.
   LuaHarness h;
   auto chars = h.load(probe("local t = {} for i = 1, 5e5 do t[i] = 0x10FFFF end "
                             "return postern.reject(tostring(#utf8.char(table.unpack(t, 1, 5e5))))"));
-  auto start = std::chrono::steady_clock::now();
-  CHECK(h.run(*chars, Stage::kHelo).text == "2000000");
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+  CHECK(h.run(*chars, Stage::kHelo).text == "2000000");  // within the harness's 2 s deadline
   // Formats with wide fields are refused by Lua 5.4 itself (two digits at most).
   for (const char* call : {"string.format('%099999d', 1)", "string.format('%.99999f', 1)",
                            "string.format('%999999999s', 'x')"}) {
