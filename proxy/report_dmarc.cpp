@@ -294,8 +294,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
       std::cerr << "postern report dmarc: cannot read " << f << ": " << std::strerror(errno) << "\n";
       return 2;
     }
-    std::string line;
-    while (std::getline(in, line)) builder.add_line(line);
+    builder.add_stream(f, in);
   }
 
   DmarcReportMeta meta;
@@ -309,6 +308,10 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
   std::cout << "postern report dmarc: " << utc(from) << " to " << utc(to) << ": " << builder.in_range()
             << " audit records in the period (" << builder.without_record() << " without a DMARC record), "
             << builder.malformed() << " malformed lines\n";
+  for (const std::string& m : builder.malformed_examples()) std::cout << "  " << m << "\n";
+  if (builder.malformed() > builder.malformed_examples().size()) {
+    std::cout << "  ... and " << builder.malformed() - builder.malformed_examples().size() << " more\n";
+  }
   std::vector<DmarcAggregateReport> reports = builder.finish();  // fo= is set from the record looked up below
   if (reports.empty()) {
     std::cout << "no domain to report\n";

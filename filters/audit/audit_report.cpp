@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 
 #include "filters/audit/json_reader.h"
+#include "filters/audit/line_reader.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/text/ascii.h"
 #include "filters/text/bidi.h"
@@ -124,11 +125,14 @@ void AuditReportBuilder::malformed(std::string_view name, std::size_t line_numbe
 
 void AuditReportBuilder::add_stream(std::string_view name, std::istream& in) {
   ++totals_.files;
-  std::string line;
-  std::size_t number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    add_line(name, number, line);
+  AuditLineReader reader(in, kMaxLine);
+  while (reader.next()) {
+    if (reader.too_long()) {
+      ++totals_.lines;
+      malformed(name, reader.number(), "line longer than " + std::to_string(kMaxLine) + " octets");
+      continue;
+    }
+    add_line(name, reader.number(), reader.line());
   }
 }
 

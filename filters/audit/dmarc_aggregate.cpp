@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "filters/audit/json_reader.h"
+#include "filters/audit/line_reader.h"
 #include "filters/text/ascii.h"
 #include "filters/text/markup.h"
 #include "filters/text/utf8.h"
@@ -23,6 +24,7 @@ constexpr std::size_t kMaxRowsPerDomain = 100000;  // distinct rows; more are co
 constexpr std::size_t kMaxDkimPerRow = 20;       // DKIM results listed per record
 constexpr std::size_t kMaxRua = 10;              // rua= URIs used per record
 constexpr std::size_t kMaxField = 255;           // octets of any text in the XML
+constexpr std::size_t kMaxExamples = 10;         // malformed lines named
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
@@ -254,17 +256,40 @@ DmarcAggregateBuilder::DmarcAggregateBuilder(std::int64_t begin, std::int64_t en
   for (auto& d : domains) filter_.push_back(ascii::to_lower(d));
 }
 
-void DmarcAggregateBuilder::add_line(std::string_view line) {
+void DmarcAggregateBuilder::malformed(std::string_view name, std::size_t number, const std::string& why) {
+  ++malformed_;
+  if (malformed_examples_.size() < kMaxExamples) {
+    malformed_examples_.push_back(std::string(name) + ":" + std::to_string(number) + ": " + why);
+  }
+}
+
+void DmarcAggregateBuilder::add_stream(std::string_view name, std::istream& in) {
+  AuditLineReader reader(in, kJsonMaxInput);
+  while (reader.next()) {
+    if (reader.too_long()) {
+      ++lines_;
+      malformed(name, reader.number(), "line longer than " + std::to_string(kJsonMaxInput) + " octets");
+      continue;
+    }
+    add_line(reader.line(), name, reader.number());
+  }
+}
+
+void DmarcAggregateBuilder::add_line(std::string_view line, std::string_view name, std::size_t number) {
   while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
   if (line.empty()) return;
   ++lines_;
   if (line.size() > kJsonMaxInput) {
-    ++malformed_;
+    malformed(name, number, "line longer than " + std::to_string(kJsonMaxInput) + " octets");
     return;
   }
   JsonParse p = parse_json(line);
-  if (!p.ok || p.value.type != JsonValue::Type::kObject) {
-    ++malformed_;
+  if (!p.ok) {
+    malformed(name, number, "not JSON (" + p.error + " at octet " + std::to_string(p.offset) + ")");
+    return;
+  }
+  if (p.value.type != JsonValue::Type::kObject) {
+    malformed(name, number, "not an audit record (not a JSON object)");
     return;
   }
   const JsonValue& r = p.value;
@@ -281,7 +306,7 @@ void DmarcAggregateBuilder::add_line(std::string_view line) {
     return;
   }
   if (!host_name(domain)) {
-    ++malformed_;
+    malformed(name, number, "dmarc.record_domain is not a host name");
     return;
   }
   if (!filter_.empty() && std::find(filter_.begin(), filter_.end(), domain) == filter_.end()) return;
