@@ -14,6 +14,7 @@
 #include <asio/ssl.hpp>
 #include <asio/streambuf.hpp>
 #include <asio/write.hpp>
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstring>
@@ -61,15 +62,37 @@ Options:
   -h, --help      show this help
 
 Without AUDIT files, the [audit] path and its rotated files are read.
+Malformed lines are counted and the first ten named (FILE:LINE: reason); they
+do not stop it.
 Exit status: 0 done, 1 a report could not be written or sent, 2 bad usage.
 
 Example (the systemd timer config/postern-dmarc-report.timer runs this daily):
   postern report dmarc --config /etc/postern/postern.toml --out /var/lib/postern/dmarc --send
 )";
 
+constexpr std::size_t kMaxReplyOctets = 64 * 1024;  // unread reply text held from the upstream
+
 int usage(const std::string& why) {
   std::cerr << "postern report dmarc: " << why << "\n(see postern report dmarc --help)\n";
   return 2;
+}
+
+// The report's file name under --out: its RFC name (§7.2.1.1) when that fits
+// one path component (NAME_MAX, 255 octets on Linux file systems); past it
+// (a 253-octet policy domain is a valid host name), the policy domain is cut
+// and a hash of the whole name keeps two such names apart. The mailed
+// attachment keeps the RFC name.
+std::string file_name_on_disk(const std::string& rfc_name) {
+  constexpr std::size_t kMaxFileName = 255;
+  if (rfc_name.size() <= kMaxFileName) return rfc_name;
+  std::uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a
+  for (unsigned char c : rfc_name) hash = (hash ^ c) * 0x100000001b3ull;
+  char tag[24];
+  std::snprintf(tag, sizeof tag, "~%016llx", static_cast<unsigned long long>(hash));
+  const std::size_t first_bang = rfc_name.find('!'), second_bang = rfc_name.find('!', first_bang + 1);
+  const std::string head = rfc_name.substr(0, second_bang), tail = rfc_name.substr(second_bang);
+  const std::size_t room = kMaxFileName - tail.size() - std::strlen(tag);
+  return head.substr(0, room) + tag + tail;
 }
 
 std::string utc(std::int64_t t) { return format_utc_iso8601(static_cast<std::time_t>(t)); }
@@ -99,6 +122,50 @@ Lookup dmarc_txt(UnboundResolver& dns, const std::string& name) {
   return out;
 }
 
+// The addresses a policy domain's report goes to (RFC 7489 §7.1): its rua=
+// destinations in its own organizational domain; one elsewhere only when
+// that domain publishes "v=DMARC1" at <policy>._report._dmarc.<its domain>,
+// and then the rua= of that record instead when it has one, unless one of
+// those is at yet another domain (then neither). Each address once. What is
+// refused is said on standard output.
+std::vector<DmarcRua> verified_destinations(UnboundResolver& dns, const std::string& policy_domain,
+                                            const std::vector<DmarcRua>& ruas) {
+  std::vector<DmarcRua> out;
+  auto add = [&out](const DmarcRua& rua) {
+    for (const DmarcRua& o : out) {
+      if (ascii::to_lower(o.address) == ascii::to_lower(rua.address)) return;
+    }
+    out.push_back(rua);
+  };
+  const std::string org = organizational_domain(policy_domain);
+  for (const DmarcRua& rua : ruas) {
+    const std::string rua_domain = rua.address.substr(rua.address.rfind('@') + 1);  // lowered by parse_dmarc_rua
+    if (organizational_domain(rua_domain) == org) {
+      add(rua);
+      continue;
+    }
+    const std::string check = policy_domain + "._report._dmarc." + rua_domain;
+    Lookup ok = dmarc_txt(dns, check);
+    if (ok.record.empty()) {
+      std::cout << "  not sent to " << rua.address << ": external destination not verified (no v=DMARC1 at " << check
+                << (ok.error.empty() ? "" : ": " + ok.error) << ")\n";
+      continue;
+    }
+    const std::vector<DmarcRua> overrides = parse_dmarc_rua(ok.record);
+    const bool elsewhere = std::any_of(overrides.begin(), overrides.end(), [&](const DmarcRua& o) {
+      return o.address.substr(o.address.rfind('@') + 1) != rua_domain;
+    });
+    if (elsewhere) {
+      std::cout << "  not sent to " << rua.address << ": the authorization at " << check
+                << " names a rua= at another domain (RFC 7489 7.1: neither is used)\n";
+      continue;
+    }
+    if (overrides.empty()) add(rua);
+    for (const DmarcRua& o : overrides) add(o);
+  }
+  return out;
+}
+
 // A blocking SMTP transaction with the upstream MTA, every read and write
 // bounded by the socket's time-out; STARTTLS as [upstream] tls says (none,
 // opportunistic, verify: required, certificate and name checked), as
@@ -120,7 +187,7 @@ class ReportMailer {
       ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       asio::ssl::context context(asio::ssl::context::tls_client);
       std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket&>> tls;
-      asio::streambuf buf;
+      asio::streambuf buf(kMaxReplyOctets);  // a reply line without an end fails the read, not the memory
       auto write = [&](const std::string& bytes) {
         if (tls) asio::write(*tls, asio::buffer(bytes));
         else asio::write(socket, asio::buffer(bytes));
@@ -135,7 +202,12 @@ class ReportMailer {
           std::string line;
           std::getline(in, line);
           if (!line.empty() && line.back() == '\r') line.pop_back();
-          text += (text.empty() ? "" : " / ") + line.substr(0, 200);
+          line.resize(std::min<std::size_t>(line.size(), 200));
+          // The MTA's text reaches the admin's terminal: nothing but printable ASCII.
+          for (char& c : line) {
+            if (c < 0x20 || c > 0x7e) c = '?';
+          }
+          text += (text.empty() ? "" : " / ") + line;
           if (line.size() < 4 || line[3] != '-') break;
         }
         const bool ok = code ? text.rfind(std::to_string(code), 0) == 0 : !text.empty() && (text[0] == '2' || text[0] == '3');
@@ -294,8 +366,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
       std::cerr << "postern report dmarc: cannot read " << f << ": " << std::strerror(errno) << "\n";
       return 2;
     }
-    std::string line;
-    while (std::getline(in, line)) builder.add_line(line);
+    builder.add_stream(f, in);
   }
 
   DmarcReportMeta meta;
@@ -309,6 +380,10 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
   std::cout << "postern report dmarc: " << utc(from) << " to " << utc(to) << ": " << builder.in_range()
             << " audit records in the period (" << builder.without_record() << " without a DMARC record), "
             << builder.malformed() << " malformed lines\n";
+  for (const std::string& m : builder.malformed_examples()) std::cout << "  " << m << "\n";
+  if (builder.malformed() > builder.malformed_examples().size()) {
+    std::cout << "  ... and " << builder.malformed() - builder.malformed_examples().size() << " more\n";
+  }
   std::vector<DmarcAggregateReport> reports = builder.finish();  // fo= is set from the record looked up below
   if (reports.empty()) {
     std::cout << "no domain to report\n";
@@ -340,7 +415,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
       const std::string id = dmarc_report_id(meta, r.domain);
       const std::string name = dmarc_report_filename(meta, r.domain);
       const std::string gz = gzip_compress(dmarc_report_xml(r, meta, id), name.substr(0, name.size() - 3));
-      const std::string path = (std::filesystem::path(out_dir) / name).string();
+      const std::string path = (std::filesystem::path(out_dir) / file_name_on_disk(name)).string();
       std::ofstream out(path, std::ios::binary | std::ios::trunc);
       out << gz;
       if (!out.flush()) {
@@ -351,20 +426,7 @@ int cmd_report_dmarc(const std::vector<std::string>& args) {
       out.close();
       std::cout << r.domain << ": " << r.messages << " messages in " << r.rows.size() << " records: " << path << "\n";
       if (!send) continue;
-      const std::string org = organizational_domain(r.domain);
-      for (const DmarcRua& rua : ruas) {
-        const std::string rua_domain = ascii::to_lower(rua.address.substr(rua.address.rfind('@') + 1));
-        // §7.1: a destination outside the policy domain's organizational
-        // domain must agree to receive its reports.
-        if (organizational_domain(rua_domain) != org) {
-          const std::string check = r.domain + "._report._dmarc." + rua_domain;
-          Lookup ok = dmarc_txt(*dns, check);
-          if (ok.record.empty()) {
-            std::cout << "  not sent to " << rua.address << ": external destination not verified (no v=DMARC1 at "
-                      << check << (ok.error.empty() ? "" : ": " + ok.error) << ")\n";
-            continue;
-          }
-        }
+      for (const DmarcRua& rua : verified_destinations(*dns, r.domain, ruas)) {
         const std::string message = report_message(meta, r.domain, rua.address, id, name, gz);
         if (rua.limit > 0 && message.size() > rua.limit) {
           std::cout << "  not sent to " << rua.address << ": " << message.size() << " octets exceed its limit of "

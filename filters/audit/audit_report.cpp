@@ -8,8 +8,10 @@
 #include <arpa/inet.h>
 
 #include "filters/audit/json_reader.h"
+#include "filters/audit/line_reader.h"
 #include "filters/dmarc/dmarc.h"
 #include "filters/text/ascii.h"
+#include "filters/text/bidi.h"
 #include "filters/text/utf8.h"
 
 namespace postern {
@@ -21,8 +23,10 @@ constexpr std::size_t kMaxLine = kJsonMaxInput;
 constexpr std::size_t kMaxDomains = 100000;   // distinct From domains tallied; more go to "(other)"
 constexpr std::size_t kMaxGroups = 10000;     // signers, networks, PTR domains, days per From domain
 
-// Terminal-safe: control characters and ill-formed UTF-8 become '?', the
-// text is cut at `max` octets.
+// Terminal-safe: control characters (C0, DEL, C1: ESC [ / OSC sequences,
+// BEL, a CR that overwrites the line), ill-formed UTF-8 and the characters
+// that reorder or hide text (bidi controls, CVE-2021-42574) become a visible
+// '?', the text is cut at `max` octets.
 std::string printable(std::string_view s, std::size_t max) {
   std::string out;
   for (const utf8::Unit& u : utf8::Units(s)) {
@@ -38,7 +42,7 @@ std::string printable(std::string_view s, std::size_t max) {
         break;
       }
       out.push_back('?');
-    } else if (!u.well_formed || cp < 0x20 || cp == 0x7f) {
+    } else if (!u.well_formed || cp < 0x20 || cp == 0x7f || bidi::hides_or_reorders(cp)) {
       out.push_back('?');
     } else {
       out.append(u.octets);
@@ -121,11 +125,14 @@ void AuditReportBuilder::malformed(std::string_view name, std::size_t line_numbe
 
 void AuditReportBuilder::add_stream(std::string_view name, std::istream& in) {
   ++totals_.files;
-  std::string line;
-  std::size_t number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    add_line(name, number, line);
+  AuditLineReader reader(in, kMaxLine);
+  while (reader.next()) {
+    if (reader.too_long()) {
+      ++totals_.lines;
+      malformed(name, reader.number(), "line longer than " + std::to_string(kMaxLine) + " octets");
+      continue;
+    }
+    add_line(name, reader.number(), reader.line());
   }
 }
 

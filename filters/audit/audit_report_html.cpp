@@ -10,6 +10,7 @@
 
 #include "filters/audit/audit_report.h"
 #include "filters/audit/json_reader.h"
+#include "filters/text/bidi.h"
 #include "filters/text/markup.h"
 #include "filters/text/utf8.h"
 
@@ -20,15 +21,16 @@ namespace {
 constexpr std::size_t kMaxChartDomains = 30;  // bars in the overview chart
 
 // Text content or attribute value: markup characters escaped, control
-// characters and ill-formed UTF-8 replaced, cut at `max` octets.
+// characters, ill-formed UTF-8 and the characters that reorder or hide text
+// (bidi controls, CVE-2021-42574) replaced by U+FFFD, cut at `max` octets.
 std::string esc(std::string_view s, std::size_t max = 200) {
   std::string out;
   std::size_t octets = 0;
   for (const utf8::Unit& u : utf8::Units(s)) {
     if (octets >= max) break;
-    if (!u.well_formed) {
+    if (!u.well_formed || bidi::hides_or_reorders(u.code_point)) {
       out += "&#xfffd;";
-      ++octets;
+      octets += u.octets.size();
       continue;
     }
     if (u.code_point >= 0x80 && u.code_point < 0xa0) {  // a C1 control: one U+FFFD per octet

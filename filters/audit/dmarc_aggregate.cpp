@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "filters/audit/json_reader.h"
+#include "filters/audit/line_reader.h"
 #include "filters/text/ascii.h"
 #include "filters/text/markup.h"
 #include "filters/text/utf8.h"
@@ -23,6 +24,7 @@ constexpr std::size_t kMaxRowsPerDomain = 100000;  // distinct rows; more are co
 constexpr std::size_t kMaxDkimPerRow = 20;       // DKIM results listed per record
 constexpr std::size_t kMaxRua = 10;              // rua= URIs used per record
 constexpr std::size_t kMaxField = 255;           // octets of any text in the XML
+constexpr std::size_t kMaxExamples = 10;         // malformed lines named
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
@@ -64,6 +66,41 @@ bool host_name(const std::string& d) {
     if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') return false;
     if (++label > 63) return false;
   }
+  return true;
+}
+
+// Percent-decoding (RFC 3986 §2.1), e.g. "%21" for a "!" in the address.
+std::string percent_decoded(std::string_view uri) {
+  std::string out;
+  for (std::size_t i = 0; i < uri.size(); ++i) {
+    if (uri[i] == '%' && i + 2 < uri.size() &&
+        std::isxdigit(static_cast<unsigned char>(uri[i + 1])) && std::isxdigit(static_cast<unsigned char>(uri[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(std::string(uri.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(uri[i]);
+    }
+  }
+  return out;
+}
+
+// A rua= destination postern mails a report to: local@domain with a dot-atom
+// local part (RFC 5321 §4.1.2, no quoting) and a host-name domain, lowered.
+// It becomes RCPT TO, a To: header and a DNS name (§7.1's
+// <policy>._report._dmarc.<domain>), so a second '@' ("victim@other@policy",
+// whose last '@' would pass the same-organization test), a CR LF, a quote, a
+// space or a domain literal is not one.
+bool report_mailbox(std::string& addr) {
+  static constexpr std::string_view kAtext = "!#$%&'*+-/=^_`{|}~";  // RFC 5322 atext besides ALPHA DIGIT, no '?'
+  const auto at = addr.find('@');
+  if (at == std::string::npos || at == 0 || at > 64 || addr.size() > 254) return false;
+  const std::string local = addr.substr(0, at), domain = ascii::to_lower(addr.substr(at + 1));
+  if (local.front() == '.' || local.back() == '.' || local.find("..") != std::string::npos) return false;
+  for (char c : local) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && kAtext.find(c) == std::string_view::npos) return false;
+  }
+  if (!host_name(domain)) return false;
+  addr = local + "@" + domain;
   return true;
 }
 
@@ -201,25 +238,19 @@ std::vector<DmarcRua> parse_dmarc_rua(std::string_view record) {
           unit = u == 'k' ? 1ull << 10 : u == 'm' ? 1ull << 20 : u == 'g' ? 1ull << 30 : u == 't' ? 1ull << 40 : 0;
           if (unit == 0 || i + 1 != size.size()) continue;
         }
-        rua.limit = n * unit;
+        rua.limit = n > UINT64_MAX / unit ? UINT64_MAX : n * unit;  // a limit past 2^64 octets is none
       }
-      // Percent-decoding (RFC 3986), e.g. "%21" for a "!" in the address.
-      std::string addr;
-      for (std::size_t i = 0; i < uri.size(); ++i) {
-        if (uri[i] == '%' && i + 2 < uri.size() && std::isxdigit(static_cast<unsigned char>(uri[i + 1])) &&
-            std::isxdigit(static_cast<unsigned char>(uri[i + 2]))) {
-          addr.push_back(static_cast<char>(std::stoi(std::string(uri.substr(i + 1, 2)), nullptr, 16)));
-          i += 2;
-        } else {
-          addr.push_back(uri[i]);
-        }
+      // RFC 6068 header fields ("?subject=", "?to=", "?bcc=") are not the
+      // destination: the report's own headers are fixed, none is taken from DNS.
+      uri = uri.substr(0, uri.find('?'));
+      std::string addr = percent_decoded(uri);
+      if (!report_mailbox(addr)) continue;
+      // Each mailbox once (compared without case, as MTAs deliver them): a
+      // record listing one address many times gets one report, not many.
+      const std::string key = ascii::to_lower(addr);
+      if (std::any_of(out.begin(), out.end(), [&](const DmarcRua& r) { return ascii::to_lower(r.address) == key; })) {
+        continue;
       }
-      auto at = addr.rfind('@');
-      bool ok = at != std::string::npos && at > 0 && at + 1 < addr.size() && addr.size() <= 254 &&
-                std::none_of(addr.begin(), addr.end(), [](unsigned char c) {
-                  return c <= 0x20 || c >= 0x7f || c == '<' || c == '>' || c == '?' || c == ',';
-                });
-      if (!ok) continue;
       rua.address = addr;
       out.push_back(std::move(rua));
     }
@@ -254,17 +285,40 @@ DmarcAggregateBuilder::DmarcAggregateBuilder(std::int64_t begin, std::int64_t en
   for (auto& d : domains) filter_.push_back(ascii::to_lower(d));
 }
 
-void DmarcAggregateBuilder::add_line(std::string_view line) {
+void DmarcAggregateBuilder::malformed(std::string_view name, std::size_t number, const std::string& why) {
+  ++malformed_;
+  if (malformed_examples_.size() < kMaxExamples) {
+    malformed_examples_.push_back(std::string(name) + ":" + std::to_string(number) + ": " + why);
+  }
+}
+
+void DmarcAggregateBuilder::add_stream(std::string_view name, std::istream& in) {
+  AuditLineReader reader(in, kJsonMaxInput);
+  while (reader.next()) {
+    if (reader.too_long()) {
+      ++lines_;
+      malformed(name, reader.number(), "line longer than " + std::to_string(kJsonMaxInput) + " octets");
+      continue;
+    }
+    add_line(reader.line(), name, reader.number());
+  }
+}
+
+void DmarcAggregateBuilder::add_line(std::string_view line, std::string_view name, std::size_t number) {
   while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.remove_suffix(1);
   if (line.empty()) return;
   ++lines_;
   if (line.size() > kJsonMaxInput) {
-    ++malformed_;
+    malformed(name, number, "line longer than " + std::to_string(kJsonMaxInput) + " octets");
     return;
   }
   JsonParse p = parse_json(line);
-  if (!p.ok || p.value.type != JsonValue::Type::kObject) {
-    ++malformed_;
+  if (!p.ok) {
+    malformed(name, number, "not JSON (" + p.error + " at octet " + std::to_string(p.offset) + ")");
+    return;
+  }
+  if (p.value.type != JsonValue::Type::kObject) {
+    malformed(name, number, "not an audit record (not a JSON object)");
     return;
   }
   const JsonValue& r = p.value;
@@ -281,7 +335,7 @@ void DmarcAggregateBuilder::add_line(std::string_view line) {
     return;
   }
   if (!host_name(domain)) {
-    ++malformed_;
+    malformed(name, number, "dmarc.record_domain is not a host name");
     return;
   }
   if (!filter_.empty() && std::find(filter_.begin(), filter_.end(), domain) == filter_.end()) return;

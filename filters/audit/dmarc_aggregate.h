@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
+#include <istream>
 #include <map>
 #include <optional>
 #include <string>
@@ -58,11 +59,17 @@ class DmarcAggregateBuilder {
   // `domains`: only these policy domains (empty = all).
   DmarcAggregateBuilder(std::int64_t begin, std::int64_t end, std::vector<std::string> domains = {});
 
-  void add_line(std::string_view line);
+  // One audit line; `name` and `number` say where it is in malformed-line
+  // messages ("FILE:LINE: reason").
+  void add_line(std::string_view line, std::string_view name = "(input)", std::size_t number = 0);
+  // Every line of one file, each read within kJsonMaxInput octets.
+  void add_stream(std::string_view name, std::istream& in);
   std::vector<DmarcAggregateReport> finish() const;
 
   std::size_t lines() const { return lines_; }
   std::size_t malformed() const { return malformed_; }
+  // "FILE:LINE: reason" for the first few malformed lines.
+  const std::vector<std::string>& malformed_examples() const { return malformed_examples_; }
   std::size_t in_range() const { return in_range_; }     // records in the time window
   std::size_t without_record() const { return no_record_; }  // of those: no DMARC record found
 
@@ -72,7 +79,10 @@ class DmarcAggregateBuilder {
   std::map<std::string, DmarcAggregateReport> reports_;    // by policy domain
   std::map<std::string, std::map<std::string, std::size_t>> row_index_;  // domain -> key -> index
   std::map<std::string, std::string> published_time_;      // the newest record's time per domain
+  void malformed(std::string_view name, std::size_t number, const std::string& why);
+
   std::size_t lines_ = 0, malformed_ = 0, in_range_ = 0, no_record_ = 0;
+  std::vector<std::string> malformed_examples_;
 };
 
 // The Appendix C XML document (namespace http://dmarc.org/dmarc-xml/0.1).

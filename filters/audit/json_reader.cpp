@@ -219,8 +219,12 @@ class Parser {
             pos_ += 2;
             unsigned long lo = 0;
             if (!hex4(lo)) return false;
-            if (lo >= 0xdc00 && lo <= 0xdfff) cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-            else cp = 0xfffd;
+            if (lo >= 0xdc00 && lo <= 0xdfff) {
+              cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            } else {  // a lone high surrogate: U+FFFD, and the escape after it is read again on its own
+              cp = 0xfffd;
+              pos_ -= 6;
+            }
           } else if (cp >= 0xd800 && cp <= 0xdfff) {
             cp = 0xfffd;  // a lone surrogate
           }

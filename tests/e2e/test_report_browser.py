@@ -119,6 +119,17 @@ HOSTILE = {
     "selector": '"><iframe src="http://198.51.100.99:PROXYPORT/sel"></iframe>',
     "queue": "Q<b>bold</b>",
     "comment": "</td></tr></table><style>body{background:url(http://198.51.100.99:PROXYPORT/css)}</style>",
+    # More fields, more contexts: the action, a client "address", the HELO
+    # (shown without a PTR), an SPF result, a published p=, an override type;
+    # closing title/style/table, a comment opener, a javascript: URL, a long value.
+    "action": '</title><script>console.error("act")</script>',
+    "ip": '"><img src="http://198.51.100.99:PROXYPORT/ip">',
+    "helo": "</style><script>console.error('helo')</script>",
+    "spf": "</td></tr></table><svg onload=console.error('spf')>",
+    "p": "javascript:console.error('p')//<a href=javascript:x>",
+    "otype": "<!--<script>console.error('o')</script>-->",
+    "long": "<script>console.error('long')</script>" * 3000,
+    "rlo": "evil\u202elpmaxe.gnp",  # bidi override: shown reversed unless replaced
 }
 
 
@@ -165,6 +176,11 @@ def audit_log(tmp_path, proxy_port):
     lines.append(rec("2026-11-05T14:00:00.000Z", "203.0.113.66", h["from"], name=h["ptr"],
                      dkim=[(h["from"], h["selector"], "fail")], mid=h["mid"], queue=h["queue"]))
     lines.append(rec("2026-11-05T14:00:01.000Z", "203.0.113.67", "spammer.example", dkim=None, dmarc=None))
+    more = json.loads(rec("2026-11-05T14:00:02.000Z", h["ip"], h["rlo"], action=h["action"], spf=h["spf"],
+                          mid=h["long"], override=(h["otype"], "x"),
+                          published={"p": h["p"], "sp": "reject", "adkim": "r", "aspf": "r", "pct": 100}))
+    more["helo"] = h["helo"]
+    lines.append(json.dumps(more))
     path = tmp_path / "audit.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path, h
@@ -215,6 +231,10 @@ def test_report_renders_in_chromium_without_errors_requests_or_live_markup(tmp_p
     text = "".join(elements.text)
     for key in ("from", "mid", "ptr", "selector", "queue", "comment"):
         assert h[key][:60] in text, key
+    for key in ("action", "ip", "helo", "spf", "p", "otype", "long"):
+        assert h[key][:25] in text, key
+    # The bidi override is not in the page; the name is, with U+FFFD for it.
+    assert "\u202e" not in dom and "evil\ufffdlpmaxe.gnp" in text
     # Links are the page's own anchors only; nothing names a resource elsewhere.
     assert set(re.findall(r'href="(.)', dom)) == {"#"}
     assert not elements.attributes & {"src", "srcset", "action", "background", "poster", "data"}

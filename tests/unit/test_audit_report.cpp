@@ -22,6 +22,8 @@ TEST_CASE("json reader: values, escapes, and bad input as errors", "[report]") {
   CHECK(p.value.str("s") == "x\"\xc3\xa9\xf0\x9f\x93\xa7\n");
   CHECK(p.value.get("o")->type == JsonValue::Type::kObject);
   CHECK(parse_json(R"("\ud800")").value.string == "\xef\xbf\xbd");  // a lone surrogate
+  CHECK(parse_json(R"("\ud800\u0041")").value.string == "\xef\xbf\xbd" "A");  // and the escape after it kept
+  CHECK(parse_json(R"("\ud800\ud800\udc00")").value.string == "\xef\xbf\xbd\xf0\x90\x80\x80");
   for (const char* bad : {"", "{", "{\"a\":}", "[1,]", "\"abc", "{\"a\" 1}", "tru", "01x", "\"\x01\"", "{} x",
                           "-", "1.", "1e", "\"\\q\"", "\"\\u12\""}) {
     INFO(bad);
@@ -168,4 +170,31 @@ TEST_CASE("any octets through json_string parse back as well-formed UTF-8", "[re
       i += len;
     }
   }
+}
+
+TEST_CASE("report: over-long lines are skipped within the bound, a last line without LF counts", "[report]") {
+  const std::string good = R"({"client":{"ip":"192.0.2.1"},"from_domain":"example.com","action":"relayed"})";
+  std::istringstream in(good + "\n" + std::string(kJsonMaxInput + 10, 'x') + "\n" + good + "\n" + good);
+  AuditReportBuilder b;
+  b.add_stream("f", in);
+  AuditReport r = b.finish();
+  CHECK(r.records == 3);
+  CHECK(r.lines == 4);
+  REQUIRE(r.malformed_examples.size() == 1);
+  CHECK(r.malformed_examples[0] == "f:2: line longer than " + std::to_string(kJsonMaxInput) + " octets");
+}
+
+TEST_CASE("report: the table shows control and bidi characters as '?'", "[report]") {
+  AuditReportBuilder b;
+  b.add_line("f", 1, R"({"client":{"ip":"192.0.2.1"},"helo":"h\u202eelo\u2066\u200b\u2028","from_domain":"a\u001b[2J\r\u009b.example","spf":{"result":"fail"},"action":"relayed\u0007"})");
+  std::ostringstream out;
+  print_report_text(b.finish(), out);
+  const std::string text = out.str();
+  for (const char* bad : {"\x1b", "\r", "\x07", "\xc2\x9b", "\xe2\x80\xae", "\xe2\x81\xa6", "\xe2\x80\x8b", "\xe2\x80\xa8"}) {
+    CAPTURE(bad);
+    CHECK(text.find(bad) == std::string::npos);
+  }
+  CHECK(text.find("a?[2j???.example") != std::string::npos);
+  CHECK(text.find("h?elo???") != std::string::npos);
+  CHECK(text.find("relayed?=1") != std::string::npos);
 }

@@ -64,6 +64,21 @@ TEST_CASE("rua= destinations: mailto only, size suffixes, percent-escapes, bound
   CHECK(parse_dmarc_rua(many).size() == 10);
 }
 
+TEST_CASE("rua= mailboxes from hostile DNS: one '@', dot-atom local part, host name, each once", "[dmarc_report]") {
+  auto rua = parse_dmarc_rua(
+      "v=DMARC1; rua=mailto:a@example.com,mailto:a@EXAMPLE.com!5k,mailto:b@example.com?subject=x%0d%0aBcc:%20c@evil,"
+      "mailto:v@evil.example@example.com,mailto:v%40evil.example@example.com,mailto:%22q%22@example.com,"
+      "mailto:q%20q@example.com,mailto:x@[192.0.2.1],mailto:.x@example.com,mailto:x..y@example.com,"
+      "mailto:x@example,mailto:x@-%0a.example.com,mailto:big@example.com!999999999999t,mailto:U@Example.NET");
+  REQUIRE(rua.size() == 4);
+  CHECK(rua[0].address == "a@example.com");
+  CHECK(rua[0].limit == 0);  // the first of the two kept
+  CHECK(rua[1].address == "b@example.com");  // its header fields are not taken
+  CHECK(rua[2].address == "big@example.com");
+  CHECK(rua[2].limit == UINT64_MAX);  // past 2^64 octets: saturated, not wrapped to a small limit
+  CHECK(rua[3].address == "U@example.net");  // the domain lowered, the local part as published
+}
+
 TEST_CASE("fo= for policy_published: valid option lists, else 0", "[dmarc_report]") {
   CHECK(parse_dmarc_fo("v=DMARC1; p=none") == "0");
   CHECK(parse_dmarc_fo("v=DMARC1; p=none; fo=1") == "1");
