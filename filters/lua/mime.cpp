@@ -6,6 +6,7 @@
 #include "filters/lua/mime.h"
 
 #include <array>
+#include <memory>
 
 #include "filters/text/ascii.h"
 
@@ -114,6 +115,8 @@ std::string clean_filename(std::string name) {
 
 class Walker {
  public:
+  explicit Walker(std::size_t decoded_budget) : decoded_left_(decoded_budget) {}
+
   Structure out;
 
   void collect(std::string_view text, int depth) {
@@ -158,17 +161,33 @@ class Walker {
       }
     }
     part.body = body;
-    bool message = part.type == "message/rfc822" || part.type == "message/global";
-    bool encoded = part.transfer_encoding == "base64" || part.transfer_encoding == "quoted-printable";
+    const bool message = part.type == "message/rfc822" || part.type == "message/global";
+    const std::string encoding = part.transfer_encoding;
     out.parts.push_back(std::move(part));
-    // The parts of an attached message are shown by readers as well (RFC 2046 §5.2.1).
-    if (message && !encoded) {
-      if (depth >= kMaxDepth) {
-        out.problem = "parts nested deeper than " + std::to_string(kMaxDepth);
-        return;
-      }
-      collect(body, depth + 1);
+    // The parts of an attached message are shown by readers as well. RFC 2046
+    // §5.2.1 forbids base64 and quoted-printable for message/rfc822; a reader
+    // that decodes them anyway must not show what the rules never saw.
+    if (!message) return;
+    if (depth >= kMaxDepth) {
+      out.problem = "parts nested deeper than " + std::to_string(kMaxDepth);
+      return;
     }
+    if (encoding != "base64" && encoding != "quoted-printable") {
+      collect(body, depth + 1);
+      return;
+    }
+    // Decoded messages are kept (the parts are views into them) up to
+    // kDecodedFactor times the scanned message in all, so nesting cannot
+    // multiply the memory.
+    if (body.size() > decoded_left_) {
+      out.problem = "encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size";
+      return;
+    }
+    auto decoded = std::make_unique<std::string>(encoding == "base64" ? decode_base64(body, body.size())
+                                                                      : decode_quoted_printable(body, body.size()));
+    decoded_left_ -= body.size();
+    out.decoded.push_back(std::move(decoded));
+    collect(*out.decoded.back(), depth + 1);
   }
 
  private:
@@ -203,12 +222,14 @@ class Walker {
       collect(body.substr(part_start), depth + 1);  // no close-delimiter: readers show the last part
     }
   }
+
+  std::size_t decoded_left_;  // octets attached messages may still decode to
 };
 
 }  // namespace
 
 Structure read_structure(std::string_view message) {
-  Walker w;
+  Walker w(kDecodedFactor * message.size());
   w.collect(message, 0);
   return std::move(w.out);
 }

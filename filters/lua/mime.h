@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,8 @@ inline constexpr std::size_t kMaxParts = 1000;         // parts listed
 inline constexpr int kMaxDepth = 16;                   // multipart and message/rfc822 nesting
 inline constexpr std::size_t kMaxFieldValue = 65536;   // octets of one Content-* field, unfolded
 inline constexpr std::size_t kMaxFilename = 1024;      // octets of a decoded file name
+inline constexpr std::size_t kDecodedFactor = 2;       // encoded attached messages decode to at most
+                                                       // this many times the message's size, in all
 
 // A header value with its RFC 2047 encoded-words decoded and converted to
 // UTF-8 (undecodable words stay as written); octets that are no well-formed
@@ -65,6 +68,9 @@ struct Structure {
   // nested too deep, a part with two different Content-Type fields, ...);
   // empty when the structure was read whole.
   std::string problem;
+  // Attached messages decoded from base64 or quoted-printable, which the
+  // parts inside them view.
+  std::vector<std::unique_ptr<std::string>> decoded;
 };
 
 // The structure of `message` (a whole message with CRLF or LF line ends).

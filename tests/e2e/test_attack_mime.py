@@ -107,6 +107,9 @@ HIDDEN = {
     "forwarded-message": multipart([TEXT, "Content-Type: message/rfc822\n\nSubject: fwd\n"
                                     "Content-Type: multipart/mixed; boundary=in\n\n--in\n" +
                                     exe_part("Content-Disposition: attachment; filename=setup.exe") + "\n--in--"]),
+    "forwarded-message-base64": multipart([TEXT, "Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n" +
+                                           base64.encodebytes(b"Subject: fwd\r\nContent-Disposition: attachment; "
+                                                              b"filename=setup.exe\r\n\r\nMZ\r\n").decode()]),
 }
 
 # Past the parser's limits, or read differently by different readers: the

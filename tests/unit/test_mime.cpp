@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "filters/lua/mime.h"
+#include "filters/text/base64.h"
 #include "filters/text/utf8.h"
 
 using namespace postern::mime;
@@ -124,6 +125,24 @@ TEST_CASE("mime: the parts of an attached message are listed", "[mime]") {
                                             "filename=fwd.eml\r\n\r\n" + inner + "\r\n--b1--\r\n"));
   CHECK(s.problem.empty());
   CHECK(filenames(s) == std::vector<std::string>{"fwd.eml", "evil.exe"});
+  // Encoded, which RFC 2046 §5.2.1 forbids: decoded all the same.
+  const std::string b64 = "U3ViamVjdDogZndkDQpDb250ZW50LURpc3Bvc2l0aW9uOiBhdHRhY2htZW50OyBmaWxlbmFtZT1ldmlsLmV4ZQ0KDQpNWg0K";
+  s = read_structure(message_with("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64));
+  CHECK(s.problem.empty());
+  CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+  s = read_structure(message_with("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                                  "Content-Disposition: attachment; filename=3Devil.e=\r\nxe\r\n\r\nMZ"));
+  CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+  // Nested encoded messages decode to at most kDecodedFactor times the message.
+  std::string nested = "Content-Disposition: attachment; filename=evil.exe\r\n\r\n" + std::string(3000, 'M');
+  for (int level = 0; level < 4; ++level) {
+    nested = "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+             postern::base64_encode(nested, 76) + "\r\n";
+    INFO("level " << level);
+    s = read_structure(nested);
+    if (level < 2) CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+    else CHECK(s.problem == "encoded attached messages nested past 2 times the message's size");
+  }
 }
 
 TEST_CASE("mime: ambiguous part headers are a problem, not a guess", "[mime]") {
