@@ -71,7 +71,7 @@ struct Invocation {
   // scanned_copy (Spool::head).
   std::optional<std::string_view> scanned;
   std::string scanned_copy;
-  std::optional<std::vector<mime::Part>> parts;
+  std::optional<mime::Structure> parts;
 };
 
 struct Allocator {

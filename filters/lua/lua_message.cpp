@@ -81,8 +81,8 @@ std::string_view scanned(lua_State* L, Invocation& inv) {
   return *inv.scanned;
 }
 
-const std::vector<mime::Part>& parts(lua_State* L, Invocation& inv) {
-  if (!inv.parts) inv.parts = mime::leaf_parts(scanned(L, inv), 1000);
+const mime::Structure& structure(lua_State* L, Invocation& inv) {
+  if (!inv.parts) inv.parts = mime::read_structure(scanned(L, inv));
   return *inv.parts;
 }
 
@@ -98,7 +98,7 @@ int body_text_parts(lua_State* L) {
   const LuaOptions& o = inv.tag.rt->options;
   lua_newtable(L);
   lua_Integer n = 0;
-  for (const mime::Part& p : parts(L, inv)) {
+  for (const mime::Part& p : structure(L, inv).parts) {
     if (p.type.rfind("text/", 0) != 0 || p.disposition == "attachment") continue;
     if (static_cast<std::size_t>(n) >= o.text_parts_max) break;
     lua_createtable(L, 0, 4);
@@ -111,11 +111,16 @@ int body_text_parts(lua_State* L) {
   return 1;
 }
 
+// A list that misses an attachment a mail reader shows would let it past
+// every rule, so a structure not read whole (mime::Structure::problem) is an
+// error: the rule's on_error applies, or the rule catches it with pcall.
 int body_attachments(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kBodyMeta);
+  const mime::Structure& s = structure(L, inv);
+  if (!s.problem.empty()) return luaL_error(L, "attachments: MIME structure not read whole: %s", s.problem.c_str());
   lua_newtable(L);
   lua_Integer n = 0;
-  for (const mime::Part& p : parts(L, inv)) {
+  for (const mime::Part& p : s.parts) {
     if (p.filename.empty() && p.disposition != "attachment") continue;
     lua_createtable(L, 0, 4);
     set_string(L, "filename", p.filename);

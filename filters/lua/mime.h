@@ -1,42 +1,80 @@
 // The MIME reading rules need (RFC 2045-2047, 2231): encoded-word decoding of
-// header values, base64 and quoted-printable bodies, and the leaf parts of a
-// multipart message with their type, charset and file name. I/O-free; every
-// output is bounded by the caller's limit and bad input never throws.
+// header values, base64 and quoted-printable bodies, and the parts of a
+// multipart message with their type, charset and file name, read the way a
+// mail reader (Thunderbird) reads them, so that a rule sees what the
+// recipient will. I/O-free; every output is bounded by the caller's limit or
+// by the input, and bad input never throws.
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace postern::mime {
 
+// Limits of the structure a rule is shown; past one, Structure::problem says
+// so, because a list cut short would hide the rest from the rule (RFC 2046
+// sets no limits; real mail stays far below these).
+inline constexpr std::size_t kMaxParts = 1000;         // parts listed
+inline constexpr int kMaxDepth = 16;                   // multipart and message/rfc822 nesting
+inline constexpr std::size_t kMaxFieldValue = 65536;   // octets of one Content-* field, unfolded
+inline constexpr std::size_t kMaxFilename = 1024;      // octets of a decoded file name
+inline constexpr std::size_t kDecodedFactor = 2;       // encoded attached messages decode to at most
+                                                       // this many times the message's size, in all
+
 // A header value with its RFC 2047 encoded-words decoded and converted to
-// UTF-8 (undecodable words stay as written); cut at `limit` octets.
+// UTF-8 (undecodable words stay as written); octets that are no well-formed
+// UTF-8 become U+FFFD; cut at `limit` octets, never inside a character.
 std::string decode_header_value(std::string_view value, std::size_t limit);
 
 std::string decode_base64(std::string_view in, std::size_t limit);
 std::string decode_quoted_printable(std::string_view in, std::size_t limit);
-// Converts `text` in `charset` to UTF-8; returns `text` unchanged when the
-// charset is unknown, already UTF-8/ASCII, or the text does not convert.
+std::string decode_q(std::string_view in);        // RFC 2047 §4.2 "Q": like quoted-printable, '_' is a space
+std::string decode_percent(std::string_view in);  // RFC 2231 §4 "%xx"
+
+// Converts `text` in `charset` to well-formed UTF-8: an unknown charset is
+// read as UTF-8, and every octet that does not convert becomes U+FFFD.
 std::string to_utf8(std::string_view charset, std::string_view text);
 
+// Cuts `text` to at most `limit` octets without splitting a UTF-8 sequence.
+void cut_utf8(std::string& text, std::size_t limit);
+
 // The value of parameter `name` of a structured field such as
-// Content-Type ("text/plain; charset=utf-8"); RFC 2231 "name*=" too.
+// Content-Type ("text/plain; charset=utf-8"), comments "(...)" ignored.
+// An RFC 2231 value ("name*=" or the continuations "name*0*=", "name*1=",
+// ...) wins over a plain "name=", as in mail readers; its charset is
+// converted to UTF-8.
 std::string header_parameter(std::string_view field_value, std::string_view name);
+
+// The field value without its RFC 5322 comments (outside quoted strings).
+std::string strip_comments(std::string_view field_value);
 
 struct Part {
   std::string type = "text/plain";  // lower case "type/subtype"
   std::string charset;              // lower case; may be empty
   std::string transfer_encoding;    // lower case: "base64", "quoted-printable", ...
   std::string disposition;          // lower case: "attachment", "inline" or empty
-  std::string filename;             // from Content-Disposition or Content-Type name=
+  std::string filename;             // from Content-Disposition or Content-Type name=, decoded
   std::string_view body;            // encoded body, a view into the scanned text
 };
 
-// The leaf parts of `message` (a whole message with CRLF or LF line ends),
-// depth first, at most `max_parts`, nesting at most 16 deep.
-std::vector<Part> leaf_parts(std::string_view message, std::size_t max_parts);
+struct Structure {
+  // Every leaf part, and every message/rfc822 part before the parts of the
+  // message it holds; depth first.
+  std::vector<Part> parts;
+  // Why `parts` may miss some of what a mail reader shows (too many parts,
+  // nested too deep, a part with two different Content-Type fields, ...);
+  // empty when the structure was read whole.
+  std::string problem;
+  // Attached messages decoded from base64 or quoted-printable, which the
+  // parts inside them view.
+  std::vector<std::unique_ptr<std::string>> decoded;
+};
+
+// The structure of `message` (a whole message with CRLF or LF line ends).
+Structure read_structure(std::string_view message);
 
 // The part's body decoded from its transfer encoding and converted to UTF-8.
 std::string decoded_text(const Part& part, std::size_t limit);

@@ -1,5 +1,8 @@
 -- Executable attachments: refuses (554 5.7.1) or scores messages carrying
 -- files Windows would run, including double extensions ("invoice.pdf.exe").
+-- A message whose MIME structure postern cannot read whole (more than 1000
+-- parts, nested deeper than 16, a part with two different Content-Type or
+-- Content-Disposition fields) could hide one, and is treated as if it held one.
 --
 --   [lua.settings.attachments]
 --   action = "reject"          # or "score"
@@ -19,12 +22,21 @@ postern.rule{
   description = "executable file attached",
   on_error = "continue",
   fn = function(ctx)
-    for _, a in ipairs(ctx.body:attachments()) do
+    local reject = (s.action or "reject") == "reject"
+    local ok, attachments = pcall(ctx.body.attachments, ctx.body)
+    if not ok then
+      ctx:symbol("EXECUTABLE_ATTACHMENT", nil, tostring(attachments))
+      if reject then
+        return postern.reject(554, "5.7.1", "Message structure too complex to check for executable attachments")
+      end
+      return
+    end
+    for _, a in ipairs(attachments) do
       local name = a.filename:lower():gsub("[%s%.]+$", "")
       local ext = name:match("%.([%w]+)$")
       if ext and executable[ext] then
         ctx:symbol("EXECUTABLE_ATTACHMENT", nil, "attachment " .. a.filename)
-        if (s.action or "reject") == "reject" then
+        if reject then
           return postern.reject(554, "5.7.1", "Executable attachments are not accepted (" .. ext .. ")")
         end
         return

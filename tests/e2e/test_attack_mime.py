@@ -1,0 +1,186 @@
+"""Hostile MIME as the rules see it, end to end: a real client through postern
+running the shipped 60_attachments.lua and a probe rule, to an aiosmtpd MTA.
+
+Each message hides an executable from the attachments rule with a trick a
+mail reader (Thunderbird) sees through, or bloats the structure past the
+parser's limits; each must be refused 554 5.7.1 and never relayed. Decoding
+bombs end with the configured verdict, and text handed to a rule is always
+well-formed UTF-8 (U+FFFD for what does not decode)."""
+import base64
+import pathlib
+
+import pytest
+
+from harness import SmtpClient, check_reply
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ATTACHMENTS = ROOT / "scripts" / "default" / "60_attachments.lua"
+
+# Rejects messages with an X-Probe field, saying which decoded strings a rule
+# got that are not UTF-8 (Lua's utf8.len is strict: no surrogates, nothing
+# past U+10FFFF, no overlongs) and what the first file name was.
+PROBE = """
+postern.rule{ name = "MIME_PROBE", stage = "eom", on_error = "tempfail", fn = function(ctx)
+  if not ctx.headers:first("X-Probe") then return end
+  local bad = {}
+  if not utf8.len(ctx.headers:first("Subject") or "") then bad[#bad + 1] = "subject" end
+  for _, p in ipairs(ctx.body:text_parts()) do
+    if not utf8.len(p.text) then bad[#bad + 1] = "text" end
+  end
+  local names = {}
+  for _, a in ipairs(ctx.body:attachments()) do
+    if not utf8.len(a.filename) then bad[#bad + 1] = "filename" end
+    names[#names + 1] = a.filename:gsub("[^%w%.]", "_")
+  end
+  return postern.reject(550, "5.7.1", "probe " .. (#bad == 0 and "utf8" or table.concat(bad, ",")) ..
+                        " names=" .. table.concat(names, "+"))
+end }
+"""
+
+EXE = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+
+
+@pytest.fixture
+def proxy(postern, sink, tmp_path):
+    probe = tmp_path / "probe.lua"
+    probe.write_text(PROBE)
+    return postern.start(upstream=sink.address, sets={"lua.scripts": f'["{ATTACHMENTS}", "{probe}"]'})
+
+
+def multipart(parts, boundary="XYZ", head="", close=True):
+    """A multipart/mixed message with `parts` (each its header and body, LF ends)."""
+    text = ("From: a@example.org\nTo: bob@example.com\nSubject: invoice\nMessage-ID: <m@example.org>\n" + head +
+            f'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="{boundary}"\n\n')
+    for part in parts:
+        text += f"--{boundary}\n{part}\n"
+    if close:
+        text += f"--{boundary}--\n"
+    return text.replace("\n", "\r\n").encode("latin-1")
+
+
+TEXT = "Content-Type: text/plain\n\nPlease find the invoice attached."
+
+
+def folded(text, width=900):
+    """`text` folded (RFC 5322 §2.2.3) into lines within the 1000-octet limit."""
+    return "\n ".join(text[i:i + width] for i in range(0, len(text), width))
+
+
+def exe_part(header):
+    return f"{header}\nContent-Transfer-Encoding: base64\n\n{EXE}"
+
+
+def nested(depth, inner):
+    """`inner` (a part) inside `depth` nested multipart/mixed parts."""
+    for level in range(depth):
+        inner = f'Content-Type: multipart/mixed; boundary="n{level}"\n\n--n{level}\n{inner}\n--n{level}--'
+    return inner
+
+
+# Each hides an executable from a naive reader of the MIME structure; a mail
+# reader shows the recipient an .exe file. (name, message, reply text part)
+HIDDEN = {
+    "rfc2231-percent": multipart([TEXT, exe_part("Content-Disposition: attachment; filename*=UTF-8''evil%2Eexe")]),
+    "rfc2231-continuations": multipart([TEXT, exe_part(
+        "Content-Disposition: attachment; filename*0=\"in\"; filename*1*=voice%2Epdf%2E; filename*2=EXE")]),
+    "rfc2231-beats-plain": multipart([TEXT, exe_part(
+        "Content-Disposition: attachment; filename=\"invoice.pdf\"; filename*=utf-8''invoice.pdf.exe")]),
+    "name-after-bare-parameter": multipart([TEXT, exe_part(
+        "Content-Type: application/octet-stream; x-mac-creator; name=\"setup.exe\"")]),
+    "comment-in-type": multipart([TEXT, exe_part(
+        "Content-Type: application/octet-stream (\"; x=\") ; name=\"setup.exe\"")]),
+    "encoded-word-name": multipart([TEXT, exe_part(
+        "Content-Type: application/octet-stream; name=\"=?utf-8?B?c2V0dXAuZXhl?=\"")]),
+    "nul-in-name": multipart([TEXT, exe_part("Content-Disposition: attachment; filename*=utf-8''setup.exe%00.pdf")]),
+    "trailing-dots-upper": multipart([TEXT, exe_part("Content-Disposition: attachment; filename=\"SETUP.ExE. . \"")]),
+    "fake-close-delimiter": multipart(["Content-Type: text/plain\n\nsee below\n--XYZ--not the end",
+                                       exe_part("Content-Disposition: attachment; filename=setup.exe")]),
+    "indented-close-delimiter": multipart(["Content-Type: text/plain\n\n --XYZ--",
+                                           exe_part("Content-Disposition: attachment; filename=setup.exe")]),
+    "prefix-boundaries": multipart([nested(1, exe_part("Content-Disposition: attachment; filename=a.exe"))
+                                    .replace('"n0"', '"XYZa"').replace("--n0", "--XYZa")], boundary="XYZ"),
+    "no-close-delimiter": multipart([TEXT, exe_part("Content-Disposition: attachment; filename=setup.exe")],
+                                    close=False),
+    "obsolete-folding-bare-lf": multipart([TEXT, exe_part("Content-Disposition: attachment;\n\t\n filename=\n setup.exe")]),
+    "5000-fields-first": multipart([TEXT, exe_part("".join(f"X-F{i}: x\n" for i in range(5000)) +
+                                                   "Content-Disposition: attachment; filename=setup.exe")]),
+    "forwarded-message": multipart([TEXT, "Content-Type: message/rfc822\n\nSubject: fwd\n"
+                                    "Content-Type: multipart/mixed; boundary=in\n\n--in\n" +
+                                    exe_part("Content-Disposition: attachment; filename=setup.exe") + "\n--in--"]),
+    "forwarded-message-base64": multipart([TEXT, "Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n" +
+                                           base64.encodebytes(b"Subject: fwd\r\nContent-Disposition: attachment; "
+                                                              b"filename=setup.exe\r\n\r\nMZ\r\n").decode()]),
+}
+
+# Past the parser's limits, or read differently by different readers: the
+# rule cannot list every attachment, so it refuses the message as unchecked.
+TOO_COMPLEX = {
+    "1001-parts": multipart([TEXT] * 1001 + [exe_part("Content-Disposition: attachment; filename=setup.exe")]),
+    "10000-boundaries": multipart([""] * 10000),
+    "nested-17": multipart([nested(17, exe_part("Content-Disposition: attachment; filename=setup.exe"))]),
+    "two-dispositions": multipart([TEXT, exe_part("Content-Disposition: inline; filename=a.txt\n"
+                                                  "Content-Disposition: attachment; filename=setup.exe")]),
+    "two-types": multipart([TEXT, exe_part("Content-Type: text/plain\n"
+                                           "Content-Type: application/x-msdownload; name=setup.exe")]),
+    "1mb-boundary": multipart([TEXT, folded('Content-Type: multipart/mixed; boundary="' + "b" * (1 << 20) + '"') +
+                               "\n\nx"]),
+    "1mb-encoded-name": multipart([TEXT, exe_part(folded('Content-Disposition: attachment; filename="=?utf-8?b?' +
+                                                         "QUFB" * (1 << 18) + '?="'))]),
+}
+
+
+def send(p, content):
+    with SmtpClient(p.port) as c:
+        c.ehlo()
+        return c.send_message("a@example.org", ["bob@example.com"], content)
+
+
+@pytest.mark.parametrize("case", sorted(HIDDEN))
+def test_hidden_executable_is_refused(proxy, sink, case):
+    r = check_reply(send(proxy, HIDDEN[case]), 554, "5.7.1", what=case)
+    assert "Executable attachments are not accepted (exe)" in r.text, r
+    assert proxy.wait_for_log("message", result="rejected")
+    assert not sink.messages
+
+
+@pytest.mark.parametrize("case", sorted(TOO_COMPLEX))
+def test_structure_past_limits_is_refused(proxy, sink, case):
+    r = check_reply(send(proxy, TOO_COMPLEX[case]), 554, "5.7.1", what=case)
+    assert "too complex to check" in r.text, r
+    assert proxy.wait_for_log("message", result="rejected")
+    assert not sink.messages
+
+
+def test_honest_attachments_pass(proxy, sink):
+    content = multipart([TEXT, exe_part("Content-Disposition: attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf"),
+                         exe_part('Content-Type: application/pdf; name="--XYZ.pdf"')])
+    check_reply(send(proxy, content), 250)
+    assert len(sink.wait_messages(1)) == 1
+
+
+def test_header_bomb_ends_with_a_verdict(proxy, sink):
+    """A Subject of ~900 kB of would-be encoded-words and 10,000 RFC 2231
+    sections: decoded in linear time, the message gets its verdict."""
+    subject = folded("=?abc?de?" * 100000 + "?=")
+    sections = "".join(f";\n filename*{i}=a" for i in range(3000)) + ";\n filename*3000=.exe"
+    content = multipart([TEXT, exe_part("Content-Disposition: attachment" + sections)],
+                        head="X-Probe: 1\n")
+    content = content.replace(b"Subject: invoice", b"Subject: " + subject.replace("\n", "\r\n").encode())
+    r = check_reply(send(proxy, content), 554, "5.7.1")
+    assert "(exe)" in r.text, r
+
+
+def test_decoded_text_is_utf8(proxy, sink):
+    """Ill-formed UTF-8, a charset with an octet that does not convert and an
+    unknown charset: every string the probe gets is UTF-8, U+FFFD in place."""
+    bad = base64.b64encode(b"caf\xe9 \xed\xa0\x80 \xc0\xaf \xff").decode()
+    content = multipart([f"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n{bad}",
+                         "Content-Type: text/plain; charset=x-unknown\nContent-Transfer-Encoding: base64\n\n" + bad,
+                         "Content-Type: text/plain; charset=shift_jis\nContent-Transfer-Encoding: base64\n\n" +
+                         base64.b64encode(b"\x82\xa0\xff\x82\xa2").decode(),
+                         exe_part("Content-Disposition: attachment; filename*=utf-8''%FFa%C0%AF.pdf")],
+                        head="X-Probe: 1\n")
+    content = content.replace(b"Subject: invoice", b"Subject: =?utf-8?q?=ED=A0=80=FF?= \xc3")
+    r = check_reply(send(proxy, content), 550, "5.7.1")
+    assert "probe utf8 names=" in r.text, r
+    assert not sink.messages

@@ -1,0 +1,222 @@
+// The MIME structure and header decoding rules see (filters/lua/mime): each
+// hostile member of a class with what a mail reader would show, and bombs
+// that must stay linear and bounded.
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "filters/lua/mime.h"
+#include "filters/text/base64.h"
+#include "filters/text/utf8.h"
+
+using namespace postern::mime;
+
+namespace {
+
+// A multipart/mixed message: a text part, then `attachment_header` with a body.
+std::string message_with(const std::string& attachment_header, const std::string& boundary = "b1") {
+  return "From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"" + boundary +
+         "\"\r\n\r\n--" + boundary + "\r\nContent-Type: text/plain\r\n\r\nhello\r\n--" + boundary + "\r\n" +
+         attachment_header + "\r\n\r\nTVqQAAMAAAAEAAAA\r\n--" + boundary + "--\r\n";
+}
+
+std::vector<std::string> filenames(const Structure& s) {
+  std::vector<std::string> out;
+  for (const Part& p : s.parts) {
+    if (!p.filename.empty()) out.push_back(p.filename);
+  }
+  return out;
+}
+
+std::string filename_of(const std::string& attachment_header) {
+  Structure s = read_structure(message_with(attachment_header));
+  INFO(attachment_header << " problem: " << s.problem);
+  REQUIRE(s.problem.empty());
+  std::vector<std::string> names = filenames(s);
+  REQUIRE(names.size() == 1);
+  return names[0];
+}
+
+}  // namespace
+
+TEST_CASE("mime: file names hidden by RFC 2231, RFC 2047 and comments", "[mime]") {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"Content-Disposition: attachment; filename=\"evil.exe\"", "evil.exe"},
+      {"Content-Disposition: attachment; filename*=UTF-8''evil%2Eexe", "evil.exe"},
+      {"Content-Disposition: attachment; filename*=''evil%2eexe", "evil.exe"},
+      {"Content-Disposition: attachment; filename*0=\"ev\"; filename*1=\"il.e\"; filename*2=xe", "evil.exe"},
+      {"Content-Disposition: attachment; filename*0*=UTF-8''ev%69l; filename*1*=%2E; filename*2=exe", "evil.exe"},
+      // Sections out of order are put in order (RFC 2231 §3).
+      {"Content-Disposition: attachment; filename*1=\".exe\"; filename*0=\"evil\"", "evil.exe"},
+      // The RFC 2231 value wins over a plain one, as in Thunderbird.
+      {"Content-Disposition: attachment; filename=\"invoice.pdf\"; filename*=UTF-8''evil.exe", "evil.exe"},
+      {"Content-Disposition: attachment; filename=\"invoice.pdf\"; filename*0=evil; filename*1=.exe", "evil.exe"},
+      // name= of Content-Type only.
+      {"Content-Type: application/octet-stream; name=\"evil.exe\"", "evil.exe"},
+      {"Content-Type: application/octet-stream; name*=utf-8''evil.exe", "evil.exe"},
+      // A parameter without '=' before the name does not swallow it.
+      {"Content-Disposition: attachment; foo; filename=evil.exe", "evil.exe"},
+      // Comments, also holding ';' and '"'.
+      {"Content-Disposition: attachment (see \"x;\" here); filename=\"evil.exe\"", "evil.exe"},
+      {"Content-Type: application/octet-stream (a;b) ; name=evil.exe", "evil.exe"},
+      {"Content-Disposition: attachment; filename=\"evil (1).exe\"", "evil (1).exe"},
+      // RFC 2047 words in a quoted name (Outlook), split mid-character.
+      {"Content-Disposition: attachment; filename=\"=?utf-8?b?ZXZpbC5leGU=?=\"", "evil.exe"},
+      {"Content-Disposition: attachment; filename=\"=?utf-8?q?=C3?= =?utf-8?q?=A9.exe?=\"", "\xC3\xA9.exe"},
+      // A NUL ends the name where C code (the saving reader) stops.
+      {"Content-Disposition: attachment; filename*=UTF-8''evil.exe%00.pdf", "evil.exe"},
+      // Obsolete folding and a bare LF inside the part header.
+      {"Content-Disposition: attachment;\r\n\tfilename=\r\n  \"evil.exe\"", "evil.exe"},
+      {"Content-Disposition: attachment;\n filename=\"evil.exe\"", "evil.exe"},
+      // Charsets are converted; what does not convert becomes U+FFFD.
+      {"Content-Disposition: attachment; filename*=iso-8859-1''%E9vil.exe", "\xC3\xA9vil.exe"},
+      {"Content-Disposition: attachment; filename*=utf-8''%FFevil.exe", "\xEF\xBF\xBD" "evil.exe"},
+  };
+  for (const auto& [header, want] : cases) {
+    INFO(header);
+    CHECK(filename_of(header) == want);
+  }
+}
+
+TEST_CASE("mime: a long file name keeps its extension", "[mime]") {
+  std::string name = std::string(5000, 'a') + ".exe";
+  std::string got = filename_of("Content-Disposition: attachment; filename=\"" + name + "\"");
+  CHECK(got.size() <= kMaxFilename);
+  CHECK(got.substr(got.size() - 4) == ".exe");
+  std::string sections = "Content-Disposition: attachment";
+  for (int i = 0; i < 3000; ++i) sections += "; filename*" + std::to_string(i) + "=a";
+  sections += "; filename*3000=.exe";
+  CHECK(filename_of(sections) == std::string(kMaxFilename / 2, 'a') + std::string(kMaxFilename / 2 - 4, 'a') + ".exe");
+}
+
+TEST_CASE("mime: delimiters are whole lines, as mail readers read them", "[mime]") {
+  // Each line merely starts with the delimiter: a reader shows it as text and
+  // goes on to the attachment after it.
+  for (const std::string fake : {"--b1--x", "--b1-- x", "--b1x", " --b1--", "--b1--b1"}) {
+    INFO(fake);
+    std::string m = "Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n" + fake +
+                    "\r\n--b1\r\nContent-Disposition: attachment; filename=evil.exe\r\n\r\nMZ\r\n--b1--\r\n";
+    Structure s = read_structure(m);
+    CHECK(s.problem.empty());
+    CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+  }
+  // Transport padding after a delimiter is allowed (RFC 2046 §5.1.1).
+  Structure s = read_structure(
+      "Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1 \t\r\nContent-Type: text/plain\r\n\r\nx\r\n"
+      "--b1\t\r\nContent-Disposition: attachment; filename=evil.exe\r\n\r\nMZ\r\n--b1-- \r\n");
+  CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+  // Nested boundaries that are prefixes of each other.
+  s = read_structure(
+      "Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/mixed; boundary=ab\r\n\r\n"
+      "--ab\r\nContent-Type: text/plain\r\n\r\nx\r\n--ab\r\nContent-Disposition: attachment; filename=inner.exe\r\n\r\n"
+      "MZ\r\n--ab--\r\n--a\r\nContent-Disposition: attachment; filename=outer.exe\r\n\r\nMZ\r\n--a--\r\n");
+  CHECK(filenames(s) == std::vector<std::string>{"inner.exe", "outer.exe"});
+  // No close-delimiter: the last part is shown.
+  s = read_structure("Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Disposition: attachment; "
+                     "filename=evil.exe\r\n\r\nMZ");
+  CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+}
+
+TEST_CASE("mime: the parts of an attached message are listed", "[mime]") {
+  std::string inner = "Subject: fwd\r\nContent-Type: multipart/mixed; boundary=in\r\n\r\n--in\r\n"
+                      "Content-Disposition: attachment; filename=evil.exe\r\n\r\nMZ\r\n--in--\r\n";
+  Structure s = read_structure(message_with("Content-Type: message/rfc822\r\nContent-Disposition: attachment; "
+                                            "filename=fwd.eml\r\n\r\n" + inner + "\r\n--b1--\r\n"));
+  CHECK(s.problem.empty());
+  CHECK(filenames(s) == std::vector<std::string>{"fwd.eml", "evil.exe"});
+  // Encoded, which RFC 2046 §5.2.1 forbids: decoded all the same.
+  const std::string b64 = "U3ViamVjdDogZndkDQpDb250ZW50LURpc3Bvc2l0aW9uOiBhdHRhY2htZW50OyBmaWxlbmFtZT1ldmlsLmV4ZQ0KDQpNWg0K";
+  s = read_structure(message_with("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" + b64));
+  CHECK(s.problem.empty());
+  CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+  s = read_structure(message_with("Content-Type: message/rfc822\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                                  "Content-Disposition: attachment; filename=3Devil.e=\r\nxe\r\n\r\nMZ"));
+  CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+  // Nested encoded messages decode to at most kDecodedFactor times the message.
+  std::string nested = "Content-Disposition: attachment; filename=evil.exe\r\n\r\n" + std::string(3000, 'M');
+  for (int level = 0; level < 4; ++level) {
+    nested = "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+             postern::base64_encode(nested, 76) + "\r\n";
+    INFO("level " << level);
+    s = read_structure(nested);
+    if (level < 2) CHECK(filenames(s) == std::vector<std::string>{"evil.exe"});
+    else CHECK(s.problem == "encoded attached messages nested past 2 times the message's size");
+  }
+}
+
+TEST_CASE("mime: ambiguous part headers are a problem, not a guess", "[mime]") {
+  for (const std::string header :
+       {"Content-Type: text/plain\r\nContent-Type: application/octet-stream; name=evil.exe",
+        "Content-Disposition: inline\r\nContent-Disposition: attachment; filename=evil.exe",
+        "Content-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: base64"}) {
+    INFO(header);
+    CHECK(read_structure(message_with(header)).problem.find("two different") != std::string::npos);
+  }
+  // The same field twice is no ambiguity.
+  CHECK(read_structure(message_with("Content-Type: text/plain\r\ncontent-type:  text/plain")).problem.empty());
+  // Many other fields do not push the Content-* fields out.
+  std::string many;
+  for (int i = 0; i < 5000; ++i) many += "X-Filler-" + std::to_string(i) + ": x\r\n";
+  CHECK(filename_of(many + "Content-Disposition: attachment; filename=evil.exe") == "evil.exe");
+}
+
+TEST_CASE("mime: limits end the walk with a problem", "[mime]") {
+  SECTION("10,000 parts") {
+    std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n";
+    for (int i = 0; i < 10000; ++i) m += "--b\r\n\r\nx\r\n";
+    m += "--b\r\nContent-Disposition: attachment; filename=evil.exe\r\n\r\nMZ\r\n--b--\r\n";
+    Structure s = read_structure(m);
+    CHECK(s.parts.size() == kMaxParts);
+    CHECK(s.problem == "more than 1000 parts");
+  }
+  SECTION("nesting past 16") {
+    std::string m;
+    for (int i = 0; i < 40; ++i) m += "Content-Type: multipart/mixed; boundary=n" + std::to_string(i) + "\r\n\r\n--n" + std::to_string(i) + "\r\n";
+    m += "Content-Disposition: attachment; filename=evil.exe\r\n\r\nMZ\r\n";
+    CHECK(read_structure(m).problem == "parts nested deeper than 16");
+    std::string rfc822;
+    for (int i = 0; i < 40; ++i) rfc822 += "Content-Type: message/rfc822\r\n\r\n";
+    CHECK(read_structure(rfc822).problem == "parts nested deeper than 16");
+  }
+  SECTION("a 1 MB boundary parameter") {
+    std::string b(1 << 20, 'x');
+    CHECK(read_structure(message_with("Content-Disposition: attachment; filename=evil.exe", b)).problem ==
+          "content-type field longer than 65536 octets");
+  }
+  SECTION("a boundary on every line, and 100,000 empty parts") {
+    std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n";
+    for (int i = 0; i < 100000; ++i) m += "--b\r\n";
+    CHECK(read_structure(m).problem == "more than 1000 parts");
+  }
+}
+
+TEST_CASE("mime: encoded-word bombs stay linear and bounded", "[mime]") {
+  // Each would take one search of the rest of the value per "=?" before.
+  std::string many_starts;
+  while (many_starts.size() < (1 << 20)) many_starts += "=?abc?de?";
+  many_starts += "?=";
+  std::string no_end;
+  while (no_end.size() < (1 << 20)) no_end += "=?a?b?";
+  for (const std::string& v : {many_starts, no_end}) {
+    std::string out = decode_header_value(v, 16384);
+    CHECK(out.size() <= 16384);
+    CHECK(postern::valid_utf8(out));
+  }
+  std::string word = "=?utf-8?b?" + std::string(1 << 20, 'Q') + "?=";
+  CHECK(decode_header_value(word, 16384).size() <= 16384);
+}
+
+TEST_CASE("mime: decoded text is well-formed UTF-8", "[mime]") {
+  CHECK(decode_header_value("=?utf-8?q?a=FFb?= \xC3", 100) == "a\xEF\xBF\xBD" "b \xEF\xBF\xBD");
+  CHECK(decode_header_value("=?x-no-such-charset?q?ok=FF?=", 100) == "ok\xEF\xBF\xBD");
+  // A Shift_JIS text with one octet that does not convert keeps the rest.
+  CHECK(to_utf8("shift_jis", "\x82\xa0\xff\x82\xa2") == "\xE3\x81\x82\xEF\xBF\xBD\xE3\x81\x84");
+  // A cut never splits a character.
+  CHECK(decode_header_value("\xC3\xA9\xC3\xA9", 3) == "\xC3\xA9");
+  Part p;
+  p.charset = "utf-8";
+  p.transfer_encoding = "base64";
+  p.body = "/w==";  // 0xFF
+  CHECK(decoded_text(p, 100) == "\xEF\xBF\xBD");
+}
