@@ -303,3 +303,78 @@ def test_maildir_upstream_that_cannot_be_written_is_4xx_never_250(postern, tmp_p
     (root / "new").unlink()
     check_reply(c.send_message("a@example.org", RCPTS, message()), 250)
     assert len(maildir_files(root)) == 1
+
+
+# ---- 5. pipelined, early data and the MTA's answers at end of data ----------
+
+@pytest.mark.parametrize("mta_takes_trigger", [True, False], ids=["mta-takes-it", "mta-refuses-it"])
+@pytest.mark.parametrize("trigger", ["trap", "hold"])
+@pytest.mark.parametrize("bdat", [False, True], ids=["data", "bdat"])
+def test_rcpt_verdict_right_before_pipelined_data(postern, make_sink, tmp_path, trigger, mta_takes_trigger, bdat):
+    sink = make_sink(chunking=bdat)
+    if not mta_takes_trigger:
+        sink.on("RCPT", "550 5.1.1 unknown user", match=f"{trigger}@example.com")
+    qdir = tmp_path / "q"
+    p = start(postern, sink, qdir, **{"upstream.early_data": "true"})
+    c = client(p)
+    content = message()
+    payload = (f"BDAT {len(content)} LAST\r\n".encode() + content) if bdat else b"DATA\r\n"
+    c.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<r1@example.com>\r\n"
+           + f"RCPT TO:<{trigger}@example.com>\r\n".encode() + payload)
+    codes = [c.read_reply().code for _ in range(3)]
+    assert codes == [250, 250, 250 if mta_takes_trigger else 550]
+    if not bdat:
+        check_reply(c.read_reply(), 354)
+        c.send(data_payload(content))
+    check_reply(c.read_reply(), 250)
+    if mta_takes_trigger:
+        assert sink.took_no_content()
+        assert len(quarantined(qdir)) == (1 if trigger == "hold" else 0)
+    else:
+        assert sink.wait_messages(1)[0].rcpt_tos == ["r1@example.com"]
+        assert quarantined(qdir) == []
+
+
+@pytest.mark.parametrize("final", ["554 5.7.1 refused by the MTA", "451 4.3.0 try again"])
+@pytest.mark.parametrize("bdat", [False, True], ids=["data", "bdat"])
+def test_mta_refusing_some_recipients_then_the_content_is_never_250(postern, make_sink, tmp_path, final, bdat):
+    sink = make_sink(chunking=bdat)
+    sink.on("RCPT", "550 5.1.1 unknown user", match="gone@example.com")
+    sink.on("DATA_END", final, times=1)
+    p = start(postern, sink, tmp_path / "q")
+    c = client(p)
+    content = message()
+    check_reply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+    check_reply(c.cmd("RCPT TO:<r1@example.com>"), 250)
+    check_reply(c.cmd("RCPT TO:<gone@example.com>"), 550)
+    check_reply(c.cmd("RCPT TO:<blocked@example.com>"), 550, "5.7.1")
+    check_reply(c.cmd("RCPT TO:<r2@example.com>"), 250)
+    if bdat:
+        c.send(f"BDAT {len(content)} LAST\r\n".encode() + content)
+    else:
+        check_reply(c.cmd("DATA"), 354)
+        c.send(data_payload(content))
+    r = c.read_reply()
+    assert r.code == int(final[:3]), str(r)
+    assert sink.messages == []
+    assert p.wait_for_log(event="message").get("result") == ("rejected" if final[0] == "5" else "tempfailed")
+
+
+def test_every_message_of_a_session_is_delivered_or_quarantined_exactly_once(postern, make_sink, tmp_path):
+    sink = make_sink()
+    qdir = tmp_path / "q"
+    p = start(postern, sink, qdir)
+    c = client(p)
+    plan = [("none", 250), ("quarantine", 250), ("add", 250), ("redirect quarantine", 250),
+            ("redirect", 250), ("none", 250)]
+    for i, (case, code) in enumerate(plan):
+        body = message(case).replace(b"body line", f"message {i}".encode())
+        check_reply(c.send_message("a@example.org", RCPTS + ["r1@example.com"], body), code)
+    relayed = [(m.rcpt_tos, m.content.split(b"message ")[1][:1]) for m in sink.wait_messages(4)]
+    assert relayed == [(RCPTS, b"0"), (RCPTS + ["bcc@example.net"], b"2"),
+                       (["archive@example.net", "archive2@example.net"], b"4"), (RCPTS, b"5")]
+    kept = [(envelope_of(head)[1], text.split("message ")[1][:1]) for head, text in quarantined(qdir)]
+    assert sorted(kept, key=lambda k: k[1]) == [(RCPTS, "1"),
+                                                (["archive@example.net", "archive2@example.net"], "3")]
+    assert len(p.events("message")) == len(plan)
+    assert sink.refused_messages == []
