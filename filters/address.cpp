@@ -139,6 +139,10 @@ std::string Mailbox::str() const {
   return out;
 }
 
+bool same_mailbox(const Mailbox& a, const Mailbox& b) {
+  return a.local_part == b.local_part && ascii::iequals(a.domain, b.domain);
+}
+
 PathParse parse_path(std::string_view text, bool allow_null, bool allow_postmaster,
                      bool allow_utf8) {
   PathParse result;

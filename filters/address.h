@@ -19,6 +19,10 @@ struct Mailbox {
   bool empty() const { return local_part.empty() && domain.empty(); }
 };
 
+// One mailbox named twice: the local part exactly (RFC 5321 §2.4 leaves its
+// case to the receiving host), the domain in any case (§2.4, DNS names).
+bool same_mailbox(const Mailbox& a, const Mailbox& b);
+
 enum class PathError {
   kNone,
   kSyntax,      // not a Path of RFC 5321 §4.1.2

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <ctime>
+#include <iterator>
 #include <memory>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -356,9 +358,43 @@ asio::awaitable<UpstreamReply> Delivery::redo_envelope() {
   co_return UpstreamReply{Reply{250, "2.0.0 Ok"}, true};
 }
 
-// Writes the message to the quarantine Maildir with its envelope and reason.
+namespace {
+
+// The fields by which the quarantine records a message's envelope and reason.
+constexpr std::string_view kQuarantineFields[] = {"X-Postern-Quarantine", "X-Postern-Envelope-From",
+                                                  "X-Postern-Envelope-To"};
+
+// The header edits of the quarantine copy: the filters' changes, less any
+// field of kQuarantineFields they add, and every such field of the content
+// removed, so that the record on top is the only one (a client's forged
+// X-Postern-Envelope-To would otherwise stand beside it for whoever
+// releases the message).
+Changes quarantine_header_changes(const Changes& changes) {
+  Changes out;
+  out.subject_tag = changes.subject_tag;
+  auto ours = [](std::string_view name) {
+    return std::any_of(std::begin(kQuarantineFields), std::end(kQuarantineFields),
+                       [&](std::string_view f) { return header_name_equals(f, name); });
+  };
+  for (const HeaderEdit& e : changes.headers) {
+    if (!ours(e.name)) out.headers.push_back(e);
+  }
+  for (std::string_view f : kQuarantineFields) {
+    out.headers.push_back(HeaderEdit{HeaderEdit::Kind::kRemove, std::string(f), {}, 0});
+  }
+  return out;
+}
+
+}  // namespace
+
+// Writes the message to the quarantine Maildir with its reason and the
+// envelope it would have been relayed with: the filters' new sender and
+// recipients (as redo_envelope() sends them), only recipients the MTA took.
 UpstreamReply Delivery::quarantine(const Message& message, const Verdict& verdict) {
-  const TransactionFacts& t = ctx_.transaction;
+  TransactionFacts& t = ctx_.transaction;
+  const Changes& c = t.changes;
+  if (c.reverse_path) t.reverse_path = *c.reverse_path;
+  if (c.envelope_changed()) t.recipients = c.recipients_after(t.recipients);
   // Folded like every field postern writes: the reason may carry what the
   // client sent (issue 15).
   std::string head = fold_header_field(
@@ -367,7 +403,7 @@ UpstreamReply Delivery::quarantine(const Message& message, const Verdict& verdic
                   log::sanitize(verdict.reason.empty() ? "policy" : verdict.reason)));
   head += fold_header_field("X-Postern-Envelope-From", fmt::format("<{}>", t.reverse_path.str()));
   for (const Mailbox& m : t.recipients) head += fold_header_field("X-Postern-Envelope-To", fmt::format("<{}>", m.str()));
-  head += render_header_block(message, t.changes, received());
+  head += render_header_block(message, quarantine_header_changes(c), received());
   // The copy is what would have been relayed: a milter's new body included.
   std::optional<RelayBody> body = relay_body(ctx_.config, t.changes, message);
   if (!body) return local_reply(replies::kSpoolFailed);

@@ -32,6 +32,15 @@ bool make_dirs(const std::string& root) {
   return true;
 }
 
+// fsync(2) of a directory: its entries (a rename into it) on disk.
+bool sync_dir(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::fsync(fd) == 0;
+  ::close(fd);
+  return ok;
+}
+
 // Appends `text` with CRLF turned into the LF of local mail files. Spooled
 // content is canonical (every CR is part of a CRLF), so dropping CRs is exact,
 // also where a CRLF is split between two chunks.
@@ -102,6 +111,13 @@ std::string deliver_to_maildir(const std::string& root, const std::string& hostn
   if (::rename(tmp.c_str(), final_path.c_str()) != 0) {
     fail("rename", final_path);
     ::unlink(tmp.c_str());
+    return {};
+  }
+  // The rename is durable only once new/ itself is on disk (fsync(2): the
+  // directory entry needs its own fsync); until then no 250.
+  if (!sync_dir(root + "/new")) {
+    fail("fsync", root + "/new");
+    ::unlink(final_path.c_str());  // the client hears 4xx and sends it again: not kept twice
     return {};
   }
   return name;

@@ -7,7 +7,7 @@
 namespace postern {
 
 // Writes `head` then the spool from `offset` as one message file into the
-// Maildir `root` (tmp/, fsync, rename into new/), CRLF turned into LF.
+// Maildir `root` (tmp/, fsync, rename into new/, fsync new/), CRLF turned into LF.
 // Returns the file name, or an empty string after logging the failure.
 std::string deliver_to_maildir(const std::string& root, const std::string& hostname,
                                std::string_view head, const Spool& content, std::size_t offset);

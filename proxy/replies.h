@@ -15,6 +15,8 @@ struct Def {
 inline constexpr Def kOk{250, "2.0.0 Ok"};
 inline constexpr Def kSenderOk{250, "2.1.0 Ok"};
 inline constexpr Def kRecipientOk{250, "2.1.5 Ok"};
+// A forward-path the transaction already has: the message goes to it once.
+inline constexpr Def kDuplicateRecipient{250, "2.1.5 Ok: duplicate recipient, delivered once"};
 inline constexpr Def kStartData{354, "End data with <CR><LF>.<CR><LF>"};
 inline constexpr Def kBye{221, "2.0.0 Bye"};
 inline constexpr Def kHelp{214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY"};

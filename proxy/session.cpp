@@ -730,6 +730,16 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   Verdict v;
   if (!refusal) {
     ++txn_.rcpt_commands;
+    // A recipient named again: relayed twice, an MTA without a duplicate
+    // filter would deliver the message twice. The first RCPT's parameters
+    // and verdict hold; the MTA and the filters hear of it once.
+    if (std::any_of(txn_.facts.recipients.begin(), txn_.facts.recipients.end(),
+                    [&](const Mailbox& m) { return same_mailbox(m, args.mailbox); })) {
+      co_await settle_mail();
+      log::info("rcpt-duplicate").kv("session", id_).kv("id", txn_.facts.id).kv("to", "<" + args.mailbox.str() + ">");
+      reply(replies::kDuplicateRecipient);
+      co_return;
+    }
     if (txn_.facts.recipients.size() >= config_->limits.recipients) refusal = {&replies::kTooManyRecipients, false};
   }
   if (!refusal) {
@@ -757,13 +767,13 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     if (v.action == Verdict::Action::kDisconnect) after_reply(Next::kClose);
     co_return;
   }
-  if ((v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) && !txn_.pending) {
-    txn_.pending = v;
-  }
+  // Discard or quarantine for one recipient holds the whole message (one
+  // copy, one fate: docs/lua-api.md), once the MTA took that recipient.
+  const bool holds = v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine;
   const bool carries_mail = upstream().mail_held();
   // DATA pipelined right behind: the upstream may send it along (no message
   // the filters already keep from the MTA, no BDAT transaction).
-  const bool data_follows = data_pipelined() && !txn_.pending && !txn_.chunked;
+  const bool data_follows = data_pipelined() && !txn_.pending && !holds && !txn_.chunked;
   UpstreamReply r = co_await upstream().rcpt(args.mailbox, args.params, data_follows);
   if (carries_mail) {
     mail_replied(upstream().held_mail_reply());
@@ -777,6 +787,11 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   if (r.connection_lost) txn_.failed = true;
   metrics::registry().recipients[r.reply.positive() ? 0 : 1].inc();
   if (r.reply.positive()) {
+    if (holds) {
+      log::info("rcpt-verdict").kv("session", id_).kv("id", txn_.facts.id).kv("to", "<" + args.mailbox.str() + ">")
+          .kv("verdict", action_name(v.action)).kv("reason", v.reason).kv("applies", "whole message");
+      if (!txn_.pending) txn_.pending = v;
+    }
     txn_.facts.recipients.push_back(std::move(args.mailbox));
     txn_.rcpt_params.push_back(std::move(args.params));
   } else {

@@ -11,6 +11,7 @@
 using postern::Mailbox;
 using postern::PathError;
 using postern::PathParse;
+using postern::same_mailbox;
 using postern::test::escape;
 
 namespace {
@@ -110,6 +111,14 @@ TEST_CASE("Mailbox: str() and empty()", "[address]") {
   CHECK(Mailbox{}.empty());
   CHECK_FALSE(Mailbox{"Postmaster", ""}.empty());
   CHECK_FALSE(Mailbox{"a", "b"}.empty());
+}
+
+TEST_CASE("same_mailbox: the domain in any case, the local part exactly", "[address]") {
+  CHECK(same_mailbox(Mailbox{"a", "b.example"}, Mailbox{"a", "B.Example"}));
+  CHECK_FALSE(same_mailbox(Mailbox{"a", "b.example"}, Mailbox{"A", "b.example"}));
+  CHECK_FALSE(same_mailbox(Mailbox{"a", "b.example"}, Mailbox{"a", "b.example.org"}));
+  CHECK_FALSE(same_mailbox(Mailbox{"a.b", "example"}, Mailbox{"a", "b.example"}));  // same str() length, not the same
+  CHECK(same_mailbox(Mailbox{"Postmaster", ""}, Mailbox{"Postmaster", ""}));
 }
 
 TEST_CASE("is_domain", "[address]") {
