@@ -2,6 +2,7 @@
 // decisive verdict; the first decisive verdict of the chain wins.
 #pragma once
 
+#include <optional>
 #include <string>
 
 namespace postern {
@@ -29,8 +30,24 @@ struct Verdict {
   std::string rule;
 
   bool decisive() const { return action != Action::kContinue; }
+  // Discard and quarantine given at MAIL or RCPT are no reply there but the
+  // fate of the whole message, applied at its end of data (docs/lua-api.md).
+  bool holds_message() const { return action == Action::kDiscard || action == Action::kQuarantine; }
   static Verdict proceed() { return {}; }
 };
+
+// The verdict at a message's end of data, from what the data and eom stages
+// said (`at_end`) and a discard or quarantine left pending by MAIL or RCPT.
+// That one was decided first and stands against a later accept, discard or
+// quarantine (an accept skips the rules after it, it does not undo one
+// before it); a later reject, tempfail or disconnect refuses the message
+// outright and wins. The proxy, the milter server and `postern check` agree.
+inline Verdict end_of_data_verdict(Verdict at_end, const std::optional<Verdict>& pending) {
+  if (!pending) return at_end;
+  const bool refuses = at_end.action == Verdict::Action::kReject || at_end.action == Verdict::Action::kTempfail ||
+                       at_end.action == Verdict::Action::kDisconnect;
+  return refuses ? at_end : *pending;
+}
 
 const char* action_name(Verdict::Action action);
 

@@ -115,7 +115,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
       step("mail", verdict_reply(v, Stage::kMail), "postern");
       decide("mail", v, verdict_reply(v, Stage::kMail));
     } else {
-      if (v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) pending = v;
+      if (v.holds_message()) pending = v;
       step("mail", Reply{250, "2.1.0 Ok (the MTA's answer)"}, "upstream");
     }
   }
@@ -137,7 +137,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
         }
         continue;
       }
-      if ((v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) && !pending) pending = v;
+      if (v.holds_message() && !pending) pending = v;
       step("rcpt", Reply{250, "2.1.5 Ok (the MTA's answer)"}, "upstream");
       rcpt_replies.push_back("{\"rcpt\":" + js(rcpt.str()) + ",\"reply\":" +
                              reply_json(Reply{250, "2.1.5 Ok (the MTA's answer)"}, "upstream") + ",\"rule\":\"\"}");
@@ -157,7 +157,7 @@ std::string run_live_check(const Config& live, const LiveCheck& c) {
       v = check.run(Stage::kEom);
       stage = "eom";
     }
-    if (!v.decisive() && pending) v = *pending;
+    v = end_of_data_verdict(std::move(v), pending);
     switch (v.action) {
       case Verdict::Action::kContinue:
       case Verdict::Action::kAccept:

@@ -416,7 +416,7 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::on_mail(const m::Command& 
     reset_transaction();
     co_return Next::kMore;
   }
-  if (v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) pending_ = v;
+  if (v.holds_message()) pending_ = v;
   proceed(m::step::kNrMail, out);
   co_return Next::kMore;
 }
@@ -452,7 +452,7 @@ asio::awaitable<MilterDialogue::Next> MilterDialogue::on_rcpt(const m::Command& 
     refuse(v, Stage::kRcpt, out);
     co_return Next::kMore;
   }
-  if ((v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine) && !pending_) pending_ = v;
+  if (v.holds_message() && !pending_) pending_ = v;
   metrics::registry().recipients[0].inc();
   txn_.recipients.push_back(parsed.mailbox);
   proceed(m::step::kNrRcpt, out);
@@ -539,7 +539,7 @@ asio::awaitable<void> MilterDialogue::end_of_message(std::string_view last_chunk
       txn_.message = &message;
       verdict = co_await run_filters(Stage::kData);
       if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
-      if (!verdict.decisive() && pending_) verdict = *pending_;
+      verdict = end_of_data_verdict(std::move(verdict), pending_);
       switch (verdict.action) {
         case Verdict::Action::kContinue:
         case Verdict::Action::kAccept:

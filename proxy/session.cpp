@@ -769,7 +769,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
   }
   // Discard or quarantine for one recipient holds the whole message (one
   // copy, one fate: docs/lua-api.md), once the MTA took that recipient.
-  const bool holds = v.action == Verdict::Action::kDiscard || v.action == Verdict::Action::kQuarantine;
+  const bool holds = v.holds_message();
   const bool carries_mail = upstream().mail_held();
   // DATA pipelined right behind: the upstream may send it along (no message
   // the filters already keep from the MTA, no BDAT transaction).
@@ -917,7 +917,7 @@ asio::awaitable<void> Session::end_of_data() {
       txn_.facts.message = &message;
       Verdict verdict = co_await run_filters(Stage::kData);
       if (!verdict.decisive()) verdict = co_await run_filters(Stage::kEom);
-      if (!verdict.decisive() && txn_.pending) verdict = *txn_.pending;
+      verdict = end_of_data_verdict(std::move(verdict), txn_.pending);
       fate = co_await delivery.deliver(message, verdict);
       txn_.facts.message = nullptr;
     }

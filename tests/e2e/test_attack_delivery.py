@@ -7,13 +7,14 @@ relayed or quarantined exactly once, with the envelope it goes with; a
 refused one is nowhere; the quarantine's record of the envelope is postern's
 own and names exactly who the message was for after the rules' changes; a
 quarantine or Maildir that cannot be written is a 4xx, never a 250."""
+import json
 import os
 import pathlib
 import shutil
 
 import pytest
 
-from harness import SmtpClient, check_reply, data_payload
+from harness import SmtpClient, check_reply, data_payload, run_cli
 
 RULES = pathlib.Path(__file__).parent / "rules" / "delivery.lua"
 RCPTS = ["r1@example.com", "r2@example.com"]
@@ -139,6 +140,43 @@ def test_verdict_at_rcpt_holds_the_whole_message_and_logs_who_caused_it(postern,
     assert msg.get("to") == ",".join(f"<{r}>" for r in rcpts)
     assert sink.took_no_content()
     assert len(quarantined(qdir)) == (1 if verdict == "quarantine" else 0)
+
+
+# A discard or quarantine at RCPT was decided first: a later accept (a
+# whitelist rule) skips the rules after it but does not undo it, nor does a
+# later discard or quarantine replace it; a later reject or tempfail refuses
+# the message outright. The same in the proxy and in `postern check`.
+@pytest.mark.parametrize("trigger,held", [("trap", "discard"), ("hold", "quarantine")])
+@pytest.mark.parametrize("case,result", [("eom-accept", None), ("eom-discard", None), ("eom-quarantine", None),
+                                         ("eom-reject", 554), ("eom-tempfail", 451)])
+def test_end_of_data_after_a_verdict_at_rcpt(postern, make_sink, tmp_path, trigger, held, case, result):
+    sink = make_sink()
+    qdir = tmp_path / "q"
+    p = start(postern, sink, qdir)
+    c = client(p)
+    r = c.send_message("a@example.org", ["r1@example.com", f"{trigger}@example.com"], message(case))
+    msg = p.wait_for_log(event="message")
+    assert sink.took_no_content()
+    if result is None:  # the RCPT's verdict stands
+        check_reply(r, 250)
+        assert msg.get("verdict") == held, msg.raw
+        records = quarantined(qdir)
+        assert len(records) == (1 if held == "quarantine" else 0)
+        if records:
+            assert "reason=held\n recipient" in records[0][1]  # the RCPT rule's reason, folded
+    else:
+        check_reply(r, result)
+        assert quarantined(qdir) == []
+    # `postern check` with the same rules decides the same
+    eml, config = tmp_path / "m.eml", tmp_path / "check.toml"
+    eml.write_bytes(message(case))
+    config.write_text(f'[lua]\nscripts = ["{RULES}"]\n')
+    r = run_cli(["check", "--config", str(config), "--client-ip", "192.0.2.9", "--helo", "client.example",
+                 "--mail-from", "a@example.org", "--rcpt", "r1@example.com", "--rcpt", f"{trigger}@example.com",
+                 str(eml)])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["verdict"]["action"] == (held if result is None else ("reject" if result == 554 else "tempfail")), out
 
 
 # The verdict belongs to a recipient the MTA then refused: that recipient is

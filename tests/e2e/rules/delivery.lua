@@ -16,3 +16,13 @@ postern.rule{ name = "ENVELOPE_THEN_VERDICT", stage = "eom", fn = function(ctx)
   if case:find("sender", 1, true) then ctx:set_sender("bounces@example.org") end
   if case:find("quarantine", 1, true) then return postern.quarantine("after changes") end
 end }
+
+-- What the end of data says after a discard or quarantine at RCPT.
+postern.rule{ name = "EOM_AFTER_RCPT_VERDICT", stage = "eom", fn = function(ctx)
+  local case = ctx.headers:first("X-Test-Case") or ""
+  if case == "eom-accept" then return postern.accept() end
+  if case == "eom-reject" then return postern.reject("5.7.1", "refused at end of data") end
+  if case == "eom-tempfail" then return postern.tempfail("4.7.1", "try again later") end
+  if case == "eom-discard" then return postern.discard("discarded at end of data") end
+  if case == "eom-quarantine" then return postern.quarantine("quarantined at end of data") end
+end }
