@@ -1222,6 +1222,41 @@ class PostfixSink:
 # test messages
 
 
+def start_with_rules(postern, sink, rules, qdir, **sets):
+    """postern relaying to `sink`, running the Lua rules file `rules`, its
+    quarantine in `qdir`; `sets` as postern.start's."""
+    all_sets = {"lua.scripts": f'["{rules}"]', "quarantine.dir": f'"{qdir}"'}
+    all_sets.update(sets)
+    return postern.start(upstream=sink.address, sets=all_sets)
+
+
+def case_message(case="none", subject="hello", extra=""):
+    """A small message whose X-Test-Case field tells a test's rules what to do."""
+    return (f"From: a@example.org\r\nTo: r1@example.com\r\nSubject: {subject}\r\n{extra}"
+            f"X-Test-Case: {case}\r\nMessage-ID: <{case}@example.org>\r\n\r\nbody line\r\n").encode()
+
+
+def send_envelope(c, sender, rcpts, content, pipelined, bdat):
+    """MAIL and the RCPTs, then `BDAT n LAST` with `content`, or `DATA` alone;
+    pipelined in one write, or each command after the last reply. The replies
+    to MAIL and the RCPTs (the DATA or BDAT reply is left to read)."""
+    lines = [f"MAIL FROM:<{sender}>\r\n".encode()] + [f"RCPT TO:<{r}>\r\n".encode() for r in rcpts]
+    payload = (f"BDAT {len(content)} LAST\r\n".encode() + content) if bdat else b"DATA\r\n"
+    if pipelined:
+        c.send(b"".join(lines) + payload)
+        return [c.read_reply() for _ in lines]
+    replies = [c.cmd(line.decode().rstrip("\r\n")) for line in lines]
+    c.send(payload)
+    return replies
+
+
+def greeted_client(p):
+    """An SmtpClient to postern `p`, after its EHLO."""
+    c = SmtpClient(p.port)
+    c.ehlo()
+    return c
+
+
 def make_message(subject="test", body=b"Hello.\r\n", extra_headers=b"",
                  sender="sender@example.org", rcpt="rcpt@example.com"):
     if isinstance(body, str):

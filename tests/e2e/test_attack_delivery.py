@@ -8,33 +8,23 @@ refused one is nowhere; the quarantine's record of the envelope is postern's
 own and names exactly who the message was for after the rules' changes; a
 quarantine or Maildir that cannot be written is a 4xx, never a 250."""
 import json
-import os
 import pathlib
 import shutil
 
 import pytest
 
-from harness import SmtpClient, check_reply, data_payload, run_cli
+from harness import case_message, check_reply, data_payload, greeted_client, run_cli, send_envelope, start_with_rules
 
 RULES = pathlib.Path(__file__).parent / "rules" / "delivery.lua"
 RCPTS = ["r1@example.com", "r2@example.com"]
 
 
 def start(postern, sink, qdir, **sets):
-    all_sets = {"lua.scripts": f'["{RULES}"]', "quarantine.dir": f'"{qdir}"'}
-    all_sets.update(sets)
-    return postern.start(upstream=sink.address, sets=all_sets)
+    return start_with_rules(postern, sink, RULES, qdir, **sets)
 
 
-def message(case="none", extra=""):
-    return (f"From: a@example.org\r\nTo: r1@example.com\r\nSubject: hello\r\n{extra}"
-            f"X-Test-Case: {case}\r\nMessage-ID: <{case}@example.org>\r\n\r\nbody line\r\n").encode()
-
-
-def client(p):
-    c = SmtpClient(p.port)
-    c.ehlo()
-    return c
+message = case_message
+client = greeted_client
 
 
 def quarantined(qdir):
@@ -213,14 +203,7 @@ def test_recipient_named_twice_by_the_client_gets_the_message_once(postern, make
     c = client(p)
     content = message()
     rcpts = ["r1@example.com", "r2@example.com", second]
-    lines = [b"MAIL FROM:<a@example.org>\r\n"] + [f"RCPT TO:<{r}>\r\n".encode() for r in rcpts]
-    payload = (f"BDAT {len(content)} LAST\r\n".encode() + content) if bdat else b"DATA\r\n"
-    if pipelined:
-        c.send(b"".join(lines) + payload)
-        replies = [c.read_reply() for _ in lines]
-    else:
-        replies = [c.cmd(line.decode().rstrip("\r\n")) for line in lines]
-        c.send(payload)
+    replies = send_envelope(c, "a@example.org", rcpts, content, pipelined, bdat)
     assert [r.code for r in replies] == [250, 250, 250, 250], [str(r) for r in replies]
     if not bdat:
         check_reply(c.read_reply(), 354)

@@ -11,27 +11,17 @@ import pathlib
 
 import pytest
 
-from harness import SmtpClient, check_reply, data_payload, wait_until
+from harness import case_message, check_reply, data_payload, greeted_client, send_envelope, start_with_rules
 
 RULES = pathlib.Path(__file__).parent / "rules" / "policy.lua"
 
 
 def start(postern, sink, tmp_path, qdir=None, **sets):
-    qdir = qdir if qdir is not None else tmp_path / "quarantine"
-    all_sets = {"lua.scripts": f'["{RULES}"]', "quarantine.dir": f'"{qdir}"'}
-    all_sets.update(sets)
-    return postern.start(upstream=sink.address, sets=all_sets)
+    return start_with_rules(postern, sink, RULES, qdir if qdir is not None else tmp_path / "quarantine", **sets)
 
 
-def message(case="none", subject="hello"):
-    return (f"From: a@example.org\r\nTo: r1@example.com\r\nSubject: {subject}\r\n"
-            f"X-Test-Case: {case}\r\nMessage-ID: <{case}@example.org>\r\n\r\nbody line\r\n").encode()
-
-
-def client(p):
-    c = SmtpClient(p.port)
-    c.ehlo()
-    return c
+message = case_message
+client = greeted_client
 
 
 # ---- 1. mixed recipient outcomes -------------------------------------------
@@ -49,14 +39,7 @@ MIXED = [("r1@example.com", 250), ("r2@example.com", 550), ("blocked@example.com
 
 
 def send_mixed(c, content, pipelined, bdat):
-    lines = [b"MAIL FROM:<a@example.org>\r\n"] + [f"RCPT TO:<{r}>\r\n".encode() for r, _ in MIXED]
-    payload = (f"BDAT {len(content)} LAST\r\n".encode() + content) if bdat else b"DATA\r\n"
-    if pipelined:
-        c.send(b"".join(lines) + payload)
-        replies = [c.read_reply() for _ in lines]
-    else:
-        replies = [c.cmd(line.decode().rstrip("\r\n")) for line in lines]
-        c.send(payload)
+    replies = send_envelope(c, "a@example.org", [r for r, _ in MIXED], content, pipelined, bdat)
     check_reply(replies[0], 250)
     for (rcpt, code), r in zip(MIXED, replies[1:]):
         assert r.code == code, (rcpt, str(r))
@@ -97,14 +80,7 @@ def test_every_recipient_refused_then_content_is_554_and_nothing_relayed(postern
     c = client(p)
     rcpts = ["x1@example.com", "blocked@example.com", "x2@example.com"]
     content = message()
-    lines = [b"MAIL FROM:<a@example.org>\r\n"] + [f"RCPT TO:<{r}>\r\n".encode() for r in rcpts]
-    payload = (f"BDAT {len(content)} LAST\r\n".encode() + content) if bdat else b"DATA\r\n"
-    if pipelined:
-        c.send(b"".join(lines) + payload)
-        replies = [c.read_reply() for _ in lines]
-    else:
-        replies = [c.cmd(line.decode().rstrip("\r\n")) for line in lines]
-        c.send(payload)
+    replies = send_envelope(c, "a@example.org", rcpts, content, pipelined, bdat)
     check_reply(replies[0], 250)
     assert [r.code for r in replies[1:]] == [550, 550, 550], [str(r) for r in replies]
     check_reply(c.read_reply(), 554, "5.5.1")

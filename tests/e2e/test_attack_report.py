@@ -247,6 +247,18 @@ def report_config(tmp_path, dns, upstream="127.0.0.1:9"):
     return write_config(tmp_path / "report.toml", [], upstream=upstream, sections=sections)
 
 
+def send_reports(tmp_path, records, audit, sink):
+    """`postern report dmarc --send` over `audit` for the test period, with
+    unbound serving `records` and `sink` as the upstream; its run's result."""
+    dns = UnboundServer(records).start()
+    try:
+        cfg = report_config(tmp_path, dns, sink.address)
+        return run_cli(["report", "dmarc", "--config", cfg, "--from", "2026-11-20", "--to", "2026-11-21",
+                        "--out", str(tmp_path / "out"), "--send", str(audit)])
+    finally:
+        dns.stop()
+
+
 # rua= as hostile DNS can write it: each URI with the address the report may
 # go to, or None when it must not be used.
 RUA = [
@@ -274,19 +286,13 @@ def test_rua_from_hostile_dns_reaches_only_verified_distinct_mailboxes(tmp_path,
     audit = tmp_path / "audit.jsonl"
     audit.write_text(record(from_domain="rua.example") + "\n")
     dmarc = "v=DMARC1; p=reject; rua=" + ",".join(u for u, _ in RUA)
-    dns = UnboundServer([
+    sink = make_sink()
+    r = send_reports(tmp_path, [
         txt_record("_dmarc.rua.example", dmarc),
         txt_record("rua.example._report._dmarc.authorized.example", "v=DMARC1"),
         txt_record("rua.example._report._dmarc.override.example", "v=DMARC1; rua=mailto:new@override.example"),
         txt_record("rua.example._report._dmarc.redirect.example", "v=DMARC1; rua=mailto:steal@evil.example"),
-    ]).start()
-    sink = make_sink()
-    try:
-        cfg = report_config(tmp_path, dns, sink.address)
-        r = run_cli(["report", "dmarc", "--config", cfg, "--from", "2026-11-20", "--to", "2026-11-21",
-                     "--out", str(tmp_path / "out"), "--send", str(audit)])
-    finally:
-        dns.stop()
+    ], audit, sink)
     assert r.returncode == 0, r.stdout + r.stderr
     expected = sorted(a for _, a in RUA if a)
     sent = sink.wait_messages(len(expected))
@@ -330,14 +336,9 @@ def test_a_policy_domain_too_long_for_a_file_name_is_still_reported(tmp_path, ma
     assert all(len(d) == 246 for d in domains)  # the longest with a _dmarc. name
     audit = tmp_path / "audit.jsonl"
     audit.write_text("".join(record(from_domain=d) + "\n" for d in domains))
-    dns = UnboundServer([txt_record(f"_dmarc.{d}", f"v=DMARC1; p=none; rua=mailto:r@{d}") for d in domains]).start()
     sink = make_sink()
-    try:
-        cfg = report_config(tmp_path, dns, sink.address)
-        r = run_cli(["report", "dmarc", "--config", cfg, "--from", "2026-11-20", "--to", "2026-11-21",
-                     "--out", str(tmp_path / "out"), "--send", str(audit)])
-    finally:
-        dns.stop()
+    r = send_reports(tmp_path, [txt_record(f"_dmarc.{d}", f"v=DMARC1; p=none; rua=mailto:r@{d}") for d in domains],
+                     audit, sink)
     assert r.returncode == 0, r.stdout + r.stderr
     files = sorted(os.listdir(tmp_path / "out"))
     assert len(files) == 2 and all(len(f) <= 255 and f.endswith("!1795132800!1795219199.xml.gz") for f in files), (files, r.stdout)
