@@ -2,6 +2,7 @@
 // RFC 2047 §4.2); see mime.h. Text reaches Lua as well-formed UTF-8 only.
 #include <iconv.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "filters/lua/mime.h"
@@ -103,9 +104,21 @@ void QuotedPrintableDecoder::release(std::string& out) {
 }
 
 void QuotedPrintableDecoder::feed(std::string_view in, std::string& out, std::size_t limit) {
-  for (char c : in) {
-    if (out.size() >= limit) return;
-    step(c, out);
+  std::size_t i = 0;
+  while (i < in.size() && out.size() < limit) {
+    if (!pending_.empty()) {
+      step(in[i++], out);
+      continue;
+    }
+    // Up to the next '=' the text stands for itself: copied in one go.
+    const std::size_t eq = std::min(in.find('=', i), in.size());
+    const std::size_t end = i + std::min(eq - i, limit - out.size());
+    out.append(in.substr(i, end - i));
+    i = end;
+    if (i == eq && i < in.size() && out.size() < limit) {
+      pending_.push_back('=');
+      ++i;
+    }
   }
 }
 

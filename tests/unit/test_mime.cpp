@@ -368,3 +368,21 @@ TEST_CASE("mime: deep nesting reads each line once", "[mime]") {
   CHECK(s.problem.empty());
   CHECK(filenames(s) == std::vector<std::string>{"a.pdf", "evil.exe"});
 }
+
+TEST_CASE("mime: quoted-printable decodes the same fed whole or in pieces", "[mime]") {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"a=3Db", "a=b"},   {"a=\r\nb", "ab"},     {"a= \t\r\nb", "ab"}, {"a=\nb", "ab"},
+      {"a=4", "a=4"},     {"a=", "a="},          {"a=G1", "a=G1"},     {"a= x", "a= x"},
+      {"=3d=3D", "=="},   {"a=\rb", "a=\rb"},    {"a==41", "a=A"},     {"=\r\r\n", "=\r\r\n"},
+  };
+  for (const auto& [in, expected] : cases) {
+    INFO(in);
+    CHECK(decode_quoted_printable(in, 100) == expected);
+    std::string out;
+    QuotedPrintableDecoder d;
+    for (char c : in) d.feed(std::string_view(&c, 1), out, 100);
+    d.finish(out, 100);
+    CHECK(out == expected);
+  }
+  CHECK(decode_quoted_printable("abc=3Ddef", 4) == "abc=");
+}
