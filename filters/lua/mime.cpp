@@ -179,6 +179,7 @@ class Reader {
     Base64Decoder base64_decoder;
     QuotedPrintableDecoder qp_decoder;
     std::unique_ptr<Reader> inner;
+    std::string held;  // the line break that ended the body so far, not yet decoded
   };
 
   void fail(std::string why) {
@@ -279,7 +280,10 @@ class Reader {
       if (!p.body_whole) sh_.out.text_whole = false;
     }
     if (o.inner) {
+      // The held line break, unless it is the one before the delimiter.
       std::string decoded;
+      o.held.resize(o.held.size() - std::min(o.held.size(), pos_ - end));
+      decode(o, o.held, decoded);
       if (!o.base64) o.qp_decoder.finish(decoded, static_cast<std::size_t>(-1));
       if (!decoded.empty()) o.inner->feed(decoded);
       o.inner->finish();
@@ -316,7 +320,11 @@ class Reader {
       finish_field(open_.header, open_.field, open_.value);
       open_.field = -1;
       finish_header(pos_);
-      if (sh_.out.problem.empty() && open_.active && !open_.in_header) body_bytes(text);
+      // The line is read again as the first of the body: a multipart's
+      // delimiter, the header of an attached message's part, or body text.
+      if (!sh_.out.problem.empty() || delimiter(text) || !open_.active) return;
+      if (open_.in_header) header_line(text);
+      else body_bytes(text);
       return;
     }
     finish_field(open_.header, open_.field, open_.value);
@@ -415,10 +423,24 @@ class Reader {
       return fail("encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size");
     }
     sh_.decoded_left -= bytes.size();
+    // The line break at the end is held back until more body comes: before
+    // a delimiter it is the delimiter's, and the attached message ends
+    // without it (RFC 2046 §5.1.1), as when its body is cut out whole.
+    std::size_t hold = bytes.ends_with("\r\n") ? 2 : bytes.ends_with("\n") || bytes.ends_with("\r") ? 1 : 0;
     decoded_.clear();
-    if (open_.base64) open_.base64_decoder.feed(bytes, decoded_, static_cast<std::size_t>(-1));
-    else open_.qp_decoder.feed(bytes, decoded_, static_cast<std::size_t>(-1));
-    open_.inner->feed(decoded_);
+    if (bytes == "\n" && open_.held == "\r") {
+      open_.held = "\r\n";
+      return;
+    }
+    decode(open_, open_.held, decoded_);
+    decode(open_, bytes.substr(0, bytes.size() - hold), decoded_);
+    open_.held = bytes.substr(bytes.size() - hold);
+    if (!decoded_.empty()) open_.inner->feed(decoded_);
+  }
+
+  static void decode(Open& o, std::string_view encoded, std::string& out) {
+    if (o.base64) o.base64_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
+    else o.qp_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
   }
 
   // A line longer than kMaxLine: its first kMaxLine octets are in carry_.
@@ -450,8 +472,9 @@ class Reader {
       }
       finish_field(open_.header, open_.field, open_.value);
       open_.field = -1;
-      finish_header(pos_);  // not a field: the body starts here
-      if (!sh_.out.problem.empty() || !open_.active || open_.in_header) return;
+      finish_header(pos_);  // not a field: the body starts here, and the line is read again in it
+      if (sh_.out.problem.empty()) start_long_line();
+      return;
     }
     body_bytes(carry_);
   }

@@ -386,3 +386,31 @@ TEST_CASE("mime: quoted-printable decodes the same fed whole or in pieces", "[mi
   }
   CHECK(decode_quoted_printable("abc=3Ddef", 4) == "abc=");
 }
+
+TEST_CASE("mime: the first body line is read in the body it starts", "[mime]") {
+  // Found by running the recursive walker this reader replaced against it on
+  // random messages: both cases read differently until fixed.
+  SECTION("a multipart header without its empty line: the delimiter right after it") {
+    const std::string m = "Content-Type: multipart/mixed; boundary=bb\r\n--bb\r\n"
+                          "Content-Disposition: attachment; filename=evil.exe\r\n\r\nMZ\r\n--bb--\r\n";
+    for (std::size_t step : {m.size(), std::size_t(1), std::size_t(7)}) {
+      CHECK(filenames(read_in_pieces(m, step)) == std::vector<std::string>{"evil.exe"});
+    }
+  }
+  SECTION("an encoded attached message ends before the delimiter's line break") {
+    for (const std::string encoding : {"quoted-printable", "base64"}) {
+      const std::string inner = "Content-Type: text/plain\r\n\r\nline 1\r\n\r\n";
+      const std::string body = encoding == "base64" ? postern::base64_encode(inner, 76) + "\r\n" : inner;
+      const std::string m = "Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: message/rfc822\r\n"
+                            "Content-Transfer-Encoding: " + encoding + "\r\n\r\n" + body + "\r\n--a--\r\n";
+      for (std::size_t step : {m.size(), std::size_t(1), std::size_t(5)}) {
+        INFO(encoding << " step " << step);
+        Structure s = read_in_pieces(m, step);
+        REQUIRE(s.parts.size() == 2);
+        // The inner message's own last empty line is kept; the delimiter's break is not in it.
+        CHECK(s.parts[1].body == "line 1\r\n\r\n");
+        CHECK(s.parts[1].body_whole);
+      }
+    }
+  }
+}
