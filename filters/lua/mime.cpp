@@ -283,7 +283,7 @@ class Reader {
       // The held line break, unless it is the one before the delimiter.
       std::string decoded;
       o.held.resize(o.held.size() - std::min(o.held.size(), pos_ - end));
-      decode(o, o.held, decoded);
+      if (!decode(o, o.held, decoded)) return;
       if (!o.base64) o.qp_decoder.finish(decoded, static_cast<std::size_t>(-1));
       if (!decoded.empty()) o.inner->feed(decoded);
       o.inner->finish();
@@ -417,12 +417,6 @@ class Reader {
       }
     }
     if (!open_.inner) return;
-    // Decoded attached messages come to at most kDecodedFactor times the
-    // message in all, so nesting cannot multiply the work.
-    if (bytes.size() > sh_.decoded_left) {
-      return fail("encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size");
-    }
-    sh_.decoded_left -= bytes.size();
     // The line break at the end is held back until more body comes: before
     // a delimiter it is the delimiter's, and the attached message ends
     // without it (RFC 2046 §5.1.1), as when its body is cut out whole.
@@ -432,15 +426,22 @@ class Reader {
       open_.held = "\r\n";
       return;
     }
-    decode(open_, open_.held, decoded_);
-    decode(open_, bytes.substr(0, bytes.size() - hold), decoded_);
+    if (!decode(open_, open_.held, decoded_) || !decode(open_, bytes.substr(0, bytes.size() - hold), decoded_)) return;
     open_.held = bytes.substr(bytes.size() - hold);
     if (!decoded_.empty()) open_.inner->feed(decoded_);
   }
 
-  static void decode(Open& o, std::string_view encoded, std::string& out) {
+  // Decoded attached messages come to at most kDecodedFactor times the
+  // message in all, so nesting cannot multiply the work; false past it.
+  bool decode(Open& o, std::string_view encoded, std::string& out) {
+    if (encoded.size() > sh_.decoded_left) {
+      fail("encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size");
+      return false;
+    }
+    sh_.decoded_left -= encoded.size();
     if (o.base64) o.base64_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
     else o.qp_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
+    return true;
   }
 
   // A line longer than kMaxLine: its first kMaxLine octets are in carry_.
