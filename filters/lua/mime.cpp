@@ -196,19 +196,11 @@ class Reader {
 
   // A whole line (with its line end) at pos_.
   void line(std::string_view text) {
-    if (delimiter(text)) {
-      after_line(text.size(), text);
-      return;
-    }
-    if (open_.active) {
+    if (!delimiter(text) && open_.active) {
       if (open_.in_header) header_line(text);
       else body_bytes(text);
     }
-    after_line(text.size(), text);
-  }
-
-  void after_line(std::size_t length, std::string_view text) {
-    pos_ += length;
+    pos_ += text.size();
     prev_break_ = text.ends_with("\r\n") ? 2 : text.ends_with("\n") ? 1 : 0;
   }
 
