@@ -174,6 +174,7 @@ class Reader {
     std::size_t index = std::string_view::npos;  // its entry in out.parts
     bool text = false;                           // a text part, counted in Shared::text_parts
     bool capture = false;                        // keeps its body
+    bool cut = false;                            // ... but the text budget ran out in it
     // An attached message in base64 or quoted-printable: decoded into a reader.
     bool base64 = false;
     Base64Decoder base64_decoder;
@@ -268,16 +269,17 @@ class Reader {
     p.encoded_size = end > o.body_start ? end - o.body_start : 0;
     if (o.capture) {
       if (p.body.size() > p.encoded_size) p.body.resize(p.encoded_size);
-      p.body_whole = p.body.size() == p.encoded_size;
+      p.body_whole = p.body.size() == p.encoded_size;  // a cut past the body's end (its delimiter's break) keeps it whole
       if (!p.body_whole) sh_.out.text_whole = false;
     }
     if (o.inner) {
       // The held line break, unless it is the one before the delimiter.
       std::string decoded;
       o.held.resize(o.held.size() - std::min(o.held.size(), pos_ - end));
-      if (!decode(o, o.held, decoded)) return;
+      const bool within = decode(o, o.held, decoded);
       if (!o.base64) o.qp_decoder.finish(decoded, static_cast<std::size_t>(-1));
       if (!decoded.empty()) o.inner->feed(decoded);
+      if (!within) return over_budget();
       o.inner->finish();
     }
   }
@@ -398,15 +400,12 @@ class Reader {
 
   // Octets of the open part's body, in order.
   void body_bytes(std::string_view bytes) {
-    if (open_.capture) {
+    if (open_.capture && !open_.cut) {
       std::string& body = sh_.out.parts[open_.index].body;
       const std::size_t take = std::min(bytes.size(), sh_.text_left);
       body.append(bytes.substr(0, take));
       sh_.text_left -= take;
-      if (take < bytes.size()) {
-        open_.capture = false;  // the budget is spent: kept cut, not whole
-        sh_.out.text_whole = false;
-      }
+      open_.cut = take < bytes.size();  // the budget is spent: kept cut, not whole
     }
     if (!open_.inner) return;
     // The line break at the end is held back until more body comes: before
@@ -418,22 +417,27 @@ class Reader {
       open_.held = "\r\n";
       return;
     }
-    if (!decode(open_, open_.held, decoded_) || !decode(open_, bytes.substr(0, bytes.size() - hold), decoded_)) return;
+    const bool within = decode(open_, open_.held, decoded_) && decode(open_, bytes.substr(0, bytes.size() - hold), decoded_);
     open_.held = bytes.substr(bytes.size() - hold);
     if (!decoded_.empty()) open_.inner->feed(decoded_);
+    if (!within) over_budget();
   }
 
   // Decoded attached messages come to at most kDecodedFactor times the
-  // message in all, so nesting cannot multiply the work; false past it.
+  // message in all, so nesting cannot multiply the work. Decodes `encoded`
+  // up to what is left of it (the same octets however the message is fed);
+  // false when that cut it.
   bool decode(Open& o, std::string_view encoded, std::string& out) {
-    if (encoded.size() > sh_.decoded_left) {
-      fail("encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size");
-      return false;
-    }
+    const bool within = encoded.size() <= sh_.decoded_left;
+    encoded = encoded.substr(0, sh_.decoded_left);
     sh_.decoded_left -= encoded.size();
     if (o.base64) o.base64_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
     else o.qp_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
-    return true;
+    return within;
+  }
+
+  void over_budget() {
+    fail("encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size");
   }
 
   // A line longer than kMaxLine: its first kMaxLine octets are in carry_.

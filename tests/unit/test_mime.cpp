@@ -414,3 +414,20 @@ TEST_CASE("mime: the first body line is read in the body it starts", "[mime]") {
     }
   }
 }
+
+TEST_CASE("mime: a text budget spent on the delimiter's line break keeps the body whole", "[mime]") {
+  // Found by fuzz_mime: the cut body kept the "\r" of the break before the delimiter.
+  const std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nhello\r\n--b--\r\n";
+  for (std::size_t budget : {5, 6, 7, 100}) {
+    INFO("budget " << budget);
+    Structure s = read_structure(m, {budget, 32});
+    REQUIRE(s.parts.size() == 1);
+    CHECK(s.parts[0].body == "hello");
+    CHECK(s.parts[0].body_whole);
+    CHECK(s.text_whole);
+  }
+  Structure s = read_structure(m, {4, 32});
+  CHECK(s.parts[0].body == "hell");
+  CHECK_FALSE(s.parts[0].body_whole);
+  CHECK_FALSE(s.text_whole);
+}
