@@ -66,11 +66,12 @@ struct Invocation {
   const Rule* rule = nullptr;
   PendingOp pending;
   bool added_symbol = false;  // ctx:symbol() was called: a hit for the metrics
-  // Loaded on first use of ctx.body: the message's first body_scan_limit
-  // octets, a view into the spool when it is in memory, else into
-  // scanned_copy (Spool::head).
+  // Loaded on first use of ctx.body:lines(): the message's first
+  // body_scan_limit octets, a view into the spool when it is in memory, else
+  // into scanned_copy (Spool::head).
   std::optional<std::string_view> scanned;
   std::string scanned_copy;
+  // Loaded on first use of text_parts() or attachments(): the whole message's.
   std::optional<mime::Structure> parts;
 };
 

@@ -1,6 +1,7 @@
 // The message-side objects of ctx: ctx.headers (decoded, raw), ctx.body
-// (size, MIME text parts, attachments, raw lines; read from the first
-// body_scan_limit octets of the spool), and the notes tables.
+// (size; the MIME structure of the whole message with its attachments, and
+// the text parts' text up to body_scan_limit octets; raw lines from the
+// first body_scan_limit octets of the spool), and the notes tables.
 #include <algorithm>
 #include <cstring>
 
@@ -81,8 +82,32 @@ std::string_view scanned(lua_State* L, Invocation& inv) {
   return *inv.scanned;
 }
 
+// Octets of a spilled spool read at a time for the structure walk.
+constexpr std::size_t kStructureReadBlock = 256 * 1024;
+
+// The structure of the whole message, read from the spool in place when in
+// memory, else in blocks: a part that starts past body_scan_limit is listed
+// too (an attachment after 10 MiB of padding is still an attachment).
 const mime::Structure& structure(lua_State* L, Invocation& inv) {
-  if (!inv.parts) inv.parts = mime::read_structure(scanned(L, inv));
+  if (inv.parts) return *inv.parts;
+  const Spool& spool = need_message(L, inv).spool();
+  const LuaOptions& o = inv.tag.rt->options;
+  mime::StructureReader reader(spool.size(), {o.body_scan_limit, o.text_parts_max});
+  if (spool.in_memory()) {
+    reader.feed(spool.memory());
+  } else {
+    std::string block(kStructureReadBlock, '\0');
+    for (std::size_t offset = 0; offset < spool.size();) {
+      long n = spool.read(offset, block.data(), block.size());
+      if (n <= 0) {
+        reader.fail("the spooled message could not be read");
+        break;
+      }
+      reader.feed(std::string_view(block.data(), static_cast<std::size_t>(n)));
+      offset += static_cast<std::size_t>(n);
+    }
+  }
+  inv.parts = reader.finish();
   return *inv.parts;
 }
 
@@ -93,22 +118,35 @@ int body_size(lua_State* L) {
   return 1;
 }
 
+// The text parts, and whether they are all of the message's text, whole: a
+// rule that looks for words must be able to tell a message padded with
+// text_parts_max filler parts, or with body_scan_limit octets of text, from
+// one it read whole.
 int body_text_parts(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kBodyMeta);
   const LuaOptions& o = inv.tag.rt->options;
+  const mime::Structure& s = structure(L, inv);
+  bool complete = s.problem.empty() && s.text_whole;
   lua_newtable(L);
   lua_Integer n = 0;
-  for (const mime::Part& p : structure(L, inv).parts) {
+  for (const mime::Part& p : s.parts) {
     if (p.type.rfind("text/", 0) != 0 || p.disposition == "attachment") continue;
-    if (static_cast<std::size_t>(n) >= o.text_parts_max) break;
+    if (static_cast<std::size_t>(n) >= o.text_parts_max) {
+      complete = false;
+      break;
+    }
+    if (!p.body_whole && p.body.empty() && p.encoded_size > 0) continue;  // past the text budget: none kept
+    bool cut = false;
     lua_createtable(L, 0, 4);
     set_string(L, "type", p.type);
     set_string(L, "charset", p.charset);
     set_string(L, "filename", p.filename);
-    set_string(L, "text", mime::decoded_text(p, o.text_part_limit));
+    set_string(L, "text", mime::decoded_text(p, o.text_part_limit, &cut));
     lua_rawseti(L, -2, ++n);
+    if (cut || !p.body_whole) complete = false;
   }
-  return 1;
+  lua_pushboolean(L, complete);
+  return 2;
 }
 
 // A list that misses an attachment a mail reader shows would let it past
@@ -126,7 +164,7 @@ int body_attachments(lua_State* L) {
     set_string(L, "filename", p.filename);
     set_string(L, "type", p.type);
     set_string(L, "disposition", p.disposition);
-    lua_pushinteger(L, static_cast<lua_Integer>(p.body.size()));
+    lua_pushinteger(L, static_cast<lua_Integer>(p.encoded_size));
     lua_setfield(L, -2, "encoded_size");
     lua_rawseti(L, -2, ++n);
   }

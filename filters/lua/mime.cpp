@@ -3,6 +3,13 @@
 // wins), and where readers may disagree (two different Content-Type fields)
 // or a limit cuts the walk short, Structure::problem says so rather than a
 // list that silently misses a part the recipient sees.
+//
+// One pass over the lines of the whole message, however large: an
+// attachment hidden after megabytes of padding is still listed. The nesting
+// is a stack of open containers; every line is matched against the
+// delimiters of all of them at once (an outer delimiter ends the inner
+// parts, as in a reader that splits the outer multipart first), so the work
+// per line does not grow with the depth of the part it is in.
 #include "filters/lua/mime.h"
 
 #include <array>
@@ -48,45 +55,6 @@ void finish_field(PartHeader& h, int index, std::string& value) {
   }
 }
 
-// Reads the header of `text` (a part or a message); `body` is what follows
-// the empty line (or the first line that is no field); no empty line = all header.
-PartHeader read_header(std::string_view text, std::string_view& body) {
-  PartHeader h;
-  body = {};
-  int current = -1;  // index into kNames of the field being unfolded, -1 for another field
-  std::string value;
-  std::size_t pos = 0;
-  while (pos < text.size()) {
-    std::size_t eol = text.find('\n', pos);
-    std::size_t next = eol == std::string_view::npos ? text.size() : eol + 1;
-    std::string_view content = without_line_end(text.substr(pos, next - pos));
-    if (content.empty()) {
-      body = text.substr(next);
-      break;
-    }
-    if (content[0] == ' ' || content[0] == '\t') {  // folded (RFC 5322 §2.2.3, obsolete folding too)
-      if (current >= 0 && value.size() <= kMaxFieldValue) value.append(content.substr(0, kMaxFieldValue + 1 - value.size()));
-      pos = next;
-      continue;
-    }
-    std::size_t colon = content.find(':');
-    if (colon == std::string_view::npos) {  // not a field: the body starts here
-      body = text.substr(pos);
-      break;
-    }
-    finish_field(h, current, value);
-    current = -1;
-    std::string name = ascii::to_lower(ascii::trim(content.substr(0, colon)));
-    for (std::size_t i = 0; i < PartHeader::kNames.size(); ++i) {
-      if (name == PartHeader::kNames[i]) current = static_cast<int>(i);
-    }
-    if (current >= 0) value = std::string(content.substr(colon + 1, kMaxFieldValue + 1));
-    pos = next;
-  }
-  finish_field(h, current, value);
-  return h;
-}
-
 // "multipart/mixed" from a comment-free Content-Type value; white space
 // around the '/' is allowed (RFC 2045 §5.1 with RFC 5322 CFWS).
 std::string media_type(std::string_view content_type) {
@@ -113,24 +81,265 @@ std::string clean_filename(std::string name) {
   return head + decoded.substr(from);
 }
 
-class Walker {
- public:
-  explicit Walker(std::size_t decoded_budget) : decoded_left_(decoded_budget) {}
-
+// What all the readers of one message share: the structure being built and
+// the budgets that hold across attached messages.
+struct Shared {
   Structure out;
+  std::size_t decoded_left;  // octets encoded attached messages may still decode from
+  TextBudget text;
+  std::size_t text_left;       // octets of text bodies still kept
+  std::size_t text_parts = 0;  // text parts seen
+};
 
-  void collect(std::string_view text, int depth) {
-    if (!out.problem.empty()) return;
-    if (out.parts.size() >= kMaxParts) {
-      out.problem = "more than " + std::to_string(kMaxParts) + " parts";
+// Reads one stream of lines: the message, or an encoded attached message
+// decoded from it (then `depth` is that of its top part).
+class Reader {
+ public:
+  Reader(Shared& shared, int depth) : sh_(shared) { open_part(depth, 0, true); }
+
+  void feed(std::string_view data) {
+    while (!data.empty() && sh_.out.problem.empty()) {
+      const std::size_t nl = data.find('\n');
+      const std::size_t n = nl == std::string_view::npos ? data.size() : nl + 1;
+      std::string_view piece = data.substr(0, n);
+      data.remove_prefix(n);
+      const bool ends = nl != std::string_view::npos;
+      if (long_line_) {
+        if (open_.active && !open_.in_header) body_bytes(piece);
+        long_length_ += piece.size();
+        const bool cr = piece.size() >= 2 ? piece[piece.size() - 2] == '\r' : last_cr_;
+        last_cr_ = !piece.empty() && piece.back() == '\r';
+        if (ends) {
+          last_break_ = cr ? 2 : 1;
+          end_long_line();
+        }
+        continue;
+      }
+      if (carry_.empty() && ends && piece.size() <= kMaxLine) {
+        line(piece);  // the common case: a whole line in the data, read in place
+        continue;
+      }
+      if (carry_.size() + piece.size() <= kMaxLine) {
+        carry_.append(piece);
+        if (ends) {
+          line(carry_);
+          carry_.clear();
+        }
+        continue;
+      }
+      const std::size_t take = kMaxLine - carry_.size();
+      carry_.append(piece.substr(0, take));
+      last_cr_ = carry_.back() == '\r';
+      last_break_ = 0;
+      start_long_line();
+      data = std::string_view(piece.substr(take).data(), piece.size() - take + data.size());
+    }
+  }
+
+  // The end of the stream: the open parts end with it.
+  void finish() {
+    if (!sh_.out.problem.empty()) return;
+    if (long_line_) end_long_line();
+    if (!carry_.empty()) {
+      line(carry_);
+      carry_.clear();
+    }
+    if (!sh_.out.problem.empty()) return;
+    end_open(pos_, false);
+    while (!levels_.empty()) pop_level(pos_);
+  }
+
+ private:
+  // An open container: a multipart (its delimiter) or an attached message
+  // whose parts are in the same stream.
+  struct Level {
+    std::string delimiter;  // "--boundary"; empty for an attached message
+    int depth = 0;          // of the container
+    bool closed = false;    // after its close-delimiter: the epilogue, not shown
+    std::size_t index = 0;  // attached message: its entry in out.parts
+    std::size_t body_start = 0;
+  };
+
+  // The part whose lines are being read.
+  struct Open {
+    bool active = false;
+    bool always = false;  // shown even when empty: a whole stream or an attached message's body
+    int depth = 0;
+    std::size_t start = 0;  // stream offset of its first octet
+    bool in_header = true;
+    PartHeader header;
+    int field = -1;  // index into PartHeader::kNames of the field being unfolded
+    std::string value;
+    std::size_t body_start = 0;
+    std::size_t index = std::string_view::npos;  // its entry in out.parts
+    bool text = false;                           // a text part, counted in Shared::text_parts
+    bool capture = false;                        // keeps its body
+    bool cut = false;                            // ... but the text budget ran out in it
+    // An attached message in base64 or quoted-printable: decoded into a reader.
+    bool base64 = false;
+    Base64Decoder base64_decoder;
+    QuotedPrintableDecoder qp_decoder;
+    std::unique_ptr<Reader> inner;
+    std::string held;  // the line break that ended the body so far, not yet decoded
+  };
+
+  void fail(std::string why) {
+    if (sh_.out.problem.empty()) sh_.out.problem = std::move(why);
+  }
+
+  void open_part(int depth, std::size_t start, bool always) {
+    open_ = Open{};
+    open_.active = true;
+    open_.always = always;
+    open_.depth = depth;
+    open_.start = start;
+  }
+
+  // A whole line (with its line end) at pos_.
+  void line(std::string_view text) {
+    if (!delimiter(text) && open_.active) {
+      if (open_.in_header) header_line(text);
+      else body_bytes(text);
+    }
+    pos_ += text.size();
+    prev_break_ = text.ends_with("\r\n") ? 2 : text.ends_with("\n") ? 1 : 0;
+  }
+
+  // RFC 2046 §5.1.1: a delimiter line is "--boundary" at the start of a
+  // line, then only white space (transport padding); "--boundary--" closes.
+  // A line that merely starts with the delimiter ("--boundary--x",
+  // "--boundaryX") is body text to a mail reader, and so it is here. The
+  // outermost container whose delimiter the line is wins.
+  std::size_t match(std::string_view text) const {
+    if (text.size() < 2 || text[0] != '-' || text[1] != '-') return std::string_view::npos;
+    while (!text.empty() && ascii::is_space(text.back())) text.remove_suffix(1);
+    for (std::size_t k = 0; k < levels_.size(); ++k) {
+      const Level& l = levels_[k];
+      if (l.delimiter.empty() || l.closed || !text.starts_with(l.delimiter)) continue;
+      std::string_view rest = text.substr(l.delimiter.size());
+      if (rest.empty() || rest == "--") return k;
+    }
+    return std::string_view::npos;
+  }
+
+  bool delimiter(std::string_view text) {
+    const std::size_t k = match(text);
+    if (k == std::string_view::npos) return false;
+    // The line break before a delimiter belongs to it (RFC 2046 §5.1.1).
+    const std::size_t end = pos_ - std::min(pos_, prev_break_);
+    end_open(end, k + 1 == levels_.size());
+    while (levels_.size() > k + 1) pop_level(end);
+    if (!sh_.out.problem.empty()) return true;
+    Level& l = levels_[k];
+    std::string_view trimmed = text;
+    while (!trimmed.empty() && ascii::is_space(trimmed.back())) trimmed.remove_suffix(1);
+    if (trimmed.size() > l.delimiter.size()) {
+      l.closed = true;  // close-delimiter; the epilogue is not shown
+      return true;
+    }
+    open_part(l.depth + 1, pos_ + text.size(), false);
+    return true;
+  }
+
+  // The open part ends at stream offset `end`; `own` when at a delimiter of
+  // its own multipart. An empty part ended by an outer delimiter or by the
+  // end of the stream is not shown (there was no part), an empty one
+  // between two delimiters is.
+  void end_open(std::size_t end, bool own) {
+    while (open_.active && open_.in_header) {
+      if (!open_.always && !own && end <= open_.start) {
+        open_ = Open{};
+        return;
+      }
+      finish_header(end);  // a header without an empty line: all header, the body empty
+      // A multipart's level is popped by the caller; an attached message's
+      // body (the part inside it, empty) is read the same way.
+      if (!sh_.out.problem.empty()) return;
+    }
+    if (!open_.active) return;
+    Open o = std::move(open_);
+    open_ = Open{};
+    if (o.index == std::string_view::npos) return;
+    if (!o.always && !own && end <= o.start) {
+      if (o.index + 1 == sh_.out.parts.size()) sh_.out.parts.pop_back();
+      if (o.text) --sh_.text_parts;
       return;
     }
-    std::string_view body;
-    PartHeader h = read_header(text, body);
-    if (!h.problem.empty()) {
-      out.problem = std::move(h.problem);
+    Part& p = sh_.out.parts[o.index];
+    p.encoded_size = end > o.body_start ? end - o.body_start : 0;
+    if (o.capture) {
+      if (p.body.size() > p.encoded_size) p.body.resize(p.encoded_size);
+      p.body_whole = p.body.size() == p.encoded_size;  // a cut past the body's end (its delimiter's break) keeps it whole
+      if (!p.body_whole) sh_.out.text_whole = false;
+    }
+    if (o.inner) {
+      // The held line break, unless it is the one before the delimiter.
+      std::string decoded;
+      o.held.resize(o.held.size() - std::min(o.held.size(), pos_ - end));
+      const bool within = decode(o, o.held, decoded);
+      if (!o.base64) o.qp_decoder.finish(decoded, static_cast<std::size_t>(-1));
+      if (!decoded.empty()) o.inner->feed(decoded);
+      if (!within) return over_budget();
+      o.inner->finish();
+    }
+  }
+
+  void pop_level(std::size_t end) {
+    Level l = std::move(levels_.back());
+    levels_.pop_back();
+    if (l.delimiter.empty()) {
+      Part& p = sh_.out.parts[l.index];
+      p.encoded_size = end > l.body_start ? end - l.body_start : 0;
+    }
+  }
+
+  // One line of the open part's header (RFC 5322 §2.2.3 folding, obsolete
+  // folding too); the header ends at an empty line or at a line that is no field.
+  void header_line(std::string_view text) {
+    std::string_view content = without_line_end(text);
+    if (content.empty()) {
+      finish_field(open_.header, open_.field, open_.value);
+      open_.field = -1;
+      finish_header(pos_ + text.size());
       return;
     }
+    if (content[0] == ' ' || content[0] == '\t') {
+      if (open_.field >= 0 && open_.value.size() <= kMaxFieldValue) {
+        open_.value.append(content.substr(0, kMaxFieldValue + 1 - open_.value.size()));
+      }
+      return;
+    }
+    std::size_t colon = content.find(':');
+    if (colon == std::string_view::npos) {  // not a field: the body starts here
+      finish_field(open_.header, open_.field, open_.value);
+      open_.field = -1;
+      finish_header(pos_);
+      // The line is read again as the first of the body: a multipart's
+      // delimiter, the header of an attached message's part, or body text.
+      if (!sh_.out.problem.empty() || delimiter(text) || !open_.active) return;
+      if (open_.in_header) header_line(text);
+      else body_bytes(text);
+      return;
+    }
+    finish_field(open_.header, open_.field, open_.value);
+    open_.field = -1;
+    std::string name = ascii::to_lower(ascii::trim(content.substr(0, colon)));
+    for (std::size_t i = 0; i < PartHeader::kNames.size(); ++i) {
+      if (name == PartHeader::kNames[i]) open_.field = static_cast<int>(i);
+    }
+    if (open_.field >= 0) open_.value = std::string(content.substr(colon + 1, kMaxFieldValue + 1));
+  }
+
+  // The open part's header is read; its body starts at `body_start`.
+  void finish_header(std::size_t body_start) {
+    finish_field(open_.header, open_.field, open_.value);
+    open_.field = -1;
+    open_.in_header = false;
+    open_.body_start = body_start;
+    if (!sh_.out.problem.empty()) return;
+    if (sh_.out.parts.size() >= kMaxParts) return fail("more than " + std::to_string(kMaxParts) + " parts");
+    PartHeader& h = open_.header;
+    if (!h.problem.empty()) return fail(std::move(h.problem));
     Part part;
     std::string content_type;
     if (const std::string* v = h.get(0)) {
@@ -148,90 +357,176 @@ class Walker {
       if (!name.empty()) part.filename = std::move(name);  // RFC 2183 §2.3 over Content-Type name=
     }
     part.filename = clean_filename(std::move(part.filename));
+    const int depth = open_.depth;
 
     if (part.type.rfind("multipart/", 0) == 0) {
       std::string boundary = header_parameter(content_type, "boundary");
       if (!boundary.empty()) {
-        if (depth >= kMaxDepth) {
-          out.problem = "parts nested deeper than " + std::to_string(kMaxDepth);
-          return;
-        }
-        split_multipart(body, "--" + boundary, depth);
+        if (depth >= kMaxDepth) return fail("parts nested deeper than " + std::to_string(kMaxDepth));
+        Level l;
+        l.delimiter = "--" + boundary;
+        l.depth = depth;
+        levels_.push_back(std::move(l));
+        open_ = Open{};  // the preamble: not shown
         return;
       }
     }
-    part.body = body;
     const bool message = part.type == "message/rfc822" || part.type == "message/global";
+    if (!message && part.type.rfind("text/", 0) == 0 && part.disposition != "attachment") {
+      open_.text = true;
+      if (sh_.text_parts++ < sh_.text.text_parts_max) open_.capture = true;
+      else sh_.out.text_whole = false;
+    }
     const std::string encoding = part.transfer_encoding;
-    out.parts.push_back(std::move(part));
+    open_.index = sh_.out.parts.size();
+    sh_.out.parts.push_back(std::move(part));
     // The parts of an attached message are shown by readers as well. RFC 2046
     // §5.2.1 forbids base64 and quoted-printable for message/rfc822; a reader
     // that decodes them anyway must not show what the rules never saw.
     if (!message) return;
-    if (depth >= kMaxDepth) {
-      out.problem = "parts nested deeper than " + std::to_string(kMaxDepth);
+    if (depth >= kMaxDepth) return fail("parts nested deeper than " + std::to_string(kMaxDepth));
+    if (encoding == "base64" || encoding == "quoted-printable") {
+      open_.base64 = encoding == "base64";
+      open_.inner = std::make_unique<Reader>(sh_, depth + 1);
       return;
     }
-    if (encoding != "base64" && encoding != "quoted-printable") {
-      collect(body, depth + 1);
-      return;
-    }
-    // Decoded messages are kept (the parts are views into them) up to
-    // kDecodedFactor times the scanned message in all, so nesting cannot
-    // multiply the memory.
-    if (body.size() > decoded_left_) {
-      out.problem = "encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size";
-      return;
-    }
-    auto decoded = std::make_unique<std::string>(encoding == "base64" ? decode_base64(body, body.size())
-                                                                      : decode_quoted_printable(body, body.size()));
-    decoded_left_ -= body.size();
-    out.decoded.push_back(std::move(decoded));
-    collect(*out.decoded.back(), depth + 1);
+    Level l;
+    l.depth = depth;
+    l.index = open_.index;
+    l.body_start = body_start;
+    levels_.push_back(std::move(l));
+    open_part(depth + 1, body_start, true);
   }
 
- private:
-  // RFC 2046 §5.1.1: a delimiter line is "--boundary" at the start of a
-  // line, then only white space (transport padding); "--boundary--" closes.
-  // A line that merely starts with the delimiter ("--boundary--x",
-  // "--boundaryX") is body text to a mail reader, and so it is here.
-  void split_multipart(std::string_view body, const std::string& delimiter, int depth) {
-    std::size_t pos = 0;
-    std::size_t part_start = std::string_view::npos;
-    while (pos < body.size() && out.problem.empty()) {
-      std::size_t eol = body.find('\n', pos);
-      std::size_t next = eol == std::string_view::npos ? body.size() : eol + 1;
-      std::string_view line = body.substr(pos, next - pos);
-      while (!line.empty() && ascii::is_space(line.back())) line.remove_suffix(1);
-      std::string_view rest = line.substr(std::min(line.size(), delimiter.size()));
-      if (line.size() >= delimiter.size() && line.compare(0, delimiter.size(), delimiter) == 0 &&
-          (rest.empty() || rest == "--")) {
-        if (part_start != std::string_view::npos) {
-          // The line break before a delimiter belongs to it (RFC 2046 §5.1.1).
-          std::string_view inner = body.substr(part_start, pos - part_start);
-          if (!inner.empty() && inner.back() == '\n') inner.remove_suffix(1);
-          if (!inner.empty() && inner.back() == '\r') inner.remove_suffix(1);
-          collect(inner, depth + 1);
-        }
-        if (rest == "--") return;  // close-delimiter; the epilogue is not shown
-        part_start = next;
+  // Octets of the open part's body, in order.
+  void body_bytes(std::string_view bytes) {
+    if (open_.capture && !open_.cut) {
+      std::string& body = sh_.out.parts[open_.index].body;
+      const std::size_t take = std::min(bytes.size(), sh_.text_left);
+      body.append(bytes.substr(0, take));
+      sh_.text_left -= take;
+      open_.cut = take < bytes.size();  // the budget is spent: kept cut, not whole
+    }
+    if (!open_.inner) return;
+    // The line break at the end is held back until more body comes: before
+    // a delimiter it is the delimiter's, and the attached message ends
+    // without it (RFC 2046 §5.1.1), as when its body is cut out whole.
+    std::size_t hold = bytes.ends_with("\r\n") ? 2 : bytes.ends_with("\n") || bytes.ends_with("\r") ? 1 : 0;
+    decoded_.clear();
+    if (bytes == "\n" && open_.held == "\r") {
+      open_.held = "\r\n";
+      return;
+    }
+    const bool within = decode(open_, open_.held, decoded_) && decode(open_, bytes.substr(0, bytes.size() - hold), decoded_);
+    open_.held = bytes.substr(bytes.size() - hold);
+    if (!decoded_.empty()) open_.inner->feed(decoded_);
+    if (!within) over_budget();
+  }
+
+  // Decoded attached messages come to at most kDecodedFactor times the
+  // message in all, so nesting cannot multiply the work. Decodes `encoded`
+  // up to what is left of it (the same octets however the message is fed);
+  // false when that cut it.
+  bool decode(Open& o, std::string_view encoded, std::string& out) {
+    const bool within = encoded.size() <= sh_.decoded_left;
+    encoded = encoded.substr(0, sh_.decoded_left);
+    sh_.decoded_left -= encoded.size();
+    if (o.base64) o.base64_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
+    else o.qp_decoder.feed(encoded, out, static_cast<std::size_t>(-1));
+    return within;
+  }
+
+  void over_budget() {
+    fail("encoded attached messages nested past " + std::to_string(kDecodedFactor) + " times the message's size");
+  }
+
+  // A line longer than kMaxLine: its first kMaxLine octets are in carry_.
+  // A delimiter or a Content-* field that long is a problem (readers may cut
+  // it differently); another header line is skipped; a body line is body.
+  void start_long_line() {
+    long_line_ = true;
+    long_length_ = carry_.size();
+    if (match(carry_) != std::string_view::npos) {
+      return fail("a boundary delimiter line longer than " + std::to_string(kMaxLine) + " octets");
+    }
+    if (!open_.active) return;
+    if (open_.in_header) {
+      std::string_view content = carry_;
+      const std::size_t colon = content.find(':');
+      if (content[0] == ' ' || content[0] == '\t') {
+        if (open_.field >= 0) return fail(std::string(PartHeader::kNames[static_cast<std::size_t>(open_.field)]) +
+                                          " field longer than " + std::to_string(kMaxFieldValue) + " octets");
+        return;
       }
-      pos = next;
+      if (colon != std::string_view::npos) {
+        finish_field(open_.header, open_.field, open_.value);
+        open_.field = -1;
+        std::string name = ascii::to_lower(ascii::trim(content.substr(0, colon)));
+        for (std::string_view known : PartHeader::kNames) {
+          if (name == known) return fail(std::string(known) + " field longer than " + std::to_string(kMaxFieldValue) + " octets");
+        }
+        return;
+      }
+      finish_field(open_.header, open_.field, open_.value);
+      open_.field = -1;
+      finish_header(pos_);  // not a field: the body starts here, and the line is read again in it
+      if (sh_.out.problem.empty()) start_long_line();
+      return;
     }
-    if (part_start != std::string_view::npos && part_start < body.size()) {
-      collect(body.substr(part_start), depth + 1);  // no close-delimiter: readers show the last part
-    }
+    body_bytes(carry_);
   }
 
-  std::size_t decoded_left_;  // octets attached messages may still decode to
+  void end_long_line() {
+    long_line_ = false;
+    pos_ += long_length_;
+    prev_break_ = last_break_;
+    carry_.clear();
+  }
+
+  Shared& sh_;
+  std::vector<Level> levels_;
+  Open open_;
+  std::size_t pos_ = 0;         // stream offset of the line being read
+  std::size_t prev_break_ = 0;  // octets of the previous line's line end
+  std::string carry_;           // a line split across feed() calls, at most kMaxLine octets
+  bool long_line_ = false;      // reading past kMaxLine octets of a line
+  std::size_t long_length_ = 0;
+  std::size_t last_break_ = 0;  // of the long line, once read
+  bool last_cr_ = false;        // the long line's last octet read is a CR
+  std::string decoded_;         // scratch for an attached message's decoded octets
 };
 
 }  // namespace
 
-Structure read_structure(std::string_view message) {
-  Walker w(kDecodedFactor * message.size());
-  w.collect(message, 0);
-  return std::move(w.out);
+struct StructureReader::State {
+  Shared shared;
+  std::unique_ptr<Reader> reader;
+};
+
+StructureReader::StructureReader(std::size_t message_size, TextBudget budget) : state_(std::make_unique<State>()) {
+  state_->shared.decoded_left = kDecodedFactor * message_size;
+  state_->shared.text = budget;
+  state_->shared.text_left = budget.text_limit;
+  state_->reader = std::make_unique<Reader>(state_->shared, 0);
+}
+
+StructureReader::~StructureReader() = default;
+
+void StructureReader::feed(std::string_view data) { state_->reader->feed(data); }
+
+void StructureReader::fail(std::string why) {
+  if (state_->shared.out.problem.empty()) state_->shared.out.problem = std::move(why);
+}
+
+Structure StructureReader::finish() {
+  state_->reader->finish();
+  return std::move(state_->shared.out);
+}
+
+Structure read_structure(std::string_view message, TextBudget budget) {
+  StructureReader r(message.size(), budget);
+  r.feed(message);
+  return r.finish();
 }
 
 }  // namespace postern::mime

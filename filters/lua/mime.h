@@ -31,6 +31,30 @@ std::string decode_header_value(std::string_view value, std::size_t limit);
 
 std::string decode_base64(std::string_view in, std::size_t limit);
 std::string decode_quoted_printable(std::string_view in, std::size_t limit);
+
+// The same decodings fed in pieces split anywhere (an attached message
+// decoded while the message streams by); each feed() appends to `out` what
+// the input so far decodes to, up to `limit` octets of `out` in all.
+class Base64Decoder {
+ public:
+  void feed(std::string_view in, std::string& out, std::size_t limit);
+
+ private:
+  unsigned buffer_ = 0;
+  int bits_ = 0;
+  bool done_ = false;  // '=' ends the data (RFC 2045 §6.8)
+};
+
+class QuotedPrintableDecoder {
+ public:
+  void feed(std::string_view in, std::string& out, std::size_t limit);
+  void finish(std::string& out, std::size_t limit);  // at the end of the input
+
+ private:
+  void step(char c, std::string& out);
+  void release(std::string& out);
+  std::string pending_;  // '=' and what follows it while undecided: hex digit, soft line break
+};
 std::string decode_q(std::string_view in);        // RFC 2047 §4.2 "Q": like quoted-printable, '_' is a space
 std::string decode_percent(std::string_view in);  // RFC 2231 §4 "%xx"
 
@@ -57,7 +81,11 @@ struct Part {
   std::string transfer_encoding;    // lower case: "base64", "quoted-printable", ...
   std::string disposition;          // lower case: "attachment", "inline" or empty
   std::string filename;             // from Content-Disposition or Content-Type name=, decoded
-  std::string_view body;            // encoded body, a view into the scanned text
+  std::size_t encoded_size = 0;     // octets of the encoded body
+  // The encoded body of a text part that is no attachment, kept while the
+  // reader's text budget lasts (read_structure); empty for other parts.
+  std::string body;
+  bool body_whole = false;          // `body` holds the whole encoded body
 };
 
 struct Structure {
@@ -68,15 +96,52 @@ struct Structure {
   // nested too deep, a part with two different Content-Type fields, ...);
   // empty when the structure was read whole.
   std::string problem;
-  // Attached messages decoded from base64 or quoted-printable, which the
-  // parts inside them view.
-  std::vector<std::unique_ptr<std::string>> decoded;
+  // False when a text part's body was not kept whole (the text budget ran
+  // out) or past the text_parts_max'th text part: its text is not in `parts`.
+  bool text_whole = true;
 };
 
-// The structure of `message` (a whole message with CRLF or LF line ends).
-Structure read_structure(std::string_view message);
+// What a StructureReader keeps of text parts (text/* and no attachment) for
+// the rules: the first `text_parts_max` of them, their encoded bodies up to
+// `text_limit` octets in all.
+struct TextBudget {
+  std::size_t text_limit = static_cast<std::size_t>(-1);
+  std::size_t text_parts_max = static_cast<std::size_t>(-1);
+};
 
-// The part's body decoded from its transfer encoding and converted to UTF-8.
-std::string decoded_text(const Part& part, std::size_t limit);
+// Reads the structure of a whole message fed in pieces split anywhere, in
+// one pass over it (CPU linear in the message's size, whatever the nesting)
+// and in bounded memory: a part's header and the line being read (cut at
+// kMaxLine octets), per nesting level, and the text bodies of TextBudget.
+// Attached messages encoded in base64 or quoted-printable are decoded as
+// they stream by, into kDecodedFactor times `message_size` octets in all.
+class StructureReader {
+ public:
+  StructureReader(std::size_t message_size, TextBudget budget);
+  ~StructureReader();
+  StructureReader(const StructureReader&) = delete;
+  StructureReader& operator=(const StructureReader&) = delete;
+
+  void feed(std::string_view data);
+  // The message could not be read on (an I/O error): the structure has a problem.
+  void fail(std::string why);
+  Structure finish();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+// Octets of one line the structure reader looks at; the rest of a longer
+// line is body text (a boundary delimiter or a Content-* field that long is
+// a problem, for readers may not agree on it).
+inline constexpr std::size_t kMaxLine = 2 * kMaxFieldValue;
+
+// The structure of `message` (a whole message with CRLF or LF line ends).
+Structure read_structure(std::string_view message, TextBudget budget = {});
+
+// The part's body decoded from its transfer encoding and converted to UTF-8,
+// cut at `limit` octets; `*cut` (when given) says whether it was.
+std::string decoded_text(const Part& part, std::size_t limit, bool* cut = nullptr);
 
 }  // namespace postern::mime

@@ -2,6 +2,7 @@
 // RFC 2047 §4.2); see mime.h. Text reaches Lua as well-formed UTF-8 only.
 #include <iconv.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "filters/lua/mime.h"
@@ -42,50 +43,96 @@ std::string well_formed(std::string_view text) {
 
 }  // namespace
 
-std::string decode_base64(std::string_view in, std::size_t limit) {
-  std::string out;
-  unsigned buffer = 0;
-  int bits = 0;
+void Base64Decoder::feed(std::string_view in, std::string& out, std::size_t limit) {
   for (char c : in) {
+    if (done_) return;
     int v = base64_value(c);
     if (v < 0) {
-      if (c == '=') break;
+      if (c == '=') done_ = true;
       continue;  // line breaks and garbage are skipped (RFC 2045 §6.8)
     }
-    buffer = (buffer << 6) | static_cast<unsigned>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      if (out.size() >= limit) break;
-      out.push_back(static_cast<char>((buffer >> bits) & 0xFF));
+    buffer_ = (buffer_ << 6) | static_cast<unsigned>(v);
+    bits_ += 6;
+    if (bits_ >= 8) {
+      bits_ -= 8;
+      if (out.size() >= limit) return;
+      out.push_back(static_cast<char>((buffer_ >> bits_) & 0xFF));
     }
   }
+}
+
+std::string decode_base64(std::string_view in, std::size_t limit) {
+  std::string out;
+  Base64Decoder().feed(in, out, limit);
   return out;
+}
+
+// "=XX" is an octet; "=" [white space] [CR] LF a soft line break (RFC 2045
+// §6.7 rule 5); any other '=' stands for itself, and what follows it is read
+// on its own.
+void QuotedPrintableDecoder::step(char c, std::string& out) {
+  if (pending_.empty()) {
+    if (c == '=') pending_.push_back(c);
+    else out.push_back(c);
+    return;
+  }
+  const char last = pending_.back();
+  if (pending_.size() == 1 && hex_value(c) >= 0) {
+    pending_.push_back(c);
+    return;
+  }
+  if (pending_.size() == 2 && hex_value(last) >= 0) {
+    if (hex_value(c) >= 0) {
+      out.push_back(static_cast<char>(hex_value(last) * 16 + hex_value(c)));
+      pending_.clear();
+      return;
+    }
+  } else if (last != '\r' && (c == ' ' || c == '\t' || c == '\r')) {
+    pending_.push_back(c);
+    return;
+  } else if (c == '\n') {
+    pending_.clear();  // soft line break
+    return;
+  }
+  release(out);
+  step(c, out);
+}
+
+void QuotedPrintableDecoder::release(std::string& out) {
+  out.append(pending_);  // holds no '=' after the first: nothing to decode again
+  pending_.clear();
+}
+
+void QuotedPrintableDecoder::feed(std::string_view in, std::string& out, std::size_t limit) {
+  std::size_t i = 0;
+  while (i < in.size() && out.size() < limit) {
+    if (!pending_.empty()) {
+      step(in[i++], out);
+      continue;
+    }
+    // Up to the next '=' the text stands for itself: copied in one go.
+    const std::size_t eq = std::min(in.find('=', i), in.size());
+    const std::size_t end = i + std::min(eq - i, limit - out.size());
+    out.append(in.substr(i, end - i));
+    i = end;
+    if (i == eq && i < in.size() && out.size() < limit) {
+      pending_.push_back('=');
+      ++i;
+    }
+  }
+}
+
+void QuotedPrintableDecoder::finish(std::string& out, std::size_t limit) {
+  if (out.size() < limit) release(out);
+  if (out.size() > limit) out.resize(limit);
 }
 
 std::string decode_quoted_printable(std::string_view in, std::size_t limit) {
   std::string out;
-  for (std::size_t i = 0; i < in.size() && out.size() < limit; ++i) {
-    char c = in[i];
-    if (c != '=') {
-      out.push_back(c);
-      continue;
-    }
-    if (i + 2 < in.size() && hex_value(in[i + 1]) >= 0 && hex_value(in[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(hex_value(in[i + 1]) * 16 + hex_value(in[i + 2])));
-      i += 2;
-      continue;
-    }
-    // A soft line break "=" [white space] CRLF (RFC 2045 §6.7 rule 5).
-    std::size_t j = i + 1;
-    while (j < in.size() && (in[j] == ' ' || in[j] == '\t')) ++j;
-    if (j < in.size() && in[j] == '\r') ++j;
-    if (j < in.size() && in[j] == '\n') {
-      i = j;
-      continue;
-    }
-    out.push_back(c);
-  }
+  QuotedPrintableDecoder d;
+  d.feed(in, out, limit);
+  d.finish(out, limit);
+  if (out.size() > limit) out.resize(limit);
   return out;
 }
 
@@ -153,12 +200,15 @@ void cut_utf8(std::string& text, std::size_t limit) {
   text.resize(end);
 }
 
-std::string decoded_text(const Part& part, std::size_t limit) {
+std::string decoded_text(const Part& part, std::size_t limit, bool* cut) {
   std::string raw;
-  if (part.transfer_encoding == "base64") raw = decode_base64(part.body, limit);
-  else if (part.transfer_encoding == "quoted-printable") raw = decode_quoted_printable(part.body, limit);
-  else raw = std::string(part.body.substr(0, limit));
+  const std::string_view body = part.body;
+  if (part.transfer_encoding == "base64") raw = decode_base64(body, limit);
+  else if (part.transfer_encoding == "quoted-printable") raw = decode_quoted_printable(body, limit);
+  else raw = std::string(body.substr(0, limit));
   std::string text = to_utf8(part.charset, raw);
+  // Reaching the limit counts as cut: what came after it is unknown.
+  if (cut) *cut = raw.size() >= limit || text.size() > limit;
   cut_utf8(text, limit);
   return text;
 }

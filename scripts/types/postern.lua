@@ -171,11 +171,13 @@ local Body = {}
 ---@return integer
 function Body:size() end
 
----text/* parts that are not attachments, at most text_parts_max.
----@return postern.TextPart[]
+---text/* parts that are not attachments, at most text_parts_max, and
+---whether they are every text part of the message, each whole.
+---@return postern.TextPart[] parts
+---@return boolean complete
 function Body:text_parts() end
 
----Parts with a file name or Content-Disposition: attachment.
+---Parts with a file name or Content-Disposition: attachment, in the whole message.
 ---@return postern.Attachment[]
 function Body:attachments() end
 
