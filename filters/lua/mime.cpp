@@ -12,6 +12,7 @@
 // per line does not grow with the depth of the part it is in.
 #include "filters/lua/mime.h"
 
+#include <algorithm>
 #include <array>
 #include <memory>
 
@@ -74,7 +75,7 @@ std::string clean_filename(std::string name) {
   std::string decoded = decode_header_value(name, 3 * name.size());
   decoded = decoded.substr(0, decoded.find('\0'));  // a NUL from an encoded-word
   if (decoded.size() <= kMaxFilename) return decoded;
-  std::string head = decoded.substr(0, kMaxFilename / 2);
+  std::string head = decoded.substr(0, kMaxFilename / 2 + 1);  // cut_utf8 looks at the octet past the cut
   cut_utf8(head, kMaxFilename / 2);
   std::size_t from = decoded.size() - kMaxFilename / 2;
   while (from < decoded.size() && (static_cast<unsigned char>(decoded[from]) & 0xC0) == 0x80) ++from;
@@ -99,6 +100,18 @@ class Reader {
 
   void feed(std::string_view data) {
     while (!data.empty() && sh_.out.problem.empty()) {
+      if (at_body_line()) {
+        // Body text in bulk: what a line at a time would read the same way.
+        const std::size_t plain = plain_body(data);
+        if (plain > 0) {
+          std::string_view text = data.substr(0, plain);
+          if (open_.active) body_bytes(text);
+          pos_ += plain;
+          prev_break_ = text.ends_with("\r\n") ? 2 : text.ends_with("\n") ? 1 : 0;
+          data.remove_prefix(plain);
+          continue;
+        }
+      }
       const std::size_t nl = data.find('\n');
       const std::size_t n = nl == std::string_view::npos ? data.size() : nl + 1;
       std::string_view piece = data.substr(0, n);
@@ -193,6 +206,29 @@ class Reader {
     open_.always = always;
     open_.depth = depth;
     open_.start = start;
+  }
+
+  // At the start of a line of a body, a preamble or an epilogue, read as it
+  // comes (an encoded attached message's body is decoded a line at a time).
+  bool at_body_line() const {
+    return carry_.empty() && !long_line_ && !open_.inner && !(open_.active && open_.in_header);
+  }
+
+  // Octets at the start of `data` that are body text whatever follows: the
+  // whole lines that are no boundary delimiter (they do not start with
+  // "--"), or all of `data` when no multipart is open, for then no line can
+  // end the part (a new part starts only at a delimiter).
+  std::size_t plain_body(std::string_view data) const {
+    const bool open = std::any_of(levels_.begin(), levels_.end(),
+                                  [](const Level& l) { return !l.delimiter.empty() && !l.closed; });
+    if (!open) return data.size();
+    std::size_t n = 0;
+    while (n + 2 <= data.size() && !(data[n] == '-' && data[n + 1] == '-')) {
+      const std::size_t nl = data.find('\n', n);
+      if (nl == std::string_view::npos) break;
+      n = nl + 1;
+    }
+    return n;
   }
 
   // A whole line (with its line end) at pos_.

@@ -90,6 +90,23 @@ TEST_CASE("mime: a long file name keeps its extension", "[mime]") {
   CHECK(filename_of(sections) == std::string(kMaxFilename / 2, 'a') + std::string(kMaxFilename / 2 - 4, 'a') + ".exe");
 }
 
+TEST_CASE("mime: a long file name is cut between characters, at either end of the cut", "[mime]") {
+  // A character of two, three or four octets (or U+FFFD for an octet that
+  // is no UTF-8) across the first half's end or the second half's start.
+  for (std::string ch : {"\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80", "\xA2"}) {
+    for (std::size_t lead = kMaxFilename / 2 - 4; lead <= kMaxFilename / 2 + 1; ++lead) {
+      std::string name = std::string(lead, 'a');
+      for (int i = 0; i < 400; ++i) name += ch;
+      name += ".exe";
+      const std::string got = filename_of("Content-Disposition: attachment; filename*=UTF-8''" + name);
+      INFO("lead " << lead << ", character of " << ch.size() << " octets");
+      CHECK(got.size() <= kMaxFilename);
+      CHECK(postern::valid_utf8(got));
+      CHECK(got.ends_with(".exe"));
+    }
+  }
+}
+
 TEST_CASE("mime: delimiters are whole lines, as mail readers read them", "[mime]") {
   // Each line merely starts with the delimiter: a reader shows it as text and
   // goes on to the attachment after it.
@@ -431,3 +448,4 @@ TEST_CASE("mime: a text budget spent on the delimiter's line break keeps the bod
   CHECK_FALSE(s.parts[0].body_whole);
   CHECK_FALSE(s.text_whole);
 }
+
