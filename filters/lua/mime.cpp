@@ -194,6 +194,12 @@ class Reader {
     QuotedPrintableDecoder qp_decoder;
     std::unique_ptr<Reader> inner;
     std::string held;  // the line break that ended the body so far, not yet decoded
+    // A text/plain part's text is searched for files embedded in it
+    // (uuencode, yEnc), decoded first when base64 or quoted-printable.
+    bool embedded = false;
+    int text_encoding = 0;  // 0 as is, 1 base64, 2 quoted-printable
+    std::string line;       // the text line read so far, its first kMaxLine octets
+    bool in_line = false;   // `line` holds the start of an unfinished line
   };
 
   void fail(std::string why) {
@@ -301,6 +307,8 @@ class Reader {
       if (o.text) --sh_.text_parts;
       return;
     }
+    if (o.embedded) end_embedded(o);
+    if (!sh_.out.problem.empty()) return;
     Part& p = sh_.out.parts[o.index];
     p.encoded_size = end > o.body_start ? end - o.body_start : 0;
     if (o.capture) {
@@ -414,6 +422,10 @@ class Reader {
       else sh_.out.text_whole = false;
     }
     const std::string encoding = part.transfer_encoding;
+    if (part.type == "text/plain" && part.disposition != "attachment") {
+      open_.embedded = true;
+      open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
+    }
     open_.index = sh_.out.parts.size();
     sh_.out.parts.push_back(std::move(part));
     // The parts of an attached message are shown by readers as well. RFC 2046
@@ -443,6 +455,7 @@ class Reader {
       sh_.text_left -= take;
       open_.cut = take < bytes.size();  // the budget is spent: kept cut, not whole
     }
+    if (open_.embedded) embedded_text(bytes);
     if (!open_.inner) return;
     // The line break at the end is held back until more body comes: before
     // a delimiter it is the delimiter's, and the attached message ends
@@ -457,6 +470,85 @@ class Reader {
     open_.held = bytes.substr(bytes.size() - hold);
     if (!decoded_.empty()) open_.inner->feed(decoded_);
     if (!within) over_budget();
+  }
+
+  // Files embedded in a text/plain part's text, which mail readers list as
+  // attachments: a uuencoded file, "begin 644 name" anywhere in a line
+  // (Roundcube; Thunderbird at a line's start), and yEnc, a line that starts
+  // "=ybegin " with "name=" (RFC-less, but read by news and mail readers).
+  // The text is read line by line, each line's first kMaxLine octets,
+  // whatever the pieces it comes in.
+  void embedded_text(std::string_view bytes) {
+    if (open_.text_encoding == 0) return text_lines(open_, bytes);
+    text_decoded_.clear();
+    if (open_.text_encoding == 1) open_.base64_decoder.feed(bytes, text_decoded_, static_cast<std::size_t>(-1));
+    else open_.qp_decoder.feed(bytes, text_decoded_, static_cast<std::size_t>(-1));
+    text_lines(open_, text_decoded_);
+  }
+
+  void end_embedded(Open& o) {
+    if (o.text_encoding == 2) {
+      text_decoded_.clear();
+      o.qp_decoder.finish(text_decoded_, static_cast<std::size_t>(-1));
+      text_lines(o, text_decoded_);
+    }
+    if (o.in_line) embedded_line(o.line);
+    o.line.clear();
+    o.in_line = false;
+  }
+
+  void text_lines(Open& o, std::string_view text) {
+    while (!text.empty() && sh_.out.problem.empty()) {
+      if (!o.in_line) {
+        // Whole lines without "begin " (which "=ybegin " holds too) hold no
+        // file: skipped at once, up to the line of the next one.
+        const std::size_t marker = std::min(text.find("begin "), text.size());
+        const std::size_t nl = marker == 0 ? std::string_view::npos : text.rfind('\n', marker - 1);
+        if (nl != std::string_view::npos) text.remove_prefix(nl + 1);
+        if (text.empty()) return;
+      }
+      const std::size_t nl = text.find('\n');
+      const std::string_view piece = text.substr(0, nl);
+      text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+      if (!o.in_line && nl != std::string_view::npos) {
+        embedded_line(piece.substr(0, kMaxLine));  // the common case: a whole line, read in place
+        continue;
+      }
+      if (o.line.size() < kMaxLine) o.line.append(piece.substr(0, kMaxLine - o.line.size()));
+      o.in_line = true;
+      if (nl != std::string_view::npos) {
+        embedded_line(o.line);
+        o.line.clear();
+        o.in_line = false;
+      }
+    }
+  }
+
+  void embedded_line(std::string_view line) {
+    while (!line.empty() && ascii::is_space(line.back())) line.remove_suffix(1);
+    if (line.starts_with("=ybegin ")) {
+      const std::size_t name = line.find(" name=");
+      if (name != std::string_view::npos) return embedded_file(line.substr(name + 6), "x-yenc");
+    }
+    for (std::size_t at = line.find("begin "); at != std::string_view::npos; at = line.find("begin ", at + 1)) {
+      std::size_t i = at + 6;
+      std::size_t digits = 0;
+      while (i < line.size() && line[i] >= '0' && line[i] <= '7') ++i, ++digits;
+      if (digits < 3 || digits > 4 || i == line.size() || (line[i] != ' ' && line[i] != '\t')) continue;
+      return embedded_file(line.substr(i), "x-uuencode");
+    }
+  }
+
+  void embedded_file(std::string_view name, const char* encoding) {
+    name = ascii::trim(name);
+    if (name.empty()) return;
+    if (sh_.out.parts.size() >= kMaxParts) return fail("more than " + std::to_string(kMaxParts) + " parts");
+    Part part;
+    part.type = "application/octet-stream";
+    part.transfer_encoding = encoding;
+    part.disposition = "attachment";
+    part.filename = clean_filename(std::string(name));
+    sh_.out.parts.push_back(std::move(part));
   }
 
   // Decoded attached messages come to at most kDecodedFactor times the
@@ -530,6 +622,7 @@ class Reader {
   std::size_t last_break_ = 0;  // of the long line, once read
   bool last_cr_ = false;        // the long line's last octet read is a CR
   std::string decoded_;         // scratch for an attached message's decoded octets
+  std::string text_decoded_;    // scratch for a text part's decoded text
 };
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <iconv.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 
 #include "filters/lua/mime.h"
@@ -43,22 +44,43 @@ std::string well_formed(std::string_view text) {
 
 }  // namespace
 
+// Decodes into `out` grown once, through a table: text parts of tens of
+// megabytes are decoded to be searched (the structure reader).
 void Base64Decoder::feed(std::string_view in, std::string& out, std::size_t limit) {
+  static const std::array<signed char, 256> kValue = [] {
+    std::array<signed char, 256> t{};
+    for (int c = 0; c < 256; ++c) t[static_cast<std::size_t>(c)] = static_cast<signed char>(base64_value(static_cast<char>(c)));
+    return t;
+  }();
+  if (done_) return;
+  // Each input octet adds at most 6 bits: in.size() * 3 / 4 + 1 octets at most.
+  const std::size_t start = out.size();
+  const std::size_t room = std::min(limit - std::min(limit, start), in.size() / 4 * 3 + 3);
+  out.resize(start + room);
+  char* w = out.data() + start;
+  char* const end = w + room;
+  unsigned buffer = buffer_;
+  int bits = bits_;
   for (char c : in) {
-    if (done_) return;
-    int v = base64_value(c);
+    const int v = kValue[static_cast<unsigned char>(c)];
     if (v < 0) {
-      if (c == '=') done_ = true;
+      if (c == '=') {
+        done_ = true;
+        break;
+      }
       continue;  // line breaks and garbage are skipped (RFC 2045 §6.8)
     }
-    buffer_ = (buffer_ << 6) | static_cast<unsigned>(v);
-    bits_ += 6;
-    if (bits_ >= 8) {
-      bits_ -= 8;
-      if (out.size() >= limit) return;
-      out.push_back(static_cast<char>((buffer_ >> bits_) & 0xFF));
+    buffer = (buffer << 6) | static_cast<unsigned>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      if (w == end) break;  // at `limit`
+      *w++ = static_cast<char>((buffer >> bits) & 0xFF);
     }
   }
+  out.resize(static_cast<std::size_t>(w - out.data()));
+  buffer_ = buffer;
+  bits_ = bits;
 }
 
 std::string decode_base64(std::string_view in, std::size_t limit) {

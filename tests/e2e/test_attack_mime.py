@@ -7,6 +7,7 @@ parser's limits; each must be refused 554 5.7.1 and never relayed. Decoding
 bombs end with the configured verdict, and text handed to a rule is always
 well-formed UTF-8 (U+FFFD for what does not decode)."""
 import base64
+import binascii
 import pathlib
 
 import pytest
@@ -38,6 +39,7 @@ end }
 """
 
 EXE = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+UU = binascii.b2a_uu(base64.b64decode(EXE)[:45]).decode()  # one uuencoded line (its first 45 octets), with its LF
 
 
 @pytest.fixture
@@ -110,6 +112,18 @@ HIDDEN = {
     "forwarded-message-base64": multipart([TEXT, "Content-Type: message/rfc822\nContent-Transfer-Encoding: base64\n\n" +
                                            base64.encodebytes(b"Subject: fwd\r\nContent-Disposition: attachment; "
                                                               b"filename=setup.exe\r\n\r\nMZ\r\n").decode()]),
+    # Files embedded in a text part's text, which Thunderbird (untyped text)
+    # and Roundcube (any text/plain, anywhere in a line) list as attachments.
+    "uuencode-untyped": ("From: a@example.org\nTo: bob@example.com\nSubject: invoice\n\nInvoice attached.\n\n"
+                         "begin 644 invoice.exe\n" + UU + "`\nend\n").replace("\n", "\r\n").encode(),
+    "uuencode-mid-line": multipart(["Content-Type: text/plain\n\nthe file: begin 0755 setup.exe\n" + UU + "`\nend"]),
+    "uuencode-in-base64-text": multipart(["Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\n" +
+                                          base64.encodebytes(b"Hi\r\nbegin 644 setup.exe\r\n" + UU.encode() +
+                                                             b"`\r\nend\r\n").decode()]),
+    "uuencode-in-quoted-printable": multipart(["Content-Type: text/plain\nContent-Transfer-Encoding: quoted-printable"
+                                              "\n\n=62egin 644 set=\nup.exe\n" + UU]),
+    "yenc": multipart([TEXT, "Content-Type: text/plain; charset=us-ascii\n\n=ybegin line=128 size=2 name=setup.exe"
+                             "\nMZ\n=yend size=2"]),
 }
 
 # Past the parser's limits, or read differently by different readers: the
@@ -156,6 +170,11 @@ def test_honest_attachments_pass(proxy, sink):
                          exe_part('Content-Type: application/pdf; name="--XYZ.pdf"')])
     check_reply(send(proxy, content), 250)
     assert len(sink.wait_messages(1)) == 1
+    # Text that only talks about uuencode, and a uuencoded file that is no executable.
+    content = multipart(["Content-Type: text/plain\n\nTo begin 64 bit builds, run begin.exe.\nbegin 644 notes.txt\n" +
+                         UU + "`\nend"])
+    check_reply(send(proxy, content), 250)
+    assert len(sink.wait_messages(2)) == 2
 
 
 def test_header_bomb_ends_with_a_verdict(proxy, sink):

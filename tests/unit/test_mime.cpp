@@ -449,3 +449,59 @@ TEST_CASE("mime: a text budget spent on the delimiter's line break keeps the bod
   CHECK_FALSE(s.text_whole);
 }
 
+TEST_CASE("mime: files uuencoded or yEnc-encoded in a text part are listed as attachments", "[mime]") {
+  const std::string uu = "begin 644 invoice.exe\r\nM35J0``,````$````__\\``+@`````````0`````````````````````````\r\n`\r\nend\r\n";
+  auto embedded = [](const Structure& s) {
+    std::vector<std::string> out;
+    for (const Part& p : s.parts) {
+      if (p.type == "application/octet-stream" && p.disposition == "attachment") out.push_back(p.filename + " " + p.transfer_encoding);
+    }
+    return out;
+  };
+  using V = std::vector<std::string>;
+  SECTION("a message with no Content-Type (Thunderbird's untyped text)") {
+    CHECK(embedded(read_structure("Subject: x\r\n\r\nHere it is:\r\n\r\n" + uu)) == V{"invoice.exe x-uuencode"});
+  }
+  SECTION("not at a line's start, mode of four digits, tabs (Roundcube reads it anywhere in a line)") {
+    CHECK(embedded(read_structure("Subject: x\r\n\r\nsee: begin 0755\tsetup.scr  \r\n")) == V{"setup.scr x-uuencode"});
+    CHECK(embedded(read_structure("Subject: x\r\n\r\nbegin begin 644 a.js\r\n")) == V{"a.js x-uuencode"});
+  }
+  SECTION("yEnc") {
+    CHECK(embedded(read_structure("Subject: x\r\n\r\n=ybegin line=128 size=4 name=run me.bat\r\nabcd\r\n=yend size=4\r\n")) ==
+          V{"run me.bat x-yenc"});
+  }
+  SECTION("in a text/plain part of a multipart, decoded from base64 or quoted-printable first") {
+    const std::string b64 = postern::base64_encode("Hi,\r\n" + uu);
+    std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n"
+                    "Content-Transfer-Encoding: base64\r\n\r\n" + b64 + "\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                    "Content-Transfer-Encoding: quoted-printable\r\n\r\n=62egin 644 =\r\nb.vbs\r\n--b--\r\n";
+    CHECK(embedded(read_structure(m)) == V{"invoice.exe x-uuencode", "b.vbs x-uuencode"});
+  }
+  SECTION("the same whatever pieces the message comes in") {
+    const std::string m = "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nx=\r\nbegin 644 c.=\r\nexe\r\n";
+    const V want{"c.exe x-uuencode"};
+    CHECK(embedded(read_structure(m)) == want);
+    for (std::size_t piece = 1; piece < 12; ++piece) {
+      StructureReader r(m.size(), {});
+      for (std::size_t i = 0; i < m.size(); i += piece) r.feed(std::string_view(m).substr(i, piece));
+      CHECK(embedded(r.finish()) == want);
+    }
+  }
+  SECTION("what is no embedded file") {
+    for (std::string text : {"begin 64 a.exe", "begin 644", "begin 644   ", "begin 6448 a.exe", "begin 648 a.exe",
+                             "BEGIN 644 a.exe", "=ybegin line=128 size=4", " =ybegin name=a.exe"}) {
+      INFO(text);
+      CHECK(embedded(read_structure("Subject: x\r\n\r\n" + text + "\r\n")).empty());
+    }
+    // Only text/plain parts that are no attachment: a mail reader shows the
+    // others as what they are.
+    CHECK(embedded(read_structure("Content-Type: text/html\r\n\r\nbegin 644 a.exe\r\n")).empty());
+    CHECK(embedded(read_structure("Content-Type: text/plain\r\nContent-Disposition: attachment; filename=notes.txt\r\n\r\n"
+                                  "begin 644 a.exe\r\n")).empty());
+  }
+  SECTION("they count toward the parts' limit") {
+    std::string m = "Subject: x\r\n\r\n";
+    for (std::size_t i = 0; i <= kMaxParts; ++i) m += "begin 644 f" + std::to_string(i) + ".txt\r\n";
+    CHECK_FALSE(read_structure(m).problem.empty());
+  }
+}
