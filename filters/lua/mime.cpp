@@ -16,6 +16,7 @@
 #include <array>
 #include <memory>
 
+#include "filters/lua/mime_tnef.h"
 #include "filters/text/ascii.h"
 
 namespace postern::mime {
@@ -195,8 +196,10 @@ class Reader {
     std::unique_ptr<Reader> inner;
     std::string held;  // the line break that ended the body so far, not yet decoded
     // A text/plain part's text is searched for files embedded in it
-    // (uuencode, yEnc), decoded first when base64 or quoted-printable.
+    // (uuencode, yEnc), and a TNEF part read for the files it holds, both
+    // decoded first when base64 or quoted-printable.
     bool embedded = false;
+    std::unique_ptr<TnefReader> tnef;
     int text_encoding = 0;  // 0 as is, 1 base64, 2 quoted-printable
     std::string line;       // the text line read so far, its first kMaxLine octets
     bool in_line = false;   // `line` holds the start of an unfinished line
@@ -307,7 +310,7 @@ class Reader {
       if (o.text) --sh_.text_parts;
       return;
     }
-    if (o.embedded) end_embedded(o);
+    if (o.embedded || o.tnef) end_scan(o);
     if (!sh_.out.problem.empty()) return;
     Part& p = sh_.out.parts[o.index];
     p.encoded_size = end > o.body_start ? end - o.body_start : 0;
@@ -422,10 +425,13 @@ class Reader {
       else sh_.out.text_whole = false;
     }
     const std::string encoding = part.transfer_encoding;
-    if (part.type == "text/plain" && part.disposition != "attachment") {
-      open_.embedded = true;
-      open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
+    if (part.type == "text/plain" && part.disposition != "attachment") open_.embedded = true;
+    // Outlook reads winmail.dat by its type, Roundcube by its type or name.
+    if (part.type == "application/ms-tnef" || part.type == "application/vnd.ms-tnef" ||
+        ascii::to_lower(part.filename) == "winmail.dat") {
+      open_.tnef = std::make_unique<TnefReader>();
     }
+    open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
     open_.index = sh_.out.parts.size();
     sh_.out.parts.push_back(std::move(part));
     // The parts of an attached message are shown by readers as well. RFC 2046
@@ -455,7 +461,7 @@ class Reader {
       sh_.text_left -= take;
       open_.cut = take < bytes.size();  // the budget is spent: kept cut, not whole
     }
-    if (open_.embedded) embedded_text(bytes);
+    if (open_.embedded || open_.tnef) scan_bytes(bytes);
     if (!open_.inner) return;
     // The line break at the end is held back until more body comes: before
     // a delimiter it is the delimiter's, and the attached message ends
@@ -477,20 +483,32 @@ class Reader {
   // (Roundcube; Thunderbird at a line's start), and yEnc, a line that starts
   // "=ybegin " with "name=" (RFC-less, but read by news and mail readers).
   // The text is read line by line, each line's first kMaxLine octets,
-  // whatever the pieces it comes in.
-  void embedded_text(std::string_view bytes) {
-    if (open_.text_encoding == 0) return text_lines(open_, bytes);
+  // whatever the pieces it comes in. A TNEF part's files are listed after
+  // it too (mime_tnef.h).
+  void scan_bytes(std::string_view bytes) {
+    if (open_.text_encoding == 0) return scan_decoded(open_, bytes);
     text_decoded_.clear();
     if (open_.text_encoding == 1) open_.base64_decoder.feed(bytes, text_decoded_, static_cast<std::size_t>(-1));
     else open_.qp_decoder.feed(bytes, text_decoded_, static_cast<std::size_t>(-1));
-    text_lines(open_, text_decoded_);
+    scan_decoded(open_, text_decoded_);
   }
 
-  void end_embedded(Open& o) {
+  void scan_decoded(Open& o, std::string_view decoded) {
+    if (o.tnef) o.tnef->feed(decoded);
+    else text_lines(o, decoded);
+  }
+
+  void end_scan(Open& o) {
     if (o.text_encoding == 2) {
       text_decoded_.clear();
       o.qp_decoder.finish(text_decoded_, static_cast<std::size_t>(-1));
-      text_lines(o, text_decoded_);
+      scan_decoded(o, text_decoded_);
+    }
+    if (o.tnef) {
+      o.tnef->finish();
+      if (!o.tnef->problem().empty()) return fail(o.tnef->problem());
+      for (const std::string& name : o.tnef->names()) embedded_file(name, "x-tnef");
+      return;
     }
     if (o.in_line) embedded_line(o.line);
     o.line.clear();

@@ -8,6 +8,7 @@ bombs end with the configured verdict, and text handed to a rule is always
 well-formed UTF-8 (U+FFFD for what does not decode)."""
 import base64
 import binascii
+import struct
 import pathlib
 
 import pytest
@@ -40,6 +41,33 @@ end }
 
 EXE = "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 UU = binascii.b2a_uu(base64.b64decode(EXE)[:45]).decode()  # one uuencoded line (its first 45 octets), with its LF
+
+
+def tnef_attr(level, ident, data):
+    return bytes([level]) + struct.pack("<II", ident, len(data)) + data + struct.pack("<H", sum(data) & 0xFFFF)
+
+
+def tnef_unicode_prop(prop_id, text):
+    value = (text + "\0").encode("utf-16-le")
+    return struct.pack("<III", prop_id << 16 | 0x001F, 1, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def winmail(title, long_name, embedded=b""):
+    """A winmail.dat as Outlook writes it: one attachment, its short title and
+    its long file name (PidTagAttachLongFilename); `embedded` a TNEF stream
+    attached as a message (PidTagAttachDataObject)."""
+    props = [tnef_unicode_prop(0x3707, long_name)]
+    if embedded:
+        value = b"I" * 16 + embedded
+        props.append(struct.pack("<III", 0x3701 << 16 | 0x000D, 1, len(value)) + value + b"\0" * (-len(value) % 4))
+    blob = struct.pack("<I", len(props)) + b"".join(props)
+    return (struct.pack("<IH", 0x223E9F78, 1) + tnef_attr(1, 0x00089006, b"\1\0\0\0") +
+            tnef_attr(2, 0x00069002, bytes(14)) + tnef_attr(2, 0x00018010, title.encode() + b"\0") +
+            tnef_attr(2, 0x0006800F, b"MZ" * 500) + tnef_attr(2, 0x00069005, blob))
+
+
+def tnef_part(stream, head='Content-Type: application/ms-tnef; name="winmail.dat"'):
+    return f"{head}\nContent-Transfer-Encoding: base64\n\n" + base64.encodebytes(stream).decode()
 
 
 @pytest.fixture
@@ -124,6 +152,14 @@ HIDDEN = {
                                               "\n\n=62egin 644 set=\nup.exe\n" + UU]),
     "yenc": multipart([TEXT, "Content-Type: text/plain; charset=us-ascii\n\n=ybegin line=128 size=2 name=setup.exe"
                              "\nMZ\n=yend size=2"]),
+    # winmail.dat, whose files Outlook (Exchange's client) and Roundcube show:
+    # a harmless title over the long name, a part typed only by its name, a
+    # message embedded in the attachment.
+    "tnef-long-name": multipart([TEXT, tnef_part(winmail("INVOICE.PDF", "invoice.pdf.exe"))]),
+    "tnef-by-name": multipart([TEXT, tnef_part(winmail("setup.exe", "setup.exe"),
+                                               "Content-Type: application/octet-stream\n"
+                                               "Content-Disposition: attachment; filename=winmail.dat")]),
+    "tnef-embedded-message": multipart([TEXT, tnef_part(winmail("fwd.msg", "fwd.msg", winmail("a.txt", "setup.exe")))]),
 }
 
 # Past the parser's limits, or read differently by different readers: the
@@ -140,6 +176,7 @@ TOO_COMPLEX = {
                                "\n\nx"]),
     "1mb-encoded-name": multipart([TEXT, exe_part(folded('Content-Disposition: attachment; filename="=?utf-8?b?' +
                                                          "QUFB" * (1 << 18) + '?="'))]),
+    "tnef-cut-short": multipart([TEXT, tnef_part(winmail("a.txt", "setup.exe")[:-30])]),
 }
 
 
@@ -175,6 +212,9 @@ def test_honest_attachments_pass(proxy, sink):
                          UU + "`\nend"])
     check_reply(send(proxy, content), 250)
     assert len(sink.wait_messages(2)) == 2
+    # A winmail.dat with a document in it.
+    check_reply(send(proxy, multipart([TEXT, tnef_part(winmail("REPORT.PDF", "report.pdf"))])), 250)
+    assert len(sink.wait_messages(3)) == 3
 
 
 def test_header_bomb_ends_with_a_verdict(proxy, sink):

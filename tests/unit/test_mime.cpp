@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "filters/lua/mime.h"
+#include "filters/lua/mime_tnef.h"
+#include "filters/text/ascii.h"
 #include "filters/text/base64.h"
 #include "filters/text/utf8.h"
 
@@ -503,5 +505,134 @@ TEST_CASE("mime: files uuencoded or yEnc-encoded in a text part are listed as at
     std::string m = "Subject: x\r\n\r\n";
     for (std::size_t i = 0; i <= kMaxParts; ++i) m += "begin 644 f" + std::to_string(i) + ".txt\r\n";
     CHECK_FALSE(read_structure(m).problem.empty());
+  }
+}
+
+namespace {
+
+// TNEF (MS-OXTNEF) built field by field, as Outlook writes it.
+std::string le(std::uint64_t v, int octets) {
+  std::string out;
+  for (int i = 0; i < octets; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+  return out;
+}
+
+std::string attr(int level, std::uint32_t id, const std::string& data) {
+  unsigned sum = 0;
+  for (unsigned char c : data) sum += c;
+  return std::string(1, static_cast<char>(level)) + le(id, 4) + le(data.size(), 4) + data + le(sum & 0xFFFF, 2);
+}
+
+std::string tnef(const std::vector<std::string>& attrs) {
+  std::string out = le(0x223E9F78, 4) + le(0x0001, 2);
+  for (const std::string& a : attrs) out += a;
+  return out;
+}
+
+std::string padded(std::string s) {
+  while (s.size() % 4) s.push_back('\0');
+  return s;
+}
+
+std::string prop_string8(std::uint16_t id, const std::string& s) {
+  return le(static_cast<std::uint32_t>(id) << 16 | 0x001E, 4) + le(1, 4) + le(s.size() + 1, 4) + padded(s + '\0');
+}
+
+std::string prop_unicode(std::uint16_t id, const std::string& ascii) {
+  std::string utf16;
+  for (char c : ascii + '\0') utf16 += std::string{c, '\0'};
+  return le(static_cast<std::uint32_t>(id) << 16 | 0x001F, 4) + le(1, 4) + le(utf16.size(), 4) + padded(utf16);
+}
+
+std::string prop_long(std::uint16_t id, std::uint32_t v) { return le(static_cast<std::uint32_t>(id) << 16 | 0x0003, 4) + le(v, 4); }
+
+std::string props(const std::vector<std::string>& list) {
+  std::string out = le(list.size(), 4);
+  for (const std::string& p : list) out += p;
+  return out;
+}
+
+constexpr std::uint32_t kRenddata = 0x00069002, kTitle = 0x00018010, kAttachData = 0x0006800F, kAttachment = 0x00069005;
+
+// winmail.dat with one attachment: its title, its data and its MAPI properties.
+std::string winmail(const std::string& title, const std::string& props_blob) {
+  return tnef({attr(1, 0x00089006, le(0x0001, 4)), attr(2, kRenddata, std::string(14, '\0')), attr(2, kTitle, title + '\0'),
+               attr(2, kAttachData, std::string(3000, 'Z')), attr(2, kAttachment, props_blob)});
+}
+
+std::vector<std::string> tnef_names(const std::string& stream, std::string* problem = nullptr) {
+  TnefReader r;
+  r.feed(stream);
+  r.finish();
+  if (problem) *problem = r.problem();
+  return r.names();
+}
+
+}  // namespace
+
+TEST_CASE("mime: the files in a TNEF part (winmail.dat) are listed", "[mime]") {
+  using V = std::vector<std::string>;
+  const std::string blob = props({prop_long(0x3705, 1), prop_unicode(0x3707, "invoice.pdf.exe"), prop_string8(0x3704, "INVOIC~1.EXE")});
+  const std::string stream = winmail("README.TXT", blob);
+
+  SECTION("the title and the names in the MAPI properties, fed whole or in any pieces") {
+    const V want{"README.TXT", "invoice.pdf.exe", "INVOIC~1.EXE"};
+    std::string problem = "x";
+    CHECK(tnef_names(stream, &problem) == want);
+    CHECK(problem.empty());
+    for (std::size_t piece : {1, 2, 5, 9, 64, 1000}) {
+      TnefReader r;
+      for (std::size_t i = 0; i < stream.size(); i += piece) r.feed(std::string_view(stream).substr(i, piece));
+      r.finish();
+      CHECK(r.names() == want);
+      CHECK(r.problem().empty());
+    }
+  }
+  SECTION("named properties and multi-valued ones before the name") {
+    const std::string named = le(0x8005u << 16 | 0x001F, 4) + std::string(16, 'G') + le(1, 4) + le(6, 4) + padded(std::string("n\0m\0e\0", 6)) +
+                              le(1, 4) + le(4, 4) + padded(std::string("x\0\0\0", 4));
+    const std::string multi = le(0x1003u | 0x8006u << 16, 4) + std::string(16, 'G') + le(0, 4) + le(7, 4) + le(2, 4) + le(1, 4) + le(2, 4);
+    std::string problem = "x";
+    CHECK(tnef_names(winmail("a.txt", props({named, multi, prop_unicode(0x3707, "run.scr")})), &problem) == V{"a.txt", "run.scr"});
+    CHECK(problem.empty());
+  }
+  SECTION("a message embedded in the attachment, with a file of its own") {
+    const std::string inner = winmail("deep.exe", props({}));
+    const std::string object = le(0x3701u << 16 | 0x000D, 4) + le(1, 4) + le(16 + inner.size(), 4) + padded(std::string(16, 'I') + inner);
+    CHECK(tnef_names(winmail("outer.txt", props({object}))) == V{"outer.txt", "deep.exe"});
+  }
+  SECTION("in a base64 application/ms-tnef part, and a part named winmail.dat") {
+    for (std::string head : {"Content-Type: application/ms-tnef; name=\"winmail.dat\"",
+                             "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=WINMAIL.DAT"}) {
+      const std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\n" +
+                            head + "\r\nContent-Transfer-Encoding: base64\r\n\r\n" + postern::base64_encode(stream, 76) + "\r\n--b--\r\n";
+      Structure s = read_structure(m);
+      INFO(head);
+      CHECK(s.problem.empty());
+      V names = filenames(s);
+      REQUIRE(names.size() == 4);
+      CHECK(postern::ascii::to_lower(names[0]) == "winmail.dat");
+      CHECK(V(names.begin() + 1, names.end()) == V{"README.TXT", "invoice.pdf.exe", "INVOIC~1.EXE"});
+    }
+  }
+  SECTION("what could hide a name is a problem; what is no TNEF is a plain file") {
+    std::string problem;
+    CHECK(tnef_names("not TNEF at all", &problem).empty());
+    CHECK(problem.empty());
+    tnef_names(tnef({attr(2, kAttachment, "")}).substr(0, 11) + le(kMaxTnefAttribute + 1, 4), &problem);  // header, level, id
+    CHECK(problem.find("octets holding file names") != std::string::npos);
+    tnef_names(stream.substr(0, stream.size() - 20), &problem);
+    CHECK(problem.find("ends inside") != std::string::npos);
+    tnef_names(winmail("a", props({le(0x3707u << 16 | 0x0099, 4) + le(0, 4), prop_unicode(0x3707, "b.exe")})), &problem);
+    CHECK(problem.find("unknown type") != std::string::npos);
+    tnef_names(winmail("a", props({prop_unicode(0x3707, "b.exe")}).substr(0, 12)), &problem);
+    CHECK(problem.find("do not parse") != std::string::npos);
+    std::string deep = winmail("deepest.exe", props({}));
+    for (int i = 0; i <= kMaxTnefDepth; ++i) {
+      deep = winmail("l" + std::to_string(i), props({le(0x3701u << 16 | 0x000D, 4) + le(1, 4) + le(16 + deep.size(), 4) +
+                                                     padded(std::string(16, 'I') + deep)}));
+    }
+    tnef_names(deep, &problem);
+    CHECK(problem.find("embedded deeper") != std::string::npos);
   }
 }
