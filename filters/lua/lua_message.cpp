@@ -160,8 +160,17 @@ int body_attachments(lua_State* L) {
   lua_Integer n = 0;
   for (const mime::Part& p : s.parts) {
     if (p.filename.empty() && p.disposition != "attachment") continue;
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     set_string(L, "filename", p.filename);
+    // Every name a reader may show: filename, then a different name=.
+    lua_createtable(L, p.other_filename.empty() ? 1 : 2, 0);
+    lua_pushlstring(L, p.filename.data(), p.filename.size());
+    lua_rawseti(L, -2, 1);
+    if (!p.other_filename.empty()) {
+      lua_pushlstring(L, p.other_filename.data(), p.other_filename.size());
+      lua_rawseti(L, -2, 2);
+    }
+    lua_setfield(L, -2, "names");
     set_string(L, "type", p.type);
     set_string(L, "disposition", p.disposition);
     lua_pushinteger(L, static_cast<lua_Integer>(p.encoded_size));

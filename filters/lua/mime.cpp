@@ -389,21 +389,28 @@ class Reader {
     if (!h.problem.empty()) return fail(std::move(h.problem));
     Part part;
     std::string content_type;
+    std::string type_name;
+    std::string disposition_name;
     if (const std::string* v = h.get(0)) {
       content_type = strip_comments(*v);
       std::string type = media_type(content_type);
       if (type.find('/') != std::string::npos) part.type = type;
       part.charset = ascii::to_lower(ascii::trim(header_parameter(content_type, "charset")));
-      part.filename = header_parameter(content_type, "name");
+      type_name = header_parameter(content_type, "name");
     }
     if (const std::string* v = h.get(2)) part.transfer_encoding = ascii::to_lower(ascii::trim(strip_comments(*v)));
     if (const std::string* v = h.get(1)) {
       std::string disposition = strip_comments(*v);
       part.disposition = ascii::to_lower(ascii::trim(std::string_view(disposition).substr(0, disposition.find(';'))));
-      std::string name = header_parameter(disposition, "filename");
-      if (!name.empty()) part.filename = std::move(name);  // RFC 2183 §2.3 over Content-Type name=
+      disposition_name = header_parameter(disposition, "filename");
     }
-    part.filename = clean_filename(std::move(part.filename));
+    // RFC 2183 §2.3: filename= over Content-Type name=, as Thunderbird reads
+    // them; other readers show name=, so a different one is kept too.
+    part.filename = clean_filename(disposition_name.empty() ? type_name : disposition_name);
+    if (!disposition_name.empty() && !type_name.empty()) {
+      std::string other = clean_filename(std::move(type_name));
+      if (other != part.filename) part.other_filename = std::move(other);
+    }
     const int depth = open_.depth;
 
     if (part.type.rfind("multipart/", 0) == 0) {

@@ -34,14 +34,17 @@ postern.rule{
       return
     end
     for _, a in ipairs(attachments) do
-      local name = a.filename:lower():gsub("[%s%.]+$", "")
-      local ext = name:match("%.([%w]+)$")
-      if ext and executable[ext] then
-        ctx:symbol("EXECUTABLE_ATTACHMENT", nil, "attachment " .. a.filename)
-        if reject then
-          return postern.reject(554, "5.7.1", "Executable attachments are not accepted (" .. ext .. ")")
+      -- Every name the part goes by: readers differ on filename= and name=.
+      for _, filename in ipairs(a.names) do
+        local name = filename:lower():gsub("[%s%.]+$", "")
+        local ext = name:match("%.([%w]+)$")
+        if ext and executable[ext] then
+          ctx:symbol("EXECUTABLE_ATTACHMENT", nil, "attachment " .. filename)
+          if reject then
+            return postern.reject(554, "5.7.1", "Executable attachments are not accepted (" .. ext .. ")")
+          end
+          return
         end
-        return
       end
     end
   end,

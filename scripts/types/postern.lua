@@ -159,6 +159,7 @@ function Headers:names() end
 
 ---@class postern.Attachment
 ---@field filename string
+---@field names string[] every name the part goes by: filename, then a different Content-Type name=
 ---@field type string
 ---@field disposition string
 ---@field encoded_size integer
@@ -177,7 +178,8 @@ function Body:size() end
 ---@return boolean complete
 function Body:text_parts() end
 
----Parts with a file name or Content-Disposition: attachment, in the whole message.
+---Parts with a file name or Content-Disposition: attachment, in the whole message,
+---and files uuencoded or yEnc-encoded in text/plain or held in a TNEF winmail.dat.
 ---@return postern.Attachment[]
 function Body:attachments() end
 

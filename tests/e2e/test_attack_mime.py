@@ -122,6 +122,8 @@ HIDDEN = {
     "encoded-word-name": multipart([TEXT, exe_part(
         "Content-Type: application/octet-stream; name=\"=?utf-8?B?c2V0dXAuZXhl?=\"")]),
     "nul-in-name": multipart([TEXT, exe_part("Content-Disposition: attachment; filename*=utf-8''setup.exe%00.pdf")]),
+    "name-differs-from-filename": multipart([TEXT, exe_part("Content-Type: application/octet-stream; name=\"invoice.exe\"\n"
+                                                             "Content-Disposition: attachment; filename=\"invoice.pdf\"")]),
     "trailing-dots-upper": multipart([TEXT, exe_part("Content-Disposition: attachment; filename=\"SETUP.ExE. . \"")]),
     "fake-close-delimiter": multipart(["Content-Type: text/plain\n\nsee below\n--XYZ--not the end",
                                        exe_part("Content-Disposition: attachment; filename=setup.exe")]),

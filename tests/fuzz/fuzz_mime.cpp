@@ -31,7 +31,8 @@ std::string describe(const Structure& s) {
   std::string out = "problem=" + s.problem + " text_whole=" + std::to_string(s.text_whole) + "\n";
   for (const Part& p : s.parts) {
     out += "  " + p.type + " cs=" + p.charset + " cte=" + p.transfer_encoding + " disp=" + p.disposition +
-           " name=" + postern::fuzz::escape(p.filename, 80) + " size=" + std::to_string(p.encoded_size) +
+           " name=" + postern::fuzz::escape(p.filename, 80) + " other=" + postern::fuzz::escape(p.other_filename, 40) +
+           " size=" + std::to_string(p.encoded_size) +
            " body=" + postern::fuzz::escape(p.body, 80) + " whole=" + std::to_string(p.body_whole) + "\n";
   }
   return out;
@@ -43,7 +44,8 @@ bool same(const Structure& a, const Structure& b) {
     const Part& x = a.parts[i];
     const Part& y = b.parts[i];
     if (x.type != y.type || x.charset != y.charset || x.transfer_encoding != y.transfer_encoding ||
-        x.disposition != y.disposition || x.filename != y.filename || x.encoded_size != y.encoded_size ||
+        x.disposition != y.disposition || x.filename != y.filename || x.other_filename != y.other_filename ||
+        x.encoded_size != y.encoded_size ||
         x.body != y.body || x.body_whole != y.body_whole) {
       return false;
     }
@@ -77,9 +79,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(whole.parts.size() <= kMaxParts, describe(whole));
   std::size_t kept = 0;
   for (const Part& p : whole.parts) {
-    FUZZ_CHECK(p.filename.size() <= kMaxFilename + 3 && postern::valid_utf8(p.filename) &&
-                   p.filename.find('\0') == std::string::npos,
-               describe(whole));
+    for (const std::string* name : {&p.filename, &p.other_filename}) {
+      FUZZ_CHECK(name->size() <= kMaxFilename + 3 && postern::valid_utf8(*name) && name->find('\0') == std::string::npos,
+                 describe(whole));
+    }
     if (!whole.problem.empty()) continue;  // the walk stopped: the open parts were not ended
     FUZZ_CHECK(p.body.size() <= p.encoded_size, describe(whole));
     FUZZ_CHECK(!p.body_whole || p.body.size() == p.encoded_size, describe(whole));

@@ -395,6 +395,7 @@ TEST_CASE("lua api: headers and body", "[lua]") {
     out[#out + 1] = parts[1].text
     local att = b:attachments()
     out[#out + 1] = att[1].filename
+    out[#out + 1] = table.concat(att[1].names, ',')
     local n = 0 for line in b:lines() do n = n + 1 end
     out[#out + 1] = n
     out[#out + 1] = tostring(b:size() > 100)
@@ -402,7 +403,7 @@ TEST_CASE("lua api: headers and body", "[lua]") {
   )"));
   Verdict v = h.run(*f, Stage::kEom);
   // Reply text is cleaned to ASCII; the decoded values are UTF-8 ("?" per octet here).
-  CHECK(v.text == "Gr????e aus Berlin|J??rgen <j@example.org>|2|two|2|nil|Subject: =?i|1|Hallo ??ber softbreak|invoice.exe|14|true");
+  CHECK(v.text == "Gr????e aus Berlin|J??rgen <j@example.org>|2|two|2|nil|Subject: =?i|1|Hallo ??ber softbreak|invoice.exe|invoice.exe|14|true");
 }
 
 TEST_CASE("lua api: the store counts and expires", "[lua]") {

@@ -636,3 +636,22 @@ TEST_CASE("mime: the files in a TNEF part (winmail.dat) are listed", "[mime]") {
     CHECK(problem.find("embedded deeper") != std::string::npos);
   }
 }
+
+TEST_CASE("mime: a Content-Type name= that differs from filename= is kept as the other name", "[mime]") {
+  auto part_of = [](const std::string& header) {
+    Structure s = read_structure(message_with(header));
+    REQUIRE(s.problem.empty());
+    REQUIRE(s.parts.size() == 2);
+    return s.parts[1];
+  };
+  Part p = part_of("Content-Type: application/octet-stream; name=\"invoice.exe\"\r\nContent-Disposition: attachment; filename=\"invoice.pdf\"");
+  CHECK(p.filename == "invoice.pdf");
+  CHECK(p.other_filename == "invoice.exe");
+  p = part_of("Content-Type: application/pdf; name=\"=?utf-8?q?r=C3=A9sum=C3=A9.pdf?=\"\r\n"
+              "Content-Disposition: attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf");
+  CHECK(p.filename == "r\xC3\xA9sum\xC3\xA9.pdf");
+  CHECK(p.other_filename.empty());  // the same name, however written
+  p = part_of("Content-Type: application/octet-stream; name=\"setup.exe\"");
+  CHECK(p.filename == "setup.exe");
+  CHECK(p.other_filename.empty());
+}
