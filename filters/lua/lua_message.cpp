@@ -171,6 +171,7 @@ int body_attachments(lua_State* L) {
       lua_rawseti(L, -2, 2);
     }
     lua_setfield(L, -2, "names");
+    if (!p.archive.empty()) set_string(L, "archive", p.archive);
     set_string(L, "type", p.type);
     set_string(L, "disposition", p.disposition);
     lua_pushinteger(L, static_cast<lua_Integer>(p.encoded_size));

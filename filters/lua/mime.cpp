@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "filters/lua/mime_tnef.h"
+#include "filters/lua/mime_zip.h"
 #include "filters/text/ascii.h"
 
 namespace postern::mime {
@@ -83,6 +84,13 @@ std::string clean_filename(std::string name) {
   return head + decoded.substr(from);
 }
 
+// A file name Windows opens as a ZIP archive: "*.zip", trailing dots and
+// spaces dropped as Windows drops them.
+bool zip_name(std::string_view name) {
+  while (!name.empty() && (name.back() == '.' || ascii::is_space(name.back()))) name.remove_suffix(1);
+  return ascii::to_lower(name).ends_with(".zip");
+}
+
 // What all the readers of one message share: the structure being built and
 // the budgets that hold across attached messages.
 struct Shared {
@@ -91,6 +99,7 @@ struct Shared {
   TextBudget text;
   std::size_t text_left;       // octets of text bodies still kept
   std::size_t text_parts = 0;  // text parts seen
+  std::size_t archive_files = 0;  // files listed from ZIP archives
 };
 
 // Reads one stream of lines: the message, or an encoded attached message
@@ -200,6 +209,7 @@ class Reader {
     // decoded first when base64 or quoted-printable.
     bool embedded = false;
     std::unique_ptr<TnefReader> tnef;
+    std::unique_ptr<ZipReader> zip;  // a ZIP archive: its files are listed after it
     int text_encoding = 0;  // 0 as is, 1 base64, 2 quoted-printable
     std::string line;       // the text line read so far, its first kMaxLine octets
     bool in_line = false;   // `line` holds the start of an unfinished line
@@ -310,7 +320,7 @@ class Reader {
       if (o.text) --sh_.text_parts;
       return;
     }
-    if (o.embedded || o.tnef) end_scan(o);
+    if (o.embedded || o.tnef || o.zip) end_scan(o);
     if (!sh_.out.problem.empty()) return;
     Part& p = sh_.out.parts[o.index];
     p.encoded_size = end > o.body_start ? end - o.body_start : 0;
@@ -384,7 +394,7 @@ class Reader {
     open_.in_header = false;
     open_.body_start = body_start;
     if (!sh_.out.problem.empty()) return;
-    if (sh_.out.parts.size() >= kMaxParts) return fail("more than " + std::to_string(kMaxParts) + " parts");
+    if (sh_.out.parts.size() - sh_.archive_files >= kMaxParts) return fail("more than " + std::to_string(kMaxParts) + " parts");
     PartHeader& h = open_.header;
     if (!h.problem.empty()) return fail(std::move(h.problem));
     Part part;
@@ -437,6 +447,9 @@ class Reader {
     if (part.type == "application/ms-tnef" || part.type == "application/vnd.ms-tnef" ||
         ascii::to_lower(part.filename) == "winmail.dat") {
       open_.tnef = std::make_unique<TnefReader>();
+    } else if (part.type == "application/zip" || part.type == "application/x-zip-compressed" ||
+               part.type == "application/x-zip" || zip_name(part.filename) || zip_name(part.other_filename)) {
+      open_.zip = std::make_unique<ZipReader>();
     }
     open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
     open_.index = sh_.out.parts.size();
@@ -468,7 +481,7 @@ class Reader {
       sh_.text_left -= take;
       open_.cut = take < bytes.size();  // the budget is spent: kept cut, not whole
     }
-    if (open_.embedded || open_.tnef) scan_bytes(bytes);
+    if (open_.embedded || open_.tnef || open_.zip) scan_bytes(bytes);
     if (!open_.inner) return;
     // The line break at the end is held back until more body comes: before
     // a delimiter it is the delimiter's, and the attached message ends
@@ -502,6 +515,7 @@ class Reader {
 
   void scan_decoded(Open& o, std::string_view decoded) {
     if (o.tnef) o.tnef->feed(decoded);
+    else if (o.zip) o.zip->feed(decoded);
     else text_lines(o, decoded);
   }
 
@@ -515,6 +529,12 @@ class Reader {
       o.tnef->finish();
       if (!o.tnef->problem().empty()) return fail(o.tnef->problem());
       for (const std::string& name : o.tnef->names()) embedded_file(name, "x-tnef");
+      return;
+    }
+    if (o.zip) {
+      o.zip->finish();
+      if (!o.zip->problem().empty()) return fail(o.zip->problem());
+      archive_files(o, o.zip->names());
       return;
     }
     if (o.in_line) embedded_line(o.line);
@@ -564,10 +584,30 @@ class Reader {
     }
   }
 
+  // The files of a ZIP archive, after it: they do not count toward
+  // kMaxParts (an archive of photos holds thousands), but toward
+  // kMaxZipEntries in the whole message.
+  void archive_files(const Open& o, const std::vector<std::string>& names) {
+    if (names.size() > kMaxZipEntries - sh_.archive_files) {
+      return fail("ZIP archives of more than " + std::to_string(kMaxZipEntries) + " files in all");
+    }
+    sh_.archive_files += names.size();
+    const std::string archive = sh_.out.parts[o.index].filename;
+    for (const std::string& name : names) {
+      Part part;
+      part.type = "application/octet-stream";
+      part.transfer_encoding = "x-zip";
+      part.disposition = "attachment";
+      part.filename = clean_filename(name);
+      part.archive = archive;
+      sh_.out.parts.push_back(std::move(part));
+    }
+  }
+
   void embedded_file(std::string_view name, const char* encoding) {
     name = ascii::trim(name);
     if (name.empty()) return;
-    if (sh_.out.parts.size() >= kMaxParts) return fail("more than " + std::to_string(kMaxParts) + " parts");
+    if (sh_.out.parts.size() - sh_.archive_files >= kMaxParts) return fail("more than " + std::to_string(kMaxParts) + " parts");
     Part part;
     part.type = "application/octet-stream";
     part.transfer_encoding = encoding;

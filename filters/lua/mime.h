@@ -82,6 +82,7 @@ struct Part {
   std::string disposition;          // lower case: "attachment", "inline" or empty
   std::string filename;             // from Content-Disposition or Content-Type name=, decoded
   std::string other_filename;       // Content-Type name= when filename= differs from it, decoded
+  std::string archive;              // a file in a ZIP archive: the archive's file name
   std::size_t encoded_size = 0;     // octets of the encoded body
   // The encoded body of a text part that is no attachment, kept while the
   // reader's text budget lasts (read_structure); empty for other parts.

@@ -160,6 +160,7 @@ function Headers:names() end
 ---@class postern.Attachment
 ---@field filename string
 ---@field names string[] every name the part goes by: filename, then a different Content-Type name=
+---@field archive string? for a file in a ZIP archive: the archive's file name
 ---@field type string
 ---@field disposition string
 ---@field encoded_size integer
@@ -179,7 +180,7 @@ function Body:size() end
 function Body:text_parts() end
 
 ---Parts with a file name or Content-Disposition: attachment, in the whole message,
----and files uuencoded or yEnc-encoded in text/plain or held in a TNEF winmail.dat.
+---and files uuencoded or yEnc-encoded in text/plain or held in a TNEF winmail.dat or a ZIP archive.
 ---@return postern.Attachment[]
 function Body:attachments() end
 

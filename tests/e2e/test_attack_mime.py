@@ -8,7 +8,9 @@ bombs end with the configured verdict, and text handed to a rule is always
 well-formed UTF-8 (U+FFFD for what does not decode)."""
 import base64
 import binascii
+import io
 import struct
+import zipfile
 import pathlib
 
 import pytest
@@ -64,6 +66,19 @@ def winmail(title, long_name, embedded=b""):
     return (struct.pack("<IH", 0x223E9F78, 1) + tnef_attr(1, 0x00089006, b"\1\0\0\0") +
             tnef_attr(2, 0x00069002, bytes(14)) + tnef_attr(2, 0x00018010, title.encode() + b"\0") +
             tnef_attr(2, 0x0006800F, b"MZ" * 500) + tnef_attr(2, 0x00069005, blob))
+
+
+def zip_bytes(names):
+    """A ZIP archive (Python's zipfile, deflated) of small files with `names`."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in names:
+            z.writestr(name, b"MZ" + name.encode())
+    return out.getvalue()
+
+
+def zip_part(names, head='Content-Type: application/zip; name="invoice.zip"'):
+    return f"{head}\nContent-Transfer-Encoding: base64\n\n" + base64.encodebytes(zip_bytes(names)).decode()
 
 
 def tnef_part(stream, head='Content-Type: application/ms-tnef; name="winmail.dat"'):
@@ -161,6 +176,11 @@ HIDDEN = {
     "tnef-by-name": multipart([TEXT, tnef_part(winmail("setup.exe", "setup.exe"),
                                                "Content-Type: application/octet-stream\n"
                                                "Content-Disposition: attachment; filename=winmail.dat")]),
+    # An executable in a ZIP archive, which Windows Explorer opens and runs
+    # from; the archive typed only by its name.
+    "zip": multipart([TEXT, zip_part(["invoice/readme.txt", "invoice/invoice.pdf.exe"])]),
+    "zip-by-name": multipart([TEXT, zip_part(["setup.exe"], "Content-Type: application/octet-stream\n"
+                                                             "Content-Disposition: attachment; filename=\"INVOICE.ZIP. \"")]),
     "tnef-embedded-message": multipart([TEXT, tnef_part(winmail("fwd.msg", "fwd.msg", winmail("a.txt", "setup.exe")))]),
 }
 
@@ -178,6 +198,7 @@ TOO_COMPLEX = {
                                "\n\nx"]),
     "1mb-encoded-name": multipart([TEXT, exe_part(folded('Content-Disposition: attachment; filename="=?utf-8?b?' +
                                                          "QUFB" * (1 << 18) + '?="'))]),
+    "zip-directory-past-1mb": multipart([TEXT, zip_part([f"{i:06}-" + "x" * 200 + ".txt" for i in range(5000)])]),
     "tnef-cut-short": multipart([TEXT, tnef_part(winmail("a.txt", "setup.exe")[:-30])]),
 }
 
@@ -214,9 +235,11 @@ def test_honest_attachments_pass(proxy, sink):
                          UU + "`\nend"])
     check_reply(send(proxy, content), 250)
     assert len(sink.wait_messages(2)) == 2
-    # A winmail.dat with a document in it.
-    check_reply(send(proxy, multipart([TEXT, tnef_part(winmail("REPORT.PDF", "report.pdf"))])), 250)
+    # An archive of 1500 photos (no 1000 parts), and a winmail.dat with a document in it.
+    check_reply(send(proxy, multipart([TEXT, zip_part([f"IMG_{i}.JPG" for i in range(1500)])])), 250)
     assert len(sink.wait_messages(3)) == 3
+    check_reply(send(proxy, multipart([TEXT, tnef_part(winmail("REPORT.PDF", "report.pdf"))])), 250)
+    assert len(sink.wait_messages(4)) == 4
 
 
 def test_header_bomb_ends_with_a_verdict(proxy, sink):

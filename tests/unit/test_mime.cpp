@@ -8,6 +8,7 @@
 
 #include "filters/lua/mime.h"
 #include "filters/lua/mime_tnef.h"
+#include "filters/lua/mime_zip.h"
 #include "filters/text/ascii.h"
 #include "filters/text/base64.h"
 #include "filters/text/utf8.h"
@@ -654,4 +655,123 @@ TEST_CASE("mime: a Content-Type name= that differs from filename= is kept as the
   p = part_of("Content-Type: application/octet-stream; name=\"setup.exe\"");
   CHECK(p.filename == "setup.exe");
   CHECK(p.other_filename.empty());
+}
+
+namespace {
+
+struct ZipEntry {
+  ZipEntry(std::string n, std::string local = "", std::uint16_t f = 0, std::string x = "")
+      : name(std::move(n)), local_name(std::move(local)), flags(f), extra(std::move(x)) {}
+  std::string name;
+  std::string local_name;  // the local header's name, when it differs
+  std::uint16_t flags;
+  std::string extra;
+};
+
+// A ZIP archive of stored (empty) files: local headers, central directory,
+// end record; `zip64` writes the Zip64 end record and locator too.
+std::string zip_archive(const std::vector<ZipEntry>& entries, const std::string& prefix = "", const std::string& comment = "",
+                        bool zip64 = false) {
+  std::string out = prefix, directory;
+  for (const ZipEntry& e : entries) {
+    const std::string local = e.local_name.empty() ? e.name : e.local_name;
+    const std::size_t offset = out.size();
+    out += "PK\x03\x04" + le(20, 2) + le(e.flags, 2) + le(0, 2) + le(0, 4) + le(0, 4) + le(0, 4) + le(0, 4) +
+           le(local.size(), 2) + le(0, 2) + local;
+    directory += "PK\x01\x02" + le(20, 2) + le(20, 2) + le(e.flags, 2) + le(0, 2) + le(0, 4) + le(0, 4) + le(0, 4) + le(0, 4) +
+                 le(e.name.size(), 2) + le(e.extra.size(), 2) + le(0, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(offset, 4) +
+                 e.name + e.extra;
+  }
+  const std::size_t at = out.size();
+  out += directory;
+  if (zip64) {
+    const std::size_t record = out.size();
+    out += "PK\x06\x06" + le(44, 8) + le(45, 2) + le(45, 2) + le(0, 4) + le(0, 4) + le(entries.size(), 8) +
+           le(entries.size(), 8) + le(directory.size(), 8) + le(at, 8);
+    out += "PK\x06\x07" + le(0, 4) + le(record, 8) + le(1, 4);
+    return out + "PK\x05\x06" + le(0, 2) + le(0, 2) + le(0xFFFF, 2) + le(0xFFFF, 2) + le(0xFFFFFFFF, 4) + le(0xFFFFFFFF, 4) +
+           le(comment.size(), 2) + comment;
+  }
+  return out + "PK\x05\x06" + le(0, 2) + le(0, 2) + le(entries.size(), 2) + le(entries.size(), 2) + le(directory.size(), 4) +
+         le(at, 4) + le(comment.size(), 2) + comment;
+}
+
+std::vector<std::string> zip_names(const std::string& archive, std::string* problem = nullptr) {
+  ZipReader r;
+  r.feed(archive);
+  r.finish();
+  if (problem) *problem = r.problem();
+  return r.names();
+}
+
+}  // namespace
+
+TEST_CASE("mime: the files in a ZIP archive are listed from its central directory", "[mime]") {
+  using V = std::vector<std::string>;
+  SECTION("the directory's names, not the local headers', whatever comes before or after the archive") {
+    const std::string z = zip_archive({{"docs/", ""}, {"docs/invoice.exe", "docs/invoice.pdf"}}, "MZ stub of a self-extractor",
+                                      "a comment PK\x05\x06 in the comment");
+    std::string problem = "x";
+    CHECK(zip_names(z, &problem) == V{"docs/", "docs/invoice.exe"});
+    CHECK(problem.empty());
+    for (std::size_t piece : {1, 3, 7, 100}) {
+      ZipReader r;
+      for (std::size_t i = 0; i < z.size(); i += piece) r.feed(std::string_view(z).substr(i, piece));
+      r.finish();
+      CHECK(r.names() == V{"docs/", "docs/invoice.exe"});
+    }
+  }
+  SECTION("code page 437, UTF-8 by flag, and an Info-ZIP Unicode path") {
+    const std::string path = "r\xC3\xA9sum\xC3\xA9.js";
+    const std::string unicode = le(0x7075, 2) + le(5 + path.size(), 2) + "\x01" + le(0, 4) + path;
+    CHECK(zip_names(zip_archive({{"\x81" "ber.txt"}, {"caf\xC3\xA9.scr", "", 0x800}, {"resume.txt", "", 0, unicode}})) ==
+          V{"\xC3\xBC" "ber.txt", "caf\xC3\xA9.scr", "resume.txt", "r\xC3\xA9sum\xC3\xA9.js"});
+  }
+  SECTION("past megabytes of data, fed whole or in pieces") {
+    const std::string z = zip_archive({{"a.txt"}, {"b.exe"}}, std::string(3 * kMaxZipDirectory + 17, 'x'));
+    for (std::size_t piece : {std::size_t{1000}, std::size_t{65536}, z.size()}) {
+      ZipReader r;
+      for (std::size_t i = 0; i < z.size(); i += piece) r.feed(std::string_view(z).substr(i, piece));
+      r.finish();
+      CHECK(r.names() == V{"a.txt", "b.exe"});
+      CHECK(r.problem().empty());
+    }
+  }
+  SECTION("Zip64") {
+    CHECK(zip_names(zip_archive({{"a.txt"}, {"b.exe"}}, "", "", true)) == V{"a.txt", "b.exe"});
+  }
+  SECTION("what is no archive, and what could hide a name") {
+    std::string problem = "x";
+    CHECK(zip_names("just a PDF", &problem).empty());
+    CHECK(problem.empty());
+    // A directory larger than what is kept of the archive's end.
+    std::string big = std::string(3 * kMaxZipDirectory, 'x') + "PK\x05\x06" + le(0, 4) + le(2, 2) + le(2, 2) +
+                      le(2 * kMaxZipDirectory, 4) + le(0, 4) + le(0, 2);
+    zip_names(big, &problem);
+    CHECK(problem.find("central directory of") != std::string::npos);
+    std::string z = zip_archive({{"a.txt"}, {"b.exe"}});
+    z[z.size() - 22 + 10] = 3;  // three entries where the directory holds two
+    zip_names(z, &problem);
+    CHECK(problem.find("does not parse") != std::string::npos);
+    std::vector<ZipEntry> many(kMaxZipEntries + 1, ZipEntry{"f.txt"});
+    zip_names(zip_archive(many), &problem);
+    CHECK(problem.find("more than") != std::string::npos);
+  }
+  SECTION("in a base64 part, with the archive named; thousands of files are no 1000 parts") {
+    std::vector<ZipEntry> photos(1500, ZipEntry{"IMG.JPG"});
+    photos.push_back({"viewer.exe"});
+    for (std::string head : {"Content-Type: application/zip; name=\"photos.zip\"",
+                             "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=PHOTOS.ZIP"}) {
+      const std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\n" +
+                            head + "\r\nContent-Transfer-Encoding: base64\r\n\r\n" + postern::base64_encode(zip_archive(photos), 76) +
+                            "\r\n--b--\r\n";
+      Structure s = read_structure(m);
+      INFO(head);
+      REQUIRE(s.problem.empty());
+      REQUIRE(s.parts.size() == 2 + 1501);
+      CHECK(s.parts.back().filename == "viewer.exe");
+      CHECK(postern::ascii::to_lower(s.parts.back().archive) == "photos.zip");
+      CHECK(s.parts.back().transfer_encoding == "x-zip");
+    }
+  }
 }
