@@ -162,13 +162,14 @@ int body_attachments(lua_State* L) {
     if (p.filename.empty() && p.disposition != "attachment") continue;
     lua_createtable(L, 0, 5);
     set_string(L, "filename", p.filename);
-    // Every name a reader may show: filename, then a different name=.
-    lua_createtable(L, p.other_filename.empty() ? 1 : 2, 0);
+    // Every name a reader may show: filename, then the others.
+    lua_createtable(L, static_cast<int>(1 + p.other_filenames.size()), 0);
     lua_pushlstring(L, p.filename.data(), p.filename.size());
     lua_rawseti(L, -2, 1);
-    if (!p.other_filename.empty()) {
-      lua_pushlstring(L, p.other_filename.data(), p.other_filename.size());
-      lua_rawseti(L, -2, 2);
+    lua_Integer k = 1;
+    for (const std::string& other : p.other_filenames) {
+      lua_pushlstring(L, other.data(), other.size());
+      lua_rawseti(L, -2, ++k);
     }
     lua_setfield(L, -2, "names");
     if (!p.archive.empty()) set_string(L, "archive", p.archive);

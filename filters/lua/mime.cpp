@@ -91,6 +91,8 @@ bool zip_name(std::string_view name) {
   return ascii::to_lower(name).ends_with(".zip");
 }
 
+bool tnef_name(std::string_view name) { return ascii::to_lower(name) == "winmail.dat"; }
+
 // What all the readers of one message share: the structure being built and
 // the budgets that hold across attached messages.
 struct Shared {
@@ -401,25 +403,36 @@ class Reader {
     std::string content_type;
     std::string type_name;
     std::string disposition_name;
+    std::vector<std::string> others;  // the names other readers may show
     if (const std::string* v = h.get(0)) {
       content_type = strip_comments(*v);
       std::string type = media_type(content_type);
       if (type.find('/') != std::string::npos) part.type = type;
       part.charset = ascii::to_lower(ascii::trim(header_parameter(content_type, "charset")));
-      type_name = header_parameter(content_type, "name");
+      type_name = header_parameter(content_type, "name", &others);
     }
     if (const std::string* v = h.get(2)) part.transfer_encoding = ascii::to_lower(ascii::trim(strip_comments(*v)));
     if (const std::string* v = h.get(1)) {
       std::string disposition = strip_comments(*v);
       part.disposition = ascii::to_lower(ascii::trim(std::string_view(disposition).substr(0, disposition.find(';'))));
-      disposition_name = header_parameter(disposition, "filename");
+      disposition_name = header_parameter(disposition, "filename", &others);
     }
     // RFC 2183 §2.3: filename= over Content-Type name=, as Thunderbird reads
-    // them; other readers show name=, so a different one is kept too.
+    // them; other readers show name=, or what header_parameter() did not
+    // prefer, so each different name is kept too.
     part.filename = clean_filename(disposition_name.empty() ? type_name : disposition_name);
-    if (!disposition_name.empty() && !type_name.empty()) {
-      std::string other = clean_filename(std::move(type_name));
-      if (other != part.filename) part.other_filename = std::move(other);
+    if (!disposition_name.empty()) others.push_back(std::move(type_name));
+    for (std::string& other : others) {
+      if (other.empty()) continue;
+      std::string name = clean_filename(std::move(other));
+      if (name == part.filename || std::find(part.other_filenames.begin(), part.other_filenames.end(), name) !=
+                                       part.other_filenames.end()) {
+        continue;
+      }
+      if (part.other_filenames.size() + 1 >= kMaxNames) {
+        return fail("a part with more than " + std::to_string(kMaxNames) + " different file names");
+      }
+      part.other_filenames.push_back(std::move(name));
     }
     const int depth = open_.depth;
 
@@ -444,11 +457,13 @@ class Reader {
     const std::string encoding = part.transfer_encoding;
     if (part.type == "text/plain" && part.disposition != "attachment") open_.embedded = true;
     // Outlook reads winmail.dat by its type, Roundcube by its type or name.
-    if (part.type == "application/ms-tnef" || part.type == "application/vnd.ms-tnef" ||
-        ascii::to_lower(part.filename) == "winmail.dat") {
+    auto any_name = [&part](bool (*test)(std::string_view)) {
+      return test(part.filename) || std::any_of(part.other_filenames.begin(), part.other_filenames.end(), test);
+    };
+    if (part.type == "application/ms-tnef" || part.type == "application/vnd.ms-tnef" || any_name(tnef_name)) {
       open_.tnef = std::make_unique<TnefReader>();
     } else if (part.type == "application/zip" || part.type == "application/x-zip-compressed" ||
-               part.type == "application/x-zip" || zip_name(part.filename) || zip_name(part.other_filename)) {
+               part.type == "application/x-zip" || any_name(zip_name)) {
       open_.zip = std::make_unique<ZipReader>();
     }
     open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
@@ -593,26 +608,25 @@ class Reader {
     }
     sh_.archive_files += names.size();
     const std::string archive = sh_.out.parts[o.index].filename;
-    for (const std::string& name : names) {
-      Part part;
-      part.type = "application/octet-stream";
-      part.transfer_encoding = "x-zip";
-      part.disposition = "attachment";
-      part.filename = clean_filename(name);
-      part.archive = archive;
-      sh_.out.parts.push_back(std::move(part));
-    }
+    for (const std::string& name : names) list_file(name, "x-zip", archive);
   }
 
+  // A file embedded in text or held in a TNEF part: one of the parts.
   void embedded_file(std::string_view name, const char* encoding) {
     name = ascii::trim(name);
     if (name.empty()) return;
     if (sh_.out.parts.size() - sh_.archive_files >= kMaxParts) return fail("more than " + std::to_string(kMaxParts) + " parts");
+    list_file(name, encoding, {});
+  }
+
+  // A file a reader shows from inside the part just read, listed after it.
+  void list_file(std::string_view name, const char* encoding, const std::string& archive) {
     Part part;
     part.type = "application/octet-stream";
     part.transfer_encoding = encoding;
     part.disposition = "attachment";
     part.filename = clean_filename(std::string(name));
+    part.archive = archive;
     sh_.out.parts.push_back(std::move(part));
   }
 

@@ -21,6 +21,7 @@ inline constexpr std::size_t kMaxParts = 1000;         // parts listed
 inline constexpr int kMaxDepth = 16;                   // multipart and message/rfc822 nesting
 inline constexpr std::size_t kMaxFieldValue = 65536;   // octets of one Content-* field, unfolded
 inline constexpr std::size_t kMaxFilename = 1024;      // octets of a decoded file name
+inline constexpr std::size_t kMaxNames = 16;           // distinct file names of one part
 inline constexpr std::size_t kDecodedFactor = 2;       // encoded attached messages decode to at most
                                                        // this many times the message's size, in all
 
@@ -69,8 +70,11 @@ void cut_utf8(std::string& text, std::size_t limit);
 // Content-Type ("text/plain; charset=utf-8"), comments "(...)" ignored.
 // An RFC 2231 value ("name*=" or the continuations "name*0*=", "name*1=",
 // ...) wins over a plain "name=", as in mail readers; its charset is
-// converted to UTF-8.
-std::string header_parameter(std::string_view field_value, std::string_view name);
+// converted to UTF-8. `others`, when given, receives the values other
+// readers may show instead: the plain value beside an RFC 2231 one, and
+// each further value of the same name.
+std::string header_parameter(std::string_view field_value, std::string_view name,
+                             std::vector<std::string>* others = nullptr);
 
 // The field value without its RFC 5322 comments (outside quoted strings).
 std::string strip_comments(std::string_view field_value);
@@ -81,7 +85,10 @@ struct Part {
   std::string transfer_encoding;    // lower case: "base64", "quoted-printable", ...
   std::string disposition;          // lower case: "attachment", "inline" or empty
   std::string filename;             // from Content-Disposition or Content-Type name=, decoded
-  std::string other_filename;       // Content-Type name= when filename= differs from it, decoded
+  // The other names readers may show for it, decoded, each once: a Content-Type
+  // name= beside filename=, a plain filename= beside an RFC 2231 one, a name
+  // given twice (at most kMaxNames in all).
+  std::vector<std::string> other_filenames;
   std::string archive;              // a file in a ZIP archive: the archive's file name
   std::size_t encoded_size = 0;     // octets of the encoded body
   // The encoded body of a text part that is no attachment, kept while the

@@ -97,7 +97,7 @@ std::string strip_comments(std::string_view v) {
   return out;
 }
 
-std::string header_parameter(std::string_view field_value, std::string_view name) {
+std::string header_parameter(std::string_view field_value, std::string_view name, std::vector<std::string>* others) {
   const std::string want = ascii::to_lower(name);
   const std::string cleaned = strip_comments(field_value);
   const std::vector<Parameter> params = parameters(cleaned);
@@ -108,12 +108,20 @@ std::string header_parameter(std::string_view field_value, std::string_view name
     std::string_view key = p.key;
     if (key == want) {
       if (!plain) plain = &p;
+      else if (others) others->push_back(p.value);  // a reader may take the last one written
       continue;
     }
     if (key.size() <= want.size() || key.substr(0, want.size()) != want || key[want.size()] != '*') continue;
     std::string_view rest = key.substr(want.size() + 1);
     if (rest.empty()) {
-      if (!extended) extended = &p;
+      if (!extended) {
+        extended = &p;
+      } else if (others) {
+        std::string charset;
+        std::string_view octets;
+        split_extended(p.value, charset, octets);
+        others->push_back(to_utf8(charset, decode_percent(octets)));
+      }
       continue;
     }
     Section s{0, false, p.value};
@@ -126,6 +134,8 @@ std::string header_parameter(std::string_view field_value, std::string_view name
   }
   // A mail reader shows the RFC 2231 value where there is one: a plain
   // "filename=" beside it is for readers that know no RFC 2231.
+  // Readers that know no RFC 2231 show the plain value instead.
+  if (others && plain && (extended || !sections.empty())) others->push_back(plain->value);
   if (extended) {
     std::string charset;
     std::string_view octets;

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "filters/lua/mime.h"
+#include "filters/lua/mime_binary.h"
 
 namespace postern::mime {
 namespace {
@@ -30,11 +31,6 @@ constexpr std::uint16_t kUnicode = 0x001F;
 constexpr std::uint16_t kBinary = 0x0102;
 constexpr std::uint16_t kObject = 0x000D;
 constexpr std::uint16_t kMultiValued = 0x1000;
-
-std::uint32_t le32(const char* p) {
-  auto b = [p](int i) { return static_cast<std::uint32_t>(static_cast<unsigned char>(p[i])); };
-  return b(0) | b(1) << 8 | b(2) << 16 | b(3) << 24;
-}
 
 // Octets of one value of a fixed-size type, 0 for a variable or unknown one
 // (MS-OXTNEF 2.1.3.4: 16-bit values and booleans take 4).
@@ -61,7 +57,7 @@ class Cursor {
   explicit Cursor(std::string_view data) : data_(data) {}
   bool u32(std::uint32_t& out) {
     if (data_.size() < 4) return false;
-    out = le32(data_.data());
+    out = static_cast<std::uint32_t>(little_endian(data_, 0, 4));
     data_.remove_prefix(4);
     return true;
   }
@@ -169,12 +165,13 @@ void TnefReader::feed(std::string_view data) {
 void TnefReader::step() {
   switch (state_) {
     case State::kSignature:
-      state_ = le32(buf_.data()) == kSignature ? State::kHeader : State::kDone;  // not TNEF: nothing to list
+      // Not TNEF: nothing to list.
+      state_ = little_endian(buf_, 0, 4) == kSignature ? State::kHeader : State::kDone;
       need_ = 9;
       break;
     case State::kHeader: {
-      id_ = le32(buf_.data() + 1);
-      const std::uint32_t length = le32(buf_.data() + 5);
+      id_ = static_cast<std::uint32_t>(little_endian(buf_, 1, 4));
+      const std::uint32_t length = static_cast<std::uint32_t>(little_endian(buf_, 5, 4));
       if (id_ == kAttachTitle || id_ == kAttachTransportFilename || id_ == kAttachment) {
         if (length > kMaxTnefAttribute) {
           buf_.clear();

@@ -6,6 +6,7 @@
 #include "filters/lua/mime_zip.h"
 
 #include "filters/lua/mime.h"
+#include "filters/lua/mime_binary.h"
 
 namespace postern::mime {
 namespace {
@@ -13,12 +14,6 @@ namespace {
 // What is kept: the directory, the Zip64 end records and the end record
 // with the longest comment.
 constexpr std::size_t kTail = kMaxZipDirectory + 56 + 20 + 22 + 65535;
-
-std::uint64_t le(std::string_view p, std::size_t at, int octets) {
-  std::uint64_t v = 0;
-  for (int i = octets - 1; i >= 0; --i) v = v << 8 | static_cast<unsigned char>(p[at + static_cast<std::size_t>(i)]);
-  return v;
-}
 
 // The last `signature` that starts in [from, to] of `t` with `room` octets
 // after its start, or npos.
@@ -46,10 +41,10 @@ void ZipReader::finish() {
   const std::string_view t = std::string_view(tail_).substr(tail_.size() - std::min(tail_.size(), kTail));
   const std::size_t eocd = find_back(t, "PK\x05\x06", t.size() > 22 + 65535 ? t.size() - 22 - 65535 : 0, t.size(), 22);
   if (eocd == std::string_view::npos) return;  // no ZIP archive: no reader opens it
-  std::uint64_t entries = le(t, eocd + 10, 2);
-  std::uint64_t size = le(t, eocd + 12, 4);
+  std::uint64_t entries = little_endian(t, eocd + 10, 2);
+  std::uint64_t size = little_endian(t, eocd + 12, 4);
   std::size_t end = eocd;
-  if (entries == 0xFFFF || size == 0xFFFFFFFF || le(t, eocd + 16, 4) == 0xFFFFFFFF) {
+  if (entries == 0xFFFF || size == 0xFFFFFFFF || little_endian(t, eocd + 16, 4) == 0xFFFFFFFF) {
     // Zip64: the locator right before the end record, the Zip64 end record before it.
     if (eocd < 20 || t.substr(eocd - 20, 4) != "PK\x06\x07") {
       problem_ = "a Zip64 archive without its end record locator";
@@ -61,8 +56,8 @@ void ZipReader::finish() {
       problem_ = "a Zip64 archive without its end record";
       return;
     }
-    entries = le(t, z + 32, 8);
-    size = le(t, z + 40, 8);
+    entries = little_endian(t, z + 32, 8);
+    size = little_endian(t, z + 40, 8);
     end = z;
   }
   if (size > kMaxZipDirectory) {
@@ -87,10 +82,10 @@ void ZipReader::read_directory(std::string_view d, std::uint64_t entries) {
       problem_ = "a ZIP central directory that does not parse";
       return;
     }
-    const std::uint64_t flags = le(d, 8, 2);
-    const std::size_t name_length = static_cast<std::size_t>(le(d, 28, 2));
-    const std::size_t extra_length = static_cast<std::size_t>(le(d, 30, 2));
-    const std::size_t comment_length = static_cast<std::size_t>(le(d, 32, 2));
+    const std::uint64_t flags = little_endian(d, 8, 2);
+    const std::size_t name_length = static_cast<std::size_t>(little_endian(d, 28, 2));
+    const std::size_t extra_length = static_cast<std::size_t>(little_endian(d, 30, 2));
+    const std::size_t comment_length = static_cast<std::size_t>(little_endian(d, 32, 2));
     if (d.size() - 46 < name_length + extra_length + comment_length) {
       problem_ = "a ZIP central directory that does not parse";
       return;
@@ -103,8 +98,8 @@ void ZipReader::read_directory(std::string_view d, std::uint64_t entries) {
     names_.push_back(name);
     // 4.6.9: the Info-ZIP Unicode Path extra field (0x7075): version, CRC, UTF-8 name.
     while (extra.size() >= 4) {
-      const std::uint64_t id = le(extra, 0, 2);
-      const std::size_t length = std::min<std::size_t>(static_cast<std::size_t>(le(extra, 2, 2)), extra.size() - 4);
+      const std::uint64_t id = little_endian(extra, 0, 2);
+      const std::size_t length = std::min<std::size_t>(static_cast<std::size_t>(little_endian(extra, 2, 2)), extra.size() - 4);
       if (id == 0x7075 && length > 5) {
         std::string unicode = to_utf8("UTF-8", extra.substr(4 + 5, length - 5));
         if (unicode != name) names_.push_back(std::move(unicode));

@@ -159,7 +159,7 @@ function Headers:names() end
 
 ---@class postern.Attachment
 ---@field filename string
----@field names string[] every name the part goes by: filename, then a different Content-Type name=
+---@field names string[] every name the part goes by: filename, then the others readers may show
 ---@field archive string? for a file in a ZIP archive: the archive's file name
 ---@field type string
 ---@field disposition string

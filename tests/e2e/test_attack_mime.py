@@ -139,6 +139,9 @@ HIDDEN = {
     "nul-in-name": multipart([TEXT, exe_part("Content-Disposition: attachment; filename*=utf-8''setup.exe%00.pdf")]),
     "name-differs-from-filename": multipart([TEXT, exe_part("Content-Type: application/octet-stream; name=\"invoice.exe\"\n"
                                                              "Content-Disposition: attachment; filename=\"invoice.pdf\"")]),
+    "rfc2231-hides-plain": multipart([TEXT, exe_part(
+        "Content-Disposition: attachment; filename*=utf-8''invoice.pdf; filename=\"invoice.exe\"")]),
+    "filename-twice": multipart([TEXT, exe_part("Content-Disposition: attachment; filename=a.pdf; filename=a.exe")]),
     "trailing-dots-upper": multipart([TEXT, exe_part("Content-Disposition: attachment; filename=\"SETUP.ExE. . \"")]),
     "fake-close-delimiter": multipart(["Content-Type: text/plain\n\nsee below\n--XYZ--not the end",
                                        exe_part("Content-Disposition: attachment; filename=setup.exe")]),

@@ -31,7 +31,7 @@ std::string describe(const Structure& s) {
   std::string out = "problem=" + s.problem + " text_whole=" + std::to_string(s.text_whole) + "\n";
   for (const Part& p : s.parts) {
     out += "  " + p.type + " cs=" + p.charset + " cte=" + p.transfer_encoding + " disp=" + p.disposition +
-           " name=" + postern::fuzz::escape(p.filename, 80) + " other=" + postern::fuzz::escape(p.other_filename, 40) +
+           " name=" + postern::fuzz::escape(p.filename, 80) + " others=" + std::to_string(p.other_filenames.size()) +
            " size=" + std::to_string(p.encoded_size) +
            " body=" + postern::fuzz::escape(p.body, 80) + " whole=" + std::to_string(p.body_whole) + "\n";
   }
@@ -44,7 +44,7 @@ bool same(const Structure& a, const Structure& b) {
     const Part& x = a.parts[i];
     const Part& y = b.parts[i];
     if (x.type != y.type || x.charset != y.charset || x.transfer_encoding != y.transfer_encoding ||
-        x.disposition != y.disposition || x.filename != y.filename || x.other_filename != y.other_filename ||
+        x.disposition != y.disposition || x.filename != y.filename || x.other_filenames != y.other_filenames ||
         x.encoded_size != y.encoded_size ||
         x.body != y.body || x.body_whole != y.body_whole) {
       return false;
@@ -79,7 +79,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   FUZZ_CHECK(whole.parts.size() <= kMaxParts, describe(whole));
   std::size_t kept = 0;
   for (const Part& p : whole.parts) {
-    for (const std::string* name : {&p.filename, &p.other_filename}) {
+    FUZZ_CHECK(p.other_filenames.size() < kMaxNames, describe(whole));
+    std::vector<const std::string*> names{&p.filename};
+    for (const std::string& other : p.other_filenames) names.push_back(&other);
+    for (const std::string* name : names) {
       FUZZ_CHECK(name->size() <= kMaxFilename + 3 && postern::valid_utf8(*name) && name->find('\0') == std::string::npos,
                  describe(whole));
     }

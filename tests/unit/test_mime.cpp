@@ -616,6 +616,12 @@ TEST_CASE("mime: the files in a TNEF part (winmail.dat) are listed", "[mime]") {
       CHECK(V(names.begin() + 1, names.end()) == V{"README.TXT", "invoice.pdf.exe", "INVOIC~1.EXE"});
     }
   }
+  SECTION("named winmail.dat only by the name= a reader may show") {
+    const std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/octet-stream; "
+                          "name=winmail.dat\r\nContent-Disposition: attachment; filename=att00001.dat\r\n"
+                          "Content-Transfer-Encoding: base64\r\n\r\n" + postern::base64_encode(stream, 76) + "\r\n--b--\r\n";
+    CHECK(filenames(read_structure(m)) == V{"att00001.dat", "README.TXT", "invoice.pdf.exe", "INVOIC~1.EXE"});
+  }
   SECTION("what could hide a name is a problem; what is no TNEF is a plain file") {
     std::string problem;
     CHECK(tnef_names("not TNEF at all", &problem).empty());
@@ -638,7 +644,7 @@ TEST_CASE("mime: the files in a TNEF part (winmail.dat) are listed", "[mime]") {
   }
 }
 
-TEST_CASE("mime: a Content-Type name= that differs from filename= is kept as the other name", "[mime]") {
+TEST_CASE("mime: every file name a reader may show is kept", "[mime]") {
   auto part_of = [](const std::string& header) {
     Structure s = read_structure(message_with(header));
     REQUIRE(s.problem.empty());
@@ -646,15 +652,33 @@ TEST_CASE("mime: a Content-Type name= that differs from filename= is kept as the
     return s.parts[1];
   };
   Part p = part_of("Content-Type: application/octet-stream; name=\"invoice.exe\"\r\nContent-Disposition: attachment; filename=\"invoice.pdf\"");
+  using V = std::vector<std::string>;
   CHECK(p.filename == "invoice.pdf");
-  CHECK(p.other_filename == "invoice.exe");
+  CHECK(p.other_filenames == V{"invoice.exe"});
   p = part_of("Content-Type: application/pdf; name=\"=?utf-8?q?r=C3=A9sum=C3=A9.pdf?=\"\r\n"
               "Content-Disposition: attachment; filename*=utf-8''r%C3%A9sum%C3%A9.pdf");
   CHECK(p.filename == "r\xC3\xA9sum\xC3\xA9.pdf");
-  CHECK(p.other_filename.empty());  // the same name, however written
+  CHECK(p.other_filenames.empty());  // the same name, however written
   p = part_of("Content-Type: application/octet-stream; name=\"setup.exe\"");
   CHECK(p.filename == "setup.exe");
-  CHECK(p.other_filename.empty());
+  CHECK(p.other_filenames.empty());
+  // The plain value beside an RFC 2231 one (readers without RFC 2231), and a
+  // parameter given twice (a reader may take the last), in either field.
+  p = part_of("Content-Disposition: attachment; filename*=utf-8''invoice.pdf; filename=\"invoice.exe\"");
+  CHECK(p.filename == "invoice.pdf");
+  CHECK(p.other_filenames == V{"invoice.exe"});
+  p = part_of("Content-Disposition: attachment; filename*0=in; filename*1=voice.pdf; filename=a.scr");
+  CHECK(p.filename == "invoice.pdf");
+  CHECK(p.other_filenames == V{"a.scr"});
+  p = part_of("Content-Type: application/pdf; name=a.pdf; name=a.exe; name*=utf-8''a.pdf; name*=utf-8''a.js");
+  CHECK(p.filename == "a.pdf");
+  CHECK(p.other_filenames == V{"a.exe", "a.js"});
+  p = part_of("Content-Disposition: attachment; filename=a.pdf; filename=a.pdf; filename=b.exe");
+  CHECK(p.other_filenames == V{"b.exe"});
+  // More names than any reader needs: the structure is not read whole.
+  std::string many = "Content-Disposition: attachment; filename=x.pdf";
+  for (std::size_t i = 0; i < kMaxNames; ++i) many += "; filename=n" + std::to_string(i) + ".pdf";
+  CHECK(read_structure(message_with(many)).problem.find("different file names") != std::string::npos);
 }
 
 namespace {
