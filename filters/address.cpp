@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 
 #include <cctype>
+#include <cstring>
 
 #include "filters/text/ascii.h"
 
@@ -139,8 +140,73 @@ std::string Mailbox::str() const {
   return out;
 }
 
+namespace {
+
+// A local part's value octet by octet: a Quoted-string without its quotes
+// and with its quoted-pairs resolved (RFC 5322 §3.2.4: quoting is not part
+// of the value), so "user", "us\er" and user are one local part. No copy:
+// the duplicate-recipient check compares every pair of recipients.
+class LocalValue {
+ public:
+  explicit LocalValue(std::string_view s) : s_(s) {
+    quoted_ = s_.size() >= 2 && s_.front() == '"' && s_.back() == '"';
+    if (quoted_) s_ = s_.substr(1, s_.size() - 2);
+  }
+  // The next octet, or -1 past the end.
+  int next() {
+    if (i_ >= s_.size()) return -1;
+    if (quoted_ && s_[i_] == '\\' && i_ + 1 < s_.size()) ++i_;
+    return static_cast<unsigned char>(s_[i_++]);
+  }
+
+ private:
+  std::string_view s_;
+  bool quoted_ = false;
+  std::size_t i_ = 0;
+};
+
+bool same_local_value(std::string_view a, std::string_view b, bool any_case) {
+  LocalValue x(a), y(b);
+  for (;;) {
+    int c = x.next(), d = y.next();
+    if (any_case) {
+      if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
+      if (d >= 'A' && d <= 'Z') d += 'a' - 'A';
+    }
+    if (c != d) return false;
+    if (c < 0) return true;
+  }
+}
+
+// The 16 octets of an address literal's IP address ("[192.0.2.1]" as
+// ::ffff:192.0.2.1, "[IPv6:...]" with its tag in any case), or false for a
+// general address literal or a domain.
+bool literal_address(std::string_view domain, unsigned char out[16]) {
+  if (domain.size() < 3 || domain.size() > 64 || domain.front() != '[' || domain.back() != ']') return false;
+  std::string inner(domain.substr(1, domain.size() - 2));
+  unsigned char v4[4];
+  if (inet_pton(AF_INET, inner.c_str(), v4) == 1) {
+    std::memset(out, 0, 10);
+    out[10] = out[11] = 0xff;
+    std::memcpy(out + 12, v4, 4);
+    return true;
+  }
+  return ascii::istarts_with(inner, "ipv6:") && inet_pton(AF_INET6, inner.c_str() + 5, out) == 1;
+}
+
+bool same_domain(std::string_view a, std::string_view b) {
+  if (ascii::iequals(a, b)) return true;
+  unsigned char x[16], y[16];
+  return literal_address(a, x) && literal_address(b, y) && std::memcmp(x, y, 16) == 0;
+}
+
+}  // namespace
+
 bool same_mailbox(const Mailbox& a, const Mailbox& b) {
-  return a.local_part == b.local_part && ascii::iequals(a.domain, b.domain);
+  if (!same_domain(a.domain, b.domain)) return false;
+  if (same_local_value(a.local_part, b.local_part, false)) return true;
+  // RFC 5321 §4.5.1: "postmaster" is a case-insensitive local name.
+  return same_local_value(a.local_part, "postmaster", true) && same_local_value(b.local_part, "postmaster", true);
 }
 
 PathParse parse_path(std::string_view text, bool allow_null, bool allow_postmaster,

@@ -19,8 +19,11 @@ struct Mailbox {
   bool empty() const { return local_part.empty() && domain.empty(); }
 };
 
-// One mailbox named twice: the local part exactly (RFC 5321 §2.4 leaves its
-// case to the receiving host), the domain in any case (§2.4, DNS names).
+// One mailbox named twice, in any spelling every MTA reads as the same: the
+// local part's value exactly (RFC 5321 §2.4 leaves its case to the receiving
+// host; quotes and quoted-pairs are not part of it, RFC 5322 §3.2.4), except
+// "postmaster" in any case (§4.5.1); the domain in any case (§2.4, DNS
+// names), an address literal by its address ("[IPv6:::1]" = "[ipv6:0::1]").
 bool same_mailbox(const Mailbox& a, const Mailbox& b);
 
 enum class PathError {

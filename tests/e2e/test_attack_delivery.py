@@ -11,6 +11,8 @@ import json
 import pathlib
 import shutil
 
+import re
+
 import pytest
 
 from harness import case_message, check_reply, data_payload, greeted_client, run_cli, send_envelope, start_with_rules
@@ -193,16 +195,41 @@ def test_verdict_at_rcpt_for_a_recipient_the_mta_refused_holds_nothing(postern, 
 
 # ---- 3. a recipient the client names twice ----------------------------------
 
-@pytest.mark.parametrize("second", ["r1@example.com", "r1@EXAMPLE.com"])
+# Every spelling an MTA reads as the same mailbox (RFC 5321 §2.4, §4.5.1;
+# RFC 5322 §3.2.4: quotes and a quoted-pair's backslash are not the value).
+SAME_MAILBOX = [
+    ("r1@example.com", "r1@example.com"),
+    ("r1@example.com", "r1@EXAMPLE.com"),
+    ("r1@example.com", '"r1"@example.com'),
+    ('"r1"@example.com', "r1@example.com"),
+    ("r1@example.com", '"r\\1"@Example.Com'),
+    ("Postmaster@example.com", "postmaster@example.com"),
+    ("postmaster@example.com", '"POSTMASTER"@example.com'),
+    ("r1@[192.0.2.7]", "r1@[IPv6:::ffff:192.0.2.7]"),
+]
+
+
+def mailbox_value(addr):
+    """`addr` as the sink (aiosmtpd) reports it: a quoted local part that can
+    be a dot-atom without its quotes and quoted-pairs."""
+    local, _, domain = addr.rpartition("@")
+    if local.startswith('"') and local.endswith('"'):
+        value = re.sub(r"\\(.)", r"\1", local[1:-1])
+        if re.fullmatch(r"[\w!#$%&'*+/=?^`{|}~-]+(\.[\w!#$%&'*+/=?^`{|}~-]+)*", value, re.ASCII):
+            local = value
+    return f"{local}@{domain}"
+
+
+@pytest.mark.parametrize("first,second", SAME_MAILBOX)
 @pytest.mark.parametrize("pipelined", [False, True], ids=["lockstep", "pipelined"])
 @pytest.mark.parametrize("bdat", [False, True], ids=["data", "bdat"])
 def test_recipient_named_twice_by_the_client_gets_the_message_once(postern, make_sink, tmp_path,
-                                                                   second, pipelined, bdat):
+                                                                   first, second, pipelined, bdat):
     sink = make_sink(chunking=bdat)
     p = start(postern, sink, tmp_path / "q")
     c = client(p)
     content = message()
-    rcpts = ["r1@example.com", "r2@example.com", second]
+    rcpts = [first, "r2@example.com", second]
     replies = send_envelope(c, "a@example.org", rcpts, content, pipelined, bdat)
     assert [r.code for r in replies] == [250, 250, 250, 250], [str(r) for r in replies]
     if not bdat:
@@ -210,11 +237,29 @@ def test_recipient_named_twice_by_the_client_gets_the_message_once(postern, make
         c.send(data_payload(content))
     check_reply(c.read_reply(), 250)
     msgs = sink.wait_messages(1)
-    assert len(msgs) == 1 and msgs[0].rcpt_tos == ["r1@example.com", "r2@example.com"]
+    assert len(msgs) == 1 and msgs[0].rcpt_tos == [mailbox_value(first), "r2@example.com"]
     assert len(sink.commands("RCPT")) == 2
     dup = p.wait_for_log(event="rcpt-duplicate")
     assert dup.get("to") == f"<{second}>"
-    assert p.wait_for_log(event="message").get("to") == "<r1@example.com>,<r2@example.com>"
+    assert p.wait_for_log(event="message").get("to") == f"<{first}>,<r2@example.com>"
+
+
+# Spellings that name different mailboxes: both go to the MTA.
+@pytest.mark.parametrize("first,second", [
+    ("r1@example.com", "R1@example.com"),           # a local part's case is the receiving host's (§2.4)
+    ("abuse@example.com", "Abuse@example.com"),     # only postmaster is case-insensitive by rule
+    ("r1@example.com", '"r1 "@example.com'),
+    ("r1@[192.0.2.7]", "r1@[192.0.2.8]"),
+    ("postmaster@example.com", "postmaster@example.org"),
+])
+def test_recipients_that_differ_only_in_spelling_an_mta_tells_apart_both_go_on(postern, make_sink, tmp_path,
+                                                                               first, second):
+    sink = make_sink()
+    p = start(postern, sink, tmp_path / "q")
+    c = client(p)
+    check_reply(c.send_message("a@example.org", [first, second], message()), 250)
+    assert sink.wait_messages(1)[0].rcpt_tos == [mailbox_value(first), mailbox_value(second)]
+    assert not p.events("rcpt-duplicate")
 
 
 def test_recipient_named_again_after_the_mta_deferred_it_is_asked_again(postern, make_sink, tmp_path):

@@ -14,6 +14,8 @@
 //  - "<" + mailbox.str() + ">" re-parses to the same mailbox, consuming it all;
 //  - the result does not depend on the bytes after end;
 //  - anything accepted without allow_utf8 is accepted the same with it;
+//  - same_mailbox holds between the mailbox and itself, its domain in upper
+//    case, and its local part quoted (each octet a quoted-pair), both ways;
 // and for a failure: the mailbox is empty and kNonAscii only without allow_utf8.
 // is_domain(x) implies letters, digits, '-', '.' only, <= 255 octets.
 #include <cstddef>
@@ -110,6 +112,23 @@ void check(std::string_view text, bool allow_null, bool allow_postmaster, bool a
                    back.mailbox.local_part == m.local_part && back.mailbox.domain == m.domain,
                "  re-serialized mailbox does not parse back\n" + where() + "\n  got: " + describe(p) +
                    "\n  wire: \"" + escape(wire) + "\"\n  back: " + describe(back));
+  }
+  // One mailbox in the spellings an MTA reads as the same (the duplicate-RCPT check).
+  if (!m.empty()) {
+    Mailbox upper = m;
+    for (char& c : upper.domain) c = c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c;
+    Mailbox quoted = m;
+    if (m.local_part.front() != '"') {
+      quoted.local_part = "\"";
+      for (char c : m.local_part) quoted.local_part.append(1, '\\').append(1, c);
+      quoted.local_part += '"';
+    }
+    const Mailbox* spellings[] = {&m, &upper, &quoted};
+    for (const Mailbox* other : spellings) {
+      FUZZ_CHECK(postern::same_mailbox(m, *other) && postern::same_mailbox(*other, m),
+                 "  same_mailbox misses a spelling\n" + where() + "\n  got: " + describe(p) + "\n  other: \"" +
+                     escape(other->str()) + "\"");
+    }
   }
   // What follows the path (ESMTP parameters) cannot change the path.
   PathParse cut = postern::parse_path(text.substr(0, p.end), allow_null, allow_postmaster, allow_utf8);

@@ -121,6 +121,49 @@ TEST_CASE("same_mailbox: the domain in any case, the local part exactly", "[addr
   CHECK(same_mailbox(Mailbox{"Postmaster", ""}, Mailbox{"Postmaster", ""}));
 }
 
+// The spellings of one mailbox an MTA reads as the same (the class the
+// duplicate-recipient check must see through), parsed as RCPT would.
+TEST_CASE("same_mailbox: quoting, quoted-pairs, postmaster and address literals", "[address]") {
+  auto rcpt = [](std::string_view path) {
+    PathParse p = postern::parse_path(path, false, true);
+    REQUIRE(p.error == PathError::kNone);
+    return p.mailbox;
+  };
+  auto same = [&](std::string_view a, std::string_view b) {
+    const bool ab = same_mailbox(rcpt(a), rcpt(b));
+    CHECK(ab == same_mailbox(rcpt(b), rcpt(a)));  // symmetric
+    return ab;
+  };
+  // RFC 5322 §3.2.4: the quotes and a quoted-pair's backslash are not part of the value.
+  CHECK(same("<user@example.com>", "<\"user\"@example.com>"));
+  CHECK(same("<user@example.com>", "<\"us\\er\"@example.com>"));
+  CHECK(same("<\"\\u\\s\\e\\r\"@example.com>", "<\"user\"@EXAMPLE.com>"));
+  CHECK(same("<first.last@example.com>", "<\"first.last\"@example.com>"));
+  CHECK(same("<\"a\\\\b\"@example.com>", "<\"a\\\\b\"@example.com>"));  // a\b: an escaped backslash
+  CHECK_FALSE(same("<\"a\\\\b\"@example.com>", "<\"ab\"@example.com>"));
+  CHECK_FALSE(same("<\"a b\"@example.com>", "<ab@example.com>"));
+  CHECK_FALSE(same("<\"user\"@example.com>", "<User@example.com>"));  // case still matters
+  CHECK_FALSE(same("<\"user\"@example.com>", "<user@example.org>"));
+  CHECK_FALSE(same("<\"\"@example.com>", "<\"x\"@example.com>"));
+  CHECK_FALSE(same("<\"user.\"@example.com>", "<user@example.com>"));
+  // RFC 5321 §4.5.1: postmaster in any case, quoted or not; with or without a domain it
+  // names different mailboxes.
+  CHECK(same("<Postmaster>", "<postmaster>"));
+  CHECK(same("<POSTMASTER>", "<PostMaster>"));
+  CHECK(same("<postmaster@example.com>", "<PostMaster@Example.COM>"));
+  CHECK(same("<\"Postmaster\"@example.com>", "<postmaster@example.com>"));
+  CHECK_FALSE(same("<postmaster@example.com>", "<postmaster>"));
+  CHECK_FALSE(same("<postmasters@example.com>", "<postmaster@example.com>"));
+  CHECK_FALSE(same("<Abuse@example.com>", "<abuse@example.com>"));  // only postmaster is reserved
+  // Address literals by their address.
+  CHECK(same("<u@[IPv6:2001:db8::1]>", "<u@[ipv6:2001:DB8:0:0:0:0:0:1]>"));
+  CHECK(same("<u@[192.0.2.1]>", "<u@[IPv6:::ffff:192.0.2.1]>"));
+  CHECK_FALSE(same("<u@[192.0.2.1]>", "<u@[192.0.2.2]>"));
+  CHECK_FALSE(same("<u@[IPv6:2001:db8::1]>", "<u@[IPv6:2001:db8::2]>"));
+  CHECK_FALSE(same("<u@[192.0.2.1]>", "<u@192.0.2.1.example>"));
+  CHECK(same("<u@[x-tag:abc]>", "<u@[X-TAG:ABC]>"));  // a general literal: as text, in any case
+}
+
 TEST_CASE("is_domain", "[address]") {
   const std::string k64(64, 'd');
   const std::string d255 = k63 + "." + k63 + "." + k63 + "." + k63;
