@@ -9,6 +9,8 @@
 #include "filters/store/persisted_store.h"
 #include "proxy/log.h"
 
+#include <asio/thread_pool.hpp>
+
 namespace postern {
 namespace {
 
@@ -44,6 +46,11 @@ std::shared_ptr<const FilterResources> build_filter_resources(const Config& conf
   }
   const bool needs_dns = any_auth_check(config.auth) || !config.lua.scripts.empty() ||
                          !config.submission.scripts.empty();
+  if (!config.lua.scripts.empty() || !config.submission.scripts.empty()) {
+    // Two threads: a walk takes at most about a second, and two at once
+    // leave the I/O threads their share of two cores (bench/README.md).
+    r->walk_pool = std::make_shared<asio::thread_pool>(2);
+  }
   try {
     if (needs_dns) r->resolver = make_resolver(config.dns, asio::any_io_executor());
     if (r->resolver && config.dns.client_name) r->client_name = std::make_shared<ClientNameFilter>(r->resolver);
@@ -84,6 +91,7 @@ std::shared_ptr<const FilterChain> build_filter_chain(const Config& config, cons
     LuaOptions lua = config.lua;
     lua.scripts = scripts;
     lua.store = resources.store;
+    lua.walk_pool = resources.walk_pool;
     lua.log = [](LuaLogLevel level, std::string_view line) {
       static constexpr log::Level kLevels[] = {log::Level::kDebug, log::Level::kInfo, log::Level::kWarning,
                                                log::Level::kError};

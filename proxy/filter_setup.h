@@ -11,6 +11,10 @@
 #include "filters/store/kv_store.h"
 #include "proxy/config.h"
 
+namespace asio {
+class thread_pool;
+}
+
 namespace postern {
 
 struct FilterResources {
@@ -19,6 +23,8 @@ struct FilterResources {
   std::shared_ptr<Filter> client_name;                  // verified client name; null when off
   std::shared_ptr<KeyValueStore> store;                 // survives reloads
   StoreOptions store_options;                           // what `store` was built with
+  // Where rules have a large message's MIME structure read (LuaOptions::walk_pool).
+  std::shared_ptr<asio::thread_pool> walk_pool;
 };
 
 // Throws ConfigError (e.g. a resolver libunbound refuses, an LMDB file that

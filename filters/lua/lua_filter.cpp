@@ -9,9 +9,13 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <mutex>
+
+#include <asio/co_spawn.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
+#include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include "filters/filter_stats.h"
@@ -163,6 +167,34 @@ StoreResult store_now(MemoryStore& store, const PendingOp& op) {
   return r;
 }
 
+// Reads the structure of op.spool on `pool` into *op.structure while the
+// rule's coroutine waits. The walk reads the session's spool: when this
+// frame is destroyed before it ends (the process stopping), the walk is told
+// to stop and waited for, and one not started yet never starts.
+asio::awaitable<void> walk_elsewhere(asio::thread_pool& pool, const PendingOp& op) {
+  struct Walk {
+    std::atomic<bool> stop{false};
+    std::mutex reading;  // held while the walk reads the spool
+    mime::Structure result;
+  };
+  struct StopOnExit {
+    Walk& walk;
+    ~StopOnExit() {
+      walk.stop = true;
+      std::lock_guard<std::mutex> wait_for_the_walk(walk.reading);
+    }
+  };
+  auto walk = std::make_shared<Walk>();
+  StopOnExit guard{*walk};
+  auto run = [](std::shared_ptr<Walk> w, const Spool* spool, mime::TextBudget budget) -> asio::awaitable<void> {
+    std::lock_guard<std::mutex> reading(w->reading);
+    if (!w->stop) w->result = read_spool_structure(*spool, budget, &w->stop);
+    co_return;
+  };
+  co_await asio::co_spawn(pool.get_executor(), run(walk, op.spool, op.budget), asio::use_awaitable);
+  *op.structure = std::move(walk->result);
+}
+
 // Performs `op`; kDeadline when the rule's deadline passed first.
 asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::time_point deadline) {
   using Kind = PendingOp::Kind;
@@ -194,6 +226,9 @@ asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::ti
         if (!answer) break;
         co_return store_result(op, std::move(*answer));
       }
+      case Kind::kStructure:
+        co_await walk_elsewhere(*rt.options.walk_pool, op);
+        co_return r;
       case Kind::kNone:
         co_return r;
     }
@@ -467,7 +502,13 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
       }
       PendingOp op = std::move(inv.pending);
       inv.pending = PendingOp{};
+      const auto asked = Clock::now();
       OpResult result = co_await perform(op, rt, inv.tag.deadline);
+      // Reading a large message's structure is postern's work, bounded by the
+      // message's size, not the rule's: its time is not the rule's to spend
+      // (else a big enough message would time a rule with on_error =
+      // "continue" out, and past its check).
+      if (op.kind == PendingOp::Kind::kStructure) inv.tag.deadline += Clock::now() - asked;
       if (result.kind == OpResult::Kind::kDeadline) {
         failure = "time limit exceeded while waiting";
         break;

@@ -3,6 +3,7 @@
 // ctx object). Not for use outside filters/lua/.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -43,14 +44,30 @@ struct Rule {
 // An asynchronous operation a C function asked for before yielding; the
 // driver performs it and resumes the coroutine with its results.
 struct PendingOp {
-  enum class Kind { kNone, kDns, kDnsbl, kSleep, kStoreGet, kStoreSet, kStoreAdd, kStoreIncr, kStoreDel } kind = Kind::kNone;
+  enum class Kind {
+    kNone, kDns, kDnsbl, kSleep, kStoreGet, kStoreSet, kStoreAdd, kStoreIncr, kStoreDel, kStructure
+  } kind = Kind::kNone;
   std::string name;  // DNS name / store key
   DnsType type = DnsType::kA;
   std::string value;
   std::int64_t by = 0;
   std::int64_t ttl = 0;
   double seconds = 0;
+  // kStructure: the message whose structure is read on LuaOptions::walk_pool
+  // into `structure` (the invocation's), within `budget`.
+  const Spool* spool = nullptr;
+  mime::TextBudget budget;
+  std::optional<mime::Structure>* structure = nullptr;
 };
+
+// The MIME structure of the message in `spool`, read in blocks; when `stop`
+// turns true between two blocks the structure says it was not read whole.
+mime::Structure read_spool_structure(const Spool& spool, mime::TextBudget budget,
+                                     const std::atomic<bool>* stop = nullptr);
+
+// Messages over this many octets have their structure read on
+// LuaOptions::walk_pool while the rule waits, as for a DNS answer.
+inline constexpr std::size_t kWalkElsewhereOver = 1024 * 1024;
 
 // When `op` can be answered without waiting -- a cached DNS answer, the
 // in-process store -- pushes its values onto L (the rule's coroutine, inside

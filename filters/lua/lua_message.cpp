@@ -82,33 +82,33 @@ std::string_view scanned(lua_State* L, Invocation& inv) {
   return *inv.scanned;
 }
 
-// Octets of a spilled spool read at a time for the structure walk.
+// Octets of the spool fed to the structure reader at a time.
 constexpr std::size_t kStructureReadBlock = 256 * 1024;
 
-// The structure of the whole message, read from the spool in place when in
-// memory, else in blocks: a part that starts past body_scan_limit is listed
-// too (an attachment after 10 MiB of padding is still an attachment).
-const mime::Structure& structure(lua_State* L, Invocation& inv) {
-  if (inv.parts) return *inv.parts;
+// The structure of the whole message, read once per rule call: a part that
+// starts past body_scan_limit is listed too (an attachment after 10 MiB of
+// padding is still an attachment). A message over kWalkElsewhereOver is read
+// on the walk pool while the rule waits (true: the caller yields), because a
+// hostile 50 MB message takes most of a second to walk (bench/README.md,
+// thirteenth round) and the I/O thread serves every other session meanwhile;
+// where the rule cannot yield (in a string.gsub callback or a metamethod) it
+// is read here.
+bool must_wait_for_structure(lua_State* L, Invocation& inv) {
+  if (inv.parts) return false;
   const Spool& spool = need_message(L, inv).spool();
   const LuaOptions& o = inv.tag.rt->options;
-  mime::StructureReader reader(spool.size(), {o.body_scan_limit, o.text_parts_max});
-  if (spool.in_memory()) {
-    reader.feed(spool.memory());
-  } else {
-    std::string block(kStructureReadBlock, '\0');
-    for (std::size_t offset = 0; offset < spool.size();) {
-      long n = spool.read(offset, block.data(), block.size());
-      if (n <= 0) {
-        reader.fail("the spooled message could not be read");
-        break;
-      }
-      reader.feed(std::string_view(block.data(), static_cast<std::size_t>(n)));
-      offset += static_cast<std::size_t>(n);
-    }
+  const mime::TextBudget budget{o.body_scan_limit, o.text_parts_max};
+  if (spool.size() > kWalkElsewhereOver && o.walk_pool && lua_isyieldable(L)) {
+    PendingOp op;
+    op.kind = PendingOp::Kind::kStructure;
+    op.spool = &spool;
+    op.budget = budget;
+    op.structure = &inv.parts;
+    inv.pending = std::move(op);
+    return true;
   }
-  inv.parts = reader.finish();
-  return *inv.parts;
+  inv.parts = read_spool_structure(spool, budget);
+  return false;
 }
 
 int body_size(lua_State* L) {
@@ -122,10 +122,14 @@ int body_size(lua_State* L) {
 // rule that looks for words must be able to tell a message padded with
 // text_parts_max filler parts, or with body_scan_limit octets of text, from
 // one it read whole.
+int body_text_parts(lua_State* L);
+int body_text_parts_k(lua_State* L, int, lua_KContext) { return body_text_parts(L); }
+
 int body_text_parts(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kBodyMeta);
+  if (must_wait_for_structure(L, inv)) return lua_yieldk(L, 0, 0, body_text_parts_k);
   const LuaOptions& o = inv.tag.rt->options;
-  const mime::Structure& s = structure(L, inv);
+  const mime::Structure& s = *inv.parts;
   bool complete = s.problem.empty() && s.text_whole;
   lua_newtable(L);
   lua_Integer n = 0;
@@ -152,9 +156,13 @@ int body_text_parts(lua_State* L) {
 // A list that misses an attachment a mail reader shows would let it past
 // every rule, so a structure not read whole (mime::Structure::problem) is an
 // error: the rule's on_error applies, or the rule catches it with pcall.
+int body_attachments(lua_State* L);
+int body_attachments_k(lua_State* L, int, lua_KContext) { return body_attachments(L); }
+
 int body_attachments(lua_State* L) {
   Invocation& inv = check_handle(L, 1, kBodyMeta);
-  const mime::Structure& s = structure(L, inv);
+  if (must_wait_for_structure(L, inv)) return lua_yieldk(L, 0, 0, body_attachments_k);
+  const mime::Structure& s = *inv.parts;
   if (!s.problem.empty()) return luaL_error(L, "attachments: MIME structure not read whole: %s", s.problem.c_str());
   lua_newtable(L);
   lua_Integer n = 0;
@@ -296,6 +304,32 @@ void install_message_types(lua_State* L) {
   new_meta(L, kBodyMeta, {{"size", body_size}, {"text_parts", body_text_parts}, {"attachments", body_attachments},
                           {"lines", body_lines}});
   install_view(L, kNotesMeta, notes_index, notes_newindex, notes_pairs);
+}
+
+mime::Structure read_spool_structure(const Spool& spool, mime::TextBudget budget, const std::atomic<bool>* stop) {
+  mime::StructureReader reader(spool.size(), budget);
+  const std::string_view memory = spool.in_memory() ? spool.memory() : std::string_view();
+  std::string block(spool.in_memory() ? 0 : kStructureReadBlock, '\0');
+  for (std::size_t offset = 0; offset < spool.size();) {
+    if (stop && stop->load(std::memory_order_relaxed)) {
+      reader.fail("the structure walk was stopped (postern is shutting down)");
+      break;
+    }
+    std::string_view piece;
+    if (spool.in_memory()) {
+      piece = memory.substr(offset, kStructureReadBlock);
+    } else {
+      long n = spool.read(offset, block.data(), block.size());
+      if (n <= 0) {
+        reader.fail("the spooled message could not be read");
+        break;
+      }
+      piece = std::string_view(block.data(), static_cast<std::size_t>(n));
+    }
+    reader.feed(piece);
+    offset += piece.size();
+  }
+  return reader.finish();
 }
 
 }  // namespace postern

@@ -12,6 +12,10 @@
 #include <string_view>
 #include <vector>
 
+namespace asio {
+class thread_pool;
+}
+
 namespace postern {
 
 class KeyValueStore;
@@ -83,6 +87,9 @@ struct LuaOptions {
   // none); when empty, `log` gets them with the ids written into the line.
   std::function<void(LuaLogLevel, std::string_view session, std::string_view id, std::string_view line)> rule_log;
   std::shared_ptr<KeyValueStore> store;
+  // Where the MIME structure of a message over kWalkElsewhereOver is read
+  // while the rule waits (lua_message.cpp); null: on the rule's own thread.
+  std::shared_ptr<asio::thread_pool> walk_pool;
 };
 
 }  // namespace postern

@@ -12,10 +12,11 @@ past text_parts_max), true when the text was read whole.
 """
 import base64
 import pathlib
+import time
 
 import pytest
 
-from harness import ASAN, SmtpClient, check_reply
+from harness import ASAN, SmtpClient, check_reply, data_payload
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ATTACHMENTS = ROOT / "scripts" / "default" / "60_attachments.lua"
@@ -182,4 +183,89 @@ def test_text_parts_say_whether_they_are_whole(proxy, sink, case, expected):
     }[case]()
     r = check_reply(send(proxy, content), 550, "5.7.1", what=case)
     assert f"probe {expected}" in r.text, r
+    assert not sink.messages
+
+
+# While ctx.body:attachments() reads a large message's structure, the rule
+# waits as for a DNS answer and its I/O thread serves other sessions: a
+# connect-stage rule of another session runs meanwhile and leaves a mark in
+# the store, which the waiting rule finds when attachments() returns.
+OVERLAP = """
+postern.rule{ name = "OTHER_SESSION_MARK", stage = "connect", on_error = "continue", fn = function(ctx)
+  postern.store.set("other-session", "1")
+end }
+postern.rule{ name = "WALK_PROBE", stage = "eom", on_error = "tempfail", fn = function(ctx)
+  if not ctx.headers:first("X-Walk-Probe") then return end
+  postern.store.del("other-session")
+  postern.log("info", "walk-start")
+  local list = ctx.body:attachments()
+  local other = postern.store.get("other-session") ~= nil
+  return postern.reject(550, "5.7.1", string.format("probe other=%s attachments=%d exe=%s", tostring(other),
+                        #list, tostring(#list > 0 and list[#list].filename == "setup.exe")))
+end }
+postern.rule{ name = "NO_YIELD_PROBE", stage = "eom", on_error = "tempfail", fn = function(ctx)
+  if not ctx.headers:first("X-No-Yield-Probe") then return end
+  local n, whole
+  -- A gsub callback cannot yield: the structure is read right there.
+  ("x"):gsub("x", function()
+    n = #ctx.body:attachments()
+    local _, complete = ctx.body:text_parts()
+    whole = complete
+  end)
+  return postern.reject(550, "5.7.1", string.format("probe attachments=%d text_whole=%s", n, tostring(whole)))
+end }
+"""
+
+
+def slow_to_walk(octets):
+    """A message whose structure takes long to read for its size: 16 nested
+    multiparts and then lines that each could be a delimiter ("--"), with an
+    executable after them (about half a second for 48 MiB in a Release build)."""
+    b = "b" * 60
+    text = HEAD + "X-Walk-Probe: 1\nMIME-Version: 1.0\n" + f'Content-Type: multipart/mixed; boundary="{b}0"\n\n'
+    for depth in range(1, 16):
+        text += f'--{b}{depth - 1}\nContent-Type: multipart/mixed; boundary="{b}{depth}"\n\n'
+    text += f"--{b}15\nContent-Type: text/plain\n\n"
+    head = text.replace("\n", "\r\n").encode()
+    tail = (f"--{b}15\r\nContent-Disposition: attachment; filename=setup.exe\r\n"
+            f"Content-Transfer-Encoding: base64\r\n\r\n{EXE}\r\n--{b}15--\r\n").encode()
+    return head + b"--\r\n" * ((octets - len(head) - len(tail)) // 4) + tail
+
+
+@pytest.mark.parametrize("spool", ["memory", "file"])
+def test_other_sessions_are_served_while_a_large_structure_is_read(postern, sink, tmp_path, spool):
+    rules = tmp_path / "overlap.lua"
+    rules.write_text(OVERLAP)
+    p = postern.start(upstream=sink.address, sets={
+        "lua.scripts": f'["{rules}"]', "server.threads": 1,
+        "data.spool_memory": 64 * 1024 * 1024 if spool == "memory" else 65536})
+    content = slow_to_walk(48 * 1024 * 1024)
+    with SmtpClient(p.port, timeout=120 if ASAN else 60) as a:
+        a.ehlo()
+        a.expect("MAIL FROM:<a@example.org>", 250)
+        a.expect("RCPT TO:<bob@example.com>", 250)
+        a.expect("DATA", 354)
+        a.send(data_payload(content))
+        deadline = time.monotonic() + (120 if ASAN else 60)
+        while not any("walk-start" in e.get("line", "") for e in p.events("lua")):
+            assert time.monotonic() < deadline, "the probe rule never started\n" + p.log_tail()
+            time.sleep(0.005)
+        with SmtpClient(p.port, timeout=120 if ASAN else 60) as b:  # its greeting follows its connect rule
+            b.expect("QUIT", 221)
+        r = check_reply(a.read_reply(), 550, "5.7.1")
+    assert "probe other=true attachments=1 exe=true" in r.text, r
+    assert not sink.messages
+
+
+def test_a_large_structure_is_read_where_a_rule_cannot_wait(postern, sink, tmp_path):
+    """Inside a callback Lua cannot yield from (string.gsub's), attachments()
+    and text_parts() of a message over 1 MiB read the structure on the spot."""
+    rules = tmp_path / "overlap.lua"
+    rules.write_text(OVERLAP)
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{rules}"]'})
+    pdf = "Content-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n" + filler(2 * 1024 * 1024)
+    content = multipart([TEXT, pdf, EXE_PART],
+                        head="X-No-Yield-Probe: 1\n")
+    r = check_reply(send(p, content), 550, "5.7.1")
+    assert "probe attachments=1 text_whole=true" in r.text, r
     assert not sink.messages
