@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "filters/lua/mime_tnef.h"
+#include "filters/lua/mime_rar.h"
 #include "filters/lua/mime_zip.h"
 #include "filters/text/ascii.h"
 
@@ -84,11 +85,13 @@ std::string clean_filename(std::string name) {
   return head + decoded.substr(from);
 }
 
-// A file name Windows opens as a ZIP archive: "*.zip", trailing dots and
+// A file name Windows opens as an archive it lists: "*.zip" (Explorer),
+// "*.rar" (WinRAR, and Explorer since Windows 11 23H2), trailing dots and
 // spaces dropped as Windows drops them.
-bool zip_name(std::string_view name) {
+bool archive_name(std::string_view name) {
   while (!name.empty() && (name.back() == '.' || ascii::is_space(name.back()))) name.remove_suffix(1);
-  return ascii::to_lower(name).ends_with(".zip");
+  const std::string lower = ascii::to_lower(name);
+  return lower.ends_with(".zip") || lower.ends_with(".rar");
 }
 
 bool tnef_name(std::string_view name) { return ascii::to_lower(name) == "winmail.dat"; }
@@ -211,7 +214,10 @@ class Reader {
     // decoded first when base64 or quoted-printable.
     bool embedded = false;
     std::unique_ptr<TnefReader> tnef;
-    std::unique_ptr<ZipReader> zip;  // a ZIP archive: its files are listed after it
+    // A ZIP or RAR archive: its files are listed after it. Both readers read
+    // it, for archivers open either format by its content, whatever the name.
+    std::unique_ptr<ZipReader> zip;
+    std::unique_ptr<RarReader> rar;
     int text_encoding = 0;  // 0 as is, 1 base64, 2 quoted-printable
     std::string line;       // the text line read so far, its first kMaxLine octets
     bool in_line = false;   // `line` holds the start of an unfinished line
@@ -463,8 +469,11 @@ class Reader {
     if (part.type == "application/ms-tnef" || part.type == "application/vnd.ms-tnef" || any_name(tnef_name)) {
       open_.tnef = std::make_unique<TnefReader>();
     } else if (part.type == "application/zip" || part.type == "application/x-zip-compressed" ||
-               part.type == "application/x-zip" || any_name(zip_name)) {
+               part.type == "application/x-zip" || part.type == "application/vnd.rar" ||
+               part.type == "application/x-rar-compressed" || part.type == "application/x-rar" ||
+               any_name(archive_name)) {
       open_.zip = std::make_unique<ZipReader>();
+      open_.rar = std::make_unique<RarReader>();
     }
     open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
     open_.index = sh_.out.parts.size();
@@ -529,9 +538,14 @@ class Reader {
   }
 
   void scan_decoded(Open& o, std::string_view decoded) {
-    if (o.tnef) o.tnef->feed(decoded);
-    else if (o.zip) o.zip->feed(decoded);
-    else text_lines(o, decoded);
+    if (o.tnef) {
+      o.tnef->feed(decoded);
+    } else if (o.zip) {
+      o.zip->feed(decoded);
+      o.rar->feed(decoded);
+    } else {
+      text_lines(o, decoded);
+    }
   }
 
   void end_scan(Open& o) {
@@ -548,8 +562,11 @@ class Reader {
     }
     if (o.zip) {
       o.zip->finish();
+      o.rar->finish();
       if (!o.zip->problem().empty()) return fail(o.zip->problem());
-      archive_files(o, o.zip->names());
+      if (!o.rar->problem().empty()) return fail(o.rar->problem());
+      archive_files(o, o.zip->names(), "x-zip");
+      archive_files(o, o.rar->names(), "x-rar");
       return;
     }
     if (o.in_line) embedded_line(o.line);
@@ -599,16 +616,16 @@ class Reader {
     }
   }
 
-  // The files of a ZIP archive, after it: they do not count toward
+  // The files of a ZIP or RAR archive, after it: they do not count toward
   // kMaxParts (an archive of photos holds thousands), but toward
-  // kMaxZipEntries in the whole message.
-  void archive_files(const Open& o, const std::vector<std::string>& names) {
-    if (names.size() > kMaxZipEntries - sh_.archive_files) {
-      return fail("ZIP archives of more than " + std::to_string(kMaxZipEntries) + " files in all");
+  // kMaxArchiveFiles in the whole message.
+  void archive_files(const Open& o, const std::vector<std::string>& names, const char* encoding) {
+    if (names.size() > kMaxArchiveFiles - sh_.archive_files) {
+      return fail("archives of more than " + std::to_string(kMaxArchiveFiles) + " files in all");
     }
     sh_.archive_files += names.size();
     const std::string archive = sh_.out.parts[o.index].filename;
-    for (const std::string& name : names) list_file(name, "x-zip", archive);
+    for (const std::string& name : names) list_file(name, encoding, archive);
   }
 
   // A file embedded in text or held in a TNEF part: one of the parts.

@@ -22,6 +22,8 @@ inline constexpr int kMaxDepth = 16;                   // multipart and message/
 inline constexpr std::size_t kMaxFieldValue = 65536;   // octets of one Content-* field, unfolded
 inline constexpr std::size_t kMaxFilename = 1024;      // octets of a decoded file name
 inline constexpr std::size_t kMaxNames = 16;           // distinct file names of one part
+inline constexpr std::size_t kMaxArchiveFiles = 10000;  // files listed from ZIP and RAR archives
+                                                       // in one archive, and in the whole message
 inline constexpr std::size_t kDecodedFactor = 2;       // encoded attached messages decode to at most
                                                        // this many times the message's size, in all
 

@@ -68,8 +68,8 @@ void ZipReader::finish() {
     problem_ = "a ZIP central directory larger than the archive";
     return;
   }
-  if (entries > kMaxZipEntries) {
-    problem_ = "a ZIP archive of more than " + std::to_string(kMaxZipEntries) + " files";
+  if (entries > kMaxArchiveFiles) {
+    problem_ = "a ZIP archive of more than " + std::to_string(kMaxArchiveFiles) + " files";
     return;
   }
   read_directory(t.substr(end - static_cast<std::size_t>(size), static_cast<std::size_t>(size)), entries);

@@ -16,8 +16,6 @@ namespace postern::mime {
 // end records from; a larger directory is a problem, for its names would go
 // unread.
 inline constexpr std::size_t kMaxZipDirectory = 1024 * 1024;
-// Names listed from one archive; more is a problem.
-inline constexpr std::size_t kMaxZipEntries = 10000;
 
 // Reads a ZIP archive fed in pieces split anywhere, keeping only its end.
 class ZipReader {

@@ -1,7 +1,7 @@
 -- Executable attachments: refuses (554 5.7.1) or scores messages carrying
 -- files Windows would run, including double extensions ("invoice.pdf.exe"),
 -- also when uuencoded or yEnc-encoded in a plain-text body, inside a TNEF
--- winmail.dat or inside a ZIP archive (from which Windows runs it).
+-- winmail.dat or inside a ZIP or RAR archive (from which Windows runs it).
 -- A message whose MIME structure postern cannot read whole (more than 1000
 -- parts, nested deeper than 16, a part with two different Content-Type or
 -- Content-Disposition fields) could hide one, and is treated as if it held one.

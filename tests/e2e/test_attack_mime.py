@@ -11,6 +11,7 @@ import binascii
 import io
 import struct
 import zipfile
+import zlib
 import pathlib
 
 import pytest
@@ -75,6 +76,66 @@ def zip_bytes(names):
         for name in names:
             z.writestr(name, b"MZ" + name.encode())
     return out.getvalue()
+
+
+def vint(n):
+    """A RAR 5.0 variable-length integer: 7 bits an octet, low first."""
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def rar5_block(htype, body, data=b""):
+    """A RAR 5.0 block: CRC32, header size, type, flags, [data size], body; then its data."""
+    fields = vint(htype) + vint(0x2 if data else 0) + (vint(len(data)) if data else b"") + body
+    head = vint(len(fields)) + fields
+    return struct.pack("<I", zlib.crc32(head)) + head + data
+
+
+def rar5_bytes(names, encrypted=False, prefix=b""):
+    """A RAR 5.0 archive of small stored files with `names` (checked against
+    libarchive's bsdtar -t); `encrypted`: its headers encrypted (rar -hp)."""
+    out = prefix + b"Rar!\x1a\x07\x01\x00"
+    if encrypted:
+        out += rar5_block(4, vint(0) + vint(0) + bytes([15]) + b"S" * 16)
+    out += rar5_block(1, vint(0))
+    for name in names:
+        data, raw = b"MZ" + name.encode(), name.encode()
+        out += rar5_block(2, vint(0x4) + vint(len(data)) + vint(0x20) + struct.pack("<I", zlib.crc32(data)) +
+                          vint(0) + vint(0) + vint(len(raw)) + raw, data)
+    return out + rar5_block(5, vint(0))
+
+
+def rar4_block(htype, flags, body, data=b""):
+    head = struct.pack("<BHH", htype, flags, 7 + len(body)) + body
+    return struct.pack("<H", zlib.crc32(head) & 0xFFFF) + head + data
+
+
+def rar4_bytes(names, encrypted=False, unicode=None):
+    """A RAR 4.x archive of small stored files with `names` (code page 437),
+    `unicode` mapping a name to the Unicode name stored beside it, which
+    WinRAR shows (checked against bsdtar -t); `encrypted`: its headers
+    encrypted (rar -hp)."""
+    out = b"Rar!\x1a\x07\x00" + rar4_block(0x73, 0x80 if encrypted else 0, bytes(6))
+    for name in names:
+        data, flags, raw = b"MZ" + name.encode(), 0x8000, name.encode("cp437")
+        if unicode and name in unicode:
+            # The OEM name, NUL, the high octet 0, then per four UTF-16 units a
+            # flag octet (2: a whole unit follows) and the units.
+            units = [unicode[name].encode("utf-16-le")[i:i + 2] for i in range(0, 2 * len(unicode[name]), 2)]
+            raw += b"\0\0" + b"".join(bytes([sum(2 << (6 - 2 * j) for j in range(len(units[i:i + 4])))]) +
+                                      b"".join(units[i:i + 4]) for i in range(0, len(units), 4))
+            flags |= 0x200
+        body = struct.pack("<IIBIIBBHI", len(data), len(data), 2, zlib.crc32(data), 0, 20, 0x30, len(raw), 0x20) + raw
+        out += rar4_block(0x74, flags, body, data)
+    return out + rar4_block(0x7B, 0x4000, b"")
+
+
+def rar_part(archive, head='Content-Type: application/vnd.rar; name="invoice.rar"'):
+    return f"{head}\nContent-Transfer-Encoding: base64\n\n" + base64.encodebytes(archive).decode()
 
 
 def zip_part(names, head='Content-Type: application/zip; name="invoice.zip"'):
@@ -185,6 +246,19 @@ HIDDEN = {
     "zip-by-name": multipart([TEXT, zip_part(["setup.exe"], "Content-Type: application/octet-stream\n"
                                                              "Content-Disposition: attachment; filename=\"INVOICE.ZIP. \"")]),
     "tnef-embedded-message": multipart([TEXT, tnef_part(winmail("fwd.msg", "fwd.msg", winmail("a.txt", "setup.exe")))]),
+    # RAR, which WinRAR (and Explorer since Windows 11 23H2) opens: both
+    # formats, the Unicode name WinRAR shows over an innocent OEM one, an
+    # archive behind a self-extractor's stub, typed or named only, and
+    # archives whose name says the other format (archivers go by content).
+    "rar5": multipart([TEXT, rar_part(rar5_bytes(["invoice/readme.txt", "invoice/invoice.pdf.exe"]))]),
+    "rar4": multipart([TEXT, rar_part(rar4_bytes(["readme.txt", "INVOICE.EXE"]))]),
+    "rar4-unicode-name": multipart([TEXT, rar_part(rar4_bytes(["invoice.pdf"], unicode={"invoice.pdf": "счёт.exe"}))]),
+    "rar5-after-stub": multipart([TEXT, rar_part(rar5_bytes(["setup.exe"], prefix=b"MZ" + bytes(70000)))]),
+    "rar-by-name": multipart([TEXT, rar_part(rar5_bytes(["setup.exe"]), "Content-Type: application/octet-stream\n"
+                                             "Content-Disposition: attachment; filename=\"scan.RAR.\"")]),
+    "rar-by-type": multipart([TEXT, rar_part(rar4_bytes(["setup.exe"]), "Content-Type: application/x-rar-compressed")]),
+    "zip-named-rar": multipart([TEXT, rar_part(zip_bytes(["setup.exe"]))]),
+    "rar-named-zip": multipart([TEXT, rar_part(rar5_bytes(["setup.exe"]), 'Content-Type: application/zip; name="a.zip"')]),
 }
 
 # Past the parser's limits, or read differently by different readers: the
@@ -203,6 +277,10 @@ TOO_COMPLEX = {
                                                          "QUFB" * (1 << 18) + '?="'))]),
     "zip-directory-past-1mb": multipart([TEXT, zip_part([f"{i:06}-" + "x" * 200 + ".txt" for i in range(5000)])]),
     "tnef-cut-short": multipart([TEXT, tnef_part(winmail("a.txt", "setup.exe")[:-30])]),
+    # File names only the password shows (rar -hp), and an archive cut inside a header.
+    "rar5-encrypted-names": multipart([TEXT, rar_part(rar5_bytes(["setup.exe"], encrypted=True))]),
+    "rar4-encrypted-names": multipart([TEXT, rar_part(rar4_bytes(["setup.exe"], encrypted=True))]),
+    "rar-cut-short": multipart([TEXT, rar_part(rar5_bytes(["a.txt", "b.txt"])[:60])]),
 }
 
 
@@ -243,6 +321,11 @@ def test_honest_attachments_pass(proxy, sink):
     assert len(sink.wait_messages(3)) == 3
     check_reply(send(proxy, multipart([TEXT, tnef_part(winmail("REPORT.PDF", "report.pdf"))])), 250)
     assert len(sink.wait_messages(4)) == 4
+    # RAR archives of documents in both formats, and a file that only looks like one.
+    check_reply(send(proxy, multipart([TEXT, rar_part(rar5_bytes([f"IMG_{i}.JPG" for i in range(300)]))])), 250)
+    check_reply(send(proxy, multipart([TEXT, rar_part(rar4_bytes(["report.pdf"], unicode={"report.pdf": "отчёт.pdf"}))])), 250)
+    check_reply(send(proxy, multipart([TEXT, rar_part(b"Rar! is how the notes start; setup.exe is mentioned.")])), 250)
+    assert len(sink.wait_messages(7)) == 7
 
 
 def test_header_bomb_ends_with_a_verdict(proxy, sink):

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "filters/lua/mime.h"
+#include "filters/lua/mime_rar.h"
 #include "filters/lua/mime_tnef.h"
 #include "filters/lua/mime_zip.h"
 #include "filters/text/ascii.h"
@@ -777,7 +778,7 @@ TEST_CASE("mime: the files in a ZIP archive are listed from its central director
     z[z.size() - 22 + 10] = 3;  // three entries where the directory holds two
     zip_names(z, &problem);
     CHECK(problem.find("does not parse") != std::string::npos);
-    std::vector<ZipEntry> many(kMaxZipEntries + 1, ZipEntry{"f.txt"});
+    std::vector<ZipEntry> many(kMaxArchiveFiles + 1, ZipEntry{"f.txt"});
     zip_names(zip_archive(many), &problem);
     CHECK(problem.find("more than") != std::string::npos);
   }
@@ -796,6 +797,131 @@ TEST_CASE("mime: the files in a ZIP archive are listed from its central director
       CHECK(s.parts.back().filename == "viewer.exe");
       CHECK(postern::ascii::to_lower(s.parts.back().archive) == "photos.zip");
       CHECK(s.parts.back().transfer_encoding == "x-zip");
+    }
+  }
+}
+
+namespace {
+
+// A RAR 4.x block: CRC (not checked by the reader), type, flags, size, body; then data.
+std::string rar4_block(int type, unsigned flags, const std::string& body, const std::string& data = "") {
+  return le(0, 2) + le(type, 1) + le(flags, 2) + le(7 + body.size(), 2) + body + data;
+}
+
+// A RAR 4.x archive of files with these name fields (flags 0x200: Unicode).
+std::string rar4_archive(const std::vector<std::pair<std::string, unsigned>>& files) {
+  std::string out = std::string("Rar!\x1A\x07\x00", 7) + rar4_block(0x73, 0, std::string(6, '\0'));
+  for (const auto& [field, flags] : files) {
+    const std::string data = "data";
+    out += rar4_block(0x74, 0x8000 | flags,
+                      le(data.size(), 4) + le(data.size(), 4) + le(2, 1) + le(0, 4) + le(0, 4) + le(20, 1) + le(0x30, 1) +
+                          le(field.size(), 2) + le(0x20, 4) + field,
+                      data);
+  }
+  return out + rar4_block(0x7B, 0x4000, "");
+}
+
+std::string vint(std::uint64_t n) {
+  std::string out;
+  do {
+    out += static_cast<char>((n & 0x7F) | (n > 0x7F ? 0x80 : 0));
+    n >>= 7;
+  } while (n);
+  return out;
+}
+
+// A RAR 5.0 block: CRC32 (not checked), size, type, flags, [data size], body; then data.
+std::string rar5_block(int type, const std::string& body, const std::string& data = "") {
+  const std::string fields = vint(type) + vint(data.empty() ? 0 : 2) + (data.empty() ? "" : vint(data.size())) + body;
+  return le(0, 4) + vint(fields.size()) + fields + data;
+}
+
+std::string rar5_archive(const std::vector<std::string>& names, const std::string& before = "") {
+  std::string out = before + std::string("Rar!\x1A\x07\x01\x00", 8) + rar5_block(1, vint(0));
+  for (const std::string& name : names) {
+    out += rar5_block(2, vint(0) + vint(4) + vint(0x20) + vint(0) + vint(0) + vint(name.size()) + name, "data");
+  }
+  return out + rar5_block(5, vint(0));
+}
+
+std::vector<std::string> rar_names(const std::string& archive, std::string* problem = nullptr, std::size_t piece = 0) {
+  RarReader r;
+  if (piece == 0) piece = archive.size() + 1;
+  for (std::size_t i = 0; i < archive.size(); i += piece) r.feed(std::string_view(archive).substr(i, piece));
+  r.finish();
+  if (problem) *problem = r.problem();
+  return r.names();
+}
+
+}  // namespace
+
+TEST_CASE("mime: the files in a RAR archive are listed from its headers", "[mime]") {
+  using V = std::vector<std::string>;
+  SECTION("RAR 5.0 and 4.x, fed whole or in pieces, behind a stub") {
+    const std::string a5 = rar5_archive({"docs/", "docs/r\xC3\xA9sum\xC3\xA9.exe"}, std::string(100000, 'M'));
+    const std::string a4 = rar4_archive({{"readme.txt", 0}, {"\x81" "ber.exe", 0}});
+    for (std::size_t piece : {std::size_t{1}, std::size_t{5}, std::size_t{4096}, std::size_t{0}}) {
+      std::string problem = "x";
+      CHECK(rar_names(a5, &problem, piece) == V{"docs/", "docs/r\xC3\xA9sum\xC3\xA9.exe"});
+      CHECK(problem.empty());
+      CHECK(rar_names(a4, &problem, piece) == V{"readme.txt", "\xC3\xBC" "ber.exe"});  // code page 437
+      CHECK(problem.empty());
+    }
+  }
+  SECTION("RAR 4.x Unicode names: each way of encoding a character") {
+    // High octet 0x04; flags 01 00 11 00: low octet with the high one
+    // (U+0410), a low octet ('x'), a run of 2 + 2 copied from the OEM name.
+    const std::string modes = std::string("??.exe") + '\0' + "\x04\x4C\x10x\x02";
+    // Flags 11: a run of 0 + 2 copied with a correction of 1, under the high octet.
+    const std::string corrected = std::string("\x0F\x10", 2) + '\0' + std::string("\x04\xC0\x80\x01", 4);
+    // Flags 10 10: two whole UTF-16 units, a surrogate pair (U+1F600).
+    const std::string pair = std::string("?", 1) + '\0' + std::string("\x00\xA0\x3D\xD8\x00\xDE", 6);
+    // Each Unicode name, then the code page 437 one beside it, which older readers show.
+    CHECK(rar_names(rar4_archive({{modes, 0x200}, {corrected, 0x200}, {pair, 0x200}})) ==
+          V{"\xD0\x90x.exe", "??.exe", "\xD0\x90\xD0\x91", std::string("\x0F\x10", 2), "\xF0\x9F\x98\x80", "?"});
+    // The same name both ways is listed once; one whose Unicode half is empty
+    // by its other name; flag 0x200 without a NUL: the field is UTF-8.
+    // ("a.exe" in Unicode: high octet 0, flags 00 00 00 00 (a low octet each), "a.ex", flags, "e".)
+    CHECK(rar_names(rar4_archive({{std::string("a.exe") + '\0' + std::string("\x00\x00" "a.ex" "\x00" "e", 8), 0x200},
+                                  {std::string("b.exe") + '\0', 0x200}, {"caf\xC3\xA9.scr", 0x200}})) ==
+          V{"a.exe", "b.exe", "caf\xC3\xA9.scr"});
+  }
+  SECTION("what is no archive, and what could hide a name") {
+    std::string problem = "x";
+    CHECK(rar_names("Rar! is how this text starts", &problem).empty());
+    CHECK(problem.empty());
+    CHECK(rar_names(std::string(kMaxRarPrefix + 10, 'x') + rar5_archive({"a.exe"}), &problem).empty());
+    CHECK(problem.empty());  // past the prefix readers search: no archive
+    rar_names(std::string("Rar!\x1A\x07\x00", 7) + rar4_block(0x73, 0x80, std::string(6, '\0')), &problem);
+    CHECK(problem == "a RAR archive whose file names are encrypted");
+    rar_names(std::string("Rar!\x1A\x07\x01\x00", 8) + rar5_block(4, vint(0) + vint(0) + "\x0F" + std::string(16, 'S')),
+              &problem);
+    CHECK(problem == "a RAR archive whose file names are encrypted");
+    const std::string a5 = rar5_archive({"a.txt", "b.exe"});
+    CHECK(rar_names(a5.substr(0, a5.size() - 20), &problem) == V{"a.txt"});
+    CHECK(problem == "a RAR archive cut short");
+    CHECK(rar_names(rar5_archive(std::vector<std::string>(kMaxArchiveFiles + 1, "f.txt")), &problem).size() ==
+          kMaxArchiveFiles + 1);  // what was read when it stopped
+    CHECK(problem == "a RAR archive of more than 10000 files");
+    rar_names(std::string("Rar!\x1A\x07\x01\x00", 8) + le(0, 4) + vint(3 * 1024 * 1024), &problem);  // over 2 MB
+    CHECK(problem.find("does not parse") != std::string::npos);
+    rar_names(std::string("Rar!\x1A\x07\x00", 7) + le(0, 2) + le(0x74, 1) + le(0x8000, 2) + le(20, 2) + std::string(13, '\0'),
+              &problem);
+    CHECK(problem.find("does not parse") != std::string::npos);
+  }
+  SECTION("in a base64 part named or typed as either format, with the archive's name") {
+    for (std::string head : {"Content-Type: application/vnd.rar; name=\"scan.rar\"",
+                             "Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=SCAN.ZIP"}) {
+      const std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n" + head +
+                            "\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+                            postern::base64_encode(rar5_archive({"a.txt", "viewer.exe"}), 76) + "\r\n--b--\r\n";
+      Structure s = read_structure(m);
+      INFO(head);
+      REQUIRE(s.problem.empty());
+      REQUIRE(s.parts.size() == 1 + 2);
+      CHECK(s.parts.back().filename == "viewer.exe");
+      CHECK(s.parts.back().transfer_encoding == "x-rar");
+      CHECK(postern::ascii::to_lower(s.parts.back().archive).starts_with("scan."));
     }
   }
 }
