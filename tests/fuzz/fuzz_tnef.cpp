@@ -1,60 +1,14 @@
-// Fuzz target: the TNEF reader (filters/lua/mime_tnef.h), the file names of
-// a winmail.dat part that ctx.body:attachments() lists. The input is a TNEF
-// stream; piece sizes derive from it.
-//
-// Asserts:
-//  - the same names and problem whether the stream is fed whole, one byte
-//    per feed, or in pieces of random sizes;
-//  - every name is well-formed UTF-8 (8-bit and UTF-16 names converted);
-//  - no more names than the stream could hold (a name takes at least the
-//    attribute or property that holds it).
+// Fuzz target: the TNEF reader (filters/lua/mime_tnef.h), the file names
+// of a winmail.dat part that ctx.body:attachments() lists. The input is a
+// TNEF stream; the properties are fuzz_name_reader.h's.
 #include <cstddef>
 #include <cstdint>
-#include <string>
 #include <string_view>
 
 #include "filters/lua/mime_tnef.h"
-#include "filters/text/utf8.h"
-#include "fuzz_util.h"
-
-using namespace postern::mime;
-using postern::fuzz::Choices;
-
-namespace {
-
-std::string describe(const TnefReader& r) {
-  std::string out = "problem=" + r.problem() + "\n";
-  for (const std::string& n : r.names()) out += "  " + postern::fuzz::escape(n, 80) + "\n";
-  return out;
-}
-
-bool same(const TnefReader& a, const TnefReader& b) { return a.problem() == b.problem() && a.names() == b.names(); }
-
-}  // namespace
+#include "fuzz_name_reader.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const std::string_view stream(reinterpret_cast<const char*>(data), size);
-  Choices choices(stream);
-
-  TnefReader whole;
-  whole.feed(stream);
-  whole.finish();
-
-  TnefReader bytes;
-  for (char c : stream) bytes.feed(std::string_view(&c, 1));
-  bytes.finish();
-  FUZZ_CHECK(same(whole, bytes), "whole:\n" + describe(whole) + "byte by byte:\n" + describe(bytes));
-
-  TnefReader pieces;
-  for (std::size_t i = 0; i < stream.size();) {
-    const std::size_t n = choices.range(1, 300);
-    pieces.feed(stream.substr(i, n));
-    i += n;
-  }
-  pieces.finish();
-  FUZZ_CHECK(same(whole, pieces), "whole:\n" + describe(whole) + "in pieces:\n" + describe(pieces));
-
-  FUZZ_CHECK(whole.names().size() <= size / 8 + 1, describe(whole));
-  for (const std::string& n : whole.names()) FUZZ_CHECK(postern::valid_utf8(n), describe(whole));
+  postern::fuzz::check_name_reader<postern::mime::TnefReader>(std::string_view(reinterpret_cast<const char*>(data), size));
   return 0;
 }
