@@ -5,9 +5,14 @@
 -- A message whose MIME structure postern cannot read whole (more than 1000
 -- parts, nested deeper than 16, a part with two different Content-Type or
 -- Content-Disposition fields) could hide one, and is treated as if it held one.
+-- When the check itself fails (lua.memory_limit reached while listing ten
+-- thousand archived files), a rule that rejects defers the message (451
+-- 4.7.0) rather than let it through unchecked: the sender retries, as with
+-- clamav-milter's OnFail Defer. One that only scores lets it through.
 --
 --   [lua.settings.attachments]
 --   action = "reject"          # or "score"
+--   on_error = "tempfail"      # default: "tempfail" with action "reject", else "continue"
 --   score = 10
 --   extensions = ["exe", ...]  # replaces the list below
 
@@ -22,7 +27,7 @@ postern.rule{
   stage = "eom",
   score = s.score or 10,
   description = "executable file attached",
-  on_error = "continue",
+  on_error = s.on_error or ((s.action or "reject") == "reject" and "tempfail" or "continue"),
   fn = function(ctx)
     local reject = (s.action or "reject") == "reject"
     local ok, attachments = pcall(ctx.body.attachments, ctx.body)

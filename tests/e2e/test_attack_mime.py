@@ -354,3 +354,26 @@ def test_decoded_text_is_utf8(proxy, sink):
     r = check_reply(send(proxy, content), 550, "5.7.1")
     assert "probe utf8 names=" in r.text, r
     assert not sink.messages
+
+
+def test_a_check_that_fails_defers_the_message(postern, sink, tmp_path):
+    """The attachments rule fails closed: listing 4000 archived files past a
+    1 MiB lua.memory_limit is a rule error, and the message with an
+    executable among them is deferred (451 4.7.0), never relayed unchecked;
+    unless the rule is set only to score."""
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{ATTACHMENTS}"]', "lua.memory_limit": 1 << 20})
+    names = [f"{i:05}-" + "x" * 190 + ".txt" for i in range(4000)] + ["setup.exe"]
+    check_reply(send(p, multipart([TEXT, zip_part(names)])), 451, "4.7.0")
+    p.wait_for_log("message", result="tempfailed")
+    assert any("rule=EXECUTABLE_ATTACHMENT" in e.get("line", "") and "memory limit" in e.get("line", "")
+               for e in p.events("lua")), p.log_tail()
+    assert not sink.messages
+    # The same rule with room to work refuses the executable.
+    q = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{ATTACHMENTS}"]'})
+    check_reply(send(q, multipart([TEXT, zip_part(names)])), 554, "5.7.1")
+    assert not sink.messages
+    # Set only to score (docs/audit-only.md: never act), its failure lets the message through.
+    a = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{ATTACHMENTS}"]', "lua.memory_limit": 1 << 20,
+                                                   "lua.settings.attachments.action": '"score"'})
+    check_reply(send(a, multipart([TEXT, zip_part(names)])), 250)
+    assert len(sink.wait_messages(1)) == 1
