@@ -30,6 +30,9 @@ class FilterStats {
   // An I/O thread stayed in one rule call past lua.busy_threshold (watchdog,
   // filters/lua/busy_watch.h). Called from the monitor thread.
   virtual void lua_thread_busy(std::string_view /*rule*/) {}
+  // A message's MIME structure was read for the rules (once per message):
+  // on a worker thread (`on_worker`, a message over 1 MiB) or the I/O thread.
+  virtual void mime_structure_read(bool /*on_worker*/) {}
 };
 
 // The installed sink, or one that drops everything. Never null.

@@ -144,6 +144,7 @@ class ProxyFilterStats final : public FilterStats {
     std::string scratch;
     registry().lua_thread_busy.at(clean_label_value(rule, scratch)).inc();
   }
+  void mime_structure_read(bool on_worker) override { registry().mime_structure_reads[on_worker ? 1 : 0].inc(); }
 };
 }  // namespace
 
@@ -475,6 +476,10 @@ std::string Registry::render() const {
   lua_thread_busy.for_each([&](std::string_view rule, const Counter& c) {
     w.sample("postern_lua_thread_busy_total", {{"rule", rule}}, c.value());
   });
+  w.family("postern_mime_structure_reads_total", "counter",
+           "Messages whose MIME structure was read for the rules, by where: the I/O thread, or a worker (over 1 MiB).");
+  w.sample("postern_mime_structure_reads_total", {{"where", "io_thread"}}, mime_structure_reads[0].value());
+  w.sample("postern_mime_structure_reads_total", {{"where", "worker"}}, mime_structure_reads[1].value());
   w.family("postern_lua_rule_hits_total", "counter",
            "Lua rule calls that added a symbol or returned true or a verdict, by rule.");
   rules.for_each([&](std::string_view rule, const RuleStats& s) {

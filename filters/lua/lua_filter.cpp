@@ -192,7 +192,8 @@ asio::awaitable<void> walk_elsewhere(asio::thread_pool& pool, const PendingOp& o
     co_return;
   };
   co_await asio::co_spawn(pool.get_executor(), run(walk, op.spool, op.budget), asio::use_awaitable);
-  *op.structure = std::move(walk->result);
+  *op.structure = std::make_shared<const mime::Structure>(std::move(walk->result));
+  filter_stats().mime_structure_read(true);
 }
 
 // Performs `op`; kDeadline when the rule's deadline passed first.

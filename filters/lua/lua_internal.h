@@ -57,7 +57,7 @@ struct PendingOp {
   // into `structure` (the invocation's), within `budget`.
   const Spool* spool = nullptr;
   mime::TextBudget budget;
-  std::optional<mime::Structure>* structure = nullptr;
+  std::shared_ptr<const mime::Structure>* structure = nullptr;
 };
 
 // The MIME structure of the message in `spool`, read in blocks; when `stop`
@@ -88,8 +88,9 @@ struct Invocation {
   // into scanned_copy (Spool::head).
   std::optional<std::string_view> scanned;
   std::string scanned_copy;
-  // Loaded on first use of text_parts() or attachments(): the whole message's.
-  std::optional<mime::Structure> parts;
+  // Loaded on first use of text_parts() or attachments(): the whole
+  // message's, shared with the transaction's other rule calls.
+  std::shared_ptr<const mime::Structure> parts;
 };
 
 struct Allocator {

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "filters/auth/auth_results.h"
+#include "filters/filter_stats.h"
 #include "filters/lua/lua_api_util.h"
 #include "filters/lua/lua_internal.h"
 
@@ -85,7 +86,16 @@ std::string_view scanned(lua_State* L, Invocation& inv) {
 // Octets of the spool fed to the structure reader at a time.
 constexpr std::size_t kStructureReadBlock = 256 * 1024;
 
-// The structure of the whole message, read once per rule call: a part that
+// The structure read for a transaction's message, kept for its other rule
+// calls: two rules that call attachments() read a large message once.
+struct StructureRead {
+  const Message* message = nullptr;
+  std::size_t size = 0;
+  mime::TextBudget budget;
+  std::shared_ptr<const mime::Structure> structure;
+};
+
+// The structure of the whole message, read once per message: a part that
 // starts past body_scan_limit is listed too (an attachment after 10 MiB of
 // padding is still an attachment). A message over kWalkElsewhereOver is read
 // on the walk pool while the rule waits (true: the caller yields), because a
@@ -94,20 +104,28 @@ constexpr std::size_t kStructureReadBlock = 256 * 1024;
 // where the rule cannot yield (in a string.gsub callback or a metamethod) it
 // is read here.
 bool must_wait_for_structure(lua_State* L, Invocation& inv) {
-  if (inv.parts) return false;
-  const Spool& spool = need_message(L, inv).spool();
+  const Message& message = need_message(L, inv);
   const LuaOptions& o = inv.tag.rt->options;
   const mime::TextBudget budget{o.body_scan_limit, o.text_parts_max};
-  if (spool.size() > kWalkElsewhereOver && o.walk_pool && lua_isyieldable(L)) {
-    PendingOp op;
-    op.kind = PendingOp::Kind::kStructure;
-    op.spool = &spool;
-    op.budget = budget;
-    op.structure = &inv.parts;
-    inv.pending = std::move(op);
-    return true;
+  StructureRead& read = inv.ctx->transaction.results.get<StructureRead>();
+  const bool same = read.message == &message && read.size == message.size() &&
+                    read.budget.text_limit == budget.text_limit && read.budget.text_parts_max == budget.text_parts_max;
+  if (!inv.parts && same) inv.parts = read.structure;
+  if (!inv.parts) {
+    const Spool& spool = message.spool();
+    if (spool.size() > kWalkElsewhereOver && o.walk_pool && lua_isyieldable(L)) {
+      PendingOp op;
+      op.kind = PendingOp::Kind::kStructure;
+      op.spool = &spool;
+      op.budget = budget;
+      op.structure = &inv.parts;
+      inv.pending = std::move(op);
+      return true;
+    }
+    inv.parts = std::make_shared<const mime::Structure>(read_spool_structure(spool, budget));
+    filter_stats().mime_structure_read(false);
   }
-  inv.parts = read_spool_structure(spool, budget);
+  read = StructureRead{&message, message.size(), budget, inv.parts};
   return false;
 }
 

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from harness import ASAN, SmtpClient, check_reply, data_payload
+from harness import ASAN, SmtpClient, check_reply, data_payload, free_port
+from prometheus import scrape
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ATTACHMENTS = ROOT / "scripts" / "default" / "60_attachments.lua"
@@ -269,3 +270,33 @@ def test_a_large_structure_is_read_where_a_rule_cannot_wait(postern, sink, tmp_p
     r = check_reply(send(p, content), 550, "5.7.1")
     assert "probe attachments=1 text_whole=true" in r.text, r
     assert not sink.messages
+
+
+TWO_READERS = """
+for _, name in ipairs({ "FIRST_READER", "SECOND_READER" }) do
+  postern.rule{ name = name, stage = "eom", on_error = "tempfail", fn = function(ctx)
+    local _, complete = ctx.body:text_parts()
+    ctx:add_header("X-" .. name, string.format("%d attachments, text whole: %s", #ctx.body:attachments(),
+                   tostring(complete)))
+  end }
+end
+"""
+
+
+@pytest.mark.parametrize("size,where", [(3 * 1024 * 1024, "worker"), (10 * 1024, "io_thread")])
+def test_a_message_structure_is_read_once_for_all_rules(postern, sink, tmp_path, size, where):
+    """Two rules, each calling text_parts() and attachments(): the message's
+    structure is read once (postern_mime_structure_reads_total), on a worker
+    thread for a message over 1 MiB, and both rules see the same lists."""
+    rules = tmp_path / "readers.lua"
+    rules.write_text(TWO_READERS)
+    metrics_port = free_port()
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{rules}"]',
+                                                   "metrics.address": f'"127.0.0.1:{metrics_port}"'})
+    pdf = "Content-Type: application/pdf; name=a.pdf\nContent-Transfer-Encoding: base64\n\n" + filler(size)
+    check_reply(send(p, multipart([TEXT, pdf])), 250)
+    msg = sink.wait_messages(1)[0]
+    assert msg.content.count(b"1 attachments, text whole: true") == 2, msg.content[:2000]
+    exp = scrape(metrics_port)
+    assert exp.value("postern_mime_structure_reads_total", where=where) == 1
+    assert exp.value("postern_mime_structure_reads_total", where={"worker": "io_thread", "io_thread": "worker"}[where]) == 0
