@@ -10,6 +10,7 @@ import base64
 import binascii
 import io
 import struct
+import subprocess
 import zipfile
 import zlib
 import pathlib
@@ -132,6 +133,23 @@ def rar4_bytes(names, encrypted=False, unicode=None):
         body = struct.pack("<IIBIIBBHI", len(data), len(data), 2, zlib.crc32(data), 0, 20, 0x30, len(raw), 0x20) + raw
         out += rar4_block(0x74, flags, body, data)
     return out + rar4_block(0x7B, 0x4000, b"")
+
+
+@pytest.mark.parametrize("archive,names", [
+    (lambda: rar5_bytes(["invoice/readme.txt", "invoice/invoice.pdf.exe", "résumé.pdf"]),
+     ["invoice/readme.txt", "invoice/invoice.pdf.exe", "résumé.pdf"]),
+    (lambda: rar4_bytes(["readme.txt", "INVOICE.EXE"]), ["readme.txt", "INVOICE.EXE"]),
+    (lambda: rar4_bytes(["invoice.pdf"], unicode={"invoice.pdf": "счёт.exe"}), ["счёт.exe"]),
+], ids=["rar5", "rar4", "rar4-unicode"])
+def test_rar_builders_make_archives_a_real_reader_lists(tmp_path, archive, names):
+    """The RAR archives these tests send are real ones: libarchive's bsdtar
+    (what Windows 11's Explorer reads RAR with) lists the intended names."""
+    path = tmp_path / "a.rar"
+    path.write_bytes(archive())
+    out = subprocess.run(["bsdtar", "-tf", str(path)], capture_output=True, text=True, timeout=30,
+                         env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == names
 
 
 def rar_part(archive, head='Content-Type: application/vnd.rar; name="invoice.rar"'):
