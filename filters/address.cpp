@@ -7,7 +7,10 @@
 #include <cctype>
 #include <cstring>
 
+#include <fmt/format.h>
+
 #include "filters/text/ascii.h"
+#include "filters/text/idna.h"
 
 namespace postern {
 namespace {
@@ -144,8 +147,7 @@ namespace {
 
 // A local part's value octet by octet: a Quoted-string without its quotes
 // and with its quoted-pairs resolved (RFC 5322 §3.2.4: quoting is not part
-// of the value), so "user", "us\er" and user are one local part. No copy:
-// the duplicate-recipient check compares every pair of recipients.
+// of the value), so "user", "us\er" and user are one local part.
 class LocalValue {
  public:
   explicit LocalValue(std::string_view s) : s_(s) {
@@ -165,19 +167,6 @@ class LocalValue {
   std::size_t i_ = 0;
 };
 
-bool same_local_value(std::string_view a, std::string_view b, bool any_case) {
-  LocalValue x(a), y(b);
-  for (;;) {
-    int c = x.next(), d = y.next();
-    if (any_case) {
-      if (c >= 'A' && c <= 'Z') c += 'a' - 'A';
-      if (d >= 'A' && d <= 'Z') d += 'a' - 'A';
-    }
-    if (c != d) return false;
-    if (c < 0) return true;
-  }
-}
-
 // The 16 octets of an address literal's IP address ("[192.0.2.1]" as
 // ::ffff:192.0.2.1, "[IPv6:...]" with its tag in any case), or false for a
 // general address literal or a domain.
@@ -194,20 +183,29 @@ bool literal_address(std::string_view domain, unsigned char out[16]) {
   return ascii::istarts_with(inner, "ipv6:") && inet_pton(AF_INET6, inner.c_str() + 5, out) == 1;
 }
 
-bool same_domain(std::string_view a, std::string_view b) {
-  if (ascii::iequals(a, b)) return true;
-  unsigned char x[16], y[16];
-  return literal_address(a, x) && literal_address(b, y) && std::memcmp(x, y, 16) == 0;
-}
-
 }  // namespace
 
-bool same_mailbox(const Mailbox& a, const Mailbox& b) {
-  if (!same_domain(a.domain, b.domain)) return false;
-  if (same_local_value(a.local_part, b.local_part, false)) return true;
+std::string mailbox_key(const Mailbox& m) {
+  std::string key;
+  LocalValue value(m.local_part);
+  for (int c = value.next(); c >= 0; c = value.next()) key += static_cast<char>(c);
   // RFC 5321 §4.5.1: "postmaster" is a case-insensitive local name.
-  return same_local_value(a.local_part, "postmaster", true) && same_local_value(b.local_part, "postmaster", true);
+  if (ascii::iequals(key, "postmaster")) key = "postmaster";
+  key += '@';
+  unsigned char ip[16];
+  if (literal_address(m.domain, ip)) {
+    key += '[';
+    for (unsigned char octet : ip) key += fmt::format("{:02x}", octet);
+    key += ']';
+  } else if (std::optional<std::string> a_labels = domain_a_labels(m.domain)) {
+    key += *a_labels;
+  } else {
+    key += ascii::to_lower(m.domain);
+  }
+  return key;
 }
+
+bool same_mailbox(const Mailbox& a, const Mailbox& b) { return mailbox_key(a) == mailbox_key(b); }
 
 PathParse parse_path(std::string_view text, bool allow_null, bool allow_postmaster,
                      bool allow_utf8) {

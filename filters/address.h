@@ -23,8 +23,13 @@ struct Mailbox {
 // local part's value exactly (RFC 5321 §2.4 leaves its case to the receiving
 // host; quotes and quoted-pairs are not part of it, RFC 5322 §3.2.4), except
 // "postmaster" in any case (§4.5.1); the domain in any case (§2.4, DNS
-// names), an address literal by its address ("[IPv6:::1]" = "[ipv6:0::1]").
+// names; an internationalized one as U-labels or A-labels alike, "bücher.example"
+// = "BÜCHER.example" = "xn--bcher-kva.example", IDNA2008), an address literal
+// by its address ("[IPv6:::1]" = "[ipv6:0::1]").
 bool same_mailbox(const Mailbox& a, const Mailbox& b);
+// What same_mailbox compares: one string for every spelling of a mailbox
+// ("local-value@domain-key"), for a set of the mailboxes seen.
+std::string mailbox_key(const Mailbox& m);
 
 enum class PathError {
   kNone,

@@ -728,13 +728,14 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     refusal.reply = check_rcpt_param(p, esmtp_offer());
   }
   Verdict v;
+  std::string rcpt_key;
   if (!refusal) {
     ++txn_.rcpt_commands;
     // A recipient named again: relayed twice, an MTA without a duplicate
     // filter would deliver the message twice. The first RCPT's parameters
     // and verdict hold; the MTA and the filters hear of it once.
-    if (std::any_of(txn_.facts.recipients.begin(), txn_.facts.recipients.end(),
-                    [&](const Mailbox& m) { return same_mailbox(m, args.mailbox); })) {
+    rcpt_key = mailbox_key(args.mailbox);
+    if (txn_.rcpt_keys.contains(rcpt_key)) {
       co_await settle_mail();
       log::info("rcpt-duplicate").kv("session", id_).kv("id", txn_.facts.id).kv("to", "<" + args.mailbox.str() + ">");
       reply(replies::kDuplicateRecipient);
@@ -794,6 +795,7 @@ asio::awaitable<void> Session::handle_rcpt(const Command& cmd) {
     }
     txn_.facts.recipients.push_back(std::move(args.mailbox));
     txn_.rcpt_params.push_back(std::move(args.params));
+    txn_.rcpt_keys.insert(std::move(rcpt_key));
   } else {
     log::info("rcpt-refused").kv("session", id_).kv("to", "<" + args.mailbox.str() + ">")
         .kv("reply", fmt::format("{} {}", r.reply.code, r.reply.first_line())).kv("by", r.local ? "postern" : "upstream");

@@ -92,6 +92,7 @@ class Session {
     TransactionFacts facts;  // envelope, changes, symbols: what filters see
     std::vector<EsmtpParam> mail_params;
     std::vector<std::vector<EsmtpParam>> rcpt_params;  // each accepted recipient's, as facts.recipients
+    std::unordered_set<std::string> rcpt_keys;  // mailbox_key() of each accepted recipient: a duplicate is one of them
     bool smtputf8 = false;  // MAIL carried SMTPUTF8 (RFC 6531)
     std::shared_ptr<HeaderUtf8Check> header_utf8;  // with smtputf8: the content's header section checked
     bool chunked = false;   // content comes in BDAT chunks (RFC 3030)

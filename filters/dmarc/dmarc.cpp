@@ -2,7 +2,6 @@
 
 #include "filters/arc/arc_verify.h"
 
-#include <idn2.h>
 #include <libpsl.h>
 
 #include <asio/use_awaitable.hpp>
@@ -17,6 +16,7 @@
 #include "filters/auth/authentication_results.h"
 #include "filters/auth/c_api.h"
 #include "filters/text/ascii.h"
+#include "filters/text/idna.h"
 
 namespace postern {
 
@@ -187,18 +187,14 @@ std::string mailbox_domain(const std::vector<AddressToken>& addr, std::string& w
     }
     domain += addr[i].text;
   }
-  std::string d = ascii::domain_key(domain);
-  if (std::any_of(d.begin(), d.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
-    // A U-label domain (RFC 6532 mail): its DMARC record is at the A-label
-    // name (IDNA2008, RFC 5891); one that does not convert is unusable.
-    char* ascii = nullptr;
-    if (d.size() > 253 || idn2_to_ascii_8z(d.c_str(), &ascii, IDN2_NONTRANSITIONAL) != IDN2_OK || !ascii) {
-      why = "a From mailbox with an internationalized domain that is not valid IDNA";
-      return {};
-    }
-    d = ascii::domain_key(ascii);
-    idn2_free(ascii);
+  // A U-label domain (RFC 6532 mail): its DMARC record is at the A-label
+  // name (IDNA2008, RFC 5891); one that does not convert is unusable.
+  std::optional<std::string> a_labels = domain_a_labels(domain);
+  if (!a_labels) {
+    why = "a From mailbox with an internationalized domain that is not valid IDNA";
+    return {};
   }
+  std::string d = std::move(*a_labels);
   if (d.empty() || !dns_name_valid(d) || d.find('.') == std::string::npos) {
     why = "a From mailbox whose domain is not a host name";
     return {};

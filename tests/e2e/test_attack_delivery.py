@@ -262,6 +262,35 @@ def test_recipients_that_differ_only_in_spelling_an_mta_tells_apart_both_go_on(p
     assert not p.events("rcpt-duplicate")
 
 
+# An internationalized domain (SMTPUTF8, RFC 6531) in U-labels and in
+# A-labels, in any case, composed or decomposed: one host (IDNA2008), the
+# message goes to its mailbox once; a look-alike ASCII domain is another.
+@pytest.mark.parametrize("second", [
+    "r1@xn--bcher-kva.example",
+    "r1@XN--BCHER-KVA.EXAMPLE",
+    "r1@BÜCHER.example",
+    "r1@bu\u0308cher.example",
+    '"r1"@bücher.example',
+])
+def test_recipient_named_again_in_the_other_form_of_its_idn_gets_the_message_once(postern, make_sink, tmp_path, second):
+    sink = make_sink(smtputf8=True)
+    p = start(postern, sink, tmp_path / "q")
+    c = client(p)
+    check_reply(c.cmd("MAIL FROM:<a@example.org> SMTPUTF8"), 250)
+    check_reply(c.cmd("RCPT TO:<r1@bücher.example>"), 250)
+    check_reply(c.cmd("RCPT TO:<r1@bucher.example>"), 250)
+    r = check_reply(c.cmd(f"RCPT TO:<{second}>"), 250, "2.1.5")
+    assert "duplicate" in r.text, r
+    check_reply(c.cmd("DATA"), 354)
+    c.send(data_payload(message()))
+    check_reply(c.read_reply(), 250)
+    assert sink.wait_messages(1)[0].rcpt_tos == ["r1@bücher.example", "r1@bucher.example"]
+    assert len(sink.commands("RCPT")) == 2
+    # The log writes each octet past ASCII as "?".
+    logged = "".join(c if c.isascii() else "?" * len(c.encode()) for c in second)
+    assert p.wait_for_log(event="rcpt-duplicate").get("to") == f"<{logged}>"
+
+
 def test_recipient_named_again_after_the_mta_deferred_it_is_asked_again(postern, make_sink, tmp_path):
     sink = make_sink()
     sink.on("RCPT", "452 4.2.2 over quota", match="r1@example.com", times=1)

@@ -164,6 +164,35 @@ TEST_CASE("same_mailbox: quoting, quoted-pairs, postmaster and address literals"
   CHECK(same("<u@[x-tag:abc]>", "<u@[X-TAG:ABC]>"));  // a general literal: as text, in any case
 }
 
+// An internationalized domain (RFC 6531 paths) names one host as U-labels
+// or A-labels, in any case, composed or not (IDNA2008 with UTS #46).
+TEST_CASE("same_mailbox: a domain as U-labels or A-labels", "[address]") {
+  auto rcpt = [](std::string_view path) {
+    PathParse p = postern::parse_path(path, false, true, true);
+    REQUIRE(p.error == PathError::kNone);
+    return p.mailbox;
+  };
+  auto same = [&](std::string_view a, std::string_view b) {
+    const bool ab = same_mailbox(rcpt(a), rcpt(b));
+    CHECK(ab == same_mailbox(rcpt(b), rcpt(a)));
+    CHECK(ab == (postern::mailbox_key(rcpt(a)) == postern::mailbox_key(rcpt(b))));
+    return ab;
+  };
+  CHECK(same("<u@b\xC3\xBC" "cher.example>", "<u@xn--bcher-kva.example>"));
+  CHECK(same("<u@b\xC3\xBC" "cher.example>", "<u@XN--BCHER-KVA.Example>"));
+  CHECK(same("<u@B\xC3\x9C" "CHER.example>", "<u@b\xC3\xBC" "cher.example>"));            // Ü folds to ü
+  CHECK(same("<u@bu\xCC\x88" "cher.example>", "<u@xn--bcher-kva.example>"));              // u + U+0308, composed
+  CHECK(same("<u@\xD0\xBF\xD1\x80\xD0\xB8\xD0\xBC\xD0\xB5\xD1\x80.\xD1\x80\xD1\x84>",
+             "<u@xn--e1afmkfd.xn--p1ai>"));                                                  // пример.рф
+  CHECK(same("<\"u\"@b\xC3\xBC" "cher.example>", "<u@xn--bcher-kva.example>"));          // and the local part's quoting
+  CHECK_FALSE(same("<u@b\xC3\xBC" "cher.example>", "<u@bucher.example>"));
+  CHECK_FALSE(same("<U@b\xC3\xBC" "cher.example>", "<u@xn--bcher-kva.example>"));         // a local part's case matters
+  CHECK_FALSE(same("<\xC3\xBC@example.com>", "<\xC3\x9C@example.com>"));                  // ... also in UTF-8
+  // A domain that is not valid IDNA is compared as it is written, in any ASCII case.
+  CHECK(same("<u@a\xE2\x80\x8D" "b.example>", "<u@A\xE2\x80\x8D" "B.example>"));
+  CHECK_FALSE(same("<u@a\xE2\x80\x8D" "b.example>", "<u@ab.example>"));
+}
+
 TEST_CASE("is_domain", "[address]") {
   const std::string k64(64, 'd');
   const std::string d255 = k63 + "." + k63 + "." + k63 + "." + k63;
