@@ -62,12 +62,20 @@ struct PendingOp {
 
 // The MIME structure of the message in `spool`, read in blocks; when `stop`
 // turns true between two blocks the structure says it was not read whole.
+// Compressed files decompress to at most `decompress_limit` octets in all
+// (mime::StructureReader).
 mime::Structure read_spool_structure(const Spool& spool, mime::TextBudget budget,
-                                     const std::atomic<bool>* stop = nullptr);
+                                     const std::atomic<bool>* stop = nullptr,
+                                     std::size_t decompress_limit = static_cast<std::size_t>(-1));
 
 // Messages over this many octets have their structure read on
 // LuaOptions::walk_pool while the rule waits, as for a DNS answer.
 inline constexpr std::size_t kWalkElsewhereOver = 1024 * 1024;
+// A smaller message's structure is read where the rule runs with its
+// compressed files decompressed to at most this many octets; one that needs
+// more is read again on the walk pool (a 768 KiB bzip2 file can take a
+// fifth of a second to expand to the 16 MiB a small message may).
+inline constexpr std::size_t kInlineDecompressed = 1024 * 1024;
 
 // When `op` can be answered without waiting -- a cached DNS answer, the
 // in-process store -- pushes its values onto L (the rule's coroutine, inside

@@ -102,7 +102,9 @@ struct StructureRead {
 // hostile 50 MB message takes most of a second to walk (bench/README.md,
 // thirteenth round) and the I/O thread serves every other session meanwhile;
 // where the rule cannot yield (in a string.gsub callback or a metamethod) it
-// is read here.
+// is read here. So is a smaller message whose compressed files expand past
+// kInlineDecompressed (a bzip2 file can take a fifth of a second): read
+// here up to that, then again on the walk pool.
 bool must_wait_for_structure(lua_State* L, Invocation& inv) {
   const Message& message = need_message(L, inv);
   const LuaOptions& o = inv.tag.rt->options;
@@ -113,7 +115,8 @@ bool must_wait_for_structure(lua_State* L, Invocation& inv) {
   if (!inv.parts && same) inv.parts = read.structure;
   if (!inv.parts) {
     const Spool& spool = message.spool();
-    if (spool.size() > kWalkElsewhereOver && o.walk_pool && lua_isyieldable(L)) {
+    const bool elsewhere = o.walk_pool && lua_isyieldable(L);
+    auto wait_elsewhere = [&] {
       PendingOp op;
       op.kind = PendingOp::Kind::kStructure;
       op.spool = &spool;
@@ -121,9 +124,16 @@ bool must_wait_for_structure(lua_State* L, Invocation& inv) {
       op.structure = &inv.parts;
       inv.pending = std::move(op);
       return true;
-    }
-    inv.parts = std::make_shared<const mime::Structure>(read_spool_structure(spool, budget));
+    };
+    if (spool.size() > kWalkElsewhereOver && elsewhere) return wait_elsewhere();
+    mime::Structure s = read_spool_structure(spool, budget, nullptr, kInlineDecompressed);
     filter_stats().mime_structure_read(false);
+    if (s.decompression_limited) {
+      if (elsewhere) return wait_elsewhere();
+      s = read_spool_structure(spool, budget);
+      filter_stats().mime_structure_read(false);
+    }
+    inv.parts = std::make_shared<const mime::Structure>(std::move(s));
   }
   read = StructureRead{&message, message.size(), budget, inv.parts};
   return false;
@@ -324,8 +334,9 @@ void install_message_types(lua_State* L) {
   install_view(L, kNotesMeta, notes_index, notes_newindex, notes_pairs);
 }
 
-mime::Structure read_spool_structure(const Spool& spool, mime::TextBudget budget, const std::atomic<bool>* stop) {
-  mime::StructureReader reader(spool.size(), budget);
+mime::Structure read_spool_structure(const Spool& spool, mime::TextBudget budget, const std::atomic<bool>* stop,
+                                     std::size_t decompress_limit) {
+  mime::StructureReader reader(spool.size(), budget, decompress_limit);
   const std::string_view memory = spool.in_memory() ? spool.memory() : std::string_view();
   std::string block(spool.in_memory() ? 0 : kStructureReadBlock, '\0');
   for (std::size_t offset = 0; offset < spool.size();) {

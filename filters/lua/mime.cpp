@@ -17,7 +17,10 @@
 #include <memory>
 
 #include "filters/lua/mime_tnef.h"
+#include "filters/lua/mime_7z.h"
+#include "filters/lua/mime_compressed.h"
 #include "filters/lua/mime_rar.h"
+#include "filters/lua/mime_tar.h"
 #include "filters/lua/mime_zip.h"
 #include "filters/text/ascii.h"
 
@@ -86,12 +89,31 @@ std::string clean_filename(std::string name) {
 }
 
 // A file name Windows opens as an archive it lists: "*.zip" (Explorer),
-// "*.rar" (WinRAR, and Explorer since Windows 11 23H2), trailing dots and
-// spaces dropped as Windows drops them.
+// "*.rar", "*.7z", tar archives and files compressed whole (WinRAR, 7-Zip,
+// and Explorer since Windows 11 23H2), trailing dots and spaces dropped as
+// Windows drops them.
 bool archive_name(std::string_view name) {
   while (!name.empty() && (name.back() == '.' || ascii::is_space(name.back()))) name.remove_suffix(1);
   const std::string lower = ascii::to_lower(name);
-  return lower.ends_with(".zip") || lower.ends_with(".rar");
+  for (std::string_view suffix : {".zip", ".rar", ".7z", ".tar", ".tgz", ".taz", ".gz", ".gzip", ".tbz", ".tbz2", ".bz2",
+                                  ".bz", ".txz", ".xz", ".tzst", ".zst", ".zstd"}) {
+    if (lower.ends_with(suffix)) return true;
+  }
+  return false;
+}
+
+// A Content-Type of one of those.
+bool archive_type(std::string_view type) {
+  for (std::string_view t : {"application/zip", "application/x-zip-compressed", "application/x-zip", "application/vnd.rar",
+                             "application/x-rar-compressed", "application/x-rar", "application/x-7z-compressed",
+                             "application/x-tar", "application/x-gtar", "application/gzip", "application/x-gzip",
+                             "application/x-compressed", "application/x-compressed-tar", "application/x-bzip2",
+                             "application/x-bzip", "application/x-bzip-compressed-tar", "application/x-xz",
+                             "application/x-xz-compressed-tar", "application/zstd", "application/x-zstd",
+                             "application/x-zstd-compressed-tar"}) {
+    if (type == t) return true;
+  }
+  return false;
 }
 
 bool tnef_name(std::string_view name) { return ascii::to_lower(name) == "winmail.dat"; }
@@ -104,7 +126,9 @@ struct Shared {
   TextBudget text;
   std::size_t text_left;       // octets of text bodies still kept
   std::size_t text_parts = 0;  // text parts seen
-  std::size_t archive_files = 0;  // files listed from ZIP archives
+  std::size_t archive_files = 0;  // files listed from archives
+  std::size_t decompressed_left;  // octets compressed files may still decompress to (mime_compressed.h)
+  bool decompress_limited = false;  // decompressed_left started below the message's budget
 };
 
 // Reads one stream of lines: the message, or an encoded attached message
@@ -188,6 +212,17 @@ class Reader {
     std::size_t body_start = 0;
   };
 
+  // The readers of an archive part, each for the format it knows.
+  struct Archive {
+    Archive(const std::string& name, std::size_t* decompressed_left)
+        : seven(decompressed_left), compressed(name, decompressed_left) {}
+    ZipReader zip;
+    RarReader rar;
+    SevenZipReader seven;
+    TarReader tar;
+    CompressedReader compressed;
+  };
+
   // The part whose lines are being read.
   struct Open {
     bool active = false;
@@ -214,10 +249,9 @@ class Reader {
     // decoded first when base64 or quoted-printable.
     bool embedded = false;
     std::unique_ptr<TnefReader> tnef;
-    // A ZIP or RAR archive: its files are listed after it. Both readers read
-    // it, for archivers open either format by its content, whatever the name.
-    std::unique_ptr<ZipReader> zip;
-    std::unique_ptr<RarReader> rar;
+    // An archive: its files are listed after it. Every reader reads it, for
+    // archivers open each format by its content, whatever the name.
+    std::unique_ptr<Archive> archive;
     int text_encoding = 0;  // 0 as is, 1 base64, 2 quoted-printable
     std::string line;       // the text line read so far, its first kMaxLine octets
     bool in_line = false;   // `line` holds the start of an unfinished line
@@ -328,7 +362,7 @@ class Reader {
       if (o.text) --sh_.text_parts;
       return;
     }
-    if (o.embedded || o.tnef || o.zip) end_scan(o);
+    if (o.embedded || o.tnef || o.archive) end_scan(o);
     if (!sh_.out.problem.empty()) return;
     Part& p = sh_.out.parts[o.index];
     p.encoded_size = end > o.body_start ? end - o.body_start : 0;
@@ -468,12 +502,8 @@ class Reader {
     };
     if (part.type == "application/ms-tnef" || part.type == "application/vnd.ms-tnef" || any_name(tnef_name)) {
       open_.tnef = std::make_unique<TnefReader>();
-    } else if (part.type == "application/zip" || part.type == "application/x-zip-compressed" ||
-               part.type == "application/x-zip" || part.type == "application/vnd.rar" ||
-               part.type == "application/x-rar-compressed" || part.type == "application/x-rar" ||
-               any_name(archive_name)) {
-      open_.zip = std::make_unique<ZipReader>();
-      open_.rar = std::make_unique<RarReader>();
+    } else if (archive_type(part.type) || any_name(archive_name)) {
+      open_.archive = std::make_unique<Archive>(part.filename, &sh_.decompressed_left);
     }
     open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
     open_.index = sh_.out.parts.size();
@@ -505,7 +535,7 @@ class Reader {
       sh_.text_left -= take;
       open_.cut = take < bytes.size();  // the budget is spent: kept cut, not whole
     }
-    if (open_.embedded || open_.tnef || open_.zip) scan_bytes(bytes);
+    if (open_.embedded || open_.tnef || open_.archive) scan_bytes(bytes);
     if (!open_.inner) return;
     // The line break at the end is held back until more body comes: before
     // a delimiter it is the delimiter's, and the attached message ends
@@ -540,9 +570,12 @@ class Reader {
   void scan_decoded(Open& o, std::string_view decoded) {
     if (o.tnef) {
       o.tnef->feed(decoded);
-    } else if (o.zip) {
-      o.zip->feed(decoded);
-      o.rar->feed(decoded);
+    } else if (o.archive) {
+      o.archive->zip.feed(decoded);
+      o.archive->rar.feed(decoded);
+      o.archive->seven.feed(decoded);
+      o.archive->tar.feed(decoded);
+      o.archive->compressed.feed(decoded);
     } else {
       text_lines(o, decoded);
     }
@@ -560,13 +593,25 @@ class Reader {
       for (const std::string& name : o.tnef->names()) embedded_file(name, "x-tnef");
       return;
     }
-    if (o.zip) {
-      o.zip->finish();
-      o.rar->finish();
-      if (!o.zip->problem().empty()) return fail(o.zip->problem());
-      if (!o.rar->problem().empty()) return fail(o.rar->problem());
-      archive_files(o, o.zip->names(), "x-zip");
-      archive_files(o, o.rar->names(), "x-rar");
+    if (o.archive) {
+      Archive& a = *o.archive;
+      a.zip.finish();
+      a.rar.finish();
+      a.seven.finish();
+      a.tar.finish();
+      a.compressed.finish();
+      if ((a.compressed.over_budget() || a.seven.over_budget()) && sh_.decompress_limited) {
+        sh_.out.decompression_limited = true;
+      }
+      for (const std::string* problem :
+           {&a.zip.problem(), &a.rar.problem(), &a.seven.problem(), &a.tar.problem(), &a.compressed.problem()}) {
+        if (!problem->empty()) return fail(*problem);
+      }
+      archive_files(o, a.zip.names(), "x-zip");
+      archive_files(o, a.rar.names(), "x-rar");
+      archive_files(o, a.seven.names(), "x-7z");
+      archive_files(o, a.tar.names(), "x-tar");
+      archive_files(o, a.compressed.names(), a.compressed.encoding());
       return;
     }
     if (o.in_line) embedded_line(o.line);
@@ -616,7 +661,7 @@ class Reader {
     }
   }
 
-  // The files of a ZIP or RAR archive, after it: they do not count toward
+  // The files of an archive, after it: they do not count toward
   // kMaxParts (an archive of photos holds thousands), but toward
   // kMaxArchiveFiles in the whole message.
   void archive_files(const Open& o, const std::vector<std::string>& names, const char* encoding) {
@@ -728,8 +773,11 @@ struct StructureReader::State {
   std::unique_ptr<Reader> reader;
 };
 
-StructureReader::StructureReader(std::size_t message_size, TextBudget budget) : state_(std::make_unique<State>()) {
+StructureReader::StructureReader(std::size_t message_size, TextBudget budget, std::size_t decompress_limit)
+    : state_(std::make_unique<State>()) {
   state_->shared.decoded_left = kDecodedFactor * message_size;
+  state_->shared.decompressed_left = std::min(decompression_budget(message_size), decompress_limit);
+  state_->shared.decompress_limited = decompress_limit < decompression_budget(message_size);
   state_->shared.text = budget;
   state_->shared.text_left = budget.text_limit;
   state_->reader = std::make_unique<Reader>(state_->shared, 0);

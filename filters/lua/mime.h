@@ -22,7 +22,7 @@ inline constexpr int kMaxDepth = 16;                   // multipart and message/
 inline constexpr std::size_t kMaxFieldValue = 65536;   // octets of one Content-* field, unfolded
 inline constexpr std::size_t kMaxFilename = 1024;      // octets of a decoded file name
 inline constexpr std::size_t kMaxNames = 16;           // distinct file names of one part
-inline constexpr std::size_t kMaxArchiveFiles = 10000;  // files listed from ZIP and RAR archives
+inline constexpr std::size_t kMaxArchiveFiles = 10000;  // files listed from archives (ZIP, RAR, 7z)
                                                        // in one archive, and in the whole message
 inline constexpr std::size_t kDecodedFactor = 2;       // encoded attached messages decode to at most
                                                        // this many times the message's size, in all
@@ -110,6 +110,10 @@ struct Structure {
   // False when a text part's body was not kept whole (the text budget ran
   // out) or past the text_parts_max'th text part: its text is not in `parts`.
   bool text_whole = true;
+  // Read with a decompression limit below the message's budget
+  // (StructureReader's `decompress_limit`), which a compressed file ran
+  // past: `problem` says so, and a read with the whole budget may not.
+  bool decompression_limited = false;
 };
 
 // What a StructureReader keeps of text parts (text/* and no attachment) for
@@ -125,10 +129,13 @@ struct TextBudget {
 // and in bounded memory: a part's header and the line being read (cut at
 // kMaxLine octets), per nesting level, and the text bodies of TextBudget.
 // Attached messages encoded in base64 or quoted-printable are decoded as
-// they stream by, into kDecodedFactor times `message_size` octets in all.
+// they stream by, into kDecodedFactor times `message_size` octets in all;
+// compressed files into decompression_budget(message_size) octets in all
+// (mime_compressed.h), or `decompress_limit` when that is less.
 class StructureReader {
  public:
-  StructureReader(std::size_t message_size, TextBudget budget);
+  StructureReader(std::size_t message_size, TextBudget budget,
+                  std::size_t decompress_limit = static_cast<std::size_t>(-1));
   ~StructureReader();
   StructureReader(const StructureReader&) = delete;
   StructureReader& operator=(const StructureReader&) = delete;

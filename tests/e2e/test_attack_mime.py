@@ -8,6 +8,7 @@ bombs end with the configured verdict, and text handed to a rule is always
 well-formed UTF-8 (U+FFFD for what does not decode)."""
 import base64
 import binascii
+import gzip
 import io
 import struct
 import subprocess
@@ -344,6 +345,209 @@ def test_honest_attachments_pass(proxy, sink):
     check_reply(send(proxy, multipart([TEXT, rar_part(rar4_bytes(["report.pdf"], unicode={"report.pdf": "отчёт.pdf"}))])), 250)
     check_reply(send(proxy, multipart([TEXT, rar_part(b"Rar! is how the notes start; setup.exe is mentioned.")])), 250)
     assert len(sink.wait_messages(7)) == 7
+
+
+def seven_zip(tmp_path, names, *options, tool="7zz"):
+    """A 7z archive of files with these names (each holding a line of text),
+    made by a real archiver: 7-Zip's 7zz (its header LZMA-packed, as 7-Zip
+    writes it by default, unless `options` say otherwise) or libarchive's
+    bsdtar (a plain header)."""
+    src = tmp_path / "src"
+    for name in names:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text("a line of text\n" * 20)
+    out = tmp_path / "a.7z"
+    out.unlink(missing_ok=True)
+    cmd = ([tool, "a", "-bd", "-y", *options, str(out), *names] if tool == "7zz"
+           else ["bsdtar", "-cf", str(out), "--format", "7zip", *options, *names])
+    subprocess.run(cmd, cwd=src, check=True, capture_output=True, timeout=60)
+    return out.read_bytes()
+
+
+def seven_part(archive, head='Content-Type: application/x-7z-compressed; name="invoice.7z"'):
+    return f"{head}\nContent-Transfer-Encoding: base64\n\n" + base64.encodebytes(archive).decode()
+
+
+# 7z, which 7-Zip (and Explorer since Windows 11 23H2) opens: as 7-Zip packs
+# its header (LZMA) and with the header plain (-mhc=off, and bsdtar's),
+# content stored or compressed with PPMd, content encrypted with the names
+# left readable (-p without -mhe), named or typed only, and named as another
+# format (archivers go by content).
+SEVEN_HIDDEN = {
+    "7z": (["invoice/readme.txt", "invoice/invoice.pdf.exe"], (), None),
+    "7z-header-plain": (["readme.txt", "SETUP.EXE"], ("-mhc=off",), None),
+    "7z-stored": (["readme.txt", "setup.exe"], ("-mx=0",), None),
+    "7z-ppmd": (["readme.txt", "setup.exe"], ("-m0=PPMd",), None),
+    "7z-content-encrypted": (["readme.txt", "setup.exe"], ("-psecret",), None),
+    "7z-bsdtar": (["readme.txt", "setup.exe"], (), "bsdtar"),
+    "7z-by-name": (["setup.exe"], (), 'Content-Type: application/octet-stream\n'
+                   'Content-Disposition: attachment; filename="scan.7Z. "'),
+    "7z-named-zip": (["setup.exe"], (), 'Content-Type: application/zip; name="scan.zip"'),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEVEN_HIDDEN))
+def test_executable_in_7z_is_refused(proxy, sink, tmp_path, case):
+    names, options, how = SEVEN_HIDDEN[case]
+    archive = seven_zip(tmp_path, names, *options, tool="bsdtar" if how == "bsdtar" else "7zz")
+    part = seven_part(archive) if how in (None, "bsdtar") else seven_part(archive, how)
+    r = check_reply(send(proxy, multipart([TEXT, part])), 554, "5.7.1", what=case)
+    assert "Executable attachments are not accepted (exe)" in r.text, r
+    assert not sink.messages
+
+
+def test_7z_whose_names_cannot_be_read_is_refused(proxy, sink, tmp_path):
+    """Names only the password shows (7-Zip's -mhe=on), and an archive cut
+    short: either could hide an executable."""
+    hidden = seven_zip(tmp_path, ["setup.exe"], "-psecret", "-mhe=on")
+    (tmp_path / "h.7z").write_bytes(hidden)
+    listing = [subprocess.run(["7zz", "l", password, str(tmp_path / "h.7z")], capture_output=True, text=True)
+               for password in ("-pwrong", "-psecret")]
+    assert listing[0].returncode != 0 and "setup.exe" not in listing[0].stdout  # the names need the password
+    assert listing[1].returncode == 0 and "setup.exe" in listing[1].stdout
+    for archive in (hidden, seven_zip(tmp_path, ["a.txt", "b.txt"])[:-10]):
+        r = check_reply(send(proxy, multipart([TEXT, seven_part(archive)])), 554, "5.7.1")
+        assert "too complex to check" in r.text, r
+    assert not sink.messages
+
+
+def test_honest_7z_archives_pass(proxy, sink, tmp_path):
+    check_reply(send(proxy, multipart([TEXT, seven_part(seven_zip(tmp_path, [f"IMG_{i}.JPG" for i in range(300)]))])), 250)
+    check_reply(send(proxy, multipart([TEXT, seven_part(seven_zip(tmp_path, ["report.pdf", "отчёт.pdf"], "-psecret"))])),
+                250)
+    check_reply(send(proxy, multipart([TEXT, seven_part(b"7z\xbc\xaf\x27\x1c is how the notes start; setup.exe.")])), 250)
+    assert len(sink.wait_messages(3)) == 3
+
+
+@pytest.mark.parametrize("tool,options", [("7zz", ()), ("7zz", ("-mhc=off",)), ("bsdtar", ())])
+def test_7z_names_are_what_7zip_lists(postern, sink, tmp_path, tool, options):
+    """The names rules see are the names 7-Zip lists (7zz l -slt), in order,
+    non-ASCII names as UTF-8."""
+    names = ["docs/résumé.pdf", "docs/счёт.txt", "b.txt"]
+    archive = seven_zip(tmp_path, names, *options, tool=tool)
+    (tmp_path / "l.7z").write_bytes(archive)
+    out = subprocess.run(["7zz", "l", "-slt", str(tmp_path / "l.7z")], capture_output=True, text=True, check=True,
+                         env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}).stdout
+    listed = [line[len("Path = "):] for line in out.split("----------", 1)[1].splitlines() if line.startswith("Path = ")]
+    probe = tmp_path / "probe.lua"
+    probe.write_text(PROBE)
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{probe}"]'})
+    r = check_reply(send(p, multipart([TEXT, seven_part(archive)], head="X-Probe: 1\n")), 550, "5.7.1")
+    seen = r.text.split("names=", 1)[1].split("+")
+    # The probe writes each octet that is no ASCII letter, digit or dot as "_".
+    octets = ["".join(chr(b) if chr(b).isascii() and (chr(b).isalnum() or b == 46) else "_" for b in n.encode())
+              for n in listed]
+    assert seen[1:] == octets, (seen, listed)
+    assert sorted(listed) == sorted(names)
+
+
+def tar_archive(tmp_path, names, *options, fmt="pax", sizes=None):
+    """A tar archive made by libarchive's bsdtar (`options`: -z, -j, -J,
+    --zstd compress it) of files with these names, each a line of text or
+    `sizes[name]` zero octets."""
+    src = tmp_path / "tsrc"
+    for name in names:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(bytes((sizes or {}).get(name, 0)) or b"a line of text\n")
+    out = tmp_path / "a.tar"
+    subprocess.run(["bsdtar", "-cf", str(out), "--format", fmt, *options, *names], cwd=src, check=True,
+                   capture_output=True, timeout=120)
+    return out.read_bytes()
+
+
+def gzip_file(data, name=None):
+    """`data` gzip-compressed, with `name` in its header (gzip -N)."""
+    out = io.BytesIO()
+    with gzip.GzipFile(filename=name or "", mode="wb", fileobj=out, mtime=0) as f:
+        f.write(data)
+    return out.getvalue()
+
+
+LONG = "invoice-" + "x" * 120 + "/payment-details-for-the-quarter-ending-in-december/scan.pdf.exe"
+
+# tar archives, plain and compressed, and files compressed whole, which
+# 7-Zip and (since Windows 11 23H2) Explorer open: every header libarchive
+# names a file by (ustar with its prefix, GNU long names, pax paths), each
+# compression, a lone compressed executable by its own name or by the name
+# in its gzip header, typed or named only, and named as another format.
+TAR_HIDDEN = {
+    "tar-pax-long-path": lambda t: (tar_archive(t, ["readme.txt", LONG]), "invoice.tar"),
+    "tar-gnu-long-name": lambda t: (tar_archive(t, ["readme.txt", LONG], fmt="gnutar"), "invoice.tar"),
+    "tar-ustar-prefix": lambda t: (tar_archive(t, ["readme.txt", "a" * 90 + "/setup.exe"], fmt="ustar"), "invoice.tar"),
+    "tar-gz": lambda t: (tar_archive(t, ["readme.txt", "invoice/setup.exe"], "-z"), "invoice.tgz"),
+    "tar-bz2": lambda t: (tar_archive(t, ["readme.txt", "setup.exe"], "-j"), "invoice.tar.bz2"),
+    "tar-xz": lambda t: (tar_archive(t, ["readme.txt", "setup.exe"], "-J"), "invoice.tar.xz"),
+    "tar-zst": lambda t: (tar_archive(t, ["readme.txt", "setup.exe"], "--zstd"), "invoice.tar.zst"),
+    "gz-by-its-name": lambda t: (gzip_file(b"MZ" + bytes(5000)), "setup.exe.gz"),
+    "gz-by-its-header": lambda t: (gzip_file(b"MZ" + bytes(5000), "setup.exe"), "invoice.gz"),
+    "tgz-named-zip": lambda t: (tar_archive(t, ["setup.exe"], "-z"), "invoice.zip"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAR_HIDDEN))
+def test_executable_in_tar_or_compressed_file_is_refused(proxy, sink, tmp_path, case):
+    archive, name = TAR_HIDDEN[case](tmp_path)
+    head = f'Content-Type: application/octet-stream\nContent-Disposition: attachment; filename="{name}"'
+    r = check_reply(send(proxy, multipart([TEXT, seven_part(archive, head)])), 554, "5.7.1", what=case)
+    assert "Executable attachments are not accepted (exe)" in r.text, r
+    assert not sink.messages
+
+
+def test_executable_in_a_tgz_typed_only_is_refused(proxy, sink, tmp_path):
+    archive = tar_archive(tmp_path, ["setup.exe"], "-z")
+    r = check_reply(send(proxy, multipart([TEXT, seven_part(archive, "Content-Type: application/gzip")])), 554, "5.7.1")
+    assert "(exe)" in r.text, r
+
+
+def test_tar_bomb_is_refused_as_unchecked(proxy, sink, tmp_path):
+    """20 MiB of zeros before the executable, in 20 KiB of gzip: past what
+    the message may decompress to (16 MiB for a small one), refused as a
+    structure that cannot be read whole, before all of it is inflated."""
+    archive = tar_archive(tmp_path, ["zeros.bin", "setup.exe"], "-z", sizes={"zeros.bin": 20 << 20})
+    assert len(archive) < 64 * 1024
+    r = check_reply(send(proxy, multipart([TEXT, seven_part(archive, 'Content-Type: application/gzip; name="a.tgz"')])),
+                    554, "5.7.1")
+    assert "too complex to check" in r.text, r
+    assert not sink.messages
+
+
+def test_honest_tar_and_compressed_files_pass(proxy, sink, tmp_path):
+    photos = tar_archive(tmp_path, [f"IMG_{i}.JPG" for i in range(300)], "-z")
+    check_reply(send(proxy, multipart([TEXT, seven_part(photos, 'Content-Type: application/gzip; name="photos.tgz"')])), 250)
+    data = tar_archive(tmp_path, ["data.csv", "more.csv"], "-J", sizes={"data.csv": 5 << 20})
+    check_reply(send(proxy, multipart([TEXT, seven_part(data, 'Content-Type: application/x-xz; name="data.tar.xz"')])), 250)
+    report = gzip_file(b"%PDF-1.7\n" + bytes(5000), "report.pdf")
+    check_reply(send(proxy, multipart([TEXT, seven_part(report, 'Content-Type: application/gzip; name="report.pdf.gz"')])),
+                250)
+    check_reply(send(proxy, multipart([TEXT, seven_part(b"plain text that says setup.exe", 'Content-Type: application/gzip; '
+                                                                                            'name="notes.gz"')])), 250)
+    assert len(sink.wait_messages(4)) == 4
+
+
+@pytest.mark.parametrize("options,fmt", [((), "pax"), ((), "gnutar"), (("-z",), "ustar"), (("-j",), "pax"),
+                                         (("-J",), "gnutar"), (("--zstd",), "pax")])
+def test_tar_names_are_what_bsdtar_lists(postern, sink, tmp_path, options, fmt):
+    """The names rules see are those libarchive (bsdtar -t) lists, in order,
+    directories included, non-ASCII names as UTF-8."""
+    # A name past ustar's 100 octets (a GNU long name, a pax path), short
+    # enough for the probe's reply.
+    names = ["docs/résumé.pdf", "docs/счёт.txt", "d" * 60 + "/" + "e" * 45 + ".exe" if fmt != "ustar" else "b.txt"]
+    archive = tar_archive(tmp_path, names, *options, fmt=fmt)
+    (tmp_path / "l.tar").write_bytes(archive)
+    listed = subprocess.run(["bsdtar", "-tf", str(tmp_path / "l.tar")], capture_output=True, text=True, check=True,
+                            env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}).stdout.splitlines()
+    probe = tmp_path / "probe.lua"
+    probe.write_text(PROBE)
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{probe}"]'})
+    head = 'Content-Type: application/octet-stream\nContent-Disposition: attachment; filename="a.tar"'
+    if options:
+        head = 'Content-Type: application/gzip; name="a.tgz"'
+    r = check_reply(send(p, multipart([TEXT, seven_part(archive, head)], head="X-Probe: 1\n")), 550, "5.7.1")
+    seen = r.text.split("names=", 1)[1].split("+")
+    octets = ["".join(chr(b) if chr(b).isascii() and (chr(b).isalnum() or b == 46) else "_" for b in n.encode())
+              for n in listed]
+    assert seen[1:] == octets, (seen, listed)
+    assert sorted(listed) == sorted(names)
 
 
 def test_header_bomb_ends_with_a_verdict(proxy, sink):

@@ -11,7 +11,9 @@ ctx.body:text_parts(): false when text was left out (past the text budget,
 past text_parts_max), true when the text was read whole.
 """
 import base64
+import io
 import pathlib
+import tarfile
 import time
 
 import pytest
@@ -300,3 +302,45 @@ def test_a_message_structure_is_read_once_for_all_rules(postern, sink, tmp_path,
     exp = scrape(metrics_port)
     assert exp.value("postern_mime_structure_reads_total", where=where) == 1
     assert exp.value("postern_mime_structure_reads_total", where={"worker": "io_thread", "io_thread": "worker"}[where]) == 0
+
+
+def tgz(entries):
+    """A gzip-compressed tar archive of (name, octets) files, by Python's tarfile."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as t:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("expands,where,verdict", [
+    (512 * 1024, "io_thread", 250),  # within what is expanded where the rule runs
+    (4 << 20, "worker", 250),        # past it: the small message is read again on a worker
+    (20 << 20, "worker", 554),       # past the 16 MiB a small message's files may expand to
+])
+def test_a_small_message_whose_files_expand_far_is_read_on_a_worker(postern, sink, tmp_path, expands, where, verdict):
+    """A message under 1 MiB whose compressed files expand past 1 MiB has its
+    structure read again on a worker thread, with the whole decompression
+    budget, rather than hold the I/O thread for the expansion; past that
+    budget it is a structure that cannot be read whole."""
+    rules = tmp_path / "readers.lua"
+    rules.write_text(TWO_READERS)
+    scripts = f'["{rules}"]' if verdict == 250 else f'["{ATTACHMENTS}"]'
+    metrics_port = free_port()
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": scripts, "metrics.address": f'"127.0.0.1:{metrics_port}"'})
+    archive = tgz([("logs/big.log", bytes(expands)), ("logs/readme.txt", b"hello\n")])
+    assert len(archive) < 64 * 1024
+    part = ('Content-Type: application/gzip; name="logs.tgz"\nContent-Transfer-Encoding: base64\n\n' +
+            base64.encodebytes(archive).decode())
+    r = check_reply(send(p, multipart([TEXT, part])), verdict)
+    if verdict == 250:
+        msg = sink.wait_messages(1)[0]
+        assert msg.content.count(b"3 attachments, text whole: true") == 2, msg.content[:2000]
+    else:
+        assert "too complex to check" in r.text, r
+    exp = scrape(metrics_port)
+    # Read once where the rule runs, and past kInlineDecompressed once more on a worker.
+    assert exp.value("postern_mime_structure_reads_total", where="io_thread") == 1
+    assert exp.value("postern_mime_structure_reads_total", where="worker") == (1 if where == "worker" else 0)
