@@ -18,6 +18,7 @@
 
 #include "filters/lua/mime_tnef.h"
 #include "filters/lua/mime_7z.h"
+#include "filters/lua/mime_cab.h"
 #include "filters/lua/mime_compressed.h"
 #include "filters/lua/mime_rar.h"
 #include "filters/lua/mime_tar.h"
@@ -89,13 +90,13 @@ std::string clean_filename(std::string name) {
 }
 
 // A file name Windows opens as an archive it lists: "*.zip" (Explorer),
-// "*.rar", "*.7z", tar archives and files compressed whole (WinRAR, 7-Zip,
-// and Explorer since Windows 11 23H2), trailing dots and spaces dropped as
-// Windows drops them.
+// "*.cab" (Explorer), "*.rar", "*.7z", tar archives and files compressed
+// whole (WinRAR, 7-Zip, and Explorer since Windows 11 23H2), trailing dots
+// and spaces dropped as Windows drops them.
 bool archive_name(std::string_view name) {
   while (!name.empty() && (name.back() == '.' || ascii::is_space(name.back()))) name.remove_suffix(1);
   const std::string lower = ascii::to_lower(name);
-  for (std::string_view suffix : {".zip", ".rar", ".7z", ".tar", ".tgz", ".taz", ".gz", ".gzip", ".tbz", ".tbz2", ".bz2",
+  for (std::string_view suffix : {".zip", ".rar", ".7z", ".cab", ".tar", ".tgz", ".taz", ".gz", ".gzip", ".tbz", ".tbz2", ".bz2",
                                   ".bz", ".txz", ".xz", ".tzst", ".zst", ".zstd"}) {
     if (lower.ends_with(suffix)) return true;
   }
@@ -105,7 +106,7 @@ bool archive_name(std::string_view name) {
 // A Content-Type of one of those.
 bool archive_type(std::string_view type) {
   for (std::string_view t : {"application/zip", "application/x-zip-compressed", "application/x-zip", "application/vnd.rar",
-                             "application/x-rar-compressed", "application/x-rar", "application/x-7z-compressed",
+                             "application/x-rar-compressed", "application/x-rar", "application/x-7z-compressed", "application/vnd.ms-cab-compressed",
                              "application/x-tar", "application/x-gtar", "application/gzip", "application/x-gzip",
                              "application/x-compressed", "application/x-compressed-tar", "application/x-bzip2",
                              "application/x-bzip", "application/x-bzip-compressed-tar", "application/x-xz",
@@ -219,6 +220,7 @@ class Reader {
     ZipReader zip;
     RarReader rar;
     SevenZipReader seven;
+    CabReader cab;
     TarReader tar;
     CompressedReader compressed;
   };
@@ -574,6 +576,7 @@ class Reader {
       o.archive->zip.feed(decoded);
       o.archive->rar.feed(decoded);
       o.archive->seven.feed(decoded);
+      o.archive->cab.feed(decoded);
       o.archive->tar.feed(decoded);
       o.archive->compressed.feed(decoded);
     } else {
@@ -598,18 +601,21 @@ class Reader {
       a.zip.finish();
       a.rar.finish();
       a.seven.finish();
+      a.cab.finish();
       a.tar.finish();
       a.compressed.finish();
       if ((a.compressed.over_budget() || a.seven.over_budget()) && sh_.decompress_limited) {
         sh_.out.decompression_limited = true;
       }
       for (const std::string* problem :
-           {&a.zip.problem(), &a.rar.problem(), &a.seven.problem(), &a.tar.problem(), &a.compressed.problem()}) {
+           {&a.zip.problem(), &a.rar.problem(), &a.seven.problem(), &a.cab.problem(), &a.tar.problem(),
+            &a.compressed.problem()}) {
         if (!problem->empty()) return fail(*problem);
       }
       archive_files(o, a.zip.names(), "x-zip");
       archive_files(o, a.rar.names(), "x-rar");
       archive_files(o, a.seven.names(), "x-7z");
+      archive_files(o, a.cab.names(), "x-cab");
       archive_files(o, a.tar.names(), "x-tar");
       archive_files(o, a.compressed.names(), a.compressed.encoding());
       return;

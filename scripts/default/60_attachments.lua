@@ -1,9 +1,9 @@
 -- Executable attachments: refuses (554 5.7.1) or scores messages carrying
 -- files Windows would run, including double extensions ("invoice.pdf.exe"),
 -- also when uuencoded or yEnc-encoded in a plain-text body, inside a TNEF
--- winmail.dat, inside a ZIP, RAR, 7z or tar archive (plain or compressed
--- with gzip, bzip2, xz or zstd), or compressed whole ("setup.exe.gz"):
--- Windows opens all of these and runs files from them.
+-- winmail.dat, inside a ZIP, RAR, 7z, cabinet or tar archive (plain or
+-- compressed with gzip, bzip2, xz or zstd), or compressed whole
+-- ("setup.exe.gz"): Windows opens all of these and runs files from them.
 -- A message whose MIME structure postern cannot read whole (more than 1000
 -- parts, nested deeper than 16, a part with two different Content-Type or
 -- Content-Disposition fields, encrypted archive file names, a decompression

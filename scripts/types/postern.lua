@@ -160,7 +160,7 @@ function Headers:names() end
 ---@class postern.Attachment
 ---@field filename string
 ---@field names string[] every name the part goes by: filename, then the others readers may show
----@field archive string? for a file in an archive (ZIP, RAR, 7z, tar) or compressed file: the archive's file name
+---@field archive string? for a file in an archive (ZIP, RAR, 7z, cabinet, tar) or compressed file: the archive's file name
 ---@field type string
 ---@field disposition string
 ---@field encoded_size integer
@@ -180,7 +180,7 @@ function Body:size() end
 function Body:text_parts() end
 
 ---Parts with a file name or Content-Disposition: attachment, in the whole message,
----and files uuencoded or yEnc-encoded in text/plain or held in a TNEF winmail.dat, an archive (ZIP, RAR, 7z, tar) or a compressed file.
+---and files uuencoded or yEnc-encoded in text/plain or held in a TNEF winmail.dat, an archive (ZIP, RAR, 7z, cabinet, tar) or a compressed file.
 ---@return postern.Attachment[]
 function Body:attachments() end
 

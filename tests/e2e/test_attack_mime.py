@@ -550,6 +550,54 @@ def test_tar_names_are_what_bsdtar_lists(postern, sink, tmp_path, options, fmt):
     assert sorted(listed) == sorted(names)
 
 
+def cabinet(names):
+    """A Microsoft cabinet of stored files with these names (UTF-8 flagged
+    where not ASCII), each holding a line of text: one folder, one data
+    block."""
+    body = b"a line of text\n"
+    entries = b""
+    for i, name in enumerate(names):
+        raw = name.encode()
+        attributes = 0x20 | (0x80 if not name.isascii() else 0)
+        entries += struct.pack("<IIHHHH", len(body), i * len(body), 0, 0x5A21, 0, attributes) + raw + b"\0"
+    coff_files = 36 + 8
+    data_at = coff_files + len(entries)
+    content = body * len(names)
+    data = struct.pack("<IHH", 0, len(content), len(content)) + content
+    header = struct.pack("<4sIIIIIBBHHHHH", b"MSCF", 0, data_at + len(data), 0, coff_files, 0, 3, 1, 1, len(names), 0, 0, 0)
+    return header + struct.pack("<IHH", data_at, 1, 0) + entries + data
+
+
+@pytest.mark.parametrize("tool", ["bsdtar", "7zz"])
+def test_cabinet_builder_makes_cabinets_real_readers_list(tmp_path, tool):
+    path = tmp_path / "a.cab"
+    names = ["readme.txt", "invoice.pdf.exe", "résumé.js"]
+    path.write_bytes(cabinet(names))
+    cmd = ["bsdtar", "-tf", str(path)] if tool == "bsdtar" else ["7zz", "l", "-slt", str(path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    listed = (out.stdout.splitlines() if tool == "bsdtar" else
+              [line[len("Path = "):] for line in out.stdout.split("----------", 1)[1].splitlines() if line.startswith("Path = ")])
+    assert listed == names
+
+
+@pytest.mark.parametrize("head", [
+    'Content-Type: application/vnd.ms-cab-compressed; name="update.cab"',
+    'Content-Type: application/octet-stream\nContent-Disposition: attachment; filename="Update.CAB"',
+])
+def test_executable_in_a_cabinet_is_refused(proxy, sink, head):
+    """Explorer opens a .cab and runs the files in it."""
+    r = check_reply(send(proxy, multipart([TEXT, seven_part(cabinet(["readme.txt", "invoice.pdf.exe"]), head)])), 554, "5.7.1")
+    assert "(exe)" in r.text, r
+    assert not sink.messages
+
+
+def test_honest_cabinet_passes(proxy, sink):
+    check_reply(send(proxy, multipart([TEXT, seven_part(cabinet(["driver.inf", "driver.sys.txt"]),
+                                                        'Content-Type: application/vnd.ms-cab-compressed; name="d.cab"')])), 250)
+    assert len(sink.wait_messages(1)) == 1
+
+
 def test_header_bomb_ends_with_a_verdict(proxy, sink):
     """A Subject of ~900 kB of would-be encoded-words and 10,000 RFC 2231
     sections: decoded in linear time, the message gets its verdict."""

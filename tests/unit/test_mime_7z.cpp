@@ -1,4 +1,5 @@
-// The 7z reader (filters/lua/mime_7z.h): the names a 7z archive holds, from a
+// The 7z reader (filters/lua/mime_7z.h), and the cabinet reader
+// (mime_cab.h) beside it: the names a 7z archive holds, from a
 // header stored plain or packed with LZMA or LZMA2 as 7-Zip writes it, fed
 // in any pieces; and each way a header could hide a name, which is a problem.
 // Archives are built here field by field (7zFormat.txt), packed with liblzma.
@@ -12,6 +13,7 @@
 
 #include "filters/lua/mime.h"
 #include "filters/lua/mime_7z.h"
+#include "filters/lua/mime_cab.h"
 #include "filters/lua/mime_compressed.h"
 #include "filters/text/ascii.h"
 #include "filters/text/base64.h"
@@ -264,4 +266,63 @@ TEST_CASE("7z: listed from a part named or typed as an archive, with the archive
   const std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/pdf; name=a.pdf"
                         "\r\nContent-Transfer-Encoding: base64\r\n\r\n" + postern::base64_encode(a, 76) + "\r\n--b--\r\n";
   CHECK(read_structure(m).parts.size() == 1);
+}
+
+namespace {
+
+// A cabinet (MS-CAB) of stored files, each (name, attributes); its file
+// entries right after the one folder entry.
+std::string cabinet(const std::vector<std::pair<std::string, unsigned>>& files) {
+  std::string entries;
+  for (const auto& [name, attributes] : files) entries += le(4, 4) + le(0, 4) + le(0, 2) + le(0, 2) + le(0, 2) + le(attributes, 2) + name + '\0';
+  const std::size_t coff_files = 36 + 8;
+  const std::size_t data_at = coff_files + entries.size();
+  const std::string data = le(0, 4) + le(4 * files.size(), 2) + le(4 * files.size(), 2) + std::string(4 * files.size(), 'd');
+  return "MSCF" + le(0, 4) + le(data_at + data.size(), 4) + le(0, 4) + le(coff_files, 4) + le(0, 4) + "\x03\x01" + le(1, 2) +
+         le(files.size(), 2) + le(0, 2) + le(0, 2) + le(0, 2) + le(data_at, 4) + le(1, 2) + le(0, 2) + entries + data;
+}
+
+V cab_names(const std::string& c, std::string* problem = nullptr, std::size_t piece = 0) {
+  CabReader r;
+  if (piece == 0) piece = c.size() + 1;
+  for (std::size_t i = 0; i < c.size(); i += piece) r.feed(std::string_view(c).substr(i, piece));
+  r.finish();
+  if (problem) *problem = r.problem();
+  return r.names();
+}
+
+}  // namespace
+
+TEST_CASE("cab: the names in a cabinet's file entries", "[mime][7z]") {
+  const std::string c = cabinet({{"readme.txt", 0x20}, {"\x81" "ber.exe", 0x20}, {"r\xC3\xA9sum\xC3\xA9.js", 0xA0}});
+  for (std::size_t piece : {std::size_t{1}, std::size_t{7}, std::size_t{0}}) {
+    std::string problem = "x";
+    CHECK(cab_names(c, &problem, piece) == V{"readme.txt", "\xC3\xBC" "ber.exe", "r\xC3\xA9sum\xC3\xA9.js"});  // CP437, UTF-8
+    CHECK(problem.empty());
+  }
+  std::string problem = "x";
+  CHECK(cab_names("MSCF is how these notes start, and they are long enough.", &problem).empty());
+  CHECK(problem.empty());  // no format version 1: no cabinet
+  CHECK(cab_names("no cabinet at all, setup.exe", &problem).empty());
+  CHECK(problem.empty());
+  cab_names(c.substr(0, 60), &problem);
+  CHECK(problem == "a cabinet cut short");
+  // Entries past the first 1 MiB (a header pointing far into the file).
+  std::string far = c;
+  far.replace(16, 4, le(2 * kMaxCabHeader, 4));
+  cab_names(far + std::string(3 * kMaxCabHeader, 'x'), &problem);
+  CHECK(problem == "a cabinet whose file entries lie past its first 1 MiB");
+  std::string many = c;
+  many.replace(28, 2, le(kMaxArchiveFiles + 1, 2));
+  cab_names(many, &problem);
+  CHECK(problem == "a cabinet of more than 10000 files");
+  // In a part named *.cab, listed after it.
+  const std::string m = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: application/octet-stream; "
+                        "name=\"Update.CAB\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + postern::base64_encode(c, 76) +
+                        "\r\n--b--\r\n";
+  Structure s = read_structure(m);
+  REQUIRE(s.problem.empty());
+  REQUIRE(s.parts.size() == 4);
+  CHECK(s.parts[2].filename == "\xC3\xBC" "ber.exe");
+  CHECK(s.parts[2].transfer_encoding == "x-cab");
 }
