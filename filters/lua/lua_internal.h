@@ -74,7 +74,8 @@ inline constexpr std::size_t kWalkElsewhereOver = 1024 * 1024;
 // A smaller message's structure is read where the rule runs with its
 // compressed files decompressed to at most this many octets; one that needs
 // more is read again on the walk pool (a 768 KiB bzip2 file can take a
-// fifth of a second to expand to the 16 MiB a small message may).
+// fifth of a second to expand to 16 MiB, and a small message may expand
+// to 64).
 inline constexpr std::size_t kInlineDecompressed = 1024 * 1024;
 
 // When `op` can be answered without waiting -- a cached DNS answer, the

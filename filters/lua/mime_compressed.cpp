@@ -73,7 +73,8 @@ std::size_t decompression_budget(std::size_t message_size) {
 }
 
 std::string decompression_budget_problem() {
-  return "compressed files that expand past " + std::to_string(kDecompressedFactor) + " times the message's size (at most " +
+  return "compressed files that expand past what the message may (" + std::to_string(kDecompressedFactor) +
+         " times its size, at least " + std::to_string(kMinDecompressed >> 20) + " MiB, at most " +
          std::to_string(kMaxDecompressed >> 20) + " MiB)";
 }
 

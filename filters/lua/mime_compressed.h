@@ -22,8 +22,9 @@ namespace postern::mime {
 
 // Decompressed octets the files of one message may come to: kDecompressedFactor
 // times the message's size, at least kMinDecompressed, at most kMaxDecompressed.
-inline constexpr std::size_t kDecompressedFactor = 16;
-inline constexpr std::size_t kMinDecompressed = 16 * 1024 * 1024;
+// (Log and text archives expand 10 to 30 times; a bomb, a thousand.)
+inline constexpr std::size_t kDecompressedFactor = 32;
+inline constexpr std::size_t kMinDecompressed = 64 * 1024 * 1024;
 inline constexpr std::size_t kMaxDecompressed = 256 * 1024 * 1024;
 std::size_t decompression_budget(std::size_t message_size);
 // The problem when compressed files ran past it.

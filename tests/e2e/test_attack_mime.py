@@ -500,11 +500,11 @@ def test_executable_in_a_tgz_typed_only_is_refused(proxy, sink, tmp_path):
 
 
 def test_tar_bomb_is_refused_as_unchecked(proxy, sink, tmp_path):
-    """20 MiB of zeros before the executable, in 20 KiB of gzip: past what
-    the message may decompress to (16 MiB for a small one), refused as a
+    """80 MiB of zeros before the executable, in 80 KiB of gzip: past what
+    the message may decompress to (64 MiB for a small one), refused as a
     structure that cannot be read whole, before all of it is inflated."""
-    archive = tar_archive(tmp_path, ["zeros.bin", "setup.exe"], "-z", sizes={"zeros.bin": 20 << 20})
-    assert len(archive) < 64 * 1024
+    archive = tar_archive(tmp_path, ["zeros.bin", "setup.exe"], "-z", sizes={"zeros.bin": 80 << 20})
+    assert len(archive) < 256 * 1024
     r = check_reply(send(proxy, multipart([TEXT, seven_part(archive, 'Content-Type: application/gzip; name="a.tgz"')])),
                     554, "5.7.1")
     assert "too complex to check" in r.text, r
