@@ -96,8 +96,8 @@ std::string clean_filename(std::string name) {
 bool archive_name(std::string_view name) {
   while (!name.empty() && (name.back() == '.' || ascii::is_space(name.back()))) name.remove_suffix(1);
   const std::string lower = ascii::to_lower(name);
-  for (std::string_view suffix : {".zip", ".rar", ".7z", ".cab", ".tar", ".tgz", ".taz", ".gz", ".gzip", ".tbz", ".tbz2", ".bz2",
-                                  ".bz", ".txz", ".xz", ".tzst", ".zst", ".zstd"}) {
+  for (std::string_view suffix : {".zip", ".rar", ".7z", ".cab", ".tar", ".tgz", ".taz", ".gz", ".gzip", ".tbz", ".tbz2",
+                                  ".bz2", ".bz", ".txz", ".xz", ".tzst", ".zst", ".zstd"}) {
     if (lower.ends_with(suffix)) return true;
   }
   return false;
@@ -106,8 +106,9 @@ bool archive_name(std::string_view name) {
 // A Content-Type of one of those.
 bool archive_type(std::string_view type) {
   for (std::string_view t : {"application/zip", "application/x-zip-compressed", "application/x-zip", "application/vnd.rar",
-                             "application/x-rar-compressed", "application/x-rar", "application/x-7z-compressed", "application/vnd.ms-cab-compressed",
-                             "application/x-tar", "application/x-gtar", "application/gzip", "application/x-gzip",
+                             "application/x-rar-compressed", "application/x-rar", "application/x-7z-compressed",
+                             "application/vnd.ms-cab-compressed", "application/x-tar", "application/x-gtar",
+                             "application/gzip", "application/x-gzip",
                              "application/x-compressed", "application/x-compressed-tar", "application/x-bzip2",
                              "application/x-bzip", "application/x-bzip-compressed-tar", "application/x-xz",
                              "application/x-xz-compressed-tar", "application/zstd", "application/x-zstd",
