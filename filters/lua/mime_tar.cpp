@@ -119,7 +119,7 @@ void TarReader::header() {
   // otherwise is read differently by different readers.
   if (kind_ >= '1' && kind_ <= '6' && size != 0) return fail("a tar " + std::string(1, kind_) + " entry with data");
   if ((kind_ == 'x' || kind_ == 'L') && size > kMaxTarExtension) {
-    return fail(std::string("a tar ") + (kind_ == 'x' ? "pax header" : "long name") + " larger than 1 MiB");
+    return fail(kind_ == 'x' ? "a tar pax header larger than 1 MiB" : "a tar long name larger than 1 MiB");
   }
   if (entry) {
     std::string name = std::move(next_name_);
