@@ -22,6 +22,10 @@ inline constexpr int kMaxDepth = 16;                   // multipart and message/
 inline constexpr std::size_t kMaxFieldValue = 65536;   // octets of one Content-* field, unfolded
 inline constexpr std::size_t kMaxFilename = 1024;      // octets of a decoded file name
 inline constexpr std::size_t kMaxNames = 16;           // distinct file names of one part
+// Octets of a file name in an archive read whole (PATH_MAX); a longer one is
+// a problem rather than a name kept: a compressed tar archive could otherwise
+// hold 10,000 names of a megabyte each in a few hundred kilobytes.
+inline constexpr std::size_t kMaxArchiveName = 4096;
 inline constexpr std::size_t kMaxArchiveFiles = 10000;  // files listed from archives (ZIP, RAR, 7z)
                                                        // in one archive, and in the whole message
 inline constexpr std::size_t kDecodedFactor = 2;       // encoded attached messages decode to at most

@@ -22,7 +22,6 @@ namespace {
 
 constexpr std::size_t kPiece = 64 * 1024;
 constexpr std::size_t kInputBlock = 4096;  // compressed octets a decoder is given at once
-constexpr std::size_t kMaxGzipName = 4096;  // octets of the gzip header's file name read; a longer one is a problem
 // Memory the xz and zstd decoders may take: xz -9 needs 65 MiB; zstd's window
 // up to 2^26 (its levels up to 19 use at most 2^23).
 constexpr std::uint64_t kXzMemory = 80 * 1024 * 1024;
@@ -87,7 +86,7 @@ class CompressedReader::Decoder {
   virtual ~Decoder() = default;
   virtual bool feed(std::string_view in, const Sink& sink) = 0;
   // The file name the stream stores (gzip's), into `name`, empty when none;
-  // false when it is longer than kMaxGzipName, for it was not read whole.
+  // false when it is longer than kMaxArchiveName, for it was not read whole.
   virtual bool file_name(std::string& name) const {
     name.clear();
     return true;
@@ -98,8 +97,6 @@ class CompressedReader::Decoder {
 };
 
 namespace {
-
-using Sink = std::function<bool(std::string_view)>;
 
 class GzipDecoder final : public CompressedReader::Decoder {
  public:
@@ -143,7 +140,7 @@ class GzipDecoder final : public CompressedReader::Decoder {
     name.clear();
     if (head_.done != 1) return true;
     const std::string_view n(name_.data());
-    if (n.size() >= kMaxGzipName) return false;
+    if (n.size() >= kMaxArchiveName) return false;
     name = valid_utf8(n) ? std::string(n) : to_utf8("ISO-8859-1", n);  // RFC 1952: Latin-1
     return true;
   }
@@ -151,7 +148,7 @@ class GzipDecoder final : public CompressedReader::Decoder {
  private:
   z_stream z_{};
   gz_header head_{};
-  std::array<char, kMaxGzipName + 1> name_{};
+  std::array<char, kMaxArchiveName + 1> name_{};
   bool ok_ = false;
   bool member_ended_ = false;
   bool ended_ = false;

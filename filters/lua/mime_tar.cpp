@@ -136,6 +136,7 @@ void TarReader::header() {
     if (names_.size() >= kMaxArchiveFiles) {
       return fail("a tar archive of more than " + std::to_string(kMaxArchiveFiles) + " files");
     }
+    if (name.size() > kMaxArchiveName) return fail("a tar file name longer than 4096 octets");
     names_.push_back(std::move(name));
   }
   block_.clear();

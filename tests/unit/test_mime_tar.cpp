@@ -202,6 +202,14 @@ TEST_CASE("tar: what is no archive, and what could hide a name", "[mime][tar]") 
   CHECK(problem == "a tar pax header larger than 1 MiB");
   tar_names(entry("PaxHeaders/x", "99 path=setup.exe\n", 'x') + entry("a", ""), &problem);
   CHECK(problem == "a tar pax header that does not parse");
+  // A name longer than PATH_MAX, by a pax path or a GNU long name: not kept.
+  const std::string long_name = std::string(kMaxArchiveName, 'n') + ".exe";
+  tar_names(entry("PaxHeaders/x", pax("path", long_name), 'x') + entry("a", ""), &problem);
+  CHECK(problem == "a tar file name longer than 4096 octets");
+  tar_names(header("././@LongLink", long_name.size() + 1, 'L', "", true) + padded(long_name + '\0') + entry("a", ""),
+            &problem);
+  CHECK(problem == "a tar file name longer than 4096 octets");
+  CHECK(tar_names(entry("PaxHeaders/x", pax("path", long_name.substr(4)), 'x') + entry("a", "")).size() == 1);
   // Where readers differ on where the next header is: a link, directory or
   // device with data, a sparse file; rather than guess, a problem.
   tar_names(header("link", 1024, '2') + padded(header("setup.exe", 0)) + end_of_archive(), &problem);
