@@ -401,11 +401,18 @@ def test_sighup_during_start_up_does_not_kill(tmp_path, sockdir, sink):
     p = PosternProcess(postern_run_args(config=str(files.config), listen=()), cwd=str(tmp_path))
     p.start(wait=False)
     try:
-        # in main for sure: 0.05 s of CPU spent (the loader takes far less)
-        def cpu_ticks():
-            fields = open(f"/proc/{p.pid}/stat").read().rsplit(")", 1)[1].split()
-            return int(fields[11]) + int(fields[12])
-        wait_until(lambda: not p.alive() or cpu_ticks() >= 5 or bool(p.events("started")), 10 * SCALE)
+        # Before main() runs, SIGHUP has its default action in any program; the
+        # attack starts once postern catches it (SigCgt bit 0 in /proc), which
+        # it does first thing, long before the slow rule file is compiled.
+        def catches_hangup():
+            try:
+                status = open(f"/proc/{p.pid}/status").read()
+            except OSError:
+                return False
+            caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)
+            return bool(caught) and int(caught.group(1), 16) & (1 << (signal.SIGHUP - 1)) != 0
+        wait_until(lambda: not p.alive() or catches_hangup() or bool(p.events("started")), 10 * SCALE)
+        assert not p.events("started"), "postern started before it caught SIGHUP (or the rule file is not slow enough)"
         deadline = time.monotonic() + 20 * SCALE
         while not p.events("started") and p.alive() and time.monotonic() < deadline:
             p.send_signal(signal.SIGHUP)
