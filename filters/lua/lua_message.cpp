@@ -209,6 +209,10 @@ int body_attachments(lua_State* L) {
     }
     lua_setfield(L, -2, "names");
     if (!p.archive.empty()) set_string(L, "archive", p.archive);
+    if (p.unopened) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "unopened");
+    }
     set_string(L, "type", p.type);
     set_string(L, "disposition", p.disposition);
     lua_pushinteger(L, static_cast<lua_Integer>(p.encoded_size));

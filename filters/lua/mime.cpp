@@ -16,13 +16,9 @@
 #include <array>
 #include <memory>
 
-#include "filters/lua/mime_tnef.h"
-#include "filters/lua/mime_7z.h"
-#include "filters/lua/mime_cab.h"
+#include "filters/lua/mime_archive.h"
 #include "filters/lua/mime_compressed.h"
-#include "filters/lua/mime_rar.h"
-#include "filters/lua/mime_tar.h"
-#include "filters/lua/mime_zip.h"
+#include "filters/lua/mime_tnef.h"
 #include "filters/text/ascii.h"
 
 namespace postern::mime {
@@ -89,20 +85,6 @@ std::string clean_filename(std::string name) {
   return head + decoded.substr(from);
 }
 
-// A file name Windows opens as an archive it lists: "*.zip" (Explorer),
-// "*.cab" (Explorer), "*.rar", "*.7z", tar archives and files compressed
-// whole (WinRAR, 7-Zip, and Explorer since Windows 11 23H2), trailing dots
-// and spaces dropped as Windows drops them.
-bool archive_name(std::string_view name) {
-  while (!name.empty() && (name.back() == '.' || ascii::is_space(name.back()))) name.remove_suffix(1);
-  const std::string lower = ascii::to_lower(name);
-  for (std::string_view suffix : {".zip", ".rar", ".7z", ".cab", ".tar", ".tgz", ".taz", ".gz", ".gzip", ".tbz", ".tbz2",
-                                  ".bz2", ".bz", ".txz", ".xz", ".tzst", ".zst", ".zstd"}) {
-    if (lower.ends_with(suffix)) return true;
-  }
-  return false;
-}
-
 // A Content-Type of one of those.
 bool archive_type(std::string_view type) {
   for (std::string_view t : {"application/zip", "application/x-zip-compressed", "application/x-zip", "application/vnd.rar",
@@ -129,6 +111,7 @@ struct Shared {
   std::size_t text_left;       // octets of text bodies still kept
   std::size_t text_parts = 0;  // text parts seen
   std::size_t archive_files = 0;  // files listed from archives
+  std::size_t nested_files_left = kMaxArchiveFiles;  // files archives inside archives may still list
   std::size_t decompressed_left;  // octets compressed files may still decompress to (mime_compressed.h)
   bool decompress_limited = false;  // decompressed_left started below the message's budget
 };
@@ -214,18 +197,6 @@ class Reader {
     std::size_t body_start = 0;
   };
 
-  // The readers of an archive part, each for the format it knows.
-  struct Archive {
-    Archive(const std::string& name, std::size_t* decompressed_left)
-        : seven(decompressed_left), compressed(name, decompressed_left) {}
-    ZipReader zip;
-    RarReader rar;
-    SevenZipReader seven;
-    CabReader cab;
-    TarReader tar;
-    CompressedReader compressed;
-  };
-
   // The part whose lines are being read.
   struct Open {
     bool active = false;
@@ -252,9 +223,8 @@ class Reader {
     // decoded first when base64 or quoted-printable.
     bool embedded = false;
     std::unique_ptr<TnefReader> tnef;
-    // An archive: its files are listed after it. Every reader reads it, for
-    // archivers open each format by its content, whatever the name.
-    std::unique_ptr<Archive> archive;
+    // An archive: its files are listed after it (mime_archive.h).
+    std::unique_ptr<ArchiveReader> archive;
     int text_encoding = 0;  // 0 as is, 1 base64, 2 quoted-printable
     std::string line;       // the text line read so far, its first kMaxLine octets
     bool in_line = false;   // `line` holds the start of an unfinished line
@@ -506,7 +476,7 @@ class Reader {
     if (part.type == "application/ms-tnef" || part.type == "application/vnd.ms-tnef" || any_name(tnef_name)) {
       open_.tnef = std::make_unique<TnefReader>();
     } else if (archive_type(part.type) || any_name(archive_name)) {
-      open_.archive = std::make_unique<Archive>(part.filename, &sh_.decompressed_left);
+      open_.archive = std::make_unique<ArchiveReader>(part.filename, &sh_.decompressed_left, &sh_.nested_files_left);
     }
     open_.text_encoding = encoding == "base64" ? 1 : encoding == "quoted-printable" ? 2 : 0;
     open_.index = sh_.out.parts.size();
@@ -574,12 +544,7 @@ class Reader {
     if (o.tnef) {
       o.tnef->feed(decoded);
     } else if (o.archive) {
-      o.archive->zip.feed(decoded);
-      o.archive->rar.feed(decoded);
-      o.archive->seven.feed(decoded);
-      o.archive->cab.feed(decoded);
-      o.archive->tar.feed(decoded);
-      o.archive->compressed.feed(decoded);
+      o.archive->feed(decoded);
     } else {
       text_lines(o, decoded);
     }
@@ -598,27 +563,11 @@ class Reader {
       return;
     }
     if (o.archive) {
-      Archive& a = *o.archive;
-      a.zip.finish();
-      a.rar.finish();
-      a.seven.finish();
-      a.cab.finish();
-      a.tar.finish();
-      a.compressed.finish();
-      if ((a.compressed.over_budget() || a.seven.over_budget()) && sh_.decompress_limited) {
-        sh_.out.decompression_limited = true;
-      }
-      for (const std::string* problem :
-           {&a.zip.problem(), &a.rar.problem(), &a.seven.problem(), &a.cab.problem(), &a.tar.problem(),
-            &a.compressed.problem()}) {
-        if (!problem->empty()) return fail(*problem);
-      }
-      archive_files(o, a.zip.names(), "x-zip");
-      archive_files(o, a.rar.names(), "x-rar");
-      archive_files(o, a.seven.names(), "x-7z");
-      archive_files(o, a.cab.names(), "x-cab");
-      archive_files(o, a.tar.names(), "x-tar");
-      archive_files(o, a.compressed.names(), a.compressed.encoding());
+      ArchiveReader& a = *o.archive;
+      a.finish();
+      if (a.over_budget() && sh_.decompress_limited) sh_.out.decompression_limited = true;
+      if (!a.problem().empty()) return fail(a.problem());
+      archive_files(o, a.files());
       return;
     }
     if (o.in_line) embedded_line(o.line);
@@ -671,13 +620,16 @@ class Reader {
   // The files of an archive, after it: they do not count toward
   // kMaxParts (an archive of photos holds thousands), but toward
   // kMaxArchiveFiles in the whole message.
-  void archive_files(const Open& o, const std::vector<std::string>& names, const char* encoding) {
-    if (names.size() > kMaxArchiveFiles - sh_.archive_files) {
+  void archive_files(const Open& o, const std::vector<ArchiveFile>& files) {
+    if (files.size() > kMaxArchiveFiles - sh_.archive_files) {
       return fail("archives of more than " + std::to_string(kMaxArchiveFiles) + " files in all");
     }
-    sh_.archive_files += names.size();
-    const std::string archive = sh_.out.parts[o.index].filename;
-    for (const std::string& name : names) list_file(name, encoding, archive);
+    sh_.archive_files += files.size();
+    const std::string archive = sh_.out.parts[o.index].filename;  // a copy: parts grows below
+    for (const ArchiveFile& file : files) {
+      list_file(file.name, file.encoding, file.archive.empty() ? archive : file.archive);
+      sh_.out.parts.back().unopened = file.unopened;
+    }
   }
 
   // A file embedded in text or held in a TNEF part: one of the parts.

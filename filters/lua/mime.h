@@ -95,7 +95,10 @@ struct Part {
   // name= beside filename=, a plain filename= beside an RFC 2231 one, a name
   // given twice (at most kMaxNames in all).
   std::vector<std::string> other_filenames;
-  std::string archive;              // a file in a ZIP archive: the archive's file name
+  std::string archive;              // a file in an archive: the archive's file name (the inner
+                                    // one's for a file in an archive inside an archive)
+  bool unopened = false;            // a file in an archive, itself an archive postern did not open
+                                    // (mime_archive.h): what it holds is not listed
   std::size_t encoded_size = 0;     // octets of the encoded body
   // The encoded body of a text part that is no attachment, kept while the
   // reader's text budget lasts (read_structure); empty for other parts.

@@ -14,6 +14,7 @@
 #include <functional>
 
 #include "filters/lua/mime.h"
+#include "filters/lua/mime_nested.h"
 #include "filters/text/ascii.h"
 #include "filters/text/utf8.h"
 
@@ -264,7 +265,8 @@ const char* format_name(Format f) {
 
 }  // namespace
 
-CompressedReader::CompressedReader(std::string name, std::size_t* budget) : name_(std::move(name)), budget_(budget) {}
+CompressedReader::CompressedReader(std::string name, std::size_t* budget, OpenNested open)
+    : name_(std::move(name)), budget_(budget), tar_(open), open_(std::move(open)) {}
 
 CompressedReader::~CompressedReader() = default;
 
@@ -343,7 +345,7 @@ bool CompressedReader::decompressed(std::string_view out) {
   if (out.size() > *budget_) {
     // The octets within the budget are read, so the cut falls at the same
     // octet however the output came in pieces.
-    tar_.feed(out.substr(0, *budget_));
+    if (!nested_) tar_.feed(out.substr(0, *budget_));
     *budget_ = 0;
     over_budget_ = true;
     fail(decompression_budget_problem());
@@ -351,13 +353,34 @@ bool CompressedReader::decompressed(std::string_view out) {
   }
   *budget_ -= out.size();
   out_ += out.size();
+  if (nested_) {
+    nested_->feed(out);
+    return true;
+  }
   tar_.feed(out);
-  // 512 octets tell a tar archive; one that ended needs no more.
-  if (!tar_.problem().empty() || (out_ >= 512 && !tar_.is_tar()) || tar_.ended()) {
+  if (open_ && !decided_) head_.append(out);
+  // 512 octets tell a tar archive; one that ended needs no more, nor does
+  // a file that is no archive.
+  if (!tar_.problem().empty() || tar_.ended() || (out_ >= 512 && !tar_.is_tar() && !decide())) {
     done_ = true;
     return false;
   }
   return true;
+}
+
+// The one file (no tar archive) is read whole by a nested reader when its
+// name, stored or derived, is an archive's. False when it is not.
+bool CompressedReader::decide() {
+  if (decided_) return nested_ != nullptr;
+  decided_ = true;
+  std::string stored;
+  if (decoder_->file_name(stored) && archive_name(stored)) nested_name_ = stored;
+  else if (const std::string derived = inner_name(name_); archive_name(derived)) nested_name_ = derived;
+  if (!nested_name_.empty()) nested_ = open_(nested_name_);
+  if (nested_) nested_->feed(head_);
+  head_.clear();
+  head_.shrink_to_fit();
+  return nested_ != nullptr;
 }
 
 void CompressedReader::finish() {
@@ -375,11 +398,18 @@ void CompressedReader::finish() {
     names_ = tar_.names();
     return;
   }
+  // Less than 512 octets, ended: no tar archive, perhaps a small archive.
+  if (open_ && !decided_) decide();
   std::string stored;
   if (!decoder_->file_name(stored)) return fail("a gzip file whose stored name is longer than 4096 octets");
   const std::string derived = inner_name(name_);
   if (!stored.empty()) names_.push_back(stored);
   if (!derived.empty() && derived != stored) names_.push_back(derived);
+  if (!nested_name_.empty()) {
+    if (nested_) nested_->finish();
+    const auto named = std::find(names_.begin(), names_.end(), nested_name_);
+    inners_.push_back(InnerArchive{static_cast<std::size_t>(named - names_.begin()), std::move(nested_)});
+  }
 }
 
 }  // namespace postern::mime

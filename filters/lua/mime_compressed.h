@@ -33,8 +33,10 @@ std::string decompression_budget_problem();
 class CompressedReader {
  public:
   // `name`: the compressed file's name; `budget`: the octets decompression
-  // may still produce for the message, spent here.
-  CompressedReader(std::string name, std::size_t* budget);
+  // may still produce for the message, spent here. `open`: opens a reader
+  // for an archive inside (a tar archive's file, or the one file when named
+  // as an archive: "invoice.zip.gz"), which is then decompressed whole.
+  CompressedReader(std::string name, std::size_t* budget, OpenNested open = {});
   ~CompressedReader();
   CompressedReader(const CompressedReader&) = delete;
   CompressedReader& operator=(const CompressedReader&) = delete;
@@ -54,6 +56,9 @@ class CompressedReader {
   // "x-gzip", "x-bzip2", "x-xz" or "x-zstd" once known; with a tar archive
   // inside, "x-tar".
   const char* encoding() const;
+  // The archives inside that were opened (or failed to be): a tar
+  // archive's, or the one file.
+  const std::vector<InnerArchive>& inners() const { return tar_.is_tar() ? tar_.inners() : inners_; }
 
  public:
   class Decoder;  // one format's (mime_compressed.cpp)
@@ -62,6 +67,7 @@ class CompressedReader {
   void start(std::string_view magic);
   void decode(std::string_view block);
   bool decompressed(std::string_view out);  // false: no more is needed
+  bool decide();                            // the one file is an archive: opens it
   void fail(std::string why);
 
   std::string name_;
@@ -76,6 +82,12 @@ class CompressedReader {
   TarReader tar_;
   std::vector<std::string> names_;
   std::string problem_;
+  OpenNested open_;
+  std::string head_;      // the first octets decompressed, until decide()
+  bool decided_ = false;  // whether the one file is read as an archive is known
+  std::string nested_name_;
+  std::unique_ptr<NestedArchive> nested_;  // reads the one file
+  std::vector<InnerArchive> inners_;
 };
 
 }  // namespace postern::mime

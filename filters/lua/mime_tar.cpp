@@ -79,10 +79,15 @@ void TarReader::feed(std::string_view data) {
       if (block_.size() == kBlock) header();
       continue;
     }
-    // Data: a pax header's or a long name's kept, a file's skipped.
+    // Data: a pax header's or a long name's kept, an archive's read, a file's skipped.
     const auto take = static_cast<std::size_t>(std::min<std::uint64_t>(data_, data.size()));
     if ((kind_ == 'x' || kind_ == 'L') && extension_.size() < kMaxTarExtension) {
       extension_.append(data.substr(0, std::min(take, kMaxTarExtension - extension_.size())));
+    }
+    if (nested_ && nested_left_ > 0) {
+      const auto part = static_cast<std::size_t>(std::min<std::uint64_t>(nested_left_, take));
+      nested_->feed(data.substr(0, part));
+      nested_left_ -= part;
     }
     data.remove_prefix(take);
     data_ -= take;
@@ -91,7 +96,16 @@ void TarReader::feed(std::string_view data) {
 }
 
 void TarReader::finish() {
-  // Cut inside a header or data: what follows the cut no reader shows either.
+  // Cut inside a header or data: what follows the cut no reader shows
+  // either; an archive cut short is read as far as it goes.
+  end_nested();
+}
+
+void TarReader::end_nested() {
+  if (!nested_) return;
+  nested_->finish();
+  inners_.push_back(InnerArchive{names_.size() - 1, std::move(nested_)});
+  nested_.reset();
 }
 
 void TarReader::header() {
@@ -137,7 +151,14 @@ void TarReader::header() {
       return fail("a tar archive of more than " + std::to_string(kMaxArchiveFiles) + " files");
     }
     if (name.size() > kMaxArchiveName) return fail("a tar file name longer than 4096 octets");
+    // A file (a type libarchive does not know is one) named as an archive.
+    const bool opens = open_ && size > 0 && !(kind_ >= '1' && kind_ <= '6') && archive_name(name);
     names_.push_back(std::move(name));
+    if (opens) {
+      nested_ = open_(names_.back());
+      nested_left_ = size;
+      if (!nested_) inners_.push_back(InnerArchive{names_.size() - 1, nullptr});
+    }
   }
   block_.clear();
   extension_.clear();
@@ -151,6 +172,7 @@ void TarReader::header() {
 // name, names the next entry.
 void TarReader::extension_done() {
   state_ = State::kHeader;
+  end_nested();
   if (extension_.size() > size_) extension_.resize(static_cast<std::size_t>(size_));  // without the padding
   if (kind_ == 'L') {
     next_name_ = as_utf8(field(extension_, 0, extension_.size()));

@@ -9,9 +9,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "filters/lua/mime_nested.h"
 
 namespace postern::mime {
 
@@ -19,9 +22,13 @@ namespace postern::mime {
 // larger one is a problem, for the name it holds would go unread.
 inline constexpr std::size_t kMaxTarExtension = 1024 * 1024;
 
-// Reads a tar archive fed in pieces split anywhere, skipping file data.
+// Reads a tar archive fed in pieces split anywhere, skipping file data but
+// that of a file named as an archive, which goes to a reader `open` opens.
 class TarReader {
  public:
+  TarReader() = default;
+  explicit TarReader(OpenNested open) : open_(std::move(open)) {}
+
   void feed(std::string_view data);
   void finish();
 
@@ -40,11 +47,14 @@ class TarReader {
   // Whether nothing fed from now on can add a name (the archive ended, or
   // is none, or a problem stopped it).
   bool ended() const { return state_ == State::kDone; }
+  // The files named as archives that were opened (or failed to be).
+  const std::vector<InnerArchive>& inners() const { return inners_; }
 
  private:
   enum class State { kHeader, kData, kDone };
   void header();
   void extension_done();
+  void end_nested();
   void fail(std::string why);
 
   State state_ = State::kHeader;
@@ -59,6 +69,10 @@ class TarReader {
   std::size_t headers_ = 0;  // headers read
   std::vector<std::string> names_;
   std::string problem_;
+  OpenNested open_;
+  std::unique_ptr<NestedArchive> nested_;  // reads the data going by
+  std::uint64_t nested_left_ = 0;          // octets of it still to come (without the padding)
+  std::vector<InnerArchive> inners_;
 };
 
 }  // namespace postern::mime

@@ -3,7 +3,11 @@
 -- also when uuencoded or yEnc-encoded in a plain-text body, inside a TNEF
 -- winmail.dat, inside a ZIP, RAR, 7z, cabinet or tar archive (plain or
 -- compressed with gzip, bzip2, xz or zstd), or compressed whole
--- ("setup.exe.gz"): Windows opens all of these and runs files from them.
+-- ("setup.exe.gz"), and inside an archive in one of those, four deep:
+-- Windows opens all of these and runs files from them. An archive inside an
+-- archive that postern cannot open (encrypted, or inside a RAR, 7z or
+-- cabinet archive, whose data it does not decompress) is treated as if it
+-- held one.
 -- A message whose MIME structure postern cannot read whole (more than 1000
 -- parts, nested deeper than 16, a part with two different Content-Type or
 -- Content-Disposition fields, encrypted archive file names, a decompression
@@ -42,6 +46,15 @@ postern.rule{
       return
     end
     for _, a in ipairs(attachments) do
+      -- An archive inside an archive that postern could not open (encrypted,
+      -- or inside a RAR, 7z or cabinet archive) could hide one.
+      if a.unopened then
+        ctx:symbol("EXECUTABLE_ATTACHMENT", nil, "archive " .. a.filename .. " in " .. a.archive .. " not opened")
+        if reject then
+          return postern.reject(554, "5.7.1", "Archive inside an archive could not be checked for executable attachments")
+        end
+        return
+      end
       -- Every name the part goes by: readers differ on filename= and name=.
       for _, filename in ipairs(a.names) do
         local name = filename:lower():gsub("[%s%.]+$", "")

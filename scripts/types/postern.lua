@@ -160,7 +160,8 @@ function Headers:names() end
 ---@class postern.Attachment
 ---@field filename string
 ---@field names string[] every name the part goes by: filename, then the others readers may show
----@field archive string? for a file in an archive (ZIP, RAR, 7z, cabinet, tar) or compressed file: the archive's file name
+---@field archive string? for a file in an archive (ZIP, RAR, 7z, cabinet, tar) or compressed file: the archive's file name (the inner one's for a file in an archive inside an archive)
+---@field unopened boolean? true for a file in an archive that is itself an archive postern did not open (encrypted, another compression method, or inside a RAR, 7z or cabinet archive)
 ---@field type string
 ---@field disposition string
 ---@field encoded_size integer
