@@ -27,14 +27,12 @@ struct ArchiveReader::Readers {
 
 ArchiveReader::ArchiveReader(std::string name, std::size_t* decompressed_left, std::size_t* files_left, int depth)
     : depth_(depth), decompressed_left_(decompressed_left), files_left_(files_left) {
-  // The readers of this archive open the archives in it one level deeper;
-  // each opened counts as a file, so that data full of local headers named
+  // The readers of this archive open the archives in it one level deeper
+  // (past kMaxArchiveDepth, none: list() says so if one is listed); each
+  // opened counts as a file, so that data full of local headers named
   // "*.zip" cannot open readers without end.
   OpenNested open = [this](const std::string& inner) -> std::unique_ptr<NestedArchive> {
-    if (depth_ >= kMaxArchiveDepth) {
-      fail("archives nested more than " + std::to_string(kMaxArchiveDepth) + " deep");
-      return nullptr;
-    }
+    if (depth_ >= kMaxArchiveDepth) return nullptr;
     if (*files_left_ == 0) {
       fail("archives of more than " + std::to_string(kMaxArchiveFiles) + " files in all");
       return nullptr;
@@ -107,6 +105,7 @@ void ArchiveReader::list(const std::vector<std::string>& names, const char* enco
     if (inner.index >= names.size()) continue;
     const auto* nested = dynamic_cast<const ArchiveReader*>(inner.reader.get());
     if (nested == nullptr) {
+      if (depth_ >= kMaxArchiveDepth) return fail("archives nested more than " + std::to_string(kMaxArchiveDepth) + " deep");
       files_[first + inner.index].unopened = true;
       continue;
     }

@@ -13,6 +13,8 @@
 namespace postern::mime {
 
 void CabReader::feed(std::string_view data) {
+  // No "MSCF" at the start: no cabinet, nothing more to keep.
+  if (head_.size() >= 4 && !head_.starts_with("MSCF")) return;
   if (head_.size() >= kMaxCabHeader) {
     more_ = more_ || !data.empty();
     return;

@@ -266,7 +266,7 @@ const char* format_name(Format f) {
 }  // namespace
 
 CompressedReader::CompressedReader(std::string name, std::size_t* budget, OpenNested open)
-    : name_(std::move(name)), budget_(budget), tar_(open), open_(std::move(open)) {}
+    : name_(std::move(name)), budget_(budget), open_(std::move(open)), tar_(open_) {}
 
 CompressedReader::~CompressedReader() = default;
 
@@ -359,17 +359,23 @@ bool CompressedReader::decompressed(std::string_view out) {
   }
   tar_.feed(out);
   if (open_ && !decided_) head_.append(out);
-  // 512 octets tell a tar archive; one that ended needs no more, nor does
-  // a file that is no archive.
-  if (!tar_.problem().empty() || tar_.ended() || (out_ >= 512 && !tar_.is_tar() && !decide())) {
+  // 512 octets tell a tar archive; one that ended needs no more. Anything
+  // else needs no more either, unless it is named as an archive: then it
+  // is read on to its end.
+  if (!tar_.problem().empty() || (tar_.is_tar() && tar_.ended())) {
+    done_ = true;
+    return false;
+  }
+  if (!tar_.is_tar() && (out_ >= 512 || tar_.ended()) && !decide()) {
     done_ = true;
     return false;
   }
   return true;
 }
 
-// The one file (no tar archive) is read whole by a nested reader when its
-// name, stored or derived, is an archive's. False when it is not.
+// Once the decompressed file is known to be no tar archive: it is read by a
+// nested reader from here on when its name, stored or derived, is an
+// archive's (given what was decompressed so far). False when it is not.
 bool CompressedReader::decide() {
   if (decided_) return nested_ != nullptr;
   decided_ = true;

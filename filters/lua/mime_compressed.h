@@ -79,10 +79,10 @@ class CompressedReader {
   bool over_budget_ = false;
   std::unique_ptr<Decoder> decoder_;
   std::uint64_t out_ = 0;  // octets decompressed
+  OpenNested open_;        // before tar_, which is given it
   TarReader tar_;
   std::vector<std::string> names_;
   std::string problem_;
-  OpenNested open_;
   std::string head_;      // the first octets decompressed, until decide()
   bool decided_ = false;  // whether the one file is read as an archive is known
   std::string nested_name_;

@@ -16,13 +16,16 @@ namespace postern::mime {
 
 // A file name Windows opens as an archive it lists: "*.zip" (Explorer),
 // "*.cab" (Explorer), "*.rar", "*.7z", tar archives and files compressed
-// whole (WinRAR, 7-Zip, and Explorer since Windows 11 23H2), trailing dots
-// and spaces dropped as Windows drops them.
+// whole (WinRAR, 7-Zip, and Explorer since Windows 11 23H2; compress,
+// lzip, LZMA and LZ4 ones are a problem, for postern does not decompress
+// them), trailing dots and spaces dropped as Windows drops them.
 inline bool archive_name(std::string_view name) {
+  name = name.substr(0, name.find('\0'));  // as the listing shows it, and bsdtar extracts it
   while (!name.empty() && (name.back() == '.' || ascii::is_space(name.back()))) name.remove_suffix(1);
   const std::string lower = ascii::to_lower(name);
   for (std::string_view suffix : {".zip", ".rar", ".7z", ".cab", ".tar", ".tgz", ".taz", ".gz", ".gzip", ".tbz", ".tbz2",
-                                  ".bz2", ".bz", ".txz", ".xz", ".tzst", ".zst", ".zstd"}) {
+                                  ".bz2", ".bz", ".txz", ".xz", ".tzst", ".zst", ".zstd", ".z", ".lz", ".tlz", ".lzma",
+                                  ".lz4"}) {
     if (lower.ends_with(suffix)) return true;
   }
   return false;

@@ -151,10 +151,14 @@ void TarReader::header() {
       return fail("a tar archive of more than " + std::to_string(kMaxArchiveFiles) + " files");
     }
     if (name.size() > kMaxArchiveName) return fail("a tar file name longer than 4096 octets");
-    // A file (a type libarchive does not know is one) named as an archive.
-    const bool opens = open_ && size > 0 && !(kind_ >= '1' && kind_ <= '6') && archive_name(name);
+    // A file (a type libarchive does not know is one) named as an archive
+    // is read; a link named as one, which bsdtar and 7-Zip extract as a copy
+    // of another entry, is not opened.
+    const bool named = open_ && archive_name(name);
     names_.push_back(std::move(name));
-    if (opens) {
+    if (named && (kind_ == '1' || kind_ == '2')) {
+      inners_.push_back(InnerArchive{names_.size() - 1, nullptr});
+    } else if (named && size > 0 && !(kind_ >= '3' && kind_ <= '6')) {
       nested_ = open_(names_.back());
       nested_left_ = size;
       if (!nested_) inners_.push_back(InnerArchive{names_.size() - 1, nullptr});

@@ -1,11 +1,11 @@
 // ZIP archives (PKWARE APPNOTE 6.3.10): the names of the files in one, as
 // Windows Explorer lists them, from the central directory at the archive's
-// end. A file in it named as an archive, stored or deflated, is read as
-// well: its data, found by walking the local headers as the archive goes by,
-// goes to a reader opened for it, and counts only when its place and CRC-32
-// are the ones the central directory gives (what Explorer and 7-Zip
-// extract). Nothing else is decompressed. I/O-free, bounded, and bad input
-// never throws.
+// end. With an opener, the local headers are walked as the archive goes by
+// (mime_zip_walk.h) and must be the directory's, one for one, under the
+// same names (7-Zip lists the local headers when the two disagree); and a
+// file named as an archive, stored or deflated, is read as well, counted
+// only when it comes to the size and CRC-32 the directory gives. Nothing
+// else is decompressed. I/O-free, bounded, and bad input never throws.
 #pragma once
 
 #include <cstddef>
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "filters/lua/mime_nested.h"
+#include "filters/lua/mime_zip_walk.h"
 
 namespace postern::mime {
 
@@ -24,7 +25,8 @@ namespace postern::mime {
 // unread.
 inline constexpr std::size_t kMaxZipDirectory = 1024 * 1024;
 
-// Reads a ZIP archive fed in pieces split anywhere, keeping only its end.
+// Reads a ZIP archive fed in pieces split anywhere, keeping only its end
+// (and, with an opener, what the walk of its local headers found).
 class ZipReader {
  public:
   ZipReader();
@@ -43,23 +45,25 @@ class ZipReader {
   // differs), in directory order.
   const std::vector<std::string>& names() const { return names_; }
   // Why a name may have gone unread (a directory too large, entries that do
-  // not parse, too many); empty when read whole, and for data that is no
-  // ZIP archive (no end record: no reader opens it).
+  // not parse, too many; with an opener, local headers that are not the
+  // directory's, a file named as an archive whose data is not what the
+  // directory says, the budget spent); empty when read whole, and for data
+  // that is no ZIP archive (no end record: no reader opens it).
   const std::string& problem() const { return problem_; }
   // The files named as archives: read, or not opened (encrypted, another
-  // method, their data not found where the directory says).
+  // method, or the opener declined).
   const std::vector<InnerArchive>& inners() const { return inners_; }
   // Whether the decompression budget ran out here.
   bool over_budget() const;
 
-  class Walker;  // mime_zip.cpp
-
  private:
-  void read_directory(std::string_view directory, std::uint64_t entries, std::int64_t base);
+  // `base`: the stream offset the directory's offsets count from;
+  // `directory`: the stream offset of the directory.
+  void read_directory(std::string_view d, std::uint64_t entries, std::uint64_t base, std::uint64_t directory);
 
   std::string tail_;        // the last octets fed (mime_zip.cpp's kTail, up to twice that)
   std::uint64_t fed_ = 0;   // octets fed
-  std::unique_ptr<Walker> walker_;  // with an opener only
+  std::unique_ptr<ZipWalker> walker_;  // with an opener only
   std::vector<std::string> names_;
   std::vector<InnerArchive> inners_;
   std::string problem_;

@@ -525,3 +525,68 @@ def test_rules_see_inner_files_by_their_archive(postern, sink, tmp_path, kind):
     seen = r.text.split("probe ", 1)[1].split("+")
     assert sorted(seen) == sorted(expected), seen
     assert not sink.messages
+
+
+def info_zip(tmp_path, *options, pipe=None, sfx=False, inner=True):
+    """An archive Info-ZIP's zip writes of a folder of honest files holding
+    an inner ZIP unless not `inner` (`pipe`: the octets it archives from
+    standard input instead; `sfx`: behind a stub, offsets adjusted with zip
+    -A)."""
+    members = {"docs/report.pdf": PDF, "docs/notes.txt": TXT}
+    if inner:
+        members["inner.zip"] = zip_of({"a.txt": TXT, "b.pdf": PDF})
+    src = source(tmp_path, members)
+    out = tmp_path / "info.zip"
+    out.unlink(missing_ok=True)
+    if pipe is not None:
+        subprocess.run(["zip", "-q", *options, str(out), "-"], input=pipe, check=True, timeout=60)
+    else:
+        subprocess.run(["zip", "-q", "-r", *options, str(out), "."], cwd=src, check=True, timeout=60,
+                       input=b"an archive comment\n" if "-z" in options else None)
+    if sfx:
+        data = STUB + out.read_bytes()
+        out.write_bytes(data)
+        subprocess.run(["zip", "-q", "-A", str(out)], check=True, timeout=60)
+    return out.read_bytes()
+
+
+# Archives real writers make, each read by the local headers as well as the
+# central directory now: none may be taken for one whose two disagree.
+WRITERS = {
+    "info-zip": lambda t: info_zip(t),
+    "info-zip-stored": lambda t: info_zip(t, "-0"),
+    "info-zip-comment": lambda t: info_zip(t, "-z"),
+    # Encrypted files are listed by name (an encrypted archive in it is not opened: refused above).
+    "info-zip-encrypted": lambda t: info_zip(t, "-P", "secret", inner=False),
+    "info-zip-from-a-pipe": lambda t: info_zip(t, pipe=TXT * 100),
+    "info-zip-from-a-pipe-zip64": lambda t: info_zip(t, "-fz", pipe=TXT * 100),
+    "info-zip-self-extractor": lambda t: info_zip(t, sfx=True),
+    "7zip-zip": lambda t: seven_of(t, {"docs/report.pdf": PDF, "inner.zip": zip_of({"a.txt": TXT})}, "-tzip"),
+    "bsdtar-zip": lambda t: bsdtar_zip(t),
+    "bsdtar-zip-stored": lambda t: bsdtar_zip(t, "--options", "zip:compression=store"),
+    "python-zip64": lambda t: python_zip64(),
+}
+
+
+def bsdtar_zip(tmp_path, *options):
+    src = source(tmp_path, {"docs/report.pdf": PDF, "inner.zip": zip_of({"a.txt": TXT})})
+    return subprocess.run(["bsdtar", "--format", "zip", *options, "-cf", "-", "."], cwd=src, check=True,
+                          capture_output=True, timeout=60).stdout
+
+
+def python_zip64():
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("notes.txt", "w", force_zip64=True) as w:
+            w.write(TXT)
+        with z.open("inner.zip", "w", force_zip64=True) as w:
+            w.write(zip_of({"a.txt": TXT}))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case", sorted(WRITERS))
+def test_honest_zips_from_real_writers_pass(proxy, sink, tmp_path, case):
+    archive = WRITERS[case](tmp_path)
+    head = 'Content-Type: application/zip; name="documents.zip"'
+    check_reply(send(proxy, multipart([TEXT, seven_part(archive, head)])), 250, what=case)
+    assert len(sink.wait_messages(1)) == 1

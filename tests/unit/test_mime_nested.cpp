@@ -70,6 +70,10 @@ struct ZipFile {
   bool encrypted;             // flag bit 0 (the data is left as is)
   std::string local_name;     // the local header's name when it differs
   std::uint32_t crc_xor = 0;  // flips bits of the central directory's CRC-32
+  bool unlisted = false;      // a local header the central directory leaves out
+  bool central_size_zero = false;  // the central directory says it is empty
+  bool zip64_offset = false;  // the central directory's offset in a Zip64 field, as `offset64`
+  std::uint64_t offset64 = 0;
 };
 
 // A ZIP archive of `files`, behind `stub`.
@@ -86,26 +90,34 @@ std::string zip(const std::vector<ZipFile>& files, const std::string& stub = "")
     out += f.descriptor ? le(0, 12) : le(crc, 4) + le(body.size(), 4) + le(f.data.size(), 4);
     out += le(local_name.size(), 2) + le(0, 2) + local_name + body;
     if (f.descriptor) out += "PK\x07\x08" + le(crc, 4) + le(body.size(), 4) + le(f.data.size(), 4);
+    if (f.unlisted) continue;
+    const std::string extra = f.zip64_offset ? le(1, 2) + le(8, 2) + le(f.offset64, 8) : "";
     directory += "PK\x01\x02" + le(20, 2) + le(20, 2) + le(flags, 2) + le(static_cast<std::uint64_t>(f.method), 2) +
-                 le(0, 4) + le(crc ^ f.crc_xor, 4) + le(body.size(), 4) + le(f.data.size(), 4) + le(f.name.size(), 2) +
-                 le(0, 2) + le(0, 2) + le(0, 2) + le(0, 2) + le(0, 4) + le(offset, 4) + f.name;
+                 le(0, 4) + le(crc ^ f.crc_xor, 4) + le(body.size(), 4) + le(f.central_size_zero ? 0 : f.data.size(), 4) +
+                 le(f.name.size(), 2) + le(extra.size(), 2) + le(0, 2) + le(0, 2) + le(0, 2) + le(0, 4) +
+                 le(f.zip64_offset ? 0xFFFFFFFF : offset, 4) + f.name + extra;
   }
   const std::uint64_t at = out.size() - stub.size();
+  std::uint64_t listed = 0;
+  for (const ZipFile& f : files) listed += f.unlisted ? 0 : 1;
   out += directory;
-  out += "PK\x05\x06" + le(0, 4) + le(files.size(), 2) + le(files.size(), 2) + le(directory.size(), 4) + le(at, 4) + le(0, 2);
+  out += "PK\x05\x06" + le(0, 4) + le(listed, 2) + le(listed, 2) + le(directory.size(), 4) + le(at, 4) + le(0, 2);
   return out;
 }
 
-// A tar archive of `files` (name, data), ustar headers.
+// A tar archive of `files` (name, data), ustar headers; a name after "->"
+// makes a hard link to that name.
 std::string tar(const std::vector<std::pair<std::string, std::string>>& files) {
   std::string out;
   for (const auto& [name, data] : files) {
     std::string b(512, '\0');
+    const bool link = data.starts_with("->");
     b.replace(0, name.size(), name);
     char number[13];
-    std::snprintf(number, sizeof number, "%011llo", static_cast<unsigned long long>(data.size()));
+    std::snprintf(number, sizeof number, "%011llo", static_cast<unsigned long long>(link ? 0 : data.size()));
     b.replace(124, 11, number);
-    b[156] = '0';
+    b[156] = link ? '1' : '0';
+    if (link) b.replace(157, data.size() - 2, data.substr(2));
     b.replace(257, 8, std::string("ustar\0" "00", 8));
     b.replace(148, 8, "        ");
     unsigned sum = 0;
@@ -113,7 +125,8 @@ std::string tar(const std::vector<std::pair<std::string, std::string>>& files) {
     char digits[8];
     std::snprintf(digits, sizeof digits, "%06o", sum);
     b.replace(148, 7, std::string(digits, 6) + '\0');
-    out += b + data + std::string((512 - data.size() % 512) % 512, '\0');
+    if (link) out += b;
+    else out += b + data + std::string((512 - data.size() % 512) % 512, '\0');
   }
   return out + std::string(1024, '\0');
 }
@@ -207,9 +220,9 @@ TEST_CASE("nested: an archive postern does not open is listed as unopened", "[mi
     CHECK(r.problem.empty());
     CHECK(listed(r) == V{"a.txt@", "x.zip@!"});
   }
-  // The local header names it otherwise: the walk did not read it as an archive.
-  const Read r = read(zip({ZipFile{"x.zip", inner, 8, false, false, "x.txt"}}));
-  CHECK(listed(r) == V{"x.zip@!"});
+  // A tar link named as one: bsdtar and 7-Zip extract another entry's data under its name.
+  CHECK(listed(read(tar({{"data.bin", inner}, {"invoice.zip", "->data.bin"}}), "a.tar")) ==
+        V{"setup.exe@", "data.bin@", "invoice.zip@!"});
   // Not named as an archive: a file like any other, whatever it holds.
   CHECK(listed(read(zip({{"report.docx", inner}}))) == V{"report.docx@"});
   // Empty: hides nothing.
@@ -299,4 +312,93 @@ TEST_CASE("nested: the structure lists the files of an archive inside an attache
   for (const Part& p : s.parts) names.push_back(p.filename + "@" + p.archive + (p.unopened ? "!" : ""));
   // c.zip is opened and holds no archive (no reader lists anything in it).
   CHECK(names == V{"a.zip@", "y.zip@a.zip", "z.zip@a.zip!", "b.txt@y.zip", "c.zip@y.zip"});
+}
+
+TEST_CASE("nested: local headers and a central directory that disagree are a problem", "[mime][nested]") {
+  const std::string kDisagree = "a ZIP archive whose local headers and central directory disagree";
+  const std::string inner = zip({{"setup.exe", kExe}});
+  // The directory names a.txt where the local header, which 7-Zip shows, names x.zip.
+  CHECK(read(zip({ZipFile{"a.txt", inner, 8, false, false, "x.zip"}})).problem == kDisagree);
+  CHECK(read(zip({ZipFile{"x.zip", inner, 8, false, false, "x.txt"}})).problem == kDisagree);
+  // A local header the directory leaves out, archive or not, at the top level too.
+  for (const std::string& name : {std::string("x.zip"), std::string("setup.exe")}) {
+    ZipFile hidden{name, name == "x.zip" ? inner : kExe};
+    hidden.unlisted = true;
+    CHECK(read(zip({{"a.txt", "a"}, hidden, {"b.txt", "b"}})).problem == kDisagree);
+    CHECK(read(zip({hidden, {"b.txt", "b"}}), "a.zip", 3).problem == kDisagree);
+  }
+  // The directory says an archive is empty that is not.
+  ZipFile empty{"x.zip", inner};
+  empty.central_size_zero = true;
+  CHECK(read(zip({empty})).problem == "a ZIP archive whose file data does not match its central directory");
+  // An offset past any stream in a Zip64 field, behind a stub: no arithmetic overflow, a problem.
+  ZipFile far{"x.zip", inner};
+  far.zip64_offset = true;
+  far.offset64 = 0x7FFFFFFFFFFFFFF0;
+  CHECK(read(zip({far}, std::string(4096, 'S'))).problem == kDisagree);
+  // The honest archive they were made from is read.
+  CHECK(listed(read(zip({{"a.txt", "a"}, {"x.zip", inner}}))) == V{"a.txt@", "x.zip@", "setup.exe@x.zip"});
+}
+
+TEST_CASE("nested: a name cut at a NUL, as listed and extracted", "[mime][nested]") {
+  const std::string inner = zip({{"setup.exe", kExe}});
+  const Read r = read(zip({{std::string("inner.zip\0.txt", 14), inner}}));
+  REQUIRE(r.files.size() == 2);
+  CHECK(r.files[1].name == "setup.exe");
+  CHECK(r.files[1].archive.starts_with("inner.zip"));
+}
+
+TEST_CASE("nested: a large archive compressed whole is read to its end", "[mime][nested]") {
+  // Random octets do not compress: the inner archive's end records come
+  // long after the first piece decompressed.
+  std::string noise;
+  std::uint32_t x = 12345;
+  for (int i = 0; i < 40000; ++i) noise += static_cast<char>((x = x * 1103515245 + 12345) >> 24);
+  const std::string inner = zip({{"photo.jpg", noise, 0}, {"setup.exe", kExe}});
+  for (std::size_t piece : {0, 100, 4096}) {
+    CHECK(listed(read(gzip(inner), "invoice.zip.gz", piece)) ==
+          V{"invoice.zip@", "photo.jpg@invoice.zip", "setup.exe@invoice.zip"});
+  }
+}
+
+TEST_CASE("nested: the budget spent by two readers is a problem however the input is split", "[mime][nested]") {
+  // A gzip stream, then the local header of an archive inflating to 2 MiB
+  // with no end records: the gzip reader and the ZIP walk share 1 MiB.
+  std::string walked = zip({{"b.zip", std::string(2 << 20, '\0')}});
+  walked.resize(walked.find("PK\x01\x02"));
+  const std::string data = gzip(std::string(100000, 'a')) + walked;
+  for (std::size_t piece : {0, 1, 512, 4096}) {
+    INFO("piece " << piece);
+    const Read r = read(data, "a.gz", piece, 1 << 20);
+    CHECK(r.problem == decompression_budget_problem());
+  }
+}
+
+TEST_CASE("nested: a local header arriving an octet at a time", "[mime][nested]") {
+  const std::string inner = zip({{"setup.exe", kExe}});
+  const std::string name = std::string(60000, 'd') + "/x.zip";
+  const Read r = read(zip({{name, inner}}), "a.zip", 1);
+  CHECK(r.problem.empty());
+  CHECK(listed(r) == V{name + "@", "setup.exe@" + name});
+}
+
+TEST_CASE("nested: a ZIP at the end of a tar archive past 2 MiB is checked too", "[mime][nested]") {
+  const std::string inner = zip({{"setup.exe", kExe}});
+  const std::string first = zip({{"a.txt", "a"}});
+  const Read r = read(tar({{"first.zip", first}, {"big.bin", std::string(3 << 20, 'b')}, {"last.zip", inner}}), "a.tar");
+  CHECK(r.problem.empty());
+  CHECK(listed(r) == V{"setup.exe@", "first.zip@", "big.bin@", "last.zip@", "a.txt@first.zip", "setup.exe@last.zip"});
+}
+
+TEST_CASE("nested: a local header left out among more than the walk keeps", "[mime][nested]") {
+  std::vector<ZipFile> files;
+  ZipFile hidden{"setup.exe", kExe, 0};
+  hidden.unlisted = true;
+  files.push_back(hidden);
+  for (int i = 0; i < static_cast<int>(kMaxArchiveFiles); ++i) files.push_back({"f" + std::to_string(i), "x", 0});
+  CHECK(read(zip(files)).problem == "a ZIP archive whose local headers and central directory disagree");
+  files.erase(files.begin());
+  const Read r = read(zip(files));
+  CHECK(r.problem.empty());
+  CHECK(r.files.size() == kMaxArchiveFiles);
 }
