@@ -33,6 +33,8 @@ class FilterStats {
   // A message's MIME structure was read for the rules (once per message):
   // on a worker thread (`on_worker`, a message over 1 MiB) or the I/O thread.
   virtual void mime_structure_read(bool /*on_worker*/) {}
+  // A rule gave up waiting for a structure read on a worker (lua.structure_timeout).
+  virtual void mime_structure_late() {}
 };
 
 // The installed sink, or one that drops everything. Never null.

@@ -872,7 +872,7 @@ void parse_lua(Checker& check, const toml::table& root, Config& config) {
                                    "memory_limit", "pattern_subject_limit", "header_value_limit",
                                    "body_scan_limit", "text_part_limit", "text_parts_max",
                                    "store_max_entries", "settings", "log_rate", "log_burst",
-                                   "busy_threshold", "regex_match_limit", "regex_depth_limit"});
+                                   "busy_threshold", "structure_timeout", "regex_match_limit", "regex_depth_limit"});
   }
   LuaOptions& o = config.lua;
   // A path list: one string or an array of strings; each must exist.
@@ -915,6 +915,9 @@ void parse_lua(Checker& check, const toml::table& root, Config& config) {
   Seconds timeout = std::chrono::duration_cast<Seconds>(o.timeout);
   check.get_seconds(lua, "lua", "timeout", 0.01, 600, timeout);
   o.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+  Seconds structure_timeout = std::chrono::duration_cast<Seconds>(o.structure_timeout);
+  check.get_seconds(lua, "lua", "structure_timeout", 0.01, 3600, structure_timeout);
+  o.structure_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(structure_timeout);
   check.get_size(lua, "lua", "memory_limit", 1u << 20, std::size_t(1) << 34, o.memory_limit);
   // Accepted for old configurations and ignored: pattern matching counts its
   // steps against lua.timeout instead of refusing long subjects (issue 17).

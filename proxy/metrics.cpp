@@ -145,6 +145,7 @@ class ProxyFilterStats final : public FilterStats {
     registry().lua_thread_busy.at(clean_label_value(rule, scratch)).inc();
   }
   void mime_structure_read(bool on_worker) override { registry().mime_structure_reads[on_worker ? 1 : 0].inc(); }
+  void mime_structure_late() override { registry().mime_structure_late.inc(); }
 };
 }  // namespace
 
@@ -480,6 +481,9 @@ std::string Registry::render() const {
            "Messages whose MIME structure was read for the rules, by where: the I/O thread, or a worker (over 1 MiB).");
   w.sample("postern_mime_structure_reads_total", {{"where", "io_thread"}}, mime_structure_reads[0].value());
   w.sample("postern_mime_structure_reads_total", {{"where", "worker"}}, mime_structure_reads[1].value());
+  w.family("postern_mime_structure_late_total", "counter",
+           "MIME structure reads on a worker a rule gave up waiting for past lua.structure_timeout.");
+  w.sample("postern_mime_structure_late_total", {}, mime_structure_late.value());
   w.family("postern_lua_rule_hits_total", "counter",
            "Lua rule calls that added a symbol or returned true or a verdict, by rule.");
   rules.for_each([&](std::string_view rule, const RuleStats& s) {

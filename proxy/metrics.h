@@ -223,6 +223,7 @@ struct Registry {
   LabelTable<Counter, 256> lua_log_dropped;  // rule: lines past lua.log_rate
   LabelTable<Counter, 256> lua_thread_busy;  // rule: calls past lua.busy_threshold
   std::array<Counter, 2> mime_structure_reads;  // [0] on an I/O thread, [1] on a worker
+  Counter mime_structure_late;                  // rules that gave up waiting for a worker (lua.structure_timeout)
 
   // Whole messages.
   Histogram message_duration;      // end of DATA to the final reply

@@ -13,10 +13,13 @@
 
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
+#include <asio/post.hpp>
+#include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
+#include <fmt/format.h>
 
 #include "filters/filter_stats.h"
 #include "filters/store/kv_store.h"
@@ -71,10 +74,11 @@ asio::awaitable<std::optional<T>> within(asio::awaitable<T> op, Clock::time_poin
 
 // What a waiting operation answers, pushed onto the coroutine when it resumes.
 struct OpResult {
-  enum class Kind { kDeadline, kNothing, kList, kNilStatus, kString, kNil, kInteger, kTrue, kFalse, kStoreError } kind =
-      Kind::kNothing;
+  enum class Kind {
+    kDeadline, kNothing, kList, kNilStatus, kString, kNil, kInteger, kTrue, kFalse, kStoreError, kFailed
+  } kind = Kind::kNothing;
   std::vector<std::string> list;
-  std::string text;  // kNilStatus: the status; kString: the value; kStoreError: why
+  std::string text;  // kNilStatus: the status; kString: the value; kStoreError, kFailed: why
   std::int64_t integer = 0;
 };
 
@@ -168,14 +172,19 @@ StoreResult store_now(MemoryStore& store, const PendingOp& op) {
 }
 
 // Reads the structure of op.spool on `pool` into *op.structure while the
-// rule's coroutine waits. The walk reads the session's spool: when this
-// frame is destroyed before it ends (the process stopping), the walk is told
-// to stop and waited for, and one not started yet never starts.
-asio::awaitable<void> walk_elsewhere(asio::thread_pool& pool, const PendingOp& op) {
+// rule's coroutine waits, at most `limit` (lua.structure_timeout), queued
+// behind other messages' walks included; false when the limit passed first.
+// The walk reads the session's spool: when this frame ends before the walk
+// does (the limit passed, or the process stopping), the walk is told to stop
+// and waited for, and one not started yet never starts.
+asio::awaitable<bool> walk_elsewhere(asio::thread_pool& pool, const PendingOp& op, std::chrono::milliseconds limit) {
   struct Walk {
+    explicit Walk(const asio::any_io_executor& executor) : ended(executor) {}
     std::atomic<bool> stop{false};
-    std::mutex reading;  // held while the walk reads the spool
+    std::atomic<bool> done{false};  // `result` is the walk's
+    std::mutex reading;             // held while the walk reads the spool
     mime::Structure result;
+    asio::steady_timer ended;  // the wait; cancelled on the rule's thread when the walk is done
   };
   struct StopOnExit {
     Walk& walk;
@@ -184,16 +193,28 @@ asio::awaitable<void> walk_elsewhere(asio::thread_pool& pool, const PendingOp& o
       std::lock_guard<std::mutex> wait_for_the_walk(walk.reading);
     }
   };
-  auto walk = std::make_shared<Walk>();
+  const asio::any_io_executor executor = co_await asio::this_coro::executor;
+  auto walk = std::make_shared<Walk>(executor);
+  walk->ended.expires_after(limit);
   StopOnExit guard{*walk};
-  auto run = [](std::shared_ptr<Walk> w, const Spool* spool, mime::TextBudget budget) -> asio::awaitable<void> {
-    std::lock_guard<std::mutex> reading(w->reading);
-    if (!w->stop) w->result = read_spool_structure(*spool, budget, &w->stop);
-    co_return;
-  };
-  co_await asio::co_spawn(pool.get_executor(), run(walk, op.spool, op.budget), asio::use_awaitable);
+  asio::post(pool, [walk, spool = op.spool, budget = op.budget, executor] {
+    {
+      std::lock_guard<std::mutex> reading(walk->reading);
+      if (walk->stop) return;
+      walk->result = read_spool_structure(*spool, budget, &walk->stop);
+    }
+    walk->done = true;
+    asio::post(executor, [walk] { walk->ended.cancel(); });
+  });
+  std::error_code ec;
+  co_await walk->ended.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  if (!walk->done) {
+    filter_stats().mime_structure_late();
+    co_return false;
+  }
   *op.structure = std::make_shared<const mime::Structure>(std::move(walk->result));
   filter_stats().mime_structure_read(true);
+  co_return true;
 }
 
 // Performs `op`; kDeadline when the rule's deadline passed first.
@@ -228,7 +249,12 @@ asio::awaitable<OpResult> perform(const PendingOp& op, LuaRuntime& rt, Clock::ti
         co_return store_result(op, std::move(*answer));
       }
       case Kind::kStructure:
-        co_await walk_elsewhere(*rt.options.walk_pool, op);
+        if (co_await walk_elsewhere(*rt.options.walk_pool, op, rt.options.structure_timeout)) co_return r;
+        // A failure of postern's, not an error the rule could catch and take
+        // for a message too complex to check: the rule's on_error applies.
+        r.kind = OpResult::Kind::kFailed;
+        r.text = fmt::format("MIME structure not read within lua.structure_timeout ({} s): the worker threads are busy",
+                             std::chrono::duration<double>(rt.options.structure_timeout).count());
         co_return r;
       case Kind::kNone:
         co_return r;
@@ -261,6 +287,7 @@ int push_values(lua_State* L, const OpResult& r) {
     case OpResult::Kind::kTrue: lua_pushboolean(L, 1); break;
     case OpResult::Kind::kFalse: lua_pushboolean(L, 0); break;
     case OpResult::Kind::kStoreError:
+    case OpResult::Kind::kFailed:
     case OpResult::Kind::kDeadline:
     case OpResult::Kind::kNothing: break;
   }
@@ -512,6 +539,10 @@ asio::awaitable<Verdict> run_rule(LuaRuntime& rt, const Rule& rule, FilterContex
       if (op.kind == PendingOp::Kind::kStructure) inv.tag.deadline += Clock::now() - asked;
       if (result.kind == OpResult::Kind::kDeadline) {
         failure = "time limit exceeded while waiting";
+        break;
+      }
+      if (result.kind == OpResult::Kind::kFailed) {
+        failure = result.text;
         break;
       }
       if (result.kind == OpResult::Kind::kStoreError) {

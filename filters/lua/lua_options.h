@@ -65,6 +65,11 @@ struct LuaOptions {
   // The watchdog: a rule call holding its I/O thread longer than this is
   // logged and counted (busy_watch.h); 0 = off.
   std::chrono::milliseconds busy_threshold{1000};
+  // The longest a rule waits for a large message's MIME structure read on
+  // walk_pool, queued behind other messages' included; past it the rule
+  // fails (its on_error applies) rather than hold the session and its MTA
+  // connection while the workers are busy.
+  std::chrono::milliseconds structure_timeout{60000};
 
   // postern.regex (PCRE2): a match past these limits is a rule error.
   std::uint32_t regex_match_limit = 1'000'000;

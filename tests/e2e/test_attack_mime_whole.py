@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from harness import ASAN, SmtpClient, check_reply, data_payload, free_port
+from harness import ASAN, SmtpClient, check_reply, data_payload, free_port, wait_until
 from prometheus import scrape
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -344,3 +344,26 @@ def test_a_small_message_whose_files_expand_far_is_read_on_a_worker(postern, sin
     # Read once where the rule runs, and past kInlineDecompressed once more on a worker.
     assert exp.value("postern_mime_structure_reads_total", where="io_thread") == 1
     assert exp.value("postern_mime_structure_reads_total", where="worker") == (1 if where == "worker" else 0)
+
+
+def test_a_rule_stops_waiting_for_a_structure_read_past_structure_timeout(postern, sink, tmp_path):
+    """A large message's structure read on a worker that takes longer than
+    lua.structure_timeout (here 0.05 s against about a quarter of a second for
+    24 MiB slow to walk): the rule stops waiting and fails (not an error
+    its pcall could take for a message too complex, which it refuses 554),
+    so the shipped rule's on_error defers the message (451 4.7.0) rather
+    than hold the session; the wait is counted, and postern serves the next
+    message."""
+    metrics_port = free_port()
+    p = postern.start(upstream=sink.address, sets={"lua.scripts": f'["{ATTACHMENTS}"]', "lua.structure_timeout": 0.05,
+                                                   "metrics.address": f'"127.0.0.1:{metrics_port}"'})
+    r = check_reply(send(p, slow_to_walk(24 * 1024 * 1024)), 451, "4.7.0")
+    wait_until(lambda: any("lua-rule-error rule=EXECUTABLE_ATTACHMENT" in e.get("line", "") and
+                           "not read within lua.structure_timeout (0.05 s)" in e.get("line", "")
+                           for e in p.events("lua")), 10, message="the rule's error in the log")
+    assert not sink.messages
+    exp = scrape(metrics_port)
+    assert exp.value("postern_mime_structure_late_total") == 1
+    assert exp.value("postern_mime_structure_reads_total", where="worker") == 0
+    check_reply(send(p, multipart([TEXT])), 250)
+    assert len(sink.wait_messages(1)) == 1
