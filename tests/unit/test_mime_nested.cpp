@@ -16,6 +16,7 @@
 #include "filters/lua/mime.h"
 #include "filters/lua/mime_archive.h"
 #include "filters/lua/mime_compressed.h"
+#include "deflate_util.h"
 
 using namespace postern::mime;
 
@@ -27,38 +28,8 @@ std::string le(std::uint64_t v, int octets) {
   return out;
 }
 
-std::string raw_deflate(const std::string& data) {
-  z_stream z{};
-  REQUIRE(deflateInit2(&z, 6, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  std::string out(deflateBound(&z, data.size()) + 16, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  z.avail_in = static_cast<uInt>(data.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
-}
-
-std::string gzip(const std::string& data, const char* name = nullptr) {
-  z_stream z{};
-  REQUIRE(deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  gz_header h{};
-  if (name) {
-    h.name = reinterpret_cast<Bytef*>(const_cast<char*>(name));
-    deflateSetHeader(&z, &h);
-  }
-  std::string out(deflateBound(&z, data.size()) + 64 + (name ? std::string(name).size() : 0), '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  z.avail_in = static_cast<uInt>(data.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
-}
+std::string raw_deflate(const std::string& data) { return postern::test::deflated(data, -MAX_WBITS); }
+using postern::test::gzip;
 
 struct ZipFile {
   ZipFile(std::string n, std::string d, int m = 8, bool desc = false, bool enc = false, std::string local = "")

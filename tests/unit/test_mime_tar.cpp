@@ -20,6 +20,7 @@
 #include "filters/lua/mime_tar.h"
 #include "filters/text/ascii.h"
 #include "filters/text/base64.h"
+#include "deflate_util.h"
 
 using namespace postern::mime;
 
@@ -99,24 +100,7 @@ V tar_names(const std::string& data, std::string* problem = nullptr, std::size_t
   return r.names();
 }
 
-std::string gzip(const std::string& data, const char* name = nullptr) {
-  z_stream z{};
-  REQUIRE(deflateInit2(&z, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
-  gz_header h{};
-  if (name) {
-    h.name = reinterpret_cast<Bytef*>(const_cast<char*>(name));
-    deflateSetHeader(&z, &h);
-  }
-  std::string out(deflateBound(&z, data.size()) + 64 + (name ? std::strlen(name) : 0), '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  z.avail_in = static_cast<uInt>(data.size());
-  z.next_out = reinterpret_cast<Bytef*>(out.data());
-  z.avail_out = static_cast<uInt>(out.size());
-  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
-  out.resize(z.total_out);
-  deflateEnd(&z);
-  return out;
-}
+using postern::test::gzip;
 
 std::string bzip2(const std::string& data) {
   std::string out(data.size() + data.size() / 100 + 600, '\0');
