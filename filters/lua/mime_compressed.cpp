@@ -379,6 +379,7 @@ bool CompressedReader::decompressed(std::string_view out) {
 bool CompressedReader::decide() {
   if (decided_) return nested_ != nullptr;
   decided_ = true;
+  if (!open_) return false;
   std::string stored;
   if (decoder_->file_name(stored) && archive_name(stored)) nested_name_ = stored;
   else if (const std::string derived = inner_name(name_); archive_name(derived)) nested_name_ = derived;

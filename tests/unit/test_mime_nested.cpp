@@ -373,3 +373,14 @@ TEST_CASE("nested: a local header left out among more than the walk keeps", "[mi
   CHECK(r.problem.empty());
   CHECK(r.files.size() == kMaxArchiveFiles);
 }
+
+TEST_CASE("nested: a reader without an opener reads no archive inside", "[mime][nested]") {
+  const std::string inner = zip({{"setup.exe", kExe}});
+  std::size_t budget = 64 << 20;
+  CompressedReader whole("inner.zip.gz", &budget);
+  whole.feed(gzip(inner + std::string(5000, 'p')));
+  whole.finish();
+  CHECK(whole.problem().empty());
+  CHECK(whole.names() == V{"inner.zip"});
+  CHECK(whole.inners().empty());
+}
