@@ -174,9 +174,10 @@ StoreResult store_now(MemoryStore& store, const PendingOp& op) {
 // Reads the structure of op.spool on `pool` into *op.structure while the
 // rule's coroutine waits, at most `limit` (lua.structure_timeout), queued
 // behind other messages' walks included; false when the limit passed first.
-// The walk reads the session's spool: when this frame ends before the walk
-// does (the limit passed, or the process stopping), the walk is told to stop
-// and waited for, and one not started yet never starts.
+// The walk reads the session's spool: when the limit passes, the walk is
+// told to stop and its current block waited for (asynchronously); when this
+// frame is destroyed first (the process stopping), the same, blocking; a
+// walk not started yet never starts.
 asio::awaitable<bool> walk_elsewhere(asio::thread_pool& pool, const PendingOp& op, std::chrono::milliseconds limit) {
   struct Walk {
     explicit Walk(const asio::any_io_executor& executor) : ended(executor) {}
@@ -210,6 +211,15 @@ asio::awaitable<bool> walk_elsewhere(asio::thread_pool& pool, const PendingOp& o
   co_await walk->ended.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   if (!walk->done) {
     filter_stats().mime_structure_late();
+    walk->stop = true;
+    // A walk still queued now never reads; one reading stops between two
+    // blocks and says so through `ended`: waited for here without holding
+    // the I/O thread (the guard's lock then finds it done).
+    std::unique_lock<std::mutex> idle(walk->reading, std::try_to_lock);
+    if (!idle.owns_lock()) {
+      walk->ended.expires_at(asio::steady_timer::time_point::max());
+      co_await walk->ended.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
     co_return false;
   }
   *op.structure = std::make_shared<const mime::Structure>(std::move(walk->result));

@@ -85,7 +85,7 @@ std::string clean_filename(std::string name) {
   return head + decoded.substr(from);
 }
 
-// A Content-Type of one of those.
+// A Content-Type of an archive archive_name() names (mime_nested.h).
 bool archive_type(std::string_view type) {
   for (std::string_view t : {"application/zip", "application/x-zip-compressed", "application/x-zip", "application/vnd.rar",
                              "application/x-rar-compressed", "application/x-rar", "application/x-7z-compressed",

@@ -406,7 +406,7 @@ void CompressedReader::finish() {
     return;
   }
   // Less than 512 octets, ended: no tar archive, perhaps a small archive.
-  if (open_ && !decided_) decide();
+  if (!decided_) decide();
   std::string stored;
   if (!decoder_->file_name(stored)) return fail("a gzip file whose stored name is longer than 4096 octets");
   const std::string derived = inner_name(name_);

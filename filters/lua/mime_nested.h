@@ -39,13 +39,12 @@ class NestedArchive {
 };
 
 // Opens a reader for the archive file `name`; nullptr when it is not to be
-// read (the opener says why: nested too deep).
+// read (nested as deep as allowed, or too many files: ArchiveReader says so).
 using OpenNested = std::function<std::unique_ptr<NestedArchive>(const std::string& name)>;
 
 // A file named as an archive in the archive a reader read: names()[index],
 // read by `reader`, or not opened (null: encrypted, compressed with a method
-// postern does not decompress, or its data not found where the archive's
-// directory says).
+// postern does not decompress, a tar link, or the opener declined).
 struct InnerArchive {
   std::size_t index = 0;
   std::unique_ptr<NestedArchive> reader;

@@ -14,7 +14,6 @@
 namespace postern::mime {
 namespace {
 
-
 constexpr const char* kDisagree = "a ZIP archive whose local headers and central directory disagree";
 
 // What is kept: the directory, the Zip64 end records and the end record

@@ -16,7 +16,7 @@
 #include "filters/lua/mime.h"
 #include "filters/lua/mime_archive.h"
 #include "filters/lua/mime_compressed.h"
-#include "deflate_util.h"
+#include "archive_util.h"
 
 using namespace postern::mime;
 
@@ -90,12 +90,7 @@ std::string tar(const std::vector<std::pair<std::string, std::string>>& files) {
     b[156] = link ? '1' : '0';
     if (link) b.replace(157, data.size() - 2, data.substr(2));
     b.replace(257, 8, std::string("ustar\0" "00", 8));
-    b.replace(148, 8, "        ");
-    unsigned sum = 0;
-    for (unsigned char c : b) sum += c;
-    char digits[8];
-    std::snprintf(digits, sizeof digits, "%06o", sum);
-    b.replace(148, 7, std::string(digits, 6) + '\0');
+    postern::test::set_tar_checksum(b);
     if (link) out += b;
     else out += b + data + std::string((512 - data.size() % 512) % 512, '\0');
   }

@@ -20,7 +20,7 @@
 #include "filters/lua/mime_tar.h"
 #include "filters/text/ascii.h"
 #include "filters/text/base64.h"
-#include "deflate_util.h"
+#include "archive_util.h"
 
 using namespace postern::mime;
 
@@ -28,15 +28,7 @@ namespace {
 
 using V = std::vector<std::string>;
 
-// Sets a header's checksum field from its octets.
-void set_checksum(std::string& b) {
-  b.replace(148, 8, "        ");
-  unsigned sum = 0;
-  for (unsigned char c : b) sum += c;
-  char digits[8];
-  std::snprintf(digits, sizeof digits, "%06o", sum);
-  b.replace(148, 7, std::string(digits, 6) + '\0');
-}
+using postern::test::set_tar_checksum;
 
 // A 512-octet header with its checksum; `prefix` in the ustar prefix field.
 std::string header(const std::string& name, std::uint64_t size, char type = '0', const std::string& prefix = "",
@@ -51,7 +43,7 @@ std::string header(const std::string& name, std::uint64_t size, char type = '0',
   if (gnu) b.replace(257, 8, std::string("ustar  \0", 8));
   else b.replace(257, 8, std::string("ustar\0" "00", 8));
   b.replace(345, prefix.size(), prefix);
-  set_checksum(b);
+  set_tar_checksum(b);
   return b;
 }
 
@@ -159,7 +151,7 @@ TEST_CASE("tar: every kind of header's name, fed whole or in pieces", "[mime][ta
   std::string big = header("big.bin", 0);
   big[124] = '\x80';
   big.replace(125, 11, std::string(10, '\0') + '\x01');  // 1 octet of data
-  set_checksum(big);
+  set_tar_checksum(big);
   CHECK(tar_names(big + padded("x") + entry("after.exe", "")) == V{"big.bin", "after.exe"});
   // A pax "size" sizes the data (libarchive), over the header's size field;
   // Solaris' 'X' is a pax header too; a size field may start with a tab.
@@ -168,7 +160,7 @@ TEST_CASE("tar: every kind of header's name, fed whole or in pieces", "[mime][ta
   CHECK(tar_names(entry("PaxHeaders/x", pax("path", "setup.exe"), 'X') + entry("a.txt", "")) == V{"setup.exe"});
   std::string tab = header("tab.bin", 0);
   tab.replace(124, 11, "\t0000001000");
-  set_checksum(tab);
+  set_tar_checksum(tab);
   CHECK(tar_names(tab + std::string(512, 'd') + entry("after.exe", "")) == V{"tab.bin", "after.exe"});
 }
 

@@ -1,11 +1,12 @@
-// Deflate for the unit tests that build compressed archives: raw deflate
-// (a ZIP file's data) and gzip with an optional stored file name.
+// For the unit tests that build archives: raw deflate (a ZIP file's data),
+// gzip with an optional stored file name, a tar header's checksum.
 #pragma once
 
 #include <zlib.h>
 
 #include <catch2/catch.hpp>
 
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -34,6 +35,16 @@ inline std::string deflated(const std::string& data, int window_bits, const char
 
 inline std::string gzip(const std::string& data, const char* name = nullptr) {
   return deflated(data, 16 + MAX_WBITS, name);
+}
+
+// Sets a 512-octet tar header's checksum field from its octets.
+inline void set_tar_checksum(std::string& b) {
+  b.replace(148, 8, "        ");
+  unsigned sum = 0;
+  for (unsigned char c : b) sum += c;
+  char digits[8];
+  std::snprintf(digits, sizeof digits, "%06o", sum);
+  b.replace(148, 7, std::string(digits, 6) + '\0');
 }
 
 }  // namespace postern::test
